@@ -1,0 +1,5 @@
+"""``python -m llmspool`` runs the command line."""
+
+from llmspool.cli import main
+
+raise SystemExit(main())

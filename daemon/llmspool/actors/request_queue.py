@@ -1,0 +1,114 @@
+"""The request queue actor: admission, a bound on work in flight, and most-urgent-first order.
+
+The dispatcher has ``slots`` places for calls; the queue hands it a call only while a place is
+free, and learns of freed places from ``SlotFreed`` messages. Calls waiting for a place are kept
+in a heap ordered by deadline (then arrival), so when providers are saturated the call that
+must finish soonest goes first. Past ``max_waiting`` waiting calls, a new one is refused with
+503 and a ``retry-after``: work is pushed back, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from llmspool.errors import ServiceUnavailable
+from llmspool.messages import Call, Failure, NewPrices, Query, SlotFreed
+
+
+class RequestQueue:
+    def __init__(
+        self,
+        inbox: MemoryObjectReceiveStream[Call | Query],
+        freed: MemoryObjectReceiveStream[SlotFreed],
+        dispatcher: MemoryObjectSendStream[Call | Query | NewPrices],
+        *,
+        slots: int,
+        max_waiting: int,
+    ) -> None:
+        self._inbox = inbox
+        self._freed = freed
+        self._dispatcher = dispatcher
+        self._free_slots = slots
+        self._slots = slots
+        self._max_waiting = max_waiting
+        self._waiting: list[tuple[float, int, Call]] = []
+        self._arrivals = itertools.count()
+        self._admitted = 0
+        self._refused = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with self._dispatcher, anyio.create_task_group() as group:
+            group.start_soon(self._take_freed_slots)
+            task_status.started()
+            async with self._inbox:
+                async for message in self._inbox:
+                    if isinstance(message, Query):
+                        message.reply.send_nowait(self._snapshot())
+                    else:
+                        self._admit(message)
+            # The front door is closed: hand over what still waits, then close our send end
+            # at once, so that the dispatcher can finish (its end closes ``freed``, which ends
+            # ``_take_freed_slots``; waiting for that first would wait forever).
+            while self._waiting:
+                _deadline, _arrival, call = heapq.heappop(self._waiting)
+                await self._dispatcher.send(call)
+            await self._dispatcher.aclose()
+
+    def _admit(self, call: Call) -> None:
+        if self._free_slots > 0 and not self._waiting:
+            self._hand_over(call)
+            return
+        if len(self._waiting) >= self._max_waiting:
+            self._refused += 1
+            error = ServiceUnavailable(
+                f"llmspool has {len(self._waiting)} requests waiting (the limit is "
+                f"[daemon] max_in_flight = {self._max_waiting}); retry shortly",
+                retry_after=1.0,
+                code="queue_full",
+            )
+            _answer(call, Failure(error))
+            return
+        deadline = math.inf  # interactive calls without a deadline keep their arrival order
+        heapq.heappush(self._waiting, (deadline, next(self._arrivals), call))
+
+    def _hand_over(self, call: Call) -> None:
+        self._free_slots -= 1
+        self._admitted += 1
+        # Never blocks: the dispatcher's inbox holds as many calls as there are slots.
+        self._dispatcher.send_nowait(call)
+
+    async def _take_freed_slots(self) -> None:
+        async with self._freed:
+            async for _freed in self._freed:
+                self._free_slots += 1
+                while self._free_slots > 0 and self._waiting:
+                    _deadline, _arrival, call = heapq.heappop(self._waiting)
+                    self._hand_over(call)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "in_flight": self._slots - self._free_slots,
+            "waiting": len(self._waiting),
+            "slots": self._slots,
+            "admitted": self._admitted,
+            "refused_full": self._refused,
+            "oldest_wait_s": round(time.time() - min(
+                (c.received_at for _d, _a, c in self._waiting), default=time.time()), 3),
+        }
+
+
+def _answer(call: Call, reply: Failure) -> None:
+    try:
+        call.reply.send_nowait(reply)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+        pass  # the client is gone; nobody to tell
+    finally:
+        call.reply.close()

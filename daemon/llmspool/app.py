@@ -1,0 +1,259 @@
+"""The daemon: builds every part from the config and runs the actors in one task group.
+
+Start-up, in order: price table, plugins and providers, tracing, the listening socket, the
+store; then the actors with ``task_group.start()`` (ledger, dispatcher, request queue, front
+door), each only once the one it sends to is running. systemd hears READY only when all have
+started.
+
+Shutdown (SIGTERM or SIGINT): the front door stops accepting and lets requests in flight finish
+within ``[daemon] shutdown_grace``; closing its stream ends the request queue, whose end ends
+the dispatcher, whose end ends the ledger after its last commit. The store is closed, the
+socket file removed, and the process exits 0. SIGHUP re-reads the price table and log level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from llmspool import systemd
+from llmspool.actors.dispatcher import Dispatcher
+from llmspool.actors.ledger import Ledger
+from llmspool.actors.request_queue import RequestQueue
+from llmspool.config import Config, ProviderConfig, load_config
+from llmspool.errors import ConfigError
+from llmspool.messages import Call, NewPrices, Query, Settled, SlotFreed
+from llmspool.plugins import load_provider_kinds
+from llmspool.pricing import PriceTable, load_price_table
+from llmspool.provider import Provider, ProviderSettings
+from llmspool.routing import ModelRouter
+from llmspool.server.forwarding import Forwarder
+from llmspool.server.listener import bind_unix_socket, remove_socket_file
+from llmspool.server.routes import build_app
+from llmspool.server.uvicorn_server import EmbeddedServer, build_server
+from llmspool.store.database import open_database
+from llmspool.tracing import Tracing, build_tracing
+
+log = logging.getLogger(__name__)
+
+QUEUE_BUFFER = 256
+LEDGER_BUFFER = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """The socket the front door serves, and the file to remove at exit (None: systemd's)."""
+
+    socket: socket.socket
+    path: Path | None
+
+
+def resolve_api_key(provider: ProviderConfig, environ: Mapping[str, str]) -> str:
+    """The provider's API key: a systemd credential file first, then the environment."""
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and provider.api_key_credential:
+        path = Path(credentials) / provider.api_key_credential
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    return environ.get(provider.api_key_env, "") if provider.api_key_env else ""
+
+
+def build_providers(
+    config: Config, environ: Mapping[str, str], extra_plugins: Iterable[object] = ()
+) -> dict[str, Provider]:
+    kinds = load_provider_kinds(extra_plugins)
+    providers: dict[str, Provider] = {}
+    for name, provider_config in config.providers.items():
+        factory = kinds.get(provider_config.plugin)
+        if factory is None:
+            known = ", ".join(sorted(kinds)) or "none installed"
+            raise ConfigError(
+                f"providers.{name}.plugin",
+                f"no plugin provides {provider_config.plugin!r} (installed: {known})",
+            )
+        api_key = resolve_api_key(provider_config, environ)
+        if not api_key and provider_config.api_key_env:
+            log.warning(
+                "provider %s has no API key (set %s, or the systemd credential %s); "
+                "its upstream will refuse calls",
+                name, provider_config.api_key_env, provider_config.api_key_credential,
+            )
+        providers[name] = factory(ProviderSettings(name, provider_config, api_key))
+    return providers
+
+
+class Daemon:
+    """One running daemon; ``run`` returns when it has shut down."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        extra_plugins: Iterable[object] = (),
+    ) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._environ = dict(os.environ if environ is None else environ)
+        self._extra_plugins = tuple(extra_plugins)
+        self._server: EmbeddedServer | None = None
+        self._listener: Listener | None = None
+        self._dispatch_control: anyio.abc.ObjectSendStream[Call | Query | NewPrices] | None = None
+
+    async def run(self) -> None:
+        config = self.config
+        prices = load_price_table(config.pricing.file)
+        router = ModelRouter.build(config.providers, prices)
+        providers = build_providers(config, self._environ, self._extra_plugins)
+        tracing = build_tracing(config.tracing, self._environ)
+        notifier = systemd.Notifier.from_env()
+        listener = self._listener = self._listen()
+        try:
+            async with AsyncExitStack() as stack:
+                database = await open_database(config.state_path)
+                stack.push_async_callback(database.close)
+                for provider in providers.values():
+                    await stack.enter_async_context(provider)
+                await self._run_actors(database, providers, prices, router, tracing, notifier)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(tracing.shutdown)
+            listener.socket.close()
+            if listener.path is not None:
+                remove_socket_file(listener.path, listener.socket)
+        log.info("llmspool stopped")
+
+    def _listen(self) -> Listener:
+        passed = systemd.listen_fds()
+        if passed:
+            for extra in passed[1:]:
+                extra.close()
+            passed[0].setblocking(False)
+            log.info("serving the socket systemd passed")
+            return Listener(passed[0], None)
+        path = Path(self.config.daemon.socket)
+        return Listener(bind_unix_socket(path, self.config.daemon.socket_mode), path)
+
+    async def _run_actors(
+        self,
+        database: object,
+        providers: Mapping[str, Provider],
+        prices: PriceTable,
+        router: ModelRouter,
+        tracing: Tracing,
+        notifier: systemd.Notifier,
+    ) -> None:
+        daemon_config = self.config.daemon
+        slots = daemon_config.max_in_flight
+        queue_in, queue_out = anyio.create_memory_object_stream[Call | Query](QUEUE_BUFFER)
+        dispatch_in, dispatch_out = anyio.create_memory_object_stream[Call | Query | NewPrices](
+            slots + 16
+        )
+        freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
+        ledger_in, ledger_out = anyio.create_memory_object_stream[Settled | Query](LEDGER_BUFFER)
+        # The front door asks the dispatcher and the ledger for status through clones, so
+        # that each actor's inbox closes only when every sender is done.
+        dispatch_status = dispatch_in.clone()
+        ledger_status = ledger_in.clone()
+        self._dispatch_control = dispatch_in.clone()
+
+        ledger = Ledger(ledger_out, database)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(
+            dispatch_out, freed_in, ledger_in,
+            providers=providers,
+            provider_kinds={n: c.plugin for n, c in self.config.providers.items()},
+            timeouts={n: c.timeout for n, c in self.config.providers.items()},
+            prices=prices,
+            tracer=tracing.tracer,
+        )
+        queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
+        forwarder = Forwarder(queue_in, router, tracing.tracer,
+                              max_body_size=daemon_config.max_body_size)
+        app = build_app(
+            forwarder, router,
+            {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status},
+            started_at=time.time(),
+        )
+        server = build_server(app, graceful_shutdown=daemon_config.shutdown_grace)
+        self._server = server
+
+        async with anyio.create_task_group() as services:
+            services.start_soon(self._handle_signals, notifier)
+            async with anyio.create_task_group() as actors:
+                await actors.start(ledger.run)
+                await actors.start(dispatcher.run)
+                await actors.start(queue.run)
+                await actors.start(
+                    self._serve_front_door, server, actors.cancel_scope,
+                    (queue_in, dispatch_status, ledger_status, self._dispatch_control),
+                )
+                notifier.ready(f"serving {self.config.daemon.socket}")
+                log.info("llmspool ready on %s", self.config.daemon.socket)
+                await services.start(systemd.run_watchdog, notifier)
+            services.cancel_scope.cancel()
+
+    async def _serve_front_door(
+        self,
+        server: EmbeddedServer,
+        actors_scope: anyio.CancelScope,
+        senders: tuple[anyio.abc.ObjectSendStream[object], ...],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self._listener is not None
+        listener_socket = self._listener.socket
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [listener_socket])
+            while not server.started:
+                if server.should_exit:
+                    break
+                await anyio.sleep(0.005)
+            task_status.started()
+        # uvicorn has stopped and drained its connections: close the door behind it. Work
+        # still inside the actors gets the grace period again, then is cancelled.
+        for sender in senders:
+            await sender.aclose()
+        actors_scope.deadline = anyio.current_time() + self.config.daemon.shutdown_grace
+
+    async def _handle_signals(self, notifier: systemd.Notifier) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    notifier.reloading()
+                    self._reload()
+                    notifier.ready("reloaded")
+                    continue
+                log.info("received %s; finishing requests in flight, then stopping",
+                         signal.Signals(signum).name)
+                notifier.stopping()
+                if self._server is not None:
+                    self._server.should_exit = True
+
+    def _reload(self) -> None:
+        """Re-read what can change without a restart: log level and prices."""
+        try:
+            config = load_config(self._config_path, environ=self._environ)
+            prices = load_price_table(config.pricing.file)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        logging.getLogger("llmspool").setLevel(config.daemon.log_level.upper())
+        if self._dispatch_control is not None:
+            try:
+                self._dispatch_control.send_nowait(NewPrices(prices))
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.error("reload: the dispatcher is busy or stopping; prices not reloaded")
+                return
+        # Which models route where is fixed at start: a newly priced model needs a restart.
+        log.info("reloaded the log level and the price table")

@@ -1,0 +1,89 @@
+"""The vocabulary of an LLM call that every part shares: endpoints, service tiers, token usage.
+
+Kept apart from ``messages.py`` (what actors send each other) and ``pricing.py`` (what calls
+cost) because both of those, and the provider plugins, speak in these terms.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Endpoint(enum.StrEnum):
+    """The OpenAI-compatible endpoints the daemon forwards; the value is the URL path."""
+
+    CHAT = "/v1/chat/completions"
+    RESPONSES = "/v1/responses"
+    EMBEDDINGS = "/v1/embeddings"
+
+    @property
+    def operation_name(self) -> str:
+        """``gen_ai.operation.name`` as OpenTelemetry's GenAI conventions spell it."""
+        return _OPERATION_NAMES[self]
+
+    @property
+    def upstream_path(self) -> str:
+        """The path relative to a provider's ``base_url`` (which ends in ``/v1``)."""
+        return self.value.removeprefix("/v1")
+
+
+_OPERATION_NAMES = {
+    Endpoint.CHAT: "chat",
+    Endpoint.RESPONSES: "responses",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
+
+
+class Tier(enum.StrEnum):
+    """How a call is served, and so what it costs."""
+
+    STANDARD = "standard"
+    FLEX = "flex"
+    BATCH = "batch"
+    PRIORITY = "priority"
+
+    @classmethod
+    def from_service_tier(cls, service_tier: object) -> Tier | None:
+        """The tier a response's ``service_tier`` says it was served on (None: unknown)."""
+        return _SERVICE_TIERS.get(service_tier) if isinstance(service_tier, str) else None
+
+    @property
+    def service_tier(self) -> str | None:
+        """The ``service_tier`` request value that asks for this tier (None for batch)."""
+        return _REQUEST_VALUES[self]
+
+
+# OpenAI answers "default" for standard processing, and "auto" is what a request says when it
+# lets OpenAI choose; "scale" is billed as standard for our purposes; "fast" is served as priority.
+_SERVICE_TIERS: dict[object, Tier] = {
+    "default": Tier.STANDARD,
+    "auto": Tier.STANDARD,
+    "standard": Tier.STANDARD,
+    "scale": Tier.STANDARD,
+    "flex": Tier.FLEX,
+    "priority": Tier.PRIORITY,
+    "fast": Tier.PRIORITY,
+    "batch": Tier.BATCH,
+}
+_REQUEST_VALUES = {
+    Tier.STANDARD: "default",
+    Tier.FLEX: "flex",
+    Tier.PRIORITY: "priority",
+    Tier.BATCH: None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one call used. ``output_tokens`` includes reasoning tokens, as they are billed."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens

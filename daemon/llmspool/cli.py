@@ -1,0 +1,237 @@
+"""The ``llmspool`` command line.
+
+    llmspool daemon [--config PATH] [--socket PATH]   run the daemon in the foreground
+    llmspool sim [--host H] [--port P] [--config PATH] run the OpenAI API simulator
+    llmspool config init [PATH]                       write a complete default config
+    llmspool status [--json]                          ask a running daemon how it is doing
+
+Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmspool import __version__
+from llmspool.config import Config, config_to_table, load_config
+from llmspool.errors import ConfigError, StartupError
+
+DESCRIPTION = """\
+llmspool takes LLM API work from the programs on this machine over a Unix socket and gets it
+done at the lowest cost that still meets each request's deadline.
+
+Programs talk to the socket as to the OpenAI API (POST /v1/chat/completions, /v1/responses,
+/v1/embeddings; GET /v1/models), e.g. with the official openai client or
+`curl --unix-socket PATH http://localhost/v1/models`.
+"""
+
+EPILOG = """\
+environment:
+  LLMSPOOL_CONFIG      the config file (TOML) when --config is not given
+  LLMSPOOL_SOCKET      the socket path, overriding [daemon] socket
+  LLMSPOOL_STATE_DIR   the state directory (SQLite), overriding [daemon] state_dir
+  OPENAI_API_KEY       the OpenAI key ([providers.openai] api_key_env names the variable)
+  OPENAI_BASE_URL      overrides [providers.openai] base_url
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_*   turn on tracing and say where spans go
+  LLMSPOOL_<SECTION>__<KEY>             override any config key
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["sim"]:
+        # The simulator owns its flags; hand it everything after `sim`.
+        from llmspool.sim.cli import main as sim_main
+
+        return sim_main(args_list[1:])
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.run(args)
+    except (ConfigError, StartupError) as exc:
+        print(f"llmspool: {exc}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmspool",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"llmspool {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="run the daemon in the foreground (systemd runs this)",
+        description="Run the daemon in the foreground until SIGTERM or SIGINT. It serves "
+        "the socket systemd passes (LISTEN_FDS) or creates its own, tells systemd READY once "
+        "every part has started, and on SIGTERM finishes requests in flight within "
+        "[daemon] shutdown_grace before exiting 0. SIGHUP reloads prices and the log level.",
+    )
+    daemon.add_argument("--config", metavar="PATH", help="config file (default: $LLMSPOOL_CONFIG, "
+                        "else built-in defaults)")
+    daemon.add_argument("--socket", metavar="PATH", help="socket path (overrides the config)")
+    daemon.set_defaults(run=_run_daemon)
+
+    commands.add_parser(
+        "sim",
+        help="run the OpenAI API simulator (see `llmspool sim --help`)",
+        add_help=False,
+    )
+
+    config = commands.add_parser("config", help="work with the config file")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND",
+                                            required=True)
+    init = config_commands.add_parser(
+        "init",
+        help="write a complete default config",
+        description="Write the complete default config as TOML (every key, with its default) "
+        "to PATH, or to standard output when PATH is omitted or '-'. Refuses to overwrite an "
+        "existing file unless --force is given. etc/llmspool.toml in the source tree is the "
+        "same config with a comment on every key.",
+    )
+    init.add_argument("path", nargs="?", default="-", metavar="PATH")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(run=_run_config_init)
+
+    status = commands.add_parser(
+        "status",
+        help="ask the running daemon how it is doing",
+        description="Show the daemon's queue, calls in flight and spend today.",
+    )
+    status.add_argument("--socket", metavar="PATH", help="socket path (default: "
+                        "$LLMSPOOL_SOCKET, else the config's [daemon] socket)")
+    status.add_argument("--config", metavar="PATH", help="config file to find the socket in")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(run=_run_status)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("llmspool").setLevel(level.upper())
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    import anyio
+
+    from llmspool.app import Daemon
+
+    config = load_config(args.config)
+    if args.socket:
+        config = _with_socket(config, args.socket)
+    _configure_logging(config.daemon.log_level)
+    daemon = Daemon(config, config_path=args.config)
+    anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
+    return 0
+
+
+def _with_socket(config: Config, path: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, socket=path))
+
+
+def _run_config_init(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    text = tomli_w.dumps(config_to_table(Config()))
+    header = (
+        "# llmspool configuration: every key with its default.\n"
+        "# See etc/llmspool.toml in the source for a comment on each key.\n\n"
+    )
+    if args.path == "-":
+        sys.stdout.write(header + text)
+        return 0
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"llmspool: {path} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def socket_path(explicit: str | None, config_path: str | None) -> str:
+    """Where a client command finds the daemon: flag, then environment, then config."""
+    if explicit:
+        return explicit
+    if os.environ.get("LLMSPOOL_SOCKET"):
+        return os.environ["LLMSPOOL_SOCKET"]
+    return load_config(config_path).daemon.socket
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def get_json(path: str, url: str) -> Any:
+    connection = _UnixConnection(path)
+    try:
+        connection.request("GET", url)
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot reach the daemon at {path} ({exc.strerror or exc}); is it running? "
+            "(systemctl status llmspool, or `llmspool daemon`)"
+        ) from None
+    finally:
+        connection.close()
+    return orjson.loads(body)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    path = socket_path(args.socket, args.config)
+    report = get_json(path, "/v1/status")
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"llmspool {report.get('version', '?')} on {path}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    queue, dispatcher, ledger = report["queue"], report["dispatcher"], report["ledger"]
+    table.add_row("up for", f"{report['uptime_s']:.0f} s")
+    table.add_row("calls in flight", str(queue["in_flight"]))
+    table.add_row("calls waiting", str(queue["waiting"]))
+    table.add_row("refused (queue full)", str(queue["refused_full"]))
+    table.add_row("failed", str(dispatcher["failed"]))
+    for tier, count in sorted(dispatcher["served_by_tier"].items()):
+        table.add_row(f"served on {tier}", str(count))
+    table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
+    table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
+    table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")
+    Console().print(table)
+    return 0

@@ -1,0 +1,311 @@
+"""The daemon's configuration: its shape, its defaults, and how a TOML file becomes one.
+
+Every section is a frozen dataclass whose fields carry their defaults, so ``Config()`` is a
+complete configuration and the daemon runs with no file at all. ``load_config`` reads TOML,
+refuses unknown keys and bad values with the dotted key in the message, then applies
+environment overrides:
+
+- ``LLMSPOOL_SOCKET``, ``LLMSPOOL_STATE_DIR``: the socket path and the state directory;
+- ``OPENAI_BASE_URL``: ``providers.openai.base_url``;
+- ``LLMSPOOL_<SECTION>__<KEY>`` for any key, e.g. ``LLMSPOOL_DAEMON__MAX_BODY_SIZE=64MiB`` or
+  ``LLMSPOOL_PROVIDERS__OPENAI__TIMEOUT=15m`` (double underscores separate the levels, because
+  keys themselves contain single ones). Values are read as TOML when they parse as such
+  (``true``, ``12``, ``["a"]``) and as plain strings otherwise.
+
+``config_to_table`` turns a config back into the TOML-ready table ``llmspool config init``
+writes with tomli-w.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llmspool.errors import ConfigError
+from llmspool.sim.config import SimConfig
+from llmspool.units import format_duration, format_size, parse_duration, parse_size
+
+ENV_PREFIX = "LLMSPOOL_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRACING_MODES = ("auto", "on", "off")
+
+
+def _duration(default: str) -> Any:
+    return field(default=parse_duration(default), metadata={"kind": "duration"})
+
+
+def _size(default: str) -> Any:
+    return field(default=parse_size(default), metadata={"kind": "size"})
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """``[daemon]``: where the daemon listens and keeps its state, and how it behaves."""
+
+    socket: str = "/run/llmspool/llmspool.sock"
+    socket_mode: int = field(default=0o660, metadata={"kind": "mode"})
+    state_dir: str = "/var/lib/llmspool"
+    max_body_size: int = _size("32MiB")
+    shutdown_grace: float = _duration("30s")
+    max_in_flight: int = 4096
+    log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """``[providers.NAME]``: one upstream API, served by the plugin named ``plugin``."""
+
+    plugin: str = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key_credential: str = "openai_api_key"
+    models: tuple[str, ...] = ()
+    timeout: float = _duration("10m")
+    connect_timeout: float = _duration("5s")
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PricingConfig:
+    """``[pricing]``: where prices per model and tier come from."""
+
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry spans, exported over OTLP/HTTP per the ``OTEL_*`` variables."""
+
+    enabled: str = field(default="auto", metadata={"choices": TRACING_MODES})
+    service_name: str = "llmspool"
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {"openai": ProviderConfig()}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; ``Config()`` is the complete default."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.daemon.state_dir)
+
+
+_Section = TypeVar("_Section")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read the config file (or ``$LLMSPOOL_CONFIG``, or nothing) and apply the environment.
+
+    Raises ``ConfigError`` naming the key for anything wrong, and for a file that was asked for
+    but does not exist.
+    """
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get("LLMSPOOL_CONFIG") or None
+    table: dict[str, Any] = {}
+    if chosen is not None:
+        file_path = Path(chosen)
+        try:
+            with file_path.open("rb") as handle:
+                table = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(
+                "config", f"{file_path} does not exist (write one with `llmspool config init`)"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{file_path} is not valid TOML: {exc}") from exc
+    _apply_env_overrides(table, env)
+    return config_from_table(table)
+
+
+def config_from_table(table: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML table into a ``Config``."""
+    _refuse_unknown(table, {f.name for f in dataclasses.fields(Config)}, "")
+    providers_table = table.get("providers", {})
+    if not isinstance(providers_table, Mapping):
+        raise ConfigError("providers", "must be a table of [providers.NAME] tables")
+    providers = {
+        name: _section(ProviderConfig, _table_at(providers_table, name, f"providers.{name}"),
+                       f"providers.{name}", defaults=_provider_defaults(name))
+        for name in providers_table
+    } or _default_providers()
+    sim_table = _table_at(table, "sim", "sim")
+    return Config(
+        daemon=_section(DaemonConfig, _table_at(table, "daemon", "daemon"), "daemon"),
+        providers=providers,
+        pricing=_section(PricingConfig, _table_at(table, "pricing", "pricing"), "pricing"),
+        tracing=_section(TracingConfig, _table_at(table, "tracing", "tracing"), "tracing"),
+        sim=SimConfig.from_table(sim_table),
+    )
+
+
+def config_to_table(config: Config) -> dict[str, Any]:
+    """The TOML-ready table of ``config`` (durations and sizes spelled as an operator would)."""
+    return {
+        "daemon": _section_to_table(config.daemon),
+        "providers": {name: _section_to_table(p) for name, p in config.providers.items()},
+        "pricing": _section_to_table(config.pricing),
+        "tracing": _section_to_table(config.tracing),
+        "sim": config.sim.to_table(),
+    }
+
+
+def _provider_defaults(name: str) -> ProviderConfig:
+    """Defaults for a provider table: the OpenAI ones, with the plugin named after the table."""
+    if name == "openai":
+        return ProviderConfig()
+    return ProviderConfig(plugin=name, base_url="", api_key_env="", api_key_credential="")
+
+
+def _table_at(table: Mapping[str, Any], key: str, dotted: str) -> Mapping[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(dotted, f"must be a table ([{dotted}]), got {type(value).__name__}")
+    return value
+
+
+def _refuse_unknown(table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            dotted = f"{prefix}{key}"
+            raise ConfigError(dotted, f"unknown key (known here: {', '.join(sorted(known))})")
+
+
+def _section(
+    cls: type[_Section],
+    table: Mapping[str, Any],
+    prefix: str,
+    *,
+    defaults: _Section | None = None,
+) -> _Section:
+    """Build one section dataclass from its table, validating each value by its field kind."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    _refuse_unknown(table, {f.name for f in fields}, f"{prefix}.")
+    base = defaults if defaults is not None else cls()
+    values: dict[str, Any] = {}
+    for fld in fields:
+        if fld.name in table:
+            values[fld.name] = _convert(fld, table[fld.name], f"{prefix}.{fld.name}")
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
+
+
+def _convert(fld: dataclasses.Field[Any], value: Any, dotted: str) -> Any:
+    kind = fld.metadata.get("kind")
+    converters: dict[str | None, Callable[[Any], Any]] = {
+        "duration": parse_duration,
+        "size": parse_size,
+        "mode": _parse_mode,
+    }
+    try:
+        if kind in converters:
+            return converters[kind](value)
+        return _convert_plain(fld, value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(dotted, str(exc)) from None
+
+
+def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
+    expected = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
+    if expected == "str":
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        choices = fld.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    if expected == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"expected a non-negative integer, got {value!r}")
+        return value
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if expected.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise TypeError(f"no converter for {expected}")  # a programming error, not an operator's
+
+
+def _parse_mode(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal file mode like '0660', got {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ValueError(f"expected an octal file mode like '0660', got {value!r}")
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"file mode {value!r} is outside 0000..0777")
+    return mode
+
+
+def _section_to_table(section: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fld in dataclasses.fields(section):
+        value = getattr(section, fld.name)
+        kind = fld.metadata.get("kind")
+        if kind == "duration":
+            value = format_duration(value)
+        elif kind == "size":
+            value = format_size(value)
+        elif kind == "mode":
+            value = f"{value:04o}"
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[fld.name] = value
+    return out
+
+
+def _apply_env_overrides(table: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Fold environment overrides into the parsed file table, before validation."""
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if any(not part for part in path):
+            continue
+        _set_in(table, path, _env_value(raw))
+    if "LLMSPOOL_SOCKET" in env:
+        _set_in(table, ["daemon", "socket"], env["LLMSPOOL_SOCKET"])
+    if "LLMSPOOL_STATE_DIR" in env:
+        _set_in(table, ["daemon", "state_dir"], env["LLMSPOOL_STATE_DIR"])
+    if env.get("OPENAI_BASE_URL"):
+        _set_in(table, ["providers", "openai", "base_url"], env["OPENAI_BASE_URL"])
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_in(table: dict[str, Any], path: list[str], value: Any) -> None:
+    node = table
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(path), "an environment override names a key inside a value")
+        node = child
+    node[path[-1]] = value

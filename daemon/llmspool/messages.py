@@ -1,0 +1,144 @@
+"""Every message the actors send each other: frozen dataclasses, one module, one picture.
+
+Flow of an interactive call::
+
+    front door --Call--> request queue --Call--> dispatcher --Reply--> front door (call.reply)
+                                ^                    |
+                                +----SlotFreed-------+---Settled--> ledger
+
+Each message carries its request id, and a ``Call`` carries the OpenTelemetry context of the
+span that made it, because contextvars do not cross memory object streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio.streams.memory import MemoryObjectSendStream
+from opentelemetry.context import Context
+
+from llmspool.calls import Endpoint, Tier, Usage
+from llmspool.errors import ApiError
+from llmspool.pricing import PriceTable
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, from the Unix socket's peer credentials (None when unknown)."""
+
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One interactive request on its way to a provider; answers go to ``reply``.
+
+    ``body`` is the JSON to send upstream, already rewritten where the daemon needs to (the
+    upstream model name, ``stream_options.include_usage``); ``strip_usage_chunk`` says the
+    client did not ask for the usage chunk we added, so it must not see it.
+    """
+
+    request_id: str
+    endpoint: Endpoint
+    provider: str
+    model: str
+    body: bytes
+    stream: bool
+    tier: Tier
+    caller: Caller
+    operation: str | None
+    received_at: float
+    trace: Context
+    reply: MemoryObjectSendStream[Reply] = field(repr=False)
+    strip_usage_chunk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole (non-streamed) upstream answer."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    tier: Tier
+    cost_picodollars: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """The upstream accepted a streamed request; ``StreamChunk``s and one ``StreamEnd`` follow."""
+
+    status: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """Bytes of one or more whole server-sent events, to write to the client as they are."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The stream finished (cleanly, or cut by the upstream: ``error`` says so)."""
+
+    error: ApiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The call failed before any answer reached the client."""
+
+    error: ApiError
+
+
+Reply = Answer | StreamStart | StreamChunk | StreamEnd | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFreed:
+    """The dispatcher finished a call; the request queue may hand it another."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A call ended; the ledger records what it used and cost.
+
+    ``cost_picodollars`` is None when the model has no price on the served tier.
+    """
+
+    request_id: str
+    provider: str
+    model: str
+    endpoint: Endpoint
+    tier: Tier
+    usage: Usage
+    cost_picodollars: int | None
+    standard_cost_picodollars: int | None
+    caller: Caller
+    operation: str | None
+    status: int
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewPrices:
+    """The operator reloaded the price table (SIGHUP); calls settled from now use it."""
+
+    prices: PriceTable
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Ask an actor for a JSON-ready snapshot of its state, answered on ``reply``."""
+
+    what: str
+    reply: MemoryObjectSendStream[dict[str, Any]] = field(repr=False)
+    params: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,84 @@
+"""What a provider plugin implements: the ``Provider`` protocol and the objects it exchanges.
+
+A provider forwards one request to its upstream API and hands back the raw answer; it does
+not parse bodies, retry, or count money (the daemon does, the same way for every provider).
+It maps its HTTP client's exceptions to ``llmspool.errors`` at its boundary:
+``UpstreamUnreachable`` for no answer (status 504 and code ``upstream_timeout`` for a timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from llmspool.calls import Endpoint, Tier
+from llmspool.config import ProviderConfig
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to forward: ``body`` is the JSON to send as it is."""
+
+    endpoint: Endpoint
+    model: str
+    body: bytes
+    stream: bool
+    tier: Tier
+    timeout: float
+
+
+class UpstreamResponse(Protocol):
+    """An upstream answer, open until the context that produced it exits."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Response headers, names lower-cased."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        ...
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in chunks of any size."""
+        ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One configured upstream (``[providers.NAME]``), created by its plugin's factory.
+
+    The daemon enters it as an async context manager for its whole life: that is where a
+    provider opens and closes its pooled HTTP clients.
+    """
+
+    name: str
+
+    async def __aenter__(self) -> Provider: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    def send(self, request: UpstreamRequest) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """Send ``request``; the response stays readable inside the context."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """Model ids the upstream serves (a control-plane call)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """What a factory gets: the provider's name, its config table and its resolved API key."""
+
+    name: str
+    config: ProviderConfig
+    api_key: str
+
+
+ProviderFactory = Callable[[ProviderSettings], Provider]

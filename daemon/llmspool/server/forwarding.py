@@ -1,0 +1,299 @@
+"""Forwarding OpenAI-compatible requests: validate, make a ``Call``, answer from its replies.
+
+The body is parsed once (orjson) to check it and to read ``model``, ``stream`` and
+``service_tier``; it is re-encoded only when the daemon must change it: a provider-prefixed
+model name, or a streamed chat completion whose usage the daemon needs
+(``stream_options.include_usage``; the extra usage chunk is then kept from the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from llmspool.calls import Endpoint, Tier
+from llmspool.errors import (
+    ApiError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from llmspool.messages import (
+    Answer,
+    Call,
+    Failure,
+    Query,
+    Reply,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+from llmspool.routing import ModelRouter
+from llmspool.server.uvicorn_server import caller_of
+from llmspool.tracing import context_from_headers
+
+log = logging.getLogger(__name__)
+
+STREAM_BUFFER = 32  # replies a streamed call may run ahead of a slow client
+_REQUIRED_INPUT = {
+    Endpoint.CHAT: "messages",
+    Endpoint.EMBEDDINGS: "input",
+}
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def error_response(error: ApiError, request_id: str | None = None) -> Response:
+    headers = error.headers()
+    if request_id:
+        headers["x-llmspool-request-id"] = request_id
+    return Response(error.body(), error.status, headers, media_type="application/json")
+
+
+class Forwarder:
+    """Turns requests on the OpenAI-compatible endpoints into calls for the request queue."""
+
+    def __init__(
+        self,
+        queue: MemoryObjectSendStream[Call | Query],
+        router: ModelRouter,
+        tracer: trace.Tracer,
+        *,
+        max_body_size: int,
+    ) -> None:
+        self._queue = queue
+        self._router = router
+        self._tracer = tracer
+        self._max_body_size = max_body_size
+
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        request_id = f"llmspool-{uuid.uuid4().hex}"
+        headers = request.headers
+        span = self._tracer.start_span(
+            f"POST {endpoint.value}",
+            context=context_from_headers(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "POST",
+                "url.path": endpoint.value,
+                "llmspool.request_id": request_id,
+            },
+        )
+        try:
+            call, replies = await self._make_call(request, endpoint, request_id, span)
+        except ApiError as error:
+            return self._finish_with_error(span, error, request_id)
+        except BaseException:
+            span.end()
+            raise
+        try:
+            first = await replies.receive()
+        except anyio.EndOfStream:
+            first = Failure(_shutting_down())
+        except BaseException:
+            replies.close()
+            span.end()
+            raise
+        return self._respond(call, first, replies, span)
+
+    async def _make_call(
+        self, request: Request, endpoint: Endpoint, request_id: str, span: Span
+    ) -> tuple[Call, MemoryObjectReceiveStream[Reply]]:
+        body = await self._read_body(request)
+        parsed = _parse_json_object(body)
+        requested_model = parsed.get("model")
+        if not isinstance(requested_model, str) or not requested_model:
+            raise InvalidRequest(
+                "you must provide a model parameter (a model id string)", param="model",
+                code="missing_required_parameter" if requested_model is None else "invalid_type",
+            )
+        required = _REQUIRED_INPUT.get(endpoint)
+        if required is not None and required not in parsed:
+            raise InvalidRequest(
+                f"missing required parameter: '{required}'", param=required,
+                code="missing_required_parameter",
+            )
+        stream = parsed.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidRequest("'stream' must be true or false", param="stream",
+                                 code="invalid_type")
+        stream = stream and endpoint is not Endpoint.EMBEDDINGS
+        provider, model = self._router.resolve(requested_model)
+        rewrite = model != requested_model
+        if rewrite:
+            parsed["model"] = model
+        strip_usage_chunk = False
+        if stream and endpoint is Endpoint.CHAT:
+            options = parsed.get("stream_options")
+            if not isinstance(options, dict) or options.get("include_usage") is not True:
+                # The daemon needs the usage to bill the call; the client did not ask for it.
+                parsed["stream_options"] = {**(options or {}), "include_usage": True}
+                strip_usage_chunk = rewrite = True
+        tier = Tier.from_service_tier(parsed.get("service_tier")) or Tier.STANDARD
+        span.set_attributes({
+            "gen_ai.request.model": model,
+            "gen_ai.operation.name": endpoint.operation_name,
+            "llmspool.provider": provider,
+            "llmspool.stream": stream,
+        })
+        replies_in: MemoryObjectSendStream[Reply]
+        replies_in, replies_out = anyio.create_memory_object_stream[Reply](
+            STREAM_BUFFER if stream else 1
+        )
+        call = Call(
+            request_id=request_id,
+            endpoint=endpoint,
+            provider=provider,
+            model=model,
+            body=orjson.dumps(parsed) if rewrite else body,
+            stream=stream,
+            tier=tier,
+            caller=caller_of(request.scope),
+            operation=request.headers.get("x-llmspool-operation"),
+            received_at=time.time(),
+            trace=trace.set_span_in_context(span),
+            reply=replies_in,
+            strip_usage_chunk=strip_usage_chunk,
+        )
+        # From here the queue, then the dispatcher, owns the send end and closes it.
+        try:
+            await self._queue.send(call)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            replies_in.close()
+            replies_out.close()
+            raise _shutting_down() from None
+        return call, replies_out
+
+    async def _read_body(self, request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.lower():
+            raise UnsupportedMediaType(
+                f"send the body as JSON with 'content-type: application/json' "
+                f"(got {content_type!r})",
+                code="unsupported_content_type",
+            )
+        declared = request.headers.get("content-length")
+        limit = self._max_body_size
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _respond(
+        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span
+    ) -> Response:
+        common = {"x-llmspool-request-id": call.request_id}
+        if isinstance(first, Answer):
+            replies.close()
+            span.set_attribute("http.response.status_code", first.status)
+            span.set_attribute("llmspool.tier", first.tier.value)
+            span.end()
+            return Response(first.body, first.status, {**first.headers, **common},
+                            media_type="application/json")
+        if isinstance(first, Failure):
+            replies.close()
+            return self._finish_with_error(span, first.error, call.request_id)
+        if isinstance(first, StreamStart):
+            span.set_attribute("http.response.status_code", first.status)
+            return _RelayResponse(
+                replies,
+                span,
+                first.status,
+                {**first.headers, **common, **_SSE_HEADERS},
+                media_type="text/event-stream",
+            )
+        replies.close()
+        span.end()
+        raise RuntimeError(f"unexpected first reply {type(first).__name__}")
+
+    def _finish_with_error(self, span: Span, error: ApiError, request_id: str) -> Response:
+        span.set_status(Status(StatusCode.ERROR, error.message))
+        span.set_attribute("http.response.status_code", error.status)
+        span.set_attribute("error.type", error.code or type(error).__name__)
+        span.end()
+        return error_response(error, request_id)
+
+
+class _RelayResponse(StreamingResponse):
+    """Server-sent events from a call's replies, written as they come.
+
+    Whatever ends the response (the last event, a client that disconnects, a shutdown), the
+    reply stream is closed, which tells the dispatcher to stop the upstream call.
+    """
+
+    def __init__(
+        self,
+        replies: MemoryObjectReceiveStream[Reply],
+        span: Span,
+        status: int,
+        headers: dict[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(_relay(replies, span), status, headers, media_type=media_type)
+        self._replies = replies
+        self._span = span
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._replies.close()
+            self._span.end()
+
+
+async def _relay(replies: MemoryObjectReceiveStream[Reply], span: Span) -> AsyncIterator[bytes]:
+    """The stream's chunks as they come, until its end."""
+    async for reply in replies:
+        if isinstance(reply, StreamChunk):
+            yield reply.data
+        elif isinstance(reply, StreamEnd):
+            if reply.error is not None:
+                span.set_status(Status(StatusCode.ERROR, reply.error.message))
+                yield b"data: " + reply.error.body() + b"\n\n"
+            return
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "llmspool is shutting down and takes no new requests; retry in a moment",
+        retry_after=2.0,
+        code="shutting_down",
+    )
+
+
+def _parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"the body is not valid JSON ({exc}); send one JSON object",
+            code="invalid_json",
+        ) from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+    return parsed
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the body is {size} bytes or more, over the limit of {limit} bytes "
+        "([daemon] max_body_size)",
+        code="body_too_large",
+    )

@@ -1,0 +1,148 @@
+"""The Starlette app on the socket: the OpenAI-compatible endpoints and the daemon's own.
+
+Every error, including unknown paths and wrong methods, answers in OpenAI's error shape
+``{"error": {"message", "type", "param", "code"}}``, so the official clients raise their usual
+exceptions. An unexpected exception is logged and answered 500; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llmspool import __version__
+from llmspool.calls import Endpoint
+from llmspool.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
+from llmspool.messages import Query
+from llmspool.routing import ModelRouter
+from llmspool.server.forwarding import Forwarder, error_response
+
+log = logging.getLogger(__name__)
+
+QUERY_TIMEOUT = 5.0
+QueryTarget = MemoryObjectSendStream[Any]
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+async def ask(target: QueryTarget, what: str, **params: Any) -> dict[str, Any]:
+    """Send an actor a ``Query`` and wait (bounded) for its snapshot."""
+    answer_in, answer_out = anyio.create_memory_object_stream[dict[str, Any]](1)
+    with answer_in, answer_out, anyio.fail_after(QUERY_TIMEOUT):
+        await target.send(Query(what, answer_in, params))
+        return await answer_out.receive()
+
+
+def build_app(
+    forwarder: Forwarder,
+    router: ModelRouter,
+    actors: Mapping[str, QueryTarget],
+    *,
+    started_at: float,
+) -> Starlette:
+    """The front door's ASGI app. ``actors`` are the inboxes ``/v1/status`` asks, by name."""
+
+    def forward(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint_handler(request: Request) -> Response:
+            return await forwarder.handle(request, endpoint)
+
+        return endpoint_handler
+
+    created = int(started_at)
+
+    async def list_models(_request: Request) -> Response:
+        return json_response({
+            "object": "list",
+            "data": [_model_object(model, owner, created) for model, owner in router.models()],
+        })
+
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model"]
+        provider, model = router.resolve(model_id)
+        return json_response(_model_object(model_id if model == model_id else model, provider,
+                                           created))
+
+    async def healthz(_request: Request) -> Response:
+        return json_response({"status": "ok", "version": __version__})
+
+    async def status(_request: Request) -> Response:
+        report: dict[str, Any] = {
+            "version": __version__,
+            "uptime_s": round(time.time() - started_at, 3),
+        }
+        for name, inbox in actors.items():
+            report[name] = await ask(inbox, "status")
+        return json_response(report)
+
+    async def ledger(request: Request) -> Response:
+        raw_limit = request.query_params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+            raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
+        return json_response(await ask(actors["ledger"], "entries", limit=int(raw_limit)))
+
+    routes = [
+        Route(Endpoint.CHAT.value, forward(Endpoint.CHAT), methods=["POST"]),
+        Route(Endpoint.RESPONSES.value, forward(Endpoint.RESPONSES), methods=["POST"]),
+        Route(Endpoint.EMBEDDINGS.value, forward(Endpoint.EMBEDDINGS), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/status", status, methods=["GET"]),
+        Route("/v1/ledger", ledger, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_exception,
+            Exception: _unexpected,
+        },
+    )
+
+
+def _model_object(model: str, provider: str, created: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": created, "owned_by": provider}
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(
+            f"unknown path {request.method} {request.url.path}; llmspool serves "
+            "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/status, "
+            "/v1/ledger and /healthz",
+            code="unknown_url",
+        ))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"
+        ))
+    return error_response(ApiError(str(exc.detail), status=exc.status_code,
+                                   error_type="invalid_request_error"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error answering %s %s", request.method, request.url.path)
+    return error_response(ApiError(
+        f"llmspool hit an unexpected error ({type(exc).__name__}); it is logged, and the daemon "
+        "keeps serving",
+        code="internal_error",
+    ))

@@ -1,0 +1,82 @@
+"""Opening the daemon's SQLite database, and bringing its schema up to date.
+
+Migrations are the files ``migrations/NNNN_name.sql``, applied in order, each in one
+transaction, recorded in ``PRAGMA user_version``. A database from a newer llmspool (a higher
+version than this code knows) is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+from llmspool.errors import StartupError
+
+DATABASE_NAME = "llmspool.sqlite3"
+_MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every bundled migration, in order."""
+    folder = resources.files("llmspool.store").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.fullmatch(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [version for version, _name, _sql in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return found
+
+
+async def open_database(state_dir: Path) -> aiosqlite.Connection:
+    """Open (creating if needed) the database in ``state_dir`` and migrate it."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the state directory {state_dir}: {exc.strerror}; set "
+            "[daemon] state_dir or LLMSPOOL_STATE_DIR to a directory this user can write"
+        ) from None
+    path = state_dir / DATABASE_NAME
+    try:
+        connection = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StartupError(f"cannot open the database {path}: {exc}") from None
+    try:
+        await connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of the daemon (kill -9); only a power loss can
+        # lose the last commits. Deferred jobs that must survive even that commit with FULL.
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        await connection.execute("PRAGMA foreign_keys=ON")
+        await connection.execute("PRAGMA busy_timeout=5000")
+        await _migrate(connection, path)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def _migrate(connection: aiosqlite.Connection, path: Path) -> None:
+    async with connection.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    known = migrations()
+    if current > len(known):
+        raise StartupError(
+            f"{path} has schema version {current}, newer than this llmspool knows "
+            f"({len(known)}); run the newer llmspool, or move the state directory aside"
+        )
+    for version, name, sql in known[current:]:
+        try:
+            await connection.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                await connection.execute("ROLLBACK")
+            raise StartupError(f"migration {name} failed on {path}: {exc}") from exc

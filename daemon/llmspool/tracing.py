@@ -1,0 +1,73 @@
+"""OpenTelemetry tracing: a tracer for the actors, exported over OTLP/HTTP, or a no-op one.
+
+``[tracing] enabled = "auto"`` turns tracing on when the environment names an OTLP endpoint
+(``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) or asks for it with
+``OTEL_TRACES_EXPORTER=otlp``; ``OTEL_SDK_DISABLED=true`` turns it off whatever else is set.
+The exporter itself reads the standard ``OTEL_*`` variables (endpoint, headers, timeout).
+
+The tracer provider is not installed globally: the daemon passes its tracer to the actors,
+so two daemons in one process (as in tests) never share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from llmspool import __version__
+from llmspool.config import TracingConfig
+
+_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The daemon's tracer, and the provider to flush at exit (None when tracing is off)."""
+
+    tracer: trace.Tracer
+    provider: TracerProvider | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporter (blocking: call it from a worker thread)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def tracing_wanted(config: TracingConfig, environ: Mapping[str, str]) -> bool:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if config.enabled != "auto":
+        return config.enabled == "on"
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "otlp":
+        return True
+    return any(environ.get(name) for name in _ENDPOINT_VARIABLES)
+
+
+def build_tracing(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
+    if not tracing_wanted(config, environ):
+        return Tracing(trace.NoOpTracer(), None)
+    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
+    attributes["service.version"] = __version__
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return Tracing(provider.get_tracer("llmspool", __version__), provider)
+
+
+def context_from_headers(headers: Mapping[str, str]) -> Context:
+    """The trace context a client sent in ``traceparent``/``tracestate`` (empty if none)."""
+    if "traceparent" not in headers:
+        return Context()
+    return _PROPAGATOR.extract(carrier=headers)

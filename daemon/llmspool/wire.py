@@ -1,0 +1,160 @@
+"""Reading OpenAI-shaped bodies on the hot path: only what the daemon needs, nothing re-encoded.
+
+- ``usage_of`` and ``served_tier_of`` read a whole answer's ``usage`` and ``service_tier``;
+- ``SseMeter`` watches a server-sent-event stream pass through: it forwards whole events as
+  they complete, notes the usage and tier they report, and drops the usage-only chunk that
+  the daemon asked for when the client did not.
+
+Chat Completions and Embeddings name usage ``prompt_tokens``/``completion_tokens``; the
+Responses API names it ``input_tokens``/``output_tokens``. Both are read the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from llmspool.calls import Tier, Usage
+
+_EVENT_END = (b"\n\n", b"\r\n\r\n")
+
+
+def usage_of(answer: Any) -> Usage | None:
+    """The usage a parsed answer (or a stream event's object) reports; None if it has none."""
+    if not isinstance(answer, dict):
+        return None
+    usage = answer.get("usage")
+    if not isinstance(usage, dict) and isinstance(answer.get("response"), dict):
+        usage = answer["response"].get("usage")  # Responses API stream events
+    if not isinstance(usage, dict):
+        return None
+    input_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    input_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    output_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    return Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=_int(_get(input_details, "cached_tokens")),
+        output_tokens=output_tokens,
+        reasoning_tokens=_int(_get(output_details, "reasoning_tokens")),
+    )
+
+
+def served_tier_of(answer: Any) -> Tier | None:
+    """The tier a parsed answer says it was served on; None when it does not say."""
+    if not isinstance(answer, dict):
+        return None
+    tier = answer.get("service_tier")
+    if tier is None and isinstance(answer.get("response"), dict):
+        tier = answer["response"].get("service_tier")
+    return Tier.from_service_tier(tier)
+
+
+class SseMeter:
+    """Passes a server-sent-event stream through, event by event, reading usage on the way.
+
+    ``feed`` takes raw upstream bytes and returns the bytes of the events completed by them
+    (possibly empty); ``flush`` returns whatever is left when the stream ends.
+    """
+
+    __slots__ = ("_buffer", "_strip_usage_chunk", "events", "tier", "usage")
+
+    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+        self._buffer = b""
+        self._strip_usage_chunk = strip_usage_chunk
+        self.usage: Usage | None = None
+        self.tier: Tier | None = None
+        self.events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer + data if self._buffer else data
+        end = _last_event_end(buffer)
+        if end < 0:
+            self._buffer = buffer
+            return b""
+        self._buffer = buffer[end:]
+        complete = buffer[:end]
+        if self.tier is not None and b'"usage"' not in complete:
+            self.events += complete.count(b"data:")
+            return complete  # the common case: nothing to read, forward as it is
+        return self._read_events(complete)
+
+    def flush(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return self._read_events(rest) if rest.strip() else rest
+
+    def _read_events(self, complete: bytes) -> bytes:
+        kept: list[bytes] = []
+        for event in _split_events(complete):
+            if self._keep(event):
+                kept.append(event)
+        return b"".join(kept)
+
+    def _keep(self, event: bytes) -> bool:
+        """Note what ``event`` reports; False when it is the usage chunk to drop."""
+        data = _data_of(event)
+        if data is None:
+            return True
+        self.events += 1
+        if data == b"[DONE]" or (self.tier is not None and b'"usage"' not in data):
+            return True
+        if b'"usage":null' in data and self.tier is not None:
+            return True
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True  # not ours to judge: the client sees exactly what upstream sent
+        tier = served_tier_of(parsed)
+        if tier is not None:
+            self.tier = tier
+        usage = usage_of(parsed)
+        if usage is None:
+            return True
+        self.usage = usage
+        usage_only = isinstance(parsed, dict) and parsed.get("choices") == []
+        return not (self._strip_usage_chunk and usage_only)
+
+
+def _last_event_end(buffer: bytes) -> int:
+    """Index just past the last complete event in ``buffer``, or -1."""
+    best = -1
+    for separator in _EVENT_END:
+        at = buffer.rfind(separator)
+        if at >= 0:
+            best = max(best, at + len(separator))
+    return best
+
+
+def _split_events(complete: bytes) -> list[bytes]:
+    """Whole events, each keeping its trailing blank line."""
+    events: list[bytes] = []
+    start = 0
+    length = len(complete)
+    while start < length:
+        end_lf = complete.find(b"\n\n", start)
+        end_crlf = complete.find(b"\r\n\r\n", start)
+        candidates = [e + 2 for e in (end_lf,) if e >= 0] + [e + 4 for e in (end_crlf,) if e >= 0]
+        if not candidates:
+            events.append(complete[start:])
+            break
+        end = min(candidates)
+        events.append(complete[start:end])
+        start = end
+    return events
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one event, or None for a comment or keep-alive."""
+    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[5:].lstrip(b" ") for line in lines)
+
+
+def _get(mapping: Any, key: str) -> Any:
+    return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

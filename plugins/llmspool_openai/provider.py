@@ -1,0 +1,150 @@
+"""``OpenAIProvider``: forwards calls to an OpenAI-compatible API.
+
+Two clients, each pooled once per provider for the daemon's life:
+
+- the data plane (chat, responses, embeddings) forwards the request bytes with aiohttp and hands
+  back the raw answer, because parsing and re-encoding through the SDK's models costs ~3 ms per
+  call (DESIGN.md, "Performance notes") and the daemon needs only usage, tier and errors;
+- the control plane (models today; files and batches next) uses the official ``openai`` SDK with
+  ``max_retries=0``, because the daemon owns its retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Self
+
+import aiohttp
+import openai
+from multidict import CIMultiDictProxy
+
+from llmspool.errors import UpstreamUnreachable
+from llmspool.provider import ProviderSettings, UpstreamRequest
+
+
+class _AiohttpAnswer:
+    """An aiohttp response seen through ``llmspool.provider.UpstreamResponse``."""
+
+    __slots__ = ("_headers", "_provider", "_response")
+
+    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+        self._provider = provider
+        self._response = response
+        self._headers: Mapping[str, str] | None = None
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = _lower_headers(self._response.headers)
+        return self._headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self._provider, exc) from exc
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self._provider, exc) from exc
+
+
+class OpenAIProvider:
+    """One ``[providers.NAME]`` of kind ``openai``."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.name = settings.name
+        self._config = settings.config
+        self._api_key = settings.api_key
+        self._base_url = settings.config.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._sdk: openai.AsyncOpenAI | None = None
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self._config.max_connections,
+            keepalive_timeout=60,
+            enable_cleanup_closed=False,
+        )
+        headers = {"content-type": "application/json"}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(
+                total=self._config.timeout, sock_connect=self._config.connect_timeout
+            ),
+            # Bodies are forwarded as the client sent them; skip aiohttp's cookie handling.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+        )
+        self._sdk = openai.AsyncOpenAI(
+            api_key=self._api_key or "unset",
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=self._config.timeout,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._sdk is not None:
+            await self._sdk.close()
+            self._sdk = None
+
+    @asynccontextmanager
+    async def send(self, request: UpstreamRequest) -> AsyncIterator[_AiohttpAnswer]:
+        if self._session is None:
+            raise RuntimeError("OpenAIProvider used outside its `async with`")
+        url = self._base_url + request.endpoint.upstream_path
+        timeout = aiohttp.ClientTimeout(
+            total=request.timeout, sock_connect=self._config.connect_timeout
+        )
+        try:
+            response = await self._session.post(url, data=request.body, timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self.name, exc) from exc
+        try:
+            yield _AiohttpAnswer(self.name, response)
+        finally:
+            # A body not read to the end (a client that went away mid-stream) closes the
+            # connection rather than returning a half-read one to the pool.
+            response.release()
+
+    async def list_models(self) -> list[str]:
+        if self._sdk is None:
+            raise RuntimeError("OpenAIProvider used outside its `async with`")
+        try:
+            page = await self._sdk.models.list()
+        except openai.APIConnectionError as exc:
+            raise _unreachable(self.name, exc) from exc
+        return [model.id async for model in page]
+
+
+def _lower_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
+    if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError):
+        return UpstreamUnreachable(
+            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
+            "retried, or given a longer timeout in [providers." + provider + "] timeout",
+            code="upstream_timeout",
+            status=504,
+        )
+    return UpstreamUnreachable(
+        f"cannot reach {provider}: {exc or type(exc).__name__}", code="upstream_unreachable"
+    )

@@ -1,0 +1,222 @@
+"""Real processes for tests and benchmarks: ``llmspool sim`` on 127.0.0.1, ``llmspool daemon``
+on a Unix socket. Each is started as a subprocess, waited for until it answers, and stopped
+(SIGTERM, then SIGKILL) by the fixture that made it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Sim:
+    process: subprocess.Popen[bytes]
+    url: str  # ends in /v1
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/v1")
+
+    def request(self, method: str, path: str, payload: Any = None) -> Any:
+        host_port = self.base.removeprefix("http://")
+        host, port = host_port.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            body = orjson.dumps(payload) if payload is not None else None
+            headers = {"content-type": "application/json"} if body else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        return orjson.loads(raw) if raw else None
+
+    def stats(self) -> Any:
+        return self.request("GET", "/_sim/stats")
+
+    def set_faults(self, *rules: dict[str, Any]) -> None:
+        self.request("POST", "/_sim/faults", {"faults": list(rules)})
+
+    def clear_faults(self) -> None:
+        self.request("DELETE", "/_sim/faults")
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+    state_dir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return unix_request(self.socket_path, "GET", path)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        return stop_process(self.process, timeout)
+
+
+def python_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmspool", *args]
+
+
+def start_sim(tmp_path: Path, config_toml: str = "", extra_args: tuple[str, ...] = ()) -> Sim:
+    config = tmp_path / "sim.toml"
+    config.write_text(config_toml)
+    process = subprocess.Popen(
+        [*python_command("sim", "--port", "0", "--config", str(config)), *extra_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            break
+        if process.poll() is not None:
+            break
+    text = line.decode().strip()
+    if "http://" not in text:
+        stop_process(process)
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"llmspool sim did not start: {text!r} {stderr}")
+    return Sim(process, text[text.index("http://"):])
+
+
+def start_daemon(
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    config_toml: str = "",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    wait: bool = True,
+) -> Daemon:
+    """A daemon on ``tmp_path/d.sock`` forwarding to ``upstream_url``, started and answering."""
+    socket_path = tmp_path / "d.sock"
+    state_dir = tmp_path / "state"
+    config = tmp_path / "llmspool.toml"
+    config.write_text(config_toml)
+    log_path = tmp_path / "daemon.log"
+    full_env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "LLMSPOOL_", "OPENAI_"))
+    }
+    full_env.update(
+        LLMSPOOL_SOCKET=str(socket_path),
+        LLMSPOOL_STATE_DIR=str(state_dir),
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=upstream_url,
+    )
+    full_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            python_command("daemon", "--config", str(config), *args),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    daemon = Daemon(process, socket_path, state_dir, log_path, full_env)
+    if wait:
+        wait_until_healthy(daemon)
+    return daemon
+
+
+def wait_until_healthy(daemon: Daemon, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise RuntimeError(f"llmspool daemon exited {daemon.process.returncode}:\n{daemon.log()}")
+        if daemon.socket_path.exists():
+            try:
+                status, _body = daemon.get("/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.02)
+    stop_process(daemon.process)
+    raise RuntimeError(f"llmspool daemon did not answer in {timeout}s:\n{daemon.log()}")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+    return process.returncode
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix socket, for raw requests the SDK would not send."""
+
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def unix_request(
+    path: Path | str,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """(status, parsed JSON or raw bytes) of one request over the Unix socket."""
+    connection = UnixHTTPConnection(path)
+    try:
+        connection.request(method, url, body=body, headers=headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return response.status, raw
+
+
+def openai_client(socket_path: Path | str, **options: Any) -> Any:
+    """The official ``openai`` client, talking to the daemon over its Unix socket."""
+    import httpx2
+    import openai
+
+    return openai.OpenAI(
+        base_url="http://localhost/v1",
+        api_key="sk-local",
+        max_retries=options.pop("max_retries", 0),
+        http_client=openai.DefaultHttpxClient(transport=httpx2.HTTPTransport(uds=str(socket_path))),
+        **options,
+    )
