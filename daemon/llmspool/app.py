@@ -231,8 +231,8 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.reloading()
-                    self._reload()
-                    notifier.ready("reloaded")
+                    reloaded = self._reload()
+                    notifier.ready("reloaded" if reloaded else "reload refused; see the log")
                     continue
                 log.info("received %s; finishing requests in flight, then stopping",
                          signal.Signals(signum).name)
@@ -240,20 +240,21 @@ class Daemon:
                 if self._server is not None:
                     self._server.should_exit = True
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
         """Re-read what can change without a restart: log level and prices."""
         try:
             config = load_config(self._config_path, environ=self._environ)
             prices = load_price_table(config.pricing.file)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
-            return
+            return False
         logging.getLogger("llmspool").setLevel(config.daemon.log_level.upper())
         if self._dispatch_control is not None:
             try:
                 self._dispatch_control.send_nowait(NewPrices(prices))
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.error("reload: the dispatcher is busy or stopping; prices not reloaded")
-                return
+                return False
         # Which models route where is fixed at start: a newly priced model needs a restart.
         log.info("reloaded the log level and the price table")
+        return True

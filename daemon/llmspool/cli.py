@@ -25,6 +25,10 @@ from llmspool import __version__
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
 
+# EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
+# restarting a daemon whose config is wrong (it would fail the same way every time).
+EXIT_CONFIG = 78
+
 DESCRIPTION = """\
 llmspool takes LLM API work from the programs on this machine over a Unix socket and gets it
 done at the lowest cost that still meets each request's deadline.
@@ -60,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result: int = args.run(args)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
+        print(f"llmspool: config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
         print(f"llmspool: {exc}", file=sys.stderr)
         return 1
     return result

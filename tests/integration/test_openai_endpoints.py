@@ -159,7 +159,7 @@ def test_provider_prefixed_model_is_routed_and_rewritten(daemon: Daemon, sim: Si
         model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.model == "gpt-4o-mini"  # the sim saw the upstream name
-    assert sim.stats()["requests_by_model"].get("gpt-4o-mini", 0) >= 1
+    assert sim.stats()["requests"]["by_model"].get("gpt-4o-mini", 0) >= 1
 
 
 def test_curl_over_the_unix_socket(daemon: Daemon) -> None:

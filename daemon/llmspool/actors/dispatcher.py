@@ -12,6 +12,7 @@ the provider's context closes the upstream connection, so the upstream call stop
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +43,8 @@ from llmspool.pricing import PriceTable, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
 from llmspool.wire import SseMeter, served_tier_of, usage_of
 
+log = logging.getLogger(__name__)
+
 # Upstream headers a client may rely on; the rest (rate limits, cookies) are the daemon's.
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
 _PASSED_ERROR_HEADERS = (*_PASSED_HEADERS, "retry-after", "retry-after-ms")
@@ -70,7 +73,7 @@ class Dispatcher:
         self._prices = prices
         self._tracer = tracer
         self._in_flight = 0
-        self._served: dict[str, int] = {}
+        self._served_by_tier: dict[str, int] = {}
         self._failed = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -107,6 +110,16 @@ class Dispatcher:
                 set_status_on_exception=False,
             ) as span:
                 await self._forward(call, span, started)
+        except Exception as exc:
+            # A bug while serving one call must not take the daemon (and every other call)
+            # down: log it, answer this caller 500, and keep serving.
+            log.exception("unexpected error serving %s", call.request_id)
+            self._failed += 1
+            await _tell(call, Failure(ApiError(
+                f"llmspool hit an unexpected error serving this request ({type(exc).__name__}); "
+                "it is logged, and the daemon keeps serving",
+                code="internal_error",
+            )))
         finally:
             call.reply.close()
             self._in_flight -= 1
@@ -227,7 +240,7 @@ class Dispatcher:
         if cost is not None:
             span.set_attribute("llmspool.cost_usd", usd(cost))
         tier_name = tier.value
-        self._served[tier_name] = self._served.get(tier_name, 0) + 1
+        self._served_by_tier[tier_name] = self._served_by_tier.get(tier_name, 0) + 1
         return Settled(
             request_id=call.request_id,
             provider=call.provider,
@@ -245,7 +258,7 @@ class Dispatcher:
         )
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"in_flight": self._in_flight, "served_by_tier": dict(self._served),
+        return {"in_flight": self._in_flight, "served_by_tier": dict(self._served_by_tier),
                 "failed": self._failed}
 
 

@@ -1,0 +1,117 @@
+"""Config: complete defaults, refusals that name the key, environment overrides, and the
+documented etc/llmspool.toml that must match the code's defaults key for key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from llmspool.config import Config, config_from_table, config_to_table, load_config
+from llmspool.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_no_file_gives_complete_defaults() -> None:
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.daemon.socket_mode == 0o660
+    assert config.providers["openai"].base_url == "https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[daemon]\nsokcet = 'x'\n", "daemon.sokcet"),
+        ("[deamon]\n", "deamon"),
+        ("[daemon]\nshutdown_grace = 'soon'\n", "daemon.shutdown_grace"),
+        ("[daemon]\nmax_body_size = '12 parsecs'\n", "daemon.max_body_size"),
+        ("[daemon]\nsocket_mode = '0999'\n", "daemon.socket_mode"),
+        ("[daemon]\nmax_in_flight = -1\n", "daemon.max_in_flight"),
+        ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level"),
+        ("[providers.openai]\ntimeout = 5\nmodels = 'gpt-4o'\n", "providers.openai.models"),
+        ("[providers.openai]\nbase_uri = 'x'\n", "providers.openai.base_uri"),
+        ("[tracing]\nenabled = 'maybe'\n", "tracing.enabled"),
+        ("daemon = 3\n", "daemon"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: ")
+
+
+def test_missing_and_malformed_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist.*config init"):
+        load_config(tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
+
+
+def test_environment_overrides_any_key() -> None:
+    config = load_config(environ={
+        "LLMSPOOL_SOCKET": "/tmp/x.sock",
+        "LLMSPOOL_STATE_DIR": "/tmp/state",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "LLMSPOOL_DAEMON__MAX_BODY_SIZE": "1MiB",
+        "LLMSPOOL_PROVIDERS__OPENAI__MODELS": '["gpt-4o"]',
+        "LLMSPOOL_DAEMON__MAX_IN_FLIGHT": "12",
+    })
+    assert config.daemon.socket == "/tmp/x.sock"
+    assert config.daemon.state_dir == "/tmp/state"
+    assert config.providers["openai"].base_url == "http://127.0.0.1:9/v1"
+    assert config.daemon.max_body_size == 1024 * 1024
+    assert config.providers["openai"].models == ("gpt-4o",)
+    assert config.daemon.max_in_flight == 12
+    with pytest.raises(ConfigError, match="daemon.max_in_flight"):
+        load_config(environ={"LLMSPOOL_DAEMON__MAX_IN_FLIGHT": "many"})
+
+
+def test_table_round_trip_is_exact() -> None:
+    table = config_to_table(Config())
+    assert config_from_table(table) == Config()
+
+
+def test_documented_config_matches_the_defaults_key_for_key() -> None:
+    documented = tomllib.loads((REPO / "etc" / "llmspool.toml").read_text())
+    assert documented == config_to_table(Config())
+    assert config_from_table(documented) == Config()
+
+
+def test_every_documented_key_has_a_comment() -> None:
+    lines = (REPO / "etc" / "llmspool.toml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "=" in line and not line.lstrip().startswith("#"):
+            above = lines[number - 1].lstrip()
+            assert above.startswith("#"), f"line {number + 1} has no comment: {line}"
+
+
+def test_config_init_writes_a_file_that_loads_back(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "llmspool.toml"
+    cli = [sys.executable, "-m", "llmspool", "config", "init"]
+    subprocess.run([*cli, str(target)], check=True, capture_output=True, timeout=60)
+    assert load_config(target, environ={}) == Config()
+    again = subprocess.run([*cli, str(target)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "--force" in again.stderr
+    forced = subprocess.run([*cli, str(target), "--force"], capture_output=True, timeout=60)
+    assert forced.returncode == 0
+
+
+def test_daemon_refuses_a_bad_config_with_the_key_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[daemon]\nshutdown_grace = 'whenever'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "llmspool", "daemon", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 78  # EX_CONFIG: systemd does not restart it
+    assert "daemon.shutdown_grace" in result.stderr and "90s" in result.stderr
