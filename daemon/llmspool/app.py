@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool import systemd
 from llmspool.actors.dispatcher import Dispatcher
@@ -109,7 +110,7 @@ class Daemon:
         self._extra_plugins = tuple(extra_plugins)
         self._server: EmbeddedServer | None = None
         self._listener: Listener | None = None
-        self._dispatch_control: anyio.abc.ObjectSendStream[Call | Query | NewPrices] | None = None
+        self._dispatch_control: MemoryObjectSendStream[Call | Query | NewPrices] | None = None
 
     async def run(self) -> None:
         config = self.config

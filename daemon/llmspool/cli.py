@@ -3,6 +3,7 @@
     llmspool daemon [--config PATH] [--socket PATH]   run the daemon in the foreground
     llmspool sim [--host H] [--port P] [--config PATH] run the OpenAI API simulator
     llmspool config init [PATH]                       write a complete default config
+    llmspool demo                                     rehearse with the simulator, show costs
     llmspool status [--json]                          ask a running daemon how it is doing
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
@@ -117,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(run=_run_config_init)
 
+    demo = commands.add_parser(
+        "demo",
+        help="rehearse: start a simulator and a daemon, send a few requests, show the costs",
+        description="Start `llmspool sim` and `llmspool daemon` in a temporary directory, send "
+        "a chat completion, a streamed one and an embedding with the official openai client "
+        "over the socket, print the answers and their cost, then the ledger; stop both. "
+        "Needs no config and no API key.",
+    )
+    demo.set_defaults(run=_run_demo)
+
     status = commands.add_parser(
         "status",
         help="ask the running daemon how it is doing",
@@ -151,6 +162,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
     daemon = Daemon(config, config_path=args.config)
     anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
     return 0
+
+
+def _run_demo(_args: argparse.Namespace) -> int:
+    from llmspool.demo import run_demo
+
+    return run_demo()
 
 
 def _with_socket(config: Config, path: str) -> Config:

@@ -12,7 +12,7 @@ The tree::
         ├── PayloadTooLarge          413: body over ``daemon.max_body_bytes``
         ├── UnsupportedMediaType     415: not JSON
         ├── ServiceUnavailable       503: shutting down, queue full; carries ``retry_after``
-        ├── UpstreamError            the provider answered an error: its status and body pass through
+        ├── UpstreamError            the provider answered an error: status and body pass through
         ├── UpstreamUnreachable      502/504: no answer (connection refused or reset, timeout)
         └── BadUpstreamAnswer        502: the provider answered something we cannot read
 

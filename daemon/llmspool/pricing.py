@@ -119,7 +119,9 @@ def _tier_price(entry: Any, key: str) -> TierPrice:
     for name in _PRICE_KEYS:
         value = entry.get(name, entry["input"] if name == "cached_input" else 0)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}.{name}", f"must be a number of USD per 1M tokens, got {value!r}")
+            raise ConfigError(
+                f"{key}.{name}", f"must be a number of USD per 1M tokens, got {value!r}"
+            )
         if not 0 <= value <= MAX_PRICE_PER_MILLION:
             raise ConfigError(
                 f"{key}.{name}",

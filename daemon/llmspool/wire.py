@@ -85,11 +85,7 @@ class SseMeter:
         return self._read_events(rest) if rest.strip() else rest
 
     def _read_events(self, complete: bytes) -> bytes:
-        kept: list[bytes] = []
-        for event in _split_events(complete):
-            if self._keep(event):
-                kept.append(event)
-        return b"".join(kept)
+        return b"".join(event for event in _split_events(complete) if self._keep(event))
 
     def _keep(self, event: bytes) -> bool:
         """Note what ``event`` reports; False when it is the usage chunk to drop."""

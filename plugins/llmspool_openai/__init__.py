@@ -7,6 +7,7 @@ the provider kind ``openai`` (any OpenAI-compatible API can use it: set ``base_u
 from __future__ import annotations
 
 from llmspool.hookspecs import RegisterProvider, hookimpl
+
 from llmspool_openai.provider import OpenAIProvider
 
 __all__ = ["OpenAIProvider"]

@@ -18,10 +18,9 @@ from typing import Self
 
 import aiohttp
 import openai
-from multidict import CIMultiDictProxy
-
 from llmspool.errors import UpstreamUnreachable
 from llmspool.provider import ProviderSettings, UpstreamRequest
+from multidict import CIMultiDictProxy
 
 
 class _AiohttpAnswer:
@@ -47,14 +46,14 @@ class _AiohttpAnswer:
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(self._provider, exc) from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(self._provider, exc) from exc
 
 
@@ -114,7 +113,7 @@ class OpenAIProvider:
         )
         try:
             response = await self._session.post(url, data=request.body, timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(self.name, exc) from exc
         try:
             yield _AiohttpAnswer(self.name, response)

@@ -10,11 +10,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-
 from llmspool.calls import Endpoint, Tier
 from llmspool.config import ProviderConfig
 from llmspool.provider import ProviderSettings, UpstreamRequest
 from llmspool_openai import OpenAIProvider
+
 from tests.support.processes import openai_client, start_daemon, unix_request
 
 pytestmark = pytest.mark.conformance
@@ -67,7 +67,9 @@ async def _send_all(base_url: str, requests: list[tuple[Endpoint, dict[str, Any]
 
 @pytest.mark.parametrize(("endpoint", "body"), REQUESTS,
                          ids=[f"{e.name.lower()}-{i}" for i, (e, _b) in enumerate(REQUESTS)])
-def test_plugin_requests_are_valid(steady_url: str, endpoint: Endpoint, body: dict[str, Any]) -> None:
+def test_plugin_requests_are_valid(
+    steady_url: str, endpoint: Endpoint, body: dict[str, Any]
+) -> None:
     [(status, valid, errors)] = anyio.run(_send_all, steady_url, [(endpoint, body)])
     assert valid == "true", errors
     assert status == 200

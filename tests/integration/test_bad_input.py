@@ -10,7 +10,14 @@ import openai
 import orjson
 import pytest
 
-from tests.support.processes import Daemon, Sim, openai_client, start_daemon, stop_process, unix_request
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    openai_client,
+    start_daemon,
+    stop_process,
+    unix_request,
+)
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}

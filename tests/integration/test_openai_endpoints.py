@@ -7,13 +7,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import openai
 import orjson
 import pytest
-
 from llmspool.calls import Tier, Usage
 from llmspool.pricing import load_price_table, usd
-from tests.support.processes import Daemon, Sim, openai_client, start_daemon, start_sim, stop_process
+
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    openai_client,
+    start_daemon,
+    start_sim,
+    stop_process,
+)
 
 PRICES = load_price_table()
 
@@ -109,7 +115,9 @@ def test_streamed_chat_keeps_the_usage_chunk_a_client_asked_for(daemon: Daemon) 
 
 def test_responses_plain_and_streamed(daemon: Daemon) -> None:
     client = openai_client(daemon.socket_path)
-    response = client.responses.create(model="gpt-5-mini", input="Hello there", max_output_tokens=20)
+    response = client.responses.create(
+        model="gpt-5-mini", input="Hello there", max_output_tokens=20
+    )
     assert response.output_text
     assert response.usage is not None and response.usage.output_tokens > 0
 
@@ -117,7 +125,7 @@ def test_responses_plain_and_streamed(daemon: Daemon) -> None:
     assert events[-1].type == "response.completed"
     assert any(e.type == "response.output_text.delta" for e in events)
 
-    status, ledger = daemon.get("/v1/ledger?limit=2")
+    _status, ledger = daemon.get("/v1/ledger?limit=2")
     assert [e["endpoint"] for e in ledger["entries"]] == ["/v1/responses"] * 2
     assert all(e["cost_usd"] > 0 and not e["usage_estimated"] for e in ledger["entries"])
 

@@ -13,7 +13,15 @@ import openai
 import orjson
 import pytest
 
-from tests.support.processes import Daemon, Sim, openai_client, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    openai_client,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_request,
+)
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -21,7 +29,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 def chat(daemon: Daemon, **extra: object) -> tuple[int, object]:
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, **extra})
-    return unix_request(daemon.socket_path, "POST", CHAT, body, {"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    return unix_request(daemon.socket_path, "POST", CHAT, body, headers)
 
 
 def test_upstream_5xx_passes_through_then_service_resumes(daemon: Daemon, sim: Sim) -> None:
@@ -72,12 +81,11 @@ def test_hung_upstream_times_out_with_the_timeout_named(tmp_path: Path, sim: Sim
 def test_stream_cut_upstream_ends_with_an_error_event(daemon: Daemon, sim: Sim) -> None:
     sim.set_faults({"kind": "stream_cut", "count": 1, "after_chunks": 2})
     client = openai_client(daemon.socket_path)
-    received = []
+    received: list[object] = []
     with pytest.raises(openai.APIError):  # the SDK raises on the error event
-        for chunk in client.chat.completions.create(
+        received.extend(client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, max_tokens=20, stream=True
-        ):
-            received.append(chunk)
+        ))
     assert len(received) >= 1
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
 
@@ -105,7 +113,7 @@ def test_client_leaving_mid_stream_stops_the_upstream_call(tmp_path: Path) -> No
         stats = sim.stats()
         assert stats["streams"]["open"] == 0
         assert stats["requests"]["client_closed"] == 1  # the sim saw its client go away
-        status, ledger = daemon.get("/v1/ledger?limit=1")
+        _status, ledger = daemon.get("/v1/ledger?limit=1")
         assert ledger["entries"][0]["status"] == 499
         assert ledger["entries"][0]["usage_estimated"] is True
         assert chat(daemon)[0] == 200

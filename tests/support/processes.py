@@ -146,7 +146,8 @@ def wait_until_healthy(daemon: Daemon, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.process.poll() is not None:
-            raise RuntimeError(f"llmspool daemon exited {daemon.process.returncode}:\n{daemon.log()}")
+            code = daemon.process.returncode
+            raise RuntimeError(f"llmspool daemon exited {code}:\n{daemon.log()}")
         if daemon.socket_path.exists():
             try:
                 status, _body = daemon.get("/healthz")

@@ -9,7 +9,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from llmspool.config import Config, config_from_table, config_to_table, load_config
 from llmspool.errors import ConfigError
 
@@ -49,7 +48,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, toml: str, key: st
 
 
 def test_missing_and_malformed_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist.*config init"):
+    with pytest.raises(ConfigError, match=r"does not exist.*config init"):
         load_config(tmp_path / "nope.toml", environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[daemon\n")
@@ -72,7 +71,7 @@ def test_environment_overrides_any_key() -> None:
     assert config.daemon.max_body_size == 1024 * 1024
     assert config.providers["openai"].models == ("gpt-4o",)
     assert config.daemon.max_in_flight == 12
-    with pytest.raises(ConfigError, match="daemon.max_in_flight"):
+    with pytest.raises(ConfigError, match=r"daemon\.max_in_flight"):
         load_config(environ={"LLMSPOOL_DAEMON__MAX_IN_FLIGHT": "many"})
 
 

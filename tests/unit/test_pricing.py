@@ -4,7 +4,6 @@ refused with the key named."""
 from __future__ import annotations
 
 import pytest
-
 from llmspool.calls import Tier, Usage
 from llmspool.errors import ConfigError
 from llmspool.pricing import load_price_table, price_table_from_mapping, usd

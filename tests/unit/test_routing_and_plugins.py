@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from llmspool.config import ProviderConfig
 from llmspool.errors import ConfigError, NotFound
 from llmspool.hookspecs import RegisterProvider, hookimpl

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from llmspool.units import format_duration, format_size, parse_duration, parse_size
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-
 from llmspool.calls import Tier, Usage
 from llmspool.wire import SseMeter, served_tier_of, usage_of
 

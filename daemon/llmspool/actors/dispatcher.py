@@ -12,6 +12,7 @@ the provider's context closes the upstream connection, so the upstream call stop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -267,7 +268,5 @@ def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
 
 
 async def _tell(call: Call, reply: Reply) -> None:
-    try:
+    with contextlib.suppress(*_CLIENT_GONE):  # the client is gone; nobody to tell
         await call.reply.send(reply)
-    except _CLIENT_GONE:
-        pass  # the client is gone; its reply stream is closed

@@ -9,6 +9,7 @@ that asks for its cost right after its answer sees it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,7 +112,6 @@ class Ledger:
                 entry["standard_cost_usd"] = None if standard is None else usd(standard)
                 entry["usage_estimated"] = bool(entry["usage_estimated"])
             answer["entries"] = entries
-        try:
-            query.reply.send_nowait(answer)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
-            pass
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                 anyio.WouldBlock):
+            query.reply.send_nowait(answer)  # an asker that gave up is not our problem

@@ -12,7 +12,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -41,7 +41,8 @@ class PeerCredentialsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {PEER_KEY: self._peer}  # type: ignore[typeddict-unknown-key]
+        # ASGI's scope type declares extensions as dict[str, dict]; ours holds a Caller.
+        cast(dict[str, Any], self.scope)["extensions"] = {PEER_KEY: self._peer}
 
 
 class EmbeddedServer(uvicorn.Server):

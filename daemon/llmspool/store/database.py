@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 from llmspool.errors import StartupError
 
@@ -38,7 +39,7 @@ def migrations() -> list[tuple[int, str, str]]:
 async def open_database(state_dir: Path) -> aiosqlite.Connection:
     """Open (creating if needed) the database in ``state_dir`` and migrate it."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
         raise StartupError(
             f"cannot create the state directory {state_dir}: {exc.strerror}; set "
@@ -75,7 +76,8 @@ async def _migrate(connection: aiosqlite.Connection, path: Path) -> None:
         )
     for version, name, sql in known[current:]:
         try:
-            await connection.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")
+            script = f"BEGIN;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;"
+            await connection.executescript(script)
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 await connection.execute("ROLLBACK")

@@ -1,0 +1,100 @@
+"""The daemon as an operator sees it: socket file and mode, a stale socket replaced, a second
+daemon refused, SIGTERM draining requests in flight, SIGHUP reloading."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from tests.support.processes import Sim, start_daemon, start_sim, stop_process, unix_request
+
+GOOD = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+JSON = {"content-type": "application/json"}
+
+
+def test_socket_mode_defaults_to_0660_and_is_configurable(tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o660
+    finally:
+        assert daemon.terminate() == 0
+    assert not daemon.socket_path.exists(), "the socket file is removed at exit"
+    other = tmp_path / "other"
+    other.mkdir()
+    daemon = start_daemon(other, sim.url, config_toml='[daemon]\nsocket_mode = "0600"\n')
+    try:
+        assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o600
+    finally:
+        daemon.terminate()
+
+
+def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path, sim: Sim) -> None:
+    # A socket file nobody listens on, as a daemon killed with SIGKILL leaves behind.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "d.sock"))
+    stale.close()
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        second_dir = tmp_path / "second"
+        second_dir.mkdir()
+        second = start_daemon(second_dir, sim.url, wait=False,
+                              env={"LLMSPOOL_SOCKET": str(daemon.socket_path)})
+        assert second.process.wait(30) == 1
+        assert "another llmspool daemon is already serving" in second.log()
+        assert unix_request(daemon.socket_path, "GET", "/healthz")[0] == 200
+    finally:
+        daemon.terminate()
+
+
+def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency = "1500ms"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    results: list[tuple[int, object]] = []
+    try:
+        worker = threading.Thread(
+            target=lambda: results.append(
+                unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD, JSON)
+            )
+        )
+        worker.start()
+        time.sleep(0.5)  # the request is now waiting on the slow upstream
+        daemon.process.send_signal(signal.SIGTERM)
+        worker.join(20)
+        assert results and results[0][0] == 200, results
+        assert daemon.process.wait(20) == 0
+        assert not daemon.socket_path.exists()
+        assert "finishing requests in flight" in daemon.log()
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
+
+
+def test_sighup_reloads_and_a_bad_reload_keeps_the_running_config(
+    tmp_path: Path, sim: Sim
+) -> None:
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        daemon.process.send_signal(signal.SIGHUP)
+        _wait_for_log(daemon.log, "reloaded the log level and the price table")
+        (tmp_path / "llmspool.toml").write_text("[daemon]\nlog_level = 'loud'\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        _wait_for_log(daemon.log, "reload refused")
+        assert "daemon.log_level" in daemon.log()
+        status, _body = unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD, JSON)
+        assert status == 200
+    finally:
+        daemon.terminate()
+
+
+def _wait_for_log(read: object, text: str, timeout: float = 10) -> None:
+    assert callable(read)
+    deadline = time.monotonic() + timeout
+    while text not in read():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{read()}"
+        time.sleep(0.05)

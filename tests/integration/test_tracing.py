@@ -1,0 +1,119 @@
+"""Traces: spans for the front door and the provider call reach a real OTLP/HTTP receiver,
+continue the client's ``traceparent``, and carry the GenAI attributes and the cost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.support.processes import Sim, openai_client, start_daemon
+
+
+class _Receiver(ThreadingHTTPServer):
+    spans: list[Any]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/v1/traces":
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    self.server.spans.extend(scope_spans.spans)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    server = _Receiver(("127.0.0.1", 0), _Handler)
+    server.spans = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _attributes(span: Any) -> dict[str, Any]:
+    out = {}
+    for kv in span.attributes:
+        value = kv.value
+        out[kv.key] = getattr(value, value.WhichOneof("value"))
+    return out
+
+
+def test_spans_form_a_tree_under_the_clients_trace(
+    tmp_path: Path, sim: Sim, receiver: _Receiver
+) -> None:
+    port = receiver.server_address[1]
+    daemon = start_daemon(tmp_path, sim.url, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    })
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent_id = "00f067aa0ba902b7"
+    try:
+        client = openai_client(daemon.socket_path)
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "trace me"}],
+            extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+        )
+        deadline = time.monotonic() + 10
+        while len(receiver.spans) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.terminate()
+    spans = {span.name: span for span in receiver.spans}
+    server = spans["POST /v1/chat/completions"]
+    provider_call = spans["chat gpt-4o-mini"]
+    assert server.trace_id.hex() == trace_id
+    assert server.parent_span_id.hex() == parent_id
+    assert provider_call.trace_id.hex() == trace_id
+    assert provider_call.parent_span_id == server.span_id
+    assert server.kind == server.SPAN_KIND_SERVER
+    assert provider_call.kind == provider_call.SPAN_KIND_CLIENT
+    attributes = _attributes(provider_call)
+    assert attributes["gen_ai.system"] == "openai"
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.usage.input_tokens"] > 0
+    assert attributes["gen_ai.usage.output_tokens"] > 0
+    assert attributes["llmspool.tier"] == "standard"
+    assert attributes["llmspool.cost_usd"] > 0
+
+
+def test_otel_sdk_disabled_turns_tracing_off(tmp_path: Path, sim: Sim, receiver: _Receiver) -> None:
+    port = receiver.server_address[1]
+    daemon = start_daemon(tmp_path, sim.url, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SDK_DISABLED": "true",
+    })
+    try:
+        openai_client(daemon.socket_path).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+        time.sleep(0.5)
+    finally:
+        daemon.terminate()  # a shutdown flushes any spans there were
+    assert receiver.spans == []
