@@ -82,7 +82,11 @@ def test_table_round_trip_is_exact() -> None:
 
 def test_documented_config_matches_the_defaults_key_for_key() -> None:
     documented = tomllib.loads((REPO / "etc" / "llmspool.toml").read_text())
-    assert documented == config_to_table(Config())
+    defaults = config_to_table(Config())
+    # The default fault list is empty: the file documents [[sim.faults]] in comments, since
+    # an empty array of tables cannot be written as tables.
+    assert defaults["sim"].pop("faults") == []
+    assert documented == defaults
     assert config_from_table(documented) == Config()
 
 

@@ -1,0 +1,23 @@
+"""``llmspool sim``: an OpenAI-API-compatible simulator for rehearsals, demos, tests and benchmarks.
+
+It answers chat completions, responses, embeddings and model listings in the shapes of OpenAI's
+spec, streamed or not, with configurable latency, usage in every answer, ``service_tier`` echoed,
+``x-ratelimit-*`` headers, and faults injected on purpose (5xx, 429s, slow or hung answers,
+dropped connections, cut streams).
+
+Modules, one job each:
+
+- ``config``: the ``[sim]`` config table (``SimConfig``).
+- ``faults``: fault rules and which request gets which fault.
+- ``text``: token counting and the deterministic fake content.
+- ``vectors``: deterministic unit-length embedding vectors.
+- ``catalog``: the models served.
+- ``validate``: request checks shared by the endpoints, as OpenAI-shaped errors.
+- ``answer``: what an endpoint gets to make an answer and what it gives back.
+- ``chat``, ``responses``, ``embeddings``: one endpoint each, from request body to answer bytes.
+- ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
+- ``stats``: what the simulator saw, for ``GET /_sim/stats``.
+- ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
+- ``app``: the ASGI app tying these together (``build_app``).
+- ``cli``: ``llmspool sim`` / ``python -m llmspool.sim``.
+"""

@@ -1,0 +1,74 @@
+"""The interface between the endpoints and the app: what an endpoint gets to make an answer
+(``Makers``), and what it gives back (an ``Answer``: sizes for latency, stats and rate-limit
+headers, plus the body or the server-sent events).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from llmspool.sim.catalog import ModelCatalog
+from llmspool.sim.text import TextGenerator
+from llmspool.sim.vectors import VectorMaker
+
+SYSTEM_FINGERPRINT = "fp_llmspool_sim"
+
+
+class Answer(Protocol):
+    """One validated request, ready to be answered."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def tier(self) -> str | None:
+        """The service tier served (``None`` where the endpoint has no tiers)."""
+
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated per choice: what the per-token latency is paid for."""
+
+    @property
+    def billed_output_tokens(self) -> int:
+        """Tokens generated over all choices: what usage reports."""
+
+    def body(self) -> bytes:
+        """The whole JSON answer."""
+        ...
+
+    def events(self) -> Iterator[tuple[bytes, bool]]:
+        """The SSE events of a streamed answer, each with whether it waits one token interval.
+
+        The last event is the terminator (``[DONE]`` or ``response.completed``).
+        """
+        ...
+
+
+class IdMaker:
+    """Unique ids like OpenAI's (``chatcmpl-…``, ``resp_…``, ``req_…``): random per process,
+    then a counter, so making one costs no system call."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(10)
+        self._counter = itertools.count(1)
+
+    def make(self, kind: str) -> str:
+        return f"{kind}{self._prefix}{next(self._counter):012x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Makers:
+    """What the endpoints share to build answers."""
+
+    catalog: ModelCatalog
+    text: TextGenerator
+    vectors: VectorMaker
+    ids: IdMaker
+    default_output_tokens: int

@@ -1,0 +1,380 @@
+"""The simulator's ASGI app: routing, the order of things for each request, and the headers.
+
+For a generation request (chat, responses, embeddings) the order is: read and validate the
+body (bad input → 400/404, never faulted), count it, let the fault rules pick, wait the
+configured latency, then answer whole or as a stream. Every answer carries ``x-request-id``
+and the six ``x-ratelimit-*`` headers.
+
+All state (stats, faults, counters) lives in the ``SimApp`` that ``build_app`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import orjson
+
+from llmspool.errors import (
+    ApiError,
+    ConfigError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from llmspool.sim import validate
+from llmspool.sim.answer import Answer, IdMaker, Makers
+from llmspool.sim.asgi import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    BodyTooLarge,
+    FixedHeaders,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    WaitEnd,
+    Waiter,
+    drop_connection,
+    read_body,
+    send_bytes,
+)
+from llmspool.sim.catalog import ModelCatalog
+from llmspool.sim.chat import parse_chat
+from llmspool.sim.config import SimConfig
+from llmspool.sim.embeddings import parse_embedding_request
+from llmspool.sim.faults import FaultInjector, FaultKind, FaultRule, rules_from_json
+from llmspool.sim.ratelimit import RateLimitWindow
+from llmspool.sim.responses import parse_response_request
+from llmspool.sim.stats import SimStats
+from llmspool.sim.text import TextGenerator
+from llmspool.sim.vectors import VectorMaker
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+CONTROL_PREFIX = "/_sim/"
+_MODELS_PREFIX = "/v1/models/"
+_STATIC_HEADERS: FixedHeaders = ((b"openai-version", b"2020-10-01"),)
+_BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON.)"
+)
+
+Parser = Callable[[dict[str, Any], Makers], Answer]
+Handler = Callable[["_Exchange"], Awaitable[None]]
+
+
+class _Exchange:
+    """One request being answered: where to reply, and what every reply's headers need."""
+
+    __slots__ = ("app", "counted", "method", "path", "receive", "request_id", "send", "started")
+
+    def __init__(self, app: SimApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self.app = app
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        # Control requests stay out of the stats, so that asking never changes the answer.
+        self.counted = not self.path.startswith(CONTROL_PREFIX)
+        self.receive = receive
+        self.send = send
+        self.request_id = app.makers.ids.make("req_").encode()
+        self.started = time.perf_counter()
+
+    def headers(self, content: FixedHeaders, *, requests_exhausted: float | None = None) -> Headers:
+        elapsed_ms = int((time.perf_counter() - self.started) * 1000)
+        return [
+            *content,
+            (b"x-request-id", self.request_id),
+            (b"openai-processing-ms", str(elapsed_ms).encode()),
+            *_STATIC_HEADERS,
+            *self.app.ratelimit.headers(requests_exhausted=requests_exhausted),
+        ]
+
+    async def reply(self, status: int, body: bytes, *, extra: Headers | None = None) -> None:
+        headers = self.headers(JSON_HEADERS)
+        if extra:
+            headers.extend(extra)
+        if self.counted:
+            self.app.stats.by_status[status] += 1
+        await send_bytes(self.send, status, body, headers)
+
+    async def reply_json(self, status: int, value: Any) -> None:
+        await self.reply(status, orjson.dumps(value))
+
+    async def reply_error(
+        self,
+        error: ApiError,
+        *,
+        extra: Headers | None = None,
+        requests_exhausted: float | None = None,
+    ) -> None:
+        headers = self.headers(JSON_HEADERS, requests_exhausted=requests_exhausted)
+        headers.extend((name.encode(), value.encode()) for name, value in error.headers().items())
+        if extra:
+            headers.extend(extra)
+        if self.counted:
+            self.app.stats.by_status[error.status] += 1
+        await send_bytes(self.send, error.status, error.body(), headers)
+
+    async def read_json(self) -> dict[str, Any] | None:
+        """The request's JSON object, or ``None`` if the client left; bad JSON raises 400."""
+        try:
+            body = await read_body(self.receive, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            raise PayloadTooLarge(
+                f"The request body is over {MAX_BODY_BYTES} bytes.", code="payload_too_large"
+            ) from None
+        if body is None:
+            return None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(_BAD_JSON) from None
+        return validate.json_object(payload)
+
+
+class SimApp:
+    """The simulator as an ASGI app, with all of its state."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.makers = Makers(
+            catalog=ModelCatalog(config.models),
+            text=TextGenerator(),
+            vectors=VectorMaker(),
+            ids=IdMaker(),
+            default_output_tokens=config.output_tokens,
+        )
+        for model in self.makers.catalog.embedding_models():
+            self.makers.vectors.warm(self.makers.catalog.embedding_dimensions(model))
+        self.faults = FaultInjector(config.faults, seed=config.seed)
+        self.stats = SimStats()
+        self.ratelimit = RateLimitWindow(config.ratelimit_requests, config.ratelimit_tokens)
+        self._waiter = Waiter()
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self._generator(parse_chat)},
+            "/v1/responses": {"POST": self._generator(parse_response_request)},
+            "/v1/embeddings": {"POST": self._generator(parse_embedding_request)},
+            "/v1/models": {"GET": self._list_models},
+            "/_sim/faults": {
+                "GET": self._get_faults,
+                "POST": self._set_faults,
+                "DELETE": self._clear_faults,
+            },
+            "/_sim/stats": {"GET": self._get_stats},
+            "/_sim/stats/reset": {"POST": self._reset_stats},
+        }
+
+    def stop(self) -> None:
+        """The server is stopping: requests waiting (hung, slow, paced) drop their connections
+        now instead of being cancelled mid-wait."""
+        self._waiter.stop()
+
+    async def _pause(
+        self, exchange: _Exchange, seconds: float, *, response_started: bool = False
+    ) -> bool:
+        """Wait ``seconds``; ``False`` if the request is over instead (client gone, or the
+        server stopping, in which case the connection is dropped)."""
+        end = await self._waiter.wait(exchange.receive, seconds)
+        if end is WaitEnd.ELAPSED:
+            return True
+        if end is WaitEnd.GONE:
+            self.stats.client_closed += 1
+        else:
+            await drop_connection(
+                exchange.send, exchange.receive, response_started=response_started
+            )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        exchange = _Exchange(self, scope, receive, send)
+        counted = exchange.counted
+        if counted:
+            self.stats.request(exchange.path)
+            self.stats.in_flight += 1
+        try:
+            await self._route(exchange)(exchange)
+        except ApiError as error:
+            await exchange.reply_error(error)
+        finally:
+            if counted:
+                self.stats.in_flight -= 1
+
+    def _route(self, exchange: _Exchange) -> Handler:
+        methods = self._routes.get(exchange.path)
+        if methods is None:
+            if exchange.path.startswith(_MODELS_PREFIX):
+                methods = {"GET": self._retrieve_model}
+            else:
+                raise NotFound(f"Invalid URL ({exchange.method} {exchange.path})")
+        handler = methods.get(exchange.method)
+        if handler is None:
+            raise MethodNotAllowed(
+                f"Invalid method for URL ({exchange.method} {exchange.path}); "
+                f"use {' or '.join(methods)}."
+            )
+        return handler
+
+    def _generator(self, parse: Parser) -> Handler:
+        async def handle(exchange: _Exchange) -> None:
+            payload = await exchange.read_json()
+            if payload is None:
+                self.stats.client_closed += 1
+                return
+            self.ratelimit.record(requests=1)
+            answer = parse(payload, self.makers)
+            self.stats.by_model[answer.model] += 1
+            await self._answer(exchange, answer)
+
+        return handle
+
+    async def _answer(self, exchange: _Exchange, answer: Answer) -> None:
+        cut_after: int | None = None
+        rule = self.faults.pick(exchange.path, answer.model, answer.tier, answer.stream)
+        if rule is not None:
+            self.stats.faults[rule.kind.value] += 1
+            if rule.kind is FaultKind.STREAM_CUT:
+                cut_after = rule.after_chunks
+            elif not await self._inflict(exchange, rule):
+                return
+        config = self.config
+        delay = config.latency
+        if not answer.stream:
+            delay += config.latency_per_token * answer.output_tokens
+        if delay > 0 and not await self._pause(exchange, delay):
+            return
+        self.ratelimit.record(tokens=answer.input_tokens + answer.billed_output_tokens)
+        self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
+        if answer.stream:
+            await self._stream(exchange, answer, cut_after)
+        else:
+            await exchange.reply(200, answer.body())
+
+    async def _inflict(self, exchange: _Exchange, rule: FaultRule) -> bool:
+        """Apply a fault that is not a stream cut; ``True`` if the request goes on to answer."""
+        if rule.is_error:
+            extra: Headers = []
+            exhausted: float | None = None
+            if rule.retry_after is not None:
+                seconds = rule.retry_after
+                extra = [
+                    (b"retry-after", str(max(1, math.ceil(seconds))).encode()),
+                    (b"retry-after-ms", str(round(seconds * 1000)).encode()),
+                ]
+                if rule.kind is FaultKind.RATE_LIMIT:
+                    exhausted = seconds
+            error = rule.error(request_limit=self.ratelimit.request_limit)
+            await exchange.reply_error(error, extra=extra, requests_exhausted=exhausted)
+            return False
+        if rule.kind is FaultKind.DROP:
+            await drop_connection(exchange.send, exchange.receive, response_started=False)
+            return False
+        if rule.kind is FaultKind.HANG:
+            if await self._pause(exchange, rule.delay or 0.0):
+                # Nobody waits forever: after the bound, end it as a dead upstream would.
+                await drop_connection(exchange.send, exchange.receive, response_started=False)
+            return False
+        if rule.kind is FaultKind.SLOW:
+            return await self._pause(exchange, rule.delay or 0.0)
+        return True
+
+    async def _stream(self, exchange: _Exchange, answer: Answer, cut_after: int | None) -> None:
+        send = exchange.send
+        events = list(answer.events())
+        last = len(events) - 1
+        # A cut always happens before the terminator, so the client always notices it.
+        cut = min(cut_after, last) if cut_after is not None else -1
+        interval = self.config.latency_per_token
+        self.stats.by_status[200] += 1
+        self.stats.streams += 1
+        self.stats.open_streams += 1
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": exchange.headers(SSE_HEADERS),
+                }
+            )
+            next_at = anyio.current_time()
+            for index, (data, paced) in enumerate(events):
+                if index == cut:
+                    await drop_connection(send, exchange.receive, response_started=True)
+                    return
+                if paced and interval > 0:
+                    next_at += interval
+                    wait = next_at - anyio.current_time()
+                    if wait > 0 and not await self._pause(exchange, wait, response_started=True):
+                        return
+                await send({"type": "http.response.body", "body": data, "more_body": index < last})
+        finally:
+            self.stats.open_streams -= 1
+
+    async def _list_models(self, exchange: _Exchange) -> None:
+        await exchange.reply(200, self.makers.catalog.list_body)
+
+    async def _retrieve_model(self, exchange: _Exchange) -> None:
+        model = exchange.path[len(_MODELS_PREFIX) :]
+        body = self.makers.catalog.retrieve_body(model)
+        if body is None:
+            raise NotFound(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        await exchange.reply(200, body)
+
+    def _faults_json(self) -> dict[str, Any]:
+        return {"faults": [rule.to_mapping() for rule in self.faults.active()]}
+
+    async def _get_faults(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self._faults_json())
+
+    async def _set_faults(self, exchange: _Exchange) -> None:
+        try:
+            body = await read_body(exchange.receive, MAX_BODY_BYTES)
+            if body is None:
+                return
+            rules, seed = rules_from_json(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(_BAD_JSON) from None
+        except BodyTooLarge:
+            raise PayloadTooLarge("The fault rules are too large.") from None
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc), param=exc.key, code="invalid_value") from None
+        self.faults.replace(rules, seed=seed)
+        await exchange.reply_json(200, self._faults_json())
+
+    async def _clear_faults(self, exchange: _Exchange) -> None:
+        self.faults.clear()
+        await exchange.reply_json(200, self._faults_json())
+
+    async def _get_stats(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.stats.to_json())
+
+    async def _reset_stats(self, exchange: _Exchange) -> None:
+        self.stats.reset()
+        await exchange.reply_json(200, self.stats.to_json())
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Answer a server's lifespan protocol: nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def build_app(config: SimConfig) -> SimApp:
+    """A fresh simulator (its own stats, faults and counters) as an ASGI app."""
+    return SimApp(config)

@@ -1,0 +1,129 @@
+"""The ``[sim]`` config table: what the simulator serves, how fast, and which faults it starts with.
+
+``SimConfig()`` is complete; ``SimConfig.from_table`` validates a TOML table (an unknown key or a
+bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability``) and
+``to_table`` writes one back that ``from_table`` reads to an equal config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmspool.errors import ConfigError
+from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
+from llmspool.units import parse_duration
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "o3",
+    "o4-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+)
+
+# Bounds that keep a typo from asking for gigabytes of fake text per answer.
+MAX_OUTPUT_TOKENS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Settings of ``llmspool sim``; durations are in seconds."""
+
+    latency: float = 0.0
+    """Fixed wait before every answer (before the first byte of a stream)."""
+    latency_per_token: float = 0.0
+    """Extra wait per output token; also the interval between streamed token chunks."""
+    output_tokens: int = 16
+    """Answer length when a request sets no max_tokens/max_completion_tokens/max_output_tokens."""
+    models: tuple[str, ...] = DEFAULT_MODELS
+    """Model ids served; others get 404 ``model_not_found``."""
+    seed: int = 0
+    """Seed of the RNG that decides which requests a probabilistic fault hits."""
+    ratelimit_requests: int = 10_000
+    """``x-ratelimit-limit-requests``: requests per minute the headers report."""
+    ratelimit_tokens: int = 30_000_000
+    """``x-ratelimit-limit-tokens``: tokens per minute the headers report."""
+    faults: tuple[FaultRule, ...] = field(default=())
+    """Fault rules active from start (``[[sim.faults]]``)."""
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> SimConfig:
+        """Validate the ``[sim]`` table of a config file."""
+        if not isinstance(table, Mapping):
+            raise ConfigError("sim", "must be a table")
+        known = list(cls.__dataclass_fields__)
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"sim.{key}", f"unknown key; known keys: {', '.join(known)}")
+        defaults = cls()
+        return cls(
+            latency=_duration(table, "latency", defaults.latency),
+            latency_per_token=_duration(table, "latency_per_token", defaults.latency_per_token),
+            output_tokens=_int(
+                table, "output_tokens", defaults.output_tokens, 1, MAX_OUTPUT_TOKENS
+            ),
+            models=_models(table.get("models", defaults.models)),
+            seed=_int(table, "seed", defaults.seed, None, None),
+            ratelimit_requests=_int(
+                table, "ratelimit_requests", defaults.ratelimit_requests, 1, None
+            ),
+            ratelimit_tokens=_int(table, "ratelimit_tokens", defaults.ratelimit_tokens, 1, None),
+            faults=tuple(rules_from_list(table.get("faults", []), "sim.faults")),
+        )
+
+    def to_table(self) -> dict[str, Any]:
+        """The ``[sim]`` table for this config, ready for ``tomli_w``."""
+        return {
+            "latency": duration_text(self.latency),
+            "latency_per_token": duration_text(self.latency_per_token),
+            "output_tokens": self.output_tokens,
+            "models": list(self.models),
+            "seed": self.seed,
+            "ratelimit_requests": self.ratelimit_requests,
+            "ratelimit_tokens": self.ratelimit_tokens,
+            "faults": [rule.to_mapping() for rule in self.faults],
+        }
+
+
+def _duration(table: Mapping[str, Any], name: str, default: float) -> float:
+    if name not in table:
+        return default
+    try:
+        return parse_duration(table[name])
+    except ValueError as exc:
+        raise ConfigError(f"sim.{name}", str(exc)) from exc
+
+
+def _int(
+    table: Mapping[str, Any], name: str, default: int, minimum: int | None, maximum: int | None
+) -> int:
+    value = table.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"sim.{name}", f"must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"sim.{name}", f"must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"sim.{name}", f"must be at most {maximum}, not {value}")
+    return value
+
+
+def _models(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ConfigError("sim.models", "must be a non-empty list of model ids")
+    seen: set[str] = set()
+    for index, model in enumerate(value):
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"sim.models[{index}]", f"must be a model id, not {model!r}")
+        if model in seen:
+            raise ConfigError(f"sim.models[{index}]", f"{model!r} is listed twice")
+        seen.add(model)
+    return tuple(value)

@@ -1,0 +1,322 @@
+"""Fault injection: the rules that make the simulator misbehave on purpose, and who gets hit.
+
+A rule is written the same way in the ``[[sim.faults]]`` config tables and in the JSON of
+``POST /_sim/faults``::
+
+    {"kind": "status", "status": 503, "count": 2, "path": "/v1/chat/completions"}
+
+``kind`` says what happens; the other keys say to which requests:
+
+- ``probability`` (0..1, default 1): each matching request is hit with this chance, drawn from
+  the simulator's seeded RNG, so a run with the same seed and traffic misbehaves the same way.
+- ``count``: the rule hits at most this many requests, then it is spent and removed. With no
+  ``probability`` that is exactly "the next N matching requests".
+- ``path``, ``model``, ``tier``: only requests to that path, for that model, or served at that
+  service tier match. ``stream_cut`` matches streamed requests only.
+
+Rules are tried in order; the first one that hits decides the request's fault.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from llmspool.errors import ApiError, ConfigError
+from llmspool.units import format_duration, parse_duration
+
+
+class FaultKind(StrEnum):
+    """What a fault does to the request it hits."""
+
+    STATUS = "status"
+    """Answer an HTTP error (``status``, default 500) in OpenAI's shape."""
+    RATE_LIMIT = "rate_limit"
+    """429 ``rate_limit_exceeded`` with ``retry-after``, ``retry-after-ms`` and remaining 0."""
+    QUOTA = "quota"
+    """429 ``insufficient_quota``: waiting never helps."""
+    SLOW = "slow"
+    """Wait ``delay`` more before answering normally."""
+    HANG = "hang"
+    """Never answer; wait until the client goes away (or ``delay``, then drop the connection)."""
+    DROP = "drop"
+    """Close the connection without any HTTP answer."""
+    STREAM_CUT = "stream_cut"
+    """Streamed answers stop after ``after_chunks`` events and the connection closes."""
+
+
+_ERROR_KINDS = frozenset({FaultKind.STATUS, FaultKind.RATE_LIMIT, FaultKind.QUOTA})
+
+# Which optional keys make sense for each kind; anything else is a mistake worth reporting.
+_KIND_KEYS: dict[FaultKind, frozenset[str]] = {
+    FaultKind.STATUS: frozenset({"status", "retry_after", "code", "message"}),
+    FaultKind.RATE_LIMIT: frozenset({"retry_after", "code", "message"}),
+    FaultKind.QUOTA: frozenset({"code", "message"}),
+    FaultKind.SLOW: frozenset({"delay"}),
+    FaultKind.HANG: frozenset({"delay"}),
+    FaultKind.DROP: frozenset(),
+    FaultKind.STREAM_CUT: frozenset({"after_chunks"}),
+}
+_SELECTOR_KEYS = frozenset({"kind", "probability", "count", "path", "model", "tier"})
+
+_DEFAULT_DELAY = {FaultKind.SLOW: 2.0, FaultKind.HANG: 3600.0}
+_DEFAULT_RETRY_AFTER = {FaultKind.RATE_LIMIT: 1.0}
+
+# status -> (error type, code, message), following what OpenAI (and its edge) answers.
+_STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    502: ("server_error", "bad_gateway", "Bad gateway."),
+    503: (
+        "server_error",
+        "slow_down",
+        "The server is overloaded or not ready yet. Please reduce your request rate.",
+    ),
+    504: ("server_error", "timeout", "Gateway timeout: the request took too long."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRule:
+    """One fault rule; ``None`` fields that matter for ``kind`` are filled with its defaults."""
+
+    kind: FaultKind
+    probability: float = 1.0
+    count: int | None = None
+    path: str | None = None
+    model: str | None = None
+    tier: str | None = None
+    status: int | None = None
+    delay: float | None = None
+    retry_after: float | None = None
+    after_chunks: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is FaultKind.STATUS and self.status is None:
+            object.__setattr__(self, "status", 500)
+        if self.delay is None and self.kind in _DEFAULT_DELAY:
+            object.__setattr__(self, "delay", _DEFAULT_DELAY[self.kind])
+        if self.retry_after is None and self.kind in _DEFAULT_RETRY_AFTER:
+            object.__setattr__(self, "retry_after", _DEFAULT_RETRY_AFTER[self.kind])
+        if self.kind is FaultKind.STREAM_CUT and self.after_chunks is None:
+            object.__setattr__(self, "after_chunks", 1)
+
+    @classmethod
+    def from_mapping(cls, data: Any, key: str) -> FaultRule:
+        """Read one rule; a bad or unknown entry raises ``ConfigError`` naming ``key.entry``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(key, "a fault rule must be a table (JSON object)")
+        if "kind" not in data:
+            raise ConfigError(f"{key}.kind", f"missing; one of {_kinds_text()}")
+        kind_text = data["kind"]
+        if kind_text not in FaultKind.__members__.values():
+            raise ConfigError(f"{key}.kind", f"must be one of {_kinds_text()}, not {kind_text!r}")
+        kind = FaultKind(kind_text)
+        allowed = _SELECTOR_KEYS | _KIND_KEYS[kind]
+        for name in data:
+            if name not in allowed:
+                if name in _all_kind_keys():
+                    raise ConfigError(f"{key}.{name}", f"does not apply to kind {kind.value!r}")
+                raise ConfigError(f"{key}.{name}", "unknown key")
+        return cls(
+            kind=kind,
+            probability=_probability(data.get("probability", 1.0), f"{key}.probability"),
+            count=_optional_int(data.get("count"), f"{key}.count", minimum=1),
+            path=_optional_text(data.get("path"), f"{key}.path"),
+            model=_optional_text(data.get("model"), f"{key}.model"),
+            tier=_optional_text(data.get("tier"), f"{key}.tier"),
+            status=_optional_int(data.get("status"), f"{key}.status", minimum=400, maximum=599),
+            delay=_optional_duration(data.get("delay"), f"{key}.delay"),
+            retry_after=_optional_duration(data.get("retry_after"), f"{key}.retry_after"),
+            after_chunks=_optional_int(data.get("after_chunks"), f"{key}.after_chunks", minimum=0),
+            code=_optional_text(data.get("code"), f"{key}.code"),
+            message=_optional_text(data.get("message"), f"{key}.message"),
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The rule as ``from_mapping`` reads it back (durations as strings, no nulls)."""
+        out: dict[str, Any] = {"kind": self.kind.value, "probability": self.probability}
+        for name in ("count", "path", "model", "tier", "status", "after_chunks", "code", "message"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name in ("delay", "retry_after"):
+            seconds = getattr(self, name)
+            if seconds is not None:
+                out[name] = duration_text(seconds)
+        return out
+
+    def matches(self, path: str, model: str, tier: str | None, stream: bool) -> bool:
+        """Whether a request with these properties is one this rule is about."""
+        return (
+            (self.path is None or self.path == path)
+            and (self.model is None or self.model == model)
+            and (self.tier is None or self.tier == tier)
+            and (self.kind is not FaultKind.STREAM_CUT or stream)
+        )
+
+    def error(self, *, request_limit: int) -> ApiError:
+        """The OpenAI-shaped error an error kind answers with."""
+        if self.kind is FaultKind.RATE_LIMIT:
+            wait = format_duration(self.retry_after or 0.0)
+            return ApiError(
+                self.message
+                or (
+                    "Rate limit reached for requests per min (RPM): "
+                    f"Limit {request_limit}, Used {request_limit}, Requested 1. "
+                    f"Please try again in {wait}."
+                ),
+                status=429,
+                error_type="requests",
+                code=self.code or "rate_limit_exceeded",
+            )
+        if self.kind is FaultKind.QUOTA:
+            return ApiError(
+                self.message
+                or ("You exceeded your current quota, please check your plan and billing details."),
+                status=429,
+                error_type="insufficient_quota",
+                code=self.code or "insufficient_quota",
+            )
+        status = self.status or 500
+        default_type = "invalid_request_error" if status < 500 else "server_error"
+        error_type, code, message = _STATUS_ERRORS.get(
+            status, (default_type, None, f"Simulated HTTP {status} error.")
+        )
+        return ApiError(
+            self.message or message, status=status, error_type=error_type, code=self.code or code
+        )
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind in _ERROR_KINDS
+
+
+class FaultInjector:
+    """The active rules, how many hits each has left, and the seeded RNG that draws chances.
+
+    ``pick`` never awaits, so on one event loop a ``count`` is exact under any concurrency.
+    """
+
+    def __init__(self, rules: Iterable[FaultRule], *, seed: int) -> None:
+        self._rules: list[FaultRule] = list(rules)
+        self._rng = random.Random(seed)
+
+    def replace(self, rules: Iterable[FaultRule], *, seed: int | None = None) -> None:
+        """Make ``rules`` the active set (counts start afresh); reseed the RNG if ``seed``."""
+        self._rules = list(rules)
+        if seed is not None:
+            self._rng.seed(seed)
+
+    def clear(self) -> None:
+        self._rules = []
+
+    def active(self) -> list[FaultRule]:
+        """The rules as they stand now: ``count`` is what is left; spent rules are gone."""
+        return list(self._rules)
+
+    def pick(self, path: str, model: str, tier: str | None, stream: bool) -> FaultRule | None:
+        """The rule that hits this request, if any; a hit uses up one of its ``count``."""
+        if not self._rules:
+            return None
+        for index, rule in enumerate(self._rules):
+            if not rule.matches(path, model, tier, stream):
+                continue
+            if rule.probability < 1.0 and (
+                rule.probability <= 0.0 or self._rng.random() >= rule.probability
+            ):
+                continue
+            if rule.count is not None:
+                if rule.count <= 1:
+                    del self._rules[index]
+                else:
+                    self._rules[index] = replace(rule, count=rule.count - 1)
+            return rule
+        return None
+
+
+def rules_from_json(data: Any) -> tuple[list[FaultRule], int | None]:
+    """Rules (and an optional new seed) from a ``POST /_sim/faults`` body.
+
+    The body is a rule, a list of rules, or ``{"faults": [...], "seed": N}`` (what
+    ``GET /_sim/faults`` answers, so its output can be posted back).
+    """
+    seed: int | None = None
+    items: Any
+    if isinstance(data, Mapping) and "faults" in data and set(data) <= {"faults", "seed"}:
+        items = data["faults"]
+        if "seed" in data:
+            seed = _optional_int(data["seed"], "seed")
+    elif isinstance(data, Mapping):
+        items = [data]
+    else:
+        items = data
+    return rules_from_list(items, "faults"), seed
+
+
+def rules_from_list(items: Any, key: str) -> list[FaultRule]:
+    """Rules from a list of rule tables (or one table), keys named ``key[i].name``."""
+    if isinstance(items, Mapping):
+        return [FaultRule.from_mapping(items, key)]
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise ConfigError(key, "must be a list of fault rules")
+    return [FaultRule.from_mapping(item, f"{key}[{i}]") for i, item in enumerate(items)]
+
+
+def duration_text(seconds: float) -> str:
+    """A duration string that ``parse_duration`` reads back to exactly ``seconds``."""
+    text = format_duration(seconds)
+    return text if parse_duration(text) == seconds else f"{seconds}s"
+
+
+def _kinds_text() -> str:
+    return ", ".join(repr(kind.value) for kind in FaultKind)
+
+
+def _all_kind_keys() -> frozenset[str]:
+    return frozenset().union(*_KIND_KEYS.values())
+
+
+def _probability(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(key, f"must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def _optional_int(
+    value: Any, key: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be at most {maximum}, not {value}")
+    return value
+
+
+def _optional_text(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _optional_duration(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from exc

@@ -1,0 +1,158 @@
+"""The ``[sim]`` config table: defaults, validation naming the key, round trip, the fragment."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from llmspool.errors import ConfigError
+from llmspool.sim.config import DEFAULT_MODELS, SimConfig
+from llmspool.sim.faults import FaultKind, FaultRule
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+
+
+def sim_section() -> str:
+    """The documented ``[sim]`` section: the fragment, or its copy folded into llmspool.toml."""
+    fragment = ETC / "llmspool.sim.toml.fragment"
+    if fragment.exists():
+        return fragment.read_text()
+    lines = (ETC / "llmspool.toml").read_text().splitlines()
+    start = lines.index("[sim]")
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("[") and not lines[i].startswith(("[sim.", "[[sim."))
+        ),
+        len(lines),
+    )
+    return "\n".join(lines[start:end]) + "\n"
+
+
+def test_defaults_are_complete() -> None:
+    config = SimConfig()
+    assert config.latency == 0
+    assert config.latency_per_token == 0
+    assert config.output_tokens == 16
+    assert config.models == DEFAULT_MODELS
+    assert "gpt-5-nano" in config.models
+    assert "text-embedding-3-large" in config.models
+    assert config.faults == ()
+    assert SimConfig.from_table({}) == config
+
+
+def test_values_are_read() -> None:
+    config = SimConfig.from_table(
+        {
+            "latency": "250ms",
+            "latency_per_token": "20ms",
+            "output_tokens": 64,
+            "models": ["gpt-4o", "my-model"],
+            "seed": 42,
+            "ratelimit_requests": 500,
+            "ratelimit_tokens": 200_000,
+            "faults": [
+                {"kind": "status", "status": 503, "probability": 0.1},
+                {"kind": "slow", "delay": "2s", "model": "gpt-4o", "count": 3},
+            ],
+        }
+    )
+    assert config.latency == 0.25
+    assert config.latency_per_token == 0.02
+    assert config.output_tokens == 64
+    assert config.models == ("gpt-4o", "my-model")
+    assert config.seed == 42
+    assert config.ratelimit_requests == 500
+    assert config.ratelimit_tokens == 200_000
+    assert config.faults == (
+        FaultRule(kind=FaultKind.STATUS, status=503, probability=0.1),
+        FaultRule(kind=FaultKind.SLOW, delay=2.0, model="gpt-4o", count=3),
+    )
+
+
+def test_a_single_fault_table_is_one_rule() -> None:
+    config = SimConfig.from_table({"faults": {"kind": "drop", "count": 1}})
+    assert config.faults == (FaultRule(kind=FaultKind.DROP, count=1),)
+    with pytest.raises(ConfigError) as caught:
+        SimConfig.from_table({"faults": {"kind": "drop", "probability": -1}})
+    assert caught.value.key == "sim.faults.probability"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"latency": "fast"}, "sim.latency"),
+        ({"latency": -1}, "sim.latency"),
+        ({"latency_per_token": "5 parsecs"}, "sim.latency_per_token"),
+        ({"output_tokens": 0}, "sim.output_tokens"),
+        ({"output_tokens": "16"}, "sim.output_tokens"),
+        ({"models": []}, "sim.models"),
+        ({"models": "gpt-4o"}, "sim.models"),
+        ({"models": ["gpt-4o", "gpt-4o"]}, "sim.models[1]"),
+        ({"models": ["gpt-4o", 4]}, "sim.models[1]"),
+        ({"seed": 1.5}, "sim.seed"),
+        ({"ratelimit_requests": 0}, "sim.ratelimit_requests"),
+        ({"ratelimit_tokens": True}, "sim.ratelimit_tokens"),
+        ({"latncy": "1s"}, "sim.latncy"),
+        ({"faults": "none"}, "sim.faults"),
+        ({"faults": [{"kind": "status", "probability": 1.5}]}, "sim.faults[0].probability"),
+        ({"faults": [{"kind": "drop"}, {"kind": "nope"}]}, "sim.faults[1].kind"),
+        ({"faults": [{"kind": "slow", "status": 500}]}, "sim.faults[0].status"),
+        ({"faults": [{"kind": "hang", "delay": "forever"}]}, "sim.faults[0].delay"),
+        ({"faults": [{"kind": "stream_cut", "after_chunks": -1}]}, "sim.faults[0].after_chunks"),
+        ({"faults": [{"kind": "status", "path": ""}]}, "sim.faults[0].path"),
+    ],
+)
+def test_bad_values_name_their_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SimConfig.from_table(table)
+    assert caught.value.key == key
+    assert key in str(caught.value)
+
+
+def test_to_table_round_trips_through_toml() -> None:
+    config = SimConfig.from_table(
+        {
+            "latency": "1.5s",
+            "latency_per_token": "12.5ms",
+            "output_tokens": 7,
+            "models": ["gpt-4o"],
+            "seed": -3,
+            "faults": [
+                {"kind": "rate_limit", "retry_after": "1m30s", "count": 2, "tier": "flex"},
+                {"kind": "stream_cut", "after_chunks": 4, "path": "/v1/responses"},
+                {"kind": "hang"},
+                {"kind": "quota", "message": "no money", "code": "billing_hard_limit_reached"},
+            ],
+        }
+    )
+    text = tomli_w.dumps({"sim": config.to_table()})
+    assert SimConfig.from_table(tomllib.loads(text)["sim"]) == config
+    assert SimConfig.from_table(SimConfig().to_table()) == SimConfig()
+
+
+def test_fragment_documents_every_key_with_its_default() -> None:
+    text = sim_section()
+    assert SimConfig.from_table(tomllib.loads(text)["sim"]) == SimConfig()
+    lines = text.splitlines()
+    for key in SimConfig.__dataclass_fields__:
+        if key == "faults":
+            continue
+        assignments = [i for i, line in enumerate(lines) if line.startswith(f"{key} =")]
+        assert assignments, f"{key} missing from the fragment"
+        assert lines[assignments[0] - 1].startswith("# "), f"{key} has no comment above it"
+    for rule_key in ("kind", "probability", "count", "path", "model", "tier", "status",
+                     "retry_after", "delay", "after_chunks", "code", "message"):  # fmt: skip
+        assert f"#   {rule_key} " in text, f"fault rule key {rule_key} is not documented"
+    # The commented example must be valid once uncommented.
+    example = lines[lines.index("# Example:") + 1 :]
+    example = example[
+        : next((i for i, line in enumerate(example) if not line.startswith("#")), None)
+    ]
+    uncommented = "\n".join(line.removeprefix("#").strip() for line in example)
+    rules = SimConfig.from_table(tomllib.loads("[sim]\n" + uncommented)["sim"]).faults
+    assert [rule.kind for rule in rules] == [FaultKind.STATUS, FaultKind.RATE_LIMIT]
