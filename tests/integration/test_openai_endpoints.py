@@ -16,6 +16,7 @@ from tests.support.processes import (
     Daemon,
     Sim,
     openai_client,
+    python_command,
     start_daemon,
     start_sim,
     stop_process,
@@ -201,7 +202,7 @@ def test_status_reports_calls_and_spend(daemon: Daemon) -> None:
     assert report["ledger"]["spend_today_usd"] > 0
 
     shown = subprocess.run(
-        ["llmspool", "status", "--socket", str(daemon.socket_path)],
+        python_command("status", "--socket", str(daemon.socket_path)),
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout
     assert "spend today" in shown and "served on standard" in shown
