@@ -8,9 +8,10 @@ model name, or a streamed chat completion whose usage the daemon needs
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,9 +77,12 @@ class Forwarder:
         self._router = router
         self._tracer = tracer
         self._max_body_size = max_body_size
+        # Unique across restarts (the ledger keys on it) without a uuid4 per request.
+        self._id_prefix = f"llmspool-{secrets.token_hex(6)}-"
+        self._id_counter = itertools.count(1)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
-        request_id = f"llmspool-{uuid.uuid4().hex}"
+        request_id = f"{self._id_prefix}{next(self._id_counter):x}"
         headers = request.headers
         span = self._tracer.start_span(
             f"POST {endpoint.value}",

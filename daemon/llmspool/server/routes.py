@@ -17,9 +17,10 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from llmspool import __version__
 from llmspool.calls import Endpoint
@@ -52,7 +53,7 @@ def build_app(
     actors: Mapping[str, QueryTarget],
     *,
     started_at: float,
-) -> Starlette:
+) -> FrontDoorApp:
     """The front door's ASGI app. ``actors`` are the inboxes ``/v1/status`` asks, by name."""
 
     def forward(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -103,7 +104,7 @@ def build_app(
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/ledger", ledger, methods=["GET"]),
     ]
-    return Starlette(
+    everything_else = Starlette(
         routes=routes,
         exception_handlers={
             ApiError: _api_error,
@@ -111,6 +112,37 @@ def build_app(
             Exception: _unexpected,
         },
     )
+    return FrontDoorApp(forwarder, everything_else)
+
+
+_FORWARDED = {endpoint.value: endpoint for endpoint in Endpoint}
+
+
+class FrontDoorApp:
+    """The ASGI app: forwarding requests go straight to the forwarder, the rest to Starlette.
+
+    The forwarding endpoints are the hot path; skipping Starlette's middleware and router for
+    them saves a few dozen microseconds a call (measured with py-spy under h2load). Their errors
+    are handled by the forwarder itself, in the same OpenAI shape.
+    """
+
+    def __init__(self, forwarder: Forwarder, everything_else: Starlette) -> None:
+        self._forwarder = forwarder
+        self._everything_else = everything_else
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = _FORWARDED.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self._everything_else(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self._forwarder.handle(request, endpoint)
+        except ClientDisconnect:
+            return  # gone before its body arrived: nobody to answer
+        except Exception as exc:
+            response = await _unexpected(request, exc)
+        await response(scope, receive, send)
 
 
 def _model_object(model: str, provider: str, created: int) -> dict[str, Any]:
