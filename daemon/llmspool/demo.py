@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from llmspool.calls import Endpoint
+
 START_TIMEOUT = 20.0
 
 
@@ -35,6 +37,8 @@ def run_demo() -> int:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped or under make: rich would assume 80 columns
+        console = Console(width=110)
     with tempfile.TemporaryDirectory(prefix="llmspool-demo-") as workdir, _sim() as sim_url:
         socket_path = Path(workdir) / "llmspool.sock"
         console.print(f"[bold]llmspool sim[/] answering at {sim_url}")
@@ -90,7 +94,7 @@ def run_demo() -> int:
             entries = list(reversed(_ledger(socket_path, 10)))
             for entry in entries:
                 table.add_row(
-                    entry["endpoint"].rsplit("/", 1)[-1], entry["model"], entry["tier"],
+                    Endpoint(entry["endpoint"]).operation_name, entry["model"], entry["tier"],
                     str(entry["input_tokens"]), str(entry["output_tokens"]),
                     f"{entry['cost_usd']:.8f}", f"{entry['standard_cost_usd']:.8f}",
                 )
