@@ -69,10 +69,13 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
-    """The upstream accepted a streamed request; ``StreamChunk``s and one ``StreamEnd`` follow."""
+    """A streamed answer begins with ``first``, its first events; ``StreamChunk``s and one
+    ``StreamEnd`` follow. Carrying the first events here saves a hop on the time to first token.
+    """
 
     status: int
     headers: dict[str, str]
+    first: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,15 +187,20 @@ class Dispatcher:
         meter = SseMeter(strip_usage_chunk=call.strip_usage_chunk)
         headers = _pick(response.headers, _PASSED_HEADERS)
         status = response.status
+        begun = False
         try:
-            await call.reply.send(StreamStart(status, headers))
             async for data in response.iter_chunks():
                 out = meter.feed(data)
                 if out:
-                    await call.reply.send(StreamChunk(out))
+                    await call.reply.send(
+                        StreamChunk(out) if begun else StreamStart(status, headers, out)
+                    )
+                    begun = True
             rest = meter.flush()
-            if rest:
-                await call.reply.send(StreamChunk(rest))
+            if rest or not begun:
+                await call.reply.send(
+                    StreamChunk(rest) if begun else StreamStart(status, headers, rest)
+                )
         except _CLIENT_GONE:
             # The client went away: leaving the provider's context closes the upstream
             # connection. Record what was used so far, as an estimate.
@@ -205,7 +210,8 @@ class Dispatcher:
             span.set_status(Status(StatusCode.ERROR, error.message))
             tier, usage = self._served(call, None, meter.usage, events=meter.events)
             await self._ledger.send(self._settle(call, tier, usage, 502, started, span))
-            await _tell(call, StreamEnd(error))
+            # Before the first event the client can still get a proper error status.
+            await _tell(call, StreamEnd(error) if begun else Failure(error))
             return
         tier, usage = self._served(call, None, meter.usage, events=meter.events)
         if meter.tier is not None:

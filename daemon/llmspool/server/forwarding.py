@@ -217,6 +217,7 @@ class Forwarder:
         if isinstance(first, StreamStart):
             span.set_attribute("http.response.status_code", first.status)
             return _RelayResponse(
+                first.first,
                 replies,
                 span,
                 first.status,
@@ -244,13 +245,14 @@ class _RelayResponse(StreamingResponse):
 
     def __init__(
         self,
+        first: bytes,
         replies: MemoryObjectReceiveStream[Reply],
         span: Span,
         status: int,
         headers: dict[str, str],
         media_type: str,
     ) -> None:
-        super().__init__(_relay(replies, span), status, headers, media_type=media_type)
+        super().__init__(_relay(first, replies, span), status, headers, media_type=media_type)
         self._replies = replies
         self._span = span
 
@@ -262,8 +264,12 @@ class _RelayResponse(StreamingResponse):
             self._span.end()
 
 
-async def _relay(replies: MemoryObjectReceiveStream[Reply], span: Span) -> AsyncIterator[bytes]:
+async def _relay(
+    first: bytes, replies: MemoryObjectReceiveStream[Reply], span: Span
+) -> AsyncIterator[bytes]:
     """The stream's chunks as they come, until its end."""
+    if first:
+        yield first
     async for reply in replies:
         if isinstance(reply, StreamChunk):
             yield reply.data
