@@ -23,26 +23,31 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool import systemd
 from llmspool.actors.dispatcher import Dispatcher
+from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger
 from llmspool.actors.request_queue import RequestQueue
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.errors import ConfigError
 from llmspool.messages import Call, NewPrices, Query, Settled, SlotFreed
+from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
 from llmspool.pricing import PriceTable, load_price_table
 from llmspool.provider import Provider, ProviderSettings
 from llmspool.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
+from llmspool.server.jobs_routes import job_routes
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
 from llmspool.server.routes import build_app
 from llmspool.server.uvicorn_server import EmbeddedServer, build_server
-from llmspool.store.database import open_database
+from llmspool.store.database import DATABASE_NAME, open_database
+from llmspool.store.ledger import recent_latencies
 from llmspool.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
@@ -122,11 +127,16 @@ class Daemon:
         listener = self._listener = self._listen()
         try:
             async with AsyncExitStack() as stack:
-                database = await open_database(config.state_path)
-                stack.push_async_callback(database.close)
+                # Two connections: the ledger's and the job keeper's, each the only writer of
+                # its tables (SQLite serialises their commits; WAL keeps readers unblocked).
+                ledger_database = await open_database(config.state_path)
+                stack.push_async_callback(ledger_database.close)
+                jobs_database = await open_database(config.state_path)
+                stack.push_async_callback(jobs_database.close)
                 for provider in providers.values():
                     await stack.enter_async_context(provider)
-                await self._run_actors(database, providers, prices, router, tracing, notifier)
+                await self._run_actors((ledger_database, jobs_database), providers, prices,
+                                       router, tracing, notifier)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(tracing.shutdown)
@@ -148,45 +158,60 @@ class Daemon:
 
     async def _run_actors(
         self,
-        database: object,
+        databases: tuple[aiosqlite.Connection, aiosqlite.Connection],
         providers: Mapping[str, Provider],
         prices: PriceTable,
         router: ModelRouter,
         tracing: Tracing,
         notifier: systemd.Notifier,
     ) -> None:
-        daemon_config = self.config.daemon
-        slots = daemon_config.max_in_flight
+        config = self.config
+        ledger_database, jobs_database = databases
+        slots = config.daemon.max_in_flight
         queue_in, queue_out = anyio.create_memory_object_stream[Call | Query](QUEUE_BUFFER)
         dispatch_in, dispatch_out = anyio.create_memory_object_stream[Call | Query | NewPrices](
             slots + 16
         )
         freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
         ledger_in, ledger_out = anyio.create_memory_object_stream[Settled | Query](LEDGER_BUFFER)
+        keeper_in, keeper_out = anyio.create_memory_object_stream[KeeperMessage](QUEUE_BUFFER)
         # The front door asks the dispatcher and the ledger for status through clones, so
         # that each actor's inbox closes only when every sender is done.
         dispatch_status = dispatch_in.clone()
         ledger_status = ledger_in.clone()
         self._dispatch_control = dispatch_in.clone()
 
-        ledger = Ledger(ledger_out, database)  # type: ignore[arg-type]
+        book = LatencyBook(default_latencies(config))
+        book.observe_many(await recent_latencies(ledger_database))
+        planner = Planner(config, prices, book)
+        ledger = Ledger(ledger_out, ledger_database)
         dispatcher = Dispatcher(
             dispatch_out, freed_in, ledger_in,
             providers=providers,
-            provider_kinds={n: c.plugin for n, c in self.config.providers.items()},
-            timeouts={n: c.timeout for n, c in self.config.providers.items()},
+            provider_kinds={n: c.plugin for n, c in config.providers.items()},
+            timeouts={n: c.timeout for n, c in config.providers.items()},
             prices=prices,
+            planner=planner,
+            flex=config.flex,
             tracer=tracing.tracer,
+            meter=tracing.meter,
         )
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
-        forwarder = Forwarder(queue_in, router, tracing.tracer,
-                              max_body_size=daemon_config.max_body_size)
+        keeper = JobKeeper(keeper_out, queue_in.clone(), jobs_database, planner, config.jobs)
+        forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
+                              max_body_size=config.daemon.max_body_size)
         app = build_app(
             forwarder, router,
-            {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status},
+            {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
+             "jobs": keeper_in},
             started_at=time.time(),
+            extra_routes=job_routes(
+                keeper_in, router, planner, config.state_path / DATABASE_NAME,
+                max_upload_size=config.jobs.max_upload_size,
+                max_line_size=config.jobs.max_line_size,
+            ),
         )
-        server = build_server(app, graceful_shutdown=daemon_config.shutdown_grace)
+        server = build_server(app, graceful_shutdown=config.daemon.shutdown_grace)
         self._server = server
 
         async with anyio.create_task_group() as services:
@@ -195,12 +220,14 @@ class Daemon:
                 await actors.start(ledger.run)
                 await actors.start(dispatcher.run)
                 await actors.start(queue.run)
+                await actors.start(keeper.run)
                 await actors.start(
                     self._serve_front_door, server, actors.cancel_scope,
-                    (queue_in, dispatch_status, ledger_status, self._dispatch_control),
+                    (queue_in, dispatch_status, ledger_status, self._dispatch_control,
+                     keeper_in),
                 )
-                notifier.ready(f"serving {self.config.daemon.socket}")
-                log.info("llmspool ready on %s", self.config.daemon.socket)
+                notifier.ready(f"serving {config.daemon.socket}")
+                log.info("llmspool ready on %s", config.daemon.socket)
                 await services.start(systemd.run_watchdog, notifier)
             services.cancel_scope.cancel()
 

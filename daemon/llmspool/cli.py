@@ -4,7 +4,12 @@
     llmspool sim [--host H] [--port P] [--config PATH] run the OpenAI API simulator
     llmspool config init [PATH]                       write a complete default config
     llmspool demo                                     rehearse with the simulator, show costs
-    llmspool status [--json]                          ask a running daemon how it is doing
+    llmspool status [JOB] [--json]                    how the daemon (or job JOB) is doing
+    llmspool submit FILE.jsonl [--deadline 6h] [--wait] [-o OUT.jsonl]   hand over a job
+    llmspool wait JOB [--timeout SECONDS]             block until a job has finished
+    llmspool results JOB [-o OUT.jsonl] [--wait S]    write a job's results (Batch output)
+    llmspool cancel JOB                               cancel what has not run yet
+    llmspool jobs [--limit N] [--json]                list recent jobs
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
 """
@@ -23,6 +28,7 @@ from typing import Any
 import orjson
 
 from llmspool import __version__
+from llmspool.cli_jobs import add_job_commands
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
 
@@ -137,7 +143,10 @@ def _parser() -> argparse.ArgumentParser:
                         "$LLMSPOOL_SOCKET, else the config's [daemon] socket)")
     status.add_argument("--config", metavar="PATH", help="config file to find the socket in")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("job", nargs="?", metavar="JOB", help="a job id: show that job's "
+                        "requests by state and tier, its cost, savings and deadline instead")
     status.set_defaults(run=_run_status)
+    add_job_commands(commands)
     return parser
 
 
@@ -235,6 +244,10 @@ def get_json(path: str, url: str) -> Any:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    if args.job:
+        from llmspool.cli_jobs import run_job_status
+
+        return run_job_status(args)
     path = socket_path(args.socket, args.config)
     report = get_json(path, "/v1/status")
     if args.json:

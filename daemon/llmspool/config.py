@@ -77,6 +77,59 @@ class PricingConfig:
     file: str = ""
 
 
+TIER_CHOICES = ("auto", "standard", "flex", "batch")
+
+
+@dataclass(frozen=True, slots=True)
+class FlexConfig:
+    """``[flex]``: OpenAI Flex processing, half price when capacity allows."""
+
+    enabled: bool = True
+    timeout: float = _duration("15m")
+    max_retries: int = 3
+    fallback_to_standard: bool = True
+    backoff_min: float = _duration("1s")
+    backoff_max: float = _duration("60s")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """``[planner]``: how the tier is chosen from a deadline."""
+
+    margin: float = 1.5
+    safety: float = _duration("30s")
+    default_standard_latency: float = _duration("30s")
+    default_flex_latency: float = _duration("5m")
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """``[jobs]``: deferred work handed over with a deadline."""
+
+    default_deadline: float = _duration("24h")
+    max_upload_size: int = _size("512MiB")
+    max_line_size: int = _size("4MiB")
+    max_queued: int = 2_000_000
+    max_in_flight: int = 64
+    max_attempts: int = 3
+    retention: float = _duration("7d")
+
+
+@dataclass(frozen=True, slots=True)
+class OperationConfig:
+    """``[operations.NAME]``: what differs for work tagged with this operation.
+
+    A key left out inherits: ``deadline`` from ``[jobs] default_deadline``, ``flex`` from
+    ``[flex] enabled``, ``fallback_to_standard`` and ``max_retries`` from ``[flex]``.
+    """
+
+    deadline: float | None = field(default=None, metadata={"kind": "duration"})
+    tier: str = field(default="auto", metadata={"choices": TIER_CHOICES})
+    flex: bool | None = None
+    fallback_to_standard: bool | None = None
+    max_retries: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
     """``[tracing]``: OpenTelemetry spans, exported over OTLP/HTTP per the ``OTEL_*`` variables."""
@@ -97,6 +150,10 @@ class Config:
     providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    flex: FlexConfig = field(default_factory=FlexConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    operations: Mapping[str, OperationConfig] = field(default_factory=dict)
     sim: SimConfig = field(default_factory=SimConfig)
 
     @property
@@ -147,11 +204,21 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         for name in providers_table
     } or _default_providers()
     sim_table = _table_at(table, "sim", "sim")
+    operations_table = _table_at(table, "operations", "operations")
+    operations = {
+        name: _section(OperationConfig, _table_at(operations_table, name, f"operations.{name}"),
+                       f"operations.{name}")
+        for name in operations_table
+    }
     return Config(
         daemon=_section(DaemonConfig, _table_at(table, "daemon", "daemon"), "daemon"),
         providers=providers,
         pricing=_section(PricingConfig, _table_at(table, "pricing", "pricing"), "pricing"),
         tracing=_section(TracingConfig, _table_at(table, "tracing", "tracing"), "tracing"),
+        flex=_section(FlexConfig, _table_at(table, "flex", "flex"), "flex"),
+        planner=_section(PlannerConfig, _table_at(table, "planner", "planner"), "planner"),
+        jobs=_section(JobsConfig, _table_at(table, "jobs", "jobs"), "jobs"),
+        operations=operations,
         sim=SimConfig.from_table(sim_table),
     )
 
@@ -163,6 +230,10 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "providers": {name: _section_to_table(p) for name, p in config.providers.items()},
         "pricing": _section_to_table(config.pricing),
         "tracing": _section_to_table(config.tracing),
+        "flex": _section_to_table(config.flex),
+        "planner": _section_to_table(config.planner),
+        "jobs": _section_to_table(config.jobs),
+        "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
         "sim": config.sim.to_table(),
     }
 
@@ -223,6 +294,11 @@ def _convert(fld: dataclasses.Field[Any], value: Any, dotted: str) -> Any:
 
 def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
     expected = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
+    expected = expected.removesuffix(" | None")  # optional keys: absent means inherit
+    if expected == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise TypeError(f"expected a non-negative number, got {value!r}")
+        return float(value)
     if expected == "str":
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {value!r}")
@@ -264,6 +340,8 @@ def _section_to_table(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fld in dataclasses.fields(section):
         value = getattr(section, fld.name)
+        if value is None:
+            continue  # TOML has no null: an unset optional key is left out
         kind = fld.metadata.get("kind")
         if kind == "duration":
             value = format_duration(value)

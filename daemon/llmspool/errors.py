@@ -12,6 +12,7 @@ The tree::
         ├── PayloadTooLarge          413: body over ``daemon.max_body_bytes``
         ├── UnsupportedMediaType     415: not JSON
         ├── ServiceUnavailable       503: shutting down, queue full; carries ``retry_after``
+        │   └── TooManyRequests      429: too much deferred work waiting; ``retry_after`` too
         ├── UpstreamError            the provider answered an error: status and body pass through
         ├── UpstreamUnreachable      502/504: no answer (connection refused or reset, timeout)
         └── BadUpstreamAnswer        502: the provider answered something we cannot read
@@ -124,6 +125,13 @@ class ServiceUnavailable(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class TooManyRequests(ServiceUnavailable):
+    """429: the caller should come back later (``retry-after`` says when)."""
+
+    status = 429
+    type = "rate_limit_error"
 
 
 class UpstreamError(ApiError):

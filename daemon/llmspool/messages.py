@@ -20,6 +20,8 @@ from opentelemetry.context import Context
 
 from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.errors import ApiError
+from llmspool.jobs.model import NewJob
+from llmspool.planner import TierPolicy
 from llmspool.pricing import PriceTable
 
 
@@ -38,7 +40,8 @@ class Call:
 
     ``body`` is the JSON to send upstream, already rewritten where the daemon needs to (the
     upstream model name, ``stream_options.include_usage``); ``strip_usage_chunk`` says the
-    client did not ask for the usage chunk we added, so it must not see it.
+    client did not ask for the usage chunk we added, so it must not see it. ``policy`` and
+    ``deadline_at`` (unix seconds, None: no deadline) let the planner choose the tier.
     """
 
     request_id: str
@@ -47,13 +50,14 @@ class Call:
     model: str
     body: bytes
     stream: bool
-    tier: Tier
+    policy: TierPolicy
     caller: Caller
     operation: str | None
     received_at: float
     trace: Context
     reply: MemoryObjectSendStream[Reply] = field(repr=False)
     strip_usage_chunk: bool = False
+    deadline_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,8 @@ class Answer:
     body: bytes
     tier: Tier
     cost_picodollars: int | None
+    standard_cost_picodollars: int | None = None
+    document: Any = field(default=None, repr=False)  # ``body`` parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,30 @@ class NewPrices:
     """The operator reloaded the price table (SIGHUP); calls settled from now use it."""
 
     prices: PriceTable
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitJob:
+    """Make ``job`` durable and queue it; the answer is the job's JSON, or an ``ApiError``."""
+
+    job: NewJob = field(repr=False)
+    reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Cancel what of the job has not run yet; the answer is the job's JSON or an error."""
+
+    job_id: str
+    reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForJob:
+    """Answer (with the job's JSON, or an error) once the job has finished."""
+
+    job_id: str
+    reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

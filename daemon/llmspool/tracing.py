@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: a tracer for the actors, exported over OTLP/HTTP, or a no-op one.
+"""OpenTelemetry: a tracer and a meter for the actors, exported over OTLP/HTTP, or no-op ones.
 
 ``[tracing] enabled = "auto"`` turns tracing on when the environment names an OTLP endpoint
 (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) or asks for it with
@@ -12,11 +12,14 @@ so two daemons in one process (as in tests) never share one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -35,6 +38,8 @@ class Tracing:
 
     tracer: trace.Tracer
     provider: TracerProvider | None
+    meter: metrics.Meter = field(default_factory=lambda: metrics.NoOpMeter("llmspool"))
+    meter_provider: MeterProvider | None = None
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +49,8 @@ class Tracing:
         """Flush and stop the exporter (blocking: call it from a worker thread)."""
         if self.provider is not None:
             self.provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
 
 
 def tracing_wanted(config: TracingConfig, environ: Mapping[str, str]) -> bool:
@@ -61,9 +68,18 @@ def build_tracing(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
         return Tracing(trace.NoOpTracer(), None)
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
     attributes["service.version"] = __version__
-    provider = TracerProvider(resource=Resource.create(attributes))
+    resource = Resource.create(attributes)
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return Tracing(provider.get_tracer("llmspool", __version__), provider)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
+    )
+    return Tracing(
+        provider.get_tracer("llmspool", __version__),
+        provider,
+        meter_provider.get_meter("llmspool", __version__),
+        meter_provider,
+    )
 
 
 def context_from_headers(headers: Mapping[str, str]) -> Context:

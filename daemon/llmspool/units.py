@@ -53,7 +53,9 @@ def format_duration(seconds: float) -> str:
     whole = round(seconds)
     if whole != seconds:
         return f"{seconds}s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    if whole >= 2 * 86400 and whole % 86400 == 0:
+        return f"{whole // 86400}d"  # "24h" reads better than "1d"; "7d" better than "168h"
+    for unit, size in (("h", 3600), ("m", 60)):
         if whole and whole % size == 0:
             return f"{whole // size}{unit}"
     return f"{whole}s"

@@ -1,11 +1,15 @@
 """The dispatcher actor: runs each call against its provider and tells everyone how it went.
 
-For every ``Call`` it starts a task that sends the request through the provider plugin,
-answers the caller on ``call.reply`` (a whole ``Answer``, or ``StreamStart``, chunks and
-``StreamEnd``), reads the usage and the tier the answer says it served, prices it, and sends a
-``Settled`` to the ledger and a ``SlotFreed`` to the request queue.
+For every ``Call`` it starts a task that asks the planner for a tier, sends the request through
+the provider plugin, answers the caller on ``call.reply`` (a whole ``Answer``, or
+``StreamStart``, chunks and ``StreamEnd``), reads the usage and the tier the answer says it
+served, prices it, and sends a ``Settled`` to the ledger and a ``SlotFreed`` to the queue.
 
-Cost is computed at the tier the provider reports it served, never the one asked for.
+Flex: a 429 *resource unavailable* means "no flex capacity", not a rate limit. The call is
+retried on flex after a full-jitter backoff while its deadline allows (each attempt bounded so
+that a standard call still fits), then falls back to standard where allowed, or fails with code
+``flex_unavailable``. Cost is always computed at the tier the provider reports it served.
+
 A client that goes away mid-stream closes its reply stream; the next send fails, and leaving
 the provider's context closes the upstream connection, so the upstream call stops too.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,11 +27,12 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llmspool.calls import Tier, Usage
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError
+from llmspool.config import FlexConfig
+from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.messages import (
     Answer,
     Call,
@@ -40,6 +46,7 @@ from llmspool.messages import (
     StreamEnd,
     StreamStart,
 )
+from llmspool.planner import Planner
 from llmspool.pricing import PriceTable, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
 from llmspool.wire import SseMeter, served_tier_of, usage_of
@@ -50,6 +57,65 @@ log = logging.getLogger(__name__)
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
 _PASSED_ERROR_HEADERS = (*_PASSED_HEADERS, "retry-after", "retry-after-ms")
 _CLIENT_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+_MIN_FLEX_ATTEMPT = 1.0  # seconds; a shorter flex attempt is not worth starting
+
+
+class _NoFlexCapacity(Exception):
+    """The upstream answered 429 *resource unavailable* to a flex attempt."""
+
+
+def is_resource_unavailable(status: int, body: bytes) -> bool:
+    """Whether an upstream error is flex's "no capacity" (not a rate limit, not charged)."""
+    if status != 429:
+        return False
+    error = UpstreamError("", status, body)
+    return error.code == "resource_unavailable" or "resource unavailable" in error.message.lower()
+
+
+class FlexMetrics:
+    """Flex counters for ``/v1/status`` and, when tracing is on, OpenTelemetry metrics."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.requests = 0
+        self.tokens = 0
+        self.fallbacks = 0
+        self.resource_unavailable = 0
+        self.saved_picodollars = 0
+        self._requests = meter.create_counter("llmspool.flex.requests", "{request}",
+                                              "calls served on flex")
+        self._tokens = meter.create_counter("llmspool.flex.tokens", "{token}",
+                                            "tokens served on flex")
+        self._fallbacks = meter.create_counter("llmspool.flex.fallbacks", "{request}",
+                                               "flex calls sent again on standard")
+        self._unavailable = meter.create_counter("llmspool.flex.resource_unavailable", "{error}",
+                                                 "429 resource unavailable answers to flex")
+        self._saved = meter.create_counter("llmspool.flex.saved", "USD",
+                                           "saved by flex against standard prices")
+
+    def served(self, usage: Usage, saved: int) -> None:
+        self.requests += 1
+        self.tokens += usage.total_tokens
+        self.saved_picodollars += saved
+        self._requests.add(1)
+        self._tokens.add(usage.total_tokens)
+        self._saved.add(usd(saved))
+
+    def fell_back(self) -> None:
+        self.fallbacks += 1
+        self._fallbacks.add(1)
+
+    def unavailable(self) -> None:
+        self.resource_unavailable += 1
+        self._unavailable.add(1)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "standard_fallbacks": self.fallbacks,
+            "resource_unavailable_errors": self.resource_unavailable,
+            "estimated_savings_usd": usd(self.saved_picodollars),
+        }
 
 
 class Dispatcher:
@@ -63,7 +129,10 @@ class Dispatcher:
         provider_kinds: Mapping[str, str],
         timeouts: Mapping[str, float],
         prices: PriceTable,
+        planner: Planner,
+        flex: FlexConfig,
         tracer: trace.Tracer,
+        meter: metrics.Meter,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
@@ -72,7 +141,10 @@ class Dispatcher:
         self._provider_kinds = provider_kinds
         self._timeouts = timeouts
         self._prices = prices
+        self._planner = planner
+        self._flex = flex
         self._tracer = tracer
+        self._flex_metrics = FlexMetrics(meter)
         self._in_flight = 0
         self._served_by_tier: dict[str, int] = {}
         self._failed = 0
@@ -88,6 +160,7 @@ class Dispatcher:
                         message.reply.send_nowait(self._snapshot())
                     else:
                         self._prices = message.prices
+                        self._planner.set_prices(message.prices)
 
     async def _serve(self, call: Call) -> None:
         self._in_flight += 1
@@ -110,7 +183,20 @@ class Dispatcher:
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:
-                await self._forward(call, span, started)
+                try:
+                    tier = self._planner.choose(
+                        call.provider, call.model, call.policy, call.deadline_at, started
+                    )
+                    span.set_attribute("llmspool.planned_tier", tier.value)
+                    if tier is Tier.FLEX:
+                        await self._serve_flex(call, span)
+                    else:
+                        await self._attempt(call, tier, self._timeouts[call.provider], span)
+                except ApiError as error:
+                    self._failed += 1
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+                    span.set_attribute("error.type", error.code or type(error).__name__)
+                    await _tell(call, Failure(error))
         except Exception as exc:
             # A bug while serving one call must not take the daemon (and every other call)
             # down: log it, answer this caller 500, and keep serving.
@@ -126,38 +212,75 @@ class Dispatcher:
             self._in_flight -= 1
             self._freed.send_nowait(SlotFreed(call.request_id))
 
-    async def _forward(self, call: Call, span: Span, started: float) -> None:
+    async def _serve_flex(self, call: Call, span: Span) -> None:
+        """Flex with retries on *resource unavailable*, escalating to standard in time."""
+        policy = call.policy
+        for attempt in range(policy.flex_max_retries + 1):
+            budget = self._planner.flex_budget(call.provider, call.model, policy, call.deadline_at)
+            if budget < _MIN_FLEX_ATTEMPT:
+                span.add_event("flex: the deadline leaves no room for another flex attempt")
+                break
+            try:
+                await self._attempt(call, Tier.FLEX, budget, span)
+                return
+            except _NoFlexCapacity:
+                self._flex_metrics.unavailable()
+                span.add_event("flex: resource unavailable", {"attempt": attempt + 1})
+            except UpstreamUnreachable as error:
+                if error.code != "upstream_timeout" or budget >= self._flex.timeout:
+                    raise
+                span.add_event("flex: escalated, the attempt would not finish in time")
+                break
+            if attempt < policy.flex_max_retries:
+                step = min(self._flex.backoff_max, self._flex.backoff_min * 2**attempt)
+                room = self._planner.flex_budget(call.provider, call.model, policy,
+                                                 call.deadline_at) - _MIN_FLEX_ATTEMPT
+                await anyio.sleep(max(0.0, min(random.uniform(0, step), room)))
+        if not policy.fallback_to_standard:
+            raise ApiError(
+                "no flex capacity (429 resource unavailable) within the request's retries and "
+                "deadline, and falling back to standard is off for it "
+                "([flex] fallback_to_standard, or its operation's)",
+                status=429, code="flex_unavailable", error_type="resource_unavailable",
+            )
+        self._flex_metrics.fell_back()
+        span.add_event("flex: falling back to standard")
+        await self._attempt(call, Tier.STANDARD, self._timeouts[call.provider], span)
+
+    async def _attempt(self, call: Call, tier: Tier, time_limit: float, span: Span) -> None:
+        """One upstream call on ``tier``; relays its answer to the caller.
+
+        Raises ``_NoFlexCapacity`` before anything reached the caller when flex had no room.
+        """
         provider = self._providers[call.provider]
         request = UpstreamRequest(
             endpoint=call.endpoint,
             model=call.model,
-            body=call.body,
+            body=_body_for_tier(call, tier),
             stream=call.stream,
-            tier=call.tier,
-            timeout=self._timeouts[call.provider],
+            tier=tier,
+            timeout=time_limit,
         )
-        try:
-            async with provider.send(request) as response:
-                span.set_attribute("http.response.status_code", response.status)
-                if response.status >= 400:
-                    raise UpstreamError(
-                        call.provider,
-                        response.status,
-                        await response.read(),
-                        upstream_headers=_pick(response.headers, _PASSED_ERROR_HEADERS),
-                    )
-                if call.stream:
-                    await self._relay_stream(call, response, span, started)
-                else:
-                    await self._relay_answer(call, response, span, started)
-        except ApiError as error:
-            self._failed += 1
-            span.set_status(Status(StatusCode.ERROR, error.message))
-            span.set_attribute("error.type", error.code or type(error).__name__)
-            await _tell(call, Failure(error))
+        started = time.time()
+        async with provider.send(request) as response:
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 400:
+                raw = await response.read()
+                if tier is Tier.FLEX and is_resource_unavailable(response.status, raw):
+                    raise _NoFlexCapacity
+                raise UpstreamError(
+                    call.provider,
+                    response.status,
+                    raw,
+                    upstream_headers=_pick(response.headers, _PASSED_ERROR_HEADERS),
+                )
+            if call.stream:
+                await self._relay_stream(call, tier, response, span, started)
+            else:
+                await self._relay_answer(call, tier, response, span, started)
 
     async def _relay_answer(
-        self, call: Call, response: UpstreamResponse, span: Span, started: float
+        self, call: Call, tier: Tier, response: UpstreamResponse, span: Span, started: float
     ) -> None:
         body = await response.read()
         try:
@@ -172,17 +295,21 @@ class Dispatcher:
             raise BadUpstreamAnswer(
                 f"{call.provider} answered with JSON that is not an object", code="upstream_shape"
             )
-        tier, usage = self._served(call, parsed, usage_of(parsed))
-        settled = self._settle(call, tier, usage, response.status, started, span)
+        served = served_tier_of(parsed) or tier
+        usage = usage_of(parsed) or Usage(estimated=True)
+        settled = self._settle(call, served, usage, response.status, started, span)
         headers = _pick(response.headers, _PASSED_HEADERS)
-        headers["x-llmspool-tier"] = tier.value
+        headers["x-llmspool-tier"] = served.value
         if settled.cost_picodollars is not None:
             headers["x-llmspool-cost-usd"] = f"{usd(settled.cost_picodollars):.10f}"
-        await _tell(call, Answer(response.status, headers, body, tier, settled.cost_picodollars))
+        await _tell(call, Answer(
+            response.status, headers, body, served, settled.cost_picodollars,
+            settled.standard_cost_picodollars, parsed,
+        ))
         await self._ledger.send(settled)
 
     async def _relay_stream(
-        self, call: Call, response: UpstreamResponse, span: Span, started: float
+        self, call: Call, tier: Tier, response: UpstreamResponse, span: Span, started: float
     ) -> None:
         meter = SseMeter(strip_usage_chunk=call.strip_usage_chunk)
         headers = _pick(response.headers, _PASSED_HEADERS)
@@ -208,26 +335,17 @@ class Dispatcher:
             status = 499
         except ApiError as error:
             span.set_status(Status(StatusCode.ERROR, error.message))
-            tier, usage = self._served(call, None, meter.usage, events=meter.events)
-            await self._ledger.send(self._settle(call, tier, usage, 502, started, span))
+            usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
+            served = meter.tier or tier
+            await self._ledger.send(self._settle(call, served, usage, 502, started, span))
             # Before the first event the client can still get a proper error status.
             await _tell(call, StreamEnd(error) if begun else Failure(error))
             return
-        tier, usage = self._served(call, None, meter.usage, events=meter.events)
-        if meter.tier is not None:
-            tier = meter.tier
+        usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
-        await self._ledger.send(self._settle(call, tier, usage, status, started, span))
+        settled = self._settle(call, meter.tier or tier, usage, status, started, span)
+        await self._ledger.send(settled)
         await _tell(call, StreamEnd())
-
-    def _served(
-        self, call: Call, parsed: Any, usage: Usage | None, *, events: int = 0
-    ) -> tuple[Tier, Usage]:
-        tier = served_tier_of(parsed) or call.tier
-        if usage is None:
-            # No usage reported: count one output token per event seen, and say so.
-            usage = Usage(output_tokens=events, estimated=True)
-        return tier, usage
 
     def _settle(
         self, call: Call, tier: Tier, usage: Usage, status: int, started: float, span: Span
@@ -235,6 +353,12 @@ class Dispatcher:
         price = self._prices.price(call.provider, call.model, tier)
         standard = self._prices.price(call.provider, call.model, Tier.STANDARD)
         cost = price.cost(usage) if price is not None else None
+        standard_cost = standard.cost(usage) if standard is not None else None
+        finished = time.time()
+        if status == 200:
+            self._planner.book.observe((call.provider, call.model, tier), finished - started)
+        if tier is Tier.FLEX and cost is not None:
+            self._flex_metrics.served(usage, max(0, (standard_cost or cost) - cost))
         span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": usage.input_tokens,
@@ -256,17 +380,34 @@ class Dispatcher:
             tier=tier,
             usage=usage,
             cost_picodollars=cost,
-            standard_cost_picodollars=standard.cost(usage) if standard is not None else None,
+            standard_cost_picodollars=standard_cost,
             caller=call.caller,
             operation=call.operation,
             status=status,
             started_at=started,
-            finished_at=time.time(),
+            finished_at=finished,
         )
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"in_flight": self._in_flight, "served_by_tier": dict(self._served_by_tier),
-                "failed": self._failed}
+        return {
+            "in_flight": self._in_flight,
+            "served_by_tier": dict(self._served_by_tier),
+            "failed": self._failed,
+            "flex": self._flex_metrics.snapshot(),
+            "latency": self._planner.book.snapshot(),
+        }
+
+
+def _body_for_tier(call: Call, tier: Tier) -> bytes:
+    """The call's body asking for ``tier`` (re-encoded only when it asks for another one)."""
+    wanted = tier.service_tier
+    if call.policy.forced is tier or wanted is None:
+        return call.body
+    if tier is Tier.STANDARD and b'"service_tier"' not in call.body:
+        return call.body  # no tier named means standard
+    document = orjson.loads(call.body)
+    document["service_tier"] = wanted
+    return orjson.dumps(document)
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from llmspool.calls import Endpoint, Tier
+from llmspool.deadlines import parse_deadline
 from llmspool.errors import (
     ApiError,
     InvalidRequest,
@@ -41,6 +42,7 @@ from llmspool.messages import (
     StreamEnd,
     StreamStart,
 )
+from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.tracing import context_from_headers
@@ -69,12 +71,14 @@ class Forwarder:
         self,
         queue: MemoryObjectSendStream[Call | Query],
         router: ModelRouter,
+        planner: Planner,
         tracer: trace.Tracer,
         *,
         max_body_size: int,
     ) -> None:
         self._queue = queue
         self._router = router
+        self._planner = planner
         self._tracer = tracer
         self._max_body_size = max_body_size
         # Unique across restarts (the ledger keys on it) without a uuid4 per request.
@@ -144,7 +148,13 @@ class Forwarder:
                 # The daemon needs the usage to bill the call; the client did not ask for it.
                 parsed["stream_options"] = {**(options or {}), "include_usage": True}
                 strip_usage_chunk = rewrite = True
-        tier = Tier.from_service_tier(parsed.get("service_tier")) or Tier.STANDARD
+        operation = request.headers.get("x-llmspool-operation")
+        requested_tier = parsed.get("service_tier")
+        # "auto" (OpenAI's default) names no tier: the planner may choose one for a deadline.
+        explicit = None if requested_tier == "auto" else Tier.from_service_tier(requested_tier)
+        if explicit is Tier.BATCH:
+            explicit = None  # not a value OpenAI takes in a request; let the planner decide
+        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"))
         span.set_attributes({
             "gen_ai.request.model": model,
             "gen_ai.operation.name": endpoint.operation_name,
@@ -162,13 +172,14 @@ class Forwarder:
             model=model,
             body=orjson.dumps(parsed) if rewrite else body,
             stream=stream,
-            tier=tier,
+            policy=self._planner.policy(operation, explicit),
             caller=caller_of(request.scope),
-            operation=request.headers.get("x-llmspool-operation"),
+            operation=operation,
             received_at=time.time(),
             trace=trace.set_span_in_context(span),
             reply=replies_in,
             strip_usage_chunk=strip_usage_chunk,
+            deadline_at=deadline_at,
         )
         # From here the queue, then the dispatcher, owns the send end and closes it.
         try:
@@ -286,6 +297,17 @@ def _shutting_down() -> ServiceUnavailable:
         retry_after=2.0,
         code="shutting_down",
     )
+
+
+def _deadline_header(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_deadline(value, time.time())
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"x-llmspool-deadline: {exc}", param="x-llmspool-deadline", code="invalid_deadline"
+        ) from None
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from llmspool import __version__
@@ -53,6 +53,7 @@ def build_app(
     actors: Mapping[str, QueryTarget],
     *,
     started_at: float,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> FrontDoorApp:
     """The front door's ASGI app. ``actors`` are the inboxes ``/v1/status`` asks, by name."""
 
@@ -103,6 +104,7 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/ledger", ledger, methods=["GET"]),
+        *extra_routes,
     ]
     everything_else = Starlette(
         routes=routes,
@@ -159,8 +161,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(
             f"unknown path {request.method} {request.url.path}; llmspool serves "
-            "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/status, "
-            "/v1/ledger and /healthz",
+            "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/jobs, "
+            "/v1/status, /v1/ledger and /healthz",
             code="unknown_url",
         ))
     if exc.status_code == 405:

@@ -1,14 +1,16 @@
 """``llmspool sim``: an OpenAI-API-compatible simulator for rehearsals, demos, tests and benchmarks.
 
 It answers chat completions, responses, embeddings and model listings in the shapes of OpenAI's
-spec, streamed or not, with configurable latency, usage in every answer, ``service_tier`` echoed,
-``x-ratelimit-*`` headers, and faults injected on purpose (5xx, 429s, slow or hung answers,
-dropped connections, cut streams).
+spec, streamed or not, with configurable latency, usage in every answer, the ``service_tier``
+served, ``x-ratelimit-*`` headers, flex processing (only where priced, slower, with *resource
+unavailable* spells), and faults injected on purpose (5xx, 429s, slow or hung answers, dropped
+connections, cut streams).
 
 Modules, one job each:
 
 - ``config``: the ``[sim]`` config table (``SimConfig``).
 - ``faults``: fault rules and which request gets which fault.
+- ``flex``: which models offer flex, its latency, and its *resource unavailable* spells.
 - ``text``: token counting and the deterministic fake content.
 - ``vectors``: deterministic unit-length embedding vectors.
 - ``catalog``: the models served.

@@ -72,3 +72,5 @@ class Makers:
     vectors: VectorMaker
     ids: IdMaker
     default_output_tokens: int
+    flex_models: frozenset[str]
+    """Models on which a request may ask ``service_tier: "flex"``."""

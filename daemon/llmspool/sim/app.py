@@ -1,11 +1,14 @@
 """The simulator's ASGI app: routing, the order of things for each request, and the headers.
 
 For a generation request (chat, responses, embeddings) the order is: read and validate the
-body (bad input → 400/404, never faulted), count it, let the fault rules pick, wait the
-configured latency, then answer whole or as a stream. Every answer carries ``x-request-id``
-and the six ``x-ratelimit-*`` headers.
+body (bad input → 400/404, never faulted; flex on a model without a flex price is bad input),
+count it, refuse a flex request while flex capacity is out (429 ``resource_unavailable``,
+not counted against the rate limits), let the fault rules pick, wait the configured latency
+(flex: its own), then answer whole or as a stream. Every answer carries ``x-request-id`` and
+the six ``x-ratelimit-*`` headers.
 
-All state (stats, faults, counters) lives in the ``SimApp`` that ``build_app`` returns.
+All state (stats, faults, flex spells, counters) lives in the ``SimApp`` that ``build_app``
+returns.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ from llmspool.sim.chat import parse_chat
 from llmspool.sim.config import SimConfig
 from llmspool.sim.embeddings import parse_embedding_request
 from llmspool.sim.faults import FaultInjector, FaultKind, FaultRule, rules_from_json
+from llmspool.sim.flex import (
+    FLEX,
+    FlexCapacity,
+    FlexPacing,
+    command_from_json,
+    config_json,
+    flex_models,
+    resource_unavailable_error,
+)
 from llmspool.sim.ratelimit import RateLimitWindow
 from llmspool.sim.responses import parse_response_request
 from llmspool.sim.stats import SimStats
@@ -141,6 +153,7 @@ class SimApp:
     """The simulator as an ASGI app, with all of its state."""
 
     def __init__(self, config: SimConfig) -> None:
+        """Raises ``ConfigError`` (key ``sim.pricing_file``) if the price table cannot load."""
         self.config = config
         self.makers = Makers(
             catalog=ModelCatalog(config.models),
@@ -148,11 +161,14 @@ class SimApp:
             vectors=VectorMaker(),
             ids=IdMaker(),
             default_output_tokens=config.output_tokens,
+            flex_models=flex_models(config.pricing_file, config.models),
         )
         for model in self.makers.catalog.embedding_models():
             self.makers.vectors.warm(self.makers.catalog.embedding_dimensions(model))
         self.faults = FaultInjector(config.faults, seed=config.seed)
         self.stats = SimStats()
+        self.flex = FlexCapacity.from_config(config)
+        self.flex_pacing = FlexPacing.from_config(config)
         self.ratelimit = RateLimitWindow(config.ratelimit_requests, config.ratelimit_tokens)
         self._waiter = Waiter()
         self._routes: dict[str, dict[str, Handler]] = {
@@ -165,6 +181,7 @@ class SimApp:
                 "POST": self._set_faults,
                 "DELETE": self._clear_faults,
             },
+            "/_sim/flex": {"GET": self._get_flex, "POST": self._set_flex},
             "/_sim/stats": {"GET": self._get_stats},
             "/_sim/stats/reset": {"POST": self._reset_stats},
         }
@@ -229,14 +246,27 @@ class SimApp:
             if payload is None:
                 self.stats.client_closed += 1
                 return
-            self.ratelimit.record(requests=1)
-            answer = parse(payload, self.makers)
+            try:
+                answer = parse(payload, self.makers)
+            except ApiError:
+                # A refused request still uses up one of the minute's requests.
+                self.ratelimit.record(requests=1)
+                raise
             self.stats.by_model[answer.model] += 1
             await self._answer(exchange, answer)
 
         return handle
 
     async def _answer(self, exchange: _Exchange, answer: Answer) -> None:
+        flex = answer.tier == FLEX
+        if flex:
+            self.stats.flex_requests += 1
+            if self.flex.refuses():
+                # No capacity is not a rate limit: no retry hint, no request counted.
+                self.stats.flex_unavailable += 1
+                await exchange.reply_error(resource_unavailable_error())
+                return
+        self.ratelimit.record(requests=1)
         cut_after: int | None = None
         rule = self.faults.pick(exchange.path, answer.model, answer.tier, answer.stream)
         if rule is not None:
@@ -245,16 +275,19 @@ class SimApp:
                 cut_after = rule.after_chunks
             elif not await self._inflict(exchange, rule):
                 return
-        config = self.config
-        delay = config.latency
+        delay = self.config.latency
+        per_token = self.config.latency_per_token
+        if flex:
+            delay += self.flex_pacing.extra_wait()
+            per_token = self.flex_pacing.per_token
         if not answer.stream:
-            delay += config.latency_per_token * answer.output_tokens
+            delay += per_token * answer.output_tokens
         if delay > 0 and not await self._pause(exchange, delay):
             return
         self.ratelimit.record(tokens=answer.input_tokens + answer.billed_output_tokens)
         self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
         if answer.stream:
-            await self._stream(exchange, answer, cut_after)
+            await self._stream(exchange, answer, cut_after, per_token)
         else:
             await exchange.reply(200, answer.body())
 
@@ -286,13 +319,14 @@ class SimApp:
             return await self._pause(exchange, rule.delay or 0.0)
         return True
 
-    async def _stream(self, exchange: _Exchange, answer: Answer, cut_after: int | None) -> None:
+    async def _stream(
+        self, exchange: _Exchange, answer: Answer, cut_after: int | None, interval: float
+    ) -> None:
         send = exchange.send
         events = list(answer.events())
         last = len(events) - 1
         # A cut always happens before the terminator, so the client always notices it.
         cut = min(cut_after, last) if cut_after is not None else -1
-        interval = self.config.latency_per_token
         self.stats.by_status[200] += 1
         self.stats.streams += 1
         self.stats.open_streams += 1
@@ -356,6 +390,30 @@ class SimApp:
         self.faults.clear()
         await exchange.reply_json(200, self._faults_json())
 
+    def _flex_json(self) -> dict[str, Any]:
+        return {
+            **self.flex.state_json(),
+            "config": config_json(self.config, self.makers.flex_models, self.flex_pacing),
+        }
+
+    async def _get_flex(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self._flex_json())
+
+    async def _set_flex(self, exchange: _Exchange) -> None:
+        try:
+            body = await read_body(exchange.receive, MAX_BODY_BYTES)
+            if body is None:
+                return
+            command = command_from_json(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(_BAD_JSON) from None
+        except BodyTooLarge:
+            raise PayloadTooLarge("The flex command is too large.") from None
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc), param=exc.key, code="invalid_value") from None
+        self.flex.apply(command)
+        await exchange.reply_json(200, self._flex_json())
+
     async def _get_stats(self, exchange: _Exchange) -> None:
         await exchange.reply_json(200, self.stats.to_json())
 
@@ -376,5 +434,8 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def build_app(config: SimConfig) -> SimApp:
-    """A fresh simulator (its own stats, faults and counters) as an ASGI app."""
+    """A fresh simulator (its own stats, faults, flex spells and counters) as an ASGI app.
+
+    Raises ``ConfigError`` (key ``sim.pricing_file``) if the price table cannot be read.
+    """
     return SimApp(config)

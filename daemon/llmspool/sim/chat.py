@@ -159,7 +159,7 @@ def parse_chat(payload: dict[str, Any], makers: Makers) -> ChatAnswer:
         raise InvalidRequest(
             "The simulator streams only one choice; use n=1 with stream=true.", param="n"
         )
-    tier = validate.served_tier(payload)
+    tier = validate.served_tier(payload, model, makers.flex_models)
     tokens = limit if limit is not None else makers.default_output_tokens
     return ChatAnswer(
         id=makers.ids.make("chatcmpl-"),

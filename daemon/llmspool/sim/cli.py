@@ -35,10 +35,12 @@ Run an OpenAI-API-compatible simulator for rehearsals, demos, tests and benchmar
 
 It serves POST /v1/chat/completions, /v1/responses and /v1/embeddings (streamed or not) and
 GET /v1/models with made-up but well-formed answers: deterministic text, usage in every
-answer, the requested service_tier echoed, x-ratelimit-* headers, and configurable latency.
-Faults (5xx, 429s, slow or hung answers, dropped connections, cut streams) come from the
-[sim.faults] config or at run time from POST/DELETE /_sim/faults; GET /_sim/stats counts what
-it saw. When ready it prints one line: "llmspool sim listening on http://HOST:PORT/v1".
+answer, the service_tier served, x-ratelimit-* headers, and configurable latency. Flex is
+offered on the models with a flex price, slower, and with "resource unavailable" 429 spells by
+chance, by schedule ([sim] flex_* keys) or at run time (GET/POST /_sim/flex). Faults (5xx,
+429s, slow or hung answers, dropped connections, cut streams) come from the [sim.faults]
+config or at run time from POST/DELETE /_sim/faults; GET /_sim/stats counts what it saw.
+When ready it prints one line: "llmspool sim listening on http://HOST:PORT/v1".
 """
 
 
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        app = build_app(config)
     except ConfigError as exc:
         print(f"llmspool sim: bad config: {exc}", file=sys.stderr)
         return 2
@@ -57,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    app = build_app(config)
     server = _SimServer(
         uvicorn.Config(
             app,

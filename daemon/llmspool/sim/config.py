@@ -1,8 +1,10 @@
-"""The ``[sim]`` config table: what the simulator serves, how fast, and which faults it starts with.
+"""The ``[sim]`` config table: what the simulator serves, how fast, which faults it starts with,
+and how flex behaves (latency, *resource unavailable* spells).
 
 ``SimConfig()`` is complete; ``SimConfig.from_table`` validates a TOML table (an unknown key or a
-bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability``) and
-``to_table`` writes one back that ``from_table`` reads to an equal config.
+bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability`` or
+``sim.flex_outages[0].duration``) and ``to_table`` writes one back that ``from_table`` reads to
+an equal config.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from llmspool.errors import ConfigError
 from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
+from llmspool.sim.flex import FlexOutage, outages_from_list
 from llmspool.units import parse_duration
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -52,8 +55,24 @@ class SimConfig:
     """``x-ratelimit-limit-requests``: requests per minute the headers report."""
     ratelimit_tokens: int = 30_000_000
     """``x-ratelimit-limit-tokens``: tokens per minute the headers report."""
+    pricing_file: str = ""
+    """Price table deciding which models offer flex (a flex price); "" is the bundled one."""
+    flex_latency: float = 0.0
+    """Extra fixed wait before a flex answer, on top of ``latency``."""
+    flex_latency_jitter: float = 0.0
+    """Extra wait before a flex answer, uniform from 0 to this (seeded RNG)."""
+    flex_latency_per_token: float | None = None
+    """Per-token wait and stream pace of flex answers; ``None`` ("" in TOML): latency_per_token."""
+    flex_unavailable_probability: float = 0.0
+    """Chance that a flex request is refused with 429 ``resource_unavailable`` (seeded RNG)."""
+    flex_outage_period: float = 0.0
+    """Length of the repeating outage window (0: none), counted from the sim's start."""
+    flex_outage_fraction: float = 0.0
+    """Share of each ``flex_outage_period``, at its start, during which flex is unavailable."""
     faults: tuple[FaultRule, ...] = field(default=())
     """Fault rules active from start (``[[sim.faults]]``)."""
+    flex_outages: tuple[FlexOutage, ...] = field(default=())
+    """Scheduled flex outages (``[[sim.flex_outages]]`` with ``start`` and ``duration``)."""
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> SimConfig:
@@ -65,6 +84,12 @@ class SimConfig:
             if key not in known:
                 raise ConfigError(f"sim.{key}", f"unknown key; known keys: {', '.join(known)}")
         defaults = cls()
+        period = _duration(table, "flex_outage_period", defaults.flex_outage_period)
+        fraction = _fraction(table, "flex_outage_fraction", defaults.flex_outage_fraction)
+        if fraction > 0 and period <= 0:
+            raise ConfigError(
+                "sim.flex_outage_period", "must be more than 0s when flex_outage_fraction is set"
+            )
         return cls(
             latency=_duration(table, "latency", defaults.latency),
             latency_per_token=_duration(table, "latency_per_token", defaults.latency_per_token),
@@ -77,7 +102,19 @@ class SimConfig:
                 table, "ratelimit_requests", defaults.ratelimit_requests, 1, None
             ),
             ratelimit_tokens=_int(table, "ratelimit_tokens", defaults.ratelimit_tokens, 1, None),
+            pricing_file=_text(table, "pricing_file", defaults.pricing_file),
+            flex_latency=_duration(table, "flex_latency", defaults.flex_latency),
+            flex_latency_jitter=_duration(
+                table, "flex_latency_jitter", defaults.flex_latency_jitter
+            ),
+            flex_latency_per_token=_optional_duration(table, "flex_latency_per_token"),
+            flex_unavailable_probability=_fraction(
+                table, "flex_unavailable_probability", defaults.flex_unavailable_probability
+            ),
+            flex_outage_period=period,
+            flex_outage_fraction=fraction,
             faults=tuple(rules_from_list(table.get("faults", []), "sim.faults")),
+            flex_outages=outages_from_list(table.get("flex_outages", []), "sim.flex_outages"),
         )
 
     def to_table(self) -> dict[str, Any]:
@@ -90,7 +127,19 @@ class SimConfig:
             "seed": self.seed,
             "ratelimit_requests": self.ratelimit_requests,
             "ratelimit_tokens": self.ratelimit_tokens,
+            "pricing_file": self.pricing_file,
+            "flex_latency": duration_text(self.flex_latency),
+            "flex_latency_jitter": duration_text(self.flex_latency_jitter),
+            "flex_latency_per_token": (
+                ""
+                if self.flex_latency_per_token is None
+                else duration_text(self.flex_latency_per_token)
+            ),
+            "flex_unavailable_probability": self.flex_unavailable_probability,
+            "flex_outage_period": duration_text(self.flex_outage_period),
+            "flex_outage_fraction": self.flex_outage_fraction,
             "faults": [rule.to_mapping() for rule in self.faults],
+            "flex_outages": [outage.to_mapping() for outage in self.flex_outages],
         }
 
 
@@ -101,6 +150,27 @@ def _duration(table: Mapping[str, Any], name: str, default: float) -> float:
         return parse_duration(table[name])
     except ValueError as exc:
         raise ConfigError(f"sim.{name}", str(exc)) from exc
+
+
+def _optional_duration(table: Mapping[str, Any], name: str) -> float | None:
+    """A duration where "" (or leaving the key out) means unset."""
+    if table.get(name, "") == "":
+        return None
+    return _duration(table, name, 0.0)
+
+
+def _fraction(table: Mapping[str, Any], name: str, default: float) -> float:
+    value = table.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"sim.{name}", f"must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def _text(table: Mapping[str, Any], name: str, default: str) -> str:
+    value = table.get(name, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"sim.{name}", f"must be a string, not {value!r}")
+    return value
 
 
 def _int(

@@ -182,7 +182,7 @@ def parse_response_request(payload: dict[str, Any], makers: Makers) -> ResponseA
         message_id=makers.ids.make("msg_"),
         created=int(time.time()),
         model=model,
-        tier=validate.served_tier(payload),
+        tier=validate.served_tier(payload, model, makers.flex_models),
         stream=validate.flag(payload, "stream"),
         input_tokens=meter.tokens,
         output_tokens=tokens,

@@ -1,7 +1,8 @@
 """What the simulator saw, exactly: the answer of ``GET /_sim/stats``.
 
 Tests and rehearsals ask it how many calls reached the "provider", per path, model and tier,
-how many faults hit, and how many tokens were generated. The control paths (``/_sim/…``) are
+how many faults hit, how many flex requests were served or refused as *resource unavailable*,
+and how many tokens were generated. The control paths (``/_sim/…``) are
 not counted, so asking never changes the answer.
 """
 
@@ -28,6 +29,9 @@ class SimStats:
         self.client_closed = 0
         self.faults: Counter[str] = Counter()
         self.streams = 0
+        self.flex_requests = 0
+        self.flex_unavailable = 0
+        self.flex_served = 0
         self.input_tokens = 0
         self.output_tokens = 0
 
@@ -40,6 +44,8 @@ class SimStats:
         """A request was answered with a generation (status 200, streamed or not)."""
         if tier is not None:
             self.by_tier[tier] += 1
+            if tier == "flex":
+                self.flex_served += 1
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
 
@@ -55,6 +61,11 @@ class SimStats:
                 "client_closed": self.client_closed,
             },
             "faults": {"total": sum(self.faults.values()), "by_kind": dict(self.faults)},
+            "flex": {
+                "requests": self.flex_requests,
+                "served": self.flex_served,
+                "unavailable": self.flex_unavailable,
+            },
             "streams": {"open": self.open_streams, "total": self.streams},
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
         }

@@ -62,17 +62,28 @@ def model(payload: dict[str, Any], catalog: ModelCatalog, *, embedding: bool) ->
     return name
 
 
-def served_tier(payload: dict[str, Any]) -> str:
-    """The tier the answer reports: the one asked, ``default`` for auto or none."""
+def served_tier(payload: dict[str, Any], model: str, flex_models: frozenset[str]) -> str:
+    """The tier the answer reports: the one asked, ``default`` for auto or none.
+
+    Flex is refused (400, param ``service_tier``) for a model outside ``flex_models``.
+    """
     asked = payload.get("service_tier")
     try:
-        return _SERVED_TIER[asked]
+        tier = _SERVED_TIER[asked]
     except (KeyError, TypeError):
         raise invalid(
             "service_tier",
             f"Invalid value for 'service_tier': {asked!r}. Supported values are: "
             "'auto', 'default', 'flex', 'scale', 'priority' and 'fast'.",
         ) from None
+    if tier == "flex" and model not in flex_models:
+        offered = ", ".join(sorted(flex_models)) or "none"
+        raise invalid(
+            "service_tier",
+            f"Flex processing is not available for model `{model}`. Use service_tier 'auto' "
+            f"or 'default', or a model that offers flex (here: {offered}).",
+        )
+    return tier
 
 
 def flag(payload: dict[str, Any], param: str) -> bool:

@@ -8,7 +8,10 @@ from typing import Any
 
 import aiosqlite
 
+from llmspool.calls import Tier
 from llmspool.messages import Settled
+
+_TIERS = {tier.value for tier in Tier}
 
 _INSERT = """
 INSERT OR IGNORE INTO ledger_entries (
@@ -66,6 +69,21 @@ async def spend_on_day(connection: aiosqlite.Connection, day: str) -> tuple[int,
     ) as cursor:
         row = await cursor.fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+async def recent_latencies(
+    connection: aiosqlite.Connection, limit: int = 20_000
+) -> list[tuple[tuple[str, str, Tier], float]]:
+    """((provider, model, tier), seconds) of recent successful calls, oldest first: the
+    planner's memory across restarts."""
+    async with connection.execute(
+        "SELECT provider, model, tier, finished_at - started_at FROM ("
+        "SELECT id, provider, model, tier, started_at, finished_at FROM ledger_entries "
+        "WHERE status = 200 ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (limit,),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [((p, m, Tier(t)), float(s)) for p, m, t, s in rows if t in _TIERS]
 
 
 async def recent_entries(connection: aiosqlite.Connection, limit: int) -> list[dict[str, Any]]:

@@ -1,0 +1,577 @@
+"""The command line's job commands, built on the sync client (``llmspool.client``)::
+
+    llmspool submit FILE.jsonl [--deadline 6h] [--operation NAME] [--tag K=V ...]
+                    [--on-error reject|skip] [--wait [--timeout S]] [-o OUT.jsonl]
+    llmspool status JOB [--json]
+    llmspool wait JOB [--timeout SECONDS]
+    llmspool results JOB [-o OUT.jsonl] [--wait SECONDS]
+    llmspool cancel JOB
+    llmspool jobs [--limit N] [--json]
+
+Standard output carries only what a script captures: the job id (``JOB=$(llmspool submit f)``),
+the results, a report or ``--json``. Progress bars, rejected lines and messages go to standard
+error, and bars only to a terminal. Any failure to reach the daemon or an unknown job id is one
+line on standard error and exit status 1.
+
+This module imports nothing heavy at import time: ``cli.py`` imports it to build the parser,
+and ``llmspool --help`` should stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from llmspool.client import SpoolError, SyncJobHandle, SyncSpool
+
+# Exit statuses of `wait` (and `submit --wait`), documented in its --help.
+EXIT_OK = 0
+EXIT_FAILED = 1  # some request failed; also any error reaching the daemon
+EXIT_TIMEOUT = 2
+EXIT_CANCELLED = 3
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+UPLOAD_CHUNK = 1024 * 1024
+# Below this an upload takes a blink; a bar would only flicker.
+UPLOAD_BAR_MIN_BYTES = 4 * 1024 * 1024
+# How often `wait` redraws its bar: each round is a one-second long poll and a status request.
+PROGRESS_POLL_SECONDS = 1.0
+MAX_LINES_SHOWN = 50
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def add_job_commands(commands: Any) -> None:
+    """Add submit, wait, results, cancel and jobs to the ``llmspool`` subcommands.
+
+    ``status JOB`` is the existing ``status`` command with a job id; it calls ``run_job_status``.
+    """
+    _add_submit(commands)
+    _add_wait(commands)
+    _add_results(commands)
+    _add_cancel(commands)
+    _add_jobs(commands)
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH", help="socket path (default: "
+                        "$LLMSPOOL_SOCKET, else the config's [daemon] socket)")
+    parser.add_argument("--config", metavar="PATH", help="config file to find the socket in")
+
+
+def _add_submit(commands: Any) -> None:
+    submit = commands.add_parser(
+        "submit",
+        help="hand a JSONL file of requests to the daemon as a job; print its id",
+        description="Send FILE, a JSONL file in OpenAI's Batch input format (one "
+        '{"custom_id", "method": "POST", "url", "body"} per line, each custom_id unique), to '
+        "the daemon as one job, and print the job's id on standard "
+        "output at once, so that JOB=$(llmspool submit FILE) works. The daemon gets each "
+        "request done by --deadline at the lowest cost it can. FILE '-' reads standard input. "
+        "A bar shows the upload of a large file when standard error is a terminal.",
+        epilog="exit status: 0 when the job was accepted; with --wait, as `llmspool wait` "
+        "(0 all succeeded, 1 some failed, 2 timed out, 3 cancelled); 1 when the file was "
+        "refused (every bad line is listed) or the daemon cannot be reached.",
+    )
+    submit.add_argument("file", metavar="FILE", help="the Batch input file (JSONL), or '-'")
+    submit.add_argument("--deadline", default="24h", metavar="WHEN",
+                        help="when the answers are needed: a duration from now (10m, 6h, 1h30m) "
+                        "or an ISO-8601 time with offset (default: 24h)")
+    submit.add_argument("--operation", metavar="NAME",
+                        help="what the work is for (reports and budgets group by it)")
+    submit.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tag on the job (repeatable)")
+    submit.add_argument("--on-error", choices=("reject", "skip"), default="reject",
+                        help="bad lines refuse the whole file (reject, the default) or are "
+                        "dropped and listed (skip)")
+    submit.add_argument("--wait", action="store_true",
+                        help="then wait for the job and write its results (to -o, else to "
+                        "standard output, the id then going to standard error)")
+    submit.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --wait: give up waiting after this long (exit 2)")
+    submit.add_argument("-o", "--output", metavar="OUT.jsonl",
+                        help="write the results there, atomically (implies --wait)")
+    _add_connection_options(submit)
+    submit.set_defaults(run=_guarded(_run_submit))
+
+
+def _add_wait(commands: Any) -> None:
+    wait = commands.add_parser(
+        "wait",
+        help="wait until a job has finished",
+        description="Block until job JOB is completed or cancelled, with a bar of finished "
+        "requests when standard error is a terminal, then say how it went.",
+        epilog="exit status: 0 completed with no failed request; 1 some request failed (or "
+        "the job or the daemon cannot be found); 2 --timeout ran out; 3 the job was cancelled.",
+    )
+    wait.add_argument("job", metavar="JOB", help="the job id (job_...)")
+    wait.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="give up after this long (default: wait as long as it takes)")
+    _add_connection_options(wait)
+    wait.set_defaults(run=_guarded(_run_wait))
+
+
+def _add_results(commands: Any) -> None:
+    results = commands.add_parser(
+        "results",
+        help="write a job's results (JSONL, OpenAI Batch output format)",
+        description="Write the results of job JOB finished so far, one line per request in "
+        'OpenAI\'s Batch output format ({"id", "custom_id", "response", "error"}), in input '
+        "order, streamed as they arrive. A note on standard error says when the job has not "
+        "finished yet, so that the lines are not all of them.",
+    )
+    results.add_argument("job", metavar="JOB", help="the job id (job_...)")
+    results.add_argument("-o", "--output", metavar="OUT.jsonl",
+                         help="write to this file (through a temporary file renamed at the "
+                         "end, so it never holds half the results) instead of standard output")
+    results.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                         help="first wait up to this long (at most 600) for the job to finish")
+    _add_connection_options(results)
+    results.set_defaults(run=_guarded(_run_results))
+
+
+def _add_cancel(commands: Any) -> None:
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job's requests that have not run yet",
+        description="Cancel job JOB: requests not yet sent will not be; those in flight finish "
+        "and are paid for. Cancelling a finished job changes nothing and says so.",
+    )
+    cancel.add_argument("job", metavar="JOB", help="the job id (job_...)")
+    _add_connection_options(cancel)
+    cancel.set_defaults(run=_guarded(_run_cancel))
+
+
+def _add_jobs(commands: Any) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="list recent jobs",
+        description="A table of the most recent jobs, newest first: status, progress, cost "
+        "and deadline.",
+    )
+    jobs.add_argument("--limit", type=int, default=20, metavar="N",
+                      help="how many jobs (default: 20)")
+    jobs.add_argument("--json", action="store_true", help="print the raw JSON list")
+    _add_connection_options(jobs)
+    jobs.set_defaults(run=_guarded(_run_jobs))
+
+
+# --- shared plumbing ---------------------------------------------------------------------------
+
+
+def _guarded(run: Run) -> Run:
+    """Turn the client's errors into one line on standard error and exit status 1."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        from llmspool.client import SpoolError
+
+        try:
+            return run(args)
+        except SpoolError as exc:
+            _report_error(exc)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            # The job lives in the daemon; leaving the CLI does not stop it.
+            print("\nllmspool: interrupted; the job goes on (`llmspool cancel JOB` stops it)",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return guarded
+
+
+def _report_error(exc: SpoolError) -> None:
+    print(f"llmspool: {exc.message}", file=sys.stderr)
+    if exc.lines:
+        _print_lines_table(exc.lines, "bad lines")
+    if exc.retry_after is not None:
+        print(f"llmspool: the daemon suggests trying again in {exc.retry_after:g} s",
+              file=sys.stderr)
+
+
+def _spool(args: argparse.Namespace, timeout: float = 60.0) -> SyncSpool:
+    from llmspool.client import SyncSpool
+
+    return SyncSpool(args.socket, timeout=timeout, config=args.config)
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_lines_table(lines: Sequence[Mapping[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(lines)} {title}", title_justify="left")
+    table.add_column("line", justify="right")
+    table.add_column("custom_id")
+    table.add_column("problem")
+    for line in lines[:MAX_LINES_SHOWN]:
+        table.add_row(str(line.get("line", "?")), str(line.get("custom_id") or "-"),
+                      str(line.get("message", "")))
+    console = _stderr()
+    console.print(table)
+    if len(lines) > MAX_LINES_SHOWN:
+        console.print(f"... and {len(lines) - MAX_LINES_SHOWN} more")
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"llmspool: --tag wants KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    return tags
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    tags = _parse_tags(args.tag)
+    wants_results = args.wait or args.output is not None
+    try:
+        source, size = _open_source(args.file)
+    except OSError as exc:
+        print(f"llmspool: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    with source, _spool(args) as spool:
+        with _UploadProgress(size) as advance:
+            handle = spool.submit_jsonl(
+                _chunks(source, advance),
+                size=size,
+                deadline=args.deadline,
+                operation=args.operation,
+                tags=tags,
+                on_error=args.on_error,
+            )
+        # With results bound for standard output, the id must not be mixed into them.
+        id_stream = sys.stderr if wants_results and args.output is None else sys.stdout
+        print(handle.id, file=id_stream, flush=True)
+        if handle.rejected:
+            _print_lines_table(handle.rejected, "lines rejected (--on-error skip)")
+        if not wants_results:
+            return EXIT_OK
+        code = _wait_and_report(handle, args.timeout)
+        if code == EXIT_TIMEOUT:
+            return code
+        _write_results(handle, args.output, wait=None)
+        return code
+
+
+def _open_source(name: str) -> tuple[IO[bytes], int | None]:
+    """The file to upload and its size when known (a regular file), so it goes unchunked."""
+    # stdin is duplicated so that closing the upload's stream leaves sys.stdin usable.
+    stream = (os.fdopen(os.dup(sys.stdin.fileno()), "rb") if name == "-"
+              else open(name, "rb"))  # noqa: SIM115 (the caller closes it with `with`)
+    info = os.fstat(stream.fileno())
+    return stream, info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _chunks(source: IO[bytes], advance: Callable[[int], None]) -> Iterator[bytes]:
+    while chunk := source.read(UPLOAD_CHUNK):
+        advance(len(chunk))
+        yield chunk
+
+
+class _UploadProgress:
+    """A bytes bar on standard error while a large file uploads; nothing otherwise."""
+
+    def __init__(self, size: int | None) -> None:
+        self._size = size
+        self._progress: Progress | None = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        console = _stderr()
+        small = self._size is not None and self._size < UPLOAD_BAR_MIN_BYTES
+        if not console.is_terminal or small:
+            return lambda _n: None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            "uploading", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=console, transient=True,
+        )
+        self._progress.start()
+        task = self._progress.add_task("upload", total=self._size)
+        progress = self._progress
+        return lambda n: progress.advance(task, n)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# --- wait --------------------------------------------------------------------------------------
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        handle = spool.job(args.job)
+        return _wait_and_report(handle, args.timeout)
+
+
+def _wait_and_report(handle: SyncJobHandle, timeout: float | None) -> int:
+    """Wait with a bar of finished requests; say how the job ended; its exit status."""
+    console = _stderr()
+    try:
+        with _FinishProgress(console, handle.id) as on_status:
+            job = handle.wait(
+                timeout,
+                on_status=on_status,
+                poll_every=PROGRESS_POLL_SECONDS if console.is_terminal else 600,
+            )
+    except TimeoutError as exc:
+        print(f"llmspool: {exc}; `llmspool results {handle.id}` has what is done",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(f"llmspool: {_summary(job)}", file=sys.stderr)
+    return _exit_status(job)
+
+
+def _exit_status(job: Mapping[str, Any]) -> int:
+    status = job.get("status")
+    if status == "cancelled":
+        return EXIT_CANCELLED
+    if status != "completed" or (job.get("counts") or {}).get("failed", 0):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _summary(job: Mapping[str, Any]) -> str:
+    counts = job.get("counts") or {}
+    parts = [f"{counts.get(state, 0)} {state}" for state in ("succeeded", "failed", "cancelled")
+             if counts.get(state, 0) or state == "succeeded"]
+    return (f"job {job.get('id')} {job.get('status')}: {', '.join(parts)}; "
+            f"cost ${float(job.get('cost_usd') or 0):.6f}, "
+            f"saved ${float(job.get('saved_usd') or 0):.6f}")
+
+
+class _FinishProgress:
+    """A finished/total bar on a terminal; the callback ``wait`` feeds with each job object."""
+
+    def __init__(self, console: Console, job_id: str) -> None:
+        self._console = console
+        self._job_id = job_id
+        self._progress: Progress | None = None
+
+    def __enter__(self) -> Callable[[Mapping[str, Any]], None]:
+        if not self._console.is_terminal:
+            return lambda _job: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from llmspool.client import finished_count
+
+        progress = Progress(
+            "[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self._console, transient=True,
+        )
+        self._progress = progress
+        progress.start()
+        task = progress.add_task(self._job_id, total=None)
+
+        def update(job: Mapping[str, Any]) -> None:
+            total = (job.get("counts") or {}).get("total")
+            progress.update(task, total=total, completed=finished_count(job),
+                            description=f"{self._job_id} {job.get('status', '')}")
+
+        return update
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        _write_results(spool.job(args.job), args.output, wait=args.wait)
+    return EXIT_OK
+
+
+def _write_results(handle: SyncJobHandle, output: str | None, *, wait: float | None) -> None:
+    """Copy the results stream to ``output`` (atomically) or standard output, chunk by chunk."""
+    with handle.open_results(wait) as results:
+        if output is None:
+            lines = _copy(results.iter_bytes(), sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            lines = _copy_atomically(results.iter_bytes(), Path(output))
+        if not results.complete:
+            print(f"llmspool: job {handle.id} is {results.job_status or 'not finished'}: "
+                  f"these are the {lines} results so far", file=sys.stderr)
+        elif output is not None:
+            print(f"llmspool: wrote {lines} results to {output}", file=sys.stderr)
+
+
+def _copy(chunks: Iterator[bytes], sink: IO[bytes]) -> int:
+    """Write every chunk; the number of lines written."""
+    lines = 0
+    for chunk in chunks:
+        sink.write(chunk)
+        lines += chunk.count(b"\n")
+    return lines
+
+
+def _copy_atomically(chunks: Iterator[bytes], target: Path) -> int:
+    """Write to a temporary file beside ``target``, then rename it over ``target``: a reader
+    sees the old file or the whole new one, never half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
+                                             dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as sink:
+            lines = _copy(chunks, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return lines
+
+
+# --- cancel, jobs, status JOB ------------------------------------------------------------------
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        job = spool.job(args.job).cancel()
+    if job.get("message"):
+        print(job["message"])
+    else:
+        counts = job.get("counts") or {}
+        print(f"job {job.get('id')} {job.get('status')}: "
+              f"{counts.get('cancelled', 0)} of {counts.get('total', '?')} requests cancelled")
+    return EXIT_OK
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        jobs = spool.jobs(limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmspool.client import finished_count
+
+    now = time.time()
+    table = Table(title=f"{len(jobs)} most recent jobs")
+    for column, justify in (("job", "left"), ("status", "left"), ("operation", "left"),
+                            ("done", "right"), ("failed", "right"), ("cost", "right"),
+                            ("created", "right"), ("deadline", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for job in jobs:
+        counts = job.get("counts") or {}
+        table.add_row(
+            str(job.get("id")),
+            str(job.get("status")),
+            str(job.get("operation") or "-"),
+            f"{finished_count(job)}/{counts.get('total', '?')}",
+            str(counts.get("failed", 0)),
+            f"${float(job.get('cost_usd') or 0):.4f}",
+            _relative(job.get("created_at"), now),
+            _relative(job.get("deadline_at"), now),
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def run_job_status(args: argparse.Namespace) -> int:
+    """``llmspool status JOB``: the job's counts by state and tier, cost, savings, deadline."""
+    return _guarded(_job_status)(args)
+
+
+def _job_status(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        job = spool.job(args.job).status()
+    if args.json:
+        _print_json(job)
+        return EXIT_OK
+    from rich.console import Console
+
+    Console().print(_job_table(job, time.time()))
+    return EXIT_OK
+
+
+def _job_table(job: Mapping[str, Any], now: float) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"job {job.get('id')}", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("status", str(job.get("status")))
+    if job.get("operation"):
+        table.add_row("operation", str(job["operation"]))
+    tags = job.get("tags") or {}
+    if tags:
+        table.add_row("tags", ", ".join(f"{key}={value}" for key, value in tags.items()))
+    table.add_row("created", _when(job.get("created_at"), now))
+    table.add_row("deadline", _when(job.get("deadline_at"), now))
+    if job.get("finished_at"):
+        table.add_row("finished", _when(job["finished_at"], now))
+    counts = job.get("counts") or {}
+    table.add_section()
+    for state in ("total", "queued", "running", "succeeded", "failed", "cancelled"):
+        table.add_row(state, str(counts.get(state, 0)))
+    by_tier = job.get("by_tier") or {}
+    if by_tier:
+        table.add_section()
+        for tier, count in sorted(by_tier.items()):
+            table.add_row(f"served on {tier}", str(count))
+    table.add_section()
+    table.add_row("cost so far", f"${float(job.get('cost_usd') or 0):.6f}")
+    table.add_row("saved", f"${float(job.get('saved_usd') or 0):.6f}")
+    return table
+
+
+def _when(moment: Any, now: float) -> str:
+    """A unix time as local time and how far from now it is."""
+    if not isinstance(moment, int | float):
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    return f"{stamp} ({_relative(moment, now)})"
+
+
+def _relative(moment: Any, now: float) -> str:
+    """``in 5h 59m`` or ``3m 2s ago``: the two largest units are enough to plan by."""
+    if not isinstance(moment, int | float):
+        return "-"
+    delta = moment - now
+    seconds = round(abs(delta))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    text = " ".join(parts[:2])
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def _print_json(payload: Any) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")

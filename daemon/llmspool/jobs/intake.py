@@ -1,0 +1,122 @@
+"""Turning an upload into job lines: OpenAI's Batch input format, checked line by line.
+
+Each line must be a JSON object with a unique ``custom_id``, ``method`` POST, a ``url`` the
+daemon forwards (chat completions, responses, embeddings), and a ``body`` object naming a
+``model`` some provider serves; deferred requests cannot stream. Every bad line is reported
+with its number and the reason, so a caller can fix a file in one go.
+
+The JSON form (``{"requests": [...]}``) takes the same items, with ``custom_id`` and
+``method`` optional (numbered ``request-N`` and POST).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from llmspool.calls import Endpoint
+from llmspool.errors import ApiError
+from llmspool.jobs.model import JobLine, LineError
+from llmspool.routing import ModelRouter
+
+_ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
+MAX_REPORTED_ERRORS = 1000  # past this, a file is clearly not what was meant
+
+
+class Intake:
+    """Collects valid lines and line errors from one upload."""
+
+    def __init__(self, router: ModelRouter, *, max_line_size: int) -> None:
+        self._router = router
+        self._max_line_size = max_line_size
+        self._seen: set[str] = set()
+        self.lines: list[JobLine] = []
+        self.errors: list[LineError] = []  # the first MAX_REPORTED_ERRORS of them
+        self.refused = 0
+
+    def add_jsonl(self, data: bytes) -> None:
+        """Every line of a Batch input file (blank lines are skipped)."""
+        for number, raw in _numbered_lines(data):
+            if len(raw) > self._max_line_size:
+                self._refuse(number, None, f"the line is {len(raw)} bytes, over the limit of "
+                             f"{self._max_line_size} ([jobs] max_line_size)")
+                continue
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                self._refuse(number, None, f"not valid JSON: {exc}")
+                continue
+            self._add(number, item, numbered=False)
+
+    def add_items(self, items: Iterable[Any]) -> None:
+        """Items of the JSON form; ``custom_id`` and ``method`` may be left out."""
+        for number, item in enumerate(items, start=1):
+            self._add(number, item, numbered=True)
+
+    def _add(self, number: int, item: Any, *, numbered: bool) -> None:
+        if not isinstance(item, dict):
+            self._refuse(number, None, "must be a JSON object with custom_id, method, url, body")
+            return
+        custom_id = item.get("custom_id")
+        if custom_id is None and numbered:
+            custom_id = f"request-{number}"
+        if not isinstance(custom_id, str) or not custom_id:
+            self._refuse(number, None, "custom_id must be a non-empty string")
+            return
+        problem = self._problem(item, numbered=numbered)
+        if problem is None and custom_id in self._seen:
+            problem = f"custom_id {custom_id!r} appears more than once"
+        if problem is not None:
+            self._refuse(number, custom_id, problem)
+            return
+        self._seen.add(custom_id)
+        body: dict[str, Any] = item["body"]
+        try:
+            provider, model = self._router.resolve(body["model"])
+        except ApiError as exc:
+            self._refuse(number, custom_id, exc.message)
+            return
+        if model != body["model"]:
+            body = {**body, "model": model}
+        self.lines.append(JobLine(number, custom_id, _ENDPOINTS[item["url"]], provider, model,
+                                  orjson.dumps(body)))
+
+    @staticmethod
+    def _problem(item: dict[str, Any], *, numbered: bool) -> str | None:
+        method = item.get("method", "POST" if numbered else None)
+        if method != "POST":
+            return f"method must be POST, got {method!r}"
+        url = item.get("url")
+        if url not in _ENDPOINTS:
+            return f"url must be one of {', '.join(_ENDPOINTS)}, got {url!r}"
+        body = item.get("body")
+        if not isinstance(body, dict):
+            return "body must be a JSON object (the endpoint's usual parameters)"
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return "body.model must name a model"
+        if body.get("stream") is True:
+            return "deferred requests cannot stream; remove body.stream"
+        return None
+
+    def _refuse(self, number: int, custom_id: str | None, message: str) -> None:
+        self.refused += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(LineError(number, custom_id, message))
+
+
+def _numbered_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    start = 0
+    number = 0
+    length = len(data)
+    while start < length:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = length
+        number += 1
+        raw = data[start:end]
+        start = end + 1
+        if raw.strip():
+            yield number, raw

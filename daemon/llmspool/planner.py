@@ -1,0 +1,162 @@
+"""The planner: which tier serves a call, given its deadline, its policy, and what was observed.
+
+For each call the planner picks the cheapest tier whose expected completion fits before the
+deadline. "Expected" is the 95th percentile of the latencies observed per (provider, model,
+tier), times ``[planner] margin``, plus ``[planner] safety``; before anything is observed, the
+configured defaults stand in. Flex is chosen only if it fits *and* leaves room to fall back to
+standard in time (when fallback is allowed), so a flex call can always be escalated.
+
+A tier named explicitly (``service_tier`` in the request, or ``tier`` of the call's operation)
+is honoured as it is. A call without a deadline is served on standard, as before.
+
+The batch tier comes with the Batch API pipeline; until then the planner never picks it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from llmspool.calls import Tier
+from llmspool.config import Config, OperationConfig
+from llmspool.pricing import PriceTable
+
+WINDOW = 200  # latencies kept per (provider, model, tier)
+PlanKey = tuple[str, str, Tier]
+
+
+@dataclass(frozen=True, slots=True)
+class TierPolicy:
+    """What a call allows: a forced tier, flex at all, and falling back from flex to standard."""
+
+    forced: Tier | None = None
+    flex: bool = True
+    fallback_to_standard: bool = True
+    flex_max_retries: int = 3
+
+
+class LatencyBook:
+    """Observed latencies per (provider, model, tier), and their 95th percentile."""
+
+    def __init__(self, defaults: Mapping[Tier, float]) -> None:
+        self._defaults = dict(defaults)
+        self._samples: dict[PlanKey, deque[float]] = {}
+        self._p95: dict[PlanKey, float] = {}
+
+    def observe(self, key: PlanKey, seconds: float) -> None:
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque(maxlen=WINDOW)
+        samples.append(seconds)
+        self._p95.pop(key, None)
+
+    def observe_many(self, observations: Iterable[tuple[PlanKey, float]]) -> None:
+        for key, seconds in observations:
+            self.observe(key, seconds)
+
+    def p95(self, key: PlanKey) -> float:
+        cached = self._p95.get(key)
+        if cached is not None:
+            return cached
+        samples = self._samples.get(key)
+        if not samples:
+            return self._defaults.get(key[2], self._defaults[Tier.STANDARD])
+        ordered = sorted(samples)
+        value = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        self._p95[key] = value
+        return value
+
+    def snapshot(self) -> dict[str, dict[str, float | int]]:
+        return {
+            f"{provider}/{model}/{tier.value}": {
+                "p95_s": round(self.p95((provider, model, tier)), 3),
+                "samples": len(samples),
+            }
+            for (provider, model, tier), samples in sorted(self._samples.items())
+        }
+
+
+class Planner:
+    """Chooses tiers and flex budgets from the config, the prices and the latency book."""
+
+    def __init__(self, config: Config, prices: PriceTable, book: LatencyBook) -> None:
+        self._config = config
+        self._prices = prices
+        self.book = book
+
+    def set_prices(self, prices: PriceTable) -> None:
+        self._prices = prices
+
+    def policy(self, operation: str | None, explicit: Tier | None) -> TierPolicy:
+        """The policy of a call tagged ``operation`` that asked for ``explicit`` (if any)."""
+        flex = self._config.flex
+        op = self._config.operations.get(operation or "") or OperationConfig()
+        forced = explicit
+        if forced is None and op.tier != "auto":
+            forced = Tier(op.tier)
+        return TierPolicy(
+            forced=forced,
+            flex=flex.enabled if op.flex is None else op.flex,
+            fallback_to_standard=(
+                flex.fallback_to_standard
+                if op.fallback_to_standard is None
+                else op.fallback_to_standard
+            ),
+            flex_max_retries=flex.max_retries if op.max_retries is None else op.max_retries,
+        )
+
+    def operation_deadline(self, operation: str | None) -> float:
+        """Seconds a job of ``operation`` gets when it names no deadline."""
+        op = self._config.operations.get(operation or "")
+        if op is not None and op.deadline is not None:
+            return op.deadline
+        return self._config.jobs.default_deadline
+
+    def choose(
+        self, provider: str, model: str, policy: TierPolicy, deadline_at: float | None,
+        now: float | None = None,
+    ) -> Tier:
+        if policy.forced is not None:
+            return policy.forced
+        if deadline_at is None:
+            return Tier.STANDARD
+        remaining = deadline_at - (time.time() if now is None else now)
+        if self.flex_possible(provider, model, policy):
+            fallback = policy.fallback_to_standard
+            reserve = self.need(provider, model, Tier.STANDARD) if fallback else 0.0
+            if remaining >= self.need(provider, model, Tier.FLEX) + reserve:
+                return Tier.FLEX
+        return Tier.STANDARD
+
+    def flex_possible(self, provider: str, model: str, policy: TierPolicy) -> bool:
+        return policy.flex and self._prices.price(provider, model, Tier.FLEX) is not None
+
+    def need(self, provider: str, model: str, tier: Tier) -> float:
+        """Seconds to budget for one call on ``tier``: p95 x margin + safety."""
+        planner = self._config.planner
+        return self.book.p95((provider, model, tier)) * planner.margin + planner.safety
+
+    def flex_budget(
+        self, provider: str, model: str, policy: TierPolicy, deadline_at: float | None,
+        now: float | None = None,
+    ) -> float:
+        """Seconds the next flex attempt may take before it must give way to standard."""
+        timeout = self._config.flex.timeout
+        if deadline_at is None:
+            return timeout
+        remaining = deadline_at - (time.time() if now is None else now)
+        if policy.fallback_to_standard:
+            remaining -= self.need(provider, model, Tier.STANDARD)
+        return max(0.0, min(timeout, remaining))
+
+
+def default_latencies(config: Config) -> dict[Tier, float]:
+    planner = config.planner
+    return {
+        Tier.STANDARD: planner.default_standard_latency,
+        Tier.PRIORITY: planner.default_standard_latency,
+        Tier.FLEX: planner.default_flex_latency,
+        Tier.BATCH: 24 * 3600.0,
+    }

@@ -1,0 +1,262 @@
+"""The jobs API on the socket: hand work over with a deadline, then ask for it back.
+
+    POST /v1/jobs                      JSON {"requests": [...], "deadline", "operation", "tags",
+                                       "on_error"} or a JSONL body (Batch input format) with
+                                       ?deadline=&operation=&on_error=&tag.KEY=VALUE -> 202 job
+    GET  /v1/jobs                      recent jobs
+    GET  /v1/jobs/{id}                 the job: counts by state and tier, cost, deadline
+    GET  /v1/jobs/{id}/results?wait=S  its finished requests, Batch output format (JSONL)
+    POST /v1/jobs/{id}/cancel          cancel what has not run
+
+Uploads are validated off the event loop (a worker thread), so a 100,000-line file does not
+stall interactive calls while it is checked.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmspool.deadlines import parse_deadline
+from llmspool.errors import (
+    ApiError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from llmspool.jobs.intake import Intake
+from llmspool.jobs.model import NewJob
+from llmspool.messages import CancelJob, Query, SubmitJob, WaitForJob
+from llmspool.planner import Planner
+from llmspool.routing import ModelRouter
+from llmspool.server.uvicorn_server import caller_of
+from llmspool.store import jobs as jobs_sql
+
+MAX_WAIT = 600.0
+KeeperInbox = MemoryObjectSendStream[Any]
+_JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines",
+                "application/ndjson", "text/jsonl")
+
+
+def job_routes(
+    keeper: KeeperInbox,
+    router: ModelRouter,
+    planner: Planner,
+    database_path: Path,
+    *,
+    max_upload_size: int,
+    max_line_size: int,
+) -> list[Route]:
+    async def submit(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        data = await _read_limited(request, max_upload_size)
+        intake = Intake(router, max_line_size=max_line_size)
+        if content_type in _JSONL_TYPES:
+            options: dict[str, Any] = dict(request.query_params)
+            options["tags"] = {k[4:]: v for k, v in request.query_params.items()
+                               if k.startswith("tag.")}
+            await anyio.to_thread.run_sync(intake.add_jsonl, data)
+        elif content_type in ("application/json", ""):
+            options = _json_options(data)
+            await anyio.to_thread.run_sync(intake.add_items, options["requests"])
+        else:
+            raise UnsupportedMediaType(
+                f"send a JSON body ({{\"requests\": [...]}}, content-type application/json) or "
+                f"a Batch input file (content-type application/jsonl); got {content_type!r}",
+                code="unsupported_content_type",
+            )
+        job = _new_job(request, intake, options, planner)
+        answer = await _ask(keeper, lambda reply: SubmitJob(job, reply))
+        if intake.refused:
+            answer["rejected"] = [error.to_json() for error in intake.errors]
+            answer["rejected_count"] = intake.refused
+        return _json(answer, 202)
+
+    async def list_jobs(request: Request) -> Response:
+        limit = _int_param(request, "limit", 20, 1, 1000)
+        return _json(await _query(keeper, "jobs", limit=limit))
+
+    async def get_job(request: Request) -> Response:
+        return _json(await _job(keeper, request.path_params["job_id"]))
+
+    async def results(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        wait = _float_param(request, "wait", 0.0, 0.0, MAX_WAIT)
+        if wait > 0:
+            with anyio.move_on_after(wait):
+                await _ask(keeper, lambda reply: WaitForJob(job_id, reply))
+        job = await _job(keeper, job_id)
+        return StreamingResponse(
+            _stream_results(database_path, job_id),
+            media_type="application/jsonl",
+            headers={"x-llmspool-job-status": job["status"]},
+        )
+
+    async def cancel(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        return _json(await _ask(keeper, lambda reply: CancelJob(job_id, reply)))
+
+    return [
+        Route("/v1/jobs", submit, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/results", results, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    ]
+
+
+def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner: Planner) -> NewJob:
+    on_error = options.get("on_error", "reject")
+    if on_error not in ("reject", "skip"):
+        raise InvalidRequest("on_error must be 'reject' or 'skip'", param="on_error")
+    if intake.errors and on_error == "reject":
+        error = InvalidRequest(
+            f"{intake.refused} of {intake.refused + len(intake.lines)} requests are invalid "
+            "(every one is listed in error.lines); fix them, or pass on_error=skip to submit "
+            "the valid ones",
+            code="invalid_requests",
+        )
+        raise _WithLines(error, [e.to_json() for e in intake.errors])
+    if not intake.lines:
+        raise InvalidRequest("the job has no valid requests", code="empty_job")
+    operation = options.get("operation") or request.headers.get("x-llmspool-operation")
+    if operation is not None and not isinstance(operation, str):
+        raise InvalidRequest("operation must be a string", param="operation")
+    tags = options.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise InvalidRequest("tags must be an object of strings", param="tags")
+    now = time.time()
+    deadline = options.get("deadline")
+    try:
+        deadline_at = (
+            parse_deadline(deadline, now) if isinstance(deadline, str)
+            else now + planner.operation_deadline(operation) if deadline is None
+            else parse_deadline(str(deadline), now)
+        )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="deadline", code="invalid_deadline") from None
+    return NewJob(
+        id=f"job_{secrets.token_hex(12)}",
+        created_at=now,
+        deadline_at=deadline_at,
+        operation=operation,
+        tags=tags,
+        uid=caller_of(request.scope).uid,
+        lines=intake.lines,
+    )
+
+
+class _WithLines(InvalidRequest):
+    """A 400 whose error object also lists every bad line."""
+
+    def __init__(self, error: InvalidRequest, lines: list[dict[str, object]]) -> None:
+        super().__init__(error.message, code=error.code)
+        self.lines = lines
+
+    def body(self) -> bytes:
+        document = orjson.loads(super().body())
+        document["error"]["lines"] = self.lines
+        return orjson.dumps(document)
+
+
+def _json_options(data: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc})", code="invalid_json") from None
+    if not isinstance(document, dict) or not isinstance(document.get("requests"), list):
+        raise InvalidRequest(
+            'the body must be {"requests": [...], "deadline": "6h", ...}; for a Batch input '
+            "file send it with content-type application/jsonl",
+            param="requests", code="invalid_json",
+        )
+    return document
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _upload_too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _upload_too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _upload_too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the upload is {size} bytes or more, over the limit of {limit} bytes "
+        "([jobs] max_upload_size); split it into several jobs",
+        code="upload_too_large",
+    )
+
+
+async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[bytes]:
+    # A read-only connection of its own: reading never waits on the keeper's writes (WAL).
+    async with aiosqlite.connect(f"file:{database_path}?mode=ro", uri=True) as connection:
+        async for chunk in jobs_sql.iter_results(connection, job_id):
+            yield chunk
+
+
+async def _ask(keeper: KeeperInbox, make: Any) -> dict[str, Any]:
+    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any] | ApiError](1)
+    with reply_in, reply_out:
+        try:
+            await keeper.send(make(reply_in))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise ServiceUnavailable("llmspool is shutting down", code="shutting_down") from None
+        answer = await reply_out.receive()
+    if isinstance(answer, ApiError):
+        raise answer
+    return answer
+
+
+async def _query(keeper: KeeperInbox, what: str, **params: Any) -> dict[str, Any]:
+    return await _ask(keeper, lambda reply: Query(what, reply, params))
+
+
+async def _job(keeper: KeeperInbox, job_id: str) -> dict[str, Any]:
+    answer = await _query(keeper, "job", id=job_id)
+    if answer.get("error") == "not_found":
+        raise NotFound(f"no job {job_id!r} (unknown, or deleted after [jobs] retention)",
+                       code="job_not_found", param="id")
+    return answer
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    return int(_float_param(request, name, default, low, high))
+
+
+def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}",
+                             param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}", param=name)
+    return value

@@ -1,0 +1,227 @@
+"""SQL of jobs and their requests; the job keeper actor is its only writer.
+
+Readers of committed results (the results endpoint) use their own connection: in WAL mode they
+never block the writer, and a 100,000-line result file streams without passing through the
+actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from llmspool.jobs.model import NewJob
+
+RESULT_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """What it takes to send one queued request."""
+
+    id: int
+    job_id: str
+    custom_id: str
+    endpoint: str
+    provider: str
+    model: str
+    body: bytes
+    deadline_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished request: its final state and its Batch output line."""
+
+    request_id: int
+    job_id: str
+    state: str  # succeeded or failed
+    tier: str | None
+    cost_picodollars: int | None
+    standard_cost_picodollars: int | None
+    result: bytes
+    attempts: int
+
+
+async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
+    """The job and all its requests, in one transaction: durable when this returns."""
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        await connection.execute(
+            "INSERT INTO jobs (id, created_at, deadline_at, operation, tags, uid, status, total) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?)",
+            (job.id, job.created_at, job.deadline_at, job.operation,
+             orjson.dumps(job.tags).decode(), job.uid, len(job.lines)),
+        )
+        await connection.executemany(
+            "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
+            " deadline_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+            [
+                (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
+                 line.model, line.body, job.deadline_at)
+                for line in job.lines
+            ],
+        )
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    await connection.execute("COMMIT")
+
+
+async def queued_requests(connection: aiosqlite.Connection) -> list[tuple[float, int, str]]:
+    """(deadline, request id, job id) of every queued request, for the keeper's heap."""
+    async with connection.execute(
+        "SELECT r.deadline_at, r.id, r.job_id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+        "WHERE r.state = 'queued' AND j.status = 'in_progress'"
+    ) as cursor:
+        return [(float(d), int(i), str(j)) for d, i, j in await cursor.fetchall()]
+
+
+async def fetch_requests(
+    connection: aiosqlite.Connection, ids: Sequence[int]
+) -> list[QueuedRequest]:
+    marks = ",".join("?" * len(ids))
+    async with connection.execute(
+        "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts "
+        f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued'",
+        tuple(ids),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [QueuedRequest(*row) for row in rows]
+
+
+async def record_outcomes(
+    connection: aiosqlite.Connection, outcomes: Sequence[Outcome]
+) -> list[int]:
+    """Store outcomes (each at most once) and complete jobs with nothing left queued; the ids
+    of the outcomes actually stored."""
+    now = time.time()
+    stored: list[int] = []
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        for outcome in outcomes:
+            cursor = await connection.execute(
+                "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
+                "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
+                "WHERE id = ? AND state = 'queued'",
+                (outcome.state, outcome.tier, outcome.cost_picodollars,
+                 outcome.standard_cost_picodollars, outcome.result, outcome.attempts, now,
+                 outcome.request_id),
+            )
+            if cursor.rowcount == 1:
+                stored.append(outcome.request_id)
+        await complete_finished_jobs(connection, now, {o.job_id for o in outcomes})
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    await connection.execute("COMMIT")
+    return stored
+
+
+async def complete_finished_jobs(
+    connection: aiosqlite.Connection, now: float, job_ids: set[str] | None = None
+) -> None:
+    """Mark completed the jobs (``job_ids``, or all) in progress with no queued request left.
+
+    With no ids it is the recovery sweep, for a job whose last result was stored just before
+    a crash."""
+    only = "" if job_ids is None else f"AND id IN ({','.join('?' * len(job_ids))})"
+    await connection.execute(
+        "UPDATE jobs SET status = 'completed', finished_at = ? WHERE status = 'in_progress' "
+        f"{only} AND NOT EXISTS (SELECT 1 FROM job_requests r WHERE r.job_id = jobs.id "
+        "AND r.state = 'queued')",
+        (now, *(job_ids or ())),
+    )
+
+
+async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
+    """Cancel the job's queued requests; how many there were."""
+    now = time.time()
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Cancelled requests get an error line, so the results list every request.
+        cursor = await connection.execute(
+            "UPDATE job_requests SET state = 'cancelled', finished_at = ?, result = json_object("
+            "'id', 'batch_req_' || id, 'custom_id', custom_id, 'response', NULL, 'error', "
+            "json_object('code', 'cancelled', 'message', 'the job was cancelled before this "
+            "request ran')) WHERE job_id = ? AND state = 'queued'",
+            (now, job_id),
+        )
+        cancelled = cursor.rowcount
+        await connection.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ? "
+            "WHERE id = ? AND status = 'in_progress'",
+            (now, job_id),
+        )
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    await connection.execute("COMMIT")
+    return cancelled
+
+
+async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
+    """Every job still kept, with its counts by state and tier and its cost."""
+    async with connection.execute(
+        "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at "
+        "FROM jobs ORDER BY created_at"
+    ) as cursor:
+        jobs = {
+            row[0]: {
+                "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
+                "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
+                "finished_at": row[8], "states": {}, "tiers": {}, "cost": 0, "standard": 0,
+            }
+            for row in await cursor.fetchall()
+        }
+    async with connection.execute(
+        "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
+        "COALESCE(SUM(standard_cost_picodollars), 0) FROM job_requests "
+        "GROUP BY job_id, state, tier"
+    ) as cursor:
+        for job_id, state, tier, count, cost, standard in await cursor.fetchall():
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            job["states"][state] = job["states"].get(state, 0) + count
+            if tier:
+                job["tiers"][tier] = job["tiers"].get(tier, 0) + count
+            job["cost"] += cost
+            job["standard"] += standard
+    return list(jobs.values())
+
+
+async def delete_jobs_finished_before(connection: aiosqlite.Connection, before: float) -> int:
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = await connection.execute(
+            "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (before,)
+        )
+        deleted = cursor.rowcount
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    await connection.execute("COMMIT")
+    return deleted
+
+
+async def iter_results(connection: aiosqlite.Connection, job_id: str) -> AsyncIterator[bytes]:
+    """The job's stored result lines, in input order, a chunk of lines at a time."""
+    last_line = 0
+    while True:
+        async with connection.execute(
+            "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? "
+            "AND result IS NOT NULL ORDER BY line LIMIT ?",
+            (job_id, last_line, RESULT_CHUNK),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        if not rows:
+            return
+        last_line = rows[-1][0]
+        yield b"".join(bytes(result) + b"\n" for _line, result in rows)
