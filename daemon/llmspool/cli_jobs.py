@@ -41,11 +41,12 @@ EXIT_FAILED = 1  # some request failed; also any error reaching the daemon
 EXIT_TIMEOUT = 2
 EXIT_CANCELLED = 3
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+EXIT_BROKEN_PIPE = 141  # and for SIGPIPE
 
 UPLOAD_CHUNK = 1024 * 1024
 # Below this an upload takes a blink; a bar would only flicker.
 UPLOAD_BAR_MIN_BYTES = 4 * 1024 * 1024
-# How often `wait` redraws its bar: each round is a one-second long poll and a status request.
+# How often `wait` redraws its bar: one status request a second.
 PROGRESS_POLL_SECONDS = 1.0
 MAX_LINES_SHOWN = 50
 
@@ -90,7 +91,7 @@ def _add_submit(commands: Any) -> None:
                         "or an ISO-8601 time with offset (default: 24h)")
     submit.add_argument("--operation", metavar="NAME",
                         help="what the work is for (reports and budgets group by it)")
-    submit.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+    submit.add_argument("--tag", action="append", default=[], type=_tag, metavar="KEY=VALUE",
                         help="a tag on the job (repeatable)")
     submit.add_argument("--on-error", choices=("reject", "skip"), default="reject",
                         help="bad lines refuse the whole file (reject, the default) or are "
@@ -181,6 +182,11 @@ def _guarded(run: Run) -> Run:
         except SpoolError as exc:
             _report_error(exc)
             return EXIT_FAILED
+        except BrokenPipeError:
+            # The reader stopped reading (`llmspool results JOB | head`): stop quietly, with the
+            # status a tool killed by SIGPIPE has, and keep Python from complaining at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except KeyboardInterrupt:
             # The job lives in the daemon; leaving the CLI does not stop it.
             print("\nllmspool: interrupted; the job goes on (`llmspool cancel JOB` stops it)",
@@ -227,21 +233,19 @@ def _print_lines_table(lines: Sequence[Mapping[str, Any]], title: str) -> None:
         console.print(f"... and {len(lines) - MAX_LINES_SHOWN} more")
 
 
-def _parse_tags(pairs: list[str]) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"llmspool: --tag wants KEY=VALUE, got {pair!r}")
-        tags[key] = value
-    return tags
+def _tag(pair: str) -> tuple[str, str]:
+    """One ``--tag KEY=VALUE``; argparse turns the error into a usage message (exit 2)."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a tag is KEY=VALUE, got {pair!r}")
+    return key, value
 
 
 # --- submit ------------------------------------------------------------------------------------
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    tags = _parse_tags(args.tag)
+    tags = dict(args.tag)
     wants_results = args.wait or args.output is not None
     try:
         source, size = _open_source(args.file)
@@ -278,7 +282,10 @@ def _open_source(name: str) -> tuple[IO[bytes], int | None]:
     stream = (os.fdopen(os.dup(sys.stdin.fileno()), "rb") if name == "-"
               else open(name, "rb"))  # noqa: SIM115 (the caller closes it with `with`)
     info = os.fstat(stream.fileno())
-    return stream, info.st_size if stat.S_ISREG(info.st_mode) else None
+    if not stat.S_ISREG(info.st_mode):
+        return stream, None
+    # `submit - < FILE` may start part-way into FILE; only what is left is sent.
+    return stream, info.st_size - stream.tell()
 
 
 def _chunks(source: IO[bytes], advance: Callable[[int], None]) -> Iterator[bytes]:
@@ -473,28 +480,35 @@ def _run_jobs(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(jobs)
         return EXIT_OK
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from llmspool.client import finished_count
 
     now = time.time()
-    table = Table(title=f"{len(jobs)} most recent jobs")
-    for column, justify in (("job", "left"), ("status", "left"), ("operation", "left"),
-                            ("done", "right"), ("failed", "right"), ("cost", "right"),
-                            ("created", "right"), ("deadline", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    # A light box and no-wrap on what a reader copies or scans keep a row on one line at 80
+    # columns (rich's width when the output is not a terminal); the operation gives way.
+    table = Table(title=f"{len(jobs)} most recent jobs", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1, 0, 0), title_justify="left")
+    widest_id = max((len(str(job.get("id"))) for job in jobs), default=3)
+    table.add_column("job", no_wrap=True, min_width=widest_id)
+    table.add_column("status", no_wrap=True, min_width=len("cancelling"))
+    table.add_column("done", justify="right", no_wrap=True)
+    table.add_column("failed", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("deadline", justify="right", no_wrap=True, min_width=len("in 5h 59m"))
+    table.add_column("operation", overflow="ellipsis")
     for job in jobs:
         counts = job.get("counts") or {}
         table.add_row(
             str(job.get("id")),
             str(job.get("status")),
-            str(job.get("operation") or "-"),
             f"{finished_count(job)}/{counts.get('total', '?')}",
             str(counts.get("failed", 0)),
             f"${float(job.get('cost_usd') or 0):.4f}",
-            _relative(job.get("created_at"), now),
             _relative(job.get("deadline_at"), now),
+            str(job.get("operation") or "-"),
         )
     Console().print(table)
     return EXIT_OK

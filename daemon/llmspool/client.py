@@ -111,6 +111,9 @@ MAX_LONG_POLL = 600
 # than the client's usual timeout before calling the daemon unresponsive.
 LONG_POLL_GRACE = 30.0
 UPLOAD_CHUNK = 1024 * 1024
+# Long polls shorter than this would mostly fetch partial results to throw away; sleep instead.
+LONG_POLL_MIN = 5.0
+MIN_POLL = 0.1  # no caller needs fresher news than this; the daemon is shared
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 
@@ -457,16 +460,19 @@ def _is_single(single: bool | None, job: Mapping[str, Any]) -> bool:
 class _WaitClock:
     """When to ask again while waiting for a job; no I/O, so both clients share it.
 
-    Each round either long-polls the results endpoint (the daemon answers as soon as the job
-    finishes) or, when less than a second is left, sleeps. A daemon that answers a long poll
-    early while the job is still running (one that does not wait) gets an exponential backoff
-    rather than a busy loop.
+    Asked to report at most every few seconds (``poll_slice`` below ``LONG_POLL_MIN``, as a
+    progress bar does), it sleeps between status requests. Otherwise each round long-polls the
+    results endpoint, which the daemon answers as soon as the job finishes; a long poll that is
+    not finished is a partial results stream thrown away, so it is worth it only when long.
+    Less than a second before the timeout, it sleeps. A daemon that answers long polls early
+    while the job still runs (one that does not wait) gets exponential backoff, not a busy loop.
     """
 
     def __init__(self, job_id: str, timeout: float | None, poll_slice: float) -> None:
         self.job_id = job_id
         self.timeout = timeout
-        self.poll_slice = max(1.0, min(float(MAX_LONG_POLL), poll_slice))
+        self.poll_slice = max(MIN_POLL, min(float(MAX_LONG_POLL), poll_slice))
+        self.long_polls = self.poll_slice >= LONG_POLL_MIN
         self.started = time.monotonic()
         self._backoff = BACKOFF_FIRST
 
@@ -488,7 +494,7 @@ class _WaitClock:
                 f"{(job.get('counts') or {}).get('total', '?')} requests done)"
             )
         budget = self.poll_slice if remaining is None else min(self.poll_slice, remaining)
-        if budget >= 1:
+        if self.long_polls and budget >= 1:
             return int(budget), 0.0
         return 0, budget
 
@@ -686,8 +692,9 @@ class JobHandle:
     ) -> Json:
         """Wait until the job is completed or cancelled; its final job object.
 
-        ``on_status`` sees the job object each round (at least every ``poll_every`` seconds),
-        e.g. to draw progress. Raises ``TimeoutError`` after ``timeout`` seconds.
+        ``on_status`` sees the job object each round, at least every ``poll_every`` seconds,
+        e.g. to draw progress (below 5 s the client polls the status rather than long-polling).
+        Raises ``TimeoutError`` after ``timeout`` seconds.
         """
         clock = _WaitClock(self.id, timeout, poll_every)
         while True:
@@ -910,8 +917,9 @@ class SyncJobHandle:
     ) -> Json:
         """Wait until the job is completed or cancelled; its final job object.
 
-        ``on_status`` sees the job object each round (at least every ``poll_every`` seconds),
-        e.g. to draw progress. Raises ``TimeoutError`` after ``timeout`` seconds.
+        ``on_status`` sees the job object each round, at least every ``poll_every`` seconds,
+        e.g. to draw progress (below 5 s the client polls the status rather than long-polling).
+        Raises ``TimeoutError`` after ``timeout`` seconds.
         """
         clock = _WaitClock(self.id, timeout, poll_every)
         while True:

@@ -157,7 +157,7 @@ def test_stream_sends_one_delta_per_token_then_done(sim: RunningSim) -> None:
 def test_stream_with_include_usage_ends_with_a_usage_chunk(sim: RunningSim) -> None:
     chunks = list(
         sim.client().chat.completions.create(
-            model="gpt-4o",
+            model="gpt-5-mini",
             messages=[{"role": "user", "content": PROMPT}],
             stream=True,
             stream_options={"include_usage": True},

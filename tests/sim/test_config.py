@@ -11,6 +11,7 @@ import tomli_w
 from llmspool.errors import ConfigError
 from llmspool.sim.config import DEFAULT_MODELS, SimConfig
 from llmspool.sim.faults import FaultKind, FaultRule
+from llmspool.sim.flex import FlexOutage
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 
@@ -42,6 +43,12 @@ def test_defaults_are_complete() -> None:
     assert "gpt-5-nano" in config.models
     assert "text-embedding-3-large" in config.models
     assert config.faults == ()
+    assert config.pricing_file == ""
+    assert config.flex_latency == config.flex_latency_jitter == 0
+    assert config.flex_latency_per_token is None
+    assert config.flex_unavailable_probability == 0
+    assert config.flex_outage_period == config.flex_outage_fraction == 0
+    assert config.flex_outages == ()
     assert SimConfig.from_table({}) == config
 
 
@@ -72,6 +79,36 @@ def test_values_are_read() -> None:
         FaultRule(kind=FaultKind.STATUS, status=503, probability=0.1),
         FaultRule(kind=FaultKind.SLOW, delay=2.0, model="gpt-4o", count=3),
     )
+
+
+def test_flex_values_are_read() -> None:
+    config = SimConfig.from_table(
+        {
+            "pricing_file": "/tmp/prices.toml",
+            "flex_latency": "2s",
+            "flex_latency_jitter": "500ms",
+            "flex_latency_per_token": "0s",
+            "flex_unavailable_probability": 0.25,
+            "flex_outage_period": "10s",
+            "flex_outage_fraction": 0.3,
+            "flex_outages": [
+                {"start": "10s", "duration": "30s"},
+                {"start": 0, "duration": "1m"},
+            ],
+        }
+    )
+    assert config.pricing_file == "/tmp/prices.toml"
+    assert config.flex_latency == 2.0
+    assert config.flex_latency_jitter == 0.5
+    # "0s" is a per-token latency of zero, not "unset".
+    assert config.flex_latency_per_token == 0.0
+    assert config.flex_unavailable_probability == 0.25
+    assert config.flex_outage_period == 10.0
+    assert config.flex_outage_fraction == 0.3
+    assert config.flex_outages == (FlexOutage(10.0, 30.0), FlexOutage(0.0, 60.0))
+    assert SimConfig.from_table({"flex_latency_per_token": ""}).flex_latency_per_token is None
+    single = SimConfig.from_table({"flex_outages": {"start": "1s", "duration": "2s"}})
+    assert single.flex_outages == (FlexOutage(1.0, 2.0),)
 
 
 def test_a_single_fault_table_is_one_rule() -> None:
@@ -105,6 +142,36 @@ def test_a_single_fault_table_is_one_rule() -> None:
         ({"faults": [{"kind": "hang", "delay": "forever"}]}, "sim.faults[0].delay"),
         ({"faults": [{"kind": "stream_cut", "after_chunks": -1}]}, "sim.faults[0].after_chunks"),
         ({"faults": [{"kind": "status", "path": ""}]}, "sim.faults[0].path"),
+        ({"pricing_file": 3}, "sim.pricing_file"),
+        ({"flex_latency": "slow"}, "sim.flex_latency"),
+        ({"flex_latency_jitter": -0.5}, "sim.flex_latency_jitter"),
+        ({"flex_latency_per_token": "often"}, "sim.flex_latency_per_token"),
+        ({"flex_latency_per_token": False}, "sim.flex_latency_per_token"),
+        ({"flex_unavailable_probability": 1.5}, "sim.flex_unavailable_probability"),
+        ({"flex_unavailable_probability": "0.1"}, "sim.flex_unavailable_probability"),
+        ({"flex_unavailable_probability": True}, "sim.flex_unavailable_probability"),
+        ({"flex_outage_period": "weekly"}, "sim.flex_outage_period"),
+        ({"flex_outage_fraction": -0.1}, "sim.flex_outage_fraction"),
+        ({"flex_outage_fraction": 0.3}, "sim.flex_outage_period"),
+        ({"flex_outages": "sometimes"}, "sim.flex_outages"),
+        ({"flex_outages": ["10s"]}, "sim.flex_outages[0]"),
+        ({"flex_outages": [{"start": "1s"}]}, "sim.flex_outages[0].duration"),
+        ({"flex_outages": [{"duration": "1s"}]}, "sim.flex_outages[0].start"),
+        (
+            {
+                "flex_outages": [
+                    {"start": "1s", "duration": "1s"},
+                    {"start": "1s", "duration": "0s"},
+                ]
+            },
+            "sim.flex_outages[1].duration",
+        ),
+        ({"flex_outages": [{"start": "-1s", "duration": "1s"}]}, "sim.flex_outages[0].start"),
+        ({"flex_outages": [{"start": "1s", "duration": "x"}]}, "sim.flex_outages[0].duration"),
+        (
+            {"flex_outages": [{"start": "1s", "duration": "1s", "end": "2s"}]},
+            "sim.flex_outages[0].end",
+        ),
     ],
 )
 def test_bad_values_name_their_key(table: dict[str, Any], key: str) -> None:
@@ -128,10 +195,26 @@ def test_to_table_round_trips_through_toml() -> None:
                 {"kind": "hang"},
                 {"kind": "quota", "message": "no money", "code": "billing_hard_limit_reached"},
             ],
+            "pricing_file": "prices.toml",
+            "flex_latency": "1m",
+            "flex_latency_jitter": "2.5s",
+            "flex_latency_per_token": "30ms",
+            "flex_unavailable_probability": 0.05,
+            "flex_outage_period": "1s",
+            "flex_outage_fraction": 0.5,
+            "flex_outages": [
+                {"start": "10s", "duration": "30s"},
+                {"start": "0s", "duration": "1h"},
+            ],
         }
     )
+    assert config.flex_outages and config.flex_latency_per_token == 0.03
     text = tomli_w.dumps({"sim": config.to_table()})
     assert SimConfig.from_table(tomllib.loads(text)["sim"]) == config
+    unset = SimConfig.from_table({"flex_latency_per_token": "", "latency_per_token": "5ms"})
+    assert unset.to_table()["flex_latency_per_token"] == ""
+    text = tomli_w.dumps({"sim": unset.to_table()})
+    assert SimConfig.from_table(tomllib.loads(text)["sim"]) == unset
     assert SimConfig.from_table(SimConfig().to_table()) == SimConfig()
 
 
@@ -140,7 +223,7 @@ def test_fragment_documents_every_key_with_its_default() -> None:
     assert SimConfig.from_table(tomllib.loads(text)["sim"]) == SimConfig()
     lines = text.splitlines()
     for key in SimConfig.__dataclass_fields__:
-        if key == "faults":
+        if key in ("faults", "flex_outages"):
             continue
         assignments = [i for i, line in enumerate(lines) if line.startswith(f"{key} =")]
         assert assignments, f"{key} missing from the fragment"
@@ -156,3 +239,12 @@ def test_fragment_documents_every_key_with_its_default() -> None:
     uncommented = "\n".join(line.removeprefix("#").strip() for line in example)
     rules = SimConfig.from_table(tomllib.loads("[sim]\n" + uncommented)["sim"]).faults
     assert [rule.kind for rule in rules] == [FaultKind.STATUS, FaultKind.RATE_LIMIT]
+    for outage_key in ("start", "duration"):
+        assert f"#   {outage_key} " in text, f"flex outage key {outage_key} is not documented"
+    example = lines[lines.index("# [[sim.flex_outages]]") :]
+    example = example[
+        : next((i for i, line in enumerate(example) if not line.startswith("#")), None)
+    ]
+    uncommented = "\n".join(line.removeprefix("#").strip() for line in example)
+    outages = SimConfig.from_table(tomllib.loads("[sim]\n" + uncommented)["sim"]).flex_outages
+    assert outages == (FlexOutage(10.0, 30.0),)

@@ -163,7 +163,7 @@ def test_path_model_and_tier_filters(sim: RunningSim) -> None:
     assert outcome(client) == "ok"
     assert outcome(client, model="gpt-4o-mini") == "InternalServerError"
     with pytest.raises(openai.RateLimitError) as caught:
-        chat(client, service_tier="flex")
+        chat(client, model="gpt-5-mini", service_tier="flex")
     assert caught.value.code == "resource_unavailable"
     with pytest.raises(openai.InternalServerError) as embedding_error:
         client.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="float")

@@ -83,9 +83,10 @@ def test_table_round_trip_is_exact() -> None:
 def test_documented_config_matches_the_defaults_key_for_key() -> None:
     documented = tomllib.loads((REPO / "etc" / "llmspool.toml").read_text())
     defaults = config_to_table(Config())
-    # The default fault list is empty: the file documents [[sim.faults]] in comments, since
-    # an empty array of tables cannot be written as tables.
+    # The default fault and flex outage lists are empty: the file documents [[sim.faults]] and
+    # [[sim.flex_outages]] in comments, since an empty array of tables cannot be written as tables.
     assert defaults["sim"].pop("faults") == []
+    assert defaults["sim"].pop("flex_outages") == []
     assert documented == defaults
     assert config_from_table(documented) == Config()
 

@@ -196,10 +196,10 @@ class JobKeeper:
         return state.to_json()
 
     async def _ids_of(self, job_id: str) -> list[int]:
-        async with self._database.execute(
+        rows = await self._database.execute_fetchall(
             "SELECT id FROM job_requests WHERE job_id = ? AND state = 'queued'", (job_id,)
-        ) as cursor:
-            return [int(row[0]) for row in await cursor.fetchall()]
+        )
+        return [int(row[0]) for row in rows]
 
     async def _cancel(self, job_id: str) -> dict[str, Any] | ApiError:
         job = self._jobs.get(job_id)

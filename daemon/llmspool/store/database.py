@@ -47,7 +47,7 @@ async def open_database(state_dir: Path) -> aiosqlite.Connection:
         ) from None
     path = state_dir / DATABASE_NAME
     try:
-        connection = await aiosqlite.connect(path, isolation_level=None)
+        connection = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
     except sqlite3.Error as exc:
         raise StartupError(f"cannot open the database {path}: {exc}") from None
     try:
@@ -56,7 +56,9 @@ async def open_database(state_dir: Path) -> aiosqlite.Connection:
         # lose the last commits. Deferred jobs that must survive even that commit with FULL.
         await connection.execute("PRAGMA synchronous=NORMAL")
         await connection.execute("PRAGMA foreign_keys=ON")
-        await connection.execute("PRAGMA busy_timeout=5000")
+        # Two writers (the ledger and the job keeper) take turns on the write lock; a turn is
+        # one group commit, milliseconds, so 30 s of waiting means something is truly stuck.
+        await connection.execute("PRAGMA busy_timeout=30000")
         await _migrate(connection, path)
     except BaseException:
         await connection.close()

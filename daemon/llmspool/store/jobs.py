@@ -76,23 +76,22 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
 
 async def queued_requests(connection: aiosqlite.Connection) -> list[tuple[float, int, str]]:
     """(deadline, request id, job id) of every queued request, for the keeper's heap."""
-    async with connection.execute(
+    rows = await connection.execute_fetchall(
         "SELECT r.deadline_at, r.id, r.job_id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
         "WHERE r.state = 'queued' AND j.status = 'in_progress'"
-    ) as cursor:
-        return [(float(d), int(i), str(j)) for d, i, j in await cursor.fetchall()]
+    )
+    return [(float(d), int(i), str(j)) for d, i, j in rows]
 
 
 async def fetch_requests(
     connection: aiosqlite.Connection, ids: Sequence[int]
 ) -> list[QueuedRequest]:
     marks = ",".join("?" * len(ids))
-    async with connection.execute(
+    rows = await connection.execute_fetchall(
         "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts "
         f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued'",
         tuple(ids),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [QueuedRequest(*row) for row in rows]
 
 
@@ -147,10 +146,11 @@ async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
     try:
         # Cancelled requests get an error line, so the results list every request.
         cursor = await connection.execute(
-            "UPDATE job_requests SET state = 'cancelled', finished_at = ?, result = json_object("
-            "'id', 'batch_req_' || id, 'custom_id', custom_id, 'response', NULL, 'error', "
-            "json_object('code', 'cancelled', 'message', 'the job was cancelled before this "
-            "request ran')) WHERE job_id = ? AND state = 'queued'",
+            "UPDATE job_requests SET state = 'cancelled', finished_at = ?, "
+            "result = CAST(json_object('id', 'batch_req_' || id, 'custom_id', custom_id, "
+            "'response', NULL, 'error', json_object('code', 'cancelled', 'message', "
+            "'the job was cancelled before this request ran')) AS BLOB) "
+            "WHERE job_id = ? AND state = 'queued'",
             (now, job_id),
         )
         cancelled = cursor.rowcount
@@ -168,32 +168,32 @@ async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
 
 async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
     """Every job still kept, with its counts by state and tier and its cost."""
-    async with connection.execute(
+    rows = await connection.execute_fetchall(
         "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at "
         "FROM jobs ORDER BY created_at"
-    ) as cursor:
-        jobs = {
-            row[0]: {
-                "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
-                "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
-                "finished_at": row[8], "states": {}, "tiers": {}, "cost": 0, "standard": 0,
-            }
-            for row in await cursor.fetchall()
+    )
+    jobs = {
+        row[0]: {
+            "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
+            "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
+            "finished_at": row[8], "states": {}, "tiers": {}, "cost": 0, "standard": 0,
         }
-    async with connection.execute(
+        for row in rows
+    }
+    counts = await connection.execute_fetchall(
         "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
         "COALESCE(SUM(standard_cost_picodollars), 0) FROM job_requests "
         "GROUP BY job_id, state, tier"
-    ) as cursor:
-        for job_id, state, tier, count, cost, standard in await cursor.fetchall():
-            job = jobs.get(job_id)
-            if job is None:
-                continue
-            job["states"][state] = job["states"].get(state, 0) + count
-            if tier:
-                job["tiers"][tier] = job["tiers"].get(tier, 0) + count
-            job["cost"] += cost
-            job["standard"] += standard
+    )
+    for job_id, state, tier, count, cost, standard in counts:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
+        job["states"][state] = job["states"].get(state, 0) + count
+        if tier:
+            job["tiers"][tier] = job["tiers"].get(tier, 0) + count
+        job["cost"] += cost
+        job["standard"] += standard
     return list(jobs.values())
 
 
@@ -215,12 +215,13 @@ async def iter_results(connection: aiosqlite.Connection, job_id: str) -> AsyncIt
     """The job's stored result lines, in input order, a chunk of lines at a time."""
     last_line = 0
     while True:
-        async with connection.execute(
-            "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? "
-            "AND result IS NOT NULL ORDER BY line LIMIT ?",
-            (job_id, last_line, RESULT_CHUNK),
-        ) as cursor:
-            rows = list(await cursor.fetchall())
+        rows = list(
+            await connection.execute_fetchall(
+                "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? "
+                "AND result IS NOT NULL ORDER BY line LIMIT ?",
+                (job_id, last_line, RESULT_CHUNK),
+            )
+        )
         if not rows:
             return
         last_line = rows[-1][0]

@@ -52,7 +52,10 @@ def _row(entry: Settled) -> tuple[Any, ...]:
 
 async def append_entries(connection: aiosqlite.Connection, entries: Sequence[Settled]) -> None:
     """Append ``entries`` in one transaction (a group commit). A repeated request id is ignored."""
-    await connection.execute("BEGIN")
+    # IMMEDIATE: take the write lock first. A deferred transaction that reads (the unique
+    # index) before it writes fails at once with "database is locked" if another connection
+    # committed in between; an immediate one just waits its turn.
+    await connection.execute("BEGIN IMMEDIATE")
     try:
         await connection.executemany(_INSERT, [_row(e) for e in entries])
     except BaseException:
@@ -63,12 +66,14 @@ async def append_entries(connection: aiosqlite.Connection, entries: Sequence[Set
 
 async def spend_on_day(connection: aiosqlite.Connection, day: str) -> tuple[int, int]:
     """(picodollars spent, calls) on the UTC ``day``."""
-    async with connection.execute(
-        "SELECT COALESCE(SUM(cost_picodollars), 0), COUNT(*) FROM ledger_entries WHERE day = ?",
-        (day,),
-    ) as cursor:
-        row = await cursor.fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    rows = list(
+        await connection.execute_fetchall(
+            "SELECT COALESCE(SUM(cost_picodollars), 0), COUNT(*) FROM ledger_entries "
+            "WHERE day = ?",
+            (day,),
+        )
+    )
+    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
 async def recent_latencies(
@@ -76,13 +81,12 @@ async def recent_latencies(
 ) -> list[tuple[tuple[str, str, Tier], float]]:
     """((provider, model, tier), seconds) of recent successful calls, oldest first: the
     planner's memory across restarts."""
-    async with connection.execute(
+    rows = await connection.execute_fetchall(
         "SELECT provider, model, tier, finished_at - started_at FROM ("
         "SELECT id, provider, model, tier, started_at, finished_at FROM ledger_entries "
         "WHERE status = 200 ORDER BY id DESC LIMIT ?) ORDER BY id",
         (limit,),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [((p, m, Tier(t)), float(s)) for p, m, t, s in rows if t in _TIERS]
 
 
@@ -90,10 +94,9 @@ async def recent_entries(connection: aiosqlite.Connection, limit: int) -> list[d
     """The last ``limit`` entries, newest first, as JSON-ready dicts."""
     connection.row_factory = aiosqlite.Row
     try:
-        async with connection.execute(
+        rows = await connection.execute_fetchall(
             "SELECT * FROM ledger_entries ORDER BY id DESC LIMIT ?", (limit,)
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
     finally:
         connection.row_factory = None
     return [dict(row) for row in rows]

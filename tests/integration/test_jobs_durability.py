@@ -1,0 +1,119 @@
+"""Kill -9 a real daemon in the middle of deferred work, start it again: every acknowledged
+request finishes exactly once, no result is lost or stored twice, and the counts add up.
+An upstream call in flight at the kill may be repeated (at most one per slot), never lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.support.processes import Daemon, start_daemon, start_sim, stop_process, unix_request
+
+IN_FLIGHT = 4
+CONFIG = f"[jobs]\nmax_in_flight = {IN_FLIGHT}\n"
+
+
+def jsonl(prefix: str, count: int) -> bytes:
+    return b"".join(
+        orjson.dumps({
+            "custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "max_tokens": 3,
+                     "messages": [{"role": "user", "content": f"{prefix}{i}"}]},
+        }) + b"\n"
+        for i in range(count)
+    )
+
+
+def submit(daemon: Daemon, body: bytes) -> dict[str, Any]:
+    status, job = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=10m", body,
+                               {"content-type": "application/jsonl"})
+    assert status == 202, job
+    return job
+
+
+def job_status(daemon: Daemon, job_id: str) -> dict[str, Any]:
+    status, job = daemon.get(f"/v1/jobs/{job_id}")
+    assert status == 200
+    return job
+
+
+def kill_9(daemon: Daemon) -> None:
+    daemon.process.kill()
+    daemon.process.wait(10)
+
+
+def all_results(daemon: Daemon, job_id: str) -> list[dict[str, Any]]:
+    status, raw = unix_request(daemon.socket_path, "GET", f"/v1/jobs/{job_id}/results?wait=60")
+    assert status == 200
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def stored_rows(state_dir: Path, job_id: str) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(state_dir / "llmspool.sqlite3") as db:
+        return db.execute(
+            "SELECT custom_id, state, result IS NOT NULL FROM job_requests WHERE job_id = ?",
+            (job_id,),
+        ).fetchall()
+
+
+def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency = "100ms"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+    try:
+        job = submit(daemon, jsonl("k", 60))
+        deadline = time.monotonic() + 30
+        while job_status(daemon, job["id"])["counts"]["succeeded"] < 12:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kill_9(daemon)
+        done_before = sum(1 for _c, state, _r in stored_rows(daemon.state_dir, job["id"])
+                          if state == "succeeded")
+        assert 12 <= done_before < 60, "the kill must land mid-job"
+
+        daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+        lines = all_results(daemon, job["id"])
+        assert [line["custom_id"] for line in lines] == [f"k{i}" for i in range(60)]
+        assert all(line["response"]["status_code"] == 200 for line in lines)
+        finished = job_status(daemon, job["id"])
+        assert finished["status"] == "completed"
+        assert finished["counts"] == {"total": 60, "queued": 0, "running": 0, "succeeded": 60,
+                                      "failed": 0, "cancelled": 0}
+        rows = stored_rows(daemon.state_dir, job["id"])
+        assert len(rows) == 60 and all(state == "succeeded" and has for _c, state, has in rows)
+        # Calls in flight at the kill were sent again: at most one per slot.
+        calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        assert 60 <= calls <= 60 + IN_FLIGHT
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
+
+
+def test_repeated_kills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency = "20ms"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+    jobs: list[str] = []
+    try:
+        for cycle, pause in enumerate((0.0, 0.15, 0.4)):
+            jobs.append(submit(daemon, jsonl(f"c{cycle}-", 40))["id"])
+            time.sleep(pause)  # 0: killed right after the acknowledgement
+            kill_9(daemon)
+            daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+        for cycle, job_id in enumerate(jobs):
+            lines = all_results(daemon, job_id)
+            assert [line["custom_id"] for line in lines] == [f"c{cycle}-{i}" for i in range(40)]
+            assert job_status(daemon, job_id)["counts"]["succeeded"] == 40
+        calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        assert 120 <= calls <= 120 + 3 * IN_FLIGHT
+        status, ledger = daemon.get("/v1/ledger?limit=1000")
+        assert status == 200
+        # Every upstream call that was answered is in the ledger once, repeated ones included.
+        job_entries = [e for e in ledger["entries"] if e["request_id"].startswith("job_")]
+        assert len({e["request_id"] for e in job_entries}) == len(job_entries)
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
