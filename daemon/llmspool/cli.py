@@ -267,6 +267,16 @@ def _run_status(args: argparse.Namespace) -> int:
     table.add_row("failed", str(dispatcher["failed"]))
     for tier, count in sorted(dispatcher["served_by_tier"].items()):
         table.add_row(f"served on {tier}", str(count))
+    flex = dispatcher["flex"]
+    table.add_row("flex requests", str(flex["requests"]))
+    table.add_row("flex tokens", str(flex["tokens"]))
+    table.add_row("flex fallbacks to standard", str(flex["standard_fallbacks"]))
+    table.add_row("flex resource unavailable", str(flex["resource_unavailable_errors"]))
+    table.add_row("flex savings (estimated)", f"${flex['estimated_savings_usd']:.6f}")
+    jobs = report.get("jobs")
+    if jobs:
+        table.add_row("jobs in progress", str(jobs["jobs_in_progress"]))
+        table.add_row("deferred requests queued", str(jobs["requests_queued"]))
     table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
     table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
     table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")

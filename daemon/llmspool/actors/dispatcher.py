@@ -399,13 +399,14 @@ class Dispatcher:
 
 
 def _body_for_tier(call: Call, tier: Tier) -> bytes:
-    """The call's body asking for ``tier`` (re-encoded only when it asks for another one)."""
+    """The call's body asking for ``tier``, re-encoded only when it asks for something else."""
     wanted = tier.service_tier
-    if call.policy.forced is tier or wanted is None:
-        return call.body
-    if tier is Tier.STANDARD and b'"service_tier"' not in call.body:
+    names_a_tier = b'"service_tier"' in call.body
+    if wanted is None or (tier is Tier.STANDARD and not names_a_tier):
         return call.body  # no tier named means standard
     document = orjson.loads(call.body)
+    if document.get("service_tier") == wanted:
+        return call.body
     document["service_tier"] = wanted
     return orjson.dumps(document)
 
