@@ -22,7 +22,14 @@ from typing import Any
 
 import orjson
 
-from tests.support.processes import Daemon, UnixHTTPConnection, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import (
+    Daemon,
+    UnixHTTPConnection,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_request,
+)
 
 
 def make_jsonl(lines: int, models: tuple[str, ...] = ("gpt-5-mini",)) -> bytes:
