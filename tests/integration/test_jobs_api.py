@@ -215,3 +215,22 @@ def test_status_lists_jobs(daemon: Daemon) -> None:
     assert status == 200 and listing["data"][0]["id"] == job["id"]
     status, report = daemon.get("/v1/status")
     assert report["jobs"]["jobs_in_progress"] == 0
+
+
+def test_finished_jobs_are_deleted_after_the_retention(tmp_path: Path, sim: Sim) -> None:
+    config = '[jobs]\nretention = "1s"\n'
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        status, job = submit(daemon, jsonl(item("kept-briefly")), "?deadline=1m")
+        assert results(daemon, job["id"])[0]["response"]["status_code"] == 200
+    finally:
+        daemon.terminate()
+    time.sleep(1.5)
+    # The retention sweep runs at start (then hourly): the finished job is gone.
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        status, answer = daemon.get(f"/v1/jobs/{job['id']}")
+        assert status == 404 and answer["error"]["code"] == "job_not_found"
+        assert "deleted after [jobs] retention" in answer["error"]["message"]
+    finally:
+        daemon.terminate()

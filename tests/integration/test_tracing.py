@@ -117,3 +117,58 @@ def test_otel_sdk_disabled_turns_tracing_off(tmp_path: Path, sim: Sim, receiver:
     finally:
         daemon.terminate()  # a shutdown flushes any spans there were
     assert receiver.spans == []
+
+
+class _MetricsReceiver(_Receiver):
+    metric_names: set[str]
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsReceiver
+
+    def do_POST(self) -> None:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/v1/metrics":
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            for resource_metrics in request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        total = sum(p.as_int or p.as_double for p in metric.sum.data_points)
+                        if total:
+                            self.server.metric_names.add(metric.name)
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_flex_metrics_are_exported_over_otlp(tmp_path: Path, sim: Sim) -> None:
+    server = _MetricsReceiver(("127.0.0.1", 0), _MetricsHandler)
+    server.spans = []
+    server.metric_names = set()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    daemon = start_daemon(tmp_path, sim.url, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "200",
+    })
+    try:
+        openai_client(daemon.socket_path).chat.completions.create(
+            model="gpt-5-mini", messages=[{"role": "user", "content": "x"}], service_tier="flex"
+        )
+        deadline = time.monotonic() + 10
+        while "llmspool.flex.requests" not in server.metric_names:
+            assert time.monotonic() < deadline, server.metric_names
+            time.sleep(0.1)
+        assert {"llmspool.flex.tokens", "llmspool.flex.saved"} <= server.metric_names
+    finally:
+        daemon.terminate()
+        server.shutdown()
+        server.server_close()

@@ -390,6 +390,7 @@ class JobKeeper:
     # --- start and retention --------------------------------------------------------------
 
     async def _recover(self) -> None:
+        await self._delete_expired()
         async with self._write_lock:
             await self._database.execute("BEGIN IMMEDIATE")
             await jobs_sql.complete_finished_jobs(self._database, time.time())
@@ -411,16 +412,21 @@ class JobKeeper:
 
     async def _sweep_expired(self) -> None:
         while True:
-            before = time.time() - self._config.retention
-            async with self._write_lock:
-                deleted = await jobs_sql.delete_jobs_finished_before(self._database, before)
-            if deleted:
-                for job_id in [j.id for j in self._jobs.values()
-                               if j.finished_at is not None and j.finished_at < before]:
-                    del self._jobs[job_id]
-                log.info("deleted %d jobs finished more than %.0f s ago", deleted,
-                         self._config.retention)
             await anyio.sleep(SWEEP_EVERY)
+            await self._delete_expired()
+
+    async def _delete_expired(self) -> None:
+        """Forget jobs finished longer ago than ``[jobs] retention``, results and all."""
+        before = time.time() - self._config.retention
+        async with self._write_lock:
+            deleted = await jobs_sql.delete_jobs_finished_before(self._database, before)
+        expired = [j.id for j in self._jobs.values()
+                   if j.finished_at is not None and j.finished_at < before]
+        for job_id in expired:
+            del self._jobs[job_id]
+        if deleted:
+            log.info("deleted %d jobs finished more than %.0f s ago", deleted,
+                     self._config.retention)
 
 
 def _failure_line(line_id: str, custom_id: str, reply: Reply) -> bytes:
