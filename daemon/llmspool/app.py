@@ -31,11 +31,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 from llmspool import systemd
 from llmspool.actors.dispatcher import Dispatcher
 from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
-from llmspool.actors.ledger import Ledger
+from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.errors import ConfigError
-from llmspool.messages import Call, NewPrices, Query, Settled, SlotFreed
+from llmspool.estimate import TokenEstimator
+from llmspool.messages import Call, NewPrices, Query, SlotFreed
 from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
 from llmspool.pricing import PriceTable, load_price_table
@@ -43,6 +44,7 @@ from llmspool.provider import Provider, ProviderSettings
 from llmspool.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
+from llmspool.server.ledger_routes import ledger_routes
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
 from llmspool.server.routes import build_app
 from llmspool.server.uvicorn_server import EmbeddedServer, build_server
@@ -173,7 +175,7 @@ class Daemon:
             slots + 16
         )
         freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
-        ledger_in, ledger_out = anyio.create_memory_object_stream[Settled | Query](LEDGER_BUFFER)
+        ledger_in, ledger_out = anyio.create_memory_object_stream[LedgerMessage](LEDGER_BUFFER)
         keeper_in, keeper_out = anyio.create_memory_object_stream[KeeperMessage](QUEUE_BUFFER)
         # The front door asks the dispatcher and the ledger for status through clones, so
         # that each actor's inbox closes only when every sender is done.
@@ -181,10 +183,11 @@ class Daemon:
         ledger_status = ledger_in.clone()
         self._dispatch_control = dispatch_in.clone()
 
+        estimator = TokenEstimator()
         book = LatencyBook(default_latencies(config))
         book.observe_many(await recent_latencies(ledger_database))
         planner = Planner(config, prices, book)
-        ledger = Ledger(ledger_out, ledger_database)
+        ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer)
         dispatcher = Dispatcher(
             dispatch_out, freed_in, ledger_in,
             providers=providers,
@@ -193,6 +196,8 @@ class Daemon:
             prices=prices,
             planner=planner,
             flex=config.flex,
+            budgets=config.budgets,
+            estimator=estimator,
             tracer=tracing.tracer,
             meter=tracing.meter,
         )
@@ -205,11 +210,14 @@ class Daemon:
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
              "jobs": keeper_in},
             started_at=time.time(),
-            extra_routes=job_routes(
-                keeper_in, router, planner, config.state_path / DATABASE_NAME,
-                max_upload_size=config.jobs.max_upload_size,
-                max_line_size=config.jobs.max_line_size,
-            ),
+            extra_routes=[
+                *job_routes(
+                    keeper_in, router, planner, config.state_path / DATABASE_NAME,
+                    max_upload_size=config.jobs.max_upload_size,
+                    max_line_size=config.jobs.max_line_size,
+                ),
+                *ledger_routes(ledger_status, config.state_path / DATABASE_NAME),
+            ],
         )
         server = build_server(app, graceful_shutdown=config.daemon.shutdown_grace)
         self._server = server
@@ -229,6 +237,9 @@ class Daemon:
                 notifier.ready(f"serving {config.daemon.socket}")
                 log.info("llmspool ready on %s", config.daemon.socket)
                 await services.start(systemd.run_watchdog, notifier)
+                # The exact tokenizer calibrates estimates; loading it takes ~0.5 s of CPU, so
+                # it happens in a thread once the daemon is already serving.
+                services.start_soon(_load_tokenizer, estimator)
             services.cancel_scope.cancel()
 
     async def _serve_front_door(
@@ -286,3 +297,9 @@ class Daemon:
         # Which models route where is fixed at start: a newly priced model needs a restart.
         log.info("reloaded the log level and the price table")
         return True
+
+
+async def _load_tokenizer(estimator: TokenEstimator) -> None:
+    loaded = await anyio.to_thread.run_sync(estimator.load_tokenizer)
+    log.info("token estimates %s", "calibrate on the exact tokenizer" if loaded
+             else "use the characters-per-token ratio (no tokenizer installed)")

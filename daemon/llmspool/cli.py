@@ -10,6 +10,7 @@
     llmspool results JOB [-o OUT.jsonl] [--wait S]    write a job's results (Batch output)
     llmspool cancel JOB                               cancel what has not run yet
     llmspool jobs [--limit N] [--json]                list recent jobs
+    llmspool costs [--by DIMS] [--since 7d] [--json | --csv]   spend and savings, grouped
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 
 from llmspool import __version__
+from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
@@ -147,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                         "requests by state and tier, its cost, savings and deadline instead")
     status.set_defaults(run=_run_status)
     add_job_commands(commands)
+    add_costs_command(commands)
     return parser
 
 

@@ -130,6 +130,43 @@ class OperationConfig:
     max_retries: int | None = None
 
 
+UNKNOWN_MODEL_POLICIES = ("refuse", "ceiling")
+
+
+@dataclass(frozen=True, slots=True)
+class CapConfig:
+    """``[budgets.operations.NAME]``, ``[budgets.users.NAME]``, ``[budgets.providers.NAME]``."""
+
+    daily_usd: float | None = None
+    per_request_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    """``[budgets]``: hard caps on spend; a call that would break one is refused before it
+    is sent. A cap left out is no cap."""
+
+    per_request_usd: float | None = None
+    daily_usd: float | None = None
+    session_usd: float | None = None
+    warn_fraction: float = 0.8
+    unknown_model: str = field(default="refuse", metadata={"choices": UNKNOWN_MODEL_POLICIES})
+    unknown_model_ceiling_usd: float = 0.10
+    operations: Mapping[str, CapConfig] = field(default_factory=dict)
+    users: Mapping[str, CapConfig] = field(default_factory=dict)
+    providers: Mapping[str, CapConfig] = field(default_factory=dict)
+
+    @property
+    def has_caps(self) -> bool:
+        """Whether any cap is set (if none, calls need no reservation round trip)."""
+        scoped = [*self.operations.values(), *self.users.values(), *self.providers.values()]
+        return any(
+            value is not None
+            for value in (self.per_request_usd, self.daily_usd, self.session_usd,
+                          *(c.daily_usd for c in scoped), *(c.per_request_usd for c in scoped))
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
     """``[tracing]``: OpenTelemetry spans, exported over OTLP/HTTP per the ``OTEL_*`` variables."""
@@ -154,6 +191,7 @@ class Config:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     operations: Mapping[str, OperationConfig] = field(default_factory=dict)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
 
     @property
@@ -219,6 +257,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         planner=_section(PlannerConfig, _table_at(table, "planner", "planner"), "planner"),
         jobs=_section(JobsConfig, _table_at(table, "jobs", "jobs"), "jobs"),
         operations=operations,
+        budgets=_budgets(_table_at(table, "budgets", "budgets")),
         sim=SimConfig.from_table(sim_table),
     )
 
@@ -234,8 +273,39 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "planner": _section_to_table(config.planner),
         "jobs": _section_to_table(config.jobs),
         "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
+        "budgets": _budgets_to_table(config.budgets),
         "sim": config.sim.to_table(),
     }
+
+
+_CAP_SCOPES = ("operations", "users", "providers")
+
+
+def _budgets(table: Mapping[str, Any]) -> BudgetsConfig:
+    plain = {key: value for key, value in table.items() if key not in _CAP_SCOPES}
+    scopes: dict[str, dict[str, CapConfig]] = {}
+    for scope in _CAP_SCOPES:
+        scoped = _table_at(table, scope, f"budgets.{scope}")
+        scopes[scope] = {
+            name: _section(CapConfig, _table_at(scoped, name, f"budgets.{scope}.{name}"),
+                           f"budgets.{scope}.{name}")
+            for name in scoped
+        }
+    budgets = dataclasses.replace(
+        _section(BudgetsConfig, plain, "budgets"),
+        operations=scopes["operations"], users=scopes["users"], providers=scopes["providers"],
+    )
+    if not 0 < budgets.warn_fraction <= 1:
+        raise ConfigError("budgets.warn_fraction", "must be more than 0 and at most 1")
+    return budgets
+
+
+def _budgets_to_table(budgets: BudgetsConfig) -> dict[str, Any]:
+    table = {k: v for k, v in _section_to_table(budgets).items() if k not in _CAP_SCOPES}
+    for scope in _CAP_SCOPES:
+        table[scope] = {name: _section_to_table(cap)
+                        for name, cap in getattr(budgets, scope).items()}
+    return table
 
 
 def _provider_defaults(name: str) -> ProviderConfig:
@@ -295,6 +365,8 @@ def _convert(fld: dataclasses.Field[Any], value: Any, dotted: str) -> Any:
 def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
     expected = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
     expected = expected.removesuffix(" | None")  # optional keys: absent means inherit
+    if expected.startswith("Mapping["):
+        raise TypeError("must be a table")
     if expected == "float":
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise TypeError(f"expected a non-negative number, got {value!r}")

@@ -13,6 +13,7 @@ The tree::
         ├── UnsupportedMediaType     415: not JSON
         ├── ServiceUnavailable       503: shutting down, queue full; carries ``retry_after``
         │   └── TooManyRequests      429: too much deferred work waiting; ``retry_after`` too
+        ├── BudgetExceeded           402: a spending cap would break; names the cap, limit, spend
         ├── UpstreamError            the provider answered an error: status and body pass through
         ├── UpstreamUnreachable      502/504: no answer (connection refused or reset, timeout)
         └── BadUpstreamAnswer        502: the provider answered something we cannot read
@@ -132,6 +133,14 @@ class TooManyRequests(ServiceUnavailable):
 
     status = 429
     type = "rate_limit_error"
+
+
+class BudgetExceeded(ApiError):
+    """402: the call would break a spending cap, so it was not sent. Waiting does not help
+    (until the day turns, for a daily cap), which is why it is not a 429 that clients retry."""
+
+    status = 402
+    type = "budget_exceeded"
 
 
 class UpstreamError(ApiError):

@@ -58,6 +58,7 @@ class Call:
     reply: MemoryObjectSendStream[Reply] = field(repr=False)
     strip_usage_chunk: bool = False
     deadline_at: float | None = None
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,9 @@ class Settled:
     status: int
     started_at: float
     finished_at: float
+    session: str | None = None
+    flag: str | None = None  # unknown_tier, unpriced: billed on a guess, see the ledger
+    saving_source: str | None = None  # tier, cache, dedup, routing
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,32 @@ class NewPrices:
     """The operator reloaded the price table (SIGHUP); calls settled from now use it."""
 
     prices: PriceTable
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Reserve ``estimate_picodollars`` against every cap that applies, or refuse.
+
+    The answer is None (admitted: a reservation now exists under ``request_id``) or the
+    ``ApiError`` naming the cap that would break. A ``Settled`` or ``Release`` with the same
+    ``request_id`` ends the reservation.
+    """
+
+    request_id: str
+    provider: str
+    model: str
+    operation: str | None
+    uid: int | None
+    session: str | None
+    estimate_picodollars: int
+    reply: MemoryObjectSendStream[ApiError | None] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The call reserved for ``request_id`` ended without a bill (failed, refused, cancelled)."""
+
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)

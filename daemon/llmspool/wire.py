@@ -41,6 +41,16 @@ def usage_of(answer: Any) -> Usage | None:
     )
 
 
+def claimed_tier_of(answer: Any) -> str | None:
+    """The raw ``service_tier`` an answer claims, known to us or not."""
+    if not isinstance(answer, dict):
+        return None
+    tier = answer.get("service_tier")
+    if tier is None and isinstance(answer.get("response"), dict):
+        tier = answer["response"].get("service_tier")
+    return tier if isinstance(tier, str) else None
+
+
 def served_tier_of(answer: Any) -> Tier | None:
     """The tier a parsed answer says it was served on; None when it does not say."""
     if not isinstance(answer, dict):
@@ -58,13 +68,14 @@ class SseMeter:
     (possibly empty); ``flush`` returns whatever is left when the stream ends.
     """
 
-    __slots__ = ("_buffer", "_strip_usage_chunk", "events", "tier", "usage")
+    __slots__ = ("_buffer", "_strip_usage_chunk", "claimed_tier", "events", "tier", "usage")
 
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
         self._buffer = b""
         self._strip_usage_chunk = strip_usage_chunk
         self.usage: Usage | None = None
         self.tier: Tier | None = None
+        self.claimed_tier: str | None = None
         self.events = 0
 
     def feed(self, data: bytes) -> bytes:
@@ -104,6 +115,7 @@ class SseMeter:
         tier = served_tier_of(parsed)
         if tier is not None:
             self.tier = tier
+        self.claimed_tier = claimed_tier_of(parsed) or self.claimed_tier
         usage = usage_of(parsed)
         if usage is None:
             return True

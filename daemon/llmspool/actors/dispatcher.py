@@ -31,14 +31,23 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llmspool.calls import Tier, Usage
-from llmspool.config import FlexConfig
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.config import BudgetsConfig, FlexConfig
+from llmspool.errors import (
+    ApiError,
+    BadUpstreamAnswer,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamUnreachable,
+)
+from llmspool.estimate import Estimate, TokenEstimator
 from llmspool.messages import (
+    Admit,
     Answer,
     Call,
     Failure,
     NewPrices,
     Query,
+    Release,
     Reply,
     Settled,
     SlotFreed,
@@ -49,7 +58,7 @@ from llmspool.messages import (
 from llmspool.planner import Planner
 from llmspool.pricing import PriceTable, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
-from llmspool.wire import SseMeter, served_tier_of, usage_of
+from llmspool.wire import SseMeter, claimed_tier_of, served_tier_of, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,7 @@ class Dispatcher:
         self,
         inbox: MemoryObjectReceiveStream[Call | Query | NewPrices],
         freed: MemoryObjectSendStream[SlotFreed],
-        ledger: MemoryObjectSendStream[Settled],
+        ledger: MemoryObjectSendStream[Settled | Admit | Release],
         *,
         providers: Mapping[str, Provider],
         provider_kinds: Mapping[str, str],
@@ -131,6 +140,8 @@ class Dispatcher:
         prices: PriceTable,
         planner: Planner,
         flex: FlexConfig,
+        budgets: BudgetsConfig,
+        estimator: TokenEstimator,
         tracer: trace.Tracer,
         meter: metrics.Meter,
     ) -> None:
@@ -143,8 +154,12 @@ class Dispatcher:
         self._prices = prices
         self._planner = planner
         self._flex = flex
+        self._budgets = budgets
+        self._estimator = estimator
         self._tracer = tracer
         self._flex_metrics = FlexMetrics(meter)
+        self._estimates: dict[str, Estimate] = {}
+        self._last_estimate = Estimate(0, 0, "none")
         self._in_flight = 0
         self._served_by_tier: dict[str, int] = {}
         self._failed = 0
@@ -166,6 +181,7 @@ class Dispatcher:
         self._in_flight += 1
         started = time.time()
         kind = self._provider_kinds.get(call.provider, call.provider)
+        admitted = False
         try:
             with self._tracer.start_as_current_span(
                 f"{call.endpoint.operation_name} {call.model}",
@@ -188,6 +204,7 @@ class Dispatcher:
                         call.provider, call.model, call.policy, call.deadline_at, started
                     )
                     span.set_attribute("llmspool.planned_tier", tier.value)
+                    admitted = await self._admit(call, tier)
                     if tier is Tier.FLEX:
                         await self._serve_flex(call, span)
                     else:
@@ -208,9 +225,69 @@ class Dispatcher:
                 code="internal_error",
             )))
         finally:
+            self._estimates.pop(call.request_id, None)
+            if admitted:
+                # Ends the reservation if the call settled nothing (a no-op if it did).
+                with anyio.CancelScope(shield=True):
+                    await self._ledger.send(Release(call.request_id))
             call.reply.close()
             self._in_flight -= 1
             self._freed.send_nowait(SlotFreed(call.request_id))
+
+    async def _admit(self, call: Call, tier: Tier) -> bool:
+        """Apply the unknown-model policy, and reserve the call's worst cost against the caps.
+
+        Returns whether a reservation was made (none is needed when no cap is set); raises
+        the ``ApiError`` that refuses the call.
+        """
+        priced = bool(self._prices.tiers(call.provider, call.model))
+        if not priced and self._budgets.unknown_model == "refuse":
+            raise InvalidRequest(
+                f"{call.provider} model {call.model!r} has no price, so its cost cannot be "
+                "counted; price it in pricing.toml, or set [budgets] unknown_model = "
+                "\"ceiling\" to admit it at unknown_model_ceiling_usd per call",
+                param="model", code="model_unpriced",
+            )
+        if not self._budgets.has_caps:
+            return False
+        if priced:
+            estimate = self._worst_cost(call, tier, self._estimate(call))
+            # Kept until the call settles, to calibrate the estimator on its real usage.
+            self._estimates[call.request_id] = self._last_estimate
+        else:
+            estimate = round(self._budgets.unknown_model_ceiling_usd * 10**12)
+        reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+        with reply_in, reply_out:
+            await self._ledger.send(Admit(
+                call.request_id, call.provider, call.model, call.operation, call.caller.uid,
+                call.session, estimate, reply_in,
+            ))
+            refusal = await reply_out.receive()
+        if refusal is not None:
+            raise refusal
+        return True
+
+    def _estimate(self, call: Call) -> Usage:
+        try:
+            document = orjson.loads(call.body)
+        except orjson.JSONDecodeError:
+            document = {}
+        estimate = self._estimator.estimate(call.endpoint, document if isinstance(document, dict)
+                                            else {}, call.model, call.operation)
+        self._last_estimate = estimate
+        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+
+    def _worst_cost(self, call: Call, tier: Tier, usage: Usage) -> int:
+        """The most ``usage`` may cost: on ``tier``, or on standard if flex may fall back."""
+        candidates = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
+        costs = [price.cost(usage) for t in candidates
+                 if (price := self._prices.price(call.provider, call.model, t)) is not None]
+        return max(costs) if costs else self._highest_cost(call, usage)
+
+    def _highest_cost(self, call: Call, usage: Usage) -> int:
+        prices = [self._prices.price(call.provider, call.model, t)
+                  for t in self._prices.tiers(call.provider, call.model)]
+        return max((p.cost(usage) for p in prices if p is not None), default=0)
 
     async def _serve_flex(self, call: Call, span: Span) -> None:
         """Flex with retries on *resource unavailable*, escalating to standard in time."""
@@ -296,17 +373,20 @@ class Dispatcher:
                 f"{call.provider} answered with JSON that is not an object", code="upstream_shape"
             )
         served = served_tier_of(parsed) or tier
-        usage = usage_of(parsed) or Usage(estimated=True)
-        settled = self._settle(call, served, usage, response.status, started, span)
+        usage = usage_of(parsed) or self._estimate(call)
+        settled = self._settle(call, served, usage, response.status, started, span,
+                               claimed=claimed_tier_of(parsed))
         headers = _pick(response.headers, _PASSED_HEADERS)
         headers["x-llmspool-tier"] = served.value
         if settled.cost_picodollars is not None:
             headers["x-llmspool-cost-usd"] = f"{usd(settled.cost_picodollars):.10f}"
+        # Settled first: a client that asks for its cost right after its answer then sees it
+        # (the ledger answers queries in arrival order).
+        await self._ledger.send(settled)
         await _tell(call, Answer(
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
         ))
-        await self._ledger.send(settled)
 
     async def _relay_stream(
         self, call: Call, tier: Tier, response: UpstreamResponse, span: Span, started: float
@@ -343,20 +423,45 @@ class Dispatcher:
             return
         usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
-        settled = self._settle(call, meter.tier or tier, usage, status, started, span)
+        settled = self._settle(call, meter.tier or tier, usage, status, started, span,
+                               claimed=meter.claimed_tier)
         await self._ledger.send(settled)
         await _tell(call, StreamEnd())
 
     def _settle(
-        self, call: Call, tier: Tier, usage: Usage, status: int, started: float, span: Span
+        self, call: Call, tier: Tier, usage: Usage, status: int, started: float, span: Span,
+        *, claimed: str | None = None,
     ) -> Settled:
+        flag = None
         price = self._prices.price(call.provider, call.model, tier)
         standard = self._prices.price(call.provider, call.model, Tier.STANDARD)
-        cost = price.cost(usage) if price is not None else None
+        if claimed is not None and Tier.from_service_tier(claimed) is None:
+            # A tier we do not know: bill the highest price we know for the model, and say so.
+            flag = "unknown_tier"
+            cost: int | None = self._highest_cost(call, usage)
+        elif price is not None:
+            cost = price.cost(usage)
+        elif not self._prices.tiers(call.provider, call.model):
+            # Admitted under [budgets] unknown_model = "ceiling": never silently free.
+            flag = "unpriced"
+            cost = round(self._budgets.unknown_model_ceiling_usd * 10**12)
+        else:
+            flag = "unknown_tier"  # priced, but not on the tier it says it served
+            cost = self._highest_cost(call, usage)
         standard_cost = standard.cost(usage) if standard is not None else None
         finished = time.time()
+        estimate = self._estimates.pop(call.request_id, None)
         if status == 200:
             self._planner.book.observe((call.provider, call.model, tier), finished - started)
+            if not usage.estimated:
+                self._estimator.observe_output(call.model, call.operation, usage.output_tokens)
+                if estimate is not None:
+                    self._estimator.observe(call.model, estimate.chars, usage.input_tokens,
+                                            fixed_tokens=estimate.fixed_tokens)
+        saving_source = None
+        if tier in (Tier.FLEX, Tier.BATCH) and standard_cost is not None and cost is not None \
+                and cost < standard_cost:
+            saving_source = "tier"
         if tier is Tier.FLEX and cost is not None:
             self._flex_metrics.served(usage, max(0, (standard_cost or cost) - cost))
         span.set_attributes(
@@ -370,6 +475,8 @@ class Dispatcher:
         )
         if cost is not None:
             span.set_attribute("llmspool.cost_usd", usd(cost))
+        if flag is not None:
+            span.set_attribute("llmspool.billing_flag", flag)
         tier_name = tier.value
         self._served_by_tier[tier_name] = self._served_by_tier.get(tier_name, 0) + 1
         return Settled(
@@ -386,6 +493,9 @@ class Dispatcher:
             status=status,
             started_at=started,
             finished_at=finished,
+            session=call.session,
+            flag=flag,
+            saving_source=saving_source,
         )
 
     def _snapshot(self) -> dict[str, Any]:

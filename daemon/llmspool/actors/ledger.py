@@ -1,47 +1,137 @@
-"""The cost ledger actor: the single writer of money.
+"""The cost ledger actor: the single writer of money, and the keeper of budgets.
 
-It receives ``Settled`` messages, keeps today's totals in memory, and appends the entries to
-the store in group commits: whatever arrived while the previous commit ran is written in the
-next one, so a busy daemon commits often in few transactions and an idle one at once.
-Queries are answered after everything that arrived before them is committed, so a client
-that asks for its cost right after its answer sees it.
+- ``Admit`` reserves a call's estimated cost against every cap that applies (per request;
+  per day overall and per operation, calling user and provider; per session) and refuses the
+  call, naming the cap, if the reservation would break one. Because this one actor handles
+  admissions one at a time, concurrent calls cannot race past a cap: a cap is exceeded by at
+  most what calls cost beyond their estimates.
+- ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
+  bill. Entries are appended to the store in group commits: whatever arrived while the
+  previous commit ran is written in the next one.
+- Crossing ``[budgets] warn_fraction`` of a cap logs a warning, emits an OpenTelemetry event,
+  and shows in status, once per crossing.
+- Reservations live in memory only: after a crash the calls they covered are gone, and the
+  spend is exactly the sum of the settled entries, reloaded at start.
+
+Queries are answered after everything that arrived before them is committed, so a client that
+asks for its cost right after its answer sees it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import pwd
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
+from opentelemetry import trace
 
-from llmspool.messages import Query, Settled
-from llmspool.pricing import usd
+from llmspool.config import BudgetsConfig
+from llmspool.errors import BudgetExceeded, ConfigError
+from llmspool.messages import Admit, Query, Release, Settled
+from llmspool.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.store import ledger as ledger_sql
 
+log = logging.getLogger(__name__)
+
 MAX_GROUP = 512
+LedgerMessage = Settled | Query | Admit | Release
+Scope = tuple[str, str]  # (kind, key): ("day", ""), ("operation", "evals"), ("session", "s1")
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    scope: Scope
+    limit: int  # picodollars
+    name: str  # how an operator names it: "[budgets] daily_usd"
+
+
+class Caps:
+    """The configured caps, compiled once: which apply to a call, and their limits."""
+
+    def __init__(self, config: BudgetsConfig) -> None:
+        self.config = config
+        self._users = {self._uid(name): cap for name, cap in config.users.items()}
+
+    @staticmethod
+    def _uid(name: str) -> int:
+        if name.isdigit():
+            return int(name)
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise ConfigError(f"budgets.users.{name}", "no such user on this machine") from None
+
+    def per_request(self, provider: str, operation: str | None, uid: int | None
+                    ) -> list[tuple[int, str]]:
+        found = []
+        budgets = self.config
+        for value, name in (
+            (budgets.per_request_usd, "[budgets] per_request_usd"),
+            (_cap_of(budgets.operations, operation, "per_request_usd"),
+             f"[budgets.operations.{operation}] per_request_usd"),
+            (_cap_of(self._users, uid, "per_request_usd"), f"per_request_usd of user {uid}"),
+            (_cap_of(budgets.providers, provider, "per_request_usd"),
+             f"[budgets.providers.{provider}] per_request_usd"),
+        ):
+            if value is not None:
+                found.append((_picodollars(value), name))
+        return found
+
+    def scoped(self, provider: str, operation: str | None, uid: int | None,
+               session: str | None) -> list[Cap]:
+        budgets = self.config
+        candidates: list[tuple[Scope, float | None, str]] = [
+            (("day", ""), budgets.daily_usd, "[budgets] daily_usd"),
+            (("operation", operation or ""), _cap_of(budgets.operations, operation, "daily_usd"),
+             f"[budgets.operations.{operation}] daily_usd"),
+            (("user", str(uid)), _cap_of(self._users, uid, "daily_usd"),
+             f"daily_usd of user {uid}"),
+            (("provider", provider), _cap_of(budgets.providers, provider, "daily_usd"),
+             f"[budgets.providers.{provider}] daily_usd"),
+        ]
+        if session is not None:
+            candidates.append((("session", session), budgets.session_usd,
+                               "[budgets] session_usd"))
+        return [Cap(scope, _picodollars(value), name)
+                for scope, value, name in candidates if value is not None]
 
 
 class Ledger:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[Settled | Query],
+        inbox: MemoryObjectReceiveStream[LedgerMessage],
         database: aiosqlite.Connection,
         *,
+        budgets: BudgetsConfig | None = None,
+        tracer: trace.Tracer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._inbox = inbox
         self._database = database
+        self._caps = Caps(budgets or BudgetsConfig())
+        self._tracer = tracer or trace.NoOpTracer()
         self._clock = clock
         self._day = ""
-        self._spent_today = 0
+        self._spent: defaultdict[Scope, int] = defaultdict(int)
+        self._reserved: defaultdict[Scope, int] = defaultdict(int)
+        self._reservations: dict[str, tuple[int, list[Scope]]] = {}
+        self._known_sessions: set[str] = set()
+        self._warned: set[Scope] = set()
+        self._warnings: list[dict[str, Any]] = []
         self._saved_today = 0
         self._calls_today = 0
         self._unpriced_today = 0
+        self._refused = 0
         self._commits = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -61,46 +151,152 @@ class Ledger:
                         break
                 await self._handle(group)
 
-    async def _handle(self, group: list[Settled | Query]) -> None:
+    async def _handle(self, group: list[LedgerMessage]) -> None:
         entries = [m for m in group if isinstance(m, Settled)]
         if entries:
-            for entry in entries:
-                self._count(entry)
             # Shielded: a commit that has started finishes even while the daemon stops.
             with anyio.CancelScope(shield=True):
                 await ledger_sql.append_entries(self._database, entries)
             self._commits += 1
         for message in group:
-            if isinstance(message, Query):
+            if isinstance(message, Settled):
+                self._count(message)
+            elif isinstance(message, Admit):
+                await self._admit(message)
+            elif isinstance(message, Release):
+                self._release(message.request_id)
+            else:
                 await self._answer(message)
 
+    # --- budgets ------------------------------------------------------------------------
+
+    async def _admit(self, admit: Admit) -> None:
+        self._roll_day(self._clock())
+        if admit.session is not None and admit.session not in self._known_sessions:
+            self._spent[("session", admit.session)] += await ledger_sql.spend_of_session(
+                self._database, admit.session
+            )
+            self._known_sessions.add(admit.session)
+        error = self._refusal(admit)
+        if error is None:
+            scopes = [cap.scope for cap in self._caps.scoped(
+                admit.provider, admit.operation, admit.uid, admit.session)]
+            for scope in scopes:
+                self._reserved[scope] += admit.estimate_picodollars
+            self._reservations[admit.request_id] = (admit.estimate_picodollars, scopes)
+        else:
+            self._refused += 1
+        with contextlib.suppress(*_GONE):
+            admit.reply.send_nowait(error)
+
+    def _refusal(self, admit: Admit) -> BudgetExceeded | None:
+        estimate = admit.estimate_picodollars
+        for limit, name in self._caps.per_request(admit.provider, admit.operation, admit.uid):
+            if estimate > limit:
+                return BudgetExceeded(
+                    f"this request may cost up to ${usd(estimate):.6f}, more than {name} = "
+                    f"${usd(limit):.6f}; lower max_tokens or raise the cap",
+                    code="budget_per_request",
+                )
+        for cap in self._caps.scoped(admit.provider, admit.operation, admit.uid, admit.session):
+            spent, reserved = self._spent[cap.scope], self._reserved[cap.scope]
+            if spent + reserved + estimate > cap.limit:
+                return BudgetExceeded(
+                    f"{cap.name} = ${usd(cap.limit):.6f} would be exceeded: ${usd(spent):.6f} "
+                    f"spent and ${usd(reserved):.6f} reserved by calls in flight "
+                    f"{'in this session' if cap.scope[0] == 'session' else 'today (UTC)'}, and "
+                    f"this request may cost up to ${usd(estimate):.6f}",
+                    code=f"budget_{cap.scope[0]}",
+                )
+        return None
+
+    def _release(self, request_id: str) -> None:
+        held = self._reservations.pop(request_id, None)
+        if held is None:
+            return  # settled already, or never reserved
+        estimate, scopes = held
+        for scope in scopes:
+            self._reserved[scope] -= estimate
+
     def _count(self, entry: Settled) -> None:
-        day = ledger_sql.utc_day(entry.finished_at)
-        if day != self._day:
-            self._day, self._spent_today, self._saved_today = day, 0, 0
-            self._calls_today = self._unpriced_today = 0
+        self._roll_day(entry.finished_at)
+        self._release(entry.request_id)
         self._calls_today += 1
-        if entry.cost_picodollars is None:
+        if entry.flag == "unpriced" or entry.cost_picodollars is None:
             self._unpriced_today += 1
-            return
-        self._spent_today += entry.cost_picodollars
+        cost = entry.cost_picodollars or 0
         if entry.standard_cost_picodollars is not None:
-            self._saved_today += max(0, entry.standard_cost_picodollars - entry.cost_picodollars)
+            self._saved_today += max(0, entry.standard_cost_picodollars - cost)
+        caps = self._caps.scoped(entry.provider, entry.operation, entry.caller.uid, entry.session)
+        for scope in self._scopes_of(entry):
+            self._spent[scope] += cost
+        for cap in caps:
+            self._maybe_warn(cap)
+
+    def _scopes_of(self, entry: Settled) -> list[Scope]:
+        scopes: list[Scope] = [
+            ("day", ""),
+            ("operation", entry.operation or ""),
+            ("user", str(entry.caller.uid)),
+            ("provider", entry.provider),
+        ]
+        if entry.session is not None:
+            scopes.append(("session", entry.session))
+        return scopes
+
+    def _maybe_warn(self, cap: Cap) -> None:
+        spent = self._spent[cap.scope]
+        fraction = spent / cap.limit if cap.limit else 1.0
+        if fraction < self._caps.config.warn_fraction or cap.scope in self._warned:
+            return
+        self._warned.add(cap.scope)
+        warning = {
+            "cap": cap.name, "scope": f"{cap.scope[0]}:{cap.scope[1]}",
+            "limit_usd": usd(cap.limit), "spent_usd": usd(spent),
+            "fraction": round(fraction, 4), "at": self._clock(),
+        }
+        self._warnings.append(warning)
+        del self._warnings[:-50]
+        log.warning("budget warning: %s is %.0f%% used ($%.6f of $%.6f)",
+                    cap.name, fraction * 100, usd(spent), usd(cap.limit))
+        with self._tracer.start_as_current_span("llmspool.budget.warning") as span:
+            span.add_event("budget.warning", {k: v for k, v in warning.items()
+                                              if isinstance(v, str | int | float)})
+
+    def _roll_day(self, now: float) -> None:
+        day = ledger_sql.utc_day(now)
+        if day == self._day:
+            return
+        self._day = day
+        for scope in [s for s in self._spent if s[0] != "session"]:
+            del self._spent[scope]
+        self._warned = {s for s in self._warned if s[0] == "session"}
+        self._saved_today = self._calls_today = self._unpriced_today = 0
 
     async def _load_today(self) -> None:
         self._day = ledger_sql.utc_day(self._clock())
-        self._spent_today, self._calls_today = await ledger_sql.spend_on_day(
-            self._database, self._day
-        )
+        totals = await ledger_sql.spend_today_by_scope(self._database, self._day)
+        for (kind, key), (cost, standard, calls, unpriced) in totals.items():
+            self._spent[(kind, key)] += cost
+            if kind == "day":
+                self._saved_today = max(0, standard - cost)
+                self._calls_today, self._unpriced_today = calls, unpriced
+
+    # --- queries ------------------------------------------------------------------------
 
     async def _answer(self, query: Query) -> None:
         answer: dict[str, Any] = {
             "day": self._day,
-            "spend_today_usd": usd(self._spent_today),
+            "spend_today_usd": usd(self._spent[("day", "")]),
             "saved_today_usd": usd(self._saved_today),
             "calls_today": self._calls_today,
             "unpriced_calls_today": self._unpriced_today,
+            "reserved_usd": usd(sum(e for e, _s in self._reservations.values())),
+            "calls_reserved": len(self._reservations),
+            "refused_by_budget": self._refused,
             "commits": self._commits,
+            "budgets": self._budget_report(),
+            "warnings": list(self._warnings),
         }
         if query.what == "entries":
             limit = int(query.params.get("limit", 100))
@@ -112,6 +308,36 @@ class Ledger:
                 entry["standard_cost_usd"] = None if standard is None else usd(standard)
                 entry["usage_estimated"] = bool(entry["usage_estimated"])
             answer["entries"] = entries
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
-                                 anyio.WouldBlock):
+        with contextlib.suppress(*_GONE):
             query.reply.send_nowait(answer)  # an asker that gave up is not our problem
+
+    def _budget_report(self) -> list[dict[str, Any]]:
+        budgets = self._caps.config
+        report = []
+        for scope, value, name in (
+            (("day", ""), budgets.daily_usd, "[budgets] daily_usd"),
+            *((("operation", op), cap.daily_usd, f"[budgets.operations.{op}] daily_usd")
+              for op, cap in budgets.operations.items()),
+            *((("provider", p), cap.daily_usd, f"[budgets.providers.{p}] daily_usd")
+              for p, cap in budgets.providers.items()),
+        ):
+            if value is None:
+                continue
+            limit = _picodollars(value)
+            report.append({
+                "cap": name, "limit_usd": value, "spent_usd": usd(self._spent[scope]),
+                "reserved_usd": usd(self._reserved[scope]),
+                "fraction": round(self._spent[scope] / limit, 4) if limit else None,
+            })
+        return report
+
+
+def _cap_of(table: Any, key: Any, field_name: str) -> float | None:
+    if key is None:
+        return None
+    cap = table.get(key)
+    return None if cap is None else getattr(cap, field_name)
+
+
+def _picodollars(usd_value: float) -> int:
+    return round(usd_value * PICODOLLARS_PER_USD)

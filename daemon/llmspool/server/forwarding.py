@@ -180,6 +180,7 @@ class Forwarder:
             reply=replies_in,
             strip_usage_chunk=strip_usage_chunk,
             deadline_at=deadline_at,
+            session=request.headers.get("x-llmspool-session"),
         )
         # From here the queue, then the dispatcher, owns the send end and closes it.
         try:

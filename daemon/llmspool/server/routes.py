@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmspool import __version__
 from llmspool.calls import Endpoint
-from llmspool.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
+from llmspool.errors import ApiError, MethodNotAllowed, NotFound
 from llmspool.messages import Query
 from llmspool.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder, error_response
@@ -89,12 +89,6 @@ def build_app(
             report[name] = await ask(inbox, "status")
         return json_response(report)
 
-    async def ledger(request: Request) -> Response:
-        raw_limit = request.query_params.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
-            raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
-        return json_response(await ask(actors["ledger"], "entries", limit=int(raw_limit)))
-
     routes = [
         Route(Endpoint.CHAT.value, forward(Endpoint.CHAT), methods=["POST"]),
         Route(Endpoint.RESPONSES.value, forward(Endpoint.RESPONSES), methods=["POST"]),
@@ -103,7 +97,6 @@ def build_app(
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/status", status, methods=["GET"]),
-        Route("/v1/ledger", ledger, methods=["GET"]),
         *extra_routes,
     ]
     everything_else = Starlette(

@@ -17,8 +17,8 @@ _INSERT = """
 INSERT OR IGNORE INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
-    cost_picodollars, standard_cost_picodollars
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    cost_picodollars, standard_cost_picodollars, session, flag, saving_source
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -47,6 +47,9 @@ def _row(entry: Settled) -> tuple[Any, ...]:
         int(usage.estimated),
         entry.cost_picodollars,
         entry.standard_cost_picodollars,
+        entry.session,
+        entry.flag,
+        entry.saving_source,
     )
 
 
@@ -64,16 +67,35 @@ async def append_entries(connection: aiosqlite.Connection, entries: Sequence[Set
     await connection.execute("COMMIT")
 
 
-async def spend_on_day(connection: aiosqlite.Connection, day: str) -> tuple[int, int]:
-    """(picodollars spent, calls) on the UTC ``day``."""
-    rows = list(
-        await connection.execute_fetchall(
-            "SELECT COALESCE(SUM(cost_picodollars), 0), COUNT(*) FROM ledger_entries "
-            "WHERE day = ?",
-            (day,),
-        )
+async def spend_today_by_scope(
+    connection: aiosqlite.Connection, day: str
+) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """(cost, standard cost, calls, unpriced calls) on ``day`` in total and per operation,
+    calling user and provider, as the ledger's budgets key them; read from the rollup."""
+    rows = await connection.execute_fetchall(
+        "SELECT operation, uid, provider, SUM(cost_picodollars), "
+        "SUM(standard_cost_picodollars), SUM(calls), SUM(unpriced_calls) "
+        "FROM ledger_rollup WHERE day = ? GROUP BY operation, uid, provider",
+        (day,),
     )
-    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+    totals: dict[tuple[str, str], list[int]] = {}
+    for operation, uid, provider, cost, standard, calls, unpriced in rows:
+        user = "None" if uid == -1 else str(uid)
+        for scope in (("day", ""), ("operation", operation), ("user", user),
+                      ("provider", provider)):
+            sums = totals.setdefault(scope, [0, 0, 0, 0])
+            for index, value in enumerate((cost, standard, calls, unpriced)):
+                sums[index] += int(value)
+    return {scope: (s[0], s[1], s[2], s[3]) for scope, s in totals.items()}
+
+
+async def spend_of_session(connection: aiosqlite.Connection, session: str) -> int:
+    """Picodollars spent so far in the client-chosen ``session``."""
+    rows = list(await connection.execute_fetchall(
+        "SELECT COALESCE(SUM(cost_picodollars), 0) FROM ledger_entries WHERE session = ?",
+        (session,),
+    ))
+    return int(rows[0][0]) if rows else 0
 
 
 async def recent_latencies(

@@ -1,0 +1,111 @@
+"""The ledger on the socket: recent entries, and cost reports.
+
+    GET /v1/ledger[?limit=N]           today's totals (from the ledger actor) and the last N
+                                       entries, newest first (default 100, at most 10000)
+    GET /v1/ledger?by=day,tier&since=7d[&until=YYYY-MM-DD][&format=json|csv][&limit=N]
+                                       a cost report (``llmspool.store.reports``): spend,
+                                       savings by source, requests and tokens per group
+                                       (with limit, only the N groups that spent most)
+
+A request with any of ``by``, ``since``, ``until`` or ``format`` is a report; ``since`` is a
+duration back from now (``7d``, ``24h``: the UTC day that long ago), a date ``YYYY-MM-DD`` or
+``all`` (the default); ``by`` may be empty (only the total). Reports read the rollup through a
+read-only connection of their own, so they never hold up the ledger's writes; they first wait
+for the ledger to commit what it has been sent, so a report includes every call answered
+before it was asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llmspool.errors import InvalidRequest
+from llmspool.server.routes import QueryTarget, ask, json_response
+from llmspool.store.reports import (
+    cost_report,
+    open_reader,
+    parse_day,
+    parse_dimensions,
+    parse_since,
+    write_csv,
+)
+
+REPORT_PARAMS = ("by", "since", "until", "format")
+FORMATS = ("json", "csv")
+
+
+def ledger_routes(
+    ledger: QueryTarget,
+    database_path: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> list[Route]:
+    """``GET /v1/ledger``: ``ledger`` is the ledger actor's inbox (for today's totals and the
+    entries), ``database_path`` the SQLite file reports read."""
+
+    async def ledger_view(request: Request) -> Response:
+        params = request.query_params
+        if any(name in params for name in REPORT_PARAMS):
+            return await _report(params, ledger, database_path, clock())
+        raw_limit = params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+            raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
+        return json_response(await ask(ledger, "entries", limit=int(raw_limit)))
+
+    return [Route("/v1/ledger", ledger_view, methods=["GET"])]
+
+
+async def _report(
+    params: QueryParams, ledger: QueryTarget, database_path: Path, now: float
+) -> Response:
+    output = params.get("format", "json").strip().lower()
+    if output not in FORMATS:
+        raise InvalidRequest(f"format must be json or csv, got {output!r}", param="format")
+    try:
+        by = parse_dimensions(params.get("by", ""))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="by") from None
+    try:
+        since_day = parse_since(params.get("since", "all"), now)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="since") from None
+    until_day = None
+    if "until" in params:
+        try:
+            until_day = parse_day(params["until"])
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="until") from None
+        if since_day is not None and until_day < since_day:
+            raise InvalidRequest(f"until ({until_day}) is before since ({since_day})",
+                                 param="until")
+    limit = None
+    if "limit" in params:
+        raw_limit = params["limit"]
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            raise InvalidRequest("limit must be a positive integer (the rows to keep)",
+                                 param="limit")
+        limit = int(raw_limit)
+    # The ledger answers a query only once everything that reached it before is committed:
+    # asking first makes a report include the calls its client has just had answered.
+    await ask(ledger, "status")
+    async with open_reader(database_path) as connection:
+        report = await cost_report(connection, by=by, since_day=since_day, until_day=until_day,
+                                   limit=limit)
+    if output == "csv":
+        return Response(_csv_text(report), media_type="text/csv; charset=utf-8")
+    return json_response(report)
+
+
+def _csv_text(report: dict[str, Any]) -> str:
+    text = io.StringIO()
+    write_csv(report, text)
+    return text.getvalue()
