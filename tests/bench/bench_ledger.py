@@ -44,7 +44,7 @@ async def paced(rate: int, seconds: float, work: Any) -> float:
     return time.process_time() - cpu
 
 
-async def measure(rate: int, seconds: float) -> dict[str, float]:
+async def measure(rate: int, seconds: float, admit: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         database = await open_database(Path(tmp))
         inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](4096)
@@ -52,11 +52,12 @@ async def measure(rate: int, seconds: float) -> dict[str, float]:
 
         async def one_call(index: int) -> None:
             request_id = f"bench-{index}-{time.monotonic_ns()}"
-            reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
-            with reply_in, reply_out:
-                await inbox_in.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,
-                                          "session-1", 2_000_000_000, reply_in))
-                assert await reply_out.receive() is None
+            if admit:
+                reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+                with reply_in, reply_out:
+                    await inbox_in.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,
+                                              "session-1", 2_000_000_000, reply_in))
+                    assert await reply_out.receive() is None
             await inbox_in.send(Settled(
                 request_id=request_id, provider="openai", model="gpt-5-mini",
                 endpoint=Endpoint.CHAT, tier=Tier.FLEX, usage=Usage(500, 0, 200),
@@ -92,13 +93,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    runs = [anyio.run(measure, args.rate, args.seconds, backend="asyncio",
-                      backend_options={"use_uvloop": True}) for _ in range(args.rounds)]
-    per_call = [run["cpu_us_per_call"] for run in runs]
-    print(f"ledger admit + settle + durable entry at {args.rate}/s, {args.rounds} rounds: "
-          f"median {statistics.median(per_call):.1f} µs CPU per call "
-          f"(runs: {', '.join(f'{value:.1f}' for value in per_call)}), "
-          f"{statistics.median(r['cpu_share_of_one_core'] for r in runs):.1%} of one core")
+    for admit, label in ((True, "admit + settle + durable entry (caps set)"),
+                         (False, "settle + durable entry (no caps: no admission)")):
+        runs = [anyio.run(measure, args.rate, args.seconds, admit, backend="asyncio",
+                          backend_options={"use_uvloop": True}) for _ in range(args.rounds)]
+        per_call = [run["cpu_us_per_call"] for run in runs]
+        print(f"ledger {label} at {args.rate}/s, {args.rounds} rounds: "
+              f"median {statistics.median(per_call):.1f} µs CPU per call "
+              f"(runs: {', '.join(f'{value:.1f}' for value in per_call)}), "
+              f"{statistics.median(r['cpu_share_of_one_core'] for r in runs):.1%} of one core")
     return 0
 
 

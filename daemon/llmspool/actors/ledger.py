@@ -43,6 +43,10 @@ from llmspool.store import ledger as ledger_sql
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512
+# Entries wait at most this long for company before they are committed together: at 1,000
+# calls/s a commit per handful of entries cost ~370 µs of CPU per call (py-spy: a third in
+# SQLite); one commit per 10 ms is cheap. Counters move at once, so budgets never wait.
+COMMIT_INTERVAL = 0.010
 LedgerMessage = Settled | Query | Admit | Release
 Scope = tuple[str, str]  # (kind, key): ("day", ""), ("operation", "evals"), ("session", "s1")
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
@@ -61,6 +65,7 @@ class Caps:
     def __init__(self, config: BudgetsConfig) -> None:
         self.config = config
         self._users = {self._uid(name): cap for name, cap in config.users.items()}
+        self._scoped: dict[tuple[str, str | None, int | None, str | None], list[Cap]] = {}
 
     @staticmethod
     def _uid(name: str) -> int:
@@ -89,6 +94,16 @@ class Caps:
 
     def scoped(self, provider: str, operation: str | None, uid: int | None,
                session: str | None) -> list[Cap]:
+        key = (provider, operation, uid, session)
+        found = self._scoped.get(key)
+        if found is None:
+            if len(self._scoped) > 10_000:
+                self._scoped.clear()  # sessions come and go; keep the cache bounded
+            found = self._scoped[key] = self._compute_scoped(provider, operation, uid, session)
+        return found
+
+    def _compute_scoped(self, provider: str, operation: str | None, uid: int | None,
+                        session: str | None) -> list[Cap]:
         budgets = self.config
         candidates: list[tuple[Scope, float | None, str]] = [
             (("day", ""), budgets.daily_usd, "[budgets] daily_usd"),
@@ -133,33 +148,74 @@ class Ledger:
         self._unpriced_today = 0
         self._refused = 0
         self._commits = 0
+        self._pending: list[Settled] = []
+        self._day_start = self._day_end = 0.0
+        self._closed = False
+        self._pending_since = 0.0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._load_today()
         task_status.started()
-        async with self._inbox:
-            while True:
-                try:
-                    first = await self._inbox.receive()
-                except anyio.EndOfStream:
-                    return
-                group = [first]
-                while len(group) < MAX_GROUP:
-                    try:
-                        group.append(self._inbox.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await self._handle(group)
+        try:
+            async with self._inbox:
+                while True:
+                    first = await self._next()
+                    if first is None:
+                        if self._closed:
+                            return
+                        await self._flush()  # the oldest pending entry has waited enough
+                        continue
+                    group = [first]
+                    while len(group) < MAX_GROUP:
+                        try:
+                            group.append(self._inbox.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._handle(group)
+                    if len(self._pending) >= MAX_GROUP:
+                        await self._flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+
+    async def _next(self) -> LedgerMessage | None:
+        """The next message; None when the commit window of pending entries has closed."""
+        try:
+            return self._inbox.receive_nowait()  # the busy case: no timer, no checkpoint
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            self._closed = True
+            return None
+        if not self._pending:
+            try:
+                return await self._inbox.receive()
+            except anyio.EndOfStream:
+                self._closed = True
+                return None
+        wait = self._pending_since + COMMIT_INTERVAL - time.monotonic()
+        with anyio.move_on_after(max(0.0, wait)):
+            try:
+                return await self._inbox.receive()
+            except anyio.EndOfStream:
+                self._closed = True
+        return None
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        entries, self._pending = self._pending, []
+        # Shielded: a commit that has started finishes even while the daemon stops.
+        with anyio.CancelScope(shield=True):
+            await ledger_sql.append_entries(self._database, entries)
+        self._commits += 1
 
     async def _handle(self, group: list[LedgerMessage]) -> None:
-        entries = [m for m in group if isinstance(m, Settled)]
-        if entries:
-            # Shielded: a commit that has started finishes even while the daemon stops.
-            with anyio.CancelScope(shield=True):
-                await ledger_sql.append_entries(self._database, entries)
-            self._commits += 1
         for message in group:
             if isinstance(message, Settled):
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                self._pending.append(message)
                 self._count(message)
             elif isinstance(message, Admit):
                 await self._admit(message)
@@ -264,7 +320,11 @@ class Ledger:
                                               if isinstance(v, str | int | float)})
 
     def _roll_day(self, now: float) -> None:
+        if self._day_start <= now < self._day_end:
+            return  # the common case, without formatting a date per call
         day = ledger_sql.utc_day(now)
+        self._day_start = now - now % 86400
+        self._day_end = self._day_start + 86400
         if day == self._day:
             return
         self._day = day
@@ -285,6 +345,7 @@ class Ledger:
     # --- queries ------------------------------------------------------------------------
 
     async def _answer(self, query: Query) -> None:
+        await self._flush()  # what the asker was told is settled is in the store when it reads
         answer: dict[str, Any] = {
             "day": self._day,
             "spend_today_usd": usd(self._spent[("day", "")]),
