@@ -18,10 +18,8 @@ Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the c
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
+from llmspool.unix_http import UnixConnection
 
 # EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
 # restarting a daemon whose config is wrong (it would fail the same way every time).
@@ -218,20 +217,8 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
     return load_config(config_path).daemon.socket
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def get_json(path: str, url: str) -> Any:
-    connection = _UnixConnection(path)
+    connection = UnixConnection(path)
     try:
         connection.request("GET", url)
         response = connection.getresponse()

@@ -11,10 +11,8 @@ carries only the report; failures are one line on standard error and exit status
 from __future__ import annotations
 
 import argparse
-import http.client
 import math
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from llmspool.store.reports import DIMENSIONS, parse_day, parse_dimensions, parse_since
+from llmspool.unix_http import UnixConnection
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -169,22 +168,10 @@ class _Failure(Exception):
     """The report could not be had; the message says why."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def _fetch(path: str, url: str) -> dict[str, Any]:
     import orjson
 
-    connection = _UnixConnection(path, REQUEST_TIMEOUT)
+    connection = UnixConnection(path, REQUEST_TIMEOUT)
     try:
         connection.request("GET", url)
         response = connection.getresponse()

@@ -44,6 +44,7 @@ from llmspool.messages import (
 )
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
+from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.tracing import context_from_headers
 
@@ -199,18 +200,7 @@ class Forwarder:
                 f"(got {content_type!r})",
                 code="unsupported_content_type",
             )
-        declared = request.headers.get("content-length")
-        limit = self._max_body_size
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_limited(request, self._max_body_size, _too_large)
 
     def _respond(
         self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span

@@ -42,6 +42,7 @@ from llmspool.jobs.model import NewJob
 from llmspool.messages import CancelJob, Query, SubmitJob, WaitForJob
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
+from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
 
@@ -62,7 +63,7 @@ def job_routes(
 ) -> list[Route]:
     async def submit(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        data = await _read_limited(request, max_upload_size)
+        data = await read_limited(request, max_upload_size, _upload_too_large)
         intake = Intake(router, max_line_size=max_line_size)
         if content_type in _JSONL_TYPES:
             options: dict[str, Any] = dict(request.query_params)
@@ -184,20 +185,6 @@ def _json_options(data: bytes) -> dict[str, Any]:
             param="requests", code="invalid_json",
         )
     return document
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _upload_too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _upload_too_large(size, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _upload_too_large(size: int, limit: int) -> PayloadTooLarge:
