@@ -1,0 +1,77 @@
+"""Billing rules at settle time: the tier an answer says it served decides the price; a tier
+we do not know is billed at the highest price known for the model and flagged."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from llmspool.actors.dispatcher import Dispatcher
+from llmspool.calls import Endpoint, Tier, Usage
+from llmspool.config import Config
+from llmspool.estimate import TokenEstimator
+from llmspool.messages import Call, Caller
+from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.pricing import load_price_table
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+
+PRICES = load_price_table()
+USAGE = Usage(input_tokens=1000, output_tokens=500)
+
+
+def dispatcher() -> Dispatcher:
+    config = Config()
+    streams = [anyio.create_memory_object_stream[object](1) for _ in range(3)]
+    planner = Planner(config, PRICES, LatencyBook(default_latencies(config)))
+    return Dispatcher(
+        streams[0][1], streams[1][0], streams[2][0],  # type: ignore[arg-type]
+        providers={}, provider_kinds={}, timeouts={}, prices=PRICES, planner=planner,
+        flex=config.flex, budgets=config.budgets, estimator=TokenEstimator(use_tokenizer=False),
+        tracer=trace.NoOpTracer(), meter=metrics.NoOpMeter("test"),
+    )
+
+
+def call(model: str) -> Call:
+    reply_in, _reply_out = anyio.create_memory_object_stream[object](1)
+    return Call(
+        request_id="r1", endpoint=Endpoint.CHAT, provider="openai", model=model, body=b"{}",
+        stream=False, policy=TierPolicy(), caller=Caller(), operation=None, received_at=0.0,
+        trace=Context(), reply=reply_in,  # type: ignore[arg-type]
+    )
+
+
+def cost(model: str, tier: Tier) -> int:
+    price = PRICES.price("openai", model, tier)
+    assert price is not None
+    return price.cost(USAGE)
+
+
+@pytest.mark.parametrize(
+    ("served", "claimed", "expected_tier", "flag"),
+    [
+        (Tier.FLEX, "flex", Tier.FLEX, None),
+        (Tier.STANDARD, "default", Tier.STANDARD, None),
+        (Tier.STANDARD, "warp-speed", Tier.STANDARD, "unknown_tier"),
+    ],
+)
+def test_settle_bills_the_served_tier_or_the_highest_price(
+    served: Tier, claimed: str, expected_tier: Tier, flag: str | None
+) -> None:
+    settled = dispatcher()._settle(call("gpt-5-mini"), served, USAGE, 200, 0.0,
+                                   trace.INVALID_SPAN, claimed=claimed)
+    assert settled.flag == flag
+    highest = max(cost("gpt-5-mini", t) for t in PRICES.tiers("openai", "gpt-5-mini"))
+    expected = highest if flag else cost("gpt-5-mini", expected_tier)
+    assert settled.cost_picodollars == expected
+    assert settled.standard_cost_picodollars == cost("gpt-5-mini", Tier.STANDARD)
+    assert settled.saving_source == ("tier" if served is Tier.FLEX else None)
+
+
+def test_a_tier_the_model_is_not_priced_on_is_billed_high_and_flagged() -> None:
+    # gpt-4o-mini has no flex price: an answer saying flex is billed at its highest price.
+    settled = dispatcher()._settle(call("gpt-4o-mini"), Tier.FLEX, USAGE, 200, 0.0,
+                                   trace.INVALID_SPAN, claimed="flex")
+    assert settled.flag == "unknown_tier"
+    assert settled.cost_picodollars == max(
+        cost("gpt-4o-mini", t) for t in PRICES.tiers("openai", "gpt-4o-mini")
+    )
