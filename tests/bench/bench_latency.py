@@ -165,6 +165,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000,
                         help="requests per round at concurrency 1 (4x that at 64)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--daemon-config", type=Path,
+                        help="a TOML file for the daemon (e.g. with [budgets] caps, to see the "
+                        "cost of admission)")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
@@ -180,7 +183,8 @@ def main() -> int:
             ):
                 run_dir = workdir / mode
                 run_dir.mkdir()
-                daemon = start_daemon(run_dir, sim.url, env=env)
+                config = args.daemon_config.read_text() if args.daemon_config else ""
+                daemon = start_daemon(run_dir, sim.url, env=env, config_toml=config)
                 try:
                     figures[mode] = measure(sim, daemon, run_dir, args.rounds, args.requests)
                 finally:
