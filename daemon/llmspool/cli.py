@@ -26,12 +26,11 @@ from typing import Any
 
 import orjson
 
-from llmspool import __version__
+from llmspool import __version__, unix_http
 from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
-from llmspool.unix_http import UnixConnection
 
 # EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
 # restarting a daemon whose config is wrong (it would fail the same way every time).
@@ -218,18 +217,7 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
 
 
 def get_json(path: str, url: str) -> Any:
-    connection = UnixConnection(path)
-    try:
-        connection.request("GET", url)
-        response = connection.getresponse()
-        body = response.read()
-    except OSError as exc:
-        raise StartupError(
-            f"cannot reach the daemon at {path} ({exc.strerror or exc}); is it running? "
-            "(systemctl status llmspool, or `llmspool daemon`)"
-        ) from None
-    finally:
-        connection.close()
+    _status, body = unix_http.get(path, url)
     return orjson.loads(body)
 
 

@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from llmspool import unix_http
+from llmspool.errors import StartupError
 from llmspool.store.reports import DIMENSIONS, parse_day, parse_dimensions, parse_since
-from llmspool.unix_http import UnixConnection
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -171,26 +172,18 @@ class _Failure(Exception):
 def _fetch(path: str, url: str) -> dict[str, Any]:
     import orjson
 
-    connection = UnixConnection(path, REQUEST_TIMEOUT)
     try:
-        connection.request("GET", url)
-        response = connection.getresponse()
-        body = response.read()
-    except OSError as exc:
-        raise _Failure(
-            f"cannot reach the daemon at {path} ({exc.strerror or exc}); is it running? "
-            "(systemctl status llmspool, or `llmspool daemon`)"
-        ) from None
-    finally:
-        connection.close()
+        status, body = unix_http.get(path, url, REQUEST_TIMEOUT)
+    except StartupError as exc:
+        raise _Failure(str(exc)) from None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = None
-    if response.status != 200 or not isinstance(payload, dict):
+    if status != 200 or not isinstance(payload, dict):
         message = (payload or {}).get("error", {}).get("message") if isinstance(
             payload, dict) else None
-        raise _Failure(message or f"the daemon answered {response.status} to GET {url}")
+        raise _Failure(message or f"the daemon answered {status} to GET {url}")
     if "total" not in payload:
         raise _Failure("the daemon answered without a report; is it an older llmspool?")
     return payload

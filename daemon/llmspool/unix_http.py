@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import socket
 
+from llmspool.errors import StartupError
+
 
 class UnixConnection(http.client.HTTPConnection):
     """An HTTP/1.1 connection to the daemon's socket at ``path``."""
@@ -18,3 +20,20 @@ class UnixConnection(http.client.HTTPConnection):
         sock.settimeout(self.timeout)
         sock.connect(self._path)
         self.sock = sock
+
+
+def get(path: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of ``GET url`` on the daemon's socket, or ``StartupError`` saying the
+    daemon cannot be reached and how to check it."""
+    connection = UnixConnection(path, timeout)
+    try:
+        connection.request("GET", url)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot reach the daemon at {path} ({exc.strerror or exc}); is it running? "
+            "(systemctl status llmspool, or `llmspool daemon`)"
+        ) from None
+    finally:
+        connection.close()
