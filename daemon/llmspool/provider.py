@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.config import ProviderConfig
 
@@ -69,6 +71,51 @@ class Provider(Protocol):
 
     async def list_models(self) -> list[str]:
         """Model ids the upstream serves (a control-plane call)."""
+        ...
+
+
+@runtime_checkable
+class BatchProvider(Provider, Protocol):
+    """A provider that also offers a Batch API (files and batches, as OpenAI's).
+
+    Every method raises ``UpstreamError`` for an HTTP error answer, ``UpstreamUnreachable`` when
+    there is no answer, and ``BadUpstreamAnswer`` for an answer it cannot read; batch objects
+    are parsed with ``RemoteBatch.from_json``. The daemon records its intent before each call
+    and can find what a call did after a crash with the two ``find_*`` methods.
+    """
+
+    async def upload_batch_file(self, path: Path, filename: str) -> str:
+        """Upload the JSONL file at ``path`` as ``filename`` with ``purpose=batch``, streaming it
+        from disk; returns the file id."""
+        ...
+
+    async def find_batch_file(self, filename: str) -> str | None:
+        """The id of an uploaded ``purpose=batch`` file named ``filename`` (None: no such file),
+        looking through every page of the file list."""
+        ...
+
+    async def create_batch(
+        self, input_file_id: str, endpoint: Endpoint, metadata: Mapping[str, str]
+    ) -> RemoteBatch:
+        """Create a batch with ``completion_window`` 24h."""
+        ...
+
+    async def retrieve_batch(self, batch_id: str) -> RemoteBatch: ...
+
+    async def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
+
+    async def find_batch(self, key: str, value: str, created_after: float) -> RemoteBatch | None:
+        """The newest batch whose ``metadata[key] == value``, looking through the batch list
+        (newest first, every page) down to batches created before ``created_after``."""
+        ...
+
+    async def download_file(self, file_id: str, destination: Path) -> int:
+        """Stream the file's content to ``destination`` (written to a temporary name, then
+        renamed, so ``destination`` is whole or absent); returns the bytes written."""
+        ...
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file (a 404 is not an error: it is gone either way)."""
         ...
 
 

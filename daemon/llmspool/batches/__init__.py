@@ -1,0 +1,1 @@
+"""The Batch API pipeline: what a batch looks like upstream, and the files the daemon builds."""
