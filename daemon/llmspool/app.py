@@ -29,18 +29,22 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool import systemd
+from llmspool.actors.batch_poller import BatchPoller, PollerMessage
+from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
 from llmspool.actors.dispatcher import Dispatcher
 from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
+from llmspool.batches.context import BatchContext
 from llmspool.config import Config, ProviderConfig, load_config
+from llmspool.crashpoints import CrashPoints
 from llmspool.errors import ConfigError
 from llmspool.estimate import TokenEstimator
-from llmspool.messages import Call, NewPrices, Query, SlotFreed
+from llmspool.messages import BatchLinesDone, Call, NewPrices, Query, SlotFreed
 from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
 from llmspool.pricing import PriceTable, load_price_table
-from llmspool.provider import Provider, ProviderSettings
+from llmspool.provider import BatchProvider, Provider, ProviderSettings
 from llmspool.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
@@ -48,6 +52,7 @@ from llmspool.server.ledger_routes import ledger_routes
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
 from llmspool.server.routes import build_app
 from llmspool.server.uvicorn_server import EmbeddedServer, build_server
+from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.ledger import recent_latencies
 from llmspool.tracing import Tracing, build_tracing
@@ -177,6 +182,11 @@ class Daemon:
         freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
         ledger_in, ledger_out = anyio.create_memory_object_stream[LedgerMessage](LEDGER_BUFFER)
         keeper_in, keeper_out = anyio.create_memory_object_stream[KeeperMessage](QUEUE_BUFFER)
+        submitter_in, submitter_out = anyio.create_memory_object_stream[SubmitterMessage](
+            QUEUE_BUFFER)
+        poller_in, poller_out = anyio.create_memory_object_stream[PollerMessage](QUEUE_BUFFER)
+        results_in, results_out = anyio.create_memory_object_stream[BatchLinesDone](
+            QUEUE_BUFFER)
         # The front door asks the dispatcher and the ledger for status through clones, so
         # that each actor's inbox closes only when every sender is done.
         dispatch_status = dispatch_in.clone()
@@ -186,6 +196,7 @@ class Daemon:
         estimator = TokenEstimator()
         book = LatencyBook(default_latencies(config))
         book.observe_many(await recent_latencies(ledger_database))
+        book.observe_many(await batch_turnarounds(ledger_database))
         planner = Planner(config, prices, book)
         ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer)
         dispatcher = Dispatcher(
@@ -202,13 +213,30 @@ class Daemon:
             meter=tracing.meter,
         )
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
-        keeper = JobKeeper(keeper_out, queue_in.clone(), jobs_database, planner, config.jobs)
+        batch_providers = {name: provider for name, provider in providers.items()
+                           if isinstance(provider, BatchProvider)}
+        crash = CrashPoints(self._environ)
+        batches_ready = anyio.Event()
+        batch_context = BatchContext(
+            batch_providers, config.state_path / DATABASE_NAME, config.state_path, planner,
+            config.batch, tracing.tracer, crash, batches_ready,
+        )
+        submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
+                                   context=batch_context)
+        poller = BatchPoller(poller_out, results_in.clone(), submitter_in.clone(),
+                             ledger_in.clone(), context=batch_context, prices=prices)
+        keeper = JobKeeper(
+            keeper_out, queue_in.clone(), jobs_database, planner, config.jobs,
+            batches=submitter_in.clone() if batch_providers and config.batch.enabled else None,
+            batch_results=results_out, batch_providers=frozenset(batch_providers),
+            batch_config=config.batch,
+        )
         forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
-             "jobs": keeper_in},
+             "jobs": keeper_in, "batch_submitter": submitter_in, "batches": poller_in},
             started_at=time.time(),
             extra_routes=[
                 *job_routes(
@@ -228,11 +256,11 @@ class Daemon:
                 await actors.start(ledger.run)
                 await actors.start(dispatcher.run)
                 await actors.start(queue.run)
-                await actors.start(keeper.run)
+                await actors.start(self._run_batches, submitter, poller, keeper, batches_ready)
                 await actors.start(
                     self._serve_front_door, server, actors.cancel_scope,
                     (queue_in, dispatch_status, ledger_status, self._dispatch_control,
-                     keeper_in),
+                     keeper_in, submitter_in, poller_in, results_in),
                 )
                 notifier.ready(f"serving {config.daemon.socket}")
                 log.info("llmspool ready on %s", config.daemon.socket)
@@ -241,6 +269,27 @@ class Daemon:
                 # it happens in a thread once the daemon is already serving.
                 services.start_soon(_load_tokenizer, estimator)
             services.cancel_scope.cancel()
+
+    async def _run_batches(
+        self, submitter: BatchSubmitter, poller: BatchPoller, keeper: JobKeeper,
+        ready: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The job keeper and the two batch actors, which live exactly as long as the keeper.
+
+        The batch actors start first (the keeper hands them work while it recovers) but touch
+        no line until the keeper has recovered (``ready``): a line is either the keeper's to
+        route or a batch's, never both. They keep nothing in memory that the store does not
+        have, so when the keeper is done they are simply cancelled; a worker thread that is
+        inside a transaction finishes it first.
+        """
+        async with anyio.create_task_group() as batch_actors:
+            await batch_actors.start(submitter.run)
+            await batch_actors.start(poller.run)
+            async with anyio.create_task_group() as keeper_group:
+                await keeper_group.start(keeper.run)
+                ready.set()
+                task_status.started()
+            batch_actors.cancel_scope.cancel()
 
     async def _serve_front_door(
         self,

@@ -100,6 +100,7 @@ class PlannerConfig:
     safety: float = _duration("30s")
     default_standard_latency: float = _duration("30s")
     default_flex_latency: float = _duration("5m")
+    default_batch_latency: float = _duration("12h")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +117,34 @@ class JobsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """``[batch]``: OpenAI's Batch API, half price for work that can wait hours."""
+
+    enabled: bool = True
+    max_lines: int = 50_000
+    max_bytes: int = _size("200MB")
+    max_age: float = _duration("5m")
+    poll_min: float = _duration("10s")
+    poll_max: float = _duration("5m")
+    cancel_wait: float = _duration("10m")
+    max_attempts: int = 3
+    max_enqueued_tokens: int = 0
+    delete_files: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class OperationConfig:
     """``[operations.NAME]``: what differs for work tagged with this operation.
 
     A key left out inherits: ``deadline`` from ``[jobs] default_deadline``, ``flex`` from
-    ``[flex] enabled``, ``fallback_to_standard`` and ``max_retries`` from ``[flex]``.
+    ``[flex] enabled``, ``batch`` from ``[batch] enabled``, ``fallback_to_standard`` and
+    ``max_retries`` from ``[flex]``.
     """
 
     deadline: float | None = field(default=None, metadata={"kind": "duration"})
     tier: str = field(default="auto", metadata={"choices": TIER_CHOICES})
     flex: bool | None = None
+    batch: bool | None = None
     fallback_to_standard: bool | None = None
     max_retries: int | None = None
 
@@ -190,6 +209,7 @@ class Config:
     flex: FlexConfig = field(default_factory=FlexConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     operations: Mapping[str, OperationConfig] = field(default_factory=dict)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
@@ -256,6 +276,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         flex=_section(FlexConfig, _table_at(table, "flex", "flex"), "flex"),
         planner=_section(PlannerConfig, _table_at(table, "planner", "planner"), "planner"),
         jobs=_section(JobsConfig, _table_at(table, "jobs", "jobs"), "jobs"),
+        batch=_section(BatchConfig, _table_at(table, "batch", "batch"), "batch"),
         operations=operations,
         budgets=_budgets(_table_at(table, "budgets", "budgets")),
         sim=SimConfig.from_table(sim_table),
@@ -272,6 +293,7 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "flex": _section_to_table(config.flex),
         "planner": _section_to_table(config.planner),
         "jobs": _section_to_table(config.jobs),
+        "batch": _section_to_table(config.batch),
         "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
         "budgets": _budgets_to_table(config.budgets),
         "sim": config.sim.to_table(),

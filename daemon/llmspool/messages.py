@@ -139,6 +139,7 @@ class Settled:
     session: str | None = None
     flag: str | None = None  # unknown_tier, unpriced: billed on a guess, see the ledger
     saving_source: str | None = None  # tier, cache, dedup, routing
+    recorded: bool = False  # already in the store (batch results): count it, do not write it
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +206,81 @@ class Query:
     what: str
     reply: MemoryObjectSendStream[dict[str, Any]] = field(repr=False)
     params: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the Batch API pipeline -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCandidate:
+    """A queued deferred request that may go through a batch (job keeper → batch submitter)."""
+
+    request_id: int
+    job_id: str
+    provider: str
+    endpoint: Endpoint
+    model: str
+    deadline_at: float
+    size: int  # bytes of its body
+    inputs: int = 1  # embeddings inputs it carries (the Batch API caps them per batch)
+
+
+@dataclass(frozen=True, slots=True)
+class ToBatch:
+    """Send these requests through the Batch API; ``traceparents`` of the jobs they belong to."""
+
+    candidates: list[BatchCandidate] = field(repr=False)
+    traceparents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """A batch line whose result was stored: what the job keeper counts."""
+
+    request_id: int
+    job_id: str
+    state: str  # succeeded or failed
+    cost_picodollars: int | None
+    standard_cost_picodollars: int | None
+    was_in_batch: bool  # False: it had been given back (escalated) before its answer came
+
+
+@dataclass(frozen=True, slots=True)
+class RequeuedLine:
+    """A line a batch gave back to the job keeper, as its heap keeps it, with its attempts."""
+
+    deadline_at: float
+    request_id: int
+    job_id: str
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLinesDone:
+    """Batch actors → job keeper: results stored, and lines given back to send otherwise.
+
+    ``batch_again`` says whether a given-back line may be batched again (the planner still
+    decides); escalated lines may not.
+    """
+
+    outcomes: list[LineOutcome] = field(default_factory=list, repr=False)
+    requeued: list[RequeuedLine] = field(default_factory=list, repr=False)
+    batch_again: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOpened:
+    """Batch submitter → batch poller: the batch (local id) now exists upstream; poll it."""
+
+    batch_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchClosed:
+    """Batch poller → batch submitter: a batch of ``model`` left the provider's queue, so its
+    enqueued tokens are free; ``token_limit_hit`` says it failed on the enqueued-token cap."""
+
+    provider: str
+    model: str
+    token_limit_hit: bool = False
+    enqueued_at_failure: int = 0

@@ -9,7 +9,10 @@ standard in time (when fallback is allowed), so a flex call can always be escala
 A tier named explicitly (``service_tier`` in the request, or ``tier`` of the call's operation)
 is honoured as it is. A call without a deadline is served on standard, as before.
 
-The batch tier comes with the Batch API pipeline; until then the planner never picks it.
+Batch is for deferred work only (the job keeper asks ``batch_fits``; an interactive call is
+never batched). A batch fits when the expected batch turnaround (p95 x margin + safety, at most
+the 24 h completion window) still leaves room to escalate before the deadline: time for a
+cancel to take effect (``[batch] cancel_wait``) and for a standard call.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from llmspool.config import Config, OperationConfig
 from llmspool.pricing import PriceTable
 
 WINDOW = 200  # latencies kept per (provider, model, tier)
+BATCH_WINDOW = 24 * 3600.0  # OpenAI's completion window: a batch ends (or expires) by then
 PlanKey = tuple[str, str, Tier]
 
 
@@ -35,6 +39,7 @@ class TierPolicy:
     flex: bool = True
     fallback_to_standard: bool = True
     flex_max_retries: int = 3
+    batch: bool = True
 
 
 class LatencyBook:
@@ -105,6 +110,7 @@ class Planner:
                 else op.fallback_to_standard
             ),
             flex_max_retries=flex.max_retries if op.max_retries is None else op.max_retries,
+            batch=self._config.batch.enabled if op.batch is None else op.batch,
         )
 
     def operation_deadline(self, operation: str | None) -> float:
@@ -118,7 +124,7 @@ class Planner:
         self, provider: str, model: str, policy: TierPolicy, deadline_at: float | None,
         now: float | None = None,
     ) -> Tier:
-        if policy.forced is not None:
+        if policy.forced is not None and policy.forced is not Tier.BATCH:
             return policy.forced
         if deadline_at is None:
             return Tier.STANDARD
@@ -129,6 +135,34 @@ class Planner:
             if remaining >= self.need(provider, model, Tier.FLEX) + reserve:
                 return Tier.FLEX
         return Tier.STANDARD
+
+    def batch_fits(
+        self, provider: str, model: str, policy: TierPolicy, deadline_at: float,
+        now: float | None = None,
+    ) -> bool:
+        """Whether deferred work due at ``deadline_at`` may go through a batch now."""
+        if policy.forced is not None and policy.forced is not Tier.BATCH:
+            return False
+        if self._prices.price(provider, model, Tier.BATCH) is None:
+            return False
+        if not policy.batch and policy.forced is not Tier.BATCH:
+            return False
+        return (time.time() if now is None else now) <= self.latest_batch_submit(
+            provider, model, deadline_at)
+
+    def latest_batch_submit(self, provider: str, model: str, deadline_at: float) -> float:
+        """The last moment a batch carrying work due at ``deadline_at`` may be created."""
+        return deadline_at - self.batch_need(provider, model) - self.escalation_reserve(
+            provider, model)
+
+    def batch_need(self, provider: str, model: str) -> float:
+        """Seconds to budget for a batch: p95 turnaround x margin + safety, within 24 h."""
+        return min(BATCH_WINDOW, self.need(provider, model, Tier.BATCH))
+
+    def escalation_reserve(self, provider: str, model: str) -> float:
+        """Seconds before a deadline at which a late batch must start giving its work back:
+        time for a cancel to take effect, then for a standard call."""
+        return self._config.batch.cancel_wait + self.need(provider, model, Tier.STANDARD)
 
     def flex_possible(self, provider: str, model: str, policy: TierPolicy) -> bool:
         return policy.flex and self._prices.price(provider, model, Tier.FLEX) is not None
@@ -158,5 +192,5 @@ def default_latencies(config: Config) -> dict[Tier, float]:
         Tier.STANDARD: planner.default_standard_latency,
         Tier.PRIORITY: planner.default_standard_latency,
         Tier.FLEX: planner.default_flex_latency,
-        Tier.BATCH: 24 * 3600.0,
+        Tier.BATCH: planner.default_batch_latency,
     }

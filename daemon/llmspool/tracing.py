@@ -11,7 +11,7 @@ so two daemons in one process (as in tests) never share one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from opentelemetry import metrics, trace
@@ -87,3 +87,22 @@ def context_from_headers(headers: Mapping[str, str]) -> Context:
     if "traceparent" not in headers:
         return Context()
     return _PROPAGATOR.extract(carrier=headers)
+
+
+def links_from(traceparents: Iterable[str]) -> list[trace.Link]:
+    """Span links to the spans named by W3C ``traceparent`` values (invalid ones skipped):
+    how a batch's spans point at the requests it carries."""
+    links = []
+    for traceparent in traceparents:
+        context = _PROPAGATOR.extract({"traceparent": traceparent})
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
+    return links
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` of the current span, to store with work that outlives it."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")

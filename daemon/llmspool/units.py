@@ -76,8 +76,9 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(size: int) -> str:
-    """The shortest exact binary spelling of ``size`` that ``parse_size`` reads back."""
-    for unit in ("GiB", "MiB", "KiB"):
+    """The shortest exact spelling of ``size`` that ``parse_size`` reads back: binary units
+    first, then decimal ones (OpenAI states its file limits in MB)."""
+    for unit in ("GiB", "MiB", "KiB", "GB", "MB", "KB"):
         scale = _BYTES_PER_UNIT[unit]
         if size and size % scale == 0:
             return f"{size // scale}{unit}"

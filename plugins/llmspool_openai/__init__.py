@@ -1,4 +1,4 @@
-"""The OpenAI provider plugin: standard and flex calls today, the Batch API as it comes.
+"""The OpenAI provider plugin: standard and flex calls, and the Batch API (files and batches).
 
 Registered through the ``llmspool`` entry-point group exactly like a third-party plugin, under
 the provider kind ``openai`` (any OpenAI-compatible API can use it: set ``base_url``).

@@ -1,25 +1,31 @@
-"""``OpenAIProvider``: forwards calls to an OpenAI-compatible API.
+"""``OpenAIProvider``: forwards calls to an OpenAI-compatible API, and runs its batches.
 
 Two clients, each pooled once per provider for the daemon's life:
 
 - the data plane (chat, responses, embeddings) forwards the request bytes with aiohttp and hands
   back the raw answer, because parsing and re-encoding through the SDK's models costs ~3 ms per
   call (DESIGN.md, "Performance notes") and the daemon needs only usage, tier and errors;
-- the control plane (models today; files and batches next) uses the official ``openai`` SDK with
-  ``max_retries=0``, because the daemon owns its retry policy.
+- the control plane (models, files and batches) uses the official ``openai`` SDK with
+  ``max_retries=0``, because the daemon owns its retry policy. The Batch API half of
+  ``llmspool.provider.BatchProvider`` lives in ``llmspool_openai.batches``; the provider
+  delegates to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Self
 
 import aiohttp
 import openai
-from llmspool.errors import UpstreamUnreachable
+from llmspool.batches.remote import RemoteBatch
+from llmspool.calls import Endpoint
 from llmspool.provider import ProviderSettings, UpstreamRequest
+
+from llmspool_openai._errors import sdk_errors, unreachable
+from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
 
 
 class _AiohttpAnswer:
@@ -43,14 +49,14 @@ class _AiohttpAnswer:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _unreachable(self._provider, exc) from exc
+            raise unreachable(self._provider, exc) from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _unreachable(self._provider, exc) from exc
+            raise unreachable(self._provider, exc) from exc
 
 
 class OpenAIProvider:
@@ -63,6 +69,7 @@ class OpenAIProvider:
         self._base_url = settings.config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._sdk: openai.AsyncOpenAI | None = None
+        self._batches: OpenAIBatches | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=settings.config.timeout, sock_connect=settings.config.connect_timeout
         )
@@ -84,11 +91,9 @@ class OpenAIProvider:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
-        self._sdk = openai.AsyncOpenAI(
-            api_key=self._api_key or "unset",
-            base_url=self._base_url,
-            max_retries=0,
-            timeout=self._config.timeout,
+        self._sdk = control_plane_client(self._config, self._api_key)
+        self._batches = OpenAIBatches(
+            self._sdk, self.name, transfer_timeout=transfer_timeout(self._config)
         )
         return self
 
@@ -99,6 +104,7 @@ class OpenAIProvider:
         if self._sdk is not None:
             await self._sdk.close()
             self._sdk = None
+            self._batches = None
 
     @asynccontextmanager
     async def send(self, request: UpstreamRequest) -> AsyncIterator[_AiohttpAnswer]:
@@ -113,7 +119,7 @@ class OpenAIProvider:
         try:
             response = await self._session.post(url, data=request.body, timeout=timeout)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _unreachable(self.name, exc) from exc
+            raise unreachable(self.name, exc) from exc
         try:
             yield _AiohttpAnswer(self.name, response)
         finally:
@@ -124,21 +130,39 @@ class OpenAIProvider:
     async def list_models(self) -> list[str]:
         if self._sdk is None:
             raise RuntimeError("OpenAIProvider used outside its `async with`")
-        try:
-            page = await self._sdk.models.list()
-        except openai.APIConnectionError as exc:
-            raise _unreachable(self.name, exc) from exc
-        return [model.id async for model in page]
+        with sdk_errors(self.name):
+            return [model.id async for model in self._sdk.models.list()]
 
+    # The Batch API (llmspool.provider.BatchProvider): see llmspool_openai.batches.
 
-def _unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
-    if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError):
-        return UpstreamUnreachable(
-            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
-            "retried, or given a longer timeout in [providers." + provider + "] timeout",
-            code="upstream_timeout",
-            status=504,
-        )
-    return UpstreamUnreachable(
-        f"cannot reach {provider}: {exc or type(exc).__name__}", code="upstream_unreachable"
-    )
+    def _control(self) -> OpenAIBatches:
+        if self._batches is None:
+            raise RuntimeError("OpenAIProvider used outside its `async with`")
+        return self._batches
+
+    async def upload_batch_file(self, path: Path, filename: str) -> str:
+        return await self._control().upload_batch_file(path, filename)
+
+    async def find_batch_file(self, filename: str) -> str | None:
+        return await self._control().find_batch_file(filename)
+
+    async def create_batch(
+        self, input_file_id: str, endpoint: Endpoint, metadata: Mapping[str, str]
+    ) -> RemoteBatch:
+        return await self._control().create_batch(input_file_id, endpoint, metadata)
+
+    async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._control().retrieve_batch(batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._control().cancel_batch(batch_id)
+
+    async def find_batch(self, key: str, value: str, created_after: float) -> RemoteBatch | None:
+        return await self._control().find_batch(key, value, created_after)
+
+    async def download_file(self, file_id: str, destination: Path) -> int:
+        return await self._control().download_file(file_id, destination)
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._control().delete_file(file_id)
+

@@ -81,7 +81,8 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
         assert all(line["response"]["status_code"] == 200 for line in lines)
         finished = job_status(daemon, job["id"])
         assert finished["status"] == "completed"
-        assert finished["counts"] == {"total": 60, "queued": 0, "running": 0, "succeeded": 60,
+        assert finished["counts"] == {"total": 60, "queued": 0, "running": 0, "in_batch": 0,
+                                      "succeeded": 60,
                                       "failed": 0, "cancelled": 0}
         rows = stored_rows(daemon.state_dir, job["id"])
         assert len(rows) == 60 and all(state == "succeeded" and has for _c, state, has in rows)

@@ -1,9 +1,11 @@
 """The job keeper actor: deferred work from its acknowledgement to its last result.
 
 - A submitted job is written (job and requests, one transaction) before it is acknowledged.
-- Queued requests wait in a heap ordered by deadline; at most ``[jobs] max_in_flight`` of them
-  are sent at a time, each as a ``Call`` through the request queue (so interactive calls and
-  deferred ones share the planner, the flex policy and the ledger).
+- Each queued request is routed: to the batch submitter when the planner says its deadline
+  leaves room for a batch (``ToBatch``), otherwise into a heap ordered by deadline, from which
+  at most ``[jobs] max_in_flight`` are sent at a time, each as a ``Call`` through the request
+  queue (so interactive calls and deferred ones share the planner, the flex policy and the
+  ledger). Lines a batch gives back (expired, escalated, failed) are routed again.
 - A retryable failure (5xx, 429 rate limit, no connection) is tried again with backoff, up to
   ``[jobs] max_attempts`` and never past the deadline.
 - Results are stored in group commits, each guarded by the request's state, so a request is
@@ -33,7 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry.context import Context
 
 from llmspool.calls import Endpoint
-from llmspool.config import JobsConfig
+from llmspool.config import BatchConfig, JobsConfig
 from llmspool.errors import (
     ApiError,
     NotFound,
@@ -45,6 +47,8 @@ from llmspool.errors import (
 from llmspool.jobs.model import NewJob
 from llmspool.messages import (
     Answer,
+    BatchCandidate,
+    BatchLinesDone,
     Call,
     Caller,
     CancelJob,
@@ -52,6 +56,7 @@ from llmspool.messages import (
     Query,
     Reply,
     SubmitJob,
+    ToBatch,
     WaitForJob,
 )
 from llmspool.planner import Planner
@@ -82,6 +87,8 @@ class JobState:
     states: Counter[str] = field(default_factory=Counter)
     tiers: Counter[str] = field(default_factory=Counter)
     running: int = 0
+    batched: int = 0  # queued requests that a batch carries, or that wait to be batched
+    traceparent: str | None = None
     cost: int = 0
     standard: int = 0
 
@@ -98,8 +105,9 @@ class JobState:
             "tags": self.tags,
             "counts": {
                 "total": self.total,
-                "queued": queued - self.running,
+                "queued": queued - self.running - self.batched,
                 "running": self.running,
+                "in_batch": self.batched,
                 "succeeded": self.states["succeeded"],
                 "failed": self.states["failed"],
                 "cancelled": self.states["cancelled"],
@@ -118,8 +126,17 @@ class JobKeeper:
         database: aiosqlite.Connection,
         planner: Planner,
         config: JobsConfig,
+        *,
+        batches: MemoryObjectSendStream[ToBatch] | None = None,
+        batch_results: MemoryObjectReceiveStream[BatchLinesDone] | None = None,
+        batch_providers: frozenset[str] = frozenset(),
+        batch_config: BatchConfig | None = None,
     ) -> None:
         self._inbox = inbox
+        self._batches = batches
+        self._batch_results = batch_results
+        self._batch_providers = batch_providers
+        self._batch_config = batch_config or BatchConfig()
         self._queue = queue
         self._database = database
         self._planner = planner
@@ -137,11 +154,19 @@ class JobKeeper:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._recover()
-        async with self._queue, anyio.create_task_group() as group:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._queue)
+            if self._batches is not None:  # closed when the keeper ends, ending the submitter
+                await stack.enter_async_context(self._batches)
+            group = await stack.enter_async_context(anyio.create_task_group())
             pump_done = anyio.Event()
             group.start_soon(self._pump, pump_done)
             group.start_soon(self._writer)
             group.start_soon(self._sweep_expired)
+            if self._batch_results is not None:
+                # Apart from the inbox, so that the batch actors (which live until the keeper
+                # is done) never hold the keeper's inbox open at shutdown.
+                group.start_soon(self._take_batch_results, self._batch_results)
             task_status.started()
             async with self._inbox:
                 async for message in self._inbox:
@@ -183,23 +208,78 @@ class JobKeeper:
         async with self._write_lock:
             await jobs_sql.insert_job(self._database, job)
         state = JobState(job.id, job.created_at, job.deadline_at, job.operation, job.tags,
-                         job.uid, "in_progress", len(job.lines), None)
+                         job.uid, "in_progress", len(job.lines), None,
+                         traceparent=job.traceparent)
         state.states["queued"] = len(job.lines)
         self._jobs[job.id] = state
-        # Rows were numbered in insertion order; their ids come back from the store when the
-        # pump asks, so push placeholders keyed on the deadline and resolve ids lazily.
-        for row_id in await self._ids_of(job.id):
-            heapq.heappush(self._heap, (job.deadline_at, row_id, job.id))
-        self._wake_pump.set()
+        await self._route(await jobs_sql.routable_requests(self._database, job_id=job.id))
         log.info("job %s: %d requests, deadline in %.0f s", job.id, len(job.lines),
                  job.deadline_at - time.time())
         return state.to_json()
 
-    async def _ids_of(self, job_id: str) -> list[int]:
-        rows = await self._database.execute_fetchall(
-            "SELECT id FROM job_requests WHERE job_id = ? AND state = 'queued'", (job_id,)
-        )
-        return [int(row[0]) for row in rows]
+    # --- routing: a batch, or sent from here ----------------------------------------------
+
+    async def _route(self, rows: list[jobs_sql.Routable], *, batch_again: bool = True) -> None:
+        """Hand each request to the batch submitter or push it on the heap."""
+        to_batch: list[BatchCandidate] = []
+        traceparents: set[str] = set()
+        for row in rows:
+            job = self._jobs.get(row.job_id)
+            if job is None or job.status != "in_progress":
+                continue
+            if batch_again and self._batchable(row, job):
+                to_batch.append(BatchCandidate(row.id, row.job_id, row.provider,
+                                               Endpoint(row.endpoint), row.model,
+                                               row.deadline_at, row.size, row.inputs))
+                job.batched += 1
+                if job.traceparent:
+                    traceparents.add(job.traceparent)
+            else:
+                heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
+        if to_batch and self._batches is not None:
+            await self._batches.send(ToBatch(to_batch, tuple(sorted(traceparents))))
+        self._wake_pump.set()
+
+    def _batchable(self, row: jobs_sql.Routable, job: JobState) -> bool:
+        if self._batches is None or row.provider not in self._batch_providers:
+            return False
+        if row.attempts >= self._batch_config.max_attempts:
+            return False
+        policy = self._planner.policy(job.operation, None)
+        return self._planner.batch_fits(row.provider, row.model, policy, row.deadline_at)
+
+    async def _take_batch_results(
+        self, results: MemoryObjectReceiveStream[BatchLinesDone]
+    ) -> None:
+        async with results:
+            async for message in results:
+                await self._batch_lines_done(message)
+
+    async def _batch_lines_done(self, message: BatchLinesDone) -> None:
+        for outcome in message.outcomes:
+            job = self._jobs.get(outcome.job_id)
+            if job is None:
+                continue
+            if outcome.was_in_batch:
+                job.batched = max(0, job.batched - 1)
+            job.states["queued"] -= 1
+            job.states[outcome.state] += 1
+            if outcome.state == "succeeded":
+                job.tiers["batch"] += 1
+            job.cost += outcome.cost_picodollars or 0
+            job.standard += outcome.standard_cost_picodollars or outcome.cost_picodollars or 0
+            if job.states["queued"] == 0 and job.status == "in_progress":
+                job.status = "completed"
+                job.finished_at = time.time()
+                self._job_finished(job)
+        for line in message.requeued:
+            job = self._jobs.get(line.job_id)
+            if job is not None:
+                job.batched = max(0, job.batched - 1)
+        if message.requeued:
+            rows = await jobs_sql.routable_requests(
+                self._database, ids=[line.request_id for line in message.requeued])
+            await self._route(rows, batch_again=message.batch_again)
 
     async def _cancel(self, job_id: str) -> dict[str, Any] | ApiError:
         job = self._jobs.get(job_id)
@@ -213,6 +293,7 @@ class JobKeeper:
             cancelled = await jobs_sql.cancel_job(self._database, job_id)
         job.states["queued"] -= cancelled
         job.states["cancelled"] += cancelled
+        job.batched = 0
         job.status = "cancelled"
         job.finished_at = time.time()
         self._job_finished(job)
@@ -402,13 +483,16 @@ class JobKeeper:
             state.states.update(row["states"])
             state.tiers.update(row["tiers"])
             state.cost, state.standard = row["cost"], row["standard"]
+            state.traceparent = row["traceparent"]
             self._jobs[state.id] = state
-        self._heap = await jobs_sql.queued_requests(self._database)
-        heapq.heapify(self._heap)
-        if self._heap:
-            log.info("resuming %d queued requests of %d jobs", len(self._heap),
-                     len({job_id for _d, _i, job_id in self._heap}))
-            self._wake_pump.set()
+        for job_id, count in (await jobs_sql.batched_counts(self._database)).items():
+            if job_id in self._jobs:
+                self._jobs[job_id].batched = count
+        rows = await jobs_sql.routable_requests(self._database)
+        if rows:
+            log.info("resuming %d queued requests of %d jobs", len(rows),
+                     len({row.job_id for row in rows}))
+            await self._route(rows)
 
     async def _sweep_expired(self) -> None:
         while True:

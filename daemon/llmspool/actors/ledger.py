@@ -213,9 +213,10 @@ class Ledger:
     async def _handle(self, group: list[LedgerMessage]) -> None:
         for message in group:
             if isinstance(message, Settled):
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                self._pending.append(message)
+                if not message.recorded:
+                    if not self._pending:
+                        self._pending_since = time.monotonic()
+                    self._pending.append(message)
                 self._count(message)
             elif isinstance(message, Admit):
                 await self._admit(message)

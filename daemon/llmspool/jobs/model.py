@@ -42,3 +42,4 @@ class NewJob:
     tags: dict[str, str]
     uid: int | None
     lines: list[JobLine] = field(repr=False)
+    traceparent: str | None = None  # of the request that submitted it

@@ -45,6 +45,7 @@ from llmspool.routing import ModelRouter
 from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
+from llmspool.tracing import current_traceparent
 
 MAX_WAIT = 600.0
 KeeperInbox = MemoryObjectSendStream[Any]
@@ -157,6 +158,8 @@ def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner:
         tags=tags,
         uid=caller_of(request.scope).uid,
         lines=intake.lines,
+        # Batches carrying the job's lines link their spans to the caller's trace.
+        traceparent=request.headers.get("traceparent") or current_traceparent(),
     )
 
 

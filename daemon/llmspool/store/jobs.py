@@ -18,6 +18,11 @@ import orjson
 from llmspool.jobs.model import NewJob
 
 RESULT_CHUNK = 1000
+COMPLETE_FINISHED_JOBS = (
+    "UPDATE jobs SET status = 'completed', finished_at = ? WHERE status = 'in_progress' "
+    "{only} AND NOT EXISTS (SELECT 1 FROM job_requests r WHERE r.job_id = jobs.id "
+    "AND r.state = 'queued')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +59,10 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
     await connection.execute("BEGIN IMMEDIATE")
     try:
         await connection.execute(
-            "INSERT INTO jobs (id, created_at, deadline_at, operation, tags, uid, status, total) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?)",
+            "INSERT INTO jobs (id, created_at, deadline_at, operation, tags, uid, status, total, "
+            "traceparent) VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?)",
             (job.id, job.created_at, job.deadline_at, job.operation,
-             orjson.dumps(job.tags).decode(), job.uid, len(job.lines)),
+             orjson.dumps(job.tags).decode(), job.uid, len(job.lines), job.traceparent),
         )
         await connection.executemany(
             "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
@@ -131,12 +136,7 @@ async def complete_finished_jobs(
     With no ids it is the recovery sweep, for a job whose last result was stored just before
     a crash."""
     only = "" if job_ids is None else f"AND id IN ({','.join('?' * len(job_ids))})"
-    await connection.execute(
-        "UPDATE jobs SET status = 'completed', finished_at = ? WHERE status = 'in_progress' "
-        f"{only} AND NOT EXISTS (SELECT 1 FROM job_requests r WHERE r.job_id = jobs.id "
-        "AND r.state = 'queued')",
-        (now, *(job_ids or ())),
-    )
+    await connection.execute(COMPLETE_FINISHED_JOBS.format(only=only), (now, *(job_ids or ())))
 
 
 async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
@@ -169,14 +169,15 @@ async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
 async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
     """Every job still kept, with its counts by state and tier and its cost."""
     rows = await connection.execute_fetchall(
-        "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at "
-        "FROM jobs ORDER BY created_at"
+        "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at, "
+        "traceparent FROM jobs ORDER BY created_at"
     )
     jobs = {
         row[0]: {
             "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
             "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
-            "finished_at": row[8], "states": {}, "tiers": {}, "cost": 0, "standard": 0,
+            "finished_at": row[8], "traceparent": row[9], "states": {}, "tiers": {}, "cost": 0,
+            "standard": 0,
         }
         for row in rows
     }
@@ -226,3 +227,56 @@ async def iter_results(connection: aiosqlite.Connection, job_id: str) -> AsyncIt
             return
         last_line = rows[-1][0]
         yield b"".join(bytes(result) + b"\n" for _line, result in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Routable:
+    """A queued request not carried by a batch: what deciding its route takes."""
+
+    id: int
+    job_id: str
+    endpoint: str
+    provider: str
+    model: str
+    deadline_at: float
+    size: int
+    inputs: int  # embeddings inputs (1 for other endpoints)
+    attempts: int
+
+
+_ROUTABLE = (
+    "SELECT r.id, r.job_id, r.endpoint, r.provider, r.model, r.deadline_at, length(r.body), "
+    "CASE WHEN r.endpoint = '/v1/embeddings' "
+    "THEN MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1)) ELSE 1 END, r.attempts "
+    "FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.state = 'queued' "
+    "AND r.batch_id IS NULL AND j.status = 'in_progress' "
+)
+
+
+async def routable_requests(
+    connection: aiosqlite.Connection, *, job_id: str | None = None,
+    ids: Sequence[int] | None = None,
+) -> list[Routable]:
+    """Queued requests no batch carries: of one job, of the given ids, or all."""
+    if ids is not None:
+        found: list[Routable] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = await connection.execute_fetchall(
+                _ROUTABLE + f"AND r.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            found += [Routable(*row) for row in rows]
+        return found
+    if job_id is not None:
+        rows = await connection.execute_fetchall(_ROUTABLE + "AND r.job_id = ?", (job_id,))
+    else:
+        rows = await connection.execute_fetchall(_ROUTABLE)
+    return [Routable(*row) for row in rows]
+
+
+async def batched_counts(connection: aiosqlite.Connection) -> dict[str, int]:
+    """Queued requests per job that a batch carries."""
+    rows = await connection.execute_fetchall(
+        "SELECT job_id, COUNT(*) FROM job_requests WHERE state = 'queued' "
+        "AND batch_id IS NOT NULL GROUP BY job_id"
+    )
+    return {str(job_id): int(count) for job_id, count in rows}

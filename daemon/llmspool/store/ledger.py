@@ -13,7 +13,7 @@ from llmspool.messages import Settled
 
 _TIERS = {tier.value for tier in Tier}
 
-_INSERT = """
+INSERT_ENTRY = """
 INSERT OR IGNORE INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
@@ -26,7 +26,7 @@ def utc_day(unix_seconds: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(unix_seconds))
 
 
-def _row(entry: Settled) -> tuple[Any, ...]:
+def entry_row(entry: Settled) -> tuple[Any, ...]:
     usage = entry.usage
     return (
         entry.request_id,
@@ -60,7 +60,7 @@ async def append_entries(connection: aiosqlite.Connection, entries: Sequence[Set
     # committed in between; an immediate one just waits its turn.
     await connection.execute("BEGIN IMMEDIATE")
     try:
-        await connection.executemany(_INSERT, [_row(e) for e in entries])
+        await connection.executemany(INSERT_ENTRY, [entry_row(e) for e in entries])
     except BaseException:
         await connection.execute("ROLLBACK")
         raise

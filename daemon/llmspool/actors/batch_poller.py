@@ -1,0 +1,324 @@
+"""The batch poller actor: watches open batches until their results are stored.
+
+Each open batch is polled with backoff: ``[batch] poll_min`` after creation, doubling up to
+``poll_max``, and never later than half the time left before its escalation point, so polls
+come faster as a deadline approaches. At start it adopts every batch the store says is open
+upstream, so a restart resumes polling and resubmits nothing.
+
+Statuses:
+
+- ``validating``, ``in_progress``, ``finalizing``, ``cancelling``: poll again;
+- ``completed``, ``expired``, ``cancelled``: download the output and error files (each written
+  whole or not at all), map every line back by ``custom_id``: answers are stored and billed at
+  batch prices, retryable line errors go back to the job keeper (bounded attempts), expired or
+  cancelled lines go back to be sent otherwise;
+- ``failed``: ``token_limit_exceeded`` gives the lines back to be batched again once the
+  model's enqueued tokens have room; validation errors naming a line fail that line, and the
+  other lines are sent again.
+
+Deadline escalation: when a batch is still open ``[batch] cancel_wait`` plus the time of a
+standard call before the earliest deadline it carries, the poller cancels it; once it is
+``cancelled`` only the lines it did not finish go back, so nothing is paid twice. If the cancel
+has not taken effect by the time a standard call is the only way to meet the deadline, the
+unfinished lines go back anyway (the deadline wins); a line the batch then still answers is
+billed (the provider charges it) and counted as paid twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from llmspool.batches.context import BatchContext
+from llmspool.batches.remote import RemoteBatch
+from llmspool.calls import Tier
+from llmspool.errors import ApiError
+from llmspool.messages import BatchClosed, BatchLinesDone, BatchOpened, Query, Settled
+from llmspool.pricing import PriceTable
+from llmspool.provider import BatchProvider
+from llmspool.store import batches as batch_sql
+from llmspool.tracing import links_from
+
+log = logging.getLogger(__name__)
+
+POLL_ERROR_BACKOFF = 30.0
+PollerMessage = BatchOpened | Query
+_NOTES = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}
+
+
+class BatchPoller:
+    def __init__(
+        self,
+        inbox: MemoryObjectReceiveStream[PollerMessage],
+        keeper: MemoryObjectSendStream[BatchLinesDone],
+        submitter: MemoryObjectSendStream[BatchClosed],
+        ledger: MemoryObjectSendStream[Settled],
+        *,
+        context: BatchContext,
+        prices: PriceTable,
+    ) -> None:
+        self._ready = context.ready
+        self._inbox = inbox
+        self._keeper = keeper
+        self._submitter = submitter
+        self._ledger = ledger
+        self._providers = context.providers
+        self._database_path = context.database_path
+        self._state_dir = context.state_dir
+        self._planner = context.planner
+        self._prices = prices
+        self._config = context.config
+        self._tracer = context.tracer
+        self._crash = context.crash
+        self._open: dict[int, batch_sql.BatchRow] = {}
+        self._next_poll: dict[int, float] = {}
+        self._interval: dict[int, float] = {}
+        self._wake = anyio.Event()
+        self._finished = 0
+        self._paid_twice = 0
+        self._connection: Any = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._connection = await anyio.to_thread.run_sync(batch_sql.connect,
+                                                          self._database_path)
+        try:
+            for batch in await self._db(batch_sql.open_batches):
+                if batch.state == "submitted":
+                    self._adopt(batch, now=0.0)  # poll at once: it may have finished meanwhile
+            if self._open:
+                log.info("batch: adopted %d open batches", len(self._open))
+            async with self._keeper, self._submitter, self._ledger, \
+                    anyio.create_task_group() as group:
+                group.start_soon(self._poll_loop)
+                task_status.started()
+                async with self._inbox:
+                    async for message in self._inbox:
+                        if isinstance(message, BatchOpened):
+                            await self._opened(message.batch_id)
+                        else:
+                            message.reply.send_nowait(self._snapshot())
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._connection.close)
+
+    async def _db(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(
+            lambda: function(self._connection, *args, **kwargs))
+
+    async def _opened(self, batch_id: int) -> None:
+        for batch in await self._db(batch_sql.open_batches):
+            if batch.id == batch_id:
+                self._adopt(batch, now=time.time())
+        self._wake.set()
+
+    def _adopt(self, batch: batch_sql.BatchRow, now: float) -> None:
+        self._open[batch.id] = batch
+        self._interval[batch.id] = self._config.poll_min
+        self._next_poll[batch.id] = now + (self._config.poll_min if now else 0.0)
+
+    # --- polling --------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        await self._ready.wait()
+        while True:
+            now = time.time()
+            for batch_id in [b for b, at in self._next_poll.items() if at <= now]:
+                await self._poll(self._open[batch_id])
+            wait = min(self._next_poll.values(), default=math.inf) - time.time()
+            with anyio.move_on_after(max(0.01, wait)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _poll(self, batch: batch_sql.BatchRow) -> None:
+        provider = self._providers[batch.provider]
+        assert batch.remote_id is not None
+        try:
+            with self._tracer.start_as_current_span(
+                "batch poll", links=links_from(batch.traceparents),
+                attributes={"llmspool.batch.id": batch.remote_id,
+                            "llmspool.provider": batch.provider},
+            ) as span:
+                remote = await provider.retrieve_batch(batch.remote_id)
+                span.set_attribute("llmspool.batch.status", remote.status)
+        except ApiError as error:
+            log.warning("batch %s: poll failed (%s); trying again in %.0f s", batch.remote_id,
+                        error.message, POLL_ERROR_BACKOFF)
+            self._next_poll[batch.id] = time.time() + POLL_ERROR_BACKOFF
+            return
+        now = time.time()
+        if remote.status != batch.remote_status:
+            log.info("batch %s: %s (%d/%d done, %d failed)", batch.remote_id, remote.status,
+                     remote.completed, remote.total, remote.failed)
+        await self._db(batch_sql.record_poll, batch, remote.status, remote.completed,
+                       remote.failed, now)
+        self._crash.reach("batch.after_poll")
+        if remote.terminal:
+            await self._retrieve(batch, remote)
+            return
+        await self._escalate_if_late(batch, provider, now)
+        self._schedule(batch, now)
+
+    def _schedule(self, batch: batch_sql.BatchRow, now: float) -> None:
+        interval = min(self._config.poll_max, self._interval[batch.id] * 2)
+        self._interval[batch.id] = interval
+        if batch.cancel_requested_at is not None:
+            interval = self._config.poll_min
+        else:
+            until_escalation = self._escalate_at(batch) - now
+            interval = max(self._config.poll_min, min(interval, until_escalation / 2))
+        self._next_poll[batch.id] = now + interval
+
+    def _escalate_at(self, batch: batch_sql.BatchRow) -> float:
+        return batch.deadline_at - self._planner.escalation_reserve(batch.provider, batch.model)
+
+    def _hard_at(self, batch: batch_sql.BatchRow) -> float:
+        return batch.deadline_at - self._planner.need(batch.provider, batch.model, Tier.STANDARD)
+
+    async def _escalate_if_late(self, batch: batch_sql.BatchRow, provider: BatchProvider,
+                                now: float) -> None:
+        assert batch.remote_id is not None
+        if now >= self._escalate_at(batch) and batch.cancel_requested_at is None:
+            log.warning("batch %s: will not finish before its deadline in %.0f s; cancelling "
+                        "it so its unfinished requests can be sent otherwise", batch.remote_id,
+                        batch.deadline_at - now)
+            try:
+                await provider.cancel_batch(batch.remote_id)
+            except ApiError as error:
+                log.warning("batch %s: cancel failed: %s", batch.remote_id, error.message)
+            else:
+                await self._db(batch_sql.mark_cancel_requested, batch, now)
+        if now >= self._hard_at(batch) and batch.escalated_at is None:
+            requeued = await self._db(batch_sql.release_lines, batch, None, now, escalated=True)
+            log.warning("batch %s: the cancel has not taken effect and the deadline is near: "
+                        "%d unfinished requests are sent directly now", batch.remote_id,
+                        len(requeued))
+            await self._keeper.send(BatchLinesDone(requeued=requeued, batch_again=False))
+
+    # --- results ----------------------------------------------------------------------------
+
+    async def _retrieve(self, batch: batch_sql.BatchRow, remote: RemoteBatch) -> None:
+        provider = self._providers[batch.provider]
+        input_path, output_path, errors_path = batch_sql.batch_files(self._state_dir,
+                                                                     batch.intent)
+        try:
+            with self._tracer.start_as_current_span(
+                "batch retrieve", links=links_from(batch.traceparents),
+                attributes={"llmspool.batch.id": remote.id,
+                            "llmspool.batch.status": remote.status,
+                            "llmspool.batch.lines": batch.lines},
+            ) as span:
+                if remote.status == "failed":
+                    report, note = await self._failed(batch, remote, input_path)
+                else:
+                    for file_id, path in ((remote.output_file_id, output_path),
+                                          (remote.error_file_id, errors_path)):
+                        if file_id is not None and not await anyio.Path(path).exists():
+                            await provider.download_file(file_id, path)
+                            self._crash.reach("batch.after_download")
+                    report = await anyio.to_thread.run_sync(
+                        self._map_files, batch, output_path, errors_path)
+                    note = _NOTES[remote.status]
+                span.set_attributes({"llmspool.batch.succeeded": report.succeeded,
+                                     "llmspool.batch.failed": report.failed,
+                                     "llmspool.batch.requeued": len(report.requeued)})
+        except ApiError as error:
+            log.warning("batch %s: retrieving results failed (%s); trying again in %.0f s",
+                        remote.id, error.message, POLL_ERROR_BACKOFF)
+            self._next_poll[batch.id] = time.time() + POLL_ERROR_BACKOFF
+            return
+        await self._done(batch, remote, report, note)
+        await self._clean_up(provider, remote, (input_path, output_path, errors_path))
+
+    def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> batch_sql.MapReport:
+        mapper = batch_sql.ResultMapper(self._connection, batch, self._prices,
+                                        self._config.max_attempts, time.time(),
+                                        after_first_chunk=lambda: self._crash.reach(
+                                            "batch.mid_mapping"))
+        for path in paths:
+            if path.exists():
+                mapper.feed(path)
+        return mapper.finish(f"{batch.remote_status}")
+
+    async def _failed(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
+                      input_path: Path) -> tuple[batch_sql.MapReport, str]:
+        codes = {error.code for error in remote.errors}
+        summary = "; ".join(f"{e.code}: {e.message}" for e in remote.errors[:3]) or "no reason"
+        log.warning("batch %s failed: %s", remote.id, summary)
+        if "token_limit_exceeded" in codes:
+            enqueued = await self._db(batch_sql.enqueued_tokens, batch.provider, batch.model)
+            # The failed batch no longer counts as enqueued: what the others hold is what fits.
+            # Alone over the cap, it was too big: half of it is the new guess. Each failure
+            # costs the lines an attempt, so this ends even if the guesses stay too high.
+            fits = enqueued if enqueued else batch.tokens // 2
+            await self._submitter.send(BatchClosed(batch.provider, batch.model, True, fits))
+            report = batch_sql.MapReport()
+            report.requeued = await self._db(batch_sql.release_lines, batch, None, time.time(),
+                                             charge_attempt=True)
+            await self._db(batch_sql.finish_batch, batch, {}, "failed: token_limit_exceeded",
+                           time.time())
+            return report, "token_limit_exceeded"
+        numbered = {e.line: e for e in remote.errors if e.line is not None}
+
+        def fail_and_finish() -> batch_sql.MapReport:
+            ids = batch_sql.input_line_ids(input_path, set(numbered))
+            mapper = batch_sql.ResultMapper(self._connection, batch, self._prices,
+                                            self._config.max_attempts, time.time())
+            mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
+                               if n in ids})
+            if not numbered:  # the whole batch was refused: each line loses an attempt
+                mapper.requeue.update(dict.fromkeys(mapper.line_ids(), True))
+            return mapper.finish(f"failed: {summary}")
+
+        return await anyio.to_thread.run_sync(fail_and_finish), "failed"
+
+    async def _done(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
+                    report: batch_sql.MapReport, note: str) -> None:
+        self._open.pop(batch.id, None)
+        self._next_poll.pop(batch.id, None)
+        self._interval.pop(batch.id, None)
+        self._finished += 1
+        self._paid_twice += report.paid_twice
+        if remote.status == "completed" and batch.submitted_at is not None:
+            self._planner.book.observe((batch.provider, batch.model, Tier.BATCH),
+                                       time.time() - batch.submitted_at)
+        for entry in report.billed:
+            await self._ledger.send(entry)
+        await self._keeper.send(BatchLinesDone(
+            outcomes=report.outcomes, requeued=report.requeued,
+            batch_again=note == "token_limit_exceeded",
+        ))
+        if note != "token_limit_exceeded":
+            await self._submitter.send(BatchClosed(batch.provider, batch.model))
+        log.info("batch %s %s: %d answers stored, %d failed, %d sent again%s", remote.id,
+                 note, report.succeeded, report.failed, len(report.requeued),
+                 f", {report.paid_twice} paid twice" if report.paid_twice else "")
+
+    async def _clean_up(self, provider: BatchProvider, remote: RemoteBatch,
+                        paths: tuple[Path, ...]) -> None:
+        await anyio.to_thread.run_sync(batch_sql.remove_files, paths)
+        if not self._config.delete_files:
+            return
+        for file_id in (remote.input_file_id, remote.output_file_id, remote.error_file_id):
+            if file_id is None:
+                continue
+            try:
+                await provider.delete_file(file_id)
+            except ApiError as error:  # housekeeping: the results are already stored
+                log.info("batch %s: could not delete file %s: %s", remote.id, file_id,
+                         error.message)
+
+    def _snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "open": [batch.to_json(now) for batch in self._open.values()],
+            "finished": self._finished,
+            "paid_twice": self._paid_twice,
+        }

@@ -1,0 +1,345 @@
+"""The batch submitter actor: groups batch-tier requests into batches and creates them upstream.
+
+Requests arrive from the job keeper (``ToBatch``) and wait in a group per (provider, endpoint,
+model). A group is sent when it reaches ``[batch] max_lines`` or ``max_bytes`` (or 50,000
+embeddings inputs), when its oldest request has waited ``max_age``, or when a request's
+deadline allows no more waiting (the planner's latest batch submit); a large group is split.
+
+Each batch goes through recorded steps, so that a crash between any two of them never creates
+a second batch upstream:
+
+1. *intent*: a batch row is written and the lines are assigned to it, in one transaction;
+   the JSONL input file is written to the state directory (whole or absent);
+2. the file is uploaded as ``llmspool-<intent>.jsonl``; its id recorded: *uploaded*;
+3. the batch is created with ``metadata.llmspool_intent = <intent>``; its id recorded:
+   *submitted*, and the batch poller takes it over.
+
+After a restart, a batch found in *intent* is first looked for upstream by file name, and one
+found in *uploaded* by its metadata; only what is not found is done again.
+
+The enqueued-token cap: the provider limits the prompt tokens waiting in unfinished batches per
+model. The submitter keeps a batch back while it would exceed the limit (configured, or learned
+from a ``token_limit_exceeded`` failure), and hands its requests back to the job keeper when
+their deadline no longer allows waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from llmspool.batches.context import BatchContext
+from llmspool.batches.remote import INTENT_KEY
+from llmspool.calls import Endpoint
+from llmspool.errors import ApiError, UpstreamError, UpstreamUnreachable
+from llmspool.messages import (
+    BatchCandidate,
+    BatchClosed,
+    BatchLinesDone,
+    BatchOpened,
+    Query,
+    RequeuedLine,
+    ToBatch,
+)
+from llmspool.provider import BatchProvider
+from llmspool.store import batches as batch_sql
+from llmspool.tracing import links_from
+
+log = logging.getLogger(__name__)
+
+OPENAI_MAX_LINES = 50_000
+OPENAI_MAX_EMBEDDING_INPUTS = 50_000
+LINE_OVERHEAD = 80  # bytes each input line adds around its body
+RETRY_MIN, RETRY_MAX = 2.0, 120.0  # backoff of a failed upload or create
+GroupKey = tuple[str, Endpoint, str]
+SubmitterMessage = ToBatch | BatchClosed | Query
+
+
+@dataclass
+class _Group:
+    """Requests waiting to be batched together."""
+
+    candidates: list[BatchCandidate] = field(default_factory=list)
+    bytes: int = 0
+    inputs: int = 0
+    oldest_at: float = math.inf
+    latest_submit: float = math.inf
+    traceparents: set[str] = field(default_factory=set)
+    held: str | None = None  # why it waits beyond its flush time (the enqueued-token cap)
+
+
+class BatchSubmitter:
+    def __init__(
+        self,
+        inbox: MemoryObjectReceiveStream[SubmitterMessage],
+        poller: MemoryObjectSendStream[BatchOpened],
+        keeper: MemoryObjectSendStream[BatchLinesDone],
+        *,
+        context: BatchContext,
+    ) -> None:
+        self._ready = context.ready
+        self._inbox = inbox
+        self._poller = poller
+        self._keeper = keeper
+        self._providers = context.providers
+        self._database_path = context.database_path
+        self._folder = context.state_dir / "batches"
+        self._state_dir = context.state_dir
+        self._planner = context.planner
+        self._config = context.config
+        self._tracer = context.tracer
+        self._crash = context.crash
+        self._groups: dict[GroupKey, _Group] = {}
+        self._learned_limits: dict[tuple[str, str], int] = {}
+        self._wake = anyio.Event()
+        self._submitted = 0
+        self._given_back = 0
+        self._connection: Any = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await anyio.Path(self._folder).mkdir(parents=True, exist_ok=True)
+        self._connection = await anyio.to_thread.run_sync(batch_sql.connect,
+                                                          self._database_path)
+        try:
+            unfinished = [b for b in await self._db(batch_sql.open_batches)
+                          if b.state in ("intent", "uploaded")]
+            async with self._poller, self._keeper, anyio.create_task_group() as group:
+                group.start_soon(self._flusher, unfinished)
+                task_status.started()
+                async with self._inbox:
+                    async for message in self._inbox:
+                        self._handle(message)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._connection.close)
+
+    async def _db(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a store function on this actor's connection, in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            lambda: function(self._connection, *args, **kwargs))
+
+    def _handle(self, message: SubmitterMessage) -> None:
+        if isinstance(message, ToBatch):
+            now = time.time()
+            for candidate in message.candidates:
+                key = (candidate.provider, candidate.endpoint, candidate.model)
+                group = self._groups.setdefault(key, _Group())
+                group.candidates.append(candidate)
+                group.bytes += candidate.size + LINE_OVERHEAD
+                group.inputs += candidate.inputs
+                group.oldest_at = min(group.oldest_at, now)
+                group.latest_submit = min(group.latest_submit, self._planner.latest_batch_submit(
+                    candidate.provider, candidate.model, candidate.deadline_at))
+            for key in {(c.provider, c.endpoint, c.model) for c in message.candidates}:
+                self._groups[key].traceparents.update(message.traceparents)
+            self._wake.set()
+        elif isinstance(message, BatchClosed):
+            if message.token_limit_hit:
+                model_key = (message.provider, message.model)
+                learned = max(1, message.enqueued_at_failure)
+                self._learned_limits[model_key] = min(
+                    self._learned_limits.get(model_key, learned), learned)
+                log.warning("batch: %s %s hit the enqueued-token cap; keeping batches under "
+                            "%d tokens", message.provider, message.model, learned)
+            for group in self._groups.values():
+                group.held = None
+            self._wake.set()
+        else:
+            message.reply.send_nowait(self._snapshot())
+
+    # --- flushing -------------------------------------------------------------------------
+
+    async def _flusher(self, unfinished: list[batch_sql.BatchRow]) -> None:
+        await self._ready.wait()
+        for batch in unfinished:
+            log.info("batch %s: resuming from %s after a restart", batch.intent, batch.state)
+            await self._advance(batch, resumed=True)
+        while True:
+            now = time.time()
+            for key in list(self._groups):
+                group = self._groups[key]
+                if group.held is None and self._due(group, now):
+                    await self._flush(key, now)
+                elif group.held is not None and now >= group.latest_submit:
+                    await self._give_back(self._groups.pop(key).candidates,
+                                          f"could not be batched in time ({group.held})")
+            wait = min((self._next_due(g) for g in self._groups.values()), default=math.inf)
+            with anyio.move_on_after(max(0.05, wait - time.time())):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def _due(self, group: _Group, now: float) -> bool:
+        config = self._config
+        return (len(group.candidates) >= min(config.max_lines, OPENAI_MAX_LINES)
+                or group.bytes >= config.max_bytes
+                or group.inputs >= OPENAI_MAX_EMBEDDING_INPUTS
+                or now >= self._next_due(group))
+
+    def _next_due(self, group: _Group) -> float:
+        if group.held is not None:
+            return group.latest_submit
+        return min(group.oldest_at + self._config.max_age, group.latest_submit)
+
+    async def _flush(self, key: GroupKey, now: float) -> None:
+        group = self._groups.pop(key)
+        provider_name, _endpoint, model = key
+        limit = self._token_limit(provider_name, model)
+        chunks = self._split(group.candidates, limit)
+        for index, chunk in enumerate(chunks):
+            tokens = sum(c.size for c in chunk) // 4
+            if limit:
+                enqueued = await self._db(batch_sql.enqueued_tokens, provider_name, model)
+                if enqueued and enqueued + tokens > limit:
+                    # Keep the rest back until a batch of this model finishes (BatchClosed).
+                    rest = [c for later in chunks[index:] for c in later]
+                    held = _Group(held=f"enqueued-token cap: {enqueued} of {limit} in use",
+                                  traceparents=group.traceparents)
+                    for candidate in rest:
+                        held.candidates.append(candidate)
+                        held.bytes += candidate.size + LINE_OVERHEAD
+                        held.inputs += candidate.inputs
+                    held.oldest_at = group.oldest_at
+                    held.latest_submit = group.latest_submit
+                    self._groups[key] = held
+                    log.info("batch: holding %d %s requests: %s", len(rest), model, held.held)
+                    return
+            intent = f"{int(now)}-{secrets.token_hex(6)}"
+            batch = await self._db(batch_sql.open_batch, intent, chunk,
+                                   sorted(group.traceparents), now)
+            self._crash.reach("batch.after_intent")
+            if batch is not None:
+                await self._advance(batch, resumed=False)
+
+    def _split(self, candidates: list[BatchCandidate], token_limit: int
+               ) -> list[list[BatchCandidate]]:
+        """Cut into batches within the line, byte and embeddings-input limits, and within
+        the enqueued-token limit when one is known."""
+        config = self._config
+        max_lines = min(config.max_lines, OPENAI_MAX_LINES)
+        max_bytes = min(config.max_bytes, token_limit * 4) if token_limit else config.max_bytes
+        chunks: list[list[BatchCandidate]] = [[]]
+        size = inputs = 0
+        for candidate in sorted(candidates, key=lambda c: c.request_id):
+            line_bytes = candidate.size + LINE_OVERHEAD
+            current = chunks[-1]
+            if current and (len(current) >= max_lines or size + line_bytes > max_bytes
+                            or inputs + candidate.inputs > OPENAI_MAX_EMBEDDING_INPUTS):
+                chunks.append([])
+                size = inputs = 0
+            chunks[-1].append(candidate)
+            size += line_bytes
+            inputs += candidate.inputs
+        return [chunk for chunk in chunks if chunk]
+
+    def _token_limit(self, provider: str, model: str) -> int:
+        configured = self._config.max_enqueued_tokens
+        learned = self._learned_limits.get((provider, model), 0)
+        return min(x for x in (configured, learned) if x) if configured or learned else 0
+
+    # --- the recorded steps ---------------------------------------------------------------
+
+    async def _advance(self, batch: batch_sql.BatchRow, *, resumed: bool) -> None:
+        """Take ``batch`` from where it stands to created upstream, retrying failed calls
+        until its deadline leaves no time; then its lines go back to the job keeper."""
+        provider = self._providers[batch.provider]
+        delay = RETRY_MIN
+        while True:
+            try:
+                with self._tracer.start_as_current_span(
+                    "batch submit", links=links_from(batch.traceparents),
+                    attributes={"llmspool.batch.intent": batch.intent,
+                                "llmspool.batch.lines": batch.lines,
+                                "llmspool.provider": batch.provider,
+                                "gen_ai.request.model": batch.model},
+                ) as span:
+                    await self._steps(provider, batch, resumed=resumed)
+                    span.set_attribute("llmspool.batch.id", batch.remote_id or "")
+                break
+            except (UpstreamError, UpstreamUnreachable) as error:
+                retryable = not isinstance(error, UpstreamError) or error.status >= 500 \
+                    or error.status == 429
+                late = time.time() + delay > self._planner.latest_batch_submit(
+                    batch.provider, batch.model, batch.deadline_at)
+                if not retryable or late:
+                    await self._abandon(batch, f"{error.message} ({error.status})")
+                    return
+                log.warning("batch %s: %s; trying again in %.0f s", batch.intent,
+                            error.message, delay)
+                await anyio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                resumed = True  # the failed call may have happened upstream: look first
+            except ApiError as error:  # an answer we cannot read
+                await self._abandon(batch, error.message)
+                return
+        self._submitted += 1
+        await self._poller.send(BatchOpened(batch.id))
+
+    async def _steps(self, provider: BatchProvider, batch: batch_sql.BatchRow, *,
+                     resumed: bool) -> None:
+        input_path, _output, _errors = batch_sql.batch_files(self._state_dir, batch.intent)
+        name = batch_sql.upload_name(batch.intent)
+        if batch.state == "intent":
+            if not await anyio.Path(input_path).exists():
+                lines = await self._db(batch_sql.write_input_file, batch, input_path)
+                if lines == 0:
+                    await self._db(batch_sql.drop_empty_batch, batch,
+                                   "nothing left to send", time.time())
+                    return
+            file_id = await provider.find_batch_file(name) if resumed else None
+            if file_id is None:
+                file_id = await provider.upload_batch_file(input_path, name)
+                log.info("batch %s: uploaded %d requests (%d bytes) as %s", batch.intent,
+                         batch.lines, batch.bytes, file_id)
+            self._crash.reach("batch.after_upload")
+            await self._db(batch_sql.mark_uploaded, batch, file_id)
+        if batch.state == "uploaded":
+            assert batch.input_file_id is not None
+            remote = await provider.find_batch(INTENT_KEY, batch.intent,
+                                               batch.created_at - 3600) if resumed else None
+            if remote is None:
+                remote = await provider.create_batch(batch.input_file_id, batch.endpoint,
+                                                     {INTENT_KEY: batch.intent})
+                log.info("batch %s: created %s with %d requests for %s", batch.intent,
+                         remote.id, batch.lines, batch.model)
+            else:
+                log.info("batch %s: found %s upstream after a restart", batch.intent, remote.id)
+            self._crash.reach("batch.after_create")
+            await self._db(batch_sql.mark_submitted, batch, remote.id, remote.status,
+                           time.time())
+
+    async def _abandon(self, batch: batch_sql.BatchRow, why: str) -> None:
+        log.error("batch %s: giving its %d requests back to be sent directly: %s",
+                  batch.intent, batch.lines, why)
+        requeued = await self._db(batch_sql.finish_batch, batch, {}, f"not submitted: {why}",
+                                  time.time())
+        self._given_back += len(requeued)
+        await self._keeper.send(BatchLinesDone(requeued=requeued, batch_again=False))
+
+    async def _give_back(self, candidates: list[BatchCandidate], why: str) -> None:
+        log.warning("batch: %d requests go back to be sent directly: %s", len(candidates), why)
+        self._given_back += len(candidates)
+        await self._keeper.send(BatchLinesDone(
+            requeued=[RequeuedLine(c.deadline_at, c.request_id, c.job_id) for c in candidates],
+            batch_again=False,
+        ))
+
+    def _snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "waiting": [
+                {"provider": p, "endpoint": e.value, "model": m, "requests": len(g.candidates),
+                 "oldest_s": round(now - g.oldest_at, 1), "held": g.held}
+                for (p, e, m), g in self._groups.items()
+            ],
+            "submitted": self._submitted,
+            "given_back": self._given_back,
+        }

@@ -1,0 +1,33 @@
+"""What both batch actors are built from: providers, store, planner, config, tracing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from opentelemetry import trace
+
+from llmspool.config import BatchConfig
+from llmspool.crashpoints import CrashPoints
+from llmspool.planner import Planner
+from llmspool.provider import BatchProvider
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """Shared, read-only parts of the batch submitter and the batch poller.
+
+    ``ready`` is set once the job keeper has recovered its queued requests: until then the
+    batch actors touch no line, so a line is always either the keeper's or a batch's.
+    """
+
+    providers: Mapping[str, BatchProvider]
+    database_path: Path
+    state_dir: Path
+    planner: Planner
+    config: BatchConfig
+    tracer: trace.Tracer
+    crash: CrashPoints
+    ready: anyio.Event

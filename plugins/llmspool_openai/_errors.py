@@ -1,0 +1,71 @@
+"""Where the plugin's HTTP clients' exceptions become ``llmspool.errors``.
+
+Both planes use it: the aiohttp data plane for its timeouts and connection errors, and the
+``openai`` SDK control plane (models, files, batches) through ``sdk_errors``. Nothing outside
+the plugin ever sees an aiohttp, httpx2 or openai exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+import openai
+from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+
+PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms")
+"""Upstream headers an ``UpstreamError`` carries: the request id for support tickets, and the
+retry hints the daemon's retry policy reads."""
+
+
+def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
+    """No answer from ``provider``: a timeout (504, ``upstream_timeout``) or a connection error."""
+    if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
+        return UpstreamUnreachable(
+            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
+            "retried, or given a longer timeout in [providers." + provider + "] timeout",
+            code="upstream_timeout",
+            status=504,
+        )
+    return UpstreamUnreachable(
+        f"cannot reach {provider}: {exc or type(exc).__name__}", code="upstream_unreachable"
+    )
+
+
+def upstream_error(provider: str, exc: openai.APIStatusError) -> UpstreamError:
+    """An HTTP error answer, with its raw body and the headers the daemon needs."""
+    response = exc.response
+    try:
+        raw_body = response.content
+    except httpx2.ResponseNotRead:  # the SDK reads error bodies before raising; be safe anyway
+        raw_body = b""
+    headers = {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
+    return UpstreamError(provider, exc.status_code, raw_body, upstream_headers=headers)
+
+
+@contextmanager
+def sdk_errors(provider: str) -> Iterator[None]:
+    """Map the exceptions of SDK calls made inside the block (awaits included).
+
+    httpx2 exceptions are listed too: the SDK wraps those raised while sending a request, but
+    not those raised while a streamed body (a file download) is being read.
+    """
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        raise upstream_error(provider, exc) from exc
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
+        raise unreachable(provider, exc) from exc
+    except openai.APIResponseValidationError as exc:
+        raise BadUpstreamAnswer(
+            f"{provider} answered something the OpenAI API does not: {exc.message}",
+            code="upstream_shape",
+        ) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # The SDK parses a JSON content type with the json module and lets its error through.
+        raise BadUpstreamAnswer(
+            f"{provider} answered a body that is not JSON: {exc}", code="upstream_shape"
+        ) from exc
