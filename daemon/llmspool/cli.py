@@ -258,5 +258,32 @@ def _run_status(args: argparse.Namespace) -> int:
     table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
     table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
     table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    batches = report.get("batches")
+    if batches is not None:
+        console.print(_batches_table(batches, report.get("batch_submitter") or {}))
     return 0
+
+
+def _batches_table(batches: dict[str, Any], submitter: dict[str, Any]) -> Any:
+    """Open batches, one row each: provider state, counts, age, time to deadline."""
+    from rich.table import Table
+
+    waiting = sum(group["requests"] for group in submitter.get("waiting", []))
+    table = Table(title=f"batches: {len(batches['open'])} open, {batches['finished']} "
+                        f"finished, {waiting} requests waiting to be batched")
+    for column in ("batch", "model", "state", "done", "failed", "lines", "age",
+                   "deadline in"):
+        table.add_column(column, justify="left" if column in ("batch", "model", "state")
+                         else "right")
+    for batch in batches["open"]:
+        state = batch["provider_status"] or batch["state"]
+        if batch["escalated"]:
+            state += " (escalated)"
+        elif batch["cancel_requested"]:
+            state += " (cancel asked)"
+        table.add_row(batch["id"] or batch["intent"], batch["model"], state,
+                      str(batch["completed"]), str(batch["failed"]), str(batch["lines"]),
+                      f"{batch['age_s']:.0f} s", f"{batch['deadline_in_s']:.0f} s")
+    return table

@@ -293,7 +293,9 @@ class BatchPoller:
             await self._ledger.send(entry)
         await self._keeper.send(BatchLinesDone(
             outcomes=report.outcomes, requeued=report.requeued,
-            batch_again=note == "token_limit_exceeded",
+            # Failed lines of a batch that ran may go in the next batch (the planner still
+            # decides); lines of an expired or cancelled one were late already.
+            batch_again=note in ("token_limit_exceeded", "completed", "failed"),
         ))
         if note != "token_limit_exceeded":
             await self._submitter.send(BatchClosed(batch.provider, batch.model))

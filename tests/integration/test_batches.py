@@ -1,0 +1,296 @@
+"""The Batch API pipeline end to end: a real daemon, the OpenAI plugin, the simulator's files and
+batches, over the real socket.
+
+The daemon's config shrinks the clock: a batch is expected to take seconds, so deadlines of an
+hour go to the batch tier, and escalation happens seconds before a deadline. The simulator
+numbers nothing itself: every batch line's ``custom_id`` is the daemon's ``r<request id>``,
+and request ids in a fresh state directory count from 1, which lets a test pick lines to fail.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_request,
+)
+
+FAST = """
+[planner]
+safety = "1s"
+default_standard_latency = "1s"
+default_batch_latency = "2s"
+
+[batch]
+max_age = "300ms"
+poll_min = "200ms"
+poll_max = "500ms"
+cancel_wait = "2s"
+"""
+
+
+def jsonl(count: int, *, model: str = "gpt-4o-mini", prefix: str = "q") -> bytes:
+    return b"".join(
+        orjson.dumps({
+            "custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "max_tokens": 5,
+                     "messages": [{"role": "user", "content": f"question {prefix}{i}"}]},
+        }) + b"\n"
+        for i in range(count)
+    )
+
+
+def submit(daemon: Daemon, body: bytes, deadline: str = "1h") -> dict[str, Any]:
+    status, job = unix_request(daemon.socket_path, "POST", f"/v1/jobs?deadline={deadline}",
+                               body, {"content-type": "application/jsonl"})
+    assert status == 202, job
+    return job
+
+
+def results(daemon: Daemon, job_id: str, wait: int = 60) -> list[dict[str, Any]]:
+    status, raw = unix_request(daemon.socket_path, "GET",
+                               f"/v1/jobs/{job_id}/results?wait={wait}")
+    assert status == 200, raw
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def job_of(daemon: Daemon, job_id: str) -> dict[str, Any]:
+    status, job = daemon.get(f"/v1/jobs/{job_id}")
+    assert status == 200
+    return job
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ledger_rows(daemon: Daemon) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(daemon.state_dir / "llmspool.sqlite3") as db:
+        return db.execute(
+            "SELECT request_id, tier, cost_picodollars FROM ledger_entries ORDER BY id"
+        ).fetchall()
+
+
+def batch_stats(sim: Sim) -> dict[str, Any]:
+    stats: dict[str, Any] = sim.stats()["batches"]
+    return stats
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    running = start_sim(tmp_path, '[sim.batch]\nturnaround = "1s"\ncancel_delay = "300ms"\n')
+    try:
+        yield running
+    finally:
+        stop_process(running.process)
+
+
+def running_daemon(tmp_path: Path, sim: Sim, extra: str = "", **options: Any) -> Daemon:
+    return start_daemon(tmp_path, sim.url, config_toml=FAST + extra, **options)
+
+
+def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path, sim: Sim) -> None:
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, jsonl(20))
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(20)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["status"] == "completed"
+    assert finished["by_tier"] == {"batch": 20}
+    # Half price: the job's saving is its cost again.
+    assert finished["saved_usd"] == pytest.approx(finished["cost_usd"], rel=1e-6)
+    stats = batch_stats(sim)
+    assert stats["created"] == 1
+    assert list(stats["intents"].values()) == [1]
+    assert sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0) == 0  # nothing sent directly
+    rows = ledger_rows(daemon)
+    assert len(rows) == 20 and {tier for _id, tier, _cost in rows} == {"batch"}
+    assert sum(cost for _id, _tier, cost in rows) == round(finished["cost_usd"] * 10**12)
+
+
+def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: Sim) -> None:
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, jsonl(5), deadline="5s")
+        results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert "batch" not in finished["by_tier"]
+    assert batch_stats(sim)["created"] == 0
+
+
+@pytest.mark.parametrize(("setting", "count", "batches"), [
+    ("max_lines = 10", 25, 3),
+    ('max_bytes = "1KiB"', 12, 3),
+])
+def test_large_groups_are_split(tmp_path: Path, sim: Sim, setting: str, count: int,
+                                batches: int) -> None:
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml=FAST.replace("[batch]\n", f"[batch]\n{setting}\n"))
+    try:
+        job = submit(daemon, jsonl(count))
+        lines = results(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert len(lines) == count and all(line["response"]["status_code"] == 200 for line in lines)
+    stats = batch_stats(sim)
+    assert stats["created"] == batches
+    assert set(stats["intents"].values()) == {1}
+
+
+def test_failing_lines_are_retried_then_reported(tmp_path: Path, sim: Sim) -> None:
+    # Lines r2 and r5 always answer 500: tried in two batches ([batch] max_attempts = 2),
+    # then reported as the upstream answered; every other line succeeds in the first batch.
+    sim.request("POST", "/_sim/batch", {"error_custom_ids": ["r2", "r5"]})
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml=FAST.replace("[batch]\n", "[batch]\nmax_attempts = 2\n"))
+    try:
+        job = submit(daemon, jsonl(6))
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    failed = {line["custom_id"]: line for line in lines if line["response"]["status_code"] != 200}
+    assert set(failed) == {"q1", "q4"}
+    assert all(line["response"]["status_code"] == 500 for line in failed.values())
+    assert finished["counts"]["succeeded"] == 4 and finished["counts"]["failed"] == 2
+    assert batch_stats(sim)["created"] == 2
+    assert len(ledger_rows(daemon)) == 4  # failed lines cost nothing
+
+
+def test_an_expired_batch_keeps_its_finished_lines_and_sends_the_rest(
+    tmp_path: Path, sim: Sim
+) -> None:
+    sim.request("POST", "/_sim/batch", {"turnaround": "30s", "expire_after": "2s",
+                                        "expire_partial": 0.5})
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, jsonl(10))
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["by_tier"].get("batch") == 5
+    assert sum(finished["by_tier"].values()) == 10
+    rows = ledger_rows(daemon)
+    assert len(rows) == 10  # each line billed once: 5 at batch prices, 5 sent directly
+    assert sum(1 for _id, tier, _cost in rows if tier == "batch") == 5
+
+
+def test_a_late_batch_is_cancelled_and_its_unfinished_lines_meet_the_deadline(
+    tmp_path: Path, sim: Sim
+) -> None:
+    sim.request("POST", "/_sim/batch", {"turnaround": "120s", "cancel_delay": "500ms"})
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, jsonl(10), deadline="15s")
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert finished["finished_at"] <= finished["deadline_at"]
+    assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
+    assert batch_stats(sim)["cancel_requests"] == 1
+    assert sim.stats()["requests"]["by_path"]["/v1/chat/completions"] == 10 - finished["by_tier"].get(
+        "batch", 0)
+    assert len(ledger_rows(daemon)) == 10  # the cancel took effect first: nothing paid twice
+    assert "cancelling it" in daemon.log()
+
+
+def test_the_enqueued_token_cap_holds_batches_back_instead_of_failing_them(
+    tmp_path: Path, sim: Sim
+) -> None:
+    sim.request("POST", "/_sim/batch", {"enqueued_token_limit": 25, "turnaround": "500ms"})
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, jsonl(12))
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert len(lines) == 12 and all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["by_tier"] == {"batch": 12}
+    stats = batch_stats(sim)
+    assert stats["created"] >= 2  # it had to be split to fit under the cap
+    assert "enqueued-token cap" in daemon.log()
+
+
+def test_status_lists_open_batches(tmp_path: Path, sim: Sim) -> None:
+    sim.request("POST", "/_sim/batch", {"turnaround": "60s"})
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        submit(daemon, jsonl(4))
+
+        def open_batches() -> list[dict[str, Any]]:
+            _status, report = daemon.get("/v1/status")
+            found: list[dict[str, Any]] = report["batches"]["open"]
+            return found if found and found[0]["provider_status"] == "in_progress" else []
+
+        [batch] = wait_for(open_batches, what="an open batch in /v1/status")
+    finally:
+        stop_process(daemon.process)
+    assert batch["id"].startswith("batch_")
+    assert batch["model"] == "gpt-4o-mini" and batch["lines"] == 4
+    assert batch["age_s"] >= 0 and batch["deadline_in_s"] > 3000
+
+
+CRASH_POINTS = ["batch.after_intent", "batch.after_upload", "batch.after_create",
+                "batch.after_poll", "batch.after_download", "batch.mid_mapping"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
+    tmp_path: Path, sim: Sim, point: str
+) -> None:
+    sim.request("POST", "/_sim/batch", {"error_custom_ids": ["r3"]})  # an error file too
+    config = FAST.replace("[batch]\n", "[batch]\nmax_attempts = 1\n")
+    first = start_daemon(tmp_path, sim.url, config_toml=config,
+                         env={"LLMSPOOL_CRASH_AT": point})
+    try:
+        job = submit(first, jsonl(8 if point != "batch.mid_mapping" else 4500))
+        first.process.wait(60)
+    finally:
+        stop_process(first.process)
+    assert first.process.returncode == -9, first.log()
+    second = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        lines = results(second, job["id"], wait=90)
+        finished = job_of(second, job["id"])
+    finally:
+        stop_process(second.process)
+    total = finished["counts"]["total"]
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"q{i}" for i in range(total))
+    assert finished["counts"]["succeeded"] == total - 1 and finished["counts"]["failed"] == 1
+    stats = batch_stats(sim)
+    assert stats["created"] == 1, stats  # never a second batch for the same work
+    assert set(stats["intents"].values()) == {1}
+    if point in ("batch.after_upload", "batch.after_create"):
+        assert stats["files_uploaded"] == 1
+    rows = ledger_rows(second)
+    assert len(rows) == len({request_id for request_id, _t, _c in rows}) == total - 1
+    assert sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0) == 0
