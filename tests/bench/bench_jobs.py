@@ -61,7 +61,9 @@ def wait_done(daemon: Daemon, job_id: str, timeout: float) -> dict[str, Any]:
 
 def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
     sim = start_sim(workdir)
-    daemon = start_daemon(workdir, sim.url, config_toml="[jobs]\nmax_in_flight = 256\n")
+    # The direct path (a 24 h deadline would go to the Batch API: bench_batches measures that).
+    daemon = start_daemon(workdir, sim.url,
+                          config_toml="[jobs]\nmax_in_flight = 256\n[batch]\nenabled = false\n")
     try:
         body = make_jsonl(lines)
         started = time.perf_counter()
