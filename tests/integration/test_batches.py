@@ -277,7 +277,7 @@ def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
     first = start_daemon(tmp_path, sim.url, config_toml=config,
                          env={"LLMSPOOL_CRASH_AT": point})
     try:
-        job = submit(first, jsonl(8 if point != "batch.mid_mapping" else 4500))
+        job = submit(first, jsonl(8 if point != "batch.mid_mapping" else 6000))
         first.process.wait(60)
     finally:
         stop_process(first.process)

@@ -32,7 +32,7 @@ from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.ledger import INSERT_ENTRY, entry_row
 from llmspool.wire import usage_of
 
-CHUNK = 2000  # lines per transaction while storing results
+CHUNK = 5000  # lines per transaction while storing results
 _CUSTOM_ID = re.compile(rb"r(\d+)")
 _REQUEUE_CODES = frozenset({"batch_expired", "batch_cancelled", "cancelled"})
 _QUOTA = ("insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached")
@@ -524,27 +524,33 @@ class ResultMapper:
         entries, self._entries = self._entries, []
         connection = self._connection
         stored: list[LineOutcome] = []
-        billed: list[Settled] = []
         paid_twice = 0
         connection.execute("BEGIN IMMEDIATE")
         try:
-            billed.extend(entry for entry in entries
-                          if connection.execute(INSERT_ENTRY, entry_row(entry)).rowcount == 1)
+            # Which entries and results are new is read first, inside this write transaction
+            # (nothing else can change them meanwhile), so the writes go in bulk.
+            known = _existing(connection, "SELECT request_id FROM ledger_entries "
+                              "WHERE request_id IN ({marks})", [e.request_id for e in entries])
+            billed = [entry for entry in entries if entry.request_id not in known]
+            connection.executemany(INSERT_ENTRY, [entry_row(entry) for entry in billed])
+            waiting = _existing(connection, "SELECT id FROM job_requests WHERE id IN ({marks}) "
+                                "AND state = 'queued'", [r[0] for r in results])
             tier = Tier.BATCH.value
+            rows = []
             for request_id, state, result, cost, standard, attempts in results:
-                changed = connection.execute(
-                    "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
-                    "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
-                    "WHERE id = ? AND state = 'queued'",
-                    (state, tier if state == "succeeded" else None, cost, standard, result,
-                     attempts, self._now, request_id),
-                ).rowcount
                 line = self._lines[request_id]
-                if changed == 1:
+                if request_id in waiting:
+                    waiting.discard(request_id)  # a line answered twice in the files: once
+                    rows.append((state, tier if state == "succeeded" else None, cost,
+                                 standard, result, attempts, self._now, request_id))
                     stored.append(LineOutcome(request_id, line.job_id, state, cost, standard,
                                               line.in_batch))
                 elif state == "succeeded" and not line.in_batch:
                     paid_twice += 1
+            connection.executemany(
+                "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
+                "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
+                "WHERE id = ? AND state = 'queued'", rows)
             _complete_jobs(connection, {o.job_id for o in stored}, self._now)
         except BaseException:
             connection.execute("ROLLBACK")
@@ -569,6 +575,16 @@ class ResultMapper:
         self.report.requeued = finish_batch(self._connection, self._batch, self.requeue, note,
                                             self._now)
         return self.report
+
+
+def _existing(connection: sqlite3.Connection, query: str, keys: Sequence[Any]) -> set[Any]:
+    """Which of ``keys`` the query (with ``{marks}`` for the list) finds."""
+    found: set[Any] = set()
+    for start in range(0, len(keys), 900):
+        chunk = keys[start:start + 900]
+        found.update(row[0] for row in connection.execute(
+            query.format(marks=",".join("?" * len(chunk))), chunk))
+    return found
 
 
 def _retryable(status: object, body: object) -> bool:

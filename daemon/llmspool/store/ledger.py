@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,13 @@ INSERT OR IGNORE INTO ledger_entries (
 
 
 def utc_day(unix_seconds: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(unix_seconds))
+    return _day_text(int(unix_seconds // 86400))
+
+
+@functools.lru_cache(maxsize=8)
+def _day_text(day_number: int) -> str:
+    """Formatting a date costs ~1 µs; a batch of 50,000 entries shares one or two days."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
 
 
 def entry_row(entry: Settled) -> tuple[Any, ...]:
