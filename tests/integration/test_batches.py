@@ -299,3 +299,85 @@ def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
     rows = ledger_rows(second)
     assert len(rows) == len({request_id for request_id, _t, _c in rows}) == total - 1
     assert direct_calls(sim) == 0
+
+
+def test_a_batch_refused_by_validation_is_retried_then_sent_directly(
+    tmp_path: Path, sim: Sim
+) -> None:
+    sim.request("POST", "/_sim/batch", {"fail_validation": "invalid_request"})
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml=FAST.replace("[batch]\n", "[batch]\nmax_attempts = 2\n"))
+    try:
+        job = submit(daemon, jsonl(5))
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert "batch" not in finished["by_tier"] and sum(finished["by_tier"].values()) == 5
+    assert batch_stats(sim)["created"] == 2  # two tries, then directly
+    assert "failed: invalid_request" in daemon.log()
+
+
+def test_a_line_the_batch_refuses_fails_alone_without_a_retry(tmp_path: Path, sim: Sim) -> None:
+    body = jsonl(4) + orjson.dumps({
+        "custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": "not a list"},
+    }) + b"\n"
+    daemon = running_daemon(tmp_path, sim)
+    try:
+        job = submit(daemon, body)
+        lines = {line["custom_id"]: line for line in results(daemon, job["id"])}
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    # Answered 400 inside the batch, as OpenAI does: reported as it came, never retried.
+    assert lines["bad"]["response"]["status_code"] == 400
+    assert lines["bad"]["response"]["body"]["error"]["message"]
+    assert all(lines[f"q{i}"]["response"]["status_code"] == 200 for i in range(4))
+    assert finished["by_tier"] == {"batch": 4}
+    assert finished["counts"]["failed"] == 1
+    assert batch_stats(sim)["created"] == 1
+
+
+def test_embeddings_and_image_inputs_pass_through_untouched(tmp_path: Path, sim: Sim) -> None:
+    image_body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{
+        "role": "user", "content": [
+            {"type": "text", "text": "what is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}]}
+    embeddings = b"".join(orjson.dumps({
+        "custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": [f"text {i}", f"more {i}"]},
+    }) + b"\n" for i in range(3))
+    image = orjson.dumps({"custom_id": "img", "method": "POST", "url": "/v1/chat/completions",
+                          "body": image_body}) + b"\n"
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml=FAST.replace("[batch]\n", "[batch]\ndelete_files = false\n"))
+    try:
+        job = submit(daemon, embeddings + image)
+        lines = {line["custom_id"]: line for line in results(daemon, job["id"])}
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert finished["by_tier"] == {"batch": 4}
+    for i in range(3):
+        data = lines[f"e{i}"]["response"]["body"]["data"]
+        assert [item["index"] for item in data] == [0, 1] and data[0]["embedding"]
+    assert batch_stats(sim)["created"] == 2  # one per endpoint
+    files = sim.request("GET", "/v1/files?purpose=batch")["data"]
+    sent = [orjson.loads(line) for f in files for line in raw_content(sim, f["id"]).splitlines()]
+    [chat_line] = [line for line in sent if line.get("url") == "/v1/chat/completions"]
+    assert chat_line["body"] == image_body
+
+
+def raw_content(sim: Sim, file_id: str) -> bytes:
+    import http.client
+
+    host, port = sim.base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", f"/v1/files/{file_id}/content")
+        return connection.getresponse().read()
+    finally:
+        connection.close()
