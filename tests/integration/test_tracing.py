@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.support.processes import Sim, openai_client, start_daemon
+from tests.support.processes import Sim, openai_client, start_daemon, unix_request
 
 
 class _Receiver(ThreadingHTTPServer):
@@ -172,3 +173,42 @@ def test_flex_metrics_are_exported_over_otlp(tmp_path: Path, sim: Sim) -> None:
         daemon.terminate()
         server.shutdown()
         server.server_close()
+
+
+def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
+    tmp_path: Path, sim: Sim, receiver: _Receiver
+) -> None:
+    port = receiver.server_address[1]
+    config = ('[planner]\nsafety = "1s"\ndefault_standard_latency = "1s"\n'
+              'default_batch_latency = "2s"\n[batch]\nmax_age = "100ms"\npoll_min = "200ms"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    })
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    lines = b"".join(orjson.dumps({
+        "custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "max_tokens": 3,
+                 "messages": [{"role": "user", "content": "hi"}]},
+    }) + b"\n" for i in range(3))
+    try:
+        status, job = unix_request(
+            daemon.socket_path, "POST", "/v1/jobs?deadline=1h", lines,
+            {"content-type": "application/jsonl",
+             "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+        assert status == 202, job
+        status, _results = unix_request(daemon.socket_path, "GET",
+                                        f"/v1/jobs/{job['id']}/results?wait=60")
+        assert status == 200
+        deadline = time.monotonic() + 10
+        wanted = {"batch submit", "batch poll", "batch retrieve"}
+        while not wanted <= {s.name for s in receiver.spans} and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.terminate()
+    batch_spans = [span for span in receiver.spans if span.name in wanted]
+    assert {span.name for span in batch_spans} == wanted
+    for span in batch_spans:
+        assert [link.trace_id.hex() for link in span.links] == [trace_id], span.name
+    retrieve = next(span for span in batch_spans if span.name == "batch retrieve")
+    assert _attributes(retrieve)["llmspool.batch.succeeded"] == 3

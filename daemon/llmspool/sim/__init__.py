@@ -3,8 +3,9 @@
 It answers chat completions, responses, embeddings and model listings in the shapes of OpenAI's
 spec, streamed or not, with configurable latency, usage in every answer, the ``service_tier``
 served, ``x-ratelimit-*`` headers, flex processing (only where priced, slower, with *resource
-unavailable* spells), and faults injected on purpose (5xx, 429s, slow or hung answers, dropped
-connections, cut streams).
+unavailable* spells), faults injected on purpose (5xx, 429s, slow or hung answers, dropped
+connections, cut streams), and the Files and Batch APIs, batches moving through OpenAI's
+statuses by the clock and failing on demand.
 
 Modules, one job each:
 
@@ -18,6 +19,11 @@ Modules, one job each:
 - ``answer``: what an endpoint gets to make an answer and what it gives back.
 - ``chat``, ``responses``, ``embeddings``: one endpoint each, from request body to answer bytes.
 - ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
+- ``files``: the Files API store (uploads and batch results, in memory).
+- ``upload``: streaming ``multipart/form-data`` parsing for ``POST /v1/files``.
+- ``batch_config``: the ``[sim.batch]`` settings, also ``GET``/``POST /_sim/batch``.
+- ``batch_lines``: checking a batch input file, answering its lines, writing result files.
+- ``batches``: batch objects and their lifecycle by the clock (``BatchRegistry``).
 - ``stats``: what the simulator saw, for ``GET /_sim/stats``.
 - ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
 - ``app``: the ASGI app tying these together (``build_app``).

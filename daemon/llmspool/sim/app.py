@@ -7,8 +7,12 @@ not counted against the rate limits), let the fault rules pick, wait the configu
 (flex: its own), then answer whole or as a stream. Every answer carries ``x-request-id`` and
 the six ``x-ratelimit-*`` headers.
 
-All state (stats, faults, flex spells, counters) lives in the ``SimApp`` that ``build_app``
-returns.
+The Files and Batch APIs (``/v1/files``, ``/v1/batches``) keep files in memory and move
+batches through their statuses by the clock (``batches``); ``GET``/``POST /_sim/batch`` read and
+change the batch settings.
+
+All state (stats, faults, flex spells, counters, files, batches) lives in the ``SimApp`` that
+``build_app`` returns.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import orjson
@@ -46,11 +51,17 @@ from llmspool.sim.asgi import (
     read_body,
     send_bytes,
 )
+from llmspool.sim.batch_config import settings_from_command
+from llmspool.sim.batches import DEFAULT_LIST_LIMIT as DEFAULT_BATCH_LIMIT
+from llmspool.sim.batches import MAX_LIST_LIMIT as MAX_BATCH_LIMIT
+from llmspool.sim.batches import BatchRegistry
 from llmspool.sim.catalog import ModelCatalog
 from llmspool.sim.chat import parse_chat
 from llmspool.sim.config import SimConfig
 from llmspool.sim.embeddings import parse_embedding_request
 from llmspool.sim.faults import FaultInjector, FaultKind, FaultRule, rules_from_json
+from llmspool.sim.files import MAX_LIST_LIMIT as MAX_FILE_LIMIT
+from llmspool.sim.files import MAX_UPLOAD_BYTES, FileStore, file_from_upload
 from llmspool.sim.flex import (
     FLEX,
     FlexCapacity,
@@ -64,11 +75,18 @@ from llmspool.sim.ratelimit import RateLimitWindow
 from llmspool.sim.responses import parse_response_request
 from llmspool.sim.stats import SimStats
 from llmspool.sim.text import TextGenerator
+from llmspool.sim.upload import read_upload
 from llmspool.sim.vectors import VectorMaker
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 CONTROL_PREFIX = "/_sim/"
 _MODELS_PREFIX = "/v1/models/"
+_FILES_PREFIX = "/v1/files/"
+_BATCHES_PREFIX = "/v1/batches/"
+# Paths with an id are counted in the stats under a template ("/v1/batches/{batch_id}"), so
+# that polling many batches does not make one entry per batch.
+_ID_TEMPLATES = ((_FILES_PREFIX, "{file_id}"), (_BATCHES_PREFIX, "{batch_id}"))
+_CONTENT_HEADERS: FixedHeaders = ((b"content-type", b"application/octet-stream"),)
 _STATIC_HEADERS: FixedHeaders = ((b"openai-version", b"2020-10-01"),)
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -83,10 +101,21 @@ Handler = Callable[["_Exchange"], Awaitable[None]]
 class _Exchange:
     """One request being answered: where to reply, and what every reply's headers need."""
 
-    __slots__ = ("app", "counted", "method", "path", "receive", "request_id", "send", "started")
+    __slots__ = (
+        "app",
+        "counted",
+        "method",
+        "path",
+        "receive",
+        "request_id",
+        "scope",
+        "send",
+        "started",
+    )
 
     def __init__(self, app: SimApp, scope: Scope, receive: Receive, send: Send) -> None:
         self.app = app
+        self.scope = scope
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         # Control requests stay out of the stats, so that asking never changes the answer.
@@ -132,6 +161,23 @@ class _Exchange:
             self.app.stats.by_status[error.status] += 1
         await send_bytes(self.send, error.status, error.body(), headers)
 
+    def header(self, name: bytes) -> bytes:
+        """A request header's value (``name`` in lower case), or ``b""``."""
+        for key, value in self.scope.get("headers", ()):
+            if key == name:
+                result: bytes = value
+                return result
+        return b""
+
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last of repeated ones)."""
+        raw: bytes = self.scope.get("query_string", b"")
+        return dict(parse_qsl(raw.decode("latin-1")))
+
+    def path_id(self) -> str:
+        """The id in ``/v1/files/{id}…`` or ``/v1/batches/{id}…``."""
+        return self.path.split("/")[3]
+
     async def read_json(self) -> dict[str, Any] | None:
         """The request's JSON object, or ``None`` if the client left; bad JSON raises 400."""
         try:
@@ -170,12 +216,23 @@ class SimApp:
         self.flex = FlexCapacity.from_config(config)
         self.flex_pacing = FlexPacing.from_config(config)
         self.ratelimit = RateLimitWindow(config.ratelimit_requests, config.ratelimit_tokens)
+        self.files = FileStore()
+        self.batches = BatchRegistry(
+            files=self.files,
+            makers=self.makers,
+            stats=self.stats,
+            settings=config.batch,
+            seed=config.seed,
+        )
         self._waiter = Waiter()
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._generator(parse_chat)},
             "/v1/responses": {"POST": self._generator(parse_response_request)},
             "/v1/embeddings": {"POST": self._generator(parse_embedding_request)},
             "/v1/models": {"GET": self._list_models},
+            "/v1/files": {"GET": self._list_files, "POST": self._upload_file},
+            "/v1/batches": {"GET": self._list_batches, "POST": self._create_batch},
+            "/_sim/batch": {"GET": self._get_batch_settings, "POST": self._set_batch_settings},
             "/_sim/faults": {
                 "GET": self._get_faults,
                 "POST": self._set_faults,
@@ -215,7 +272,7 @@ class SimApp:
         exchange = _Exchange(self, scope, receive, send)
         counted = exchange.counted
         if counted:
-            self.stats.request(exchange.path)
+            self.stats.request(_stats_path(exchange.path))
             self.stats.in_flight += 1
         try:
             await self._route(exchange)(exchange)
@@ -226,12 +283,9 @@ class SimApp:
                 self.stats.in_flight -= 1
 
     def _route(self, exchange: _Exchange) -> Handler:
-        methods = self._routes.get(exchange.path)
+        methods = self._routes.get(exchange.path) or self._resource_routes(exchange.path)
         if methods is None:
-            if exchange.path.startswith(_MODELS_PREFIX):
-                methods = {"GET": self._retrieve_model}
-            else:
-                raise NotFound(f"Invalid URL ({exchange.method} {exchange.path})")
+            raise NotFound(f"Invalid URL ({exchange.method} {exchange.path})")
         handler = methods.get(exchange.method)
         if handler is None:
             raise MethodNotAllowed(
@@ -239,6 +293,24 @@ class SimApp:
                 f"use {' or '.join(methods)}."
             )
         return handler
+
+    def _resource_routes(self, path: str) -> dict[str, Handler] | None:
+        """The methods of a path with an id in it (a model, a file, a batch)."""
+        if path.startswith(_MODELS_PREFIX):
+            return {"GET": self._retrieve_model}
+        if path.startswith(_FILES_PREFIX):
+            return _id_route(
+                path[len(_FILES_PREFIX) :],
+                {"GET": self._retrieve_file, "DELETE": self._delete_file},
+                {"content": {"GET": self._file_content}},
+            )
+        if path.startswith(_BATCHES_PREFIX):
+            return _id_route(
+                path[len(_BATCHES_PREFIX) :],
+                {"GET": self._retrieve_batch},
+                {"cancel": {"POST": self._cancel_batch}},
+            )
+        return None
 
     def _generator(self, parse: Parser) -> Handler:
         async def handle(exchange: _Exchange) -> None:
@@ -415,11 +487,127 @@ class SimApp:
         await exchange.reply_json(200, self._flex_json())
 
     async def _get_stats(self, exchange: _Exchange) -> None:
-        await exchange.reply_json(200, self.stats.to_json())
+        await exchange.reply_json(200, self.stats.to_json(self.batches.by_status()))
 
     async def _reset_stats(self, exchange: _Exchange) -> None:
         self.stats.reset()
-        await exchange.reply_json(200, self.stats.to_json())
+        await exchange.reply_json(200, self.stats.to_json(self.batches.by_status()))
+
+    # -- Files API ---------------------------------------------------------------------------
+
+    async def _upload_file(self, exchange: _Exchange) -> None:
+        upload = await read_upload(
+            exchange.receive, exchange.header(b"content-type"), MAX_UPLOAD_BYTES
+        )
+        if upload is None:
+            self.stats.client_closed += 1
+            return
+        stored = file_from_upload(upload, self.makers.ids.make("file-"), int(time.time()))
+        self.files.add(stored)
+        self.stats.batches.files_uploaded += 1
+        await exchange.reply_json(200, stored.to_json())
+
+    async def _list_files(self, exchange: _Exchange) -> None:
+        query = exchange.query()
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise validate.invalid("order", "Invalid 'order': expected 'asc' or 'desc'.")
+        limit = _limit(query, MAX_FILE_LIMIT, MAX_FILE_LIMIT)
+        self.batches.advance()  # Batches that ended by now have their result files listed.
+        page = self.files.list_json(
+            purpose=query.get("purpose"), limit=limit, order=order, after=query.get("after")
+        )
+        await exchange.reply_json(200, page)
+
+    async def _retrieve_file(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.files.get(exchange.path_id()).to_json())
+
+    async def _delete_file(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.files.delete(exchange.path_id()))
+
+    async def _file_content(self, exchange: _Exchange) -> None:
+        stored = self.files.get(exchange.path_id())
+        self.stats.by_status[200] += 1
+        await send_bytes(exchange.send, 200, stored.content, exchange.headers(_CONTENT_HEADERS))
+
+    # -- Batch API ---------------------------------------------------------------------------
+
+    async def _create_batch(self, exchange: _Exchange) -> None:
+        payload = await exchange.read_json()
+        if payload is None:
+            self.stats.client_closed += 1
+            return
+        await exchange.reply_json(200, self.batches.create(payload))
+
+    async def _retrieve_batch(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.batches.retrieve(exchange.path_id()))
+
+    async def _cancel_batch(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.batches.cancel(exchange.path_id()))
+
+    async def _list_batches(self, exchange: _Exchange) -> None:
+        query = exchange.query()
+        limit = _limit(query, DEFAULT_BATCH_LIMIT, MAX_BATCH_LIMIT)
+        await exchange.reply_json(
+            200, self.batches.list_json(after=query.get("after"), limit=limit)
+        )
+
+    async def _get_batch_settings(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.batches.settings.to_table())
+
+    async def _set_batch_settings(self, exchange: _Exchange) -> None:
+        """Change the settings of batches created from now on; ``"reset": true`` first goes
+        back to the configured ones."""
+        try:
+            body = await read_body(exchange.receive, MAX_BODY_BYTES)
+            if body is None:
+                return
+            settings = settings_from_command(
+                orjson.loads(body), self.batches.settings, self.batches.configured
+            )
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(_BAD_JSON) from None
+        except BodyTooLarge:
+            raise PayloadTooLarge("The batch settings are too large.") from None
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc), param=exc.key, code="invalid_value") from None
+        self.batches.settings = settings
+        await exchange.reply_json(200, settings.to_table())
+
+
+def _id_route(
+    rest: str, item: dict[str, Handler], actions: dict[str, dict[str, Handler]]
+) -> dict[str, Handler] | None:
+    """The methods for ``{id}`` (``item``) or ``{id}/{action}``, after a collection's prefix."""
+    identifier, slash, action = rest.partition("/")
+    if not identifier:
+        return None
+    return actions.get(action) if slash else item
+
+
+def _stats_path(path: str) -> str:
+    """The path as counted in the stats: ids in file and batch paths become templates."""
+    for prefix, template in _ID_TEMPLATES:
+        if path.startswith(prefix):
+            _, slash, rest = path[len(prefix) :].partition("/")
+            return prefix + template + slash + rest
+    return path
+
+
+def _limit(query: dict[str, str], default: int, maximum: int) -> int:
+    """The ``limit`` query parameter, 1 to ``maximum``."""
+    text = query.get("limit")
+    if text is None:
+        return default
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise validate.invalid(
+            "limit", f"Invalid 'limit': expected an integer from 1 to {maximum}, got {text!r}."
+        )
+    return limit
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -35,7 +35,9 @@ Run an OpenAI-API-compatible simulator for rehearsals, demos, tests and benchmar
 
 It serves POST /v1/chat/completions, /v1/responses and /v1/embeddings (streamed or not) and
 GET /v1/models with made-up but well-formed answers: deterministic text, usage in every
-answer, the service_tier served, x-ratelimit-* headers, and configurable latency. Flex is
+answer, the service_tier served, x-ratelimit-* headers, and configurable latency. The Files
+and Batch APIs (/v1/files, /v1/batches) keep files in memory and move batches through their
+statuses by the clock ([sim.batch] keys, at run time GET/POST /_sim/batch). Flex is
 offered on the models with a flex price, slower, and with "resource unavailable" 429 spells by
 chance, by schedule ([sim] flex_* keys) or at run time (GET/POST /_sim/flex). Faults (5xx,
 429s, slow or hung answers, dropped connections, cut streams) come from the [sim.faults]

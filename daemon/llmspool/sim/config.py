@@ -1,10 +1,11 @@
 """The ``[sim]`` config table: what the simulator serves, how fast, which faults it starts with,
-and how flex behaves (latency, *resource unavailable* spells).
+how flex behaves (latency, *resource unavailable* spells), and, in its ``[sim.batch]`` sub-table,
+how batches move and fail (``batch_config.BatchSettings``).
 
 ``SimConfig()`` is complete; ``SimConfig.from_table`` validates a TOML table (an unknown key or a
-bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability`` or
-``sim.flex_outages[0].duration``) and ``to_table`` writes one back that ``from_table`` reads to
-an equal config.
+bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability``,
+``sim.flex_outages[0].duration`` or ``sim.batch.turnaround``) and ``to_table`` writes one back
+that ``from_table`` reads to an equal config.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmspool.errors import ConfigError
+from llmspool.sim.batch_config import BatchSettings
 from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
 from llmspool.sim.flex import FlexOutage, outages_from_list
 from llmspool.units import parse_duration
@@ -73,6 +75,8 @@ class SimConfig:
     """Fault rules active from start (``[[sim.faults]]``)."""
     flex_outages: tuple[FlexOutage, ...] = field(default=())
     """Scheduled flex outages (``[[sim.flex_outages]]`` with ``start`` and ``duration``)."""
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    """How simulated batches move and fail (``[sim.batch]``)."""
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> SimConfig:
@@ -115,6 +119,7 @@ class SimConfig:
             flex_outage_fraction=fraction,
             faults=tuple(rules_from_list(table.get("faults", []), "sim.faults")),
             flex_outages=outages_from_list(table.get("flex_outages", []), "sim.flex_outages"),
+            batch=BatchSettings.from_table(table.get("batch", {}), "sim.batch"),
         )
 
     def to_table(self) -> dict[str, Any]:
@@ -140,6 +145,7 @@ class SimConfig:
             "flex_outage_fraction": self.flex_outage_fraction,
             "faults": [rule.to_mapping() for rule in self.faults],
             "flex_outages": [outage.to_mapping() for outage in self.flex_outages],
+            "batch": self.batch.to_table(),
         }
 
 

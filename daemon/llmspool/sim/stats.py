@@ -2,18 +2,50 @@
 
 Tests and rehearsals ask it how many calls reached the "provider", per path, model and tier,
 how many faults hit, how many flex requests were served or refused as *resource unavailable*,
-and how many tokens were generated. The control paths (``/_sim/…``) are
-not counted, so asking never changes the answer.
+and how many tokens were generated; and for the Batch API, how many batches were created (per
+daemon intent, from ``metadata["llmspool_intent"]``), are in each status, and how many lines
+they ran. The control paths (``/_sim/…``) are not counted, so asking never changes the answer.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(slots=True)
+class BatchCounters:
+    """What the Batch API saw since the last reset."""
+
+    created: int = 0
+    files_uploaded: int = 0
+    lines_processed: int = 0
+    """Lines run to an answer (status 200, HTTP error or failure) in ended batches; the ones
+    left unfinished by expiry or cancel are not."""
+    cancel_requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    intents: Counter[str] = field(default_factory=Counter)
+    """``metadata["llmspool_intent"]`` -> batches created with it: the daemon's crash tests
+    expect each intent to be submitted exactly once."""
+
+    def to_json(self, by_status: Mapping[str, int]) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "by_status": dict(by_status),
+            "files_uploaded": self.files_uploaded,
+            "lines_processed": self.lines_processed,
+            "cancel_requests": self.cancel_requests,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "intents": dict(self.intents),
+        }
+
+
 class SimStats:
-    """Counters for ``GET /_sim/stats``; ``reset`` zeroes all but the live gauges."""
+    """Counters for ``GET /_sim/stats``; ``reset`` zeroes all but the live gauges (and the
+    batches' current statuses, which the caller passes to ``to_json``)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -34,6 +66,7 @@ class SimStats:
         self.flex_served = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.batches = BatchCounters()
 
     def request(self, path: str) -> None:
         """A request arrived at ``path`` (any path but ``/_sim/…``)."""
@@ -49,7 +82,7 @@ class SimStats:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, batches_by_status: Mapping[str, int] | None = None) -> dict[str, Any]:
         return {
             "requests": {
                 "total": self.requests,
@@ -68,4 +101,5 @@ class SimStats:
             },
             "streams": {"open": self.open_streams, "total": self.streams},
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "batches": self.batches.to_json(batches_by_status or {}),
         }

@@ -1,0 +1,509 @@
+"""Simulated batches: the Batch API's objects and their life, driven by the clock.
+
+A batch keeps the ``[sim.batch]`` settings in force when it was created. From its creation
+time ``c`` it moves through OpenAI's statuses:
+
+- ``validating`` until ``c + validating``; then the input file is checked (``batch_lines``)
+  and the batch is ``failed`` (``errors.data`` with line numbers; also ``fail_validation``,
+  and ``token_limit_exceeded`` when its prompt tokens plus those of the same model's batches
+  in progress, finalizing or cancelling pass ``enqueued_token_limit``), or every request is
+  answered and it goes ``in_progress``;
+- ``in_progress`` for ``turnaround``: line ``i`` of ``n`` finishes at ``(i + 1) / n`` of it,
+  and ``request_counts`` grow accordingly; then ``finalizing`` for ``finalizing``, then
+  ``completed``;
+- ``expired`` instead, at ``c + expire_after`` (its ``expires_at``) if still in progress: the
+  first ``expire_partial`` of the lines are answered, the others are ``batch_expired`` errors;
+- after a cancel, ``cancelling`` for ``cancel_delay``, then ``cancelled``: the lines finished
+  when the cancel arrived are answered, the others are ``batch_cancelled`` errors (the same rule
+  as expiry, so every ``custom_id`` is in exactly one file; a batch cancelled while validating
+  has no lines and no files).
+
+Nothing runs in the background: every API call first ``advance``s all unfinished batches to
+the present, event by event in time order, so a batch's story is the same however often (or
+rarely) it is polled. The result files are written once, when a batch ends; an empty one is
+not created (its id is ``null``). ``request_counts.failed`` counts every line in the error
+file, and ``usage`` sums the answered (status 200) lines once the batch has ended.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from llmspool.batches.remote import INTENT_KEY
+from llmspool.errors import InvalidRequest, NotFound
+from llmspool.sim import validate
+from llmspool.sim.answer import Makers
+from llmspool.sim.batch_config import BatchSettings
+from llmspool.sim.batch_lines import PARSERS, LineError, Plan, check_input, plan_lines, render
+from llmspool.sim.files import BATCH_OUTPUT, FileStore, StoredFile, page_json
+from llmspool.sim.stats import SimStats
+
+COMPLETION_WINDOW = "24h"
+MAX_LIST_LIMIT = 100
+DEFAULT_LIST_LIMIT = 20
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+ORGANIZATION = "org-sim"
+EXPIRED = (
+    "batch_expired",
+    "This request could not be executed before the completion window expired.",
+)
+CANCELLED = ("batch_cancelled", "This request was cancelled.")
+_CREATE_KEYS = frozenset(
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+)
+
+
+class Status(StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+_ENDED = frozenset({Status.FAILED, Status.COMPLETED, Status.EXPIRED, Status.CANCELLED})
+_ENQUEUED = frozenset({Status.IN_PROGRESS, Status.FINALIZING, Status.CANCELLING})
+
+
+def token_limit_message(model: str, limit: int) -> str:
+    """OpenAI's message when a batch would pass the model's enqueued-token cap."""
+    return (
+        f"Enqueued token limit reached for {model} in organization {ORGANIZATION}. "
+        f"Limit: {limit} enqueued tokens. Please try again once some in_progress batches have "
+        "been completed."
+    )
+
+
+@dataclass(slots=True)
+class SimBatch:
+    """One batch: what it was created with, and how far it got (times in epoch seconds)."""
+
+    id: str
+    endpoint: str
+    input_file_id: str
+    metadata: dict[str, str] | None
+    created: float
+    settings: BatchSettings
+    content: bytes | None
+    """The input file's bytes, until validation reads them."""
+    status: Status = Status.VALIDATING
+    model: str | None = None
+    errors: list[LineError] | None = None
+    plan: Plan | None = None
+    """Every line answered, from validation until the batch ends."""
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    done_at_cancel: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+
+    @property
+    def expires_at(self) -> float:
+        return self.created + self.settings.expire_after
+
+    def expiry(self) -> float | None:
+        """When this in-progress batch expires, if before its lines are all done."""
+        assert self.in_progress_at is not None
+        processed = self.in_progress_at + self.settings.turnaround
+        expiry = max(self.expires_at, self.in_progress_at)
+        return expiry if expiry < processed else None
+
+    def next_event(self) -> float | None:
+        """When the status changes next, if it ever does."""
+        settings = self.settings
+        if self.status is Status.VALIDATING:
+            return self.created + settings.validating
+        if self.status is Status.IN_PROGRESS:
+            assert self.in_progress_at is not None
+            expiry = self.expiry()
+            return self.in_progress_at + settings.turnaround if expiry is None else expiry
+        if self.status is Status.FINALIZING:
+            assert self.finalizing_at is not None
+            return self.finalizing_at + settings.finalizing
+        if self.status is Status.CANCELLING:
+            assert self.cancelling_at is not None
+            return self.cancelling_at + settings.cancel_delay
+        return None
+
+    def lines_done(self, now: float) -> int:
+        """Lines finished by ``now`` while the batch still has its plan."""
+        if self.plan is None:
+            return 0
+        if self.status is Status.CANCELLING:
+            return self.done_at_cancel
+        if self.status is Status.FINALIZING:
+            return self.total
+        assert self.in_progress_at is not None
+        turnaround = self.settings.turnaround
+        if turnaround <= 0:
+            return self.total
+        share = (now - self.in_progress_at) / turnaround
+        return max(0, min(self.total, int(self.total * share)))
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """``request_counts`` completed and failed as of ``now``."""
+        if self.plan is None:
+            return self.completed, self.failed
+        done = self.lines_done(now)
+        failed = bisect.bisect_left(self.plan.bad, done)
+        return done - failed, failed
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The ``Batch`` object as of ``now``."""
+        completed, failed = self.counts(now)
+        document: dict[str, Any] = {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": (
+                None
+                if self.errors is None
+                else {"object": "list", "data": [error.to_json() for error in self.errors]}
+            ),
+            "input_file_id": self.input_file_id,
+            "completion_window": COMPLETION_WINDOW,
+            "status": self.status.value,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": int(self.created),
+            "in_progress_at": _epoch(self.in_progress_at),
+            "expires_at": int(self.expires_at),
+            "finalizing_at": _epoch(self.finalizing_at),
+            "completed_at": _epoch(self.completed_at),
+            "failed_at": _epoch(self.failed_at),
+            "expired_at": _epoch(self.expired_at),
+            "cancelling_at": _epoch(self.cancelling_at),
+            "cancelled_at": _epoch(self.cancelled_at),
+            "request_counts": {"total": self.total, "completed": completed, "failed": failed},
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.input_tokens + self.output_tokens,
+            },
+            "metadata": self.metadata,
+        }
+        # The spec types ``model`` as a string: it is left out until validation finds it.
+        if self.model is not None:
+            document["model"] = self.model
+        return document
+
+
+def _epoch(moment: float | None) -> int | None:
+    return None if moment is None else int(moment)
+
+
+class BatchRegistry:
+    """Every batch of the simulator, and the settings new batches get."""
+
+    def __init__(
+        self,
+        *,
+        files: FileStore,
+        makers: Makers,
+        stats: SimStats,
+        settings: BatchSettings,
+        seed: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.files = files
+        self.configured = settings
+        self.settings = settings
+        self._makers = makers
+        self._stats = stats
+        self._seed = seed
+        self._clock = clock
+        self._batches: dict[str, SimBatch] = {}
+        self._live: dict[str, SimBatch] = {}
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def create(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/batches``: a new batch (``validating``), or a 400/404 for a bad request."""
+        now = self.advance()
+        for key in payload:
+            if key not in _CREATE_KEYS:
+                raise InvalidRequest(
+                    f"Unrecognized request argument supplied: {key}",
+                    param=key,
+                    code="unknown_parameter",
+                )
+        file_id = _required_text(payload, "input_file_id")
+        endpoint = _required_text(payload, "endpoint")
+        window = _required_text(payload, "completion_window")
+        if endpoint not in PARSERS:
+            raise validate.invalid(
+                "endpoint",
+                f"Invalid value for 'endpoint': {endpoint!r}. The simulator supports: "
+                f"{', '.join(repr(e) for e in PARSERS)}.",
+            )
+        if window != COMPLETION_WINDOW:
+            raise validate.invalid(
+                "completion_window",
+                f"Invalid value for 'completion_window': {window!r}. Supported values are: "
+                f"'{COMPLETION_WINDOW}'.",
+            )
+        metadata = _metadata(payload.get("metadata"))
+        stored = self._input_file(file_id)
+        batch = SimBatch(
+            id=self._makers.ids.make("batch_"),
+            endpoint=endpoint,
+            input_file_id=file_id,
+            metadata=metadata,
+            created=now,
+            settings=self.settings,
+            content=stored.content,
+        )
+        self._batches[batch.id] = batch
+        self._live[batch.id] = batch
+        counters = self._stats.batches
+        counters.created += 1
+        if metadata is not None and INTENT_KEY in metadata:
+            counters.intents[metadata[INTENT_KEY]] += 1
+        return batch.to_json(now)
+
+    def retrieve(self, batch_id: str) -> dict[str, Any]:
+        now = self.advance()
+        return self._get(batch_id).to_json(now)
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        """``POST /v1/batches/{id}/cancel``: start cancelling; repeating it changes nothing."""
+        now = self.advance()
+        batch = self._get(batch_id)
+        self._stats.batches.cancel_requests += 1
+        if batch.status in (Status.CANCELLING, Status.CANCELLED):
+            return batch.to_json(now)
+        if batch.status in _ENDED:
+            raise InvalidRequest(
+                f"Cannot cancel a batch with status '{batch.status.value}'.",
+                param="batch_id",
+                code="invalid_batch_status",
+            )
+        # Lines already finished stay finished; the others will never run.
+        batch.done_at_cancel = batch.lines_done(now)
+        if batch.status is Status.VALIDATING:
+            batch.content = None
+        batch.status = Status.CANCELLING
+        batch.cancelling_at = now
+        return batch.to_json(now)
+
+    def list_json(self, *, after: str | None, limit: int) -> dict[str, Any]:
+        """``GET /v1/batches``: a ``ListBatchesResponse`` page, newest first."""
+        now = self.advance()
+        newest_first = list(reversed(self._batches.values()))
+        return page_json(newest_first, after, limit, lambda batch: batch.to_json(now))
+
+    def by_status(self) -> dict[str, int]:
+        """How many batches are in each status now."""
+        self.advance()
+        counts: dict[str, int] = {}
+        for batch in self._batches.values():
+            counts[batch.status.value] = counts.get(batch.status.value, 0) + 1
+        return counts
+
+    # -- the clock ---------------------------------------------------------------------------
+
+    def advance(self) -> float:
+        """Play every status change due by now, in time order; the time it is now."""
+        now = self._clock()
+        while True:
+            due: SimBatch | None = None
+            due_at = now
+            # Batches are in creation order, so among equal times the older one goes first.
+            for batch in self._live.values():
+                moment = batch.next_event()
+                if moment is not None and moment <= due_at and (due is None or moment < due_at):
+                    due, due_at = batch, moment
+            if due is None:
+                return now
+            self._step(due, due_at)
+
+    def _step(self, batch: SimBatch, moment: float) -> None:
+        status = batch.status
+        if status is Status.VALIDATING:
+            self._validate(batch, moment)
+        elif status is Status.IN_PROGRESS:
+            if batch.expiry() is not None:
+                done = min(batch.total, int(batch.total * batch.settings.expire_partial))
+                self._end(batch, moment, Status.EXPIRED, done, EXPIRED)
+                batch.expired_at = moment
+            else:
+                batch.status = Status.FINALIZING
+                batch.finalizing_at = moment
+        elif status is Status.FINALIZING:
+            # Every line is done: nothing is left for the "unfinished" error.
+            self._end(batch, moment, Status.COMPLETED, batch.total, EXPIRED)
+            batch.completed_at = moment
+        elif status is Status.CANCELLING:
+            self._end(batch, moment, Status.CANCELLED, batch.done_at_cancel, CANCELLED)
+            batch.cancelled_at = moment
+
+    def _validate(self, batch: SimBatch, moment: float) -> None:
+        content = batch.content
+        batch.content = None
+        assert content is not None
+        settings = batch.settings
+        checked = check_input(content, batch.endpoint)
+        batch.model = checked.model
+        errors = checked.errors
+        if settings.fail_validation:
+            errors = [_forced_error(settings, checked.model)]
+        plan: Plan | None = None
+        if not errors:
+            plan = plan_lines(checked.requests, batch.endpoint, self._makers, settings, self._seed)
+            limit = settings.enqueued_token_limit
+            if limit and self._enqueued(batch) + plan.prompt_tokens > limit:
+                assert checked.model is not None
+                errors = [
+                    LineError("token_limit_exceeded", token_limit_message(checked.model, limit))
+                ]
+        if errors:
+            batch.status = Status.FAILED
+            batch.failed_at = moment
+            batch.errors = errors
+            del self._live[batch.id]
+            return
+        assert plan is not None
+        batch.plan = plan
+        batch.total = len(plan.lines)
+        batch.status = Status.IN_PROGRESS
+        batch.in_progress_at = moment
+
+    def _enqueued(self, batch: SimBatch) -> int:
+        """Prompt tokens of the other batches for the same model that hold their place: in
+        progress, finalizing or cancelling. (Batches still validating do not: of two batches
+        the one validated first gets through, as in a queue.)"""
+        return sum(
+            other.plan.prompt_tokens
+            for other in self._live.values()
+            if other is not batch
+            and other.plan is not None
+            and other.model == batch.model
+            and other.status in _ENQUEUED
+        )
+
+    def _end(
+        self,
+        batch: SimBatch,
+        moment: float,
+        status: Status,
+        done: int,
+        unfinished: tuple[str, str],
+    ) -> None:
+        """End ``batch``: write its files (from its plan, if it got one) and free the plan."""
+        batch.status = status
+        del self._live[batch.id]
+        plan = batch.plan
+        if plan is None:
+            return
+        batch.plan = None
+        rendered = render(plan, done, unfinished, self._makers.ids.make)
+        batch.completed = rendered.completed
+        batch.failed = rendered.failed
+        batch.input_tokens = rendered.input_tokens
+        batch.output_tokens = rendered.output_tokens
+        created = int(moment)
+        if rendered.output:
+            batch.output_file_id = self._result_file(batch, "output", rendered.output, created)
+        if rendered.errors:
+            batch.error_file_id = self._result_file(batch, "error", rendered.errors, created)
+        counters = self._stats.batches
+        counters.lines_processed += done
+        counters.input_tokens += rendered.input_tokens
+        counters.output_tokens += rendered.output_tokens
+
+    def _result_file(self, batch: SimBatch, kind: str, content: bytes, created: int) -> str:
+        stored = StoredFile(
+            id=self._makers.ids.make("file-"),
+            filename=f"{batch.id}_{kind}.jsonl",
+            purpose=BATCH_OUTPUT,
+            created_at=created,
+            content=content,
+        )
+        return self.files.add(stored).id
+
+    def _input_file(self, file_id: str) -> StoredFile:
+        stored = self.files.get(file_id, param="input_file_id")
+        if stored.purpose != "batch":
+            raise validate.invalid(
+                "input_file_id",
+                f"The file {file_id} has purpose '{stored.purpose}'; a batch input file must "
+                "be uploaded with purpose 'batch'.",
+            )
+        return stored
+
+    def _get(self, batch_id: str) -> SimBatch:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            raise _not_found(batch_id)
+        return batch
+
+
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.", code="batch_not_found")
+
+
+def _forced_error(settings: BatchSettings, model: str | None) -> LineError:
+    code = settings.fail_validation
+    if code == "token_limit_exceeded":
+        limit = settings.enqueued_token_limit
+        return LineError(code, token_limit_message(model or "unknown", limit))
+    return LineError(
+        code, f"The batch failed validation with {code!r} (the simulator's fail_validation)."
+    )
+
+
+def _required_text(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        raise validate.missing(name)
+    if not isinstance(value, str):
+        raise validate.invalid(name, f"Invalid type for '{name}': expected a string.")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    """``metadata``: up to 16 pairs of strings (keys up to 64 chars, values up to 512)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise validate.invalid("metadata", "Invalid type for 'metadata': expected an object.")
+    if len(value) > MAX_METADATA_PAIRS:
+        raise validate.invalid(
+            "metadata",
+            f"Invalid 'metadata': too many properties; at most {MAX_METADATA_PAIRS} are allowed.",
+        )
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise validate.invalid(
+                "metadata",
+                f"Invalid 'metadata': key {key!r} is longer than {MAX_METADATA_KEY} characters.",
+            )
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
+            raise validate.invalid(
+                f"metadata.{key}",
+                f"Invalid 'metadata.{key}': expected a string of at most {MAX_METADATA_VALUE} "
+                "characters.",
+            )
+    return dict(value)
