@@ -83,13 +83,11 @@ class BatchPoller:
         self._wake = anyio.Event()
         self._finished = 0
         self._paid_twice = 0
-        self._connection: Any = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._connection = await anyio.to_thread.run_sync(batch_sql.connect,
-                                                          self._database_path)
+        self._store = await batch_sql.ThreadedConnection.open(self._database_path)
         try:
-            for batch in await self._db(batch_sql.open_batches):
+            for batch in await self._store.run(batch_sql.open_batches):
                 if batch.state == "submitted":
                     self._adopt(batch, now=0.0)  # poll at once: it may have finished meanwhile
             if self._open:
@@ -106,15 +104,10 @@ class BatchPoller:
                             message.reply.send_nowait(self._snapshot())
                 group.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._connection.close)
-
-    async def _db(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(
-            lambda: function(self._connection, *args, **kwargs))
+            await self._store.close()
 
     async def _opened(self, batch_id: int) -> None:
-        for batch in await self._db(batch_sql.open_batches):
+        for batch in await self._store.run(batch_sql.open_batches):
             if batch.id == batch_id:
                 self._adopt(batch, now=time.time())
         self._wake.set()
@@ -157,7 +150,7 @@ class BatchPoller:
         if remote.status != batch.remote_status:
             log.info("batch %s: %s (%d/%d done, %d failed)", batch.remote_id, remote.status,
                      remote.completed, remote.total, remote.failed)
-        await self._db(batch_sql.record_poll, batch, remote.status, remote.completed,
+        await self._store.run(batch_sql.record_poll, batch, remote.status, remote.completed,
                        remote.failed, now)
         self._crash.reach("batch.after_poll")
         if remote.terminal:
@@ -194,9 +187,10 @@ class BatchPoller:
             except ApiError as error:
                 log.warning("batch %s: cancel failed: %s", batch.remote_id, error.message)
             else:
-                await self._db(batch_sql.mark_cancel_requested, batch, now)
+                await self._store.run(batch_sql.mark_cancel_requested, batch, now)
         if now >= self._hard_at(batch) and batch.escalated_at is None:
-            requeued = await self._db(batch_sql.release_lines, batch, None, now, escalated=True)
+            requeued = await self._store.run(batch_sql.release_lines, batch, None, now,
+                                             escalated=True)
             log.warning("batch %s: the cancel has not taken effect and the deadline is near: "
                         "%d unfinished requests are sent directly now", batch.remote_id,
                         len(requeued))
@@ -238,7 +232,7 @@ class BatchPoller:
         await self._clean_up(provider, remote, (input_path, output_path, errors_path))
 
     def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> batch_sql.MapReport:
-        mapper = batch_sql.ResultMapper(self._connection, batch, self._prices,
+        mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
                                         self._config.max_attempts, time.time(),
                                         after_first_chunk=lambda: self._crash.reach(
                                             "batch.mid_mapping"))
@@ -253,23 +247,23 @@ class BatchPoller:
         summary = "; ".join(f"{e.code}: {e.message}" for e in remote.errors[:3]) or "no reason"
         log.warning("batch %s failed: %s", remote.id, summary)
         if "token_limit_exceeded" in codes:
-            enqueued = await self._db(batch_sql.enqueued_tokens, batch.provider, batch.model)
+            enqueued = await self._store.run(batch_sql.enqueued_tokens, batch.provider, batch.model)
             # The failed batch no longer counts as enqueued: what the others hold is what fits.
             # Alone over the cap, it was too big: half of it is the new guess. Each failure
             # costs the lines an attempt, so this ends even if the guesses stay too high.
             fits = enqueued if enqueued else batch.tokens // 2
             await self._submitter.send(BatchClosed(batch.provider, batch.model, True, fits))
             report = batch_sql.MapReport()
-            report.requeued = await self._db(batch_sql.release_lines, batch, None, time.time(),
-                                             charge_attempt=True)
-            await self._db(batch_sql.finish_batch, batch, {}, "failed: token_limit_exceeded",
-                           time.time())
+            report.requeued = await self._store.run(batch_sql.release_lines, batch, None,
+                                                    time.time(), charge_attempt=True)
+            await self._store.run(batch_sql.finish_batch, batch, {},
+                                  "failed: token_limit_exceeded", time.time())
             return report, "token_limit_exceeded"
         numbered = {e.line: e for e in remote.errors if e.line is not None}
 
         def fail_and_finish() -> batch_sql.MapReport:
             ids = batch_sql.input_line_ids(input_path, set(numbered))
-            mapper = batch_sql.ResultMapper(self._connection, batch, self._prices,
+            mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
                                             self._config.max_attempts, time.time())
             mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
                                if n in ids})

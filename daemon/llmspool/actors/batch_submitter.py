@@ -102,14 +102,12 @@ class BatchSubmitter:
         self._wake = anyio.Event()
         self._submitted = 0
         self._given_back = 0
-        self._connection: Any = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await anyio.Path(self._folder).mkdir(parents=True, exist_ok=True)
-        self._connection = await anyio.to_thread.run_sync(batch_sql.connect,
-                                                          self._database_path)
+        self._store = await batch_sql.ThreadedConnection.open(self._database_path)
         try:
-            unfinished = [b for b in await self._db(batch_sql.open_batches)
+            unfinished = [b for b in await self._store.run(batch_sql.open_batches)
                           if b.state in ("intent", "uploaded")]
             async with self._poller, self._keeper, anyio.create_task_group() as group:
                 group.start_soon(self._flusher, unfinished)
@@ -119,13 +117,7 @@ class BatchSubmitter:
                         self._handle(message)
                 group.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._connection.close)
-
-    async def _db(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a store function on this actor's connection, in a worker thread."""
-        return await anyio.to_thread.run_sync(
-            lambda: function(self._connection, *args, **kwargs))
+            await self._store.close()
 
     def _handle(self, message: SubmitterMessage) -> None:
         if isinstance(message, ToBatch):
@@ -197,7 +189,7 @@ class BatchSubmitter:
         for index, chunk in enumerate(chunks):
             tokens = sum(c.size for c in chunk) // 4
             if limit:
-                enqueued = await self._db(batch_sql.enqueued_tokens, provider_name, model)
+                enqueued = await self._store.run(batch_sql.enqueued_tokens, provider_name, model)
                 if enqueued and enqueued + tokens > limit:
                     # Keep the rest back until a batch of this model finishes (BatchClosed).
                     rest = [c for later in chunks[index:] for c in later]
@@ -213,7 +205,7 @@ class BatchSubmitter:
                     log.info("batch: holding %d %s requests: %s", len(rest), model, held.held)
                     return
             intent = f"{int(now)}-{secrets.token_hex(6)}"
-            batch = await self._db(batch_sql.open_batch, intent, chunk,
+            batch = await self._store.run(batch_sql.open_batch, intent, chunk,
                                    sorted(group.traceparents), now)
             self._crash.reach("batch.after_intent")
             if batch is not None:
@@ -289,9 +281,9 @@ class BatchSubmitter:
         name = batch_sql.upload_name(batch.intent)
         if batch.state == "intent":
             if not await anyio.Path(input_path).exists():
-                lines = await self._db(batch_sql.write_input_file, batch, input_path)
+                lines = await self._store.run(batch_sql.write_input_file, batch, input_path)
                 if lines == 0:
-                    await self._db(batch_sql.drop_empty_batch, batch,
+                    await self._store.run(batch_sql.drop_empty_batch, batch,
                                    "nothing left to send", time.time())
                     return
             file_id = await provider.find_batch_file(name) if resumed else None
@@ -300,7 +292,7 @@ class BatchSubmitter:
                 log.info("batch %s: uploaded %d requests (%d bytes) as %s", batch.intent,
                          batch.lines, batch.bytes, file_id)
             self._crash.reach("batch.after_upload")
-            await self._db(batch_sql.mark_uploaded, batch, file_id)
+            await self._store.run(batch_sql.mark_uploaded, batch, file_id)
         if batch.state == "uploaded":
             assert batch.input_file_id is not None
             remote = await provider.find_batch(INTENT_KEY, batch.intent,
@@ -313,13 +305,13 @@ class BatchSubmitter:
             else:
                 log.info("batch %s: found %s upstream after a restart", batch.intent, remote.id)
             self._crash.reach("batch.after_create")
-            await self._db(batch_sql.mark_submitted, batch, remote.id, remote.status,
+            await self._store.run(batch_sql.mark_submitted, batch, remote.id, remote.status,
                            time.time())
 
     async def _abandon(self, batch: batch_sql.BatchRow, why: str) -> None:
         log.error("batch %s: giving its %d requests back to be sent directly: %s",
                   batch.intent, batch.lines, why)
-        requeued = await self._db(batch_sql.finish_batch, batch, {}, f"not submitted: {why}",
+        requeued = await self._store.run(batch_sql.finish_batch, batch, {}, f"not submitted: {why}",
                                   time.time())
         self._given_back += len(requeued)
         await self._keeper.send(BatchLinesDone(requeued=requeued, batch_again=False))

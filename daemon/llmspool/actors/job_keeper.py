@@ -262,16 +262,9 @@ class JobKeeper:
                 continue
             if outcome.was_in_batch:
                 job.batched = max(0, job.batched - 1)
-            job.states["queued"] -= 1
-            job.states[outcome.state] += 1
-            if outcome.state == "succeeded":
-                job.tiers["batch"] += 1
-            job.cost += outcome.cost_picodollars or 0
-            job.standard += outcome.standard_cost_picodollars or outcome.cost_picodollars or 0
-            if job.states["queued"] == 0 and job.status == "in_progress":
-                job.status = "completed"
-                job.finished_at = time.time()
-                self._job_finished(job)
+            self._count_outcome(job, outcome.state,
+                                "batch" if outcome.state == "succeeded" else None,
+                                outcome.cost_picodollars, outcome.standard_cost_picodollars)
         for line in message.requeued:
             job = self._jobs.get(line.job_id)
             if job is not None:
@@ -452,16 +445,22 @@ class JobKeeper:
             job = self._jobs.get(outcome.job_id)
             if job is None:
                 continue
-            job.states["queued"] -= 1
-            job.states[outcome.state] += 1
-            if outcome.tier:
-                job.tiers[outcome.tier] += 1
-            job.cost += outcome.cost_picodollars or 0
-            job.standard += outcome.standard_cost_picodollars or outcome.cost_picodollars or 0
-            if job.states["queued"] == 0 and job.status == "in_progress":
-                job.status = "completed"
-                job.finished_at = time.time()
-                self._job_finished(job)
+            self._count_outcome(job, outcome.state, outcome.tier, outcome.cost_picodollars,
+                                outcome.standard_cost_picodollars)
+
+    def _count_outcome(self, job: JobState, state: str, tier: str | None, cost: int | None,
+                       standard: int | None) -> None:
+        """A stored result of ``job``, in its counts; completes the job on its last one."""
+        job.states["queued"] -= 1
+        job.states[state] += 1
+        if tier:
+            job.tiers[tier] += 1
+        job.cost += cost or 0
+        job.standard += standard or cost or 0
+        if job.states["queued"] == 0 and job.status == "in_progress":
+            job.status = "completed"
+            job.finished_at = time.time()
+            self._job_finished(job)
 
     def _job_finished(self, job: JobState) -> None:
         for waiter in self._waiters.pop(job.id, []):

@@ -20,9 +20,10 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
+import anyio
 import orjson
 
 from llmspool.calls import Endpoint, Tier
@@ -32,10 +33,33 @@ from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.ledger import INSERT_ENTRY, entry_row
 from llmspool.wire import usage_of
 
+_T = TypeVar("_T")
 CHUNK = 5000  # lines per transaction while storing results
 _CUSTOM_ID = re.compile(rb"r(\d+)")
 _REQUEUE_CODES = frozenset({"batch_expired", "batch_cancelled", "cancelled"})
 _QUOTA = ("insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached")
+
+
+class ThreadedConnection:
+    """One batch actor's ``sqlite3`` connection: each call to a function of this module runs
+    in a worker thread, one at a time (the actor awaits each before the next)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, path: Path) -> ThreadedConnection:
+        return cls(await anyio.to_thread.run_sync(connect, path))
+
+    async def run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``function(connection, *args, **kwargs)`` in a worker thread. Not cancellable
+        once started: a transaction that has begun always ends."""
+        return await anyio.to_thread.run_sync(
+            lambda: function(self.connection, *args, **kwargs))
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.connection.close)
 
 
 def connect(path: Path) -> sqlite3.Connection:
