@@ -227,7 +227,7 @@ class Daemon:
                              ledger_in.clone(), context=batch_context, prices=prices)
         keeper = JobKeeper(
             keeper_out, queue_in.clone(), jobs_database, planner, config.jobs,
-            batches=submitter_in.clone() if batch_providers and config.batch.enabled else None,
+            batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
             batch_results=results_out, batch_providers=frozenset(batch_providers),
             batch_config=config.batch,
         )
@@ -346,6 +346,20 @@ class Daemon:
         # Which models route where is fixed at start: a newly priced model needs a restart.
         log.info("reloaded the log level and the price table")
         return True
+
+
+def _batch_tier_on(config: Config, batch_providers: Mapping[str, BatchProvider]) -> bool:
+    if not config.batch.enabled or not batch_providers:
+        return False
+    if config.budgets.has_caps:
+        # Batch lines are billed when their batch ends, and are not yet reserved against the
+        # caps when they are batched: with caps set, deferred work goes the direct way, where
+        # every call is admitted first. Caps before savings.
+        log.warning("the batch tier is off because [budgets] sets spending caps (batched "
+                    "requests are not yet admitted against caps); deferred work uses flex "
+                    "and standard")
+        return False
+    return True
 
 
 async def _load_tokenizer(estimator: TokenEstimator) -> None:

@@ -381,3 +381,17 @@ def raw_content(sim: Sim, file_id: str) -> bytes:
         return connection.getresponse().read()
     finally:
         connection.close()
+
+
+def test_with_spending_caps_deferred_work_is_not_batched(tmp_path: Path, sim: Sim) -> None:
+    # Batched requests are not reserved against caps yet: caps win over the batch discount.
+    daemon = running_daemon(tmp_path, sim, "\n[budgets]\ndaily_usd = 100.0\n")
+    try:
+        job = submit(daemon, jsonl(3))
+        results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+    finally:
+        stop_process(daemon.process)
+    assert "batch" not in finished["by_tier"] and sum(finished["by_tier"].values()) == 3
+    assert batch_stats(sim)["created"] == 0
+    assert "the batch tier is off" in daemon.log()
