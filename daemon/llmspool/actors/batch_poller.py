@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF = 30.0
 PollerMessage = BatchOpened | Query
-_NOTES = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}
 
 
 class BatchPoller:
@@ -107,9 +106,8 @@ class BatchPoller:
             await self._store.close()
 
     async def _opened(self, batch_id: int) -> None:
-        for batch in await self._store.run(batch_sql.open_batches):
-            if batch.id == batch_id:
-                self._adopt(batch, now=time.time())
+        for batch in await self._store.run(batch_sql.open_batches, batch_id):
+            self._adopt(batch, now=time.time())
         self._wake.set()
 
     def _adopt(self, batch: batch_sql.BatchRow, now: float) -> None:
@@ -219,7 +217,7 @@ class BatchPoller:
                             self._crash.reach("batch.after_download")
                     report = await anyio.to_thread.run_sync(
                         self._map_files, batch, output_path, errors_path)
-                    note = _NOTES[remote.status]
+                    note = remote.status
                 span.set_attributes({"llmspool.batch.succeeded": report.succeeded,
                                      "llmspool.batch.failed": report.failed,
                                      "llmspool.batch.requeued": len(report.requeued)})
@@ -239,7 +237,7 @@ class BatchPoller:
         for path in paths:
             if path.exists():
                 mapper.feed(path)
-        return mapper.finish(f"{batch.remote_status}")
+        return mapper.finish(batch.remote_status or "")
 
     async def _failed(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
                       input_path: Path) -> tuple[batch_sql.MapReport, str]:
@@ -296,6 +294,9 @@ class BatchPoller:
         log.info("batch %s %s: %d answers stored, %d failed, %d sent again%s", remote.id,
                  note, report.succeeded, report.failed, len(report.requeued),
                  f", {report.paid_twice} paid twice" if report.paid_twice else "")
+        if report.unreadable:
+            log.warning("batch %s: %d lines of its output could not be read or matched to a "
+                        "request; those requests were sent again", remote.id, report.unreadable)
 
     async def _clean_up(self, provider: BatchProvider, remote: RemoteBatch,
                         paths: tuple[Path, ...]) -> None:

@@ -254,10 +254,12 @@ def mark_cancel_requested(connection: sqlite3.Connection, batch: BatchRow, now: 
     batch.cancel_requested_at = now
 
 
-def open_batches(connection: sqlite3.Connection) -> list[BatchRow]:
-    """Every batch not finished, oldest first, with the traceparents of the jobs it carries."""
+def open_batches(connection: sqlite3.Connection, batch_id: int | None = None) -> list[BatchRow]:
+    """Every batch not finished (or just ``batch_id``, if it is not), oldest first, with the
+    traceparents of the jobs it carries."""
+    only = "" if batch_id is None else f"AND id = {int(batch_id)}"
     rows = connection.execute(
-        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'finished' ORDER BY id"
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'finished' {only} ORDER BY id"
     ).fetchall()
     batches = [_batch(row) for row in rows]
     for batch in batches:

@@ -79,15 +79,6 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
     await connection.execute("COMMIT")
 
 
-async def queued_requests(connection: aiosqlite.Connection) -> list[tuple[float, int, str]]:
-    """(deadline, request id, job id) of every queued request, for the keeper's heap."""
-    rows = await connection.execute_fetchall(
-        "SELECT r.deadline_at, r.id, r.job_id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
-        "WHERE r.state = 'queued' AND j.status = 'in_progress'"
-    )
-    return [(float(d), int(i), str(j)) for d, i, j in rows]
-
-
 async def fetch_requests(
     connection: aiosqlite.Connection, ids: Sequence[int]
 ) -> list[QueuedRequest]:
