@@ -45,6 +45,8 @@ from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
 from llmspool.pricing import PriceTable, load_price_table
 from llmspool.provider import BatchProvider, Provider, ProviderSettings
+from llmspool.resilience.limits import LimitSettings, RateLimits
+from llmspool.resilience.retry import Retrier
 from llmspool.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
@@ -204,6 +206,7 @@ class Daemon:
             providers=providers,
             provider_kinds={n: c.plugin for n, c in config.providers.items()},
             timeouts={n: c.timeout for n, c in config.providers.items()},
+            stream_idle_timeouts={n: c.stream_idle_timeout for n, c in config.providers.items()},
             prices=prices,
             planner=planner,
             flex=config.flex,
@@ -211,6 +214,14 @@ class Daemon:
             estimator=estimator,
             tracer=tracing.tracer,
             meter=tracing.meter,
+            retrier=Retrier(config.retry, config.retry_providers),
+            breaker=config.breaker,
+            failover=config.failover,
+            limits=RateLimits({
+                (provider, model): LimitSettings(limit.rpm, limit.tpm, limit.concurrency)
+                for provider, models in config.limits.items()
+                for model, limit in models.items()
+            }),
         )
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
         batch_providers = {name: provider for name, provider in providers.items()

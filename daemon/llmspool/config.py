@@ -67,7 +67,9 @@ class ProviderConfig:
     models: tuple[str, ...] = ()
     timeout: float = _duration("10m")
     connect_timeout: float = _duration("5s")
+    stream_idle_timeout: float = _duration("5m")
     max_connections: int = 256
+    keepalive_timeout: float = _duration("60s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,53 @@ class OperationConfig:
     max_retries: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """``[retry]`` (and ``[retry.providers.NAME]``, which overrides it key by key): how calls
+    that failed for a passing reason are sent again."""
+
+    max_attempts: int = 3
+    backoff_min: float = _duration("1s")
+    backoff_max: float = _duration("60s")
+    budget_fraction: float = 0.1
+    budget_window: float = _duration("60s")
+    budget_min_retries: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """``[breaker]``: when a (provider, tier) is taken out of service, and for how long."""
+
+    failures: int = 5
+    cooldown: float = _duration("60s")
+    failure_rate: float = 0.5
+    window: float = _duration("60s")
+    min_calls: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """``[failover]``: where calls go while a provider's breaker is open.
+
+    ``providers`` maps a provider to its stand-in (``openai = "ollama"``); ``models`` maps a
+    model to the stand-in's model (``[failover.models] "gpt-4o-mini" = "llama3.2"``); a model
+    not listed keeps its name.
+    """
+
+    providers: Mapping[str, str] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    """``[limits.PROVIDER."MODEL"]``: the upstream's rate limits for one model (0: unknown,
+    learned from the ``x-ratelimit-*`` headers), and a cap on calls in flight (0: none)."""
+
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+
+
 UNKNOWN_MODEL_POLICIES = ("refuse", "ceiling")
 
 
@@ -212,7 +261,16 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     operations: Mapping[str, OperationConfig] = field(default_factory=dict)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    retry_providers: Mapping[str, RetryConfig] = field(default_factory=dict)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    limits: Mapping[str, Mapping[str, LimitConfig]] = field(default_factory=dict)
     sim: SimConfig = field(default_factory=SimConfig)
+
+    def retry_for(self, provider: str) -> RetryConfig:
+        """The retry settings of ``provider``: ``[retry]`` with its own overrides."""
+        return self.retry_providers.get(provider, self.retry)
 
     @property
     def state_path(self) -> Path:
@@ -252,7 +310,7 @@ def load_config(
 
 def config_from_table(table: Mapping[str, Any]) -> Config:
     """Validate a parsed TOML table into a ``Config``."""
-    _refuse_unknown(table, {f.name for f in dataclasses.fields(Config)}, "")
+    _refuse_unknown(table, {f.name for f in dataclasses.fields(Config)} - {"retry_providers"}, "")
     providers_table = table.get("providers", {})
     if not isinstance(providers_table, Mapping):
         raise ConfigError("providers", "must be a table of [providers.NAME] tables")
@@ -279,6 +337,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         batch=_section(BatchConfig, _table_at(table, "batch", "batch"), "batch"),
         operations=operations,
         budgets=_budgets(_table_at(table, "budgets", "budgets")),
+        **_resilience(table, providers),
         sim=SimConfig.from_table(sim_table),
     )
 
@@ -296,8 +355,93 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "batch": _section_to_table(config.batch),
         "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
         "budgets": _budgets_to_table(config.budgets),
+        "retry": {**_section_to_table(config.retry),
+                  "providers": {name: _section_to_table(r)
+                                for name, r in config.retry_providers.items()}},
+        "breaker": _section_to_table(config.breaker),
+        "failover": {**config.failover.providers, "models": dict(config.failover.models)},
+        "limits": {provider: {model: _section_to_table(limit) for model, limit in models.items()}
+                   for provider, models in config.limits.items()},
         "sim": config.sim.to_table(),
     }
+
+
+def _resilience(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> Any:
+    """``[retry]``, ``[breaker]``, ``[failover]`` and ``[limits]``, checked against the
+    configured providers (a failover or a limit naming an unknown provider is a typo)."""
+    retry_table = dict(_table_at(table, "retry", "retry"))
+    retry_providers_table = _table_at(retry_table, "providers", "retry.providers")
+    retry_table.pop("providers", None)
+    retry = _section(RetryConfig, retry_table, "retry")
+    retry_providers = {}
+    for name in retry_providers_table:
+        _known_provider(name, providers, f"retry.providers.{name}")
+        retry_providers[name] = _section(
+            RetryConfig, _table_at(retry_providers_table, name, f"retry.providers.{name}"),
+            f"retry.providers.{name}", defaults=retry,
+        )
+    for dotted, settings in [("retry", retry), *((f"retry.providers.{n}", r)
+                                                 for n, r in retry_providers.items())]:
+        if settings.max_attempts < 1:
+            raise ConfigError(f"{dotted}.max_attempts", "must be at least 1 (1: never retry)")
+        if settings.budget_fraction > 1:
+            raise ConfigError(f"{dotted}.budget_fraction", "must be at most 1")
+        if settings.backoff_max < settings.backoff_min:
+            raise ConfigError(f"{dotted}.backoff_max", "must not be less than backoff_min")
+    breaker = _section(BreakerConfig, _table_at(table, "breaker", "breaker"), "breaker")
+    if breaker.failures < 1:
+        raise ConfigError("breaker.failures", "must be at least 1")
+    if not 0 < breaker.failure_rate <= 1:
+        raise ConfigError("breaker.failure_rate", "must be more than 0 and at most 1")
+    return {
+        "retry": retry,
+        "retry_providers": retry_providers,
+        "breaker": breaker,
+        "failover": _failover(_table_at(table, "failover", "failover"), providers),
+        "limits": _limits(_table_at(table, "limits", "limits"), providers),
+    }
+
+
+def _failover(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> FailoverConfig:
+    models_table = _table_at(table, "models", "failover.models")
+    stand_ins: dict[str, str] = {}
+    for name, value in table.items():
+        if name == "models":
+            continue
+        dotted = f"failover.{name}"
+        _known_provider(name, providers, dotted)
+        if not isinstance(value, str):
+            raise ConfigError(dotted, f"expected the name of a provider, got {value!r}")
+        _known_provider(value, providers, dotted)
+        if value == name:
+            raise ConfigError(dotted, "a provider cannot fail over to itself")
+        stand_ins[name] = value
+    models: dict[str, str] = {}
+    for model, value in models_table.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"failover.models.{model}", f"expected a model name, got {value!r}")
+        models[model] = value
+    return FailoverConfig(stand_ins, models)
+
+
+def _limits(table: Mapping[str, Any],
+            providers: Mapping[str, ProviderConfig]) -> dict[str, dict[str, LimitConfig]]:
+    limits: dict[str, dict[str, LimitConfig]] = {}
+    for provider in table:
+        _known_provider(provider, providers, f"limits.{provider}")
+        models = _table_at(table, provider, f"limits.{provider}")
+        limits[provider] = {
+            model: _section(LimitConfig, _table_at(models, model, f"limits.{provider}.{model}"),
+                            f'limits.{provider}."{model}"')
+            for model in models
+        }
+    return limits
+
+
+def _known_provider(name: str, providers: Mapping[str, ProviderConfig], dotted: str) -> None:
+    if name not in providers:
+        raise ConfigError(dotted, f"no provider {name!r} is configured (configured: "
+                                  f"{', '.join(sorted(providers))}); add [providers.{name}]")
 
 
 _CAP_SCOPES = ("operations", "users", "providers")
@@ -334,6 +478,9 @@ def _provider_defaults(name: str) -> ProviderConfig:
     """Defaults for a provider table: the OpenAI ones, with the plugin named after the table."""
     if name == "openai":
         return ProviderConfig()
+    if name == "ollama":  # a local Ollama: its OpenAI-compatible routes, no key
+        return ProviderConfig(plugin="ollama", base_url="http://127.0.0.1:11434/v1",
+                              api_key_env="", api_key_credential="")
     return ProviderConfig(plugin=name, base_url="", api_key_env="", api_key_credential="")
 
 

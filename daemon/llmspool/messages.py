@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import Context
 
@@ -32,6 +33,28 @@ class Caller:
     pid: int | None = None
     uid: int | None = None
     gid: int | None = None
+
+
+class Abort:
+    """How the front door stops a call whose client went away (the one mutable thing a
+    ``Call`` carries): the dispatcher binds the cancel scope the call runs in, and ``fire``
+    cancels it, which stops the upstream call and releases its reservation."""
+
+    __slots__ = ("_scope", "fired")
+
+    def __init__(self) -> None:
+        self._scope: CancelScope | None = None
+        self.fired = False
+
+    def bind(self, scope: CancelScope) -> None:
+        self._scope = scope
+        if self.fired:  # the client left while the call waited in the queue
+            scope.cancel()
+
+    def fire(self) -> None:
+        self.fired = True
+        if self._scope is not None:
+            self._scope.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +82,7 @@ class Call:
     strip_usage_chunk: bool = False
     deadline_at: float | None = None
     session: str | None = None
+    abort: Abort = field(default_factory=Abort, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

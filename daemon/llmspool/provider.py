@@ -21,7 +21,12 @@ from llmspool.config import ProviderConfig
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """One request to forward: ``body`` is the JSON to send as it is."""
+    """One request to forward: ``body`` is the JSON to send as it is.
+
+    ``timeout`` is the time the daemon allows the call; the daemon enforces it itself with a
+    cancel scope (so its message can name the limit), so a plugin needs only its connect
+    timeout and may use ``timeout`` as a backstop.
+    """
 
     endpoint: Endpoint
     model: str

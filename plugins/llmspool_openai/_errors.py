@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import aiohttp
 import httpx2
 import openai
 from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
@@ -22,7 +23,15 @@ retry hints the daemon's retry policy reads."""
 
 
 def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
-    """No answer from ``provider``: a timeout (504, ``upstream_timeout``) or a connection error."""
+    """No answer from ``provider``: a timeout (504: ``connect_timeout`` for the connection,
+    ``upstream_timeout`` for the rest) or a connection error."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | httpx2.ConnectTimeout):
+        return UpstreamUnreachable(
+            f"no connection to {provider} within its connect timeout ([providers.{provider}] "
+            "connect_timeout); check the network and base_url",
+            code="connect_timeout",
+            status=504,
+        )
     if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
         return UpstreamUnreachable(
             f"{provider} did not answer in time ({type(exc).__name__}); the request may be "

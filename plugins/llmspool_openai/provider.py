@@ -22,6 +22,7 @@ import aiohttp
 import openai
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
+from llmspool.connection_stats import ConnectionCounter
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_openai._errors import sdk_errors, unreachable
@@ -70,14 +71,17 @@ class OpenAIProvider:
         self._session: aiohttp.ClientSession | None = None
         self._sdk: openai.AsyncOpenAI | None = None
         self._batches: OpenAIBatches | None = None
+        self._connections = ConnectionCounter()
+        # Only the connect timeout: the daemon bounds each call (request, flex and
+        # stream-idle limits) with cancel scopes that can say which one fired.
         self._timeout = aiohttp.ClientTimeout(
-            total=settings.config.timeout, sock_connect=settings.config.connect_timeout
+            total=None, sock_connect=settings.config.connect_timeout
         )
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
             limit=self._config.max_connections,
-            keepalive_timeout=60,
+            keepalive_timeout=self._config.keepalive_timeout,
             enable_cleanup_closed=False,
         )
         headers = {"content-type": "application/json"}
@@ -90,6 +94,7 @@ class OpenAIProvider:
             # Bodies are forwarded as the client sent them; skip aiohttp's cookie handling.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
+            trace_configs=[self._connections.trace_config()],
         )
         self._sdk = control_plane_client(self._config, self._api_key)
         self._batches = OpenAIBatches(
@@ -111,13 +116,8 @@ class OpenAIProvider:
         if self._session is None:
             raise RuntimeError("OpenAIProvider used outside its `async with`")
         url = self._base_url + request.endpoint.upstream_path
-        timeout = self._timeout
-        if request.timeout != timeout.total:  # building one costs ~10 µs; most calls reuse it
-            timeout = aiohttp.ClientTimeout(
-                total=request.timeout, sock_connect=self._config.connect_timeout
-            )
         try:
-            response = await self._session.post(url, data=request.body, timeout=timeout)
+            response = await self._session.post(url, data=request.body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise unreachable(self.name, exc) from exc
         try:
@@ -126,6 +126,11 @@ class OpenAIProvider:
             # A body not read to the end (a client that went away mid-stream) closes the
             # connection rather than returning a half-read one to the pool.
             response.release()
+
+    def connection_stats(self) -> dict[str, int]:
+        """``{"requests": n, "reused": m}`` of the data plane: requests put on a connection, and
+        those of them sent on one that had already carried a request (keep-alive at work)."""
+        return self._connections.snapshot()
 
     async def list_models(self) -> list[str]:
         if self._sdk is None:

@@ -1,5 +1,6 @@
-"""Upstream misbehaviour reaches the client clearly, and never takes the daemon down:
-errors pass through with their status and body, lost connections and timeouts become 502/504,
+"""Upstream misbehaviour reaches the client clearly, and never takes the daemon down: errors
+that outlast the retries pass through with their status and body, lost connections and
+timeouts become 502/504,
 a stream cut upstream ends with an error event, and a client that leaves mid-stream stops the
 upstream call."""
 
@@ -34,7 +35,7 @@ def chat(daemon: Daemon, **extra: object) -> tuple[int, object]:
 
 
 def test_upstream_5xx_passes_through_then_service_resumes(daemon: Daemon, sim: Sim) -> None:
-    sim.set_faults({"kind": "status", "status": 503, "count": 1})
+    sim.set_faults({"kind": "status", "status": 503, "count": 3})  # every attempt fails
     client = openai_client(daemon.socket_path)
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -45,7 +46,7 @@ def test_upstream_5xx_passes_through_then_service_resumes(daemon: Daemon, sim: S
 
 
 def test_rate_limit_keeps_its_retry_after(daemon: Daemon, sim: Sim) -> None:
-    sim.set_faults({"kind": "rate_limit", "count": 1})
+    sim.set_faults({"kind": "rate_limit", "count": 3, "retry_after": "100ms"})
     client = openai_client(daemon.socket_path)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -55,7 +56,7 @@ def test_rate_limit_keeps_its_retry_after(daemon: Daemon, sim: Sim) -> None:
 
 
 def test_dropped_connection_is_a_502_that_names_the_provider(daemon: Daemon, sim: Sim) -> None:
-    sim.set_faults({"kind": "drop", "count": 1})
+    sim.set_faults({"kind": "drop", "count": 3})
     status, body = chat(daemon)
     assert status == 502
     assert isinstance(body, dict) and "openai" in body["error"]["message"]
@@ -63,8 +64,8 @@ def test_dropped_connection_is_a_502_that_names_the_provider(daemon: Daemon, sim
 
 
 def test_hung_upstream_times_out_with_the_timeout_named(tmp_path: Path, sim: Sim) -> None:
-    daemon = start_daemon(tmp_path, sim.url,
-                          config_toml='[providers.openai]\ntimeout = "1s"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[providers.openai]\ntimeout = "1s"\n[retry]\nmax_attempts = 1\n'))
     try:
         sim.set_faults({"kind": "hang", "count": 1})
         started = time.monotonic()
@@ -72,7 +73,7 @@ def test_hung_upstream_times_out_with_the_timeout_named(tmp_path: Path, sim: Sim
         assert status == 504
         assert time.monotonic() - started < 10
         assert isinstance(body, dict) and body["error"]["code"] == "upstream_timeout"
-        assert "timeout" in body["error"]["message"]
+        assert "request timeout ([providers.openai] timeout = 1s)" in body["error"]["message"]
         assert chat(daemon)[0] == 200
     finally:
         daemon.terminate()

@@ -1,8 +1,8 @@
 """Fixtures that run ``python -m llmspool.sim`` as a real process on a free TCP port.
 
 ``sim`` is one simulator shared by the session (defaults, no latency) with its faults cleared,
-flex back to its configured behaviour and stats reset before each test; ``start_sim`` starts a
-private one from a TOML text.
+flex and rate limits back to their configured behaviour and stats reset before each test;
+``start_sim`` starts a private one from a TOML text.
 """
 
 from __future__ import annotations
@@ -91,10 +91,22 @@ class RunningSim:
             result: dict[str, Any] = response.json()
             return result
 
+    def ratelimits(self, command: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``GET /_sim/ratelimits``, or ``POST`` it ``command`` first; the state it answers."""
+        with self.http() as http:
+            if command is None:
+                response = http.get("/_sim/ratelimits")
+            else:
+                response = http.post("/_sim/ratelimits", json=command)
+            response.raise_for_status()
+            result: dict[str, Any] = response.json()
+            return result
+
     def reset(self) -> None:
         with self.http() as http:
             http.delete("/_sim/faults").raise_for_status()
             http.post("/_sim/flex", json={"unavailable": None}).raise_for_status()
+            http.post("/_sim/ratelimits", json={"reset": True}).raise_for_status()
             http.post("/_sim/stats/reset").raise_for_status()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:

@@ -196,6 +196,9 @@ def test_stream_wire_format_is_sse_data_lines_ending_in_done(sim: RunningSim) ->
 
 
 def test_every_answer_has_request_id_and_ratelimit_headers(sim: RunningSim) -> None:
+    # The buckets refill continuously: at these limits by less than one request (0.1/s) and a
+    # few tokens (10/s) between two calls, so each call shows in what remains.
+    sim.ratelimits({"requests": 6, "tokens": 600})
     client = sim.client()
     first = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hi"}]

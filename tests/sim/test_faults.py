@@ -285,3 +285,148 @@ path = "/v1/chat/completions"
     )
     client = running.client()
     assert [outcome(client) for _ in range(3)] == ["InternalServerError"] * 2 + ["ok"]
+
+
+# -- rules with a path on the Files and Batch APIs --------------------------------------------
+
+BATCH_LINE = (
+    b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
+    b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}\n'
+)
+
+
+def upload(client: openai.OpenAI) -> str:
+    return client.files.create(file=("in.jsonl", BATCH_LINE), purpose="batch").id
+
+
+def create_batch(client: openai.OpenAI, file_id: str) -> Any:
+    return client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
+def test_a_rule_without_path_leaves_files_and_batches_alone(sim: RunningSim) -> None:
+    sim.set_faults([{"kind": "status", "status": 503}, {"kind": "drop", "method": "POST"}])
+    client = sim.client()
+    batch = create_batch(client, upload(client))
+    assert client.batches.retrieve(batch.id).id == batch.id
+    assert sim.stats()["faults"]["total"] == 0
+    assert outcome(client) == "InternalServerError"
+
+
+def test_status_fault_on_file_upload_stores_nothing(sim: RunningSim) -> None:
+    sim.set_faults({"kind": "status", "status": 503, "path": "/v1/files", "count": 1})
+    client = sim.client()
+    with pytest.raises(openai.InternalServerError) as caught:
+        upload(client)
+    assert caught.value.code == "slow_down"
+    assert caught.value.response.headers["x-request-id"].startswith("req_")
+    stats = sim.stats()
+    assert stats["batches"]["files_uploaded"] == 0
+    assert stats["faults"]["by_kind"] == {"status": 1}
+    upload(client)
+    # A model endpoint does not match a rule about another path.
+    sim.set_faults({"kind": "status", "path": "/v1/files"})
+    assert outcome(client) == "ok"
+
+
+def test_a_prefix_rule_hits_every_batch_but_not_the_collection(sim: RunningSim) -> None:
+    client = sim.client()
+    batch = create_batch(client, upload(client))
+    sim.set_faults({"kind": "rate_limit", "retry_after": "1.5s", "path": "/v1/batches/"})
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.batches.retrieve(batch.id)
+    headers = caught.value.response.headers
+    assert headers["retry-after"] == "2"
+    assert headers["retry-after-ms"] == "1500"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError):
+        client.batches.cancel(batch.id)
+    assert client.batches.list().data  # /v1/batches itself is not under /v1/batches/
+    assert sim.stats()["batches"]["cancel_requests"] == 0
+
+
+def test_drop_on_batch_create_creates_no_batch(sim: RunningSim) -> None:
+    client = sim.client()
+    file_id = upload(client)
+    sim.set_faults({"kind": "drop", "path": "/v1/batches", "method": "POST", "count": 1})
+    client.batches.list()  # a GET is not what the rule is about
+    with pytest.raises(openai.APIConnectionError) as caught:
+        create_batch(client, file_id)
+    assert not isinstance(caught.value, openai.APITimeoutError)
+    stats = sim.stats()
+    assert stats["batches"]["created"] == 0
+    assert stats["faults"]["by_kind"] == {"drop": 1}
+    create_batch(client, file_id)
+
+
+def test_hang_on_file_content_times_the_client_out(sim: RunningSim) -> None:
+    client = sim.client()
+    file_id = upload(client)
+    sim.set_faults({"kind": "hang", "path": "/v1/files/", "count": 1})
+    with pytest.raises(openai.APITimeoutError):
+        sim.client(timeout=0.3).files.content(file_id)
+    assert client.files.content(file_id).content == BATCH_LINE
+
+
+def test_slow_upload_is_stored_whole_after_the_delay(sim: RunningSim) -> None:
+    sim.set_faults({"kind": "slow", "delay": "300ms", "path": "/v1/files", "count": 1})
+    client = sim.client()
+    started = time.monotonic()
+    file_id = upload(client)
+    assert time.monotonic() - started >= 0.3
+    assert client.files.content(file_id).content == BATCH_LINE
+    assert sim.stats()["requests"]["client_closed"] == 0
+
+
+def test_reset_midway_on_batch_create_cuts_the_answer_of_a_batch_that_exists(
+    sim: RunningSim,
+) -> None:
+    client = sim.client()
+    file_id = upload(client)
+    sim.set_faults({"kind": "reset_midway", "path": "/v1/batches", "method": "POST"})
+    with sim.http() as http:
+        body = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        }
+        with http.stream("POST", "/v1/batches", json=body) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx2.TransportError):
+                response.read()
+    with pytest.raises(openai.APIConnectionError):
+        create_batch(client, file_id)
+    # The client saw no answer, yet both batches were created: a retry must not assume not.
+    stats = sim.stats()
+    assert stats["batches"]["created"] == 2
+    assert stats["faults"]["by_kind"] == {"reset_midway": 2}
+
+
+def test_reset_midway_on_a_completion_sends_part_of_the_answer(sim: RunningSim) -> None:
+    sim.set_faults({"kind": "reset_midway", "count": 2})
+    with sim.http() as http:
+        with http.stream("POST", CHAT, json={"model": "gpt-4o", "messages": MESSAGES}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/json"
+            received = b""
+            with pytest.raises(httpx2.TransportError):
+                for chunk in response.iter_raw():
+                    received += chunk
+            assert received.startswith(b'{"id":"chatcmpl-')
+            assert int(response.headers["content-length"]) > len(received)
+        stream = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
+        with http.stream("POST", CHAT, json=stream) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx2.TransportError):
+                response.read()
+    assert outcome(sim.client()) == "ok"
+    assert sim.stats()["streams"]["open"] == 0
+
+
+def test_a_bad_method_is_refused_naming_the_key(sim: RunningSim) -> None:
+    with sim.http() as http:
+        response = http.post("/_sim/faults", json={"kind": "drop", "method": "FETCH"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "faults[0].method"
+    assert sim.set_faults({"kind": "drop", "method": "post"})["faults"][0]["method"] == "POST"

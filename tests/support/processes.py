@@ -196,17 +196,30 @@ def unix_request(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """(status, parsed JSON or raw bytes) of one request over the Unix socket."""
+    status, answer, _headers = unix_exchange(path, method, url, body, headers)
+    return status, answer
+
+
+def unix_exchange(
+    path: Path | str,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """(status, parsed JSON or raw bytes, lower-cased response headers) of one request."""
     connection = UnixHTTPConnection(path)
     try:
         connection.request(method, url, body=body, headers=headers or {})
         response = connection.getresponse()
         raw = response.read()
+        answer_headers = {name.lower(): value for name, value in response.getheaders()}
     finally:
         connection.close()
     try:
-        return response.status, orjson.loads(raw)
+        return response.status, orjson.loads(raw), answer_headers
     except orjson.JSONDecodeError:
-        return response.status, raw
+        return response.status, raw, answer_headers
 
 
 def openai_client(socket_path: Path | str, **options: Any) -> Any:

@@ -10,8 +10,17 @@ retried on flex after a full-jitter backoff while its deadline allows (each atte
 that a standard call still fits), then falls back to standard where allowed, or fails with code
 ``flex_unavailable``. Cost is always computed at the tier the provider reports it served.
 
+Resilience, per attempt (``llmspool.resilience``): each attempt is its own span. It is routed
+past an open circuit breaker (to a slower tier the deadline allows, or to the ``[failover]``
+provider, or refused with 503 ``circuit_open``), waits for room in the (provider, model) rate
+limits, and runs in cancel scopes that name the timeout that fired (request, flex attempt,
+stream idle; the plugin names a connect timeout). A failure is classified once
+(``failures.classify``) and retried by tenacity within ``[retry]``'s attempts, backoff and
+budget; only what was never begun on the client's side is retried.
+
 A client that goes away mid-stream closes its reply stream; the next send fails, and leaving
-the provider's context closes the upstream connection, so the upstream call stops too.
+the provider's context closes the upstream connection, so the upstream call stops too. One that
+goes away before its answer fires ``call.abort``, which cancels the call's scope.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -31,11 +41,12 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llmspool.calls import Tier, Usage
-from llmspool.config import BudgetsConfig, FlexConfig
+from llmspool.config import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.errors import (
     ApiError,
     BadUpstreamAnswer,
     InvalidRequest,
+    ServiceUnavailable,
     UpstreamError,
     UpstreamUnreachable,
 )
@@ -58,6 +69,11 @@ from llmspool.messages import (
 from llmspool.planner import Planner
 from llmspool.pricing import PriceTable, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
+from llmspool.resilience.breaker import Breakers, CircuitBreaker, Transition
+from llmspool.resilience.failures import FailureClass, classify
+from llmspool.resilience.limits import Permit, RateLimits
+from llmspool.resilience.retry import CallRetries, Retrier
+from llmspool.units import format_duration
 from llmspool.wire import SseMeter, claimed_tier_of, served_tier_of, usage_of
 
 log = logging.getLogger(__name__)
@@ -73,12 +89,20 @@ class _NoFlexCapacity(Exception):
     """The upstream answered 429 *resource unavailable* to a flex attempt."""
 
 
-def is_resource_unavailable(status: int, body: bytes) -> bool:
-    """Whether an upstream error is flex's "no capacity" (not a rate limit, not charged)."""
-    if status != 429:
-        return False
-    error = UpstreamError("", status, body)
-    return error.code == "resource_unavailable" or "resource unavailable" in error.message.lower()
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one attempt goes: usually the call's own provider, model and tier; past an open
+    breaker, a slower tier or the failover provider (``failover_from`` names the original)."""
+
+    provider: str
+    model: str
+    tier: Tier
+    body: bytes
+    breaker: CircuitBreaker
+    probe: bool
+    time_limit: float
+    timeout_name: str
+    failover_from: str | None = None
 
 
 class FlexMetrics:
@@ -137,6 +161,7 @@ class Dispatcher:
         providers: Mapping[str, Provider],
         provider_kinds: Mapping[str, str],
         timeouts: Mapping[str, float],
+        stream_idle_timeouts: Mapping[str, float],
         prices: PriceTable,
         planner: Planner,
         flex: FlexConfig,
@@ -144,6 +169,10 @@ class Dispatcher:
         estimator: TokenEstimator,
         tracer: trace.Tracer,
         meter: metrics.Meter,
+        retrier: Retrier,
+        breaker: BreakerConfig,
+        failover: FailoverConfig,
+        limits: RateLimits,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
@@ -151,6 +180,7 @@ class Dispatcher:
         self._providers = providers
         self._provider_kinds = provider_kinds
         self._timeouts = timeouts
+        self._stream_idle = stream_idle_timeouts
         self._prices = prices
         self._planner = planner
         self._flex = flex
@@ -163,6 +193,18 @@ class Dispatcher:
         self._in_flight = 0
         self._served_by_tier: dict[str, int] = {}
         self._failed = 0
+        self._retrier = retrier
+        self._failover = failover
+        self._limits = limits
+        self._breakers = Breakers(breaker, self._breaker_moved)
+        self._transitions: list[dict[str, Any]] = []
+        self._failed_over = 0
+        self._aborted = 0
+        self._breaker_transitions = meter.create_counter(
+            "llmspool.breaker.transitions", "{transition}", "circuit breaker state changes")
+        self._attempts_counter = meter.create_counter(
+            "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
+        self._attempts = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with self._freed, self._ledger, anyio.create_task_group() as group:
@@ -198,7 +240,8 @@ class Dispatcher:
                 },
                 record_exception=False,
                 set_status_on_exception=False,
-            ) as span:
+            ) as span, anyio.CancelScope() as client_scope:
+                call.abort.bind(client_scope)
                 try:
                     tier = self._planner.choose(
                         call.provider, call.model, call.policy, call.deadline_at, started
@@ -208,12 +251,15 @@ class Dispatcher:
                     if tier is Tier.FLEX:
                         await self._serve_flex(call, span)
                     else:
-                        await self._attempt(call, tier, self._timeouts[call.provider], span)
+                        await self._with_retries(call, tier, None, span)
                 except ApiError as error:
                     self._failed += 1
                     span.set_status(Status(StatusCode.ERROR, error.message))
                     span.set_attribute("error.type", error.code or type(error).__name__)
                     await _tell(call, Failure(error))
+            if client_scope.cancelled_caught:
+                self._aborted += 1
+                span.add_event("client disconnected; upstream call cancelled")
         except Exception as exc:
             # A bug while serving one call must not take the daemon (and every other call)
             # down: log it, answer this caller 500, and keep serving.
@@ -282,11 +328,11 @@ class Dispatcher:
         candidates = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
         costs = [price.cost(usage) for t in candidates
                  if (price := self._prices.price(call.provider, call.model, t)) is not None]
-        return max(costs) if costs else self._highest_cost(call, usage)
+        return max(costs) if costs else self._highest_cost(call.provider, call.model, usage)
 
-    def _highest_cost(self, call: Call, usage: Usage) -> int:
-        prices = [self._prices.price(call.provider, call.model, t)
-                  for t in self._prices.tiers(call.provider, call.model)]
+    def _highest_cost(self, provider: str, model: str, usage: Usage) -> int:
+        prices = [self._prices.price(provider, model, t)
+                  for t in self._prices.tiers(provider, model)]
         return max((p.cost(usage) for p in prices if p is not None), default=0)
 
     async def _serve_flex(self, call: Call, span: Span) -> None:
@@ -298,7 +344,7 @@ class Dispatcher:
                 span.add_event("flex: the deadline leaves no room for another flex attempt")
                 break
             try:
-                await self._attempt(call, Tier.FLEX, budget, span)
+                await self._with_retries(call, Tier.FLEX, budget, span)
                 return
             except _NoFlexCapacity:
                 self._flex_metrics.unavailable()
@@ -322,62 +368,230 @@ class Dispatcher:
             )
         self._flex_metrics.fell_back()
         span.add_event("flex: falling back to standard")
-        await self._attempt(call, Tier.STANDARD, self._timeouts[call.provider], span)
+        await self._with_retries(call, Tier.STANDARD, None, span)
 
-    async def _attempt(self, call: Call, tier: Tier, time_limit: float, span: Span) -> None:
-        """One upstream call on ``tier``; relays its answer to the caller.
+    async def _with_retries(
+        self, call: Call, tier: Tier, flex_limit: float | None, span: Span
+    ) -> None:
+        """Attempts on ``tier`` until one answers or the retry policy says stop (raising the
+        last failure). ``flex_limit``: the time a flex attempt may take."""
+        state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX, call.deadline_at)
+        stretch = 1.0  # a timed-out attempt is retried with a longer time limit
+        async for attempt in self._retrier.attempts(state):
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                try:
+                    await self._attempt(call, tier, flex_limit, stretch, number, span)
+                except UpstreamUnreachable as error:
+                    if error.code == "upstream_timeout":
+                        stretch *= 2
+                    raise
 
-        Raises ``_NoFlexCapacity`` before anything reached the caller when flex had no room.
+    def _route(self, call: Call, tier: Tier, flex_limit: float | None, stretch: float) -> Target:
+        """Where this attempt goes, past open breakers; raises 503 ``circuit_open`` if nowhere."""
+        breaker = self._breakers.get(call.provider, tier)
+        probe = breaker.allow()
+        if probe is not None:
+            if tier is Tier.FLEX and flex_limit is not None:
+                return Target(call.provider, call.model, tier, _body_for_tier(call, tier),
+                              breaker, probe, flex_limit * stretch,
+                              f"the flex attempt's time limit ({flex_limit:.0f}s: what the "
+                              "deadline leaves after room for a standard call, at most [flex] "
+                              "timeout)")
+            return self._standard_target(call, call.provider, call.model, tier, breaker, probe,
+                                         stretch)
+        if tier is Tier.STANDARD and call.policy.flex and call.policy.forced is None and \
+                self._prices.price(call.provider, call.model, Tier.FLEX) is not None:
+            budget = self._planner.flex_budget(call.provider, call.model, call.policy,
+                                               call.deadline_at)
+            flex_breaker = self._breakers.get(call.provider, Tier.FLEX)
+            if budget >= _MIN_FLEX_ATTEMPT and (flex_probe := flex_breaker.allow()) is not None:
+                return Target(call.provider, call.model, Tier.FLEX,
+                              _body_for_tier(call, Tier.FLEX), flex_breaker, flex_probe, budget,
+                              "the flex attempt's time limit (standard's breaker is open)")
+        if tier is Tier.FLEX and call.policy.fallback_to_standard:
+            standard = self._breakers.get(call.provider, Tier.STANDARD)
+            if (standard_probe := standard.allow()) is not None:
+                return self._standard_target(call, call.provider, call.model, Tier.STANDARD,
+                                             standard, standard_probe, stretch)
+        stand_in = self._failover.providers.get(call.provider)
+        if stand_in is not None:
+            stand_in_breaker = self._breakers.get(stand_in, Tier.STANDARD)
+            if (stand_in_probe := stand_in_breaker.allow()) is not None:
+                model = self._failover.models.get(call.model, call.model)
+                target = self._standard_target(call, stand_in, model, Tier.STANDARD,
+                                               stand_in_breaker, stand_in_probe, stretch)
+                return Target(target.provider, target.model, target.tier,
+                              _body_for_failover(call.body, model), target.breaker,
+                              target.probe, target.time_limit, target.timeout_name,
+                              failover_from=call.provider)
+        wait = max(1.0, breaker.retry_after())
+        where = (f"its failover {stand_in} is failing too" if stand_in else
+                 f"no failover is configured ([failover] {call.provider} = \"PROVIDER\")")
+        raise ServiceUnavailable(
+            f"{call.provider} is failing on the {tier.value} tier, so its circuit breaker is "
+            f"open (last failure: {breaker.last_failure or 'unknown'}), and {where}; "
+            f"retry in {wait:.0f}s",
+            retry_after=wait, code="circuit_open",
+        )
+
+    def _standard_target(self, call: Call, provider: str, model: str, tier: Tier,
+                         breaker: CircuitBreaker, probe: bool, stretch: float) -> Target:
+        limit = self._timeouts.get(provider, 600.0)
+        return Target(provider, model, tier, _body_for_tier(call, tier), breaker, probe,
+                      limit * stretch,
+                      f"the request timeout ([providers.{provider}] timeout = "
+                      f"{format_duration(limit)}"
+                      + (", doubled for the retry of a timed-out attempt)" if stretch > 1 else ")"))
+
+    async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, stretch: float,
+                       number: int, span: Span) -> None:
+        """One upstream attempt, as its own span; relays its answer to the caller.
+
+        Raises ``_NoFlexCapacity`` before anything reached the caller when flex had no room,
+        and the ``ApiError`` of a failure that may be retried (nothing reached the caller).
         """
-        provider = self._providers[call.provider]
+        target = self._route(call, tier, flex_limit, stretch)
+        permit = await self._limits.acquire(target.provider, target.model,
+                                            self._requested_tokens(call),
+                                            interactive=call.deadline_at is None)
+        used: Usage | None = None
+        self._attempts += 1
+        self._attempts_counter.add(1, {"llmspool.provider": target.provider})
+        try:
+            with self._tracer.start_as_current_span(
+                f"attempt {number}",
+                attributes={"llmspool.attempt": number, "llmspool.provider": target.provider,
+                            "gen_ai.request.model": target.model,
+                            "llmspool.tier": target.tier.value},
+                record_exception=False, set_status_on_exception=False,
+            ) as attempt_span:
+                if target.failover_from is not None:
+                    self._failed_over += 1
+                    attempt_span.set_attribute("llmspool.failover_from", target.failover_from)
+                    span.add_event("failover", {"from": target.failover_from,
+                                                "to": target.provider, "model": target.model})
+                try:
+                    sent = await self._send(call, target, span, attempt_span, permit)
+                    used = sent.usage if sent is not None else None
+                    if sent is not None and sent.late_error is not None:
+                        attempt_span.set_status(Status(StatusCode.ERROR,
+                                                       sent.late_error.message))
+                        self._tell_breaker(target, sent.late_error)
+                        return
+                except ApiError as error:
+                    attempt_span.set_status(Status(StatusCode.ERROR, error.message))
+                    attempt_span.set_attribute("error.type", error.code or type(error).__name__)
+                    self._tell_breaker(target, error)
+                    raise
+                except _NoFlexCapacity:
+                    target.breaker.no_outcome(probe=target.probe)
+                    raise
+                except BaseException:
+                    target.breaker.no_outcome(probe=target.probe)
+                    raise
+                target.breaker.succeeded(probe=target.probe)
+        finally:
+            permit.release(used.input_tokens + used.output_tokens if used is not None else None)
+
+    def _tell_breaker(self, target: Target, error: ApiError) -> None:
+        failure = classify(error, flex=target.tier is Tier.FLEX)
+        if failure.kind.counts_against_provider:
+            target.breaker.failed(failure.reason, probe=target.probe)
+        elif isinstance(error, UpstreamError) and failure.kind is FailureClass.PERMANENT:
+            target.breaker.succeeded(probe=target.probe)  # it answered: it is alive
+        else:
+            target.breaker.no_outcome(probe=target.probe)
+
+    def _breaker_moved(self, change: Transition) -> None:
+        record = {"at": time.time(), "provider": change.provider, "tier": change.tier.value,
+                  "from": change.old.value, "to": change.new.value, "reason": change.reason}
+        self._transitions = [*self._transitions[-19:], record]
+        self._breaker_transitions.add(1, {"llmspool.provider": change.provider,
+                                          "llmspool.tier": change.tier.value,
+                                          "llmspool.breaker.state": change.new.value})
+        trace.get_current_span().add_event("circuit breaker " + change.new.value, {
+            "llmspool.provider": change.provider, "llmspool.tier": change.tier.value,
+            "reason": change.reason})
+        level = logging.INFO if change.new.value == "closed" else logging.WARNING
+        log.log(level, "circuit breaker %s/%s: %s -> %s (%s)", change.provider,
+                change.tier.value, change.old.value, change.new.value, change.reason)
+
+    def _requested_tokens(self, call: Call) -> int:
+        """What the call counts against a tokens-per-minute limit: its prompt's estimate and
+        the most output it asks for (as OpenAI counts it), else the expected output."""
+        if not self._limits.counts_tokens(call.provider, call.model):
+            return 0
+        usage = self._estimate(call)
+        return usage.input_tokens + (_max_output(call.body) or usage.output_tokens)
+
+    async def _send(self, call: Call, target: Target, span: Span, attempt_span: Span,
+                    permit: Permit) -> Sent | None:
+        provider = self._providers[target.provider]
         request = UpstreamRequest(
             endpoint=call.endpoint,
-            model=call.model,
-            body=_body_for_tier(call, tier),
+            model=target.model,
+            body=target.body,
             stream=call.stream,
-            tier=tier,
-            timeout=time_limit,
+            tier=target.tier,
+            timeout=target.time_limit,
         )
         started = time.time()
-        async with provider.send(request) as response:
-            span.set_attribute("http.response.status_code", response.status)
-            if response.status >= 400:
-                raw = await response.read()
-                if tier is Tier.FLEX and is_resource_unavailable(response.status, raw):
-                    raise _NoFlexCapacity
-                raise UpstreamError(
-                    call.provider,
-                    response.status,
-                    raw,
-                    upstream_headers=_pick(response.headers, _PASSED_ERROR_HEADERS),
-                )
-            if call.stream:
-                await self._relay_stream(call, tier, response, span, started)
-            else:
-                await self._relay_answer(call, tier, response, span, started)
+        # For a stream the relay enforces the time limit between chunks itself (it knows
+        # whether the client has seen anything); this scope is its backstop.
+        grace = 1.0 if call.stream else 0.0
+        with anyio.move_on_after(target.time_limit + grace) as scope:
+            async with provider.send(request) as response:
+                attempt_span.set_attribute("http.response.status_code", response.status)
+                span.set_attribute("http.response.status_code", response.status)
+                headers = response.headers
+                self._limits.observe(target.provider, target.model, headers, permit=permit)
+                if response.status >= 400:
+                    raw = await response.read()
+                    error = UpstreamError(
+                        target.provider, response.status, raw,
+                        upstream_headers=_pick(headers, _PASSED_ERROR_HEADERS),
+                    )
+                    failure = classify(error, flex=target.tier is Tier.FLEX)
+                    if failure.kind is FailureClass.FLEX_UNAVAILABLE:
+                        raise _NoFlexCapacity
+                    if failure.kind is FailureClass.RATE_LIMITED:
+                        pause = self._limits.rate_limited(target.provider, target.model, headers)
+                        attempt_span.add_event("rate limited", {"pause_s": pause})
+                    raise error
+                if call.stream:
+                    return await self._relay_stream(call, target, response, span, started)
+                return await self._relay_answer(call, target, response, span, started)
+        if scope.cancelled_caught:
+            raise _timed_out(target.provider, target.timeout_name)
+        return None
 
     async def _relay_answer(
-        self, call: Call, tier: Tier, response: UpstreamResponse, span: Span, started: float
-    ) -> None:
+        self, call: Call, target: Target, response: UpstreamResponse, span: Span, started: float
+    ) -> Sent:
         body = await response.read()
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise BadUpstreamAnswer(
-                f"{call.provider} answered HTTP {response.status} with a body that is not "
+                f"{target.provider} answered HTTP {response.status} with a body that is not "
                 f"JSON ({len(body)} bytes starting {body[:60]!r})",
                 code="upstream_not_json",
             ) from None
         if not isinstance(parsed, dict):
             raise BadUpstreamAnswer(
-                f"{call.provider} answered with JSON that is not an object", code="upstream_shape"
+                f"{target.provider} answered with JSON that is not an object",
+                code="upstream_shape",
             )
-        served = served_tier_of(parsed) or tier
+        served = served_tier_of(parsed) or target.tier
         usage = usage_of(parsed) or self._estimate(call)
-        settled = self._settle(call, served, usage, response.status, started, span,
+        settled = self._settle(call, target, served, usage, response.status, started, span,
                                claimed=claimed_tier_of(parsed))
         headers = _pick(response.headers, _PASSED_HEADERS)
         headers["x-llmspool-tier"] = served.value
+        if target.failover_from is not None:
+            headers["x-llmspool-failover"] = f"{target.failover_from} -> {target.provider}"
+            headers["x-llmspool-model"] = target.model
         if settled.cost_picodollars is not None:
             headers["x-llmspool-cost-usd"] = f"{usd(settled.cost_picodollars):.10f}"
         # Settled first: a client that asks for its cost right after its answer then sees it
@@ -387,16 +601,35 @@ class Dispatcher:
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
         ))
+        return Sent(usage)
 
     async def _relay_stream(
-        self, call: Call, tier: Tier, response: UpstreamResponse, span: Span, started: float
-    ) -> None:
+        self, call: Call, target: Target, response: UpstreamResponse, span: Span, started: float
+    ) -> Sent:
+        """Relays the events as they come. A failure before the first event raises (the call
+        may still be retried, or answered with a proper error status); after it, the stream
+        ends with an error event and the failure is returned (nothing can be retried)."""
         meter = SseMeter(strip_usage_chunk=call.strip_usage_chunk)
         headers = _pick(response.headers, _PASSED_HEADERS)
+        if target.failover_from is not None:
+            headers["x-llmspool-failover"] = f"{target.failover_from} -> {target.provider}"
+            headers["x-llmspool-model"] = target.model
         status = response.status
         begun = False
+        idle = self._stream_idle.get(target.provider, 300.0)
+        deadline = anyio.current_time() + target.time_limit - (time.time() - started)
+        chunks = aiter(response.iter_chunks())
         try:
-            async for data in response.iter_chunks():
+            while True:
+                left = deadline - anyio.current_time()
+                with anyio.move_on_after(min(idle, left)) as waited:
+                    data = await anext(chunks, None)
+                if waited.cancelled_caught:
+                    if idle < left:
+                        raise _idle_timeout(target.provider, idle)
+                    raise _timed_out(target.provider, target.timeout_name)
+                if data is None:
+                    break
                 out = meter.feed(data)
                 if out:
                     await call.reply.send(
@@ -412,51 +645,56 @@ class Dispatcher:
             # The client went away: leaving the provider's context closes the upstream
             # connection. Record what was used so far, as an estimate.
             span.add_event("client disconnected; upstream call cancelled")
+            self._aborted += 1
             status = 499
         except ApiError as error:
+            if not begun:
+                raise
             span.set_status(Status(StatusCode.ERROR, error.message))
             usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
-            served = meter.tier or tier
-            await self._ledger.send(self._settle(call, served, usage, 502, started, span))
-            # Before the first event the client can still get a proper error status.
-            await _tell(call, StreamEnd(error) if begun else Failure(error))
-            return
+            served = meter.tier or target.tier
+            await self._ledger.send(self._settle(call, target, served, usage, 502, started, span))
+            await _tell(call, StreamEnd(error))
+            return Sent(usage, late_error=error)
         usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
-        settled = self._settle(call, meter.tier or tier, usage, status, started, span,
-                               claimed=meter.claimed_tier)
+        settled = self._settle(call, target, meter.tier or target.tier, usage, status, started,
+                               span, claimed=meter.claimed_tier)
         await self._ledger.send(settled)
         await _tell(call, StreamEnd())
+        return Sent(usage)
 
     def _settle(
-        self, call: Call, tier: Tier, usage: Usage, status: int, started: float, span: Span,
-        *, claimed: str | None = None,
+        self, call: Call, target: Target, tier: Tier, usage: Usage, status: int, started: float,
+        span: Span, *, claimed: str | None = None,
     ) -> Settled:
         flag = None
-        price = self._prices.price(call.provider, call.model, tier)
-        standard = self._prices.price(call.provider, call.model, Tier.STANDARD)
+        provider, model = target.provider, target.model
+        price = self._prices.price(provider, model, tier)
+        standard = self._prices.price(provider, model, Tier.STANDARD)
         if claimed is not None and Tier.from_service_tier(claimed) is None:
             # A tier we do not know: bill the highest price we know for the model, and say so.
             flag = "unknown_tier"
-            cost: int | None = self._highest_cost(call, usage)
+            cost: int | None = self._highest_cost(provider, model, usage)
         elif price is not None:
             cost = price.cost(usage)
-        elif not self._prices.tiers(call.provider, call.model):
-            # Admitted under [budgets] unknown_model = "ceiling": never silently free.
+        elif not self._prices.tiers(provider, model):
+            # Admitted under [budgets] unknown_model = "ceiling", or a failover model nobody
+            # priced: never silently free.
             flag = "unpriced"
             cost = round(self._budgets.unknown_model_ceiling_usd * 10**12)
         else:
             flag = "unknown_tier"  # priced, but not on the tier it says it served
-            cost = self._highest_cost(call, usage)
+            cost = self._highest_cost(provider, model, usage)
         standard_cost = standard.cost(usage) if standard is not None else None
         finished = time.time()
         estimate = self._estimates.pop(call.request_id, None)
         if status == 200:
-            self._planner.book.observe((call.provider, call.model, tier), finished - started)
+            self._planner.book.observe((provider, model, tier), finished - started)
             if not usage.estimated:
-                self._estimator.observe_output(call.model, call.operation, usage.output_tokens)
+                self._estimator.observe_output(model, call.operation, usage.output_tokens)
                 if estimate is not None:
-                    self._estimator.observe(call.model, estimate.chars, usage.input_tokens,
+                    self._estimator.observe(model, estimate.chars, usage.input_tokens,
                                             fixed_tokens=estimate.fixed_tokens)
         saving_source = None
         if tier in (Tier.FLEX, Tier.BATCH) and standard_cost is not None and cost is not None \
@@ -468,7 +706,7 @@ class Dispatcher:
             {
                 "gen_ai.usage.input_tokens": usage.input_tokens,
                 "gen_ai.usage.output_tokens": usage.output_tokens,
-                "gen_ai.response.model": call.model,
+                "gen_ai.response.model": model,
                 "llmspool.tier": tier.value,
                 "llmspool.usage_estimated": usage.estimated,
             }
@@ -481,8 +719,8 @@ class Dispatcher:
         self._served_by_tier[tier_name] = self._served_by_tier.get(tier_name, 0) + 1
         return Settled(
             request_id=call.request_id,
-            provider=call.provider,
-            model=call.model,
+            provider=provider,
+            model=model,
             endpoint=call.endpoint,
             tier=tier,
             usage=usage,
@@ -505,7 +743,28 @@ class Dispatcher:
             "failed": self._failed,
             "flex": self._flex_metrics.snapshot(),
             "latency": self._planner.book.snapshot(),
+            "upstream_attempts": self._attempts,
+            "failed_over": self._failed_over,
+            "aborted_by_client": self._aborted,
+            "retries": self._retrier.snapshot(),
+            "breakers": self._breakers.snapshot(),
+            "breaker_transitions": list(self._transitions),
+            "rate_limits": self._limits.snapshot(),
+            "connections": self._connection_stats(),
         }
+
+    def _connection_stats(self) -> dict[str, dict[str, Any]]:
+        """Per provider: data-plane requests and the share sent on a reused connection."""
+        stats: dict[str, dict[str, Any]] = {}
+        for name, provider in self._providers.items():
+            counts = getattr(provider, "connection_stats", None)
+            if counts is None:
+                continue
+            numbers = counts()
+            requests = numbers.get("requests", 0)
+            stats[name] = {**numbers, "reused_share": round(numbers.get("reused", 0) / requests, 4)
+                           if requests else None}
+        return stats
 
 
 def _body_for_tier(call: Call, tier: Tier) -> bytes:
@@ -519,6 +778,52 @@ def _body_for_tier(call: Call, tier: Tier) -> bytes:
         return call.body
     document["service_tier"] = wanted
     return orjson.dumps(document)
+
+
+def _body_for_failover(body: bytes, model: str) -> bytes:
+    """The call's body for the failover provider: its model, and no service tier (a stand-in
+    like Ollama has none)."""
+    document = orjson.loads(body)
+    document["model"] = model
+    document.pop("service_tier", None)
+    return orjson.dumps(document)
+
+
+def _max_output(body: bytes) -> int | None:
+    """The most output tokens a request asks for, if it says."""
+    if b"max_" not in body:
+        return None
+    document = orjson.loads(body)
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = document.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _timed_out(provider: str, which: str) -> UpstreamUnreachable:
+    return UpstreamUnreachable(
+        f"{provider} did not finish within {which}; the call was given up (it may be retried "
+        "with a longer limit)",
+        code="upstream_timeout", status=504,
+    )
+
+
+def _idle_timeout(provider: str, idle: float) -> UpstreamUnreachable:
+    return UpstreamUnreachable(
+        f"{provider}'s stream went quiet for {format_duration(idle)} between two chunks "
+        f"([providers.{provider}] stream_idle_timeout); the call was given up",
+        code="stream_idle_timeout", status=504,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What an attempt that reached the caller used; ``late_error``: the stream broke after
+    its first event (told to the client; it cannot be retried)."""
+
+    usage: Usage
+    late_error: ApiError | None = None
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:

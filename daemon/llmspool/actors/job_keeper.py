@@ -42,7 +42,6 @@ from llmspool.errors import (
     ServiceUnavailable,
     TooManyRequests,
     UpstreamError,
-    UpstreamUnreachable,
 )
 from llmspool.jobs.model import NewJob
 from llmspool.messages import (
@@ -61,6 +60,7 @@ from llmspool.messages import (
 )
 from llmspool.planner import Planner
 from llmspool.pricing import usd
+from llmspool.resilience.failures import classify
 from llmspool.store import jobs as jobs_sql
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,10 @@ class JobKeeper:
                     return  # the daemon is stopping: the request stays queued for next start
                 if isinstance(reply, Failure) and self._should_retry(reply.error, attempts, row):
                     self._retries += 1
-                    await anyio.sleep(min(60.0, random.uniform(0, 2.0**attempts)))
+                    hint = getattr(reply.error, "retry_after", 0.0)  # an open breaker says
+                    room = max(0.0, row.deadline_at - time.time())
+                    await anyio.sleep(min(room, max(hint, min(60.0, random.uniform(
+                        0, 2.0**attempts)))))
                     continue
                 self._finish(row, reply, attempts)
                 return
@@ -394,12 +397,11 @@ class JobKeeper:
     def _should_retry(self, error: ApiError, attempts: int, row: jobs_sql.QueuedRequest) -> bool:
         if attempts >= self._config.max_attempts or time.time() >= row.deadline_at:
             return False
-        if isinstance(error, UpstreamUnreachable | ServiceUnavailable):
+        if isinstance(error, ServiceUnavailable):  # never sent: queue full, breaker open
             return True
-        if isinstance(error, UpstreamError):
-            quota = error.type == "insufficient_quota" or error.code == "insufficient_quota"
-            return error.status >= 500 or (error.status == 429 and not quota)
-        return False
+        # The dispatcher already retried it within its budget; the keeper tries again later
+        # (its deadline is far off) only what waiting can fix, classified the same way.
+        return classify(error).kind.retryable
 
     def _finish(self, row: jobs_sql.QueuedRequest, reply: Reply, attempts: int) -> None:
         line_id = f"batch_req_{row.id}"

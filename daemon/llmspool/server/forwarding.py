@@ -107,7 +107,7 @@ class Forwarder:
             span.end()
             raise
         try:
-            first = await replies.receive()
+            first = await _first_reply(request, call, replies)
         except anyio.EndOfStream:
             first = Failure(_shutting_down())
         except BaseException:
@@ -280,6 +280,27 @@ async def _relay(
                 span.set_status(Status(StatusCode.ERROR, reply.error.message))
                 yield b"data: " + reply.error.body() + b"\n\n"
             return
+
+
+async def _first_reply(
+    request: Request, call: Call, replies: MemoryObjectReceiveStream[Reply]
+) -> Reply:
+    """The call's first reply; if the client disconnects before it, the call is aborted (its
+    upstream call stops, its reservation is released) and the stream ends."""
+    async with anyio.create_task_group() as group:
+
+        async def watch_for_disconnect() -> None:
+            # The body is read, so the next ASGI message is the client going away.
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            call.abort.fire()
+
+        group.start_soon(watch_for_disconnect)
+        try:
+            first = await replies.receive()
+        finally:
+            group.cancel_scope.cancel()
+    return first
 
 
 def _shutting_down() -> ServiceUnavailable:

@@ -3,9 +3,14 @@
 For a generation request (chat, responses, embeddings) the order is: read and validate the
 body (bad input → 400/404, never faulted; flex on a model without a flex price is bad input),
 count it, refuse a flex request while flex capacity is out (429 ``resource_unavailable``,
-not counted against the rate limits), let the fault rules pick, wait the configured latency
-(flex: its own), then answer whole or as a stream. Every answer carries ``x-request-id`` and
-the six ``x-ratelimit-*`` headers.
+not counted against the rate limits), charge it to its model's rate limits (enforcing them: a
+429 ``rate_limit_exceeded`` if it does not fit; see ``ratelimit``), let the fault rules pick,
+wait the configured latency (flex: its own), then answer whole or as a stream. Every answer
+carries ``x-request-id`` and the six ``x-ratelimit-*`` headers (of the request's model, if it
+has one). ``GET``/``POST /_sim/ratelimits`` read and change the limits.
+
+Fault rules with a ``path`` also hit the other endpoints (files, batches, models): after
+routing, before the endpoint runs (see ``faults``).
 
 The Files and Batch APIs (``/v1/files``, ``/v1/batches``) keep files in memory and move
 batches through their statuses by the clock (``batches``); ``GET``/``POST /_sim/batch`` read and
@@ -13,6 +18,10 @@ change the batch settings.
 
 All state (stats, faults, flex spells, counters, files, batches) lives in the ``SimApp`` that
 ``build_app`` returns.
+
+``[sim] flavor`` picks the API impersonated: the hooks of a ``flavor.Flavor`` (OpenAI's) or of
+``ollama.OllamaFlavor`` decide the error bodies, the headers, the routes that exist, and adapt
+each endpoint's parser.
 """
 
 from __future__ import annotations
@@ -42,11 +51,13 @@ from llmspool.sim.asgi import (
     BodyTooLarge,
     FixedHeaders,
     Headers,
+    Message,
     Receive,
     Scope,
     Send,
     WaitEnd,
     Waiter,
+    connection_transport,
     drop_connection,
     read_body,
     send_bytes,
@@ -62,6 +73,7 @@ from llmspool.sim.embeddings import parse_embedding_request
 from llmspool.sim.faults import FaultInjector, FaultKind, FaultRule, rules_from_json
 from llmspool.sim.files import MAX_LIST_LIMIT as MAX_FILE_LIMIT
 from llmspool.sim.files import MAX_UPLOAD_BYTES, FileStore, file_from_upload
+from llmspool.sim.flavor import Flavor
 from llmspool.sim.flex import (
     FLEX,
     FlexCapacity,
@@ -71,7 +83,8 @@ from llmspool.sim.flex import (
     flex_models,
     resource_unavailable_error,
 )
-from llmspool.sim.ratelimit import RateLimitWindow
+from llmspool.sim.ollama import OllamaFlavor
+from llmspool.sim.ratelimit import Limits, RateLimiter, limits_from_command
 from llmspool.sim.responses import parse_response_request
 from llmspool.sim.stats import SimStats
 from llmspool.sim.text import TextGenerator
@@ -104,7 +117,9 @@ class _Exchange:
     __slots__ = (
         "app",
         "counted",
+        "cut",
         "method",
+        "model",
         "path",
         "receive",
         "request_id",
@@ -124,16 +139,39 @@ class _Exchange:
         self.send = send
         self.request_id = app.makers.ids.make("req_").encode()
         self.started = time.perf_counter()
+        self.model: str | None = None
+        """The model asked for, once known: whose rate-limit headers the answer carries."""
+        self.cut = False
+        """A ``reset_midway`` fault: the answer is cut after its headers and half its body."""
 
     def headers(self, content: FixedHeaders, *, requests_exhausted: float | None = None) -> Headers:
+        if not self.app.flavor.openai_headers:
+            return [*content]
         elapsed_ms = int((time.perf_counter() - self.started) * 1000)
         return [
             *content,
             (b"x-request-id", self.request_id),
             (b"openai-processing-ms", str(elapsed_ms).encode()),
             *_STATIC_HEADERS,
-            *self.app.ratelimit.headers(requests_exhausted=requests_exhausted),
+            *self.app.ratelimit.headers(self.model, requests_exhausted=requests_exhausted),
         ]
+
+    async def send_answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Send a complete answer, or with ``cut`` its start and then reset the connection."""
+        if not self.cut:
+            await send_bytes(self.send, status, body, headers)
+            return
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await self.send(
+            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+        )
+        await drop_connection(self.send, self.receive, response_started=True)
 
     async def reply(self, status: int, body: bytes, *, extra: Headers | None = None) -> None:
         headers = self.headers(JSON_HEADERS)
@@ -141,7 +179,7 @@ class _Exchange:
             headers.extend(extra)
         if self.counted:
             self.app.stats.by_status[status] += 1
-        await send_bytes(self.send, status, body, headers)
+        await self.send_answer(status, body, headers)
 
     async def reply_json(self, status: int, value: Any) -> None:
         await self.reply(status, orjson.dumps(value))
@@ -153,13 +191,14 @@ class _Exchange:
         extra: Headers | None = None,
         requests_exhausted: float | None = None,
     ) -> None:
-        headers = self.headers(JSON_HEADERS, requests_exhausted=requests_exhausted)
+        content, body = self.app.flavor.error_body(error)
+        headers = self.headers(content, requests_exhausted=requests_exhausted)
         headers.extend((name.encode(), value.encode()) for name, value in error.headers().items())
         if extra:
             headers.extend(extra)
         if self.counted:
             self.app.stats.by_status[error.status] += 1
-        await send_bytes(self.send, error.status, error.body(), headers)
+        await self.send_answer(error.status, body, headers)
 
     def header(self, name: bytes) -> bytes:
         """A request header's value (``name`` in lower case), or ``b""``."""
@@ -201,6 +240,7 @@ class SimApp:
     def __init__(self, config: SimConfig) -> None:
         """Raises ``ConfigError`` (key ``sim.pricing_file``) if the price table cannot load."""
         self.config = config
+        self.flavor = Flavor() if config.flavor == "openai" else OllamaFlavor(config.models)
         self.makers = Makers(
             catalog=ModelCatalog(config.models),
             text=TextGenerator(),
@@ -215,7 +255,14 @@ class SimApp:
         self.stats = SimStats()
         self.flex = FlexCapacity.from_config(config)
         self.flex_pacing = FlexPacing.from_config(config)
-        self.ratelimit = RateLimitWindow(config.ratelimit_requests, config.ratelimit_tokens)
+        self.configured_limits = Limits(
+            requests=config.ratelimit_requests,
+            tokens=config.ratelimit_tokens,
+            enforce=config.enforce_ratelimits,
+        )
+        self.ratelimit = RateLimiter(self.configured_limits)
+        # The handlers of the model endpoints, which pick their faults themselves.
+        self._model_handlers: set[Handler] = set()
         self.files = FileStore()
         self.batches = BatchRegistry(
             files=self.files,
@@ -239,9 +286,12 @@ class SimApp:
                 "DELETE": self._clear_faults,
             },
             "/_sim/flex": {"GET": self._get_flex, "POST": self._set_flex},
+            "/_sim/ratelimits": {"GET": self._get_ratelimits, "POST": self._set_ratelimits},
             "/_sim/stats": {"GET": self._get_stats},
             "/_sim/stats/reset": {"POST": self._reset_stats},
         }
+        for path, body in self.flavor.static_routes().items():
+            self._routes[path] = {"GET": _fixed_answer(body)}
 
     def stop(self) -> None:
         """The server is stopping: requests waiting (hung, slow, paced) drop their connections
@@ -273,9 +323,14 @@ class SimApp:
         counted = exchange.counted
         if counted:
             self.stats.request(_stats_path(exchange.path))
+            self.stats.connection(connection_transport(send), scope.get("client"))
             self.stats.in_flight += 1
         try:
-            await self._route(exchange)(exchange)
+            handler = self._route(exchange)
+            plain = counted and handler not in self._model_handlers
+            if plain and not await self._plain_fault(exchange):
+                return
+            await handler(exchange)
         except ApiError as error:
             await exchange.reply_error(error)
         finally:
@@ -284,8 +339,8 @@ class SimApp:
 
     def _route(self, exchange: _Exchange) -> Handler:
         methods = self._routes.get(exchange.path) or self._resource_routes(exchange.path)
-        if methods is None:
-            raise NotFound(f"Invalid URL ({exchange.method} {exchange.path})")
+        if methods is None or not self.flavor.serves(exchange.path):
+            raise self.flavor.no_route(exchange.method, exchange.path)
         handler = methods.get(exchange.method)
         if handler is None:
             raise MethodNotAllowed(
@@ -313,20 +368,19 @@ class SimApp:
         return None
 
     def _generator(self, parse: Parser) -> Handler:
+        parse = self.flavor.adapt(parse)
+
         async def handle(exchange: _Exchange) -> None:
             payload = await exchange.read_json()
             if payload is None:
                 self.stats.client_closed += 1
                 return
-            try:
-                answer = parse(payload, self.makers)
-            except ApiError:
-                # A refused request still uses up one of the minute's requests.
-                self.ratelimit.record(requests=1)
-                raise
+            answer = parse(payload, self.makers)
+            exchange.model = answer.model
             self.stats.by_model[answer.model] += 1
             await self._answer(exchange, answer)
 
+        self._model_handlers.add(handle)
         return handle
 
     async def _answer(self, exchange: _Exchange, answer: Answer) -> None:
@@ -338,9 +392,18 @@ class SimApp:
                 self.stats.flex_unavailable += 1
                 await exchange.reply_error(resource_unavailable_error())
                 return
-        self.ratelimit.record(requests=1)
+        # Charged at arrival: the prompt and the most output it asks for (see ``ratelimit``).
+        tokens = answer.input_tokens + answer.billed_output_tokens
+        refusal = self.ratelimit.admit(answer.model, tokens)
+        if refusal is not None:
+            self.stats.rate_limited(answer.model, refusal.kind)
+            await exchange.reply_error(refusal)
+            return
+        self.stats.admitted(answer.model, tokens)
         cut_after: int | None = None
-        rule = self.faults.pick(exchange.path, answer.model, answer.tier, answer.stream)
+        rule = self.faults.pick(
+            exchange.path, answer.model, answer.tier, answer.stream, method=exchange.method
+        )
         if rule is not None:
             self.stats.faults[rule.kind.value] += 1
             if rule.kind is FaultKind.STREAM_CUT:
@@ -356,7 +419,6 @@ class SimApp:
             delay += per_token * answer.output_tokens
         if delay > 0 and not await self._pause(exchange, delay):
             return
-        self.ratelimit.record(tokens=answer.input_tokens + answer.billed_output_tokens)
         self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
         if answer.stream:
             await self._stream(exchange, answer, cut_after, per_token)
@@ -376,7 +438,7 @@ class SimApp:
                 ]
                 if rule.kind is FaultKind.RATE_LIMIT:
                     exhausted = seconds
-            error = rule.error(request_limit=self.ratelimit.request_limit)
+            error = self.flavor.fault_error(rule, request_limit=self.ratelimit.request_limit)
             await exchange.reply_error(error, extra=extra, requests_exhausted=exhausted)
             return False
         if rule.kind is FaultKind.DROP:
@@ -389,6 +451,33 @@ class SimApp:
             return False
         if rule.kind is FaultKind.SLOW:
             return await self._pause(exchange, rule.delay or 0.0)
+        if rule.kind is FaultKind.RESET_MIDWAY:
+            exchange.cut = True
+        return True
+
+    async def _plain_fault(self, exchange: _Exchange) -> bool:
+        """Let the fault rules with a ``path`` pick for an endpoint that is not about a model
+        (files, batches...); ``True`` if the endpoint goes on to answer."""
+        rule = self.faults.pick(exchange.path, None, None, False, method=exchange.method)
+        if rule is None:
+            return True
+        self.stats.faults[rule.kind.value] += 1
+        if rule.kind is not FaultKind.SLOW:
+            return await self._inflict(exchange, rule)
+        # The wait watches for the client leaving, which reads the request: read it first,
+        # and hand it to the endpoint afterwards.
+        try:
+            body = await read_body(exchange.receive, MAX_UPLOAD_BYTES)
+        except BodyTooLarge:
+            raise PayloadTooLarge(
+                f"The request body is over {MAX_UPLOAD_BYTES} bytes.", code="payload_too_large"
+            ) from None
+        if body is None:
+            self.stats.client_closed += 1
+            return False
+        if not await self._inflict(exchange, rule):
+            return False
+        exchange.receive = _replay(body, exchange.receive)
         return True
 
     async def _stream(
@@ -410,6 +499,12 @@ class SimApp:
                     "headers": exchange.headers(SSE_HEADERS),
                 }
             )
+            if exchange.cut:
+                first = events[0][0]
+                half = first[: len(first) // 2]
+                await send({"type": "http.response.body", "body": half, "more_body": True})
+                await drop_connection(send, exchange.receive, response_started=True)
+                return
             next_at = anyio.current_time()
             for index, (data, paced) in enumerate(events):
                 if index == cut:
@@ -486,12 +581,37 @@ class SimApp:
         self.flex.apply(command)
         await exchange.reply_json(200, self._flex_json())
 
+    async def _get_ratelimits(self, exchange: _Exchange) -> None:
+        await exchange.reply_json(200, self.ratelimit.state_json())
+
+    async def _set_ratelimits(self, exchange: _Exchange) -> None:
+        """Change the limits (``enforce``, ``requests``, ``tokens``; ``"reset": true`` first
+        goes back to the configured ones); every model's buckets start full again."""
+        try:
+            body = await read_body(exchange.receive, MAX_BODY_BYTES)
+            if body is None:
+                return
+            limits = limits_from_command(
+                orjson.loads(body), self.ratelimit.limits, self.configured_limits
+            )
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(_BAD_JSON) from None
+        except BodyTooLarge:
+            raise PayloadTooLarge("The rate-limit command is too large.") from None
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc), param=exc.key, code="invalid_value") from None
+        self.ratelimit.configure(limits)
+        await exchange.reply_json(200, self.ratelimit.state_json())
+
+    def _stats_json(self) -> dict[str, Any]:
+        return self.stats.to_json(self.batches.by_status(), self.ratelimit.limits.to_json())
+
     async def _get_stats(self, exchange: _Exchange) -> None:
-        await exchange.reply_json(200, self.stats.to_json(self.batches.by_status()))
+        await exchange.reply_json(200, self._stats_json())
 
     async def _reset_stats(self, exchange: _Exchange) -> None:
         self.stats.reset()
-        await exchange.reply_json(200, self.stats.to_json(self.batches.by_status()))
+        await exchange.reply_json(200, self._stats_json())
 
     # -- Files API ---------------------------------------------------------------------------
 
@@ -528,7 +648,7 @@ class SimApp:
     async def _file_content(self, exchange: _Exchange) -> None:
         stored = self.files.get(exchange.path_id())
         self.stats.by_status[200] += 1
-        await send_bytes(exchange.send, 200, stored.content, exchange.headers(_CONTENT_HEADERS))
+        await exchange.send_answer(200, stored.content, exchange.headers(_CONTENT_HEADERS))
 
     # -- Batch API ---------------------------------------------------------------------------
 
@@ -575,6 +695,15 @@ class SimApp:
         await exchange.reply_json(200, settings.to_table())
 
 
+def _fixed_answer(body: bytes) -> Handler:
+    """A handler that answers 200 with the JSON ``body``."""
+
+    async def handle(exchange: _Exchange) -> None:
+        await exchange.reply(200, body)
+
+    return handle
+
+
 def _id_route(
     rest: str, item: dict[str, Handler], actions: dict[str, dict[str, Handler]]
 ) -> dict[str, Handler] | None:
@@ -583,6 +712,21 @@ def _id_route(
     if not identifier:
         return None
     return actions.get(action) if slash else item
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) as the request, then goes on as
+    ``receive``."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def _stats_path(path: str) -> str:

@@ -125,6 +125,13 @@ async def _wait_for_disconnect(receive: Receive, seconds: float) -> None:
             pass
 
 
+def connection_transport(send: Send) -> object | None:
+    """The transport of the connection a request came on (under uvicorn; else ``None``): one
+    object per connection, for as long as it is open."""
+    transport: object | None = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport
+
+
 async def drop_connection(send: Send, receive: Receive, *, response_started: bool) -> None:
     """Close the connection at once, with no (further) HTTP answer."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)

@@ -16,6 +16,7 @@ _EMBEDDING_DIMENSIONS = {
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
+    "nomic-embed-text": 768,  # Ollama's usual embedding model
 }
 _DEFAULT_EMBEDDING_DIMENSIONS = 1536
 # Models whose dimensions a request may not change, as with OpenAI.

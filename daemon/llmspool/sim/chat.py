@@ -39,6 +39,9 @@ class ChatAnswer:
     output_tokens: int
     text: str
     finish_reason: str
+    echo_tier: bool = True
+    """Whether the answer says its ``service_tier`` (OpenAI does; Ollama has no tiers)."""
+    fingerprint: str = SYSTEM_FINGERPRINT
 
     @property
     def billed_output_tokens(self) -> int:
@@ -66,39 +69,41 @@ class ChatAnswer:
             "refusal": None,
             "annotations": [],
         }
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "object": "chat.completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [
-                    {
-                        "index": index,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": self.finish_reason,
-                    }
-                    for index in range(self.choices)
-                ],
-                "usage": self.usage(),
-                "service_tier": self.tier,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-            }
-        )
+        completion = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+                for index in range(self.choices)
+            ],
+            "usage": self.usage(),
+            "service_tier": self.tier,
+            "system_fingerprint": self.fingerprint,
+        }
+        if not self.echo_tier:
+            del completion["service_tier"]
+        return orjson.dumps(completion)
 
     def events(self) -> Iterator[tuple[bytes, bool]]:
         # Chunks differ only in their choices, so the rest of each is encoded once.
-        head = orjson.dumps(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "service_tier": self.tier,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-            }
-        )
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": self.tier,
+            "system_fingerprint": self.fingerprint,
+        }
+        if not self.echo_tier:
+            del fields["service_tier"]
+        head = orjson.dumps(fields)
         prefix = b"data: " + head[:-1] + b',"choices":['
         suffix = b'],"usage":null}\n\n'
 

@@ -22,7 +22,7 @@ import uvicorn
 
 from llmspool.errors import ConfigError
 from llmspool.sim.app import build_app
-from llmspool.sim.config import SimConfig
+from llmspool.sim.config import FLAVORS, SimConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8089
@@ -42,6 +42,10 @@ offered on the models with a flex price, slower, and with "resource unavailable"
 chance, by schedule ([sim] flex_* keys) or at run time (GET/POST /_sim/flex). Faults (5xx,
 429s, slow or hung answers, dropped connections, cut streams) come from the [sim.faults]
 config or at run time from POST/DELETE /_sim/faults; GET /_sim/stats counts what it saw.
+With --flavor ollama (or [sim] flavor = "ollama") it impersonates Ollama's OpenAI-compatible
+routes instead: no service_tier, no rate-limit headers, Ollama's {"error": "..."} bodies, no
+Files or Batch API, and GET /api/tags and /api/version; models default to llama3.2 and
+nomic-embed-text.
 When ready it prints one line: "llmspool sim listening on http://HOST:PORT/v1".
 """
 
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; the exit status (2 for bad config or flags)."""
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, flavor=args.flavor)
         app = build_app(config)
     except ConfigError as exc:
         print(f"llmspool sim: bad config: {exc}", file=sys.stderr)
@@ -81,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_config(path: str | None) -> SimConfig:
-    """The ``[sim]`` table of ``path`` (else ``$LLMSPOOL_CONFIG``), or the defaults if neither."""
+def load_config(path: str | None, *, flavor: str | None = None) -> SimConfig:
+    """The ``[sim]`` table of ``path`` (else ``$LLMSPOOL_CONFIG``), or the defaults if neither;
+    ``flavor`` (``--flavor``) overrides the table's."""
     path = path or os.environ.get("LLMSPOOL_CONFIG") or None
     if path is None:
-        return SimConfig()
+        return SimConfig.from_table({"flavor": flavor}) if flavor else SimConfig()
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)
@@ -93,7 +98,10 @@ def load_config(path: str | None) -> SimConfig:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
-    return SimConfig.from_table(document.get("sim", {}))
+    table = document.get("sim", {})
+    if flavor and isinstance(table, dict):
+        table = {**table, "flavor": flavor}
+    return SimConfig.from_table(table)
 
 
 class _SimServer(uvicorn.Server):
@@ -188,6 +196,11 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         default=DEFAULT_PORT,
         help=f"TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--flavor",
+        choices=FLAVORS,
+        help="the API to impersonate (default: [sim] flavor, else openai)",
     )
     parser.add_argument(
         "--config",

@@ -34,6 +34,9 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "text-embedding-3-small",
     "text-embedding-3-large",
 )
+OLLAMA_MODELS: tuple[str, ...] = ("llama3.2", "nomic-embed-text")
+"""The models served by default under ``flavor = "ollama"``."""
+FLAVORS = ("openai", "ollama")
 
 # Bounds that keep a typo from asking for gigabytes of fake text per answer.
 MAX_OUTPUT_TOKENS = 1_000_000
@@ -50,13 +53,19 @@ class SimConfig:
     output_tokens: int = 16
     """Answer length when a request sets no max_tokens/max_completion_tokens/max_output_tokens."""
     models: tuple[str, ...] = DEFAULT_MODELS
-    """Model ids served; others get 404 ``model_not_found``."""
+    """Model ids served; others get 404 ``model_not_found``. ``from_table``'s default depends on
+    ``flavor``: ``OLLAMA_MODELS`` for Ollama."""
+    flavor: str = "openai"
+    """The API impersonated: ``openai``, or ``ollama`` (``llmspool.sim.ollama``)."""
     seed: int = 0
     """Seed of the RNG that decides which requests a probabilistic fault hits."""
     ratelimit_requests: int = 10_000
-    """``x-ratelimit-limit-requests``: requests per minute the headers report."""
+    """Requests per minute per model (``x-ratelimit-limit-requests``; see ``ratelimit``)."""
     ratelimit_tokens: int = 30_000_000
-    """``x-ratelimit-limit-tokens``: tokens per minute the headers report."""
+    """Tokens per minute per model (``x-ratelimit-limit-tokens``)."""
+    enforce_ratelimits: bool = False
+    """Refuse what does not fit the limits with 429 ``rate_limit_exceeded``, as OpenAI does;
+    ``False``: the headers report the limits, nothing is refused."""
     pricing_file: str = ""
     """Price table deciding which models offer flex (a flex price); "" is the bundled one."""
     flex_latency: float = 0.0
@@ -88,6 +97,8 @@ class SimConfig:
             if key not in known:
                 raise ConfigError(f"sim.{key}", f"unknown key; known keys: {', '.join(known)}")
         defaults = cls()
+        flavor = _choice(table, "flavor", defaults.flavor, FLAVORS)
+        default_models = OLLAMA_MODELS if flavor == "ollama" else defaults.models
         period = _duration(table, "flex_outage_period", defaults.flex_outage_period)
         fraction = _fraction(table, "flex_outage_fraction", defaults.flex_outage_fraction)
         if fraction > 0 and period <= 0:
@@ -100,12 +111,14 @@ class SimConfig:
             output_tokens=_int(
                 table, "output_tokens", defaults.output_tokens, 1, MAX_OUTPUT_TOKENS
             ),
-            models=_models(table.get("models", defaults.models)),
+            models=_models(table.get("models", default_models)),
+            flavor=flavor,
             seed=_int(table, "seed", defaults.seed, None, None),
             ratelimit_requests=_int(
                 table, "ratelimit_requests", defaults.ratelimit_requests, 1, None
             ),
             ratelimit_tokens=_int(table, "ratelimit_tokens", defaults.ratelimit_tokens, 1, None),
+            enforce_ratelimits=_bool(table, "enforce_ratelimits", defaults.enforce_ratelimits),
             pricing_file=_text(table, "pricing_file", defaults.pricing_file),
             flex_latency=_duration(table, "flex_latency", defaults.flex_latency),
             flex_latency_jitter=_duration(
@@ -129,9 +142,11 @@ class SimConfig:
             "latency_per_token": duration_text(self.latency_per_token),
             "output_tokens": self.output_tokens,
             "models": list(self.models),
+            "flavor": self.flavor,
             "seed": self.seed,
             "ratelimit_requests": self.ratelimit_requests,
             "ratelimit_tokens": self.ratelimit_tokens,
+            "enforce_ratelimits": self.enforce_ratelimits,
             "pricing_file": self.pricing_file,
             "flex_latency": duration_text(self.flex_latency),
             "flex_latency_jitter": duration_text(self.flex_latency_jitter),
@@ -172,10 +187,24 @@ def _fraction(table: Mapping[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
+def _bool(table: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = table.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"sim.{name}", f"must be true or false, not {value!r}")
+    return value
+
+
 def _text(table: Mapping[str, Any], name: str, default: str) -> str:
     value = table.get(name, default)
     if not isinstance(value, str):
         raise ConfigError(f"sim.{name}", f"must be a string, not {value!r}")
+    return value
+
+
+def _choice(table: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _text(table, name, default)
+    if value not in choices:
+        raise ConfigError(f"sim.{name}", f"must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 

@@ -11,8 +11,23 @@ A rule is written the same way in the ``[[sim.faults]]`` config tables and in th
   the simulator's seeded RNG, so a run with the same seed and traffic misbehaves the same way.
 - ``count``: the rule hits at most this many requests, then it is spent and removed. With no
   ``probability`` that is exactly "the next N matching requests".
-- ``path``, ``model``, ``tier``: only requests to that path, for that model, or served at that
-  service tier match. ``stream_cut`` matches streamed requests only.
+- ``path``, ``model``, ``tier``, ``method``: only requests to that path, for that model, served
+  at that service tier, or with that HTTP method (``"POST"``) match. ``stream_cut`` matches
+  streamed requests only.
+
+Which endpoints a rule can hit:
+
+- A rule without ``path`` hits only the model endpoints (chat completions, responses,
+  embeddings), after their body is validated (bad input is never faulted).
+- A rule with a ``path`` also hits the other endpoints: the Files and Batch APIs and
+  ``/v1/models``. A ``path`` ending in ``/`` is a prefix: ``/v1/batches/`` matches every batch
+  (``/v1/batches/{id}``, ``/v1/batches/{id}/cancel``) but not ``/v1/batches`` itself (list and
+  create), and ``/v1/`` matches every endpoint; any other ``path`` is matched exactly. A rule
+  with a ``model`` or a ``tier`` never hits those endpoints (they have neither). There the
+  fault comes after routing (an unknown path or method is still 404/405) and before the
+  endpoint acts: an error, a ``drop`` or a ``hang`` means no file was stored, no batch created
+  or cancelled; ``slow`` waits (having read the request body), then the endpoint answers as
+  usual. ``reset_midway`` lets the endpoint act (the batch *is* created), then cuts its answer.
 
 Rules are tried in order; the first one that hits decides the request's fault.
 """
@@ -43,7 +58,10 @@ class FaultKind(StrEnum):
     HANG = "hang"
     """Never answer; wait until the client goes away (or ``delay``, then drop the connection)."""
     DROP = "drop"
-    """Close the connection without any HTTP answer."""
+    """Close the connection without any HTTP answer (reset before the status line)."""
+    RESET_MIDWAY = "reset_midway"
+    """The answer starts (its status, headers and about half its body; a stream: half of its
+    first event), then the connection is reset."""
     STREAM_CUT = "stream_cut"
     """Streamed answers stop after ``after_chunks`` events and the connection closes."""
 
@@ -58,9 +76,10 @@ _KIND_KEYS: dict[FaultKind, frozenset[str]] = {
     FaultKind.SLOW: frozenset({"delay"}),
     FaultKind.HANG: frozenset({"delay"}),
     FaultKind.DROP: frozenset(),
+    FaultKind.RESET_MIDWAY: frozenset(),
     FaultKind.STREAM_CUT: frozenset({"after_chunks"}),
 }
-_SELECTOR_KEYS = frozenset({"kind", "probability", "count", "path", "model", "tier"})
+_SELECTOR_KEYS = frozenset({"kind", "probability", "count", "path", "model", "tier", "method"})
 
 _DEFAULT_DELAY = {FaultKind.SLOW: 2.0, FaultKind.HANG: 3600.0}
 _DEFAULT_RETRY_AFTER = {FaultKind.RATE_LIMIT: 1.0}
@@ -92,6 +111,7 @@ class FaultRule:
     path: str | None = None
     model: str | None = None
     tier: str | None = None
+    method: str | None = None
     status: int | None = None
     delay: float | None = None
     retry_after: float | None = None
@@ -133,6 +153,7 @@ class FaultRule:
             path=_optional_text(data.get("path"), f"{key}.path"),
             model=_optional_text(data.get("model"), f"{key}.model"),
             tier=_optional_text(data.get("tier"), f"{key}.tier"),
+            method=_method(data.get("method"), f"{key}.method"),
             status=_optional_int(data.get("status"), f"{key}.status", minimum=400, maximum=599),
             delay=_optional_duration(data.get("delay"), f"{key}.delay"),
             retry_after=_optional_duration(data.get("retry_after"), f"{key}.retry_after"),
@@ -144,7 +165,17 @@ class FaultRule:
     def to_mapping(self) -> dict[str, Any]:
         """The rule as ``from_mapping`` reads it back (durations as strings, no nulls)."""
         out: dict[str, Any] = {"kind": self.kind.value, "probability": self.probability}
-        for name in ("count", "path", "model", "tier", "status", "after_chunks", "code", "message"):
+        for name in (
+            "count",
+            "path",
+            "model",
+            "tier",
+            "method",
+            "status",
+            "after_chunks",
+            "code",
+            "message",
+        ):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -154,11 +185,19 @@ class FaultRule:
                 out[name] = duration_text(seconds)
         return out
 
-    def matches(self, path: str, model: str, tier: str | None, stream: bool) -> bool:
-        """Whether a request with these properties is one this rule is about."""
+    def matches(
+        self, path: str, model: str | None, tier: str | None, stream: bool, method: str | None
+    ) -> bool:
+        """Whether a request with these properties is one this rule is about; ``model`` is
+        ``None`` for the endpoints that are not about a model (files, batches...)."""
+        if self.path is None:
+            if model is None:
+                return False
+        elif self.path != path and not (self.path.endswith("/") and path.startswith(self.path)):
+            return False
         return (
-            (self.path is None or self.path == path)
-            and (self.model is None or self.model == model)
+            (self.model is None or self.model == model)
+            and (self.method is None or self.method == method)
             and (self.tier is None or self.tier == tier)
             and (self.kind is not FaultKind.STREAM_CUT or stream)
         )
@@ -223,12 +262,23 @@ class FaultInjector:
         """The rules as they stand now: ``count`` is what is left; spent rules are gone."""
         return list(self._rules)
 
-    def pick(self, path: str, model: str, tier: str | None, stream: bool) -> FaultRule | None:
-        """The rule that hits this request, if any; a hit uses up one of its ``count``."""
+    def pick(
+        self,
+        path: str,
+        model: str | None,
+        tier: str | None,
+        stream: bool,
+        *,
+        method: str | None = None,
+    ) -> FaultRule | None:
+        """The rule that hits this request, if any; a hit uses up one of its ``count``.
+
+        ``model`` is ``None`` for an endpoint that is not about a model (only rules with a
+        ``path`` can hit those)."""
         if not self._rules:
             return None
         for index, rule in enumerate(self._rules):
-            if not rule.matches(path, model, tier, stream):
+            if not rule.matches(path, model, tier, stream, method):
                 continue
             if rule.probability < 1.0 and (
                 rule.probability <= 0.0 or self._rng.random() >= rule.probability
@@ -311,6 +361,16 @@ def _optional_text(value: Any, key: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"must be a non-empty string, not {value!r}")
     return value
+
+
+def _method(value: Any, key: str) -> str | None:
+    text = _optional_text(value, key)
+    if text is not None and text.upper() not in _METHODS:
+        raise ConfigError(key, f"must be one of {', '.join(sorted(_METHODS))}, not {text!r}")
+    return text.upper() if text is not None else None
+
+
+_METHODS = frozenset({"GET", "POST", "DELETE"})
 
 
 def _optional_duration(value: Any, key: str) -> float | None:

@@ -37,6 +37,8 @@ class ResponseAnswer:
     text: str
     max_output_tokens: int | None
     echoed: dict[str, Any]
+    echo_tier: bool = True
+    """Whether the answer says its ``service_tier`` (OpenAI does; Ollama has no tiers)."""
 
     @property
     def billed_output_tokens(self) -> int:
@@ -97,6 +99,8 @@ class ResponseAnswer:
             "service_tier": self.tier,
             **self.echoed,
         }
+        if not self.echo_tier:
+            del response["service_tier"]
         # The spec has no null usage: an unfinished response leaves it out.
         if usage is not None:
             response["usage"] = usage

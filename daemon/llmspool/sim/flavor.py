@@ -1,0 +1,53 @@
+"""Which API the simulator impersonates (``[sim] flavor``): the hooks the app consults where the
+answer depends on it.
+
+``Flavor`` is OpenAI's behaviour, the default; ``llmspool.sim.ollama.OllamaFlavor`` overrides it
+to answer as Ollama's OpenAI-compatible routes do. The hooks are few on purpose: the endpoints
+build the same answers for every flavor, and a flavor only adapts what differs (the parsing of a
+request, error bodies, response headers, which routes exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmspool.errors import ApiError, NotFound
+from llmspool.sim.answer import Answer, Makers
+from llmspool.sim.asgi import JSON_HEADERS, FixedHeaders
+from llmspool.sim.faults import FaultRule
+
+Parser = Callable[[dict[str, Any], Makers], Answer]
+
+
+class Flavor:
+    """The simulator as OpenAI: its error shape, its headers, all of its routes."""
+
+    name = "openai"
+
+    openai_headers = True
+    """Whether answers carry ``x-request-id``, ``openai-*`` and the ``x-ratelimit-*`` headers."""
+
+    def adapt(self, parse: Parser) -> Parser:
+        """The parser an endpoint uses under this flavor, made from the OpenAI one."""
+        return parse
+
+    def error_body(self, error: ApiError) -> tuple[FixedHeaders, bytes]:
+        """The content headers and body that answer ``error``."""
+        return JSON_HEADERS, error.body()
+
+    def fault_error(self, rule: FaultRule, *, request_limit: int) -> ApiError:
+        """The error an error fault (status, rate limit, quota) answers with."""
+        return rule.error(request_limit=request_limit)
+
+    def serves(self, path: str) -> bool:
+        """Whether ``path`` (a route the simulator knows) exists under this flavor."""
+        return True
+
+    def no_route(self, method: str, path: str) -> ApiError:
+        """The error for a path that does not exist."""
+        return NotFound(f"Invalid URL ({method} {path})")
+
+    def static_routes(self) -> dict[str, bytes]:
+        """Extra ``GET`` routes with a fixed JSON answer, by path."""
+        return {}

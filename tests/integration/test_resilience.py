@@ -1,0 +1,238 @@
+"""Resilience through the real daemon, its OpenAI plugin and the simulator's fault injection:
+retries (attempt counts, waits honoured, what is never retried), timeouts named, a client that
+leaves, the circuit breaker's transitions and recovery, failover to Ollama, and the retry
+budget holding a retry storm down."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    openai_client,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_exchange,
+)
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+FAST_RETRIES = '[retry]\nbackoff_min = "20ms"\nbackoff_max = "100ms"\n'
+
+
+def chat(daemon: Daemon, model: str = "gpt-4o-mini",
+         **extra: object) -> tuple[int, Any, dict[str, str]]:
+    body = orjson.dumps({"model": model, "messages": MESSAGES, **extra})
+    return unix_exchange(daemon.socket_path, "POST", CHAT, body,
+                         {"content-type": "application/json"})
+
+
+def upstream_calls(sim: Sim) -> int:
+    return int(sim.stats()["requests"]["by_path"].get(CHAT, 0))
+
+
+def dispatcher_status(daemon: Daemon) -> dict[str, Any]:
+    status, body = daemon.get("/v1/status")
+    assert status == 200
+    return body["dispatcher"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fast_daemon(tmp_path: Path, sim: Sim) -> Iterator[Daemon]:
+    started = start_daemon(tmp_path, sim.url, config_toml=FAST_RETRIES)
+    try:
+        yield started
+    finally:
+        started.terminate()
+
+
+def test_a_5xx_burst_is_retried_and_answered(fast_daemon: Daemon, sim: Sim) -> None:
+    sim.set_faults({"kind": "status", "status": 503, "count": 2})
+    status, body, _headers = chat(fast_daemon)
+    assert status == 200 and body["choices"]
+    assert upstream_calls(sim) == 3
+    assert dispatcher_status(fast_daemon)["retries"]["retries"] == 2
+
+
+def test_a_429_storm_waits_what_the_provider_asks(fast_daemon: Daemon, sim: Sim) -> None:
+    sim.set_faults({"kind": "rate_limit", "count": 2, "retry_after": "400ms"})
+    started = time.monotonic()
+    status, _body, _headers = chat(fast_daemon)
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert upstream_calls(sim) == 3
+    assert elapsed >= 0.8  # two waits of retry-after-ms 400, not the 20 ms backoff
+
+
+def test_insufficient_quota_is_sent_once_and_reaches_the_client(fast_daemon: Daemon,
+                                                                sim: Sim) -> None:
+    sim.set_faults({"kind": "quota", "count": 5})
+    client = openai_client(fast_daemon.socket_path, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert caught.value.code == "insufficient_quota"
+    assert upstream_calls(sim) == 1
+
+
+def test_a_connection_reset_is_retried(fast_daemon: Daemon, sim: Sim) -> None:
+    sim.set_faults({"kind": "drop", "count": 1})
+    status, _body, _headers = chat(fast_daemon)
+    assert status == 200
+    assert upstream_calls(sim) == 2
+
+
+def test_a_timed_out_attempt_is_retried_with_a_longer_limit(tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        FAST_RETRIES + '[providers.openai]\ntimeout = "500ms"\n'))
+    try:
+        # Slow by 700 ms: over the first attempt's 500 ms, within the retry's 1 s.
+        sim.set_faults({"kind": "slow", "delay": "700ms"})
+        status, body, _headers = chat(daemon)
+        assert status == 200, body
+        assert upstream_calls(sim) == 2
+    finally:
+        daemon.terminate()
+
+
+def test_a_stream_that_goes_quiet_ends_with_the_idle_timeout_named(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency_per_token = "3s"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[providers.openai]\nstream_idle_timeout = "500ms"\n'))
+    try:
+        client = openai_client(daemon.socket_path)
+        started = time.monotonic()
+        with pytest.raises(openai.APIError) as caught:
+            list(client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, stream=True))
+        assert time.monotonic() - started < 2.5
+        assert "stream_idle_timeout" in str(caught.value)
+        assert upstream_calls(sim) == 1  # begun: never sent twice
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
+
+
+def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(
+        tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency = "5s"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(daemon.socket_path))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                b"application/json\r\ncontent-length: " + str(len(body)).encode()
+                + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 5
+            while dispatcher_status(daemon)["in_flight"] == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        deadline = time.monotonic() + 2  # well before the 5 s answer
+        while dispatcher_status(daemon)["in_flight"]:
+            assert time.monotonic() < deadline, "the upstream call was not cancelled"
+            time.sleep(0.02)
+        assert dispatcher_status(daemon)["aborted_by_client"] == 1
+        time.sleep(0.2)
+        assert sim.stats()["requests"]["client_closed"] == 1  # the sim saw the call dropped
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
+
+
+BREAKER = '[breaker]\nfailures = 3\ncooldown = "1s"\n[retry]\nmax_attempts = 1\n'
+
+
+def breaker_state(daemon: Daemon, provider: str = "openai") -> str:
+    for breaker in dispatcher_status(daemon)["breakers"]:
+        if breaker["provider"] == provider and breaker["tier"] == "standard":
+            return str(breaker["state"])
+    return "closed"
+
+
+def test_with_nothing_to_fail_over_to_an_open_breaker_answers_503_with_retry_after(
+        tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url, config_toml=BREAKER)
+    try:
+        sim.set_faults({"kind": "status", "status": 500})
+        assert [chat(daemon)[0] for _ in range(3)] == [500, 500, 500]
+        assert breaker_state(daemon) == "open"
+        status, body, headers = chat(daemon)
+        assert status == 503 and body["error"]["code"] == "circuit_open"
+        assert "[failover]" in body["error"]["message"]
+        assert int(headers["retry-after"]) >= 1
+        assert upstream_calls(sim) == 3  # the refused call was never sent
+        sim.clear_faults()
+        time.sleep(1.1)  # the cooldown: the next call is the probe, and it heals the breaker
+        assert chat(daemon)[0] == 200
+        assert breaker_state(daemon) == "closed"
+        moves = [(m["from"], m["to"]) for m in dispatcher_status(daemon)["breaker_transitions"]]
+        assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    finally:
+        daemon.terminate()
+
+
+def test_an_open_breaker_fails_over_to_ollama_then_heals(tmp_path: Path, sim: Sim) -> None:
+    (tmp_path / "ollama").mkdir()
+    ollama = start_sim(tmp_path / "ollama", '[sim]\nflavor = "ollama"\n')
+    config = BREAKER + (
+        f'[providers.openai]\n[providers.ollama]\nbase_url = "{ollama.url}"\n'
+        'models = ["llama3.2"]\n'
+        '[failover]\nopenai = "ollama"\n[failover.models]\n"gpt-4o-mini" = "llama3.2"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        sim.set_faults({"kind": "status", "status": 502})
+        assert [chat(daemon)[0] for _ in range(3)] == [502, 502, 502]
+        status, body, headers = chat(daemon)
+        assert status == 200, body
+        assert headers["x-llmspool-failover"] == "openai -> ollama"
+        assert headers["x-llmspool-model"] == "llama3.2"
+        assert body["model"].startswith("llama3.2")
+        assert "service_tier" not in body  # Ollama's answer, passed through
+        assert upstream_calls(ollama) == 1 and upstream_calls(sim) == 3
+        # The official client gets the stand-in's answer too, streamed.
+        client = openai_client(daemon.socket_path)
+        events = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                                     stream=True))
+        assert events and events[0].model.startswith("llama3.2")
+        assert dispatcher_status(daemon)["failed_over"] == 2
+        sim.clear_faults()
+        time.sleep(1.1)
+        status, body, headers = chat(daemon)
+        assert status == 200 and "x-llmspool-failover" not in headers
+        assert breaker_state(daemon) == "closed"
+        _status, ledger = daemon.get("/v1/ledger?limit=10")
+        providers = [entry["provider"] for entry in ledger["entries"]
+                     if entry["status"] == 200]
+        assert providers.count("ollama") == 2 and providers.count("openai") == 1
+    finally:
+        daemon.terminate()
+        stop_process(ollama.process)
+
+
+def test_a_retry_storm_stays_inside_the_retry_budget(tmp_path: Path, sim: Sim) -> None:
+    offered = 100
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[retry]\nbackoff_min = "1ms"\nbackoff_max = "5ms"\nbudget_fraction = 0.1\n'
+        'budget_min_retries = 2\n'
+        '[breaker]\nfailures = 100000\nmin_calls = 100000\n'))
+    try:
+        sim.set_faults({"kind": "status", "status": 503, "probability": 0.5})
+        statuses = [chat(daemon)[0] for _ in range(offered)]
+        attempts = upstream_calls(sim)
+        assert attempts <= offered * 1.1 + 2
+        retries = dispatcher_status(daemon)["retries"]
+        assert retries["budgets"]["openai"]["denied"] > 0  # the budget did the holding back
+        assert statuses.count(200) >= offered * 0.5  # and the retries it allowed helped
+    finally:
+        daemon.terminate()
