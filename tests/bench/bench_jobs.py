@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from tests.support.processes import (
+    UNLIMITED_SIM,
     Daemon,
     UnixHTTPConnection,
     start_daemon,
@@ -60,7 +61,7 @@ def wait_done(daemon: Daemon, job_id: str, timeout: float) -> dict[str, Any]:
 
 
 def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
-    sim = start_sim(workdir)
+    sim = start_sim(workdir, UNLIMITED_SIM)
     # The direct path (a 24 h deadline would go to the Batch API: bench_batches measures that).
     daemon = start_daemon(workdir, sim.url,
                           config_toml="[jobs]\nmax_in_flight = 256\n[batch]\nenabled = false\n")

@@ -28,7 +28,14 @@ from typing import Any
 
 import orjson
 
-from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process
+from tests.support.processes import (
+    UNLIMITED_SIM,
+    Daemon,
+    Sim,
+    start_daemon,
+    start_sim,
+    stop_process,
+)
 
 CHAT_BODY = {
     "model": "gpt-4o-mini",
@@ -175,7 +182,9 @@ def main() -> int:
     figures: dict[str, Any] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port:
         workdir = Path(tmp)
-        sim = start_sim(workdir)
+        # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
+        # default): far above what the load generator offers, so that only overhead is timed.
+        sim = start_sim(workdir, UNLIMITED_SIM)
         try:
             for mode, env in (
                 ("tracing_off", {}),

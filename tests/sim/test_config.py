@@ -62,6 +62,7 @@ def test_values_are_read() -> None:
             "seed": 42,
             "ratelimit_requests": 500,
             "ratelimit_tokens": 200_000,
+            "enforce_ratelimits": True,
             "faults": [
                 {"kind": "status", "status": 503, "probability": 0.1},
                 {"kind": "slow", "delay": "2s", "model": "gpt-4o", "count": 3},
@@ -75,6 +76,7 @@ def test_values_are_read() -> None:
     assert config.seed == 42
     assert config.ratelimit_requests == 500
     assert config.ratelimit_tokens == 200_000
+    assert config.enforce_ratelimits is True
     assert config.faults == (
         FaultRule(kind=FaultKind.STATUS, status=503, probability=0.1),
         FaultRule(kind=FaultKind.SLOW, delay=2.0, model="gpt-4o", count=3),
@@ -134,6 +136,7 @@ def test_a_single_fault_table_is_one_rule() -> None:
         ({"seed": 1.5}, "sim.seed"),
         ({"ratelimit_requests": 0}, "sim.ratelimit_requests"),
         ({"ratelimit_tokens": True}, "sim.ratelimit_tokens"),
+        ({"enforce_ratelimits": "yes"}, "sim.enforce_ratelimits"),
         ({"latncy": "1s"}, "sim.latncy"),
         ({"faults": "none"}, "sim.faults"),
         ({"faults": [{"kind": "status", "probability": 1.5}]}, "sim.faults[0].probability"),

@@ -282,7 +282,8 @@ def test_tpm_counts_prompt_and_max_output_asked(sim: RunningSim) -> None:
     used = int(match.group(1))
     assert charged - 100 < used <= charged
     headers = error.response.headers
-    assert headers["x-ratelimit-remaining-tokens"] == str(60_000 - used)
+    # The headers are written a moment after the refusal: a token a millisecond refilled since.
+    assert 0 <= int(headers["x-ratelimit-remaining-tokens"]) - (60_000 - used) <= 10
     wait_ms = int(headers["retry-after-ms"])
     assert 0 < wait_ms <= 100
     assert abs(int(match.group(2)) - wait_ms) <= 1

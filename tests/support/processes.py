@@ -20,6 +20,9 @@ from typing import Any
 import orjson
 
 START_TIMEOUT = 20.0
+UNLIMITED_SIM = "[sim]\nratelimit_requests = 1000000000\nratelimit_tokens = 1000000000000\n"
+"""Sim limits far above any load a test offers: the daemon learns the limits the headers
+report (10,000 RPM by default) and paces itself to them."""
 
 
 @dataclass

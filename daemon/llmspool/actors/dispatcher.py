@@ -455,7 +455,6 @@ class Dispatcher:
         permit = await self._limits.acquire(target.provider, target.model,
                                             self._requested_tokens(call),
                                             interactive=call.deadline_at is None)
-        used: Usage | None = None
         self._attempts += 1
         self._attempts_counter.add(1, {"llmspool.provider": target.provider})
         try:
@@ -473,7 +472,6 @@ class Dispatcher:
                                                 "to": target.provider, "model": target.model})
                 try:
                     sent = await self._send(call, target, span, attempt_span, permit)
-                    used = sent.usage if sent is not None else None
                     if sent is not None and sent.late_error is not None:
                         attempt_span.set_status(Status(StatusCode.ERROR,
                                                        sent.late_error.message))
@@ -492,7 +490,9 @@ class Dispatcher:
                     raise
                 target.breaker.succeeded(probe=target.probe)
         finally:
-            permit.release(used.input_tokens + used.output_tokens if used is not None else None)
+            # No refund of unused requested tokens: OpenAI counts what a call asks for (prompt
+            # plus max output) against its TPM when the call arrives, and gives nothing back.
+            permit.release()
 
     def _tell_breaker(self, target: Target, error: ApiError) -> None:
         failure = classify(error, flex=target.tier is Tier.FLEX)
@@ -585,8 +585,8 @@ class Dispatcher:
             )
         served = served_tier_of(parsed) or target.tier
         usage = usage_of(parsed) or self._estimate(call)
-        settled = self._settle(call, target, served, usage, response.status, started, span,
-                               claimed=claimed_tier_of(parsed))
+        settled = self._settle(call, target.provider, target.model, served, usage,
+                               response.status, started, span, claimed=claimed_tier_of(parsed))
         headers = _pick(response.headers, _PASSED_HEADERS)
         headers["x-llmspool-tier"] = served.value
         if target.failover_from is not None:
@@ -653,23 +653,25 @@ class Dispatcher:
             span.set_status(Status(StatusCode.ERROR, error.message))
             usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
             served = meter.tier or target.tier
-            await self._ledger.send(self._settle(call, target, served, usage, 502, started, span))
+            await self._ledger.send(self._settle(call, target.provider, target.model, served,
+                                                 usage, 502, started, span))
             await _tell(call, StreamEnd(error))
             return Sent(usage, late_error=error)
         usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
-        settled = self._settle(call, target, meter.tier or target.tier, usage, status, started,
-                               span, claimed=meter.claimed_tier)
+        settled = self._settle(call, target.provider, target.model, meter.tier or target.tier,
+                               usage, status, started, span, claimed=meter.claimed_tier)
         await self._ledger.send(settled)
         await _tell(call, StreamEnd())
         return Sent(usage)
 
     def _settle(
-        self, call: Call, target: Target, tier: Tier, usage: Usage, status: int, started: float,
-        span: Span, *, claimed: str | None = None,
+        self, call: Call, provider: str, model: str, tier: Tier, usage: Usage, status: int,
+        started: float, span: Span, *, claimed: str | None = None,
     ) -> Settled:
+        """The ledger's record of a call served by ``provider``'s ``model`` (the call's own, or
+        its failover's) on ``tier``."""
         flag = None
-        provider, model = target.provider, target.model
         price = self._prices.price(provider, model, tier)
         standard = self._prices.price(provider, model, Tier.STANDARD)
         if claimed is not None and Tier.from_service_tier(claimed) is None:

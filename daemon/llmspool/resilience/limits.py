@@ -306,6 +306,8 @@ class _Mark:
     """The resource's running total of net charges, this call's included."""
     corrected: float
     """The resource's running total of lowerings from headers and 429s."""
+    at: float
+    """When the call was admitted."""
 
 
 class _Resource:
@@ -344,13 +346,13 @@ class _Resource:
             return -math.inf
         return self.bucket.ready_at(amount, now, ramp)
 
-    def charge(self, amount: float) -> _Mark:
+    def charge(self, amount: float, now: float) -> _Mark:
         self.charged += amount
         level = None
         if self.bucket is not None:
             self.bucket.level -= amount
             level = self.bucket.level
-        return _Mark(level, self.charged, self.corrected)
+        return _Mark(level, self.charged, self.corrected, now)
 
     def give_back(self, amount: float, now: float, ramp: _Ramp) -> None:
         """Return ``amount`` to the bucket (take it, if negative)."""
@@ -380,15 +382,10 @@ class _Resource:
             self.bucket.level = estimate
 
     def correct(
-        self,
-        remaining: float,
-        basis: Permit | None,
-        mark: _Mark | None,
-        upstream_limit: int,
-        now: float,
+        self, remaining: float, mark: _Mark | None, upstream_limit: int, now: float
     ) -> None:
         """Lower our bucket to what the upstream can have left now, given that it had
-        ``remaining`` when it took the call ``basis`` (``mark``: our books at that moment).
+        ``remaining`` when it took the call whose admission left our books at ``mark``.
 
         Two estimates of the upstream's level now, each exact when both buckets run alike:
 
@@ -410,10 +407,10 @@ class _Resource:
         bucket = self.bucket
         if bucket is None:
             return
-        if basis is None or mark is None:
+        if mark is None:
             estimate = remaining  # nothing to anchor it in time: take it as of now
         else:
-            refill = upstream_limit / SECONDS_PER_MINUTE * max(0.0, now - basis.admitted_at)
+            refill = upstream_limit / SECONDS_PER_MINUTE * max(0.0, now - mark.at)
             estimate = min(upstream_limit, remaining + refill) - (self.charged - mark.charged)
             if mark.level is not None:
                 above = mark.level - remaining - (self.corrected - mark.corrected)
@@ -421,7 +418,7 @@ class _Resource:
         self.lower_to(estimate)
 
     def drain(self) -> None:
-        self.lower_to(min(0.0, self.bucket.level) if self.bucket is not None else 0.0)
+        self.lower_to(0.0)  # a debt (below 0) stays
 
 
 class _Waiter:
@@ -447,7 +444,16 @@ class Permit:
     """One admitted call's share of its (provider, model) limits; ``release`` it when the call
     ends (answered, failed or cancelled)."""
 
-    __slots__ = ("_key", "_released", "_seq", "admitted_at", "marks", "model", "provider", "tokens")
+    __slots__ = (
+        "_key",
+        "_marks",
+        "_released",
+        "_seq",
+        "admitted_at",
+        "model",
+        "provider",
+        "tokens",
+    )
 
     def __init__(
         self, key: _KeyLimits, seq: int, tokens: int, admitted_at: float, marks: dict[str, _Mark]
@@ -460,7 +466,7 @@ class Permit:
         self.tokens = tokens
         """Tokens charged at admission."""
         self.admitted_at = admitted_at
-        self.marks = marks
+        self._marks = marks
 
     @property
     def released(self) -> bool:
@@ -566,8 +572,8 @@ class _KeyLimits:
         seq = self.admissions
         self.admissions += 1
         marks = {
-            _REQUESTS: self.resources[_REQUESTS].charge(1),
-            _TOKENS: self.resources[_TOKENS].charge(tokens),
+            _REQUESTS: self.resources[_REQUESTS].charge(1, now),
+            _TOKENS: self.resources[_TOKENS].charge(tokens, now),
         }
         permit = Permit(self, seq, tokens, now, marks)
         self.in_flight[seq] = permit
@@ -638,8 +644,8 @@ class _KeyLimits:
             if remaining is None:
                 continue
             upstream_limit = limits.get(kind) or resource.limit
-            mark = basis.marks[kind] if basis is not None else None
-            resource.correct(remaining, basis, mark, upstream_limit, now)
+            mark = basis._marks[kind] if basis is not None else None
+            resource.correct(remaining, mark, upstream_limit, now)
         # A learned limit may make the head too large; a corrected level changes its wait.
         self.pump(now)
 
