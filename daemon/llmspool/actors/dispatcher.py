@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -523,7 +524,14 @@ class Dispatcher:
         if not self._limits.counts_tokens(call.provider, call.model):
             return 0
         usage = self._estimate(call)
-        return usage.input_tokens + (_max_output(call.body) or usage.output_tokens)
+        estimate = self._last_estimate
+        prompt = usage.input_tokens
+        if estimate.method == "ratio" and estimate.chars:
+            # Without the reservation's safety margin: an over-count here leaves a share of
+            # the limit unused, for good (the upstream never gives it back).
+            ratio = self._estimator.ratio_for(call.model)
+            prompt = math.ceil(estimate.chars / ratio) + estimate.fixed_tokens
+        return prompt + (_max_output(call.body) or usage.output_tokens)
 
     async def _send(self, call: Call, target: Target, span: Span, attempt_span: Span,
                     permit: Permit) -> Sent | None:
