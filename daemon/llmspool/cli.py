@@ -255,6 +255,15 @@ def _run_status(args: argparse.Namespace) -> int:
     if jobs:
         table.add_row("jobs in progress", str(jobs["jobs_in_progress"]))
         table.add_row("deferred requests queued", str(jobs["requests_queued"]))
+    table.add_row("upstream attempts (retries included)",
+                  str(dispatcher.get("upstream_attempts", 0)))
+    table.add_row("retries", str(dispatcher.get("retries", {}).get("retries", 0)))
+    table.add_row("failed over", str(dispatcher.get("failed_over", 0)))
+    table.add_row("cancelled by the client leaving", str(dispatcher.get("aborted_by_client", 0)))
+    for name, reuse in sorted(dispatcher.get("connections", {}).items()):
+        share = reuse.get("reused_share")
+        table.add_row(f"{name}: calls on a reused connection",
+                      "-" if share is None else f"{share:.1%} of {reuse['requests']}")
     table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
     table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
     table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")
@@ -263,7 +272,27 @@ def _run_status(args: argparse.Namespace) -> int:
     batches = report.get("batches")
     if batches is not None:
         console.print(_batches_table(batches, report.get("batch_submitter") or {}))
+    breakers = dispatcher.get("breakers") or []
+    if breakers:
+        console.print(_breakers_table(breakers))
     return 0
+
+
+def _breakers_table(breakers: list[dict[str, Any]]) -> Any:
+    """Circuit breakers, one row per (provider, tier) that has carried calls."""
+    from rich.table import Table
+
+    table = Table(title="circuit breakers")
+    for column in ("provider", "tier", "state", "failures in a row", "opened", "probe in",
+                   "last failure"):
+        table.add_column(column, justify="right" if column in ("failures in a row", "opened",
+                                                               "probe in") else "left")
+    for breaker in breakers:
+        probe = f"{breaker['retry_after_s']:.0f} s" if breaker["state"] == "open" else "-"
+        table.add_row(breaker["provider"], breaker["tier"], breaker["state"],
+                      str(breaker["consecutive_failures"]), str(breaker["times_opened"]), probe,
+                      breaker["last_failure"] or "-")
+    return table
 
 
 def _batches_table(batches: dict[str, Any], submitter: dict[str, Any]) -> Any:

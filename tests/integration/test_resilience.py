@@ -6,6 +6,7 @@ budget holding a retry storm down."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support.processes import (
     Daemon,
     Sim,
     openai_client,
+    python_command,
     start_daemon,
     start_sim,
     stop_process,
@@ -167,6 +169,9 @@ def test_with_nothing_to_fail_over_to_an_open_breaker_answers_503_with_retry_aft
         sim.set_faults({"kind": "status", "status": 500})
         assert [chat(daemon)[0] for _ in range(3)] == [500, 500, 500]
         assert breaker_state(daemon) == "open"
+        shown = subprocess.run(python_command("status", "--socket", str(daemon.socket_path)),
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        assert "circuit breakers" in shown and "open" in shown and "500" in shown
         status, body, headers = chat(daemon)
         assert status == 503 and body["error"]["code"] == "circuit_open"
         assert "[failover]" in body["error"]["message"]
