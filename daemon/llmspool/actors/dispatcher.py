@@ -90,6 +90,14 @@ class _NoFlexCapacity(Exception):
     """The upstream answered 429 *resource unavailable* to a flex attempt."""
 
 
+class _FlexTimedOut(Exception):
+    """A flex attempt ran out of the time its deadline allowed (not retried on flex)."""
+
+    def __init__(self, error: UpstreamUnreachable) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where one attempt goes: usually the call's own provider, model and tier; past an open
@@ -350,9 +358,9 @@ class Dispatcher:
             except _NoFlexCapacity:
                 self._flex_metrics.unavailable()
                 span.add_event("flex: resource unavailable", {"attempt": attempt + 1})
-            except UpstreamUnreachable as error:
-                if error.code != "upstream_timeout" or budget >= self._flex.timeout:
-                    raise
+            except _FlexTimedOut as timed_out:
+                if budget >= self._flex.timeout:
+                    raise timed_out.error from None
                 span.add_event("flex: escalated, the attempt would not finish in time")
                 break
             if attempt < policy.flex_max_retries:
@@ -385,6 +393,10 @@ class Dispatcher:
                     await self._attempt(call, tier, flex_limit, stretch, number, span)
                 except UpstreamUnreachable as error:
                     if error.code == "upstream_timeout":
+                        if flex_limit is not None:
+                            # The flex attempt used the time the deadline gave it: not a
+                            # retry on flex, but the flex policy's turn (escalate in time).
+                            raise _FlexTimedOut(error) from error
                         stretch *= 2
                     raise
 
