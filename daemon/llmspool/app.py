@@ -35,7 +35,9 @@ from llmspool.actors.dispatcher import Dispatcher
 from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
+from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batches.context import BatchContext
+from llmspool.cache.keys import CacheRules
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.crashpoints import CrashPoints
 from llmspool.errors import ConfigError
@@ -189,6 +191,7 @@ class Daemon:
         poller_in, poller_out = anyio.create_memory_object_stream[PollerMessage](QUEUE_BUFFER)
         results_in, results_out = anyio.create_memory_object_stream[BatchLinesDone](
             QUEUE_BUFFER)
+        cache_in, cache_out = anyio.create_memory_object_stream[CacheMessage](QUEUE_BUFFER)
         # The front door asks the dispatcher and the ledger for status through clones, so
         # that each actor's inbox closes only when every sender is done.
         dispatch_status = dispatch_in.clone()
@@ -224,6 +227,9 @@ class Daemon:
             }),
         )
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
+        cache_rules = CacheRules(config.cache, config.operations)
+        cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
+                              state_dir=config.state_path, planner=planner)
         batch_providers = {name: provider for name, provider in providers.items()
                            if isinstance(provider, BatchProvider)}
         crash = CrashPoints(self._environ)
@@ -241,13 +247,16 @@ class Daemon:
             batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
             batch_results=results_out, batch_providers=frozenset(batch_providers),
             batch_config=config.batch,
+            cache=cache_in.clone(), cache_rules=cache_rules,
         )
         forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
-                              max_body_size=config.daemon.max_body_size)
+                              max_body_size=config.daemon.max_body_size,
+                              cache=cache_in, cache_rules=cache_rules)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
-             "jobs": keeper_in, "batch_submitter": submitter_in, "batches": poller_in},
+             "cache": cache_in, "jobs": keeper_in, "batch_submitter": submitter_in,
+             "batches": poller_in},
             started_at=time.time(),
             extra_routes=[
                 *job_routes(
@@ -267,10 +276,11 @@ class Daemon:
                 await actors.start(ledger.run)
                 await actors.start(dispatcher.run)
                 await actors.start(queue.run)
+                await actors.start(cache.run)
                 await actors.start(self._run_batches, submitter, poller, keeper, batches_ready)
                 await actors.start(
                     self._serve_front_door, server, actors.cancel_scope,
-                    (queue_in, dispatch_status, ledger_status, self._dispatch_control,
+                    (queue_in, cache_in, dispatch_status, ledger_status, self._dispatch_control,
                      keeper_in, submitter_in, poller_in, results_in),
                 )
                 notifier.ready(f"serving {config.daemon.socket}")

@@ -42,6 +42,9 @@ class Tier(enum.StrEnum):
     FLEX = "flex"
     BATCH = "batch"
     PRIORITY = "priority"
+    # No upstream call: answered from the response cache, or shared with an identical call
+    # in flight (the ledger's saving source says which).
+    CACHE = "cache"
 
     @classmethod
     def from_service_tier(cls, service_tier: object) -> Tier | None:
@@ -71,6 +74,7 @@ _REQUEST_VALUES = {
     Tier.FLEX: "flex",
     Tier.PRIORITY: "priority",
     Tier.BATCH: None,
+    Tier.CACHE: None,
 }
 
 

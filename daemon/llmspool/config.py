@@ -80,6 +80,9 @@ class PricingConfig:
 
 
 TIER_CHOICES = ("auto", "standard", "flex", "batch")
+# auto: deterministic requests only (embeddings, temperature 0, a seed); on: every request;
+# off: never. The request header x-llmspool-cache: on|off overrides it.
+CACHE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,11 @@ class OperationConfig:
 
     A key left out inherits: ``deadline`` from ``[jobs] default_deadline``, ``flex`` from
     ``[flex] enabled``, ``batch`` from ``[batch] enabled``, ``fallback_to_standard`` and
-    ``max_retries`` from ``[flex]``.
+    ``max_retries`` from ``[flex]``. ``cache`` (auto, on, off) says which of its requests are
+    answered from the cache and share calls in flight, ``cache_ttl`` how long its answers are
+    kept (``[cache] ttl`` when left out), ``cache_shared`` lets every calling user share its
+    answers (otherwise each user has a cache of their own), and ``similar`` turns on
+    near-duplicate matching by embedding similarity for it.
     """
 
     deadline: float | None = field(default=None, metadata={"kind": "duration"})
@@ -149,6 +156,24 @@ class OperationConfig:
     batch: bool | None = None
     fallback_to_standard: bool | None = None
     max_retries: int | None = None
+    cache: str = field(default="auto", metadata={"choices": CACHE_MODES})
+    cache_ttl: float | None = field(default=None, metadata={"kind": "duration"})
+    cache_shared: bool = False
+    similar: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``[cache]``: answers kept to serve identical requests again at no cost, and identical
+    requests in flight sharing one upstream call."""
+
+    enabled: bool = True
+    ttl: float = _duration("1h")
+    max_entries: int = 100_000
+    max_entry_size: int = _size("1MiB")
+    similar_model: str = "text-embedding-3-small"
+    similar_cache_threshold: float = 0.85
+    similar_dedup_threshold: float = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +286,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     operations: Mapping[str, OperationConfig] = field(default_factory=dict)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     retry_providers: Mapping[str, RetryConfig] = field(default_factory=dict)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -337,6 +363,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         batch=_section(BatchConfig, _table_at(table, "batch", "batch"), "batch"),
         operations=operations,
         budgets=_budgets(_table_at(table, "budgets", "budgets")),
+        cache=_cache(_table_at(table, "cache", "cache")),
         **_resilience(table, providers),
         sim=SimConfig.from_table(sim_table),
     )
@@ -355,6 +382,7 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "batch": _section_to_table(config.batch),
         "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
         "budgets": _budgets_to_table(config.budgets),
+        "cache": _section_to_table(config.cache),
         "retry": {**_section_to_table(config.retry),
                   "providers": {name: _section_to_table(r)
                                 for name, r in config.retry_providers.items()}},
@@ -400,6 +428,16 @@ def _resilience(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig
         "failover": _failover(_table_at(table, "failover", "failover"), providers),
         "limits": _limits(_table_at(table, "limits", "limits"), providers),
     }
+
+
+def _cache(table: Mapping[str, Any]) -> CacheConfig:
+    cache = _section(CacheConfig, table, "cache")
+    for name in ("similar_cache_threshold", "similar_dedup_threshold"):
+        value = getattr(cache, name)
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"cache.{name}", f"expected a cosine similarity in (0, 1], got "
+                                               f"{value}")
+    return cache
 
 
 def _failover(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> FailoverConfig:

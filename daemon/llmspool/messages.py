@@ -19,6 +19,8 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import Context
 
+from llmspool.cache.keys import CachePlan
+from llmspool.cache.store import NewEntry
 from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.errors import ApiError
 from llmspool.jobs.model import NewJob
@@ -65,6 +67,8 @@ class Call:
     upstream model name, ``stream_options.include_usage``); ``strip_usage_chunk`` says the
     client did not ask for the usage chunk we added, so it must not see it. ``policy`` and
     ``deadline_at`` (unix seconds, None: no deadline) let the planner choose the tier.
+    ``cache`` says how the response cache takes part (the front door and the job keeper send
+    a call that has a plan to the cache actor, the others straight to the request queue).
     """
 
     request_id: str
@@ -83,6 +87,7 @@ class Call:
     deadline_at: float | None = None
     session: str | None = None
     abort: Abort = field(default_factory=Abort, repr=False, compare=False)
+    cache: CachePlan | None = None  # None: the cache leaves this call alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,13 @@ class Settled:
     flag: str | None = None  # unknown_tier, unpriced: billed on a guess, see the ledger
     saving_source: str | None = None  # tier, cache, dedup, routing
     recorded: bool = False  # already in the store (batch results): count it, do not write it
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFill:
+    """Answers to keep in the response cache (batch results; the cache's own flights)."""
+
+    entries: list[NewEntry] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from llmspool.calls import Tier
 from llmspool.config import Config, OperationConfig
-from llmspool.pricing import PriceTable
+from llmspool.pricing import PriceTable, TierPrice
 
 WINDOW = 200  # latencies kept per (provider, model, tier)
 BATCH_WINDOW = 24 * 3600.0  # OpenAI's completion window: a batch ends (or expires) by then
@@ -93,6 +93,10 @@ class Planner:
 
     def set_prices(self, prices: PriceTable) -> None:
         self._prices = prices
+
+    def price(self, provider: str, model: str, tier: Tier) -> TierPrice | None:
+        """The current price of ``model`` on ``tier`` (None: not priced there)."""
+        return self._prices.price(provider, model, tier)
 
     def policy(self, operation: str | None, explicit: Tier | None) -> TierPolicy:
         """The policy of a call tagged ``operation`` that asked for ``explicit`` (if any)."""

@@ -34,6 +34,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry.context import Context
 
+from llmspool.cache.keys import CachePlan, CacheRules
 from llmspool.calls import Endpoint
 from llmspool.config import BatchConfig, JobsConfig
 from llmspool.errors import (
@@ -131,8 +132,12 @@ class JobKeeper:
         batch_results: MemoryObjectReceiveStream[BatchLinesDone] | None = None,
         batch_providers: frozenset[str] = frozenset(),
         batch_config: BatchConfig | None = None,
+        cache: MemoryObjectSendStream[Call] | None = None,
+        cache_rules: CacheRules | None = None,
     ) -> None:
         self._inbox = inbox
+        self._cache = cache
+        self._cache_rules = cache_rules
         self._batches = batches
         self._batch_results = batch_results
         self._batch_providers = batch_providers
@@ -156,6 +161,8 @@ class JobKeeper:
         await self._recover()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._queue)
+            if self._cache is not None:
+                await stack.enter_async_context(self._cache)
             if self._batches is not None:  # closed when the keeper ends, ending the submitter
                 await stack.enter_async_context(self._batches)
             group = await stack.enter_async_context(anyio.create_task_group())
@@ -379,10 +386,14 @@ class JobKeeper:
             trace=Context(),
             reply=replies_in,
             deadline_at=row.deadline_at,
+            cache=self._cache_plan(row, job),
         )
         with replies_out:
             try:
-                await self._queue.send(call)
+                if call.cache is not None and self._cache is not None:
+                    await self._cache.send(call)
+                else:
+                    await self._queue.send(call)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 replies_in.close()
                 return None
@@ -393,6 +404,19 @@ class JobKeeper:
         if isinstance(reply, Failure) and reply.error.code == "shutting_down":
             return None
         return reply
+
+    def _cache_plan(self, row: jobs_sql.QueuedRequest, job: JobState) -> CachePlan | None:
+        if self._cache_rules is None:
+            return None
+        try:
+            document = orjson.loads(row.body)
+        except orjson.JSONDecodeError:
+            return None  # checked at intake; the upstream says what is wrong with it
+        if not isinstance(document, dict):
+            return None
+        return self._cache_rules.plan(Endpoint(row.endpoint), row.provider, row.model, document,
+                                      header=None, operation=job.operation, uid=job.uid,
+                                      stream=False)
 
     def _should_retry(self, error: ApiError, attempts: int, row: jobs_sql.QueuedRequest) -> bool:
         if attempts >= self._config.max_attempts or time.time() >= row.deadline_at:

@@ -23,6 +23,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from llmspool.cache.keys import HEADER as CACHE_HEADER
+from llmspool.cache.keys import CacheRules
 from llmspool.calls import Endpoint, Tier
 from llmspool.deadlines import parse_deadline
 from llmspool.errors import (
@@ -76,8 +78,12 @@ class Forwarder:
         tracer: trace.Tracer,
         *,
         max_body_size: int,
+        cache: MemoryObjectSendStream[Call] | None = None,
+        cache_rules: CacheRules | None = None,
     ) -> None:
         self._queue = queue
+        self._cache = cache
+        self._cache_rules = cache_rules
         self._router = router
         self._planner = planner
         self._tracer = tracer
@@ -156,6 +162,13 @@ class Forwarder:
         if explicit is Tier.BATCH:
             explicit = None  # not a value OpenAI takes in a request; let the planner decide
         deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"))
+        caller = caller_of(request.scope)
+        cache_plan = None
+        if self._cache_rules is not None:
+            cache_plan = self._cache_rules.plan(
+                endpoint, provider, model, parsed, header=request.headers.get(CACHE_HEADER),
+                operation=operation, uid=caller.uid, stream=stream,
+            )
         span.set_attributes({
             "gen_ai.request.model": model,
             "gen_ai.operation.name": endpoint.operation_name,
@@ -174,7 +187,7 @@ class Forwarder:
             body=orjson.dumps(parsed) if rewrite else body,
             stream=stream,
             policy=self._planner.policy(operation, explicit),
-            caller=caller_of(request.scope),
+            caller=caller,
             operation=operation,
             received_at=time.time(),
             trace=trace.set_span_in_context(span),
@@ -182,10 +195,15 @@ class Forwarder:
             strip_usage_chunk=strip_usage_chunk,
             deadline_at=deadline_at,
             session=request.headers.get("x-llmspool-session"),
+            cache=cache_plan,
         )
-        # From here the queue, then the dispatcher, owns the send end and closes it.
+        # From here the queue (or the cache), then the dispatcher, owns the send end and
+        # closes it.
         try:
-            await self._queue.send(call)
+            if cache_plan is not None and self._cache is not None:
+                await self._cache.send(call)
+            else:
+                await self._queue.send(call)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             replies_in.close()
             replies_out.close()
@@ -206,6 +224,8 @@ class Forwarder:
         self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span
     ) -> Response:
         common = {"x-llmspool-request-id": call.request_id}
+        if isinstance(first, Answer | StreamStart) and CACHE_HEADER in first.headers:
+            span.set_attribute("llmspool.cache", first.headers[CACHE_HEADER])
         if isinstance(first, Answer):
             replies.close()
             span.set_attribute("http.response.status_code", first.status)

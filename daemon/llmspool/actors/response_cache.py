@@ -1,0 +1,442 @@
+"""The response cache actor: never pay twice for the same answer.
+
+Calls that have a cache plan (``cache/keys.py``) come here from the front door and the job
+keeper instead of going straight to the request queue. For each, in order:
+
+1. a live entry in the cache file answers it at once (``x-llmspool-cache: hit``);
+2. an identical call in flight (same key) is joined: the call waits for that one's outcome
+   and shares it (``shared``), as does one arriving just after it finished (``LINGER``);
+3. an identical request waiting in a pending batch whose expected end fits the call's deadline
+   is waited for (its answer lands in the cache), giving up in time for the call to be sent on
+   its own (``cache/pending.py``);
+4. with near-duplicate matching on for its operation, its text's embedding is compared with
+   those of cached answers and of calls in flight (``cache/similar.py``);
+5. otherwise it leads a flight: it goes to the request queue, and its replies pass through
+   here on their way to its client, so that followers get the answer and the cache keeps it.
+
+A flight's outcome: a 200 answer is shared with every follower and kept in the cache; an error
+the provider gave that the same request would get again is shared too; anything else (a
+timeout, a client that went away, a stream cut short) sends the followers on their way again,
+the first of them leading a new flight. An error is never cached. A leader whose client goes
+away keeps its upstream call going while others wait for it.
+
+Writes are write-behind: entries, hits (for the eviction order) and drops are collected and
+committed together in a worker thread; a full backlog drops new entries rather than make
+anybody wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
+from llmspool.cache.keys import HEADER
+from llmspool.cache.store import (
+    CachedAnswer,
+    CacheReader,
+    CacheWriter,
+    Corrupt,
+    NewEntry,
+    connect,
+)
+from llmspool.calls import Tier, Usage
+from llmspool.config import CacheConfig
+from llmspool.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.messages import (
+    Abort,
+    Answer,
+    CacheFill,
+    Call,
+    Failure,
+    Query,
+    Reply,
+    Settled,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+from llmspool.planner import Planner
+from llmspool.resilience.failures import FailureClass, classify
+from llmspool.wire import SseMeter, usage_of
+
+log = logging.getLogger(__name__)
+
+# Seconds a finished flight still answers newcomers, until its entry is committed (or at most).
+LINGER = 5.0
+FLUSH_EVERY = 0.05  # seconds between group commits while there is something to write
+MAX_PENDING = 10_000  # entries waiting for a commit; past it new ones are dropped
+_STREAM_BUFFER = 32
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+CacheMessage = Call | CacheFill | Query
+
+
+@dataclass(eq=False)
+class Flight:
+    """Identical calls sharing one upstream call: the leader's, followed by the rest."""
+
+    key: bytes
+    leader: Call
+    followers: list[Call] = field(default_factory=list)
+
+
+@dataclass
+class CacheCounts:
+    """What ``/v1/status`` shows of the cache."""
+
+    hits: int = 0
+    misses: int = 0
+    shared: int = 0
+    corrupt_dropped: int = 0
+    written: int = 0
+    dropped_writes: int = 0
+    too_large: int = 0
+    evicted: int = 0
+    expired: int = 0
+    write_errors: int = 0
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        inbox: MemoryObjectReceiveStream[CacheMessage],
+        queue: MemoryObjectSendStream[Call | Query],
+        ledger: MemoryObjectSendStream[Settled],
+        *,
+        config: CacheConfig,
+        state_dir: Path,
+        planner: Planner,
+    ) -> None:
+        self._inbox = inbox
+        self._queue = queue
+        self._ledger = ledger
+        self._config = config
+        self._state_dir = state_dir
+        self._planner = planner
+        self._flights: dict[bytes, Flight] = {}
+        self._recent: dict[bytes, tuple[CachedAnswer, float]] = {}
+        self._pending: list[NewEntry] = []
+        self._touched: dict[int, float] = {}
+        self._drops: set[int] = set()
+        self._wake_writer = anyio.Event()
+        self._stopping = False
+        self._landed: anyio.Event | None = None  # set when the last flight ends, at shutdown
+        self._counts = CacheCounts()
+        self._entries = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        writer_connection = await anyio.to_thread.run_sync(
+            lambda: connect(self._state_dir, writer=True))
+        writer = CacheWriter(writer_connection, self._config.max_entries)
+        self._entries = writer.count
+        reader = CacheReader(connect(self._state_dir, writer=False))
+        try:
+            async with self._queue, self._ledger, anyio.create_task_group() as group:
+                group.start_soon(self._write_behind, writer)
+                task_status.started()
+                async with self._inbox:
+                    async for message in self._inbox:
+                        if isinstance(message, Call):
+                            self._take(message, reader, group)
+                        elif isinstance(message, CacheFill):
+                            self._keep(message.entries)
+                        else:
+                            message.reply.send_nowait(self._snapshot())
+                # Nothing new comes in; flights finish as their calls do, then the last commit.
+                if self._flights:
+                    self._landed = anyio.Event()
+                    await self._landed.wait()
+                self._stopping = True
+                self._wake_writer.set()
+        finally:
+            reader.close()
+            writer.close()
+
+    # --- taking a call ------------------------------------------------------------------
+
+    def _take(self, call: Call, reader: CacheReader, group: TaskGroup) -> None:
+        plan = call.cache
+        assert plan is not None, "calls without a cache plan go straight to the queue"
+        now = time.time()
+        try:
+            found = reader.get(plan.key, now)
+        except Corrupt as bad:
+            self._corrupt(bad.entry_id)
+            found = None
+        if found is not None and self._answer(call, found, "hit", group):
+            self._counts.hits += 1
+            self._touched[found.entry_id] = now
+            return
+        flight = self._flights.get(plan.key)
+        if flight is not None:
+            flight.followers.append(call)
+            return
+        recent = self._recent.get(plan.key)
+        if recent is not None and recent[1] > now and self._answer(call, recent[0], "shared",
+                                                                   group):
+            self._counts.shared += 1
+            return
+        self._counts.misses += 1
+        flight = self._flights[plan.key] = Flight(plan.key, call)
+        group.start_soon(self._lead, flight, reader, group)
+
+    def _answer(self, call: Call, answer: CachedAnswer, how: str, group: TaskGroup) -> bool:
+        """Answer ``call`` from ``answer`` (``how``: hit, shared); False if the answer turned
+        out to be unreadable (it is dropped from the cache)."""
+        would_have = would_have_cost(self._planner, call, answer.usage)
+        try:
+            replies = replies_for(call, answer, how, would_have)
+        except Corrupt as bad:
+            self._corrupt(bad.entry_id)
+            return False
+        # The ledger first: a client that asks for its costs right after sees this entry.
+        self._record(ledger_entry(call, "cache" if how == "hit" else "dedup", would_have),
+                     group)
+        _send_all(call, replies)
+        return True
+
+    def _record(self, settled: Settled, group: TaskGroup) -> None:
+        try:
+            self._ledger.send_nowait(settled)
+        except anyio.WouldBlock:
+            group.start_soon(self._ledger.send, settled)
+        except _GONE:
+            log.warning("the ledger is gone; %s not recorded", settled.request_id)
+
+    def _corrupt(self, entry_id: int) -> None:
+        if entry_id:
+            log.warning("cache entry %d is corrupt; dropped, and the request sent upstream",
+                        entry_id)
+            self._counts.corrupt_dropped += 1
+            self._drops.add(entry_id)
+            self._wake_writer.set()
+
+    # --- leading a flight ---------------------------------------------------------------
+
+    async def _lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
+        leader = flight.leader
+        # The leader's replies come here first; the upstream call keeps the usage chunk (the
+        # cache keeps whole streams) and has an abort of its own (see _watch_leader).
+        tee_in, tee_out = anyio.create_memory_object_stream[Reply](
+            _STREAM_BUFFER if leader.stream else 1)
+        upstream = dataclasses.replace(leader, reply=tee_in, abort=Abort(),
+                                       strip_usage_chunk=False)
+        try:
+            await self._queue.send(upstream)
+        except _GONE:
+            tee_in.close()
+            tee_out.close()
+            self._end_flight(flight)
+            for call in (leader, *flight.followers):
+                _send_all(call, [Failure(_shutting_down())])
+            return
+        replies: list[Reply] = []
+        relay = _LeaderRelay(leader)
+        async with tee_out, anyio.create_task_group() as watch:
+            watch.start_soon(self._watch_leader, flight, upstream)
+            async for reply in tee_out:
+                replies.append(reply)
+                if not await relay.send(reply) and leader.stream and not flight.followers:
+                    break  # nobody wants the rest: closing the tee stops the upstream call
+            watch.cancel_scope.cancel()
+        leader.reply.close()
+        self._end_flight(flight)
+        self._finish(flight, replies, reader, group)
+        if self._landed is not None and not self._flights:
+            self._landed.set()
+
+    async def _watch_leader(self, flight: Flight, upstream: Call) -> None:
+        """Stops the upstream call when the leader's client goes away, unless others wait."""
+        with anyio.CancelScope() as scope:
+            flight.leader.abort.bind(scope)
+            await anyio.sleep_forever()
+        if not flight.followers:
+            upstream.abort.fire()
+
+    def _end_flight(self, flight: Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    def _finish(self, flight: Flight, replies: list[Reply], reader: CacheReader,
+                group: TaskGroup) -> None:
+        leader = flight.leader
+        outcome = _outcome(replies, leader.stream)
+        if isinstance(outcome, CachedAnswer):
+            plan = leader.cache
+            assert plan is not None
+            now = time.time()
+            self._recent[flight.key] = (outcome, now + min(LINGER, plan.ttl))
+            if len(outcome.body) > self._config.max_entry_size:
+                self._counts.too_large += 1
+            else:
+                self._keep([NewEntry(flight.key, outcome.stream, outcome.body, leader.provider,
+                                     leader.model, leader.endpoint.value, outcome.tier,
+                                     outcome.usage, plan.ttl)])
+            for call in flight.followers:
+                if self._answer(call, outcome, "shared", group):
+                    self._counts.shared += 1
+            return
+        if isinstance(outcome, Failure):
+            for call in flight.followers:
+                _send_all(call, [outcome])
+            return
+        # Nothing the followers can use: each goes its own way again (one leads, the rest
+        # follow it).
+        for call in flight.followers:
+            self._take(call, reader, group)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _keep(self, entries: list[NewEntry]) -> None:
+        room = MAX_PENDING - len(self._pending)
+        if len(entries) > room:
+            self._counts.dropped_writes += len(entries) - max(0, room)
+            entries = entries[:max(0, room)]
+        self._pending.extend(entries)
+        self._wake_writer.set()
+
+    async def _write_behind(self, writer: CacheWriter) -> None:
+        while True:
+            await self._wake_writer.wait()
+            await anyio.sleep(FLUSH_EVERY)  # gather a group for one commit
+            self._wake_writer = anyio.Event()
+            entries, self._pending = self._pending, []
+            touched, self._touched = self._touched, {}
+            drops, self._drops = self._drops, set()
+            now = time.time()
+            self._recent = {key: kept for key, kept in self._recent.items() if kept[1] > now}
+            if entries or touched or drops:
+                with anyio.CancelScope(shield=True):
+                    await self._commit(writer, entries, touched, drops)
+            if self._stopping and not self._pending:
+                return
+
+    async def _commit(self, writer: CacheWriter, entries: list[NewEntry],
+                      touched: dict[int, float], drops: set[int]) -> None:
+        try:
+            result = await anyio.to_thread.run_sync(writer.commit, entries, touched.items(),
+                                                    drops)
+        except sqlite3.Error as exc:
+            # The cache is an optimisation: a failing disk costs misses, never answers.
+            self._counts.write_errors += 1
+            log.warning("cache write failed (%s); %d entries not kept", exc, len(entries))
+            return
+        for entry in entries:  # readable from the file now: no need to keep it in memory
+            self._recent.pop(entry.key, None)
+        self._counts.written += len(result.written)
+        self._counts.evicted += result.evicted
+        self._counts.expired += result.expired
+        self._entries = writer.count
+
+    def _snapshot(self) -> dict[str, Any]:
+        counts = self._counts
+        lookups = counts.hits + counts.misses
+        return {
+            "enabled": self._config.enabled,
+            "entries": self._entries,
+            "max_entries": self._config.max_entries,
+            "hits": counts.hits,
+            "misses": counts.misses,
+            "hit_ratio": round(counts.hits / lookups, 4) if lookups else None,
+            "shared": counts.shared,
+            "in_flight": len(self._flights),
+            "waiting_on_flights": sum(len(f.followers) for f in self._flights.values()),
+            "written": counts.written,
+            "evicted": counts.evicted,
+            "expired": counts.expired,
+            "too_large": counts.too_large,
+            "corrupt_dropped": counts.corrupt_dropped,
+            "dropped_writes": counts.dropped_writes,
+            "write_errors": counts.write_errors,
+        }
+
+
+class _LeaderRelay:
+    """The leader's replies on their way to its client: marked as a cache miss, with the
+    usage chunk removed when the client did not ask for it."""
+
+    def __init__(self, leader: Call) -> None:
+        self._leader = leader
+        self._meter = SseMeter(strip_usage_chunk=True) if leader.strip_usage_chunk else None
+        self.here = True
+
+    async def send(self, reply: Reply) -> bool:
+        """Pass ``reply`` on; False once the client is gone."""
+        if not self.here:
+            return False
+        meter = self._meter
+        out: list[Reply]
+        if isinstance(reply, Answer):
+            out = [dataclasses.replace(reply, headers={**reply.headers, HEADER: "miss"})]
+        elif isinstance(reply, StreamStart):
+            first = meter.feed(reply.first) if meter is not None else reply.first
+            out = [StreamStart(reply.status, {**reply.headers, HEADER: "miss"}, first)]
+        elif isinstance(reply, StreamChunk) and meter is not None:
+            data = meter.feed(reply.data)
+            out = [StreamChunk(data)] if data else []
+        elif isinstance(reply, StreamEnd) and meter is not None:
+            rest = meter.flush()
+            out = [StreamChunk(rest), reply] if rest else [reply]
+        else:
+            out = [reply]
+        try:
+            for item in out:
+                await self._leader.reply.send(item)
+        except _GONE:
+            self.here = False
+        return self.here
+
+
+def _outcome(replies: list[Reply], stream: bool) -> CachedAnswer | Failure | None:
+    """What a flight's followers get: its answer, an error to share, or nothing."""
+    if not replies:
+        return None
+    first, last = replies[0], replies[-1]
+    now = time.time()
+    if isinstance(first, Answer):
+        if first.status != 200:
+            return None
+        return CachedAnswer(0, False, first.body, first.tier,
+                            usage_of(first.document) or Usage(), now)
+    if isinstance(first, StreamStart) and stream:
+        if first.status != 200 or not isinstance(last, StreamEnd) or last.error is not None:
+            return None
+        body = first.first + b"".join(r.data for r in replies if isinstance(r, StreamChunk))
+        meter = SseMeter()
+        meter.feed(body)
+        meter.flush()
+        return CachedAnswer(0, True, body, meter.tier or Tier.STANDARD,
+                            meter.usage or Usage(), now)
+    if isinstance(first, Failure) and _same_again(first.error):
+        return first
+    return None
+
+
+def _same_again(error: ApiError) -> bool:
+    """Whether the same request would surely get ``error`` again (the provider refused it)."""
+    return isinstance(error, UpstreamError) and \
+        classify(error).kind is FailureClass.PERMANENT
+
+
+def _send_all(call: Call, replies: list[Reply]) -> None:
+    with contextlib.suppress(anyio.WouldBlock, *_GONE):  # the client is gone
+        for reply in replies:
+            call.reply.send_nowait(reply)
+    call.reply.close()
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "llmspool is shutting down and takes no new requests; retry in a moment",
+        retry_after=2.0, code="shutting_down",
+    )

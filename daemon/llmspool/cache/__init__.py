@@ -1,0 +1,1 @@
+"""The response cache: exact and near-duplicate answers, and single-flight sharing."""
