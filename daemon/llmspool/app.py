@@ -38,6 +38,7 @@ from llmspool.actors.request_queue import RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batches.context import BatchContext
 from llmspool.cache.keys import CacheRules
+from llmspool.cache.pending import PendingBatches
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.crashpoints import CrashPoints
 from llmspool.errors import ConfigError
@@ -229,7 +230,8 @@ class Daemon:
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
         cache_rules = CacheRules(config.cache, config.operations)
         cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
-                              state_dir=config.state_path, planner=planner)
+                              state_dir=config.state_path, planner=planner,
+                              batches=PendingBatches(config.state_path, planner))
         batch_providers = {name: provider for name, provider in providers.items()
                            if isinstance(provider, BatchProvider)}
         crash = CrashPoints(self._environ)
@@ -241,7 +243,8 @@ class Daemon:
         submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
                                    context=batch_context)
         poller = BatchPoller(poller_out, results_in.clone(), submitter_in.clone(),
-                             ledger_in.clone(), context=batch_context, prices=prices)
+                             ledger_in.clone(), context=batch_context, prices=prices,
+                             cache=cache_in.clone())
         keeper = JobKeeper(
             keeper_out, queue_in.clone(), jobs_database, planner, config.jobs,
             batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
@@ -263,6 +266,7 @@ class Daemon:
                     keeper_in, router, planner, config.state_path / DATABASE_NAME,
                     max_upload_size=config.jobs.max_upload_size,
                     max_line_size=config.jobs.max_line_size,
+                    cache_rules=cache_rules,
                 ),
                 *ledger_routes(ledger_status, config.state_path / DATABASE_NAME),
             ],

@@ -26,6 +26,7 @@ billed (the provider charges it) and counted as paid twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,7 +41,14 @@ from llmspool.batches.context import BatchContext
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Tier
 from llmspool.errors import ApiError
-from llmspool.messages import BatchClosed, BatchLinesDone, BatchOpened, Query, Settled
+from llmspool.messages import (
+    BatchClosed,
+    BatchLinesDone,
+    BatchOpened,
+    CacheFill,
+    Query,
+    Settled,
+)
 from llmspool.pricing import PriceTable
 from llmspool.provider import BatchProvider
 from llmspool.store import batches as batch_sql
@@ -62,8 +70,10 @@ class BatchPoller:
         *,
         context: BatchContext,
         prices: PriceTable,
+        cache: MemoryObjectSendStream[CacheFill] | None = None,
     ) -> None:
         self._ready = context.ready
+        self._cache = cache
         self._inbox = inbox
         self._keeper = keeper
         self._submitter = submitter
@@ -92,7 +102,9 @@ class BatchPoller:
             if self._open:
                 log.info("batch: adopted %d open batches", len(self._open))
             async with self._keeper, self._submitter, self._ledger, \
-                    anyio.create_task_group() as group:
+                    contextlib.AsyncExitStack() as stack, anyio.create_task_group() as group:
+                if self._cache is not None:
+                    await stack.enter_async_context(self._cache)
                 group.start_soon(self._poll_loop)
                 task_status.started()
                 async with self._inbox:
@@ -283,6 +295,11 @@ class BatchPoller:
                                        time.time() - batch.submitted_at)
         for entry in report.billed:
             await self._ledger.send(entry)
+        if report.cache_fills and self._cache is not None:
+            # Batch answers serve later identical requests; the cache never makes us wait.
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,
+                                     anyio.ClosedResourceError):
+                self._cache.send_nowait(CacheFill(report.cache_fills))
         await self._keeper.send(BatchLinesDone(
             outcomes=report.outcomes, requeued=report.requeued,
             # Failed lines of a batch that ran may go in the next batch (the planner still

@@ -42,6 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
 from llmspool.cache.keys import HEADER
+from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import (
     CachedAnswer,
     CacheReader,
@@ -76,6 +77,7 @@ log = logging.getLogger(__name__)
 LINGER = 5.0
 FLUSH_EVERY = 0.05  # seconds between group commits while there is something to write
 MAX_PENDING = 10_000  # entries waiting for a commit; past it new ones are dropped
+BATCH_POLL = 0.5  # seconds between looks for the answer of a batch a call waits for
 _STREAM_BUFFER = 32
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 CacheMessage = Call | CacheFill | Query
@@ -104,6 +106,8 @@ class CacheCounts:
     evicted: int = 0
     expired: int = 0
     write_errors: int = 0
+    waited_for_batch: int = 0
+    batch_wait_gave_up: int = 0
 
 
 class ResponseCache:
@@ -116,7 +120,9 @@ class ResponseCache:
         config: CacheConfig,
         state_dir: Path,
         planner: Planner,
+        batches: PendingBatches | None = None,
     ) -> None:
+        self._batches = batches
         self._inbox = inbox
         self._queue = queue
         self._ledger = ledger
@@ -149,7 +155,7 @@ class ResponseCache:
                         if isinstance(message, Call):
                             self._take(message, reader, group)
                         elif isinstance(message, CacheFill):
-                            self._keep(message.entries)
+                            self._keep(message.entries, readable_now=True)
                         else:
                             message.reply.send_nowait(self._snapshot())
                 # Nothing new comes in; flights finish as their calls do, then the last commit.
@@ -161,6 +167,8 @@ class ResponseCache:
         finally:
             reader.close()
             writer.close()
+            if self._batches is not None:
+                self._batches.close()
 
     # --- taking a call ------------------------------------------------------------------
 
@@ -188,6 +196,13 @@ class ResponseCache:
             return
         self._counts.misses += 1
         flight = self._flights[plan.key] = Flight(plan.key, call)
+        if call.deadline_at is not None and self._batches is not None:
+            expected = self._batches.expected_end(plan.key)
+            give_up_at = self._batches.give_up_at(call.provider, call.model, call.deadline_at)
+            if expected is not None and expected <= give_up_at:
+                self._counts.waited_for_batch += 1
+                group.start_soon(self._await_batch, flight, give_up_at, reader, group)
+                return
         group.start_soon(self._lead, flight, reader, group)
 
     def _answer(self, call: Call, answer: CachedAnswer, how: str, group: TaskGroup) -> bool:
@@ -221,6 +236,60 @@ class ResponseCache:
             self._drops.add(entry_id)
             self._wake_writer.set()
 
+    # --- waiting for a batch ------------------------------------------------------------
+
+    async def _await_batch(self, flight: Flight, give_up_at: float, reader: CacheReader,
+                           group: TaskGroup) -> None:
+        """Wait for the identical request in a pending batch to be answered; lead a call of
+        our own if the batch is late, or gives its copy back unanswered."""
+        assert self._batches is not None
+        key = flight.key
+        gone_once = False
+        while True:
+            await anyio.sleep(max(0.0, min(BATCH_POLL, give_up_at - time.time())))
+            now = time.time()
+            found = self._lookup(key, reader, now)
+            if found is not None:
+                self._end_flight(flight)
+                for call in (flight.leader, *flight.followers):
+                    if self._answer(call, found, "shared", group):
+                        self._counts.shared += 1
+                    else:
+                        self._take(call, reader, group)
+                self._check_landed()
+                return
+            if flight.leader.abort.fired and not flight.followers:  # its client went away
+                self._end_flight(flight)
+                flight.leader.reply.close()
+                self._check_landed()
+                return
+            if now >= give_up_at:
+                break
+            if self._batches.expected_end(key) is None:
+                # Answered (its entry is on its way here) or given back: look once more.
+                if gone_once:
+                    break
+                gone_once = True
+        self._counts.batch_wait_gave_up += 1
+        await self._lead(flight, reader, group)
+
+    def _lookup(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
+        """The answer under ``key``: committed, or on its way to the file."""
+        try:
+            found = reader.get(key, now)
+        except Corrupt as bad:
+            self._corrupt(bad.entry_id)
+            found = None
+        if found is not None:
+            self._touched[found.entry_id] = now
+            return found
+        recent = self._recent.get(key)
+        return recent[0] if recent is not None and recent[1] > now else None
+
+    def _check_landed(self) -> None:
+        if self._landed is not None and not self._flights:
+            self._landed.set()
+
     # --- leading a flight ---------------------------------------------------------------
 
     async def _lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
@@ -252,8 +321,7 @@ class ResponseCache:
         leader.reply.close()
         self._end_flight(flight)
         self._finish(flight, replies, reader, group)
-        if self._landed is not None and not self._flights:
-            self._landed.set()
+        self._check_landed()
 
     async def _watch_leader(self, flight: Flight, upstream: Call) -> None:
         """Stops the upstream call when the leader's client goes away, unless others wait."""
@@ -297,7 +365,15 @@ class ResponseCache:
 
     # --- writing ------------------------------------------------------------------------
 
-    def _keep(self, entries: list[NewEntry]) -> None:
+    def _keep(self, entries: list[NewEntry], *, readable_now: bool = False) -> None:
+        """Queue ``entries`` for the next commit; ``readable_now`` serves them from memory
+        until then (batch answers that a waiting call may be looking for)."""
+        if readable_now:
+            now = time.time()
+            for entry in entries:
+                self._recent[entry.key] = (
+                    CachedAnswer(0, entry.stream, entry.body, entry.tier, entry.usage, now),
+                    now + min(LINGER, entry.ttl))
         room = MAX_PENDING - len(self._pending)
         if len(entries) > room:
             self._counts.dropped_writes += len(entries) - max(0, room)
@@ -358,6 +434,8 @@ class ResponseCache:
             "corrupt_dropped": counts.corrupt_dropped,
             "dropped_writes": counts.dropped_writes,
             "write_errors": counts.write_errors,
+            "waited_for_batch": counts.waited_for_batch,
+            "batch_wait_gave_up": counts.batch_wait_gave_up,
         }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from llmspool.cache.keys import CacheRules
 from llmspool.calls import Endpoint
 from llmspool.errors import ApiError
 from llmspool.jobs.model import JobLine, LineError
@@ -28,8 +29,13 @@ MAX_REPORTED_ERRORS = 1000  # past this, a file is clearly not what was meant
 class Intake:
     """Collects valid lines and line errors from one upload."""
 
-    def __init__(self, router: ModelRouter, *, max_line_size: int) -> None:
+    def __init__(self, router: ModelRouter, *, max_line_size: int,
+                 cache_rules: CacheRules | None = None, operation: str | None = None,
+                 uid: int | None = None) -> None:
         self._router = router
+        self._cache_rules = cache_rules
+        self._operation = operation
+        self._uid = uid
         self._max_line_size = max_line_size
         self._seen: set[str] = set()
         self.lines: list[JobLine] = []
@@ -83,8 +89,14 @@ class Intake:
         # orjson's result keeps a ~4 KiB allocation whatever its length; a job holds 100,000
         # bodies until they are stored, so keep an exact-size copy (400 MB -> 20 MB measured).
         encoded = bytes(memoryview(orjson.dumps(body)))
-        self.lines.append(JobLine(number, custom_id, _ENDPOINTS[item["url"]], provider, model,
-                                  encoded))
+        endpoint = _ENDPOINTS[item["url"]]
+        plan = None
+        if self._cache_rules is not None:
+            plan = self._cache_rules.plan(endpoint, provider, model, body, header=None,
+                                          operation=self._operation, uid=self._uid,
+                                          stream=False)
+        self.lines.append(JobLine(number, custom_id, endpoint, provider, model, encoded,
+                                  plan.key if plan else None, plan.ttl if plan else None))
 
     @staticmethod
     def _problem(item: dict[str, Any], *, numbered: bool) -> str | None:

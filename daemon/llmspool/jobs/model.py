@@ -17,6 +17,8 @@ class JobLine:
     provider: str
     model: str
     body: bytes
+    cache_key: bytes | None = None  # the response cache's key (None: not cacheable)
+    cache_ttl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from llmspool.cache.keys import CacheRules
 from llmspool.deadlines import parse_deadline
 from llmspool.errors import (
     ApiError,
@@ -61,18 +62,27 @@ def job_routes(
     *,
     max_upload_size: int,
     max_line_size: int,
+    cache_rules: CacheRules | None = None,
 ) -> list[Route]:
+    def _intake(request: Request, options: dict[str, Any]) -> Intake:
+        # The cache key of each line depends on the job's operation and its caller.
+        operation = _operation(request, options)
+        return Intake(router, max_line_size=max_line_size, cache_rules=cache_rules,
+                      operation=operation if isinstance(operation, str) else None,
+                      uid=caller_of(request.scope).uid)
+
     async def submit(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         data = await read_limited(request, max_upload_size, _upload_too_large)
-        intake = Intake(router, max_line_size=max_line_size)
         if content_type in _JSONL_TYPES:
             options: dict[str, Any] = dict(request.query_params)
             options["tags"] = {k[4:]: v for k, v in request.query_params.items()
                                if k.startswith("tag.")}
+            intake = _intake(request, options)
             await anyio.to_thread.run_sync(intake.add_jsonl, data)
         elif content_type in ("application/json", ""):
             options = _json_options(data)
+            intake = _intake(request, options)
             await anyio.to_thread.run_sync(intake.add_items, options["requests"])
         else:
             raise UnsupportedMediaType(
@@ -120,6 +130,10 @@ def job_routes(
     ]
 
 
+def _operation(request: Request, options: dict[str, Any]) -> Any:
+    return options.get("operation") or request.headers.get("x-llmspool-operation")
+
+
 def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner: Planner) -> NewJob:
     on_error = options.get("on_error", "reject")
     if on_error not in ("reject", "skip"):
@@ -134,7 +148,7 @@ def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner:
         raise _WithLines(error, [e.to_json() for e in intake.errors])
     if not intake.lines:
         raise InvalidRequest("the job has no valid requests", code="empty_job")
-    operation = options.get("operation") or request.headers.get("x-llmspool-operation")
+    operation = _operation(request, options)
     if operation is not None and not isinstance(operation, str):
         raise InvalidRequest("operation must be a string", param="operation")
     tags = options.get("tags") or {}

@@ -26,7 +26,8 @@ import aiosqlite
 import anyio
 import orjson
 
-from llmspool.calls import Endpoint, Tier
+from llmspool.cache.store import NewEntry
+from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.messages import BatchCandidate, Caller, LineOutcome, RequeuedLine, Settled
 from llmspool.pricing import PriceTable
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
@@ -142,6 +143,7 @@ class MapReport:
     failed: int = 0
     paid_twice: int = 0  # lines answered by the batch after their escalated copy was stored
     unreadable: int = 0
+    cache_fills: list[NewEntry] = field(default_factory=list)  # answers the cache may keep
 
 
 # --- building and opening -----------------------------------------------------------------
@@ -399,6 +401,8 @@ class _Line:
     operation: str | None
     uid: int | None
     in_batch: bool
+    cache_key: bytes | None = None
+    cache_ttl: float | None = None
 
 
 class ResultMapper:
@@ -428,11 +432,13 @@ class ResultMapper:
 
     def _load_lines(self) -> dict[int, _Line]:
         rows = self._connection.execute(
-            "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid "
-            "FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.batch_id = ?",
+            "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
+            "r.cache_ttl FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+            "WHERE r.batch_id = ?",
             (self._batch.id,),
         )
-        return {int(i): _Line(str(j), str(c), int(a), o, u, True) for i, j, c, a, o, u in rows}
+        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t)
+                for i, j, c, a, o, u, k, t in rows}
 
     def line_ids(self) -> list[int]:
         """The requests the batch carries (not those given back before)."""
@@ -444,12 +450,14 @@ class ResultMapper:
             return line
         # Given back before its answer came (escalated): still store and bill the answer.
         row = self._connection.execute(
-            "SELECT r.job_id, r.custom_id, r.attempts, j.operation, j.uid FROM job_requests r "
-            "JOIN jobs j ON j.id = r.job_id WHERE r.id = ?", (request_id,),
+            "SELECT r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
+            "r.cache_ttl FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.id = ?",
+            (request_id,),
         ).fetchone()
         if row is None:
             return None
-        line = _Line(str(row[0]), str(row[1]), int(row[2]), row[3], row[4], False)
+        line = _Line(str(row[0]), str(row[1]), int(row[2]), row[3], row[4], False, row[5],
+                     row[6])
         self._lines[request_id] = line
         return line
 
@@ -534,6 +542,12 @@ class ResultMapper:
             "custom_id": line.custom_id, "response": response, "error": None,
         })
         self._results.append((request_id, "succeeded", result, cost, standard, line.attempts + 1))
+        if line.cache_key is not None and line.cache_ttl is not None:
+            batch = self._batch
+            self.report.cache_fills.append(NewEntry(
+                line.cache_key, False, orjson.dumps(response["body"]), batch.provider,
+                batch.model, batch.endpoint.value, Tier.BATCH, usage or Usage(), line.cache_ttl,
+            ))
 
     def _fail(self, request_id: int, line: _Line, response: dict[str, Any] | None,
               error: dict[str, Any] | None) -> None:

@@ -66,10 +66,11 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
         )
         await connection.executemany(
             "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
-            " deadline_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+            " deadline_at, state, cache_key, cache_ttl) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
             [
                 (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
-                 line.model, line.body, job.deadline_at)
+                 line.model, line.body, job.deadline_at, line.cache_key, line.cache_ttl)
                 for line in job.lines
             ],
         )
