@@ -22,7 +22,14 @@ from tests.integration.test_batches import (
     submit,
     wait_for,
 )
-from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process, unix_exchange
+from tests.support.processes import (
+    Daemon,
+    Sim,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_exchange,
+)
 
 BODY = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 5,
         "messages": [{"role": "user", "content": "Name a prime number."}]}
