@@ -37,6 +37,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batches.context import BatchContext
+from llmspool.cache.front import CacheFront
 from llmspool.cache.keys import CacheRules
 from llmspool.cache.pending import PendingBatches
 from llmspool.config import Config, ProviderConfig, load_config
@@ -252,9 +253,13 @@ class Daemon:
             batch_config=config.batch,
             cache=cache_in.clone(), cache_rules=cache_rules,
         )
+        # The front door answers hits itself: it tells the cache actor and the ledger through
+        # clones of their inboxes, closed with the door like the others.
+        cache_used_in, ledger_hits_in = cache_in.clone(), ledger_in.clone()
+        cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
         forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
-                              cache=cache_in, cache_rules=cache_rules)
+                              cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -274,7 +279,8 @@ class Daemon:
         server = build_server(app, graceful_shutdown=config.daemon.shutdown_grace)
         self._server = server
 
-        async with anyio.create_task_group() as services:
+        async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:
+            cleanup.callback(cache_front.close)
             services.start_soon(self._handle_signals, notifier)
             async with anyio.create_task_group() as actors:
                 await actors.start(ledger.run)
@@ -284,7 +290,8 @@ class Daemon:
                 await actors.start(self._run_batches, submitter, poller, keeper, batches_ready)
                 await actors.start(
                     self._serve_front_door, server, actors.cancel_scope,
-                    (queue_in, cache_in, dispatch_status, ledger_status, self._dispatch_control,
+                    (queue_in, cache_in, cache_used_in, ledger_hits_in, dispatch_status,
+                     ledger_status, self._dispatch_control,
                      keeper_in, submitter_in, poller_in, results_in),
                 )
                 notifier.ready(f"serving {config.daemon.socket}")

@@ -179,6 +179,16 @@ class CacheFill:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheUsed:
+    """The front door answered a call from cache entry ``entry_id`` at ``at`` (for the
+    eviction order and the hit count), or found it ``corrupt`` (drop it)."""
+
+    entry_id: int
+    at: float
+    corrupt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class NewPrices:
     """The operator reloaded the price table (SIGHUP); calls settled from now use it."""
 

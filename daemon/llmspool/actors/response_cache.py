@@ -58,6 +58,7 @@ from llmspool.messages import (
     Abort,
     Answer,
     CacheFill,
+    CacheUsed,
     Call,
     Failure,
     Query,
@@ -80,7 +81,7 @@ MAX_PENDING = 10_000  # entries waiting for a commit; past it new ones are dropp
 BATCH_POLL = 0.5  # seconds between looks for the answer of a batch a call waits for
 _STREAM_BUFFER = 32
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
-CacheMessage = Call | CacheFill | Query
+CacheMessage = Call | CacheFill | CacheUsed | Query
 
 
 @dataclass(eq=False)
@@ -134,6 +135,7 @@ class ResponseCache:
         self._pending: list[NewEntry] = []
         self._touched: dict[int, float] = {}
         self._drops: set[int] = set()
+        self._dropping: set[int] = set()  # in the commit under way
         self._wake_writer = anyio.Event()
         self._stopping = False
         self._landed: anyio.Event | None = None  # set when the last flight ends, at shutdown
@@ -154,6 +156,8 @@ class ResponseCache:
                     async for message in self._inbox:
                         if isinstance(message, Call):
                             self._take(message, reader, group)
+                        elif isinstance(message, CacheUsed):
+                            self._used(message)
                         elif isinstance(message, CacheFill):
                             self._keep(message.entries, readable_now=True)
                         else:
@@ -184,6 +188,7 @@ class ResponseCache:
         if found is not None and self._answer(call, found, "hit", group):
             self._counts.hits += 1
             self._touched[found.entry_id] = now
+            self._wake_writer.set()
             return
         flight = self._flights.get(plan.key)
         if flight is not None:
@@ -228,8 +233,17 @@ class ResponseCache:
         except _GONE:
             log.warning("the ledger is gone; %s not recorded", settled.request_id)
 
+    def _used(self, message: CacheUsed) -> None:
+        """The front door answered a hit itself (or found a corrupt entry)."""
+        if message.corrupt:
+            self._corrupt(message.entry_id)
+            return
+        self._counts.hits += 1
+        self._touched[message.entry_id] = message.at
+        self._wake_writer.set()
+
     def _corrupt(self, entry_id: int) -> None:
-        if entry_id:
+        if entry_id and entry_id not in self._drops and entry_id not in self._dropping:
             log.warning("cache entry %d is corrupt; dropped, and the request sent upstream",
                         entry_id)
             self._counts.corrupt_dropped += 1
@@ -392,8 +406,10 @@ class ResponseCache:
             now = time.time()
             self._recent = {key: kept for key, kept in self._recent.items() if kept[1] > now}
             if entries or touched or drops:
+                self._dropping = drops
                 with anyio.CancelScope(shield=True):
                     await self._commit(writer, entries, touched, drops)
+                self._dropping = set()
             if self._stopping and not self._pending:
                 return
 

@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from llmspool.cache.front import CacheFront
 from llmspool.cache.keys import HEADER as CACHE_HEADER
 from llmspool.cache.keys import CacheRules
 from llmspool.calls import Endpoint, Tier
@@ -80,10 +81,12 @@ class Forwarder:
         max_body_size: int,
         cache: MemoryObjectSendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
+        cache_front: CacheFront | None = None,
     ) -> None:
         self._queue = queue
         self._cache = cache
         self._cache_rules = cache_rules
+        self._cache_front = cache_front
         self._router = router
         self._planner = planner
         self._tracer = tracer
@@ -107,6 +110,13 @@ class Forwarder:
         )
         try:
             call, replies = await self._make_call(request, endpoint, request_id, span)
+            if call.cache is not None and self._cache_front is not None:
+                hit = self._cache_front.hit(call)
+                if hit is not None:
+                    call.reply.close()
+                    replies.close()
+                    return self._respond_from_cache(call, hit[0], span)
+            await self._submit(call, replies)
         except ApiError as error:
             return self._finish_with_error(span, error, request_id)
         except BaseException:
@@ -197,18 +207,20 @@ class Forwarder:
             session=request.headers.get("x-llmspool-session"),
             cache=cache_plan,
         )
-        # From here the queue (or the cache), then the dispatcher, owns the send end and
-        # closes it.
+        return call, replies_out
+
+    async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply]) -> None:
+        """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
+        owns its reply stream's send end and closes it."""
         try:
-            if cache_plan is not None and self._cache is not None:
+            if call.cache is not None and self._cache is not None:
                 await self._cache.send(call)
             else:
                 await self._queue.send(call)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            replies_in.close()
-            replies_out.close()
+            call.reply.close()
+            replies.close()
             raise _shutting_down() from None
-        return call, replies_out
 
     async def _read_body(self, request: Request) -> bytes:
         content_type = request.headers.get("content-type", "application/json")
@@ -249,6 +261,20 @@ class Forwarder:
         replies.close()
         span.end()
         raise RuntimeError(f"unexpected first reply {type(first).__name__}")
+
+    def _respond_from_cache(self, call: Call, first: Reply, span: Span) -> Response:
+        """A hit's answer: a whole body, or a stored stream sent as one body of events."""
+        span.set_attribute("llmspool.cache", "hit")
+        span.set_attribute("http.response.status_code", 200)
+        span.end()
+        if isinstance(first, Answer):
+            return Response(first.body, first.status,
+                            {**first.headers, "x-llmspool-request-id": call.request_id},
+                            media_type="application/json")
+        assert isinstance(first, StreamStart)
+        return Response(first.first, first.status,
+                        {**first.headers, "x-llmspool-request-id": call.request_id,
+                         **_SSE_HEADERS}, media_type="text/event-stream")
 
     def _finish_with_error(self, span: Span, error: ApiError, request_id: str) -> Response:
         span.set_status(Status(StatusCode.ERROR, error.message))

@@ -1,0 +1,69 @@
+"""The front door's side of the response cache: a hit is answered in the request's own task.
+
+Looking the key up here, on a read-only connection of the front door's own, saves a hit the
+two hops to the cache actor and back and the task that watches for a client going away
+(``tests/bench/bench_cache.py`` measured the difference). Everything else (misses, flights,
+waiting for batches, writes) is the cache actor's: a hit tells it which entry was used (for
+the eviction order and the hit count), and a corrupt entry which one to drop, by messages that
+never wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
+from llmspool.cache.store import CacheReader, Corrupt, connect
+from llmspool.messages import CacheUsed, Call, Reply, Settled
+from llmspool.planner import Planner
+
+_FULL_OR_GONE = (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class CacheFront:
+    def __init__(self, state_dir: Path, cache: MemoryObjectSendStream[CacheUsed],
+                 ledger: MemoryObjectSendStream[Settled], planner: Planner) -> None:
+        self._state_dir = state_dir
+        self._cache = cache
+        self._ledger = ledger
+        self._planner = planner
+        self._reader: CacheReader | None = None
+
+    def hit(self, call: Call) -> list[Reply] | None:
+        """The replies that answer ``call`` from the cache, or None (the cache actor takes it:
+        a miss, an unreadable entry, or a ledger too busy to take the entry at once)."""
+        assert call.cache is not None
+        if self._reader is None:
+            # Opened on first use: the cache actor creates the file before the door opens.
+            self._reader = CacheReader(connect(self._state_dir, writer=False))
+        now = time.time()
+        try:
+            found = self._reader.get(call.cache.key, now)
+            if found is None:
+                return None
+            would_have = would_have_cost(self._planner, call, found.usage)
+            replies = replies_for(call, found, "hit", would_have)
+        except Corrupt as bad:
+            self._tell(CacheUsed(bad.entry_id, now, corrupt=True))
+            return None
+        try:
+            # Before the answer: a client that asks for its costs right after sees this entry.
+            self._ledger.send_nowait(ledger_entry(call, "cache", would_have))
+        except _FULL_OR_GONE:
+            return None
+        self._tell(CacheUsed(found.entry_id, now))
+        return replies
+
+    def _tell(self, message: CacheUsed) -> None:
+        with contextlib.suppress(*_FULL_OR_GONE):  # only the eviction order is less exact
+            self._cache.send_nowait(message)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
