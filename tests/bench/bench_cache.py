@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from llmspool.cache.store import CacheReader, CacheWriter, NewEntry, connect
 from llmspool.calls import Tier, Usage
+
 from tests.bench.bench_latency import h2load, percentile
 from tests.support.processes import (
     UNLIMITED_SIM,

@@ -49,6 +49,7 @@ def test_defaults_are_complete() -> None:
     assert config.flex_unavailable_probability == 0
     assert config.flex_outage_period == config.flex_outage_fraction == 0
     assert config.flex_outages == ()
+    assert config.semantic_embeddings is False
     assert SimConfig.from_table({}) == config
 
 
@@ -63,6 +64,7 @@ def test_values_are_read() -> None:
             "ratelimit_requests": 500,
             "ratelimit_tokens": 200_000,
             "enforce_ratelimits": True,
+            "semantic_embeddings": True,
             "faults": [
                 {"kind": "status", "status": 503, "probability": 0.1},
                 {"kind": "slow", "delay": "2s", "model": "gpt-4o", "count": 3},
@@ -77,6 +79,7 @@ def test_values_are_read() -> None:
     assert config.ratelimit_requests == 500
     assert config.ratelimit_tokens == 200_000
     assert config.enforce_ratelimits is True
+    assert config.semantic_embeddings is True
     assert config.faults == (
         FaultRule(kind=FaultKind.STATUS, status=503, probability=0.1),
         FaultRule(kind=FaultKind.SLOW, delay=2.0, model="gpt-4o", count=3),
@@ -137,6 +140,7 @@ def test_a_single_fault_table_is_one_rule() -> None:
         ({"ratelimit_requests": 0}, "sim.ratelimit_requests"),
         ({"ratelimit_tokens": True}, "sim.ratelimit_tokens"),
         ({"enforce_ratelimits": "yes"}, "sim.enforce_ratelimits"),
+        ({"semantic_embeddings": 1}, "sim.semantic_embeddings"),
         ({"latncy": "1s"}, "sim.latncy"),
         ({"faults": "none"}, "sim.faults"),
         ({"faults": [{"kind": "status", "probability": 1.5}]}, "sim.faults[0].probability"),
@@ -192,6 +196,7 @@ def test_to_table_round_trips_through_toml() -> None:
             "output_tokens": 7,
             "models": ["gpt-4o"],
             "seed": -3,
+            "semantic_embeddings": True,
             "faults": [
                 {"kind": "rate_limit", "retry_after": "1m30s", "count": 2, "tier": "flex"},
                 {"kind": "stream_cut", "after_chunks": 4, "path": "/v1/responses"},

@@ -57,6 +57,10 @@ class SimConfig:
     ``flavor``: ``OLLAMA_MODELS`` for Ollama."""
     flavor: str = "openai"
     """The API impersonated: ``openai``, or ``ollama`` (``llmspool.sim.ollama``)."""
+    semantic_embeddings: bool = False
+    """Give texts with words in common similar embeddings (cosine about the share of words in
+    common), to test near-duplicate matching; ``False``: the same text gets the same vector,
+    different texts unrelated ones (``llmspool.sim.vectors``)."""
     seed: int = 0
     """Seed of the RNG that decides which requests a probabilistic fault hits."""
     ratelimit_requests: int = 10_000
@@ -113,6 +117,7 @@ class SimConfig:
             ),
             models=_models(table.get("models", default_models)),
             flavor=flavor,
+            semantic_embeddings=_bool(table, "semantic_embeddings", defaults.semantic_embeddings),
             seed=_int(table, "seed", defaults.seed, None, None),
             ratelimit_requests=_int(
                 table, "ratelimit_requests", defaults.ratelimit_requests, 1, None
@@ -143,6 +148,7 @@ class SimConfig:
             "output_tokens": self.output_tokens,
             "models": list(self.models),
             "flavor": self.flavor,
+            "semantic_embeddings": self.semantic_embeddings,
             "seed": self.seed,
             "ratelimit_requests": self.ratelimit_requests,
             "ratelimit_tokens": self.ratelimit_tokens,

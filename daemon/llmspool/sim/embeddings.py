@@ -1,13 +1,12 @@
 """``POST /v1/embeddings``: from request body to a ``CreateEmbeddingResponse``.
 
 Input is a string, a list of strings, a token array, or a list of token arrays, as in the spec.
-Each input's vector depends only on its text (or tokens) and the dimensions asked.
+Each input's vector depends only on its text (or tokens) and the dimensions asked; in semantic
+mode (``[sim] semantic_embeddings``), texts with words in common get similar vectors.
 """
 
 from __future__ import annotations
 
-import zlib
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import orjson
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
 from llmspool.sim.text import count_tokens
-from llmspool.sim.vectors import VectorMaker
+from llmspool.sim.vectors import VectorKey, VectorMaker
 
 MAX_INPUTS = 2048
 
@@ -27,7 +26,8 @@ class EmbeddingAnswer:
     """A validated embeddings request and the vectors it gets."""
 
     model: str
-    keys: list[int]
+    keys: list[VectorKey]
+    """Per input, what decides its vector (``VectorMaker.key_of_text``/``key_of_tokens``)."""
     dimensions: int
     base64: bool
     input_tokens: int
@@ -64,7 +64,8 @@ def parse_embedding_request(payload: dict[str, Any], makers: Makers) -> Embeddin
     raw = payload.get("input")
     if raw is None:
         raise validate.missing("input")
-    keys: list[int] = []
+    keys: list[VectorKey] = []
+    vectors = makers.vectors
     tokens = 0
     if isinstance(raw, str) or _is_token_array(raw):
         raw = [raw]
@@ -75,10 +76,10 @@ def parse_embedding_request(payload: dict[str, Any], makers: Makers) -> Embeddin
         )
     for index, item in enumerate(raw):
         if isinstance(item, str) and item:
-            keys.append(zlib.crc32(item.encode("utf-8", "surrogatepass")))
+            keys.append(vectors.key_of_text(item))
             tokens += count_tokens(item)
         elif _is_token_array(item):
-            keys.append(zlib.crc32(array("q", item).tobytes()))
+            keys.append(vectors.key_of_tokens(item))
             tokens += len(item)
         else:
             raise validate.invalid(
@@ -96,7 +97,7 @@ def parse_embedding_request(payload: dict[str, Any], makers: Makers) -> Embeddin
         dimensions=_dimensions(payload, model, makers),
         base64=encoding == "base64",
         input_tokens=tokens,
-        vectors=makers.vectors,
+        vectors=vectors,
     )
 
 
