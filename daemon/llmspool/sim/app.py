@@ -244,7 +244,7 @@ class SimApp:
         self.makers = Makers(
             catalog=ModelCatalog(config.models),
             text=TextGenerator(),
-            vectors=VectorMaker(),
+            vectors=VectorMaker(semantic=config.semantic_embeddings),
             ids=IdMaker(),
             default_output_tokens=config.output_tokens,
             flex_models=flex_models(config.pricing_file, config.models),
