@@ -39,6 +39,7 @@ from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batches.context import BatchContext
 from llmspool.cache.front import CacheFront
 from llmspool.cache.keys import CacheRules
+from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.crashpoints import CrashPoints
@@ -232,7 +233,9 @@ class Daemon:
         cache_rules = CacheRules(config.cache, config.operations)
         cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                               state_dir=config.state_path, planner=planner,
-                              batches=PendingBatches(config.state_path, planner))
+                              batches=PendingBatches(config.state_path, planner),
+                              near=NearDuplicates(config.cache)
+                              if any(op.similar for op in config.operations.values()) else None)
         batch_providers = {name: provider for name, provider in providers.items()
                            if isinstance(provider, BatchProvider)}
         crash = CrashPoints(self._environ)

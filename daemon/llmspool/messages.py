@@ -88,6 +88,8 @@ class Call:
     session: str | None = None
     abort: Abort = field(default_factory=Abort, repr=False, compare=False)
     cache: CachePlan | None = None  # None: the cache leaves this call alone
+    # Set on the cache's own embedding calls: their cost is taken off that source's savings.
+    overhead_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,6 +262,10 @@ def test_100_identical_concurrent_requests_make_one_upstream_call(
         assert upstream_calls(sim) == 1
         status, report = daemon.get("/v1/ledger?by=source")
         assert status == 200
+        rows = {row["source"]: row for row in report["rows"]}
+        assert rows["dedup"]["requests"] == 99 and rows["dedup"]["spend_usd"] == 0
+        assert rows["dedup"]["saved_usd"] == pytest.approx(99 * rows[None]["spend_usd"],
+                                                          rel=1e-6)
     finally:
         daemon.terminate()
         stop_process(sim.process)

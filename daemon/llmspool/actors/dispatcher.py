@@ -724,6 +724,9 @@ class Dispatcher:
             saving_source = "tier"
         if tier is Tier.FLEX and cost is not None:
             self._flex_metrics.served(usage, max(0, (standard_cost or cost) - cost))
+        if call.overhead_of is not None:
+            # Spent to save elsewhere (the cache's embeddings): a negative saving of its source.
+            saving_source, standard_cost = call.overhead_of, 0
         span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": usage.input_tokens,

@@ -42,6 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
 from llmspool.cache.keys import HEADER
+from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import (
     CachedAnswer,
@@ -91,6 +92,8 @@ class Flight:
     key: bytes
     leader: Call
     followers: list[Call] = field(default_factory=list)
+    # Near-duplicate matching: the leader's (group, embedding, number among calls in flight).
+    near: tuple[bytes, bytes, int] | None = None
 
 
 @dataclass
@@ -108,6 +111,8 @@ class CacheCounts:
     expired: int = 0
     write_errors: int = 0
     waited_for_batch: int = 0
+    near_hits: int = 0
+    near_shared: int = 0
     batch_wait_gave_up: int = 0
 
 
@@ -122,8 +127,11 @@ class ResponseCache:
         state_dir: Path,
         planner: Planner,
         batches: PendingBatches | None = None,
+        near: NearDuplicates | None = None,
     ) -> None:
         self._batches = batches
+        self._near = near
+        self._flights_by_number: dict[int, Flight] = {}
         self._inbox = inbox
         self._queue = queue
         self._ledger = ledger
@@ -148,6 +156,10 @@ class ResponseCache:
         writer = CacheWriter(writer_connection, self._config.max_entries)
         self._entries = writer.count
         reader = CacheReader(connect(self._state_dir, writer=False))
+        if self._near is not None:
+            for entry_id, grp, vector in await anyio.to_thread.run_sync(reader.vectors):
+                with contextlib.suppress(ValueError):  # a damaged vector: matched exactly only
+                    self._near.cached.add(grp, entry_id, vector)
         try:
             async with self._queue, self._ledger, anyio.create_task_group() as group:
                 group.start_soon(self._write_behind, writer)
@@ -208,6 +220,9 @@ class ResponseCache:
                 self._counts.waited_for_batch += 1
                 group.start_soon(self._await_batch, flight, give_up_at, reader, group)
                 return
+        if plan.similar and self._near is not None:
+            group.start_soon(self._near_then_lead, flight, reader, group)
+            return
         group.start_soon(self._lead, flight, reader, group)
 
     def _answer(self, call: Call, answer: CachedAnswer, how: str, group: TaskGroup) -> bool:
@@ -304,6 +319,63 @@ class ResponseCache:
         if self._landed is not None and not self._flights:
             self._landed.set()
 
+    # --- near duplicates ----------------------------------------------------------------
+
+    async def _near_then_lead(self, flight: Flight, reader: CacheReader,
+                              group: TaskGroup) -> None:
+        """Share a call in flight, or a cached answer, for a request worded alike; else lead."""
+        near = self._near
+        assert near is not None
+        probe = near.probe(flight.leader)
+        vector = None
+        if probe is not None:
+            vector = await near.embed(flight.leader, probe.text, self._queue)
+        if probe is not None and vector is not None:
+            number = near.flight_near(probe.group, vector)
+            other = self._flights_by_number.get(number) if number is not None else None
+            if other is not None and self._flights.get(other.key) is other:
+                self._end_flight(flight)
+                other.followers += [flight.leader, *flight.followers]
+                self._counts.near_shared += 1 + len(flight.followers)
+                return
+            match = near.entry_near(probe.group, vector)
+            if match is not None and self._answer_near(flight, match, reader, group):
+                return
+            number = near.flying(probe.group, vector)
+            flight.near = (probe.group, vector, number)
+            self._flights_by_number[number] = flight
+        await self._lead(flight, reader, group)
+
+    def _answer_near(self, flight: Flight, match: tuple[int, float], reader: CacheReader,
+                     group: TaskGroup) -> bool:
+        """Answer the flight's calls from the cached entry its leader's wording matched."""
+        assert self._near is not None
+        entry_id, similarity = match
+        now = time.time()
+        try:
+            found = reader.get_by_id(entry_id, now)
+        except Corrupt:
+            self._corrupt(entry_id)
+            found = None
+        if found is None:  # evicted or expired since: forget its vector
+            self._near.cached.remove(entry_id)
+            return False
+        self._end_flight(flight)
+        self._touched[entry_id] = now
+        for call in (flight.leader, *flight.followers):
+            would_have = would_have_cost(self._planner, call, found.usage)
+            try:
+                replies = replies_for(call, found, "hit", would_have, similarity=similarity)
+            except Corrupt:
+                self._corrupt(entry_id)
+                self._take(call, reader, group)
+                continue
+            self._record(ledger_entry(call, "cache", would_have), group)
+            _send_all(call, replies)
+            self._counts.near_hits += 1
+        self._check_landed()
+        return True
+
     # --- leading a flight ---------------------------------------------------------------
 
     async def _lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
@@ -348,6 +420,9 @@ class ResponseCache:
     def _end_flight(self, flight: Flight) -> None:
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
+        if flight.near is not None and self._near is not None:
+            self._near.landed(flight.near[2])
+            self._flights_by_number.pop(flight.near[2], None)
 
     def _finish(self, flight: Flight, replies: list[Reply], reader: CacheReader,
                 group: TaskGroup) -> None:
@@ -361,9 +436,10 @@ class ResponseCache:
             if len(outcome.body) > self._config.max_entry_size:
                 self._counts.too_large += 1
             else:
+                group_of, vector = flight.near[:2] if flight.near is not None else (None, None)
                 self._keep([NewEntry(flight.key, outcome.stream, outcome.body, leader.provider,
                                      leader.model, leader.endpoint.value, outcome.tier,
-                                     outcome.usage, plan.ttl)])
+                                     outcome.usage, plan.ttl, group_of, vector)])
             for call in flight.followers:
                 if self._answer(call, outcome, "shared", group):
                     self._counts.shared += 1
@@ -423,8 +499,11 @@ class ResponseCache:
             self._counts.write_errors += 1
             log.warning("cache write failed (%s); %d entries not kept", exc, len(entries))
             return
-        for entry in entries:  # readable from the file now: no need to keep it in memory
-            self._recent.pop(entry.key, None)
+        for entry, entry_id in zip(entries, result.written, strict=True):
+            self._recent.pop(entry.key, None)  # readable from the file now
+            if self._near is not None and entry.group is not None and entry.vector is not None:
+                with contextlib.suppress(ValueError):
+                    self._near.cached.add(entry.group, entry_id, entry.vector)
         self._counts.written += len(result.written)
         self._counts.evicted += result.evicted
         self._counts.expired += result.expired
@@ -452,6 +531,13 @@ class ResponseCache:
             "write_errors": counts.write_errors,
             "waited_for_batch": counts.waited_for_batch,
             "batch_wait_gave_up": counts.batch_wait_gave_up,
+            "near_duplicates": None if self._near is None else {
+                "vectors": len(self._near.cached),
+                "hits": counts.near_hits,
+                "shared": counts.near_shared,
+                "embedding_calls": self._near.embedding_calls,
+                "embedding_failures": self._near.embedding_failures,
+            },
         }
 
 

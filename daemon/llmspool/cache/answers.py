@@ -26,13 +26,16 @@ ZERO_COST = f"{0:.10f}"
 
 
 def replies_for(call: Call, answer: CachedAnswer, how: str,
-                would_have: int | None) -> list[Reply]:
-    """What ``call``'s client is sent; ``how`` is ``hit`` or ``shared``.
+                would_have: int | None, *, similarity: float | None = None) -> list[Reply]:
+    """What ``call``'s client is sent; ``how`` is ``hit`` or ``shared``, ``similarity`` how
+    alike the answered request was when it was matched by wording.
 
     Raises ``Corrupt`` when a whole answer's body is not a JSON object.
     """
     headers = {HEADER: how, "x-llmspool-tier": Tier.CACHE.value, "x-llmspool-cost-usd": ZERO_COST,
                "x-llmspool-cache-age": f"{max(0.0, time.time() - answer.created_at):.0f}"}
+    if similarity is not None:
+        headers["x-llmspool-cache-similarity"] = f"{similarity:.4f}"
     if answer.stream:
         meter = SseMeter(strip_usage_chunk=call.strip_usage_chunk)
         events = meter.feed(answer.body) + meter.flush()

@@ -61,7 +61,11 @@ _DIMENSION_SQL = {
 _SUMS_SQL = (
     "SUM(calls), SUM(input_tokens), SUM(cached_input_tokens), SUM(output_tokens), "
     "SUM(cost_picodollars), SUM(standard_cost_picodollars), "
-    "SUM(MAX(standard_cost_picodollars - cost_picodollars, 0)), "
+    # A saving is never negative, except the cache's: what its near-duplicate matching spent
+    # on embeddings (recorded with no saving of its own) is taken off what it saved.
+    "SUM(CASE WHEN saving_source IN ('cache', 'dedup') "
+    "THEN standard_cost_picodollars - cost_picodollars "
+    "ELSE MAX(standard_cost_picodollars - cost_picodollars, 0) END), "
     "SUM(unpriced_calls), SUM(estimated_calls)"
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
