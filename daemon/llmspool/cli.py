@@ -264,6 +264,19 @@ def _run_status(args: argparse.Namespace) -> int:
         share = reuse.get("reused_share")
         table.add_row(f"{name}: calls on a reused connection",
                       "-" if share is None else f"{share:.1%} of {reuse['requests']}")
+    cache = report.get("cache")
+    if cache:
+        ratio = cache["hit_ratio"]
+        table.add_row("cache entries", f"{cache['entries']:,} of {cache['max_entries']:,}")
+        table.add_row("cache hits / misses", f"{cache['hits']} / {cache['misses']}"
+                      + ("" if ratio is None else f" ({ratio:.1%} hits)"))
+        table.add_row("calls shared with an identical one", str(cache["shared"]))
+        table.add_row("waited for a pending batch", str(cache["waited_for_batch"]))
+        near = cache.get("near_duplicates")
+        if near:
+            table.add_row("near-duplicate hits / shared",
+                          f"{near['hits']} / {near['shared']} ({near['embedding_calls']} "
+                          "embeddings)")
     table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
     table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
     table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
     Sim,
+    python_command,
     start_daemon,
     start_sim,
     stop_process,
@@ -287,3 +289,15 @@ def test_hits_and_shared_calls_are_ledger_entries_of_cost_0_with_their_saving(
     status, report = daemon.get("/v1/ledger?by=tier")
     tiers = {row["tier"]: row for row in report["rows"]}
     assert tiers["cache"]["requests"] == 2
+
+
+def test_llmspool_status_shows_the_cache(daemon: Daemon, sim: Sim) -> None:
+    chat(daemon, temperature=0)
+    wait_for_entries(daemon, 1)
+    chat(daemon, temperature=0)
+    shown = subprocess.run(python_command("status", "--socket", str(daemon.socket_path)),
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "cache entries" in shown.stdout
+    hits_line = next(line for line in shown.stdout.splitlines() if "cache hits" in line)
+    assert "1 / 1" in hits_line and "50.0% hits" in hits_line
