@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from llmspool.cache.keys import CacheRules, cache_key, is_deterministic
 from llmspool.calls import Endpoint
 from llmspool.config import CacheConfig, OperationConfig
