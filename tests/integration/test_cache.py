@@ -9,13 +9,13 @@ import concurrent.futures
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.integration.test_batches import wait_for
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -54,28 +54,7 @@ def cache_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def wait_for_entries(daemon: Daemon, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while cache_status(daemon)["entries"] < count:
-        assert time.monotonic() < deadline, cache_status(daemon)
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Sim]:
-    started = start_sim(tmp_path, UNLIMITED_SIM)
-    try:
-        yield started
-    finally:
-        stop_process(started.process)
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, sim: Sim) -> Iterator[Daemon]:
-    started = start_daemon(tmp_path, sim.url)
-    try:
-        yield started
-    finally:
-        started.terminate()
+    wait_for(lambda: cache_status(daemon)["entries"] >= count, 10, f"{count} cache entries")
 
 
 def test_a_deterministic_chat_is_answered_from_the_cache_the_second_time(

@@ -5,7 +5,6 @@ shape or meaning is not, and the embeddings it costs are billed and taken off th
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.test_batches import wait_for
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -45,10 +45,7 @@ def near_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def wait_for_vectors(daemon: Daemon, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while near_status(daemon)["vectors"] < count:
-        assert time.monotonic() < deadline, near_status(daemon)
-        time.sleep(0.02)
+    wait_for(lambda: near_status(daemon)["vectors"] >= count, 10, f"{count} vectors")
 
 
 @pytest.fixture
