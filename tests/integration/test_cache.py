@@ -6,6 +6,7 @@ one upstream call, and the ledger entries of hits."""
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import sqlite3
 import subprocess
 import time
@@ -280,3 +281,27 @@ def test_llmspool_status_shows_the_cache(daemon: Daemon, sim: Sim) -> None:
     assert "cache entries" in shown.stdout
     hits_line = next(line for line in shown.stdout.splitlines() if "cache hits" in line)
     assert "1 / 1" in hits_line and "50.0% hits" in hits_line
+
+
+def test_a_leader_whose_client_leaves_still_answers_those_who_wait(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "1s"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0})
+        leader = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        leader.connect(str(daemon.socket_path))
+        leader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                       b"content-type: application/json\r\n"
+                       + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.3)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            follower = pool.submit(chat, daemon, None, temperature=0)
+            time.sleep(0.3)
+            leader.close()  # the first client goes away; the second still waits
+            status, answer, headers = follower.result(timeout=20)
+        assert status == 200 and answer["choices"]
+        assert headers["x-llmspool-cache"] == "shared"
+        assert upstream_calls(sim) == 1
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
