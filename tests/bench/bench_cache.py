@@ -105,19 +105,23 @@ def lookup_figures(state_dir: Path, keys: list[bytes], samples: int) -> dict[str
 
 
 def hit_latency(workdir: Path, sim_url: str, floor_socket: Path, rounds: int, requests: int,
-                state_dir_name: str) -> dict[str, Any]:
+                state_dir_name: str, max_entries: int) -> dict[str, Any]:
     """Hit latency through a daemon whose state is ``workdir/state_dir_name``."""
     body_file = workdir / "body.json"
     body_file.write_bytes(orjson.dumps(HIT_BODY))
-    daemon = start_daemon(workdir, sim_url, env={"LLMSPOOL_STATE_DIR":
-                                                 str(workdir / state_dir_name)})
+    daemon = start_daemon(workdir, sim_url,
+                          env={"LLMSPOOL_STATE_DIR": str(workdir / state_dir_name)},
+                          config_toml=f"[cache]\nmax_entries = {max_entries}\n")
     try:
         status, _answer, headers = unix_exchange(daemon.socket_path, "POST",
                                                  "/v1/chat/completions",
                                                  body_file.read_bytes(),
                                                  {"content-type": "application/json"})
         assert status == 200, status
-        time.sleep(0.5)  # the entry's write-behind commit
+        deadline = time.monotonic() + 60  # the entry's write-behind commit
+        while daemon.get("/v1/status")[1]["cache"]["written"] < 1:
+            assert time.monotonic() < deadline, "the entry was never written"
+            time.sleep(0.05)
         status, _answer, headers = unix_exchange(daemon.socket_path, "POST",
                                                  "/v1/chat/completions",
                                                  body_file.read_bytes(),
@@ -181,14 +185,16 @@ def main() -> int:
         try:
             wait_for_socket(floor_socket)
             figures["empty_cache"] = hit_latency(workdir, sim.url, floor_socket, args.rounds,
-                                                 args.requests, "state-small")
+                                                 args.requests, "state-small",
+                                                 args.entries + 10)
             print(f"filling {args.entries:,} entries...", file=sys.stderr)
             started = time.perf_counter()
             keys = fill(workdir / "state-big", args.entries, answer)
             figures["fill_seconds"] = round(time.perf_counter() - started, 1)
             figures["lookup_1m"] = lookup_figures(workdir / "state-big", keys, args.samples)
             figures["big_cache"] = hit_latency(workdir, sim.url, floor_socket, args.rounds,
-                                               args.requests, "state-big")
+                                               args.requests, "state-big",
+                                               args.entries + 10)
         finally:
             stop_process(floor)
             stop_process(sim.process)
