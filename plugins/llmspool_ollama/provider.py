@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.errors import BadUpstreamAnswer, UpstreamError
+from llmspool.http_pool import pooled_session
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_ollama._errors import openai_error_body, unreachable
@@ -79,28 +80,9 @@ class OllamaProvider:
         self._base_url = (settings.config.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._connections = ConnectionCounter()
-        # Only the connect timeout: the daemon bounds each call (request, flex and
-        # stream-idle limits) with cancel scopes that can say which one fired.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.config.connect_timeout
-        )
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(
-            limit=self._config.max_connections,
-            keepalive_timeout=self._config.keepalive_timeout,
-            enable_cleanup_closed=False,
-        )
-        headers = {"content-type": "application/json"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=headers,
-            timeout=self._timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[self._connections.trace_config()],
-        )
+        self._session = pooled_session(self._config, self._api_key, self._connections)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -23,6 +23,7 @@ import openai
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
 from llmspool.connection_stats import ConnectionCounter
+from llmspool.http_pool import pooled_session
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_openai._errors import sdk_errors, unreachable
@@ -72,30 +73,9 @@ class OpenAIProvider:
         self._sdk: openai.AsyncOpenAI | None = None
         self._batches: OpenAIBatches | None = None
         self._connections = ConnectionCounter()
-        # Only the connect timeout: the daemon bounds each call (request, flex and
-        # stream-idle limits) with cancel scopes that can say which one fired.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.config.connect_timeout
-        )
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(
-            limit=self._config.max_connections,
-            keepalive_timeout=self._config.keepalive_timeout,
-            enable_cleanup_closed=False,
-        )
-        headers = {"content-type": "application/json"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=headers,
-            timeout=self._timeout,
-            # Bodies are forwarded as the client sent them; skip aiohttp's cookie handling.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-            trace_configs=[self._connections.trace_config()],
-        )
+        self._session = pooled_session(self._config, self._api_key, self._connections)
         self._sdk = control_plane_client(self._config, self._api_key)
         self._batches = OpenAIBatches(
             self._sdk, self.name, transfer_timeout=transfer_timeout(self._config)

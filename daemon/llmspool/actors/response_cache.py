@@ -192,11 +192,7 @@ class ResponseCache:
         plan = call.cache
         assert plan is not None, "calls without a cache plan go straight to the queue"
         now = time.time()
-        try:
-            found = reader.get(plan.key, now)
-        except Corrupt as bad:
-            self._corrupt(bad.entry_id)
-            found = None
+        found = self._committed(plan.key, reader, now)
         if found is not None and self._answer(call, found, "hit", group):
             self._counts.hits += 1
             self._touched[found.entry_id] = now
@@ -302,13 +298,17 @@ class ResponseCache:
         self._counts.batch_wait_gave_up += 1
         await self._lead(flight, reader, group)
 
-    def _lookup(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
-        """The answer under ``key``: committed, or on its way to the file."""
+    def _committed(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
+        """The live answer in the file under ``key`` (a corrupt one is dropped: None)."""
         try:
-            found = reader.get(key, now)
+            return reader.get(key, now)
         except Corrupt as bad:
             self._corrupt(bad.entry_id)
-            found = None
+            return None
+
+    def _lookup(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
+        """The answer under ``key``: committed, or on its way to the file."""
+        found = self._committed(key, reader, now)
         if found is not None:
             self._touched[found.entry_id] = now
             return found

@@ -1,0 +1,35 @@
+"""The pooled aiohttp session a provider plugin forwards the data plane with.
+
+Every aiohttp-based provider wants the same session: kept for the daemon's life, at most
+``max_connections`` connections kept alive ``keepalive_timeout``, the API key as a bearer
+token, no cookie handling (bodies pass through as the client sent them), a connect timeout only
+(the daemon bounds each call itself, with cancel scopes that say which limit fired), and a
+``ConnectionCounter`` watching how often connections are reused.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from llmspool.config import ProviderConfig
+from llmspool.connection_stats import ConnectionCounter
+
+
+def pooled_session(config: ProviderConfig, api_key: str,
+                   connections: ConnectionCounter) -> aiohttp.ClientSession:
+    """A session for one ``[providers.NAME]``; open it inside a running event loop."""
+    connector = aiohttp.TCPConnector(
+        limit=config.max_connections,
+        keepalive_timeout=config.keepalive_timeout,
+        enable_cleanup_closed=False,
+    )
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[connections.trace_config()],
+    )
