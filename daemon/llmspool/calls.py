@@ -80,13 +80,20 @@ _REQUEST_VALUES = {
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens one call used. ``output_tokens`` includes reasoning tokens, as they are billed."""
+    """Tokens one call used.
+
+    ``input_tokens`` is all the input; ``cached_input_tokens`` (read from the provider's prompt
+    cache) and ``cache_write_tokens`` (written to it) are parts of it. ``output_tokens``
+    includes ``reasoning_tokens``, as they are billed. ``cache_write_tokens`` comes last so
+    that positional constructions written before it keep their meaning.
+    """
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

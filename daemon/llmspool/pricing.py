@@ -4,51 +4,135 @@ Money is counted in integer picodollars (1e-12 USD): a price of ``p`` USD per 1M
 ``round(p * 1e6)`` picodollars per token, exactly, for any price with up to six decimals. Sums
 of integers are exact, so the ledger never drifts by float rounding.
 
+A call's tokens fall into five parts, each with its own price: uncached input, input served
+from the provider's prompt cache, input written to that cache, output, and the reasoning
+tokens inside the output. A table that gives no ``cache_write`` price bills cache writes at
+the ``input`` price; one that gives no ``reasoning`` price bills reasoning at the ``output``
+price. Per model the table may also say ``max_output_tokens``, the most one answer can hold,
+which is what a call that sets no limit of its own can cost at worst.
+
 The table is read from ``etc/pricing.toml`` (bundled as the default) or the file
-``[pricing] file`` names; a malformed file refuses to load with the key named.
+``[pricing] file`` names; a malformed file refuses to load with the key named. The bill of a
+call is computed in ``llmspool.billing`` from these prices, and nowhere else.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmspool.calls import Tier, Usage
 from llmspool.errors import ConfigError
 
 PICODOLLARS_PER_USD = 10**12
 MAX_PRICE_PER_MILLION = 10_000.0  # above this a price is a typo, not a model
-_PRICE_KEYS = ("input", "cached_input", "output")
+MAX_OUTPUT_TOKENS_LIMIT = 100_000_000  # above this a max_output_tokens is a typo
+_PRICE_KEYS = ("input", "cached_input", "cache_write", "output", "reasoning")
+_MODEL_KEYS = ("max_output_tokens",)
+# The names of a bill's parts, in the order ``TierPrice.parts`` gives them.
+PART_NAMES = ("input", "cached_input", "cache_write", "output", "reasoning")
+
+
+class CostPart(NamedTuple):
+    """One part of a call's tokens and what it costs: uncached ``input``, ``cached_input``,
+    ``cache_write``, ``output`` (without reasoning) or ``reasoning``."""
+
+    name: str
+    tokens: int
+    picodollars: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSplit:
+    """A usage's tokens split into parts that do not overlap, with odd values made sane:
+    negatives count as 0, cached + cache-write input never exceeds the input, and reasoning
+    never exceeds the output."""
+
+    uncached_input: int
+    cached_input: int
+    cache_write: int
+    output: int  # without reasoning
+    reasoning: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> TokenSplit:
+        input_tokens = max(0, usage.input_tokens)
+        cached = min(max(0, usage.cached_input_tokens), input_tokens)
+        cache_write = min(max(0, usage.cache_write_tokens), input_tokens - cached)
+        output_tokens = max(0, usage.output_tokens)
+        reasoning = min(max(0, usage.reasoning_tokens), output_tokens)
+        return cls(input_tokens - cached - cache_write, cached, cache_write,
+                   output_tokens - reasoning, reasoning)
+
+    @property
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """The token counts in the order of ``PART_NAMES``."""
+        return (self.uncached_input, self.cached_input, self.cache_write, self.output,
+                self.reasoning)
 
 
 @dataclass(frozen=True, slots=True)
 class TierPrice:
-    """One model's prices on one tier, in picodollars per token."""
+    """One model's prices on one tier, in picodollars per token.
+
+    ``cache_write`` and ``reasoning`` are None when the table does not price them: cache
+    writes are then billed as ``input`` and reasoning tokens as ``output``.
+    """
 
     input: int
     cached_input: int
     output: int
     estimated: frozenset[str] = frozenset()
+    cache_write: int | None = None
+    reasoning: int | None = None
+
+    @property
+    def cache_write_price(self) -> int:
+        """Picodollars per token written to the provider's prompt cache."""
+        return self.input if self.cache_write is None else self.cache_write
+
+    @property
+    def reasoning_price(self) -> int:
+        """Picodollars per reasoning token."""
+        return self.output if self.reasoning is None else self.reasoning
+
+    @property
+    def per_token(self) -> tuple[int, int, int, int, int]:
+        """The price of one token of each part, in the order of ``PART_NAMES``."""
+        return (self.input, self.cached_input, self.cache_write_price, self.output,
+                self.reasoning_price)
+
+    def parts(self, usage: Usage) -> tuple[CostPart, ...]:
+        """``usage`` split into its five parts, each with its cost at these prices."""
+        counts = TokenSplit.of(usage).counts
+        return tuple(CostPart(name, tokens, tokens * price)
+                     for name, tokens, price in zip(PART_NAMES, counts, self.per_token,
+                                                    strict=True))
 
     def cost(self, usage: Usage) -> int:
-        """Picodollars for ``usage`` at these prices."""
-        cached = min(usage.cached_input_tokens, usage.input_tokens)
-        return (
-            (usage.input_tokens - cached) * self.input
-            + cached * self.cached_input
-            + usage.output_tokens * self.output
-        )
+        """Picodollars for ``usage`` at these prices, every part priced."""
+        return sum(part.picodollars for part in self.parts(usage))
+
+    def worst_cost(self, usage: Usage) -> int:
+        """The most ``usage``'s token counts may cost, whatever the answer reports of how its
+        input was cached and how much of its output was reasoning: every input token at the
+        dearest input price, every output token at the dearer of output and reasoning."""
+        input_tokens = max(0, usage.input_tokens)
+        output_tokens = max(0, usage.output_tokens)
+        return (input_tokens * max(self.input, self.cached_input, self.cache_write_price)
+                + output_tokens * max(self.output, self.reasoning_price))
 
 
 @dataclass(frozen=True, slots=True)
 class PriceTable:
-    """Prices by (provider, model, tier)."""
+    """Prices by (provider, model, tier), and the largest answer of each (provider, model)."""
 
     prices: Mapping[tuple[str, str, Tier], TierPrice]
+    max_outputs: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def price(self, provider: str, model: str, tier: Tier) -> TierPrice | None:
         return self.prices.get((provider, model, tier))
@@ -59,6 +143,22 @@ class PriceTable:
 
     def tiers(self, provider: str, model: str) -> list[Tier]:
         return [t for (p, m, t) in self.prices if p == provider and m == model]
+
+    def max_output_tokens(self, provider: str, model: str) -> int | None:
+        """The most output tokens one answer of ``model`` can hold; None when not tabled."""
+        return self.max_outputs.get((provider, model))
+
+    def canonical(self) -> dict[str, Any]:
+        """The table as plain data in picodollars per token, with every default filled in:
+        two tables that bill alike give equal data, whatever their files looked like."""
+        out: dict[str, Any] = {}
+        for (provider, model, tier), price in self.prices.items():
+            entry: dict[str, Any] = dict(zip(PART_NAMES, price.per_token, strict=True))
+            entry["estimated"] = sorted(price.estimated)
+            out.setdefault(provider, {}).setdefault(model, {})[tier.value] = entry
+        for (provider, model), limit in self.max_outputs.items():
+            out.setdefault(provider, {}).setdefault(model, {})["max_output_tokens"] = limit
+        return out
 
     def __iter__(self) -> Iterator[tuple[str, str, Tier]]:
         return iter(self.prices)
@@ -88,8 +188,10 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
 
 
 def price_table_from_mapping(table: Mapping[str, Any]) -> PriceTable:
-    """Validate ``{provider: {model: {tier: {input, cached_input, output, estimated}}}}``."""
+    """Validate ``{provider: {model: {max_output_tokens, tier: {input, cached_input,
+    cache_write, output, reasoning, estimated}}}}``."""
     prices: dict[tuple[str, str, Tier], TierPrice] = {}
+    max_outputs: dict[tuple[str, str], int] = {}
     for provider, models in table.items():
         if not isinstance(models, Mapping):
             raise ConfigError(f"pricing.{provider}", "must be a table of models")
@@ -98,13 +200,30 @@ def price_table_from_mapping(table: Mapping[str, Any]) -> PriceTable:
                 raise ConfigError(f"pricing.{provider}.{model}", "must be a table of tiers")
             for tier_name, entry in tiers.items():
                 key = f"pricing.{provider}.{model}.{tier_name}"
+                if tier_name == "max_output_tokens":
+                    max_outputs[(provider, model)] = _max_output_tokens(entry, key)
+                    continue
                 try:
                     tier = Tier(tier_name)
                 except ValueError:
-                    known = ", ".join(t.value for t in Tier)
-                    raise ConfigError(key, f"unknown tier (known: {known})") from None
+                    tier = None
+                if tier is None or tier is Tier.CACHE:
+                    known = ", ".join(t.value for t in Tier if t is not Tier.CACHE)
+                    raise ConfigError(
+                        key, f"unknown tier (known: {known}; or {', '.join(_MODEL_KEYS)})"
+                    )
                 prices[(provider, model, tier)] = _tier_price(entry, key)
-    return PriceTable(prices)
+    return PriceTable(prices, max_outputs)
+
+
+def _max_output_tokens(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 < value <= MAX_OUTPUT_TOKENS_LIMIT:
+        raise ConfigError(
+            key, f"must be a whole number of tokens in 1..{MAX_OUTPUT_TOKENS_LIMIT}, "
+                 f"got {value!r}"
+        )
+    return value
 
 
 def _tier_price(entry: Any, key: str) -> TierPrice:
@@ -117,7 +236,9 @@ def _tier_price(entry: Any, key: str) -> TierPrice:
         raise ConfigError(f"{key}.input", "is required")
     per_token: dict[str, int] = {}
     for name in _PRICE_KEYS:
-        value = entry.get(name, entry["input"] if name == "cached_input" else 0)
+        if name not in entry:
+            continue
+        value = entry[name]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(
                 f"{key}.{name}", f"must be a number of USD per 1M tokens, got {value!r}"
@@ -129,11 +250,14 @@ def _tier_price(entry: Any, key: str) -> TierPrice:
             )
         per_token[name] = round(value * 1_000_000)
     estimated = entry.get("estimated", [])
-    if not isinstance(estimated, list) or not set(estimated) <= set(_PRICE_KEYS):
+    if not isinstance(estimated, list) \
+            or not all(isinstance(name, str) and name in _PRICE_KEYS for name in estimated):
         raise ConfigError(f"{key}.estimated", f"must list some of {', '.join(_PRICE_KEYS)}")
     return TierPrice(
         input=per_token["input"],
-        cached_input=per_token["cached_input"],
-        output=per_token["output"],
+        cached_input=per_token.get("cached_input", per_token["input"]),
+        output=per_token.get("output", 0),
         estimated=frozenset(estimated),
+        cache_write=per_token.get("cache_write"),
+        reasoning=per_token.get("reasoning"),
     )

@@ -5,8 +5,12 @@
   they complete, notes the usage and tier they report, and drops the usage-only chunk that
   the daemon asked for when the client did not.
 
-Chat Completions and Embeddings name usage ``prompt_tokens``/``completion_tokens``; the
-Responses API names it ``input_tokens``/``output_tokens``. Both are read the same way.
+Chat Completions and Embeddings name usage ``prompt_tokens``/``completion_tokens`` (cached and
+cache-write input under ``prompt_tokens_details``); the Responses API names it
+``input_tokens``/``output_tokens`` (details under ``input_tokens_details``). Both count all the
+input. Anthropic-shaped usage (``cache_read_input_tokens``, ``cache_creation_input_tokens``)
+counts only the uncached input in ``input_tokens``; it is added up so that every ``Usage``
+means the same thing.
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ import orjson
 from llmspool.calls import Tier, Usage
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n")
+_ANTHROPIC_CACHE_KEYS = frozenset({"cache_read_input_tokens", "cache_creation_input_tokens"})
 
 
 def usage_of(answer: Any) -> Usage | None:
-    """The usage a parsed answer (or a stream event's object) reports; None if it has none."""
+    """The usage a parsed answer (or a stream event's object) reports; None if it has none.
+
+    ``input_tokens`` comes out as all the input, with the cached and cache-write tokens as
+    parts of it, whichever shape reported them (see the module docstring). An odd value (not
+    a whole number, negative) counts as 0, and parts never exceed their whole.
+    """
     if not isinstance(answer, dict):
         return None
     usage = answer.get("usage")
@@ -29,15 +39,32 @@ def usage_of(answer: Any) -> Usage | None:
         usage = answer["response"].get("usage")  # Responses API stream events
     if not isinstance(usage, dict):
         return None
-    input_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     input_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     output_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    cached = _int(_get(input_details, "cached_tokens"))
+    cache_write = _int(_get(input_details, "cache_write_tokens")) \
+        or _int(_get(input_details, "cache_creation_tokens"))
+    if "prompt_tokens" in usage:
+        # Chat Completions and Embeddings: prompt_tokens is all the input. A proxy may put
+        # Anthropic's counts beside it; they are parts of it then.
+        input_tokens = _int(usage["prompt_tokens"])
+        cached = cached or _int(usage.get("cache_read_input_tokens"))
+        cache_write = cache_write or _int(usage.get("cache_creation_input_tokens"))
+    elif _ANTHROPIC_CACHE_KEYS & usage.keys():
+        # Anthropic: input_tokens counts only the input after the last cache breakpoint.
+        cached = _int(usage.get("cache_read_input_tokens"))
+        cache_write = _int(usage.get("cache_creation_input_tokens"))
+        input_tokens = _int(usage.get("input_tokens")) + cached + cache_write
+    else:
+        input_tokens = _int(usage.get("input_tokens"))  # Responses: all the input
+    output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    cached = min(cached, input_tokens)
     return Usage(
         input_tokens=input_tokens,
-        cached_input_tokens=_int(_get(input_details, "cached_tokens")),
+        cached_input_tokens=cached,
         output_tokens=output_tokens,
-        reasoning_tokens=_int(_get(output_details, "reasoning_tokens")),
+        reasoning_tokens=min(_int(_get(output_details, "reasoning_tokens")), output_tokens),
+        cache_write_tokens=min(cache_write, input_tokens - cached),
     )
 
 

@@ -40,9 +40,48 @@ def test_cost_is_exact_in_picodollars() -> None:
         ({"openai": {"m": {"standard": {"input": 1, "outptu": 2}}}},
          "pricing.openai.m.standard.outptu"),
         ({"openai": {"m": 3}}, "pricing.openai.m"),
+        ({"openai": {"m": {"cache": {"input": 1}}}}, "pricing.openai.m.cache"),
+        ({"openai": {"m": {"standard": {"input": 1, "cache_write": -1}}}},
+         "pricing.openai.m.standard.cache_write"),
+        ({"openai": {"m": {"standard": {"input": 1, "reasoning": "x"}}}},
+         "pricing.openai.m.standard.reasoning"),
+        ({"openai": {"m": {"standard": {"input": 1, "estimated": [["input"]]}}}},
+         "pricing.openai.m.standard.estimated"),
+        ({"openai": {"m": {"max_output_tokens": 0}}}, "pricing.openai.m.max_output_tokens"),
+        ({"openai": {"m": {"max_output_tokens": 1.5}}}, "pricing.openai.m.max_output_tokens"),
+        ({"openai": {"m": {"max_output_tokens": True}}}, "pricing.openai.m.max_output_tokens"),
     ],
 )
 def test_bad_price_tables_are_refused(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         price_table_from_mapping(table)
     assert caught.value.key == key
+
+
+def test_cache_writes_and_reasoning_have_their_own_prices() -> None:
+    table = price_table_from_mapping({"acme": {"m": {
+        "max_output_tokens": 4096,
+        "standard": {"input": 3, "cached_input": 0.3, "cache_write": 3.75, "output": 15,
+                     "reasoning": 20, "estimated": ["reasoning"]},
+        "batch": {"input": 1.5, "output": 7.5},
+    }}})
+    standard = table.price("acme", "m", Tier.STANDARD)
+    assert standard is not None and standard.estimated == {"reasoning"}
+    usage = Usage(input_tokens=100, cached_input_tokens=30, output_tokens=50,
+                  reasoning_tokens=20, cache_write_tokens=10)
+    assert standard.cost(usage) == (60 * 3_000_000 + 30 * 300_000 + 10 * 3_750_000
+                                    + 30 * 15_000_000 + 20 * 20_000_000)
+    # Absent: cached input and cache writes at the input price, reasoning at the output price.
+    batch = table.price("acme", "m", Tier.BATCH)
+    assert batch is not None
+    assert (batch.cached_input, batch.cache_write_price, batch.reasoning_price) == (
+        1_500_000, 1_500_000, 7_500_000)
+    assert batch.cost(usage) == 100 * 1_500_000 + 50 * 7_500_000
+    assert table.max_output_tokens("acme", "m") == 4096
+    assert table.max_output_tokens("acme", "other") is None
+    assert table.tiers("acme", "m") == [Tier.STANDARD, Tier.BATCH]  # not max_output_tokens
+
+
+def test_a_model_limit_without_prices_prices_nothing() -> None:
+    table = price_table_from_mapping({"acme": {"m": {"max_output_tokens": 10}}})
+    assert table.models("acme") == [] and table.max_output_tokens("acme", "m") == 10

@@ -23,6 +23,76 @@ def test_usage_in_both_namings() -> None:
     assert usage_of({"usage": {"prompt_tokens": -3, "completion_tokens": True}}) == Usage()
 
 
+def test_chat_usage_with_cache_writes() -> None:
+    for key in ("cache_write_tokens", "cache_creation_tokens"):
+        chat = {"usage": {"prompt_tokens": 100, "completion_tokens": 20,
+                          "prompt_tokens_details": {"cached_tokens": 30, key: 50},
+                          "completion_tokens_details": {"reasoning_tokens": 15}}}
+        assert usage_of(chat) == Usage(100, 30, 20, 15, cache_write_tokens=50)
+
+
+def test_responses_usage_with_cache_writes() -> None:
+    responses = {"response": {"usage": {
+        "input_tokens": 40, "output_tokens": 9,
+        "input_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 20},
+        "output_tokens_details": {"reasoning_tokens": 4}}}}
+    assert usage_of(responses) == Usage(40, 10, 9, 4, cache_write_tokens=20)
+
+
+def test_anthropic_usage_is_added_up_to_all_the_input() -> None:
+    anthropic = {"usage": {"input_tokens": 5, "output_tokens": 7,
+                           "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}}
+    usage = usage_of(anthropic)
+    assert usage == Usage(125, 100, 7, 0, cache_write_tokens=20)
+    only_writes = {"usage": {"input_tokens": 3, "output_tokens": 1,
+                             "cache_creation_input_tokens": 9}}
+    assert usage_of(only_writes) == Usage(12, 0, 1, 0, cache_write_tokens=9)
+    # A proxy that reports an OpenAI total beside Anthropic's counts: they are parts of it.
+    proxied = {"usage": {"prompt_tokens": 50, "completion_tokens": 2,
+                         "cache_read_input_tokens": 30, "cache_creation_input_tokens": 10}}
+    assert usage_of(proxied) == Usage(50, 30, 2, 0, cache_write_tokens=10)
+
+
+def test_embeddings_usage() -> None:
+    embeddings = {"object": "list", "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+    assert usage_of(embeddings) == Usage(8, 0, 0, 0)
+
+
+def test_odd_usage_values_never_raise() -> None:
+    odd: list[object] = [
+        {"usage": {"prompt_tokens": "12", "completion_tokens": 1.5}},
+        {"usage": {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": -4,
+                                                                   "cache_write_tokens": None}}},
+        {"usage": {"prompt_tokens": 10, "prompt_tokens_details": [1, 2]}},
+        {"usage": {"input_tokens": None, "cache_read_input_tokens": "x",
+                   "cache_creation_input_tokens": False}},
+        {"usage": {"prompt_tokens": 10, "completion_tokens_details": "none"}},
+        {"usage": {}},
+        {"usage": []},
+        {"response": "done"},
+        [],
+        None,
+    ]
+    for answer in odd:
+        usage = usage_of(answer)
+        assert usage is None or (
+            usage.cached_input_tokens + usage.cache_write_tokens <= usage.input_tokens
+            and 0 <= usage.reasoning_tokens <= usage.output_tokens
+        )
+    assert usage_of({"usage": {"prompt_tokens": 10, "prompt_tokens_details": {
+        "cached_tokens": -4, "cache_write_tokens": None}}}) == Usage(10)
+
+
+def test_usage_parts_are_clamped_to_their_whole() -> None:
+    too_many = {"usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                          "prompt_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 8},
+                          "completion_tokens_details": {"reasoning_tokens": 9}}}
+    assert usage_of(too_many) == Usage(10, 8, 3, 3, cache_write_tokens=2)
+    more_cached_than_input = {"usage": {"input_tokens": 5, "output_tokens": 0,
+                                        "input_tokens_details": {"cached_tokens": 50}}}
+    assert usage_of(more_cached_than_input) == Usage(5, 5, 0, 0)
+
+
 def test_served_tier() -> None:
     assert served_tier_of({"service_tier": "default"}) is Tier.STANDARD
     assert served_tier_of({"service_tier": "flex"}) is Tier.FLEX
