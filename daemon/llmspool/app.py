@@ -37,6 +37,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batches.context import BatchContext
+from llmspool.billing import PriceBook, load_price_book
 from llmspool.cache.front import CacheFront
 from llmspool.cache.keys import CacheRules
 from llmspool.cache.nearby import NearDuplicates
@@ -48,8 +49,8 @@ from llmspool.estimate import TokenEstimator
 from llmspool.messages import BatchLinesDone, Call, NewPrices, Query, SlotFreed
 from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
-from llmspool.pricing import PriceTable, load_price_table
 from llmspool.provider import BatchProvider, Provider, ProviderSettings
+from llmspool.reservations import Reserver
 from llmspool.resilience.limits import LimitSettings, RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.routing import ModelRouter
@@ -61,7 +62,7 @@ from llmspool.server.routes import build_app
 from llmspool.server.uvicorn_server import EmbeddedServer, build_server
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME, open_database
-from llmspool.store.ledger import recent_latencies
+from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
@@ -130,23 +131,26 @@ class Daemon:
         self._server: EmbeddedServer | None = None
         self._listener: Listener | None = None
         self._dispatch_control: MemoryObjectSendStream[Call | Query | NewPrices] | None = None
+        self._poller_control: MemoryObjectSendStream[PollerMessage] | None = None
 
     async def run(self) -> None:
         config = self.config
-        prices = load_price_table(config.pricing.file)
-        router = ModelRouter.build(config.providers, prices)
+        prices = load_price_book(config.pricing.file)
+        router = ModelRouter.build(config.providers, prices.table)
         providers = build_providers(config, self._environ, self._extra_plugins)
         tracing = build_tracing(config.tracing, self._environ)
         notifier = systemd.Notifier.from_env()
         listener = self._listener = self._listen()
         try:
             async with AsyncExitStack() as stack:
-                # Two connections: the ledger's and the job keeper's, each the only writer of
-                # its tables (SQLite serialises their commits; WAL keeps readers unblocked).
-                ledger_database = await open_database(config.state_path)
-                stack.push_async_callback(ledger_database.close)
+                # The job keeper's connection (opening it migrates the schema), and the
+                # ledger's: the one writer of money rows (ledger entries, reservations, and
+                # results stored with their entries). SQLite serialises their commits; WAL
+                # keeps readers unblocked.
                 jobs_database = await open_database(config.state_path)
                 stack.push_async_callback(jobs_database.close)
+                ledger_database = LedgerConnection.open(config.state_path / DATABASE_NAME)
+                stack.callback(ledger_database.close)
                 for provider in providers.values():
                     await stack.enter_async_context(provider)
                 await self._run_actors((ledger_database, jobs_database), providers, prices,
@@ -172,9 +176,9 @@ class Daemon:
 
     async def _run_actors(
         self,
-        databases: tuple[aiosqlite.Connection, aiosqlite.Connection],
+        databases: tuple[LedgerConnection, aiosqlite.Connection],
         providers: Mapping[str, Provider],
-        prices: PriceTable,
+        prices: PriceBook,
         router: ModelRouter,
         tracing: Tracing,
         notifier: systemd.Notifier,
@@ -203,8 +207,8 @@ class Daemon:
 
         estimator = TokenEstimator()
         book = LatencyBook(default_latencies(config))
-        book.observe_many(await recent_latencies(ledger_database))
-        book.observe_many(await batch_turnarounds(ledger_database))
+        book.observe_many(await recent_latencies(jobs_database))
+        book.observe_many(await batch_turnarounds(jobs_database))
         planner = Planner(config, prices, book)
         ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer)
         dispatcher = Dispatcher(
@@ -245,12 +249,14 @@ class Daemon:
             config.batch, tracing.tracer, crash, batches_ready,
         )
         submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
-                                   context=batch_context)
+                                   ledger_in.clone(), context=batch_context,
+                                   reserver=Reserver(prices, config.budgets, estimator))
         poller = BatchPoller(poller_out, results_in.clone(), submitter_in.clone(),
                              ledger_in.clone(), context=batch_context, prices=prices,
                              cache=cache_in.clone())
+        self._poller_control = poller_in.clone()
         keeper = JobKeeper(
-            keeper_out, queue_in.clone(), jobs_database, planner, config.jobs,
+            keeper_out, queue_in.clone(), ledger_in.clone(), jobs_database, planner, config.jobs,
             batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
             batch_results=results_out, batch_providers=frozenset(batch_providers),
             batch_config=config.batch,
@@ -294,7 +300,7 @@ class Daemon:
                 await actors.start(
                     self._serve_front_door, server, actors.cancel_scope,
                     (queue_in, cache_in, cache_used_in, ledger_hits_in, dispatch_status,
-                     ledger_status, self._dispatch_control,
+                     ledger_status, self._dispatch_control, self._poller_control,
                      keeper_in, submitter_in, poller_in, results_in),
                 )
                 notifier.ready(f"serving {config.daemon.socket}")
@@ -364,37 +370,32 @@ class Daemon:
                     self._server.should_exit = True
 
     def _reload(self) -> bool:
-        """Re-read what can change without a restart: log level and prices."""
+        """Re-read what can change without a restart: log level and prices (the dispatcher,
+        the planner and the batch poller all bill with the new price book from now on)."""
         try:
             config = load_config(self._config_path, environ=self._environ)
-            prices = load_price_table(config.pricing.file)
+            prices = load_price_book(config.pricing.file)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
         logging.getLogger("llmspool").setLevel(config.daemon.log_level.upper())
-        if self._dispatch_control is not None:
+        for name, control in (("dispatcher", self._dispatch_control),
+                              ("batch poller", self._poller_control)):
+            if control is None:
+                continue
             try:
-                self._dispatch_control.send_nowait(NewPrices(prices))
+                control.send_nowait(NewPrices(prices))
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.error("reload: the dispatcher is busy or stopping; prices not reloaded")
+                log.error("reload: the %s is busy or stopping; prices not reloaded", name)
                 return False
         # Which models route where is fixed at start: a newly priced model needs a restart.
-        log.info("reloaded the log level and the price table")
+        log.info("reloaded the log level and the price book (%s)", prices.version)
         return True
 
 
 def _batch_tier_on(config: Config, batch_providers: Mapping[str, BatchProvider]) -> bool:
-    if not config.batch.enabled or not batch_providers:
-        return False
-    if config.budgets.has_caps:
-        # Batch lines are billed when their batch ends, and are not yet reserved against the
-        # caps when they are batched: with caps set, deferred work goes the direct way, where
-        # every call is admitted first. Caps before savings.
-        log.warning("the batch tier is off because [budgets] sets spending caps (batched "
-                    "requests are not yet admitted against caps); deferred work uses flex "
-                    "and standard")
-        return False
-    return True
+    # With caps set too: batch lines are reserved against the caps when they are batched.
+    return config.batch.enabled and bool(batch_providers)
 
 
 async def _load_tokenizer(estimator: TokenEstimator) -> None:

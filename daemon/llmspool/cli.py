@@ -280,6 +280,12 @@ def _run_status(args: argparse.Namespace) -> int:
     table.add_row(f"calls today ({ledger['day']})", str(ledger["calls_today"]))
     table.add_row("spend today", f"${ledger['spend_today_usd']:.6f}")
     table.add_row("saved today", f"${ledger['saved_today_usd']:.6f}")
+    table.add_row("reserved by calls in flight",
+                  f"${ledger['reserved_usd']:.6f} ({ledger['calls_reserved']} calls)")
+    if ledger.get("unknown_outcome_today"):
+        table.add_row("unknown outcome today (billed at reservation)",
+                      f"{ledger['unknown_outcome_today']} calls, "
+                      f"${ledger['unknown_outcome_today_usd']:.6f}")
     console = Console()
     console.print(table)
     batches = report.get("batches")

@@ -278,6 +278,10 @@ def _caption(report: Mapping[str, Any], saving: Sequence[str]) -> str | None:
     if total["estimated_requests"]:
         notes.append(f"{total['estimated_requests']:,} billed on estimated usage or a guessed "
                      "tier")
+    if total.get("unknown_outcome_requests"):
+        notes.append(f"{total['unknown_outcome_requests']:,} calls of unknown outcome (in flight "
+                     "at a crash) billed at their reservation, "
+                     f"${total['unknown_outcome_usd']:.6f}")
     return "; ".join(notes) or None
 
 

@@ -224,6 +224,7 @@ class LimitConfig:
 
 
 UNKNOWN_MODEL_POLICIES = ("refuse", "ceiling")
+RESERVE_POLICIES = ("max", "estimate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,11 @@ class BudgetsConfig:
     warn_fraction: float = 0.8
     unknown_model: str = field(default="refuse", metadata={"choices": UNKNOWN_MODEL_POLICIES})
     unknown_model_ceiling_usd: float = 0.10
+    # What a call that sets no output limit reserves: the model's maximum output ("max", so a
+    # cap cannot be overshot), or the typical answer's length ("estimate", may overshoot).
+    reserve: str = field(default="max", metadata={"choices": RESERVE_POLICIES})
+    # The maximum output reserved for a model pricing.toml gives no max_output_tokens.
+    unknown_max_output_tokens: int = 32768
     operations: Mapping[str, CapConfig] = field(default_factory=dict)
     users: Mapping[str, CapConfig] = field(default_factory=dict)
     providers: Mapping[str, CapConfig] = field(default_factory=dict)
@@ -501,6 +507,8 @@ def _budgets(table: Mapping[str, Any]) -> BudgetsConfig:
     )
     if not 0 < budgets.warn_fraction <= 1:
         raise ConfigError("budgets.warn_fraction", "must be more than 0 and at most 1")
+    if budgets.unknown_max_output_tokens < 1:
+        raise ConfigError("budgets.unknown_max_output_tokens", "must be at least 1")
     return budgets
 
 

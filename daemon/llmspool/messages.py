@@ -19,13 +19,13 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import Context
 
+from llmspool.billing import PriceBook
 from llmspool.cache.keys import CachePlan
 from llmspool.cache.store import NewEntry
 from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.errors import ApiError
 from llmspool.jobs.model import NewJob
 from llmspool.planner import TierPolicy
-from llmspool.pricing import PriceTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,9 @@ class Call:
     cache: CachePlan | None = None  # None: the cache leaves this call alone
     # Set on the cache's own embedding calls: their cost is taken off that source's savings.
     overhead_of: str | None = None
+    # Set by the job keeper: the answer carries its ``Settled`` instead of the ledger being
+    # sent it, so the keeper stores the result and its ledger entry in one transaction.
+    settle_with_result: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ class Answer:
     cost_picodollars: int | None
     standard_cost_picodollars: int | None = None
     document: Any = field(default=None, repr=False)  # ``body`` parsed
+    # For a call with ``settle_with_result``: its ledger entry, for the caller to store.
+    settled: Settled | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +173,11 @@ class Settled:
     started_at: float
     finished_at: float
     session: str | None = None
-    flag: str | None = None  # unknown_tier, unpriced: billed on a guess, see the ledger
+    # Billed on a guess: unknown_tier, unpriced, broken_answer (cut mid-body or mid-stream),
+    # unknown_outcome (a crash hid whether it was answered: billed at its reservation).
+    flag: str | None = None
     saving_source: str | None = None  # tier, cache, dedup, routing
-    recorded: bool = False  # already in the store (batch results): count it, do not write it
+    price_version: str | None = None  # the price book it was billed with
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,17 +199,18 @@ class CacheUsed:
 
 @dataclass(frozen=True, slots=True)
 class NewPrices:
-    """The operator reloaded the price table (SIGHUP); calls settled from now use it."""
+    """The operator reloaded the price book (SIGHUP); calls settled from now use it."""
 
-    prices: PriceTable
+    prices: PriceBook
 
 
 @dataclass(frozen=True, slots=True)
 class Admit:
     """Reserve ``estimate_picodollars`` against every cap that applies, or refuse.
 
-    The answer is None (admitted: a reservation now exists under ``request_id``) or the
-    ``ApiError`` naming the cap that would break. A ``Settled`` or ``Release`` with the same
+    The answer is None (admitted: a reservation now exists under ``request_id``, durable, so
+    a crash while the call runs leaves it billed as an unknown outcome) or the ``ApiError``
+    naming the cap that would break. A ``Settled`` or ``Release`` with the same
     ``request_id`` ends the reservation.
     """
 
@@ -214,6 +222,8 @@ class Admit:
     session: str | None
     estimate_picodollars: int
     reply: MemoryObjectSendStream[ApiError | None] = field(repr=False)
+    endpoint: Endpoint = Endpoint.CHAT
+    tier: Tier = Tier.STANDARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,64 @@ class Release:
     """The call reserved for ``request_id`` ended without a bill (failed, refused, cancelled)."""
 
     request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A deferred request's final result, as the job keeper stores it (Batch output line)."""
+
+    request_id: int  # job_requests.id
+    job_id: str
+    state: str  # succeeded or failed
+    tier: str | None
+    cost_picodollars: int | None
+    standard_cost_picodollars: int | None
+    result: bytes = field(repr=False)
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreJobResults:
+    """Job keeper → ledger: store ``results`` with the ledger ``entries`` of the calls that
+    produced them, in one transaction; the answer is the ids of the results stored (a result
+    already stored, after a crash, is not stored or billed again)."""
+
+    results: list[JobResult] = field(repr=False)
+    entries: list[Settled] = field(repr=False)
+    reply: MemoryObjectSendStream[list[int]] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LineReservation:
+    """A batch line to reserve against the caps before it is put into a batch."""
+
+    line_id: int  # job_requests.id
+    job_id: str
+    custom_id: str
+    provider: str
+    model: str
+    endpoint: Endpoint
+    operation: str | None
+    uid: int | None
+    estimate_picodollars: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveLines:
+    """Batch submitter → ledger: reserve ``lines`` (durably) or refuse those a cap would not
+    allow; a refused line is stored as a failed result (``budget_*``) in the same transaction.
+    The answer lists the refused lines' results."""
+
+    lines: list[LineReservation] = field(repr=False)
+    reply: MemoryObjectSendStream[list[JobResult]] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLines:
+    """Batch actors → ledger: these lines left their batch without a result (given back to be
+    sent again, or the batch was never made): their reservations end."""
+
+    line_ids: list[int] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +382,38 @@ class BatchLinesDone:
     outcomes: list[LineOutcome] = field(default_factory=list, repr=False)
     requeued: list[RequeuedLine] = field(default_factory=list, repr=False)
     batch_again: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChunk:
+    """One chunk of a batch's mapped results, for the ledger to store with their entries.
+
+    ``results``: (line id, state, Batch output line, cost, list cost, attempts);
+    ``lines``: line id → (job id, whether the batch still carried it).
+    """
+
+    batch_id: int
+    results: list[tuple[int, str, bytes, int | None, int | None, int]] = field(repr=False)
+    entries: list[Settled] = field(repr=False)
+    lines: dict[int, tuple[str, bool]] = field(repr=False)
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChunkStored:
+    """What the ledger stored of a ``BatchChunk``: outcomes, new entries, answers paid twice."""
+
+    outcomes: list[LineOutcome] = field(default_factory=list, repr=False)
+    billed: list[Settled] = field(default_factory=list, repr=False)
+    paid_twice: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatchChunk:
+    """Batch poller → ledger: store ``chunk`` in one transaction; the answer says what was new."""
+
+    chunk: BatchChunk
+    reply: MemoryObjectSendStream[BatchChunkStored | BaseException] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from llmspool.billing import PriceBook
 from llmspool.calls import Tier
 from llmspool.config import Config, OperationConfig
 from llmspool.pricing import PriceTable, TierPrice
@@ -86,13 +87,16 @@ class LatencyBook:
 class Planner:
     """Chooses tiers and flex budgets from the config, the prices and the latency book."""
 
-    def __init__(self, config: Config, prices: PriceTable, book: LatencyBook) -> None:
+    def __init__(self, config: Config, prices: PriceBook | PriceTable, book: LatencyBook) -> None:
         self._config = config
-        self._prices = prices
+        self.prices = _as_book(prices)
+        self._prices = self.prices.table
         self.book = book
 
-    def set_prices(self, prices: PriceTable) -> None:
-        self._prices = prices
+    def set_prices(self, prices: PriceBook | PriceTable) -> None:
+        """The price book from now on (SIGHUP), for tier choices and would-have costs."""
+        self.prices = _as_book(prices)
+        self._prices = self.prices.table
 
     def price(self, provider: str, model: str, tier: Tier) -> TierPrice | None:
         """The current price of ``model`` on ``tier`` (None: not priced there)."""
@@ -198,3 +202,7 @@ def default_latencies(config: Config) -> dict[Tier, float]:
         Tier.FLEX: planner.default_flex_latency,
         Tier.BATCH: planner.default_batch_latency,
     }
+
+
+def _as_book(prices: PriceBook | PriceTable) -> PriceBook:
+    return prices if isinstance(prices, PriceBook) else PriceBook.from_table(prices)

@@ -34,6 +34,10 @@ class UpstreamRequest:
     stream: bool
     tier: Tier
     timeout: float
+    # The daemon's id of the call (its ledger entry's request id). A plugin sends it upstream
+    # where the API takes a client request id (OpenAI: ``X-Client-Request-Id``), so a call can
+    # be matched to the provider's own records, and the simulator's, after a crash.
+    request_id: str | None = None
 
 
 class UpstreamResponse(Protocol):

@@ -1,8 +1,11 @@
-"""The ledger's cost per call: admit (reserve against caps) + settle + the durable entry.
+"""The ledger's cost per call: admit (a durable reservation, checked against caps) + settle
+(the entry, and the reservation's deletion, in one group commit).
 
 Drives the real ledger actor over its real inbox and a real SQLite store, at a paced rate of
-calls per second, and measures the process CPU time it takes (the aiosqlite writer thread
-included), minus the CPU of the same pacing loop with no ledger work. Figures, not pass/fail.
+calls per second, and measures the process CPU time it takes (worker threads included),
+minus the CPU of the same pacing loop with no ledger work. Every call is admitted, caps or
+not (the reservation is the durable intent that bills a call cut off by a crash); with no caps
+the admission checks nothing. Figures, not pass/fail.
 
     python -m tests.bench.bench_ledger [--rate 1000] [--seconds 5] [--rounds 5]
 """
@@ -22,7 +25,7 @@ from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.config import BudgetsConfig, CapConfig
 from llmspool.errors import ApiError
 from llmspool.messages import Admit, Caller, Settled
-from llmspool.store.database import open_database
+from llmspool.store.ledger import open_ledger_connection
 
 BUDGETS = BudgetsConfig(
     per_request_usd=1.0, daily_usd=1e6, session_usd=1e6,
@@ -44,20 +47,19 @@ async def paced(rate: int, seconds: float, work: Any) -> float:
     return time.process_time() - cpu
 
 
-async def measure(rate: int, seconds: float, admit: bool = True) -> dict[str, float]:
+async def measure(rate: int, seconds: float, caps: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        database = await open_database(Path(tmp))
+        database = await open_ledger_connection(Path(tmp))
         inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](4096)
-        ledger = Ledger(inbox_out, database, budgets=BUDGETS)
+        ledger = Ledger(inbox_out, database, budgets=BUDGETS if caps else BudgetsConfig())
 
         async def one_call(index: int) -> None:
             request_id = f"bench-{index}-{time.monotonic_ns()}"
-            if admit:
-                reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
-                with reply_in, reply_out:
-                    await inbox_in.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,
-                                              "session-1", 2_000_000_000, reply_in))
-                    assert await reply_out.receive() is None
+            reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+            with reply_in, reply_out:
+                await inbox_in.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,
+                                          "session-1", 2_000_000_000, reply_in))
+                assert await reply_out.receive() is None
             await inbox_in.send(Settled(
                 request_id=request_id, provider="openai", model="gpt-5-mini",
                 endpoint=Endpoint.CHAT, tier=Tier.FLEX, usage=Usage(500, 0, 200),
@@ -78,7 +80,7 @@ async def measure(rate: int, seconds: float, admit: bool = True) -> dict[str, fl
                 await anyio.sleep(0.2)  # the last group commit
                 inbox_in.close()
         finally:
-            await database.close()
+            database.close()
     calls = rate * seconds
     return {
         "cpu_us_per_call": (loaded - baseline) / calls * 1e6,
@@ -93,9 +95,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    for admit, label in ((True, "admit + settle + durable entry (caps set)"),
-                         (False, "settle + durable entry (no caps: no admission)")):
-        runs = [anyio.run(measure, args.rate, args.seconds, admit, backend="asyncio",
+    for caps, label in ((True, "admit + settle, durable (caps set)"),
+                        (False, "admit + settle, durable (no caps)")):
+        runs = [anyio.run(measure, args.rate, args.seconds, caps, backend="asyncio",
                           backend_options={"use_uvloop": True}) for _ in range(args.rounds)]
         per_call = [run["cpu_us_per_call"] for run in runs]
         print(f"ledger {label} at {args.rate}/s, {args.rounds} rounds: "

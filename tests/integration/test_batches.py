@@ -383,15 +383,20 @@ def raw_content(sim: Sim, file_id: str) -> bytes:
         connection.close()
 
 
-def test_with_spending_caps_deferred_work_is_not_batched(tmp_path: Path, sim: Sim) -> None:
-    # Batched requests are not reserved against caps yet: caps win over the batch discount.
+def test_with_spending_caps_deferred_work_still_goes_through_a_batch(tmp_path: Path,
+                                                                     sim: Sim) -> None:
+    # Batch lines are reserved against the caps when they are batched, and settled from the
+    # output: caps no longer cost the batch discount.
     daemon = running_daemon(tmp_path, sim, "\n[budgets]\ndaily_usd = 100.0\n")
     try:
         job = submit(daemon, jsonl(3))
         results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
+        _, status = daemon.get("/v1/status")
     finally:
         stop_process(daemon.process)
-    assert "batch" not in finished["by_tier"] and sum(finished["by_tier"].values()) == 3
-    assert batch_stats(sim)["created"] == 0
-    assert "the batch tier is off" in daemon.log()
+    assert finished["by_tier"] == {"batch": 3}
+    assert batch_stats(sim)["created"] == 1
+    assert "the batch tier is off" not in daemon.log()
+    assert status["ledger"]["calls_reserved"] == 0  # every line's reservation settled
+    assert status["ledger"]["spend_today_usd"] == pytest.approx(finished["cost_usd"])

@@ -11,13 +11,13 @@ from llmspool.config import Config
 from llmspool.estimate import TokenEstimator
 from llmspool.messages import Call, Caller
 from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.pricing import load_price_table
+from llmspool.billing import load_price_book
 from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-PRICES = load_price_table()
+PRICES = load_price_book()
 USAGE = Usage(input_tokens=1000, output_tokens=500)
 
 

@@ -20,7 +20,7 @@ from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.config import BudgetsConfig, CapConfig
 from llmspool.errors import ApiError, BudgetExceeded
 from llmspool.messages import Admit, Caller, Query, Release, Settled
-from llmspool.store.database import open_database
+from llmspool.store.ledger import open_ledger_connection
 
 USD = 10**12
 
@@ -63,7 +63,7 @@ async def status(inbox: Any) -> dict[str, Any]:
 
 async def run_ledger(budgets: BudgetsConfig, scenario: Any) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
-        database = await open_database(Path(tmp))
+        database = await open_ledger_connection(Path(tmp))
         inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](64)
         ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: 1.8e9)
         try:
@@ -72,7 +72,7 @@ async def run_ledger(budgets: BudgetsConfig, scenario: Any) -> Any:
                 async with inbox_in:
                     result = await scenario(inbox_in)
         finally:
-            await database.close()
+            database.close()
         return result
 
 

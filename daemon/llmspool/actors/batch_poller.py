@@ -39,17 +39,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmspool.batches.context import BatchContext
 from llmspool.batches.remote import RemoteBatch
+from llmspool.billing import PriceBook
 from llmspool.calls import Tier
 from llmspool.errors import ApiError
 from llmspool.messages import (
+    BatchChunk,
+    BatchChunkStored,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
     CacheFill,
+    NewPrices,
     Query,
-    Settled,
+    ReleaseLines,
+    RequeuedLine,
+    StoreBatchChunk,
 )
-from llmspool.pricing import PriceTable
 from llmspool.provider import BatchProvider
 from llmspool.store import batches as batch_sql
 from llmspool.tracing import links_from
@@ -57,7 +62,8 @@ from llmspool.tracing import links_from
 log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF = 30.0
-PollerMessage = BatchOpened | Query
+PollerMessage = BatchOpened | Query | NewPrices
+LedgerNote = StoreBatchChunk | ReleaseLines
 
 
 class BatchPoller:
@@ -66,10 +72,10 @@ class BatchPoller:
         inbox: MemoryObjectReceiveStream[PollerMessage],
         keeper: MemoryObjectSendStream[BatchLinesDone],
         submitter: MemoryObjectSendStream[BatchClosed],
-        ledger: MemoryObjectSendStream[Settled],
+        ledger: MemoryObjectSendStream[LedgerNote],
         *,
         context: BatchContext,
-        prices: PriceTable,
+        prices: PriceBook,
         cache: MemoryObjectSendStream[CacheFill] | None = None,
     ) -> None:
         self._ready = context.ready
@@ -111,6 +117,8 @@ class BatchPoller:
                     async for message in self._inbox:
                         if isinstance(message, BatchOpened):
                             await self._opened(message.batch_id)
+                        elif isinstance(message, NewPrices):
+                            self._prices = message.prices
                         else:
                             message.reply.send_nowait(self._snapshot())
                 group.cancel_scope.cancel()
@@ -201,6 +209,7 @@ class BatchPoller:
         if now >= self._hard_at(batch) and batch.escalated_at is None:
             requeued = await self._store.run(batch_sql.release_lines, batch, None, now,
                                              escalated=True)
+            await self._released(requeued)
             log.warning("batch %s: the cancel has not taken effect and the deadline is near: "
                         "%d unfinished requests are sent directly now", batch.remote_id,
                         len(requeued))
@@ -241,11 +250,31 @@ class BatchPoller:
         await self._done(batch, remote, report, note)
         await self._clean_up(provider, remote, (input_path, output_path, errors_path))
 
+    async def _released(self, requeued: list[RequeuedLine]) -> None:
+        """Lines given back end their batch reservations (they are admitted again as calls)."""
+        if requeued:
+            await self._ledger.send(ReleaseLines([line.request_id for line in requeued]))
+
+    async def _store_chunk(self, chunk: BatchChunk) -> BatchChunkStored:
+        """The ledger stores a chunk of results with their entries, in one transaction."""
+        reply_in, reply_out = anyio.create_memory_object_stream[
+            BatchChunkStored | BaseException](1)
+        with reply_in, reply_out:
+            await self._ledger.send(StoreBatchChunk(chunk, reply_in))
+            answer = await reply_out.receive()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _commit_from_thread(self, chunk: BatchChunk) -> BatchChunkStored:
+        return anyio.from_thread.run(self._store_chunk, chunk)
+
     def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> batch_sql.MapReport:
         mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
                                         self._config.max_attempts, time.time(),
                                         after_first_chunk=lambda: self._crash.reach(
-                                            "batch.mid_mapping"))
+                                            "batch.mid_mapping"),
+                                        commit=self._commit_from_thread)
         for path in paths:
             if path.exists():
                 mapper.feed(path)
@@ -274,7 +303,8 @@ class BatchPoller:
         def fail_and_finish() -> batch_sql.MapReport:
             ids = batch_sql.input_line_ids(input_path, set(numbered))
             mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
-                                            self._config.max_attempts, time.time())
+                                            self._config.max_attempts, time.time(),
+                                            commit=self._commit_from_thread)
             mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
                                if n in ids})
             if not numbered:  # the whole batch was refused: each line loses an attempt
@@ -293,8 +323,7 @@ class BatchPoller:
         if remote.status == "completed" and batch.submitted_at is not None:
             self._planner.book.observe((batch.provider, batch.model, Tier.BATCH),
                                        time.time() - batch.submitted_at)
-        for entry in report.billed:
-            await self._ledger.send(entry)
+        await self._released(report.requeued)
         if report.cache_fills and self._cache is not None:
             # Batch answers serve later identical requests; the cache never makes us wait.
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,

@@ -17,6 +17,10 @@ a second batch upstream:
 After a restart, a batch found in *intent* is first looked for upstream by file name, and one
 found in *uploaded* by its metadata; only what is not found is done again.
 
+Budgets: before a batch is made, its lines are reserved against the caps with the ledger (at
+batch prices, each line's worst case); the lines a cap refuses are stored as failed results
+(``budget_*``) and never uploaded. A batch's answers settle the reservations when mapped.
+
 The enqueued-token cap: the provider limits the prompt tokens waiting in unfinished batches per
 model. The submitter keeps a batch back while it would exceed the limit (configured, or learned
 from a ``token_limit_exceeded`` failure), and hands its requests back to the job keeper when
@@ -33,23 +37,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from llmspool.batches.context import BatchContext
 from llmspool.batches.remote import INTENT_KEY
-from llmspool.calls import Endpoint
+from llmspool.calls import Endpoint, Tier
 from llmspool.errors import ApiError, UpstreamError, UpstreamUnreachable
 from llmspool.messages import (
     BatchCandidate,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
+    JobResult,
+    LineOutcome,
+    LineReservation,
     Query,
+    ReleaseLines,
     RequeuedLine,
+    ReserveLines,
     ToBatch,
 )
 from llmspool.provider import BatchProvider
+from llmspool.reservations import Reserver
 from llmspool.store import batches as batch_sql
 from llmspool.tracing import links_from
 
@@ -82,9 +93,13 @@ class BatchSubmitter:
         inbox: MemoryObjectReceiveStream[SubmitterMessage],
         poller: MemoryObjectSendStream[BatchOpened],
         keeper: MemoryObjectSendStream[BatchLinesDone],
+        ledger: MemoryObjectSendStream[ReserveLines | ReleaseLines],
         *,
         context: BatchContext,
+        reserver: Reserver,
     ) -> None:
+        self._ledger = ledger
+        self._reserver = reserver
         self._ready = context.ready
         self._inbox = inbox
         self._poller = poller
@@ -109,7 +124,8 @@ class BatchSubmitter:
         try:
             unfinished = [b for b in await self._store.run(batch_sql.open_batches)
                           if b.state in ("intent", "uploaded")]
-            async with self._poller, self._keeper, anyio.create_task_group() as group:
+            async with self._poller, self._keeper, self._ledger, \
+                    anyio.create_task_group() as group:
                 group.start_soon(self._flusher, unfinished)
                 task_status.started()
                 async with self._inbox:
@@ -204,12 +220,43 @@ class BatchSubmitter:
                     self._groups[key] = held
                     log.info("batch: holding %d %s requests: %s", len(rest), model, held.held)
                     return
+            admitted = await self._reserve(chunk)
+            if not admitted:
+                continue
             intent = f"{int(now)}-{secrets.token_hex(6)}"
-            batch = await self._store.run(batch_sql.open_batch, intent, chunk,
+            batch = await self._store.run(batch_sql.open_batch, intent, admitted,
                                    sorted(group.traceparents), now)
+            if batch is None:  # their jobs were cancelled meanwhile
+                await self._ledger.send(ReleaseLines([c.request_id for c in admitted]))
             self._crash.reach("batch.after_intent")
             if batch is not None:
                 await self._advance(batch, resumed=False)
+
+    async def _reserve(self, chunk: list[BatchCandidate]) -> list[BatchCandidate]:
+        """Reserve the lines' worst-case cost with the ledger (durably, before the batch
+        exists); the lines a cap refuses are stored as failed results by the ledger, told to
+        the job keeper, and left out of the batch. Returns the lines admitted."""
+        rows = await self._store.run(batch_sql.lines_to_reserve, [c.request_id for c in chunk])
+        first = chunk[0]
+        lines = []
+        for line_id, job_id, custom_id, body, operation, uid in rows:
+            cost = self._reserver.for_body(first.endpoint, first.provider, first.model, body,
+                                           operation, [Tier.BATCH]).picodollars
+            lines.append(LineReservation(line_id, job_id, custom_id, first.provider,
+                                         first.model, first.endpoint, operation, uid, cost))
+        reply_in, reply_out = anyio.create_memory_object_stream[list[JobResult]](1)
+        with reply_in, reply_out:
+            await self._ledger.send(ReserveLines(lines, reply_in))
+            refused = await reply_out.receive()
+        if refused:
+            log.warning("batch: %d %s requests refused by a budget cap (%s); they are not "
+                        "sent", len(refused), first.model,
+                        orjson.loads(refused[0].result)["error"]["message"])
+            await self._keeper.send(BatchLinesDone(outcomes=[
+                LineOutcome(r.request_id, r.job_id, "failed", None, None, True)
+                for r in refused]))
+        admitted = {line.line_id for line in lines} - {r.request_id for r in refused}
+        return [c for c in chunk if c.request_id in admitted]
 
     def _split(self, candidates: list[BatchCandidate], token_limit: int
                ) -> list[list[BatchCandidate]]:
@@ -313,6 +360,7 @@ class BatchSubmitter:
                   batch.intent, batch.lines, why)
         requeued = await self._store.run(batch_sql.finish_batch, batch, {}, f"not submitted: {why}",
                                   time.time())
+        await self._ledger.send(ReleaseLines([line.request_id for line in requeued]))
         self._given_back += len(requeued)
         await self._keeper.send(BatchLinesDone(requeued=requeued, batch_again=False))
 

@@ -41,6 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from llmspool.billing import PriceBook, bill
 from llmspool.calls import Tier, Usage
 from llmspool.config import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.errors import (
@@ -68,8 +69,9 @@ from llmspool.messages import (
     StreamStart,
 )
 from llmspool.planner import Planner
-from llmspool.pricing import PriceTable, usd
+from llmspool.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
+from llmspool.reservations import Reservation, Reserver
 from llmspool.resilience.breaker import Breakers, CircuitBreaker, Transition
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import Permit, RateLimits
@@ -171,7 +173,7 @@ class Dispatcher:
         provider_kinds: Mapping[str, str],
         timeouts: Mapping[str, float],
         stream_idle_timeouts: Mapping[str, float],
-        prices: PriceTable,
+        prices: PriceBook,
         planner: Planner,
         flex: FlexConfig,
         budgets: BudgetsConfig,
@@ -197,7 +199,10 @@ class Dispatcher:
         self._estimator = estimator
         self._tracer = tracer
         self._flex_metrics = FlexMetrics(meter)
-        self._estimates: dict[str, Estimate] = {}
+        self._reserver = Reserver(prices, budgets, estimator)
+        self._reserved: dict[str, Reservation] = {}  # by request id, until the call ends
+        self._broken: dict[str, int] = {}  # broken attempts per request id, for their ids
+        self._handed_over: set[str] = set()  # job calls whose entry went with their answer
         self._last_estimate = Estimate(0, 0, "none")
         self._in_flight = 0
         self._served_by_tier: dict[str, int] = {}
@@ -226,6 +231,7 @@ class Dispatcher:
                         message.reply.send_nowait(self._snapshot())
                     else:
                         self._prices = message.prices
+                        self._reserver.set_prices(message.prices)
                         self._planner.set_prices(message.prices)
 
     async def _serve(self, call: Call) -> None:
@@ -280,7 +286,13 @@ class Dispatcher:
                 code="internal_error",
             )))
         finally:
-            self._estimates.pop(call.request_id, None)
+            self._reserved.pop(call.request_id, None)
+            self._broken.pop(call.request_id, None)
+            if call.request_id in self._handed_over:
+                # The job keeper has the entry and stores it with the result; the reservation
+                # ends in that transaction (or, after a crash, as an unknown outcome).
+                self._handed_over.discard(call.request_id)
+                admitted = False
             if admitted:
                 # Ends the reservation if the call settled nothing (a no-op if it did).
                 with anyio.CancelScope(shield=True):
@@ -290,10 +302,11 @@ class Dispatcher:
             self._freed.send_nowait(SlotFreed(call.request_id))
 
     async def _admit(self, call: Call, tier: Tier) -> bool:
-        """Apply the unknown-model policy, and reserve the call's worst cost against the caps.
+        """Apply the unknown-model policy, and reserve the call's worst cost with the ledger.
 
-        Returns whether a reservation was made (none is needed when no cap is set); raises
-        the ``ApiError`` that refuses the call.
+        Every call is reserved, caps or not: the ledger commits the reservation before it
+        answers, so a crash while the call runs leaves it billed as an unknown outcome.
+        Returns True once reserved; raises the ``ApiError`` that refuses the call.
         """
         priced = bool(self._prices.tiers(call.provider, call.model))
         if not priced and self._budgets.unknown_model == "refuse":
@@ -303,19 +316,17 @@ class Dispatcher:
                 "\"ceiling\" to admit it at unknown_model_ceiling_usd per call",
                 param="model", code="model_unpriced",
             )
-        if not self._budgets.has_caps:
-            return False
-        if priced:
-            estimate = self._worst_cost(call, tier, self._estimate(call))
-            # Kept until the call settles, to calibrate the estimator on its real usage.
-            self._estimates[call.request_id] = self._last_estimate
-        else:
-            estimate = round(self._budgets.unknown_model_ceiling_usd * 10**12)
+        tiers = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
+        reservation = self._reserver.for_body(call.endpoint, call.provider, call.model,
+                                              call.body, call.operation, tiers)
+        # Kept until the call settles: a broken answer is billed at it, and the estimator
+        # calibrates on the real usage.
+        self._reserved[call.request_id] = reservation
         reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
         with reply_in, reply_out:
             await self._ledger.send(Admit(
                 call.request_id, call.provider, call.model, call.operation, call.caller.uid,
-                call.session, estimate, reply_in,
+                call.session, reservation.picodollars, reply_in, call.endpoint, tier,
             ))
             refusal = await reply_out.receive()
         if refusal is not None:
@@ -331,18 +342,6 @@ class Dispatcher:
                                             else {}, call.model, call.operation)
         self._last_estimate = estimate
         return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
-
-    def _worst_cost(self, call: Call, tier: Tier, usage: Usage) -> int:
-        """The most ``usage`` may cost: on ``tier``, or on standard if flex may fall back."""
-        candidates = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
-        costs = [price.cost(usage) for t in candidates
-                 if (price := self._prices.price(call.provider, call.model, t)) is not None]
-        return max(costs) if costs else self._highest_cost(call.provider, call.model, usage)
-
-    def _highest_cost(self, provider: str, model: str, usage: Usage) -> int:
-        prices = [self._prices.price(provider, model, t)
-                  for t in self._prices.tiers(provider, model)]
-        return max((p.cost(usage) for p in prices if p is not None), default=0)
 
     async def _serve_flex(self, call: Call, span: Span) -> None:
         """Flex with retries on *resource unavailable*, escalating to standard in time."""
@@ -555,6 +554,7 @@ class Dispatcher:
             stream=call.stream,
             tier=target.tier,
             timeout=target.time_limit,
+            request_id=call.request_id,
         )
         started = time.time()
         # For a stream the relay enforces the time limit between chunks itself (it knows
@@ -589,10 +589,17 @@ class Dispatcher:
     async def _relay_answer(
         self, call: Call, target: Target, response: UpstreamResponse, span: Span, started: float
     ) -> Sent:
-        body = await response.read()
+        try:
+            body = await response.read()
+        except BaseException:
+            # Answered 200, then cut mid-body (or given up while reading): the provider
+            # bills what it generated, which nobody here can know. Billed at the reservation.
+            await self._bill_broken(call, target, started, span, self._reserved_usage(call))
+            raise
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
+            await self._bill_broken(call, target, started, span, self._reserved_usage(call))
             raise BadUpstreamAnswer(
                 f"{target.provider} answered HTTP {response.status} with a body that is not "
                 f"JSON ({len(body)} bytes starting {body[:60]!r})",
@@ -615,11 +622,16 @@ class Dispatcher:
         if settled.cost_picodollars is not None:
             headers["x-llmspool-cost-usd"] = f"{usd(settled.cost_picodollars):.10f}"
         # Settled first: a client that asks for its cost right after its answer then sees it
-        # (the ledger answers queries in arrival order).
-        await self._ledger.send(settled)
+        # (the ledger answers queries in arrival order). A job's call hands its entry to the
+        # job keeper instead, which stores it with the result in one transaction.
+        if call.settle_with_result:
+            self._handed_over.add(call.request_id)
+        else:
+            await self._ledger.send(settled)
         await _tell(call, Answer(
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
+            settled=settled if call.settle_with_result else None,
         ))
         return Sent(usage)
 
@@ -667,17 +679,24 @@ class Dispatcher:
             span.add_event("client disconnected; upstream call cancelled")
             self._aborted += 1
             status = 499
+            usage = meter.usage or self._partial_usage(call, meter.events)
+            with anyio.CancelScope(shield=True):
+                await self._ledger.send(self._settle(
+                    call, target.provider, target.model, meter.tier or target.tier, usage,
+                    status, started, span, flag=None if meter.usage else "broken_answer"))
+            return Sent(usage)
         except ApiError as error:
             if not begun:
                 raise
             span.set_status(Status(StatusCode.ERROR, error.message))
-            usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
+            usage = meter.usage or self._partial_usage(call, meter.events)
             served = meter.tier or target.tier
-            await self._ledger.send(self._settle(call, target.provider, target.model, served,
-                                                 usage, 502, started, span))
+            await self._ledger.send(self._settle(
+                call, target.provider, target.model, served, usage, 502, started, span,
+                flag=None if meter.usage else "broken_answer"))
             await _tell(call, StreamEnd(error))
             return Sent(usage, late_error=error)
-        usage = meter.usage or Usage(output_tokens=meter.events, estimated=True)
+        usage = meter.usage or self._partial_usage(call, meter.events)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
         settled = self._settle(call, target.provider, target.model, meter.tier or target.tier,
                                usage, status, started, span, claimed=meter.claimed_tier)
@@ -685,48 +704,61 @@ class Dispatcher:
         await _tell(call, StreamEnd())
         return Sent(usage)
 
+    def _reserved_usage(self, call: Call) -> Usage:
+        """What a broken answer is billed for when nothing of its usage is known: the
+        reservation's estimate (prompt, and the output the call allowed)."""
+        reservation = self._reserved.get(call.request_id)
+        if reservation is None:
+            return self._estimate(call)
+        estimate = reservation.estimate
+        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+
+    def _partial_usage(self, call: Call, events: int) -> Usage:
+        """A stream cut short: its prompt (estimated) and the output events it had sent, about
+        a token each, which is what the provider generated and bills."""
+        reservation = self._reserved.get(call.request_id)
+        prompt = reservation.estimate.input_tokens if reservation is not None else \
+            self._estimate(call).input_tokens
+        return Usage(prompt, 0, events, estimated=True)
+
+    async def _bill_broken(self, call: Call, target: Target, started: float, span: Span,
+                           usage: Usage) -> None:
+        """An attempt that was answered and then broke is billed under its own id (the call
+        may still succeed on a retry, billed under the call's id)."""
+        number = self._broken.get(call.request_id, 0) + 1
+        self._broken[call.request_id] = number
+        settled = self._settle(call, target.provider, target.model, target.tier, usage, 502,
+                               started, span, flag="broken_answer",
+                               request_id=f"{call.request_id}~{number}")
+        with anyio.CancelScope(shield=True):
+            await self._ledger.send(settled)
+
     def _settle(
         self, call: Call, provider: str, model: str, tier: Tier, usage: Usage, status: int,
-        started: float, span: Span, *, claimed: str | None = None,
+        started: float, span: Span, *, claimed: str | None = None, flag: str | None = None,
+        request_id: str | None = None,
     ) -> Settled:
         """The ledger's record of a call served by ``provider``'s ``model`` (the call's own, or
-        its failover's) on ``tier``."""
-        flag = None
-        price = self._prices.price(provider, model, tier)
-        standard = self._prices.price(provider, model, Tier.STANDARD)
-        if claimed is not None and Tier.from_service_tier(claimed) is None:
-            # A tier we do not know: bill the highest price we know for the model, and say so.
-            flag = "unknown_tier"
-            cost: int | None = self._highest_cost(provider, model, usage)
-        elif price is not None:
-            cost = price.cost(usage)
-        elif not self._prices.tiers(provider, model):
-            # Admitted under [budgets] unknown_model = "ceiling", or a failover model nobody
-            # priced: never silently free.
-            flag = "unpriced"
-            cost = round(self._budgets.unknown_model_ceiling_usd * 10**12)
-        else:
-            flag = "unknown_tier"  # priced, but not on the tier it says it served
-            cost = self._highest_cost(provider, model, usage)
-        standard_cost = standard.cost(usage) if standard is not None else None
+        its failover's) on ``tier``, billed by the one billing function."""
+        billed = bill(
+            self._prices, provider, model, tier, usage, claimed_tier=claimed,
+            unpriced_ceiling_picodollars=round(self._budgets.unknown_model_ceiling_usd
+                                               * PICODOLLARS_PER_USD),
+            overhead_of=call.overhead_of,
+        )
+        cost = billed.cost_picodollars
         finished = time.time()
-        estimate = self._estimates.pop(call.request_id, None)
-        if status == 200:
+        reservation = self._reserved.get(call.request_id)
+        if status == 200 and flag is None:
             self._planner.book.observe((provider, model, tier), finished - started)
             if not usage.estimated:
                 self._estimator.observe_output(model, call.operation, usage.output_tokens)
-                if estimate is not None:
+                if reservation is not None:
+                    estimate = reservation.estimate
                     self._estimator.observe(model, estimate.chars, usage.input_tokens,
                                             fixed_tokens=estimate.fixed_tokens)
-        saving_source = None
-        if tier in (Tier.FLEX, Tier.BATCH) and standard_cost is not None and cost is not None \
-                and cost < standard_cost:
-            saving_source = "tier"
-        if tier is Tier.FLEX and cost is not None:
-            self._flex_metrics.served(usage, max(0, (standard_cost or cost) - cost))
-        if call.overhead_of is not None:
-            # Spent to save elsewhere (the cache's embeddings): a negative saving of its source.
-            saving_source, standard_cost = call.overhead_of, 0
+        if tier is Tier.FLEX:
+            self._flex_metrics.served(usage, max(0, billed.saving_picodollars))
         span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": usage.input_tokens,
@@ -734,23 +766,24 @@ class Dispatcher:
                 "gen_ai.response.model": model,
                 "llmspool.tier": tier.value,
                 "llmspool.usage_estimated": usage.estimated,
+                "llmspool.cost_usd": usd(cost),
+                "llmspool.price_version": billed.price_version,
             }
         )
-        if cost is not None:
-            span.set_attribute("llmspool.cost_usd", usd(cost))
+        flag = flag or billed.flag
         if flag is not None:
             span.set_attribute("llmspool.billing_flag", flag)
         tier_name = tier.value
         self._served_by_tier[tier_name] = self._served_by_tier.get(tier_name, 0) + 1
         return Settled(
-            request_id=call.request_id,
+            request_id=request_id or call.request_id,
             provider=provider,
             model=model,
             endpoint=call.endpoint,
             tier=tier,
             usage=usage,
             cost_picodollars=cost,
-            standard_cost_picodollars=standard_cost,
+            standard_cost_picodollars=billed.list_cost_picodollars,
             caller=call.caller,
             operation=call.operation,
             status=status,
@@ -758,7 +791,8 @@ class Dispatcher:
             finished_at=finished,
             session=call.session,
             flag=flag,
-            saving_source=saving_source,
+            saving_source=billed.saving_source,
+            price_version=billed.price_version,
         )
 
     def _snapshot(self) -> dict[str, Any]:

@@ -8,9 +8,11 @@
   ledger). Lines a batch gives back (expired, escalated, failed) are routed again.
 - A retryable failure (5xx, 429 rate limit, no connection) is tried again with backoff, up to
   ``[jobs] max_attempts`` and never past the deadline.
-- Results are stored in group commits, each guarded by the request's state, so a request is
-  stored once even if its call is repeated after a crash: calls in flight at a crash are
-  simply still ``queued`` in the store, and are sent again on the next start.
+- Results are stored in group commits by the ledger, each result with the ledger entry of the
+  call that produced it (one transaction), each guarded by the request's state, so a request
+  is stored once even if its call is repeated after a crash. A call in flight at a crash
+  leaves its request ``queued`` (sent again on the next start) and its reservation, which the
+  ledger bills as an unknown outcome: both calls are counted.
 - Counts per job are kept in memory, mirroring the store, so a status answer on a job of
   100,000 requests costs no query.
 """
@@ -53,8 +55,11 @@ from llmspool.messages import (
     Caller,
     CancelJob,
     Failure,
+    JobResult,
     Query,
     Reply,
+    Settled,
+    StoreJobResults,
     SubmitJob,
     ToBatch,
     WaitForJob,
@@ -124,6 +129,7 @@ class JobKeeper:
         self,
         inbox: MemoryObjectReceiveStream[KeeperMessage],
         queue: MemoryObjectSendStream[Call | Query],
+        ledger: MemoryObjectSendStream[StoreJobResults],
         database: aiosqlite.Connection,
         planner: Planner,
         config: JobsConfig,
@@ -143,13 +149,15 @@ class JobKeeper:
         self._batch_providers = batch_providers
         self._batch_config = batch_config or BatchConfig()
         self._queue = queue
+        self._ledger = ledger
         self._database = database
         self._planner = planner
         self._config = config
         self._jobs: dict[str, JobState] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._in_flight = 0
-        self._pending: list[jobs_sql.Outcome] = []
+        self._pending: list[JobResult] = []
+        self._pending_entries: list[Settled] = []
         self._waiters: dict[str, list[JobReply]] = {}
         self._write_lock = anyio.Lock()
         self._wake_pump = anyio.Event()
@@ -161,6 +169,7 @@ class JobKeeper:
         await self._recover()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._queue)
+            await stack.enter_async_context(self._ledger)
             if self._cache is not None:
                 await stack.enter_async_context(self._cache)
             if self._batches is not None:  # closed when the keeper ends, ending the submitter
@@ -387,6 +396,7 @@ class JobKeeper:
             reply=replies_in,
             deadline_at=row.deadline_at,
             cache=self._cache_plan(row, job),
+            settle_with_result=True,
         )
         with replies_out:
             try:
@@ -430,7 +440,9 @@ class JobKeeper:
     def _finish(self, row: jobs_sql.QueuedRequest, reply: Reply, attempts: int) -> None:
         line_id = f"batch_req_{row.id}"
         if isinstance(reply, Answer):
-            outcome = jobs_sql.Outcome(
+            if reply.settled is not None:
+                self._pending_entries.append(reply.settled)
+            outcome = JobResult(
                 row.id, row.job_id, "succeeded", reply.tier.value, reply.cost_picodollars,
                 reply.standard_cost_picodollars,
                 orjson.dumps({
@@ -443,7 +455,7 @@ class JobKeeper:
                 attempts,
             )
         else:
-            outcome = jobs_sql.Outcome(
+            outcome = JobResult(
                 row.id, row.job_id, "failed", None, None, None,
                 _failure_line(line_id, row.custom_id, reply), attempts,
             )
@@ -462,9 +474,12 @@ class JobKeeper:
         if not self._pending:
             return
         outcomes, self._pending = self._pending, []
-        with anyio.CancelScope(shield=True):  # a started commit finishes, even at shutdown
-            async with self._write_lock:
-                stored = set(await jobs_sql.record_outcomes(self._database, outcomes))
+        entries, self._pending_entries = self._pending_entries, []
+        reply_in, reply_out = anyio.create_memory_object_stream[list[int]](1)
+        # Shielded: results whose calls were answered are stored, even while stopping.
+        with anyio.CancelScope(shield=True), reply_in, reply_out:
+            await self._ledger.send(StoreJobResults(outcomes, entries, reply_in))
+            stored = set(await reply_out.receive())
         for outcome in outcomes:
             if outcome.request_id not in stored:
                 continue

@@ -1,17 +1,22 @@
-"""The cost ledger actor: the single writer of money, and the keeper of budgets.
+"""The cost ledger actor: the one writer of money, and the keeper of budgets.
 
-- ``Admit`` reserves a call's estimated cost against every cap that applies (per request;
+- ``Admit`` reserves a call's worst-case cost against every cap that applies (per request;
   per day overall and per operation, calling user and provider; per session) and refuses the
   call, naming the cap, if the reservation would break one. Because this one actor handles
-  admissions one at a time, concurrent calls cannot race past a cap: a cap is exceeded by at
-  most what calls cost beyond their estimates.
+  admissions one at a time, concurrent calls cannot race past a cap. Every reservation, caps
+  or not, is committed (a group commit for all that arrived together) before the call is
+  admitted: it is the durable intent that makes a crash mid-call visible.
 - ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
-  bill. Entries are appended to the store in group commits: whatever arrived while the
-  previous commit ran is written in the next one.
+  bill. Entries are written in group commits (what arrived while the previous commit ran goes
+  in the next one), each deleting the reservations it settles in the same transaction.
+- ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
+  entries, in one transaction; ``ReserveLines`` reserves batch lines before they are put into a
+  batch, storing the refused ones as ``budget_*`` failures; ``ReleaseLines`` ends those.
+- At start, every call reservation left by a crash becomes an ``unknown_outcome`` entry at its
+  reserved cost, and batch lines' reservations count against the caps again: spend after a
+  crash is never lower than what may have been spent.
 - Crossing ``[budgets] warn_fraction`` of a cap logs a warning, emits an OpenTelemetry event,
   and shows in status, once per crossing.
-- Reservations live in memory only: after a crash the calls they covered are gone, and the
-  spend is exactly the sum of the settled entries, reloaded at start.
 
 Queries are answered after everything that arrived before them is committed, so a client that
 asks for its cost right after its answer sees it.
@@ -28,17 +33,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import anyio
+import orjson
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 
 from llmspool.config import BudgetsConfig
-from llmspool.errors import BudgetExceeded, ConfigError
-from llmspool.messages import Admit, Query, Release, Settled
+from llmspool.errors import ApiError, BudgetExceeded, ConfigError
+from llmspool.messages import (
+    Admit,
+    BatchChunkStored,
+    JobResult,
+    Query,
+    Release,
+    ReleaseLines,
+    ReserveLines,
+    Settled,
+    StoreBatchChunk,
+    StoreJobResults,
+)
 from llmspool.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.store import batches as batch_sql
 from llmspool.store import ledger as ledger_sql
+from llmspool.store.ledger import LedgerConnection, line_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +65,8 @@ MAX_GROUP = 512
 # calls/s a commit per handful of entries cost ~370 µs of CPU per call (py-spy: a third in
 # SQLite); one commit per 10 ms is cheap. Counters move at once, so budgets never wait.
 COMMIT_INTERVAL = 0.010
-LedgerMessage = Settled | Query | Admit | Release
+LedgerMessage = (Settled | Query | Admit | Release | StoreJobResults | ReserveLines
+                 | ReleaseLines | StoreBatchChunk)
 Scope = tuple[str, str]  # (kind, key): ("day", ""), ("operation", "evals"), ("session", "s1")
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
 
@@ -125,7 +144,7 @@ class Ledger:
     def __init__(
         self,
         inbox: MemoryObjectReceiveStream[LedgerMessage],
-        database: aiosqlite.Connection,
+        database: LedgerConnection,
         *,
         budgets: BudgetsConfig | None = None,
         tracer: trace.Tracer | None = None,
@@ -149,11 +168,16 @@ class Ledger:
         self._refused = 0
         self._commits = 0
         self._pending: list[Settled] = []
+        self._new_reservations: list[tuple[Any, ...]] = []
+        self._ended: list[str] = []
+        self._admitted: list[MemoryObjectSendStream[ApiError | None]] = []
+        self._unknown_at_start = 0
         self._day_start = self._day_end = 0.0
         self._closed = False
         self._pending_since = 0.0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self._reconcile()
         await self._load_today()
         task_status.started()
         try:
@@ -172,7 +196,7 @@ class Ledger:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await self._handle(group)
-                    if len(self._pending) >= MAX_GROUP:
+                    if self._new_reservations or len(self._pending) >= MAX_GROUP:
                         await self._flush()
         finally:
             with anyio.CancelScope(shield=True):
@@ -187,7 +211,7 @@ class Ledger:
         except anyio.EndOfStream:
             self._closed = True
             return None
-        if not self._pending:
+        if not self._pending and not self._ended:
             try:
                 return await self._inbox.receive()
             except anyio.EndOfStream:
@@ -202,60 +226,91 @@ class Ledger:
         return None
 
     async def _flush(self) -> None:
-        if not self._pending:
+        """Commit what is pending, then admit the calls whose reservations it made durable."""
+        if not (self._pending or self._new_reservations or self._ended):
             return
         entries, self._pending = self._pending, []
+        reservations, self._new_reservations = self._new_reservations, []
+        ended, self._ended = self._ended, []
+        admitted, self._admitted = self._admitted, []
         # Shielded: a commit that has started finishes even while the daemon stops.
         with anyio.CancelScope(shield=True):
-            await ledger_sql.append_entries(self._database, entries)
+            await self._database.run(ledger_sql.write_group, reservations, entries, ended)
         self._commits += 1
+        for reply in admitted:
+            with contextlib.suppress(*_GONE):
+                reply.send_nowait(None)
 
     async def _handle(self, group: list[LedgerMessage]) -> None:
         for message in group:
             if isinstance(message, Settled):
-                if not message.recorded:
-                    if not self._pending:
-                        self._pending_since = time.monotonic()
-                    self._pending.append(message)
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                self._pending.append(message)
                 self._count(message)
             elif isinstance(message, Admit):
                 await self._admit(message)
             elif isinstance(message, Release):
-                self._release(message.request_id)
+                if self._release(message.request_id):
+                    self._ended.append(message.request_id)
+            elif isinstance(message, StoreJobResults):
+                await self._store_job_results(message)
+            elif isinstance(message, ReserveLines):
+                await self._reserve_lines(message)
+            elif isinstance(message, ReleaseLines):
+                for line_id in message.line_ids:
+                    self._release(line_key(line_id))
+                    self._ended.append(line_key(line_id))
+            elif isinstance(message, StoreBatchChunk):
+                await self._store_batch_chunk(message)
             else:
                 await self._answer(message)
 
     # --- budgets ------------------------------------------------------------------------
 
     async def _admit(self, admit: Admit) -> None:
-        self._roll_day(self._clock())
-        if admit.session is not None and admit.session not in self._known_sessions:
-            self._spent[("session", admit.session)] += await ledger_sql.spend_of_session(
-                self._database, admit.session
-            )
-            self._known_sessions.add(admit.session)
-        error = self._refusal(admit)
-        if error is None:
-            scopes = [cap.scope for cap in self._caps.scoped(
-                admit.provider, admit.operation, admit.uid, admit.session)]
-            for scope in scopes:
-                self._reserved[scope] += admit.estimate_picodollars
-            self._reservations[admit.request_id] = (admit.estimate_picodollars, scopes)
-        else:
+        now = self._clock()
+        self._roll_day(now)
+        await self._know_session(admit.session)
+        error = self._refusal(admit.provider, admit.operation, admit.uid, admit.session,
+                              admit.estimate_picodollars)
+        if error is not None:
             self._refused += 1
-        with contextlib.suppress(*_GONE):
-            admit.reply.send_nowait(error)
+            with contextlib.suppress(*_GONE):
+                admit.reply.send_nowait(error)
+            return
+        self._hold(admit.request_id, admit.provider, admit.operation, admit.uid, admit.session,
+                   admit.estimate_picodollars)
+        self._new_reservations.append((
+            admit.request_id, "call", now, admit.provider, admit.model, admit.endpoint.value,
+            admit.tier.value, admit.operation, admit.uid, admit.session,
+            admit.estimate_picodollars, None,
+        ))
+        self._admitted.append(admit.reply)  # told once the reservation is committed
 
-    def _refusal(self, admit: Admit) -> BudgetExceeded | None:
-        estimate = admit.estimate_picodollars
-        for limit, name in self._caps.per_request(admit.provider, admit.operation, admit.uid):
+    async def _know_session(self, session: str | None) -> None:
+        if session is not None and session not in self._known_sessions:
+            self._spent[("session", session)] += ledger_sql.spend_of_session(
+                self._database.connection, session)
+            self._known_sessions.add(session)
+
+    def _hold(self, key: str, provider: str, operation: str | None, uid: int | None,
+              session: str | None, estimate: int) -> None:
+        scopes = [cap.scope for cap in self._caps.scoped(provider, operation, uid, session)]
+        for scope in scopes:
+            self._reserved[scope] += estimate
+        self._reservations[key] = (estimate, scopes)
+
+    def _refusal(self, provider: str, operation: str | None, uid: int | None,
+                 session: str | None, estimate: int) -> BudgetExceeded | None:
+        for limit, name in self._caps.per_request(provider, operation, uid):
             if estimate > limit:
                 return BudgetExceeded(
                     f"this request may cost up to ${usd(estimate):.6f}, more than {name} = "
                     f"${usd(limit):.6f}; lower max_tokens or raise the cap",
                     code="budget_per_request",
                 )
-        for cap in self._caps.scoped(admit.provider, admit.operation, admit.uid, admit.session):
+        for cap in self._caps.scoped(provider, operation, uid, session):
             spent, reserved = self._spent[cap.scope], self._reserved[cap.scope]
             if spent + reserved + estimate > cap.limit:
                 return BudgetExceeded(
@@ -267,13 +322,71 @@ class Ledger:
                 )
         return None
 
-    def _release(self, request_id: str) -> None:
+    def _release(self, request_id: str) -> bool:
+        """End a reservation in memory; False if there was none (settled, or never made)."""
         held = self._reservations.pop(request_id, None)
         if held is None:
-            return  # settled already, or never reserved
+            return False
         estimate, scopes = held
         for scope in scopes:
             self._reserved[scope] -= estimate
+        return True
+
+    # --- deferred results -----------------------------------------------------------------
+
+    async def _store_job_results(self, message: StoreJobResults) -> None:
+        await self._flush()  # reservations these entries settle are on disk first
+        stored, new = await self._database.run(
+            ledger_sql.store_job_results, message.results, message.entries, self._clock())
+        fresh = {entry.request_id for entry in new}
+        for entry in message.entries:
+            if entry.request_id in fresh:
+                self._count(entry)
+            else:
+                self._release(entry.request_id)
+        with contextlib.suppress(*_GONE):
+            message.reply.send_nowait(stored)
+
+    async def _reserve_lines(self, message: ReserveLines) -> None:
+        now = self._clock()
+        self._roll_day(now)
+        rows: list[tuple[Any, ...]] = []
+        refused: list[JobResult] = []
+        for line in message.lines:
+            error = self._refusal(line.provider, line.operation, line.uid, None,
+                                  line.estimate_picodollars)
+            if error is not None:
+                self._refused += 1
+                refused.append(_refused_line(line.line_id, line.job_id, line.custom_id, error))
+                continue
+            key = line_key(line.line_id)
+            self._hold(key, line.provider, line.operation, line.uid, None,
+                       line.estimate_picodollars)
+            rows.append((key, "line", now, line.provider, line.model, line.endpoint.value,
+                         "batch", line.operation, line.uid, None, line.estimate_picodollars,
+                         line.line_id))
+        await self._flush()
+        stored: list[int] = []
+        if rows or refused:
+            stored, _new = await self._database.run(_reserve_and_refuse, rows, refused, now)
+        with contextlib.suppress(*_GONE):
+            message.reply.send_nowait([r for r in refused if r.request_id in set(stored)])
+
+    async def _store_batch_chunk(self, message: StoreBatchChunk) -> None:
+        await self._flush()
+        try:
+            stored: BatchChunkStored = await self._database.run_in_thread(
+                batch_sql.store_batch_chunk, message.chunk)
+        except Exception as exc:  # the poller reports it; the ledger keeps serving
+            with contextlib.suppress(*_GONE):
+                message.reply.send_nowait(exc)
+            return
+        for entry in stored.billed:
+            self._count(entry)
+        for outcome in stored.outcomes:
+            self._release(line_key(outcome.request_id))
+        with contextlib.suppress(*_GONE):
+            message.reply.send_nowait(stored)
 
     def _count(self, entry: Settled) -> None:
         self._roll_day(entry.finished_at)
@@ -334,9 +447,22 @@ class Ledger:
         self._warned = {s for s in self._warned if s[0] == "session"}
         self._saved_today = self._calls_today = self._unpriced_today = 0
 
+    async def _reconcile(self) -> None:
+        unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock())
+        self._unknown_at_start = len(unknown)
+        if unknown:
+            log.warning(
+                "%d calls were in flight when the daemon stopped without settling them; each "
+                "is billed at its reservation as an unknown outcome ($%.6f in all; "
+                "`llmspool costs` and status count them)", len(unknown),
+                usd(sum(e.cost_picodollars or 0 for e in unknown)))
+        for held in kept:
+            self._hold(held.request_id, held.provider, held.operation, held.uid, held.session,
+                       held.estimate_picodollars)
+
     async def _load_today(self) -> None:
         self._day = ledger_sql.utc_day(self._clock())
-        totals = await ledger_sql.spend_today_by_scope(self._database, self._day)
+        totals = ledger_sql.spend_today_by_scope(self._database.connection, self._day)
         for (kind, key), (cost, standard, calls, unpriced) in totals.items():
             self._spent[(kind, key)] += cost
             if kind == "day":
@@ -347,6 +473,8 @@ class Ledger:
 
     async def _answer(self, query: Query) -> None:
         await self._flush()  # what the asker was told is settled is in the store when it reads
+        unknown_calls, unknown_cost = ledger_sql.unknown_outcomes_on(self._database.connection,
+                                                                     self._day)
         answer: dict[str, Any] = {
             "day": self._day,
             "spend_today_usd": usd(self._spent[("day", "")]),
@@ -356,13 +484,15 @@ class Ledger:
             "reserved_usd": usd(sum(e for e, _s in self._reservations.values())),
             "calls_reserved": len(self._reservations),
             "refused_by_budget": self._refused,
+            "unknown_outcome_today": unknown_calls,
+            "unknown_outcome_today_usd": usd(unknown_cost),
             "commits": self._commits,
             "budgets": self._budget_report(),
             "warnings": list(self._warnings),
         }
         if query.what == "entries":
             limit = int(query.params.get("limit", 100))
-            entries = await ledger_sql.recent_entries(self._database, limit)
+            entries = ledger_sql.recent_entries(self._database.connection, limit)
             for entry in entries:
                 cost = entry.pop("cost_picodollars")
                 standard = entry.pop("standard_cost_picodollars")
@@ -403,3 +533,18 @@ def _cap_of(table: Any, key: Any, field_name: str) -> float | None:
 
 def _picodollars(usd_value: float) -> int:
     return round(usd_value * PICODOLLARS_PER_USD)
+
+
+def _refused_line(line_id: int, job_id: str, custom_id: str, error: ApiError) -> JobResult:
+    """A batch line a cap refused, as its failed result in the Batch output format."""
+    line = orjson.dumps({
+        "id": f"batch_req_{line_id}", "custom_id": custom_id, "response": None,
+        "error": {"code": error.code, "message": error.message},
+    })
+    return JobResult(line_id, job_id, "failed", None, None, None, line, 0)
+
+
+def _reserve_and_refuse(connection: Any, rows: list[tuple[Any, ...]], refused: list[JobResult],
+                        now: float) -> tuple[list[int], list[Settled]]:
+    """Batch lines' reservations, and the refused lines' results, in one transaction."""
+    return ledger_sql.store_job_results(connection, refused, [], now, reservations=rows)

@@ -230,11 +230,20 @@ class ResponseCache:
         except Corrupt as bad:
             self._corrupt(bad.entry_id)
             return False
-        # The ledger first: a client that asks for its costs right after sees this entry.
-        self._record(ledger_entry(call, "cache" if how == "hit" else "dedup", would_have),
-                     group)
-        _send_all(call, replies)
+        entry = ledger_entry(call, "cache" if how == "hit" else "dedup", would_have,
+                             self._planner)
+        _send_all(call, self._settle(call, replies, entry, group))
         return True
+
+    def _settle(self, call: Call, replies: list[Reply], entry: Settled,
+                group: TaskGroup) -> list[Reply]:
+        """Send ``entry`` to the ledger before the replies go out (a client that asks for its
+        costs right after sees it), or, for a job's call, hand it over with the answer."""
+        if call.settle_with_result:
+            return [dataclasses.replace(r, settled=entry) if isinstance(r, Answer) else r
+                    for r in replies]
+        self._record(entry, group)
+        return replies
 
     def _record(self, settled: Settled, group: TaskGroup) -> None:
         try:
@@ -370,8 +379,9 @@ class ResponseCache:
                 self._corrupt(entry_id)
                 self._take(call, reader, group)
                 continue
-            self._record(ledger_entry(call, "cache", would_have), group)
-            _send_all(call, replies)
+            _send_all(call, self._settle(call, replies,
+                                         ledger_entry(call, "cache", would_have, self._planner),
+                                         group))
             self._counts.near_hits += 1
         self._check_landed()
         return True

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from llmspool.billing import bill
 from llmspool.cache.keys import HEADER
 from llmspool.cache.store import CachedAnswer, Corrupt
 from llmspool.calls import Tier, Usage
@@ -52,11 +53,12 @@ def replies_for(call: Call, answer: CachedAnswer, how: str,
 def would_have_cost(planner: Planner, call: Call, usage: Usage) -> int | None:
     """What ``call`` would have paid for ``usage`` on the tier the planner would choose."""
     tier = planner.choose(call.provider, call.model, call.policy, call.deadline_at)
-    price = planner.price(call.provider, call.model, tier)
-    return price.cost(usage) if price is not None else None
+    return bill(planner.prices, call.provider, call.model, Tier.CACHE, usage,
+                would_have_tier=tier).list_cost_picodollars
 
 
-def ledger_entry(call: Call, source: str, would_have: int | None) -> Settled:
+def ledger_entry(call: Call, source: str, would_have: int | None,
+                 planner: Planner | None = None) -> Settled:
     """The ledger's record of a call answered without an upstream call (``source``: cache,
     dedup): no tokens billed, cost 0, and what it would have cost as the saving."""
     now = time.time()
@@ -76,4 +78,5 @@ def ledger_entry(call: Call, source: str, would_have: int | None) -> Settled:
         finished_at=now,
         session=call.session,
         saving_source=source,
+        price_version=planner.prices.version if planner is not None else None,
     )

@@ -53,7 +53,7 @@ class CacheFront:
             return None
         try:
             # Before the answer: a client that asks for its costs right after sees this entry.
-            self._ledger.send_nowait(ledger_entry(call, "cache", would_have))
+            self._ledger.send_nowait(ledger_entry(call, "cache", would_have, self._planner))
         except _FULL_OR_GONE:
             return None
         self._tell(CacheUsed(found.entry_id, now))

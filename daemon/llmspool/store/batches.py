@@ -26,12 +26,20 @@ import aiosqlite
 import anyio
 import orjson
 
+from llmspool.billing import PriceBook, bill
 from llmspool.cache.store import NewEntry
 from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.messages import BatchCandidate, Caller, LineOutcome, RequeuedLine, Settled
-from llmspool.pricing import PriceTable
+from llmspool.messages import (
+    BatchCandidate,
+    BatchChunk,
+    BatchChunkStored,
+    Caller,
+    LineOutcome,
+    RequeuedLine,
+    Settled,
+)
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
-from llmspool.store.ledger import INSERT_ENTRY, entry_row
+from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
 from llmspool.wire import usage_of
 
 _T = TypeVar("_T")
@@ -192,6 +200,20 @@ def open_batch(
     assert batch_id is not None
     return BatchRow(batch_id, intent, first.provider, first.endpoint, first.model, "intent",
                     lines, size, tokens, deadline, now, traceparents=list(traceparents))
+
+
+def lines_to_reserve(connection: sqlite3.Connection, ids: Sequence[int]
+                     ) -> list[tuple[int, str, str, bytes, str | None, int | None]]:
+    """(id, job id, custom id, body, operation, uid) of the still-queued requests ``ids``, to
+    reserve them against the caps before they are put into a batch."""
+    found: list[tuple[int, str, str, bytes, str | None, int | None]] = []
+    for start in range(0, len(ids), 900):
+        chunk = list(ids[start:start + 900])
+        found += connection.execute(
+            "SELECT r.id, r.job_id, r.custom_id, r.body, j.operation, j.uid FROM job_requests r "
+            f"JOIN jobs j ON j.id = r.job_id WHERE r.id IN ({','.join('?' * len(chunk))}) "
+            "AND r.state = 'queued' AND r.batch_id IS NULL", chunk).fetchall()
+    return found
 
 
 def write_input_file(connection: sqlite3.Connection, batch: BatchRow, path: Path) -> int:
@@ -414,16 +436,19 @@ class ResultMapper:
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, batch: BatchRow, prices: PriceTable,
+        self, connection: sqlite3.Connection, batch: BatchRow, prices: PriceBook,
         max_attempts: int, now: float, *, after_first_chunk: Callable[[], None] | None = None,
+        commit: Callable[[BatchChunk], BatchChunkStored] | None = None,
     ) -> None:
         self._connection = connection
+        # How a chunk is stored: through the ledger (the one writer of money) in the daemon,
+        # or on ``connection`` directly (tools, tests).
+        self._store = commit or (lambda chunk: store_batch_chunk(connection, chunk))
         self._after_first_chunk = after_first_chunk
         self._batch = batch
         self._max_attempts = max_attempts
         self._now = now
-        self._price = prices.price(batch.provider, batch.model, Tier.BATCH)
-        self._standard = prices.price(batch.provider, batch.model, Tier.STANDARD)
+        self._prices = prices
         self.report = MapReport()
         self.requeue: dict[int, bool] = {}  # request id → charge an attempt
         self._lines = self._load_lines()
@@ -522,9 +547,9 @@ class ResultMapper:
         usage = usage_of(response["body"])
         cost = standard = None
         if usage is not None:
-            cost = self._price.cost(usage) if self._price is not None else None
-            standard = self._standard.cost(usage) if self._standard is not None else None
             batch = self._batch
+            billed = bill(self._prices, batch.provider, batch.model, Tier.BATCH, usage)
+            cost, standard = billed.cost_picodollars, billed.list_cost_picodollars
             self._entries.append(Settled(
                 request_id=f"{line.job_id}.{request_id}.b{batch.id}",
                 provider=batch.provider, model=batch.model, endpoint=batch.endpoint,
@@ -532,10 +557,8 @@ class ResultMapper:
                 standard_cost_picodollars=standard, caller=Caller(uid=line.uid),
                 operation=line.operation, status=200,
                 started_at=batch.submitted_at or batch.created_at, finished_at=self._now,
-                flag=None if cost is not None else "unpriced",
-                saving_source="tier" if cost is not None and standard is not None
-                and cost < standard else None,
-                recorded=True,
+                flag=billed.flag, saving_source=billed.saving_source,
+                price_version=billed.price_version,
             ))
         result = orjson.dumps({
             "id": document.get("id") or f"batch_req_{request_id}",
@@ -562,45 +585,14 @@ class ResultMapper:
             return
         results, self._results = self._results, []
         entries, self._entries = self._entries, []
-        connection = self._connection
-        stored: list[LineOutcome] = []
-        paid_twice = 0
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            # Which entries and results are new is read first, inside this write transaction
-            # (nothing else can change them meanwhile), so the writes go in bulk.
-            known = _existing(connection, "SELECT request_id FROM ledger_entries "
-                              "WHERE request_id IN ({marks})", [e.request_id for e in entries])
-            billed = [entry for entry in entries if entry.request_id not in known]
-            connection.executemany(INSERT_ENTRY, [entry_row(entry) for entry in billed])
-            waiting = _existing(connection, "SELECT id FROM job_requests WHERE id IN ({marks}) "
-                                "AND state = 'queued'", [r[0] for r in results])
-            tier = Tier.BATCH.value
-            rows = []
-            for request_id, state, result, cost, standard, attempts in results:
-                line = self._lines[request_id]
-                if request_id in waiting:
-                    waiting.discard(request_id)  # a line answered twice in the files: once
-                    rows.append((state, tier if state == "succeeded" else None, cost,
-                                 standard, result, attempts, self._now, request_id))
-                    stored.append(LineOutcome(request_id, line.job_id, state, cost, standard,
-                                              line.in_batch))
-                elif state == "succeeded" and not line.in_batch:
-                    paid_twice += 1
-            connection.executemany(
-                "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
-                "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
-                "WHERE id = ? AND state = 'queued'", rows)
-            _complete_jobs(connection, {o.job_id for o in stored}, self._now)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        lines = {request_id: (self._lines[request_id].job_id, self._lines[request_id].in_batch)
+                 for request_id, *_rest in results}
+        stored = self._store(BatchChunk(self._batch.id, results, entries, lines, self._now))
         report = self.report
-        report.outcomes += stored
-        report.billed += billed
-        report.paid_twice += paid_twice
-        for outcome in stored:
+        report.outcomes += stored.outcomes
+        report.billed += stored.billed
+        report.paid_twice += stored.paid_twice
+        for outcome in stored.outcomes:
             if outcome.state == "succeeded":
                 report.succeeded += 1
             else:
@@ -615,6 +607,47 @@ class ResultMapper:
         self.report.requeued = finish_batch(self._connection, self._batch, self.requeue, note,
                                             self._now)
         return self.report
+
+
+def store_batch_chunk(connection: sqlite3.Connection, chunk: BatchChunk) -> BatchChunkStored:
+    """Store a chunk of a batch's results with their ledger entries, and end the reservations
+    of the lines it answers, in one transaction. Each result is stored only if its line still
+    waits, each entry only if new: storing a chunk again after a crash changes nothing."""
+    stored: list[LineOutcome] = []
+    paid_twice = 0
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Which entries and results are new is read first, inside this write transaction
+        # (nothing else can change them meanwhile), so the writes go in bulk.
+        known = _existing(connection, "SELECT request_id FROM ledger_entries "
+                          "WHERE request_id IN ({marks})", [e.request_id for e in chunk.entries])
+        billed = [entry for entry in chunk.entries if entry.request_id not in known]
+        connection.executemany(INSERT_ENTRY, [entry_row(entry) for entry in billed])
+        waiting = _existing(connection, "SELECT id FROM job_requests WHERE id IN ({marks}) "
+                            "AND state = 'queued'", [r[0] for r in chunk.results])
+        tier = Tier.BATCH.value
+        rows = []
+        for request_id, state, result, cost, standard, attempts in chunk.results:
+            job_id, in_batch = chunk.lines[request_id]
+            if request_id in waiting:
+                waiting.discard(request_id)  # a line answered twice in the files: once
+                rows.append((state, tier if state == "succeeded" else None, cost,
+                             standard, result, attempts, chunk.now, request_id))
+                stored.append(LineOutcome(request_id, job_id, state, cost, standard, in_batch))
+            elif state == "succeeded" and not in_batch:
+                paid_twice += 1
+        connection.executemany(
+            "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
+            "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
+            "WHERE id = ? AND state = 'queued'", rows)
+        connection.executemany("DELETE FROM reservations WHERE request_id = ?",
+                               [(line_key(r[0]),) for r in chunk.results])
+        _complete_jobs(connection, {o.job_id for o in stored}, chunk.now)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return BatchChunkStored(stored, billed, paid_twice)
 
 
 def _existing(connection: sqlite3.Connection, query: str, keys: Sequence[Any]) -> set[Any]:

@@ -40,20 +40,6 @@ class QueuedRequest:
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A finished request: its final state and its Batch output line."""
-
-    request_id: int
-    job_id: str
-    state: str  # succeeded or failed
-    tier: str | None
-    cost_picodollars: int | None
-    standard_cost_picodollars: int | None
-    result: bytes
-    attempts: int
-
-
 async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
     """The job and all its requests, in one transaction: durable when this returns."""
     await connection.execute("BEGIN IMMEDIATE")
@@ -90,34 +76,6 @@ async def fetch_requests(
         tuple(ids),
     )
     return [QueuedRequest(*row) for row in rows]
-
-
-async def record_outcomes(
-    connection: aiosqlite.Connection, outcomes: Sequence[Outcome]
-) -> list[int]:
-    """Store outcomes (each at most once) and complete jobs with nothing left queued; the ids
-    of the outcomes actually stored."""
-    now = time.time()
-    stored: list[int] = []
-    await connection.execute("BEGIN IMMEDIATE")
-    try:
-        for outcome in outcomes:
-            cursor = await connection.execute(
-                "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "
-                "standard_cost_picodollars = ?, result = ?, attempts = ?, finished_at = ? "
-                "WHERE id = ? AND state = 'queued'",
-                (outcome.state, outcome.tier, outcome.cost_picodollars,
-                 outcome.standard_cost_picodollars, outcome.result, outcome.attempts, now,
-                 outcome.request_id),
-            )
-            if cursor.rowcount == 1:
-                stored.append(outcome.request_id)
-        await complete_finished_jobs(connection, now, {o.job_id for o in outcomes})
-    except BaseException:
-        await connection.execute("ROLLBACK")
-        raise
-    await connection.execute("COMMIT")
-    return stored
 
 
 async def complete_finished_jobs(
