@@ -9,6 +9,10 @@ Two clients, each pooled once per provider for the daemon's life:
   ``max_retries=0``, because the daemon owns its retry policy. The Batch API half of
   ``llmspool.provider.BatchProvider`` lives in ``llmspool_openai.batches``; the provider
   delegates to it.
+
+A request with a ``request_id`` carries it as ``X-Client-Request-Id``, the header in which
+OpenAI takes a caller's id for a call (ASCII, at most 512 characters: an id that is not is not
+sent), so that the daemon's ledger entries can be matched to the provider's records.
 """
 
 from __future__ import annotations
@@ -28,6 +32,22 @@ from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_openai._errors import sdk_errors, unreachable
 from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
+
+CLIENT_REQUEST_ID = "X-Client-Request-Id"
+MAX_CLIENT_REQUEST_ID = 512
+
+
+def client_request_id_headers(request_id: str | None) -> dict[str, str] | None:
+    """The header carrying ``request_id`` upstream, or ``None`` if there is none to send: no
+    id, or one OpenAI would refuse (empty, over 512 characters, not printable ASCII)."""
+    if (
+        not request_id
+        or len(request_id) > MAX_CLIENT_REQUEST_ID
+        or not request_id.isascii()
+        or not request_id.isprintable()
+    ):
+        return None
+    return {CLIENT_REQUEST_ID: request_id}
 
 
 class _AiohttpAnswer:
@@ -97,7 +117,9 @@ class OpenAIProvider:
             raise RuntimeError("OpenAIProvider used outside its `async with`")
         url = self._base_url + request.endpoint.upstream_path
         try:
-            response = await self._session.post(url, data=request.body)
+            response = await self._session.post(
+                url, data=request.body, headers=client_request_id_headers(request.request_id)
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise unreachable(self.name, exc) from exc
         try:
@@ -150,4 +172,3 @@ class OpenAIProvider:
 
     async def delete_file(self, file_id: str) -> None:
         await self._control().delete_file(file_id)
-

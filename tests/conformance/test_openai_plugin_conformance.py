@@ -1,6 +1,7 @@
 """Every request the OpenAI plugin sends must pass Steady's validation against OpenAI's spec:
 chat completions (plain, streamed, with service_tier), responses and embeddings, both as the
-plugin sends them directly and as the daemon rewrites them on the way."""
+plugin sends them directly (with an ``X-Client-Request-Id``) and as the daemon rewrites them on
+the way."""
 
 from __future__ import annotations
 
@@ -48,10 +49,12 @@ async def _send_all(base_url: str, requests: list[tuple[Endpoint, dict[str, Any]
     settings = ProviderSettings("openai", ProviderConfig(base_url=base_url), "sk-test")
     results = []
     async with OpenAIProvider(settings) as provider:
-        for endpoint, body in requests:
+        for index, (endpoint, body) in enumerate(requests):
+            # With the daemon's request id, as the dispatcher sends them (X-Client-Request-Id).
             request = UpstreamRequest(
                 endpoint=endpoint, model=body["model"], body=orjson.dumps(body),
                 stream=bool(body.get("stream")), tier=Tier.STANDARD, timeout=30,
+                request_id=f"llmspool-conformance-{index}",
             )
             async with provider.send(request) as response:
                 await response.read()

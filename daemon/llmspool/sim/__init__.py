@@ -25,6 +25,7 @@ Modules, one job each:
 - ``batch_lines``: checking a batch input file, answering its lines, writing result files.
 - ``batches``: batch objects and their lifecycle by the clock (``BatchRegistry``).
 - ``stats``: what the simulator saw, for ``GET /_sim/stats``.
+- ``request_log``: each call billed, by client request id, for ``GET /_sim/requests``.
 - ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
 - ``app``: the ASGI app tying these together (``build_app``).
 - ``cli``: ``llmspool sim`` / ``python -m llmspool.sim``.

@@ -9,6 +9,11 @@ wait the configured latency (flex: its own), then answer whole or as a stream. E
 carries ``x-request-id`` and the six ``x-ratelimit-*`` headers (of the request's model, if it
 has one). ``GET``/``POST /_sim/ratelimits`` read and change the limits.
 
+Every generation served (the ones ``SimStats.served`` counts) is logged with the request's
+``X-Client-Request-Id`` and the tokens billed when its answer ends, whole or cut, and so are
+the answered lines of ended batches: ``GET /_sim/requests[?since=SEQ&limit=N]`` (see
+``request_log``); ``POST /_sim/stats/reset`` empties it too.
+
 Fault rules with a ``path`` also hit the other endpoints (files, batches, models): after
 routing, before the endpoint runs (see ``faults``).
 
@@ -16,8 +21,8 @@ The Files and Batch APIs (``/v1/files``, ``/v1/batches``) keep files in memory a
 batches through their statuses by the clock (``batches``); ``GET``/``POST /_sim/batch`` read and
 change the batch settings.
 
-All state (stats, faults, flex spells, counters, files, batches) lives in the ``SimApp`` that
-``build_app`` returns.
+All state (stats, request log, faults, flex spells, counters, files, batches) lives in the
+``SimApp`` that ``build_app`` returns.
 
 ``[sim] flavor`` picks the API impersonated: the hooks of a ``flavor.Flavor`` (OpenAI's) or of
 ``ollama.OllamaFlavor`` decide the error bodies, the headers, the routes that exist, and adapt
@@ -85,6 +90,7 @@ from llmspool.sim.flex import (
 )
 from llmspool.sim.ollama import OllamaFlavor
 from llmspool.sim.ratelimit import Limits, RateLimiter, limits_from_command
+from llmspool.sim.request_log import RequestLog, tier_of
 from llmspool.sim.responses import parse_response_request
 from llmspool.sim.stats import SimStats
 from llmspool.sim.text import TextGenerator
@@ -200,6 +206,14 @@ class _Exchange:
             self.app.stats.by_status[error.status] += 1
         await self.send_answer(error.status, body, headers)
 
+    def client_request_id(self) -> str | None:
+        """The ``X-Client-Request-Id`` header (``None`` if absent)."""
+        for key, value in self.scope.get("headers", ()):
+            if key == b"x-client-request-id":
+                text: str = value.decode("latin-1")
+                return text
+        return None
+
     def header(self, name: bytes) -> bytes:
         """A request header's value (``name`` in lower case), or ``b""``."""
         for key, value in self.scope.get("headers", ()):
@@ -253,6 +267,7 @@ class SimApp:
             self.makers.vectors.warm(self.makers.catalog.embedding_dimensions(model))
         self.faults = FaultInjector(config.faults, seed=config.seed)
         self.stats = SimStats()
+        self.request_log = RequestLog(config.request_log_size)
         self.flex = FlexCapacity.from_config(config)
         self.flex_pacing = FlexPacing.from_config(config)
         self.configured_limits = Limits(
@@ -268,6 +283,7 @@ class SimApp:
             files=self.files,
             makers=self.makers,
             stats=self.stats,
+            log=self.request_log,
             settings=config.batch,
             seed=config.seed,
         )
@@ -287,6 +303,7 @@ class SimApp:
             },
             "/_sim/flex": {"GET": self._get_flex, "POST": self._set_flex},
             "/_sim/ratelimits": {"GET": self._get_ratelimits, "POST": self._set_ratelimits},
+            "/_sim/requests": {"GET": self._get_requests},
             "/_sim/stats": {"GET": self._get_stats},
             "/_sim/stats/reset": {"POST": self._reset_stats},
         }
@@ -422,8 +439,27 @@ class SimApp:
         self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
         if answer.stream:
             await self._stream(exchange, answer, cut_after, per_token)
-        else:
+            return
+        try:
             await exchange.reply(200, answer.body())
+        finally:
+            # Cut or not, the whole answer was generated: all of it is billed.
+            self._log_call(exchange, answer, answer.billed_output_tokens, complete=not exchange.cut)
+
+    def _log_call(
+        self, exchange: _Exchange, answer: Answer, output_tokens: int, *, complete: bool
+    ) -> None:
+        """Log a served generation in the request log (``request_log``)."""
+        self.request_log.add(
+            request_id=exchange.client_request_id(),
+            endpoint=exchange.path,
+            model=answer.model,
+            tier=tier_of(answer.tier),
+            stream=answer.stream,
+            input_tokens=answer.input_tokens,
+            output_tokens=output_tokens,
+            complete=complete,
+        )
 
     async def _inflict(self, exchange: _Exchange, rule: FaultRule) -> bool:
         """Apply a fault that is not a stream cut; ``True`` if the request goes on to answer."""
@@ -491,6 +527,9 @@ class SimApp:
         self.stats.by_status[200] += 1
         self.stats.streams += 1
         self.stats.open_streams += 1
+        # Tokens sent so far (one per paced event), and whether the terminator went out.
+        generated = 0
+        complete = False
         try:
             await send(
                 {
@@ -516,8 +555,15 @@ class SimApp:
                     if wait > 0 and not await self._pause(exchange, wait, response_started=True):
                         return
                 await send({"type": "http.response.body", "body": data, "more_body": index < last})
+                if paced:
+                    generated += 1
+            complete = True
         finally:
             self.stats.open_streams -= 1
+            billed = answer.billed_output_tokens
+            self._log_call(
+                exchange, answer, billed if complete else min(generated, billed), complete=complete
+            )
 
     async def _list_models(self, exchange: _Exchange) -> None:
         await exchange.reply(200, self.makers.catalog.list_body)
@@ -611,7 +657,18 @@ class SimApp:
 
     async def _reset_stats(self, exchange: _Exchange) -> None:
         self.stats.reset()
+        self.request_log.clear()
         await exchange.reply_json(200, self._stats_json())
+
+    async def _get_requests(self, exchange: _Exchange) -> None:
+        """``GET /_sim/requests[?since=SEQ&limit=N]``: the request log after ``since``."""
+        query = exchange.query()
+        since = _whole_number(query, "since") or 0
+        limit = _whole_number(query, "limit")
+        if limit is not None and limit < 1:
+            raise validate.invalid("limit", f"Invalid 'limit': expected at least 1, got {limit}.")
+        self.batches.advance()  # Batches that ended by now have their lines logged.
+        await exchange.reply_json(200, self.request_log.to_json(since, limit))
 
     # -- Files API ---------------------------------------------------------------------------
 
@@ -736,6 +793,18 @@ def _stats_path(path: str) -> str:
             _, slash, rest = path[len(prefix) :].partition("/")
             return prefix + template + slash + rest
     return path
+
+
+def _whole_number(query: dict[str, str], name: str) -> int | None:
+    """A query parameter that is a whole number (0 or more), or ``None`` if absent."""
+    text = query.get(name)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise validate.invalid(
+            name, f"Invalid '{name}': expected a whole number (0 or more), got {text!r}."
+        )
+    return int(text)
 
 
 def _limit(query: dict[str, str], default: int, maximum: int) -> int:

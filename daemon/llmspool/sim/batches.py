@@ -22,7 +22,10 @@ Nothing runs in the background: every API call first ``advance``s all unfinished
 the present, event by event in time order, so a batch's story is the same however often (or
 rarely) it is polled. The result files are written once, when a batch ends; an empty one is
 not created (its id is ``null``). ``request_counts.failed`` counts every line in the error
-file, and ``usage`` sums the answered (status 200) lines once the batch has ended.
+file, and ``usage`` sums the answered (status 200) lines once the batch has ended. Those lines
+(the output file's) also go to the request log (``request_log``) when the batch ends, each
+under its ``custom_id`` with tier ``batch``: whether it completed, expired or was cancelled,
+they are what the provider bills.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from llmspool.sim.answer import Makers
 from llmspool.sim.batch_config import BatchSettings
 from llmspool.sim.batch_lines import PARSERS, LineError, Plan, check_input, plan_lines, render
 from llmspool.sim.files import BATCH_OUTPUT, FileStore, StoredFile, page_json
+from llmspool.sim.request_log import DEFAULT_SIZE, RequestLog
 from llmspool.sim.stats import SimStats
 
 COMPLETION_WINDOW = "24h"
@@ -225,9 +229,12 @@ class BatchRegistry:
         stats: SimStats,
         settings: BatchSettings,
         seed: int,
+        log: RequestLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``log``: where answered lines go when their batch ends (default: a log of its own)."""
         self.files = files
+        self.log = log if log is not None else RequestLog(DEFAULT_SIZE)
         self.configured = settings
         self.settings = settings
         self._makers = makers
@@ -419,6 +426,21 @@ class BatchRegistry:
             return
         batch.plan = None
         rendered = render(plan, done, unfinished, self._makers.ids.make)
+        for line in plan.lines[:done]:
+            answer = line.answer
+            if answer is not None:
+                self.log.add(
+                    request_id=line.custom_id,
+                    endpoint=batch.endpoint,
+                    model=answer.model,
+                    tier="batch",
+                    stream=False,
+                    input_tokens=answer.input_tokens,
+                    output_tokens=answer.billed_output_tokens,
+                    complete=True,
+                    batch_id=batch.id,
+                    at=moment,
+                )
         batch.completed = rendered.completed
         batch.failed = rendered.failed
         batch.input_tokens = rendered.input_tokens

@@ -18,6 +18,8 @@ from llmspool.errors import ConfigError
 from llmspool.sim.batch_config import BatchSettings
 from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
 from llmspool.sim.flex import FlexOutage, outages_from_list
+from llmspool.sim.request_log import DEFAULT_SIZE as DEFAULT_REQUEST_LOG_SIZE
+from llmspool.sim.request_log import MAX_SIZE as MAX_REQUEST_LOG_SIZE
 from llmspool.units import parse_duration
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -84,6 +86,8 @@ class SimConfig:
     """Length of the repeating outage window (0: none), counted from the sim's start."""
     flex_outage_fraction: float = 0.0
     """Share of each ``flex_outage_period``, at its start, during which flex is unavailable."""
+    request_log_size: int = DEFAULT_REQUEST_LOG_SIZE
+    """Entries kept in the request log (``GET /_sim/requests``), the newest; 0 keeps none."""
     faults: tuple[FaultRule, ...] = field(default=())
     """Fault rules active from start (``[[sim.faults]]``)."""
     flex_outages: tuple[FlexOutage, ...] = field(default=())
@@ -135,6 +139,13 @@ class SimConfig:
             ),
             flex_outage_period=period,
             flex_outage_fraction=fraction,
+            request_log_size=_int(
+                table,
+                "request_log_size",
+                defaults.request_log_size,
+                0,
+                MAX_REQUEST_LOG_SIZE,
+            ),
             faults=tuple(rules_from_list(table.get("faults", []), "sim.faults")),
             flex_outages=outages_from_list(table.get("flex_outages", []), "sim.flex_outages"),
             batch=BatchSettings.from_table(table.get("batch", {}), "sim.batch"),
@@ -164,6 +175,7 @@ class SimConfig:
             "flex_unavailable_probability": self.flex_unavailable_probability,
             "flex_outage_period": duration_text(self.flex_outage_period),
             "flex_outage_fraction": self.flex_outage_fraction,
+            "request_log_size": self.request_log_size,
             "faults": [rule.to_mapping() for rule in self.faults],
             "flex_outages": [outage.to_mapping() for outage in self.flex_outages],
             "batch": self.batch.to_table(),
