@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -132,6 +133,7 @@ class Daemon:
         self._listener: Listener | None = None
         self._dispatch_control: MemoryObjectSendStream[Call | Query | NewPrices] | None = None
         self._poller_control: MemoryObjectSendStream[PollerMessage] | None = None
+        self._submitter_control: MemoryObjectSendStream[SubmitterMessage] | None = None
 
     async def run(self) -> None:
         config = self.config
@@ -255,6 +257,7 @@ class Daemon:
                              ledger_in.clone(), context=batch_context, prices=prices,
                              cache=cache_in.clone())
         self._poller_control = poller_in.clone()
+        self._submitter_control = submitter_in.clone()
         keeper = JobKeeper(
             keeper_out, queue_in.clone(), ledger_in.clone(), jobs_database, planner, config.jobs,
             batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
@@ -301,6 +304,7 @@ class Daemon:
                     self._serve_front_door, server, actors.cancel_scope,
                     (queue_in, cache_in, cache_used_in, ledger_hits_in, dispatch_status,
                      ledger_status, self._dispatch_control, self._poller_control,
+                     self._submitter_control,
                      keeper_in, submitter_in, poller_in, results_in),
                 )
                 notifier.ready(f"serving {config.daemon.socket}")
@@ -371,7 +375,8 @@ class Daemon:
 
     def _reload(self) -> bool:
         """Re-read what can change without a restart: log level and prices (the dispatcher,
-        the planner and the batch poller all bill with the new price book from now on)."""
+        the planner, the batch submitter and the batch poller all use the new price book from
+        now on)."""
         try:
             config = load_config(self._config_path, environ=self._environ)
             prices = load_price_book(config.pricing.file)
@@ -379,8 +384,10 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
         logging.getLogger("llmspool").setLevel(config.daemon.log_level.upper())
-        for name, control in (("dispatcher", self._dispatch_control),
-                              ("batch poller", self._poller_control)):
+        controls: tuple[tuple[str, MemoryObjectSendStream[Any] | None], ...] = (
+            ("dispatcher", self._dispatch_control), ("batch poller", self._poller_control),
+            ("batch submitter", self._submitter_control))
+        for name, control in controls:
             if control is None:
                 continue
             try:

@@ -53,6 +53,7 @@ from llmspool.messages import (
     JobResult,
     LineOutcome,
     LineReservation,
+    NewPrices,
     Query,
     ReleaseLines,
     RequeuedLine,
@@ -71,7 +72,7 @@ OPENAI_MAX_EMBEDDING_INPUTS = 50_000
 LINE_OVERHEAD = 80  # bytes each input line adds around its body
 RETRY_MIN, RETRY_MAX = 2.0, 120.0  # backoff of a failed upload or create
 GroupKey = tuple[str, Endpoint, str]
-SubmitterMessage = ToBatch | BatchClosed | Query
+SubmitterMessage = ToBatch | BatchClosed | Query | NewPrices
 
 
 @dataclass
@@ -161,6 +162,8 @@ class BatchSubmitter:
             for group in self._groups.values():
                 group.held = None
             self._wake.set()
+        elif isinstance(message, NewPrices):
+            self._reserver.set_prices(message.prices)  # lines are reserved at the new prices
         else:
             message.reply.send_nowait(self._snapshot())
 
