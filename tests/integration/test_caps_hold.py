@@ -1,0 +1,278 @@
+"""A daily cap holds under load and across crashes (issue 12).
+
+256 chat calls at once against ``[budgets] daily_usd``: with ``max_tokens``, without it (the
+simulator answers long), and streamed without it. A call without ``max_tokens`` reserves the
+model's largest answer (``max_output_tokens`` in pricing.toml), so however the calls race,
+the day's spend stays within the cap plus one reservation; the others are refused with 402
+``budget_day`` before anything is sent upstream.
+
+Then rounds of concurrent calls, each ended by SIGKILL and a restart: calls whose outcome the
+daemon never learnt are charged their reservation (``unknown_outcome``), so the ledger never
+shows less than the simulator billed, and the cap still holds.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import sqlite3
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from llmspool.calls import Tier, Usage
+from llmspool.pricing import PriceTable, TierPrice, load_price_table
+
+from tests.support.processes import (
+    UNLIMITED_SIM,
+    Sim,
+    start_daemon,
+    start_sim,
+    stop_process,
+    unix_exchange,
+)
+
+JSON = {"content-type": "application/json"}
+MODEL = "gpt-4o-mini"
+MAX_OUTPUT_TOKENS = 16384
+"""gpt-4o-mini's largest answer, if pricing.toml does not say (``max_output_tokens``)."""
+PICODOLLARS_PER_USD = 10**12
+CAP_USD = 0.02
+CAP = round(CAP_USD * PICODOLLARS_PER_USD)
+CAP_CONFIG = f"[budgets]\ndaily_usd = {CAP_USD}\n"
+CONCURRENT = 256
+LONG_ANSWER = 2000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How the concurrent calls ask: their ``max_tokens`` (None: none) and streaming."""
+
+    max_tokens: int | None
+    stream: bool
+
+
+def chat_body(content: str, shape: Shape) -> bytes:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    if shape.max_tokens is not None:
+        body["max_tokens"] = shape.max_tokens
+    if shape.stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    code: str | None
+    request_id: str | None
+
+
+def call(socket_path: Path, content: str, shape: Shape) -> Outcome:
+    status, answer, headers = unix_exchange(socket_path, "POST", "/v1/chat/completions",
+                                            chat_body(content, shape), JSON)
+    code = answer["error"].get("code") if isinstance(answer, dict) and "error" in answer \
+        else None
+    return Outcome(status, code, headers.get("x-llmspool-request-id"))
+
+
+def all_at_once(count: int, work: Callable[[int], Outcome]) -> list[Outcome]:
+    """``work(0..count-1)`` from ``count`` threads released together."""
+    start = threading.Barrier(count)
+
+    def released(index: int) -> Outcome:
+        start.wait(30)
+        return work(index)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(released, range(count)))
+
+
+def billed_calls(sim: Sim) -> list[dict[str, Any]]:
+    """Every call the simulator answered and billed, oldest first (``GET /_sim/requests``)."""
+    calls: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = sim.request("GET", f"/_sim/requests?since={since}")
+        assert isinstance(page, dict) and "data" in page, f"no request log in the sim: {page}"
+        assert page["dropped"] == 0, "the simulator's request log overflowed"
+        calls += page["data"]
+        if not page.get("has_more") or not page["data"]:
+            return calls
+        since = page["data"][-1]["seq"]
+
+
+def ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(f"file:{state_dir / 'llmspool.sqlite3'}?mode=ro",
+                                 uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute("SELECT * FROM ledger_entries ORDER BY id")]
+
+
+def standard_price(table: PriceTable) -> TierPrice:
+    price = table.price("openai", MODEL, Tier.STANDARD)
+    assert price is not None
+    return price
+
+
+def true_spend(calls: list[dict[str, Any]], table: PriceTable) -> int:
+    """What the simulator billed, in picodollars, at pricing.toml's prices."""
+    total = 0
+    for billed in calls:
+        price = table.price("openai", MODEL, Tier(billed["tier"]))
+        assert price is not None
+        total += price.cost(Usage(input_tokens=billed["input_tokens"],
+                                  output_tokens=billed["output_tokens"]))
+    return total
+
+
+def max_output_tokens() -> int:
+    """``MODEL``'s largest answer by the bundled pricing.toml (``max_output_tokens``)."""
+    text = resources.files("llmspool").joinpath("defaults/pricing.toml").read_text()
+    limit: int = tomllib.loads(text)["openai"][MODEL].get("max_output_tokens", MAX_OUTPUT_TOKENS)
+    return limit
+
+
+def largest_reservation(table: PriceTable, calls: list[dict[str, Any]],
+                        max_tokens: int | None) -> int:
+    """The most one call may reserve: its largest answer, and twice the largest prompt the
+    simulator counted (room for the daemon's offline estimate of the prompt, which errs high)."""
+    output = max_tokens or max_output_tokens()
+    prompt = 2 * max((billed["input_tokens"] for billed in calls), default=0) + 16
+    # gpt-4o-mini has no dearer price for cached or reasoning tokens: its cost is its worst.
+    return standard_price(table).cost(Usage(input_tokens=prompt, output_tokens=output))
+
+
+def usd(picodollars: int) -> str:
+    return f"${picodollars / PICODOLLARS_PER_USD:.6f}"
+
+
+# -- 4. 256 calls at once ---------------------------------------------------------------------
+
+
+SHAPES = {
+    "max_tokens": Shape(max_tokens=LONG_ANSWER, stream=False),
+    "no_max_tokens": Shape(max_tokens=None, stream=False),
+    "streamed_no_max_tokens": Shape(max_tokens=None, stream=True),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_256_calls_at_once_never_spend_past_the_cap(tmp_path: Path, shape: Shape) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + f'output_tokens = {LONG_ANSWER}\nlatency = "300ms"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG)
+    try:
+        outcomes = all_at_once(
+            CONCURRENT, lambda i: call(daemon.socket_path, f"call {i} of {CONCURRENT}", shape))
+        assert daemon.terminate() == 0
+        calls = billed_calls(sim)
+        served = sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0)
+    finally:
+        stop_process(daemon.process)
+        stop_process(sim.process)
+
+    admitted = [o for o in outcomes if o.status == 200]
+    refused = [o for o in outcomes if o.status == 402]
+    assert len(admitted) + len(refused) == CONCURRENT, \
+        {(o.status, o.code) for o in outcomes if o.status not in (200, 402)}
+    assert admitted and refused, "the cap should admit some calls and refuse others"
+    assert {o.code for o in refused} == {"budget_day"}
+    table = load_price_table()
+    bound = CAP + largest_reservation(table, calls, shape.max_tokens)
+    spent = sum(entry["cost_picodollars"] for entry in ledger_entries(daemon.state_dir))
+    assert spent <= bound, f"spent {usd(spent)} > cap {usd(CAP)} + one reservation"
+    assert true_spend(calls, table) <= bound
+    # The simulator served exactly the admitted calls, under their request ids.
+    assert served == len(calls) == len(admitted)
+    assert all(c["request_id"] for c in calls), "calls went upstream without X-Client-Request-Id"
+    assert sorted(c["request_id"] for c in calls) == sorted(str(o.request_id) for o in admitted)
+
+
+# -- 5. the same cap across kills -------------------------------------------------------------
+
+
+KILL_SIM = UNLIMITED_SIM + 'latency = "100ms"\nlatency_per_token = "1ms"\n'
+ROUNDS = 8
+MIN_ROUNDS = 4
+ROUNDS_TIME = 20.0
+"""Seconds of rounds, after MIN_ROUNDS, before no more are started (restarts are slow on a
+loaded machine)."""
+THREADS = 16
+# Each client thread keeps one shape of call, 0.4 s or 1.1 s long, streamed or not (a stream
+# cut by a kill is billed for what was sent). Their reservations are small enough that the cap
+# lasts a few rounds.
+ROUND_SHAPES = [Shape(300, False), Shape(300, True), Shape(1000, False), Shape(1000, True)]
+
+
+def calls_until(socket_path: Path, over: threading.Event, name: str, shape: Shape,
+                unexpected: list[str]) -> None:
+    count = 0
+    while not over.is_set():
+        count += 1
+        try:
+            outcome = call(socket_path, f"{name} call {count}", shape)
+        except (OSError, http.client.HTTPException):
+            return  # the daemon was killed under this call
+        if outcome.status == 402 and outcome.code == "budget_day":
+            over.wait(0.05)
+        elif outcome.status != 200:
+            unexpected.append(f"{name}: {outcome}")
+
+
+def test_the_cap_holds_across_kills_and_the_ledger_never_shows_less_than_was_billed(
+    tmp_path: Path,
+) -> None:
+    sim = start_sim(tmp_path, KILL_SIM)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG)
+    rng = random.Random(5)
+    unexpected: list[str] = []
+    started = time.monotonic()
+    try:
+        for round_number in range(ROUNDS):
+            if round_number >= MIN_ROUNDS and time.monotonic() - started > ROUNDS_TIME:
+                break
+            over = threading.Event()
+            threads = [
+                threading.Thread(target=calls_until, daemon=True, args=(
+                    daemon.socket_path, over, f"r{round_number}t{i}",
+                    ROUND_SHAPES[i % len(ROUND_SHAPES)], unexpected))
+                for i in range(THREADS)
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(rng.uniform(0.3, 1.2))
+            daemon.process.kill()
+            daemon.process.wait(10)
+            over.set()
+            for thread in threads:
+                thread.join(15)
+            daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG)
+        _status, report = daemon.get("/v1/status")
+        assert daemon.terminate() == 0
+        calls = billed_calls(sim)
+    finally:
+        stop_process(daemon.process)
+        stop_process(sim.process)
+
+    assert not unexpected, unexpected[:5]
+    table = load_price_table()
+    entries = ledger_entries(daemon.state_dir)
+    ledger_spend = sum(entry["cost_picodollars"] for entry in entries)
+    billed = true_spend(calls, table)
+    bound = CAP + largest_reservation(table, calls, max(s.max_tokens or 0 for s in ROUND_SHAPES))
+    assert billed > 0
+    assert ledger_spend >= billed, \
+        f"the ledger shows {usd(ledger_spend)}, the provider billed {usd(billed)}"
+    assert ledger_spend <= bound, f"spent {usd(ledger_spend)} > cap {usd(CAP)} + one reservation"
+    assert billed <= bound
+    unknown = sum(1 for entry in entries if entry["flag"] == "unknown_outcome")
+    assert report["ledger"].get("unknown_outcome_today") == unknown
