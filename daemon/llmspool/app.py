@@ -1,14 +1,19 @@
 """The daemon: builds every part from the config and runs the actors in one task group.
 
-Start-up, in order: price table, plugins and providers, tracing, the listening socket, the
-store; then the actors with ``task_group.start()`` (ledger, dispatcher, request queue, front
-door), each only once the one it sends to is running. systemd hears READY only when all have
-started.
+Start-up, in order: price book, plugins and providers, tracing, the listening socket, the
+store; then the actors with ``task_group.start()`` (ledger, dispatcher, request queue, cache,
+job keeper with the batch actors, front door), each only once the one it sends to is running.
+systemd hears READY only when all have started. The ledger starts by reconciling what a crash
+left: unsettled reservations become unknown-outcome entries before any call is admitted.
+
+Who writes the database: the ledger (money rows: reservations, entries, results stored with
+their entries), the job keeper (jobs), the batch actors (batch bookkeeping); see
+``llmspool.actors``.
 
 Shutdown (SIGTERM or SIGINT): the front door stops accepting and lets requests in flight finish
 within ``[daemon] shutdown_grace``; closing its stream ends the request queue, whose end ends
 the dispatcher, whose end ends the ledger after its last commit. The store is closed, the
-socket file removed, and the process exits 0. SIGHUP re-reads the price table and log level.
+socket file removed, and the process exits 0. SIGHUP re-reads the price book and log level.
 """
 
 from __future__ import annotations

@@ -136,8 +136,9 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
                 b"application/json\r\ncontent-length: " + str(len(body)).encode()
                 + b"\r\n\r\n" + body)
+            # Until the upstream has the call (admission, a durable reservation, comes first).
             deadline = time.monotonic() + 5
-            while dispatcher_status(daemon)["in_flight"] == 0:
+            while sim.stats()["requests"]["in_flight"] == 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
         deadline = time.monotonic() + 2  # well before the 5 s answer

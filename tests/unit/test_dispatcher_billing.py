@@ -6,12 +6,12 @@ from __future__ import annotations
 import anyio
 import pytest
 from llmspool.actors.dispatcher import Dispatcher
+from llmspool.billing import load_price_book
 from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.config import Config
 from llmspool.estimate import TokenEstimator
 from llmspool.messages import Call, Caller
 from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.billing import load_price_book
 from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from opentelemetry import metrics, trace

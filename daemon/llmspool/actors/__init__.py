@@ -1,8 +1,21 @@
 """The daemon's actors: each an anyio task that owns its state and talks only by messages.
 
 - ``request_queue``: admits calls, bounds what is in flight, hands the most urgent first;
+- ``response_cache``: answers from the cache, shares identical calls in flight (single flight);
 - ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers;
-- ``ledger``: the single writer of money; records every settled call with group commits.
+- ``ledger``: the one owner of money. It is the only writer of money rows in
+  ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
+  (job results, batch results), each in one transaction with its entry;
+- ``job_keeper``: deferred jobs (writes jobs and their requests' routing; results through the
+  ledger);
+- ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:
+  intents, assignments, polls; lines are reserved, and results stored, through the ledger).
+
+Who writes what in ``llmspool.sqlite3``: the ledger (its own ``sqlite3`` connection) writes
+``reservations``, ``ledger_entries`` (and the rollup its trigger keeps), and result columns of
+``job_requests``; the job keeper writes ``jobs`` and new ``job_requests``, cancels and deletes;
+the batch actors write ``batches`` and the ``batch_id`` of the lines they carry. Reports, the
+front door's job reads and the cache's reads use read-only connections.
 
 Each actor is a class with ``async def run(self, *, task_status)``, started in order by
 ``llmspool.app`` with ``task_group.start()``; it ends when its inbox is closed and drained,
