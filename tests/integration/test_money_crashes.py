@@ -1,7 +1,8 @@
 """Money across crashes, under caps on the batch tier, and across a price reload (issue 12).
 
-A real daemon is killed (SIGKILL) at random moments while interactive, streamed and job calls
-are in flight, and started again on the same state directory. Afterwards the simulator's log of
+A real daemon is killed (SIGKILL) at random moments while interactive (standard and flex),
+streamed and job calls (direct on standard, on flex, and through the Batch API) are in flight,
+and started again on the same state directory. Afterwards the simulator's log of
 the calls it answered and billed (``GET /_sim/requests``) is set against the daemon's ledger,
 read straight from its SQLite file: every call the "provider" billed has exactly one ledger
 entry under the request id the daemon sent upstream (``X-Client-Request-Id``), with the same
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import signal
 import sqlite3
 import threading
@@ -48,12 +50,36 @@ from tests.support.processes import (
 
 JSON = {"content-type": "application/json"}
 MODEL = "gpt-4o-mini"
+FLEX_MODEL = "gpt-5-mini"  # priced on flex
+_BATCH_ENTRY = re.compile(r"\.(\d+)\.b\d+$")  # a batch line's entry: <job>.<line id>.b<batch>
 PICODOLLARS_PER_USD = 10**12
 
 # Calls take 60-200 ms at the simulator, so a kill nearly always finds some in flight.
-CRASH_SIM = UNLIMITED_SIM + 'latency = "20ms"\nlatency_per_token = "4ms"\n'
-# Jobs are sent directly (no batches), a few at a time.
-CRASH_DAEMON = "[batch]\nenabled = false\n\n[jobs]\nmax_in_flight = 6\n"
+CRASH_SIM = (UNLIMITED_SIM + 'latency = "20ms"\nlatency_per_token = "4ms"\n'
+             '\n[sim.batch]\nturnaround = "1s"\n')
+# Jobs of operation "direct" go on standard, "cheap" on flex, the others (an hour's deadline)
+# through quick batches; a few direct calls at a time.
+CRASH_DAEMON = """
+[jobs]
+max_in_flight = 6
+
+[operations.direct]
+tier = "standard"
+
+[operations.cheap]
+tier = "flex"
+
+[planner]
+safety = "1s"
+default_standard_latency = "1s"
+default_batch_latency = "2s"
+
+[batch]
+max_age = "300ms"
+poll_min = "200ms"
+poll_max = "500ms"
+cancel_wait = "2s"
+"""
 KILLS = 8
 MIN_KILLS = 4
 KILLS_TIME = 30.0
@@ -82,27 +108,32 @@ BATCH_SIM = '[sim.batch]\nturnaround = "1s"\n'
 # -- talking to the daemon and the simulator ------------------------------------------------
 
 
-def chat_body(content: str, max_tokens: int, *, stream: bool = False) -> bytes:
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens,
+def chat_body(content: str, max_tokens: int, *, stream: bool = False,
+              flex: bool = False) -> bytes:
+    body: dict[str, Any] = {"model": FLEX_MODEL if flex else MODEL, "max_tokens": max_tokens,
                             "messages": [{"role": "user", "content": content}]}
     if stream:
         body["stream"] = True
+    if flex:
+        body["service_tier"] = "flex"
     return orjson.dumps(body)
 
 
-def job_lines(prefix: str, count: int, max_tokens: int) -> bytes:
+def job_lines(prefix: str, count: int, max_tokens: int, model: str = MODEL) -> bytes:
     return b"".join(
         orjson.dumps({
             "custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": MODEL, "max_tokens": max_tokens,
+            "body": {"model": model, "max_tokens": max_tokens,
                      "messages": [{"role": "user", "content": f"question {prefix}{i}"}]},
         }) + b"\n"
         for i in range(count)
     )
 
 
-def submit(daemon: Daemon, body: bytes, deadline: str) -> str:
-    status, job = unix_request(daemon.socket_path, "POST", f"/v1/jobs?deadline={deadline}",
+def submit(daemon: Daemon, body: bytes, deadline: str, operation: str | None = None) -> str:
+    tagged = f"&operation={operation}" if operation else ""
+    status, job = unix_request(daemon.socket_path, "POST",
+                               f"/v1/jobs?deadline={deadline}{tagged}",
                                body, {"content-type": "application/jsonl"})
     assert status == 202, job
     job_id: str = job["id"]
@@ -170,10 +201,11 @@ def reservations(state_dir: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute("SELECT * FROM reservations")]
 
 
-def cost(table: PriceTable, tier: str, input_tokens: int, output_tokens: int) -> int:
-    """Picodollars that ``MODEL`` costs on ``tier`` for these tokens, by ``table``."""
-    price = table.price("openai", MODEL, Tier(tier))
-    assert price is not None, (MODEL, tier)
+def cost(table: PriceTable, tier: str, input_tokens: int, output_tokens: int,
+         model: str = MODEL) -> int:
+    """Picodollars that ``model`` costs on ``tier`` for these tokens, by ``table``."""
+    price = table.price("openai", model, Tier(tier))
+    assert price is not None, (model, tier)
     return price.cost(Usage(input_tokens=input_tokens, output_tokens=output_tokens))
 
 
@@ -190,13 +222,13 @@ class Traffic:
 
 
 def keep_calling(socket_path: Path, stop: threading.Event, traffic: Traffic, name: str,
-                 stream: bool) -> None:
+                 stream: bool, flex: bool = False) -> None:
     """Chat calls one after another until ``stop``; a dead daemon is waited out."""
     rng = random.Random(name)
     count = 0
     while not stop.is_set():
         count += 1
-        body = chat_body(f"{name} call {count}", rng.randint(10, 40), stream=stream)
+        body = chat_body(f"{name} call {count}", rng.randint(10, 40), stream=stream, flex=flex)
         try:
             status, answer, headers = unix_exchange(
                 socket_path, "POST", "/v1/chat/completions", body, JSON)
@@ -214,7 +246,7 @@ def ledger_problems(entries: list[dict[str, Any]], calls: list[dict[str, Any]],
                     table: PriceTable) -> list[str]:
     """How the ledger and the simulator's bill disagree, call by call."""
     problems: list[str] = []
-    by_id = {entry["request_id"]: entry for entry in entries}
+    by_id = {ledger_id(entry): entry for entry in entries}
     billed = Counter(call["request_id"] for call in calls)
     problems += [f"the sim billed {n} calls under {rid}" for rid, n in billed.items() if n > 1]
     for call in calls:
@@ -224,7 +256,7 @@ def ledger_problems(entries: list[dict[str, Any]], calls: list[dict[str, Any]],
         elif entry["flag"] == "unknown_outcome":
             # Charged its reservation: never less than what the provider billed.
             if entry["cost_picodollars"] < cost(table, call["tier"], call["input_tokens"],
-                                                call["output_tokens"]):
+                                                call["output_tokens"], call["model"]):
                 problems.append(f"an unknown outcome charged less than billed: {entry} {call}")
         elif not call["complete"]:
             if entry["flag"] != "broken_answer":
@@ -235,15 +267,23 @@ def ledger_problems(entries: list[dict[str, Any]], calls: list[dict[str, Any]],
         elif entry["tier"] != call["tier"]:
             problems.append(f"tier differs: sim {call}, ledger {entry}")
         elif entry["cost_picodollars"] != cost(table, call["tier"], call["input_tokens"],
-                                               call["output_tokens"]):
+                                               call["output_tokens"], call["model"]):
             problems.append(f"not billed at pricing.toml's price: {entry}")
     for entry in entries:
         if entry["flag"] == "unknown_outcome":
             if entry["usage_estimated"] != 1 or not entry["cost_picodollars"]:
                 problems.append(f"an unknown outcome not charged its reservation: {entry}")
-        elif entry["request_id"] not in billed:
+        elif ledger_id(entry) not in billed:
             problems.append(f"billed though the sim never answered it: {entry}")
     return problems
+
+
+def ledger_id(entry: dict[str, Any]) -> str:
+    """The id the simulator knows an entry's call by: the request id sent upstream, or for a
+    batch line its ``custom_id`` (``r<line id>``)."""
+    request_id: str = entry["request_id"]
+    line = _BATCH_ENTRY.search(request_id)
+    return f"r{line.group(1)}" if line and entry["tier"] == "batch" else request_id
 
 
 def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path) -> None:
@@ -253,8 +293,9 @@ def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path)
     traffic = Traffic()
     clients = [
         threading.Thread(target=keep_calling, daemon=True,
-                         args=(daemon.socket_path, stop, traffic, f"client{i}", i % 2 == 1))
-        for i in range(4)  # two plain, two streamed
+                         args=(daemon.socket_path, stop, traffic, f"client{i}", i % 2 == 1,
+                               i >= 4))
+        for i in range(6)  # two plain, two streamed, two on flex (one streamed)
     ]
     jobs: dict[str, str] = {}  # job id -> the prefix of its custom ids
     rng = random.Random(12)
@@ -265,9 +306,13 @@ def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path)
         for cycle in range(KILLS):
             if cycle >= MIN_KILLS and time.monotonic() - started > KILLS_TIME:
                 break
-            if cycle % 2 == 0 and len(jobs) < JOBS:
+            if len(jobs) < JOBS:
                 prefix = f"j{cycle}-"
-                jobs[submit(daemon, job_lines(prefix, JOB_LINES, 12), "10m")] = prefix
+                # Direct on standard, on flex, and through a batch, in turn.
+                kind = ("direct", "cheap", None)[cycle % 3]
+                model = FLEX_MODEL if kind == "cheap" else MODEL
+                jobs[submit(daemon, job_lines(prefix, JOB_LINES, 12, model), "1h",
+                            kind)] = prefix
             time.sleep(rng.uniform(0.2, 0.8))
             kill_9(daemon)
             daemon = start_daemon(tmp_path, sim.url, config_toml=CRASH_DAEMON)
@@ -309,9 +354,12 @@ def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path)
     assert report["ledger"].get("unknown_outcome_today") == len(unknown)
     # A clean stop leaves no call reserved; the totals add up to the simulator's bill.
     assert [r for r in reservations(daemon.state_dir) if r["kind"] == "call"] == []
-    settled = {entry["request_id"] for entry in entries if entry["flag"] is None}
-    true_cost = sum(cost(table, call["tier"], call["input_tokens"], call["output_tokens"])
+    settled = {ledger_id(entry) for entry in entries if entry["flag"] is None}
+    true_cost = sum(cost(table, call["tier"], call["input_tokens"], call["output_tokens"],
+                         call["model"])
                     for call in calls if call["request_id"] in settled)
+    tiers = Counter(call["tier"] for call in calls)
+    assert tiers["flex"] and tiers["batch"] and tiers["standard"], tiers
     assert sum(e["cost_picodollars"] for e in entries if e["flag"] is None) == true_cost
 
 
