@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support.money import QUICK_BATCHES
 from tests.support.processes import (
     Daemon,
     Sim,
@@ -27,18 +28,7 @@ from tests.support.processes import (
     unix_request,
 )
 
-FAST = """
-[planner]
-safety = "1s"
-default_standard_latency = "1s"
-default_batch_latency = "2s"
-
-[batch]
-max_age = "300ms"
-poll_min = "200ms"
-poll_max = "500ms"
-cancel_wait = "2s"
-"""
+FAST = QUICK_BATCHES
 
 
 def jsonl(count: int, *, model: str = "gpt-4o-mini", prefix: str = "q") -> bytes:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import http.client
 import random
-import sqlite3
 import threading
 import time
 import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,9 +30,9 @@ import pytest
 from llmspool.calls import Tier, Usage
 from llmspool.pricing import PriceTable, TierPrice, load_price_table
 
+from tests.support.money import billed_calls, ledger_entries
 from tests.support.processes import (
     UNLIMITED_SIM,
-    Sim,
     start_daemon,
     start_sim,
     stop_process,
@@ -95,27 +93,6 @@ def all_at_once(count: int, work: Callable[[int], Outcome]) -> list[Outcome]:
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(released, range(count)))
-
-
-def billed_calls(sim: Sim) -> list[dict[str, Any]]:
-    """Every call the simulator answered and billed, oldest first (``GET /_sim/requests``)."""
-    calls: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        page = sim.request("GET", f"/_sim/requests?since={since}")
-        assert isinstance(page, dict) and "data" in page, f"no request log in the sim: {page}"
-        assert page["dropped"] == 0, "the simulator's request log overflowed"
-        calls += page["data"]
-        if not page.get("has_more") or not page["data"]:
-            return calls
-        since = page["data"][-1]["seq"]
-
-
-def ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
-    with closing(sqlite3.connect(f"file:{state_dir / 'llmspool.sqlite3'}?mode=ro",
-                                 uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM ledger_entries ORDER BY id")]
 
 
 def standard_price(table: PriceTable) -> TierPrice:

@@ -21,12 +21,10 @@ import http.client
 import random
 import re
 import signal
-import sqlite3
 import threading
 import time
 import tomllib
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +35,12 @@ import tomli_w
 from llmspool.calls import Tier, Usage
 from llmspool.pricing import PriceTable, load_price_table
 
+from tests.support.money import (
+    QUICK_BATCHES,
+    billed_calls,
+    ledger_entries,
+    reservations,
+)
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -69,17 +73,7 @@ tier = "standard"
 [operations.cheap]
 tier = "flex"
 
-[planner]
-safety = "1s"
-default_standard_latency = "1s"
-default_batch_latency = "2s"
-
-[batch]
-max_age = "300ms"
-poll_min = "200ms"
-poll_max = "500ms"
-cancel_wait = "2s"
-"""
+""" + QUICK_BATCHES
 KILLS = 8
 MIN_KILLS = 4
 KILLS_TIME = 30.0
@@ -88,20 +82,7 @@ machine)."""
 JOBS = 4
 JOB_LINES = 30
 
-# As in test_batches: batches take seconds, so a deadline of an hour goes to the batch tier.
-FAST = """
-[planner]
-safety = "1s"
-default_standard_latency = "1s"
-default_batch_latency = "2s"
-
-[batch]
-max_age = "300ms"
-poll_min = "200ms"
-poll_max = "500ms"
-cancel_wait = "2s"
-delete_files = false
-"""
+FAST = QUICK_BATCHES.replace("[batch]\n", "[batch]\ndelete_files = false\n")
 BATCH_SIM = '[sim.batch]\nturnaround = "1s"\n'
 
 
@@ -165,40 +146,6 @@ def job_of(daemon: Daemon, job_id: str) -> dict[str, Any]:
 def kill_9(daemon: Daemon) -> None:
     daemon.process.kill()
     daemon.process.wait(10)
-
-
-def billed_calls(sim: Sim) -> list[dict[str, Any]]:
-    """Every call the simulator answered and billed, oldest first (``GET /_sim/requests``)."""
-    calls: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        page = sim.request("GET", f"/_sim/requests?since={since}")
-        assert isinstance(page, dict) and "data" in page, f"no request log in the sim: {page}"
-        assert page["dropped"] == 0, "the simulator's request log overflowed"
-        calls += page["data"]
-        if not page.get("has_more") or not page["data"]:
-            return calls
-        since = page["data"][-1]["seq"]
-
-
-def state_db(state_dir: Path) -> sqlite3.Connection:
-    """The daemon's database, read-only, rows as mappings."""
-    db = sqlite3.connect(f"file:{state_dir / 'llmspool.sqlite3'}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
-    with closing(state_db(state_dir)) as db:
-        return [dict(row) for row in db.execute("SELECT * FROM ledger_entries ORDER BY id")]
-
-
-def reservations(state_dir: Path) -> list[dict[str, Any]]:
-    """What the ledger still holds reserved; the table must exist (reservations are durable)."""
-    with closing(state_db(state_dir)) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert "reservations" in tables, "no reservations table: reservations are not durable"
-        return [dict(row) for row in db.execute("SELECT * FROM reservations")]
 
 
 def cost(table: PriceTable, tier: str, input_tokens: int, output_tokens: int,
