@@ -81,7 +81,7 @@ def test_sighup_reloads_and_a_bad_reload_keeps_the_running_config(
     daemon = start_daemon(tmp_path, sim.url)
     try:
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for_log(daemon.log, "reloaded the log level and the price table")
+        _wait_for_log(daemon.log, "reloaded the log level and the price book")
         (tmp_path / "llmspool.toml").write_text("[daemon]\nlog_level = 'loud'\n")
         daemon.process.send_signal(signal.SIGHUP)
         _wait_for_log(daemon.log, "reload refused")

@@ -93,15 +93,40 @@ def test_a_connection_reset_is_retried(fast_daemon: Daemon, sim: Sim) -> None:
     assert upstream_calls(sim) == 2
 
 
-def test_a_timed_out_attempt_is_retried_with_a_longer_limit(tmp_path: Path, sim: Sim) -> None:
+def test_attempts_share_the_request_timeout_of_a_hung_upstream(tmp_path: Path,
+                                                               sim: Sim) -> None:
     daemon = start_daemon(tmp_path, sim.url, config_toml=(
-        FAST_RETRIES + '[providers.openai]\ntimeout = "500ms"\n'))
+        FAST_RETRIES + '[providers.openai]\ntimeout = "2s"\n'))
     try:
-        # Slow by 700 ms: over the first attempt's 500 ms, within the retry's 1 s.
-        sim.set_faults({"kind": "slow", "delay": "700ms"})
+        sim.set_faults({"kind": "hang"})  # every attempt hangs
+        started = time.monotonic()
         status, body, _headers = chat(daemon)
-        assert status == 200, body
-        assert upstream_calls(sim) == 2
+        waited = time.monotonic() - started
+        assert status == 504, body
+        assert waited < 2.0 + 1.0, f"the caller waited {waited:.1f}s for a 2s timeout"
+        error = body["error"]
+        assert error["code"] == "deadline_exceeded"
+        assert "timeout = 2s, which its attempts share" in error["message"]
+        assert "attempt 1:" in error["message"]
+    finally:
+        daemon.terminate()
+
+
+def test_a_deadline_shorter_than_the_timeout_bounds_the_wait(tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        FAST_RETRIES + '[providers.openai]\ntimeout = "10s"\n'))
+    try:
+        sim.set_faults({"kind": "hang"})
+        started = time.monotonic()
+        body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+        status, answer, _headers = unix_exchange(
+            daemon.socket_path, "POST", CHAT, body,
+            {"content-type": "application/json", "x-llmspool-deadline": "3s"})
+        waited = time.monotonic() - started
+        assert status == 504, answer
+        assert waited < 3.0 + 1.0, f"the caller waited {waited:.1f}s for a 3s deadline"
+        assert answer["error"]["code"] == "deadline_exceeded"
+        assert "its deadline" in answer["error"]["message"]
     finally:
         daemon.terminate()
 

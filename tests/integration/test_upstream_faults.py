@@ -72,7 +72,7 @@ def test_hung_upstream_times_out_with_the_timeout_named(tmp_path: Path, sim: Sim
         status, body = chat(daemon)
         assert status == 504
         assert time.monotonic() - started < 10
-        assert isinstance(body, dict) and body["error"]["code"] == "upstream_timeout"
+        assert isinstance(body, dict) and body["error"]["code"] == "deadline_exceeded"
         assert "request timeout ([providers.openai] timeout = 1s)" in body["error"]["message"]
         assert chat(daemon)[0] == 200
     finally:

@@ -113,7 +113,26 @@ def test_total_matches_hand_computed_sums(tmp_path: Path) -> None:
         "output_tokens": 50 + 20 + 30 + 40 + 40 + 60 + 70 + 80,
         "unpriced_requests": 1,  # r6
         "estimated_requests": 2,  # r7 (estimated usage), r8 (flagged)
+        "unknown_outcome_requests": 0,  # no crash left a call unsettled
+        "unknown_outcome_usd": 0.0,
     }
+
+
+def test_calls_of_unknown_outcome_are_counted_and_costed(tmp_path: Path) -> None:
+    # A call in flight at a crash: billed at its reservation, flagged, in spend and its count.
+    unknown = ("u1", "2026-03-03", "openai", "gpt-5", "standard", None, ROOT,
+               0, 0, 0, 1, 4_000_000, 4_000_000, "unknown_outcome", None)
+
+    async def main() -> dict[str, Any]:
+        path = await _make_database(tmp_path / "state", [*ENTRIES, unknown])
+        async with open_reader(path) as connection:
+            return await cost_report(connection, by=["day"], since_day="2026-03-01")
+
+    total = anyio.run(main)["total"]
+    assert total["unknown_outcome_requests"] == 1
+    assert total["unknown_outcome_usd"] == usd(4_000_000)
+    assert total["spend_usd"] == usd(1_000_000 + 500_000 + 2_000_000 + 700_000 + 100
+                                     + 4_000_000)
 
 
 def test_rows_by_tier_sorted_by_spend(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
 _PASSED_ERROR_HEADERS = (*_PASSED_HEADERS, "retry-after", "retry-after-ms")
 _CLIENT_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 _MIN_FLEX_ATTEMPT = 1.0  # seconds; a shorter flex attempt is not worth starting
+_MIN_ATTEMPT = 0.05  # seconds; with less time left, the call has run out of time
 
 
 class _NoFlexCapacity(Exception):
@@ -382,36 +383,56 @@ class Dispatcher:
         self, call: Call, tier: Tier, flex_limit: float | None, span: Span
     ) -> None:
         """Attempts on ``tier`` until one answers or the retry policy says stop (raising the
-        last failure). ``flex_limit``: the time a flex attempt may take."""
-        state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX, call.deadline_at)
-        stretch = 1.0  # a timed-out attempt is retried with a longer time limit
-        async for attempt in self._retrier.attempts(state):
-            with attempt:
-                number = attempt.retry_state.attempt_number
-                try:
-                    await self._attempt(call, tier, flex_limit, stretch, number, span)
-                except UpstreamUnreachable as error:
-                    if error.code == "upstream_timeout":
-                        if flex_limit is not None:
+        last failure). ``flex_limit``: the time a flex attempt may take.
+
+        The attempts share one allowance, never more than the provider's request timeout and
+        never past the call's deadline: a retry gets what is left, so a hung upstream keeps
+        the caller waiting for the timeout once, not once per attempt. When the allowance runs
+        out the caller gets 504 ``deadline_exceeded`` saying what was tried.
+        """
+        timeout = self._timeouts.get(call.provider, 600.0)
+        ends_at = time.time() + timeout
+        if call.deadline_at is not None:
+            ends_at = min(ends_at, call.deadline_at)
+        state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX,
+                            ends_at if flex_limit is None else call.deadline_at)
+        tried: list[str] = []
+        try:
+            async for attempt in self._retrier.attempts(state):
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    if flex_limit is None and ends_at - time.time() < _MIN_ATTEMPT:
+                        raise _out_of_time(call, timeout, tried)
+                    try:
+                        await self._attempt(call, tier, flex_limit, ends_at, number, span)
+                    except ApiError as error:
+                        tried.append(f"attempt {number}: {error.message}")
+                        if isinstance(error, UpstreamUnreachable) and flex_limit is not None \
+                                and error.code == "upstream_timeout":
                             # The flex attempt used the time the deadline gave it: not a
                             # retry on flex, but the flex policy's turn (escalate in time).
                             raise _FlexTimedOut(error) from error
-                        stretch *= 2
-                    raise
+                        raise
+        except UpstreamUnreachable as error:
+            if flex_limit is None and error.code == "upstream_timeout" and \
+                    ends_at - time.time() < _MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried) from error
+            raise
 
-    def _route(self, call: Call, tier: Tier, flex_limit: float | None, stretch: float) -> Target:
+    def _route(self, call: Call, tier: Tier, flex_limit: float | None,
+               ends_at: float) -> Target:
         """Where this attempt goes, past open breakers; raises 503 ``circuit_open`` if nowhere."""
         breaker = self._breakers.get(call.provider, tier)
         probe = breaker.allow()
         if probe is not None:
             if tier is Tier.FLEX and flex_limit is not None:
                 return Target(call.provider, call.model, tier, _body_for_tier(call, tier),
-                              breaker, probe, flex_limit * stretch,
+                              breaker, probe, flex_limit,
                               f"the flex attempt's time limit ({flex_limit:.0f}s: what the "
                               "deadline leaves after room for a standard call, at most [flex] "
                               "timeout)")
             return self._standard_target(call, call.provider, call.model, tier, breaker, probe,
-                                         stretch)
+                                         ends_at)
         if tier is Tier.STANDARD and call.policy.flex and call.policy.forced is None and \
                 self._prices.price(call.provider, call.model, Tier.FLEX) is not None:
             budget = self._planner.flex_budget(call.provider, call.model, call.policy,
@@ -425,14 +446,14 @@ class Dispatcher:
             standard = self._breakers.get(call.provider, Tier.STANDARD)
             if (standard_probe := standard.allow()) is not None:
                 return self._standard_target(call, call.provider, call.model, Tier.STANDARD,
-                                             standard, standard_probe, stretch)
+                                             standard, standard_probe, ends_at)
         stand_in = self._failover.providers.get(call.provider)
         if stand_in is not None:
             stand_in_breaker = self._breakers.get(stand_in, Tier.STANDARD)
             if (stand_in_probe := stand_in_breaker.allow()) is not None:
                 model = self._failover.models.get(call.model, call.model)
                 target = self._standard_target(call, stand_in, model, Tier.STANDARD,
-                                               stand_in_breaker, stand_in_probe, stretch)
+                                               stand_in_breaker, stand_in_probe, ends_at)
                 return Target(target.provider, target.model, target.tier,
                               _body_for_failover(call.body, model), target.breaker,
                               target.probe, target.time_limit, target.timeout_name,
@@ -448,22 +469,27 @@ class Dispatcher:
         )
 
     def _standard_target(self, call: Call, provider: str, model: str, tier: Tier,
-                         breaker: CircuitBreaker, probe: bool, stretch: float) -> Target:
+                         breaker: CircuitBreaker, probe: bool, ends_at: float) -> Target:
         limit = self._timeouts.get(provider, 600.0)
+        left = ends_at - time.time()
+        name = (f"the request timeout ([providers.{provider}] timeout = "
+                f"{format_duration(limit)})")
+        if left + _MIN_ATTEMPT < limit:  # a retry, or a deadline nearer than the timeout
+            name = (f"what was left of the call's time ({format_duration(max(0.0, left))}: "
+                    + ("its deadline" if call.deadline_at is not None
+                       and call.deadline_at <= ends_at else
+                       f"[providers.{call.provider}] timeout, shared by its attempts") + ")")
         return Target(provider, model, tier, _body_for_tier(call, tier), breaker, probe,
-                      limit * stretch,
-                      f"the request timeout ([providers.{provider}] timeout = "
-                      f"{format_duration(limit)}"
-                      + (", doubled for the retry of a timed-out attempt)" if stretch > 1 else ")"))
+                      max(0.0, min(limit, left)), name)
 
-    async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, stretch: float,
+    async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, ends_at: float,
                        number: int, span: Span) -> None:
         """One upstream attempt, as its own span; relays its answer to the caller.
 
         Raises ``_NoFlexCapacity`` before anything reached the caller when flex had no room,
         and the ``ApiError`` of a failure that may be retried (nothing reached the caller).
         """
-        target = self._route(call, tier, flex_limit, stretch)
+        target = self._route(call, tier, flex_limit, ends_at)
         permit = await self._limits.acquire(target.provider, target.model,
                                             self._requested_tokens(call),
                                             interactive=call.deadline_at is None)
@@ -862,9 +888,22 @@ def _max_output(body: bytes) -> int | None:
 
 def _timed_out(provider: str, which: str) -> UpstreamUnreachable:
     return UpstreamUnreachable(
-        f"{provider} did not finish within {which}; the call was given up (it may be retried "
-        "with a longer limit)",
+        f"{provider} did not finish within {which}; the attempt was given up",
         code="upstream_timeout", status=504,
+    )
+
+
+def _out_of_time(call: Call, timeout: float, tried: list[str]) -> ApiError:
+    """The call's time ran out (its deadline, or the request timeout its attempts share)."""
+    if call.deadline_at is not None and call.deadline_at <= time.time() + _MIN_ATTEMPT:
+        limit = "its deadline"
+    else:
+        limit = (f"[providers.{call.provider}] timeout = {format_duration(timeout)}, which its "
+                 "attempts share")
+    return ApiError(
+        f"{call.provider} gave no answer within {limit}; tried: "
+        f"{'; '.join(tried) or 'nothing (no time left to try)'}",
+        status=504, code="deadline_exceeded", error_type="timeout",
     )
 
 
