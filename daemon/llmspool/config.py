@@ -92,6 +92,9 @@ class FlexConfig:
     enabled: bool = True
     timeout: float = _duration("15m")
     max_retries: int = 3
+    # Deferred work (jobs) is retried on flex while its deadline leaves room for a standard
+    # call after it; a count is only an extra bound if set.
+    deferred_max_retries: int | None = None
     fallback_to_standard: bool = True
     backoff_min: float = _duration("1s")
     backoff_max: float = _duration("60s")
@@ -105,7 +108,7 @@ class PlannerConfig:
     safety: float = _duration("30s")
     default_standard_latency: float = _duration("30s")
     default_flex_latency: float = _duration("5m")
-    default_batch_latency: float = _duration("12h")
+    default_batch_latency: float = _duration("150s")
 
 
 @dataclass(frozen=True, slots=True)

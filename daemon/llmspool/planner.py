@@ -10,9 +10,13 @@ A tier named explicitly (``service_tier`` in the request, or ``tier`` of the cal
 is honoured as it is. A call without a deadline is served on standard, as before.
 
 Batch is for deferred work only (the job keeper asks ``batch_fits``; an interactive call is
-never batched). A batch fits when the expected batch turnaround (p95 x margin + safety, at most
-the 24 h completion window) still leaves room to escalate before the deadline: time for a
-cancel to take effect (``[batch] cancel_wait``) and for a standard call.
+never batched). A batch is a hedged tier: the poller cancels a batch still open at its
+escalation point (time for a cancel to take effect, ``[batch] cancel_wait``, and for a standard
+call before the earliest deadline) and sends its unfinished lines directly, so escalation, not
+a percentile, guarantees the deadline. A batch is therefore worth making while its *expected*
+(median) turnaround fits before the escalation point: observed per provider and model, or the
+prior ``[planner] default_batch_latency`` (2.5 min, the published median of small OpenAI
+batches) until one has finished.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class TierPolicy:
     forced: Tier | None = None
     flex: bool = True
     fallback_to_standard: bool = True
-    flex_max_retries: int = 3
+    flex_max_retries: int | None = 3  # None: only the deadline bounds flex retries
     batch: bool = True
 
 
@@ -61,6 +65,14 @@ class LatencyBook:
     def observe_many(self, observations: Iterable[tuple[PlanKey, float]]) -> None:
         for key, seconds in observations:
             self.observe(key, seconds)
+
+    def p50(self, key: PlanKey) -> float:
+        """The median observed (the configured default until something is observed)."""
+        samples = self._samples.get(key)
+        if not samples:
+            return self._defaults.get(key[2], self._defaults[Tier.STANDARD])
+        ordered = sorted(samples)
+        return ordered[len(ordered) // 2]
 
     def p95(self, key: PlanKey) -> float:
         cached = self._p95.get(key)
@@ -102,8 +114,11 @@ class Planner:
         """The current price of ``model`` on ``tier`` (None: not priced there)."""
         return self._prices.price(provider, model, tier)
 
-    def policy(self, operation: str | None, explicit: Tier | None) -> TierPolicy:
-        """The policy of a call tagged ``operation`` that asked for ``explicit`` (if any)."""
+    def policy(self, operation: str | None, explicit: Tier | None, *,
+               deferred: bool = False) -> TierPolicy:
+        """The policy of a call tagged ``operation`` that asked for ``explicit`` (if any);
+        ``deferred``: a job's request, whose flex retries only its deadline bounds (unless
+        ``[flex] deferred_max_retries`` or the operation's ``max_retries`` says otherwise)."""
         flex = self._config.flex
         op = self._config.operations.get(operation or "") or OperationConfig()
         forced = explicit
@@ -117,7 +132,8 @@ class Planner:
                 if op.fallback_to_standard is None
                 else op.fallback_to_standard
             ),
-            flex_max_retries=flex.max_retries if op.max_retries is None else op.max_retries,
+            flex_max_retries=(op.max_retries if op.max_retries is not None
+                              else flex.deferred_max_retries if deferred else flex.max_retries),
             batch=self._config.batch.enabled if op.batch is None else op.batch,
         )
 
@@ -159,13 +175,14 @@ class Planner:
             provider, model, deadline_at)
 
     def latest_batch_submit(self, provider: str, model: str, deadline_at: float) -> float:
-        """The last moment a batch carrying work due at ``deadline_at`` may be created."""
-        return deadline_at - self.batch_need(provider, model) - self.escalation_reserve(
+        """The last moment a batch carrying work due at ``deadline_at`` may be created: its
+        expected turnaround still ends before the point where it would be escalated."""
+        return deadline_at - self.batch_expected(provider, model) - self.escalation_reserve(
             provider, model)
 
-    def batch_need(self, provider: str, model: str) -> float:
-        """Seconds to budget for a batch: p95 turnaround x margin + safety, within 24 h."""
-        return min(BATCH_WINDOW, self.need(provider, model, Tier.BATCH))
+    def batch_expected(self, provider: str, model: str) -> float:
+        """Seconds a batch is expected to take (the median turnaround), within 24 h."""
+        return min(BATCH_WINDOW, self.book.p50((provider, model, Tier.BATCH)))
 
     def escalation_reserve(self, provider: str, model: str) -> float:
         """Seconds before a deadline at which a late batch must start giving its work back:

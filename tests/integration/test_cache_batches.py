@@ -129,12 +129,13 @@ def test_identical_requests_waiting_on_a_batch_all_share_its_answer(
 
 
 def test_a_job_request_is_answered_from_the_cache(tmp_path: Path, sim: Sim) -> None:
-    daemon = start_daemon(tmp_path, sim.url)  # default planner: a 1 h deadline is not batched
+    daemon = start_daemon(tmp_path, sim.url)
     try:
         status, first, _headers = ask(daemon)
         assert status == 200
         time.sleep(0.3)
-        job = submit(daemon, job_line())
+        # Default planner: 12 minutes leave no room for a batch and its escalation.
+        job = submit(daemon, job_line(), deadline="12m")
         [line] = results(daemon, job["id"])
         assert line["response"]["body"] == first
         finished = job_of(daemon, job["id"])

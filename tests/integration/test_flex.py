@@ -32,6 +32,10 @@ safety = "1s"
 default_standard_latency = "1s"
 default_flex_latency = "1s"
 
+# Jobs here are about flex: with hours of deadline they would otherwise go to a batch.
+[batch]
+enabled = false
+
 [flex]
 backoff_max = "500ms"
 """
@@ -96,6 +100,24 @@ def test_spell_shorter_than_the_deadline_still_gets_flex(tmp_path: Path, flex_si
         daemon.terminate()
 
 
+def test_deferred_work_waits_out_a_flex_outage_longer_than_max_retries(
+    tmp_path: Path, flex_sim: Sim
+) -> None:
+    # [flex] max_retries = 3 with waits of at most 0.5 s would give up after ~1 s; a job's
+    # deadline (2 minutes) is what bounds it, so it gets flex once the 4 s outage ends.
+    daemon = daemon_with(tmp_path, flex_sim, "max_retries = 3\n", backoff_min="200ms")
+    try:
+        flex_sim.request("POST", "/_sim/flex", {"unavailable_for": "4s"})
+        result, job = one_job(daemon, "2m")
+        assert result["response"]["body"]["service_tier"] == "flex"
+        assert job["by_tier"] == {"flex": 1}
+        stats = flex_stats(daemon)
+        assert stats["resource_unavailable_errors"] > 3 + 1  # more than max_retries allows
+        assert stats["standard_fallbacks"] == 0
+    finally:
+        daemon.terminate()
+
+
 def test_spell_longer_than_the_deadline_falls_back_to_standard_in_time(
     tmp_path: Path, flex_sim: Sim
 ) -> None:
@@ -117,7 +139,8 @@ def test_spell_longer_than_the_deadline_falls_back_to_standard_in_time(
 
 
 def test_fallback_off_fails_clearly(tmp_path: Path, flex_sim: Sim) -> None:
-    daemon = daemon_with(tmp_path, flex_sim, "max_retries = 2\nfallback_to_standard = false\n")
+    daemon = daemon_with(tmp_path, flex_sim, "max_retries = 2\ndeferred_max_retries = 2\n"
+                         "fallback_to_standard = false\n")
     try:
         flex_sim.request("POST", "/_sim/flex", {"unavailable": True})
         result, job = one_job(daemon, "2m")

@@ -41,12 +41,14 @@ def results(daemon: Daemon, job_id: str, wait: float = 30) -> list[dict[str, Any
 
 
 def test_jsonl_job_runs_on_flex_when_the_deadline_allows(daemon: Daemon) -> None:
+    # 12 minutes: room for flex (5 min x 1.5 + 30 s, and a fallback), not for a batch
+    # (2.5 min expected, then 10 min cancel_wait and a standard call to escalate).
     status, job = submit(daemon, jsonl(*(item(f"q{i}") for i in range(6))),
-                         "?deadline=6h&operation=evals&tag.team=search")
+                         "?deadline=12m&operation=evals&tag.team=search")
     assert status == 202, job
     assert job["status"] == "in_progress" and job["counts"]["total"] == 6
     assert job["operation"] == "evals" and job["tags"] == {"team": "search"}
-    assert job["deadline_at"] == pytest.approx(time.time() + 6 * 3600, abs=60)
+    assert job["deadline_at"] == pytest.approx(time.time() + 12 * 60, abs=60)
     lines = results(daemon, job["id"])
     assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(6)]
     for line in lines:
@@ -75,7 +77,7 @@ def test_json_form_numbers_requests_and_takes_options(daemon: Daemon) -> None:
             {"url": "/v1/embeddings", "body": {"model": "text-embedding-3-small", "input": "x"}},
             {"url": "/v1/responses", "body": {"model": "gpt-5-mini", "input": "hi"}},
         ],
-        "deadline": "2h",
+        "deadline": "12m",
         "operation": "kg_sync",
         "tags": {"project": "atlas"},
     })

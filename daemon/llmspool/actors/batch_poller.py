@@ -271,7 +271,7 @@ class BatchPoller:
 
     def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> batch_sql.MapReport:
         mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
-                                        self._config.max_attempts, time.time(),
+                                        time.time(),
                                         after_first_chunk=lambda: self._crash.reach(
                                             "batch.mid_mapping"),
                                         commit=self._commit_from_thread)
@@ -303,7 +303,7 @@ class BatchPoller:
         def fail_and_finish() -> batch_sql.MapReport:
             ids = batch_sql.input_line_ids(input_path, set(numbered))
             mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
-                                            self._config.max_attempts, time.time(),
+                                            time.time(),
                                             commit=self._commit_from_thread)
             mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
                                if n in ids})
@@ -331,9 +331,10 @@ class BatchPoller:
                 self._cache.send_nowait(CacheFill(report.cache_fills))
         await self._keeper.send(BatchLinesDone(
             outcomes=report.outcomes, requeued=report.requeued,
-            # Failed lines of a batch that ran may go in the next batch (the planner still
-            # decides); lines of an expired or cancelled one were late already.
-            batch_again=note in ("token_limit_exceeded", "completed", "failed"),
+            # Lines given back may go in the next batch when it still fits their deadline (the
+            # planner decides, and lines past [batch] max_attempts go directly); only the lines
+            # of a batch cancelled for a deadline are late already.
+            batch_again=note in ("token_limit_exceeded", "completed", "failed", "expired"),
         ))
         if note != "token_limit_exceeded":
             await self._submitter.send(BatchClosed(batch.provider, batch.model))

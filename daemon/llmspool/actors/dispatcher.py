@@ -345,9 +345,14 @@ class Dispatcher:
         return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
 
     async def _serve_flex(self, call: Call, span: Span) -> None:
-        """Flex with retries on *resource unavailable*, escalating to standard in time."""
+        """Flex with retries on *resource unavailable*, escalating to standard in time: the
+        deadline bounds the retries (each leaves room for a standard call after it), and a
+        count only where the policy sets one (interactive calls: ``[flex] max_retries``)."""
         policy = call.policy
-        for attempt in range(policy.flex_max_retries + 1):
+        limit = policy.flex_max_retries
+        attempt = -1
+        while limit is None or attempt < limit:
+            attempt += 1
             budget = self._planner.flex_budget(call.provider, call.model, policy, call.deadline_at)
             if budget < _MIN_FLEX_ATTEMPT:
                 span.add_event("flex: the deadline leaves no room for another flex attempt")
@@ -363,7 +368,7 @@ class Dispatcher:
                     raise timed_out.error from None
                 span.add_event("flex: escalated, the attempt would not finish in time")
                 break
-            if attempt < policy.flex_max_retries:
+            if limit is None or attempt < limit:
                 step = min(self._flex.backoff_max, self._flex.backoff_min * 2**attempt)
                 room = self._planner.flex_budget(call.provider, call.model, policy,
                                                  call.deadline_at) - _MIN_FLEX_ATTEMPT

@@ -261,7 +261,7 @@ class JobKeeper:
             return False
         if row.attempts >= self._batch_config.max_attempts:
             return False
-        policy = self._planner.policy(job.operation, None)
+        policy = self._planner.policy(job.operation, None, deferred=True)
         return self._planner.batch_fits(row.provider, row.model, policy, row.deadline_at)
 
     async def _take_batch_results(
@@ -388,7 +388,7 @@ class JobKeeper:
             model=row.model,
             body=row.body,
             stream=False,
-            policy=self._planner.policy(job.operation, None),
+            policy=self._planner.policy(job.operation, None, deferred=True),
             caller=Caller(uid=job.uid),
             operation=job.operation,
             received_at=time.time(),

@@ -41,7 +41,7 @@ class PendingBatches:
         if row is None:
             return None
         provider, model, started = row
-        return float(started) + self._planner.batch_need(provider, model)
+        return float(started) + self._planner.batch_expected(provider, model)
 
     def give_up_at(self, provider: str, model: str, deadline_at: float) -> float:
         """The last moment a call due at ``deadline_at`` may stop waiting and still be

@@ -45,7 +45,7 @@ from llmspool.wire import usage_of
 _T = TypeVar("_T")
 CHUNK = 5000  # lines per transaction while storing results
 _CUSTOM_ID = re.compile(rb"r(\d+)")
-_REQUEUE_CODES = frozenset({"batch_expired", "batch_cancelled", "cancelled"})
+_UNCHARGED_CODES = frozenset({"batch_cancelled", "cancelled"})
 _QUOTA = ("insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached")
 
 
@@ -437,7 +437,7 @@ class ResultMapper:
 
     def __init__(
         self, connection: sqlite3.Connection, batch: BatchRow, prices: PriceBook,
-        max_attempts: int, now: float, *, after_first_chunk: Callable[[], None] | None = None,
+        now: float, *, after_first_chunk: Callable[[], None] | None = None,
         commit: Callable[[BatchChunk], BatchChunkStored] | None = None,
     ) -> None:
         self._connection = connection
@@ -446,7 +446,6 @@ class ResultMapper:
         self._store = commit or (lambda chunk: store_batch_chunk(connection, chunk))
         self._after_first_chunk = after_first_chunk
         self._batch = batch
-        self._max_attempts = max_attempts
         self._now = now
         self._prices = prices
         self.report = MapReport()
@@ -526,21 +525,18 @@ class ResultMapper:
             self._succeed(request_id, line, document, response)
         elif isinstance(response, dict):
             status = response.get("status_code")
-            if _retryable(status, response.get("body")) and self._attempts_left(line):
+            if _retryable(status, response.get("body")):
+                # Charged an attempt; past [batch] max_attempts the job keeper sends it
+                # directly (its deadline permitting) instead of failing it.
                 self.requeue[request_id] = True
             else:
                 self._fail(request_id, line, response, None)
         else:
             error = error if isinstance(error, dict) else {"code": "unknown", "message": ""}
-            if error.get("code") in _REQUEUE_CODES:
-                self.requeue[request_id] = False
-            elif self._attempts_left(line):
-                self.requeue[request_id] = True
-            else:
-                self._fail(request_id, line, None, error)
-
-    def _attempts_left(self, line: _Line) -> bool:
-        return line.attempts + 1 < self._max_attempts
+            # Cancelled lines were given back for their deadline (no attempt charged); an
+            # expired or failed line is charged one, so it goes into another batch only while
+            # attempts are left, and directly after that.
+            self.requeue[request_id] = error.get("code") not in _UNCHARGED_CODES
 
     def _succeed(self, request_id: int, line: _Line, document: dict[str, Any],
                  response: dict[str, Any]) -> None:
