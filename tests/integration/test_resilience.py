@@ -213,6 +213,38 @@ def test_with_nothing_to_fail_over_to_an_open_breaker_answers_503_with_retry_aft
         daemon.terminate()
 
 
+def test_deferred_requests_wait_out_an_open_breaker_instead_of_failing(
+        tmp_path: Path, sim: Sim) -> None:
+    # Three failures open the breaker; its probes fail three more times (a 1 s cooldown each),
+    # so for seconds every job request is refused with circuit_open. A refusal is not an
+    # attempt ([jobs] max_attempts = 3): each request waits while its deadline allows.
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml=BREAKER + "[batch]\nenabled = false\n")
+    try:
+        sim.set_faults({"kind": "status", "status": 500, "count": 6})
+        assert [chat(daemon)[0] for _ in range(3)] == [500, 500, 500]
+        assert breaker_state(daemon) == "open"
+        lines = b"".join(orjson.dumps({
+            "custom_id": f"q{i}", "method": "POST", "url": CHAT,
+            "body": {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5},
+        }) + b"\n" for i in range(20))
+        status, job = unix_exchange(daemon.socket_path, "POST", "/v1/jobs?deadline=2m", lines,
+                                    {"content-type": "application/jsonl"})[:2]
+        assert status == 202, job
+        deadline = time.monotonic() + 60
+        while True:
+            _, done, _ = unix_exchange(daemon.socket_path, "GET", f"/v1/jobs/{job['id']}")
+            if done["status"] != "in_progress":
+                break
+            assert time.monotonic() < deadline, done
+            time.sleep(0.2)
+        assert done["counts"]["succeeded"] == 20, done
+        refusals = dispatcher_status(daemon)["failed"]
+        assert refusals > 3, "the breaker never refused a job request: nothing was tested"
+    finally:
+        daemon.terminate()
+
+
 def test_an_open_breaker_fails_over_to_ollama_then_heals(tmp_path: Path, sim: Sim) -> None:
     (tmp_path / "ollama").mkdir()
     ollama = start_sim(tmp_path / "ollama", '[sim]\nflavor = "ollama"\n')

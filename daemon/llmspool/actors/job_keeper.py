@@ -37,7 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry.context import Context
 
 from llmspool.cache.keys import CachePlan, CacheRules
-from llmspool.calls import Endpoint
+from llmspool.calls import Endpoint, Tier
 from llmspool.config import BatchConfig, JobsConfig
 from llmspool.errors import (
     ApiError,
@@ -365,12 +365,21 @@ class JobKeeper:
                 reply = await self._call_once(row, job)
                 if reply is None:
                     return  # the daemon is stopping: the request stays queued for next start
-                if isinstance(reply, Failure) and self._should_retry(reply.error, attempts, row):
+                if isinstance(reply, Failure) and isinstance(reply.error, ServiceUnavailable):
+                    # Never sent (an open circuit breaker, a full queue): not an attempt. Wait
+                    # as long as the daemon hints while the deadline still leaves room for a
+                    # standard call after the wait.
+                    attempts -= 1
+                    hint = max(1.0, getattr(reply.error, "retry_after", 0.0) or 0.0)
+                    if time.time() + hint < self._last_moment(row):
+                        self._retries += 1
+                        await anyio.sleep(hint)
+                        continue
+                elif isinstance(reply, Failure) and self._should_retry(reply.error, attempts,
+                                                                       row):
                     self._retries += 1
-                    hint = getattr(reply.error, "retry_after", 0.0)  # an open breaker says
                     room = max(0.0, row.deadline_at - time.time())
-                    await anyio.sleep(min(room, max(hint, min(60.0, random.uniform(
-                        0, 2.0**attempts)))))
+                    await anyio.sleep(min(room, 60.0, random.uniform(0, 2.0**attempts)))
                     continue
                 self._finish(row, reply, attempts)
                 return
@@ -428,11 +437,13 @@ class JobKeeper:
                                       header=None, operation=job.operation, uid=job.uid,
                                       stream=False)
 
+    def _last_moment(self, row: jobs_sql.QueuedRequest) -> float:
+        """The last moment a request may still be sent and answered by its deadline."""
+        return row.deadline_at - self._planner.need(row.provider, row.model, Tier.STANDARD)
+
     def _should_retry(self, error: ApiError, attempts: int, row: jobs_sql.QueuedRequest) -> bool:
         if attempts >= self._config.max_attempts or time.time() >= row.deadline_at:
             return False
-        if isinstance(error, ServiceUnavailable):  # never sent: queue full, breaker open
-            return True
         # The dispatcher already retried it within its budget; the keeper tries again later
         # (its deadline is far off) only what waiting can fix, classified the same way.
         return classify(error).kind.retryable
