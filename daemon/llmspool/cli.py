@@ -255,6 +255,8 @@ def _run_status(args: argparse.Namespace) -> int:
     if jobs:
         table.add_row("jobs in progress", str(jobs["jobs_in_progress"]))
         table.add_row("deferred requests queued", str(jobs["requests_queued"]))
+        table.add_row("results stored after their deadline",
+                      str(jobs.get("requests_late", 0)))
     table.add_row("upstream attempts (retries included)",
                   str(dispatcher.get("upstream_attempts", 0)))
     table.add_row("retries", str(dispatcher.get("retries", {}).get("retries", 0)))

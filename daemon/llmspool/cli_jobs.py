@@ -366,7 +366,8 @@ def _exit_status(job: Mapping[str, Any]) -> int:
 
 def _summary(job: Mapping[str, Any]) -> str:
     counts = job.get("counts") or {}
-    parts = [f"{counts.get(state, 0)} {state}" for state in ("succeeded", "failed", "cancelled")
+    parts = [f"{counts.get(state, 0)} {state}"
+             for state in ("succeeded", "failed", "cancelled", "late")
              if counts.get(state, 0) or state == "succeeded"]
     return (f"job {job.get('id')} {job.get('status')}: {', '.join(parts)}; "
             f"cost ${float(job.get('cost_usd') or 0):.6f}, "

@@ -93,6 +93,9 @@ class Call:
     # Set by the job keeper: the answer carries its ``Settled`` instead of the ledger being
     # sent it, so the keeper stores the result and its ledger entry in one transaction.
     settle_with_result: bool = False
+    # A job's request: its deadline steers the tier, but an answer that comes late is still
+    # kept (and flagged late); an interactive call's deadline bounds how long it is waited on.
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)

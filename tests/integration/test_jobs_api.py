@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.processes import Daemon, Sim, start_daemon, unix_request
+from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process, unix_request
 
 JSONL = {"content-type": "application/jsonl"}
 JSON = {"content-type": "application/json"}
@@ -236,3 +236,25 @@ def test_finished_jobs_are_deleted_after_the_retention(tmp_path: Path, sim: Sim)
         assert "deleted after [jobs] retention" in answer["error"]["message"]
     finally:
         daemon.terminate()
+
+
+def test_a_result_stored_after_its_deadline_is_flagged_late(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, '[sim]\nlatency = "1500ms"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        status, job = submit(daemon, jsonl(item("slow")), "?deadline=1s")
+        assert status == 202, job
+        [line] = results(daemon, job["id"])
+        assert line["response"]["status_code"] == 200  # answered, but after the deadline
+        assert line["late"] is True
+        _, done = daemon.get(f"/v1/jobs/{job['id']}")
+        assert done["counts"]["late"] == 1
+        _, report = daemon.get("/v1/status")
+        assert report["jobs"]["requests_late"] == 1
+        # In time: not flagged.
+        status, job = submit(daemon, jsonl(item("quick")), "?deadline=1m")
+        [line] = results(daemon, job["id"])
+        assert "late" not in line
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)

@@ -397,7 +397,7 @@ class Dispatcher:
         """
         timeout = self._timeouts.get(call.provider, 600.0)
         ends_at = time.time() + timeout
-        if call.deadline_at is not None:
+        if call.deadline_at is not None and not call.deferred:
             ends_at = min(ends_at, call.deadline_at)
         state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX,
                             ends_at if flex_limit is None else call.deadline_at)

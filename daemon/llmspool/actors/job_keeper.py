@@ -97,6 +97,7 @@ class JobState:
     traceparent: str | None = None
     cost: int = 0
     standard: int = 0
+    late: int = 0  # results stored after the job's deadline
 
     def to_json(self) -> dict[str, Any]:
         queued = self.states["queued"]
@@ -117,6 +118,7 @@ class JobState:
                 "succeeded": self.states["succeeded"],
                 "failed": self.states["failed"],
                 "cancelled": self.states["cancelled"],
+                "late": self.late,
             },
             "by_tier": dict(self.tiers),
             "cost_usd": usd(self.cost),
@@ -164,6 +166,7 @@ class JobKeeper:
         self._wake_writer = anyio.Event()
         self._closing = False
         self._retries = 0
+        self._late = 0  # results stored after their deadline since start
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._recover()
@@ -324,6 +327,7 @@ class JobKeeper:
                 "requests_queued": sum(j.states["queued"] - j.running for j in in_progress),
                 "requests_running": self._in_flight,
                 "retries": self._retries,
+                "requests_late": self._late,
             }
         query.reply.send_nowait(answer)
 
@@ -406,6 +410,7 @@ class JobKeeper:
             deadline_at=row.deadline_at,
             cache=self._cache_plan(row, job),
             settle_with_result=True,
+            deferred=True,
         )
         with replies_out:
             try:
@@ -450,6 +455,7 @@ class JobKeeper:
 
     def _finish(self, row: jobs_sql.QueuedRequest, reply: Reply, attempts: int) -> None:
         line_id = f"batch_req_{row.id}"
+        late = time.time() > row.deadline_at
         if isinstance(reply, Answer):
             if reply.settled is not None:
                 self._pending_entries.append(reply.settled)
@@ -462,13 +468,14 @@ class JobKeeper:
                                  "request_id": reply.headers.get("x-request-id", ""),
                                  "body": reply.document},
                     "error": None,
+                    **({"late": True} if late else {}),
                 }),
                 attempts,
             )
         else:
             outcome = JobResult(
                 row.id, row.job_id, "failed", None, None, None,
-                _failure_line(line_id, row.custom_id, reply), attempts,
+                _failure_line(line_id, row.custom_id, reply, late=late), attempts,
             )
         self._pending.append(outcome)
         self._wake_writer.set()
@@ -509,6 +516,9 @@ class JobKeeper:
             job.tiers[tier] += 1
         job.cost += cost or 0
         job.standard += standard or cost or 0
+        if time.time() > job.deadline_at:
+            job.late += 1
+            self._late += 1
         if job.states["queued"] == 0 and job.status == "in_progress":
             job.status = "completed"
             job.finished_at = time.time()
@@ -534,6 +544,7 @@ class JobKeeper:
             state.states.update(row["states"])
             state.tiers.update(row["tiers"])
             state.cost, state.standard = row["cost"], row["standard"]
+            state.late = row["late"]
             state.traceparent = row["traceparent"]
             self._jobs[state.id] = state
         for job_id, count in (await jobs_sql.batched_counts(self._database)).items():
@@ -564,7 +575,7 @@ class JobKeeper:
                      self._config.retention)
 
 
-def _failure_line(line_id: str, custom_id: str, reply: Reply) -> bytes:
+def _failure_line(line_id: str, custom_id: str, reply: Reply, *, late: bool = False) -> bytes:
     """A failed request in the Batch output format: HTTP errors as a response, others as error."""
     error = reply.error if isinstance(reply, Failure) else ApiError("no answer", code="no_answer")
     if isinstance(error, UpstreamError):
@@ -578,10 +589,12 @@ def _failure_line(line_id: str, custom_id: str, reply: Reply) -> bytes:
                          "request_id": error.upstream_headers.get("x-request-id", ""),
                          "body": body},
             "error": None,
+            **({"late": True} if late else {}),
         })
     return orjson.dumps({
         "id": line_id, "custom_id": custom_id, "response": None,
         "error": {"code": error.code or error.type, "message": error.message},
+        **({"late": True} if late else {}),
     })
 
 

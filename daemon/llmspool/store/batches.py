@@ -14,6 +14,7 @@ gives its unfinished lines back. Repeating any step after a crash changes nothin
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sqlite3
@@ -425,6 +426,7 @@ class _Line:
     in_batch: bool
     cache_key: bytes | None = None
     cache_ttl: float | None = None
+    deadline_at: float = math.inf
 
 
 class ResultMapper:
@@ -457,12 +459,12 @@ class ResultMapper:
     def _load_lines(self) -> dict[int, _Line]:
         rows = self._connection.execute(
             "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+            "r.cache_ttl, r.deadline_at FROM job_requests r JOIN jobs j ON j.id = r.job_id "
             "WHERE r.batch_id = ?",
             (self._batch.id,),
         )
-        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t)
-                for i, j, c, a, o, u, k, t in rows}
+        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d))
+                for i, j, c, a, o, u, k, t, d in rows}
 
     def line_ids(self) -> list[int]:
         """The requests the batch carries (not those given back before)."""
@@ -475,13 +477,14 @@ class ResultMapper:
         # Given back before its answer came (escalated): still store and bill the answer.
         row = self._connection.execute(
             "SELECT r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.id = ?",
+            "r.cache_ttl, r.deadline_at FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+            "WHERE r.id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
         line = _Line(str(row[0]), str(row[1]), int(row[2]), row[3], row[4], False, row[5],
-                     row[6])
+                     row[6], float(row[7]))
         self._lines[request_id] = line
         return line
 
@@ -559,6 +562,7 @@ class ResultMapper:
         result = orjson.dumps({
             "id": document.get("id") or f"batch_req_{request_id}",
             "custom_id": line.custom_id, "response": response, "error": None,
+            **({"late": True} if self._now > line.deadline_at else {}),
         })
         self._results.append((request_id, "succeeded", result, cost, standard, line.attempts + 1))
         if line.cache_key is not None and line.cache_ttl is not None:
@@ -573,6 +577,7 @@ class ResultMapper:
         result = orjson.dumps({
             "id": f"batch_req_{request_id}", "custom_id": line.custom_id,
             "response": response, "error": error,
+            **({"late": True} if self._now > line.deadline_at else {}),
         })
         self._results.append((request_id, "failed", result, None, None, line.attempts + 1))
 

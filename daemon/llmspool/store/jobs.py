@@ -127,19 +127,20 @@ async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
             "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
             "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
             "finished_at": row[8], "traceparent": row[9], "states": {}, "tiers": {}, "cost": 0,
-            "standard": 0,
+            "standard": 0, "late": 0,
         }
         for row in rows
     }
     counts = await connection.execute_fetchall(
         "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
-        "COALESCE(SUM(standard_cost_picodollars), 0) FROM job_requests "
-        "GROUP BY job_id, state, tier"
+        "COALESCE(SUM(standard_cost_picodollars), 0), "
+        "SUM(finished_at > deadline_at) FROM job_requests GROUP BY job_id, state, tier"
     )
-    for job_id, state, tier, count, cost, standard in counts:
+    for job_id, state, tier, count, cost, standard, late in counts:
         job = jobs.get(job_id)
         if job is None:
             continue
+        job["late"] += int(late or 0)
         job["states"][state] = job["states"].get(state, 0) + count
         if tier:
             job["tiers"][tier] = job["tiers"].get(tier, 0) + count
