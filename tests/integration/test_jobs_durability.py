@@ -84,7 +84,7 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
         assert finished["status"] == "completed"
         assert finished["counts"] == {"total": 60, "queued": 0, "running": 0, "in_batch": 0,
                                       "succeeded": 60,
-                                      "failed": 0, "cancelled": 0}
+                                      "failed": 0, "cancelled": 0, "late": 0}
         rows = stored_rows(daemon.state_dir, job["id"])
         assert len(rows) == 60 and all(state == "succeeded" and has for _c, state, has in rows)
         # Calls in flight or awaiting their commit at the kill were sent again.
