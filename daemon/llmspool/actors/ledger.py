@@ -171,7 +171,6 @@ class Ledger:
         self._new_reservations: list[tuple[Any, ...]] = []
         self._ended: list[str] = []
         self._admitted: list[MemoryObjectSendStream[ApiError | None]] = []
-        self._unknown_at_start = 0
         self._day_start = self._day_end = 0.0
         self._closed = False
         self._pending_since = 0.0
@@ -368,7 +367,9 @@ class Ledger:
         await self._flush()
         stored: list[int] = []
         if rows or refused:
-            stored, _new = await self._database.run(_reserve_and_refuse, rows, refused, now)
+            # The lines' reservations and the refused lines' results: one transaction.
+            stored, _new = await self._database.run(ledger_sql.store_job_results, refused, [],
+                                                    now, rows)
         with contextlib.suppress(*_GONE):
             message.reply.send_nowait([r for r in refused if r.request_id in set(stored)])
 
@@ -449,7 +450,6 @@ class Ledger:
 
     async def _reconcile(self) -> None:
         unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock())
-        self._unknown_at_start = len(unknown)
         if unknown:
             log.warning(
                 "%d calls were in flight when the daemon stopped without settling them; each "
@@ -542,9 +542,3 @@ def _refused_line(line_id: int, job_id: str, custom_id: str, error: ApiError) ->
         "error": {"code": error.code, "message": error.message},
     })
     return JobResult(line_id, job_id, "failed", None, None, None, line, 0)
-
-
-def _reserve_and_refuse(connection: Any, rows: list[tuple[Any, ...]], refused: list[JobResult],
-                        now: float) -> tuple[list[int], list[Settled]]:
-    """Batch lines' reservations, and the refused lines' results, in one transaction."""
-    return ledger_sql.store_job_results(connection, refused, [], now, reservations=rows)
