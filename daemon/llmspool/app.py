@@ -48,6 +48,7 @@ from llmspool.cache.front import CacheFront
 from llmspool.cache.keys import CacheRules
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
+from llmspool.cache.store import CachedKeys
 from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.crashpoints import CrashPoints
 from llmspool.errors import ConfigError
@@ -269,6 +270,7 @@ class Daemon:
             batch_results=results_out, batch_providers=frozenset(batch_providers),
             batch_config=config.batch,
             cache=cache_in.clone(), cache_rules=cache_rules,
+            cached=CachedKeys(config.state_path),
         )
         # The front door answers hits itself: it tells the cache actor and the ledger through
         # clones of their inboxes, closed with the door like the others.

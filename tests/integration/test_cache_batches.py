@@ -144,3 +144,42 @@ def test_a_job_request_is_answered_from_the_cache(tmp_path: Path, sim: Sim) -> N
         assert direct_calls(sim) == 1
     finally:
         daemon.terminate()
+
+
+def test_identical_lines_bound_for_a_batch_go_in_as_one_line(daemon: Daemon, sim: Sim) -> None:
+    # Four copies of one deterministic request and two others, in one job and a second job:
+    # three batch lines are bought, and each copy is answered from the one that was.
+    other = {**BODY, "messages": [{"role": "user", "content": "Name a colour."}]}
+    lines = [job_line(f"same{i}") for i in range(3)] + [
+        orjson.dumps({"custom_id": "other", "method": "POST", "url": "/v1/chat/completions",
+                      "body": other}) + b"\n",
+        orjson.dumps({"custom_id": "hot", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {**BODY, "temperature": 1}}) + b"\n",
+    ]
+    first = submit(daemon, b"".join(lines))
+    second = submit(daemon, job_line("same-elsewhere"), deadline="2h")
+    answers = {line["custom_id"]: line for line in results(daemon, first["id"])}
+    [elsewhere] = results(daemon, second["id"])
+    assert batch_stats(sim)["lines_processed"] == 3
+    assert direct_calls(sim) == 0
+    bought = answers["same0"]["response"]["body"]
+    for copy in (answers["same1"], answers["same2"], elsewhere):
+        assert copy["response"]["body"] == bought and copy.get("cache") == "shared"
+    assert "cache" not in answers["same0"] and "cache" not in answers["other"]
+    assert job_of(daemon, first["id"])["by_tier"] == {"batch": 3, "cache": 2}
+    finished = job_of(daemon, second["id"])
+    assert finished["by_tier"] == {"cache": 1} and finished["cost_usd"] == 0
+    status, report = daemon.get("/v1/ledger?by=source")
+    rows = {row["source"]: row for row in report["rows"]}
+    assert rows["dedup"]["requests"] == 3 and rows["dedup"]["spend_usd"] == 0
+
+
+def test_a_line_bound_for_a_batch_is_answered_from_the_cache(daemon: Daemon, sim: Sim) -> None:
+    status, first, _headers = ask(daemon)
+    assert status == 200
+    time.sleep(0.3)  # the write-behind commit
+    job = submit(daemon, job_line())  # an hour: a batch, were it not cached
+    [line] = results(daemon, job["id"])
+    assert line["response"]["body"] == first and line["cache"] == "hit"
+    assert batch_stats(sim)["created"] == 0 and direct_calls(sim) == 1
+    assert job_of(daemon, job["id"])["by_tier"] == {"cache": 1}

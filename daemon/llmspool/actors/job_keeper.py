@@ -6,6 +6,10 @@
   at most ``[jobs] max_in_flight`` are sent at a time, each as a ``Call`` through the request
   queue (so interactive calls and deferred ones share the planner, the flex policy and the
   ledger). Lines a batch gives back (expired, escalated, failed) are routed again.
+- A line bound for a batch passes the same gate as every call first: one the response cache
+  already answers goes through the cache actor (free, tier ``cache``), and one identical to a
+  line already batched (same cache key, a deadline no earlier) waits for that line's answer
+  instead of going into a batch again; it is then answered from the cache (``shared``).
 - A retryable failure (5xx, 429 rate limit, no connection) is tried again with backoff, up to
   ``[jobs] max_attempts`` and never past the deadline.
 - Results are stored in group commits by the ledger, each result with the ledger entry of the
@@ -36,7 +40,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry.context import Context
 
-from llmspool.cache.keys import CachePlan, CacheRules
+from llmspool.cache.keys import HEADER, CachePlan, CacheRules
+from llmspool.cache.store import CachedKeys
 from llmspool.calls import Endpoint, Tier
 from llmspool.config import BatchConfig, JobsConfig
 from llmspool.errors import (
@@ -75,6 +80,16 @@ SWEEP_EVERY = 3600.0
 _GONE = (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError)
 KeeperMessage = SubmitJob | CancelJob | WaitForJob | Query
 JobReply = MemoryObjectSendStream[dict[str, Any] | ApiError]
+
+
+@dataclass
+class BatchedTwin:
+    """A line in (or on its way to) a batch, and the identical lines waiting for its answer."""
+
+    request_id: int
+    job_id: str
+    deadline_at: float
+    followers: list[jobs_sql.Routable] = field(default_factory=list)
 
 
 @dataclass
@@ -142,8 +157,12 @@ class JobKeeper:
         batch_config: BatchConfig | None = None,
         cache: MemoryObjectSendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
+        cached: CachedKeys | None = None,
     ) -> None:
         self._inbox = inbox
+        self._cached = cached
+        self._twins: dict[bytes, BatchedTwin] = {}  # cache key → the batched line
+        self._twin_keys: dict[int, bytes] = {}  # batched line's request id → its cache key
         self._cache = cache
         self._cache_rules = cache_rules
         self._batches = batches
@@ -197,6 +216,8 @@ class JobKeeper:
             await pump_done.wait()
             await self._flush()
             group.cancel_scope.cancel()
+        if self._cached is not None:
+            self._cached.close()
 
     # --- messages -----------------------------------------------------------------------
 
@@ -247,6 +268,8 @@ class JobKeeper:
             if job is None or job.status != "in_progress":
                 continue
             if batch_again and self._batchable(row, job):
+                if self._answered_elsewhere(row, job):
+                    continue
                 to_batch.append(BatchCandidate(row.id, row.job_id, row.provider,
                                                Endpoint(row.endpoint), row.model,
                                                row.deadline_at, row.size, row.inputs))
@@ -258,6 +281,40 @@ class JobKeeper:
         if to_batch and self._batches is not None:
             await self._batches.send(ToBatch(to_batch, tuple(sorted(traceparents))))
         self._wake_pump.set()
+
+    def _answered_elsewhere(self, row: jobs_sql.Routable, job: JobState) -> bool:
+        """Whether a line bound for a batch is answered without one: from the cache (sent
+        through the cache actor now), or by an identical line already batched (it waits)."""
+        key = row.cache_key
+        if key is None:
+            return False
+        if self._cached is not None and self._cached.has(key, time.time()):
+            heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
+            return True
+        twin = self._twins.get(key)
+        if twin is not None and twin.deadline_at <= row.deadline_at:
+            twin.followers.append(row)
+            job.batched += 1
+            return True
+        # This line leads: later identical ones wait for it (one due earlier takes over).
+        self._twins[key] = BatchedTwin(row.id, row.job_id, row.deadline_at)
+        self._twin_keys[row.id] = key
+        return False
+
+    def _release_twins(self, request_id: int) -> list[jobs_sql.Routable]:
+        """The lines that waited for batched line ``request_id``, which no longer leads."""
+        key = self._twin_keys.pop(request_id, None)
+        if key is None:
+            return []
+        twin = self._twins.get(key)
+        if twin is None or twin.request_id != request_id:
+            return []
+        del self._twins[key]
+        for row in twin.followers:
+            job = self._jobs.get(row.job_id)
+            if job is not None:
+                job.batched = max(0, job.batched - 1)
+        return twin.followers
 
     def _batchable(self, row: jobs_sql.Routable, job: JobState) -> bool:
         if self._batches is None or row.provider not in self._batch_providers:
@@ -276,6 +333,10 @@ class JobKeeper:
 
     async def _batch_lines_done(self, message: BatchLinesDone) -> None:
         for outcome in message.outcomes:
+            # Its answer is in the cache (or its error is final): the lines that waited for it
+            # go through the cache actor, which shares it.
+            for row in self._release_twins(outcome.request_id):
+                heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
             job = self._jobs.get(outcome.job_id)
             if job is None:
                 continue
@@ -284,14 +345,19 @@ class JobKeeper:
             self._count_outcome(job, outcome.state,
                                 "batch" if outcome.state == "succeeded" else None,
                                 outcome.cost_picodollars, outcome.standard_cost_picodollars)
+        followers: list[jobs_sql.Routable] = []
         for line in message.requeued:
             job = self._jobs.get(line.job_id)
             if job is not None:
                 job.batched = max(0, job.batched - 1)
+            followers += self._release_twins(line.request_id)
         if message.requeued:
             rows = await jobs_sql.routable_requests(
                 self._database, ids=[line.request_id for line in message.requeued])
-            await self._route(rows, batch_again=message.batch_again)
+            # Routed with the lines they waited for: the first one batched leads again.
+            await self._route(rows + followers, batch_again=message.batch_again)
+        else:
+            self._wake_pump.set()
 
     async def _cancel(self, job_id: str) -> dict[str, Any] | ApiError:
         job = self._jobs.get(job_id)
@@ -309,6 +375,12 @@ class JobKeeper:
         job.status = "cancelled"
         job.finished_at = time.time()
         self._job_finished(job)
+        # Lines of other jobs that waited for one of this job's batched lines stop waiting.
+        leaders = [twin.request_id for twin in self._twins.values()
+                   if twin.followers and twin.job_id == job_id]
+        orphans = [row for leader in leaders for row in self._release_twins(leader)]
+        if orphans:
+            await self._route(orphans)
         log.info("job %s cancelled: %d requests had not run", job_id, cancelled)
         return job.to_json()
 
@@ -459,6 +531,8 @@ class JobKeeper:
         if isinstance(reply, Answer):
             if reply.settled is not None:
                 self._pending_entries.append(reply.settled)
+            # Answered without an upstream call: the line says how (hit, shared).
+            cached = reply.headers.get(HEADER) if reply.tier is Tier.CACHE else None
             outcome = JobResult(
                 row.id, row.job_id, "succeeded", reply.tier.value, reply.cost_picodollars,
                 reply.standard_cost_picodollars,
@@ -468,6 +542,7 @@ class JobKeeper:
                                  "request_id": reply.headers.get("x-request-id", ""),
                                  "body": reply.document},
                     "error": None,
+                    **({"cache": cached} if cached else {}),
                     **({"late": True} if late else {}),
                 }),
                 attempts,
@@ -550,6 +625,10 @@ class JobKeeper:
         for job_id, count in (await jobs_sql.batched_counts(self._database)).items():
             if job_id in self._jobs:
                 self._jobs[job_id].batched = count
+        for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(self._database):
+            if key not in self._twins:  # identical lines resumed below wait for these
+                self._twins[key] = BatchedTwin(request_id, job_id, deadline_at)
+                self._twin_keys[request_id] = key
         rows = await jobs_sql.routable_requests(self._database)
         if rows:
             log.info("resuming %d queued requests of %d jobs", len(rows),

@@ -133,6 +133,12 @@ class CacheReader:
         """The live answer stored under ``key``; raises ``Corrupt`` for a damaged one."""
         return self._read(self._by_key, key, now)
 
+    def has(self, key: bytes, now: float) -> bool:
+        """Whether a live answer is stored under ``key`` (its body is checked when it is read)."""
+        row = self._connection.execute(
+            "SELECT 1 FROM entries WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+        return row is not None
+
     def get_by_id(self, entry_id: int, now: float) -> CachedAnswer | None:
         return self._read(self._by_id, entry_id, now)
 
@@ -259,3 +265,26 @@ class CacheWriter:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class CachedKeys:
+    """Whether the cache holds a live answer under a key: the job keeper asks before it puts a
+    line in a batch (a cached line is answered for nothing instead). Read-only, opened on first
+    use (the cache actor creates the file); a file it cannot read answers no."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._reader: CacheReader | None = None
+
+    def has(self, key: bytes, now: float) -> bool:
+        try:
+            if self._reader is None:
+                self._reader = CacheReader(connect(self._state_dir, writer=False))
+            return self._reader.has(key, now)
+        except sqlite3.Error:
+            return False  # the line is batched; the batch's answer fills the cache
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

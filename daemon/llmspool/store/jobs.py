@@ -193,13 +193,14 @@ class Routable:
     size: int
     inputs: int  # embeddings inputs (1 for other endpoints)
     attempts: int
+    cache_key: bytes | None  # the response cache's key: identical lines share one answer
 
 
 _ROUTABLE = (
     "SELECT r.id, r.job_id, r.endpoint, r.provider, r.model, r.deadline_at, length(r.body), "
     "CASE WHEN r.endpoint = '/v1/embeddings' "
-    "THEN MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1)) ELSE 1 END, r.attempts "
-    "FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.state = 'queued' "
+    "THEN MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1)) ELSE 1 END, r.attempts, "
+    "r.cache_key FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.state = 'queued' "
     "AND r.batch_id IS NULL AND j.status = 'in_progress' "
 )
 
@@ -222,6 +223,19 @@ async def routable_requests(
     else:
         rows = await connection.execute_fetchall(_ROUTABLE)
     return [Routable(*row) for row in rows]
+
+
+async def batched_twins(
+    connection: aiosqlite.Connection,
+) -> list[tuple[bytes, int, str, float]]:
+    """(cache key, request id, job id, deadline) of the queued requests a batch carries, which
+    identical lines may wait for."""
+    rows = await connection.execute_fetchall(
+        "SELECT cache_key, id, job_id, deadline_at FROM job_requests WHERE state = 'queued' "
+        "AND batch_id IS NOT NULL AND cache_key IS NOT NULL ORDER BY id"
+    )
+    return [(bytes(key), int(request_id), str(job_id), float(deadline))
+            for key, request_id, job_id, deadline in rows]
 
 
 async def batched_counts(connection: aiosqlite.Connection) -> dict[str, int]:
