@@ -270,7 +270,7 @@ class Daemon:
             batch_results=results_out, batch_providers=frozenset(batch_providers),
             batch_config=config.batch,
             cache=cache_in.clone(), cache_rules=cache_rules,
-            cached=CachedKeys(config.state_path),
+            cached=CachedKeys(config.state_path), meter=tracing.meter,
         )
         # The front door answers hits itself: it tells the cache actor and the ledger through
         # clones of their inboxes, closed with the door like the others.
@@ -291,6 +291,7 @@ class Daemon:
                     max_upload_size=config.jobs.max_upload_size,
                     max_line_size=config.jobs.max_line_size,
                     cache_rules=cache_rules,
+                    on_short_deadline=config.jobs.on_short_deadline,
                 ),
                 *ledger_routes(ledger_status, config.state_path / DATABASE_NAME),
             ],

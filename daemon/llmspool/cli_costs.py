@@ -1,6 +1,6 @@
 """``llmspool costs``: what was spent and saved, grouped as the user asks::
 
-    llmspool costs [--by day,tier,model,operation,user] [--since 7d] [--until DATE]
+    llmspool costs [--by day,tier,model,operation,user,deadline] [--since 7d] [--until DATE]
                    [--limit N] [--json | --csv] [--socket PATH] [--config PATH]
 
 It asks the daemon for ``GET /v1/ledger?by=...&since=...`` (a report over the ledger's daily
@@ -39,6 +39,7 @@ _DIMENSION_HELP = {
     "operation": "the operation tag (x-llmspool-operation, --operation)",
     "user": "the local account that called (from the socket's peer credentials)",
     "source": "where the saving came from: tier (batch, flex discount), cache, dedup, routing",
+    "deadline": "the time its caller gave it: none, <=1m, <=15m, <=2h, <=24h, >24h",
 }
 
 DESCRIPTION = """\
@@ -64,6 +65,7 @@ def add_costs_command(commands: Any) -> None:
         epilog=f"dimensions for --by:\n{dims}\n\nexamples:\n"
         "  llmspool costs --by day,tier --since 7d\n"
         "  llmspool costs --by model,operation --since 2026-03-01 --until 2026-03-31 --csv\n"
+        "  llmspool costs --by deadline,tier --since 24h  (late requests per deadline class)\n"
         "  llmspool costs --by '' --since 24h --json     (the total only)\n\n"
         "exit status: 0 printed; 1 the daemon cannot be reached or refused the request; "
         "2 bad arguments.",
@@ -226,6 +228,8 @@ def report_table(report: Mapping[str, Any]) -> Any:
         ("tokens out", lambda row: compact_count(row["output_tokens"])),
         ("spend", lambda row: format_usd(row["spend_usd"], spend_decimals)),
         ("saved", lambda row: format_usd(row["saved_usd"], saved_decimals)),
+        *((("late", lambda row: f"{row.get('late_requests', 0):,}"),)
+          if "deadline" in by or total.get("late_requests") else ()),
         *((f"saved: {source}", _saved_on(source, saved_decimals)) for source in sources),
     ]
     for heading, cell in numbers:

@@ -96,6 +96,10 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--on-error", choices=("reject", "skip"), default="reject",
                         help="bad lines refuse the whole file (reject, the default) or are "
                         "dropped and listed (skip)")
+    submit.add_argument("--best-effort", action="store_true",
+                        help="run the job even if its deadline is shorter than any tier can "
+                        "be expected to meet (the daemon refuses such a job otherwise); late "
+                        "results are flagged")
     submit.add_argument("--wait", action="store_true",
                         help="then wait for the job and write its results (to -o, else to "
                         "standard output, the id then going to standard error)")
@@ -233,6 +237,35 @@ def _print_lines_table(lines: Sequence[Mapping[str, Any]], title: str) -> None:
         console.print(f"... and {len(lines) - MAX_LINES_SHOWN} more")
 
 
+def _print_plan(plan: Sequence[Mapping[str, Any]]) -> None:
+    """The daemon's plan for a new job, on standard error: requests per tier and model, and
+    when each group is expected to be answered."""
+    from rich.table import Table
+
+    table = Table(title="plan", title_justify="left")
+    table.add_column("tier")
+    table.add_column("model")
+    table.add_column("requests", justify="right")
+    table.add_column("expected by")
+    now = time.time()
+    for group in plan:
+        expected = float(group.get("expected_by") or now)
+        table.add_row(str(group.get("tier")), str(group.get("model")), str(group.get("requests")),
+                      f"{time.strftime('%H:%M:%S', time.localtime(expected))} "
+                      f"(in {_about(expected - now)})")
+    _stderr().print(table)
+
+
+def _about(seconds: float) -> str:
+    """A rough duration for people: 45s, 12m, 3.5h."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
 def _tag(pair: str) -> tuple[str, str]:
     """One ``--tag KEY=VALUE``; argparse turns the error into a usage message (exit 2)."""
     key, sep, value = pair.partition("=")
@@ -261,12 +294,17 @@ def _run_submit(args: argparse.Namespace) -> int:
                 operation=args.operation,
                 tags=tags,
                 on_error=args.on_error,
+                best_effort=args.best_effort,
             )
         # With results bound for standard output, the id must not be mixed into them.
         id_stream = sys.stderr if wants_results and args.output is None else sys.stdout
         print(handle.id, file=id_stream, flush=True)
         if handle.rejected:
             _print_lines_table(handle.rejected, "lines rejected (--on-error skip)")
+        for warning in handle.warnings:
+            print(f"llmspool: {warning}", file=sys.stderr)
+        if handle.plan:
+            _print_plan(handle.plan)
         if not wants_results:
             return EXIT_OK
         code = _wait_and_report(handle, args.timeout)

@@ -357,6 +357,7 @@ def submit_payload(
     operation: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_error: OnError = "reject",
+    best_effort: bool = False,
 ) -> Json:
     """The JSON body of ``POST /v1/jobs`` for these items."""
     payload: Json = {
@@ -364,6 +365,8 @@ def submit_payload(
         "deadline": deadline_text(deadline),
         "on_error": on_error,
     }
+    if best_effort:
+        payload["on_short_deadline"] = "best_effort"
     if operation is not None:
         payload["operation"] = operation
     if tags:
@@ -377,6 +380,7 @@ def jsonl_query(
     operation: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_error: OnError = "reject",
+    best_effort: bool = False,
 ) -> list[tuple[str, str]]:
     """The query of a JSONL ``POST /v1/jobs``: the options a JSON body would carry.
 
@@ -388,6 +392,8 @@ def jsonl_query(
     if operation is not None:
         query.append(("operation", operation))
     query.append(("on_error", on_error))
+    if best_effort:
+        query.append(("on_short_deadline", "best_effort"))
     query.extend((f"tag.{key}", value) for key, value in (tags or {}).items())
     return query
 
@@ -590,11 +596,13 @@ class Spool:
         tags: Mapping[str, str] | None = None,
         endpoint: str = DEFAULT_ENDPOINT,
         on_error: OnError = "reject",
+        best_effort: bool = False,
     ) -> JobHandle:
-        """Hand over one request (a body, or a Batch item) or many; the job's handle."""
+        """Hand over one request (a body, or a Batch item) or many; the job's handle.
+        ``best_effort``: run it even if its deadline is shorter than any tier can meet."""
         submission = build_requests(request_or_requests, endpoint)
         payload = submit_payload(submission, deadline=deadline, operation=operation, tags=tags,
-                                 on_error=on_error)
+                                 on_error=on_error, best_effort=best_effort)
         job = await self._call("POST", "/v1/jobs", content=orjson.dumps(payload),
                                headers={"content-type": "application/json"})
         return JobHandle(self, job, single=submission.single)
@@ -608,6 +616,7 @@ class Spool:
         tags: Mapping[str, str] | None = None,
         on_error: OnError = "reject",
         size: int | None = None,
+        best_effort: bool = False,
     ) -> JobHandle:
         """Hand over a Batch input file as it is: its bytes, its path, or its chunks.
 
@@ -617,7 +626,8 @@ class Spool:
         headers = {"content-type": JSONL_CONTENT_TYPE}
         if length is not None:
             headers["content-length"] = str(length)
-        query = jsonl_query(deadline=deadline, operation=operation, tags=tags, on_error=on_error)
+        query = jsonl_query(deadline=deadline, operation=operation, tags=tags, on_error=on_error,
+                            best_effort=best_effort)
         job = await self._call("POST", "/v1/jobs", content=content, headers=headers, params=query)
         return JobHandle(self, job, single=None)
 
@@ -665,12 +675,15 @@ async def _read_file_async(path: anyio.Path) -> AsyncIterator[bytes]:
 
 class JobHandle:
     """A submitted job. ``submitted`` is the job object the daemon answered at submission
-    (``rejected`` lists the lines ``on_error="skip"`` dropped)."""
+    (``rejected`` lists the lines ``on_error="skip"`` dropped, ``plan`` how many requests
+    go to which tier and by when they are expected, ``warnings`` e.g. a best-effort deadline)."""
 
     def __init__(self, spool: Spool, submitted: Json, *, single: bool | None) -> None:
         self.id: str = str(submitted["id"])
         self.submitted = submitted
         self.rejected: list[Json] = list(submitted.get("rejected") or [])
+        self.plan: list[Json] = list(submitted.get("plan") or [])
+        self.warnings: list[str] = list(submitted.get("warnings") or [])
         self._spool = spool
         self._single = single
 
@@ -815,11 +828,13 @@ class SyncSpool:
         tags: Mapping[str, str] | None = None,
         endpoint: str = DEFAULT_ENDPOINT,
         on_error: OnError = "reject",
+        best_effort: bool = False,
     ) -> SyncJobHandle:
-        """Hand over one request (a body, or a Batch item) or many; the job's handle."""
+        """Hand over one request (a body, or a Batch item) or many; the job's handle.
+        ``best_effort``: run it even if its deadline is shorter than any tier can meet."""
         submission = build_requests(request_or_requests, endpoint)
         payload = submit_payload(submission, deadline=deadline, operation=operation, tags=tags,
-                                 on_error=on_error)
+                                 on_error=on_error, best_effort=best_effort)
         job = self._call("POST", "/v1/jobs", content=orjson.dumps(payload),
                          headers={"content-type": "application/json"})
         return SyncJobHandle(self, job, single=submission.single)
@@ -833,6 +848,7 @@ class SyncSpool:
         tags: Mapping[str, str] | None = None,
         on_error: OnError = "reject",
         size: int | None = None,
+        best_effort: bool = False,
     ) -> SyncJobHandle:
         """Hand over a Batch input file as it is: its bytes, its path, or its chunks.
 
@@ -842,7 +858,8 @@ class SyncSpool:
         headers = {"content-type": JSONL_CONTENT_TYPE}
         if length is not None:
             headers["content-length"] = str(length)
-        query = jsonl_query(deadline=deadline, operation=operation, tags=tags, on_error=on_error)
+        query = jsonl_query(deadline=deadline, operation=operation, tags=tags, on_error=on_error,
+                            best_effort=best_effort)
         job = self._call("POST", "/v1/jobs", content=content, headers=headers, params=query)
         return SyncJobHandle(self, job, single=None)
 
@@ -892,12 +909,16 @@ def _read_file(path: os.PathLike[str]) -> Iterator[bytes]:
 
 class SyncJobHandle:
     """A submitted job (sync). ``submitted`` is the job object the daemon answered at
-    submission (``rejected`` lists the lines ``on_error="skip"`` dropped)."""
+    submission (``rejected`` lists the lines ``on_error="skip"`` dropped, ``plan`` how many
+    requests go to which tier and by when they are expected, ``warnings`` e.g. a best-effort
+    deadline)."""
 
     def __init__(self, spool: SyncSpool, submitted: Json, *, single: bool | None) -> None:
         self.id: str = str(submitted["id"])
         self.submitted = submitted
         self.rejected: list[Json] = list(submitted.get("rejected") or [])
+        self.plan: list[Json] = list(submitted.get("plan") or [])
+        self.warnings: list[str] = list(submitted.get("warnings") or [])
         self._spool = spool
         self._single = single
 

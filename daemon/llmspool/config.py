@@ -33,6 +33,7 @@ from llmspool.units import format_duration, format_size, parse_duration, parse_s
 ENV_PREFIX = "LLMSPOOL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TRACING_MODES = ("auto", "on", "off")
+SHORT_DEADLINE = ("refuse", "best_effort")
 
 
 def _duration(default: str) -> Any:
@@ -109,6 +110,9 @@ class PlannerConfig:
     default_standard_latency: float = _duration("30s")
     default_flex_latency: float = _duration("5m")
     default_batch_latency: float = _duration("150s")
+    # Pay for the priority tier when a deadline is shorter than a standard call's expected
+    # time and the model has a priority price; off, such calls go standard and may be late.
+    allow_priority: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,9 @@ class JobsConfig:
     max_in_flight: int = 64
     max_attempts: int = 3
     retention: float = _duration("7d")
+    # A job whose deadline is shorter than any tier's expected time: refused (400
+    # deadline_too_short), or accepted and run as soon as possible (best_effort).
+    on_short_deadline: str = field(default="refuse", metadata={"choices": SHORT_DEADLINE})
 
 
 @dataclass(frozen=True, slots=True)

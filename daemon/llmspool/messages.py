@@ -96,6 +96,15 @@ class Call:
     # A job's request: its deadline steers the tier, but an answer that comes late is still
     # kept (and flagged late); an interactive call's deadline bounds how long it is waited on.
     deferred: bool = False
+    # Seconds from submission (a job's creation) to the deadline; None: from ``received_at``.
+    submitted_at: float | None = None
+
+    def deadline_window(self) -> float | None:
+        """Seconds its caller gave it, from submission to deadline (None: no deadline)."""
+        if self.deadline_at is None:
+            return None
+        return self.deadline_at - (self.submitted_at if self.submitted_at is not None
+                                   else self.received_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +190,10 @@ class Settled:
     flag: str | None = None
     saving_source: str | None = None  # tier, cache, dedup, routing
     price_version: str | None = None  # the price book it was billed with
+    # Seconds its caller gave it, from submission (a job's creation) to its deadline; None:
+    # no deadline. ``late``: it finished after its deadline.
+    deadline_window: float | None = None
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ configured defaults stand in. Flex is chosen only if it fits *and* leaves room t
 standard in time (when fallback is allowed), so a flex call can always be escalated.
 
 A tier named explicitly (``service_tier`` in the request, or ``tier`` of the call's operation)
-is honoured as it is. A call without a deadline is served on standard, as before.
+is honoured as it is. A call without a deadline is served on standard, as before. A deadline
+shorter than a standard call's budget goes up instead of down: to the priority tier, when
+``[planner] allow_priority`` is on and the model has a priority price (budgets still apply).
 
 Batch is for deferred work only (the job keeper asks ``batch_fits``; an interactive call is
 never batched). A batch is a hedged tier: the poller cancels a batch still open at its
@@ -153,12 +155,27 @@ class Planner:
         if deadline_at is None:
             return Tier.STANDARD
         remaining = deadline_at - (time.time() if now is None else now)
+        standard = self.need(provider, model, Tier.STANDARD)
         if self.flex_possible(provider, model, policy):
-            fallback = policy.fallback_to_standard
-            reserve = self.need(provider, model, Tier.STANDARD) if fallback else 0.0
+            reserve = standard if policy.fallback_to_standard else 0.0
             if remaining >= self.need(provider, model, Tier.FLEX) + reserve:
                 return Tier.FLEX
+        if remaining < standard and self.priority_possible(provider, model):
+            return Tier.PRIORITY
         return Tier.STANDARD
+
+    def priority_possible(self, provider: str, model: str) -> bool:
+        """Whether the planner may pay for priority: allowed, and priced for ``model``."""
+        return self._config.planner.allow_priority and \
+            self._prices.price(provider, model, Tier.PRIORITY) is not None
+
+    def fastest_expected(self, provider: str, model: str) -> float:
+        """Seconds the fastest tier the planner may choose typically takes (its median): a
+        deadline shorter than this is one no tier can be expected to meet."""
+        typical = self.book.p50((provider, model, Tier.STANDARD))
+        if self.priority_possible(provider, model):
+            typical = min(typical, self.book.p50((provider, model, Tier.PRIORITY)))
+        return typical
 
     def batch_fits(
         self, provider: str, model: str, policy: TierPolicy, deadline_at: float,

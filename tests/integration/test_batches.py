@@ -112,6 +112,11 @@ def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path, si
         finished = job_of(daemon, job["id"])
     finally:
         stop_process(daemon.process)
+    # The submission said where its requests would go, and when they were expected.
+    [planned] = job["plan"]
+    assert planned["tier"] == "batch" and planned["requests"] == 20
+    assert planned["model"] == "gpt-4o-mini"
+    assert job["created_at"] < planned["expected_by"] < job["deadline_at"]
     assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(20)]
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["status"] == "completed"
@@ -135,6 +140,7 @@ def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: Sim) -> None:
         finished = job_of(daemon, job["id"])
     finally:
         stop_process(daemon.process)
+    assert [(group["tier"], group["requests"]) for group in job["plan"]] == [("standard", 5)]
     assert "batch" not in finished["by_tier"]
     assert batch_stats(sim)["created"] == 0
 

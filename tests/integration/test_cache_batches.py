@@ -169,7 +169,7 @@ def test_identical_lines_bound_for_a_batch_go_in_as_one_line(daemon: Daemon, sim
     assert job_of(daemon, first["id"])["by_tier"] == {"batch": 3, "cache": 2}
     finished = job_of(daemon, second["id"])
     assert finished["by_tier"] == {"cache": 1} and finished["cost_usd"] == 0
-    status, report = daemon.get("/v1/ledger?by=source")
+    _status, report = daemon.get("/v1/ledger?by=source")
     rows = {row["source"]: row for row in report["rows"]}
     assert rows["dedup"]["requests"] == 3 and rows["dedup"]["spend_usd"] == 0
 

@@ -242,8 +242,15 @@ def test_a_result_stored_after_its_deadline_is_flagged_late(tmp_path: Path) -> N
     sim = start_sim(tmp_path, '[sim]\nlatency = "1500ms"\n')
     daemon = start_daemon(tmp_path, sim.url)
     try:
-        status, job = submit(daemon, jsonl(item("slow")), "?deadline=1s")
+        # No tier is expected to answer in a second (the planner's prior for a standard call
+        # is 30 s): refused, unless the caller asks for a best effort.
+        status, refused = submit(daemon, jsonl(item("slow")), "?deadline=1s")
+        assert status == 400 and refused["error"]["code"] == "deadline_too_short", refused
+        assert "on_short_deadline=best_effort" in refused["error"]["message"]
+        status, job = submit(daemon, jsonl(item("slow")),
+                             "?deadline=1s&on_short_deadline=best_effort")
         assert status == 202, job
+        assert job["best_effort"] is True and "results may be flagged late" in job["warnings"][0]
         [line] = results(daemon, job["id"])
         assert line["response"]["status_code"] == 200  # answered, but after the deadline
         assert line["late"] is True
@@ -251,6 +258,8 @@ def test_a_result_stored_after_its_deadline_is_flagged_late(tmp_path: Path) -> N
         assert done["counts"]["late"] == 1
         _, report = daemon.get("/v1/status")
         assert report["jobs"]["requests_late"] == 1
+        _, costs = daemon.get("/v1/ledger?by=deadline")
+        assert {row["deadline"]: row["late_requests"] for row in costs["rows"]} == {"<=1m": 1}
         # In time: not flagged.
         status, job = submit(daemon, jsonl(item("quick")), "?deadline=1m")
         [line] = results(daemon, job["id"])

@@ -113,6 +113,7 @@ def test_total_matches_hand_computed_sums(tmp_path: Path) -> None:
         "output_tokens": 50 + 20 + 30 + 40 + 40 + 60 + 70 + 80,
         "unpriced_requests": 1,  # r6
         "estimated_requests": 2,  # r7 (estimated usage), r8 (flagged)
+        "late_requests": 0,  # none had a deadline
         "unknown_outcome_requests": 0,  # no crash left a call unsettled
         "unknown_outcome_usd": 0.0,
     }
@@ -270,9 +271,10 @@ def test_csv_has_a_line_per_row_and_plain_decimals(tmp_path: Path) -> None:
     assert lines[0] == (
         "tier,user,uid,spend_usd,saved_usd,saved_tier_usd,saved_cache_usd,saved_dedup_usd,"
         "saved_routing_usd,standard_cost_usd,requests,input_tokens,cached_input_tokens,"
-        "output_tokens,unpriced_requests,estimated_requests"
+        "output_tokens,unpriced_requests,estimated_requests,late_requests"
     )
-    assert lines[1] == "batch,unknown,,0.000002,0.000002,0.000002,0,0,0,0.000004,1,300,30,30,0,0"
+    assert lines[1] == (
+        "batch,unknown,,0.000002,0.000002,0.000002,0,0,0,0.000004,1,300,30,30,0,0,0")
     assert len(lines) == 1 + len(result["rows"])
 
     total = io.StringIO()
@@ -280,3 +282,35 @@ def test_csv_has_a_line_per_row_and_plain_decimals(tmp_path: Path) -> None:
     header, only = total.getvalue().splitlines()
     assert header.startswith("spend_usd,saved_usd,")
     assert only.startswith("0.0000042001,0.0000087,0.0000025,0.000003,0.000003,0.0000002,")
+
+
+def test_spend_and_late_requests_by_deadline_class(tmp_path: Path) -> None:
+    # (request id, seconds its caller gave it or None, late, cost)
+    calls = [("i1", None, 0, 100), ("i2", 30.0, 1, 200), ("j1", 7200.0, 0, 50),
+             ("j2", 7200.0, 1, 50), ("j3", 86400.0, 0, 25), ("j4", 3 * 86400.0, 0, 10)]
+
+    async def main() -> dict[str, Any]:
+        state = tmp_path / "state"
+        connection = await open_database(state)
+        try:
+            await connection.execute("BEGIN IMMEDIATE")
+            await connection.executemany(
+                "INSERT INTO ledger_entries (request_id, day, started_at, finished_at, "
+                "provider, model, endpoint, tier, status, input_tokens, cached_input_tokens, "
+                "output_tokens, reasoning_tokens, usage_estimated, cost_picodollars, "
+                "standard_cost_picodollars, deadline_window, late) VALUES (?, '2026-03-02', 0, "
+                "0, 'openai', 'gpt-5-mini', '/v1/chat/completions', 'standard', 200, 1, 0, 1, "
+                "0, 0, ?, ?, ?, ?)",
+                [(rid, cost, cost, window, late) for rid, window, late, cost in calls])
+            await connection.execute("COMMIT")
+        finally:
+            await connection.close()
+        async with open_reader(state / DATABASE_NAME) as reader:
+            return await cost_report(reader, by=["deadline"], since_day="2026-03-01")
+
+    result = anyio.run(main)
+    rows = {row["deadline"]: (row["requests"], row["late_requests"], row["spend_usd"])
+            for row in result["rows"]}
+    assert rows == {"none": (1, 0, usd(100)), "<=1m": (1, 1, usd(200)),
+                    "<=2h": (2, 1, usd(100)), "<=24h": (1, 0, usd(25)), ">24h": (1, 0, usd(10))}
+    assert result["total"]["late_requests"] == 2

@@ -824,6 +824,8 @@ class Dispatcher:
             flag=flag,
             saving_source=billed.saving_source,
             price_version=billed.price_version,
+            deadline_window=call.deadline_window(),
+            late=call.deadline_at is not None and finished > call.deadline_at,
         )
 
     def _snapshot(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import metrics
 from opentelemetry.context import Context
 
 from llmspool.cache.keys import HEADER, CachePlan, CacheRules
@@ -52,6 +53,7 @@ from llmspool.errors import (
     UpstreamError,
 )
 from llmspool.jobs.model import NewJob
+from llmspool.jobs.plan import JobPlan
 from llmspool.messages import (
     Answer,
     BatchCandidate,
@@ -158,8 +160,13 @@ class JobKeeper:
         cache: MemoryObjectSendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
         cached: CachedKeys | None = None,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self._inbox = inbox
+        meter = meter or metrics.NoOpMeter("llmspool")
+        self._late_counter = meter.create_counter(
+            "llmspool.jobs.requests_late", "{request}",
+            "job requests whose result was stored after their deadline")
         self._cached = cached
         self._twins: dict[bytes, BatchedTwin] = {}  # cache key → the batched line
         self._twin_keys: dict[int, bytes] = {}  # batched line's request id → its cache key
@@ -252,23 +259,34 @@ class JobKeeper:
                          traceparent=job.traceparent)
         state.states["queued"] = len(job.lines)
         self._jobs[job.id] = state
-        await self._route(await jobs_sql.routable_requests(self._database, job_id=job.id))
+        plan = JobPlan()
+        await self._route(await jobs_sql.routable_requests(self._database, job_id=job.id),
+                          plan=plan)
         log.info("job %s: %d requests, deadline in %.0f s", job.id, len(job.lines),
                  job.deadline_at - time.time())
-        return state.to_json()
+        return {**state.to_json(), "plan": plan.to_json()}
 
     # --- routing: a batch, or sent from here ----------------------------------------------
 
-    async def _route(self, rows: list[jobs_sql.Routable], *, batch_again: bool = True) -> None:
-        """Hand each request to the batch submitter or push it on the heap."""
+    async def _route(self, rows: list[jobs_sql.Routable], *, batch_again: bool = True,
+                     plan: JobPlan | None = None) -> None:
+        """Hand each request to the batch submitter or push it on the heap; ``plan`` (of a
+        new job) gets where each went and when it is expected."""
         to_batch: list[BatchCandidate] = []
         traceparents: set[str] = set()
+        now = time.time()
         for row in rows:
             job = self._jobs.get(row.job_id)
             if job is None or job.status != "in_progress":
                 continue
             if batch_again and self._batchable(row, job):
-                if self._answered_elsewhere(row, job):
+                batch_end = now + self._batch_config.max_age + self._planner.batch_expected(
+                    row.provider, row.model)
+                elsewhere = self._answered_elsewhere(row, job)
+                if plan is not None:
+                    plan.add("batch" if elsewhere is None else Tier.CACHE.value, row.model,
+                             now if elsewhere == "cache" else batch_end)
+                if elsewhere is not None:
                     continue
                 to_batch.append(BatchCandidate(row.id, row.job_id, row.provider,
                                                Endpoint(row.endpoint), row.model,
@@ -277,29 +295,42 @@ class JobKeeper:
                 if job.traceparent:
                     traceparents.add(job.traceparent)
             else:
+                if plan is not None:
+                    self._plan_direct(plan, row, job, now)
                 heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
         if to_batch and self._batches is not None:
             await self._batches.send(ToBatch(to_batch, tuple(sorted(traceparents))))
         self._wake_pump.set()
 
-    def _answered_elsewhere(self, row: jobs_sql.Routable, job: JobState) -> bool:
-        """Whether a line bound for a batch is answered without one: from the cache (sent
-        through the cache actor now), or by an identical line already batched (it waits)."""
+    def _plan_direct(self, plan: JobPlan, row: jobs_sql.Routable, job: JobState,
+                     now: float) -> None:
+        """Plan a request sent from here: the tier the planner would choose now, answered
+        after the requests ahead of it in the heap (``max_in_flight`` at a time)."""
+        policy = self._planner.policy(job.operation, None, deferred=True)
+        tier = self._planner.choose(row.provider, row.model, policy, row.deadline_at, now)
+        typical = self._planner.book.p50((row.provider, row.model, tier))
+        rounds = len(self._heap) // max(1, self._config.max_in_flight) + 1
+        plan.add(tier.value, row.model, now + rounds * typical)
+
+    def _answered_elsewhere(self, row: jobs_sql.Routable, job: JobState) -> str | None:
+        """How a line bound for a batch is answered without one: ``cache`` (it goes through
+        the cache actor now) or ``twin`` (it waits for an identical line already batched);
+        None: it goes into a batch."""
         key = row.cache_key
         if key is None:
-            return False
+            return None
         if self._cached is not None and self._cached.has(key, time.time()):
             heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
-            return True
+            return "cache"
         twin = self._twins.get(key)
         if twin is not None and twin.deadline_at <= row.deadline_at:
             twin.followers.append(row)
             job.batched += 1
-            return True
+            return "twin"
         # This line leads: later identical ones wait for it (one due earlier takes over).
         self._twins[key] = BatchedTwin(row.id, row.job_id, row.deadline_at)
         self._twin_keys[row.id] = key
-        return False
+        return None
 
     def _release_twins(self, request_id: int) -> list[jobs_sql.Routable]:
         """The lines that waited for batched line ``request_id``, which no longer leads."""
@@ -483,6 +514,7 @@ class JobKeeper:
             cache=self._cache_plan(row, job),
             settle_with_result=True,
             deferred=True,
+            submitted_at=job.created_at,
         )
         with replies_out:
             try:
@@ -594,6 +626,7 @@ class JobKeeper:
         if time.time() > job.deadline_at:
             job.late += 1
             self._late += 1
+            self._late_counter.add(1, {"llmspool.operation": job.operation or ""})
         if job.states["queued"] == 0 and job.status == "in_progress":
             job.status = "completed"
             job.finished_at = time.time()

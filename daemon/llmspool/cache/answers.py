@@ -79,4 +79,6 @@ def ledger_entry(call: Call, source: str, would_have: int | None,
         session=call.session,
         saving_source=source,
         price_version=planner.prices.version if planner is not None else None,
+        deadline_window=call.deadline_window(),
+        late=call.deadline_at is not None and now > call.deadline_at,
     )

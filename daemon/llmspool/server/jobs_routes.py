@@ -63,6 +63,7 @@ def job_routes(
     max_upload_size: int,
     max_line_size: int,
     cache_rules: CacheRules | None = None,
+    on_short_deadline: str = "refuse",
 ) -> list[Route]:
     def _intake(request: Request, options: dict[str, Any]) -> Intake:
         # The cache key of each line depends on the job's operation and its caller.
@@ -91,7 +92,12 @@ def job_routes(
                 code="unsupported_content_type",
             )
         job = _new_job(request, intake, options, planner)
+        too_short = _short_deadline(job, planner, options.get("on_short_deadline")
+                                    or on_short_deadline)
         answer = await _ask(keeper, lambda reply: SubmitJob(job, reply))
+        if too_short is not None:
+            answer["best_effort"] = True
+            answer["warnings"] = [too_short]
         if intake.refused:
             answer["rejected"] = [error.to_json() for error in intake.errors]
             answer["rejected_count"] = intake.refused
@@ -174,6 +180,30 @@ def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner:
         lines=intake.lines,
         # Batches carrying the job's lines link their spans to the caller's trace.
         traceparent=request.headers.get("traceparent") or current_traceparent(),
+    )
+
+
+def _short_deadline(job: NewJob, planner: Planner, mode: Any) -> str | None:
+    """Refuse a job whose deadline no tier can be expected to meet (the fastest tier's typical
+    time for one of its models is longer); with ``best_effort``, the warning to answer with."""
+    if mode not in ("refuse", "best_effort"):
+        raise InvalidRequest("on_short_deadline must be 'refuse' or 'best_effort'",
+                             param="on_short_deadline")
+    room = job.deadline_at - job.created_at
+    slowest = max({(line.provider, line.model) for line in job.lines},
+                  key=lambda target: planner.fastest_expected(*target))
+    needed = planner.fastest_expected(*slowest)
+    if room >= needed:
+        return None
+    message = (f"the deadline leaves {room:.1f} s, but a {slowest[1]} request typically takes "
+               f"{needed:.1f} s on the fastest tier allowed")
+    if mode == "best_effort":
+        return f"{message}; run as soon as possible, results may be flagged late"
+    raise InvalidRequest(
+        f"{message}, so no tier can be expected to meet it; give a longer deadline, set "
+        "[planner] allow_priority = true if the model has a priority price, or pass "
+        "on_short_deadline=best_effort to run it anyway",
+        param="deadline", code="deadline_too_short",
     )
 
 

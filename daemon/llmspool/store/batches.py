@@ -427,6 +427,7 @@ class _Line:
     cache_key: bytes | None = None
     cache_ttl: float | None = None
     deadline_at: float = math.inf
+    submitted_at: float | None = None  # its job's creation
 
 
 class ResultMapper:
@@ -459,12 +460,12 @@ class ResultMapper:
     def _load_lines(self) -> dict[int, _Line]:
         rows = self._connection.execute(
             "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl, r.deadline_at FROM job_requests r JOIN jobs j ON j.id = r.job_id "
-            "WHERE r.batch_id = ?",
+            "r.cache_ttl, r.deadline_at, j.created_at FROM job_requests r "
+            "JOIN jobs j ON j.id = r.job_id WHERE r.batch_id = ?",
             (self._batch.id,),
         )
-        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d))
-                for i, j, c, a, o, u, k, t, d in rows}
+        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d), float(s))
+                for i, j, c, a, o, u, k, t, d, s in rows}
 
     def line_ids(self) -> list[int]:
         """The requests the batch carries (not those given back before)."""
@@ -477,14 +478,14 @@ class ResultMapper:
         # Given back before its answer came (escalated): still store and bill the answer.
         row = self._connection.execute(
             "SELECT r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl, r.deadline_at FROM job_requests r JOIN jobs j ON j.id = r.job_id "
-            "WHERE r.id = ?",
+            "r.cache_ttl, r.deadline_at, j.created_at FROM job_requests r "
+            "JOIN jobs j ON j.id = r.job_id WHERE r.id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
         line = _Line(str(row[0]), str(row[1]), int(row[2]), row[3], row[4], False, row[5],
-                     row[6], float(row[7]))
+                     row[6], float(row[7]), float(row[8]))
         self._lines[request_id] = line
         return line
 
@@ -558,6 +559,9 @@ class ResultMapper:
                 started_at=batch.submitted_at or batch.created_at, finished_at=self._now,
                 flag=billed.flag, saving_source=billed.saving_source,
                 price_version=billed.price_version,
+                deadline_window=(line.deadline_at - line.submitted_at
+                                 if line.submitted_at is not None else None),
+                late=self._now > line.deadline_at,
             ))
         result = orjson.dumps({
             "id": document.get("id") or f"batch_req_{request_id}",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
 # What a report can group by, in the order a user would most often read them.
-DIMENSIONS = ("day", "provider", "model", "tier", "operation", "user", "source")
+DIMENSIONS = ("day", "provider", "model", "tier", "operation", "user", "source", "deadline")
 # Where a saving comes from: the tier discount (batch, flex), a cache hit or a deduplicated
 # request (free), or routing to a cheaper model or provider.
 SOURCES = ("tier", "cache", "dedup", "routing")
@@ -57,6 +57,9 @@ _DIMENSION_SQL = {
     "operation": "operation",
     "user": "uid",
     "source": _SOURCE_SQL,
+    # The class of the time its caller gave it: none, <=1m, <=15m, <=2h, <=24h, >24h (migration
+    # 0007; '' for calls recorded before deadlines were).
+    "deadline": "deadline",
 }
 _SUMS_SQL = (
     "SUM(calls), SUM(input_tokens), SUM(cached_input_tokens), SUM(output_tokens), "
@@ -66,7 +69,7 @@ _SUMS_SQL = (
     "SUM(CASE WHEN saving_source IN ('cache', 'dedup') "
     "THEN standard_cost_picodollars - cost_picodollars "
     "ELSE MAX(standard_cost_picodollars - cost_picodollars, 0) END), "
-    "SUM(unpriced_calls), SUM(estimated_calls)"
+    "SUM(unpriced_calls), SUM(estimated_calls), SUM(late_calls)"
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 UNKNOWN_USER = "unknown"
@@ -161,10 +164,12 @@ class _Sums:
     saved: int = 0
     unpriced: int = 0
     estimated: int = 0
+    late: int = 0
     saved_by_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, source: str, sums: Sequence[Any]) -> None:
-        calls, input_tokens, cached, output, cost, standard, saved, unpriced, estimated = sums
+        (calls, input_tokens, cached, output, cost, standard, saved, unpriced, estimated,
+         late) = sums
         self.calls += calls
         self.input_tokens += input_tokens
         self.cached_input_tokens += cached
@@ -174,6 +179,7 @@ class _Sums:
         self.saved += saved
         self.unpriced += unpriced
         self.estimated += estimated
+        self.late += late
         if saved:
             self.saved_by_source[source] = self.saved_by_source.get(source, 0) + saved
 
@@ -187,6 +193,7 @@ class _Sums:
         self.saved += other.saved
         self.unpriced += other.unpriced
         self.estimated += other.estimated
+        self.late += other.late
         for source, saved in other.saved_by_source.items():
             self.saved_by_source[source] = self.saved_by_source.get(source, 0) + saved
 
@@ -205,6 +212,7 @@ class _Sums:
             "output_tokens": self.output_tokens,
             "unpriced_requests": self.unpriced,
             "estimated_requests": self.estimated,
+            "late_requests": self.late,
         }
 
 
@@ -340,7 +348,7 @@ def csv_columns(report: Mapping[str, Any]) -> list[str]:
         *dimensions,
         "spend_usd", "saved_usd", *(f"saved_{source}_usd" for source in sources),
         "standard_cost_usd", "requests", "input_tokens", "cached_input_tokens", "output_tokens",
-        "unpriced_requests", "estimated_requests",
+        "unpriced_requests", "estimated_requests", "late_requests",
     ]
 
 
