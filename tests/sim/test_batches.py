@@ -697,6 +697,7 @@ def test_batch_settings_round_trip_through_the_sim_table() -> None:
     table = {
         "validating": "1.5s",
         "turnaround": "10m",
+        "turnaround_p99": "2h",
         "finalizing": "250ms",
         "expire_after": "1h",
         "expire_partial": 0.25,
@@ -711,6 +712,7 @@ def test_batch_settings_round_trip_through_the_sim_table() -> None:
     assert config.batch == BatchSettings(
         validating=1.5,
         turnaround=600.0,
+        turnaround_p99=7200.0,
         finalizing=0.25,
         expire_after=3600.0,
         expire_partial=0.25,

@@ -30,12 +30,18 @@ def test_help_explains_each_flag(run_sim: RunSim) -> None:
         assert words in result.stdout, words
 
 
-def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path, run_sim: RunSim) -> None:
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [('[sim]\nlatency = "quick"\n', "sim.latency"), ("[sim]\nspeed = 0\n", "sim.speed")],
+)
+def test_bad_config_value_exits_2_naming_the_key(
+    tmp_path: Path, run_sim: RunSim, text: str, key: str
+) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[sim]\nlatency = "quick"\n')
+    config.write_text(text)
     result = run_sim("--port", "0", "--config", str(config))
     assert result.returncode == 2
-    assert "sim.latency" in result.stderr
+    assert key in result.stderr
     assert result.stdout == ""
 
 

@@ -182,6 +182,11 @@ def test_a_single_fault_table_is_one_rule() -> None:
     ],
 )
 def test_bad_values_name_their_key(table: dict[str, Any], key: str) -> None:
+    assert_refused(table, key)
+
+
+def assert_refused(table: dict[str, Any], key: str) -> None:
+    """``SimConfig.from_table(table)`` raises a ``ConfigError`` naming ``key``."""
     with pytest.raises(ConfigError) as caught:
         SimConfig.from_table(table)
     assert caught.value.key == key

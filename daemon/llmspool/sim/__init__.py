@@ -5,11 +5,13 @@ spec, streamed or not, with configurable latency, usage in every answer, the ``s
 served, ``x-ratelimit-*`` headers, flex processing (only where priced, slower, with *resource
 unavailable* spells), faults injected on purpose (5xx, 429s, slow or hung answers, dropped
 connections, cut streams), and the Files and Batch APIs, batches moving through OpenAI's
-statuses by the clock and failing on demand.
+statuses by the clock and failing on demand. Time can be compressed (``[sim] speed``), so that
+a day of work is rehearsed in a minute.
 
 Modules, one job each:
 
 - ``config``: the ``[sim]`` config table (``SimConfig``).
+- ``speed``: time compression, rehearsal time against real time.
 - ``faults``: fault rules and which request gets which fault.
 - ``flex``: which models offer flex, its latency, and its *resource unavailable* spells.
 - ``text``: token counting and the deterministic fake content.
@@ -21,7 +23,8 @@ Modules, one job each:
 - ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
 - ``files``: the Files API store (uploads and batch results, in memory).
 - ``upload``: streaming ``multipart/form-data`` parsing for ``POST /v1/files``.
-- ``batch_config``: the ``[sim.batch]`` settings, also ``GET``/``POST /_sim/batch``.
+- ``batch_config``: the ``[sim.batch]`` settings, also ``GET``/``POST /_sim/batch``, and the
+  seeded draws (which lines fail, each batch's turnaround).
 - ``batch_lines``: checking a batch input file, answering its lines, writing result files.
 - ``batches``: batch objects and their lifecycle by the clock (``BatchRegistry``).
 - ``stats``: what the simulator saw, for ``GET /_sim/stats``.

@@ -27,6 +27,10 @@ All state (stats, request log, faults, flex spells, counters, files, batches) li
 ``[sim] flavor`` picks the API impersonated: the hooks of a ``flavor.Flavor`` (OpenAI's) or of
 ``ollama.OllamaFlavor`` decide the error bodies, the headers, the routes that exist, and adapt
 each endpoint's parser.
+
+Every duration (configured or set at run time) is rehearsal time, kept as given and divided by
+``[sim] speed`` where the app waits: latency and stream pace, fault delays and retry hints, the
+flex outage clock, and the settings of each new batch (see ``speed``).
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ from llmspool.sim.ollama import OllamaFlavor
 from llmspool.sim.ratelimit import Limits, RateLimiter, limits_from_command
 from llmspool.sim.request_log import RequestLog, tier_of
 from llmspool.sim.responses import parse_response_request
+from llmspool.sim.speed import real
 from llmspool.sim.stats import SimStats
 from llmspool.sim.text import TextGenerator
 from llmspool.sim.upload import read_upload
@@ -286,6 +291,7 @@ class SimApp:
             log=self.request_log,
             settings=config.batch,
             seed=config.seed,
+            speed=config.speed,
         )
         self._waiter = Waiter()
         self._routes: dict[str, dict[str, Handler]] = {
@@ -315,11 +321,15 @@ class SimApp:
         now instead of being cancelled mid-wait."""
         self._waiter.stop()
 
+    def _real(self, seconds: float) -> float:
+        """How long ``seconds`` of rehearsal time take at the sim's speed."""
+        return real(seconds, self.config.speed)
+
     async def _pause(
         self, exchange: _Exchange, seconds: float, *, response_started: bool = False
     ) -> bool:
-        """Wait ``seconds``; ``False`` if the request is over instead (client gone, or the
-        server stopping, in which case the connection is dropped)."""
+        """Wait ``seconds`` (real time); ``False`` if the request is over instead (client gone,
+        or the server stopping, in which case the connection is dropped)."""
         end = await self._waiter.wait(exchange.receive, seconds)
         if end is WaitEnd.ELAPSED:
             return True
@@ -434,11 +444,11 @@ class SimApp:
             per_token = self.flex_pacing.per_token
         if not answer.stream:
             delay += per_token * answer.output_tokens
-        if delay > 0 and not await self._pause(exchange, delay):
+        if delay > 0 and not await self._pause(exchange, self._real(delay)):
             return
         self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
         if answer.stream:
-            await self._stream(exchange, answer, cut_after, per_token)
+            await self._stream(exchange, answer, cut_after, self._real(per_token))
             return
         try:
             await exchange.reply(200, answer.body())
@@ -467,7 +477,7 @@ class SimApp:
             extra: Headers = []
             exhausted: float | None = None
             if rule.retry_after is not None:
-                seconds = rule.retry_after
+                seconds = self._real(rule.retry_after)
                 extra = [
                     (b"retry-after", str(max(1, math.ceil(seconds))).encode()),
                     (b"retry-after-ms", str(round(seconds * 1000)).encode()),
@@ -481,12 +491,12 @@ class SimApp:
             await drop_connection(exchange.send, exchange.receive, response_started=False)
             return False
         if rule.kind is FaultKind.HANG:
-            if await self._pause(exchange, rule.delay or 0.0):
+            if await self._pause(exchange, self._real(rule.delay or 0.0)):
                 # Nobody waits forever: after the bound, end it as a dead upstream would.
                 await drop_connection(exchange.send, exchange.receive, response_started=False)
             return False
         if rule.kind is FaultKind.SLOW:
-            return await self._pause(exchange, rule.delay or 0.0)
+            return await self._pause(exchange, self._real(rule.delay or 0.0))
         if rule.kind is FaultKind.RESET_MIDWAY:
             exchange.cut = True
         return True

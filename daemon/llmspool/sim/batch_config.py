@@ -5,20 +5,27 @@ The same keys, with the same spelling and value forms, are the JSON of ``GET``/`
 afterwards (each batch keeps the settings it was created with). ``BatchSettings.from_table``
 validates a table, naming a bad key with the given prefix (``sim.batch.turnaround`` in a config
 file, ``turnaround`` in a ``POST``); ``to_table`` writes one back that reads to an equal value.
+Durations are rehearsal time, both in the config and in a ``POST``, and ``GET`` answers them so;
+a batch takes its settings ``scaled`` by the sim's speed (``llmspool.sim.speed``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any
 
 from llmspool.errors import ConfigError
 from llmspool.sim.faults import duration_text
+from llmspool.sim.speed import real
 from llmspool.units import parse_duration
 
 _DRAW_SCALE = float(2**64)
+_Z99 = NormalDist().inv_cdf(0.99)
+"""How many standard deviations the 99th percentile of a normal distribution is above its mean."""
 
 
 def line_draw(seed: int, custom_id: str) -> float:
@@ -30,8 +37,29 @@ def line_draw(seed: int, custom_id: str) -> float:
     ``line_failure_rate``, else an HTTP 500 if below ``line_failure_rate + line_error_rate``.
     (A line in ``error_custom_ids`` is an HTTP 500 whatever its draw.)
     """
-    digest = hashlib.blake2b(f"{seed}:{custom_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _DRAW_SCALE
+    return _hash64(f"{seed}:{custom_id}") / _DRAW_SCALE
+
+
+def turnaround_draw(seed: int, order: int, median: float, p99: float | None) -> float:
+    """How long the batch created ``order``-th (from 0) is ``in_progress``.
+
+    With ``p99`` unset (or not above ``median``) it is ``median``. Otherwise a draw from the
+    log-normal distribution whose median is ``median`` and whose 99th percentile is ``p99``;
+    it depends only on ``seed`` and ``order`` (BLAKE2b of ``"turnaround:{seed}:{order}"``), so
+    the same seed and sequence of batches get the same turnarounds, whatever the timing. The
+    draw scales with its parameters: at any speed a batch gets the same share of its settings.
+    """
+    if p99 is None or p99 <= median:
+        return median
+    # A uniform number strictly inside (0, 1), as the inverse normal CDF needs.
+    uniform = (_hash64(f"turnaround:{seed}:{order}") + 0.5) / _DRAW_SCALE
+    sigma = math.log(p99 / median) / _Z99
+    return median * math.exp(sigma * NormalDist().inv_cdf(uniform))
+
+
+def _hash64(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +69,17 @@ class BatchSettings:
     validating: float = 0.0
     """Time a batch stays ``validating`` before it fails validation or starts."""
     turnaround: float = 2.0
-    """Time ``in_progress``; its lines finish one after another, evenly over it."""
+    """Time ``in_progress``; its lines finish one after another, evenly over it. With
+    ``turnaround_p99`` set, the median time in progress."""
+    turnaround_p99: float | None = None
+    """``None`` ("" in TOML and JSON): every batch is in progress exactly ``turnaround``. Else
+    the 99th percentile of the time in progress: each batch draws its own from the log-normal
+    distribution with median ``turnaround`` and this 99th percentile (``turnaround_draw``,
+    seeded with the sim's ``seed`` and the batch's creation order); at least ``turnaround``.
+    Realistic, after published measurements of OpenAI batch turnaround on small batches
+    (p50 about 2.5 minutes, p99 about 6 hours): ``turnaround = "150s"``,
+    ``turnaround_p99 = "6h"`` (about 0.15% of such batches then outlast a 24 h
+    ``expire_after`` and expire)."""
     finalizing: float = 0.0
     """Time ``finalizing`` before ``completed``."""
     expire_after: float = 24 * 3600.0
@@ -96,6 +134,20 @@ class BatchSettings:
                 raise ConfigError(key(name), f"must be a number from 0 to 1, not {value!r}")
             return float(value)
 
+        turnaround = duration("turnaround", defaults.turnaround)
+        turnaround_p99: float | None = None
+        if table.get("turnaround_p99", "") != "":
+            turnaround_p99 = duration("turnaround_p99", 0.0)
+            if turnaround <= 0:
+                raise ConfigError(
+                    key("turnaround_p99"), "needs a turnaround (the median) of more than 0s"
+                )
+            if turnaround_p99 < turnaround:
+                raise ConfigError(
+                    key("turnaround_p99"),
+                    f'must be at least turnaround ({duration_text(turnaround)}), or "" '
+                    f"(unset), not {duration_text(turnaround_p99)}",
+                )
         expire_after = duration("expire_after", defaults.expire_after)
         if expire_after <= 0:
             raise ConfigError(key("expire_after"), "must be more than 0s")
@@ -117,7 +169,8 @@ class BatchSettings:
             )
         return cls(
             validating=duration("validating", defaults.validating),
-            turnaround=duration("turnaround", defaults.turnaround),
+            turnaround=turnaround,
+            turnaround_p99=turnaround_p99,
             finalizing=duration("finalizing", defaults.finalizing),
             expire_after=expire_after,
             expire_partial=fraction("expire_partial", defaults.expire_partial),
@@ -137,6 +190,9 @@ class BatchSettings:
         return {
             "validating": duration_text(self.validating),
             "turnaround": duration_text(self.turnaround),
+            "turnaround_p99": (
+                "" if self.turnaround_p99 is None else duration_text(self.turnaround_p99)
+            ),
             "finalizing": duration_text(self.finalizing),
             "expire_after": duration_text(self.expire_after),
             "expire_partial": self.expire_partial,
@@ -147,6 +203,19 @@ class BatchSettings:
             "enqueued_token_limit": self.enqueued_token_limit,
             "fail_validation": self.fail_validation,
         }
+
+    def scaled(self, speed: float) -> BatchSettings:
+        """These settings with every duration divided by ``speed``: real time at that speed."""
+        p99 = self.turnaround_p99
+        return replace(
+            self,
+            validating=real(self.validating, speed),
+            turnaround=real(self.turnaround, speed),
+            turnaround_p99=None if p99 is None else real(p99, speed),
+            finalizing=real(self.finalizing, speed),
+            expire_after=real(self.expire_after, speed),
+            cancel_delay=real(self.cancel_delay, speed),
+        )
 
     def changed(self, changes: Mapping[str, Any]) -> BatchSettings:
         """These settings with ``changes`` (keys as in ``to_table``) applied; a bad key or

@@ -1,14 +1,17 @@
 """Simulated batches: the Batch API's objects and their life, driven by the clock.
 
-A batch keeps the ``[sim.batch]`` settings in force when it was created. From its creation
-time ``c`` it moves through OpenAI's statuses:
+A batch keeps the ``[sim.batch]`` settings in force when it was created, divided by the sim's
+speed (real time, see ``llmspool.sim.speed``), and draws its own turnaround from them: exactly
+``turnaround``, or with ``turnaround_p99`` set a log-normal draw seeded with the sim's seed and
+its creation order (``batch_config.turnaround_draw``). From its creation time ``c`` it moves
+through OpenAI's statuses:
 
 - ``validating`` until ``c + validating``; then the input file is checked (``batch_lines``)
   and the batch is ``failed`` (``errors.data`` with line numbers; also ``fail_validation``,
   and ``token_limit_exceeded`` when its prompt tokens plus those of the same model's batches
   in progress, finalizing or cancelling pass ``enqueued_token_limit``), or every request is
   answered and it goes ``in_progress``;
-- ``in_progress`` for ``turnaround``: line ``i`` of ``n`` finishes at ``(i + 1) / n`` of it,
+- ``in_progress`` for its turnaround: line ``i`` of ``n`` finishes at ``(i + 1) / n`` of it,
   and ``request_counts`` grow accordingly; then ``finalizing`` for ``finalizing``, then
   ``completed``;
 - ``expired`` instead, at ``c + expire_after`` (its ``expires_at``) if still in progress: the
@@ -41,10 +44,11 @@ from llmspool.batches.remote import INTENT_KEY
 from llmspool.errors import InvalidRequest, NotFound
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
-from llmspool.sim.batch_config import BatchSettings
+from llmspool.sim.batch_config import BatchSettings, turnaround_draw
 from llmspool.sim.batch_lines import PARSERS, LineError, Plan, check_input, plan_lines, render
 from llmspool.sim.files import BATCH_OUTPUT, FileStore, StoredFile, page_json
 from llmspool.sim.request_log import DEFAULT_SIZE, RequestLog
+from llmspool.sim.speed import DEFAULT_SPEED
 from llmspool.sim.stats import SimStats
 
 COMPLETION_WINDOW = "24h"
@@ -98,6 +102,9 @@ class SimBatch:
     metadata: dict[str, str] | None
     created: float
     settings: BatchSettings
+    """The settings it was created with, in real time (divided by the sim's speed)."""
+    turnaround: float
+    """Its time ``in_progress`` (real seconds), drawn at creation."""
     content: bytes | None
     """The input file's bytes, until validation reads them."""
     status: Status = Status.VALIDATING
@@ -128,7 +135,7 @@ class SimBatch:
     def expiry(self) -> float | None:
         """When this in-progress batch expires, if before its lines are all done."""
         assert self.in_progress_at is not None
-        processed = self.in_progress_at + self.settings.turnaround
+        processed = self.in_progress_at + self.turnaround
         expiry = max(self.expires_at, self.in_progress_at)
         return expiry if expiry < processed else None
 
@@ -140,7 +147,7 @@ class SimBatch:
         if self.status is Status.IN_PROGRESS:
             assert self.in_progress_at is not None
             expiry = self.expiry()
-            return self.in_progress_at + settings.turnaround if expiry is None else expiry
+            return self.in_progress_at + self.turnaround if expiry is None else expiry
         if self.status is Status.FINALIZING:
             assert self.finalizing_at is not None
             return self.finalizing_at + settings.finalizing
@@ -158,10 +165,9 @@ class SimBatch:
         if self.status is Status.FINALIZING:
             return self.total
         assert self.in_progress_at is not None
-        turnaround = self.settings.turnaround
-        if turnaround <= 0:
+        if self.turnaround <= 0:
             return self.total
-        share = (now - self.in_progress_at) / turnaround
+        share = (now - self.in_progress_at) / self.turnaround
         return max(0, min(self.total, int(self.total * share)))
 
     def counts(self, now: float) -> tuple[int, int]:
@@ -229,10 +235,13 @@ class BatchRegistry:
         stats: SimStats,
         settings: BatchSettings,
         seed: int,
+        speed: float = DEFAULT_SPEED,
         log: RequestLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``log``: where answered lines go when their batch ends (default: a log of its own)."""
+        """``settings``: in rehearsal time, as configured and as ``/_sim/batch`` shows them;
+        ``speed``: how much faster than real time they run; ``log``: where answered lines go
+        when their batch ends (default: a log of its own)."""
         self.files = files
         self.log = log if log is not None else RequestLog(DEFAULT_SIZE)
         self.configured = settings
@@ -240,6 +249,7 @@ class BatchRegistry:
         self._makers = makers
         self._stats = stats
         self._seed = seed
+        self._speed = speed
         self._clock = clock
         self._batches: dict[str, SimBatch] = {}
         self._live: dict[str, SimBatch] = {}
@@ -273,13 +283,18 @@ class BatchRegistry:
             )
         metadata = _metadata(payload.get("metadata"))
         stored = self._input_file(file_id)
+        settings = self.settings.scaled(self._speed)
+        order = len(self._batches)
         batch = SimBatch(
             id=self._makers.ids.make("batch_"),
             endpoint=endpoint,
             input_file_id=file_id,
             metadata=metadata,
             created=now,
-            settings=self.settings,
+            settings=settings,
+            turnaround=turnaround_draw(
+                self._seed, order, settings.turnaround, settings.turnaround_p99
+            ),
             content=stored.content,
         )
         self._batches[batch.id] = batch

@@ -1,8 +1,8 @@
 """The command line of the simulator: ``llmspool sim`` and ``python -m llmspool.sim``.
 
 It binds the listening socket itself (so ``--port 0`` works and the printed URL is the real
-one), prints ``llmspool sim listening on http://HOST:PORT/v1`` once uvicorn serves, and runs
-until SIGINT or SIGTERM, then exits 0.
+one), prints ``llmspool sim listening on http://HOST:PORT/v1`` once uvicorn serves (and, at a
+speed other than 1, the speed on stderr), and runs until SIGINT or SIGTERM, then exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import uvicorn
 from llmspool.errors import ConfigError
 from llmspool.sim.app import build_app
 from llmspool.sim.config import FLAVORS, SimConfig
+from llmspool.sim.speed import DEFAULT_SPEED, speed_from
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8089
@@ -48,6 +49,12 @@ With --flavor ollama (or [sim] flavor = "ollama") it impersonates Ollama's OpenA
 routes instead: no service_tier, no rate-limit headers, Ollama's {"error": "..."} bodies, no
 Files or Batch API, and GET /api/tags and /api/version; models default to llama3.2 and
 nomic-embed-text.
+--speed FACTOR (or [sim] speed) compresses time: every duration the simulator is given, in
+the config or at run time through /_sim/batch, /_sim/flex and /_sim/faults, is divided by
+FACTOR (latencies, flex outages, fault delays, batch turnaround...), so a script written for
+speed 1 works at any speed and --speed 1440 rehearses a day in a minute; GET /_sim/* show
+what was set. Timestamps in answers stay real Unix times, rate limits per real minute. With
+[sim.batch] turnaround_p99 each batch draws its own turnaround (log-normal, seeded).
 When ready it prints one line: "llmspool sim listening on http://HOST:PORT/v1".
 """
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; the exit status (2 for bad config or flags)."""
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, flavor=args.flavor)
+        config = load_config(args.config, flavor=args.flavor, speed=args.speed)
         app = build_app(config)
     except ConfigError as exc:
         print(f"llmspool sim: bad config: {exc}", file=sys.stderr)
@@ -66,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"llmspool sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    if config.speed != DEFAULT_SPEED:
+        print(
+            f"llmspool sim: speed {config.speed:g}: rehearsal time runs {config.speed:g} times "
+            "as fast as real time",
+            file=sys.stderr,
+            flush=True,
+        )
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     server = _SimServer(
@@ -87,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_config(path: str | None, *, flavor: str | None = None) -> SimConfig:
+def load_config(
+    path: str | None, *, flavor: str | None = None, speed: float | None = None
+) -> SimConfig:
     """The ``[sim]`` table of ``path`` (else ``$LLMSPOOL_CONFIG``), or the defaults if neither;
-    ``flavor`` (``--flavor``) overrides the table's."""
+    ``flavor`` (``--flavor``) and ``speed`` (``--speed``) override the table's."""
+    overrides: dict[str, Any] = {}
+    if flavor:
+        overrides["flavor"] = flavor
+    if speed is not None:
+        overrides["speed"] = speed
     path = path or os.environ.get("LLMSPOOL_CONFIG") or None
     if path is None:
-        return SimConfig.from_table({"flavor": flavor}) if flavor else SimConfig()
+        return SimConfig.from_table(overrides)
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)
@@ -101,8 +122,8 @@ def load_config(path: str | None, *, flavor: str | None = None) -> SimConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
     table = document.get("sim", {})
-    if flavor and isinstance(table, dict):
-        table = {**table, "flavor": flavor}
+    if isinstance(table, dict):
+        table = {**table, **overrides}
     return SimConfig.from_table(table)
 
 
@@ -182,6 +203,15 @@ def _port(text: str) -> int:
     return port
 
 
+def _speed(text: str) -> float:
+    try:
+        return speed_from(float(text), "--speed")
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"a speed is a number more than 0 (2: twice as fast), not {text!r}"
+        ) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmspool sim",
@@ -203,6 +233,13 @@ def _parser() -> argparse.ArgumentParser:
         "--flavor",
         choices=FLAVORS,
         help="the API to impersonate (default: [sim] flavor, else openai)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=_speed,
+        metavar="FACTOR",
+        help="run rehearsal time FACTOR times as fast: every duration is divided by it "
+        "(default: [sim] speed, else 1)",
     )
     parser.add_argument(
         "--config",

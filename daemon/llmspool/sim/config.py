@@ -5,7 +5,8 @@ how batches move and fail (``batch_config.BatchSettings``).
 ``SimConfig()`` is complete; ``SimConfig.from_table`` validates a TOML table (an unknown key or a
 bad value raises ``ConfigError`` naming the dotted key, e.g. ``sim.faults[0].probability``,
 ``sim.flex_outages[0].duration`` or ``sim.batch.turnaround``) and ``to_table`` writes one back
-that ``from_table`` reads to an equal config.
+that ``from_table`` reads to an equal config. Its durations are rehearsal time: ``speed``
+divides them all where the simulator waits (``llmspool.sim.speed``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
 from llmspool.sim.flex import FlexOutage, outages_from_list
 from llmspool.sim.request_log import DEFAULT_SIZE as DEFAULT_REQUEST_LOG_SIZE
 from llmspool.sim.request_log import MAX_SIZE as MAX_REQUEST_LOG_SIZE
+from llmspool.sim.speed import DEFAULT_SPEED, speed_from
 from llmspool.units import parse_duration
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -46,8 +48,12 @@ MAX_OUTPUT_TOKENS = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """Settings of ``llmspool sim``; durations are in seconds."""
+    """Settings of ``llmspool sim``; durations are in seconds of rehearsal time (``speed``)."""
 
+    speed: float = DEFAULT_SPEED
+    """How many times faster than real time rehearsal time runs: every duration here, in
+    ``[sim.batch]`` and given at run time is divided by it (``llmspool.sim.speed``); e.g. 1440
+    rehearses a day in a minute. ``llmspool sim --speed`` overrides it."""
     latency: float = 0.0
     """Fixed wait before every answer (before the first byte of a stream)."""
     latency_per_token: float = 0.0
@@ -64,7 +70,8 @@ class SimConfig:
     common), to test near-duplicate matching; ``False``: the same text gets the same vector,
     different texts unrelated ones (``llmspool.sim.vectors``)."""
     seed: int = 0
-    """Seed of the RNG that decides which requests a probabilistic fault hits."""
+    """Seed of the RNG that decides which requests a probabilistic fault hits (and of the flex
+    draws, the batch line draws and, with ``turnaround_p99``, each batch's turnaround)."""
     ratelimit_requests: int = 10_000
     """Requests per minute per model (``x-ratelimit-limit-requests``; see ``ratelimit``)."""
     ratelimit_tokens: int = 30_000_000
@@ -114,6 +121,7 @@ class SimConfig:
                 "sim.flex_outage_period", "must be more than 0s when flex_outage_fraction is set"
             )
         return cls(
+            speed=speed_from(table.get("speed", defaults.speed), "sim.speed"),
             latency=_duration(table, "latency", defaults.latency),
             latency_per_token=_duration(table, "latency_per_token", defaults.latency_per_token),
             output_tokens=_int(
@@ -154,6 +162,7 @@ class SimConfig:
     def to_table(self) -> dict[str, Any]:
         """The ``[sim]`` table for this config, ready for ``tomli_w``."""
         return {
+            "speed": self.speed,
             "latency": duration_text(self.latency),
             "latency_per_token": duration_text(self.latency_per_token),
             "output_tokens": self.output_tokens,

@@ -14,6 +14,11 @@ answered at once with a 429 whose ``error.code`` is ``resource_unavailable`` and
 
 A flex request that is served waits ``flex_latency`` plus a uniform 0..``flex_latency_jitter``
 (its own seeded RNG) on top of ``latency``, and ``flex_latency_per_token`` per token.
+
+All of these durations are rehearsal time (``llmspool.sim.speed``): ``FlexCapacity.from_config``
+runs its clock ``speed`` times as fast, so the outage schedule, timed spells and the
+``elapsed_seconds`` and ``spell_left_seconds`` of ``GET /_sim/flex`` are in rehearsal seconds;
+the app divides ``FlexPacing``'s waits by the speed when it waits.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from llmspool.calls import Tier
 from llmspool.errors import ApiError, ConfigError
 from llmspool.pricing import load_price_table
 from llmspool.sim.faults import duration_text
+from llmspool.sim.speed import rehearsal_clock
 from llmspool.units import parse_duration
 
 if TYPE_CHECKING:
@@ -180,13 +186,14 @@ class FlexCapacity:
     def from_config(
         cls, config: SimConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> FlexCapacity:
+        """The capacity ``config`` describes, on ``clock`` sped up by ``config.speed``."""
         return cls(
             outages=config.flex_outages,
             period=config.flex_outage_period,
             fraction=config.flex_outage_fraction,
             probability=config.flex_unavailable_probability,
             seed=config.seed,
-            clock=clock,
+            clock=rehearsal_clock(clock, config.speed),
         )
 
     def spell(self) -> SpellCause | None:
@@ -232,7 +239,7 @@ class FlexCapacity:
             "cause": None if cause is None else cause.value,
             "forced": self._forced,
             "spell_left_seconds": None if self._spell_until is None else self._spell_until - now,
-            # The clock of the outage schedule: seconds since the sim started.
+            # The clock of the outage schedule: rehearsal seconds since the sim started.
             "elapsed_seconds": now - self._started,
         }
 
