@@ -1,7 +1,7 @@
 """The ``llmspool`` command line.
 
     llmspool daemon [--config PATH] [--socket PATH]   run the daemon in the foreground
-    llmspool sim [--host H] [--port P] [--config PATH] run the OpenAI API simulator
+    llmspool sim [--host H] [--port P] [--config PATH] [--speed F]   run the API simulator
     llmspool config init [PATH]                       write a complete default config
     llmspool demo                                     rehearse with the simulator, show costs
     llmspool status [JOB] [--json]                    how the daemon (or job JOB) is doing

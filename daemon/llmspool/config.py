@@ -142,6 +142,10 @@ class BatchConfig:
     poll_min: float = _duration("10s")
     poll_max: float = _duration("5m")
     cancel_wait: float = _duration("10m")
+    # A batch still open this long after it was submitted is a straggler (batch turnaround
+    # has a long tail): cancelled, and its unfinished lines put in a new batch while one still
+    # fits before their deadlines. 0s: never.
+    rebatch_after: float = _duration("1h")
     max_attempts: int = 3
     max_enqueued_tokens: int = 0
     delete_files: bool = True

@@ -228,6 +228,32 @@ def test_a_late_batch_is_cancelled_and_its_unfinished_lines_meet_the_deadline(
     assert "cancelling it" in daemon.log()
 
 
+def test_a_straggling_batch_is_cancelled_and_its_lines_go_into_a_new_batch(
+    tmp_path: Path, sim: Sim
+) -> None:
+    # The first batch would take an hour (the long tail of batch turnaround); later ones a
+    # second. An hour's deadline leaves room for a new batch after a cancel.
+    sim.request("POST", "/_sim/batch", {"turnaround": "1h", "cancel_delay": "300ms"})
+    daemon = start_daemon(tmp_path, sim.url, config_toml=FAST.replace(
+        "[batch]\n", '[batch]\nrebatch_after = "2s"\n'))
+    try:
+        job = submit(daemon, jsonl(10))
+        wait_for(lambda: batch_stats(sim)["created"] >= 1, what="the first batch")
+        sim.request("POST", "/_sim/batch", {"reset": True})
+        lines = results(daemon, job["id"])
+        finished = job_of(daemon, job["id"])
+        _status, status = daemon.get("/v1/status")
+    finally:
+        stop_process(daemon.process)
+    assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["by_tier"] == {"batch": 10}  # all at batch price, none sent directly
+    assert direct_calls(sim) == 0
+    stats = batch_stats(sim)
+    assert stats["cancel_requests"] == 1 and stats["created"] == 2
+    assert status["batches"]["rebatched"] == 1
+    assert len(ledger_rows(daemon)) == 10
+
+
 def test_the_enqueued_token_cap_holds_batches_back_instead_of_failing_them(
     tmp_path: Path, sim: Sim
 ) -> None:

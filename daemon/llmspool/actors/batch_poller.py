@@ -16,6 +16,11 @@ Statuses:
   model's enqueued tokens have room; validation errors naming a line fail that line, and the
   other lines are sent again.
 
+Stragglers: a batch still open ``[batch] rebatch_after`` after its submission is cancelled while
+a new batch is still expected to end before its escalation point; its unfinished lines then go
+into a new batch (only what it finished is billed). Batch turnaround has a long tail, and a new
+batch is expected to take its median.
+
 Deadline escalation: when a batch is still open ``[batch] cancel_wait`` plus the time of a
 standard call before the earliest deadline it carries, the poller cancels it; once it is
 ``cancelled`` only the lines it did not finish go back, so nothing is paid twice. If the cancel
@@ -98,6 +103,7 @@ class BatchPoller:
         self._wake = anyio.Event()
         self._finished = 0
         self._paid_twice = 0
+        self._rebatched = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._store = await batch_sql.ThreadedConnection.open(self._database_path)
@@ -175,6 +181,7 @@ class BatchPoller:
             await self._retrieve(batch, remote)
             return
         await self._escalate_if_late(batch, provider, now)
+        await self._rebatch_if_straggling(batch, provider, now)
         self._schedule(batch, now)
 
     def _schedule(self, batch: batch_sql.BatchRow, now: float) -> None:
@@ -186,6 +193,33 @@ class BatchPoller:
             until_escalation = self._escalate_at(batch) - now
             interval = max(self._config.poll_min, min(interval, until_escalation / 2))
         self._next_poll[batch.id] = now + interval
+
+    def _straggling_at(self, batch: batch_sql.BatchRow) -> float:
+        after = self._config.rebatch_after
+        if after <= 0 or batch.submitted_at is None:
+            return math.inf
+        return batch.submitted_at + after
+
+    async def _rebatch_if_straggling(self, batch: batch_sql.BatchRow, provider: BatchProvider,
+                                     now: float) -> None:
+        """Cancel a straggler whose lines a new batch can still carry in time."""
+        assert batch.remote_id is not None
+        if now < self._straggling_at(batch) or batch.cancel_requested_at is not None:
+            return
+        # The cancel may take cancel_wait; the new batch must then fit before escalation.
+        if now + self._config.cancel_wait > self._planner.latest_batch_submit(
+                batch.provider, batch.model, batch.deadline_at):
+            return
+        log.info("batch %s: still open %.0f s after submission (a straggler); cancelling it so "
+                 "its unfinished requests go into a new batch", batch.remote_id,
+                 now - (batch.submitted_at or now))
+        try:
+            await provider.cancel_batch(batch.remote_id)
+        except ApiError as error:
+            log.warning("batch %s: cancel failed: %s", batch.remote_id, error.message)
+            return
+        await self._store.run(batch_sql.mark_cancel_requested, batch, now)
+        self._rebatched += 1
 
     def _escalate_at(self, batch: batch_sql.BatchRow) -> float:
         return batch.deadline_at - self._planner.escalation_reserve(batch.provider, batch.model)
@@ -329,12 +363,16 @@ class BatchPoller:
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,
                                      anyio.ClosedResourceError):
                 self._cache.send_nowait(CacheFill(report.cache_fills))
+        # Cancelled before its escalation point: a straggler (also after a restart).
+        straggler = batch.cancel_requested_at is not None and \
+            batch.cancel_requested_at < self._escalate_at(batch)
         await self._keeper.send(BatchLinesDone(
             outcomes=report.outcomes, requeued=report.requeued,
             # Lines given back may go in the next batch when it still fits their deadline (the
             # planner decides, and lines past [batch] max_attempts go directly); only the lines
             # of a batch cancelled for a deadline are late already.
-            batch_again=note in ("token_limit_exceeded", "completed", "failed", "expired"),
+            batch_again=straggler or note in ("token_limit_exceeded", "completed", "failed",
+                                              "expired"),
         ))
         if note != "token_limit_exceeded":
             await self._submitter.send(BatchClosed(batch.provider, batch.model))
@@ -365,4 +403,5 @@ class BatchPoller:
             "open": [batch.to_json(now) for batch in self._open.values()],
             "finished": self._finished,
             "paid_twice": self._paid_twice,
+            "rebatched": self._rebatched,
         }
