@@ -202,7 +202,7 @@ def _short_deadline(job: NewJob, planner: Planner, mode: Any) -> str | None:
     raise InvalidRequest(
         f"{message}, so no tier can be expected to meet it; give a longer deadline, set "
         "[planner] allow_priority = true if the model has a priority price, or pass "
-        "on_short_deadline=best_effort to run it anyway",
+        "on_short_deadline=best_effort (llmspool submit --best-effort) to run it anyway",
         param="deadline", code="deadline_too_short",
     )
 
