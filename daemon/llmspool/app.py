@@ -61,12 +61,18 @@ from llmspool.reservations import Reserver
 from llmspool.resilience.limits import LimitSettings, RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.routing import ModelRouter
+from llmspool.server.access import Access
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
 from llmspool.server.ledger_routes import ledger_routes
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
 from llmspool.server.routes import build_app
-from llmspool.server.uvicorn_server import EmbeddedServer, build_server
+from llmspool.server.uvicorn_server import (
+    ConnectionLimits,
+    EmbeddedServer,
+    build_server,
+    connection_cap,
+)
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.ledger import LedgerConnection, recent_latencies
@@ -276,6 +282,8 @@ class Daemon:
         # clones of their inboxes, closed with the door like the others.
         cache_used_in, ledger_hits_in = cache_in.clone(), ledger_in.clone()
         cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
+        # Who may see which jobs and costs: their owners, and [daemon] admins.
+        access = Access(config.daemon.admins)
         forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
                               cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
@@ -292,11 +300,18 @@ class Daemon:
                     max_line_size=config.jobs.max_line_size,
                     cache_rules=cache_rules,
                     on_short_deadline=config.jobs.on_short_deadline,
+                    access=access,
                 ),
-                *ledger_routes(ledger_status, config.state_path / DATABASE_NAME),
+                *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access),
             ],
         )
-        server = build_server(app, graceful_shutdown=config.daemon.shutdown_grace)
+        daemon_config = config.daemon
+        server = build_server(
+            app, graceful_shutdown=daemon_config.shutdown_grace,
+            limits=ConnectionLimits(daemon_config.header_timeout, daemon_config.max_headers,
+                                    daemon_config.max_header_size,
+                                    connection_cap(daemon_config.max_connections)),
+            keepalive_timeout=daemon_config.keepalive_timeout)
         self._server = server
 
         async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:

@@ -169,6 +169,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
     if args.socket:
         config = _with_socket(config, args.socket)
     _configure_logging(config.daemon.log_level)
+    # Everything the daemon writes (databases, batch files) holds prompts, answers and costs:
+    # its owner's alone, as systemd's UMask=0077 makes it; the socket's mode is set on its own.
+    os.umask(0o077)
     daemon = Daemon(config, config_path=args.config)
     anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
     return 0

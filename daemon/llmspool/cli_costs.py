@@ -1,6 +1,7 @@
 """``llmspool costs``: what was spent and saved, grouped as the user asks::
 
     llmspool costs [--by day,tier,model,operation,user,deadline] [--since 7d] [--until DATE]
+                   [--all-users]
                    [--limit N] [--json | --csv] [--socket PATH] [--config PATH]
 
 It asks the daemon for ``GET /v1/ledger?by=...&since=...`` (a report over the ledger's daily
@@ -46,7 +47,8 @@ DESCRIPTION = """\
 Report what LLM calls cost and what llmspool saved, from the daemon's ledger. Each ledger
 entry keeps what the call cost and what it would have cost at standard list price; saved is the
 difference, split by where it came from: the tier (batch and flex are half price), the cache or
-deduplication (free), or routing to a cheaper model.
+deduplication (free), or routing to a cheaper model. It counts your own calls (the Unix user
+you run as); the daemon's admins see everyone's with --all-users.
 
 The table has one row per group, largest spend first, and a total row; --json prints
 {"since", "until", "by", "total": {"spend_usd", "saved_usd", "saved_by_source", "requests",
@@ -83,6 +85,9 @@ def add_costs_command(commands: Any) -> None:
                        help="show only the N groups that spent most; the total still counts "
                        f"them all (default: {TABLE_ROWS} in the table, all with --json and "
                        "--csv; 0: all)")
+    costs.add_argument("--all-users", action="store_true",
+                       help="every user's calls, not only yours (for the daemon's admins: "
+                       "root and [daemon] admins)")
     output = costs.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--csv", action="store_true", help="print the report as CSV")
@@ -126,6 +131,8 @@ def run_costs(args: argparse.Namespace) -> int:
     from llmspool.cli import socket_path
 
     query = {"by": ",".join(args.by), "since": args.since}
+    if args.all_users:
+        query["all_users"] = "true"
     if args.until:
         query["until"] = args.until
     limit = args.limit if args.limit is not None else (

@@ -55,6 +55,16 @@ class DaemonConfig:
     shutdown_grace: float = _duration("30s")
     max_in_flight: int = 4096
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
+    # Users and groups who see and manage every user's jobs and costs (root always does).
+    admins: tuple[str, ...] = ()
+    # What one connection may hold (server/uvicorn_server.py): a request's head must arrive
+    # within header_timeout; an idle keep-alive connection closes after keepalive_timeout;
+    # heads are bounded in headers and bytes (431 beyond); past max_connections, 503.
+    header_timeout: float = _duration("10s")
+    keepalive_timeout: float = _duration("30s")
+    max_headers: int = 100
+    max_header_size: int = _size("64KiB")
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)

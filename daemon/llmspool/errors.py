@@ -7,7 +7,8 @@ The tree::
     ├── StartupError                 cannot start (socket in use by a live daemon, ...)
     └── ApiError                     anything that becomes an HTTP answer in OpenAI's error shape
         ├── InvalidRequest           400: the caller's request is wrong
-        ├── NotFound                 404: unknown path, model or provider
+        ├── PermissionDenied         403: an admin's right asked for by someone else
+        ├── NotFound                 404: unknown path, model or provider; another user's job
         ├── MethodNotAllowed         405
         ├── PayloadTooLarge          413: body over ``daemon.max_body_bytes``
         ├── UnsupportedMediaType     415: not JSON
@@ -94,6 +95,13 @@ class ApiError(LlmspoolError):
 class InvalidRequest(ApiError):
     status = 400
     type = "invalid_request_error"
+
+
+class PermissionDenied(ApiError):
+    """403: what the caller asked for is for the daemon's admins ([daemon] admins)."""
+
+    status = 403
+    type = "permission_error"
 
 
 class NotFound(ApiError):

@@ -37,6 +37,17 @@ class Caller:
     gid: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Whose work a request may see: its own (``uid``), or everyone's for an ``admin``."""
+
+    uid: int | None
+    admin: bool = False
+
+    def sees(self, owner: int | None) -> bool:
+        return self.admin or owner == self.uid
+
+
 class Abort:
     """How the front door stops a call whose client went away (the one mutable thing a
     ``Call`` carries): the dispatcher binds the cancel scope the call runs in, and ``fire``
@@ -317,10 +328,12 @@ class SubmitJob:
 
 @dataclass(frozen=True, slots=True)
 class CancelJob:
-    """Cancel what of the job has not run yet; the answer is the job's JSON or an error."""
+    """Cancel what of the job has not run yet; the answer is the job's JSON or an error (404
+    for a job ``viewer`` may not see)."""
 
     job_id: str
     reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
+    viewer: Viewer = Viewer(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +342,7 @@ class WaitForJob:
 
     job_id: str
     reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
+    viewer: Viewer = Viewer(None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,9 +114,11 @@ def start_daemon(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     wait: bool = True,
+    socket_path: Path | None = None,
 ) -> Daemon:
-    """A daemon on ``tmp_path/d.sock`` forwarding to ``upstream_url``, started and answering."""
-    socket_path = tmp_path / "d.sock"
+    """A daemon on ``socket_path`` (default ``tmp_path/d.sock``) forwarding to
+    ``upstream_url``, started and answering."""
+    socket_path = socket_path or tmp_path / "d.sock"
     state_dir = tmp_path / "state"
     config = tmp_path / "llmspool.toml"
     config.write_text(config_toml)

@@ -69,6 +69,7 @@ from llmspool.messages import (
     StoreJobResults,
     SubmitJob,
     ToBatch,
+    Viewer,
     WaitForJob,
 )
 from llmspool.planner import Planner
@@ -232,10 +233,10 @@ class JobKeeper:
         if isinstance(message, SubmitJob):
             await _answer(message.reply, await self._submit(message.job))
         elif isinstance(message, CancelJob):
-            await _answer(message.reply, await self._cancel(message.job_id))
+            await _answer(message.reply, await self._cancel(message.job_id, message.viewer))
         elif isinstance(message, WaitForJob):
             job = self._jobs.get(message.job_id)
-            if job is None:
+            if job is None or not message.viewer.sees(job.uid):
                 await _answer(message.reply, _no_such_job(message.job_id))
             elif job.status != "in_progress":
                 await _answer(message.reply, job.to_json())
@@ -390,9 +391,9 @@ class JobKeeper:
         else:
             self._wake_pump.set()
 
-    async def _cancel(self, job_id: str) -> dict[str, Any] | ApiError:
+    async def _cancel(self, job_id: str, viewer: Viewer) -> dict[str, Any] | ApiError:
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or not viewer.sees(job.uid):  # another user's job: as if unknown
             return _no_such_job(job_id)
         if job.status != "in_progress":
             answer = job.to_json()
@@ -416,11 +417,14 @@ class JobKeeper:
         return job.to_json()
 
     async def _answer_query(self, query: Query) -> None:
+        viewer: Viewer = query.params.get("viewer", Viewer(None))
         if query.what == "job":
             job = self._jobs.get(query.params["id"])
-            answer: dict[str, Any] = job.to_json() if job else {"error": "not_found"}
+            answer: dict[str, Any] = job.to_json() if job and viewer.sees(job.uid) \
+                else {"error": "not_found"}
         elif query.what == "jobs":
-            newest = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+            newest = sorted((j for j in self._jobs.values() if viewer.sees(j.uid)),
+                            key=lambda j: j.created_at, reverse=True)
             answer = {"object": "list",
                       "data": [j.to_json() for j in newest[: int(query.params.get("limit", 20))]]}
         else:

@@ -492,7 +492,9 @@ class Ledger:
         }
         if query.what == "entries":
             limit = int(query.params.get("limit", 100))
-            entries = ledger_sql.recent_entries(self._database.connection, limit)
+            entries = ledger_sql.recent_entries(
+                self._database.connection, limit, everyone=query.params.get("everyone", True),
+                uid=query.params.get("uid"))
             for entry in entries:
                 cost = entry.pop("cost_picodollars")
                 standard = entry.pop("standard_cost_picodollars")

@@ -104,7 +104,7 @@ class Intake:
         if method != "POST":
             return f"method must be POST, got {method!r}"
         url = item.get("url")
-        if url not in _ENDPOINTS:
+        if not isinstance(url, str) or url not in _ENDPOINTS:
             return f"url must be one of {', '.join(_ENDPOINTS)}, got {url!r}"
         body = item.get("body")
         if not isinstance(body, dict):

@@ -40,9 +40,10 @@ from llmspool.errors import (
 )
 from llmspool.jobs.intake import Intake
 from llmspool.jobs.model import NewJob
-from llmspool.messages import CancelJob, Query, SubmitJob, WaitForJob
+from llmspool.messages import CancelJob, Query, SubmitJob, Viewer, WaitForJob
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
+from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
@@ -64,7 +65,13 @@ def job_routes(
     max_line_size: int,
     cache_rules: CacheRules | None = None,
     on_short_deadline: str = "refuse",
+    access: Access | None = None,
 ) -> list[Route]:
+    access = access or Access(())
+
+    def viewer(request: Request) -> Viewer:
+        return access.viewer(caller_of(request.scope))
+
     def _intake(request: Request, options: dict[str, Any]) -> Intake:
         # The cache key of each line depends on the job's operation and its caller.
         operation = _operation(request, options)
@@ -105,18 +112,19 @@ def job_routes(
 
     async def list_jobs(request: Request) -> Response:
         limit = _int_param(request, "limit", 20, 1, 1000)
-        return _json(await _query(keeper, "jobs", limit=limit))
+        return _json(await _query(keeper, "jobs", limit=limit, viewer=viewer(request)))
 
     async def get_job(request: Request) -> Response:
-        return _json(await _job(keeper, request.path_params["job_id"]))
+        return _json(await _job(keeper, request.path_params["job_id"], viewer(request)))
 
     async def results(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         wait = _float_param(request, "wait", 0.0, 0.0, MAX_WAIT)
+        who = viewer(request)
         if wait > 0:
             with anyio.move_on_after(wait):
-                await _ask(keeper, lambda reply: WaitForJob(job_id, reply))
-        job = await _job(keeper, job_id)
+                await _ask(keeper, lambda reply: WaitForJob(job_id, reply, who))
+        job = await _job(keeper, job_id, who)  # 404 for a job the caller may not see
         return StreamingResponse(
             _stream_results(database_path, job_id),
             media_type="application/jsonl",
@@ -125,7 +133,8 @@ def job_routes(
 
     async def cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        return _json(await _ask(keeper, lambda reply: CancelJob(job_id, reply)))
+        who = viewer(request)
+        return _json(await _ask(keeper, lambda reply: CancelJob(job_id, reply, who)))
 
     return [
         Route("/v1/jobs", submit, methods=["POST"]),
@@ -266,8 +275,8 @@ async def _query(keeper: KeeperInbox, what: str, **params: Any) -> dict[str, Any
     return await _ask(keeper, lambda reply: Query(what, reply, params))
 
 
-async def _job(keeper: KeeperInbox, job_id: str) -> dict[str, Any]:
-    answer = await _query(keeper, "job", id=job_id)
+async def _job(keeper: KeeperInbox, job_id: str, viewer: Viewer) -> dict[str, Any]:
+    answer = await _query(keeper, "job", id=job_id, viewer=viewer)
     if answer.get("error") == "not_found":
         raise NotFound(f"no job {job_id!r} (unknown, or deleted after [jobs] retention)",
                        code="job_not_found", param="id")

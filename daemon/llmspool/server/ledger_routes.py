@@ -6,6 +6,10 @@
                                        a cost report (``llmspool.store.reports``): spend,
                                        savings by source, requests and tokens per group
                                        (with limit, only the N groups that spent most)
+    ...&all_users=true                 every user's calls (admins only, ``server/access.py``)
+
+Entries and reports count only the calls of the user asking (the socket's peer credentials);
+an admin adds ``all_users=true`` for everyone's. Today's totals and budgets stay the daemon's.
 
 A request with any of ``by``, ``since``, ``until`` or ``format`` is a report; ``since`` is a
 duration back from now (``7d``, ``24h``: the UTC day that long ago), a date ``YYYY-MM-DD`` or
@@ -28,8 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llmspool.errors import InvalidRequest
+from llmspool.errors import InvalidRequest, PermissionDenied
+from llmspool.messages import Viewer
+from llmspool.server.access import Access
 from llmspool.server.routes import QueryTarget, ask, json_response
+from llmspool.server.uvicorn_server import caller_of
 from llmspool.store.reports import (
     cost_report,
     open_reader,
@@ -39,7 +46,7 @@ from llmspool.store.reports import (
     write_csv,
 )
 
-REPORT_PARAMS = ("by", "since", "until", "format")
+REPORT_PARAMS = ("by", "since", "until", "format")  # all_users goes with either view
 FORMATS = ("json", "csv")
 
 
@@ -48,24 +55,44 @@ def ledger_routes(
     database_path: Path,
     *,
     clock: Callable[[], float] = time.time,
+    access: Access | None = None,
 ) -> list[Route]:
     """``GET /v1/ledger``: ``ledger`` is the ledger actor's inbox (for today's totals and the
     entries), ``database_path`` the SQLite file reports read."""
+    access = access or Access(())
 
     async def ledger_view(request: Request) -> Response:
         params = request.query_params
+        everyone, uid = _whose(params, access.viewer(caller_of(request.scope)))
         if any(name in params for name in REPORT_PARAMS):
-            return await _report(params, ledger, database_path, clock())
+            return await _report(params, ledger, database_path, clock(), everyone, uid)
         raw_limit = params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
             raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
-        return json_response(await ask(ledger, "entries", limit=int(raw_limit)))
+        return json_response(await ask(ledger, "entries", limit=int(raw_limit),
+                                       everyone=everyone, uid=uid))
 
     return [Route("/v1/ledger", ledger_view, methods=["GET"])]
 
 
+def _whose(params: QueryParams, viewer: Viewer) -> tuple[bool, int | None]:
+    """(every user's calls?, else whose): the caller's own, or all for an admin who asks."""
+    raw = params.get("all_users", "false").strip().lower()
+    if raw not in ("true", "1", "false", "0"):
+        raise InvalidRequest("all_users must be true or false", param="all_users")
+    if raw in ("true", "1"):
+        if not viewer.admin:
+            raise PermissionDenied(
+                "all_users is for the daemon's admins (root, and the users and groups in "
+                "[daemon] admins); without it you see your own calls",
+                param="all_users", code="admin_only")
+        return True, None
+    return False, viewer.uid
+
+
 async def _report(
-    params: QueryParams, ledger: QueryTarget, database_path: Path, now: float
+    params: QueryParams, ledger: QueryTarget, database_path: Path, now: float,
+    everyone: bool, uid: int | None,
 ) -> Response:
     output = params.get("format", "json").strip().lower()
     if output not in FORMATS:
@@ -99,7 +126,7 @@ async def _report(
     await ask(ledger, "status")
     async with open_reader(database_path) as connection:
         report = await cost_report(connection, by=by, since_day=since_day, until_day=until_day,
-                                   limit=limit)
+                                   limit=limit, everyone=everyone, uid=uid)
     if output == "csv":
         return Response(_csv_text(report), media_type="text/csv; charset=utf-8")
     return json_response(report)

@@ -21,7 +21,11 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     """A listening Unix stream socket at ``path`` with file mode ``mode``."""
     _clear_stale_socket(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            # Reachable by the socket's users whatever the daemon's umask (0077); who may
+            # connect is the socket's own mode.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o755)
     except OSError as exc:
         raise StartupError(
             f"cannot create {path.parent} for the socket: {exc.strerror}; set [daemon] socket "

@@ -340,9 +340,16 @@ async def recent_latencies(
     return [((p, m, Tier(t)), float(s)) for p, m, t, s in rows if t in _TIERS]
 
 
-def recent_entries(connection: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    """The last ``limit`` entries, newest first, as JSON-ready dicts."""
-    cursor = connection.execute("SELECT * FROM ledger_entries ORDER BY id DESC LIMIT ?",
-                                (limit,))
+def recent_entries(connection: sqlite3.Connection, limit: int, *, everyone: bool = True,
+                   uid: int | None = None) -> list[dict[str, Any]]:
+    """The last ``limit`` entries, newest first, as JSON-ready dicts: of every user, or only
+    of ``uid`` (None: calls of unknown origin)."""
+    if everyone:
+        cursor = connection.execute("SELECT * FROM ledger_entries ORDER BY id DESC LIMIT ?",
+                                    (limit,))
+    else:
+        cursor = connection.execute(
+            "SELECT * FROM ledger_entries WHERE uid IS ? ORDER BY id DESC LIMIT ?",
+            (uid, limit))
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

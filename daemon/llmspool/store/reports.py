@@ -73,6 +73,7 @@ _SUMS_SQL = (
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 UNKNOWN_USER = "unknown"
+_ALL = object()  # no user filter
 
 
 # --- parsing what a user asks for ---------------------------------------------------------------
@@ -224,6 +225,8 @@ async def cost_report(
     until_day: str | None = None,
     limit: int | None = None,
     user_name: Callable[[int], str] | None = None,
+    everyone: bool = True,
+    uid: int | None = None,
 ) -> dict[str, Any]:
     """Spend, savings, requests and tokens from ``since_day`` to ``until_day`` (UTC dates,
     inclusive; None: unbounded), grouped by the dimensions ``by`` (see ``DIMENSIONS``).
@@ -233,7 +236,8 @@ async def cost_report(
     dimensions there are no rows, only the total. ``limit`` keeps only that many rows (the
     largest spend); the total and ``row_count`` still count them all. ``user_name`` turns a uid
     into the ``user`` value (default: the local account's name, else the number;
-    ``"unknown"`` for calls of unknown origin).
+    ``"unknown"`` for calls of unknown origin). Without ``everyone``, only the calls of ``uid``
+    (None: of unknown origin) count.
     """
     dimensions = list(by)
     unknown = [name for name in dimensions if name not in _DIMENSION_SQL]
@@ -242,7 +246,7 @@ async def cost_report(
     selected = [_DIMENSION_SQL[name] for name in dimensions]
     # The source is always selected, to split savings even when rows are not grouped by it.
     columns = [*selected, _SOURCE_SQL]
-    where, params = _day_range(since_day, until_day)
+    where, params = _day_range(since_day, until_day, _ALL if everyone else uid)
     group = ", ".join(str(position) for position in range(1, len(columns) + 1))
     sql = f"SELECT {', '.join(columns)}, {_SUMS_SQL} FROM ledger_rollup{where} GROUP BY {group}"
     cursor = await connection.execute(sql, params)
@@ -284,7 +288,8 @@ async def cost_report(
         row.update(sums.to_json())
         rows.append(row)
     # Calls a crash hid the outcome of, billed at their reservation (a few rows: indexed).
-    unknown_where, unknown_params = _day_range(since_day, until_day)
+    unknown_where, unknown_params = _day_range(since_day, until_day, _ALL if everyone else uid,
+                                               rollup=False)
     unknown_where = (unknown_where + " AND" if unknown_where else " WHERE") + \
         " flag = 'unknown_outcome'"
     cursor = await connection.execute(
@@ -309,8 +314,19 @@ async def cost_report(
     }
 
 
-def _day_range(since_day: str | None, until_day: str | None) -> tuple[str, list[str]]:
-    conditions, params = [], []
+def _day_range(since_day: str | None, until_day: str | None, uid: Any = _ALL, *,
+               rollup: bool = True) -> tuple[str, list[Any]]:
+    """The WHERE clause for a day range, and for one user's calls unless ``uid`` is ``_ALL``
+    (the rollup counts unknown callers as uid -1, the entries as NULL)."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if uid is not _ALL:
+        if rollup:
+            conditions.append("uid = ?")
+            params.append(-1 if uid is None else uid)
+        else:
+            conditions.append("uid IS ?")
+            params.append(uid)
     if since_day is not None:
         conditions.append("day >= ?")
         params.append(since_day)
