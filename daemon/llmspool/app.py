@@ -79,6 +79,7 @@ from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
+ACTOR_EXTRA_GRACE = 3.0  # seconds the actors get after the front door's grace, to store results
 
 QUEUE_BUFFER = 256
 LEDGER_BUFFER = 4096
@@ -142,6 +143,8 @@ class Daemon:
         self._environ = dict(os.environ if environ is None else environ)
         self._extra_plugins = tuple(extra_plugins)
         self._server: EmbeddedServer | None = None
+        self._forwarder: Forwarder | None = None
+        self._stop_deadline: float | None = None  # anyio time at which the stop's grace ends
         self._listener: Listener | None = None
         self._dispatch_control: MemoryObjectSendStream[Call | Query | NewPrices] | None = None
         self._poller_control: MemoryObjectSendStream[PollerMessage] | None = None
@@ -284,7 +287,7 @@ class Daemon:
         cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
         # Who may see which jobs and costs: their owners, and [daemon] admins.
         access = Access(config.daemon.admins)
-        forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
+        forwarder = self._forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
                               cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
         app = build_app(
@@ -380,7 +383,11 @@ class Daemon:
         # still inside the actors gets the grace period again, then is cancelled.
         for sender in senders:
             await sender.aclose()
-        actors_scope.deadline = anyio.current_time() + self.config.daemon.shutdown_grace
+        # The whole stop takes the grace and a little more: deferred calls still running then
+        # are cancelled and stay queued (sent again at the next start).
+        stop_at = self._stop_deadline if self._stop_deadline is not None else \
+            anyio.current_time() + self.config.daemon.shutdown_grace
+        actors_scope.deadline = max(anyio.current_time() + 1.0, stop_at + ACTOR_EXTRA_GRACE)
 
     async def _handle_signals(self, notifier: systemd.Notifier) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -393,6 +400,11 @@ class Daemon:
                 log.info("received %s; finishing requests in flight, then stopping",
                          signal.Signals(signum).name)
                 notifier.stopping()
+                # Calls still waiting at the end of the grace get 503 daemon_stopping; the
+                # actors get a few seconds more, then stop (deferred work stays queued).
+                self._stop_deadline = anyio.current_time() + self.config.daemon.shutdown_grace
+                if self._forwarder is not None:
+                    self._forwarder.stop_clock.stop_at(self._stop_deadline)
                 if self._server is not None:
                     self._server.should_exit = True
 

@@ -80,6 +80,7 @@ from llmspool.units import format_duration
 from llmspool.wire import SseMeter, claimed_tier_of, served_tier_of, usage_of
 
 log = logging.getLogger(__name__)
+_LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue
 
 # Upstream headers a client may rely on; the rest (rate limits, cookies) are the daemon's.
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
@@ -295,12 +296,15 @@ class Dispatcher:
                 self._handed_over.discard(call.request_id)
                 admitted = False
             if admitted:
-                # Ends the reservation if the call settled nothing (a no-op if it did).
-                with anyio.CancelScope(shield=True):
+                # Ends the reservation if the call settled nothing (a no-op if it did). At the
+                # end of a stop the ledger may be gone: the reservation then stays in the store
+                # and the next start bills it as an unknown outcome.
+                with anyio.CancelScope(shield=True), contextlib.suppress(*_LEDGER_GONE):
                     await self._ledger.send(Release(call.request_id))
             call.reply.close()
             self._in_flight -= 1
-            self._freed.send_nowait(SlotFreed(call.request_id))
+            with contextlib.suppress(*_LEDGER_GONE):  # the queue is gone at the end of a stop
+                self._freed.send_nowait(SlotFreed(call.request_id))
 
     async def _admit(self, call: Call, tier: Tier) -> bool:
         """Apply the unknown-model policy, and reserve the call's worst cost with the ledger.

@@ -8,11 +8,13 @@ model name, or a streamed chat completion whose usage the daemon needs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -93,6 +95,7 @@ class Forwarder:
         self._max_body_size = max_body_size
         # Unique across restarts (the ledger keys on it) without a uuid4 per request.
         self._id_prefix = f"llmspool-{secrets.token_hex(6)}-"
+        self.stop_clock = StopClock()
         self._id_counter = itertools.count(1)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -123,7 +126,7 @@ class Forwarder:
             span.end()
             raise
         try:
-            first = await _first_reply(request, call, replies)
+            first = await _first_reply(request, call, replies, self.stop_clock)
         except anyio.EndOfStream:
             first = Failure(_shutting_down())
         except BaseException:
@@ -328,24 +331,59 @@ async def _relay(
             return
 
 
+class StopClock:
+    """When the daemon stops, the moment calls still waiting for their first reply give up:
+    each then ends with 503 ``daemon_stopping`` (its upstream call stopped) instead of being
+    cut off with nothing when the server closes its connections."""
+
+    def __init__(self) -> None:
+        self._deadline = math.inf
+        self._waiting: set[anyio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[anyio.CancelScope]:
+        scope = anyio.CancelScope(deadline=self._deadline)
+        self._waiting.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._waiting.discard(scope)
+
+    def stop_at(self, deadline: float) -> None:
+        """Calls waiting now or later give up at ``deadline`` (``anyio.current_time()``)."""
+        self._deadline = deadline
+        for scope in self._waiting:
+            scope.deadline = deadline
+
+
 async def _first_reply(
-    request: Request, call: Call, replies: MemoryObjectReceiveStream[Reply]
+    request: Request, call: Call, replies: MemoryObjectReceiveStream[Reply], stop: StopClock,
 ) -> Reply:
     """The call's first reply; if the client disconnects before it, the call is aborted (its
-    upstream call stops, its reservation is released) and the stream ends."""
-    async with anyio.create_task_group() as group:
+    upstream call stops, its reservation is released) and the stream ends. A call still
+    waiting when the daemon's stop runs out of grace is aborted and answered 503."""
+    first: Reply | None = None
+    with stop.waiting() as waiting:
+        async with anyio.create_task_group() as group:
 
-        async def watch_for_disconnect() -> None:
-            # The body is read, so the next ASGI message is the client going away.
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            call.abort.fire()
+            async def watch_for_disconnect() -> None:
+                # The body is read, so the next ASGI message is the client going away.
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                call.abort.fire()
 
-        group.start_soon(watch_for_disconnect)
-        try:
-            first = await replies.receive()
-        finally:
-            group.cancel_scope.cancel()
+            group.start_soon(watch_for_disconnect)
+            try:
+                first = await replies.receive()
+            finally:
+                group.cancel_scope.cancel()
+    if first is None or waiting.cancelled_caught:
+        call.abort.fire()
+        return Failure(ServiceUnavailable(
+            "llmspool is stopping and this call did not finish within [daemon] "
+            "shutdown_grace; it was stopped upstream, send it again",
+            retry_after=5.0, code="daemon_stopping"))
     return first
 
 

@@ -191,7 +191,9 @@ def build_server(app: Any, *, graceful_shutdown: float,
         lifespan="off",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=max(1, round(graceful_shutdown)),
+        # Calls still waiting at the grace's end are answered 503 by the forwarder; uvicorn
+        # cuts what is left (a stream mid-way) a little later.
+        timeout_graceful_shutdown=max(1, round(graceful_shutdown + 2)),
         timeout_keep_alive=max(1, round(keepalive_timeout)),
         backlog=2048,
         server_header=False,
