@@ -18,6 +18,7 @@ Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -172,9 +173,27 @@ def _run_daemon(args: argparse.Namespace) -> int:
     # Everything the daemon writes (databases, batch files) holds prompts, answers and costs:
     # its owner's alone, as systemd's UMask=0077 makes it; the socket's mode is set on its own.
     os.umask(0o077)
+    _return_big_buffers_at_once()
     daemon = Daemon(config, config_path=args.config)
     anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
     return 0
+
+
+def _return_big_buffers_at_once() -> None:
+    """Keep request bodies out of the heap, so that memory a big or bad body took goes back to
+    the system when it is freed. glibc raises its mmap threshold each time a large block is
+    freed; after a few large bodies, later ones come from the heap, whose freed space RSS keeps
+    (measured: 148 malformed 5 MB bodies left RSS 100 MB higher). A fixed threshold of 128 KiB
+    keeps every block that large in a mapping of its own, unmapped when freed."""
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3  # glibc's malloc.h
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy stands
+        ctypes.CDLL(name).mallopt(m_mmap_threshold, 128 * 1024)
 
 
 def _run_demo(_args: argparse.Namespace) -> int:

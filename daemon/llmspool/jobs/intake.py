@@ -12,7 +12,7 @@ The JSON form (``{"requests": [...]}``) takes the same items, with ``custom_id``
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -48,6 +48,33 @@ class Intake:
             if len(raw) > self._max_line_size:
                 self._refuse(number, None, f"the line is {len(raw)} bytes, over the limit of "
                              f"{self._max_line_size} ([jobs] max_line_size)")
+                continue
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                self._refuse(number, None, f"not valid JSON: {exc}")
+                continue
+            self._add(number, item, numbered=False)
+
+    def add_jsonl_file(self, file: IO[bytes]) -> None:
+        """Every line of a Batch input file read from ``file`` a line at a time: a line over
+        ``max_line_size`` is refused without being held in memory."""
+        number = 0
+        limit = self._max_line_size
+        while True:
+            raw = file.readline(limit + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line
+                    raw = file.readline(1 << 20)
+                    size += len(raw)
+                self._refuse(number, None, f"the line is {size} bytes or more, over the limit "
+                             f"of {limit} ([jobs] max_line_size)")
+                continue
+            if not raw.strip():
                 continue
             try:
                 item = orjson.loads(raw)

@@ -44,7 +44,7 @@ from llmspool.messages import CancelJob, Query, SubmitJob, Viewer, WaitForJob
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
 from llmspool.server.access import Access
-from llmspool.server.bodies import read_limited
+from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
 from llmspool.tracing import current_traceparent
@@ -66,8 +66,10 @@ def job_routes(
     cache_rules: CacheRules | None = None,
     on_short_deadline: str = "refuse",
     access: Access | None = None,
+    spool_directory: Path | None = None,
 ) -> list[Route]:
     access = access or Access(())
+    spool_directory = spool_directory or database_path.parent
 
     def viewer(request: Request) -> Viewer:
         return access.viewer(caller_of(request.scope))
@@ -81,14 +83,19 @@ def job_routes(
 
     async def submit(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        data = await read_limited(request, max_upload_size, _upload_too_large)
         if content_type in _JSONL_TYPES:
             options: dict[str, Any] = dict(request.query_params)
             options["tags"] = {k[4:]: v for k, v in request.query_params.items()
                                if k.startswith("tag.")}
             intake = _intake(request, options)
-            await anyio.to_thread.run_sync(intake.add_jsonl, data)
+            # On disk as it arrives, checked a line at a time: an upload of any size (or one
+            # refused) costs a chunk of memory, not its size.
+            spool = await spool_limited(request, max_upload_size, _upload_too_large,
+                                        spool_directory)
+            with spool:
+                await anyio.to_thread.run_sync(intake.add_jsonl_file, spool)
         elif content_type in ("application/json", ""):
+            data = await read_limited(request, max_upload_size, _upload_too_large)
             options = _json_options(data)
             intake = _intake(request, options)
             await anyio.to_thread.run_sync(intake.add_items, options["requests"])

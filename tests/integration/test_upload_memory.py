@@ -1,0 +1,105 @@
+"""Hostile uploads cost no memory: a 1 GB chunked upload (refused past ``[jobs]
+max_upload_size``), 100 MB of bad JSONL lines, and a run of malformed 5 MB bodies each raise
+the daemon's RSS by at most 64 MiB above idle while they last, and leave nothing behind."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from tests.support.processes import Daemon, Sim, UnixHTTPConnection, start_daemon, unix_request
+
+MIB = 1 << 20
+ALLOWED = 64 * MIB
+GOOD = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def rss(daemon: Daemon) -> int:
+    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class PeakRss:
+    """The highest RSS of the daemon seen while the block runs (sampled every 10 ms)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss(self._daemon))
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def post_stream(daemon: Daemon, path: str, chunks: Iterator[bytes],
+                content_type: str) -> int | None:
+    """POST a chunked body; the status, or None if the daemon closed the connection first."""
+    connection = UnixHTTPConnection(daemon.socket_path, timeout=120)
+    try:
+        connection.request("POST", path, body=chunks, encode_chunked=True,
+                           headers={"content-type": content_type,
+                                    "transfer-encoding": "chunked"})
+        return connection.getresponse().status
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        return None
+    finally:
+        connection.close()
+
+
+def test_uploads_and_bad_bodies_cost_no_memory(tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        for _ in range(3):  # warm: imports, pools, the tokenizer
+            assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,
+                                {"content-type": "application/json"})[0] == 200
+        time.sleep(1.0)
+        idle = rss(daemon)
+
+        line = b'{"custom_id": "x", "not": "a batch line"}\n' * (MIB // 42)
+        with PeakRss(daemon) as big:
+            status = post_stream(daemon, "/v1/jobs?deadline=1h", (line for _ in range(1024)),
+                                 "application/jsonl")
+        assert status in (413, None)
+        with PeakRss(daemon) as bad_lines:
+            status = post_stream(daemon, "/v1/jobs?deadline=1h", (line for _ in range(100)),
+                                 "application/jsonl")
+        assert status == 400
+        malformed = b'{"model": "gpt-4o-mini", "messages": [' + b"1," * (5 * MIB // 2)
+        with PeakRss(daemon) as bodies:
+            for _ in range(30):
+                status, _answer = unix_request(daemon.socket_path, "POST",
+                                               "/v1/chat/completions", malformed,
+                                               {"content-type": "application/json"})
+                assert status == 400
+        time.sleep(0.5)
+        after = rss(daemon)
+        assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,
+                            {"content-type": "application/json"})[0] == 200
+    finally:
+        daemon.terminate()
+    figures = {"idle MiB": idle / MIB, "1 GB upload peak": big.peak / MIB,
+               "100 MB bad lines peak": bad_lines.peak / MIB,
+               "malformed bodies peak": bodies.peak / MIB, "after": after / MIB}
+    print(figures)  # shown with pytest -s
+    assert big.peak - idle <= ALLOWED, figures
+    assert bad_lines.peak - idle <= ALLOWED, figures
+    assert bodies.peak - idle <= ALLOWED, figures
+    assert after - idle <= ALLOWED // 4, figures
