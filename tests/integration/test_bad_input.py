@@ -4,6 +4,7 @@ daemon keeps serving (a normal request succeeds after every one of them)."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import openai
@@ -15,6 +16,7 @@ from tests.support.processes import (
     Sim,
     openai_client,
     start_daemon,
+    start_sim,
     stop_process,
     unix_request,
 )
@@ -126,6 +128,29 @@ def test_client_that_vanishes_mid_request_does_not_hurt(daemon: Daemon) -> None:
             sock.connect(str(daemon.socket_path))
             sock.sendall(junk)
     assert_still_serving(daemon)
+
+
+def test_a_client_that_leaves_before_its_answer_is_no_error(tmp_path: Path) -> None:
+    # The upstream takes half a second: each client sends its whole request (plain, or a
+    # stream) and leaves before the answer. Its call is stopped; nothing is logged as an error.
+    sim = start_sim(tmp_path, '[sim]\nlatency = "500ms"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        for body in (GOOD, orjson.dumps({**orjson.loads(GOOD), "stream": True})):
+            for _ in range(3):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.connect(str(daemon.socket_path))
+                    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                                 b"content-type: application/json\r\ncontent-length: %d"
+                                 b"\r\n\r\n%s" % (len(body), body))
+                    time.sleep(0.05)
+        time.sleep(1.0)
+        assert_still_serving(daemon)
+        log = daemon.log()
+        assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    finally:
+        daemon.terminate()
+        stop_process(sim.process)
 
 
 def _raw_http(path: Path, request: bytes) -> bytes:

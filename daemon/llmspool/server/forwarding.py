@@ -364,6 +364,7 @@ async def _first_reply(
     upstream call stops, its reservation is released) and the stream ends. A call still
     waiting when the daemon's stop runs out of grace is aborted and answered 503."""
     first: Reply | None = None
+    ended = False
     with stop.waiting() as waiting:
         async with anyio.create_task_group() as group:
 
@@ -376,8 +377,12 @@ async def _first_reply(
             group.start_soon(watch_for_disconnect)
             try:
                 first = await replies.receive()
+            except anyio.EndOfStream:
+                ended = True  # aborted (its client left) or the daemon is stopping
             finally:
                 group.cancel_scope.cancel()
+    if ended:
+        raise anyio.EndOfStream  # outside the task group: not wrapped in an exception group
     if first is None or waiting.cancelled_caught:
         call.abort.fire()
         return Failure(ServiceUnavailable(
