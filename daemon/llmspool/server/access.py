@@ -7,7 +7,7 @@ and manage everything: root always, and the users and groups named in ``[daemon]
 (a member of a group counts by its primary group or its supplementary groups).
 
 Names are resolved when the daemon starts; a name that matches no user or group is logged and
-ignored (an account created later counts after a restart or a SIGHUP).
+ignored (an account created later counts after a restart).
 """
 
 from __future__ import annotations
