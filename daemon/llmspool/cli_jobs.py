@@ -10,8 +10,8 @@
 
 Standard output carries only what a script captures: the job id (``JOB=$(llmspool submit f)``),
 the results, a report or ``--json``. Progress bars, rejected lines and messages go to standard
-error, and bars only to a terminal. Any failure to reach the daemon or an unknown job id is one
-line on standard error and exit status 1.
+error, and bars only to a terminal. An unknown job id is one line on standard error and exit
+status 1; no daemon on the socket, one line and exit status 4 (a script may retry later).
 
 This module imports nothing heavy at import time: ``cli.py`` imports it to build the parser,
 and ``llmspool --help`` should stay fast.
@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 # Exit statuses of `wait` (and `submit --wait`), documented in its --help.
 EXIT_OK = 0
-EXIT_FAILED = 1  # some request failed; also any error reaching the daemon
+EXIT_FAILED = 1  # some request failed; also an error the daemon answered (unknown job...)
 EXIT_TIMEOUT = 2
 EXIT_CANCELLED = 3
+EXIT_UNREACHABLE = 4  # no daemon answers on the socket: retrying later may help
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 EXIT_BROKEN_PIPE = 141  # and for SIGPIPE
 
@@ -82,13 +83,15 @@ def _add_submit(commands: Any) -> None:
         "request done by --deadline at the lowest cost it can. FILE '-' reads standard input. "
         "A bar shows the upload of a large file when standard error is a terminal.",
         epilog="exit status: 0 when the job was accepted; with --wait, as `llmspool wait` "
-        "(0 all succeeded, 1 some failed, 2 timed out, 3 cancelled); 1 when the file was "
+        "(0 all succeeded, 1 some failed, 2 timed out, 3 cancelled); 4 when no daemon answers; "
+        "1 when the file was "
         "refused (every bad line is listed) or the daemon cannot be reached.",
     )
     submit.add_argument("file", metavar="FILE", help="the Batch input file (JSONL), or '-'")
-    submit.add_argument("--deadline", default="24h", metavar="WHEN",
+    submit.add_argument("--deadline", metavar="WHEN",
                         help="when the answers are needed: a duration from now (10m, 6h, 1h30m) "
-                        "or an ISO-8601 time with offset (default: 24h)")
+                        "or an ISO-8601 time with offset (default: the operation's deadline, "
+                        "else the daemon's [jobs] default_deadline, 24h)")
     submit.add_argument("--operation", metavar="NAME",
                         help="what the work is for (reports and budgets group by it)")
     submit.add_argument("--tag", action="append", default=[], type=_tag, metavar="KEY=VALUE",
@@ -118,7 +121,8 @@ def _add_wait(commands: Any) -> None:
         description="Block until job JOB is completed or cancelled, with a bar of finished "
         "requests when standard error is a terminal, then say how it went.",
         epilog="exit status: 0 completed with no failed request; 1 some request failed (or "
-        "the job or the daemon cannot be found); 2 --timeout ran out; 3 the job was cancelled.",
+        "the job cannot be found); 2 --timeout ran out; 3 the job was cancelled; 4 no daemon "
+        "answers on the socket.",
     )
     wait.add_argument("job", metavar="JOB", help="the job id (job_...)")
     wait.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -176,13 +180,17 @@ def _add_jobs(commands: Any) -> None:
 
 
 def _guarded(run: Run) -> Run:
-    """Turn the client's errors into one line on standard error and exit status 1."""
+    """Turn the client's errors into one line on standard error and exit status 1 (4 when no
+    daemon answers)."""
 
     def guarded(args: argparse.Namespace) -> int:
-        from llmspool.client import SpoolError
+        from llmspool.client import DaemonNotRunning, SpoolError
 
         try:
             return run(args)
+        except DaemonNotRunning as exc:
+            _report_error(exc)
+            return EXIT_UNREACHABLE
         except SpoolError as exc:
             _report_error(exc)
             return EXIT_FAILED

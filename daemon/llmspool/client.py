@@ -353,18 +353,16 @@ def deadline_text(deadline: Deadline) -> str:
 def submit_payload(
     submission: Submission,
     *,
-    deadline: Deadline,
+    deadline: Deadline | None,
     operation: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_error: OnError = "reject",
     best_effort: bool = False,
 ) -> Json:
     """The JSON body of ``POST /v1/jobs`` for these items."""
-    payload: Json = {
-        "requests": submission.items,
-        "deadline": deadline_text(deadline),
-        "on_error": on_error,
-    }
+    payload: Json = {"requests": submission.items, "on_error": on_error}
+    if deadline is not None:  # None: the daemon's default (its operation's, or [jobs])
+        payload["deadline"] = deadline_text(deadline)
     if best_effort:
         payload["on_short_deadline"] = "best_effort"
     if operation is not None:
@@ -591,7 +589,7 @@ class Spool:
         self,
         request_or_requests: Mapping[str, Any] | Iterable[Mapping[str, Any]],
         *,
-        deadline: Deadline = "6h",
+        deadline: Deadline | None = None,
         operation: str | None = None,
         tags: Mapping[str, str] | None = None,
         endpoint: str = DEFAULT_ENDPOINT,
@@ -611,7 +609,7 @@ class Spool:
         self,
         source: bytes | os.PathLike[str] | AsyncIterable[bytes],
         *,
-        deadline: Deadline | None = "6h",
+        deadline: Deadline | None = None,
         operation: str | None = None,
         tags: Mapping[str, str] | None = None,
         on_error: OnError = "reject",
@@ -823,7 +821,7 @@ class SyncSpool:
         self,
         request_or_requests: Mapping[str, Any] | Iterable[Mapping[str, Any]],
         *,
-        deadline: Deadline = "6h",
+        deadline: Deadline | None = None,
         operation: str | None = None,
         tags: Mapping[str, str] | None = None,
         endpoint: str = DEFAULT_ENDPOINT,
@@ -843,7 +841,7 @@ class SyncSpool:
         self,
         source: bytes | os.PathLike[str] | Iterable[bytes],
         *,
-        deadline: Deadline | None = "6h",
+        deadline: Deadline | None = None,
         operation: str | None = None,
         tags: Mapping[str, str] | None = None,
         on_error: OnError = "reject",

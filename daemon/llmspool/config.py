@@ -360,6 +360,11 @@ def load_config(
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{file_path} is not valid TOML: {exc}") from exc
+        except OSError as exc:  # unreadable: permissions (the service user), a directory...
+            raise ConfigError(
+                "config", f"cannot read {file_path}: {exc.strerror or exc}; the user running "
+                "the daemon needs read access to it (e.g. chgrp llmspool and chmod 0640 it, "
+                "and 0750 on its directory)") from None
     _apply_env_overrides(table, env)
     return config_from_table(table)
 

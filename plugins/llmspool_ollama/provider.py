@@ -15,9 +15,11 @@ request bytes go out as they came, the answer comes back raw) and the one contro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -28,11 +30,25 @@ from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_ollama._errors import openai_error_body, unreachable
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"
 """Where ``ollama serve`` listens by default; used when ``base_url`` is empty."""
 
 _SERVICE_TIER = b'"service_tier"'
 _PASSED_ERROR_HEADERS = ("retry-after",)
+
+
+def openai_base_url(base_url: str) -> str:
+    """Ollama's OpenAI-compatible API lives under ``/v1``: its usual address without a path
+    (``http://127.0.0.1:11434``, as Ollama's own docs give it) means that, rather than 404 on
+    every call at the moment a failover needs it. A URL with a path is used as it is."""
+    url = base_url.rstrip("/")
+    if not urlsplit(url).path:
+        log.info("Ollama base_url %s has no path; using %s/v1 (its OpenAI-compatible API)",
+                 url, url)
+        url += "/v1"
+    return url
 
 
 class _OllamaAnswer:
@@ -77,7 +93,7 @@ class OllamaProvider:
         self.name = settings.name
         self._config = settings.config
         self._api_key = settings.api_key
-        self._base_url = (settings.config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._base_url = openai_base_url(settings.config.base_url or DEFAULT_BASE_URL)
         self._session: aiohttp.ClientSession | None = None
         self._connections = ConnectionCounter()
 

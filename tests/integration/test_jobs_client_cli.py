@@ -311,7 +311,7 @@ def test_commands_say_where_they_looked_when_no_daemon_runs(tmp_path: Path) -> N
             python_command(*args, "--socket", str(socket)), capture_output=True, text=True,
             timeout=30,
         )
-        assert answered.returncode == 1
+        assert answered.returncode == 4  # not 1: "some request failed" means something else
         assert str(socket) in answered.stderr
         assert "not running" in answered.stderr
 
@@ -397,6 +397,22 @@ def test_sync_client_one_liner_and_batch_items(daemon: Daemon) -> None:
         cancelled = handle.cancel()
         assert "nothing to cancel" in cancelled["message"]
         assert cancelled["status"] == "completed"
+
+
+def test_the_client_and_the_cli_leave_the_default_deadline_to_the_daemon(
+        daemon: Daemon, tmp_path: Path) -> None:
+    # One default everywhere: the daemon's [jobs] default_deadline (24 h), not the client's own.
+    with SyncSpool(str(daemon.socket_path)) as spool:
+        submitted = spool.submit([{"custom_id": "d", "url": "/v1/chat/completions",
+                                   "body": chat_body("when?")}]).submitted
+        jsonl = spool.submit_jsonl(batch_line("e")).submitted
+    job_id = llmspool(daemon, "submit", str(write_jsonl(tmp_path / "f.jsonl", ["f"]))).stdout
+    _status, by_cli = daemon.get(f"/v1/jobs/{job_id.strip()}")
+    for job in (submitted, jsonl, by_cli):
+        assert job["deadline_at"] - job["created_at"] == pytest.approx(24 * 3600, abs=5)
+    with SyncSpool(str(daemon.socket_path)) as spool:
+        for job_id in (submitted["id"], jsonl["id"], by_cli["id"]):
+            spool.job(job_id).cancel()
 
 
 def test_sync_client_jsonl_upload_and_results_stream(daemon: Daemon, tmp_path: Path) -> None:

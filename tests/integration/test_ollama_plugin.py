@@ -29,6 +29,7 @@ from llmspool.config import ProviderConfig
 from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.provider import Provider, ProviderSettings, UpstreamRequest
 from llmspool_ollama import OllamaProvider
+from llmspool_ollama.provider import openai_base_url
 from llmspool_openai import OpenAIProvider
 
 from tests.support.processes import (
@@ -87,7 +88,8 @@ def start_stack(root: Path) -> Stack:
         "[providers.openai]\n\n"  # base_url from OPENAI_BASE_URL: the OpenAI simulator
         "[providers.ollama]\n"
         'plugin = "ollama"\n'
-        f'base_url = "{ollama_sim.url}"\n'
+        # Ollama's usual address, without /v1 (as its docs give it): the plugin adds /v1.
+        f'base_url = "{ollama_sim.base}"\n'
         'api_key_env = ""\n'
         'models = ["llama3.2", "mistral", "nomic-embed-text"]\n'
     )
@@ -415,3 +417,14 @@ def test_no_ollama_listening_is_unreachable() -> None:
     error = anyio.run(run)
     assert (error.status, error.code) == (502, "upstream_unreachable")
     assert "ollama serve" in error.message
+
+
+@pytest.mark.parametrize(("given", "used"), [
+    ("http://127.0.0.1:11434", "http://127.0.0.1:11434/v1"),
+    ("http://127.0.0.1:11434/", "http://127.0.0.1:11434/v1"),
+    ("http://127.0.0.1:11434/v1/", "http://127.0.0.1:11434/v1"),
+    ("http://gpu-box:8080/ollama/v1", "http://gpu-box:8080/ollama/v1"),
+])
+def test_a_base_url_without_a_path_means_the_openai_compatible_api(given: str,
+                                                                   used: str) -> None:
+    assert openai_base_url(given) == used

@@ -119,3 +119,17 @@ def test_daemon_refuses_a_bad_config_with_the_key_named(tmp_path: Path) -> None:
     )
     assert result.returncode == 78  # EX_CONFIG: systemd does not restart it
     assert "daemon.shutdown_grace" in result.stderr and "90s" in result.stderr
+
+
+def test_a_config_the_daemon_cannot_read_exits_78_with_one_line(tmp_path: Path) -> None:
+    # A directory stands for a file the service user may not read (root reads any file).
+    result = subprocess.run(
+        [sys.executable, "-m", "llmspool", "daemon", "--config", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"cannot read {tmp_path}" in line and "read access" in line
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path, environ={})
