@@ -11,7 +11,7 @@ The JSON form (``{"requests": [...]}``) takes the same items, with ``custom_id``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import IO, Any
 
 import orjson
@@ -41,20 +41,6 @@ class Intake:
         self.lines: list[JobLine] = []
         self.errors: list[LineError] = []  # the first MAX_REPORTED_ERRORS of them
         self.refused = 0
-
-    def add_jsonl(self, data: bytes) -> None:
-        """Every line of a Batch input file (blank lines are skipped)."""
-        for number, raw in _numbered_lines(data):
-            if len(raw) > self._max_line_size:
-                self._refuse(number, None, f"the line is {len(raw)} bytes, over the limit of "
-                             f"{self._max_line_size} ([jobs] max_line_size)")
-                continue
-            try:
-                item = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                self._refuse(number, None, f"not valid JSON: {exc}")
-                continue
-            self._add(number, item, numbered=False)
 
     def add_jsonl_file(self, file: IO[bytes]) -> None:
         """Every line of a Batch input file read from ``file`` a line at a time: a line over
@@ -147,18 +133,3 @@ class Intake:
         self.refused += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(LineError(number, custom_id, message))
-
-
-def _numbered_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    start = 0
-    number = 0
-    length = len(data)
-    while start < length:
-        end = data.find(b"\n", start)
-        if end < 0:
-            end = length
-        number += 1
-        raw = data[start:end]
-        start = end + 1
-        if raw.strip():
-            yield number, raw
