@@ -42,6 +42,7 @@ from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.actors.request_queue import RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
+from llmspool.batch_api.service import BatchApi
 from llmspool.batches.context import BatchContext
 from llmspool.billing import PriceBook, load_price_book
 from llmspool.cache.front import CacheFront
@@ -53,6 +54,7 @@ from llmspool.config import Config, ProviderConfig, load_config
 from llmspool.crashpoints import CrashPoints
 from llmspool.errors import ConfigError
 from llmspool.estimate import TokenEstimator
+from llmspool.jobs.submission import JobSubmission
 from llmspool.messages import BatchLinesDone, Call, NewPrices, Query, SlotFreed
 from llmspool.planner import LatencyBook, Planner, default_latencies
 from llmspool.plugins import load_provider_kinds
@@ -62,6 +64,7 @@ from llmspool.resilience.limits import LimitSettings, RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.routing import ModelRouter
 from llmspool.server.access import Access
+from llmspool.server.batch_api_routes import batch_api_routes
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
 from llmspool.server.ledger_routes import ledger_routes
@@ -290,6 +293,12 @@ class Daemon:
         forwarder = self._forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
                               cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
+        # POST /v1/jobs and POST /v1/batches make jobs the same way.
+        submission = JobSubmission(keeper_in, router, planner,
+                                   max_line_size=config.jobs.max_line_size,
+                                   cache_rules=cache_rules,
+                                   on_short_deadline=config.jobs.on_short_deadline)
+        batch_api = BatchApi(config.state_path, submission, config.files)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -297,14 +306,9 @@ class Daemon:
              "batches": poller_in},
             started_at=time.time(),
             extra_routes=[
-                *job_routes(
-                    keeper_in, router, planner, config.state_path / DATABASE_NAME,
-                    max_upload_size=config.jobs.max_upload_size,
-                    max_line_size=config.jobs.max_line_size,
-                    cache_rules=cache_rules,
-                    on_short_deadline=config.jobs.on_short_deadline,
-                    access=access,
-                ),
+                *job_routes(submission, config.state_path / DATABASE_NAME,
+                            max_upload_size=config.jobs.max_upload_size, access=access),
+                *batch_api_routes(batch_api, access),
                 *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access),
             ],
         )
@@ -320,6 +324,8 @@ class Daemon:
         async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:
             cleanup.callback(cache_front.close)
             services.start_soon(self._handle_signals, notifier)
+            # Files and batch objects; its watchers wait on the keeper until the very end.
+            await services.start(batch_api.run)
             async with anyio.create_task_group() as actors:
                 await actors.start(ledger.run)
                 await actors.start(dispatcher.run)

@@ -142,6 +142,15 @@ class JobsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesConfig:
+    """``[files]``: OpenAI's Files and Batches API on the socket (``/v1/files``,
+    ``/v1/batches``), served by jobs."""
+
+    max_size: int = _size("200MB")
+    retention: float = _duration("30d")
+
+
+@dataclass(frozen=True, slots=True)
 class BatchConfig:
     """``[batch]``: OpenAI's Batch API, half price for work that can wait hours."""
 
@@ -313,6 +322,7 @@ class Config:
     flex: FlexConfig = field(default_factory=FlexConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     operations: Mapping[str, OperationConfig] = field(default_factory=dict)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
@@ -395,6 +405,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         flex=_section(FlexConfig, _table_at(table, "flex", "flex"), "flex"),
         planner=_section(PlannerConfig, _table_at(table, "planner", "planner"), "planner"),
         jobs=_section(JobsConfig, _table_at(table, "jobs", "jobs"), "jobs"),
+        files=_section(FilesConfig, _table_at(table, "files", "files"), "files"),
         batch=_section(BatchConfig, _table_at(table, "batch", "batch"), "batch"),
         operations=operations,
         budgets=_budgets(_table_at(table, "budgets", "budgets")),
@@ -414,6 +425,7 @@ def config_to_table(config: Config) -> dict[str, Any]:
         "flex": _section_to_table(config.flex),
         "planner": _section_to_table(config.planner),
         "jobs": _section_to_table(config.jobs),
+        "files": _section_to_table(config.files),
         "batch": _section_to_table(config.batch),
         "operations": {name: _section_to_table(o) for name, o in config.operations.items()},
         "budgets": _budgets_to_table(config.budgets),

@@ -31,8 +31,9 @@ class Intake:
 
     def __init__(self, router: ModelRouter, *, max_line_size: int,
                  cache_rules: CacheRules | None = None, operation: str | None = None,
-                 uid: int | None = None) -> None:
+                 uid: int | None = None, endpoint: Endpoint | None = None) -> None:
         self._router = router
+        self._endpoint = endpoint  # a Batch API batch: every line must name its endpoint
         self._cache_rules = cache_rules
         self._operation = operation
         self._uid = uid
@@ -58,14 +59,14 @@ class Intake:
                     raw = file.readline(1 << 20)
                     size += len(raw)
                 self._refuse(number, None, f"the line is {size} bytes or more, over the limit "
-                             f"of {limit} ([jobs] max_line_size)")
+                             f"of {limit} ([jobs] max_line_size)", "line_too_large")
                 continue
             if not raw.strip():
                 continue
             try:
                 item = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                self._refuse(number, None, f"not valid JSON: {exc}")
+                self._refuse(number, None, f"not valid JSON: {exc}", "invalid_json_line")
                 continue
             self._add(number, item, numbered=False)
 
@@ -85,17 +86,24 @@ class Intake:
             self._refuse(number, None, "custom_id must be a non-empty string")
             return
         problem = self._problem(item, numbered=numbered)
+        code = "invalid_request"
+        if problem is None and self._endpoint is not None \
+                and item["url"] != self._endpoint.value:
+            problem = (f"url {item['url']} does not match the batch's endpoint "
+                       f"{self._endpoint.value}; a batch's requests all go to one endpoint")
+            code = "mismatched_endpoint"
         if problem is None and custom_id in self._seen:
             problem = f"custom_id {custom_id!r} appears more than once"
+            code = "duplicate_custom_id"
         if problem is not None:
-            self._refuse(number, custom_id, problem)
+            self._refuse(number, custom_id, problem, code)
             return
         self._seen.add(custom_id)
         body: dict[str, Any] = item["body"]
         try:
             provider, model = self._router.resolve(body["model"])
         except ApiError as exc:
-            self._refuse(number, custom_id, exc.message)
+            self._refuse(number, custom_id, exc.message, "model_not_found")
             return
         if model != body["model"]:
             body = {**body, "model": model}
@@ -129,7 +137,8 @@ class Intake:
             return "deferred requests cannot stream; remove body.stream"
         return None
 
-    def _refuse(self, number: int, custom_id: str | None, message: str) -> None:
+    def _refuse(self, number: int, custom_id: str | None, message: str,
+                code: str = "invalid_request") -> None:
         self.refused += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(LineError(number, custom_id, message))
+            self.errors.append(LineError(number, custom_id, message, code))

@@ -28,9 +28,11 @@ class LineError:
     line: int
     custom_id: str | None
     message: str
+    code: str = "invalid_request"
 
     def to_json(self) -> dict[str, object]:
-        return {"line": self.line, "custom_id": self.custom_id, "message": self.message}
+        return {"line": self.line, "custom_id": self.custom_id, "message": self.message,
+                "code": self.code}
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,6 @@ stall interactive calls while it is checked.
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,26 +21,19 @@ from typing import Any
 import aiosqlite
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmspool.cache.keys import CacheRules
-from llmspool.deadlines import parse_deadline
 from llmspool.errors import (
-    ApiError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from llmspool.jobs.intake import Intake
-from llmspool.jobs.model import NewJob
-from llmspool.messages import CancelJob, Query, SubmitJob, Viewer, WaitForJob
-from llmspool.planner import Planner
-from llmspool.routing import ModelRouter
+from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask
+from llmspool.messages import CancelJob, Query, Viewer, WaitForJob
 from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
@@ -50,36 +41,24 @@ from llmspool.store import jobs as jobs_sql
 from llmspool.tracing import current_traceparent
 
 MAX_WAIT = 600.0
-KeeperInbox = MemoryObjectSendStream[Any]
 _JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines",
                 "application/ndjson", "text/jsonl")
 
 
 def job_routes(
-    keeper: KeeperInbox,
-    router: ModelRouter,
-    planner: Planner,
+    submission: JobSubmission,
     database_path: Path,
     *,
     max_upload_size: int,
-    max_line_size: int,
-    cache_rules: CacheRules | None = None,
-    on_short_deadline: str = "refuse",
     access: Access | None = None,
     spool_directory: Path | None = None,
 ) -> list[Route]:
     access = access or Access(())
     spool_directory = spool_directory or database_path.parent
+    keeper = submission.keeper
 
     def viewer(request: Request) -> Viewer:
         return access.viewer(caller_of(request.scope))
-
-    def _intake(request: Request, options: dict[str, Any]) -> Intake:
-        # The cache key of each line depends on the job's operation and its caller.
-        operation = _operation(request, options)
-        return Intake(router, max_line_size=max_line_size, cache_rules=cache_rules,
-                      operation=operation if isinstance(operation, str) else None,
-                      uid=caller_of(request.scope).uid)
 
     async def submit(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -87,7 +66,8 @@ def job_routes(
             options: dict[str, Any] = dict(request.query_params)
             options["tags"] = {k[4:]: v for k, v in request.query_params.items()
                                if k.startswith("tag.")}
-            intake = _intake(request, options)
+            asked = _job_request(request, options)
+            intake = submission.intake(asked)
             # On disk as it arrives, checked a line at a time: an upload of any size (or one
             # refused) costs a chunk of memory, not its size.
             spool = await spool_limited(request, max_upload_size, _upload_too_large,
@@ -97,7 +77,8 @@ def job_routes(
         elif content_type in ("application/json", ""):
             data = await read_limited(request, max_upload_size, _upload_too_large)
             options = _json_options(data)
-            intake = _intake(request, options)
+            asked = _job_request(request, options)
+            intake = submission.intake(asked)
             await anyio.to_thread.run_sync(intake.add_items, options["requests"])
         else:
             raise UnsupportedMediaType(
@@ -105,10 +86,9 @@ def job_routes(
                 f"a Batch input file (content-type application/jsonl); got {content_type!r}",
                 code="unsupported_content_type",
             )
-        job = _new_job(request, intake, options, planner)
-        too_short = _short_deadline(job, planner, options.get("on_short_deadline")
-                                    or on_short_deadline)
-        answer = await _ask(keeper, lambda reply: SubmitJob(job, reply))
+        _check_errors(intake, options)
+        job, too_short = submission.new_job(intake, asked)
+        answer = await submission.submit(job)
         if too_short is not None:
             answer["best_effort"] = True
             answer["warnings"] = [too_short]
@@ -130,7 +110,7 @@ def job_routes(
         who = viewer(request)
         if wait > 0:
             with anyio.move_on_after(wait):
-                await _ask(keeper, lambda reply: WaitForJob(job_id, reply, who))
+                await ask(keeper, lambda reply: WaitForJob(job_id, reply, who))
         job = await _job(keeper, job_id, who)  # 404 for a job the caller may not see
         return StreamingResponse(
             _stream_results(database_path, job_id),
@@ -141,7 +121,7 @@ def job_routes(
     async def cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         who = viewer(request)
-        return _json(await _ask(keeper, lambda reply: CancelJob(job_id, reply, who)))
+        return _json(await ask(keeper, lambda reply: CancelJob(job_id, reply, who)))
 
     return [
         Route("/v1/jobs", submit, methods=["POST"]),
@@ -152,11 +132,27 @@ def job_routes(
     ]
 
 
-def _operation(request: Request, options: dict[str, Any]) -> Any:
-    return options.get("operation") or request.headers.get("x-llmspool-operation")
+def _job_request(request: Request, options: dict[str, Any]) -> JobRequest:
+    operation = options.get("operation") or request.headers.get("x-llmspool-operation")
+    if operation is not None and not isinstance(operation, str):
+        raise InvalidRequest("operation must be a string", param="operation")
+    tags = options.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise InvalidRequest("tags must be an object of strings", param="tags")
+    deadline = options.get("deadline")
+    if deadline is not None and not isinstance(deadline, str | int | float):
+        raise InvalidRequest("deadline must be a duration (\"6h\"), a time or seconds",
+                             param="deadline", code="invalid_deadline")
+    mode = options.get("on_short_deadline")
+    return JobRequest(
+        uid=caller_of(request.scope).uid, operation=operation, tags=tags, deadline=deadline,
+        on_short_deadline=mode if mode is None else str(mode),
+        # Batches carrying the job's lines link their spans to the caller's trace.
+        traceparent=request.headers.get("traceparent") or current_traceparent(),
+    )
 
 
-def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner: Planner) -> NewJob:
+def _check_errors(intake: Intake, options: dict[str, Any]) -> None:
     on_error = options.get("on_error", "reject")
     if on_error not in ("reject", "skip"):
         raise InvalidRequest("on_error must be 'reject' or 'skip'", param="on_error")
@@ -168,59 +164,6 @@ def _new_job(request: Request, intake: Intake, options: dict[str, Any], planner:
             code="invalid_requests",
         )
         raise _WithLines(error, [e.to_json() for e in intake.errors])
-    if not intake.lines:
-        raise InvalidRequest("the job has no valid requests", code="empty_job")
-    operation = _operation(request, options)
-    if operation is not None and not isinstance(operation, str):
-        raise InvalidRequest("operation must be a string", param="operation")
-    tags = options.get("tags") or {}
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise InvalidRequest("tags must be an object of strings", param="tags")
-    now = time.time()
-    deadline = options.get("deadline")
-    try:
-        deadline_at = (
-            parse_deadline(deadline, now) if isinstance(deadline, str)
-            else now + planner.operation_deadline(operation) if deadline is None
-            else parse_deadline(str(deadline), now)
-        )
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="deadline", code="invalid_deadline") from None
-    return NewJob(
-        id=f"job_{secrets.token_hex(12)}",
-        created_at=now,
-        deadline_at=deadline_at,
-        operation=operation,
-        tags=tags,
-        uid=caller_of(request.scope).uid,
-        lines=intake.lines,
-        # Batches carrying the job's lines link their spans to the caller's trace.
-        traceparent=request.headers.get("traceparent") or current_traceparent(),
-    )
-
-
-def _short_deadline(job: NewJob, planner: Planner, mode: Any) -> str | None:
-    """Refuse a job whose deadline no tier can be expected to meet (the fastest tier's typical
-    time for one of its models is longer); with ``best_effort``, the warning to answer with."""
-    if mode not in ("refuse", "best_effort"):
-        raise InvalidRequest("on_short_deadline must be 'refuse' or 'best_effort'",
-                             param="on_short_deadline")
-    room = job.deadline_at - job.created_at
-    slowest = max({(line.provider, line.model) for line in job.lines},
-                  key=lambda target: planner.fastest_expected(*target))
-    needed = planner.fastest_expected(*slowest)
-    if room >= needed:
-        return None
-    message = (f"the deadline leaves {room:.1f} s, but a {slowest[1]} request typically takes "
-               f"{needed:.1f} s on the fastest tier allowed")
-    if mode == "best_effort":
-        return f"{message}; run as soon as possible, results may be flagged late"
-    raise InvalidRequest(
-        f"{message}, so no tier can be expected to meet it; give a longer deadline, set "
-        "[planner] allow_priority = true if the model has a priority price, or pass "
-        "on_short_deadline=best_effort (llmspool submit --best-effort) to run it anyway",
-        param="deadline", code="deadline_too_short",
-    )
 
 
 class _WithLines(InvalidRequest):
@@ -265,21 +208,8 @@ async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[byt
             yield chunk
 
 
-async def _ask(keeper: KeeperInbox, make: Any) -> dict[str, Any]:
-    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any] | ApiError](1)
-    with reply_in, reply_out:
-        try:
-            await keeper.send(make(reply_in))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise ServiceUnavailable("llmspool is shutting down", code="shutting_down") from None
-        answer = await reply_out.receive()
-    if isinstance(answer, ApiError):
-        raise answer
-    return answer
-
-
 async def _query(keeper: KeeperInbox, what: str, **params: Any) -> dict[str, Any]:
-    return await _ask(keeper, lambda reply: Query(what, reply, params))
+    return await ask(keeper, lambda reply: Query(what, reply, params))
 
 
 async def _job(keeper: KeeperInbox, job_id: str, viewer: Viewer) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""OpenAI's Files and Batches API on the socket, served by the spooler (a batch is a job)."""

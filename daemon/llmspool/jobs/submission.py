@@ -1,0 +1,146 @@
+"""Handing checked lines to the job keeper as a job: the one path of ``POST /v1/jobs`` and of
+``POST /v1/batches`` (a Batch API batch is a job), so both get the same deadline rules, plan
+and acknowledgement.
+
+- ``intake`` checks an upload's lines (see ``jobs/intake.py``);
+- ``new_job`` turns the valid lines into a job with a deadline, refusing one no tier can be
+  expected to meet unless asked to run it as best effort;
+- ``submit`` makes it durable through the keeper and returns the keeper's acknowledgement (the
+  job and its tier plan).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from llmspool.cache.keys import CacheRules
+from llmspool.calls import Endpoint
+from llmspool.deadlines import parse_deadline
+from llmspool.errors import ApiError, InvalidRequest, ServiceUnavailable
+from llmspool.jobs.intake import Intake
+from llmspool.jobs.model import NewJob
+from llmspool.messages import SubmitJob
+from llmspool.planner import Planner
+from llmspool.routing import ModelRouter
+
+KeeperInbox = MemoryObjectSendStream[Any]
+SHORT_DEADLINE_MODES = ("refuse", "best_effort")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a caller asks of a job besides its lines."""
+
+    uid: int | None
+    operation: str | None = None
+    tags: dict[str, str] | None = None
+    deadline: str | float | None = None  # "6h", an ISO time, seconds; None: the default
+    on_short_deadline: str | None = None  # None: [jobs] on_short_deadline
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The keeper's acknowledgement, and the warning when the deadline is best effort."""
+
+    answer: dict[str, Any]
+    job: NewJob
+    best_effort_warning: str | None
+
+
+class JobSubmission:
+    """Makes jobs from uploads and hands them to the job keeper."""
+
+    def __init__(self, keeper: KeeperInbox, router: ModelRouter, planner: Planner, *,
+                 max_line_size: int, cache_rules: CacheRules | None = None,
+                 on_short_deadline: str = "refuse") -> None:
+        self.keeper = keeper
+        self._router = router
+        self._planner = planner
+        self._max_line_size = max_line_size
+        self._cache_rules = cache_rules
+        self._on_short_deadline = on_short_deadline
+
+    def intake(self, request: JobRequest, endpoint: Endpoint | None = None) -> Intake:
+        # The cache key of each line depends on the job's operation and its caller.
+        return Intake(self._router, max_line_size=self._max_line_size,
+                      cache_rules=self._cache_rules, operation=request.operation,
+                      uid=request.uid, endpoint=endpoint)
+
+    def new_job(self, intake: Intake, request: JobRequest) -> tuple[NewJob, str | None]:
+        """The job of the valid lines, and the best-effort warning if its deadline is short.
+
+        Raises a 400 for an unreadable deadline, for a job with no valid line, and for a
+        deadline no tier can be expected to meet (unless ``on_short_deadline`` is
+        ``best_effort``)."""
+        if not intake.lines:
+            raise InvalidRequest("the job has no valid requests", code="empty_job")
+        now = time.time()
+        deadline = request.deadline
+        try:
+            deadline_at = (
+                now + self._planner.operation_deadline(request.operation) if deadline is None
+                else parse_deadline(str(deadline), now)
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="deadline", code="invalid_deadline") from None
+        job = NewJob(
+            id=f"job_{secrets.token_hex(12)}",
+            created_at=now,
+            deadline_at=deadline_at,
+            operation=request.operation,
+            tags=request.tags or {},
+            uid=request.uid,
+            lines=intake.lines,
+            traceparent=request.traceparent,
+        )
+        mode = request.on_short_deadline or self._on_short_deadline
+        return job, self._short_deadline(job, mode)
+
+    async def submit(self, job: NewJob) -> dict[str, Any]:
+        """The job made durable by the keeper; its acknowledgement (job JSON and plan)."""
+        return await ask(self.keeper, lambda reply: SubmitJob(job, reply))
+
+    def _short_deadline(self, job: NewJob, mode: str) -> str | None:
+        """Refuse a job whose deadline no tier can be expected to meet (the fastest tier's
+        typical time for one of its models is longer); with ``best_effort``, the warning to
+        answer with."""
+        if mode not in SHORT_DEADLINE_MODES:
+            raise InvalidRequest("on_short_deadline must be 'refuse' or 'best_effort'",
+                                 param="on_short_deadline")
+        room = job.deadline_at - job.created_at
+        slowest = max({(line.provider, line.model) for line in job.lines},
+                      key=lambda target: self._planner.fastest_expected(*target))
+        needed = self._planner.fastest_expected(*slowest)
+        if room >= needed:
+            return None
+        message = (f"the deadline leaves {room:.1f} s, but a {slowest[1]} request typically "
+                   f"takes {needed:.1f} s on the fastest tier allowed")
+        if mode == "best_effort":
+            return f"{message}; run as soon as possible, results may be flagged late"
+        raise InvalidRequest(
+            f"{message}, so no tier can be expected to meet it; give a longer deadline, set "
+            "[planner] allow_priority = true if the model has a priority price, or pass "
+            "on_short_deadline=best_effort (llmspool submit --best-effort) to run it anyway",
+            param="deadline", code="deadline_too_short",
+        )
+
+
+async def ask(keeper: KeeperInbox, make: Any) -> dict[str, Any]:
+    """Send the keeper ``make(reply)`` and wait for its answer; its ``ApiError`` is raised."""
+    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any] | ApiError](1)
+    with reply_in, reply_out:
+        try:
+            await keeper.send(make(reply_in))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise ServiceUnavailable("llmspool is shutting down", code="shutting_down") from None
+        answer = await reply_out.receive()
+    if isinstance(answer, ApiError):
+        raise answer
+    return answer
