@@ -112,3 +112,43 @@ def test_a_user_sees_only_their_own_jobs_and_costs(
     assert status == 200 and seen["status"] == "completed"
     status, listed = call(daemon, admin, "GET", "/v1/jobs")
     assert [j["id"] for j in listed["data"]] == [job["id"]]
+
+
+def test_files_and_batches_are_their_uploaders(
+        shared_daemon: Daemon, users: tuple[list[User], str | None]) -> None:
+    (alice, bob, admin), _group = users
+    daemon = shared_daemon
+    boundary = "owners"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="mine.jsonl"\r\n\r\n').encode() + LINE + f"\r\n--{boundary}--\r\n".encode()
+    status, file = call(daemon, alice, "POST", "/v1/files", form,
+                        f"multipart/form-data; boundary={boundary}")
+    assert status == 200, file
+    status, batch = call(daemon, alice, "POST", "/v1/batches", orjson.dumps({
+        "input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"}))
+    assert status == 200, batch
+
+    # Bob can neither see nor use nor remove them; lists hold none of Alice's.
+    for method, path, code in (
+            ("GET", f"/v1/files/{file['id']}", "file_not_found"),
+            ("GET", f"/v1/files/{file['id']}/content", "file_not_found"),
+            ("DELETE", f"/v1/files/{file['id']}", "file_not_found"),
+            ("GET", f"/v1/batches/{batch['id']}", "batch_not_found"),
+            ("POST", f"/v1/batches/{batch['id']}/cancel", "batch_not_found")):
+        status, answer = call(daemon, bob, method, path)
+        assert status == 404 and answer["error"]["code"] == code, (path, answer)
+    status, answer = call(daemon, bob, "POST", "/v1/batches", orjson.dumps({
+        "input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"}))
+    assert status == 404 and answer["error"]["param"] == "input_file_id"
+    for path in ("/v1/files", "/v1/batches"):
+        status, listed = call(daemon, bob, "GET", path)
+        assert status == 200 and listed["data"] == [], path
+
+    # Alice and the admin see them.
+    status, mine = call(daemon, alice, "GET", "/v1/batches")
+    assert [b["id"] for b in mine["data"]] == [batch["id"]]
+    status, seen = call(daemon, admin, "GET", f"/v1/batches/{batch['id']}")
+    assert status == 200 and seen["input_file_id"] == file["id"]

@@ -133,7 +133,10 @@ class BatchApi:
                            viewer: Viewer) -> tuple[dict[str, Any], dict[str, str]]:
         """The new Batch object and its ``x-llmspool-*`` headers (the job and its plan)."""
         endpoint, window, metadata = _batch_params(body)
-        input_file = await self.file(body["input_file_id"], viewer)
+        try:
+            input_file = await self.file(body["input_file_id"], viewer)
+        except NotFound as exc:
+            raise NotFound(exc.message, param="input_file_id", code=exc.code) from None
         if input_file.purpose != "batch":
             raise InvalidRequest(
                 f"file {input_file.id} was uploaded with purpose {input_file.purpose!r}; a "
