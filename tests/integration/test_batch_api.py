@@ -106,7 +106,8 @@ def quick_sim(tmp_path: Path) -> Iterator[Sim]:
 def test_an_unchanged_batch_script_gets_its_output_and_error_files(
         daemon: Daemon, sim: Sim, tmp_path: Path) -> None:
     # Line "bad" is refused upstream (no messages): it belongs in the error file.
-    lines = [chat_line(f"q{i}") for i in range(5)] + [
+    # A seed makes them deterministic, so their answers are cached.
+    lines = [chat_line(f"q{i}", seed=7) for i in range(5)] + [
         {**chat_line("bad"), "body": {"model": "gpt-5-mini", "messages": []}}]
     summary = run_script(daemon, tmp_path, jsonl(*lines), "/v1/chat/completions", "2m")
 
@@ -135,6 +136,14 @@ def test_an_unchanged_batch_script_gets_its_output_and_error_files(
         assert line["id"].startswith("batch_req_")
     assert errors[0]["response"]["status_code"] == 400
     assert errors[0]["response"]["body"]["error"]["param"] == "messages"
+
+    # The same file again is answered from the response cache, in the same format.
+    again = run_script(daemon, tmp_path, jsonl(*lines), "/v1/chat/completions", "2m")
+    _status, job = daemon.get("/v1/jobs?limit=1")
+    assert job["data"][0]["by_tier"].get("cache") == 5
+    assert [set(line) for line in again["output"]] == [OUTPUT_KEYS] * 5
+    assert sorted(line["response"]["body"]["id"] for line in again["output"]) == \
+        sorted(line["response"]["body"]["id"] for line in output)
 
 
 def test_responses_and_embeddings_batches(daemon: Daemon, tmp_path: Path) -> None:
@@ -355,5 +364,28 @@ def test_bad_uploads_are_refused_and_leave_nothing(tmp_path: Path, sim: Sim) -> 
         for path in ("/v1/files/file-nope", "/v1/batches/batch_nope"):
             status, answer = daemon.get(path)
             assert status == 404 and answer["error"]["type"] == "invalid_request_error"
+    finally:
+        daemon.terminate()
+
+
+def test_files_and_batches_are_deleted_after_retention(tmp_path: Path, sim: Sim) -> None:
+    config = '[files]\nretention = "2s"\n'
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        status, file = upload(daemon, jsonl(chat_line("a")))
+        status, batch, _ = create(daemon, file["id"], headers={"x-llmspool-deadline": "1m"})
+        done = wait_status(daemon, batch["id"], {"completed"})
+        assert len(stored_files(daemon)) == 2  # the input and the output
+        time.sleep(2.5)
+        for file_id in (file["id"], done["output_file_id"]):
+            status, answer = daemon.get(f"/v1/files/{file_id}")
+            assert status == 404 and "expired" in answer["error"]["message"]
+    finally:
+        daemon.terminate()
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)  # sweeps at start
+    try:
+        assert stored_files(daemon) == []
+        status, _answer = daemon.get(f"/v1/batches/{batch['id']}")
+        assert status == 404
     finally:
         daemon.terminate()

@@ -155,7 +155,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         return error_response(NotFound(
             f"unknown path {request.method} {request.url.path}; llmspool serves "
             "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/jobs, "
-            "/v1/status, /v1/ledger and /healthz",
+            "/v1/files, /v1/batches, /v1/status, /v1/ledger and /healthz",
             code="unknown_url",
         ))
     if exc.status_code == 405:
