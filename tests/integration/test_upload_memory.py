@@ -103,3 +103,53 @@ def test_uploads_and_bad_bodies_cost_no_memory(tmp_path: Path, sim: Sim) -> None
     assert bad_lines.peak - idle <= ALLOWED, figures
     assert bodies.peak - idle <= ALLOWED, figures
     assert after - idle <= ALLOWED // 4, figures
+
+
+def multipart_chunks(megabytes: int, boundary: str) -> Iterator[bytes]:
+    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+           f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+           'filename="big.jsonl"\r\n\r\n').encode()
+    line = b'{"custom_id": "x", "method": "POST"}\n' * (MIB // 37)
+    for _ in range(megabytes):
+        yield line
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_a_200_mb_batch_file_streams_to_disk_and_back(tmp_path: Path, sim: Sim) -> None:
+    daemon = start_daemon(tmp_path, sim.url, config_toml='[files]\nmax_size = "200MiB"\n')
+    try:
+        for _ in range(3):
+            assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,
+                                {"content-type": "application/json"})[0] == 200
+        time.sleep(1.0)
+        idle = rss(daemon)
+        boundary = "big-upload"
+        kind = f"multipart/form-data; boundary={boundary}"
+        with PeakRss(daemon) as refused:
+            status = post_stream(daemon, "/v1/files", multipart_chunks(300, boundary), kind)
+        assert status in (413, None)
+        assert list((daemon.state_dir / "files").iterdir()) == []  # nothing half-stored
+        with PeakRss(daemon) as stored:
+            connection = UnixHTTPConnection(daemon.socket_path, timeout=120)
+            connection.request("POST", "/v1/files", body=multipart_chunks(199, boundary),
+                               encode_chunked=True, headers={"content-type": kind})
+            answer = orjson.loads(connection.getresponse().read())
+            connection.close()
+        assert answer["bytes"] == 199 * (MIB // 37) * 37, answer
+        with PeakRss(daemon) as downloaded:
+            connection = UnixHTTPConnection(daemon.socket_path, timeout=120)
+            connection.request("GET", f"/v1/files/{answer['id']}/content")
+            response = connection.getresponse()
+            size = 0
+            while chunk := response.read(MIB):
+                size += len(chunk)
+            connection.close()
+        assert size == answer["bytes"]
+    finally:
+        daemon.terminate()
+    figures = {"idle MiB": idle / MIB, "300 MB refused peak": refused.peak / MIB,
+               "199 MiB stored peak": stored.peak / MIB,
+               "download peak": downloaded.peak / MIB}
+    print(figures)
+    for peak in (refused.peak, stored.peak, downloaded.peak):
+        assert peak - idle <= ALLOWED, figures
