@@ -53,7 +53,13 @@ JOB_FIELDS = ("requests", "deadline", "operation", "tags", "on_error", "on_short
 QUERIES = ("/v1/ledger?by={}", "/v1/ledger?since={}", "/v1/ledger?limit={}",
            "/v1/ledger?until={}", "/v1/ledger?format={}", "/v1/ledger?all_users={}",
            "/v1/jobs?limit={}", "/v1/jobs/{}", "/v1/jobs/{}/results?wait=0",
-           "/v1/jobs?deadline={}", "/v1/jobs/job_x/results?wait={}")
+           "/v1/jobs?deadline={}", "/v1/jobs/job_x/results?wait={}",
+           "/v1/files?limit={}", "/v1/files?order={}", "/v1/files?after={}",
+           "/v1/files?purpose={}", "/v1/files/{}", "/v1/files/{}/content",
+           "/v1/batches?limit={}", "/v1/batches?after={}", "/v1/batches/{}")
+BATCH_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata",
+                "output_expires_after")
+FORM_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]", "file")
 
 # JSON values of every type, small and odd: what a confused or hostile client sends.
 leaves = st.one_of(
@@ -136,6 +142,48 @@ def test_a_wrong_value_in_a_job_gets_a_4xx(fuzzed: Daemon, data: st.DataObject) 
     status, answer = send(fuzzed, "POST", f"/v1/jobs?deadline=12m&on_error={query}", jsonl,
                           {"content-type": "application/jsonl"})
     assert_clean(status, answer, f"POST /v1/jobs (JSONL) {jsonl!r}")
+
+
+def form(fields: dict[str, bytes], filename: str, boundary: str = "fuzz") -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'
+             f'{"; filename=" + repr(filename) if name == "file" else ""}\r\n\r\n'.encode()
+             + value + b"\r\n" for name, value in fields.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_wrong_value_in_a_file_or_batch_gets_a_4xx(fuzzed: Daemon, data: st.DataObject
+                                                     ) -> None:
+    line: dict[str, Any] = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                            "body": dict(BASES["/v1/chat/completions"])}
+    for name in data.draw(st.lists(st.sampled_from(("custom_id", "method", "url", "body")),
+                                   max_size=2, unique=True)):
+        line[name] = data.draw(values)
+    fields = {"purpose": b"batch",
+              "file": orjson.dumps(line) + b"\n" + data.draw(st.binary(max_size=40))}
+    for name in data.draw(st.lists(st.sampled_from(FORM_FIELDS), max_size=2, unique=True)):
+        fields[name] = data.draw(st.binary(max_size=30))
+    filename = data.draw(st.sampled_from(["in.jsonl", "in.txt", "", "a\"b.jsonl"]))
+    boundary = data.draw(st.sampled_from(["fuzz", "fuzz", "other", ""]))
+    body = form(fields, filename)
+    if data.draw(st.booleans()):
+        body = body[:data.draw(st.integers(min_value=0, max_value=len(body)))]
+    status, file = send(fuzzed, "POST", "/v1/files", body,
+                        {"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert_clean(status, file, f"POST /v1/files {body!r}")
+    batch: dict[str, Any] = {"input_file_id": file.get("id", "file-x"),
+                             "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for name in data.draw(st.lists(st.sampled_from(BATCH_FIELDS), max_size=2, unique=True)):
+        batch[name] = data.draw(values)
+    headers = dict(JSON)
+    for name in data.draw(st.lists(st.sampled_from(HEADERS), max_size=2, unique=True)):
+        headers[name] = data.draw(header_text).strip() or "x"
+    status, answer = send(fuzzed, "POST", "/v1/batches", orjson.dumps(batch), headers)
+    assert_clean(status, answer, f"POST /v1/batches {batch} {headers}")
+    if status == 200:
+        status, answer = send(fuzzed, "POST", f"/v1/batches/{answer['id']}/cancel", b"", {})
+        assert_clean(status, answer, "cancel")
 
 
 @FUZZ
