@@ -13,7 +13,7 @@ span that made it, because contextvars do not cross memory object streams.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectSendStream
@@ -26,6 +26,9 @@ from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.errors import ApiError
 from llmspool.jobs.model import NewJob
 from llmspool.planner import TierPolicy
+
+if TYPE_CHECKING:
+    from llmspool.store.batches import BatchRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,9 +451,13 @@ class StoreBatchChunk:
 
 @dataclass(frozen=True, slots=True)
 class BatchOpened:
-    """Batch submitter → batch poller: the batch (local id) now exists upstream; poll it."""
+    """Batch submitter → batch poller: the batch now exists upstream; poll it.
 
-    batch_id: int
+    It carries the submitter's row rather than an id to look up: the poller's connection may
+    be inside a long transaction (mapping another batch's results), whose snapshot predates
+    this batch's creation."""
+
+    batch: BatchRow = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

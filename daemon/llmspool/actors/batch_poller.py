@@ -122,7 +122,7 @@ class BatchPoller:
                 async with self._inbox:
                     async for message in self._inbox:
                         if isinstance(message, BatchOpened):
-                            await self._opened(message.batch_id)
+                            self._opened(message.batch)
                         elif isinstance(message, NewPrices):
                             self._prices = message.prices
                         else:
@@ -131,9 +131,8 @@ class BatchPoller:
         finally:
             await self._store.close()
 
-    async def _opened(self, batch_id: int) -> None:
-        for batch in await self._store.run(batch_sql.open_batches, batch_id):
-            self._adopt(batch, now=time.time())
+    def _opened(self, batch: batch_sql.BatchRow) -> None:
+        self._adopt(batch, now=time.time())
         self._wake.set()
 
     def _adopt(self, batch: batch_sql.BatchRow, now: float) -> None:

@@ -29,6 +29,7 @@ their deadline no longer allows waiting.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
@@ -323,7 +324,8 @@ class BatchSubmitter:
                 await self._abandon(batch, error.message)
                 return
         self._submitted += 1
-        await self._poller.send(BatchOpened(batch.id))
+        # A copy: from here on the poller owns its row.
+        await self._poller.send(BatchOpened(copy.copy(batch)))
 
     async def _steps(self, provider: BatchProvider, batch: batch_sql.BatchRow, *,
                      resumed: bool) -> None:
