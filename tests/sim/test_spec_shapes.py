@@ -157,3 +157,80 @@ def test_embeddings_models_and_errors_match_the_spec(
         check(http.get("/v1/models/gpt-4o").json(), "Model", schemas)
         check(http.get("/v1/models/nope").json(), "ErrorResponse", schemas)
         check(http.post("/v1/chat/completions", content=b"{").json(), "ErrorResponse", schemas)
+
+
+def test_tool_calls_and_structured_outputs_match_the_spec(
+    sim: RunningSim, schemas: dict[str, Any]
+) -> None:
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    chat_tools = [
+        {"type": "function", "function": {"name": "weather", "parameters": parameters}},
+        {"type": "function", "function": {"name": "clock", "strict": True}},
+    ]
+    messages = [{"role": "user", "content": "weather?"}]
+    json_schema = {"name": "forecast", "schema": parameters, "strict": True}
+    with sim.http() as http:
+        called = http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": messages, "tools": chat_tools},
+        ).json()
+        assert called["choices"][0]["finish_reason"] == "tool_calls"
+        check(called, "CreateChatCompletionResponse", schemas)
+        structured = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "gpt-4o",
+                "messages": messages,
+                "response_format": {"type": "json_schema", "json_schema": json_schema},
+            },
+        ).json()
+        check(structured, "CreateChatCompletionResponse", schemas)
+        body = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "gpt-4o",
+                "messages": messages,
+                "tools": chat_tools,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ).text
+        chunks = [event[6:] for event in body.split("\n\n") if event.startswith("data: {")]
+        assert any(b"tool_calls" in chunk.encode() for chunk in chunks)
+        for chunk in chunks:
+            check(orjson.loads(chunk), "CreateChatCompletionStreamResponse", schemas)
+
+        response_tools = [{"type": "function", "name": "weather", "parameters": parameters}]
+        for extra in (
+            {"tools": response_tools},
+            {"tools": response_tools, "max_output_tokens": 2},
+            {"text": {"format": {"type": "json_schema", **json_schema}}},
+            {"text": {"format": {"type": "json_object"}}, "input": "in json"},
+        ):
+            request = {"model": "gpt-5", "input": "weather?", **extra}
+            check(http.post("/v1/responses", json=request).json(), "Response", schemas)
+        body = http.post(
+            "/v1/responses",
+            json={"model": "gpt-5", "input": "weather?", "tools": response_tools, "stream": True},
+        ).text
+    event_schema = {
+        "response.created": "ResponseCreatedEvent",
+        "response.in_progress": "ResponseInProgressEvent",
+        "response.output_item.added": "ResponseOutputItemAddedEvent",
+        "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+        "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+        "response.output_item.done": "ResponseOutputItemDoneEvent",
+        "response.completed": "ResponseCompletedEvent",
+    }
+    seen = set()
+    for block in filter(None, body.split("\n\n")):
+        event = orjson.loads(block.split("\ndata: ", 1)[1])
+        seen.add(event["type"])
+        check(event, event_schema[event["type"]], schemas)
+        check(event, "ResponseStreamEvent", schemas)
+    assert seen == set(event_schema)

@@ -1,12 +1,13 @@
 """``llmspool sim``: an OpenAI-API-compatible simulator for rehearsals, demos, tests and benchmarks.
 
 It answers chat completions, responses, embeddings and model listings in the shapes of OpenAI's
-spec, streamed or not, with configurable latency, usage in every answer, the ``service_tier``
-served, ``x-ratelimit-*`` headers, flex processing (only where priced, slower, with *resource
-unavailable* spells), faults injected on purpose (5xx, 429s, slow or hung answers, dropped
-connections, cut streams), and the Files and Batch APIs, batches moving through OpenAI's
-statuses by the clock and failing on demand. Time can be compressed (``[sim] speed``), so that
-a day of work is rehearsed in a minute.
+spec, streamed or not, calling function tools and answering JSON mode and Structured Outputs
+(the official client's ``parse()`` works), with configurable latency, usage in every answer,
+the ``service_tier`` served, ``x-ratelimit-*`` headers, flex processing (only where priced,
+slower, with *resource unavailable* spells), faults injected on purpose (5xx, 429s, slow or hung
+answers, dropped connections, cut streams), and the Files and Batch APIs, batches moving through
+OpenAI's statuses by the clock and failing on demand. Time can be compressed (``[sim] speed``),
+so that a day of work is rehearsed in a minute.
 
 Modules, one job each:
 
@@ -20,6 +21,11 @@ Modules, one job each:
 - ``validate``: request checks shared by the endpoints, as OpenAI-shaped errors.
 - ``answer``: what an endpoint gets to make an answer and what it gives back.
 - ``chat``, ``responses``, ``embeddings``: one endpoint each, from request body to answer bytes.
+- ``tools``: ``tools``/``tool_choice``/``parallel_tool_calls`` checked, and what gets called.
+- ``structured``: ``response_format`` / ``text.format`` (JSON mode, JSON schemas) checked.
+- ``reply``: what the model says (text, JSON or tool calls) and its output tokens.
+- ``schema_instance``: a deterministic instance of a JSON schema; ``regex_sample``: a string
+  matching a ``pattern``; ``strict_schema``: the rules of ``strict: true`` schemas.
 - ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
 - ``files``: the Files API store (uploads and batch results, in memory).
 - ``upload``: streaming ``multipart/form-data`` parsing for ``POST /v1/files``.

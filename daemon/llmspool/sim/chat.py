@@ -4,6 +4,14 @@ Shapes follow the spec's ``CreateChatCompletionResponse`` and
 ``CreateChatCompletionStreamResponse``: one delta per token, a finishing chunk, then (with
 ``stream_options.include_usage``) a usage chunk with no choices, then ``data: [DONE]``. Every
 chunk carries ``usage: null`` except the usage chunk, as OpenAI's do.
+
+With ``tools`` the answer may call functions (``tools`` decides which, ``reply`` makes the
+arguments): ``message.content`` is null, ``message.tool_calls`` lists the calls (ids
+``call_…``, different in each choice) and ``finish_reason`` is ``tool_calls``. Streamed, each
+call starts with a delta giving its ``index``, ``id``, ``type`` and ``function.name`` (the
+first one in the role's delta, as OpenAI does), then its arguments come four characters (one
+token) per delta. ``response_format`` shapes the text (``structured``). Tool definitions, the
+schema and the arguments of earlier calls count as prompt tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ import orjson
 from llmspool.errors import InvalidRequest
 from llmspool.sim import validate
 from llmspool.sim.answer import SYSTEM_FINGERPRINT, Makers
+from llmspool.sim.reply import ToolCall, make_reply
+from llmspool.sim.structured import chat_format, mentions_json
 from llmspool.sim.text import PromptMeter, TextGenerator
+from llmspool.sim.tools import chat_tools
 
 MAX_CHOICES = 128
 _DONE = b"data: [DONE]\n\n"
@@ -37,8 +48,12 @@ class ChatAnswer:
     choices: int
     input_tokens: int
     output_tokens: int
-    text: str
+    text: str | None
+    """The message's content; ``None`` when it calls tools."""
     finish_reason: str
+    calls: tuple[ToolCall, ...] = ()
+    call_ids: tuple[tuple[str, ...], ...] = ()
+    """The ids of ``calls`` in each choice."""
     echo_tier: bool = True
     """Whether the answer says its ``service_tier`` (OpenAI does; Ollama has no tiers)."""
     fingerprint: str = SYSTEM_FINGERPRINT
@@ -62,13 +77,25 @@ class ChatAnswer:
             },
         }
 
-    def body(self) -> bytes:
+    def _message(self, index: int) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": "assistant",
             "content": self.text,
             "refusal": None,
             "annotations": [],
         }
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call, call_id in zip(self.calls, self.call_ids[index], strict=True)
+            ]
+        return message
+
+    def body(self) -> bytes:
         completion = {
             "id": self.id,
             "object": "chat.completion",
@@ -77,7 +104,7 @@ class ChatAnswer:
             "choices": [
                 {
                     "index": index,
-                    "message": message,
+                    "message": self._message(index),
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                 }
@@ -116,9 +143,24 @@ class ChatAnswer:
             }
             return prefix + orjson.dumps(choice) + suffix
 
-        yield chunk({"role": "assistant", "content": "", "refusal": None}, None), False
-        for piece in TextGenerator.pieces(self.text):
-            yield chunk({"content": piece}, None), True
+        if self.text is not None:
+            yield chunk({"role": "assistant", "content": "", "refusal": None}, None), False
+            for piece in TextGenerator.pieces(self.text):
+                yield chunk({"content": piece}, None), True
+        else:
+            delta: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+            for index, (call, call_id) in enumerate(zip(self.calls, self.call_ids[0], strict=True)):
+                start = {
+                    "index": index,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+                yield chunk({**delta, "tool_calls": [start]}, None), False
+                delta = {}
+                for piece in TextGenerator.pieces(call.arguments):
+                    part = {"index": index, "function": {"arguments": piece}}
+                    yield chunk({"tool_calls": [part]}, None), True
         yield chunk({}, self.finish_reason), False
         if self.include_usage:
             usage = orjson.dumps(self.usage())
@@ -142,6 +184,20 @@ def parse_chat(payload: dict[str, Any], makers: Makers) -> ChatAnswer:
                 f"Invalid 'messages[{index}]': expected a message object with a 'role'.",
             )
         meter.add_content(message.get("content"))
+        _meter_calls(meter, message.get("tool_calls"))
+    tools = chat_tools(payload)
+    output = chat_format(payload)
+    if output.kind == "json_object" and not any(
+        mentions_json(message.get("content")) for message in messages
+    ):
+        raise InvalidRequest(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+            "type 'json_object'.",
+            param="messages",
+        )
+    for definitions in (tools.prompt, output.prompt):
+        if definitions:
+            meter.add(definitions)
     limit = validate.max_tokens(payload, "max_completion_tokens", "max_tokens")
     stream = validate.flag(payload, "stream")
     options = payload.get("stream_options")
@@ -165,7 +221,15 @@ def parse_chat(payload: dict[str, Any], makers: Makers) -> ChatAnswer:
             "The simulator streams only one choice; use n=1 with stream=true.", param="n"
         )
     tier = validate.served_tier(payload, model, makers.flex_models)
-    tokens = limit if limit is not None else makers.default_output_tokens
+    reply = make_reply(
+        key=meter.crc,
+        limit=limit,
+        default_tokens=makers.default_output_tokens,
+        text=makers.text,
+        output=output,
+        functions=tools.to_call(user_turn=messages[-1].get("role") == "user"),
+    )
+    finish_reason = "tool_calls" if reply.calls else "stop"
     return ChatAnswer(
         id=makers.ids.make("chatcmpl-"),
         created=int(time.time()),
@@ -175,7 +239,29 @@ def parse_chat(payload: dict[str, Any], makers: Makers) -> ChatAnswer:
         include_usage=include_usage,
         choices=choices,
         input_tokens=meter.tokens,
-        output_tokens=tokens,
-        text=makers.text.text(meter.crc, tokens),
-        finish_reason="length" if limit is not None else "stop",
+        output_tokens=reply.tokens,
+        text=reply.text,
+        finish_reason="length" if reply.cut else finish_reason,
+        calls=reply.calls,
+        call_ids=_call_ids(makers, len(reply.calls), choices),
     )
+
+
+def _call_ids(makers: Makers, calls: int, choices: int) -> tuple[tuple[str, ...], ...]:
+    """Fresh ``call_…`` ids for ``calls`` calls in each of ``choices`` choices."""
+    if not calls:
+        return ()
+    return tuple(tuple(makers.ids.make("call_") for _ in range(calls)) for _ in range(choices))
+
+
+def _meter_calls(meter: PromptMeter, calls: Any) -> None:
+    """Add the calls of an assistant message (names and arguments) to the prompt."""
+    if not isinstance(calls, list):
+        return
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            for field in ("name", "arguments"):
+                value = function.get(field)
+                if isinstance(value, str):
+                    meter.add(value)

@@ -33,6 +33,30 @@ def invalid(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="invalid_value")
 
 
+def wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
+    """``param`` is not of the JSON type ``expected`` ("an object", "a string"...)."""
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, with its article: "an object", "null"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def json_object(payload: Any) -> dict[str, Any]:
     """The request body, which must be a JSON object."""
     if not isinstance(payload, dict):
