@@ -261,8 +261,12 @@ class JobKeeper:
         state.states["queued"] = len(job.lines)
         self._jobs[job.id] = state
         plan = JobPlan()
-        await self._route(await jobs_sql.routable_requests(self._database, job_id=job.id),
-                          plan=plan)
+        # Read in pages (not all rows at once), handed to the batch submitter in one message
+        # (it regroups its pending lines on each).
+        to_batch: list[BatchCandidate] = []
+        async for rows in jobs_sql.routable_pages(self._database, job.id):
+            await self._route(rows, plan=plan, collect=to_batch)
+        await self._send_to_batch(to_batch, (job.traceparent,) if job.traceparent else ())
         log.info("job %s: %d requests, deadline in %.0f s", job.id, len(job.lines),
                  job.deadline_at - time.time())
         return {**state.to_json(), "plan": plan.to_json()}
@@ -270,10 +274,12 @@ class JobKeeper:
     # --- routing: a batch, or sent from here ----------------------------------------------
 
     async def _route(self, rows: list[jobs_sql.Routable], *, batch_again: bool = True,
-                     plan: JobPlan | None = None) -> None:
+                     plan: JobPlan | None = None,
+                     collect: list[BatchCandidate] | None = None) -> None:
         """Hand each request to the batch submitter or push it on the heap; ``plan`` (of a
-        new job) gets where each went and when it is expected."""
-        to_batch: list[BatchCandidate] = []
+        new job) gets where each went and when it is expected. With ``collect``, lines for
+        the batch submitter are added to it for the caller to send."""
+        to_batch: list[BatchCandidate] = [] if collect is None else collect
         traceparents: set[str] = set()
         now = time.time()
         for row in rows:
@@ -299,9 +305,14 @@ class JobKeeper:
                 if plan is not None:
                     self._plan_direct(plan, row, job, now)
                 heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
-        if to_batch and self._batches is not None:
-            await self._batches.send(ToBatch(to_batch, tuple(sorted(traceparents))))
+        if collect is None:
+            await self._send_to_batch(to_batch, tuple(sorted(traceparents)))
         self._wake_pump.set()
+
+    async def _send_to_batch(self, lines: list[BatchCandidate],
+                             traceparents: tuple[str, ...]) -> None:
+        if lines and self._batches is not None:
+            await self._batches.send(ToBatch(lines, traceparents))
 
     def _plan_direct(self, plan: JobPlan, row: jobs_sql.Routable, job: JobState,
                      now: float) -> None:

@@ -21,6 +21,7 @@ from llmspool.calls import Endpoint
 from llmspool.errors import ApiError
 from llmspool.jobs.model import JobLine, LineError
 from llmspool.routing import ModelRouter
+from llmspool.wire import kept_json
 
 _ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
 MAX_REPORTED_ERRORS = 1000  # past this, a file is clearly not what was meant
@@ -107,9 +108,8 @@ class Intake:
             return
         if model != body["model"]:
             body = {**body, "model": model}
-        # orjson's result keeps a ~4 KiB allocation whatever its length; a job holds 100,000
-        # bodies until they are stored, so keep an exact-size copy (400 MB -> 20 MB measured).
-        encoded = bytes(memoryview(orjson.dumps(body)))
+        # A job holds 100,000 bodies until they are stored.
+        encoded = kept_json(body)
         endpoint = _ENDPOINTS[item["url"]]
         plan = None
         if self._cache_rules is not None:

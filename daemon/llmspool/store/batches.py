@@ -41,7 +41,7 @@ from llmspool.messages import (
 )
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
-from llmspool.wire import usage_of
+from llmspool.wire import kept_json, usage_of
 
 _T = TypeVar("_T")
 CHUNK = 5000  # lines per transaction while storing results
@@ -563,7 +563,7 @@ class ResultMapper:
                                  if line.submitted_at is not None else None),
                 late=self._now > line.deadline_at,
             ))
-        result = orjson.dumps({
+        result = kept_json({  # held until the chunk's commit
             "id": document.get("id") or f"batch_req_{request_id}",
             "custom_id": line.custom_id, "response": response, "error": None,
             **({"late": True} if self._now > line.deadline_at else {}),
@@ -572,13 +572,13 @@ class ResultMapper:
         if line.cache_key is not None and line.cache_ttl is not None:
             batch = self._batch
             self.report.cache_fills.append(NewEntry(
-                line.cache_key, False, orjson.dumps(response["body"]), batch.provider,
+                line.cache_key, False, kept_json(response["body"]), batch.provider,
                 batch.model, batch.endpoint.value, Tier.BATCH, usage or Usage(), line.cache_ttl,
             ))
 
     def _fail(self, request_id: int, line: _Line, response: dict[str, Any] | None,
               error: dict[str, Any] | None) -> None:
-        result = orjson.dumps({
+        result = kept_json({
             "id": f"batch_req_{request_id}", "custom_id": line.custom_id,
             "response": response, "error": error,
             **({"late": True} if self._now > line.deadline_at else {}),

@@ -18,6 +18,7 @@ import orjson
 from llmspool.jobs.model import NewJob
 
 RESULT_CHUNK = 1000
+ROUTE_PAGE = 5000
 COMPLETE_FINISHED_JOBS = (
     "UPDATE jobs SET status = 'completed', finished_at = ? WHERE status = 'in_progress' "
     "{only} AND NOT EXISTS (SELECT 1 FROM job_requests r WHERE r.job_id = jobs.id "
@@ -50,15 +51,16 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
             (job.id, job.created_at, job.deadline_at, job.operation,
              orjson.dumps(job.tags).decode(), job.uid, len(job.lines), job.traceparent),
         )
+        # A generator, not a list: 100,000 parameter tuples would be ~12 MB more at the peak.
         await connection.executemany(
             "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
             " deadline_at, state, cache_key, cache_ttl) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-            [
+            (
                 (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
                  line.model, line.body, job.deadline_at, line.cache_key, line.cache_ttl)
                 for line in job.lines
-            ],
+            ),
         )
     except BaseException:
         await connection.execute("ROLLBACK")
@@ -205,11 +207,20 @@ _ROUTABLE = (
 )
 
 
+# Paged along the (job_id, line) index: the planner would otherwise pick the partial index of
+# queued requests and sort every queued row for each page.
+_ROUTABLE_PAGE = (
+    _ROUTABLE.replace("r.cache_key FROM", "r.cache_key, r.line FROM")
+    .replace("FROM job_requests r", "FROM job_requests r INDEXED BY job_requests_job_line")
+    + "AND r.job_id = ? AND r.line > ? ORDER BY r.line LIMIT ?"
+)
+
+
 async def routable_requests(
-    connection: aiosqlite.Connection, *, job_id: str | None = None,
-    ids: Sequence[int] | None = None,
+    connection: aiosqlite.Connection, *, ids: Sequence[int] | None = None,
 ) -> list[Routable]:
-    """Queued requests no batch carries: of one job, of the given ids, or all."""
+    """Queued requests no batch carries: of the given ids, or all (a new job's are read in
+    pages: ``routable_pages``)."""
     if ids is not None:
         found: list[Routable] = []
         for start in range(0, len(ids), 500):
@@ -218,11 +229,24 @@ async def routable_requests(
                 _ROUTABLE + f"AND r.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
             found += [Routable(*row) for row in rows]
         return found
-    if job_id is not None:
-        rows = await connection.execute_fetchall(_ROUTABLE + "AND r.job_id = ?", (job_id,))
-    else:
-        rows = await connection.execute_fetchall(_ROUTABLE)
+    rows = await connection.execute_fetchall(_ROUTABLE)
     return [Routable(*row) for row in rows]
+
+
+async def routable_pages(
+    connection: aiosqlite.Connection, job_id: str, page: int = ROUTE_PAGE,
+) -> AsyncIterator[list[Routable]]:
+    """The job's queued requests no batch carries, ``page`` at a time in id order: a job of
+    100,000 requests is routed without holding all its rows at once (~36 MB)."""
+    after = 0
+    while True:
+        # Paged by line number, along the (job_id, line) index.
+        rows = list(await connection.execute_fetchall(
+            _ROUTABLE_PAGE, (job_id, after, page)))
+        if not rows:
+            return
+        yield [Routable(*row[:-1]) for row in rows]
+        after = rows[-1][-1]
 
 
 async def batched_twins(
