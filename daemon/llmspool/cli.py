@@ -30,6 +30,7 @@ import orjson
 from llmspool import __version__, unix_http
 from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
+from llmspool.cli_output import console
 from llmspool.config import Config, config_to_table, load_config
 from llmspool.errors import ConfigError, StartupError
 
@@ -253,7 +254,6 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"llmspool {report.get('version', '?')} on {path}", show_header=False)
@@ -310,14 +310,14 @@ def _run_status(args: argparse.Namespace) -> int:
         table.add_row("unknown outcome today (billed at reservation)",
                       f"{ledger['unknown_outcome_today']} calls, "
                       f"${ledger['unknown_outcome_today_usd']:.6f}")
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     batches = report.get("batches")
     if batches is not None:
-        console.print(_batches_table(batches, report.get("batch_submitter") or {}))
+        out.print(_batches_table(batches, report.get("batch_submitter") or {}))
     breakers = dispatcher.get("breakers") or []
     if breakers:
-        console.print(_breakers_table(breakers))
+        out.print(_breakers_table(breakers))
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from llmspool import unix_http
+from llmspool.cli_output import console
 from llmspool.errors import StartupError
 from llmspool.store.reports import DIMENSIONS, parse_day, parse_dimensions, parse_since
 
@@ -28,7 +29,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BROKEN_PIPE = 141
 REQUEST_TIMEOUT = 60.0
-PIPE_WIDTH = 400
 # A table longer than this is for a file, not for reading: --json or --csv, or --limit.
 TABLE_ROWS = 50
 
@@ -155,23 +155,12 @@ def run_costs(args: argparse.Namespace) -> int:
 
             write_csv(report, sys.stdout)
         else:
-            _console().print(report_table(report))
+            console().print(report_table(report))
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     return EXIT_OK
-
-
-def _console() -> Any:
-    """A terminal's console; for a pipe or file, one wide enough that no cell is cut short
-    (rich would assume 80 columns), unless COLUMNS says otherwise."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        return Console(width=PIPE_WIDTH)
-    return console
 
 
 class _Failure(Exception):

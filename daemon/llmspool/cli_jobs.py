@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from llmspool.cli_output import console
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
@@ -49,6 +51,8 @@ UPLOAD_CHUNK = 1024 * 1024
 UPLOAD_BAR_MIN_BYTES = 4 * 1024 * 1024
 # How often `wait` redraws its bar: one status request a second.
 PROGRESS_POLL_SECONDS = 1.0
+# Not on a terminal, `wait` logs a line when the job moves, looking this often.
+LOG_POLL_SECONDS = 15.0
 MAX_LINES_SHOWN = 50
 
 Run = Callable[[argparse.Namespace], int]
@@ -224,9 +228,7 @@ def _spool(args: argparse.Namespace, timeout: float = 60.0) -> SyncSpool:
 
 
 def _stderr() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return console(stderr=True)
 
 
 def _print_lines_table(lines: Sequence[Mapping[str, Any]], title: str) -> None:
@@ -391,7 +393,7 @@ def _wait_and_report(handle: SyncJobHandle, timeout: float | None) -> int:
             job = handle.wait(
                 timeout,
                 on_status=on_status,
-                poll_every=PROGRESS_POLL_SECONDS if console.is_terminal else 600,
+                poll_every=PROGRESS_POLL_SECONDS if console.is_terminal else LOG_POLL_SECONDS,
             )
     except TimeoutError as exc:
         print(f"llmspool: {exc}; `llmspool results {handle.id}` has what is done",
@@ -427,10 +429,11 @@ class _FinishProgress:
         self._console = console
         self._job_id = job_id
         self._progress: Progress | None = None
+        self._last_line = ""
 
     def __enter__(self) -> Callable[[Mapping[str, Any]], None]:
         if not self._console.is_terminal:
-            return lambda _job: None
+            return self._log_changes
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         from llmspool.client import finished_count
@@ -446,9 +449,20 @@ class _FinishProgress:
         def update(job: Mapping[str, Any]) -> None:
             total = (job.get("counts") or {}).get("total")
             progress.update(task, total=total, completed=finished_count(job),
-                            description=f"{self._job_id} {job.get('status', '')}")
+                            description=f"{self._job_id}: {wait_description(job)}")
 
         return update
+
+    def _log_changes(self, job: Mapping[str, Any]) -> None:
+        """Not a terminal (a log, a pipe): a line when where the requests are changes."""
+        from llmspool.client import finished_count
+
+        line = (f"{finished_count(job)}/{(job.get('counts') or {}).get('total', '?')} done; "
+                f"{wait_description(job)}")
+        if line != self._last_line:
+            self._last_line = line
+            self._console.print(f"{time.strftime('%H:%M:%S')} {self._job_id}: {line}",
+                                highlight=False, markup=False)
 
     def __exit__(self, *_exc: object) -> None:
         if self._progress is not None:
@@ -528,7 +542,6 @@ def _run_jobs(args: argparse.Namespace) -> int:
         _print_json(jobs)
         return EXIT_OK
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     from llmspool.client import finished_count
@@ -557,7 +570,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
             _relative(job.get("deadline_at"), now),
             str(job.get("operation") or "-"),
         )
-    Console().print(table)
+    console().print(table)
     return EXIT_OK
 
 
@@ -572,9 +585,7 @@ def _job_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job)
         return EXIT_OK
-    from rich.console import Console
-
-    Console().print(_job_table(job, time.time()))
+    console().print(_job_table(job, time.time()))
     return EXIT_OK
 
 
@@ -596,8 +607,12 @@ def _job_table(job: Mapping[str, Any], now: float) -> Any:
         table.add_row("finished", _when(job["finished_at"], now))
     counts = job.get("counts") or {}
     table.add_section()
-    for state in ("total", "queued", "running", "succeeded", "failed", "cancelled"):
-        table.add_row(state, str(counts.get(state, 0)))
+    for state, label in STATE_ROWS:
+        table.add_row(label, str(counts.get(state, 0)))
+    if counts.get("late"):
+        table.add_row("results stored after their deadline", str(counts["late"]))
+    for batch in job.get("batches") or []:
+        table.add_row(f"  in {_batch_label(batch)}", _batch_progress(batch))
     by_tier = job.get("by_tier") or {}
     if by_tier:
         table.add_section()
@@ -607,6 +622,49 @@ def _job_table(job: Mapping[str, Any], now: float) -> Any:
     table.add_row("cost so far", f"${float(job.get('cost_usd') or 0):.6f}")
     table.add_row("saved", f"${float(job.get('saved_usd') or 0):.6f}")
     return table
+
+
+STATE_ROWS = (("total", "total"), ("queued", "queued here"), ("in_batch", "in a batch"),
+              ("running", "running"), ("succeeded", "succeeded"), ("failed", "failed"),
+              ("cancelled", "cancelled"))
+
+
+def _batch_label(batch: Mapping[str, Any]) -> str:
+    """``batch_abc (openai gpt-5-mini)``, or the state of one not yet created upstream."""
+    name = batch.get("id") or "a batch being prepared"
+    return f"{name} ({batch.get('provider')} {batch.get('model')})"
+
+
+def _batch_progress(batch: Mapping[str, Any]) -> str:
+    """The provider's status and progress of a batch carrying some of the job's requests."""
+    status = str(batch.get("status") or "-")
+    if status.startswith("llmspool:"):
+        status = f"{status.removeprefix('llmspool:')} by llmspool"
+    if batch.get("cancelling"):
+        status += ", cancelling"
+    done = f"{batch.get('completed', 0)}/{batch.get('lines', 0)} done upstream"
+    return f"{batch.get('requests_of_job', 0)} requests; {status}, {done}"
+
+
+def wait_description(job: Mapping[str, Any]) -> str:
+    """What ``llmspool wait`` is waiting for: where the unfinished requests are, and where the
+    finished ones were served, e.g. ``in batch 40 (batch_abc: in_progress), running 8 |
+    flex 12, batch 60``."""
+    counts = job.get("counts") or {}
+    waiting = [f"{label} {counts[state]}" for state, label in (
+        ("queued", "queued"), ("running", "running"), ("in_batch", "in batch"))
+        if counts.get(state)]
+    batches = job.get("batches") or []
+    if batches and counts.get("in_batch"):
+        statuses = ", ".join(f"{b.get('id') or 'preparing'}: "
+                             f"{str(b.get('status')).removeprefix('llmspool:')}"
+                             for b in batches[:2])
+        more = f", +{len(batches) - 2}" if len(batches) > 2 else ""
+        waiting[-1] += f" ({statuses}{more})"
+    served = ", ".join(f"{tier} {count}" for tier, count in
+                       sorted((job.get("by_tier") or {}).items()))
+    text = ", ".join(waiting) or str(job.get("status", ""))
+    return f"{text} | {served}" if served else text
 
 
 def _when(moment: Any, now: float) -> str:

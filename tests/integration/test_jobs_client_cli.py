@@ -66,10 +66,15 @@ def write_jsonl(path: Path, custom_ids: list[str]) -> Path:
 
 
 def llmspool(daemon: Daemon, *args: str, stdin: bytes | None = None,
-             timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, finding the socket through LLMSPOOL_SOCKET."""
+             timeout: float = 90, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, finding the socket through LLMSPOOL_SOCKET (``env``
+    changes the environment; an empty value removes a variable)."""
+    environment = {**daemon.env, **(env or {})}
+    environment = {key: value for key, value in environment.items() if value != ""}
     completed = subprocess.run(
-        python_command(*args), env=daemon.env, input=stdin, capture_output=True, timeout=timeout,
+        python_command(*args), env=environment, input=stdin, capture_output=True,
+        timeout=timeout,
     )
     return subprocess.CompletedProcess(
         completed.args, completed.returncode, completed.stdout.decode(), completed.stderr.decode()
@@ -464,3 +469,94 @@ def test_async_client_says_the_daemon_is_not_running(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="not running") as raised:
         anyio.run(main)
     assert str(socket) in str(raised.value)
+
+
+# --- where the requests are: status and wait while a batch runs ---------------------------------
+
+
+def run_in_pty(command: list[str], env: dict[str, str], seconds: float) -> str:
+    """What a user sees on a real terminal (80 columns) during ``seconds`` of ``command``."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, on the pty
+        os.execvpe(command[0], command, env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    seen = b""
+    until = time.monotonic() + seconds
+    try:
+        while time.monotonic() < until:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return seen.decode(errors="replace")
+
+
+def test_status_and_wait_say_which_batch_holds_the_requests(tmp_path: Path) -> None:
+    # A batch tier that takes a minute: the job's requests sit in one batch meanwhile.
+    sim = start_sim(tmp_path, '[sim.batch]\nturnaround = "60s"\n')
+    try:
+        quick = ('[planner]\nsafety = "1s"\ndefault_standard_latency = "1s"\n'
+                 'default_batch_latency = "2s"\n[batch]\nmax_age = "100ms"\npoll_min = "200ms"\n'
+                 'poll_max = "500ms"\n')
+        daemon = start_daemon(tmp_path, sim.url, config_toml=quick)
+        try:
+            job_id = submit_file_with(daemon, write_jsonl(tmp_path / "in.jsonl", CUSTOM_IDS),
+                                      "--deadline", "1h")
+            job = wait_until_batched(daemon, job_id)
+            batch_id = job["batches"][0]["id"]
+            assert job["batches"][0]["requests_of_job"] == len(CUSTOM_IDS)
+
+            # Piped: a table no narrower than its content, with the batch and its status.
+            shown = llmspool(daemon, "status", job_id, env={"COLUMNS": ""})
+            assert shown.returncode == 0, shown.stderr
+            assert re.search(r"in a batch\s*[│|]\s*5\b", shown.stdout), shown.stdout
+            row = next(line for line in shown.stdout.splitlines() if batch_id in line)
+            assert "5 requests; in_progress" in row and "…" not in row, row
+            assert len(row) > 80  # not cut to 80 columns
+
+            # On a terminal, wait's progress line says what it waits for.
+            seen = run_in_pty([*python_command("wait", job_id)], daemon.env, 4.0)
+            assert "in batch 5" in seen and batch_id[:12] in seen, seen[-2000:]
+
+            # In a log, wait writes a line saying the same.
+            logged = llmspool(daemon, "wait", job_id, "--timeout", "2")
+            assert logged.returncode != 0
+            assert re.search(rf"{job_id}: 0/5 done; in batch 5 \({batch_id}: in_progress\)",
+                             logged.stderr), logged.stderr
+        finally:
+            daemon.terminate()
+    finally:
+        stop_process(sim.process)
+
+
+def submit_file_with(daemon: Daemon, path: Path, *options: str) -> str:
+    submitted = llmspool(daemon, "submit", str(path), *options)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
+
+
+def wait_until_batched(daemon: Daemon, job_id: str) -> dict[str, Any]:
+    import time
+
+    until = time.monotonic() + 30
+    while True:
+        job = orjson.loads(llmspool(daemon, "status", job_id, "--json").stdout)
+        batches = job.get("batches") or []
+        if batches and batches[0]["id"] and batches[0]["status"] == "in_progress":
+            return dict(job)
+        assert time.monotonic() < until, job
+        time.sleep(0.3)

@@ -4,7 +4,8 @@
                                        "on_error"} or a JSONL body (Batch input format) with
                                        ?deadline=&operation=&on_error=&tag.KEY=VALUE -> 202 job
     GET  /v1/jobs                      recent jobs
-    GET  /v1/jobs/{id}                 the job: counts by state and tier, cost, deadline
+    GET  /v1/jobs/{id}                 the job: counts by state and tier, cost, deadline, and
+                                       the upstream batches carrying its requests
     GET  /v1/jobs/{id}/results?wait=S  its finished requests, Batch output format (JSONL)
     POST /v1/jobs/{id}/cancel          cancel what has not run
 
@@ -102,7 +103,10 @@ def job_routes(
         return _json(await _query(keeper, "jobs", limit=limit, viewer=viewer(request)))
 
     async def get_job(request: Request) -> Response:
-        return _json(await _job(keeper, request.path_params["job_id"], viewer(request)))
+        job = await _job(keeper, request.path_params["job_id"], viewer(request))
+        if job["counts"].get("in_batch"):
+            job["batches"] = await _carrying_batches(database_path, job["id"])
+        return _json(job)
 
     async def results(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -199,6 +203,11 @@ def _upload_too_large(size: int, limit: int) -> PayloadTooLarge:
         "([jobs] max_upload_size); split it into several jobs",
         code="upload_too_large",
     )
+
+
+async def _carrying_batches(database_path: Path, job_id: str) -> list[dict[str, Any]]:
+    async with aiosqlite.connect(f"file:{database_path}?mode=ro", uri=True) as connection:
+        return await jobs_sql.carrying_batches(connection, job_id)
 
 
 async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[bytes]:

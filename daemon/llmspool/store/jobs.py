@@ -262,6 +262,28 @@ async def batched_twins(
             for key, request_id, job_id, deadline in rows]
 
 
+async def carrying_batches(connection: aiosqlite.Connection, job_id: str
+                           ) -> list[dict[str, Any]]:
+    """The upstream batches that carry the job's unfinished requests: where they stand at the
+    provider (for ``llmspool status`` and ``wait``)."""
+    rows = await connection.execute_fetchall(
+        "SELECT b.remote_id, b.provider, b.model, b.state, b.remote_status, b.lines, "
+        "b.completed, b.failed, b.submitted_at, b.cancel_requested_at, COUNT(*) "
+        "FROM job_requests r JOIN batches b ON b.id = r.batch_id "
+        "WHERE r.job_id = ? AND r.state = 'queued' GROUP BY b.id ORDER BY b.id",
+        (job_id,))
+    return [
+        {"id": remote_id, "provider": provider, "model": model,
+         # Not yet created upstream: still being built or uploaded by llmspool.
+         "status": remote_status if remote_id else f"llmspool:{state}",
+         "lines": lines, "completed": completed, "failed": failed,
+         "submitted_at": submitted_at, "cancelling": cancel_requested_at is not None,
+         "requests_of_job": count}
+        for (remote_id, provider, model, state, remote_status, lines, completed, failed,
+             submitted_at, cancel_requested_at, count) in rows
+    ]
+
+
 async def batched_counts(connection: aiosqlite.Connection) -> dict[str, int]:
     """Queued requests per job that a batch carries."""
     rows = await connection.execute_fetchall(
