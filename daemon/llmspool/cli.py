@@ -128,11 +128,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="rehearse: start a simulator and a daemon, send a few requests, show the costs",
-        description="Start `llmspool sim` and `llmspool daemon` in a temporary directory, send "
-        "a chat completion, a streamed one and an embedding with the official openai client "
-        "over the socket, print the answers and their cost, then the ledger; stop both. "
-        "Needs no config and no API key.",
+        help="rehearse what the spooler does, in about 15 seconds, on a simulator",
+        description="Start `llmspool sim` (flex capacity out 40% of the time, batches done "
+        "in seconds) and `llmspool daemon` in a temporary directory; send an interactive call "
+        "and its repeat (answered for nothing), a job due in 30 s (flex, riding out the "
+        "outage) and one due in 1 h (the Batch API, with a repeated request answered without "
+        "a second call); print the plans, the results and the cost report by saving source; "
+        "stop both. Needs no config and no API key.",
     )
     demo.set_defaults(run=_run_demo)
 
