@@ -1,15 +1,22 @@
 """Reading OpenAI-shaped bodies on the hot path: only what the daemon needs, nothing re-encoded.
 
 - ``usage_of`` and ``served_tier_of`` read a whole answer's ``usage`` and ``service_tier``;
+- ``response_id_of``, ``response_model_of`` and ``finish_reasons_of`` read what telemetry
+  reports of an answer (its id, the model that answered, why it stopped);
 - ``SseMeter`` watches a server-sent-event stream pass through: it forwards whole events as
-  they complete, notes the usage and tier they report, and drops the usage-only chunk that
-  the daemon asked for when the client did not.
+  they complete, notes the usage, tier, id, model and finish reasons they report, and drops
+  the usage-only chunk that the daemon asked for when the client did not.
 
 Chat Completions and Embeddings name usage ``prompt_tokens``/``completion_tokens`` (cached and
 cache-write input under ``prompt_tokens_details``); the Responses API names it
 ``input_tokens``/``output_tokens`` (details under ``input_tokens_details``). Both count all the
 input. ``kept_json`` encodes JSON that will be held in memory for a while (a job's bodies, a batch's
 results waiting for their transaction).
+
+Finish reasons: a chat completion's ``choices[].finish_reason`` (in a stream, the chunk that
+ends a choice); the Responses API has none, so a finished response's ``status`` stands in:
+``completed`` is ``stop``, ``incomplete`` is its ``incomplete_details.reason``
+(``max_output_tokens``, ``content_filter``), ``failed`` is ``error``.
 
 Anthropic-shaped usage (``cache_read_input_tokens``, ``cache_creation_input_tokens``)
 counts only the uncached input in ``input_tokens``; it is added up so that every ``Usage``
@@ -25,6 +32,8 @@ import orjson
 from llmspool.calls import Tier, Usage
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n")
+_FINISH_KEY = b'"finish_reason"'
+_FINISHED_STATUSES = {"completed": "stop", "failed": "error", "cancelled": "cancelled"}
 _ANTHROPIC_CACHE_KEYS = frozenset({"cache_read_input_tokens", "cache_creation_input_tokens"})
 
 
@@ -99,6 +108,59 @@ def served_tier_of(answer: Any) -> Tier | None:
     return Tier.from_service_tier(tier)
 
 
+def response_id_of(answer: Any) -> str | None:
+    """The ``id`` of a chat completion (or chunk) or of a Responses API response (or of the
+    response a stream event carries); None if it has none (embeddings)."""
+    if not isinstance(answer, dict):
+        return None
+    value = answer.get("id")
+    if value is None and isinstance(answer.get("response"), dict):
+        value = answer["response"].get("id")
+    return value if isinstance(value, str) else None
+
+
+def response_model_of(answer: Any) -> str | None:
+    """The ``model`` an answer says produced it (a dated name, ``gpt-4o-mini-2024-07-18``)."""
+    if not isinstance(answer, dict):
+        return None
+    value = answer.get("model")
+    if value is None and isinstance(answer.get("response"), dict):
+        value = answer["response"].get("model")
+    return value if isinstance(value, str) else None
+
+
+def finish_reasons_of(answer: Any) -> list[str]:
+    """Why each choice of an answer (or chunk) stopped, as the module docstring says; empty
+    when it does not say (yet)."""
+    if not isinstance(answer, dict):
+        return []
+    choices = answer.get("choices")
+    if isinstance(choices, list):
+        return [choice["finish_reason"] for choice in choices if isinstance(choice, dict)
+                and isinstance(choice.get("finish_reason"), str)]
+    response = answer.get("response") if answer.get("object") != "response" else answer
+    if not isinstance(response, dict):
+        return []
+    status = response.get("status")
+    if status == "incomplete":
+        reason = _get(response.get("incomplete_details"), "reason")
+        return [reason if isinstance(reason, str) else "incomplete"]
+    finished = _FINISHED_STATUSES.get(status) if isinstance(status, str) else None
+    return [finished] if finished else []
+
+
+def _ends_a_choice(data: bytes) -> bool:
+    """Whether events ``data`` hold a non-null ``finish_reason``: a few ``find``s, so that the
+    chunks of a stream (each says ``"finish_reason":null``) need not be parsed to see it."""
+    at = data.find(_FINISH_KEY)
+    while at >= 0:
+        after = data[at + len(_FINISH_KEY):at + len(_FINISH_KEY) + 8].lstrip(b": \t")
+        if not after.startswith(b"null"):
+            return True
+        at = data.find(_FINISH_KEY, at + len(_FINISH_KEY))
+    return False
+
+
 class SseMeter:
     """Passes a server-sent-event stream through, event by event, reading usage on the way.
 
@@ -106,7 +168,8 @@ class SseMeter:
     (possibly empty); ``flush`` returns whatever is left when the stream ends.
     """
 
-    __slots__ = ("_buffer", "_strip_usage_chunk", "claimed_tier", "events", "tier", "usage")
+    __slots__ = ("_buffer", "_strip_usage_chunk", "claimed_tier", "events", "finish_reasons",
+                 "model", "response_id", "tier", "usage")
 
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
         self._buffer = b""
@@ -115,6 +178,11 @@ class SseMeter:
         self.tier: Tier | None = None
         self.claimed_tier: str | None = None
         self.events = 0
+        # For telemetry, from the events parsed anyway (the first, those with usage) and the
+        # chunk that ends each choice: no event is parsed for these alone but that one.
+        self.response_id: str | None = None
+        self.model: str | None = None
+        self.finish_reasons: list[str] = []
 
     def feed(self, data: bytes) -> bytes:
         buffer = self._buffer + data if self._buffer else data
@@ -124,7 +192,8 @@ class SseMeter:
             return b""
         self._buffer = buffer[end:]
         complete = buffer[:end]
-        if self.tier is not None and b'"usage"' not in complete:
+        if self.tier is not None and b'"usage"' not in complete \
+                and not _ends_a_choice(complete):
             self.events += complete.count(b"data:")
             return complete  # the common case: nothing to read, forward as it is
         return self._read_events(complete)
@@ -142,9 +211,10 @@ class SseMeter:
         if data is None:
             return True
         self.events += 1
-        if data == b"[DONE]" or (self.tier is not None and b'"usage"' not in data):
+        if data == b"[DONE]":
             return True
-        if b'"usage":null' in data and self.tier is not None:
+        if self.tier is not None and (b'"usage"' not in data or b'"usage":null' in data) \
+                and not _ends_a_choice(data):
             return True
         try:
             parsed = orjson.loads(data)
@@ -154,6 +224,9 @@ class SseMeter:
         if tier is not None:
             self.tier = tier
         self.claimed_tier = claimed_tier_of(parsed) or self.claimed_tier
+        self.response_id = self.response_id or response_id_of(parsed)
+        self.model = self.model or response_model_of(parsed)
+        self.finish_reasons += finish_reasons_of(parsed)
         usage = usage_of(parsed)
         if usage is None:
             return True

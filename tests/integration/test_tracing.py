@@ -1,37 +1,87 @@
 """Traces: spans for the front door and the provider call reach a real OTLP/HTTP receiver,
-continue the client's ``traceparent``, and carry the GenAI attributes and the cost."""
+continue the client's ``traceparent``, and carry the GenAI attributes and the cost.
+
+``OtlpReceiver`` (used by the ``test_telemetry_*`` modules too) is an HTTP server that decodes
+the protobuf export requests with ``opentelemetry-proto``, as a collector would.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support.processes import Sim, openai_client, start_daemon, unix_request
 
 
-class _Receiver(ThreadingHTTPServer):
-    spans: list[Any]
+class OtlpReceiver(ThreadingHTTPServer):
+    """A real OTLP/HTTP receiver on 127.0.0.1. ``accept_metrics=False`` makes it a traces-only
+    backend (as Arize Phoenix is): ``/v1/metrics`` answers 404."""
+
+    def __init__(self, *, accept_metrics: bool = True) -> None:
+        super().__init__(("127.0.0.1", 0), _OtlpHandler)
+        self.accept_metrics = accept_metrics
+        self.spans: list[Any] = []
+        self.metrics: list[Any] = []  # every Metric message, in the order exported
+        self.paths: list[str] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def span(self, name: str) -> Any:
+        found = [span for span in self.spans if span.name == name]
+        assert len(found) == 1, (name, [span.name for span in self.spans])
+        return found[0]
+
+    def metric(self, name: str) -> Any | None:
+        """The last export of metric ``name`` (cumulative: it holds every point so far)."""
+        found = [metric for metric in self.metrics if metric.name == name]
+        return found[-1] if found else None
+
+    def metric_names(self) -> set[str]:
+        return {metric.name for metric in self.metrics}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Receiver
+class _OtlpHandler(BaseHTTPRequestHandler):
+    server: OtlpReceiver
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.paths.append(self.path)
         if self.path == "/v1/traces":
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
             for resource_spans in request.resource_spans:
                 for scope_spans in resource_spans.scope_spans:
                     self.server.spans.extend(scope_spans.spans)
+        elif self.path == "/v1/metrics" and self.server.accept_metrics:
+            metrics_request = ExportMetricsServiceRequest()
+            metrics_request.ParseFromString(body)
+            for resource_metrics in metrics_request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    self.server.metrics.extend(scope_metrics.metrics)
+        else:
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0")
@@ -42,32 +92,38 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    server = _Receiver(("127.0.0.1", 0), _Handler)
-    server.spans = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver()
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
-def _attributes(span: Any) -> dict[str, Any]:
-    out = {}
-    for kv in span.attributes:
-        value = kv.value
-        out[kv.key] = getattr(value, value.WhichOneof("value"))
-    return out
+def attributes_of(item: Any) -> dict[str, Any]:
+    """A span's (or data point's) attributes as Python values (arrays as lists)."""
+    return {kv.key: _value(kv.value) for kv in item.attributes}
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in value.array_value.values]
+    return getattr(value, kind)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_spans_form_a_tree_under_the_clients_trace(
-    tmp_path: Path, sim: Sim, receiver: _Receiver
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    port = receiver.server_address[1]
     daemon = start_daemon(tmp_path, sim.url, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     })
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -93,7 +149,7 @@ def test_spans_form_a_tree_under_the_clients_trace(
     assert provider_call.parent_span_id == server.span_id
     assert server.kind == server.SPAN_KIND_SERVER
     assert provider_call.kind == provider_call.SPAN_KIND_CLIENT
-    attributes = _attributes(provider_call)
+    attributes = attributes_of(provider_call)
     assert attributes["gen_ai.system"] == "openai"
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
@@ -103,10 +159,11 @@ def test_spans_form_a_tree_under_the_clients_trace(
     assert attributes["llmspool.cost_usd"] > 0
 
 
-def test_otel_sdk_disabled_turns_tracing_off(tmp_path: Path, sim: Sim, receiver: _Receiver) -> None:
-    port = receiver.server_address[1]
+def test_otel_sdk_disabled_turns_tracing_off(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
     daemon = start_daemon(tmp_path, sim.url, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SDK_DISABLED": "true",
     })
@@ -118,71 +175,39 @@ def test_otel_sdk_disabled_turns_tracing_off(tmp_path: Path, sim: Sim, receiver:
     finally:
         daemon.terminate()  # a shutdown flushes any spans there were
     assert receiver.spans == []
+    assert receiver.paths == []
 
 
-class _MetricsReceiver(_Receiver):
-    metric_names: set[str]
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    server: _MetricsReceiver
-
-    def do_POST(self) -> None:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-            ExportMetricsServiceRequest,
-        )
-
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if self.path == "/v1/metrics":
-            request = ExportMetricsServiceRequest()
-            request.ParseFromString(body)
-            for resource_metrics in request.resource_metrics:
-                for scope_metrics in resource_metrics.scope_metrics:
-                    for metric in scope_metrics.metrics:
-                        total = sum(p.as_int or p.as_double for p in metric.sum.data_points)
-                        if total:
-                            self.server.metric_names.add(metric.name)
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_flex_metrics_are_exported_over_otlp(tmp_path: Path, sim: Sim) -> None:
-    server = _MetricsReceiver(("127.0.0.1", 0), _MetricsHandler)
-    server.spans = []
-    server.metric_names = set()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def test_flex_metrics_are_exported_over_otlp(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
     daemon = start_daemon(tmp_path, sim.url, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_METRIC_EXPORT_INTERVAL": "200",
     })
     try:
         openai_client(daemon.socket_path).chat.completions.create(
             model="gpt-5-mini", messages=[{"role": "user", "content": "x"}], service_tier="flex"
         )
-        deadline = time.monotonic() + 10
-        while "llmspool.flex.requests" not in server.metric_names:
-            assert time.monotonic() < deadline, server.metric_names
-            time.sleep(0.1)
-        assert {"llmspool.flex.tokens", "llmspool.flex.saved"} <= server.metric_names
+
+        def counted(name: str) -> bool:
+            metric = receiver.metric(name)
+            return metric is not None and sum(
+                p.as_int or p.as_double for p in metric.sum.data_points) > 0
+
+        wait_for(lambda: all(counted(name) for name in (
+            "llmspool.flex.requests", "llmspool.flex.tokens", "llmspool.flex.saved")))
     finally:
         daemon.terminate()
-        server.shutdown()
-        server.server_close()
 
 
 def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
-    tmp_path: Path, sim: Sim, receiver: _Receiver
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    port = receiver.server_address[1]
     config = ('[planner]\nsafety = "1s"\ndefault_standard_latency = "1s"\n'
               'default_batch_latency = "2s"\n[batch]\nmax_age = "100ms"\npoll_min = "200ms"\n')
     daemon = start_daemon(tmp_path, sim.url, config_toml=config, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     })
     trace_id = "0af7651916cd43dd8448eb211c80319c"
@@ -200,15 +225,18 @@ def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
         status, _results = unix_request(daemon.socket_path, "GET",
                                         f"/v1/jobs/{job['id']}/results?wait=60")
         assert status == 200
-        deadline = time.monotonic() + 10
-        wanted = {"batch submit", "batch poll", "batch retrieve"}
-        while not wanted <= {s.name for s in receiver.spans} and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wanted = {"job submit", "batch submit", "batch poll", "batch retrieve"}
+        wait_for(lambda: wanted <= {s.name for s in receiver.spans})
     finally:
         daemon.terminate()
-    batch_spans = [span for span in receiver.spans if span.name in wanted]
-    assert {span.name for span in batch_spans} == wanted
+    # The submission is a span in the caller's trace; the batch's spans link to it.
+    submitted = receiver.span("job submit")
+    assert submitted.trace_id.hex() == trace_id
+    assert submitted.parent_span_id.hex() == "b7ad6b7169203331"
+    batch_spans = [span for span in receiver.spans if span.name in wanted - {"job submit"}]
+    assert {span.name for span in batch_spans} == wanted - {"job submit"}
     for span in batch_spans:
-        assert [link.trace_id.hex() for link in span.links] == [trace_id], span.name
+        assert [(link.trace_id, link.span_id) for link in span.links] == \
+            [(submitted.trace_id, submitted.span_id)], span.name
     retrieve = next(span for span in batch_spans if span.name == "batch retrieve")
-    assert _attributes(retrieve)["llmspool.batch.succeeded"] == 3
+    assert attributes_of(retrieve)["llmspool.batch.succeeded"] == 3

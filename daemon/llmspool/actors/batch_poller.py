@@ -35,12 +35,15 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
 from llmspool.batches.remote import RemoteBatch
@@ -62,7 +65,7 @@ from llmspool.messages import (
 )
 from llmspool.provider import BatchProvider
 from llmspool.store import batches as batch_sql
-from llmspool.tracing import links_from
+from llmspool.tracing import active, links_from
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class BatchPoller:
         context: BatchContext,
         prices: PriceBook,
         cache: MemoryObjectSendStream[CacheFill] | None = None,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self._ready = context.ready
         self._cache = cache
@@ -104,6 +108,9 @@ class BatchPoller:
         self._finished = 0
         self._paid_twice = 0
         self._rebatched = 0
+        (meter or active().meter).create_observable_gauge(  # without one given, the daemon's
+            "llmspool.batches.open", [self._observe_open], "{batch}",
+            "batches open upstream, by provider")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._store = await batch_sql.ThreadedConnection.open(self._database_path)
@@ -139,6 +146,14 @@ class BatchPoller:
         self._open[batch.id] = batch
         self._interval[batch.id] = self._config.poll_min
         self._next_poll[batch.id] = now + (self._config.poll_min if now else 0.0)
+
+    def _observe_open(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """Read by the metric reader's thread (the list copies the batches at once)."""
+        by_provider: dict[str, int] = {}
+        for batch in list(self._open.values()):
+            by_provider[batch.provider] = by_provider.get(batch.provider, 0) + 1
+        return [Observation(count, {"llmspool.provider": provider})
+                for provider, count in by_provider.items()] or [Observation(0)]
 
     # --- polling --------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
 from llmspool.batches.remote import INTENT_KEY
@@ -64,7 +67,7 @@ from llmspool.messages import (
 from llmspool.provider import BatchProvider
 from llmspool.reservations import Reserver
 from llmspool.store import batches as batch_sql
-from llmspool.tracing import links_from
+from llmspool.tracing import active, links_from
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class BatchSubmitter:
         *,
         context: BatchContext,
         reserver: Reserver,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self._ledger = ledger
         self._reserver = reserver
@@ -119,6 +123,9 @@ class BatchSubmitter:
         self._wake = anyio.Event()
         self._submitted = 0
         self._given_back = 0
+        (meter or active().meter).create_observable_gauge(  # without one given, the daemon's
+            "llmspool.batch.requests_waiting", [self._observe_waiting], "{request}",
+            "job requests waiting to be put into a batch, by provider")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await anyio.Path(self._folder).mkdir(parents=True, exist_ok=True)
@@ -376,6 +383,14 @@ class BatchSubmitter:
             requeued=[RequeuedLine(c.deadline_at, c.request_id, c.job_id) for c in candidates],
             batch_again=False,
         ))
+
+    def _observe_waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """Read by the metric reader's thread (the list copies the groups at once)."""
+        by_provider: dict[str, int] = {}
+        for (provider, _endpoint, _model), group in list(self._groups.items()):
+            by_provider[provider] = by_provider.get(provider, 0) + len(group.candidates)
+        return [Observation(count, {"llmspool.provider": provider})
+                for provider, count in by_provider.items()] or [Observation(0)]
 
     def _snapshot(self) -> dict[str, Any]:
         now = time.time()

@@ -30,7 +30,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,9 @@ import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from llmspool.billing import PriceBook, bill
 from llmspool.calls import Tier, Usage
@@ -72,12 +74,21 @@ from llmspool.planner import Planner
 from llmspool.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
 from llmspool.reservations import Reservation, Reserver
-from llmspool.resilience.breaker import Breakers, CircuitBreaker, Transition
+from llmspool.resilience.breaker import Breakers, BreakerState, CircuitBreaker, Transition
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import Permit, RateLimits
 from llmspool.resilience.retry import CallRetries, Retrier
+from llmspool.tracing import GenAiMetrics, links_of
 from llmspool.units import format_duration
-from llmspool.wire import SseMeter, claimed_tier_of, served_tier_of, usage_of
+from llmspool.wire import (
+    SseMeter,
+    claimed_tier_of,
+    finish_reasons_of,
+    response_id_of,
+    response_model_of,
+    served_tier_of,
+    usage_of,
+)
 
 log = logging.getLogger(__name__)
 _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue
@@ -221,6 +232,13 @@ class Dispatcher:
         self._attempts_counter = meter.create_counter(
             "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
         self._attempts = 0
+        self._genai = GenAiMetrics(meter)
+        # How each call in flight was settled (tier, model that served, status), for its
+        # operation duration, recorded when the call ends.
+        self._outcomes: dict[str, tuple[str, str, int]] = {}
+        meter.create_observable_gauge(
+            "llmspool.breaker.state", [self._observe_breakers], "1",
+            "circuit breakers by provider, tier and state: 1 for the state each is in, else 0")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with self._freed, self._ledger, anyio.create_task_group() as group:
@@ -241,11 +259,14 @@ class Dispatcher:
         started = time.time()
         kind = self._provider_kinds.get(call.provider, call.provider)
         admitted = False
+        error_type: str | None = None
         try:
             with self._tracer.start_as_current_span(
                 f"{call.endpoint.operation_name} {call.model}",
                 context=call.trace,
                 kind=SpanKind.CLIENT,
+                # A job's request links to the span that submitted the job.
+                links=links_of(call.trace),
                 attributes={
                     "gen_ai.system": kind,
                     "gen_ai.provider.name": kind,
@@ -271,16 +292,19 @@ class Dispatcher:
                         await self._with_retries(call, tier, None, span)
                 except ApiError as error:
                     self._failed += 1
+                    error_type = error.code or type(error).__name__
                     span.set_status(Status(StatusCode.ERROR, error.message))
-                    span.set_attribute("error.type", error.code or type(error).__name__)
+                    span.set_attribute("error.type", error_type)
                     await _tell(call, Failure(error))
             if client_scope.cancelled_caught:
                 self._aborted += 1
+                error_type = error_type or "client_disconnected"
                 span.add_event("client disconnected; upstream call cancelled")
         except Exception as exc:
             # A bug while serving one call must not take the daemon (and every other call)
             # down: log it, answer this caller 500, and keep serving.
             log.exception("unexpected error serving %s", call.request_id)
+            error_type = type(exc).__name__
             self._failed += 1
             await _tell(call, Failure(ApiError(
                 f"llmspool hit an unexpected error serving this request ({type(exc).__name__}); "
@@ -288,6 +312,7 @@ class Dispatcher:
                 code="internal_error",
             )))
         finally:
+            self._record_operation(call, kind, time.time() - started, error_type)
             self._reserved.pop(call.request_id, None)
             self._broken.pop(call.request_id, None)
             if call.request_id in self._handed_over:
@@ -305,6 +330,26 @@ class Dispatcher:
             self._in_flight -= 1
             with contextlib.suppress(*_LEDGER_GONE):  # the queue is gone at the end of a stop
                 self._freed.send_nowait(SlotFreed(call.request_id))
+
+    def _record_operation(self, call: Call, kind: str, seconds: float,
+                          error_type: str | None) -> None:
+        """``gen_ai.client.operation.duration`` of a call, from the dispatcher taking it to
+        its end (retries and flex fallbacks included), with the tier and model that served."""
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": call.endpoint.operation_name,
+            "gen_ai.provider.name": kind,
+            "gen_ai.request.model": call.model,
+        }
+        outcome = self._outcomes.pop(call.request_id, None)
+        if outcome is not None:
+            tier, model, status = outcome
+            attributes["gen_ai.response.model"] = model
+            attributes["llmspool.tier"] = tier
+            if status >= 400 and error_type is None:
+                error_type = str(status)  # a stream cut (502) or left by its client (499)
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        self._genai.operation(seconds, attributes)
 
     async def _admit(self, call: Call, tier: Tier) -> bool:
         """Apply the unknown-model policy, and reserve the call's worst cost with the ledger.
@@ -564,6 +609,16 @@ class Dispatcher:
         log.log(level, "circuit breaker %s/%s: %s -> %s (%s)", change.provider,
                 change.tier.value, change.old.value, change.new.value, change.reason)
 
+    def _observe_breakers(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """``llmspool.breaker.state``, read by the metric reader's thread: a state set, so a
+        backend can count breakers per state (the snapshot copies the breakers at once)."""
+        return [
+            Observation(1 if breaker["state"] == state.value else 0, {
+                "llmspool.provider": breaker["provider"], "llmspool.tier": breaker["tier"],
+                "llmspool.breaker.state": state.value})
+            for breaker in self._breakers.snapshot() for state in BreakerState
+        ]
+
     def _requested_tokens(self, call: Call) -> int:
         """What the call counts against a tokens-per-minute limit: its prompt's estimate and
         the most output it asks for (as OpenAI counts it), else the expected output."""
@@ -649,6 +704,8 @@ class Dispatcher:
         usage = usage_of(parsed) or self._estimate(call)
         settled = self._settle(call, target.provider, target.model, served, usage,
                                response.status, started, span, claimed=claimed_tier_of(parsed))
+        _describe_answer(span, response_id_of(parsed), response_model_of(parsed),
+                         finish_reasons_of(parsed))
         headers = _pick(response.headers, _PASSED_HEADERS)
         headers["x-llmspool-tier"] = served.value
         if target.failover_from is not None:
@@ -719,6 +776,7 @@ class Dispatcher:
                 await self._ledger.send(self._settle(
                     call, target.provider, target.model, meter.tier or target.tier, usage,
                     status, started, span, flag=None if meter.usage else "broken_answer"))
+            _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
             return Sent(usage)
         except ApiError as error:
             if not begun:
@@ -729,12 +787,14 @@ class Dispatcher:
             await self._ledger.send(self._settle(
                 call, target.provider, target.model, served, usage, 502, started, span,
                 flag=None if meter.usage else "broken_answer"))
+            _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
             await _tell(call, StreamEnd(error))
             return Sent(usage, late_error=error)
         usage = meter.usage or self._partial_usage(call, meter.events)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
         settled = self._settle(call, target.provider, target.model, meter.tier or target.tier,
                                usage, status, started, span, claimed=meter.claimed_tier)
+        _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
         await self._ledger.send(settled)
         await _tell(call, StreamEnd())
         return Sent(usage)
@@ -794,20 +854,42 @@ class Dispatcher:
                                             fixed_tokens=estimate.fixed_tokens)
         if tier is Tier.FLEX:
             self._flex_metrics.served(usage, max(0, billed.saving_picodollars))
+        cost_usd = usd(cost)
         span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": usage.input_tokens,
                 "gen_ai.usage.output_tokens": usage.output_tokens,
+                # Parts of the input, as the GenAI conventions name them.
+                "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
                 "gen_ai.response.model": model,
                 "llmspool.tier": tier.value,
                 "llmspool.usage_estimated": usage.estimated,
-                "llmspool.cost_usd": usd(cost),
+                # What was billed, at the tier served (flex at flex prices): a backend that
+                # prices tokens itself at list prices would show flex at twice its cost.
+                # Named as the GenAI cost proposal names it, and as llmspool always did.
+                "gen_ai.usage.cost.amount": cost_usd,
+                "gen_ai.usage.cost.currency": "USD",
+                "gen_ai.usage.cost.source": "local",
+                "llmspool.cost_usd": cost_usd,
                 "llmspool.price_version": billed.price_version,
             }
         )
+        if claimed is not None:
+            span.set_attribute("openai.response.service_tier", claimed)
         flag = flag or billed.flag
         if flag is not None:
             span.set_attribute("llmspool.billing_flag", flag)
+        if request_id is None:
+            self._outcomes[call.request_id] = (tier.value, model, status)
+            if not usage.estimated:
+                self._genai.tokens(usage.input_tokens, usage.output_tokens, {
+                    "gen_ai.operation.name": call.endpoint.operation_name,
+                    "gen_ai.provider.name": self._provider_kinds.get(provider, provider),
+                    "gen_ai.request.model": call.model,
+                    "gen_ai.response.model": model,
+                    "llmspool.tier": tier.value,
+                })
         tier_name = tier.value
         self._served_by_tier[tier_name] = self._served_by_tier.get(tier_name, 0) + 1
         return Settled(
@@ -861,6 +943,18 @@ class Dispatcher:
             stats[name] = {**numbers, "reused_share": round(numbers.get("reused", 0) / requests, 4)
                            if requests else None}
         return stats
+
+
+def _describe_answer(span: Span, response_id: str | None, model: str | None,
+                     finish_reasons: list[str]) -> None:
+    """What the GenAI conventions say of an answer: its id, the model that produced it (the
+    answer's own, dated name when it gives one), and why each choice stopped."""
+    if response_id is not None:
+        span.set_attribute("gen_ai.response.id", response_id)
+    if model is not None:
+        span.set_attribute("gen_ai.response.model", model)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
 
 
 def _body_for_tier(call: Call, tier: Tier) -> bytes:

@@ -39,7 +39,6 @@ import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
-from opentelemetry.context import Context
 
 from llmspool.cache.keys import HEADER, CachePlan, CacheRules
 from llmspool.cache.store import CachedKeys
@@ -76,6 +75,7 @@ from llmspool.planner import Planner
 from llmspool.pricing import usd
 from llmspool.resilience.failures import classify
 from llmspool.store import jobs as jobs_sql
+from llmspool.tracing import linked_context
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +523,9 @@ class JobKeeper:
             caller=Caller(uid=job.uid),
             operation=job.operation,
             received_at=time.time(),
-            trace=Context(),
+            # A trace of its own (it may run hours after the submission), linked to the span
+            # that submitted the job.
+            trace=linked_context(job.traceparent),
             reply=replies_in,
             deadline_at=row.deadline_at,
             cache=self._cache_plan(row, job),

@@ -17,6 +17,10 @@
   crash is never lower than what may have been spent.
 - Crossing ``[budgets] warn_fraction`` of a cap logs a warning, emits an OpenTelemetry event,
   and shows in status, once per crossing.
+- Every entry it counts also goes to the OpenTelemetry counters ``llmspool.spend`` (USD billed,
+  by provider, model, tier and operation) and ``llmspool.savings`` (USD saved against standard
+  prices, by ``llmspool.saving.source``: tier, cache, dedup, routing), whatever path made it
+  (a call, a job's result, a batch line, a cache hit, an unknown outcome after a crash).
 
 Queries are answered after everything that arrived before them is committed, so a client that
 asks for its cost right after its answer sees it.
@@ -37,7 +41,7 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from llmspool.config import BudgetsConfig
 from llmspool.errors import ApiError, BudgetExceeded, ConfigError
@@ -57,6 +61,7 @@ from llmspool.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.store import batches as batch_sql
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection, line_key
+from llmspool.tracing import active
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +153,18 @@ class Ledger:
         *,
         budgets: BudgetsConfig | None = None,
         tracer: trace.Tracer | None = None,
+        meter: metrics.Meter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._inbox = inbox
         self._database = database
         self._caps = Caps(budgets or BudgetsConfig())
         self._tracer = tracer or trace.NoOpTracer()
+        meter = meter or active().meter  # without one given, the daemon's
+        self._spend = meter.create_counter(
+            "llmspool.spend", "USD", "billed, at the tier that served (every path)")
+        self._savings = meter.create_counter(
+            "llmspool.savings", "USD", "saved against standard prices, by what saved it")
         self._clock = clock
         self._day = ""
         self._spent: defaultdict[Scope, int] = defaultdict(int)
@@ -396,13 +407,27 @@ class Ledger:
         if entry.flag == "unpriced" or entry.cost_picodollars is None:
             self._unpriced_today += 1
         cost = entry.cost_picodollars or 0
+        saved = 0
         if entry.standard_cost_picodollars is not None:
-            self._saved_today += max(0, entry.standard_cost_picodollars - cost)
+            saved = max(0, entry.standard_cost_picodollars - cost)
+            self._saved_today += saved
+        self._measure(entry, cost, saved)
         caps = self._caps.scoped(entry.provider, entry.operation, entry.caller.uid, entry.session)
         for scope in self._scopes_of(entry):
             self._spent[scope] += cost
         for cap in caps:
             self._maybe_warn(cap)
+
+    def _measure(self, entry: Settled, cost: int, saved: int) -> None:
+        """The entry in ``llmspool.spend`` and ``llmspool.savings``."""
+        if cost:
+            self._spend.add(usd(cost), {
+                "llmspool.provider": entry.provider, "gen_ai.response.model": entry.model,
+                "llmspool.tier": entry.tier.value, "llmspool.operation": entry.operation or ""})
+        if saved:
+            self._savings.add(usd(saved), {
+                "llmspool.provider": entry.provider,
+                "llmspool.saving.source": entry.saving_source or "other"})
 
     def _scopes_of(self, entry: Settled) -> list[Scope]:
         scopes: list[Scope] = [
@@ -450,6 +475,8 @@ class Ledger:
 
     async def _reconcile(self) -> None:
         unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock())
+        for entry in unknown:  # billed now, at their reservations
+            self._measure(entry, entry.cost_picodollars or 0, 0)
         if unknown:
             log.warning(
                 "%d calls were in flight when the daemon stopped without settling them; each "

@@ -5,6 +5,9 @@ free, and learns of freed places from ``SlotFreed`` messages. Calls waiting for 
 in a heap ordered by deadline (then arrival), so when providers are saturated the call that
 must finish soonest goes first. Past ``max_waiting`` waiting calls, a new one is refused with
 503 and a ``retry-after``: work is pushed back, never dropped silently.
+
+OpenTelemetry gauges: ``llmspool.queue.depth`` (calls waiting for a place) and
+``llmspool.queue.in_flight`` (places taken).
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.errors import ServiceUnavailable
 from llmspool.messages import Call, Failure, NewPrices, Query, SlotFreed
+from llmspool.tracing import active
 
 
 class RequestQueue:
@@ -32,6 +39,7 @@ class RequestQueue:
         *,
         slots: int,
         max_waiting: int,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
@@ -43,6 +51,18 @@ class RequestQueue:
         self._arrivals = itertools.count()
         self._admitted = 0
         self._refused = 0
+        meter = meter or active().meter  # without one given, the daemon's
+        meter.create_observable_gauge("llmspool.queue.depth", [self._observe_waiting],
+                                      "{request}", "calls waiting for a place in flight")
+        meter.create_observable_gauge("llmspool.queue.in_flight", [self._observe_in_flight],
+                                      "{request}", "calls in flight (places taken)")
+
+    # Called by the metric reader's thread: each reads one number, which is safe.
+    def _observe_waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(len(self._waiting))]
+
+    def _observe_in_flight(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._slots - self._free_slots)]
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with self._dispatcher, anyio.create_task_group() as group:

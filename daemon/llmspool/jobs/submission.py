@@ -6,11 +6,14 @@ and acknowledgement.
 - ``new_job`` turns the valid lines into a job with a deadline, refusing one no tier can be
   expected to meet unless asked to run it as best effort;
 - ``submit`` makes it durable through the keeper and returns the keeper's acknowledgement (the
-  job and its tier plan).
+  job and its tier plan), in a ``job submit`` span (a child of the caller's ``traceparent``
+  when it sent one): the job stores that span's ``traceparent``, so every request the job
+  sends later, and every batch that carries its lines, links to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmspool.cache.keys import CacheRules
 from llmspool.calls import Endpoint
@@ -28,6 +33,7 @@ from llmspool.jobs.model import NewJob
 from llmspool.messages import SubmitJob
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
+from llmspool.tracing import active, context_from_traceparent, traceparent_of
 
 KeeperInbox = MemoryObjectSendStream[Any]
 SHORT_DEADLINE_MODES = ("refuse", "best_effort")
@@ -59,8 +65,10 @@ class JobSubmission:
 
     def __init__(self, keeper: KeeperInbox, router: ModelRouter, planner: Planner, *,
                  max_line_size: int, cache_rules: CacheRules | None = None,
-                 on_short_deadline: str = "refuse") -> None:
+                 on_short_deadline: str = "refuse", tracer: trace.Tracer | None = None) -> None:
         self.keeper = keeper
+        # Without one given, the daemon's (see ``tracing.active``).
+        self._tracer = tracer or active().tracer
         self._router = router
         self._planner = planner
         self._max_line_size = max_line_size
@@ -105,7 +113,35 @@ class JobSubmission:
 
     async def submit(self, job: NewJob) -> dict[str, Any]:
         """The job made durable by the keeper; its acknowledgement (job JSON and plan)."""
-        return await ask(self.keeper, lambda reply: SubmitJob(job, reply))
+        models = sorted({line.model for line in job.lines})
+        attributes: dict[str, Any] = {
+            "llmspool.job.id": job.id,
+            "llmspool.job.requests": len(job.lines),
+            "llmspool.job.deadline_s": round(job.deadline_at - job.created_at, 3),
+            "llmspool.job.models": models,
+        }
+        if job.operation is not None:
+            attributes["llmspool.operation"] = job.operation
+        if len(models) == 1:
+            attributes["gen_ai.request.model"] = models[0]
+        # A producer span: the requests it makes run later, each in a trace of its own that
+        # links back to it (as consumers link to the message that made them).
+        with self._tracer.start_as_current_span(
+            "job submit", context=context_from_traceparent(job.traceparent),
+            kind=SpanKind.PRODUCER, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            job = dataclasses.replace(job, traceparent=traceparent_of(span) or job.traceparent)
+            try:
+                answer = await ask(self.keeper, lambda reply: SubmitJob(job, reply))
+            except ApiError as error:
+                span.set_status(Status(StatusCode.ERROR, error.message))
+                span.set_attribute("error.type", error.code or type(error).__name__)
+                raise
+            span.set_attribute("llmspool.job.plan", [
+                f"{group['tier']} {group['model']}: {group['requests']}"
+                for group in answer.get("plan", [])])
+        return answer
 
     def _short_deadline(self, job: NewJob, mode: str) -> str | None:
         """Refuse a job whose deadline no tier can be expected to meet (the fastest tier's
