@@ -230,7 +230,8 @@ class Daemon:
         book.observe_many(await recent_latencies(jobs_database))
         book.observe_many(await batch_turnarounds(jobs_database))
         planner = Planner(config, prices, book)
-        ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer)
+        ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
+                        meter=tracing.meter)
         dispatcher = Dispatcher(
             dispatch_out, freed_in, ledger_in,
             providers=providers,
@@ -253,7 +254,8 @@ class Daemon:
                 for model, limit in models.items()
             }),
         )
-        queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots)
+        queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots,
+                             meter=tracing.meter)
         cache_rules = CacheRules(config.cache, config.operations)
         cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                               state_dir=config.state_path, planner=planner,
@@ -270,10 +272,12 @@ class Daemon:
         )
         submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
                                    ledger_in.clone(), context=batch_context,
-                                   reserver=Reserver(prices, config.budgets, estimator))
+                                   reserver=Reserver(prices, config.budgets, estimator),
+                                   meter=tracing.meter)
         poller = BatchPoller(poller_out, results_in.clone(), submitter_in.clone(),
                              ledger_in.clone(), context=batch_context, prices=prices,
-                             cache=cache_in.clone())
+                             cache=cache_in.clone(),
+                             meter=tracing.meter)
         self._poller_control = poller_in.clone()
         self._submitter_control = submitter_in.clone()
         keeper = JobKeeper(
@@ -297,7 +301,8 @@ class Daemon:
         submission = JobSubmission(keeper_in, router, planner,
                                    max_line_size=config.jobs.max_line_size,
                                    cache_rules=cache_rules,
-                                   on_short_deadline=config.jobs.on_short_deadline)
+                                   on_short_deadline=config.jobs.on_short_deadline,
+                                   tracer=tracing.tracer)
         batch_api = BatchApi(config.state_path, submission, config.files)
         app = build_app(
             forwarder, router,
