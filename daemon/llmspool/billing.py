@@ -7,9 +7,9 @@ usage costs at the model's standard (list) price, where the difference came from
 parts the cost is made of. The admission side asks ``worst_case_usage`` and
 ``reservation_cost`` how much to reserve before a call is made.
 
-Prices come from a ``PriceBook``: a ``PriceTable`` with a version that is a hash of its
-contents, so every bill names the prices it was computed with, and a reload that changes no
-price keeps the version.
+Prices come from a ``PriceBook``: a ``PriceTable`` (the bundled prices with the operator's
+price files laid over them) with a version that is a hash of its contents, so every bill names
+the prices it was computed with, and a reload that changes no price keeps the version.
 
 Rules, in order:
 
@@ -41,12 +41,13 @@ from typing import Literal
 
 from llmspool.calls import Tier, Usage
 from llmspool.pricing import (
+    BUNDLED,
     PART_NAMES,
     CostPart,
     PriceTable,
     TierPrice,
     TokenSplit,
-    load_price_table,
+    overlay_price_table,
 )
 
 UNKNOWN_TIER = "unknown_tier"
@@ -91,11 +92,16 @@ class PriceBook:
         return self.table.max_output_tokens(provider, model)
 
 
-def load_price_book(path: str | Path | None = None) -> PriceBook:
-    """Read a pricing TOML file into a book; ``None`` or ``""`` reads the bundled default.
-    Raises ``ConfigError`` as ``load_price_table`` does."""
-    table = load_price_table(path)
-    return PriceBook.from_table(table, source=str(path) if path else "the bundled pricing.toml")
+def load_price_book(overlays: str | Path | Sequence[str | Path] | None = None) -> PriceBook:
+    """The bundled price table with the files ``overlays`` names (``[pricing] file``: one path
+    or several, ``None`` or ``""`` for none) laid over it, as a book whose source names them.
+    Raises ``ConfigError`` as ``overlay_price_table`` does."""
+    if overlays is None or isinstance(overlays, str | Path):
+        paths: list[str | Path] = [overlays] if overlays else []
+    else:
+        paths = [path for path in overlays if path]
+    table = overlay_price_table(paths)
+    return PriceBook.from_table(table, source=" + ".join([BUNDLED, *map(str, paths)]))
 
 
 @dataclass(frozen=True, slots=True)

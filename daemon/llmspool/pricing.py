@@ -11,15 +11,19 @@ the ``input`` price; one that gives no ``reasoning`` price bills reasoning at th
 price. Per model the table may also say ``max_output_tokens``, the most one answer can hold,
 which is what a call that sets no limit of its own can cost at worst.
 
-The table is read from ``etc/pricing.toml`` (bundled as the default) or the file
-``[pricing] file`` names; a malformed file refuses to load with the key named. The bill of a
-call is computed in ``llmspool.billing`` from these prices, and nowhere else.
+The daemon's table is the bundled copy of ``etc/pricing.toml`` with the files ``[pricing] file``
+names laid over it in order (``overlay_price_table``): a file prices what it adds or changes
+and nothing else. Within a model a tier is replaced whole (the keys it leaves out take their
+defaults, not the bundled values), and so is ``max_output_tokens``; ``tier = false`` or
+``"model" = false`` removes a tier or a model. ``load_price_table`` reads one whole table (the
+simulator's ``pricing_file``). A malformed file refuses to load with the key and file named.
+The bill of a call is computed in ``llmspool.billing`` from these prices, and nowhere else.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -169,9 +173,32 @@ def usd(picodollars: int) -> float:
     return picodollars / PICODOLLARS_PER_USD
 
 
+BUNDLED = "the bundled pricing.toml"
+
+
 def load_price_table(path: str | Path | None = None) -> PriceTable:
-    """Read a pricing TOML file; ``None`` or ``""`` reads the bundled default."""
-    if path:
+    """Read one whole pricing TOML file; ``None`` or ``""`` reads the bundled default."""
+    return price_table_from_mapping(_read_prices(path or None))
+
+
+def overlay_price_table(overlays: Sequence[str | Path] = ()) -> PriceTable:
+    """The bundled table with each file of ``overlays`` laid over it, in order (see the module
+    docstring). Each file is checked on its own first, so an error names the file it is in."""
+    merged = _read_prices(None)
+    for path in overlays:
+        overlay = _read_prices(path)
+        try:
+            price_table_from_mapping(_without_removals(overlay))
+        except ConfigError as exc:
+            raise ConfigError(exc.key, f"{str(exc).removeprefix(exc.key + ': ')} (in {path})"
+                              ) from None
+        _lay_over(merged, overlay, path)
+    return price_table_from_mapping(merged)
+
+
+def _read_prices(path: str | Path | None) -> dict[str, Any]:
+    """The TOML table of a price file; ``None``: the bundled one."""
+    if path is not None:
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
@@ -179,12 +206,50 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
         source = str(path)
     else:
         raw = resources.files("llmspool").joinpath("defaults/pricing.toml").read_bytes()
-        source = "the bundled pricing.toml"
+        source = BUNDLED
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("pricing", f"{source} is not valid TOML: {exc}") from None
-    return price_table_from_mapping(table)
+
+
+def _without_removals(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` without its ``false`` entries (which remove, and price nothing)."""
+    out: dict[str, Any] = {}
+    for provider, models in table.items():
+        if not isinstance(models, Mapping):
+            out[provider] = models  # for price_table_from_mapping to name
+            continue
+        kept: dict[str, Any] = {}
+        for model, tiers in models.items():
+            if tiers is False:
+                continue
+            kept[model] = ({name: entry for name, entry in tiers.items() if entry is not False}
+                           if isinstance(tiers, Mapping) else tiers)
+        out[provider] = kept
+    return out
+
+
+def _lay_over(merged: dict[str, Any], overlay: Mapping[str, Any], path: str | Path) -> None:
+    """Lay a checked overlay table over ``merged``, tier by tier."""
+    for provider, models in overlay.items():
+        into = merged.setdefault(provider, {})
+        for model, tiers in models.items():
+            if tiers is False:
+                if model not in into:
+                    raise ConfigError(f"pricing.{provider}.{model}",
+                                      f"removes a model no price table before {path} prices")
+                del into[model]
+                continue
+            entries = into.setdefault(model, {})
+            for name, entry in tiers.items():
+                if entry is False:
+                    if name not in entries:
+                        raise ConfigError(f"pricing.{provider}.{model}.{name}",
+                                          f"removes a tier no price table before {path} prices")
+                    del entries[name]
+                else:
+                    entries[name] = entry
 
 
 def price_table_from_mapping(table: Mapping[str, Any]) -> PriceTable:

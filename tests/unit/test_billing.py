@@ -291,7 +291,7 @@ def test_the_version_follows_the_prices_not_the_file(tmp_path: Path) -> None:
     four.write_text('[acme.m]\nmax_output_tokens = 101\n'
                     '[acme.m.standard]\ninput = 2.5\noutput = 10\n')
     book = load_price_book(one)
-    assert book.source == str(one)
+    assert book.source == f"the bundled pricing.toml + {one}"  # laid over the bundled table
     assert load_price_book(two).version == book.version
     assert load_price_book(three).version != book.version
     assert load_price_book(four).version != book.version
