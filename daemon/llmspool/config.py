@@ -12,8 +12,15 @@ environment overrides:
   keys themselves contain single ones). Values are read as TOML when they parse as such
   (``true``, ``12``, ``["a"]``) and as plain strings otherwise.
 
-``config_to_table`` turns a config back into the TOML-ready table ``llmspool config init``
-writes with tomli-w.
+Every problem in a file is found in one pass: ``config_from_table`` raises ``ConfigProblems``
+(a ``ConfigError`` keyed by the first) listing them all, so ``llmspool config check`` can print
+one line per problem while the daemon's one-line refusal stays as it was.
+
+``[providers.NAME]`` takes the keys every provider has (``ProviderConfig``) and those its
+plugin declares (``ConfigKey``, registered with the kind: see ``llmspool.hookspecs``); the
+plugin's own keys land in ``ProviderConfig.options``, checked against their declared types.
+
+``config_to_table`` turns a config back into a TOML-ready table (the round trip is exact).
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from llmspool.errors import ConfigError
 from llmspool.sim.config import SimConfig
@@ -42,6 +51,46 @@ def _duration(default: str) -> Any:
 
 def _size(default: str) -> Any:
     return field(default=parse_size(default), metadata={"kind": "size"})
+
+
+KeyType = Literal["str", "int", "float", "bool", "duration", "size", "list[str]"]
+KEY_TYPES: tuple[str, ...] = get_args(KeyType)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigKey:
+    """A key a provider plugin declares for its ``[providers.NAME]`` tables.
+
+    ``default`` is written as an operator would write it in TOML (``"5m"`` for a duration);
+    ``help`` is one line saying what the key does. A plugin may also declare a key every
+    provider has (``base_url``...) to give it its own default and help; its type must then be
+    that key's type.
+    """
+
+    name: str
+    type: KeyType
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def convert(self, value: Any) -> Any:
+        """``value`` as read from TOML, checked against the key's type: seconds for a duration,
+        bytes for a size, a tuple for a list. Raises ``ValueError`` or ``TypeError`` saying
+        what was expected."""
+        if self.type == "duration":
+            return parse_duration(value)
+        if self.type == "size":
+            return parse_size(value)
+        return _check_plain(self.type, value, self.choices)
+
+    @property
+    def default_value(self) -> Any:
+        """The default, converted as ``convert`` converts a value from the file."""
+        return self.convert(self.default)
+
+
+ProviderKeys = Mapping[str, Sequence[ConfigKey]]
+"""The keys each provider kind declares, by kind (``llmspool.plugins.provider_config_keys``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +130,17 @@ class ProviderConfig:
     stream_idle_timeout: float = _duration("5m")
     max_connections: int = 256
     keepalive_timeout: float = _duration("60s")
+    # The keys the provider's plugin declared and the file set, converted to their types
+    # (a key left out is absent: the plugin reads it with ``ProviderSettings.option``).
+    options: Mapping[str, Any] = field(default_factory=dict, metadata={"kind": "options"})
 
 
 @dataclass(frozen=True, slots=True)
 class PricingConfig:
-    """``[pricing]``: where prices per model and tier come from."""
+    """``[pricing]``: price files laid over the bundled price table, in order."""
 
-    file: str = ""
+    # A path or a list of paths in TOML; relative paths are relative to the config file.
+    file: tuple[str, ...] = field(default=(), metadata={"kind": "paths"})
 
 
 TIER_CHOICES = ("auto", "standard", "flex", "batch")
@@ -345,52 +398,155 @@ class Config:
 
 _Section = TypeVar("_Section")
 
+COMMON_PROVIDER_KEYS: tuple[str, ...] = tuple(
+    fld.name for fld in dataclasses.fields(ProviderConfig) if fld.metadata.get("kind") != "options"
+)
+"""The keys every ``[providers.NAME]`` takes, whatever its plugin."""
+
+# Keys a plugin may not give a default of its own: the kind is the table's choice, the models
+# its operator's, and an API key goes only where the operator sends it (a second
+# OpenAI-compatible provider must name its own variable, or OPENAI_API_KEY would be sent to a
+# host it was never meant for).
+FIXED_PROVIDER_KEYS = frozenset({"plugin", "models", "api_key_env", "api_key_credential"})
+
+
+class ConfigProblems(ConfigError):
+    """Every problem found in one config, in the order of the file. ``key`` and the message are the
+    first one's, with a count of the others, so the daemon still refuses in one line;
+    ``problems`` has them all (``llmspool config check`` prints one line each)."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        first = problems[0]
+        message = str(first).removeprefix(f"{first.key}: ")
+        if len(problems) > 1:
+            message += (f" (and {len(problems) - 1} more; `llmspool config check` lists them "
+                        "all)")
+        super().__init__(first.key, message)
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+
+
+# The problems of the load in progress: a problem is noted and the rest of the file still
+# checked, so that one run of `llmspool config check` shows every mistake, not the first.
+_PROBLEMS: ContextVar[list[ConfigError] | None] = ContextVar("llmspool_config_problems",
+                                                             default=None)
+
+
+@contextmanager
+def _collecting() -> Iterator[list[ConfigError]]:
+    problems: list[ConfigError] = []
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
+
+
+def _problem(error: ConfigError) -> None:
+    """Note ``error`` and go on checking; outside ``config_from_table``, raise it."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise error
+    problems.append(error)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvOverride:
+    """One environment variable that sets a config key (``path``, split at the dots)."""
+
+    variable: str
+    path: tuple[str, ...]
+    value: Any
+
+
+def config_file(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Path | None:
+    """The file the daemon reads: ``path``, else ``$LLMSPOOL_CONFIG``, else none (it then runs
+    on the built-in defaults and the environment)."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get("LLMSPOOL_CONFIG") or None
+    return None if chosen is None else Path(chosen)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML table of ``path``, with relative ``[pricing] file`` paths made relative to the
+    file's directory (the daemon runs in /, where a bare name would mean nothing).
+
+    Raises ``ConfigError`` (key ``config``) for a file that is missing, unreadable or not TOML.
+    """
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            "config", f"{path} does not exist (write one with `llmspool config init {path}`)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:  # unreadable: permissions (the service user), a directory...
+        raise ConfigError(
+            "config", f"cannot read {path}: {exc.strerror or exc}; the user running "
+            "the daemon needs read access to it (e.g. chgrp llmspool and chmod 0640 it, "
+            "and 0750 on its directory)") from None
+    _anchor_price_files(table, path.absolute().parent)
+    return table
+
 
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    provider_keys: ProviderKeys | None = None,
 ) -> Config:
-    """Read the config file (or ``$LLMSPOOL_CONFIG``, or nothing) and apply the environment.
+    """Read the config file (``path``, or ``$LLMSPOOL_CONFIG``, or none) and apply the
+    environment.
 
-    Raises ``ConfigError`` naming the key for anything wrong, and for a file that was asked for
-    but does not exist.
+    Raises ``ConfigError`` naming the key for anything wrong (``ConfigProblems`` when the file
+    was read: every problem in it), and for a file that was asked for but does not exist.
+    ``provider_keys`` is as for ``config_from_table``.
     """
     env = os.environ if environ is None else environ
-    chosen = path if path is not None else env.get("LLMSPOOL_CONFIG") or None
-    table: dict[str, Any] = {}
-    if chosen is not None:
-        file_path = Path(chosen)
-        try:
-            with file_path.open("rb") as handle:
-                table = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(
-                "config", f"{file_path} does not exist (write one with `llmspool config init`)"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", f"{file_path} is not valid TOML: {exc}") from exc
-        except OSError as exc:  # unreadable: permissions (the service user), a directory...
-            raise ConfigError(
-                "config", f"cannot read {file_path}: {exc.strerror or exc}; the user running "
-                "the daemon needs read access to it (e.g. chgrp llmspool and chmod 0640 it, "
-                "and 0750 on its directory)") from None
+    chosen = config_file(path, environ=env)
+    table = read_config_file(chosen) if chosen is not None else {}
     _apply_env_overrides(table, env)
-    return config_from_table(table)
+    return config_from_table(table, provider_keys=provider_keys)
 
 
-def config_from_table(table: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML table into a ``Config``."""
+def config_from_table(
+    table: Mapping[str, Any], *, provider_keys: ProviderKeys | None = None
+) -> Config:
+    """Validate a parsed TOML table into a ``Config``.
+
+    ``provider_keys`` are the keys each provider kind declares; by default those of the
+    installed plugins, loaded only when the table has a ``[providers]`` table. Raises
+    ``ConfigProblems`` with every problem found.
+    """
+    config: Config | None = None
+    with _collecting() as problems:
+        try:
+            config = _config(table, provider_keys)
+        except ConfigError as exc:  # a problem that leaves nothing to check further
+            problems.append(exc)
+    if problems or config is None:
+        # In the file's order of sections (providers are built first, being needed by others).
+        order = {section: index for index, section in enumerate(table)}
+        problems.sort(key=lambda problem: order.get(problem.key.split(".")[0], len(order)))
+        raise ConfigProblems(problems)
+    return config
+
+
+def _config(table: Mapping[str, Any], provider_keys: ProviderKeys | None) -> Config:
     _refuse_unknown(table, {f.name for f in dataclasses.fields(Config)} - {"retry_providers"}, "")
-    providers_table = table.get("providers", {})
-    if not isinstance(providers_table, Mapping):
-        raise ConfigError("providers", "must be a table of [providers.NAME] tables")
+    providers_table = _table_at(table, "providers", "providers")
+    if providers_table and provider_keys is None:
+        provider_keys = _installed_provider_keys()
     providers = {
-        name: _section(ProviderConfig, _table_at(providers_table, name, f"providers.{name}"),
-                       f"providers.{name}", defaults=_provider_defaults(name))
+        name: _provider(name, _table_at(providers_table, name, f"providers.{name}"),
+                        provider_keys or {})
         for name in providers_table
     } or _default_providers()
-    sim_table = _table_at(table, "sim", "sim")
     operations_table = _table_at(table, "operations", "operations")
     operations = {
         name: _section(OperationConfig, _table_at(operations_table, name, f"operations.{name}"),
@@ -411,7 +567,7 @@ def config_from_table(table: Mapping[str, Any]) -> Config:
         budgets=_budgets(_table_at(table, "budgets", "budgets")),
         cache=_cache(_table_at(table, "cache", "cache")),
         **_resilience(table, providers),
-        sim=SimConfig.from_table(sim_table),
+        sim=_sim(_table_at(table, "sim", "sim")),
     )
 
 
@@ -419,7 +575,8 @@ def config_to_table(config: Config) -> dict[str, Any]:
     """The TOML-ready table of ``config`` (durations and sizes spelled as an operator would)."""
     return {
         "daemon": _section_to_table(config.daemon),
-        "providers": {name: _section_to_table(p) for name, p in config.providers.items()},
+        "providers": {name: {**_section_to_table(p), **_options_to_table(p.options)}
+                      for name, p in config.providers.items()},
         "pricing": _section_to_table(config.pricing),
         "tracing": _section_to_table(config.tracing),
         "flex": _section_to_table(config.flex),
@@ -441,6 +598,142 @@ def config_to_table(config: Config) -> dict[str, Any]:
     }
 
 
+def check_plugin_keys(keys: Sequence[ConfigKey]) -> None:
+    """Check the keys a provider kind declares; raises ``ValueError`` saying what is wrong (a
+    plugin's mistake, reported when plugins load)."""
+    seen: set[str] = set()
+    fields = {fld.name: fld for fld in dataclasses.fields(ProviderConfig)}
+    for key in keys:
+        if not key.name.isidentifier() or key.name != key.name.lower():
+            raise ValueError(f"key {key.name!r}: a key name is lower_case_with_underscores")
+        if key.name in seen:
+            raise ValueError(f"key {key.name!r} is declared twice")
+        seen.add(key.name)
+        if key.type not in KEY_TYPES:
+            raise ValueError(f"key {key.name!r}: type {key.type!r} is not one of "
+                             f"{', '.join(KEY_TYPES)}")
+        if key.name in FIXED_PROVIDER_KEYS:
+            raise ValueError(f"key {key.name!r} belongs to the daemon; a plugin cannot give it "
+                             "a default")
+        if key.name in fields:
+            common = _field_key_type(fields[key.name])
+            if common != key.type:
+                raise ValueError(f"key {key.name!r} is a {common} for every provider, not a "
+                                 f"{key.type}")
+        if not key.help.strip():
+            raise ValueError(f"key {key.name!r} has no help line")
+        try:
+            key.default_value  # noqa: B018 (evaluated for the check)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"key {key.name!r}: its default {key.default!r} is not valid: "
+                             f"{exc}") from None
+
+
+def environment_overrides(environ: Mapping[str, str]) -> list[EnvOverride]:
+    """The config keys the environment sets, in the order they are applied (a later one
+    wins): ``LLMSPOOL_<SECTION>__<KEY>``, then ``LLMSPOOL_SOCKET``, ``LLMSPOOL_STATE_DIR`` and
+    ``OPENAI_BASE_URL``."""
+    overrides: list[EnvOverride] = []
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        if any(not part for part in path):
+            continue
+        overrides.append(EnvOverride(name, path, _env_value(raw)))
+    for variable, path in (("LLMSPOOL_SOCKET", ("daemon", "socket")),
+                           ("LLMSPOOL_STATE_DIR", ("daemon", "state_dir"))):
+        if variable in environ:
+            overrides.append(EnvOverride(variable, path, environ[variable]))
+    if environ.get("OPENAI_BASE_URL"):
+        overrides.append(EnvOverride("OPENAI_BASE_URL", ("providers", "openai", "base_url"),
+                                     environ["OPENAI_BASE_URL"]))
+    return overrides
+
+
+def _installed_provider_keys() -> ProviderKeys:
+    # Imported here: the plugin contract imports this module (ProviderConfig).
+    from llmspool.plugins import provider_config_keys
+
+    return provider_config_keys()
+
+
+def _provider(name: str, table: Mapping[str, Any], provider_keys: ProviderKeys) -> ProviderConfig:
+    """One ``[providers.NAME]``: the keys every provider takes, and those its plugin declares."""
+    dotted = f"providers.{name}"
+    kind = table.get("plugin", name)
+    declared: Sequence[ConfigKey] | None = None
+    if not isinstance(kind, str):
+        kind = name  # the common keys' check below names the bad value
+    elif kind not in provider_keys:
+        installed = ", ".join(sorted(provider_keys)) or "none installed"
+        _problem(ConfigError(f"{dotted}.plugin", f"no plugin provides {kind!r} (installed: "
+                                                 f"{installed}; `llmspool plugins` lists them)"))
+    else:
+        declared = provider_keys[kind]
+    own = {key.name: key for key in declared or () if key.name not in COMMON_PROVIDER_KEYS}
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in COMMON_PROVIDER_KEYS:
+            continue
+        if key in own:
+            try:
+                options[key] = own[key].convert(value)
+            except (TypeError, ValueError) as exc:
+                _problem(ConfigError(f"{dotted}.{key}", str(exc)))
+        elif declared is not None:  # an unknown plugin's keys cannot be judged
+            _problem(ConfigError(f"{dotted}.{key}", _unknown_provider_key(kind, own)))
+    common = {key: value for key, value in table.items() if key in COMMON_PROVIDER_KEYS}
+    provider = _section(ProviderConfig, common, dotted,
+                        defaults=_provider_defaults(name, kind, declared or ()))
+    return dataclasses.replace(provider, options=options)
+
+
+def _unknown_provider_key(kind: str, own: Mapping[str, ConfigKey]) -> str:
+    declared = (f"plugin {kind!r} adds {', '.join(sorted(own))}" if own
+                else f"plugin {kind!r} adds none")
+    return (f"unknown key ({declared}; every provider takes "
+            f"{', '.join(COMMON_PROVIDER_KEYS)})")
+
+
+def _provider_defaults(name: str, kind: str, declared: Sequence[ConfigKey]) -> ProviderConfig:
+    """Defaults of a provider table: OpenAI's for the one named openai; for any other, no base
+    URL and no API key (see ``FIXED_PROVIDER_KEYS``); then the defaults its plugin declares."""
+    base = ProviderConfig(plugin=kind)
+    if name != "openai":
+        base = dataclasses.replace(base, base_url="", api_key_env="", api_key_credential="")
+    overrides = {key.name: key.default_value for key in declared
+                 if key.name in COMMON_PROVIDER_KEYS}
+    return dataclasses.replace(base, **overrides)
+
+
+def _field_key_type(fld: dataclasses.Field[Any]) -> str:
+    """The ``ConfigKey`` type that describes a ``ProviderConfig`` field."""
+    kind = fld.metadata.get("kind")
+    if kind in ("duration", "size"):
+        return str(kind)
+    return _plain_type(fld)
+
+
+def _plain_type(fld: dataclasses.Field[Any]) -> str:
+    expected = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
+    expected = expected.removesuffix(" | None")  # optional keys: absent means inherit
+    return "list[str]" if expected.startswith("tuple[str") else expected
+
+
+def _options_to_table(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in options.items()}
+
+
+def _sim(table: Mapping[str, Any]) -> SimConfig:
+    try:
+        return SimConfig.from_table(table)
+    except ConfigError as exc:  # the simulator's checks stop at the first problem
+        _problem(exc)
+        return SimConfig()
+
+
 def _resilience(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> Any:
     """``[retry]``, ``[breaker]``, ``[failover]`` and ``[limits]``, checked against the
     configured providers (a failover or a limit naming an unknown provider is a typo)."""
@@ -450,7 +743,8 @@ def _resilience(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig
     retry = _section(RetryConfig, retry_table, "retry")
     retry_providers = {}
     for name in retry_providers_table:
-        _known_provider(name, providers, f"retry.providers.{name}")
+        if not _known_provider(name, providers, f"retry.providers.{name}"):
+            continue
         retry_providers[name] = _section(
             RetryConfig, _table_at(retry_providers_table, name, f"retry.providers.{name}"),
             f"retry.providers.{name}", defaults=retry,
@@ -458,16 +752,16 @@ def _resilience(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig
     for dotted, settings in [("retry", retry), *((f"retry.providers.{n}", r)
                                                  for n, r in retry_providers.items())]:
         if settings.max_attempts < 1:
-            raise ConfigError(f"{dotted}.max_attempts", "must be at least 1 (1: never retry)")
+            _problem(ConfigError(f"{dotted}.max_attempts", "must be at least 1 (1: never retry)"))
         if settings.budget_fraction > 1:
-            raise ConfigError(f"{dotted}.budget_fraction", "must be at most 1")
+            _problem(ConfigError(f"{dotted}.budget_fraction", "must be at most 1"))
         if settings.backoff_max < settings.backoff_min:
-            raise ConfigError(f"{dotted}.backoff_max", "must not be less than backoff_min")
+            _problem(ConfigError(f"{dotted}.backoff_max", "must not be less than backoff_min"))
     breaker = _section(BreakerConfig, _table_at(table, "breaker", "breaker"), "breaker")
     if breaker.failures < 1:
-        raise ConfigError("breaker.failures", "must be at least 1")
+        _problem(ConfigError("breaker.failures", "must be at least 1"))
     if not 0 < breaker.failure_rate <= 1:
-        raise ConfigError("breaker.failure_rate", "must be more than 0 and at most 1")
+        _problem(ConfigError("breaker.failure_rate", "must be more than 0 and at most 1"))
     return {
         "retry": retry,
         "retry_providers": retry_providers,
@@ -482,8 +776,8 @@ def _cache(table: Mapping[str, Any]) -> CacheConfig:
     for name in ("similar_cache_threshold", "similar_dedup_threshold"):
         value = getattr(cache, name)
         if not 0.0 < value <= 1.0:
-            raise ConfigError(f"cache.{name}", f"expected a cosine similarity in (0, 1], got "
-                                               f"{value}")
+            _problem(ConfigError(f"cache.{name}", f"expected a cosine similarity in (0, 1], got "
+                                                  f"{value}"))
     return cache
 
 
@@ -494,18 +788,23 @@ def _failover(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig])
         if name == "models":
             continue
         dotted = f"failover.{name}"
-        _known_provider(name, providers, dotted)
+        if not _known_provider(name, providers, dotted):
+            continue
         if not isinstance(value, str):
-            raise ConfigError(dotted, f"expected the name of a provider, got {value!r}")
-        _known_provider(value, providers, dotted)
-        if value == name:
-            raise ConfigError(dotted, "a provider cannot fail over to itself")
-        stand_ins[name] = value
+            _problem(ConfigError(dotted, f"expected the name of a provider, got {value!r}"))
+        elif not _known_provider(value, providers, dotted):
+            continue
+        elif value == name:
+            _problem(ConfigError(dotted, "a provider cannot fail over to itself"))
+        else:
+            stand_ins[name] = value
     models: dict[str, str] = {}
     for model, value in models_table.items():
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"failover.models.{model}", f"expected a model name, got {value!r}")
-        models[model] = value
+            _problem(ConfigError(f"failover.models.{model}",
+                                 f"expected a model name, got {value!r}"))
+        else:
+            models[model] = value
     return FailoverConfig(stand_ins, models)
 
 
@@ -513,7 +812,8 @@ def _limits(table: Mapping[str, Any],
             providers: Mapping[str, ProviderConfig]) -> dict[str, dict[str, LimitConfig]]:
     limits: dict[str, dict[str, LimitConfig]] = {}
     for provider in table:
-        _known_provider(provider, providers, f"limits.{provider}")
+        if not _known_provider(provider, providers, f"limits.{provider}"):
+            continue
         models = _table_at(table, provider, f"limits.{provider}")
         limits[provider] = {
             model: _section(LimitConfig, _table_at(models, model, f"limits.{provider}.{model}"),
@@ -523,10 +823,12 @@ def _limits(table: Mapping[str, Any],
     return limits
 
 
-def _known_provider(name: str, providers: Mapping[str, ProviderConfig], dotted: str) -> None:
-    if name not in providers:
-        raise ConfigError(dotted, f"no provider {name!r} is configured (configured: "
-                                  f"{', '.join(sorted(providers))}); add [providers.{name}]")
+def _known_provider(name: str, providers: Mapping[str, ProviderConfig], dotted: str) -> bool:
+    if name in providers:
+        return True
+    _problem(ConfigError(dotted, f"no provider {name!r} is configured (configured: "
+                                 f"{', '.join(sorted(providers))}); add [providers.{name}]"))
+    return False
 
 
 _CAP_SCOPES = ("operations", "users", "providers")
@@ -547,9 +849,9 @@ def _budgets(table: Mapping[str, Any]) -> BudgetsConfig:
         operations=scopes["operations"], users=scopes["users"], providers=scopes["providers"],
     )
     if not 0 < budgets.warn_fraction <= 1:
-        raise ConfigError("budgets.warn_fraction", "must be more than 0 and at most 1")
+        _problem(ConfigError("budgets.warn_fraction", "must be more than 0 and at most 1"))
     if budgets.unknown_max_output_tokens < 1:
-        raise ConfigError("budgets.unknown_max_output_tokens", "must be at least 1")
+        _problem(ConfigError("budgets.unknown_max_output_tokens", "must be at least 1"))
     return budgets
 
 
@@ -561,20 +863,12 @@ def _budgets_to_table(budgets: BudgetsConfig) -> dict[str, Any]:
     return table
 
 
-def _provider_defaults(name: str) -> ProviderConfig:
-    """Defaults for a provider table: the OpenAI ones, with the plugin named after the table."""
-    if name == "openai":
-        return ProviderConfig()
-    if name == "ollama":  # a local Ollama: its OpenAI-compatible routes, no key
-        return ProviderConfig(plugin="ollama", base_url="http://127.0.0.1:11434/v1",
-                              api_key_env="", api_key_credential="")
-    return ProviderConfig(plugin=name, base_url="", api_key_env="", api_key_credential="")
-
-
 def _table_at(table: Mapping[str, Any], key: str, dotted: str) -> Mapping[str, Any]:
     value = table.get(key, {})
     if not isinstance(value, Mapping):
-        raise ConfigError(dotted, f"must be a table ([{dotted}]), got {type(value).__name__}")
+        _problem(ConfigError(dotted, f"must be a table ([{dotted}]), got "
+                                     f"{type(value).__name__}"))
+        return {}
     return value
 
 
@@ -582,7 +876,7 @@ def _refuse_unknown(table: Mapping[str, Any], known: set[str], prefix: str) -> N
     for key in table:
         if key not in known:
             dotted = f"{prefix}{key}"
-            raise ConfigError(dotted, f"unknown key (known here: {', '.join(sorted(known))})")
+            _problem(ConfigError(dotted, f"unknown key (known here: {', '.join(sorted(known))})"))
 
 
 def _section(
@@ -592,14 +886,21 @@ def _section(
     *,
     defaults: _Section | None = None,
 ) -> _Section:
-    """Build one section dataclass from its table, validating each value by its field kind."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    _refuse_unknown(table, {f.name for f in fields}, f"{prefix}.")
+    """Build one section dataclass from its table, validating each value by its field kind; a
+    bad value is a problem noted, and the default stands in for it."""
+    fields = {fld.name: fld for fld in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if fld.metadata.get("kind") != "options"}
     base = defaults if defaults is not None else cls()
     values: dict[str, Any] = {}
-    for fld in fields:
-        if fld.name in table:
-            values[fld.name] = _convert(fld, table[fld.name], f"{prefix}.{fld.name}")
+    for key, value in table.items():  # in the file's order, so problems are listed in it
+        fld = fields.get(key)
+        if fld is None:
+            _refuse_unknown({key: value}, set(fields), f"{prefix}.")
+            continue
+        try:
+            values[key] = _convert(fld, value, f"{prefix}.{key}")
+        except ConfigError as exc:
+            _problem(exc)
     return dataclasses.replace(base, **values)  # type: ignore[type-var]
 
 
@@ -609,18 +910,18 @@ def _convert(fld: dataclasses.Field[Any], value: Any, dotted: str) -> Any:
         "duration": parse_duration,
         "size": parse_size,
         "mode": _parse_mode,
+        "paths": _parse_paths,
     }
     try:
         if kind in converters:
             return converters[kind](value)
-        return _convert_plain(fld, value)
+        return _check_plain(_plain_type(fld), value, fld.metadata.get("choices", ()))
     except (ValueError, TypeError) as exc:
         raise ConfigError(dotted, str(exc)) from None
 
 
-def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
-    expected = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
-    expected = expected.removesuffix(" | None")  # optional keys: absent means inherit
+def _check_plain(expected: str, value: Any, choices: Sequence[str]) -> Any:
+    """``value`` checked as a TOML value of type ``expected`` (as ``ConfigKey`` names types)."""
     if expected.startswith("Mapping["):
         raise TypeError("must be a table")
     if expected == "float":
@@ -630,7 +931,6 @@ def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
     if expected == "str":
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {value!r}")
-        choices = fld.metadata.get("choices")
         if choices and value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return value
@@ -642,8 +942,8 @@ def _convert_plain(fld: dataclasses.Field[Any], value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {value!r}")
         return value
-    if expected.startswith("tuple[str"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if expected == "list[str]":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise TypeError(f"expected a list of strings, got {value!r}")
         return tuple(value)
     raise TypeError(f"no converter for {expected}")  # a programming error, not an operator's
@@ -664,19 +964,50 @@ def _parse_mode(value: Any) -> int:
     return mode
 
 
+def _parse_paths(value: Any) -> tuple[str, ...]:
+    """A path or a list of paths; "" (or []) is none."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise TypeError(f"expected a path or a list of paths, got {value!r}")
+
+
+def _paths_to_table(paths: tuple[str, ...]) -> str | list[str]:
+    """As an operator writes it: "" for none, a string for one, a list for more."""
+    if len(paths) <= 1:
+        return paths[0] if paths else ""
+    return list(paths)
+
+
+def _anchor_price_files(table: dict[str, Any], directory: Path) -> None:
+    """Make relative ``[pricing] file`` paths relative to ``directory``; a value of the wrong
+    type is left for the validation to name."""
+    pricing = table.get("pricing")
+    if not isinstance(pricing, dict):
+        return
+    value = pricing.get("file")
+    if isinstance(value, str) and value:
+        pricing["file"] = str(directory / value)  # an absolute value stays as it is
+    elif isinstance(value, list):
+        pricing["file"] = [str(directory / v) if isinstance(v, str) and v else v for v in value]
+
+
 def _section_to_table(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fld in dataclasses.fields(section):
         value = getattr(section, fld.name)
-        if value is None:
-            continue  # TOML has no null: an unset optional key is left out
         kind = fld.metadata.get("kind")
+        if value is None or kind == "options":
+            continue  # TOML has no null: an unset optional key is left out
         if kind == "duration":
             value = format_duration(value)
         elif kind == "size":
             value = format_size(value)
         elif kind == "mode":
             value = f"{value:04o}"
+        elif kind == "paths":
+            value = _paths_to_table(value)
         elif isinstance(value, tuple):
             value = list(value)
         out[fld.name] = value
@@ -685,19 +1016,8 @@ def _section_to_table(section: Any) -> dict[str, Any]:
 
 def _apply_env_overrides(table: dict[str, Any], env: Mapping[str, str]) -> None:
     """Fold environment overrides into the parsed file table, before validation."""
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        if any(not part for part in path):
-            continue
-        _set_in(table, path, _env_value(raw))
-    if "LLMSPOOL_SOCKET" in env:
-        _set_in(table, ["daemon", "socket"], env["LLMSPOOL_SOCKET"])
-    if "LLMSPOOL_STATE_DIR" in env:
-        _set_in(table, ["daemon", "state_dir"], env["LLMSPOOL_STATE_DIR"])
-    if env.get("OPENAI_BASE_URL"):
-        _set_in(table, ["providers", "openai", "base_url"], env["OPENAI_BASE_URL"])
+    for override in environment_overrides(env):
+        _set_in(table, list(override.path), override.value)
 
 
 def _env_value(raw: str) -> Any:

@@ -1,18 +1,34 @@
 """Loading provider plugins: one pluggy manager per daemon, fed from the ``llmspool`` entry points.
 
-There is no module-global plugin manager: ``load_provider_kinds`` builds one, asks every plugin
-to register its kinds, and returns them. Tests pass extra plugin objects to add doubles.
+There is no module-global plugin manager: ``load_provider_specs`` builds one, asks every plugin
+to register its kinds, and returns them with the keys each declares and the package that
+brought it (name and version, from its distribution's metadata). Tests pass extra plugin
+objects to add doubles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pluggy
 
 from llmspool import hookspecs
+from llmspool.config import ConfigKey, check_plugin_keys
 from llmspool.errors import ConfigError
 from llmspool.provider import ProviderFactory
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKind:
+    """One provider kind as a plugin registered it."""
+
+    kind: str
+    factory: ProviderFactory
+    keys: tuple[ConfigKey, ...]
+    plugin: str  # the plugin's name: its entry point's, for an installed one
+    package: str | None  # the distribution it came in (None: not installed, e.g. a test's)
+    version: str | None
 
 
 def plugin_manager(extra_plugins: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -25,23 +41,46 @@ def plugin_manager(extra_plugins: Iterable[object] = ()) -> pluggy.PluginManager
     return manager
 
 
-def load_provider_kinds(extra_plugins: Iterable[object] = ()) -> dict[str, ProviderFactory]:
-    """Every provider kind the installed plugins register, by kind name."""
-    manager = plugin_manager(extra_plugins)
-    kinds: dict[str, ProviderFactory] = {}
-    owners: dict[str, str] = {}
-    current = ["?"]
+def load_provider_specs(extra_plugins: Iterable[object] = ()) -> dict[str, ProviderKind]:
+    """Every provider kind the installed plugins register, by kind name.
 
-    def register(kind: str, factory: ProviderFactory) -> None:
+    Raises ``ConfigError`` (key ``plugins``) for a kind registered twice or a key declared
+    wrongly, naming the plugin.
+    """
+    manager = plugin_manager(extra_plugins)
+    packages = {id(plugin): (dist.project_name, dist.version)
+                for plugin, dist in manager.list_plugin_distinfo()}
+    kinds: dict[str, ProviderKind] = {}
+    current: list[tuple[str, object]] = [("?", None)]
+
+    def register(kind: str, factory: ProviderFactory, /, *,
+                 keys: Sequence[ConfigKey] = ()) -> None:
+        name, plugin = current[0]
         if kind in kinds:
             raise ConfigError(
                 "plugins",
-                f"provider kind {kind!r} is registered by both {owners[kind]} and {current[0]}",
+                f"provider kind {kind!r} is registered by both {kinds[kind].plugin} and {name}",
             )
-        kinds[kind] = factory
-        owners[kind] = current[0]
+        try:
+            check_plugin_keys(keys)
+        except ValueError as exc:
+            raise ConfigError("plugins", f"plugin {name}, provider kind {kind!r}: {exc}; "
+                                         "the plugin needs fixing") from None
+        package, version = packages.get(id(plugin), (None, None))
+        kinds[kind] = ProviderKind(kind, factory, tuple(keys), name, package, version)
 
     for impl in manager.hook.llmspool_register_providers.get_hookimpls():
-        current[0] = impl.plugin_name
+        current[0] = (impl.plugin_name, impl.plugin)
         impl.function(register=register)
     return kinds
+
+
+def load_provider_kinds(extra_plugins: Iterable[object] = ()) -> dict[str, ProviderFactory]:
+    """Every provider kind the installed plugins register: its factory, by kind name."""
+    return {kind: spec.factory for kind, spec in load_provider_specs(extra_plugins).items()}
+
+
+def provider_config_keys(extra_plugins: Iterable[object] = ()) -> dict[str, tuple[ConfigKey, ...]]:
+    """The config keys each provider kind declares, by kind name (what ``load_config`` checks
+    ``[providers.NAME]`` tables against)."""
+    return {kind: spec.keys for kind, spec in load_provider_specs(extra_plugins).items()}

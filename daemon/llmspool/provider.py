@@ -4,19 +4,32 @@ A provider forwards one request to its upstream API and hands back the raw answe
 not parse bodies, retry, or count money (the daemon does, the same way for every provider).
 It maps its HTTP client's exceptions to ``llmspool.errors`` at its boundary:
 ``UpstreamUnreachable`` for no answer (status 504 and code ``upstream_timeout`` for a timeout).
+
+What a provider class can do is read from the class, for ``llmspool plugins``: the
+``BatchProvider`` methods make it a batch provider, and it may say what else it serves with
+class attributes (``provider_capabilities`` reads them; each has a default):
+
+- ``endpoints``: the ``Endpoint`` values it forwards (all of them);
+- ``service_tiers``: the ``Tier`` values it can ask its upstream for (``Tier.STANDARD``);
+- ``streaming``: whether it relays streamed answers (True).
+
+A factory may be ``LazyFactory("package.module:Class")``: the class is imported when the
+first provider of its kind is built, so loading plugins to read their config keys (every
+``llmspool`` command that reads the config) does not import their HTTP clients.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
-from llmspool.config import ProviderConfig
+from llmspool.config import ConfigKey, ProviderConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,5 +149,52 @@ class ProviderSettings:
     config: ProviderConfig
     api_key: str
 
+    def option(self, key: ConfigKey) -> Any:
+        """The value of a key the plugin declared: the file's (or the environment's), else the
+        key's default, converted to the key's type."""
+        if key.name in self.config.options:
+            return self.config.options[key.name]
+        return key.default_value
+
 
 ProviderFactory = Callable[[ProviderSettings], Provider]
+
+
+@dataclass(frozen=True, slots=True)
+class LazyFactory:
+    """A provider class named ``"package.module:Class"``, imported when first called."""
+
+    target: str
+
+    def load(self) -> Callable[[ProviderSettings], Provider]:
+        """The provider class; raises ``ImportError`` or ``AttributeError`` if it is not there."""
+        module, _, name = self.target.partition(":")
+        return cast(Callable[[ProviderSettings], Provider],
+                    getattr(importlib.import_module(module), name))
+
+    def __call__(self, settings: ProviderSettings) -> Provider:
+        return self.load()(settings)
+
+
+_BATCH_METHODS = tuple(name for name, value in vars(BatchProvider).items()
+                       if callable(value) and not name.startswith("_"))
+_ALL_TIERS = (Tier.STANDARD, Tier.FLEX, Tier.PRIORITY)
+
+
+def provider_capabilities(factory: ProviderFactory) -> tuple[str, ...] | None:
+    """What the providers ``factory`` builds can do: the endpoints they forward (``chat``,
+    ``responses``, ``embeddings``), ``streaming``, the tiers beyond standard they can ask for
+    (``flex``, ``priority``) and ``batch`` (the Batch API). None when ``factory`` is a plain
+    function, whose providers cannot be known without building one."""
+    cls = factory.load() if isinstance(factory, LazyFactory) else factory
+    if not isinstance(cls, type):
+        return None
+    endpoints = frozenset(getattr(cls, "endpoints", frozenset(Endpoint)))
+    tiers = frozenset(getattr(cls, "service_tiers", frozenset({Tier.STANDARD})))
+    found = [endpoint.operation_name for endpoint in Endpoint if endpoint in endpoints]
+    if getattr(cls, "streaming", True):
+        found.append("streaming")
+    found.extend(tier.value for tier in _ALL_TIERS if tier in tiers and tier is not Tier.STANDARD)
+    if all(callable(getattr(cls, name, None)) for name in _BATCH_METHODS):
+        found.append("batch")
+    return tuple(found)

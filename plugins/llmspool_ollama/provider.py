@@ -18,22 +18,24 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.errors import BadUpstreamAnswer, UpstreamError
 from llmspool.http_pool import pooled_session
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_ollama._errors import openai_error_body, unreachable
+from llmspool_ollama.keys import DEFAULT_BASE_URL
+
+__all__ = ["DEFAULT_BASE_URL", "OllamaProvider", "openai_base_url", "without_service_tier"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"
-"""Where ``ollama serve`` listens by default; used when ``base_url`` is empty."""
 
 _SERVICE_TIER = b'"service_tier"'
 _PASSED_ERROR_HEADERS = ("retry-after",)
@@ -88,6 +90,11 @@ class _OllamaAnswer:
 
 class OllamaProvider:
     """One ``[providers.NAME]`` of kind ``ollama``."""
+
+    # What `llmspool plugins` reports (llmspool.provider.provider_capabilities): every
+    # endpoint and streaming, and no tier but standard (a service_tier is dropped).
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
+    service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD})
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name

@@ -44,15 +44,20 @@ _BATCH_ENDPOINTS: dict[Endpoint, _BatchEndpoint] = {
 
 
 def control_plane_client(
-    config: ProviderConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None
+    config: ProviderConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None,
+    organization: str = "", project: str = "",
 ) -> openai.AsyncOpenAI:
     """The SDK client of one provider's control plane.
 
     ``max_retries=0`` because the daemon owns its retry policy (the SDK would retry 429s,
     ``insufficient_quota`` included). ``http_client`` lets tests watch the traffic.
+    ``organization`` and ``project`` ("": not sent) are the provider's keys of those names.
     """
     return openai.AsyncOpenAI(
         api_key=api_key or "unset",  # the SDK refuses an empty key; some local servers need none
+        # None leaves the SDK's own defaults ($OPENAI_ORG_ID, $OPENAI_PROJECT_ID) as they were.
+        organization=organization or None,
+        project=project or None,
         base_url=config.base_url.rstrip("/"),
         max_retries=0,
         timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),

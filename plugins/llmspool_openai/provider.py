@@ -12,7 +12,9 @@ Two clients, each pooled once per provider for the daemon's life:
 
 A request with a ``request_id`` carries it as ``X-Client-Request-Id``, the header in which
 OpenAI takes a caller's id for a call (ASCII, at most 512 characters: an id that is not is not
-sent), so that the daemon's ledger entries can be matched to the provider's records.
+sent), so that the daemon's ledger entries can be matched to the provider's records. The
+provider's ``organization`` and ``project`` keys (``llmspool_openai.keys``) go on every call of
+both planes as ``OpenAI-Organization`` and ``OpenAI-Project``.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import aiohttp
 import openai
 from llmspool.batches.remote import RemoteBatch
-from llmspool.calls import Endpoint
+from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.http_pool import pooled_session
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
 from llmspool_openai._errors import sdk_errors, unreachable
 from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
+from llmspool_openai.keys import ORGANIZATION, PROJECT
 
 CLIENT_REQUEST_ID = "X-Client-Request-Id"
 MAX_CLIENT_REQUEST_ID = 512
@@ -81,13 +84,32 @@ class _AiohttpAnswer:
             raise unreachable(self._provider, exc) from exc
 
 
+def account_headers(organization: str, project: str) -> dict[str, str]:
+    """The headers that put a call in an OpenAI organization and project (none for "")."""
+    headers = {}
+    if organization:
+        headers["OpenAI-Organization"] = organization
+    if project:
+        headers["OpenAI-Project"] = project
+    return headers
+
+
 class OpenAIProvider:
     """One ``[providers.NAME]`` of kind ``openai``."""
+
+    # What `llmspool plugins` reports (llmspool.provider.provider_capabilities), besides the
+    # Batch API methods below: every endpoint, streaming, and the flex and priority tiers.
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
+    service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD, Tier.FLEX,
+                                                          Tier.PRIORITY})
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self._config = settings.config
         self._api_key = settings.api_key
+        self._organization: str = settings.option(ORGANIZATION)
+        self._project: str = settings.option(PROJECT)
+        self._account_headers = account_headers(self._organization, self._project)
         self._base_url = settings.config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._sdk: openai.AsyncOpenAI | None = None
@@ -96,7 +118,8 @@ class OpenAIProvider:
 
     async def __aenter__(self) -> Self:
         self._session = pooled_session(self._config, self._api_key, self._connections)
-        self._sdk = control_plane_client(self._config, self._api_key)
+        self._sdk = control_plane_client(self._config, self._api_key,
+                                         organization=self._organization, project=self._project)
         self._batches = OpenAIBatches(
             self._sdk, self.name, transfer_timeout=transfer_timeout(self._config)
         )
@@ -118,7 +141,7 @@ class OpenAIProvider:
         url = self._base_url + request.endpoint.upstream_path
         try:
             response = await self._session.post(
-                url, data=request.body, headers=client_request_id_headers(request.request_id)
+                url, data=request.body, headers=self._headers(request.request_id)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise unreachable(self.name, exc) from exc
@@ -128,6 +151,13 @@ class OpenAIProvider:
             # A body not read to the end (a client that went away mid-stream) closes the
             # connection rather than returning a half-read one to the pool.
             response.release()
+
+    def _headers(self, request_id: str | None) -> dict[str, str] | None:
+        """A call's own headers (the session has the key and content type)."""
+        by_id = client_request_id_headers(request_id)
+        if not self._account_headers:
+            return by_id
+        return {**self._account_headers, **(by_id or {})}
 
     def connection_stats(self) -> dict[str, int]:
         """``{"requests": n, "reused": m}`` of the data plane: requests put on a connection, and

@@ -9,7 +9,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from llmspool.config import Config, config_from_table, config_to_table, load_config
+from llmspool.config import (
+    Config,
+    ConfigProblems,
+    config_from_table,
+    config_to_table,
+    load_config,
+)
 from llmspool.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +139,34 @@ def test_a_config_the_daemon_cannot_read_exits_78_with_one_line(tmp_path: Path) 
     assert f"cannot read {tmp_path}" in line and "read access" in line
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path, environ={})
+
+
+def test_every_problem_in_a_file_is_found_in_one_load(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[daemon]\nlog_level = 'loud'\nsokcet = 'x'\n\n[breaker]\nfailures = 0\n\n"
+                    "[failover]\nopenai = 'nope'\n")
+    with pytest.raises(ConfigProblems) as caught:
+        load_config(path, environ={"LLMSPOOL_JOBS__MAX_ATTEMPTS": "often"})
+    keys = [problem.key for problem in caught.value.problems]
+    assert keys == ["daemon.log_level", "daemon.sokcet", "breaker.failures", "failover.openai",
+                    "jobs.max_attempts"]
+    # The daemon's one line names the first and counts the rest.
+    assert str(caught.value).startswith("daemon.log_level: expected one of")
+    assert "and 4 more; `llmspool config check` lists them all" in str(caught.value)
+
+
+def test_price_files_are_a_path_or_a_list_relative_to_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "c.toml"
+    path.parent.mkdir()
+    path.write_text('[pricing]\nfile = "mine.toml"\n')
+    assert load_config(path, environ={}).pricing.file == (str(path.parent / "mine.toml"),)
+    path.write_text('[pricing]\nfile = ["/abs/a.toml", "b.toml"]\n')
+    assert load_config(path, environ={}).pricing.file == ("/abs/a.toml",
+                                                          str(path.parent / "b.toml"))
+    assert load_config(environ={"LLMSPOOL_PRICING__FILE": "x.toml"}).pricing.file == ("x.toml",)
+    path.write_text("[pricing]\nfile = 3\n")
+    with pytest.raises(ConfigError, match=r"^pricing\.file: expected a path or a list"):
+        load_config(path, environ={})
+    table = config_to_table(load_config(environ={"LLMSPOOL_PRICING__FILE": '["a", "b"]'}))
+    assert table["pricing"]["file"] == ["a", "b"]
+    assert config_from_table(table).pricing.file == ("a", "b")
