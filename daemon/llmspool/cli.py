@@ -2,7 +2,10 @@
 
     llmspool daemon [--config PATH] [--socket PATH]   run the daemon in the foreground
     llmspool sim [--host H] [--port P] [--config PATH] [--speed F]   run the API simulator
-    llmspool config init [PATH]                       write a complete default config
+    llmspool config init [PATH]                       write the reference config, commented
+    llmspool config check [PATH]                      validate a config as the daemon would
+    llmspool config show [PATH] [--json]              the effective config, and each value's source
+    llmspool plugins [--json]                         provider plugins, their kinds and capabilities
     llmspool demo                                     rehearse with the simulator, show costs
     llmspool status [JOB] [--json]                    how the daemon (or job JOB) is doing
     llmspool submit FILE.jsonl [--deadline 6h] [--wait] [-o OUT.jsonl]   hand over a job
@@ -22,16 +25,16 @@ import contextlib
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from llmspool import __version__, unix_http
+from llmspool.cli_config import add_config_commands
 from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
 from llmspool.cli_output import console
-from llmspool.config import Config, config_to_table, load_config
+from llmspool.config import Config, load_config
 from llmspool.errors import ConfigError, StartupError
 
 # EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
@@ -111,20 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    config = commands.add_parser("config", help="work with the config file")
-    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND",
-                                            required=True)
-    init = config_commands.add_parser(
-        "init",
-        help="write a complete default config",
-        description="Write the complete default config as TOML (every key, with its default) "
-        "to PATH, or to standard output when PATH is omitted or '-'. Refuses to overwrite an "
-        "existing file unless --force is given. etc/llmspool.toml in the source tree is the "
-        "same config with a comment on every key.",
-    )
-    init.add_argument("path", nargs="?", default="-", metavar="PATH")
-    init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.set_defaults(run=_run_config_init)
+    add_config_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -209,27 +199,6 @@ def _with_socket(config: Config, path: str) -> Config:
     import dataclasses
 
     return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, socket=path))
-
-
-def _run_config_init(args: argparse.Namespace) -> int:
-    import tomli_w
-
-    text = tomli_w.dumps(config_to_table(Config()))
-    header = (
-        "# llmspool configuration: every key with its default.\n"
-        "# See etc/llmspool.toml in the source for a comment on each key.\n\n"
-    )
-    if args.path == "-":
-        sys.stdout.write(header + text)
-        return 0
-    path = Path(args.path)
-    if path.exists() and not args.force:
-        print(f"llmspool: {path} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + text, encoding="utf-8")
-    print(f"wrote {path}")
-    return 0
 
 
 def socket_path(explicit: str | None, config_path: str | None) -> str:

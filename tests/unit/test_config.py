@@ -105,10 +105,19 @@ def test_every_documented_key_has_a_comment() -> None:
             assert above.startswith("#"), f"line {number + 1} has no comment: {line}"
 
 
-def test_config_init_writes_a_file_that_loads_back(tmp_path: Path) -> None:
+def test_the_shipped_reference_config_is_etc_llmspool_toml() -> None:
+    # `llmspool config init` writes the package's copy; pip users have no etc/. It is a symlink
+    # to etc/llmspool.toml, as defaults/pricing.toml is to etc/pricing.toml: one file to edit.
+    shipped = REPO / "daemon" / "llmspool" / "defaults" / "llmspool.toml"
+    assert shipped.read_bytes() == (REPO / "etc" / "llmspool.toml").read_bytes(), (
+        "daemon/llmspool/defaults/llmspool.toml must be etc/llmspool.toml (a symlink to it)")
+
+
+def test_config_init_writes_the_commented_reference_that_loads_back(tmp_path: Path) -> None:
     target = tmp_path / "etc" / "llmspool.toml"
     cli = [sys.executable, "-m", "llmspool", "config", "init"]
     subprocess.run([*cli, str(target)], check=True, capture_output=True, timeout=60)
+    assert target.read_text() == (REPO / "etc" / "llmspool.toml").read_text()
     assert load_config(target, environ={}) == Config()
     again = subprocess.run([*cli, str(target)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "--force" in again.stderr
