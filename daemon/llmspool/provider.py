@@ -96,48 +96,95 @@ class Provider(Protocol):
         ...
 
 
-@runtime_checkable
-class BatchProvider(Provider, Protocol):
-    """A provider that also offers a Batch API (files and batches, as OpenAI's).
+@dataclass(frozen=True, slots=True)
+class BatchCapabilities:
+    """What a provider's Batch API can take, read by the batch submitter and ``llmspool plugins``.
 
-    Every method raises ``UpstreamError`` for an HTTP error answer, ``UpstreamUnreachable`` when
-    there is no answer, and ``BadUpstreamAnswer`` for an answer it cannot read; batch objects
-    are parsed with ``RemoteBatch.from_json``. The daemon records its intent before each call
-    and can find what a call did after a crash with the two ``find_*`` methods.
+    The submitter cuts batches within ``max_lines``, ``max_bytes`` (of the daemon's input file)
+    and ``max_embedding_inputs`` (inputs of embeddings requests), each also capped by
+    ``[batch]`` config. ``uploads_input``: the input goes up as a file before the batch is
+    created (OpenAI), so the submitter records the upload as a step of its own; otherwise the
+    plugin sends the requests with the create call (Anthropic). ``finds_by_metadata``: a batch
+    can be found again by a metadata field carrying the intent (OpenAI); otherwise the intent
+    travels in each request's id and ``find_batch`` lists and matches (said by ``llmspool
+    plugins``; the submitter calls ``find_batch`` either way).
     """
 
+    max_lines: int
+    max_bytes: int
+    max_embedding_inputs: int | None = None
+    uploads_input: bool = True
+    finds_by_metadata: bool = True
+    endpoints: frozenset[Endpoint] = frozenset(Endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSubmission:
+    """One batch to create: the daemon's ``intent`` id (unique, at most 24 characters of
+    ``[0-9a-f-]``), what it is for, and its input in the daemon's format
+    (``llmspool.batches.lines``) at ``input_path``; ``input_file_id`` is the uploaded file's id
+    when the provider ``uploads_input``. ``submitted_after`` is a time before any attempt to
+    create it (for ``find_batch`` to list no further back); ``known`` holds the ids of the
+    provider's batches the daemon already has on record since then (filled when the daemon
+    looks for a batch after a crash), which ``find_batch`` must not take for this one."""
+
+    intent: str
+    endpoint: Endpoint
+    model: str
+    lines: int
+    input_path: Path
+    input_file_id: str | None
+    submitted_after: float
+    known: frozenset[str] = frozenset()
+
+
+@runtime_checkable
+class BatchProvider(Provider, Protocol):
+    """A provider that also offers a Batch API.
+
+    Batch work is the daemon's lines in and the daemon's result lines out
+    (``llmspool.batches.lines``); the batch itself is a ``RemoteBatch``. Every method raises
+    ``UpstreamError`` for an HTTP error answer, ``UpstreamUnreachable`` when there is no answer,
+    and ``BadUpstreamAnswer`` for an answer it cannot read. The daemon records its intent
+    before each call and, after a crash, finds what a call did with the ``find_*`` methods, so
+    that no batch is ever created twice.
+    """
+
+    batch_capabilities: BatchCapabilities
+
     async def upload_batch_file(self, path: Path, filename: str) -> str:
-        """Upload the JSONL file at ``path`` as ``filename`` with ``purpose=batch``, streaming it
-        from disk; returns the file id."""
+        """Upload the input file at ``path`` as ``filename``, streaming it from disk; returns
+        its id. Called only when ``batch_capabilities.uploads_input``."""
         ...
 
     async def find_batch_file(self, filename: str) -> str | None:
-        """The id of an uploaded ``purpose=batch`` file named ``filename`` (None: no such file),
-        looking through every page of the file list."""
+        """The id of an uploaded input file named ``filename`` (None: no such file). Called
+        only when ``batch_capabilities.uploads_input``."""
         ...
 
-    async def create_batch(
-        self, input_file_id: str, endpoint: Endpoint, metadata: Mapping[str, str]
-    ) -> RemoteBatch:
-        """Create a batch with ``completion_window`` 24h."""
+    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
+        """Create the batch (to finish within 24 hours), carrying ``submission.intent`` so that
+        ``find_batch`` can recognise it."""
+        ...
+
+    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
+        """The batch ``create_batch(submission)`` made, if an earlier attempt (cut short by a
+        crash or a lost answer) made one; None when there is none."""
         ...
 
     async def retrieve_batch(self, batch_id: str) -> RemoteBatch: ...
 
     async def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
 
-    async def find_batch(self, key: str, value: str, created_after: float) -> RemoteBatch | None:
-        """The newest batch whose ``metadata[key] == value``, looking through the batch list
-        (newest first, every page) down to batches created before ``created_after``."""
+    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
+        """Write a finished batch's results as the daemon's result lines to ``output`` (and,
+        for a provider that keeps failures apart, ``errors``), each file whole or absent; a
+        file already present is not fetched again. Returns the lines written."""
         ...
 
-    async def download_file(self, file_id: str, destination: Path) -> int:
-        """Stream the file's content to ``destination`` (written to a temporary name, then
-        renamed, so ``destination`` is whole or absent); returns the bytes written."""
-        ...
-
-    async def delete_file(self, file_id: str) -> None:
-        """Delete an uploaded file (a 404 is not an error: it is gone either way)."""
+    async def delete_batch_files(self, batch: RemoteBatch) -> None:
+        """Remove what a finished batch left upstream (its files; a 404 is not an error).
+        Housekeeping: called only when ``[batch] delete_files`` is set."""
         ...
 
 

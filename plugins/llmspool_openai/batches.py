@@ -2,7 +2,7 @@
 
 ``OpenAIBatches`` implements the batch half of ``llmspool.provider.BatchProvider``; the provider
 delegates to it. Every SDK exception is mapped at this boundary (``_errors.sdk_errors``) and
-every batch object is read with ``RemoteBatch.from_json`` from the JSON the upstream sent (the
+every batch object is read with ``batch_objects.remote_batch`` from the JSON the upstream sent (the
 SDK's models are built without validation, so ``to_dict`` gives that JSON back as it came).
 
 Large files never sit in memory. An upload hands the SDK an open file object: the SDK passes it
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -27,13 +26,23 @@ from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
 from llmspool.config import ProviderConfig
 from llmspool.errors import BadUpstreamAnswer
+from llmspool.provider import BatchCapabilities, BatchSubmission
 
 from llmspool_openai._errors import sdk_errors
+from llmspool_openai.batch_objects import INTENT_KEY, remote_batch
 
 TRANSFER_TIMEOUT_FLOOR = 600.0
 """Seconds, the least read/write timeout of an upload or a download (see ``transfer_timeout``)."""
 
 BATCH_LIST_PAGE = 100  # the API's maximum page size for GET /batches
+
+CAPABILITIES = BatchCapabilities(
+    # OpenAI's published limits: 50,000 requests and 200 MB per input file, and at most
+    # 50,000 embedding inputs across a batch's requests.
+    max_lines=50_000, max_bytes=200 * 1024 * 1024, max_embedding_inputs=50_000,
+    uploads_input=True, finds_by_metadata=True,
+    endpoints=frozenset({Endpoint.RESPONSES, Endpoint.CHAT, Endpoint.EMBEDDINGS}),
+)
 
 _BatchEndpoint = Literal["/v1/responses", "/v1/chat/completions", "/v1/embeddings"]
 _BATCH_ENDPOINTS: dict[Endpoint, _BatchEndpoint] = {
@@ -118,39 +127,54 @@ class OpenAIBatches:
                     return _file_id(self.name, document)
         return None
 
-    async def create_batch(
-        self, input_file_id: str, endpoint: Endpoint, metadata: Mapping[str, str]
-    ) -> RemoteBatch:
+    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
+        if submission.input_file_id is None:
+            raise RuntimeError("an OpenAI batch is created from an uploaded input file")
         with sdk_errors(self.name):
             batch = await self._sdk.batches.create(
-                input_file_id=input_file_id,
-                endpoint=_BATCH_ENDPOINTS[endpoint],
+                input_file_id=submission.input_file_id,
+                endpoint=_BATCH_ENDPOINTS[submission.endpoint],
                 completion_window="24h",
-                metadata=dict(metadata),
+                metadata={INTENT_KEY: submission.intent},
             )
-        return RemoteBatch.from_json(self.name, _document(batch))
+        return remote_batch(self.name, _document(batch))
 
     async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
         with sdk_errors(self.name):
             batch = await self._sdk.batches.retrieve(batch_id)
-        return RemoteBatch.from_json(self.name, _document(batch))
+        return remote_batch(self.name, _document(batch))
 
     async def cancel_batch(self, batch_id: str) -> RemoteBatch:
         with sdk_errors(self.name):
             batch = await self._sdk.batches.cancel(batch_id)
-        return RemoteBatch.from_json(self.name, _document(batch))
+        return remote_batch(self.name, _document(batch))
 
-    async def find_batch(self, key: str, value: str, created_after: float) -> RemoteBatch | None:
+    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
+        """The newest batch whose ``metadata`` carries the submission's intent."""
         with sdk_errors(self.name):
             # GET /batches lists newest first: the first match is the newest one, and once a
-            # batch is older than ``created_after`` no later page can hold a match.
+            # batch is older than ``submitted_after`` no later page can hold a match.
             async for item in self._sdk.batches.list(limit=BATCH_LIST_PAGE):
-                batch = RemoteBatch.from_json(self.name, _document(item))
-                if batch.created_at < created_after:
+                batch = remote_batch(self.name, _document(item))
+                if batch.created_at < submission.submitted_after:
                     return None
-                if batch.metadata.get(key) == value:
+                if batch.intent == submission.intent:
                     return batch
         return None
+
+    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
+        """OpenAI's output and error files are already the daemon's result lines: each is
+        downloaded as it is (one already on disk is not fetched again)."""
+        written = 0
+        for file_id, path in ((batch.output_file_id, output), (batch.error_file_id, errors)):
+            if file_id is not None and not await anyio.Path(path).exists():
+                written += await self.download_file(file_id, path)
+        return written
+
+    async def delete_batch_files(self, batch: RemoteBatch) -> None:
+        for file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+            if file_id is not None:
+                await self.delete_file(file_id)
 
     async def download_file(self, file_id: str, destination: Path) -> int:
         partial = destination.with_suffix(destination.suffix + ".part")

@@ -30,10 +30,20 @@ from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.http_pool import pooled_session
-from llmspool.provider import ProviderSettings, UpstreamRequest
+from llmspool.provider import (
+    BatchCapabilities,
+    BatchSubmission,
+    ProviderSettings,
+    UpstreamRequest,
+)
 
 from llmspool_openai._errors import sdk_errors, unreachable
-from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
+from llmspool_openai.batches import (
+    CAPABILITIES,
+    OpenAIBatches,
+    control_plane_client,
+    transfer_timeout,
+)
 from llmspool_openai.keys import ORGANIZATION, PROJECT
 
 CLIENT_REQUEST_ID = "X-Client-Request-Id"
@@ -102,6 +112,7 @@ class OpenAIProvider:
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
     service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD, Tier.FLEX,
                                                           Tier.PRIORITY})
+    batch_capabilities: ClassVar[BatchCapabilities] = CAPABILITIES
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -183,10 +194,8 @@ class OpenAIProvider:
     async def find_batch_file(self, filename: str) -> str | None:
         return await self._control().find_batch_file(filename)
 
-    async def create_batch(
-        self, input_file_id: str, endpoint: Endpoint, metadata: Mapping[str, str]
-    ) -> RemoteBatch:
-        return await self._control().create_batch(input_file_id, endpoint, metadata)
+    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
+        return await self._control().create_batch(submission)
 
     async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
         return await self._control().retrieve_batch(batch_id)
@@ -194,8 +203,14 @@ class OpenAIProvider:
     async def cancel_batch(self, batch_id: str) -> RemoteBatch:
         return await self._control().cancel_batch(batch_id)
 
-    async def find_batch(self, key: str, value: str, created_after: float) -> RemoteBatch | None:
-        return await self._control().find_batch(key, value, created_after)
+    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
+        return await self._control().find_batch(submission)
+
+    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
+        return await self._control().download_results(batch, output, errors)
+
+    async def delete_batch_files(self, batch: RemoteBatch) -> None:
+        await self._control().delete_batch_files(batch)
 
     async def download_file(self, file_id: str, destination: Path) -> int:
         return await self._control().download_file(file_id, destination)

@@ -20,11 +20,11 @@ import httpx2
 import openai
 import orjson
 import pytest
-from llmspool.batches.remote import INTENT_KEY, RemoteBatch
+from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
 from llmspool.config import ProviderConfig
 from llmspool.errors import BadUpstreamAnswer
-from llmspool.provider import BatchProvider, ProviderSettings
+from llmspool.provider import BatchProvider, BatchSubmission, ProviderSettings
 from llmspool_openai import OpenAIProvider
 from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
 
@@ -119,13 +119,13 @@ def test_every_batch_control_plane_call_is_valid(steady_url: str, tmp_path: Path
             assert file_id
             found = await batches.find_batch_file("llmspool-intent-1.jsonl")
             assert found is None or isinstance(found, str)
-            created = await tolerant(batches.create_batch(
-                file_id, Endpoint.CHAT, {INTENT_KEY: "intent-1", "llmspool_job": "job-7"}
-            ))
+            submission = BatchSubmission("intent-1", Endpoint.CHAT, "gpt-4o-mini", 1, source,
+                                         file_id, submitted_after=0.0)
+            created = await tolerant(batches.create_batch(submission))
             batch_id = created.id if created is not None else "batch_abc123"
             for answer in (await tolerant(batches.retrieve_batch(batch_id)),
                            await tolerant(batches.cancel_batch(batch_id)),
-                           await tolerant(batches.find_batch(INTENT_KEY, "intent-1", 0.0))):
+                           await tolerant(batches.find_batch(submission))):
                 assert answer is None or isinstance(answer, RemoteBatch)
             written = await batches.download_file("file-abc123", destination)
             assert destination.stat().st_size == written

@@ -19,7 +19,6 @@ import openai
 import orjson
 import pytest
 import tomli_w
-from llmspool.batches.remote import RemoteBatch
 from llmspool.errors import ApiError, ConfigError
 from llmspool.sim.app import build_app
 from llmspool.sim.batch_config import BatchSettings, line_draw
@@ -27,6 +26,7 @@ from llmspool.sim.batches import BatchRegistry, token_limit_message
 from llmspool.sim.config import SimConfig
 from llmspool.sim.files import StoredFile
 from llmspool.sim.stats import SimStats
+from llmspool_openai.batch_objects import remote_batch
 
 from tests.sim.test_spec_shapes import SPEC, problems
 
@@ -163,7 +163,7 @@ def test_a_batch_runs_to_completed_with_every_answer_and_its_usage(bsim: Running
         assert time.monotonic() < deadline, seen
         document = raw_batch(bsim, created.id)
         # Every state must be one the daemon can read.
-        remote = RemoteBatch.from_json("openai", document)
+        remote = remote_batch("openai", document)
         assert remote.intent == "intent-1"
         assert remote.completed + remote.failed <= remote.total
         if not seen or seen[-1] != document["status"]:
@@ -303,7 +303,7 @@ def test_a_bad_input_file_fails_validation_with_line_numbers(bsim: RunningSim) -
     assert batch.failed_at is not None and batch.in_progress_at is None
     assert batch.output_file_id is None and batch.error_file_id is None
     assert batch.request_counts.total == 0
-    remote = RemoteBatch.from_json("openai", raw_batch(bsim, batch.id))
+    remote = remote_batch("openai", raw_batch(bsim, batch.id))
     assert remote.errors[0].line == 2 and remote.errors[0].code == "invalid_json_line"
     # Nothing ran.
     assert bsim.stats()["batches"]["lines_processed"] == 0

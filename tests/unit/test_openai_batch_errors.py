@@ -29,7 +29,7 @@ from aiohttp import BodyPartReader, web
 from llmspool.calls import Endpoint
 from llmspool.config import ProviderConfig
 from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.provider import ProviderSettings
+from llmspool.provider import BatchSubmission, ProviderSettings
 from llmspool_openai import OpenAIProvider
 from llmspool_openai.batches import OpenAIBatches, control_plane_client
 
@@ -93,6 +93,12 @@ def answer(status: int, body: bytes, headers: dict[str, str] | None = None,
     return handle
 
 
+def submission(intent: str, *, file_id: str = "file-in", since: float = 0.0) -> BatchSubmission:
+    """The batch the daemon would create for ``intent`` (the input path is never read)."""
+    return BatchSubmission(intent, Endpoint.CHAT, "gpt-4o-mini", 1, Path("unused.jsonl"),
+                           file_id, submitted_after=since)
+
+
 def batch_json(batch_id: str, created_at: float, metadata: dict[str, str] | None = None,
                status: str = "in_progress") -> dict[str, Any]:
     return {
@@ -143,7 +149,7 @@ def test_a_500_with_a_body_that_is_not_json_is_an_upstream_error() -> None:
                                                content_type="text/plain")}
         async with serve(routes) as (url, _), plugin(url) as batches:
             with pytest.raises(UpstreamError) as caught:
-                await batches.create_batch("file-in", Endpoint.CHAT, {"llmspool_intent": "i"})
+                await batches.create_batch(submission("i", file_id="file-in"))
         error = caught.value
         assert error.status == 500
         assert error.raw_body == b"upstream exploded"
@@ -264,7 +270,7 @@ def test_a_refused_connection_is_upstream_unreachable() -> None:
     async def test() -> None:
         async with plugin(f"http://127.0.0.1:{port}/v1") as batches:
             with pytest.raises(UpstreamUnreachable) as caught:
-                await batches.find_batch("llmspool_intent", "i", 0.0)
+                await batches.find_batch(submission("i"))
         assert caught.value.status == 502
         assert caught.value.code == "upstream_unreachable"
 
@@ -339,7 +345,7 @@ def test_find_batch_pages_newest_first_down_to_created_after(
     async def test() -> None:
         routes = {("GET", "/batches"): batch_pages(BATCH_PAGES)}
         async with serve(routes) as (url, upstream), plugin(url) as batches:
-            batch = await batches.find_batch("llmspool_intent", value, created_after)
+            batch = await batches.find_batch(submission(value, since=created_after))
         assert (batch.id if batch else None) == found
         assert [query.get("after") for _, _, query in upstream.seen] == cursors
         assert all(query["limit"] == "100" for _, _, query in upstream.seen)

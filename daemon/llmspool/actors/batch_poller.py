@@ -8,8 +8,9 @@ upstream, so a restart resumes polling and resubmits nothing.
 Statuses:
 
 - ``validating``, ``in_progress``, ``finalizing``, ``cancelling``: poll again;
-- ``completed``, ``expired``, ``cancelled``: download the output and error files (each written
-  whole or not at all), map every line back by ``custom_id``: answers are stored and billed at
+- ``completed``, ``expired``, ``cancelled``: the provider writes the results as the daemon's
+  result lines (``llmspool.batches.lines``; each file whole or not at all), every line is mapped
+  back by ``custom_id``: answers are stored and billed at
   batch prices, retryable line errors go back to the job keeper (bounded attempts), expired or
   cancelled lines go back to be sent otherwise;
 - ``failed``: ``token_limit_exceeded`` gives the lines back to be batched again once the
@@ -46,7 +47,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
-from llmspool.batches.remote import RemoteBatch
+from llmspool.batches.remote import TOKEN_LIMIT_EXCEEDED, RemoteBatch
 from llmspool.billing import PriceBook
 from llmspool.calls import Tier
 from llmspool.errors import ApiError
@@ -279,11 +280,8 @@ class BatchPoller:
                 if remote.status == "failed":
                     report, note = await self._failed(batch, remote, input_path)
                 else:
-                    for file_id, path in ((remote.output_file_id, output_path),
-                                          (remote.error_file_id, errors_path)):
-                        if file_id is not None and not await anyio.Path(path).exists():
-                            await provider.download_file(file_id, path)
-                            self._crash.reach("batch.after_download")
+                    if await provider.download_results(remote, output_path, errors_path):
+                        self._crash.reach("batch.after_download")
                     report = await anyio.to_thread.run_sync(
                         self._map_files, batch, output_path, errors_path)
                     note = remote.status
@@ -333,7 +331,7 @@ class BatchPoller:
         codes = {error.code for error in remote.errors}
         summary = "; ".join(f"{e.code}: {e.message}" for e in remote.errors[:3]) or "no reason"
         log.warning("batch %s failed: %s", remote.id, summary)
-        if "token_limit_exceeded" in codes:
+        if TOKEN_LIMIT_EXCEEDED in codes:
             enqueued = await self._store.run(batch_sql.enqueued_tokens, batch.provider, batch.model)
             # The failed batch no longer counts as enqueued: what the others hold is what fits.
             # Alone over the cap, it was too big: half of it is the new guess. Each failure
@@ -402,14 +400,11 @@ class BatchPoller:
         await anyio.to_thread.run_sync(batch_sql.remove_files, paths)
         if not self._config.delete_files:
             return
-        for file_id in (remote.input_file_id, remote.output_file_id, remote.error_file_id):
-            if file_id is None:
-                continue
-            try:
-                await provider.delete_file(file_id)
-            except ApiError as error:  # housekeeping: the results are already stored
-                log.info("batch %s: could not delete file %s: %s", remote.id, file_id,
-                         error.message)
+        try:
+            await provider.delete_batch_files(remote)
+        except ApiError as error:  # housekeeping: the results are already stored
+            log.info("batch %s: could not delete its files upstream: %s", remote.id,
+                     error.message)
 
     def _snapshot(self) -> dict[str, Any]:
         now = time.time()

@@ -1,21 +1,24 @@
 """The batch submitter actor: groups batch-tier requests into batches and creates them upstream.
 
 Requests arrive from the job keeper (``ToBatch``) and wait in a group per (provider, endpoint,
-model). A group is sent when it reaches ``[batch] max_lines`` or ``max_bytes`` (or 50,000
-embeddings inputs), when its oldest request has waited ``max_age``, or when a request's
-deadline allows no more waiting (the planner's latest batch submit); a large group is split.
+model). A group is sent when it reaches ``[batch] max_lines`` or ``max_bytes`` (or the provider's
+own limits, its ``BatchCapabilities``: lines, bytes, embeddings inputs), when its oldest request
+has waited ``max_age``, or when a request's deadline allows no more waiting (the planner's latest
+batch submit); a large group is split.
 
 Each batch goes through recorded steps, so that a crash between any two of them never creates
 a second batch upstream:
 
 1. *intent*: a batch row is written and the lines are assigned to it, in one transaction;
    the JSONL input file is written to the state directory (whole or absent);
-2. the file is uploaded as ``llmspool-<intent>.jsonl``; its id recorded: *uploaded*;
-3. the batch is created with ``metadata.llmspool_intent = <intent>``; its id recorded:
-   *submitted*, and the batch poller takes it over.
+2. for a provider that takes its input as a file (``uploads_input``): the file is uploaded as
+   ``llmspool-<intent>.jsonl``; its id recorded: *uploaded* (a provider that takes the
+   requests with the create call goes to *uploaded* with no file id);
+3. the batch is created carrying the intent (how is the plugin's business: OpenAI's metadata,
+   Anthropic's ``custom_id``); its id recorded: *submitted*, and the batch poller takes it over.
 
 After a restart, a batch found in *intent* is first looked for upstream by file name, and one
-found in *uploaded* by its metadata; only what is not found is done again.
+found in *uploaded* with the provider's ``find_batch``; only what is not found is done again.
 
 Budgets: before a batch is made, its lines are reserved against the caps with the ledger (at
 batch prices, each line's worst case); the lines a cap refuses are stored as failed results
@@ -30,6 +33,7 @@ their deadline no longer allows waiting.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import secrets
@@ -46,7 +50,6 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
-from llmspool.batches.remote import INTENT_KEY
 from llmspool.calls import Endpoint, Tier
 from llmspool.errors import ApiError, UpstreamError, UpstreamUnreachable
 from llmspool.messages import (
@@ -64,15 +67,13 @@ from llmspool.messages import (
     ReserveLines,
     ToBatch,
 )
-from llmspool.provider import BatchProvider
+from llmspool.provider import BatchCapabilities, BatchProvider, BatchSubmission
 from llmspool.reservations import Reserver
 from llmspool.store import batches as batch_sql
 from llmspool.tracing import active, links_from
 
 log = logging.getLogger(__name__)
 
-OPENAI_MAX_LINES = 50_000
-OPENAI_MAX_EMBEDDING_INPUTS = 50_000
 LINE_OVERHEAD = 80  # bytes each input line adds around its body
 RETRY_MIN, RETRY_MAX = 2.0, 120.0  # backoff of a failed upload or create
 GroupKey = tuple[str, Endpoint, str]
@@ -196,11 +197,20 @@ class BatchSubmitter:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
+    def _limits(self, provider: str) -> tuple[int, int, float]:
+        """(lines, bytes, embeddings inputs) one batch of ``provider`` may hold: its own
+        limits, within ``[batch] max_lines`` and ``max_bytes``."""
+        capabilities: BatchCapabilities = self._providers[provider].batch_capabilities
+        inputs = capabilities.max_embedding_inputs
+        return (min(self._config.max_lines, capabilities.max_lines),
+                min(self._config.max_bytes, capabilities.max_bytes),
+                math.inf if inputs is None else inputs)
+
     def _due(self, group: _Group, now: float) -> bool:
-        config = self._config
-        return (len(group.candidates) >= min(config.max_lines, OPENAI_MAX_LINES)
-                or group.bytes >= config.max_bytes
-                or group.inputs >= OPENAI_MAX_EMBEDDING_INPUTS
+        max_lines, max_bytes, max_inputs = self._limits(group.candidates[0].provider)
+        return (len(group.candidates) >= max_lines
+                or group.bytes >= max_bytes
+                or group.inputs >= max_inputs
                 or now >= self._next_due(group))
 
     def _next_due(self, group: _Group) -> float:
@@ -273,16 +283,16 @@ class BatchSubmitter:
                ) -> list[list[BatchCandidate]]:
         """Cut into batches within the line, byte and embeddings-input limits, and within
         the enqueued-token limit when one is known."""
-        config = self._config
-        max_lines = min(config.max_lines, OPENAI_MAX_LINES)
-        max_bytes = min(config.max_bytes, token_limit * 4) if token_limit else config.max_bytes
+        max_lines, max_bytes, max_inputs = self._limits(candidates[0].provider)
+        if token_limit:
+            max_bytes = min(max_bytes, token_limit * 4)
         chunks: list[list[BatchCandidate]] = [[]]
         size = inputs = 0
         for candidate in sorted(candidates, key=lambda c: c.request_id):
             line_bytes = candidate.size + LINE_OVERHEAD
             current = chunks[-1]
             if current and (len(current) >= max_lines or size + line_bytes > max_bytes
-                            or inputs + candidate.inputs > OPENAI_MAX_EMBEDDING_INPUTS):
+                            or inputs + candidate.inputs > max_inputs):
                 chunks.append([])
                 size = inputs = 0
             chunks[-1].append(candidate)
@@ -345,20 +355,27 @@ class BatchSubmitter:
                     await self._store.run(batch_sql.drop_empty_batch, batch,
                                    "nothing left to send", time.time())
                     return
-            file_id = await provider.find_batch_file(name) if resumed else None
-            if file_id is None:
-                file_id = await provider.upload_batch_file(input_path, name)
-                log.info("batch %s: uploaded %d requests (%d bytes) as %s", batch.intent,
-                         batch.lines, batch.bytes, file_id)
-            self._crash.reach("batch.after_upload")
+            file_id: str | None = None
+            if provider.batch_capabilities.uploads_input:
+                file_id = await provider.find_batch_file(name) if resumed else None
+                if file_id is None:
+                    file_id = await provider.upload_batch_file(input_path, name)
+                    log.info("batch %s: uploaded %d requests (%d bytes) as %s", batch.intent,
+                             batch.lines, batch.bytes, file_id)
+                self._crash.reach("batch.after_upload")
             await self._store.run(batch_sql.mark_uploaded, batch, file_id)
         if batch.state == "uploaded":
-            assert batch.input_file_id is not None
-            remote = await provider.find_batch(INTENT_KEY, batch.intent,
-                                               batch.created_at - 3600) if resumed else None
+            # An hour's leeway for the provider's clock against ours.
+            since = batch.created_at - 3600
+            submission = BatchSubmission(
+                batch.intent, batch.endpoint, batch.model, batch.lines, input_path,
+                batch.input_file_id, submitted_after=since)
+            remote = None
+            if resumed:
+                known = await self._store.run(batch_sql.remote_ids_since, batch.provider, since)
+                remote = await provider.find_batch(dataclasses.replace(submission, known=known))
             if remote is None:
-                remote = await provider.create_batch(batch.input_file_id, batch.endpoint,
-                                                     {INTENT_KEY: batch.intent})
+                remote = await provider.create_batch(submission)
                 log.info("batch %s: created %s with %d requests for %s", batch.intent,
                          remote.id, batch.lines, batch.model)
             else:

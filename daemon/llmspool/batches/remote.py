@@ -1,133 +1,67 @@
-"""A batch as the provider reports it, read and checked from its JSON.
+"""What the daemon knows of a batch upstream, whatever the provider: ``RemoteBatch``.
 
-Provider plugins parse every batch object they receive with ``RemoteBatch.from_json``, so a
-malformed answer is refused at the boundary (``BadUpstreamAnswer``, naming the field) instead
-of surfacing later as a ``KeyError`` in an actor.
+A provider plugin reads its API's batch objects into ``RemoteBatch`` at its boundary (the OpenAI
+plugin in ``llmspool_openai.batch_objects``, the Anthropic plugin in
+``llmspool_anthropic.batches``), refusing a malformed one there (``BadUpstreamAnswer``, naming
+the field) instead of letting it surface later as a ``KeyError`` in an actor.
+
+Statuses are the daemon's vocabulary (``STATUSES``); they happen to be the names OpenAI's Batch
+API uses, and a plugin maps its API's onto them (Anthropic's ``ended`` is ``completed``, or
+``cancelled`` when a cancel was asked for first).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-from llmspool.errors import BadUpstreamAnswer
+from dataclasses import dataclass
 
 STATUSES = frozenset({
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
     "cancelled",
 })
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
-INTENT_KEY = "llmspool_intent"
-"""The ``metadata`` key that carries the daemon's intent id, to find a batch after a crash."""
+TOKEN_LIMIT_EXCEEDED = "token_limit_exceeded"
+"""The error code of a batch refused because its model's enqueued-token limit is full: the
+submitter learns the limit from it and holds batches back instead of failing them."""
 
 
 @dataclass(frozen=True, slots=True)
 class BatchError:
-    """One entry of a batch's ``errors.data``: why (part of) the batch failed."""
+    """Why (part of) a batch failed."""
 
     code: str
     message: str
-    line: int | None = None  # 1-based line of the input file, when the error is about one
+    line: int | None = None  # 1-based line of the daemon's input file, when about one line
     param: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteBatch:
-    """The fields of an OpenAI batch object the daemon relies on."""
+    """A batch as its provider reports it.
+
+    ``intent`` is the daemon's intent id when the provider can say it from the batch object
+    (OpenAI: its metadata); a provider that cannot (Anthropic) leaves it None. The file ids
+    are the plugin's own business (the core hands the ``RemoteBatch`` back to the plugin to
+    download or clean up): OpenAI's input, output and error files; Anthropic has no input
+    file and gives its results URL as ``output_file_id``.
+    """
 
     id: str
     status: str
-    endpoint: str
-    input_file_id: str
     created_at: float
+    endpoint: str = ""
+    input_file_id: str | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     total: int = 0
     completed: int = 0
     failed: int = 0
     errors: tuple[BatchError, ...] = ()
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    intent: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"batch status {self.status!r} is not one of {sorted(STATUSES)}")
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
-
-    @property
-    def intent(self) -> str | None:
-        return self.metadata.get(INTENT_KEY)
-
-    @classmethod
-    def from_json(cls, provider: str, document: Any) -> RemoteBatch:
-        """Read a batch object; raises ``BadUpstreamAnswer`` naming what is wrong."""
-        if not isinstance(document, dict):
-            raise _bad(provider, "the batch is not a JSON object")
-        status = document.get("status")
-        if status not in STATUSES:
-            raise _bad(provider, f"batch status {status!r} is not one of {sorted(STATUSES)}")
-        counts = document.get("request_counts") or {}
-        if not isinstance(counts, dict):
-            raise _bad(provider, "request_counts is not an object")
-        errors_field = document.get("errors") or {}
-        data = errors_field.get("data") if isinstance(errors_field, dict) else None
-        errors = tuple(_error(provider, item) for item in (data or []))
-        metadata = document.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise _bad(provider, "metadata is not an object")
-        created_at = document.get("created_at")
-        if not isinstance(created_at, int | float) or isinstance(created_at, bool):
-            raise _bad(provider, f"created_at {created_at!r} is not a number")
-        return cls(
-            id=_text(provider, document, "id"),
-            status=status,
-            endpoint=_text(provider, document, "endpoint"),
-            input_file_id=_text(provider, document, "input_file_id"),
-            created_at=float(created_at),
-            output_file_id=_optional_text(provider, document, "output_file_id"),
-            error_file_id=_optional_text(provider, document, "error_file_id"),
-            total=_count(provider, counts, "total"),
-            completed=_count(provider, counts, "completed"),
-            failed=_count(provider, counts, "failed"),
-            errors=errors,
-            metadata={str(k): str(v) for k, v in metadata.items()},
-        )
-
-
-def _error(provider: str, item: Any) -> BatchError:
-    if not isinstance(item, dict):
-        raise _bad(provider, "an entry of errors.data is not an object")
-    line = item.get("line")
-    return BatchError(
-        code=str(item.get("code") or "unknown"),
-        message=str(item.get("message") or ""),
-        line=line if isinstance(line, int) and not isinstance(line, bool) else None,
-        param=item.get("param") if isinstance(item.get("param"), str) else None,
-    )
-
-
-def _text(provider: str, document: Mapping[str, Any], key: str) -> str:
-    value = document.get(key)
-    if not isinstance(value, str) or not value:
-        raise _bad(provider, f"batch field {key!r} is {value!r}, not a non-empty string")
-    return value
-
-
-def _optional_text(provider: str, document: Mapping[str, Any], key: str) -> str | None:
-    value = document.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _bad(provider, f"batch field {key!r} is {value!r}, not a string")
-    return value
-
-
-def _count(provider: str, counts: Mapping[str, Any], key: str) -> int:
-    value = counts.get(key, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _bad(provider, f"request_counts.{key} is {value!r}, not a count")
-    return value
-
-
-def _bad(provider: str, what: str) -> BadUpstreamAnswer:
-    return BadUpstreamAnswer(f"{provider} answered a batch we cannot read: {what}",
-                             code="upstream_shape")

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from llmspool.batches.remote import INTENT_KEY
 from llmspool.errors import InvalidRequest, NotFound
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
@@ -66,6 +65,10 @@ CANCELLED = ("batch_cancelled", "This request was cancelled.")
 _CREATE_KEYS = frozenset(
     {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 )
+
+INTENT_KEY = "llmspool_intent"
+"""The metadata key the daemon's OpenAI plugin puts its intent id under: the simulator counts
+batches per intent by it, so a test can see that no intent made two batches."""
 
 
 class Status(StrEnum):

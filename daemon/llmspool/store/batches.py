@@ -240,7 +240,8 @@ def write_input_file(connection: sqlite3.Connection, batch: BatchRow, path: Path
     return lines
 
 
-def mark_uploaded(connection: sqlite3.Connection, batch: BatchRow, file_id: str) -> None:
+def mark_uploaded(connection: sqlite3.Connection, batch: BatchRow, file_id: str | None) -> None:
+    """The input is upstream (``file_id`` None: it goes with the create call)."""
     connection.execute(
         "UPDATE batches SET state = 'uploaded', input_file_id = ? WHERE id = ?",
         (file_id, batch.id),
@@ -703,6 +704,15 @@ def remove_files(paths: Iterable[Path]) -> None:
     for path in paths:
         for candidate in (path, path.with_name(path.name + ".part")):
             candidate.unlink(missing_ok=True)
+
+
+def remote_ids_since(connection: sqlite3.Connection, provider: str, since: float
+                     ) -> frozenset[str]:
+    """The upstream ids of ``provider``'s batches created since ``since``: those a search for a
+    batch lost in a crash must not take for it."""
+    return frozenset(row[0] for row in connection.execute(
+        "SELECT remote_id FROM batches WHERE provider = ? AND created_at >= ? "
+        "AND remote_id IS NOT NULL", (provider, since)))
 
 
 def upload_name(intent: str) -> str:

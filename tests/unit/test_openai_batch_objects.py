@@ -1,6 +1,6 @@
-"""``RemoteBatch.from_json`` on batch objects shaped as OpenAI sends them (completed, failed with
-per-line errors, refused for the enqueued-token limit, expired), and on malformed ones, which
-must be refused with ``BadUpstreamAnswer`` naming the field."""
+"""``llmspool_openai.batch_objects.remote_batch`` on batch objects shaped as OpenAI sends them
+(completed, failed with per-line errors, refused for the enqueued-token limit, expired), and on
+malformed ones, which must be refused with ``BadUpstreamAnswer`` naming the field."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
-from llmspool.batches.remote import BatchError, RemoteBatch
+from llmspool.batches.remote import BatchError
 from llmspool.errors import BadUpstreamAnswer
+from llmspool_openai.batch_objects import remote_batch
 
 # As GET /v1/batches/{id} answers, fields the daemon does not use included.
 COMPLETED = orjson.loads(b"""{
@@ -117,7 +118,7 @@ EXPIRED = orjson.loads(b"""{
 
 
 def test_a_completed_batch() -> None:
-    batch = RemoteBatch.from_json("openai", COMPLETED)
+    batch = remote_batch("openai", COMPLETED)
     assert batch.id == "batch_6820c8a3f1c08190a0c8f0d5b4e2a1f3"
     assert batch.status == "completed" and batch.terminal
     assert batch.endpoint == "/v1/chat/completions"
@@ -128,11 +129,10 @@ def test_a_completed_batch() -> None:
     assert (batch.total, batch.completed, batch.failed) == (1200, 1198, 2)
     assert batch.errors == ()
     assert batch.intent == "01JV3Q8Y7ZK2X5M9R4T6W8B0CD"
-    assert batch.metadata["llmspool_job"] == "nightly-embed"
 
 
 def test_a_batch_that_failed_validation_lists_its_lines() -> None:
-    batch = RemoteBatch.from_json("openai", FAILED_LINES)
+    batch = remote_batch("openai", FAILED_LINES)
     assert batch.status == "failed" and batch.terminal
     assert batch.output_file_id is None and batch.error_file_id is None
     assert batch.errors == (
@@ -145,18 +145,18 @@ def test_a_batch_that_failed_validation_lists_its_lines() -> None:
 
 
 def test_a_batch_refused_for_the_enqueued_token_limit() -> None:
-    batch = RemoteBatch.from_json("openai", TOKEN_LIMIT)
+    batch = remote_batch("openai", TOKEN_LIMIT)
     assert batch.status == "failed"
     [error] = batch.errors
     assert error.code == "token_limit_exceeded"
     assert "Enqueued token limit reached" in error.message
     assert error.line is None and error.param is None
-    assert batch.metadata == {} and batch.intent is None  # "metadata": null
+    assert batch.intent is None  # "metadata": null
     assert (batch.total, batch.completed, batch.failed) == (0, 0, 0)
 
 
 def test_an_expired_batch_keeps_its_partial_results() -> None:
-    batch = RemoteBatch.from_json("openai", EXPIRED)
+    batch = remote_batch("openai", EXPIRED)
     assert batch.status == "expired" and batch.terminal
     assert batch.output_file_id == "file-Ou45Tp67Ut89Fi01Le23Xx"
     assert batch.error_file_id == "file-Er45Ro67Rf89Il01Es23Yy"
@@ -167,7 +167,7 @@ def test_an_expired_batch_keeps_its_partial_results() -> None:
 @pytest.mark.parametrize("status", ["validating", "in_progress", "finalizing", "cancelling"])
 def test_unfinished_statuses_are_not_terminal(status: str) -> None:
     document = {**COMPLETED, "status": status, "output_file_id": None}
-    assert not RemoteBatch.from_json("openai", document).terminal
+    assert not remote_batch("openai", document).terminal
 
 
 def _without(document: dict[str, Any], key: str) -> dict[str, Any]:
@@ -217,7 +217,7 @@ MALFORMED = [
 @pytest.mark.parametrize(("document", "named"), MALFORMED)
 def test_a_malformed_batch_is_refused_naming_the_field(document: Any, named: str) -> None:
     with pytest.raises(BadUpstreamAnswer) as caught:
-        RemoteBatch.from_json("openai-eu", document)
+        remote_batch("openai-eu", document)
     error = caught.value
     assert named in error.message
     assert "openai-eu" in error.message
