@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
+from llmspool.batches.lines import BatchFiles
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.config import ConfigKey, ProviderConfig
@@ -176,10 +177,11 @@ class BatchProvider(Provider, Protocol):
 
     async def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
 
-    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
-        """Write a finished batch's results as the daemon's result lines to ``output`` (and,
-        for a provider that keeps failures apart, ``errors``), each file whole or absent; a
-        file already present is not fetched again. Returns the lines written."""
+    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
+        """Write a finished batch's results as the daemon's result lines to ``files.output``
+        (and, for a provider that keeps failures apart, ``files.errors``), each file whole or
+        absent; a file already present is not fetched again. Returns the bytes or lines
+        written (0: nothing was fetched)."""
         ...
 
     async def delete_batch_files(self, batch: RemoteBatch) -> None:

@@ -22,6 +22,7 @@ from typing import Literal
 import anyio
 import httpx2
 import openai
+from llmspool.batches.lines import BatchFiles
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
 from llmspool.config import ProviderConfig
@@ -162,11 +163,12 @@ class OpenAIBatches:
                     return batch
         return None
 
-    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
+    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
         """OpenAI's output and error files are already the daemon's result lines: each is
         downloaded as it is (one already on disk is not fetched again)."""
         written = 0
-        for file_id, path in ((batch.output_file_id, output), (batch.error_file_id, errors)):
+        for file_id, path in ((batch.output_file_id, files.output),
+                              (batch.error_file_id, files.errors)):
             if file_id is not None and not await anyio.Path(path).exists():
                 written += await self.download_file(file_id, path)
         return written

@@ -26,6 +26,7 @@ from typing import ClassVar, Self
 
 import aiohttp
 import openai
+from llmspool.batches.lines import BatchFiles
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
@@ -206,8 +207,8 @@ class OpenAIProvider:
     async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
         return await self._control().find_batch(submission)
 
-    async def download_results(self, batch: RemoteBatch, output: Path, errors: Path) -> int:
-        return await self._control().download_results(batch, output, errors)
+    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
+        return await self._control().download_results(batch, files)
 
     async def delete_batch_files(self, batch: RemoteBatch) -> None:
         await self._control().delete_batch_files(batch)

@@ -1,10 +1,19 @@
-"""The Batch API pipeline end to end: a real daemon, the OpenAI plugin, the simulator's files and
-batches, over the real socket.
+"""The batch tier end to end: a real daemon, a provider plugin, the simulator's batches, over the
+real socket.
+
+The behaviour every batch provider must have (one batch per intent, kill -9 at each step,
+exactly one ledger entry per line, hedging and escalation without paying twice) is tested for
+each flavor: OpenAI's Batch API (files and batches) and Anthropic's Message Batches (inline
+requests, the intent in each ``custom_id``), through the ``openai`` and ``anthropic`` plugins
+and the simulator's flavor of the same name. What only OpenAI's Batch API has (the enqueued
+token cap, validation of the input file, embeddings, file uploads) is tested for it alone.
 
 The daemon's config shrinks the clock: a batch is expected to take seconds, so deadlines of an
 hour go to the batch tier, and escalation happens seconds before a deadline. The simulator
-numbers nothing itself: every batch line's ``custom_id`` is the daemon's ``r<request id>``,
-and request ids in a fresh state directory count from 1, which lets a test pick lines to fail.
+numbers nothing itself: every batch line's ``custom_id`` is the daemon's ``r<request id>``
+(Anthropic: ``<intent>_r<request id>``, which the simulator's ``error_custom_ids`` match by
+their end), and request ids in a fresh state directory count from 1, which lets a test pick
+lines to fail.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +39,34 @@ from tests.support.processes import (
 )
 
 FAST = QUICK_BATCHES
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One batch provider as the tests see it: the simulator's flavor, a model the plugin
+    serves, the path of a direct call, and the daemon config that points a provider of the
+    plugin's kind at the simulator."""
+
+    name: str
+    model: str
+    direct_path: str
+    batch_prefix: str
+    provider_toml: str
+
+
+OPENAI = Flavor("openai", "gpt-4o-mini", "/v1/chat/completions", "batch_", "")
+ANTHROPIC = Flavor("anthropic", "claude-haiku-4-5", "/v1/messages", "msgbatch_",
+                   '[providers.anthropic]\nplugin = "anthropic"\nbase_url = "{url}"\n'
+                   'api_key_env = "OPENAI_API_KEY"\n')
+BOTH = pytest.mark.parametrize("sim", [OPENAI, ANTHROPIC], indirect=True, ids=lambda f: f.name)
+
+
+@dataclass
+class FlavoredSim(Sim):
+    flavor: Flavor = OPENAI
+
+    def daemon_config(self, config: str = FAST) -> str:
+        return config + self.flavor.provider_toml.format(url=self.url)
 
 
 def jsonl(count: int, *, model: str = "gpt-4o-mini", prefix: str = "q") -> bytes:
@@ -80,34 +118,39 @@ def ledger_rows(daemon: Daemon) -> list[tuple[str, str, int]]:
         ).fetchall()
 
 
-def batch_stats(sim: Sim) -> dict[str, Any]:
+def batch_stats(sim: FlavoredSim) -> dict[str, Any]:
     stats: dict[str, Any] = sim.stats()["batches"]
     return stats
 
 
-def direct_calls(sim: Sim) -> int:
+def direct_calls(sim: FlavoredSim) -> int:
     """Chat calls the simulator answered outside batches."""
-    calls: int = sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0)
+    calls: int = sim.stats()["requests"]["by_path"].get(sim.flavor.direct_path, 0)
     return calls
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Sim]:
-    running = start_sim(tmp_path, '[sim.batch]\nturnaround = "1s"\ncancel_delay = "300ms"\n')
+def sim(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FlavoredSim]:
+    flavor: Flavor = getattr(request, "param", OPENAI)
+    running = start_sim(tmp_path, f'[sim]\nflavor = "{flavor.name}"\n'
+                        '[sim.batch]\nturnaround = "1s"\ncancel_delay = "300ms"\n')
     try:
-        yield running
+        yield FlavoredSim(running.process, running.url, flavor)
     finally:
         stop_process(running.process)
 
 
-def running_daemon(tmp_path: Path, sim: Sim, extra: str = "", **options: Any) -> Daemon:
-    return start_daemon(tmp_path, sim.url, config_toml=FAST + extra, **options)
+def running_daemon(tmp_path: Path, sim: FlavoredSim, extra: str = "", **options: Any) -> Daemon:
+    return start_daemon(tmp_path, sim.url, config_toml=sim.daemon_config(FAST + extra),
+                        **options)
 
 
-def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path, sim: Sim) -> None:
+@BOTH
+def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path,
+                                                             sim: FlavoredSim) -> None:
     daemon = running_daemon(tmp_path, sim)
     try:
-        job = submit(daemon, jsonl(20))
+        job = submit(daemon, jsonl(20, model=sim.flavor.model))
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
@@ -115,7 +158,7 @@ def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path, si
     # The submission said where its requests would go, and when they were expected.
     [planned] = job["plan"]
     assert planned["tier"] == "batch" and planned["requests"] == 20
-    assert planned["model"] == "gpt-4o-mini"
+    assert planned["model"] == sim.flavor.model
     assert job["created_at"] < planned["expected_by"] < job["deadline_at"]
     assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(20)]
     assert all(line["response"]["status_code"] == 200 for line in lines)
@@ -132,7 +175,7 @@ def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path, si
     assert sum(cost for _id, _tier, cost in rows) == round(finished["cost_usd"] * 10**12)
 
 
-def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: Sim) -> None:
+def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: FlavoredSim) -> None:
     daemon = running_daemon(tmp_path, sim)
     try:
         job = submit(daemon, jsonl(5), deadline="5s")
@@ -149,12 +192,14 @@ def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: Sim) -> None:
     ("max_lines = 10", 25, 3),
     ('max_bytes = "1KiB"', 12, 3),
 ])
-def test_large_groups_are_split(tmp_path: Path, sim: Sim, setting: str, count: int,
+@BOTH
+def test_large_groups_are_split(tmp_path: Path, sim: FlavoredSim, setting: str, count: int,
                                 batches: int) -> None:
     daemon = start_daemon(tmp_path, sim.url,
-                          config_toml=FAST.replace("[batch]\n", f"[batch]\n{setting}\n"))
+                          config_toml=sim.daemon_config(
+                              FAST.replace("[batch]\n", f"[batch]\n{setting}\n")))
     try:
-        job = submit(daemon, jsonl(count))
+        job = submit(daemon, jsonl(count, model=sim.flavor.model))
         lines = results(daemon, job["id"])
     finally:
         stop_process(daemon.process)
@@ -164,16 +209,18 @@ def test_large_groups_are_split(tmp_path: Path, sim: Sim, setting: str, count: i
     assert set(stats["intents"].values()) == {1}
 
 
+@BOTH
 def test_lines_failing_their_batches_are_answered_directly_in_time(tmp_path: Path,
-                                                                   sim: Sim) -> None:
+                                                                   sim: FlavoredSim) -> None:
     # Lines r2 and r5 always fail inside a batch (500): tried in three batches ([batch]
     # max_attempts = 3), then sent directly, well before their deadline; every other line
     # succeeds in the first batch.
     sim.request("POST", "/_sim/batch", {"error_custom_ids": ["r2", "r5"]})
     daemon = start_daemon(tmp_path, sim.url,
-                          config_toml=FAST.replace("[batch]\n", "[batch]\nmax_attempts = 3\n"))
+                          config_toml=sim.daemon_config(
+                              FAST.replace("[batch]\n", "[batch]\nmax_attempts = 3\n")))
     try:
-        job = submit(daemon, jsonl(6))
+        job = submit(daemon, jsonl(6, model=sim.flavor.model))
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
@@ -186,14 +233,15 @@ def test_lines_failing_their_batches_are_answered_directly_in_time(tmp_path: Pat
     assert len(ledger_rows(daemon)) == 6  # failed batch lines cost nothing
 
 
+@BOTH
 def test_an_expired_batch_keeps_its_finished_lines_and_sends_the_rest(
-    tmp_path: Path, sim: Sim
+    tmp_path: Path, sim: FlavoredSim
 ) -> None:
     sim.request("POST", "/_sim/batch", {"turnaround": "30s", "expire_after": "2s",
                                         "expire_partial": 0.5})
     daemon = running_daemon(tmp_path, sim)
     try:
-        job = submit(daemon, jsonl(10))
+        job = submit(daemon, jsonl(10, model=sim.flavor.model))
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
@@ -209,13 +257,14 @@ def test_an_expired_batch_keeps_its_finished_lines_and_sends_the_rest(
     assert sum(1 for _id, tier, _cost in rows if tier == "batch") == finished["by_tier"]["batch"]
 
 
+@BOTH
 def test_a_late_batch_is_cancelled_and_its_unfinished_lines_meet_the_deadline(
-    tmp_path: Path, sim: Sim
+    tmp_path: Path, sim: FlavoredSim
 ) -> None:
     sim.request("POST", "/_sim/batch", {"turnaround": "120s", "cancel_delay": "500ms"})
     daemon = running_daemon(tmp_path, sim)
     try:
-        job = submit(daemon, jsonl(10), deadline="15s")
+        job = submit(daemon, jsonl(10, model=sim.flavor.model), deadline="15s")
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
@@ -228,16 +277,17 @@ def test_a_late_batch_is_cancelled_and_its_unfinished_lines_meet_the_deadline(
     assert "cancelling it" in daemon.log()
 
 
+@BOTH
 def test_a_straggling_batch_is_cancelled_and_its_lines_go_into_a_new_batch(
-    tmp_path: Path, sim: Sim
+    tmp_path: Path, sim: FlavoredSim
 ) -> None:
     # The first batch would take an hour (the long tail of batch turnaround); later ones a
     # second. An hour's deadline leaves room for a new batch after a cancel.
     sim.request("POST", "/_sim/batch", {"turnaround": "1h", "cancel_delay": "300ms"})
-    daemon = start_daemon(tmp_path, sim.url, config_toml=FAST.replace(
-        "[batch]\n", '[batch]\nrebatch_after = "2s"\n'))
+    daemon = start_daemon(tmp_path, sim.url, config_toml=sim.daemon_config(FAST.replace(
+        "[batch]\n", '[batch]\nrebatch_after = "2s"\n')))
     try:
-        job = submit(daemon, jsonl(10))
+        job = submit(daemon, jsonl(10, model=sim.flavor.model))
         wait_for(lambda: batch_stats(sim)["created"] >= 1, what="the first batch")
         sim.request("POST", "/_sim/batch", {"reset": True})
         lines = results(daemon, job["id"])
@@ -255,7 +305,7 @@ def test_a_straggling_batch_is_cancelled_and_its_lines_go_into_a_new_batch(
 
 
 def test_the_enqueued_token_cap_holds_batches_back_instead_of_failing_them(
-    tmp_path: Path, sim: Sim
+    tmp_path: Path, sim: FlavoredSim
 ) -> None:
     sim.request("POST", "/_sim/batch", {"enqueued_token_limit": 25, "turnaround": "500ms"})
     daemon = running_daemon(tmp_path, sim)
@@ -272,11 +322,12 @@ def test_the_enqueued_token_cap_holds_batches_back_instead_of_failing_them(
     assert "enqueued-token cap" in daemon.log()
 
 
-def test_status_lists_open_batches(tmp_path: Path, sim: Sim) -> None:
+@BOTH
+def test_status_lists_open_batches(tmp_path: Path, sim: FlavoredSim) -> None:
     sim.request("POST", "/_sim/batch", {"turnaround": "60s"})
     daemon = running_daemon(tmp_path, sim)
     try:
-        submit(daemon, jsonl(4))
+        submit(daemon, jsonl(4, model=sim.flavor.model))
 
         def open_batches() -> list[dict[str, Any]]:
             _status, report = daemon.get("/v1/status")
@@ -286,8 +337,8 @@ def test_status_lists_open_batches(tmp_path: Path, sim: Sim) -> None:
         [batch] = wait_for(open_batches, what="an open batch in /v1/status")
     finally:
         stop_process(daemon.process)
-    assert batch["id"].startswith("batch_")
-    assert batch["model"] == "gpt-4o-mini" and batch["lines"] == 4
+    assert batch["id"].startswith(sim.flavor.batch_prefix)
+    assert batch["model"] == sim.flavor.model and batch["lines"] == 4
     assert batch["age_s"] >= 0 and batch["deadline_in_s"] > 3000
 
 
@@ -295,17 +346,23 @@ CRASH_POINTS = ["batch.after_intent", "batch.after_upload", "batch.after_create"
                 "batch.after_poll", "batch.after_download", "batch.mid_mapping"]
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize(("sim", "point"), [
+    pytest.param(flavor, point, id=f"{flavor.name}-{point}")
+    for flavor in (OPENAI, ANTHROPIC) for point in CRASH_POINTS
+    # Message Batches take their requests with the create call: there is no upload step.
+    if not (flavor is ANTHROPIC and point == "batch.after_upload")
+], indirect=["sim"])
 def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
-    tmp_path: Path, sim: Sim, point: str
+    tmp_path: Path, sim: FlavoredSim, point: str
 ) -> None:
     # r3 fails in its batch (an error file too), and with max_attempts = 1 is sent directly.
     sim.request("POST", "/_sim/batch", {"error_custom_ids": ["r3"]})
-    config = FAST.replace("[batch]\n", "[batch]\nmax_attempts = 1\n")
+    config = sim.daemon_config(FAST.replace("[batch]\n", "[batch]\nmax_attempts = 1\n"))
     first = start_daemon(tmp_path, sim.url, config_toml=config,
                          env={"LLMSPOOL_CRASH_AT": point})
     try:
-        job = submit(first, jsonl(8 if point != "batch.mid_mapping" else 6000))
+        job = submit(first, jsonl(8 if point != "batch.mid_mapping" else 6000,
+                                  model=sim.flavor.model))
         first.process.wait(60)
     finally:
         stop_process(first.process)
@@ -330,7 +387,7 @@ def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
 
 
 def test_a_batch_refused_by_validation_is_retried_then_sent_directly(
-    tmp_path: Path, sim: Sim
+    tmp_path: Path, sim: FlavoredSim
 ) -> None:
     sim.request("POST", "/_sim/batch", {"fail_validation": "invalid_request"})
     daemon = start_daemon(tmp_path, sim.url,
@@ -347,7 +404,8 @@ def test_a_batch_refused_by_validation_is_retried_then_sent_directly(
     assert "failed: invalid_request" in daemon.log()
 
 
-def test_a_line_the_batch_refuses_fails_alone_without_a_retry(tmp_path: Path, sim: Sim) -> None:
+def test_a_line_the_batch_refuses_fails_alone_without_a_retry(tmp_path: Path,
+                                                              sim: FlavoredSim) -> None:
     body = jsonl(4) + orjson.dumps({
         "custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
         "body": {"model": "gpt-4o-mini", "messages": "not a list"},
@@ -368,7 +426,8 @@ def test_a_line_the_batch_refuses_fails_alone_without_a_retry(tmp_path: Path, si
     assert batch_stats(sim)["created"] == 1
 
 
-def test_embeddings_and_image_inputs_pass_through_untouched(tmp_path: Path, sim: Sim) -> None:
+def test_embeddings_and_image_inputs_pass_through_untouched(tmp_path: Path,
+                                                            sim: FlavoredSim) -> None:
     image_body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{
         "role": "user", "content": [
             {"type": "text", "text": "what is in this picture?"},
@@ -399,7 +458,7 @@ def test_embeddings_and_image_inputs_pass_through_untouched(tmp_path: Path, sim:
     assert chat_line["body"] == image_body
 
 
-def raw_content(sim: Sim, file_id: str) -> bytes:
+def raw_content(sim: FlavoredSim, file_id: str) -> bytes:
     import http.client
 
     host, port = sim.base.removeprefix("http://").split(":")
@@ -411,13 +470,14 @@ def raw_content(sim: Sim, file_id: str) -> bytes:
         connection.close()
 
 
+@BOTH
 def test_with_spending_caps_deferred_work_still_goes_through_a_batch(tmp_path: Path,
-                                                                     sim: Sim) -> None:
+                                                                     sim: FlavoredSim) -> None:
     # Batch lines are reserved against the caps when they are batched, and settled from the
     # output: caps no longer cost the batch discount.
     daemon = running_daemon(tmp_path, sim, "\n[budgets]\ndaily_usd = 100.0\n")
     try:
-        job = submit(daemon, jsonl(3))
+        job = submit(daemon, jsonl(3, model=sim.flavor.model))
         results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
         _, status = daemon.get("/v1/status")

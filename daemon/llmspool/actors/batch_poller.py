@@ -47,6 +47,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
+from llmspool.batches.lines import BatchFiles
 from llmspool.batches.remote import TOKEN_LIMIT_EXCEEDED, RemoteBatch
 from llmspool.billing import PriceBook
 from llmspool.calls import Tier
@@ -268,8 +269,7 @@ class BatchPoller:
 
     async def _retrieve(self, batch: batch_sql.BatchRow, remote: RemoteBatch) -> None:
         provider = self._providers[batch.provider]
-        input_path, output_path, errors_path = batch_sql.batch_files(self._state_dir,
-                                                                     batch.intent)
+        files = batch_sql.batch_files(self._state_dir, batch.intent)
         try:
             with self._tracer.start_as_current_span(
                 "batch retrieve", links=links_from(batch.traceparents),
@@ -278,12 +278,12 @@ class BatchPoller:
                             "llmspool.batch.lines": batch.lines},
             ) as span:
                 if remote.status == "failed":
-                    report, note = await self._failed(batch, remote, input_path)
+                    report, note = await self._failed(batch, remote, files.input)
                 else:
-                    if await provider.download_results(remote, output_path, errors_path):
+                    if await provider.download_results(remote, files):
                         self._crash.reach("batch.after_download")
                     report = await anyio.to_thread.run_sync(
-                        self._map_files, batch, output_path, errors_path)
+                        self._map_files, batch, files.output, files.errors)
                     note = remote.status
                 span.set_attributes({"llmspool.batch.succeeded": report.succeeded,
                                      "llmspool.batch.failed": report.failed,
@@ -294,7 +294,7 @@ class BatchPoller:
             self._next_poll[batch.id] = time.time() + POLL_ERROR_BACKOFF
             return
         await self._done(batch, remote, report, note)
-        await self._clean_up(provider, remote, (input_path, output_path, errors_path))
+        await self._clean_up(provider, remote, files)
 
     async def _released(self, requeued: list[RequeuedLine]) -> None:
         """Lines given back end their batch reservations (they are admitted again as calls)."""
@@ -396,8 +396,8 @@ class BatchPoller:
                         "request; those requests were sent again", remote.id, report.unreadable)
 
     async def _clean_up(self, provider: BatchProvider, remote: RemoteBatch,
-                        paths: tuple[Path, ...]) -> None:
-        await anyio.to_thread.run_sync(batch_sql.remove_files, paths)
+                        files: BatchFiles) -> None:
+        await anyio.to_thread.run_sync(batch_sql.remove_files, files)
         if not self._config.delete_files:
             return
         try:

@@ -346,7 +346,7 @@ class BatchSubmitter:
 
     async def _steps(self, provider: BatchProvider, batch: batch_sql.BatchRow, *,
                      resumed: bool) -> None:
-        input_path, _output, _errors = batch_sql.batch_files(self._state_dir, batch.intent)
+        input_path = batch_sql.batch_files(self._state_dir, batch.intent).input
         name = batch_sql.upload_name(batch.intent)
         if batch.state == "intent":
             if not await anyio.Path(input_path).exists():

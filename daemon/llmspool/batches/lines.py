@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, NamedTuple, Self
 
 import orjson
 
@@ -39,6 +39,18 @@ CANCELLED = "batch_cancelled"
 EXPIRED = "batch_expired"
 """The ``error.code`` of a line a batch did not run before it expired (sent again)."""
 _INPUT_PREFIX = re.compile(rb'\{"custom_id":"(r\d+)","method":"POST","url":"([^"]+)","body":')
+
+
+class BatchFiles(NamedTuple):
+    """Where one batch's files live in the state directory, and the intent they belong to:
+    the ``input`` the submitter wrote, and the ``output`` and ``errors`` result files a
+    provider writes. A provider may keep files of its own beside them, named
+    ``<intent>.<something>``; the poller removes ``<intent>.*`` when the batch is done."""
+
+    intent: str
+    input: Path
+    output: Path
+    errors: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,12 @@ class ResultWriter:
         an error status with an OpenAI-shaped error body (``{"error": {...}}``)."""
         self._write({"id": line_id or f"batch_req_{custom_id}", "custom_id": custom_id,
                      "response": {"status_code": status, "body": body}, "error": None})
+
+    def raw(self, line: bytes) -> None:
+        """A result line written already (by a ``ResultWriter`` before)."""
+        assert self._out is not None, "ResultWriter used outside its `with`"
+        self._out.write(line if line.endswith(b"\n") else line + b"\n")
+        self.lines += 1
 
     def not_run(self, custom_id: str, code: str, message: str) -> None:
         """A line the batch did not run (``CANCELLED``, ``EXPIRED``, or another code for a

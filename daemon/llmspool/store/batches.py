@@ -27,6 +27,7 @@ import aiosqlite
 import anyio
 import orjson
 
+from llmspool.batches.lines import BatchFiles
 from llmspool.billing import PriceBook, bill
 from llmspool.cache.store import NewEntry
 from llmspool.calls import Endpoint, Tier, Usage
@@ -693,17 +694,18 @@ def input_line_ids(path: Path, numbers: set[int]) -> dict[int, int]:
     return found
 
 
-def batch_files(state_dir: Path, intent: str) -> tuple[Path, Path, Path]:
+def batch_files(state_dir: Path, intent: str) -> BatchFiles:
     """Where a batch's input, output and error files live on disk."""
     folder = state_dir / "batches"
-    return (folder / f"{intent}.input.jsonl", folder / f"{intent}.output.jsonl",
-            folder / f"{intent}.errors.jsonl")
+    return BatchFiles(intent, folder / f"{intent}.input.jsonl",
+                      folder / f"{intent}.output.jsonl", folder / f"{intent}.errors.jsonl")
 
 
-def remove_files(paths: Iterable[Path]) -> None:
-    for path in paths:
-        for candidate in (path, path.with_name(path.name + ".part")):
-            candidate.unlink(missing_ok=True)
+def remove_files(files: BatchFiles) -> None:
+    """Remove a finished batch's files: the three, their partial copies, and whatever else a
+    provider kept beside them under the intent's name."""
+    for path in files.input.parent.glob(f"{files.intent}.*"):
+        path.unlink(missing_ok=True)
 
 
 def remote_ids_since(connection: sqlite3.Connection, provider: str, since: float
