@@ -2,12 +2,15 @@
 
 Every aiohttp-based provider wants the same session: kept for the daemon's life, at most
 ``max_connections`` connections kept alive ``keepalive_timeout``, the API key as a bearer
-token, no cookie handling (bodies pass through as the client sent them), a connect timeout only
-(the daemon bounds each call itself, with cancel scopes that say which limit fired), and a
-``ConnectionCounter`` watching how often connections are reused.
+token (or the headers an API authenticates with instead, such as Anthropic's ``x-api-key``
+and ``anthropic-version``), no cookie handling (bodies pass through as the client sent them),
+a connect timeout only (the daemon bounds each call itself, with cancel scopes that say which
+limit fired), and a ``ConnectionCounter`` watching how often connections are reused.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -15,16 +18,21 @@ from llmspool.config import ProviderConfig
 from llmspool.connection_stats import ConnectionCounter
 
 
-def pooled_session(config: ProviderConfig, api_key: str,
-                   connections: ConnectionCounter) -> aiohttp.ClientSession:
-    """A session for one ``[providers.NAME]``; open it inside a running event loop."""
+def pooled_session(config: ProviderConfig, api_key: str, connections: ConnectionCounter, *,
+                   auth_headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+    """A session for one ``[providers.NAME]``; open it inside a running event loop.
+
+    ``auth_headers``: headers sent on every call in place of ``authorization: Bearer
+    {api_key}``, for an API that authenticates another way (``api_key`` is then unused)."""
     connector = aiohttp.TCPConnector(
         limit=config.max_connections,
         keepalive_timeout=config.keepalive_timeout,
         enable_cleanup_closed=False,
     )
     headers = {"content-type": "application/json"}
-    if api_key:
+    if auth_headers is not None:
+        headers.update(auth_headers)
+    elif api_key:
         headers["authorization"] = f"Bearer {api_key}"
     return aiohttp.ClientSession(
         connector=connector,
