@@ -45,9 +45,10 @@ import orjson
 from llmspool.batches.lines import CANCELLED, EXPIRED, BatchFiles, ResultWriter, read_input_lines
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError
 from llmspool.provider import BatchCapabilities, BatchSubmission
 
+from llmspool_anthropic._errors import unreachable
 from llmspool_anthropic.translate import anthropic_params, openai_completion, openai_error
 
 CAPABILITIES = BatchCapabilities(
@@ -57,6 +58,7 @@ CAPABILITIES = BatchCapabilities(
     max_lines=100_000, max_bytes=200 * 1024 * 1024, max_embedding_inputs=None,
     uploads_input=False, finds_by_metadata=False, endpoints=frozenset({Endpoint.CHAT}),
 )
+TRANSFER_TIMEOUT_FLOOR = 600.0  # seconds: Anthropic may take long to start a large answer
 LIST_PAGE = 100  # the most batches one page of the list may hold
 STREAM_CHUNK = 64 * 1024
 
@@ -181,13 +183,17 @@ class AnthropicBatches:
 
     batch_capabilities = CAPABILITIES
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str,
-                 headers: Mapping[str, str], provider: str, *, default_max_tokens: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, provider: str, *,
+                 default_max_tokens: int, timeout: float) -> None:
+        """``session`` carries the key and version headers; ``timeout`` bounds each read of
+        a call (as httpx's timeouts do, so a long results download that keeps moving is
+        never cut), at least ``TRANSFER_TIMEOUT_FLOOR``."""
         self._session = session
         self._url = base_url.rstrip("/") + "/messages/batches"
-        self._headers = {**headers, "content-type": "application/json"}
         self.name = provider
         self._default_max_tokens = default_max_tokens
+        self._timeout = aiohttp.ClientTimeout(total=None,
+                                              sock_read=max(timeout, TRANSFER_TIMEOUT_FLOOR))
 
     # --- no upload step -----------------------------------------------------------------------
 
@@ -309,15 +315,14 @@ class AnthropicBatches:
         """A call whose answer must be a 2xx (an error answer raises ``UpstreamError`` in
         OpenAI's shape, as the data plane's do)."""
         try:
-            async with self._session.request(method, url, headers=self._headers,
+            async with self._session.request(method, url, timeout=self._timeout,
                                              **options) as response:
                 if response.status >= 300:
                     raw = await response.read()
                     raise self._error(response.status, raw, response.headers)
                 yield response
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamUnreachable(f"cannot reach {self.name}: {exc or type(exc).__name__}",
-                                      code="upstream_unreachable") from exc
+            raise unreachable(self.name, exc) from exc
 
     async def _call(self, method: str, url: str, *, missing_ok: bool = False,
                     **options: Any) -> Any:

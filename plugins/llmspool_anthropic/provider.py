@@ -18,26 +18,29 @@ One aiohttp session per provider, pooled for the daemon's life (``llmspool.http_
 authenticates with ``x-api-key`` and ``anthropic-version`` rather than a bearer token. Anthropic
 takes no client-supplied request id, so ``UpstreamRequest.request_id`` is not sent.
 
-The Message Batches half of ``llmspool.provider.BatchProvider`` is not here yet; it will
-delegate to ``llmspool_anthropic.batches`` using ``base_url``, ``_headers()`` and
-``_open_session()``.
+The Message Batches half of ``llmspool.provider.BatchProvider`` (the batch tier) lives in
+``llmspool_anthropic.batches``; the provider delegates to it, on the same session.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
+from llmspool.batches.lines import BatchFiles
+from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.errors import ApiError, BadUpstreamAnswer, InvalidRequest, UpstreamError
 from llmspool.http_pool import pooled_session
-from llmspool.provider import ProviderSettings, UpstreamRequest
+from llmspool.provider import BatchCapabilities, BatchSubmission, ProviderSettings, UpstreamRequest
 
 from llmspool_anthropic._errors import unreachable
+from llmspool_anthropic.batches import CAPABILITIES, AnthropicBatches
 from llmspool_anthropic.keys import (
     ANTHROPIC_VERSION,
     DEFAULT_BASE_URL,
@@ -144,6 +147,7 @@ class AnthropicProvider:
     # completions, streamed too, on the standard tier (a service_tier is dropped).
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT})
     service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD})
+    batch_capabilities: ClassVar[BatchCapabilities] = CAPABILITIES
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -153,17 +157,22 @@ class AnthropicProvider:
         self.anthropic_version: str = settings.option(ANTHROPIC_VERSION)
         self.default_max_tokens: int = settings.option(DEFAULT_MAX_TOKENS_KEY)
         self._session: aiohttp.ClientSession | None = None
+        self._batches: AnthropicBatches | None = None
         self._connections = ConnectionCounter()
 
     async def __aenter__(self) -> Self:
         self._session = pooled_session(self._config, self._api_key, self._connections,
                                        auth_headers=self._headers())
+        self._batches = AnthropicBatches(
+            self._session, self.base_url, self.name,
+            default_max_tokens=self.default_max_tokens, timeout=self._config.timeout)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._batches = None
 
     def _headers(self) -> dict[str, str]:
         """The headers every call to Anthropic carries: the key and the API version."""
@@ -274,6 +283,37 @@ class AnthropicProvider:
             if not has_more or last is None or last == after:
                 return ids
             after = last
+
+    # Message Batches (llmspool.provider.BatchProvider): see llmspool_anthropic.batches.
+
+    def _control(self) -> AnthropicBatches:
+        if self._batches is None:
+            raise RuntimeError("AnthropicProvider used outside its `async with`")
+        return self._batches
+
+    async def upload_batch_file(self, path: Path, filename: str) -> str:
+        return await self._control().upload_batch_file(path, filename)
+
+    async def find_batch_file(self, filename: str) -> str | None:
+        return await self._control().find_batch_file(filename)
+
+    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
+        return await self._control().create_batch(submission)
+
+    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
+        return await self._control().find_batch(submission)
+
+    async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._control().retrieve_batch(batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._control().cancel_batch(batch_id)
+
+    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
+        return await self._control().download_results(batch, files)
+
+    async def delete_batch_files(self, batch: RemoteBatch) -> None:
+        await self._control().delete_batch_files(batch)
 
 
 def _model_page(provider: str, raw: bytes) -> tuple[list[str], bool, str | None]:

@@ -46,6 +46,7 @@ from llmspool_openai.batches import (
     transfer_timeout,
 )
 from llmspool_openai.keys import ORGANIZATION, PROJECT
+from llmspool_openai.tiers import body_for_tier
 
 CLIENT_REQUEST_ID = "X-Client-Request-Id"
 MAX_CLIENT_REQUEST_ID = 512
@@ -153,7 +154,8 @@ class OpenAIProvider:
         url = self._base_url + request.endpoint.upstream_path
         try:
             response = await self._session.post(
-                url, data=request.body, headers=self._headers(request.request_id)
+                url, data=body_for_tier(request.body, request.tier),
+                headers=self._headers(request.request_id)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise unreachable(self.name, exc) from exc

@@ -480,7 +480,7 @@ class Dispatcher:
         probe = breaker.allow()
         if probe is not None:
             if tier is Tier.FLEX and flex_limit is not None:
-                return Target(call.provider, call.model, tier, _body_for_tier(call, tier),
+                return Target(call.provider, call.model, tier, call.body,
                               breaker, probe, flex_limit,
                               f"the flex attempt's time limit ({flex_limit:.0f}s: what the "
                               "deadline leaves after room for a standard call, at most [flex] "
@@ -494,7 +494,7 @@ class Dispatcher:
             flex_breaker = self._breakers.get(call.provider, Tier.FLEX)
             if budget >= _MIN_FLEX_ATTEMPT and (flex_probe := flex_breaker.allow()) is not None:
                 return Target(call.provider, call.model, Tier.FLEX,
-                              _body_for_tier(call, Tier.FLEX), flex_breaker, flex_probe, budget,
+                              call.body, flex_breaker, flex_probe, budget,
                               "the flex attempt's time limit (standard's breaker is open)")
         if tier is Tier.FLEX and call.policy.fallback_to_standard:
             standard = self._breakers.get(call.provider, Tier.STANDARD)
@@ -533,7 +533,7 @@ class Dispatcher:
                     + ("its deadline" if call.deadline_at is not None
                        and call.deadline_at <= ends_at else
                        f"[providers.{call.provider}] timeout, shared by its attempts") + ")")
-        return Target(provider, model, tier, _body_for_tier(call, tier), breaker, probe,
+        return Target(provider, model, tier, call.body, breaker, probe,
                       max(0.0, min(limit, left)), name)
 
     async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, ends_at: float,
@@ -957,25 +957,11 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
         span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
 
 
-def _body_for_tier(call: Call, tier: Tier) -> bytes:
-    """The call's body asking for ``tier``, re-encoded only when it asks for something else."""
-    wanted = tier.service_tier
-    names_a_tier = b'"service_tier"' in call.body
-    if wanted is None or (tier is Tier.STANDARD and not names_a_tier):
-        return call.body  # no tier named means standard
-    document = orjson.loads(call.body)
-    if document.get("service_tier") == wanted:
-        return call.body
-    document["service_tier"] = wanted
-    return orjson.dumps(document)
-
-
 def _body_for_failover(body: bytes, model: str) -> bytes:
-    """The call's body for the failover provider: its model, and no service tier (a stand-in
-    like Ollama has none)."""
+    """The call's body for the failover provider: its model (the stand-in is asked for the
+    standard tier, which its plugin writes into the body as its API wants)."""
     document = orjson.loads(body)
     document["model"] = model
-    document.pop("service_tier", None)
     return orjson.dumps(document)
 
 
