@@ -41,7 +41,7 @@ from llmspool.config import (
 )
 from llmspool.errors import ConfigError
 from llmspool.plugins import ProviderKind, load_provider_specs
-from llmspool.provider import provider_capabilities
+from llmspool.provider import batch_capabilities_of, provider_capabilities
 
 EXIT_OK = 0
 # EX_CONFIG, as the daemon exits for a config it refuses (llmspool.cli.EXIT_CONFIG).
@@ -357,8 +357,10 @@ def plugin_report(kinds: Mapping[str, ProviderKind],
     """One entry per provider kind, as ``llmspool plugins --json`` prints it."""
     report = []
     for kind, spec in sorted(kinds.items()):
+        batch = None
         try:
             capabilities: Any = provider_capabilities(spec.factory)
+            batch = batch_capabilities_of(spec.factory)
         except (ImportError, AttributeError) as exc:  # a plugin whose class is not there
             capabilities = f"cannot load the provider class: {exc}"
         report.append({
@@ -368,6 +370,12 @@ def plugin_report(kinds: Mapping[str, ProviderKind],
             "version": spec.version,
             "capabilities": list(capabilities) if isinstance(capabilities, tuple)
             else capabilities,
+            "batch": None if batch is None else {
+                "max_lines": batch.max_lines, "max_bytes": batch.max_bytes,
+                "max_embedding_inputs": batch.max_embedding_inputs,
+                "uploads_input": batch.uploads_input,
+                "finds_by_metadata": batch.finds_by_metadata,
+                "endpoints": sorted(endpoint.operation_name for endpoint in batch.endpoints)},
             "keys": [{"name": key.name, "type": key.type, "default": key.default,
                       "help": key.help, "every_provider_has_it": key.name in COMMON_PROVIDER_KEYS,
                       **({"choices": list(key.choices)} if key.choices else {})}
@@ -416,6 +424,20 @@ def run_plugins(args: argparse.Namespace) -> int:
         keys.add_row(*map(_text, row))
     if key_rows and not written:
         written = _print_table(keys, key_rows)
+    batches = Table(title=_text("batch tiers: what one batch may hold, and how a batch lost in "
+                                "a crash is found"), title_justify="left")
+    for column in ("kind", "endpoints", "lines", "bytes", "requests go", "found after a crash"):
+        batches.add_column(column, overflow="fold")
+    batch_rows = [(entry["kind"], ", ".join(batch["endpoints"]), f"{batch['max_lines']:,}",
+                   f"{batch['max_bytes'] / 2**20:,.0f} MiB",
+                   "uploaded as a file" if batch["uploads_input"] else "with the create call",
+                   "by metadata" if batch["finds_by_metadata"]
+                   else "by listing and matching (intent in custom_id)")
+                  for entry in report if (batch := entry["batch"]) is not None]
+    for batch_row in batch_rows:
+        batches.add_row(*map(_text, batch_row))
+    if batch_rows and not written:
+        written = _print_table(batches, batch_rows)
     return written or status
 
 

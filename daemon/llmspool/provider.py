@@ -247,3 +247,11 @@ def provider_capabilities(factory: ProviderFactory) -> tuple[str, ...] | None:
     if all(callable(getattr(cls, name, None)) for name in _BATCH_METHODS):
         found.append("batch")
     return tuple(found)
+
+
+def batch_capabilities_of(factory: ProviderFactory) -> BatchCapabilities | None:
+    """The Batch API limits of the providers ``factory`` builds (None: no batch tier, or a plain
+    function whose providers cannot be known without building one)."""
+    cls = factory.load() if isinstance(factory, LazyFactory) else factory
+    found = getattr(cls, "batch_capabilities", None) if isinstance(cls, type) else None
+    return found if isinstance(found, BatchCapabilities) else None

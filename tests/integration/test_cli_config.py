@@ -218,6 +218,13 @@ def test_plugins_lists_kinds_versions_capabilities_keys_and_users(tmp_path: Path
     assert openai["capabilities"] == ["chat", "responses", "embeddings", "streaming", "flex",
                                       "priority", "batch"]
     assert ollama["capabilities"] == ["chat", "responses", "embeddings", "streaming"]
+    # Each batch tier says what one batch may hold and how a lost one is found again.
+    assert openai["batch"]["max_lines"] == 50_000 and openai["batch"]["finds_by_metadata"]
+    anthropic = plugins["anthropic"]
+    assert anthropic["capabilities"] == ["chat", "streaming", "batch"]
+    assert anthropic["batch"]["max_lines"] == 100_000
+    assert not anthropic["batch"]["uploads_input"] and not anthropic["batch"]["finds_by_metadata"]
+    assert ollama["batch"] is None
     assert [key["name"] for key in openai["keys"]] == ["base_url", "organization", "project"]
     assert openai["used_by"] == ["openai"]
     assert ollama["used_by"] == ["local", "backup"]
@@ -227,6 +234,9 @@ def test_plugins_lists_kinds_versions_capabilities_keys_and_users(tmp_path: Path
              if line.startswith("│ ollama ") and "llmspool" in line]
     assert f"llmspool {version}" in row and "local, backup" in row
     assert "keys the plugins declare for [providers.NAME]" in table.stdout
+    [anthropic_batch] = [line for line in table.stdout.splitlines()
+                         if line.startswith("│ anthropic ") and "MiB" in line]
+    assert "100,000" in anthropic_batch and "with the create call" in anthropic_batch
 
 
 @pytest.mark.parametrize("command", [["config", "check"], ["config", "show"], ["plugins"]])

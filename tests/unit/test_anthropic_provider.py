@@ -239,7 +239,7 @@ def test_a_models_error_is_an_upstream_error_and_no_answer_is_unreachable() -> N
 
 def test_the_plugin_is_registered_with_its_keys_and_capabilities() -> None:
     specs = load_provider_specs()
-    assert provider_capabilities(specs["anthropic"].factory) == ("chat", "streaming")
+    assert provider_capabilities(specs["anthropic"].factory) == ("chat", "streaming", "batch")
     keys = {key.name: key.default for key in provider_config_keys()["anthropic"]}
     assert keys == {"base_url": "https://api.anthropic.com/v1",
                     "anthropic_version": "2023-06-01", "default_max_tokens": 4096}
