@@ -379,8 +379,8 @@ def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
     stats = batch_stats(sim)
     assert stats["created"] == 1, stats  # never a second batch for the same work
     assert set(stats["intents"].values()) == {1}
-    if point in ("batch.after_upload", "batch.after_create"):
-        assert stats["files_uploaded"] == 1
+    if sim.flavor is OPENAI and point in ("batch.after_upload", "batch.after_create"):
+        assert stats["files_uploaded"] == 1  # the upload was found again, not repeated
     rows = ledger_rows(second)
     assert len(rows) == len({request_id for request_id, _t, _c in rows}) == total
     assert direct_calls(sim) == 1  # r3, once
