@@ -52,6 +52,10 @@ class UpstreamRequest:
     # where the API takes a client request id (OpenAI: ``X-Client-Request-Id``), so a call can
     # be matched to the provider's own records, and the simulator's, after a crash.
     request_id: str | None = None
+    # When the answer is due (epoch seconds; None: a call without a deadline). The daemon has
+    # already chosen the tier and the time limit from it; a plugin may use it too, e.g. to
+    # pick a queue or a priority its API offers.
+    deadline_at: float | None = None
 
 
 class UpstreamResponse(Protocol):

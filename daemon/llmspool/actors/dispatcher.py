@@ -645,6 +645,7 @@ class Dispatcher:
             tier=target.tier,
             timeout=target.time_limit,
             request_id=call.request_id,
+            deadline_at=call.deadline_at,
         )
         started = time.time()
         # For a stream the relay enforces the time limit between chunks itself (it knows
