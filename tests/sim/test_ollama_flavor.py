@@ -239,7 +239,7 @@ def test_bad_flavor_exits_2_naming_the_key(
     tmp_path: Any, run_sim: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[sim]\nflavor = "anthropic"\n')
+    config.write_text('[sim]\nflavor = "vllm"\n')
     result = run_sim("--port", "0", "--config", str(config))
     assert result.returncode == 2
     assert "sim.flavor" in result.stderr

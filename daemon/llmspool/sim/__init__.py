@@ -36,6 +36,9 @@ Modules, one job each:
 - ``stats``: what the simulator saw, for ``GET /_sim/stats``.
 - ``request_log``: each call billed, by client request id, for ``GET /_sim/requests``.
 - ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
+- ``flavor``, ``ollama``, ``anthropic``: the API impersonated (``[sim] flavor``): OpenAI's,
+  Ollama's OpenAI-compatible routes, or Anthropic's Messages API (``anthropic_stream``: its
+  answers and events; ``anthropic_batches``: its Message Batches on the batch lifecycle).
 - ``app``: the ASGI app tying these together (``build_app``).
 - ``cli``: ``llmspool sim`` / ``python -m llmspool.sim``.
 """

@@ -24,9 +24,13 @@ change the batch settings.
 All state (stats, request log, faults, flex spells, counters, files, batches) lives in the
 ``SimApp`` that ``build_app`` returns.
 
-``[sim] flavor`` picks the API impersonated: the hooks of a ``flavor.Flavor`` (OpenAI's) or of
-``ollama.OllamaFlavor`` decide the error bodies, the headers, the routes that exist, and adapt
-each endpoint's parser.
+``[sim] flavor`` picks the API impersonated: the hooks of a ``flavor.Flavor`` (OpenAI's), of
+``ollama.OllamaFlavor`` or of ``anthropic.AnthropicFlavor`` decide the error bodies, the headers,
+the routes that exist, and adapt each endpoint's parser. The Anthropic flavor brings its own
+routes: ``/v1/messages`` (a generation endpoint like the others: same rate limits, faults,
+latency, stats and request log), ``/v1/messages/count_tokens``, and the Message Batches
+(``anthropic_batches``, on the same batch clock and settings, counted under
+``/v1/messages/batches/{message_batch_id}``).
 
 Every duration (configured or set at run time) is rehearsal time, kept as given and divided by
 ``[sim] speed`` where the app waits: latency and stream pace, fault delays and retry hints, the
@@ -54,6 +58,13 @@ from llmspool.errors import (
 )
 from llmspool.sim import validate
 from llmspool.sim.answer import Answer, IdMaker, Makers
+from llmspool.sim.anthropic import BATCHES_PATH as MESSAGE_BATCHES_PATH
+from llmspool.sim.anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH, AnthropicFlavor
+from llmspool.sim.anthropic_batches import BATCHES_PREFIX as MESSAGE_BATCHES_PREFIX
+from llmspool.sim.anthropic_batches import DEFAULT_LIST_LIMIT as DEFAULT_MESSAGE_BATCH_LIMIT
+from llmspool.sim.anthropic_batches import MAX_BATCH_BYTES as MAX_MESSAGE_BATCH_BYTES
+from llmspool.sim.anthropic_batches import MAX_LIST_LIMIT as MAX_MESSAGE_BATCH_LIMIT
+from llmspool.sim.anthropic_batches import MessageBatchRegistry
 from llmspool.sim.asgi import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -109,8 +120,13 @@ _FILES_PREFIX = "/v1/files/"
 _BATCHES_PREFIX = "/v1/batches/"
 # Paths with an id are counted in the stats under a template ("/v1/batches/{batch_id}"), so
 # that polling many batches does not make one entry per batch.
-_ID_TEMPLATES = ((_FILES_PREFIX, "{file_id}"), (_BATCHES_PREFIX, "{batch_id}"))
+_ID_TEMPLATES = (
+    (_FILES_PREFIX, "{file_id}"),
+    (_BATCHES_PREFIX, "{batch_id}"),
+    (MESSAGE_BATCHES_PREFIX, "{message_batch_id}"),
+)
 _CONTENT_HEADERS: FixedHeaders = ((b"content-type", b"application/octet-stream"),)
+_RESULTS_HEADERS: FixedHeaders = ((b"content-type", b"application/binary"),)
 _STATIC_HEADERS: FixedHeaders = ((b"openai-version", b"2020-10-01"),)
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -156,8 +172,16 @@ class _Exchange:
         """A ``reset_midway`` fault: the answer is cut after its headers and half its body."""
 
     def headers(self, content: FixedHeaders, *, requests_exhausted: float | None = None) -> Headers:
-        if not self.app.flavor.openai_headers:
-            return [*content]
+        flavor = self.app.flavor
+        if not flavor.openai_headers:
+            ratelimit = self.app.ratelimit
+            return [
+                *content,
+                *flavor.extra_headers(
+                    self.request_id,
+                    lambda: ratelimit.headers(self.model, requests_exhausted=requests_exhausted),
+                ),
+            ]
         elapsed_ms = int((time.perf_counter() - self.started) * 1000)
         return [
             *content,
@@ -202,9 +226,16 @@ class _Exchange:
         extra: Headers | None = None,
         requests_exhausted: float | None = None,
     ) -> None:
-        content, body = self.app.flavor.error_body(error)
+        flavor = self.app.flavor
+        error = flavor.translate(error, self.request_id.decode())
+        content, body = flavor.error_body(error)
         headers = self.headers(content, requests_exhausted=requests_exhausted)
-        headers.extend((name.encode(), value.encode()) for name, value in error.headers().items())
+        given = {name for name, _ in extra or ()}
+        headers.extend(
+            (name.encode(), value.encode())
+            for name, value in error.headers().items()
+            if name.encode() not in given
+        )
         if extra:
             headers.extend(extra)
         if self.counted:
@@ -236,13 +267,25 @@ class _Exchange:
         """The id in ``/v1/files/{id}…`` or ``/v1/batches/{id}…``."""
         return self.path.split("/")[3]
 
-    async def read_json(self) -> dict[str, Any] | None:
+    def message_batch_id(self) -> str:
+        """The id in ``/v1/messages/batches/{id}…``."""
+        return self.path.split("/")[4]
+
+    def base_url(self) -> str:
+        """The URL the client reached the simulator at (scheme and host, no path)."""
+        host = self.header(b"host").decode("latin-1")
+        if not host:
+            server = self.scope.get("server") or ("127.0.0.1", 80)
+            host = f"{server[0]}:{server[1]}"
+        return f"{self.scope.get('scheme', 'http')}://{host}"
+
+    async def read_json(self, limit: int = MAX_BODY_BYTES) -> dict[str, Any] | None:
         """The request's JSON object, or ``None`` if the client left; bad JSON raises 400."""
         try:
-            body = await read_body(self.receive, MAX_BODY_BYTES)
+            body = await read_body(self.receive, limit)
         except BodyTooLarge:
             raise PayloadTooLarge(
-                f"The request body is over {MAX_BODY_BYTES} bytes.", code="payload_too_large"
+                f"The request body is over {limit} bytes.", code="payload_too_large"
             ) from None
         if body is None:
             return None
@@ -259,7 +302,7 @@ class SimApp:
     def __init__(self, config: SimConfig) -> None:
         """Raises ``ConfigError`` (key ``sim.pricing_file``) if the price table cannot load."""
         self.config = config
-        self.flavor = Flavor() if config.flavor == "openai" else OllamaFlavor(config.models)
+        self.flavor = _flavor(config)
         self.makers = Makers(
             catalog=ModelCatalog(config.models),
             text=TextGenerator(),
@@ -284,15 +327,21 @@ class SimApp:
         # The handlers of the model endpoints, which pick their faults themselves.
         self._model_handlers: set[Handler] = set()
         self.files = FileStore()
-        self.batches = BatchRegistry(
-            files=self.files,
-            makers=self.makers,
-            stats=self.stats,
-            log=self.request_log,
-            settings=config.batch,
-            seed=config.seed,
-            speed=config.speed,
-        )
+        batch_options: dict[str, Any] = {
+            "files": self.files,
+            "makers": self.makers,
+            "stats": self.stats,
+            "log": self.request_log,
+            "settings": config.batch,
+            "seed": config.seed,
+            "speed": config.speed,
+        }
+        self.message_batches: MessageBatchRegistry | None = None
+        if isinstance(self.flavor, AnthropicFlavor):
+            self.message_batches = MessageBatchRegistry(
+                messages=self.flavor.messages, **batch_options
+            )
+        self.batches: BatchRegistry = self.message_batches or BatchRegistry(**batch_options)
         self._waiter = Waiter()
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._generator(parse_chat)},
@@ -313,6 +362,13 @@ class SimApp:
             "/_sim/stats": {"GET": self._get_stats},
             "/_sim/stats/reset": {"POST": self._reset_stats},
         }
+        if isinstance(self.flavor, AnthropicFlavor):
+            self._routes[MESSAGES_PATH] = {"POST": self._generator(self.flavor.messages.parse)}
+            self._routes[COUNT_TOKENS_PATH] = {"POST": self._count_tokens}
+            self._routes[MESSAGE_BATCHES_PATH] = {
+                "GET": self._list_message_batches,
+                "POST": self._create_message_batch,
+            }
         for path, body in self.flavor.static_routes().items():
             self._routes[path] = {"GET": _fixed_answer(body)}
 
@@ -354,6 +410,7 @@ class SimApp:
             self.stats.in_flight += 1
         try:
             handler = self._route(exchange)
+            self.flavor.admit(exchange.path, exchange.header)
             plain = counted and handler not in self._model_handlers
             if plain and not await self._plain_fault(exchange):
                 return
@@ -392,6 +449,15 @@ class SimApp:
                 {"GET": self._retrieve_batch},
                 {"cancel": {"POST": self._cancel_batch}},
             )
+        if self.message_batches is not None and path.startswith(MESSAGE_BATCHES_PREFIX):
+            return _id_route(
+                path[len(MESSAGE_BATCHES_PREFIX) :],
+                {"GET": self._retrieve_message_batch, "DELETE": self._delete_message_batch},
+                {
+                    "cancel": {"POST": self._cancel_message_batch},
+                    "results": {"GET": self._message_batch_results},
+                },
+            )
         return None
 
     def _generator(self, parse: Parser) -> Handler:
@@ -428,6 +494,7 @@ class SimApp:
             return
         self.stats.admitted(answer.model, tokens)
         cut_after: int | None = None
+        cut_error: ApiError | None = None
         rule = self.faults.pick(
             exchange.path, answer.model, answer.tier, answer.stream, method=exchange.method
         )
@@ -435,6 +502,11 @@ class SimApp:
             self.stats.faults[rule.kind.value] += 1
             if rule.kind is FaultKind.STREAM_CUT:
                 cut_after = rule.after_chunks
+                if rule.status is not None:
+                    error = self.flavor.fault_error(
+                        rule, request_limit=self.ratelimit.request_limit
+                    )
+                    cut_error = self.flavor.translate(error, exchange.request_id.decode())
             elif not await self._inflict(exchange, rule):
                 return
         delay = self.config.latency
@@ -448,7 +520,7 @@ class SimApp:
             return
         self.stats.served(answer.tier, answer.input_tokens, answer.billed_output_tokens)
         if answer.stream:
-            await self._stream(exchange, answer, cut_after, self._real(per_token))
+            await self._stream(exchange, answer, cut_after, self._real(per_token), cut_error)
             return
         try:
             await exchange.reply(200, answer.body())
@@ -527,8 +599,16 @@ class SimApp:
         return True
 
     async def _stream(
-        self, exchange: _Exchange, answer: Answer, cut_after: int | None, interval: float
+        self,
+        exchange: _Exchange,
+        answer: Answer,
+        cut_after: int | None,
+        interval: float,
+        cut_error: ApiError | None = None,
     ) -> None:
+        """Send ``answer``'s events; a ``stream_cut`` fault stops them before event
+        ``cut_after``: dropping the connection, or with ``cut_error`` ending the stream with
+        that error's event (``Flavor.stream_error``)."""
         send = exchange.send
         events = list(answer.events())
         last = len(events) - 1
@@ -557,7 +637,11 @@ class SimApp:
             next_at = anyio.current_time()
             for index, (data, paced) in enumerate(events):
                 if index == cut:
-                    await drop_connection(send, exchange.receive, response_started=True)
+                    if cut_error is None:
+                        await drop_connection(send, exchange.receive, response_started=True)
+                    else:
+                        body = self.flavor.stream_error(cut_error)
+                        await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
                 if paced and interval > 0:
                     next_at += interval
@@ -576,11 +660,11 @@ class SimApp:
             )
 
     async def _list_models(self, exchange: _Exchange) -> None:
-        await exchange.reply(200, self.makers.catalog.list_body)
+        await exchange.reply(200, self.flavor.models_body(self.makers.catalog))
 
     async def _retrieve_model(self, exchange: _Exchange) -> None:
         model = exchange.path[len(_MODELS_PREFIX) :]
-        body = self.makers.catalog.retrieve_body(model)
+        body = self.flavor.model_body(self.makers.catalog, model)
         if body is None:
             raise NotFound(
                 f"The model `{model}` does not exist or you do not have access to it.",
@@ -739,6 +823,58 @@ class SimApp:
             200, self.batches.list_json(after=query.get("after"), limit=limit)
         )
 
+    # -- Anthropic's Message Batches API and token counting ----------------------------------
+
+    def _message_registry(self) -> MessageBatchRegistry:
+        assert self.message_batches is not None  # routed only under the Anthropic flavor
+        return self.message_batches
+
+    async def _create_message_batch(self, exchange: _Exchange) -> None:
+        payload = await exchange.read_json(MAX_MESSAGE_BATCH_BYTES)
+        if payload is None:
+            self.stats.client_closed += 1
+            return
+        registry = self._message_registry()
+        await exchange.reply_json(200, registry.create_message_batch(payload, exchange.base_url()))
+
+    async def _retrieve_message_batch(self, exchange: _Exchange) -> None:
+        registry = self._message_registry()
+        document = registry.retrieve_message_batch(exchange.message_batch_id(), exchange.base_url())
+        await exchange.reply_json(200, document)
+
+    async def _cancel_message_batch(self, exchange: _Exchange) -> None:
+        registry = self._message_registry()
+        document = registry.cancel_message_batch(exchange.message_batch_id(), exchange.base_url())
+        await exchange.reply_json(200, document)
+
+    async def _delete_message_batch(self, exchange: _Exchange) -> None:
+        registry = self._message_registry()
+        await exchange.reply_json(200, registry.delete(exchange.message_batch_id()))
+
+    async def _message_batch_results(self, exchange: _Exchange) -> None:
+        results = self._message_registry().results(exchange.message_batch_id())
+        self.stats.by_status[200] += 1
+        await exchange.send_answer(200, results, exchange.headers(_RESULTS_HEADERS))
+
+    async def _list_message_batches(self, exchange: _Exchange) -> None:
+        query = exchange.query()
+        limit = _limit(query, DEFAULT_MESSAGE_BATCH_LIMIT, MAX_MESSAGE_BATCH_LIMIT)
+        page = self._message_registry().list_message_batches(
+            limit=limit,
+            after_id=query.get("after_id"),
+            before_id=query.get("before_id"),
+            base_url=exchange.base_url(),
+        )
+        await exchange.reply_json(200, page)
+
+    async def _count_tokens(self, exchange: _Exchange) -> None:
+        payload = await exchange.read_json()
+        if payload is None:
+            self.stats.client_closed += 1
+            return
+        assert isinstance(self.flavor, AnthropicFlavor)
+        await exchange.reply_json(200, self.flavor.messages.count_tokens(payload, self.makers))
+
     async def _get_batch_settings(self, exchange: _Exchange) -> None:
         await exchange.reply_json(200, self.batches.settings.to_table())
 
@@ -760,6 +896,15 @@ class SimApp:
             raise InvalidRequest(str(exc), param=exc.key, code="invalid_value") from None
         self.batches.settings = settings
         await exchange.reply_json(200, settings.to_table())
+
+
+def _flavor(config: SimConfig) -> Flavor:
+    """The flavor ``[sim] flavor`` names."""
+    if config.flavor == "ollama":
+        return OllamaFlavor(config.models)
+    if config.flavor == "anthropic":
+        return AnthropicFlavor(config.models, speed=config.speed)
+    return Flavor()
 
 
 def _fixed_answer(body: bytes) -> Handler:

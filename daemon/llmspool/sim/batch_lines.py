@@ -209,10 +209,18 @@ def plan_lines(
     makers: Makers,
     settings: BatchSettings,
     seed: int,
+    *,
+    parse: Parser | None = None,
+    is_error_id: Callable[[str], bool] | None = None,
 ) -> Plan:
-    """Answer each request and decide its fault (see the module docstring)."""
-    parse = PARSERS[endpoint]
-    error_ids = frozenset(settings.error_custom_ids)
+    """Answer each request and decide its fault (see the module docstring).
+
+    ``parse`` answers a request (default: the endpoint's parser, ``PARSERS``); ``is_error_id``
+    tells the lines ``error_custom_ids`` names (default: a ``custom_id`` listed there)."""
+    if parse is None:
+        parse = PARSERS[endpoint]
+    if is_error_id is None:
+        is_error_id = frozenset(settings.error_custom_ids).__contains__
     failure_rate = settings.line_failure_rate
     fault_rate = failure_rate + settings.line_error_rate
     lines: list[PlannedLine] = []
@@ -234,7 +242,7 @@ def plan_lines(
         tokens += answer.input_tokens
         # error_custom_ids win over the rates: a test that names a line knows its fate.
         draw = line_draw(seed, custom_id) if fault_rate > 0 else 1.0
-        if custom_id in error_ids or failure_rate <= draw < fault_rate:
+        if is_error_id(custom_id) or failure_rate <= draw < fault_rate:
             lines.append(PlannedLine(custom_id, SERVER_ERROR_STATUS, error_body=_SERVER_ERROR_BODY))
         elif draw < failure_rate:
             lines.append(PlannedLine(custom_id, 0))

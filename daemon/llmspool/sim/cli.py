@@ -49,6 +49,15 @@ With --flavor ollama (or [sim] flavor = "ollama") it impersonates Ollama's OpenA
 routes instead: no service_tier, no rate-limit headers, Ollama's {"error": "..."} bodies, no
 Files or Batch API, and GET /api/tags and /api/version; models default to llama3.2 and
 nomic-embed-text.
+With --flavor anthropic (or [sim] flavor = "anthropic") it impersonates Anthropic's Messages
+API instead (a client's base URL is the printed one without /v1): POST /v1/messages (streamed
+as Anthropic's events, tool_use blocks, prompt caching with cache_control) and
+/v1/messages/count_tokens, the Message Batches API under /v1/messages/batches on the same
+batch clock and /_sim/batch settings, GET /v1/models in Anthropic's shape, errors as
+{"type": "error", "error": {...}} (faults of any status, 529 overloaded_error included),
+request-id and anthropic-ratelimit-* headers; requests need anthropic-version and an API key
+header; no OpenAI routes; models default to claude-haiku-4-5, claude-sonnet-4-5 and
+claude-opus-4-5.
 --speed FACTOR (or [sim] speed) compresses time: every duration the simulator is given, in
 the config or at run time through /_sim/batch, /_sim/flex and /_sim/faults, is divided by
 FACTOR (latencies, flex outages, fault delays, batch turnaround...), so a script written for

@@ -40,7 +40,9 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 OLLAMA_MODELS: tuple[str, ...] = ("llama3.2", "nomic-embed-text")
 """The models served by default under ``flavor = "ollama"``."""
-FLAVORS = ("openai", "ollama")
+ANTHROPIC_MODELS: tuple[str, ...] = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5")
+"""The models served by default under ``flavor = "anthropic"``."""
+FLAVORS = ("openai", "ollama", "anthropic")
 
 # Bounds that keep a typo from asking for gigabytes of fake text per answer.
 MAX_OUTPUT_TOKENS = 1_000_000
@@ -62,9 +64,10 @@ class SimConfig:
     """Answer length when a request sets no max_tokens/max_completion_tokens/max_output_tokens."""
     models: tuple[str, ...] = DEFAULT_MODELS
     """Model ids served; others get 404 ``model_not_found``. ``from_table``'s default depends on
-    ``flavor``: ``OLLAMA_MODELS`` for Ollama."""
+    ``flavor``: ``OLLAMA_MODELS`` for Ollama, ``ANTHROPIC_MODELS`` for Anthropic."""
     flavor: str = "openai"
-    """The API impersonated: ``openai``, or ``ollama`` (``llmspool.sim.ollama``)."""
+    """The API impersonated: ``openai``, ``ollama`` (``llmspool.sim.ollama``) or ``anthropic``
+    (``llmspool.sim.anthropic``: the Messages and Message Batches APIs)."""
     semantic_embeddings: bool = False
     """Give texts with words in common similar embeddings (cosine about the share of words in
     common), to test near-duplicate matching; ``False``: the same text gets the same vector,
@@ -113,7 +116,9 @@ class SimConfig:
                 raise ConfigError(f"sim.{key}", f"unknown key; known keys: {', '.join(known)}")
         defaults = cls()
         flavor = _choice(table, "flavor", defaults.flavor, FLAVORS)
-        default_models = OLLAMA_MODELS if flavor == "ollama" else defaults.models
+        default_models = {"ollama": OLLAMA_MODELS, "anthropic": ANTHROPIC_MODELS}.get(
+            flavor, defaults.models
+        )
         period = _duration(table, "flex_outage_period", defaults.flex_outage_period)
         fraction = _fraction(table, "flex_outage_fraction", defaults.flex_outage_fraction)
         if fraction > 0 and period <= 0:

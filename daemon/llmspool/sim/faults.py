@@ -48,7 +48,8 @@ class FaultKind(StrEnum):
     """What a fault does to the request it hits."""
 
     STATUS = "status"
-    """Answer an HTTP error (``status``, default 500) in OpenAI's shape."""
+    """Answer an HTTP error (``status``, default 500) in the flavor's shape (OpenAI's; under
+    the Anthropic flavor any status, 529 ``overloaded_error`` included)."""
     RATE_LIMIT = "rate_limit"
     """429 ``rate_limit_exceeded`` with ``retry-after``, ``retry-after-ms`` and remaining 0."""
     QUOTA = "quota"
@@ -63,7 +64,9 @@ class FaultKind(StrEnum):
     """The answer starts (its status, headers and about half its body; a stream: half of its
     first event), then the connection is reset."""
     STREAM_CUT = "stream_cut"
-    """Streamed answers stop after ``after_chunks`` events and the connection closes."""
+    """Streamed answers stop after ``after_chunks`` events and the connection closes; with a
+    ``status``, the stream ends instead with an error event of that status in the flavor's
+    shape (Anthropic's ``event: error``, e.g. 529 ``overloaded_error``)."""
 
 
 _ERROR_KINDS = frozenset({FaultKind.STATUS, FaultKind.RATE_LIMIT, FaultKind.QUOTA})
@@ -77,7 +80,7 @@ _KIND_KEYS: dict[FaultKind, frozenset[str]] = {
     FaultKind.HANG: frozenset({"delay"}),
     FaultKind.DROP: frozenset(),
     FaultKind.RESET_MIDWAY: frozenset(),
-    FaultKind.STREAM_CUT: frozenset({"after_chunks"}),
+    FaultKind.STREAM_CUT: frozenset({"after_chunks", "status", "message"}),
 }
 _SELECTOR_KEYS = frozenset({"kind", "probability", "count", "path", "model", "tier", "method"})
 

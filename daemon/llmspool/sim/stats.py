@@ -39,7 +39,8 @@ class BatchCounters:
     output_tokens: int = 0
     intents: Counter[str] = field(default_factory=Counter)
     """``metadata["llmspool_intent"]`` -> batches created with it: the daemon's crash tests
-    expect each intent to be submitted exactly once."""
+    expect each intent to be submitted exactly once. (Anthropic's Message Batches have no
+    metadata: there each ``custom_id`` prefix, before its last ``_``, counts once per batch.)"""
 
     def to_json(self, by_status: Mapping[str, int]) -> dict[str, Any]:
         return {
