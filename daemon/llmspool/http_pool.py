@@ -6,6 +6,7 @@ token (or the headers an API authenticates with instead, such as Anthropic's ``x
 and ``anthropic-version``), no cookie handling (bodies pass through as the client sent them),
 a connect timeout only (the daemon bounds each call itself, with cancel scopes that say which
 limit fired), and a ``ConnectionCounter`` watching how often connections are reused.
+``unreachable`` maps such a session's exceptions to the daemon's ``UpstreamUnreachable``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import aiohttp
 
 from llmspool.config import ProviderConfig
 from llmspool.connection_stats import ConnectionCounter
+from llmspool.errors import UpstreamUnreachable
 
 
 def pooled_session(config: ProviderConfig, api_key: str, connections: ConnectionCounter, *,
@@ -41,3 +43,26 @@ def pooled_session(config: ProviderConfig, api_key: str, connections: Connection
         cookie_jar=aiohttp.DummyCookieJar(),
         trace_configs=[connections.trace_config()],
     )
+
+
+def unreachable(provider: str, exc: BaseException, *, hint: str = "") -> UpstreamUnreachable:
+    """No answer from ``provider`` (an aiohttp exception, or a ``TimeoutError``): a timeout is
+    504 (``connect_timeout`` for the connection, ``upstream_timeout`` for the rest), so that the
+    daemon's retry policy and its messages can tell them apart; anything else is
+    ``upstream_unreachable``, with ``hint`` (what to check) after the cause."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamUnreachable(
+            f"no connection to {provider} within its connect timeout ([providers.{provider}] "
+            "connect_timeout); check the network and base_url",
+            code="connect_timeout",
+            status=504,
+        )
+    if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
+        return UpstreamUnreachable(
+            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
+            f"retried, or given a longer timeout in [providers.{provider}] timeout",
+            code="upstream_timeout",
+            status=504,
+        )
+    return UpstreamUnreachable(f"cannot reach {provider}: {exc or type(exc).__name__}{hint}",
+                               code="upstream_unreachable")

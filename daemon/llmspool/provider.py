@@ -144,8 +144,9 @@ class BatchSubmission:
 
 
 @runtime_checkable
-class BatchProvider(Provider, Protocol):
-    """A provider that also offers a Batch API.
+class BatchApi(Protocol):
+    """The batch half of a ``BatchProvider``: what a provider offers beyond ``Provider`` to be
+    a batch tier.
 
     Batch work is the daemon's lines in and the daemon's result lines out
     (``llmspool.batches.lines``); the batch itself is a ``RemoteBatch``. Every method raises
@@ -194,6 +195,12 @@ class BatchProvider(Provider, Protocol):
         ...
 
 
+@runtime_checkable
+class BatchProvider(Provider, BatchApi, Protocol):
+    """A provider that also offers a Batch API (``BatchApi``): the daemon's batch tier for
+    the models it serves."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """What a factory gets: the provider's name, its config table and its resolved API key."""
@@ -229,7 +236,7 @@ class LazyFactory:
         return self.load()(settings)
 
 
-_BATCH_METHODS = tuple(name for name, value in vars(BatchProvider).items()
+_BATCH_METHODS = tuple(name for name, value in vars(BatchApi).items()
                        if callable(value) and not name.startswith("_"))
 _ALL_TIERS = (Tier.STANDARD, Tier.FLEX, Tier.PRIORITY)
 
@@ -259,3 +266,39 @@ def batch_capabilities_of(factory: ProviderFactory) -> BatchCapabilities | None:
     cls = factory.load() if isinstance(factory, LazyFactory) else factory
     found = getattr(cls, "batch_capabilities", None) if isinstance(cls, type) else None
     return found if isinstance(found, BatchCapabilities) else None
+
+
+class DelegatedBatches:
+    """The ``BatchProvider`` methods of a provider class whose Batch API lives in an object
+    of its own (a plugin's ``batches`` module), built when the provider is entered: the
+    provider inherits this and implements ``_batch_api()``. Both bundled batch providers
+    do."""
+
+    def _batch_api(self) -> BatchApi:
+        """The object the batch methods go to; raises ``RuntimeError`` outside the provider's
+        ``async with``."""
+        raise NotImplementedError
+
+    async def upload_batch_file(self, path: Path, filename: str) -> str:
+        return await self._batch_api().upload_batch_file(path, filename)
+
+    async def find_batch_file(self, filename: str) -> str | None:
+        return await self._batch_api().find_batch_file(filename)
+
+    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
+        return await self._batch_api().create_batch(submission)
+
+    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
+        return await self._batch_api().find_batch(submission)
+
+    async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._batch_api().retrieve_batch(batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        return await self._batch_api().cancel_batch(batch_id)
+
+    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
+        return await self._batch_api().download_results(batch, files)
+
+    async def delete_batch_files(self, batch: RemoteBatch) -> None:
+        await self._batch_api().delete_batch_files(batch)

@@ -46,9 +46,9 @@ from llmspool.batches.lines import CANCELLED, EXPIRED, BatchFiles, ResultWriter,
 from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint
 from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError
+from llmspool.http_pool import unreachable
 from llmspool.provider import BatchCapabilities, BatchSubmission
 
-from llmspool_anthropic._errors import unreachable
 from llmspool_anthropic.translate import anthropic_params, openai_completion, openai_error
 
 CAPABILITIES = BatchCapabilities(

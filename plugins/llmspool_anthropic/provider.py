@@ -26,20 +26,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
-from llmspool.batches.lines import BatchFiles
-from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.errors import ApiError, BadUpstreamAnswer, InvalidRequest, UpstreamError
-from llmspool.http_pool import pooled_session
-from llmspool.provider import BatchCapabilities, BatchSubmission, ProviderSettings, UpstreamRequest
+from llmspool.http_pool import pooled_session, unreachable
+from llmspool.provider import (
+    BatchCapabilities,
+    DelegatedBatches,
+    ProviderSettings,
+    UpstreamRequest,
+)
 
-from llmspool_anthropic._errors import unreachable
 from llmspool_anthropic.batches import CAPABILITIES, AnthropicBatches
 from llmspool_anthropic.keys import (
     ANTHROPIC_VERSION,
@@ -140,7 +141,7 @@ def _refused(error: ApiError) -> _Answer:
     return _Answer("", error.status, {"content-type": _JSON}, body=error.body())
 
 
-class AnthropicProvider:
+class AnthropicProvider(DelegatedBatches):
     """One ``[providers.NAME]`` of kind ``anthropic``."""
 
     # What `llmspool plugins` reports (llmspool.provider.provider_capabilities): chat
@@ -286,34 +287,10 @@ class AnthropicProvider:
 
     # Message Batches (llmspool.provider.BatchProvider): see llmspool_anthropic.batches.
 
-    def _control(self) -> AnthropicBatches:
+    def _batch_api(self) -> AnthropicBatches:
         if self._batches is None:
             raise RuntimeError("AnthropicProvider used outside its `async with`")
         return self._batches
-
-    async def upload_batch_file(self, path: Path, filename: str) -> str:
-        return await self._control().upload_batch_file(path, filename)
-
-    async def find_batch_file(self, filename: str) -> str | None:
-        return await self._control().find_batch_file(filename)
-
-    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
-        return await self._control().create_batch(submission)
-
-    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
-        return await self._control().find_batch(submission)
-
-    async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
-        return await self._control().retrieve_batch(batch_id)
-
-    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
-        return await self._control().cancel_batch(batch_id)
-
-    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
-        return await self._control().download_results(batch, files)
-
-    async def delete_batch_files(self, batch: RemoteBatch) -> None:
-        await self._control().delete_batch_files(batch)
 
 
 def _model_page(provider: str, raw: bytes) -> tuple[list[str], bool, str | None]:

@@ -1,5 +1,5 @@
-"""Where the plugin's aiohttp exceptions become ``llmspool.errors``, and Ollama's error bodies
-become OpenAI's.
+"""Where Ollama's error bodies become OpenAI's (its aiohttp exceptions become
+``llmspool.errors`` in ``llmspool.http_pool.unreachable``).
 
 Ollama answers errors in its own shape, ``{"error": "model \\"x\\" not found, try pulling it
 first"}`` (a string, not an object), or as plain text ("404 page not found"). The daemon's
@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from llmspool.errors import UpstreamUnreachable
 
 MAX_MESSAGE_CHARS = 500
 """A body that is not JSON becomes the message, cut to this length."""
@@ -26,22 +25,6 @@ _BY_STATUS: dict[int, tuple[str, str | None]] = {
     503: ("server_error", "server_is_overloaded"),  # "server busy": its request queue is full
 }
 _OTHER = ("upstream_error", None)
-
-
-def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
-    """No answer from ``provider``: a timeout (504, ``upstream_timeout``) or a connection error."""
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
-        return UpstreamUnreachable(
-            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
-            "retried, or given a longer timeout in [providers." + provider + "] timeout",
-            code="upstream_timeout",
-            status=504,
-        )
-    return UpstreamUnreachable(
-        f"cannot reach {provider}: {exc or type(exc).__name__} (is Ollama running? "
-        "`ollama serve` starts it)",
-        code="upstream_unreachable",
-    )
 
 
 def openai_error_body(provider: str, status: int, raw: bytes) -> bytes:

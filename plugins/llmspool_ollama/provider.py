@@ -26,10 +26,10 @@ import orjson
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.errors import BadUpstreamAnswer, UpstreamError
-from llmspool.http_pool import pooled_session
+from llmspool.http_pool import pooled_session, unreachable
 from llmspool.provider import ProviderSettings, UpstreamRequest
 
-from llmspool_ollama._errors import openai_error_body, unreachable
+from llmspool_ollama._errors import openai_error_body
 from llmspool_ollama.keys import DEFAULT_BASE_URL
 
 __all__ = ["DEFAULT_BASE_URL", "OllamaProvider", "openai_base_url", "without_service_tier"]
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 _SERVICE_TIER = b'"service_tier"'
+OLLAMA_HINT = " (is Ollama running? `ollama serve` starts it)"
 _PASSED_ERROR_HEADERS = ("retry-after",)
 
 
@@ -75,7 +76,7 @@ class _OllamaAnswer:
         try:
             body = await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise unreachable(self._provider, exc) from exc
+            raise unreachable(self._provider, exc, hint=OLLAMA_HINT) from exc
         if self._response.status >= 400:
             return openai_error_body(self._provider, self._response.status, body)
         return body
@@ -85,7 +86,7 @@ class _OllamaAnswer:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise unreachable(self._provider, exc) from exc
+            raise unreachable(self._provider, exc, hint=OLLAMA_HINT) from exc
 
 
 class OllamaProvider:
@@ -128,7 +129,7 @@ class OllamaProvider:
         try:
             response = await session.post(url, data=body)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise unreachable(self.name, exc) from exc
+            raise unreachable(self.name, exc, hint=OLLAMA_HINT) from exc
         try:
             yield _OllamaAnswer(self.name, response)
         finally:
@@ -147,7 +148,7 @@ class OllamaProvider:
                     if name in response.headers
                 }
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise unreachable(self.name, exc) from exc
+            raise unreachable(self.name, exc, hint=OLLAMA_HINT) from exc
         if status >= 400:
             raise UpstreamError(
                 self.name,

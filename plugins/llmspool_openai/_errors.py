@@ -7,7 +7,6 @@ the plugin ever sees an aiohttp, httpx2 or openai exception.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ import aiohttp
 import httpx2
 import openai
 from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.http_pool import unreachable as http_unreachable
 
 PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms")
 """Upstream headers an ``UpstreamError`` carries: the request id for support tickets, and the
@@ -23,25 +23,13 @@ retry hints the daemon's retry policy reads."""
 
 
 def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
-    """No answer from ``provider``: a timeout (504: ``connect_timeout`` for the connection,
-    ``upstream_timeout`` for the rest) or a connection error."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | httpx2.ConnectTimeout):
-        return UpstreamUnreachable(
-            f"no connection to {provider} within its connect timeout ([providers.{provider}] "
-            "connect_timeout); check the network and base_url",
-            code="connect_timeout",
-            status=504,
-        )
-    if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
-        return UpstreamUnreachable(
-            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
-            "retried, or given a longer timeout in [providers." + provider + "] timeout",
-            code="upstream_timeout",
-            status=504,
-        )
-    return UpstreamUnreachable(
-        f"cannot reach {provider}: {exc or type(exc).__name__}", code="upstream_unreachable"
-    )
+    """No answer from ``provider``, from either plane: the SDK's and httpx2's timeouts as the
+    data plane's aiohttp ones (``llmspool.http_pool.unreachable``)."""
+    if isinstance(exc, httpx2.ConnectTimeout):
+        return http_unreachable(provider, aiohttp.ConnectionTimeoutError(str(exc)))
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return http_unreachable(provider, TimeoutError(str(exc)))
+    return http_unreachable(provider, exc)
 
 
 def upstream_error(provider: str, exc: openai.APIStatusError) -> UpstreamError:

@@ -90,7 +90,9 @@ def transfer_timeout(config: ProviderConfig) -> httpx2.Timeout:
 
 
 class OpenAIBatches:
-    """Files and batches of one OpenAI-compatible provider (the ``BatchProvider`` methods)."""
+    """Files and batches of one OpenAI-compatible provider (``llmspool.provider.BatchApi``)."""
+
+    batch_capabilities = CAPABILITIES
 
     def __init__(
         self, sdk: openai.AsyncOpenAI, provider: str, *, transfer_timeout: httpx2.Timeout

@@ -26,14 +26,12 @@ from typing import ClassVar, Self
 
 import aiohttp
 import openai
-from llmspool.batches.lines import BatchFiles
-from llmspool.batches.remote import RemoteBatch
 from llmspool.calls import Endpoint, Tier
 from llmspool.connection_stats import ConnectionCounter
 from llmspool.http_pool import pooled_session
 from llmspool.provider import (
     BatchCapabilities,
-    BatchSubmission,
+    DelegatedBatches,
     ProviderSettings,
     UpstreamRequest,
 )
@@ -106,7 +104,7 @@ def account_headers(organization: str, project: str) -> dict[str, str]:
     return headers
 
 
-class OpenAIProvider:
+class OpenAIProvider(DelegatedBatches):
     """One ``[providers.NAME]`` of kind ``openai``."""
 
     # What `llmspool plugins` reports (llmspool.provider.provider_capabilities), besides the
@@ -186,37 +184,13 @@ class OpenAIProvider:
 
     # The Batch API (llmspool.provider.BatchProvider): see llmspool_openai.batches.
 
-    def _control(self) -> OpenAIBatches:
+    def _batch_api(self) -> OpenAIBatches:
         if self._batches is None:
             raise RuntimeError("OpenAIProvider used outside its `async with`")
         return self._batches
 
-    async def upload_batch_file(self, path: Path, filename: str) -> str:
-        return await self._control().upload_batch_file(path, filename)
-
-    async def find_batch_file(self, filename: str) -> str | None:
-        return await self._control().find_batch_file(filename)
-
-    async def create_batch(self, submission: BatchSubmission) -> RemoteBatch:
-        return await self._control().create_batch(submission)
-
-    async def retrieve_batch(self, batch_id: str) -> RemoteBatch:
-        return await self._control().retrieve_batch(batch_id)
-
-    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
-        return await self._control().cancel_batch(batch_id)
-
-    async def find_batch(self, submission: BatchSubmission) -> RemoteBatch | None:
-        return await self._control().find_batch(submission)
-
-    async def download_results(self, batch: RemoteBatch, files: BatchFiles) -> int:
-        return await self._control().download_results(batch, files)
-
-    async def delete_batch_files(self, batch: RemoteBatch) -> None:
-        await self._control().delete_batch_files(batch)
-
     async def download_file(self, file_id: str, destination: Path) -> int:
-        return await self._control().download_file(file_id, destination)
+        return await self._batch_api().download_file(file_id, destination)
 
     async def delete_file(self, file_id: str) -> None:
-        await self._control().delete_file(file_id)
+        await self._batch_api().delete_file(file_id)

@@ -12,6 +12,7 @@ tests/integration/test_batches.py, parametrised over both.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,16 @@ class Stack:
             return [dict(row) for row in db.execute(
                 "SELECT * FROM ledger_entries ORDER BY id")]
 
+    def new_entries(self, before: int, count: int) -> list[dict[str, Any]]:
+        """The ``count`` ledger entries after the first ``before``, once the ledger actor has
+        written them (it commits in groups, a moment after the answer)."""
+        deadline = time.monotonic() + 10
+        entries = self.ledger()[before:]
+        while len(entries) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            entries = self.ledger()[before:]
+        return entries
+
 
 def start_stack(root: Path, daemon_extra: str = "") -> Stack:
     for name in ("openai", "anthropic", "daemon"):
@@ -115,7 +126,7 @@ def test_a_claude_model_answers_in_openai_shape_and_is_billed_at_anthropic_price
     assert answer.usage is not None and answer.usage.prompt_tokens > 0
     assert direct_calls(stack.anthropic_sim, "/v1/messages") == 1
     assert direct_calls(stack.openai_sim, "/v1/chat/completions") == 0
-    [entry] = stack.ledger()[before:]
+    [entry] = stack.new_entries(before, 1)
     assert (entry["provider"], entry["model"], entry["tier"]) == ("anthropic", MODEL, "standard")
     price = load_price_table().price("anthropic", MODEL, Tier.STANDARD)
     assert price is not None  # picodollars per token
