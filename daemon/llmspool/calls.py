@@ -51,14 +51,11 @@ class Tier(enum.StrEnum):
         """The tier a response's ``service_tier`` says it was served on (None: unknown)."""
         return _SERVICE_TIERS.get(service_tier) if isinstance(service_tier, str) else None
 
-    @property
-    def service_tier(self) -> str | None:
-        """The ``service_tier`` request value that asks for this tier (None for batch)."""
-        return _REQUEST_VALUES[self]
 
-
-# OpenAI answers "default" for standard processing, and "auto" is what a request says when it
-# lets OpenAI choose; "scale" is billed as standard for our purposes; "fast" is served as priority.
+# How answers (and clients' requests) name the tiers, in OpenAI's API the daemon serves (a
+# plugin writes the tier into its own API's request: llmspool_openai.tiers for OpenAI). OpenAI
+# answers "default" for standard processing, and "auto" is what a request says when it lets
+# OpenAI choose; "scale" is billed as standard for our purposes; "fast" is served as priority.
 _SERVICE_TIERS: dict[object, Tier] = {
     "default": Tier.STANDARD,
     "auto": Tier.STANDARD,
@@ -68,13 +65,6 @@ _SERVICE_TIERS: dict[object, Tier] = {
     "priority": Tier.PRIORITY,
     "fast": Tier.PRIORITY,
     "batch": Tier.BATCH,
-}
-_REQUEST_VALUES = {
-    Tier.STANDARD: "default",
-    Tier.FLEX: "flex",
-    Tier.PRIORITY: "priority",
-    Tier.BATCH: None,
-    Tier.CACHE: None,
 }
 
 
