@@ -12,9 +12,10 @@ the provider kind ``anthropic``::
 Programs keep speaking OpenAI's Chat Completions API to the daemon; the plugin translates each
 request into Anthropic's Messages params and each answer (whole, streamed, or an error) back
 into OpenAI's shape, so the daemon bills, caches and relays it like any other
-(``llmspool_anthropic.translate``, ``.stream``, ``.ratelimits``). It serves chat completions
-only, on the standard tier. Its config keys are declared in ``llmspool_anthropic.keys``; the
-provider class is imported only when a provider is built (``LazyFactory``).
+(``llmspool_anthropic.translate``, ``.answers``, ``.stream``, ``.ratelimits``). It serves chat
+completions only, on the standard tier. Its config keys are declared in
+``llmspool_anthropic.keys``; the provider class is imported only when a provider is built
+(``LazyFactory``).
 """
 
 from __future__ import annotations

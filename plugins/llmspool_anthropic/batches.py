@@ -49,7 +49,8 @@ from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError
 from llmspool.http_pool import unreachable
 from llmspool.provider import BatchCapabilities, BatchSubmission
 
-from llmspool_anthropic.translate import anthropic_params, openai_completion, openai_error
+from llmspool_anthropic.answers import openai_completion, openai_error
+from llmspool_anthropic.translate import anthropic_params
 
 CAPABILITIES = BatchCapabilities(
     # Anthropic: at most 100,000 requests and 256 MB per batch. The bytes limit is the

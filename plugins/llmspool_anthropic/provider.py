@@ -6,9 +6,9 @@ the answer as OpenAI's, so this provider translates at its boundary, both ways:
 - the request body becomes Anthropic's Messages params (``translate.anthropic_params``) and is
   posted to ``{base_url}/messages``; what cannot be translated is answered here with an
   OpenAI-shaped 400, without calling upstream, as is any endpoint but chat completions;
-- a whole answer becomes a ``chat.completion`` (``translate.openai_completion``), a stream
+- a whole answer becomes a ``chat.completion`` (``answers.openai_completion``), a stream
   becomes ``chat.completion.chunk`` events (``stream.ChunkTranslator``), an error answer an
-  OpenAI error with the status the daemon should act on (``translate.openai_error``: 529
+  OpenAI error with the status the daemon should act on (``answers.openai_error``: 529
   overloaded is a 503, billing trouble a quota 429);
 - the answer's headers carry Anthropic's rate limits as ``x-ratelimit-*``
   (``ratelimits.openai_ratelimit_headers``), its ``retry-after``, and its ``request-id`` as
@@ -41,6 +41,7 @@ from llmspool.provider import (
     UpstreamRequest,
 )
 
+from llmspool_anthropic.answers import openai_completion, openai_error
 from llmspool_anthropic.batches import CAPABILITIES, AnthropicBatches
 from llmspool_anthropic.keys import (
     ANTHROPIC_VERSION,
@@ -49,7 +50,7 @@ from llmspool_anthropic.keys import (
 )
 from llmspool_anthropic.ratelimits import openai_ratelimit_headers
 from llmspool_anthropic.stream import ChunkTranslator
-from llmspool_anthropic.translate import anthropic_params, openai_completion, openai_error
+from llmspool_anthropic.translate import anthropic_params
 
 __all__ = ["AnthropicProvider", "completion_body"]
 

@@ -16,7 +16,7 @@ Anthropic's event flow and what each becomes:
 - ``message_delta`` -> notes ``stop_reason`` and the usage (its counts are cumulative);
 - ``message_stop`` -> a chunk with the ``finish_reason``; then, if the request asked for
   ``stream_options.include_usage``, a chunk with ``choices: []`` and the usage (as
-  ``translate.openai_usage`` counts it); then ``data: [DONE]``;
+  ``answers.openai_usage`` counts it); then ``data: [DONE]``;
 - ``error`` -> ``data: {"error": {...}}`` in OpenAI's error shape, and the stream ends.
 
 A stream that ends before ``message_stop`` ends with an error event saying so, not with
@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from llmspool_anthropic.translate import (
+from llmspool_anthropic.answers import (
     finish_reason,
     openai_error,
     openai_usage,

@@ -32,9 +32,10 @@ import orjson
 from llmspool.batches.lines import BatchFiles
 from llmspool.calls import Endpoint
 from llmspool.provider import BatchSubmission
+from llmspool_anthropic.answers import openai_completion
 from llmspool_anthropic.batches import AnthropicBatches, tagged, translate_results
 from llmspool_anthropic.stream import ChunkTranslator
-from llmspool_anthropic.translate import anthropic_params, openai_completion
+from llmspool_anthropic.translate import anthropic_params
 
 from tests.support.processes import (
     UNLIMITED_SIM,

@@ -20,14 +20,10 @@ from llmspool.errors import InvalidRequest, UpstreamError
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import RateLimits, retry_pause
 from llmspool.wire import SseMeter, finish_reasons_of, usage_of
+from llmspool_anthropic.answers import FINISH_REASONS, openai_completion, openai_error
 from llmspool_anthropic.ratelimits import go_duration, openai_ratelimit_headers
 from llmspool_anthropic.stream import ChunkTranslator
-from llmspool_anthropic.translate import (
-    FINISH_REASONS,
-    anthropic_params,
-    openai_completion,
-    openai_error,
-)
+from llmspool_anthropic.translate import anthropic_params
 
 # -- strategies -----------------------------------------------------------------------------
 
