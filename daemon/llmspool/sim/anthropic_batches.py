@@ -49,14 +49,8 @@ from typing import Any
 
 import orjson
 
-from llmspool.sim.anthropic import (
-    MESSAGES_PATH,
-    AnthropicError,
-    MessagesApi,
-    error_type_of,
-    invalid,
-    rfc3339,
-)
+from llmspool.sim.anthropic import MESSAGES_PATH, MessagesApi, rfc3339
+from llmspool.sim.anthropic_errors import AnthropicError, error_type_of, invalid
 from llmspool.sim.batch_config import turnaround_draw
 from llmspool.sim.batch_lines import plan_lines
 from llmspool.sim.batches import BatchRegistry, SimBatch, Status
