@@ -79,10 +79,17 @@ def test_plugin_requests_are_valid(
 
 
 def test_the_check_catches_an_invalid_request(steady_url: str) -> None:
-    bad = {"model": "gpt-4o-mini", "messages": "not a list", "service_tier": "warp"}
+    # (Not an invalid service_tier: the plugin writes the tier the daemon chose over it.)
+    bad = {"model": "gpt-4o-mini", "messages": CHAT_MESSAGES, "reasoning_effort": "warp"}
     [(status, valid, errors)] = anyio.run(_send_all, steady_url, [(Endpoint.CHAT, bad)])
     assert valid == "false" and status == 400
-    assert "service_tier" in errors or "allowed values" in errors
+    assert "reasoning_effort" in errors or "allowed values" in errors, errors
+
+
+def test_the_plugin_writes_the_chosen_tier_over_the_clients(steady_url: str) -> None:
+    body = {"model": "gpt-5-mini", "messages": CHAT_MESSAGES, "service_tier": "warp"}
+    [(status, valid, _errors)] = anyio.run(_send_all, steady_url, [(Endpoint.CHAT, body)])
+    assert (status, valid) == (200, "true")  # sent as "default": the standard tier
 
 
 def test_control_plane_model_listing_is_valid(steady_url: str) -> None:
