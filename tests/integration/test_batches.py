@@ -123,9 +123,10 @@ def batch_stats(sim: FlavoredSim) -> dict[str, Any]:
     return stats
 
 
-def direct_calls(sim: FlavoredSim) -> int:
-    """Chat calls the simulator answered outside batches."""
-    calls: int = sim.stats()["requests"]["by_path"].get(sim.flavor.direct_path, 0)
+def direct_calls(sim: Sim) -> int:
+    """Chat calls the simulator answered outside batches (an OpenAI one, unless it says)."""
+    flavor = sim.flavor if isinstance(sim, FlavoredSim) else OPENAI
+    calls: int = sim.stats()["requests"]["by_path"].get(flavor.direct_path, 0)
     return calls
 
 
