@@ -1,11 +1,21 @@
-"""What the daemon adds to a call: latency at concurrency 1 and 64, throughput, first chunk.
+"""What the daemon adds to a call, against the floor any Python proxy pays, in one run.
 
-The same load generator (h2load, HTTP/1.1) calls ``llmspool sim`` directly and through the
-daemon's Unix socket, alternating in rounds within one run, so both see the same machine
-state. Each configuration runs with tracing off and with spans exported over OTLP/HTTP to a
-local receiver. Figures, not pass/fail: the machine is noisy, so each is the median of rounds.
+The same load generator (h2load, HTTP/1.1, keep-alive) calls ``llmspool sim`` directly, the
+floor (``tests/bench/floor.py``: Starlette on a Unix socket forwarding with aiohttp), and the
+daemon in several configurations, each on its own Unix socket, interleaved in rounds so that all
+see the same machine state:
 
-    python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--json OUT]
+- ``defaults``: the daemon as installed;
+- ``tracing``: spans exported over OTLP/HTTP to a local receiver;
+- ``caps``: a daily budget cap (every call reserved and settled with the ledger).
+
+For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
+requests per second, failures, and the time to the first streamed chunk; then each figure as a
+ratio to the floor's. Figures, not pass/fail: the machine is noisy, so each is the median of
+rounds.
+
+    python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--modes defaults,caps]
+                                        [--json OUT]
 
 Needs ``h2load`` (Debian: nghttp2-client).
 """
@@ -30,7 +40,6 @@ import orjson
 
 from tests.support.processes import (
     UNLIMITED_SIM,
-    Daemon,
     Sim,
     start_daemon,
     start_sim,
@@ -120,48 +129,80 @@ def otlp_receiver() -> Iterator[int]:
         stop_process(process)
 
 
-def measure(sim: Sim, daemon: Daemon, workdir: Path, rounds: int, requests: int) -> dict[str, Any]:
+CONCURRENCY = (1, 64, 256)
+MODES = {
+    "defaults": ("", {}),
+    "tracing": ("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}),
+    "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}),
+}
+
+
+@contextmanager
+def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Path]:
+    """The floor (tests/bench/floor.py) on a Unix socket in ``workdir``, until the block ends."""
+    socket_path = workdir / "floor.sock"
+    process = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", str(socket_path),
+                                sim.url], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the floor proxy did not start")
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield socket_path
+    finally:
+        stop_process(process)
+
+
+def measure(sim: Sim, targets: dict[str, Path], workdir: Path, rounds: int,
+            requests: int) -> dict[str, Any]:
+    """Every target against the simulator called directly, interleaved in rounds."""
     body_file = workdir / "body.json"
     body_file.write_bytes(orjson.dumps(CHAT_BODY))
     direct_url = f"{sim.url}/chat/completions"
     via_url = "http://localhost/v1/chat/completions"
-    results: dict[str, Any] = {}
-    for clients, count in ((1, requests), (64, requests * 4)):
-        added_p50, added_p99, rps, failures = [], [], [], 0
-        direct_rps = []
-        for _ in range(rounds):
-            direct = h2load(direct_url, body_file, requests=count, clients=clients,
-                            workdir=workdir)
-            via = h2load(via_url, body_file, requests=count, clients=clients, workdir=workdir,
-                         socket_path=daemon.socket_path)
-            added_p50.append((via["p50_us"] - direct["p50_us"]) / 1000)
-            added_p99.append((via["p99_us"] - direct["p99_us"]) / 1000)
-            rps.append(via["rps"])
-            direct_rps.append(direct["rps"])
-            failures += via["failures"]
-        results[f"c{clients}"] = {
-            "added_p50_ms": statistics.median(added_p50),
-            "added_p99_ms": statistics.median(added_p99),
-            "daemon_rps": statistics.median(rps),
-            "direct_rps": statistics.median(direct_rps),
-            "daemon_failures": failures,
-        }
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
+    failures = dict.fromkeys(targets, 0)
+    direct_rps: dict[str, list[float]] = {}
     host, port = sim.base.removeprefix("http://").split(":")
 
     def tcp() -> socket.socket:
         return socket.create_connection((host, int(port)))
 
-    def unix() -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(daemon.socket_path))
-        return sock
-
-    added_first = []
     for _ in range(rounds):
-        direct_times = first_chunk_seconds(tcp, "/v1", 100)
-        via_times = first_chunk_seconds(unix, "/v1", 100)
-        added_first.append((statistics.median(via_times) - statistics.median(direct_times)) * 1000)
-    results["first_chunk_added_ms"] = statistics.median(added_first)
+        for clients in CONCURRENCY:
+            count = requests if clients == 1 else requests * 4
+            direct = h2load(direct_url, body_file, requests=count, clients=clients,
+                            workdir=workdir)
+            direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
+            for name, socket_path in targets.items():
+                via = h2load(via_url, body_file, requests=count, clients=clients,
+                             workdir=workdir, socket_path=socket_path)
+                figures = samples[name]
+                figures.setdefault(f"c{clients}_added_p50_ms", []).append(
+                    (via["p50_us"] - direct["p50_us"]) / 1000)
+                figures.setdefault(f"c{clients}_added_p99_ms", []).append(
+                    (via["p99_us"] - direct["p99_us"]) / 1000)
+                figures.setdefault(f"c{clients}_rps", []).append(via["rps"])
+                failures[name] += via["failures"]
+        direct_first = statistics.median(first_chunk_seconds(tcp, "/v1", 50))
+        for name, socket_path in targets.items():
+            def unix(path: Path = socket_path) -> socket.socket:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(path))
+                return sock
+
+            via_first = statistics.median(first_chunk_seconds(unix, "/v1", 50))
+            samples[name].setdefault("first_chunk_added_ms", []).append(
+                (via_first - direct_first) * 1000)
+    results: dict[str, Any] = {
+        name: {key: statistics.median(values) for key, values in figures.items()}
+        | {"failures": failures[name]}
+        for name, figures in samples.items()
+    }
+    results["direct"] = {f"{key}_rps": statistics.median(values)
+                         for key, values in direct_rps.items()}
     return results
 
 
@@ -170,35 +211,42 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=3000,
-                        help="requests per round at concurrency 1 (4x that at 64)")
+                        help="requests per round at concurrency 1 (4x that at 64 and 256)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"daemon configurations to measure (of {', '.join(MODES)})")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--daemon-config", type=Path,
-                        help="a TOML file for the daemon (e.g. with [budgets] caps, to see the "
-                        "cost of admission)")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
         return 1
-    figures: dict[str, Any] = {"cpus": os.cpu_count()}
+    modes = [mode for mode in args.modes.split(",") if mode]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        print(f"unknown modes {unknown}: choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    figures: dict[str, Any] = {"cpus": os.cpu_count(), "modes": modes}
     with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port:
         workdir = Path(tmp)
         # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
         # default): far above what the load generator offers, so that only overhead is timed.
         sim = start_sim(workdir, UNLIMITED_SIM)
+        daemons = []
         try:
-            for mode, env in (
-                ("tracing_off", {}),
-                ("tracing_on", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}),
-            ):
-                run_dir = workdir / mode
-                run_dir.mkdir()
-                config = args.daemon_config.read_text() if args.daemon_config else ""
-                daemon = start_daemon(run_dir, sim.url, env=env, config_toml=config)
-                try:
-                    figures[mode] = measure(sim, daemon, run_dir, args.rounds, args.requests)
-                finally:
-                    daemon.terminate()
+            with floor_proxy(workdir, sim) as floor:
+                targets = {"floor": floor}
+                for mode in modes:
+                    config, env = MODES[mode]
+                    run_dir = workdir / mode
+                    run_dir.mkdir()
+                    daemon = start_daemon(
+                        run_dir, sim.url, config_toml=config,
+                        env={key: value.format(otlp=port) for key, value in env.items()})
+                    daemons.append(daemon)
+                    targets[mode] = daemon.socket_path
+                figures.update(measure(sim, targets, workdir, args.rounds, args.requests))
         finally:
+            for daemon in daemons:
+                daemon.terminate()
             stop_process(sim.process)
     print_table(figures)
     if args.json:
@@ -210,24 +258,36 @@ def print_table(figures: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"llmspool added latency (median of rounds, {figures['cpus']} CPUs)")
+    columns = ["floor", *figures["modes"]]
+    table = Table(title=f"added over calling the simulator directly (median of rounds, "
+                        f"{figures['cpus']} CPUs); in brackets: x the floor")
     table.add_column("figure")
     table.add_column("target", justify="right")
-    for mode in ("tracing_off", "tracing_on"):
-        table.add_column(mode.replace("_", " "), justify="right")
-    rows = [
-        ("p50 added, c=1", "≤ 1 ms", lambda f: f"{f['c1']['added_p50_ms']:.3f} ms"),
-        ("p99 added, c=1", "≤ 3 ms", lambda f: f"{f['c1']['added_p99_ms']:.3f} ms"),
-        ("first chunk added", "≤ 1 ms", lambda f: f"{f['first_chunk_added_ms']:.3f} ms"),
-        ("p50 added, c=64", "", lambda f: f"{f['c64']['added_p50_ms']:.2f} ms"),
-        ("p99 added, c=64", "", lambda f: f"{f['c64']['added_p99_ms']:.2f} ms"),
-        ("req/s via daemon, c=64", "≥ 1,000", lambda f: f"{f['c64']['daemon_rps']:,.0f}"),
-        ("req/s direct to sim, c=64", "", lambda f: f"{f['c64']['direct_rps']:,.0f}"),
-        ("failed via daemon", "0", lambda f: str(f["c1"]["daemon_failures"]
-                                                 + f["c64"]["daemon_failures"])),
+    for column in columns:
+        table.add_column(column, justify="right")
+    rows: list[tuple[str, str, str, str]] = [
+        ("p50 added, c=1", "≤ 0.4 ms", "c1_added_p50_ms", "ms"),
+        ("p99 added, c=1", "≤ 1.5 ms", "c1_added_p99_ms", "ms"),
+        ("first chunk added", "≤ 0.5 ms", "first_chunk_added_ms", "ms"),
+        ("p50 added, c=64", "", "c64_added_p50_ms", "ms"),
+        ("p99 added, c=64", "", "c64_added_p99_ms", "ms"),
+        ("req/s, c=64", "≥ 2,500", "c64_rps", "rps"),
+        ("req/s, c=256", "≥ 2,500", "c256_rps", "rps"),
+        ("p99 added, c=256", "", "c256_added_p99_ms", "ms"),
     ]
-    for name, target, cell in rows:
-        table.add_row(name, target, *(cell(figures[m]) for m in ("tracing_off", "tracing_on")))
+    for name, target, key, unit in rows:
+        floor = figures["floor"][key]
+        cells = []
+        for column in columns:
+            value = figures[column][key]
+            text = f"{value:,.0f}" if unit == "rps" else f"{value:.3f} ms"
+            if column != "floor" and floor:
+                text += f" [{value / floor:.2f}x]"
+            cells.append(text)
+        table.add_row(name, target, *cells)
+    table.add_row("failed", "0", *(str(figures[column]["failures"]) for column in columns))
+    table.add_row("req/s direct to sim, c=64", "", f"{figures['direct']['c64_rps']:,.0f}",
+                  *("" for _ in figures["modes"]))
     Console().print(table)
 
 
