@@ -94,27 +94,30 @@ def test_the_retry_budget_allows_a_fraction_of_calls_over_its_window() -> None:
 
 def run_attempts(retrier: Retrier, failures: list[Exception], deadline: float | None = None,
                  ) -> tuple[int, BaseException | None]:
-    """Runs the retry loop against a queue of failures (then success); returns the attempts."""
-    attempts = 0
+    """Runs the retry policy as the dispatcher does (``Retrier.run``: the first attempt without
+    tenacity, the rest through it) against a queue of failures (then success); returns the
+    attempts."""
+    numbers: list[int] = []
 
-    def one_attempt() -> None:
-        nonlocal attempts
-        attempts += 1
+    async def one_attempt(number: int) -> None:
+        numbers.append(number)
         if failures:
             raise failures.pop(0)
 
     async def main() -> BaseException | None:
         state = CallRetries("openai", "req", False, deadline)
         try:
-            async for attempt in retrier.attempts(state):
-                with attempt:
-                    one_attempt()
+            await retrier.run(state, one_attempt)
         except Exception as exc:
             return exc
         return None
 
+    calls_before = retrier.budget("openai").snapshot()["calls"]
     error = anyio.run(main)
-    return attempts, error
+    assert numbers == list(range(1, len(numbers) + 1))  # numbered as tenacity numbers them
+    # The call is counted once in the retry budget, however many attempts it took.
+    assert retrier.budget("openai").snapshot()["calls"] == calls_before + 1
+    return len(numbers), error
 
 
 FAST = RetryConfig(max_attempts=3, backoff_min=0.001, backoff_max=0.002)

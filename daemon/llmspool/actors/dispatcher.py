@@ -451,22 +451,23 @@ class Dispatcher:
         state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX,
                             ends_at if flex_limit is None else call.deadline_at)
         tried: list[str] = []
+
+        async def attempt(number: int) -> None:
+            if flex_limit is None and ends_at - time.time() < _MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried)
+            try:
+                await self._attempt(call, tier, flex_limit, ends_at, number, span)
+            except ApiError as error:
+                tried.append(f"attempt {number}: {error.message}")
+                if isinstance(error, UpstreamUnreachable) and flex_limit is not None \
+                        and error.code == "upstream_timeout":
+                    # The flex attempt used the time the deadline gave it: not a retry on
+                    # flex, but the flex policy's turn (escalate in time).
+                    raise _FlexTimedOut(error) from error
+                raise
+
         try:
-            async for attempt in self._retrier.attempts(state):
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    if flex_limit is None and ends_at - time.time() < _MIN_ATTEMPT:
-                        raise _out_of_time(call, timeout, tried)
-                    try:
-                        await self._attempt(call, tier, flex_limit, ends_at, number, span)
-                    except ApiError as error:
-                        tried.append(f"attempt {number}: {error.message}")
-                        if isinstance(error, UpstreamUnreachable) and flex_limit is not None \
-                                and error.code == "upstream_timeout":
-                            # The flex attempt used the time the deadline gave it: not a
-                            # retry on flex, but the flex policy's turn (escalate in time).
-                            raise _FlexTimedOut(error) from error
-                        raise
+            await self._retrier.run(state, attempt)
         except UpstreamUnreachable as error:
             if flex_limit is None and error.code == "upstream_timeout" and \
                     ends_at - time.time() < _MIN_ATTEMPT:
