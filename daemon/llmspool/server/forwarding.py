@@ -50,6 +50,7 @@ from llmspool.messages import (
 from llmspool.planner import Planner
 from llmspool.routing import ModelRouter
 from llmspool.server.bodies import read_limited
+from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.tracing import context_from_headers
 
@@ -365,6 +366,17 @@ async def _first_reply(
     waiting when the daemon's stop runs out of grace is aborted and answered 503."""
     first: Reply | None = None
     ended = False
+    hooks = request.scope.get("extensions", {}).get(DISCONNECT_KEY)
+    if isinstance(hooks, DisconnectHooks):
+        # The daemon's own protocol says when the client leaves: no watching task needed.
+        with stop.waiting() as waiting, hooks.watching(call.abort.fire):
+            try:
+                first = await replies.receive()
+            except anyio.EndOfStream:
+                ended = True  # aborted (its client left) or the daemon is stopping
+        if ended:
+            raise anyio.EndOfStream
+        return _first_or_stopped(call, first, waiting)
     with stop.waiting() as waiting:
         async with anyio.create_task_group() as group:
 
@@ -383,6 +395,11 @@ async def _first_reply(
                 group.cancel_scope.cancel()
     if ended:
         raise anyio.EndOfStream  # outside the task group: not wrapped in an exception group
+    return _first_or_stopped(call, first, waiting)
+
+
+def _first_or_stopped(call: Call, first: Reply | None, waiting: anyio.CancelScope) -> Reply:
+    """The first reply, or 503 ``daemon_stopping`` when the stop's grace ran out first."""
     if first is None or waiting.cancelled_caught:
         call.abort.fire()
         return Failure(ServiceUnavailable(

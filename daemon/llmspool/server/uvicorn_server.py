@@ -33,6 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from llmspool.messages import Caller
+from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
 
 PEER_KEY = "llmspool.peer"
 _UCRED = struct.Struct("3i")
@@ -77,9 +78,11 @@ class PeerCredentialsProtocol(HttpToolsProtocol):
     _head_items = 0
     _head_bytes = 0
     _head_too_large = False
+    _disconnect: DisconnectHooks | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._disconnect = DisconnectHooks()
         self._start_head_timer()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             body = _error_body(f"llmspool has {self.limits.max_connections} connections "
@@ -100,7 +103,8 @@ class PeerCredentialsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         # ASGI's scope type declares extensions as dict[str, dict]; ours holds a Caller.
-        cast(dict[str, Any], self.scope)["extensions"] = {PEER_KEY: self._peer}
+        cast(dict[str, Any], self.scope)["extensions"] = {PEER_KEY: self._peer,
+                                                          DISCONNECT_KEY: self._disconnect}
         self._head_items = self._head_bytes = 0
         if self._head_timer is None:  # a kept-alive connection's next request
             self._start_head_timer()
@@ -120,6 +124,8 @@ class PeerCredentialsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+        if self._disconnect is not None:
+            self._disconnect.connection_lost()
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_too_large:
