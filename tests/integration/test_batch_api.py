@@ -384,6 +384,10 @@ def test_files_and_batches_are_deleted_after_retention(tmp_path: Path, sim: Sim)
         daemon.terminate()
     daemon = start_daemon(tmp_path, sim.url, config_toml=config)  # sweeps at start
     try:
+        # The sweep runs beside the serving daemon: wait for it, within a bound.
+        deadline = time.monotonic() + 15
+        while stored_files(daemon) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert stored_files(daemon) == []
         status, _answer = daemon.get(f"/v1/batches/{batch['id']}")
         assert status == 404
