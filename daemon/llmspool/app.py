@@ -78,7 +78,7 @@ from llmspool.server.uvicorn_server import (
     connection_cap,
 )
 from llmspool.store.batches import batch_turnarounds
-from llmspool.store.database import DATABASE_NAME, open_database
+from llmspool.store.database import DATABASE_NAME, close_shielded, open_database
 from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.tracing import Tracing, build_tracing
 
@@ -141,8 +141,13 @@ class Daemon:
         config_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         extra_plugins: Iterable[object] = (),
+        owns_process: bool = True,
     ) -> None:
+        """``owns_process=False`` runs the daemon as a guest of another program (the in-process
+        test harness, ``llmspool.testing``): it then takes no signals, no socket from systemd
+        and leaves the garbage collector alone; the host stops it with ``stop()``."""
         self.config = config
+        self._owns_process = owns_process
         self._config_path = config_path
         self._environ = dict(os.environ if environ is None else environ)
         self._extra_plugins = tuple(extra_plugins)
@@ -160,7 +165,7 @@ class Daemon:
         router = ModelRouter.build(config.providers, prices.table)
         providers = build_providers(config, self._environ, self._extra_plugins)
         tracing = build_tracing(config.tracing, self._environ)
-        notifier = systemd.Notifier.from_env()
+        notifier = systemd.Notifier.from_env(self._environ)
         listener = self._listener = self._listen()
         try:
             async with AsyncExitStack() as stack:
@@ -169,7 +174,7 @@ class Daemon:
                 # results stored with their entries). SQLite serialises their commits; WAL
                 # keeps readers unblocked.
                 jobs_database = await open_database(config.state_path)
-                stack.push_async_callback(jobs_database.close)
+                stack.push_async_callback(close_shielded, jobs_database)
                 ledger_database = LedgerConnection.open(config.state_path / DATABASE_NAME)
                 stack.callback(ledger_database.close)
                 for provider in providers.values():
@@ -185,7 +190,7 @@ class Daemon:
         log.info("llmspool stopped")
 
     def _listen(self) -> Listener:
-        passed = systemd.listen_fds()
+        passed = systemd.listen_fds() if self._owns_process else []
         if passed:
             for extra in passed[1:]:
                 extra.close()
@@ -329,7 +334,8 @@ class Daemon:
 
         async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:
             cleanup.callback(cache_front.close)
-            services.start_soon(self._handle_signals, notifier)
+            if self._owns_process:
+                services.start_soon(self._handle_signals, notifier)
             # Files and batch objects; its watchers wait on the keeper until the very end.
             await services.start(batch_api.run)
             async with anyio.create_task_group() as actors:
@@ -347,7 +353,8 @@ class Daemon:
                 )
                 notifier.ready(f"serving {config.daemon.socket}")
                 log.info("llmspool ready on %s", config.daemon.socket)
-                _settle_garbage_collector()
+                if self._owns_process:
+                    _settle_garbage_collector()
                 await services.start(systemd.run_watchdog, notifier)
                 # The exact tokenizer calibrates estimates; loading it takes ~0.5 s of CPU, so
                 # it happens in a thread once the daemon is already serving.
@@ -413,13 +420,18 @@ class Daemon:
                 log.info("received %s; finishing requests in flight, then stopping",
                          signal.Signals(signum).name)
                 notifier.stopping()
-                # Calls still waiting at the end of the grace get 503 daemon_stopping; the
-                # actors get a few seconds more, then stop (deferred work stays queued).
-                self._stop_deadline = anyio.current_time() + self.config.daemon.shutdown_grace
-                if self._forwarder is not None:
-                    self._forwarder.stop_clock.stop_at(self._stop_deadline)
-                if self._server is not None:
-                    self._server.should_exit = True
+                self.stop()
+
+    def stop(self) -> None:
+        """Stop as SIGTERM does: stop accepting, let requests in flight finish within the
+        grace, then end. Call it from the daemon's own event loop."""
+        # Calls still waiting at the end of the grace get 503 daemon_stopping; the actors get
+        # a few seconds more, then stop (deferred work stays queued).
+        self._stop_deadline = anyio.current_time() + self.config.daemon.shutdown_grace
+        if self._forwarder is not None:
+            self._forwarder.stop_clock.stop_at(self._stop_deadline)
+        if self._server is not None:
+            self._server.should_exit = True
 
     def _reload(self) -> bool:
         """Re-read what can change without a restart: log level and prices (the dispatcher,

@@ -40,7 +40,7 @@ from llmspool.jobs.submission import JobRequest, JobSubmission, ask
 from llmspool.messages import CancelJob, Query, Viewer, WaitForJob
 from llmspool.store import api_files as sql
 from llmspool.store.api_files import BatchRow, FileRow
-from llmspool.store.database import DATABASE_NAME
+from llmspool.store.database import DATABASE_NAME, connected
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class BatchApi:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: resume watching open batches, sweep expired objects."""
         self.files.create()
-        async with aiosqlite.connect(self._database_path, isolation_level=None,
-                                     timeout=30.0) as connection:
+        async with connected(self._database_path, isolation_level=None,
+                             timeout=30.0) as connection:
             await connection.execute("PRAGMA busy_timeout=30000")
             self._connection = connection
             removed = self.files.remove_orphans(await sql.all_file_ids(connection))

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import anyio
 import orjson
 from starlette.requests import Request
@@ -39,6 +38,7 @@ from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.database import connected
 from llmspool.tracing import current_traceparent
 
 MAX_WAIT = 600.0
@@ -206,13 +206,13 @@ def _upload_too_large(size: int, limit: int) -> PayloadTooLarge:
 
 
 async def _carrying_batches(database_path: Path, job_id: str) -> list[dict[str, Any]]:
-    async with aiosqlite.connect(f"file:{database_path}?mode=ro", uri=True) as connection:
+    async with connected(f"file:{database_path}?mode=ro", uri=True) as connection:
         return await jobs_sql.carrying_batches(connection, job_id)
 
 
 async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[bytes]:
     # A read-only connection of its own: reading never waits on the keeper's writes (WAL).
-    async with aiosqlite.connect(f"file:{database_path}?mode=ro", uri=True) as connection:
+    async with connected(f"file:{database_path}?mode=ro", uri=True) as connection:
         async for chunk in jobs_sql.iter_results(connection, job_id):
             yield chunk
 

@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from llmspool.errors import ConfigError
-from llmspool.sim.app import build_app
+from llmspool.sim.app import SimApp, build_app
 from llmspool.sim.config import FLAVORS, SimConfig
 from llmspool.sim.speed import DEFAULT_SPEED, speed_from
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmspool sim: bad config: {exc}", file=sys.stderr)
         return 2
     try:
-        sock = _listen(args.host, args.port)
+        sock = listen(args.host, args.port)
     except OSError as exc:
         print(f"llmspool sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -91,18 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    server = _SimServer(
-        uvicorn.Config(
-            app,
-            http="httptools",
-            loop="uvloop",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-            backlog=_LISTEN_BACKLOG,
-        ),
-        announcement=f"llmspool sim listening on http://{host}:{port}/v1",
+    server = SimServer(
+        server_config(app), announcement=f"llmspool sim listening on http://{host}:{port}/v1",
         on_stop=app.stop,
     )
     with sock, _GracefulSignals(server):
@@ -136,12 +126,26 @@ def load_config(
     return SimConfig.from_table(table)
 
 
-class _SimServer(uvicorn.Server):
+def server_config(app: SimApp) -> uvicorn.Config:
+    """How uvicorn serves the simulator, from the command line or in a test's thread."""
+    return uvicorn.Config(
+        app,
+        http="httptools",
+        loop="uvloop",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        backlog=_LISTEN_BACKLOG,
+    )
+
+
+class SimServer(uvicorn.Server):
     """A uvicorn server that prints the URL line once it accepts connections, and tells the
     app when it stops so that waiting requests end at once."""
 
     def __init__(
-        self, config: uvicorn.Config, *, announcement: str, on_stop: Callable[[], None]
+        self, config: uvicorn.Config, *, announcement: str | None, on_stop: Callable[[], None]
     ) -> None:
         super().__init__(config)
         self._announcement = announcement
@@ -149,7 +153,7 @@ class _SimServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started:
+        if self.started and self._announcement is not None:
             print(self._announcement, flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -186,7 +190,7 @@ class _GracefulSignals:
             signal.signal(signum, previous)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -34,6 +37,25 @@ def migrations() -> list[tuple[int, str, str]]:
     if versions != list(range(1, len(versions) + 1)):
         raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
     return found
+
+
+@asynccontextmanager
+async def connected(target: str | Path, **options: Any) -> AsyncIterator[aiosqlite.Connection]:
+    """``aiosqlite.connect(target, **options)``, closed on leaving the block even when the
+    block is cancelled. aiosqlite runs each connection in a thread of its own; a close cut
+    short by the cancellation would leave that thread answering an event loop that may have
+    ended by the time its statement finishes."""
+    connection = await aiosqlite.connect(target, **options)
+    try:
+        yield connection
+    finally:
+        await close_shielded(connection)
+
+
+async def close_shielded(connection: aiosqlite.Connection) -> None:
+    """Close ``connection`` and wait for its thread, even inside a cancelled scope."""
+    with anyio.CancelScope(shield=True):
+        await connection.close()
 
 
 async def open_database(state_dir: Path) -> aiosqlite.Connection:
@@ -61,7 +83,7 @@ async def open_database(state_dir: Path) -> aiosqlite.Connection:
         await connection.execute("PRAGMA busy_timeout=30000")
         await _migrate(connection, path)
     except BaseException:
-        await connection.close()
+        await close_shielded(connection)
         raise
     return connection
 

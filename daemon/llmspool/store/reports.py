@@ -143,13 +143,15 @@ async def open_reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
     """A read-only connection to the database at ``path``, closed on leaving the block."""
     import aiosqlite
 
+    from llmspool.store.database import close_shielded
+
     connection = await aiosqlite.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
     try:
         # A reader waits only in rare moments (a WAL reset); never fail a report for those.
         await connection.execute("PRAGMA busy_timeout=5000")
         yield connection
     finally:
-        await connection.close()
+        await close_shielded(connection)
 
 
 @dataclass(slots=True)
