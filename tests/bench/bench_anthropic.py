@@ -42,7 +42,6 @@ from tests.support.processes import (
     UnixHTTPConnection,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 CHAT = {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [
@@ -119,11 +118,11 @@ def timed_calls(connection: http.client.HTTPConnection, path: str, body: bytes,
 def added_latency(workdir: Path, rounds: int, calls: int) -> dict[str, dict[str, float]]:
     for name in ("o", "a", "d"):
         (workdir / name).mkdir()
-    openai_sim = start_sim(workdir / "o", UNLIMITED_SIM)
-    anthropic_sim = start_sim(workdir / "a", UNLIMITED_SIM + 'flavor = "anthropic"\n')
+    openai_sim = start_sim(workdir / "o", UNLIMITED_SIM, process=True)
+    anthropic_sim = start_sim(workdir / "a", UNLIMITED_SIM + 'flavor = "anthropic"\n', process=True)
     daemon = start_daemon(workdir / "d", openai_sim.url, config_toml=(
         '[providers.anthropic]\nplugin = "anthropic"\n'
-        f'base_url = "{anthropic_sim.url}"\napi_key_env = "OPENAI_API_KEY"\n'))
+        f'base_url = "{anthropic_sim.url}"\napi_key_env = "OPENAI_API_KEY"\n'), process=True)
     try:
         json_headers = {"content-type": "application/json"}
         cases = {
@@ -161,8 +160,8 @@ def added_latency(workdir: Path, rounds: int, calls: int) -> dict[str, dict[str,
                 for name, values in figures.items()}
     finally:
         daemon.terminate()
-        stop_process(openai_sim.process)
-        stop_process(anthropic_sim.process)
+        openai_sim.terminate()
+        anthropic_sim.terminate()
 
 
 def quantile(values: list[float], fraction: float) -> float:

@@ -53,7 +53,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 # (simulator, daemon) configurations. direct: as bench_jobs.bench_large_submit, the Batch
@@ -71,8 +70,8 @@ RSS_TARGET_MIB = 300.0
 def bench_batch_api(workdir: Path, input_path: Path, lines: int, deadline: str, setup: str
                     ) -> dict[str, Any]:
     sim_toml, daemon_toml = SETUPS[setup]
-    sim = start_sim(workdir, sim_toml)
-    daemon = start_daemon(workdir, sim.url, config_toml=daemon_toml)
+    sim = start_sim(workdir, sim_toml, process=True)
+    daemon = start_daemon(workdir, sim.url, config_toml=daemon_toml, process=True)
     try:
         client = openai_client(daemon.socket_path, timeout=600)
         started = time.perf_counter()
@@ -143,14 +142,14 @@ def bench_batch_api(workdir: Path, input_path: Path, lines: int, deadline: str, 
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def bench_submit(workdir: Path, input_path: Path, lines: int, deadline: str, setup: str
                  ) -> dict[str, Any]:
     sim_toml, daemon_toml = SETUPS[setup]
-    sim = start_sim(workdir, sim_toml)
-    daemon = start_daemon(workdir, sim.url, config_toml=daemon_toml)
+    sim = start_sim(workdir, sim_toml, process=True)
+    daemon = start_daemon(workdir, sim.url, config_toml=daemon_toml, process=True)
     try:
         t0 = time.perf_counter()
         subprocess.run(python_command("submit", "--help"), env=daemon.env, check=True,
@@ -190,7 +189,7 @@ def bench_submit(workdir: Path, input_path: Path, lines: int, deadline: str, set
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def _by_tier(daemon: Daemon, job_id: str | None) -> dict[str, int] | None:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from tests.bench.bench_jobs import make_jsonl, peak_rss_mib, wait_done
-from tests.support.processes import start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import start_daemon, start_sim, unix_request
 
 CONFIG = """
 [planner]
@@ -56,8 +56,8 @@ def daemon_steps(state_dir: Path) -> float:
 
 
 def one_round(workdir: Path, lines: int) -> dict[str, Any]:
-    sim = start_sim(workdir, '[sim.batch]\nturnaround = "0s"\n')
-    daemon = start_daemon(workdir, sim.url, config_toml=CONFIG)
+    sim = start_sim(workdir, '[sim.batch]\nturnaround = "0s"\n', process=True)
+    daemon = start_daemon(workdir, sim.url, config_toml=CONFIG, process=True)
     try:
         body = make_jsonl(lines)
         status, job = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=24h", body,
@@ -72,8 +72,8 @@ def one_round(workdir: Path, lines: int) -> dict[str, Any]:
         rss = peak_rss_mib(daemon.process.pid)
         steps = daemon_steps(daemon.state_dir)
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
     assert done["status"] == "completed", done
     assert done["by_tier"] == {"batch": lines}, done["by_tier"]
     return {

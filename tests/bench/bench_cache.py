@@ -111,7 +111,7 @@ def hit_latency(workdir: Path, sim_url: str, floor_socket: Path, rounds: int, re
     body_file.write_bytes(orjson.dumps(HIT_BODY))
     daemon = start_daemon(workdir, sim_url,
                           env={"LLMSPOOL_STATE_DIR": str(workdir / state_dir_name)},
-                          config_toml=f"[cache]\nmax_entries = {max_entries}\n")
+                          config_toml=f"[cache]\nmax_entries = {max_entries}\n", process=True)
     try:
         status, _answer, headers = unix_exchange(daemon.socket_path, "POST",
                                                  "/v1/chat/completions",
@@ -176,7 +176,7 @@ def main() -> int:
     figures: dict[str, Any] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp:
         workdir = Path(tmp)
-        sim = start_sim(workdir, UNLIMITED_SIM)
+        sim = start_sim(workdir, UNLIMITED_SIM, process=True)
         answer = sim_answer(sim.url)
         (workdir / "answer.json").write_bytes(answer)
         floor_socket = workdir / "floor.sock"
@@ -197,7 +197,7 @@ def main() -> int:
                                                args.entries + 10)
         finally:
             stop_process(floor)
-            stop_process(sim.process)
+            sim.terminate()
     text = orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
     print(text)
     if args.json:

@@ -65,7 +65,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
     unix_request,
 )
@@ -240,11 +239,12 @@ def tree_config(tree: Path, speed: float, cap: bool) -> str:
 
 def run(tree: Path, seed: int, cap: bool, speed: float, poll: float, work: Path) -> Figures:
     plan = workload(seed)
-    sim = start_sim(work, REFERENCE_UPSTREAM.read_text(), extra_args=("--speed", f"{speed:g}"))
+    sim = start_sim(work, REFERENCE_UPSTREAM.read_text(), extra_args=("--speed", f"{speed:g}"),
+                    process=True)
     daemon: Daemon | None = None
     try:
         daemon = start_daemon(work, sim.url, config_toml=tree_config(tree, speed, cap),
-                              env=tree_env(tree) if tree != REPO else None)
+                              env=tree_env(tree) if tree != REPO else None, process=True)
         started = time.monotonic()
         seen = _drive(plan, daemon, sim, speed, poll)
         seconds = time.monotonic() - started
@@ -252,7 +252,7 @@ def run(tree: Path, seed: int, cap: bool, speed: float, poll: float, work: Path)
     finally:
         if daemon is not None:
             daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
     return _figures("after" if tree == REPO else "before", seed, cap, plan, seen, calls,
                     seconds)
 

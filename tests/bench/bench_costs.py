@@ -125,7 +125,7 @@ def bench(tmp: Path, count: int, runs: int) -> dict[str, Any]:
     figures = build_state(tmp / "state", count)
     print(f"built {count:,} entries ({figures['rollup_rows']:,} rollup rows) in "
           f"{figures['build_s']} s", file=sys.stderr)
-    daemon = start_daemon(tmp, UNUSED_UPSTREAM)
+    daemon = start_daemon(tmp, UNUSED_UPSTREAM, process=True)
     try:
         def cli(*output: str) -> Callable[[], bytes]:
             def run() -> bytes:

@@ -28,7 +28,6 @@ from tests.support.processes import (
     UnixHTTPConnection,
     start_daemon,
     start_sim,
-    stop_process,
     unix_request,
 )
 
@@ -61,10 +60,11 @@ def wait_done(daemon: Daemon, job_id: str, timeout: float) -> dict[str, Any]:
 
 
 def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
-    sim = start_sim(workdir, UNLIMITED_SIM)
+    sim = start_sim(workdir, UNLIMITED_SIM, process=True)
     # The direct path (a 24 h deadline would go to the Batch API: bench_batches measures that).
     daemon = start_daemon(workdir, sim.url,
-                          config_toml="[jobs]\nmax_in_flight = 256\n[batch]\nenabled = false\n")
+                          config_toml="[jobs]\nmax_in_flight = 256\n[batch]\nenabled = false\n",
+                          process=True)
     try:
         body = make_jsonl(lines)
         started = time.perf_counter()
@@ -110,7 +110,7 @@ def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def bench_flex_outage(workdir: Path) -> dict[str, Any]:
@@ -120,7 +120,7 @@ flex_latency = "300ms"
 flex_latency_jitter = "700ms"
 flex_outage_period = "20s"
 flex_outage_fraction = 0.3
-""")
+""", process=True)
     daemon = start_daemon(workdir, sim.url, config_toml="""
 [jobs]
 max_in_flight = 32
@@ -128,7 +128,7 @@ max_in_flight = 32
 backoff_min = "1s"
 backoff_max = "10s"
 max_retries = 20
-""")
+""", process=True)
     try:
         jobs = []
         plan = [("2m", 150), ("5m", 300), ("30m", 600)]
@@ -157,7 +157,7 @@ max_retries = 20
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def _sum_tiers(jobs: list[dict[str, Any]]) -> dict[str, int]:

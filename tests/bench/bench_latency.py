@@ -229,7 +229,7 @@ def main() -> int:
         workdir = Path(tmp)
         # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
         # default): far above what the load generator offers, so that only overhead is timed.
-        sim = start_sim(workdir, UNLIMITED_SIM)
+        sim = start_sim(workdir, UNLIMITED_SIM, process=True)
         daemons = []
         try:
             with floor_proxy(workdir, sim) as floor:
@@ -240,14 +240,15 @@ def main() -> int:
                     run_dir.mkdir()
                     daemon = start_daemon(
                         run_dir, sim.url, config_toml=config,
-                        env={key: value.format(otlp=port) for key, value in env.items()})
+                        env={key: value.format(otlp=port) for key, value in env.items()},
+                        process=True)
                     daemons.append(daemon)
                     targets[mode] = daemon.socket_path
                 figures.update(measure(sim, targets, workdir, args.rounds, args.requests))
         finally:
             for daemon in daemons:
                 daemon.terminate()
-            stop_process(sim.process)
+            sim.terminate()
     print_table(figures)
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))

@@ -49,7 +49,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +153,7 @@ def environment(extra: dict[str, str]) -> Iterator[None]:
 def start_tree_daemon(workdir: Path, tree: Path, sim_url: str, config_toml: str) -> Daemon:
     """``start_daemon`` with ``tree``'s code: same venv python, ``tree_env`` on top."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return start_daemon(workdir, sim_url, config_toml=config_toml, env=tree_env(tree))
+    return start_daemon(workdir, sim_url, config_toml=config_toml, env=tree_env(tree), process=True)
 
 
 def wait_until_idle(pid: int, timeout: float = 60.0, window: float = 0.5) -> float:
@@ -355,7 +354,7 @@ def main() -> int:
         workdir = Path(tmp)
         with environment(tree_env(trees[args.sim_tree])):
             # Limits far above the offered load, so that the daemons do not pace themselves.
-            sim = start_sim(workdir, UNLIMITED_SIM)
+            sim = start_sim(workdir, UNLIMITED_SIM, process=True)
         try:
             for variant in variants:
                 if variant.error is not None:
@@ -378,7 +377,7 @@ def main() -> int:
             for variant in variants:
                 if variant.daemon is not None:
                     variant.daemon.terminate()
-            stop_process(sim.process)
+            sim.terminate()
     figures["loadavg_end"] = os.getloadavg()
     print_table(figures, variants)
     if args.json:

@@ -33,7 +33,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process
+from tests.support.processes import Daemon, Sim, start_daemon, start_sim
 
 MODEL = "gpt-4o-mini"
 RPM, TPM = 600, 200_000
@@ -88,9 +88,9 @@ async def offer(socket_path: Path, rate: float, seconds: float) -> list[asyncio.
 
 def bench_rate_limits(workdir: Path, seconds: float) -> dict[str, Any]:
     sim = start_sim(workdir, f'[sim]\nenforce_ratelimits = true\nratelimit_requests = {RPM}\n'
-                             f'ratelimit_tokens = {TPM}\nlatency = "300ms"\n')
+                             f'ratelimit_tokens = {TPM}\nlatency = "300ms"\n', process=True)
     daemon = start_daemon(workdir, sim.url, config_toml=(
-        f'[limits.openai."{MODEL}"]\nrpm = {RPM}\ntpm = {TPM}\n'))
+        f'[limits.openai."{MODEL}"]\nrpm = {RPM}\ntpm = {TPM}\n'), process=True)
     try:
         # The tokens one request asks for, as the simulator counts them.
         probe = model_stats(sim)["tokens"]
@@ -124,13 +124,13 @@ def bench_rate_limits(workdir: Path, seconds: float) -> dict[str, Any]:
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def bench_half_failing(workdir: Path, config: str = "", requests: int = 1000) -> dict[str, Any]:
     sim = start_sim(workdir, '[sim]\nratelimit_requests = 1000000000\n'
-                             'ratelimit_tokens = 1000000000000\n')
-    daemon = start_daemon(workdir, sim.url, config_toml=config)
+                             'ratelimit_tokens = 1000000000000\n', process=True)
+    daemon = start_daemon(workdir, sim.url, config_toml=config, process=True)
     try:
         sim.set_faults({"kind": "status", "status": 503, "probability": 0.5})
         body = chat_body(5)
@@ -155,7 +155,7 @@ def bench_half_failing(workdir: Path, config: str = "", requests: int = 1000) ->
         }
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def _circuit_open_count(daemon: Daemon) -> int:
@@ -172,8 +172,8 @@ def breaker_state(daemon: Daemon) -> str:
 
 
 def bench_heal(workdir: Path) -> dict[str, Any]:
-    sim = start_sim(workdir)
-    daemon = start_daemon(workdir, sim.url)
+    sim = start_sim(workdir, process=True)
+    daemon = start_daemon(workdir, sim.url, process=True)
     try:
         sim.set_faults({"kind": "status", "status": 500})
         body = chat_body(5)
@@ -196,7 +196,7 @@ def bench_heal(workdir: Path) -> dict[str, Any]:
         return {"heal_to_closed_s": round(asyncio.run(run()), 1)}
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def main() -> int:

@@ -24,7 +24,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -45,7 +44,7 @@ def quick(tmp_path: Path) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def line(custom_id: str, url: str = "/v1/chat/completions") -> bytes:

@@ -30,7 +30,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -56,8 +55,8 @@ class Stack:
 
     def stop(self) -> None:
         self.daemon.terminate()
-        stop_process(self.openai_sim.process)
-        stop_process(self.anthropic_sim.process)
+        self.openai_sim.terminate()
+        self.anthropic_sim.terminate()
 
     def ledger(self) -> list[dict[str, Any]]:
         with sqlite3.connect(self.daemon.state_dir / "llmspool.sqlite3") as db:

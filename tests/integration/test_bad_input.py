@@ -17,7 +17,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
     unix_request,
 )
 
@@ -150,7 +149,7 @@ def test_a_client_that_leaves_before_its_answer_is_no_error(tmp_path: Path) -> N
         assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def _raw_http(path: Path, request: bytes) -> bytes:
@@ -170,5 +169,5 @@ def _raw_http(path: Path, request: bytes) -> bytes:
 def test_unknown_provider_plugin_refuses_to_start(tmp_path: Path, sim: Sim) -> None:
     with pytest.raises(RuntimeError, match=r"providers\.local\.plugin.*no plugin provides 'nope'"):
         daemon = start_daemon(tmp_path, sim.url,
-                              config_toml='[providers.local]\nplugin = "nope"\n')
-        stop_process(daemon.process)
+                              config_toml='[providers.local]\nplugin = "nope"\n', process=True)
+        daemon.terminate()

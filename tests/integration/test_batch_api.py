@@ -23,7 +23,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
     unix_request,
 )
@@ -100,7 +99,7 @@ def quick_sim(tmp_path: Path) -> Iterator[Sim]:
     try:
         yield running
     finally:
-        stop_process(running.process)
+        running.terminate()
 
 
 def test_an_unchanged_batch_script_gets_its_output_and_error_files(
@@ -271,7 +270,7 @@ def test_cancel_stops_what_has_not_run(tmp_path: Path, quick_sim: Sim) -> None:
 
 def test_a_batch_survives_kill_9_and_still_gets_its_files(tmp_path: Path, quick_sim: Sim
                                                            ) -> None:
-    daemon = start_daemon(tmp_path, quick_sim.url, config_toml=QUICK_BATCHES)
+    daemon = start_daemon(tmp_path, quick_sim.url, config_toml=QUICK_BATCHES, process=True)
     client = openai_client(daemon.socket_path)
     file = client.files.create(file=("k.jsonl", jsonl(*(chat_line(f"k{i}") for i in range(8)))),
                                purpose="batch")

@@ -34,7 +34,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_request,
 )
 
@@ -136,9 +135,9 @@ def sim(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FlavoredSim]
     running = start_sim(tmp_path, f'[sim]\nflavor = "{flavor.name}"\n'
                         '[sim.batch]\nturnaround = "1s"\ncancel_delay = "300ms"\n')
     try:
-        yield FlavoredSim(running.process, running.url, flavor)
+        yield FlavoredSim(running.url, running.process, running._in_process, flavor)
     finally:
-        stop_process(running.process)
+        running.terminate()
 
 
 def running_daemon(tmp_path: Path, sim: FlavoredSim, extra: str = "", **options: Any) -> Daemon:
@@ -155,7 +154,7 @@ def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path,
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     # The submission said where its requests would go, and when they were expected.
     [planned] = job["plan"]
     assert planned["tier"] == "batch" and planned["requests"] == 20
@@ -183,7 +182,7 @@ def test_a_short_deadline_is_not_batched(tmp_path: Path, sim: FlavoredSim) -> No
         results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert [(group["tier"], group["requests"]) for group in job["plan"]] == [("standard", 5)]
     assert "batch" not in finished["by_tier"]
     assert batch_stats(sim)["created"] == 0
@@ -203,7 +202,7 @@ def test_large_groups_are_split(tmp_path: Path, sim: FlavoredSim, setting: str, 
         job = submit(daemon, jsonl(count, model=sim.flavor.model))
         lines = results(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert len(lines) == count and all(line["response"]["status_code"] == 200 for line in lines)
     stats = batch_stats(sim)
     assert stats["created"] == batches
@@ -225,7 +224,7 @@ def test_lines_failing_their_batches_are_answered_directly_in_time(tmp_path: Pat
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["counts"]["succeeded"] == 6
     assert finished["by_tier"] == {"batch": 4, "standard": 2}
@@ -246,7 +245,7 @@ def test_an_expired_batch_keeps_its_finished_lines_and_sends_the_rest(
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
     # Half in the first batch; the expired half go into further batches while attempts are
     # left ([batch] max_attempts), then directly.
@@ -269,7 +268,7 @@ def test_a_late_batch_is_cancelled_and_its_unfinished_lines_meet_the_deadline(
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert finished["finished_at"] <= finished["deadline_at"]
     assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
     assert batch_stats(sim)["cancel_requests"] == 1
@@ -295,7 +294,7 @@ def test_a_straggling_batch_is_cancelled_and_its_lines_go_into_a_new_batch(
         finished = job_of(daemon, job["id"])
         _status, status = daemon.get("/v1/status")
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert len(lines) == 10 and all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["by_tier"] == {"batch": 10}  # all at batch price, none sent directly
     assert direct_calls(sim) == 0
@@ -315,7 +314,7 @@ def test_the_enqueued_token_cap_holds_batches_back_instead_of_failing_them(
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert len(lines) == 12 and all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["by_tier"] == {"batch": 12}
     stats = batch_stats(sim)
@@ -337,7 +336,7 @@ def test_status_lists_open_batches(tmp_path: Path, sim: FlavoredSim) -> None:
 
         [batch] = wait_for(open_batches, what="an open batch in /v1/status")
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert batch["id"].startswith(sim.flavor.batch_prefix)
     assert batch["model"] == sim.flavor.model and batch["lines"] == 4
     assert batch["age_s"] >= 0 and batch["deadline_in_s"] > 3000
@@ -366,14 +365,14 @@ def test_kill_9_at_each_step_loses_nothing_and_repeats_nothing_upstream(
                                   model=sim.flavor.model))
         first.process.wait(60)
     finally:
-        stop_process(first.process)
+        first.terminate()
     assert first.process.returncode == -9, first.log()
     second = start_daemon(tmp_path, sim.url, config_toml=config)
     try:
         lines = results(second, job["id"], wait=90)
         finished = job_of(second, job["id"])
     finally:
-        stop_process(second.process)
+        second.terminate()
     total = finished["counts"]["total"]
     assert sorted(line["custom_id"] for line in lines) == sorted(f"q{i}" for i in range(total))
     assert finished["counts"]["succeeded"] == total and finished["counts"]["failed"] == 0
@@ -398,7 +397,7 @@ def test_a_batch_refused_by_validation_is_retried_then_sent_directly(
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert "batch" not in finished["by_tier"] and sum(finished["by_tier"].values()) == 5
     assert batch_stats(sim)["created"] == 2  # two tries, then directly
@@ -417,7 +416,7 @@ def test_a_line_the_batch_refuses_fails_alone_without_a_retry(tmp_path: Path,
         lines = {line["custom_id"]: line for line in results(daemon, job["id"])}
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     # Answered 400 inside the batch, as OpenAI does: reported as it came, never retried.
     assert lines["bad"]["response"]["status_code"] == 400
     assert lines["bad"]["response"]["body"]["error"]["message"]
@@ -447,7 +446,7 @@ def test_embeddings_and_image_inputs_pass_through_untouched(tmp_path: Path,
         lines = {line["custom_id"]: line for line in results(daemon, job["id"])}
         finished = job_of(daemon, job["id"])
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert finished["by_tier"] == {"batch": 4}
     for i in range(3):
         data = lines[f"e{i}"]["response"]["body"]["data"]
@@ -483,7 +482,7 @@ def test_with_spending_caps_deferred_work_still_goes_through_a_batch(tmp_path: P
         finished = job_of(daemon, job["id"])
         _, status = daemon.get("/v1/status")
     finally:
-        stop_process(daemon.process)
+        daemon.terminate()
     assert finished["by_tier"] == {"batch": 3}
     assert batch_stats(sim)["created"] == 1
     assert "the batch tier is off" not in daemon.log()

@@ -19,7 +19,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -35,7 +34,7 @@ def stack(tmp_path: Path) -> Any:
         yield sim, daemon
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def entries(daemon: Daemon) -> list[dict[str, Any]]:

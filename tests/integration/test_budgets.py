@@ -12,7 +12,7 @@ import pytest
 from llmspool.calls import Tier, Usage
 from llmspool.pricing import load_price_table, usd
 
-from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import Daemon, Sim, start_daemon, start_sim, unix_request
 
 JSON = {"content-type": "application/json"}
 
@@ -95,7 +95,7 @@ daily_usd = 0.00002
 
 def test_budgets_carry_on_after_kill_9(tmp_path: Path, sim: Sim) -> None:
     config = "[budgets]\ndaily_usd = 0.00006\n"
-    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config, process=True)
     try:
         assert chat(daemon)[0] == 200 and chat(daemon)[0] == 200
         _, before = daemon.get("/v1/ledger?limit=10")
@@ -136,7 +136,7 @@ def test_unknown_model_refused_or_admitted_at_the_ceiling(tmp_path: Path) -> Non
         assert entry["flag"] == "unpriced" and entry["cost_usd"] == pytest.approx(0.25)
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_billing_follows_the_served_tier(tmp_path: Path, sim: Sim) -> None:

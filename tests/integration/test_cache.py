@@ -24,7 +24,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -250,7 +249,7 @@ def test_100_identical_concurrent_requests_make_one_upstream_call(
                                                           rel=1e-6)
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_hits_and_shared_calls_are_ledger_entries_of_cost_0_with_their_saving(
@@ -304,4 +303,4 @@ def test_a_leader_whose_client_leaves_still_answers_those_who_wait(tmp_path: Pat
         assert upstream_calls(sim) == 1
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()

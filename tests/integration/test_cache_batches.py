@@ -27,7 +27,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -54,7 +53,7 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
     try:
         yield running
     finally:
-        stop_process(running.process)
+        running.terminate()
 
 
 @pytest.fixture

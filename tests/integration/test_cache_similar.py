@@ -19,7 +19,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -54,7 +53,7 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
     try:
         yield started
     finally:
-        stop_process(started.process)
+        started.terminate()
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from tests.support.processes import (
     UNLIMITED_SIM,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -154,8 +153,8 @@ def test_256_calls_at_once_never_spend_past_the_cap(tmp_path: Path, shape: Shape
         calls = billed_calls(sim)
         served = sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0)
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
 
     admitted = [o for o in outcomes if o.status == 200]
     refused = [o for o in outcomes if o.status == 402]
@@ -209,7 +208,7 @@ def test_the_cap_holds_across_kills_and_the_ledger_never_shows_less_than_was_bil
     tmp_path: Path,
 ) -> None:
     sim = start_sim(tmp_path, KILL_SIM)
-    daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG, process=True)
     rng = random.Random(5)
     unexpected: list[str] = []
     started = time.monotonic()
@@ -232,13 +231,13 @@ def test_the_cap_holds_across_kills_and_the_ledger_never_shows_less_than_was_bil
             over.set()
             for thread in threads:
                 thread.join(15)
-            daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG)
+            daemon = start_daemon(tmp_path, sim.url, config_toml=CAP_CONFIG, process=True)
         _status, report = daemon.get("/v1/status")
         assert daemon.terminate() == 0
         calls = billed_calls(sim)
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
 
     assert not unexpected, unexpected[:5]
     table = load_price_table()

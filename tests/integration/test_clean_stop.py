@@ -24,7 +24,7 @@ GRACE = '[daemon]\nshutdown_grace = "2s"\n'
 
 def test_calls_past_the_grace_get_503_and_the_daemon_exits_0(tmp_path: Path, sim: Sim) -> None:
     sim.set_faults({"kind": "hang"})  # every call hangs until the daemon gives up on it
-    daemon = start_daemon(tmp_path, sim.url, config_toml=GRACE)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=GRACE, process=True)
     status, job = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=12m", LINE,
                                {"content-type": "application/jsonl"})
     assert status == 202, job
@@ -54,7 +54,7 @@ def test_calls_past_the_grace_get_503_and_the_daemon_exits_0(tmp_path: Path, sim
 
     # The job's request was in flight: it is still queued, and the next start sends it.
     sim.clear_faults()
-    again = start_daemon(tmp_path, sim.url, config_toml=GRACE)
+    again = start_daemon(tmp_path, sim.url, config_toml=GRACE, process=True)
     try:
         [line] = results(again, job["id"])
         assert line["custom_id"] == "kept" and line["response"]["status_code"] == 200

@@ -18,7 +18,6 @@ from tests.support.processes import (
     Daemon,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -60,7 +59,8 @@ def test_a_price_file_adds_a_model_keeps_the_bundled_prices_and_reloads(tmp_path
     overlay = tmp_path / "my-prices.toml"
     overlay.write_text(prices(1.0, 4.0))
     # A relative path: relative to the config file, as the daemon runs from elsewhere.
-    daemon = start_daemon(tmp_path, sim.url, config_toml='[pricing]\nfile = "my-prices.toml"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml='[pricing]\nfile = "my-prices.toml"\n',
+                          process=True)
     try:
         cost, usage, before_id = call(daemon, NEW_MODEL)
         assert cost == pytest.approx(usd_at(1.0, 4.0, usage), rel=1e-9) and cost > 0
@@ -85,5 +85,5 @@ def test_a_price_file_adds_a_model_keeps_the_bundled_prices_and_reloads(tmp_path
         assert versions[before_id] != versions[after_id]
         assert daemon.terminate() == 0
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()

@@ -23,7 +23,7 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 
 @pytest.fixture
 def limited(tmp_path: Path, sim: Sim) -> Iterator[Daemon]:
-    daemon = start_daemon(tmp_path, sim.url, config_toml=LIMITS)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=LIMITS, process=True)
     try:
         yield daemon
     finally:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import orjson
 
-from tests.support.processes import Sim, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import Sim, start_daemon, start_sim, unix_request
 
 GOOD = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 JSON = {"content-type": "application/json"}
 
 
 def test_socket_mode_defaults_to_0660_and_is_configurable(tmp_path: Path, sim: Sim) -> None:
-    daemon = start_daemon(tmp_path, sim.url)
+    daemon = start_daemon(tmp_path, sim.url, process=True)
     try:
         assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o660
     finally:
@@ -27,7 +27,8 @@ def test_socket_mode_defaults_to_0660_and_is_configurable(tmp_path: Path, sim: S
     assert not daemon.socket_path.exists(), "the socket file is removed at exit"
     other = tmp_path / "other"
     other.mkdir()
-    daemon = start_daemon(other, sim.url, config_toml='[daemon]\nsocket_mode = "0600"\n')
+    daemon = start_daemon(other, sim.url, config_toml='[daemon]\nsocket_mode = "0600"\n',
+                          process=True)
     try:
         assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o600
     finally:
@@ -39,12 +40,12 @@ def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path, sim: Si
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(tmp_path / "d.sock"))
     stale.close()
-    daemon = start_daemon(tmp_path, sim.url)
+    daemon = start_daemon(tmp_path, sim.url, process=True)
     try:
         second_dir = tmp_path / "second"
         second_dir.mkdir()
         second = start_daemon(second_dir, sim.url, wait=False,
-                              env={"LLMSPOOL_SOCKET": str(daemon.socket_path)})
+                              env={"LLMSPOOL_SOCKET": str(daemon.socket_path)}, process=True)
         assert second.process.wait(30) == 1
         assert "another llmspool daemon is already serving" in second.log()
         assert unix_request(daemon.socket_path, "GET", "/healthz")[0] == 200
@@ -54,7 +55,7 @@ def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path, sim: Si
 
 def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, '[sim]\nlatency = "1500ms"\n')
-    daemon = start_daemon(tmp_path, sim.url)
+    daemon = start_daemon(tmp_path, sim.url, process=True)
     results: list[tuple[int, object]] = []
     try:
         worker = threading.Thread(
@@ -72,13 +73,13 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
         assert "finishing requests in flight" in daemon.log()
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_sighup_reloads_and_a_bad_reload_keeps_the_running_config(
     tmp_path: Path, sim: Sim
 ) -> None:
-    daemon = start_daemon(tmp_path, sim.url)
+    daemon = start_daemon(tmp_path, sim.url, process=True)
     try:
         daemon.process.send_signal(signal.SIGHUP)
         _wait_for_log(daemon.log, "reloaded the log level and the price book")

@@ -19,7 +19,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
     unix_request,
 )
 
@@ -48,7 +47,7 @@ def flex_sim(tmp_path: Path) -> Iterator[Sim]:
     try:
         yield sim
     finally:
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def daemon_with(tmp_path: Path, sim: Sim, extra: str = "", backoff_min: str = "200ms"
@@ -171,7 +170,7 @@ def test_slow_flex_is_escalated_to_standard_before_the_deadline(tmp_path: Path) 
         assert sim.stats()["flex"]["requests"] == 1
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_interactive_deadline_header_and_explicit_flex(tmp_path: Path, flex_sim: Sim) -> None:

@@ -22,7 +22,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -87,7 +86,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def assert_clean(status: int, answer: Any, what: str) -> None:

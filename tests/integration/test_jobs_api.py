@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.processes import Daemon, Sim, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import Daemon, Sim, start_daemon, start_sim, unix_request
 
 JSONL = {"content-type": "application/jsonl"}
 JSON = {"content-type": "application/json"}
@@ -184,7 +184,7 @@ def test_limits_and_other_refusals(tmp_path: Path, sim: Sim) -> None:
 
 
 def test_cancel_stops_what_has_not_run(tmp_path: Path) -> None:
-    from tests.support.processes import start_sim, stop_process
+    from tests.support.processes import start_sim
 
     sim = start_sim(tmp_path, '[sim]\nlatency = "300ms"\n')
     daemon = start_daemon(tmp_path, sim.url, config_toml="[jobs]\nmax_in_flight = 1\n")
@@ -207,7 +207,7 @@ def test_cancel_stops_what_has_not_run(tmp_path: Path) -> None:
         assert sim.stats()["requests"]["total"] <= ran + 1
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_status_lists_jobs(daemon: Daemon) -> None:
@@ -266,4 +266,4 @@ def test_a_result_stored_after_its_deadline_is_flagged_late(tmp_path: Path) -> N
         assert "late" not in line
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()

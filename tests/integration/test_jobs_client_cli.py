@@ -19,7 +19,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 MODEL = "gpt-4o-mini"
@@ -43,7 +42,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         finally:
             started.terminate()
     finally:
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def chat_body(text: str, **extra: Any) -> dict[str, Any]:
@@ -340,7 +339,7 @@ def test_cancel_stops_what_has_not_run_and_wait_exits_3(tmp_path: Path) -> None:
         finally:
             slow.terminate()
     finally:
-        stop_process(sim.process)
+        sim.terminate()
 
 
 # --- the Python client --------------------------------------------------------------------------
@@ -540,7 +539,7 @@ def test_status_and_wait_say_which_batch_holds_the_requests(tmp_path: Path) -> N
         finally:
             daemon.terminate()
     finally:
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def submit_file_with(daemon: Daemon, path: Path, *options: str) -> str:

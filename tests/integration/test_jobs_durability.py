@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.processes import Daemon, start_daemon, start_sim, stop_process, unix_request
+from tests.support.processes import Daemon, start_daemon, start_sim, unix_request
 
 IN_FLIGHT = 4
 CONFIG = f"[jobs]\nmax_in_flight = {IN_FLIGHT}\n"
@@ -64,7 +64,7 @@ def stored_rows(state_dir: Path, job_id: str) -> list[tuple[str, str, int]]:
 
 def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, '[sim]\nlatency = "100ms"\n')
-    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
     try:
         job = submit(daemon, jsonl("k", 60))
         deadline = time.monotonic() + 30
@@ -76,7 +76,7 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
                           if state == "succeeded")
         assert 12 <= done_before < 60, "the kill must land mid-job"
 
-        daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+        daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
         lines = all_results(daemon, job["id"])
         assert [line["custom_id"] for line in lines] == [f"k{i}" for i in range(60)]
         assert all(line["response"]["status_code"] == 200 for line in lines)
@@ -92,19 +92,19 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
         assert 60 <= calls <= 60 + 2 * IN_FLIGHT
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_repeated_kills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, '[sim]\nlatency = "20ms"\n')
-    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
     jobs: list[str] = []
     try:
         for cycle, pause in enumerate((0.0, 0.15, 0.4)):
             jobs.append(submit(daemon, jsonl(f"c{cycle}-", 40))["id"])
             time.sleep(pause)  # 0: killed right after the acknowledgement
             kill_9(daemon)
-            daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG)
+            daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
         for cycle, job_id in enumerate(jobs):
             lines = all_results(daemon, job_id)
             assert [line["custom_id"] for line in lines] == [f"c{cycle}-{i}" for i in range(40)]
@@ -119,4 +119,4 @@ def test_repeated_kills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
         assert len({e["request_id"] for e in job_entries}) == len(job_entries)
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()

@@ -47,7 +47,6 @@ from tests.support.processes import (
     Sim,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
     unix_request,
 )
@@ -235,7 +234,7 @@ def ledger_id(entry: dict[str, Any]) -> str:
 
 def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, CRASH_SIM)
-    daemon = start_daemon(tmp_path, sim.url, config_toml=CRASH_DAEMON)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=CRASH_DAEMON, process=True)
     stop = threading.Event()
     traffic = Traffic()
     clients = [
@@ -262,7 +261,7 @@ def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path)
                             kind)] = prefix
             time.sleep(rng.uniform(0.2, 0.8))
             kill_9(daemon)
-            daemon = start_daemon(tmp_path, sim.url, config_toml=CRASH_DAEMON)
+            daemon = start_daemon(tmp_path, sim.url, config_toml=CRASH_DAEMON, process=True)
         time.sleep(0.5)  # some calls on the last daemon too
         stop.set()
         for client in clients:
@@ -274,8 +273,8 @@ def test_kill_9_at_random_moments_bills_every_answered_call_once(tmp_path: Path)
         calls = billed_calls(sim)
     finally:
         stop.set()
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
 
     assert not traffic.unexpected, traffic.unexpected[:5]
     assert traffic.answered, "no interactive call was answered"
@@ -354,7 +353,7 @@ def test_a_daily_cap_admits_batch_lines_at_batch_prices_and_fails_the_rest(
     cap = reserved_output * 11 // 2
     config = FAST + f"\n[budgets]\ndaily_usd = {cap / PICODOLLARS_PER_USD:.9f}\n"
     sim = start_sim(tmp_path, BATCH_SIM)
-    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config, process=True)
     try:
         job_id = submit(daemon, job_lines("q", 12, max_tokens), "1h")
         lines = job_results(daemon, job_id)
@@ -364,8 +363,8 @@ def test_a_daily_cap_admits_batch_lines_at_batch_prices_and_fails_the_rest(
         uploaded = uploaded_custom_ids(sim)
         calls = billed_calls(sim)
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
 
     admitted = [line["custom_id"] for line in lines if error_code(line) is None]
     refused = [line["custom_id"] for line in lines if error_code(line) == "budget_day"]
@@ -434,7 +433,7 @@ def test_sighup_bills_the_next_direct_call_and_batch_line_at_the_new_prices(
     old = load_price_table(prices)
     config = FAST + f'\n[pricing]\nfile = "{prices}"\n'
     sim = start_sim(tmp_path, BATCH_SIM)
-    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config, process=True)
     try:
         direct_before, _job = one_call_and_one_batch_line(daemon, "before")
         write_prices(prices, 3)
@@ -443,8 +442,8 @@ def test_sighup_bills_the_next_direct_call_and_batch_line_at_the_new_prices(
         direct_after, _job = one_call_and_one_batch_line(daemon, "after")
         assert daemon.terminate() == 0
     finally:
-        stop_process(daemon.process)
-        stop_process(sim.process)
+        daemon.terminate()
+        sim.terminate()
 
     entries = ledger_entries(daemon.state_dir)
     by_id = {entry["request_id"]: entry for entry in entries}

@@ -38,7 +38,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -70,8 +69,8 @@ class Stack:
 
     def stop(self) -> None:
         self.daemon.terminate()
-        stop_process(self.openai_sim.process)
-        stop_process(self.ollama_sim.process)
+        self.openai_sim.terminate()
+        self.ollama_sim.terminate()
 
 
 def start_stack(root: Path) -> Stack:

@@ -19,7 +19,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
 )
 
 PRICES = load_price_table()
@@ -96,7 +95,7 @@ def test_streamed_chat_arrives_chunk_by_chunk_without_the_usage_chunk(
         assert entry["cost_usd"] > 0
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_streamed_chat_keeps_the_usage_chunk_a_client_asked_for(daemon: Daemon) -> None:

@@ -11,13 +11,14 @@ from pathlib import Path
 import orjson
 
 from tests.integration.test_batches import FAST, jsonl, results, submit, wait_for
-from tests.support.processes import start_daemon, start_sim, stop_process, unix_exchange
+from tests.support.processes import start_daemon, start_sim, unix_exchange
 
 
 def test_state_files_are_private_and_the_key_is_never_written(tmp_path: Path) -> None:
     key = f"sk-planted-{secrets.token_hex(16)}"
     sim = start_sim(tmp_path, '[sim.batch]\nturnaround = "2s"\n')
-    daemon = start_daemon(tmp_path, sim.url, config_toml=FAST, env={"OPENAI_API_KEY": key})
+    daemon = start_daemon(tmp_path, sim.url, config_toml=FAST, env={"OPENAI_API_KEY": key},
+                          process=True)
     answers: list[bytes] = []
     try:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -42,7 +43,7 @@ def test_state_files_are_private_and_the_key_is_never_written(tmp_path: Path) ->
         answers.append(orjson.dumps(answer))
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
     files = [path for path in daemon.state_dir.rglob("*") if path.is_file()]
     assert any(path.name == "llmspool.sqlite3" for path in files)
     shared = {str(path): oct(stat.S_IMODE(path.stat().st_mode)) for path in files

@@ -23,7 +23,6 @@ from tests.support.processes import (
     python_command,
     start_daemon,
     start_sim,
-    stop_process,
     unix_exchange,
 )
 
@@ -146,7 +145,7 @@ def test_a_stream_that_goes_quiet_ends_with_the_idle_timeout_named(tmp_path: Pat
         assert upstream_calls(sim) == 1  # begun: never sent twice
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(
@@ -175,7 +174,7 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(
         assert sim.stats()["requests"]["client_closed"] == 1  # the sim saw the call dropped
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 BREAKER = '[breaker]\nfailures = 3\ncooldown = "1s"\n[retry]\nmax_attempts = 1\n'
@@ -280,7 +279,7 @@ def test_an_open_breaker_fails_over_to_ollama_then_heals(tmp_path: Path, sim: Si
         assert providers.count("ollama") == 2 and providers.count("openai") == 1
     finally:
         daemon.terminate()
-        stop_process(ollama.process)
+        ollama.terminate()
 
 
 def test_a_retry_storm_stays_inside_the_retry_budget(tmp_path: Path, sim: Sim) -> None:

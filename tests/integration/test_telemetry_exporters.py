@@ -53,14 +53,16 @@ def test_metrics_exporter_none_sends_no_metrics_and_logs_no_error(
 ) -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": traces_only.endpoint, **FAST_EXPORT}
     # As things were: metrics go to a backend that refuses them, and each export fails.
-    log = _one_call_then_stop(start_daemon(_folder(tmp_path / "default"), sim.url, env=env))
+    log = _one_call_then_stop(start_daemon(_folder(tmp_path / "default"), sim.url, env=env,
+                                           process=True))
     assert "/v1/metrics" in traces_only.paths
     assert _export_errors(log)
     traces_only.paths.clear()
     traces_only.spans.clear()
 
     log = _one_call_then_stop(start_daemon(_folder(tmp_path / "none"), sim.url,
-                                           env={**env, "OTEL_METRICS_EXPORTER": "none"}))
+                                           env={**env, "OTEL_METRICS_EXPORTER": "none"},
+                                           process=True))
     assert "/v1/metrics" not in traces_only.paths
     assert _export_errors(log) == []
     assert "chat gpt-4o-mini" in {span.name for span in traces_only.spans}  # traces still go
@@ -73,7 +75,7 @@ def test_a_traces_only_endpoint_gets_no_metrics(
     nowhere to go unless asked for, so none are exported (not to localhost:4318 either)."""
     log = _one_call_then_stop(start_daemon(tmp_path, sim.url, env={
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{traces_only.endpoint}/v1/traces",
-        **FAST_EXPORT}))
+        **FAST_EXPORT}, process=True))
     assert set(traces_only.paths) == {"/v1/traces"}
     assert _export_errors(log) == []
 
@@ -84,7 +86,7 @@ def test_traces_exporter_none_and_console(tmp_path: Path, sim: Sim) -> None:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **FAST_EXPORT}
         # none: metrics only.
         daemon = start_daemon(_folder(tmp_path / "none"), sim.url,
-                              env={**env, "OTEL_TRACES_EXPORTER": "none"})
+                              env={**env, "OTEL_TRACES_EXPORTER": "none"}, process=True)
         try:
             openai_client(daemon.socket_path).chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
@@ -95,7 +97,8 @@ def test_traces_exporter_none_and_console(tmp_path: Path, sim: Sim) -> None:
         # console (and no metrics): spans in the daemon's output, nothing sent anywhere.
         receiver.paths.clear()
         log = _one_call_then_stop(start_daemon(_folder(tmp_path / "console"), sim.url, env={
-            **env, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"}))
+            **env, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"},
+            process=True))
         assert receiver.paths == []
         assert '"name": "chat gpt-4o-mini"' in log
         assert '"gen_ai.usage.cost.amount"' in log

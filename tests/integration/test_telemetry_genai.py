@@ -50,7 +50,7 @@ def _number(point: Any) -> float:
 def test_provider_call_spans_and_metrics_follow_the_genai_conventions(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    daemon = start_daemon(tmp_path, sim.url, env=_env(receiver))
+    daemon = start_daemon(tmp_path, sim.url, env=_env(receiver), process=True)
     try:
         client = openai_client(daemon.socket_path)
         raw = client.chat.completions.with_raw_response.create(
@@ -202,7 +202,7 @@ def caching_upstream() -> Iterator[str]:
 def test_cached_input_tokens_and_finish_reasons_reach_the_span(
     tmp_path: Path, caching_upstream: str, receiver: OtlpReceiver
 ) -> None:
-    daemon = start_daemon(tmp_path, caching_upstream, env=_env(receiver))
+    daemon = start_daemon(tmp_path, caching_upstream, env=_env(receiver), process=True)
     costs = []
     try:
         for stream in (False, True):
@@ -238,7 +238,7 @@ def test_cached_input_tokens_and_finish_reasons_reach_the_span(
 def test_job_submission_is_a_span_every_request_of_the_job_links_to(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    daemon = start_daemon(tmp_path, sim.url, env=_env(receiver))
+    daemon = start_daemon(tmp_path, sim.url, env=_env(receiver), process=True)
     client_trace = "5b8efff798038103d269b633813fc60c"
     line = {"method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}

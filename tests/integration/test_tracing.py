@@ -125,7 +125,7 @@ def test_spans_form_a_tree_under_the_clients_trace(
     daemon = start_daemon(tmp_path, sim.url, env={
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
+    }, process=True)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent_id = "00f067aa0ba902b7"
     try:
@@ -166,7 +166,7 @@ def test_otel_sdk_disabled_turns_tracing_off(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SDK_DISABLED": "true",
-    })
+    }, process=True)
     try:
         openai_client(daemon.socket_path).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
@@ -184,7 +184,7 @@ def test_flex_metrics_are_exported_over_otlp(
     daemon = start_daemon(tmp_path, sim.url, env={
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_METRIC_EXPORT_INTERVAL": "200",
-    })
+    }, process=True)
     try:
         openai_client(daemon.socket_path).chat.completions.create(
             model="gpt-5-mini", messages=[{"role": "user", "content": "x"}], service_tier="flex"
@@ -209,7 +209,7 @@ def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
     daemon = start_daemon(tmp_path, sim.url, config_toml=config, env={
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
+    }, process=True)
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     lines = b"".join(orjson.dumps({
         "custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",

@@ -65,7 +65,7 @@ def post_stream(daemon: Daemon, path: str, chunks: Iterator[bytes],
 
 
 def test_uploads_and_bad_bodies_cost_no_memory(tmp_path: Path, sim: Sim) -> None:
-    daemon = start_daemon(tmp_path, sim.url)
+    daemon = start_daemon(tmp_path, sim.url, process=True)
     try:
         for _ in range(3):  # warm: imports, pools, the tokenizer
             assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,
@@ -116,7 +116,8 @@ def multipart_chunks(megabytes: int, boundary: str) -> Iterator[bytes]:
 
 
 def test_a_200_mb_batch_file_streams_to_disk_and_back(tmp_path: Path, sim: Sim) -> None:
-    daemon = start_daemon(tmp_path, sim.url, config_toml='[files]\nmax_size = "200MiB"\n')
+    daemon = start_daemon(tmp_path, sim.url, config_toml='[files]\nmax_size = "200MiB"\n',
+                          process=True)
     try:
         for _ in range(3):
             assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,

@@ -20,7 +20,6 @@ from tests.support.processes import (
     openai_client,
     start_daemon,
     start_sim,
-    stop_process,
     unix_request,
 )
 
@@ -120,7 +119,7 @@ def test_client_leaving_mid_stream_stops_the_upstream_call(tmp_path: Path) -> No
         assert chat(daemon)[0] == 200
     finally:
         daemon.terminate()
-        stop_process(sim.process)
+        sim.terminate()
 
 
 def test_unreachable_upstream_is_a_502(tmp_path: Path) -> None:

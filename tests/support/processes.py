@@ -1,6 +1,11 @@
-"""Real processes for tests and benchmarks: ``llmspool sim`` on 127.0.0.1, ``llmspool daemon``
-on a Unix socket. Each is started as a subprocess, waited for until it answers, and stopped
-(SIGTERM, then SIGKILL) by the fixture that made it.
+"""The simulator and the daemon for tests and benchmarks: ``llmspool sim`` on 127.0.0.1,
+``llmspool daemon`` on a Unix socket, each waited for until it answers.
+
+By default both run inside the test's process (``llmspool.testing``): the same code on real
+sockets, started in a tenth of the time. ``process=True`` starts the real command as a
+subprocess instead, for what only a process shows: kill -9 and crash points, signals, exit
+codes, the umask, the command line. ``terminate()`` stops either (SIGTERM, then SIGKILL, for a
+process).
 """
 
 from __future__ import annotations
@@ -9,15 +14,19 @@ import http.client
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from llmspool.config import load_config
+from llmspool.crashpoints import ENVIRONMENT_KEY as CRASH_POINTS
+from llmspool.sim.cli import load_config as load_sim_config
+from llmspool.testing import UnixHTTPConnection, running_daemon, running_sim
 
 START_TIMEOUT = 20.0
 UNLIMITED_SIM = "[sim]\nratelimit_requests = 1000000000\nratelimit_tokens = 1000000000000\n"
@@ -27,8 +36,17 @@ report (10,000 RPM by default) and paces itself to them."""
 
 @dataclass
 class Sim:
-    process: subprocess.Popen[bytes]
     url: str  # ends in /v1
+    process: subprocess.Popen[bytes] | None = None  # None: served inside this process
+    _in_process: ExitStack | None = field(default=None, repr=False)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """Stop it; the exit status (0 for one inside this process)."""
+        if self.process is not None:
+            return stop_process(self.process, timeout)
+        if self._in_process is not None:
+            self._in_process.close()
+        return 0
 
     @property
     def base(self) -> str:
@@ -60,11 +78,12 @@ class Sim:
 
 @dataclass
 class Daemon:
-    process: subprocess.Popen[bytes]
     socket_path: Path
     state_dir: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None  # None: running inside this process
+    _in_process: ExitStack | None = field(default=None, repr=False)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -73,37 +92,52 @@ class Daemon:
         return unix_request(self.socket_path, "GET", path)
 
     def terminate(self, timeout: float = 15.0) -> int:
-        return stop_process(self.process, timeout)
+        """Stop it as SIGTERM does; the exit status (0 for a clean stop inside this process,
+        which raises if the daemon failed)."""
+        if self.process is not None:
+            return stop_process(self.process, timeout)
+        if self._in_process is not None:
+            self._in_process.close()
+        return 0
 
 
 def python_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmspool", *args]
 
 
-def start_sim(tmp_path: Path, config_toml: str = "", extra_args: tuple[str, ...] = ()) -> Sim:
+def start_sim(
+    tmp_path: Path, config_toml: str = "", extra_args: tuple[str, ...] = (), *,
+    process: bool = False,
+) -> Sim:
+    """The simulator configured by ``config_toml``; a subprocess if ``process`` or given
+    command-line ``extra_args``."""
     config = tmp_path / "sim.toml"
     config.write_text(config_toml)
-    process = subprocess.Popen(
+    if not process and not extra_args:
+        stack = ExitStack()
+        running = stack.enter_context(running_sim(load_sim_config(str(config))))
+        return Sim(running.url, None, stack)
+    popen = subprocess.Popen(
         [*python_command("sim", "--port", "0", "--config", str(config)), *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert process.stdout is not None
+    assert popen.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
     line = b""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        ready, _, _ = select.select([popen.stdout], [], [], 0.2)
         if ready:
-            line = process.stdout.readline()
+            line = popen.stdout.readline()
             break
-        if process.poll() is not None:
+        if popen.poll() is not None:
             break
     text = line.decode().strip()
     if "http://" not in text:
-        stop_process(process)
-        stderr = process.stderr.read().decode() if process.stderr else ""
+        stop_process(popen)
+        stderr = popen.stderr.read().decode() if popen.stderr else ""
         raise RuntimeError(f"llmspool sim did not start: {text!r} {stderr}")
-    return Sim(process, text[text.index("http://"):])
+    return Sim(text[text.index("http://"):], popen)
 
 
 def start_daemon(
@@ -115,9 +149,12 @@ def start_daemon(
     args: tuple[str, ...] = (),
     wait: bool = True,
     socket_path: Path | None = None,
+    process: bool = False,
 ) -> Daemon:
     """A daemon on ``socket_path`` (default ``tmp_path/d.sock``) forwarding to
-    ``upstream_url``, started and answering."""
+    ``upstream_url``, started and answering. It runs inside this process unless ``process``
+    or what is asked needs one: command-line ``args``, not waiting for it to answer, or armed
+    crash points (which SIGKILL the process they are in)."""
     socket_path = socket_path or tmp_path / "d.sock"
     state_dir = tmp_path / "state"
     config = tmp_path / "llmspool.toml"
@@ -134,20 +171,27 @@ def start_daemon(
         OPENAI_BASE_URL=upstream_url,
     )
     full_env.update(env or {})
+    if not (process or args or not wait or full_env.get(CRASH_POINTS)):
+        stack = ExitStack()
+        stack.enter_context(running_daemon(
+            load_config(str(config), environ=full_env), config_path=str(config),
+            environ=full_env, log_path=log_path))
+        return Daemon(socket_path, state_dir, log_path, full_env, None, stack)
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
+        popen = subprocess.Popen(
             python_command("daemon", "--config", str(config), *args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    daemon = Daemon(process, socket_path, state_dir, log_path, full_env)
+    daemon = Daemon(socket_path, state_dir, log_path, full_env, popen)
     if wait:
         wait_until_healthy(daemon)
     return daemon
 
 
 def wait_until_healthy(daemon: Daemon, timeout: float = START_TIMEOUT) -> None:
+    assert daemon.process is not None, "a daemon inside this process answers once started"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.process.poll() is not None:
@@ -161,7 +205,7 @@ def wait_until_healthy(daemon: Daemon, timeout: float = START_TIMEOUT) -> None:
             except OSError:
                 pass
         time.sleep(0.02)
-    stop_process(daemon.process)
+    daemon.terminate()
     raise RuntimeError(f"llmspool daemon did not answer in {timeout}s:\n{daemon.log()}")
 
 
@@ -177,20 +221,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int
         if stream is not None:
             stream.close()
     return process.returncode
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix socket, for raw requests the SDK would not send."""
-
-    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
 
 
 def unix_request(
