@@ -67,6 +67,7 @@ import anyio
 import httpx2
 import orjson
 
+from llmspool.locate import socket_path
 from llmspool.units import format_duration
 
 __all__ = [
@@ -513,9 +514,6 @@ class _WaitClock:
 
 
 def _resolve_socket(socket: str | None, config: str | None) -> str:
-    # Imported here: llmspool.cli imports the CLI's job commands, which import this module.
-    from llmspool.cli import socket_path
-
     return socket_path(socket, config)
 
 
