@@ -36,6 +36,7 @@ from llmspool.cli_jobs import add_job_commands
 from llmspool.cli_output import console
 from llmspool.config import Config, load_config
 from llmspool.errors import ConfigError, StartupError
+from llmspool.locate import socket_path
 
 # EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
 # restarting a daemon whose config is wrong (it would fail the same way every time).
@@ -199,15 +200,6 @@ def _with_socket(config: Config, path: str) -> Config:
     import dataclasses
 
     return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, socket=path))
-
-
-def socket_path(explicit: str | None, config_path: str | None) -> str:
-    """Where a client command finds the daemon: flag, then environment, then config."""
-    if explicit:
-        return explicit
-    if os.environ.get("LLMSPOOL_SOCKET"):
-        return os.environ["LLMSPOOL_SOCKET"]
-    return load_config(config_path).daemon.socket
 
 
 def get_json(path: str, url: str) -> Any:

@@ -128,7 +128,7 @@ def _until(text: str) -> str:
 
 def run_costs(args: argparse.Namespace) -> int:
     """Fetch the report and print it in the chosen format; the exit status."""
-    from llmspool.cli import socket_path
+    from llmspool.locate import socket_path
 
     query = {"by": ",".join(args.by), "since": args.since}
     if args.all_users:

@@ -18,7 +18,6 @@ from llmspool.client import (
     SpoolError,
     Submission,
     SyncSpool,
-    _WaitClock,
     build_requests,
     deadline_text,
     error_from_response,
@@ -28,6 +27,7 @@ from llmspool.client import (
     single_result,
     submit_payload,
 )
+from llmspool.client.plans import _WaitClock
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
