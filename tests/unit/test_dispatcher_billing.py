@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from llmspool.actors.dispatcher import Dispatcher
+from llmspool.actors.dispatch.accounts import Accounts
+from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.billing import load_price_book
 from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.config import Config
 from llmspool.estimate import TokenEstimator
 from llmspool.messages import Call, Caller
 from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.resilience.limits import RateLimits
-from llmspool.resilience.retry import Retrier
+from llmspool.tracing import GenAiMetrics
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
@@ -21,17 +21,16 @@ PRICES = load_price_book()
 USAGE = Usage(input_tokens=1000, output_tokens=500)
 
 
-def dispatcher() -> Dispatcher:
+def accounts() -> Accounts:
+    """The dispatcher's part that settles calls."""
     config = Config()
-    streams = [anyio.create_memory_object_stream[object](1) for _ in range(3)]
+    ledger, _ledger_out = anyio.create_memory_object_stream[object](1)
     planner = Planner(config, PRICES, LatencyBook(default_latencies(config)))
-    return Dispatcher(
-        streams[0][1], streams[1][0], streams[2][0],  # type: ignore[arg-type]
-        providers={}, provider_kinds={}, timeouts={}, stream_idle_timeouts={}, prices=PRICES,
-        planner=planner, flex=config.flex, budgets=config.budgets,
-        estimator=TokenEstimator(use_tokenizer=False), tracer=trace.NoOpTracer(),
-        meter=metrics.NoOpMeter("test"), retrier=Retrier(config.retry, {}),
-        breaker=config.breaker, failover=config.failover, limits=RateLimits({}),
+    meter = metrics.NoOpMeter("test")
+    return Accounts(
+        ledger,
+        prices=PRICES, budgets=config.budgets, estimator=TokenEstimator(use_tokenizer=False),
+        planner=planner, provider_kinds={}, flex=FlexMetrics(meter), genai=GenAiMetrics(meter),
     )
 
 
@@ -61,8 +60,8 @@ def cost(model: str, tier: Tier) -> int:
 def test_settle_bills_the_served_tier_or_the_highest_price(
     served: Tier, claimed: str, expected_tier: Tier, flag: str | None
 ) -> None:
-    settled = dispatcher()._settle(call("gpt-5-mini"), "openai", "gpt-5-mini", served, USAGE,
-                                   200, 0.0, trace.INVALID_SPAN, claimed=claimed)
+    settled = accounts().settle(call("gpt-5-mini"), "openai", "gpt-5-mini", served, USAGE,
+                                200, 0.0, trace.INVALID_SPAN, claimed=claimed)
     assert settled.flag == flag
     highest = max(cost("gpt-5-mini", t) for t in PRICES.tiers("openai", "gpt-5-mini"))
     expected = highest if flag else cost("gpt-5-mini", expected_tier)
@@ -73,8 +72,8 @@ def test_settle_bills_the_served_tier_or_the_highest_price(
 
 def test_a_tier_the_model_is_not_priced_on_is_billed_high_and_flagged() -> None:
     # gpt-4o-mini has no flex price: an answer saying flex is billed at its highest price.
-    settled = dispatcher()._settle(call("gpt-4o-mini"), "openai", "gpt-4o-mini", Tier.FLEX,
-                                   USAGE, 200, 0.0, trace.INVALID_SPAN, claimed="flex")
+    settled = accounts().settle(call("gpt-4o-mini"), "openai", "gpt-4o-mini", Tier.FLEX,
+                                USAGE, 200, 0.0, trace.INVALID_SPAN, claimed="flex")
     assert settled.flag == "unknown_tier"
     assert settled.cost_picodollars == max(
         cost("gpt-4o-mini", t) for t in PRICES.tiers("openai", "gpt-4o-mini")

@@ -2,7 +2,8 @@
 
 - ``request_queue``: admits calls, bounds what is in flight, hands the most urgent first;
 - ``response_cache``: answers from the cache, shares identical calls in flight (single flight);
-- ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers;
+- ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers
+  (its parts, each owning one step of a call, are in ``dispatch``);
 - ``ledger``: the one owner of money. It is the only writer of money rows in
   ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
   (job results, batch results), each in one transaction with its entry;

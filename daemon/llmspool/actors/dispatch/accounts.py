@@ -1,0 +1,277 @@
+"""Each call's money, from admission to its end.
+
+At admission the call's worst cost is reserved with the ledger (every call, caps or not: the
+ledger commits the reservation before it answers, so a crash while the call runs leaves it
+billed as an unknown outcome). The reservation is kept while the call runs: a broken answer is
+billed at it, and the estimator calibrates on the real usage. Each answer is billed by the one
+billing function at the tier the provider says it served, into the ``Settled`` the ledger
+records (or, for a job's call, the job keeper stores with the result). At the call's end its
+state here is dropped and its operation duration recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
+from opentelemetry.trace import Span
+from opentelemetry.util.types import AttributeValue
+
+from llmspool.actors.dispatch.flex import FlexMetrics
+from llmspool.actors.dispatch.targets import Target
+from llmspool.billing import PriceBook, bill
+from llmspool.calls import Tier, Usage
+from llmspool.config import BudgetsConfig
+from llmspool.errors import ApiError, InvalidRequest
+from llmspool.estimate import Estimate, TokenEstimator
+from llmspool.messages import Admit, Call, Release, Settled
+from llmspool.planner import Planner
+from llmspool.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.reservations import Reservation, Reserver
+from llmspool.tracing import GenAiMetrics
+
+
+class Accounts:
+    """The reservations, estimates and settlements of the calls in flight, and the counts of
+    what was served."""
+
+    def __init__(self, ledger: MemoryObjectSendStream[Settled | Admit | Release], *,
+                 prices: PriceBook, budgets: BudgetsConfig, estimator: TokenEstimator,
+                 planner: Planner, provider_kinds: Mapping[str, str], flex: FlexMetrics,
+                 genai: GenAiMetrics) -> None:
+        self._ledger = ledger
+        self._prices = prices
+        self._budgets = budgets
+        self._estimator = estimator
+        self._planner = planner
+        self._provider_kinds = provider_kinds
+        self._flex_metrics = flex
+        self._genai = genai
+        self._reserver = Reserver(prices, budgets, estimator)
+        self._reserved: dict[str, Reservation] = {}  # by request id, until the call ends
+        self._broken: dict[str, int] = {}  # broken attempts per request id, for their ids
+        self._handed_over: set[str] = set()  # job calls whose entry went with their answer
+        self._last_estimate = Estimate(0, 0, "none")
+        # How each call in flight was settled (tier, model that served, status), for its
+        # operation duration, recorded when the call ends.
+        self._outcomes: dict[str, tuple[str, str, int]] = {}
+        self.served_by_tier: dict[str, int] = {}
+
+    def set_prices(self, prices: PriceBook) -> None:
+        self._prices = prices
+        self._reserver.set_prices(prices)
+
+    async def admit(self, call: Call, tier: Tier) -> bool:
+        """Apply the unknown-model policy, and reserve the call's worst cost with the ledger.
+
+        Returns True once reserved; raises the ``ApiError`` that refuses the call.
+        """
+        priced = bool(self._prices.tiers(call.provider, call.model))
+        if not priced and self._budgets.unknown_model == "refuse":
+            raise InvalidRequest(
+                f"{call.provider} model {call.model!r} has no price, so its cost cannot be "
+                "counted; price it in pricing.toml, or set [budgets] unknown_model = "
+                "\"ceiling\" to admit it at unknown_model_ceiling_usd per call",
+                param="model", code="model_unpriced",
+            )
+        tiers = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
+        reservation = self._reserver.for_body(call.endpoint, call.provider, call.model,
+                                              call.body, call.operation, tiers)
+        self._reserved[call.request_id] = reservation
+        reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+        with reply_in, reply_out:
+            await self._ledger.send(Admit(
+                call.request_id, call.provider, call.model, call.operation, call.caller.uid,
+                call.session, reservation.picodollars, reply_in, call.endpoint, tier,
+            ))
+            refusal = await reply_out.receive()
+        if refusal is not None:
+            raise refusal
+        return True
+
+    def estimate(self, call: Call) -> Usage:
+        """The call's usage as estimated from its body (for an answer that gives none)."""
+        try:
+            document = orjson.loads(call.body)
+        except orjson.JSONDecodeError:
+            document = {}
+        estimate = self._estimator.estimate(call.endpoint, document if isinstance(document, dict)
+                                            else {}, call.model, call.operation)
+        self._last_estimate = estimate
+        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+
+    def requested_tokens(self, call: Call) -> int:
+        """What the call counts against a tokens-per-minute limit: its prompt's estimate and
+        the most output it asks for (as OpenAI counts it), else the expected output."""
+        usage = self.estimate(call)
+        estimate = self._last_estimate
+        prompt = usage.input_tokens
+        if estimate.method == "ratio" and estimate.chars:
+            # Without the reservation's safety margin: an over-count here leaves a share of
+            # the limit unused, for good (the upstream never gives it back).
+            ratio = self._estimator.ratio_for(call.model)
+            prompt = math.ceil(estimate.chars / ratio) + estimate.fixed_tokens
+        return prompt + (_max_output(call.body) or usage.output_tokens)
+
+    def reserved_usage(self, call: Call) -> Usage:
+        """What a broken answer is billed for when nothing of its usage is known: the
+        reservation's estimate (prompt, and the output the call allowed)."""
+        reservation = self._reserved.get(call.request_id)
+        if reservation is None:
+            return self.estimate(call)
+        estimate = reservation.estimate
+        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+
+    def partial_usage(self, call: Call, events: int) -> Usage:
+        """A stream cut short: its prompt (estimated) and the output events it had sent, about
+        a token each, which is what the provider generated and bills."""
+        reservation = self._reserved.get(call.request_id)
+        prompt = reservation.estimate.input_tokens if reservation is not None else \
+            self.estimate(call).input_tokens
+        return Usage(prompt, 0, events, estimated=True)
+
+    async def bill_broken(self, call: Call, target: Target, started: float, span: Span,
+                          usage: Usage) -> None:
+        """An attempt that was answered and then broke is billed under its own id (the call
+        may still succeed on a retry, billed under the call's id)."""
+        number = self._broken.get(call.request_id, 0) + 1
+        self._broken[call.request_id] = number
+        settled = self.settle(call, target.provider, target.model, target.tier, usage, 502,
+                              started, span, flag="broken_answer",
+                              request_id=f"{call.request_id}~{number}")
+        with anyio.CancelScope(shield=True):
+            await self._ledger.send(settled)
+
+    def settle(
+        self, call: Call, provider: str, model: str, tier: Tier, usage: Usage, status: int,
+        started: float, span: Span, *, claimed: str | None = None, flag: str | None = None,
+        request_id: str | None = None,
+    ) -> Settled:
+        """The ledger's record of a call served by ``provider``'s ``model`` (the call's own, or
+        its failover's) on ``tier``, billed by the one billing function."""
+        billed = bill(
+            self._prices, provider, model, tier, usage, claimed_tier=claimed,
+            unpriced_ceiling_picodollars=round(self._budgets.unknown_model_ceiling_usd
+                                               * PICODOLLARS_PER_USD),
+            overhead_of=call.overhead_of,
+        )
+        cost = billed.cost_picodollars
+        finished = time.time()
+        reservation = self._reserved.get(call.request_id)
+        if status == 200 and flag is None:
+            self._planner.book.observe((provider, model, tier), finished - started)
+            if not usage.estimated:
+                self._estimator.observe_output(model, call.operation, usage.output_tokens)
+                if reservation is not None:
+                    estimate = reservation.estimate
+                    self._estimator.observe(model, estimate.chars, usage.input_tokens,
+                                            fixed_tokens=estimate.fixed_tokens)
+        if tier is Tier.FLEX:
+            self._flex_metrics.served(usage, max(0, billed.saving_picodollars))
+        cost_usd = usd(cost)
+        span.set_attributes(
+            {
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                # Parts of the input, as the GenAI conventions name them.
+                "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
+                "gen_ai.response.model": model,
+                "llmspool.tier": tier.value,
+                "llmspool.usage_estimated": usage.estimated,
+                # What was billed, at the tier served (flex at flex prices): a backend that
+                # prices tokens itself at list prices would show flex at twice its cost.
+                # Named as the GenAI cost proposal names it, and as llmspool always did.
+                "gen_ai.usage.cost.amount": cost_usd,
+                "gen_ai.usage.cost.currency": "USD",
+                "gen_ai.usage.cost.source": "local",
+                "llmspool.cost_usd": cost_usd,
+                "llmspool.price_version": billed.price_version,
+            }
+        )
+        if claimed is not None:
+            span.set_attribute("openai.response.service_tier", claimed)
+        flag = flag or billed.flag
+        if flag is not None:
+            span.set_attribute("llmspool.billing_flag", flag)
+        if request_id is None:
+            self._outcomes[call.request_id] = (tier.value, model, status)
+            if not usage.estimated:
+                self._genai.tokens(usage.input_tokens, usage.output_tokens, {
+                    "gen_ai.operation.name": call.endpoint.operation_name,
+                    "gen_ai.provider.name": self._provider_kinds.get(provider, provider),
+                    "gen_ai.request.model": call.model,
+                    "gen_ai.response.model": model,
+                    "llmspool.tier": tier.value,
+                })
+        tier_name = tier.value
+        self.served_by_tier[tier_name] = self.served_by_tier.get(tier_name, 0) + 1
+        return Settled(
+            request_id=request_id or call.request_id,
+            provider=provider,
+            model=model,
+            endpoint=call.endpoint,
+            tier=tier,
+            usage=usage,
+            cost_picodollars=cost,
+            standard_cost_picodollars=billed.list_cost_picodollars,
+            caller=call.caller,
+            operation=call.operation,
+            status=status,
+            started_at=started,
+            finished_at=finished,
+            session=call.session,
+            flag=flag,
+            saving_source=billed.saving_source,
+            price_version=billed.price_version,
+            deadline_window=call.deadline_window(),
+            late=call.deadline_at is not None and finished > call.deadline_at,
+        )
+
+    def hand_over(self, call: Call) -> None:
+        """The call's entry went with its answer to the job keeper, which stores it with the
+        result; the reservation ends in that transaction (or, after a crash, as an unknown
+        outcome), so the call's end releases nothing."""
+        self._handed_over.add(call.request_id)
+
+    def end(self, call: Call, kind: str, seconds: float, error_type: str | None) -> bool:
+        """Forgets the call, recording its ``gen_ai.client.operation.duration`` (from the
+        dispatcher taking it to its end, retries and flex fallbacks included, with the tier
+        and model that served). Returns whether its entry was handed over."""
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": call.endpoint.operation_name,
+            "gen_ai.provider.name": kind,
+            "gen_ai.request.model": call.model,
+        }
+        outcome = self._outcomes.pop(call.request_id, None)
+        if outcome is not None:
+            tier, model, status = outcome
+            attributes["gen_ai.response.model"] = model
+            attributes["llmspool.tier"] = tier
+            if status >= 400 and error_type is None:
+                error_type = str(status)  # a stream cut (502) or left by its client (499)
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        self._genai.operation(seconds, attributes)
+        self._reserved.pop(call.request_id, None)
+        self._broken.pop(call.request_id, None)
+        if call.request_id in self._handed_over:
+            self._handed_over.discard(call.request_id)
+            return True
+        return False
+
+
+def _max_output(body: bytes) -> int | None:
+    """The most output tokens a request asks for, if it says."""
+    if b"max_" not in body:
+        return None
+    document = orjson.loads(body)
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = document.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

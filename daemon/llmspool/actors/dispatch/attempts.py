@@ -1,0 +1,151 @@
+"""A call's attempts: the retry policy's attempts on one tier, sharing the call's time.
+
+Each attempt is its own span. It is routed past open circuit breakers (``targets``), waits for
+room in the (provider, model) rate limits, and runs in cancel scopes that name the timeout that
+fired (request, flex attempt, stream idle; the plugin names a connect timeout). A failure is
+classified once (``failures.classify``) and retried by tenacity within ``[retry]``'s attempts,
+backoff and budget; only what was never begun on the client's side is retried. Its outcome is
+told to the breaker it went through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from llmspool.actors.dispatch.accounts import Accounts
+from llmspool.actors.dispatch.flex import FlexTimedOut, NoFlexCapacity
+from llmspool.actors.dispatch.relay import Relay
+from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
+from llmspool.calls import Tier
+from llmspool.errors import ApiError, UpstreamUnreachable
+from llmspool.messages import Call
+from llmspool.resilience.limits import RateLimits
+from llmspool.resilience.retry import CallRetries, Retrier
+from llmspool.units import format_duration
+
+
+class Attempts:
+    """Runs a call's attempts on a tier until one answers or the retry policy says stop."""
+
+    def __init__(self, *, retrier: Retrier, timeouts: Mapping[str, float], targets: Targets,
+                 limits: RateLimits, relay: Relay, accounts: Accounts, tracer: trace.Tracer,
+                 meter: metrics.Meter) -> None:
+        self._retrier = retrier
+        self._timeouts = timeouts
+        self._targets = targets
+        self._limits = limits
+        self._relay = relay
+        self._accounts = accounts
+        self._tracer = tracer
+        self._counter = meter.create_counter(
+            "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
+        self.count = 0
+        self.failed_over = 0
+
+    async def run(self, call: Call, tier: Tier, flex_limit: float | None, span: Span) -> None:
+        """Attempts on ``tier`` until one answers or the retry policy says stop (raising the
+        last failure). ``flex_limit``: the time a flex attempt may take.
+
+        The attempts share one allowance, never more than the provider's request timeout and
+        never past the call's deadline: a retry gets what is left, so a hung upstream keeps
+        the caller waiting for the timeout once, not once per attempt. When the allowance runs
+        out the caller gets 504 ``deadline_exceeded`` saying what was tried.
+        """
+        timeout = self._timeouts.get(call.provider, 600.0)
+        ends_at = time.time() + timeout
+        if call.deadline_at is not None and not call.deferred:
+            ends_at = min(ends_at, call.deadline_at)
+        state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX,
+                            ends_at if flex_limit is None else call.deadline_at)
+        tried: list[str] = []
+
+        async def attempt(number: int) -> None:
+            if flex_limit is None and ends_at - time.time() < MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried)
+            try:
+                await self._attempt(call, tier, flex_limit, ends_at, number, span)
+            except ApiError as error:
+                tried.append(f"attempt {number}: {error.message}")
+                if isinstance(error, UpstreamUnreachable) and flex_limit is not None \
+                        and error.code == "upstream_timeout":
+                    # The flex attempt used the time the deadline gave it: not a retry on
+                    # flex, but the flex policy's turn (escalate in time).
+                    raise FlexTimedOut(error) from error
+                raise
+
+        try:
+            await self._retrier.run(state, attempt)
+        except UpstreamUnreachable as error:
+            if flex_limit is None and error.code == "upstream_timeout" and \
+                    ends_at - time.time() < MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried) from error
+            raise
+
+    async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, ends_at: float,
+                       number: int, span: Span) -> None:
+        """One upstream attempt, as its own span; relays its answer to the caller.
+
+        Raises ``NoFlexCapacity`` before anything reached the caller when flex had no room,
+        and the ``ApiError`` of a failure that may be retried (nothing reached the caller).
+        """
+        target = self._targets.route(call, tier, flex_limit, ends_at)
+        tokens = (self._accounts.requested_tokens(call)
+                  if self._limits.counts_tokens(call.provider, call.model) else 0)
+        permit = await self._limits.acquire(target.provider, target.model, tokens,
+                                            interactive=call.deadline_at is None)
+        self.count += 1
+        self._counter.add(1, {"llmspool.provider": target.provider})
+        try:
+            with self._tracer.start_as_current_span(
+                f"attempt {number}",
+                attributes={"llmspool.attempt": number, "llmspool.provider": target.provider,
+                            "gen_ai.request.model": target.model,
+                            "llmspool.tier": target.tier.value},
+                record_exception=False, set_status_on_exception=False,
+            ) as attempt_span:
+                if target.failover_from is not None:
+                    self.failed_over += 1
+                    attempt_span.set_attribute("llmspool.failover_from", target.failover_from)
+                    span.add_event("failover", {"from": target.failover_from,
+                                                "to": target.provider, "model": target.model})
+                try:
+                    sent = await self._relay.send(call, target, span, attempt_span, permit)
+                    if sent is not None and sent.late_error is not None:
+                        attempt_span.set_status(Status(StatusCode.ERROR,
+                                                       sent.late_error.message))
+                        self._targets.tell_breaker(target, sent.late_error)
+                        return
+                except ApiError as error:
+                    attempt_span.set_status(Status(StatusCode.ERROR, error.message))
+                    attempt_span.set_attribute("error.type", error.code or type(error).__name__)
+                    self._targets.tell_breaker(target, error)
+                    raise
+                except NoFlexCapacity:
+                    target.breaker.no_outcome(probe=target.probe)
+                    raise
+                except BaseException:
+                    target.breaker.no_outcome(probe=target.probe)
+                    raise
+                target.breaker.succeeded(probe=target.probe)
+        finally:
+            # No refund of unused requested tokens: OpenAI counts what a call asks for (prompt
+            # plus max output) against its TPM when the call arrives, and gives nothing back.
+            permit.release()
+
+
+def _out_of_time(call: Call, timeout: float, tried: list[str]) -> ApiError:
+    """The call's time ran out (its deadline, or the request timeout its attempts share)."""
+    if call.deadline_at is not None and call.deadline_at <= time.time() + MIN_ATTEMPT:
+        limit = "its deadline"
+    else:
+        limit = (f"[providers.{call.provider}] timeout = {format_duration(timeout)}, which its "
+                 "attempts share")
+    return ApiError(
+        f"{call.provider} gave no answer within {limit}; tried: "
+        f"{'; '.join(tried) or 'nothing (no time left to try)'}",
+        status=504, code="deadline_exceeded", error_type="timeout",
+    )
