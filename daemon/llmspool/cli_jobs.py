@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llmspool.cli_output import console
+from llmspool.states import JobStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -405,9 +406,9 @@ def _wait_and_report(handle: SyncJobHandle, timeout: float | None) -> int:
 
 def _exit_status(job: Mapping[str, Any]) -> int:
     status = job.get("status")
-    if status == "cancelled":
+    if status == JobStatus.CANCELLED:
         return EXIT_CANCELLED
-    if status != "completed" or (job.get("counts") or {}).get("failed", 0):
+    if status != JobStatus.COMPLETED or (job.get("counts") or {}).get("failed", 0):
         return EXIT_FAILED
     return EXIT_OK
 

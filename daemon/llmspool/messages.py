@@ -26,6 +26,7 @@ from llmspool.calls import Endpoint, Tier, Usage
 from llmspool.errors import ApiError
 from llmspool.jobs.model import NewJob
 from llmspool.planner import TierPolicy
+from llmspool.states import RequestState
 
 if TYPE_CHECKING:
     from llmspool.store.batches import BatchRow
@@ -269,7 +270,7 @@ class JobResult:
 
     request_id: int  # job_requests.id
     job_id: str
-    state: str  # succeeded or failed
+    state: RequestState  # succeeded or failed
     tier: str | None
     cost_picodollars: int | None
     standard_cost_picodollars: int | None
@@ -388,7 +389,7 @@ class LineOutcome:
 
     request_id: int
     job_id: str
-    state: str  # succeeded or failed
+    state: RequestState  # succeeded or failed
     cost_picodollars: int | None
     standard_cost_picodollars: int | None
     was_in_batch: bool  # False: it had been given back (escalated) before its answer came
@@ -426,7 +427,8 @@ class BatchChunk:
     """
 
     batch_id: int
-    results: list[tuple[int, str, bytes, int | None, int | None, int]] = field(repr=False)
+    results: list[tuple[int, RequestState, bytes, int | None, int | None, int]] = field(
+        repr=False)
     entries: list[Settled] = field(repr=False)
     lines: dict[int, tuple[str, bool]] = field(repr=False)
     now: float

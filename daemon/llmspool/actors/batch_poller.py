@@ -66,6 +66,7 @@ from llmspool.messages import (
     StoreBatchChunk,
 )
 from llmspool.provider import BatchProvider
+from llmspool.states import BatchState, BatchStatus
 from llmspool.store import batches as batch_sql
 from llmspool.tracing import active, links_from
 
@@ -118,7 +119,7 @@ class BatchPoller:
         self._store = await batch_sql.ThreadedConnection.open(self._database_path)
         try:
             for batch in await self._store.run(batch_sql.open_batches):
-                if batch.state == "submitted":
+                if batch.state == BatchState.SUBMITTED:
                     self._adopt(batch, now=0.0)  # poll at once: it may have finished meanwhile
             if self._open:
                 log.info("batch: adopted %d open batches", len(self._open))
@@ -277,7 +278,7 @@ class BatchPoller:
                             "llmspool.batch.status": remote.status,
                             "llmspool.batch.lines": batch.lines},
             ) as span:
-                if remote.status == "failed":
+                if remote.status == BatchStatus.FAILED:
                     report, note = await self._failed(batch, remote, files.input)
                 else:
                     if await provider.download_results(remote, files):
@@ -343,7 +344,7 @@ class BatchPoller:
                                                     time.time(), charge_attempt=True)
             await self._store.run(batch_sql.finish_batch, batch, {},
                                   "failed: token_limit_exceeded", time.time())
-            return report, "token_limit_exceeded"
+            return report, TOKEN_LIMIT_EXCEEDED
         numbered = {e.line: e for e in remote.errors if e.line is not None}
 
         def fail_and_finish() -> batch_sql.MapReport:
@@ -357,7 +358,7 @@ class BatchPoller:
                 mapper.requeue.update(dict.fromkeys(mapper.line_ids(), True))
             return mapper.finish(f"failed: {summary}")
 
-        return await anyio.to_thread.run_sync(fail_and_finish), "failed"
+        return await anyio.to_thread.run_sync(fail_and_finish), BatchStatus.FAILED
 
     async def _done(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
                     report: batch_sql.MapReport, note: str) -> None:
@@ -366,7 +367,7 @@ class BatchPoller:
         self._interval.pop(batch.id, None)
         self._finished += 1
         self._paid_twice += report.paid_twice
-        if remote.status == "completed" and batch.submitted_at is not None:
+        if remote.status == BatchStatus.COMPLETED and batch.submitted_at is not None:
             self._planner.book.observe((batch.provider, batch.model, Tier.BATCH),
                                        time.time() - batch.submitted_at)
         await self._released(report.requeued)
@@ -383,10 +384,10 @@ class BatchPoller:
             # Lines given back may go in the next batch when it still fits their deadline (the
             # planner decides, and lines past [batch] max_attempts go directly); only the lines
             # of a batch cancelled for a deadline are late already.
-            batch_again=straggler or note in ("token_limit_exceeded", "completed", "failed",
-                                              "expired"),
+            batch_again=straggler or note in (TOKEN_LIMIT_EXCEEDED, BatchStatus.COMPLETED,
+                                              BatchStatus.FAILED, BatchStatus.EXPIRED),
         ))
-        if note != "token_limit_exceeded":
+        if note != TOKEN_LIMIT_EXCEEDED:
             await self._submitter.send(BatchClosed(batch.provider, batch.model))
         log.info("batch %s %s: %d answers stored, %d failed, %d sent again%s", remote.id,
                  note, report.succeeded, report.failed, len(report.requeued),

@@ -69,6 +69,7 @@ from llmspool.messages import (
 )
 from llmspool.provider import BatchCapabilities, BatchProvider, BatchSubmission
 from llmspool.reservations import Reserver
+from llmspool.states import BatchState, RequestState
 from llmspool.store import batches as batch_sql
 from llmspool.tracing import active, links_from
 
@@ -133,7 +134,7 @@ class BatchSubmitter:
         self._store = await batch_sql.ThreadedConnection.open(self._database_path)
         try:
             unfinished = [b for b in await self._store.run(batch_sql.open_batches)
-                          if b.state in ("intent", "uploaded")]
+                          if b.state in (BatchState.INTENT, BatchState.UPLOADED)]
             async with self._poller, self._keeper, self._ledger, \
                     anyio.create_task_group() as group:
                 group.start_soon(self._flusher, unfinished)
@@ -274,7 +275,7 @@ class BatchSubmitter:
                         "sent", len(refused), first.model,
                         orjson.loads(refused[0].result)["error"]["message"])
             await self._keeper.send(BatchLinesDone(outcomes=[
-                LineOutcome(r.request_id, r.job_id, "failed", None, None, True)
+                LineOutcome(r.request_id, r.job_id, RequestState.FAILED, None, None, True)
                 for r in refused]))
         admitted = {line.line_id for line in lines} - {r.request_id for r in refused}
         return [c for c in chunk if c.request_id in admitted]
@@ -348,7 +349,7 @@ class BatchSubmitter:
                      resumed: bool) -> None:
         input_path = batch_sql.batch_files(self._state_dir, batch.intent).input
         name = batch_sql.upload_name(batch.intent)
-        if batch.state == "intent":
+        if batch.state == BatchState.INTENT:
             if not await anyio.Path(input_path).exists():
                 lines = await self._store.run(batch_sql.write_input_file, batch, input_path)
                 if lines == 0:
@@ -364,7 +365,7 @@ class BatchSubmitter:
                              batch.lines, batch.bytes, file_id)
                 self._crash.reach("batch.after_upload")
             await self._store.run(batch_sql.mark_uploaded, batch, file_id)
-        if batch.state == "uploaded":
+        if batch.state == BatchState.UPLOADED:
             # An hour's leeway for the provider's clock against ours.
             since = batch.created_at - 3600
             submission = BatchSubmission(

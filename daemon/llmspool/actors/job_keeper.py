@@ -74,6 +74,7 @@ from llmspool.messages import (
 from llmspool.planner import Planner
 from llmspool.pricing import usd
 from llmspool.resilience.failures import classify
+from llmspool.states import JobStatus, RequestState
 from llmspool.store import jobs as jobs_sql
 from llmspool.tracing import linked_context
 
@@ -105,10 +106,10 @@ class JobState:
     operation: str | None
     tags: dict[str, str]
     uid: int | None
-    status: str
+    status: JobStatus
     total: int
     finished_at: float | None
-    states: Counter[str] = field(default_factory=Counter)
+    states: Counter[RequestState] = field(default_factory=Counter)
     tiers: Counter[str] = field(default_factory=Counter)
     running: int = 0
     batched: int = 0  # queued requests that a batch carries, or that wait to be batched
@@ -118,7 +119,7 @@ class JobState:
     late: int = 0  # results stored after the job's deadline
 
     def to_json(self) -> dict[str, Any]:
-        queued = self.states["queued"]
+        queued = self.states[RequestState.QUEUED]
         return {
             "id": self.id,
             "object": "llmspool.job",
@@ -133,9 +134,9 @@ class JobState:
                 "queued": queued - self.running - self.batched,
                 "running": self.running,
                 "in_batch": self.batched,
-                "succeeded": self.states["succeeded"],
-                "failed": self.states["failed"],
-                "cancelled": self.states["cancelled"],
+                "succeeded": self.states[RequestState.SUCCEEDED],
+                "failed": self.states[RequestState.FAILED],
+                "cancelled": self.states[RequestState.CANCELLED],
                 "late": self.late,
             },
             "by_tier": dict(self.tiers),
@@ -238,7 +239,7 @@ class JobKeeper:
             job = self._jobs.get(message.job_id)
             if job is None or not message.viewer.sees(job.uid):
                 await _answer(message.reply, _no_such_job(message.job_id))
-            elif job.status != "in_progress":
+            elif job.status != JobStatus.IN_PROGRESS:
                 await _answer(message.reply, job.to_json())
             else:
                 self._waiters.setdefault(job.id, []).append(message.reply)
@@ -246,7 +247,7 @@ class JobKeeper:
             await self._answer_query(message)
 
     async def _submit(self, job: NewJob) -> dict[str, Any] | ApiError:
-        queued = sum(state.states["queued"] for state in self._jobs.values())
+        queued = sum(state.states[RequestState.QUEUED] for state in self._jobs.values())
         if queued + len(job.lines) > self._config.max_queued:
             return TooManyRequests(
                 f"{queued} requests are already waiting ([jobs] max_queued = "
@@ -256,9 +257,9 @@ class JobKeeper:
         async with self._write_lock:
             await jobs_sql.insert_job(self._database, job)
         state = JobState(job.id, job.created_at, job.deadline_at, job.operation, job.tags,
-                         job.uid, "in_progress", len(job.lines), None,
+                         job.uid, JobStatus.IN_PROGRESS, len(job.lines), None,
                          traceparent=job.traceparent)
-        state.states["queued"] = len(job.lines)
+        state.states[RequestState.QUEUED] = len(job.lines)
         self._jobs[job.id] = state
         plan = JobPlan()
         # Read in pages (not all rows at once), handed to the batch submitter in one message
@@ -284,7 +285,7 @@ class JobKeeper:
         now = time.time()
         for row in rows:
             job = self._jobs.get(row.job_id)
-            if job is None or job.status != "in_progress":
+            if job is None or job.status != JobStatus.IN_PROGRESS:
                 continue
             if batch_again and self._batchable(row, job):
                 batch_end = now + self._batch_config.max_age + self._planner.batch_expected(
@@ -386,7 +387,7 @@ class JobKeeper:
             if outcome.was_in_batch:
                 job.batched = max(0, job.batched - 1)
             self._count_outcome(job, outcome.state,
-                                "batch" if outcome.state == "succeeded" else None,
+                                "batch" if outcome.state == RequestState.SUCCEEDED else None,
                                 outcome.cost_picodollars, outcome.standard_cost_picodollars)
         followers: list[jobs_sql.Routable] = []
         for line in message.requeued:
@@ -406,16 +407,16 @@ class JobKeeper:
         job = self._jobs.get(job_id)
         if job is None or not viewer.sees(job.uid):  # another user's job: as if unknown
             return _no_such_job(job_id)
-        if job.status != "in_progress":
+        if job.status != JobStatus.IN_PROGRESS:
             answer = job.to_json()
             answer["message"] = f"job {job_id} already {job.status}; nothing to cancel"
             return answer
         async with self._write_lock:
             cancelled = await jobs_sql.cancel_job(self._database, job_id)
-        job.states["queued"] -= cancelled
-        job.states["cancelled"] += cancelled
+        job.states[RequestState.QUEUED] -= cancelled
+        job.states[RequestState.CANCELLED] += cancelled
         job.batched = 0
-        job.status = "cancelled"
+        job.status = JobStatus.CANCELLED
         job.finished_at = time.time()
         self._job_finished(job)
         # Lines of other jobs that waited for one of this job's batched lines stop waiting.
@@ -439,10 +440,11 @@ class JobKeeper:
             answer = {"object": "list",
                       "data": [j.to_json() for j in newest[: int(query.params.get("limit", 20))]]}
         else:
-            in_progress = [j for j in self._jobs.values() if j.status == "in_progress"]
+            in_progress = [j for j in self._jobs.values() if j.status == JobStatus.IN_PROGRESS]
             answer = {
                 "jobs_in_progress": len(in_progress),
-                "requests_queued": sum(j.states["queued"] - j.running for j in in_progress),
+                "requests_queued": sum(j.states[RequestState.QUEUED] - j.running
+                                       for j in in_progress),
                 "requests_running": self._in_flight,
                 "retries": self._retries,
                 "requests_late": self._late,
@@ -469,7 +471,7 @@ class JobKeeper:
             while self._heap and len(picked) < self._config.max_in_flight - self._in_flight:
                 _deadline, row_id, job_id = heapq.heappop(self._heap)
                 job = self._jobs.get(job_id)
-                if job is not None and job.status == "in_progress":
+                if job is not None and job.status == JobStatus.IN_PROGRESS:
                     picked.append(row_id)
             if not picked:
                 return
@@ -583,8 +585,8 @@ class JobKeeper:
             # Answered without an upstream call: the line says how (hit, shared).
             cached = reply.headers.get(HEADER) if reply.tier is Tier.CACHE else None
             outcome = JobResult(
-                row.id, row.job_id, "succeeded", reply.tier.value, reply.cost_picodollars,
-                reply.standard_cost_picodollars,
+                row.id, row.job_id, RequestState.SUCCEEDED, reply.tier.value,
+                reply.cost_picodollars, reply.standard_cost_picodollars,
                 orjson.dumps({
                     "id": line_id, "custom_id": row.custom_id,
                     "response": {"status_code": reply.status,
@@ -598,7 +600,7 @@ class JobKeeper:
             )
         else:
             outcome = JobResult(
-                row.id, row.job_id, "failed", None, None, None,
+                row.id, row.job_id, RequestState.FAILED, None, None, None,
                 _failure_line(line_id, row.custom_id, reply, late=late), attempts,
             )
         self._pending.append(outcome)
@@ -631,10 +633,10 @@ class JobKeeper:
             self._count_outcome(job, outcome.state, outcome.tier, outcome.cost_picodollars,
                                 outcome.standard_cost_picodollars)
 
-    def _count_outcome(self, job: JobState, state: str, tier: str | None, cost: int | None,
+    def _count_outcome(self, job: JobState, state: RequestState, tier: str | None, cost: int | None,
                        standard: int | None) -> None:
         """A stored result of ``job``, in its counts; completes the job on its last one."""
-        job.states["queued"] -= 1
+        job.states[RequestState.QUEUED] -= 1
         job.states[state] += 1
         if tier:
             job.tiers[tier] += 1
@@ -644,8 +646,8 @@ class JobKeeper:
             job.late += 1
             self._late += 1
             self._late_counter.add(1, {"llmspool.operation": job.operation or ""})
-        if job.states["queued"] == 0 and job.status == "in_progress":
-            job.status = "completed"
+        if job.states[RequestState.QUEUED] == 0 and job.status == JobStatus.IN_PROGRESS:
+            job.status = JobStatus.COMPLETED
             job.finished_at = time.time()
             self._job_finished(job)
 

@@ -58,6 +58,7 @@ from llmspool.messages import (
     StoreJobResults,
 )
 from llmspool.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.states import RequestState
 from llmspool.store import batches as batch_sql
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection, line_key
@@ -570,4 +571,4 @@ def _refused_line(line_id: int, job_id: str, custom_id: str, error: ApiError) ->
         "id": f"batch_req_{line_id}", "custom_id": custom_id, "response": None,
         "error": {"code": error.code, "message": error.message},
     })
-    return JobResult(line_id, job_id, "failed", None, None, None, line, 0)
+    return JobResult(line_id, job_id, RequestState.FAILED, None, None, None, line, 0)

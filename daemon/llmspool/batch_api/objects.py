@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmspool.states import BatchStatus, JobStatus
 from llmspool.store.api_files import BatchRow
 
 
@@ -67,13 +68,13 @@ def request_counts(job: dict[str, Any]) -> dict[str, int]:
             "failed": counts["failed"] + counts["cancelled"]}
 
 
-def _status(row: BatchRow, job: dict[str, Any] | None) -> str:
+def _status(row: BatchRow, job: dict[str, Any] | None) -> BatchStatus:
     if row.failed_at is not None:
-        return "failed"
+        return BatchStatus.FAILED
     if row.final_status is not None:
         return row.final_status
     if row.cancelling_at is not None:
-        return "cancelling"
-    if job is not None and job["status"] != "in_progress":
-        return "finalizing"
-    return "in_progress"
+        return BatchStatus.CANCELLING
+    if job is not None and job["status"] != JobStatus.IN_PROGRESS:
+        return BatchStatus.FINALIZING
+    return BatchStatus.IN_PROGRESS

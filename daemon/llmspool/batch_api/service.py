@@ -38,6 +38,7 @@ from llmspool.config import FilesConfig
 from llmspool.errors import ApiError, InvalidRequest, NotFound
 from llmspool.jobs.submission import JobRequest, JobSubmission, ask
 from llmspool.messages import CancelJob, Query, Viewer, WaitForJob
+from llmspool.states import BatchStatus, JobStatus
 from llmspool.store import api_files as sql
 from llmspool.store.api_files import BatchRow, FileRow
 from llmspool.store.database import DATABASE_NAME, connected
@@ -287,7 +288,8 @@ class BatchApi:
             raise
         usage = await sql.job_usage(self._db, row.job_id)
         counts = request_counts(job)
-        status = "cancelled" if job["status"] == "cancelled" else "completed"
+        status = (BatchStatus.CANCELLED if job["status"] == JobStatus.CANCELLED
+                  else BatchStatus.COMPLETED)
         with anyio.CancelScope(shield=True):
             async with self._write_lock:
                 await sql.finalize_batch(

@@ -5,20 +5,22 @@ plugin in ``llmspool_openai.batch_objects``, the Anthropic plugin in
 ``llmspool_anthropic.batches``), refusing a malformed one there (``BadUpstreamAnswer``, naming
 the field) instead of letting it surface later as a ``KeyError`` in an actor.
 
-Statuses are the daemon's vocabulary (``STATUSES``); they happen to be the names OpenAI's Batch
-API uses, and a plugin maps its API's onto them (Anthropic's ``ended`` is ``completed``, or
-``cancelled`` when a cancel was asked for first).
+Statuses are the daemon's vocabulary (``llmspool.states.BatchStatus``; ``STATUSES`` as plain
+strings); they happen to be the names OpenAI's Batch API uses, and a plugin maps its API's onto
+them (Anthropic's ``ended`` is ``completed``, or ``cancelled`` when a cancel was asked for
+first).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUSES = frozenset({
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
-    "cancelled",
-})
-TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+from llmspool.states import BATCH_STATUS_TERMINAL, BatchStatus
+
+# Plain strings, not the enum's members: plugins check a provider's status against these and
+# name them, sorted, in their errors, which must read "['cancelled', ...]".
+STATUSES = frozenset(status.value for status in BatchStatus)
+TERMINAL = frozenset(status.value for status in BATCH_STATUS_TERMINAL)
 TOKEN_LIMIT_EXCEEDED = "token_limit_exceeded"
 """The error code of a batch refused because its model's enqueued-token limit is full: the
 submitter learns the limit from it and holds batches back instead of failing them."""

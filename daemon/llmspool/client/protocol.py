@@ -17,6 +17,7 @@ from urllib.parse import quote
 import orjson
 
 from llmspool.client.errors import Json, RequestFailed, SpoolError
+from llmspool.states import JOB_TERMINAL, REQUEST_TERMINAL
 from llmspool.units import format_duration
 
 OnError = Literal["reject", "skip"]
@@ -28,9 +29,10 @@ Content = bytes | Iterable[bytes] | AsyncIterable[bytes]
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 JOB_STATUS_HEADER = "x-llmspool-job-status"
 JSONL_CONTENT_TYPE = "application/jsonl"
-# The daemon documents only completed and cancelled as final; failed and expired are listed too
-# so that a client older than a daemon that adds them stops waiting instead of hanging forever.
-TERMINAL_STATUSES = frozenset({"completed", "cancelled", "failed", "expired"})
+# The daemon's final job statuses (``JOB_TERMINAL``: completed and cancelled); failed and expired
+# are listed too so that a client older than a daemon that adds them stops waiting instead of
+# hanging forever. Plain strings: it is public, and callers may print or serialise it.
+TERMINAL_STATUSES = frozenset({*(status.value for status in JOB_TERMINAL), "failed", "expired"})
 # The daemon caps ?wait= at 600 s; asking for more would only be clipped.
 MAX_LONG_POLL = 600
 # A long poll is a normal request whose answer may take `wait` seconds; allow that much more
@@ -280,7 +282,7 @@ def single_result(lines: list[Json], job: Mapping[str, Any]) -> Any:
 def finished_count(job: Mapping[str, Any]) -> int:
     """How many of a job's requests are done, one way or another."""
     counts = job.get("counts") or {}
-    return int(sum(counts.get(state, 0) for state in ("succeeded", "failed", "cancelled")))
+    return int(sum(counts.get(state, 0) for state in REQUEST_TERMINAL))
 
 
 def is_single(single: bool | None, job: Mapping[str, Any]) -> bool:

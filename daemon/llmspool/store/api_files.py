@@ -15,6 +15,7 @@ import aiosqlite
 import orjson
 
 from llmspool.messages import Viewer
+from llmspool.states import BatchStatus
 
 RESULT_CHUNK = 2000
 _OWNER = "(? OR uid IS ?)"  # (admin, uid): an admin sees every row
@@ -47,7 +48,7 @@ class BatchRow:
     errors: list[dict[str, Any]] | None
     cancelling_at: float | None
     finished_at: float | None
-    final_status: str | None
+    final_status: BatchStatus | None
     output_file_id: str | None
     error_file_id: str | None
     request_counts: dict[str, int] | None
@@ -61,6 +62,7 @@ _BATCH_COLUMNS = (
     "output_file_id, error_file_id, request_counts, usage"
 )
 _BATCH_JSON = (6, 11, 17, 18)  # metadata, errors, request_counts, usage
+_BATCH_FINAL_STATUS = 14
 
 
 def _batch(row: Any) -> BatchRow:
@@ -68,6 +70,8 @@ def _batch(row: Any) -> BatchRow:
     for index in _BATCH_JSON:
         if values[index] is not None:
             values[index] = orjson.loads(values[index])
+    if values[_BATCH_FINAL_STATUS] is not None:
+        values[_BATCH_FINAL_STATUS] = BatchStatus(values[_BATCH_FINAL_STATUS])
     return BatchRow(*values)
 
 
@@ -188,7 +192,7 @@ async def set_cancelling(connection: aiosqlite.Connection, batch_id: str, now: f
 
 
 async def finalize_batch(
-    connection: aiosqlite.Connection, batch_id: str, *, status: str, finished_at: float,
+    connection: aiosqlite.Connection, batch_id: str, *, status: BatchStatus, finished_at: float,
     output: FileRow | None, error: FileRow | None, counts: dict[str, int],
     usage: dict[str, Any],
 ) -> None:

@@ -40,6 +40,7 @@ from llmspool.messages import (
     RequeuedLine,
     Settled,
 )
+from llmspool.states import BatchState, RequestState
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
 from llmspool.wire import kept_json, usage_of
@@ -93,7 +94,7 @@ class BatchRow:
     provider: str
     endpoint: Endpoint
     model: str
-    state: str
+    state: BatchState
     lines: int
     bytes: int
     tokens: int
@@ -139,6 +140,7 @@ _BATCH_COLUMNS = (
 def _batch(row: Sequence[Any]) -> BatchRow:
     values = list(row)
     values[3] = Endpoint(values[3])
+    values[5] = BatchState(values[5])
     return BatchRow(*values)
 
 
@@ -200,8 +202,9 @@ def open_batch(
         raise
     connection.execute("COMMIT")
     assert batch_id is not None
-    return BatchRow(batch_id, intent, first.provider, first.endpoint, first.model, "intent",
-                    lines, size, tokens, deadline, now, traceparents=list(traceparents))
+    return BatchRow(batch_id, intent, first.provider, first.endpoint, first.model,
+                    BatchState.INTENT, lines, size, tokens, deadline, now,
+                    traceparents=list(traceparents))
 
 
 def lines_to_reserve(connection: sqlite3.Connection, ids: Sequence[int]
@@ -247,7 +250,7 @@ def mark_uploaded(connection: sqlite3.Connection, batch: BatchRow, file_id: str 
         "UPDATE batches SET state = 'uploaded', input_file_id = ? WHERE id = ?",
         (file_id, batch.id),
     )
-    batch.state, batch.input_file_id = "uploaded", file_id
+    batch.state, batch.input_file_id = BatchState.UPLOADED, file_id
 
 
 def mark_submitted(
@@ -258,7 +261,7 @@ def mark_submitted(
         "submitted_at = ? WHERE id = ?",
         (remote_id, status, now, batch.id),
     )
-    batch.state, batch.remote_id, batch.remote_status = "submitted", remote_id, status
+    batch.state, batch.remote_id, batch.remote_status = BatchState.SUBMITTED, remote_id, status
     batch.submitted_at = now
 
 
@@ -309,7 +312,7 @@ def drop_empty_batch(connection: sqlite3.Connection, batch: BatchRow, note: str,
         "UPDATE batches SET state = 'finished', finished_at = ?, note = ? WHERE id = ?",
         (now, note, batch.id),
     )
-    batch.state = "finished"
+    batch.state = BatchState.FINISHED
 
 
 def enqueued_tokens(connection: sqlite3.Connection, provider: str, model: str) -> int:
@@ -402,7 +405,7 @@ def finish_batch(
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
-    batch.state = "finished"
+    batch.state = BatchState.FINISHED
     return requeued
 
 
@@ -456,7 +459,7 @@ class ResultMapper:
         self.report = MapReport()
         self.requeue: dict[int, bool] = {}  # request id → charge an attempt
         self._lines = self._load_lines()
-        self._results: list[tuple[int, str, bytes, int | None, int | None, int]] = []
+        self._results: list[tuple[int, RequestState, bytes, int | None, int | None, int]] = []
         self._entries: list[Settled] = []
 
     def _load_lines(self) -> dict[int, _Line]:
@@ -570,7 +573,8 @@ class ResultMapper:
             "custom_id": line.custom_id, "response": response, "error": None,
             **({"late": True} if self._now > line.deadline_at else {}),
         })
-        self._results.append((request_id, "succeeded", result, cost, standard, line.attempts + 1))
+        self._results.append((request_id, RequestState.SUCCEEDED, result, cost, standard,
+                              line.attempts + 1))
         if line.cache_key is not None and line.cache_ttl is not None:
             batch = self._batch
             self.report.cache_fills.append(NewEntry(
@@ -585,7 +589,8 @@ class ResultMapper:
             "response": response, "error": error,
             **({"late": True} if self._now > line.deadline_at else {}),
         })
-        self._results.append((request_id, "failed", result, None, None, line.attempts + 1))
+        self._results.append((request_id, RequestState.FAILED, result, None, None,
+                              line.attempts + 1))
 
     def _commit(self) -> None:
         if not self._results and not self._entries:
@@ -600,7 +605,7 @@ class ResultMapper:
         report.billed += stored.billed
         report.paid_twice += stored.paid_twice
         for outcome in stored.outcomes:
-            if outcome.state == "succeeded":
+            if outcome.state == RequestState.SUCCEEDED:
                 report.succeeded += 1
             else:
                 report.failed += 1
@@ -638,10 +643,10 @@ def store_batch_chunk(connection: sqlite3.Connection, chunk: BatchChunk) -> Batc
             job_id, in_batch = chunk.lines[request_id]
             if request_id in waiting:
                 waiting.discard(request_id)  # a line answered twice in the files: once
-                rows.append((state, tier if state == "succeeded" else None, cost,
+                rows.append((state, tier if state == RequestState.SUCCEEDED else None, cost,
                              standard, result, attempts, chunk.now, request_id))
                 stored.append(LineOutcome(request_id, job_id, state, cost, standard, in_batch))
-            elif state == "succeeded" and not in_batch:
+            elif state == RequestState.SUCCEEDED and not in_batch:
                 paid_twice += 1
         connection.executemany(
             "UPDATE job_requests SET state = ?, tier = ?, cost_picodollars = ?, "

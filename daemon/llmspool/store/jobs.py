@@ -16,6 +16,7 @@ import aiosqlite
 import orjson
 
 from llmspool.jobs.model import NewJob
+from llmspool.states import JobStatus, RequestState
 
 RESULT_CHUNK = 1000
 ROUTE_PAGE = 5000
@@ -119,7 +120,8 @@ async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
 
 
 async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
-    """Every job still kept, with its counts by state and tier and its cost."""
+    """Every job still kept, with its counts by state and tier and its cost (status and
+    states as their enums)."""
     rows = await connection.execute_fetchall(
         "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at, "
         "traceparent FROM jobs ORDER BY created_at"
@@ -127,9 +129,9 @@ async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
     jobs = {
         row[0]: {
             "id": row[0], "created_at": row[1], "deadline_at": row[2], "operation": row[3],
-            "tags": orjson.loads(row[4]), "uid": row[5], "status": row[6], "total": row[7],
-            "finished_at": row[8], "traceparent": row[9], "states": {}, "tiers": {}, "cost": 0,
-            "standard": 0, "late": 0,
+            "tags": orjson.loads(row[4]), "uid": row[5], "status": JobStatus(row[6]),
+            "total": row[7], "finished_at": row[8], "traceparent": row[9], "states": {},
+            "tiers": {}, "cost": 0, "standard": 0, "late": 0,
         }
         for row in rows
     }
@@ -143,7 +145,7 @@ async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
         if job is None:
             continue
         job["late"] += int(late or 0)
-        job["states"][state] = job["states"].get(state, 0) + count
+        job["states"][RequestState(state)] = job["states"].get(state, 0) + count
         if tier:
             job["tiers"][tier] = job["tiers"].get(tier, 0) + count
         job["cost"] += cost
