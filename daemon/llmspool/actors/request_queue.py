@@ -2,8 +2,9 @@
 
 The dispatcher has ``slots`` places for calls; the queue hands it a call only while a place is
 free, and learns of freed places from ``SlotFreed`` messages. Calls waiting for a place are kept
-in a heap ordered by deadline (then arrival), so when providers are saturated the call that
-must finish soonest goes first. Past ``max_waiting`` waiting calls, a new one is refused with
+in a heap ordered by when each is due (its deadline; for a call without one, its arrival:
+someone is waiting on it), then by arrival, so when providers are saturated the call that must
+finish soonest goes first. Past ``max_waiting`` waiting calls, a new one is refused with
 503 and a ``retry-after``: work is pushed back, never dropped silently.
 
 OpenTelemetry gauges: ``llmspool.queue.depth`` (calls waiting for a place) and
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -96,8 +96,11 @@ class RequestQueue:
             )
             _answer(call, Failure(error))
             return
-        deadline = math.inf  # interactive calls without a deadline keep their arrival order
-        heapq.heappush(self._waiting, (deadline, next(self._arrivals), call))
+        # Most urgent first: a call with a deadline is due then; one without has a caller
+        # waiting on it, so it is due when it arrived (among those, arrival order stands),
+        # and a job's line due in an hour waits behind them.
+        due = call.deadline_at if call.deadline_at is not None else call.received_at
+        heapq.heappush(self._waiting, (due, next(self._arrivals), call))
 
     def _hand_over(self, call: Call) -> None:
         self._free_slots -= 1

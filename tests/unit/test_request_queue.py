@@ -1,0 +1,91 @@
+"""The request queue actor, in-process: it hands the dispatcher a call only while a place is
+free, the most urgent waiting call first, and refuses past its bound with a 503."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import anyio
+from llmspool.actors.request_queue import RequestQueue
+from llmspool.calls import Endpoint
+from llmspool.messages import Call, Caller, Failure, NewPrices, Query, SlotFreed
+from llmspool.planner import TierPolicy
+from opentelemetry.context import Context
+from opentelemetry.metrics import NoOpMeterProvider
+
+NOW = time.time()
+
+
+def call(name: str, *, arrived: float, deadline: float | None = None) -> Call:
+    reply, _answers = anyio.create_memory_object_stream[object](4)
+    return Call(
+        request_id=name, endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
+        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
+        received_at=arrived, trace=Context(), reply=reply,  # type: ignore[arg-type]
+        deadline_at=deadline,
+    )
+
+
+def handed_over(calls: list[Call], *, slots: int, max_waiting: int = 100,
+                expect: int | None = None) -> list[str]:
+    """The order in which a queue with ``slots`` places hands ``calls`` (sent in this order,
+    all before any place is freed) to the dispatcher, which frees a place for each one it
+    gets; ``expect`` calls are handed over (default: all)."""
+    return anyio.run(_handed_over, calls, slots, max_waiting, expect or len(calls))
+
+
+async def _handed_over(calls: list[Call], slots: int, max_waiting: int,
+                       expect: int) -> list[str]:
+    inbox, inbox_out = anyio.create_memory_object_stream[Call | Query](len(calls))
+    freed, freed_out = anyio.create_memory_object_stream[SlotFreed](len(calls))
+    dispatcher, dispatched = anyio.create_memory_object_stream[Call | Query | NewPrices](
+        len(calls))
+    queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=slots,
+                         max_waiting=max_waiting, meter=NoOpMeterProvider().get_meter("t"))
+    order: list[str] = []
+    async with anyio.create_task_group() as group:
+        await group.start(queue.run)
+        for waiting in calls:
+            await inbox.send(waiting)
+        await anyio.wait_all_tasks_blocked()  # every call admitted, handed over or waiting
+        async with dispatched, freed:
+            while len(order) < expect:
+                message = await dispatched.receive()
+                assert isinstance(message, Call)
+                order.append(message.request_id)
+                await freed.send(SlotFreed(message.request_id))
+            await inbox.aclose()
+            assert [message async for message in dispatched] == []
+    return order
+
+
+def test_waiting_calls_go_most_urgent_first() -> None:
+    first = call("first", arrived=NOW)  # takes the one place at once
+    in_an_hour = call("job-line", arrived=NOW + 1, deadline=NOW + 3600)
+    waiting_caller = call("interactive", arrived=NOW + 2)
+    in_ten_seconds = call("deadline-10s", arrived=NOW + 3, deadline=NOW + 12)
+    soon = call("deadline-1s", arrived=NOW + 4, deadline=NOW + 1.5)
+    order = handed_over([first, in_an_hour, waiting_caller, in_ten_seconds, soon], slots=1)
+    assert order == ["first", "deadline-1s", "interactive", "deadline-10s", "job-line"]
+
+
+def test_calls_without_deadlines_keep_their_arrival_order() -> None:
+    calls = [call(f"c{i}", arrived=NOW) for i in range(6)]
+    assert handed_over(calls, slots=2) == [f"c{i}" for i in range(6)]
+
+
+def test_past_its_bound_the_queue_refuses_with_503_and_keeps_the_rest() -> None:
+    replies = []
+    calls = []
+    for i in range(5):
+        reply, answers = anyio.create_memory_object_stream[object](1)
+        calls.append(replace(call(f"c{i}", arrived=NOW + i), reply=reply))
+        replies.append(answers)
+    # One in flight, two waiting: the fourth and fifth are refused.
+    order = handed_over(calls, slots=1, max_waiting=2, expect=3)
+    assert order == ["c0", "c1", "c2"]
+    for refused in replies[3:]:
+        failure = refused.receive_nowait()
+        assert isinstance(failure, Failure)
+        assert failure.error.status == 503 and failure.error.code == "queue_full"
