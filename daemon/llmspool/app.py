@@ -1,14 +1,15 @@
 """The daemon: builds every part from the config and runs the actors in one task group.
 
 Start-up, in order: price book, plugins and providers, tracing, the listening socket, the
-store; then the actors with ``task_group.start()`` (ledger, dispatcher, request queue, cache,
+store; the Batch API service (files and batch objects); then the actors with
+``task_group.start()`` (ledger, dispatcher, request queue, cache,
 job keeper with the batch actors, front door), each only once the one it sends to is running.
 systemd hears READY only when all have started. The ledger starts by reconciling what a crash
 left: unsettled reservations become unknown-outcome entries before any call is admitted.
 
 Who writes the database: the ledger (money rows: reservations, entries, results stored with
-their entries), the job keeper (jobs), the batch actors (batch bookkeeping); see
-``llmspool.actors``.
+their entries), the job keeper (jobs), the batch actors (batch bookkeeping), the Batch API
+service (its files and batch objects); see ``llmspool.actors`` and ``docs/architecture.md``.
 
 Shutdown (SIGTERM or SIGINT): the front door stops accepting and lets requests in flight finish
 within ``[daemon] shutdown_grace``; closing its stream ends the request queue, whose end ends

@@ -15,8 +15,11 @@
 Who writes what in ``llmspool.sqlite3``: the ledger (its own ``sqlite3`` connection) writes
 ``reservations``, ``ledger_entries`` (and the rollup its trigger keeps), and result columns of
 ``job_requests``; the job keeper writes ``jobs`` and new ``job_requests``, cancels and deletes;
-the batch actors write ``batches`` and the ``batch_id`` of the lines they carry. Reports, the
-front door's job reads and the cache's reads use read-only connections.
+the batch actors write ``batches`` and the ``batch_id`` of the lines they carry. Beside the
+actors, the Batch API service (``llmspool.batch_api``) writes ``api_files`` and ``api_batches``,
+the OpenAI-shaped objects over jobs. Reports, the front door's job reads and the cache's reads
+use read-only connections; the response cache keeps its own ``cache.sqlite3``.
+``docs/architecture.md`` draws the same map with the messages between the actors.
 
 Each actor is a class with ``async def run(self, *, task_status)``, started in order by
 ``llmspool.app`` with ``task_group.start()``; it ends when its inbox is closed and drained,
