@@ -12,7 +12,6 @@ tests/integration/test_batches.py, parametrised over both.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 MODEL = "claude-haiku-4-5"
 MESSAGES: list[Any] = [{"role": "system", "content": "Answer briefly."},
@@ -67,12 +67,11 @@ class Stack:
     def new_entries(self, before: int, count: int) -> list[dict[str, Any]]:
         """The ``count`` ledger entries after the first ``before``, once the ledger actor has
         written them (it commits in groups, a moment after the answer)."""
-        deadline = time.monotonic() + 10
-        entries = self.ledger()[before:]
-        while len(entries) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        def written() -> list[dict[str, Any]] | None:
             entries = self.ledger()[before:]
-        return entries
+            return entries if len(entries) >= count else None
+
+        return wait_for(written, timeout=10, what=f"{count} new ledger entries")
 
 
 def start_stack(root: Path, daemon_extra: str = "") -> Stack:

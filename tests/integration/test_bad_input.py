@@ -4,8 +4,8 @@ daemon keeps serving (a normal request succeeds after every one of them)."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import orjson
@@ -19,6 +19,7 @@ from tests.support.processes import (
     start_sim,
     unix_request,
 )
+from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
@@ -29,6 +30,10 @@ def assert_still_serving(daemon: Daemon) -> None:
     status, body = unix_request(daemon.socket_path, "POST", CHAT, GOOD, JSON)
     assert status == 200, body
     assert body["object"] == "chat.completion"
+
+
+def dispatcher_status(daemon: Daemon) -> dict[str, Any]:
+    return daemon.get("/v1/status")[1]["dispatcher"]  # type: ignore[no-any-return]
 
 
 def assert_openai_error(body: object, *, param: str | None = None) -> dict[str, object]:
@@ -135,6 +140,7 @@ def test_a_client_that_leaves_before_its_answer_is_no_error(tmp_path: Path) -> N
     sim = start_sim(tmp_path, '[sim]\nlatency = "500ms"\n')
     daemon = start_daemon(tmp_path, sim.url)
     try:
+        sent = 0
         for body in (GOOD, orjson.dumps({**orjson.loads(GOOD), "stream": True})):
             for _ in range(3):
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -142,8 +148,12 @@ def test_a_client_that_leaves_before_its_answer_is_no_error(tmp_path: Path) -> N
                     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
                                  b"content-type: application/json\r\ncontent-length: %d"
                                  b"\r\n\r\n%s" % (len(body), body))
-                    time.sleep(0.05)
-        time.sleep(1.0)
+                    sent += 1
+                    wait_for(lambda sent=sent: sim.stats()["requests"]["total"] >= sent,
+                             what="the call at the upstream")
+        # Every call stopped, none still waiting on the upstream: what was to log is logged.
+        wait_for(lambda: dispatcher_status(daemon)["aborted_by_client"] == 6
+                 and dispatcher_status(daemon)["in_flight"] == 0, what="the calls to stop")
         assert_still_serving(daemon)
         log = daemon.log()
         assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

@@ -26,6 +26,7 @@ from tests.support.processes import (
     unix_exchange,
     unix_request,
 )
+from tests.support.waiting import wait_for
 
 SCRIPT = Path(__file__).parent / "scripts" / "openai_batch_script.py"
 OUTPUT_KEYS = {"id", "custom_id", "response", "error"}
@@ -79,14 +80,13 @@ def create(daemon: Daemon, file_id: str, endpoint: str = "/v1/chat/completions",
 
 def wait_status(daemon: Daemon, batch_id: str, statuses: set[str], timeout: float = 60
                 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached() -> dict[str, Any] | None:
         status, batch = daemon.get(f"/v1/batches/{batch_id}")
         assert status == 200, batch
-        if batch["status"] in statuses:
-            return dict(batch)
-        assert time.monotonic() < deadline, f"batch stuck in {batch['status']}"
-        time.sleep(0.1)
+        return dict(batch) if batch["status"] in statuses else None
+
+    return wait_for(reached, timeout=timeout, every=0.1,
+                    what=f"batch {batch_id} to be {' or '.join(sorted(statuses))}")
 
 
 def stored_files(daemon: Daemon) -> list[str]:
@@ -375,19 +375,20 @@ def test_files_and_batches_are_deleted_after_retention(tmp_path: Path, sim: Sim)
         status, batch, _ = create(daemon, file["id"], headers={"x-llmspool-deadline": "1m"})
         done = wait_status(daemon, batch["id"], {"completed"})
         assert len(stored_files(daemon)) == 2  # the input and the output
-        time.sleep(2.5)
+        # The retention (2 s) must pass: ask until both files say they expired.
         for file_id in (file["id"], done["output_file_id"]):
-            status, answer = daemon.get(f"/v1/files/{file_id}")
+            def gone(file_id: str = file_id) -> tuple[int, Any] | None:
+                found = daemon.get(f"/v1/files/{file_id}")
+                return found if found[0] == 404 else None
+
+            status, answer = wait_for(gone, timeout=10, every=0.1, what=f"{file_id} to expire")
             assert status == 404 and "expired" in answer["error"]["message"]
     finally:
         daemon.terminate()
     daemon = start_daemon(tmp_path, sim.url, config_toml=config)  # sweeps at start
     try:
         # The sweep runs beside the serving daemon: wait for it, within a bound.
-        deadline = time.monotonic() + 15
-        while stored_files(daemon) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stored_files(daemon) == []
+        wait_for(lambda: stored_files(daemon) == [], what="the sweep of the stored files")
         status, _answer = daemon.get(f"/v1/batches/{batch['id']}")
         assert status == 404
     finally:

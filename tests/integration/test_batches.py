@@ -19,7 +19,6 @@ lines to fail.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from tests.support.processes import (
     start_sim,
     unix_request,
 )
+from tests.support.waiting import wait_for
 
 FAST = QUICK_BATCHES
 
@@ -98,16 +98,6 @@ def job_of(daemon: Daemon, job_id: str) -> dict[str, Any]:
     status, job = daemon.get(f"/v1/jobs/{job_id}")
     assert status == 200
     return job
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ledger_rows(daemon: Daemon) -> list[tuple[str, str, int]]:
@@ -288,7 +278,7 @@ def test_a_straggling_batch_is_cancelled_and_its_lines_go_into_a_new_batch(
         "[batch]\n", '[batch]\nrebatch_after = "2s"\n')))
     try:
         job = submit(daemon, jsonl(10, model=sim.flavor.model))
-        wait_for(lambda: batch_stats(sim)["created"] >= 1, what="the first batch")
+        wait_for(lambda: batch_stats(sim)["created"] >= 1, timeout=30.0, what="the first batch")
         sim.request("POST", "/_sim/batch", {"reset": True})
         lines = results(daemon, job["id"])
         finished = job_of(daemon, job["id"])
@@ -334,7 +324,8 @@ def test_status_lists_open_batches(tmp_path: Path, sim: FlavoredSim) -> None:
             found: list[dict[str, Any]] = report["batches"]["open"]
             return found if found and found[0]["provider_status"] == "in_progress" else []
 
-        [batch] = wait_for(open_batches, what="an open batch in /v1/status")
+        [batch] = wait_for(open_batches, timeout=30.0,
+                           what="an open batch in /v1/status")
     finally:
         daemon.terminate()
     assert batch["id"].startswith(sim.flavor.batch_prefix)

@@ -9,14 +9,12 @@ import concurrent.futures
 import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.integration.test_batches import wait_for
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -26,6 +24,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -54,7 +53,8 @@ def cache_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def wait_for_entries(daemon: Daemon, count: int) -> None:
-    wait_for(lambda: cache_status(daemon)["entries"] >= count, 10, f"{count} cache entries")
+    wait_for(lambda: cache_status(daemon)["entries"] >= count, timeout=10,
+             what=f"{count} cache entries")
 
 
 def test_a_deterministic_chat_is_answered_from_the_cache_the_second_time(
@@ -143,8 +143,10 @@ def test_entries_expire_after_their_ttl(tmp_path: Path, sim: Sim) -> None:
         chat(daemon, temperature=0)
         wait_for_entries(daemon, 1)
         assert chat(daemon, temperature=0)[2]["x-llmspool-cache"] == "hit"
-        time.sleep(1.2)
-        assert chat(daemon, temperature=0)[2]["x-llmspool-cache"] == "miss"
+        # The behaviour is about time: the second must pass. A hit does not extend the entry's
+        # life, so asking until the answer is a miss waits just as long as the ttl.
+        wait_for(lambda: chat(daemon, temperature=0)[2]["x-llmspool-cache"] == "miss",
+                 timeout=10, every=0.1, what="the entry to expire")
         assert upstream_calls(sim) == 2
     finally:
         daemon.terminate()
@@ -158,12 +160,8 @@ def test_least_recently_used_entries_are_evicted_past_max_entries(
             chat(daemon, seed=n)
         wait_for_entries(daemon, 3)
         assert chat(daemon, seed=0)[2]["x-llmspool-cache"] == "hit"  # 0 is now the freshest
-        time.sleep(0.2)
         chat(daemon, seed=3)  # a fourth entry: the least recently used (seed 1) goes
-        deadline = time.monotonic() + 10
-        while cache_status(daemon)["evicted"] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: cache_status(daemon)["evicted"] >= 1, timeout=10, what="an eviction")
         assert cache_status(daemon)["entries"] == 3
         assert chat(daemon, seed=0)[2]["x-llmspool-cache"] == "hit"
         assert chat(daemon, seed=1)[2]["x-llmspool-cache"] == "miss"
@@ -175,11 +173,11 @@ def test_an_error_is_never_cached(daemon: Daemon, sim: Sim) -> None:
     sim.set_faults({"kind": "status", "status": 400, "count": 1})
     status, _body, _headers = chat(daemon, temperature=0)
     assert status == 400
-    time.sleep(0.2)
-    assert cache_status(daemon)["entries"] == 0
     status, _body, headers = chat(daemon, temperature=0)
     assert status == 200 and headers["x-llmspool-cache"] == "miss"
     assert upstream_calls(sim) == 2
+    wait_for_entries(daemon, 1)  # write-behind commits in order: the error's turn has passed
+    assert cache_status(daemon)["written"] == 1
 
 
 def test_a_corrupt_entry_is_dropped_and_the_request_served_upstream(
@@ -292,10 +290,11 @@ def test_a_leader_whose_client_leaves_still_answers_those_who_wait(tmp_path: Pat
         leader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
                        b"content-type: application/json\r\n"
                        + f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.3)
+        wait_for(lambda: cache_status(daemon)["in_flight"] == 1, what="the leader's flight")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             follower = pool.submit(chat, daemon, None, temperature=0)
-            time.sleep(0.3)
+            wait_for(lambda: cache_status(daemon)["waiting_on_flights"] == 1,
+                     what="the follower waiting on the leader")
             leader.close()  # the first client goes away; the second still waits
             status, answer, headers = follower.result(timeout=20)
         assert status == 200 and answer["choices"]

@@ -20,8 +20,8 @@ from tests.integration.test_batches import (
     job_of,
     results,
     submit,
-    wait_for,
 )
+from tests.integration.test_cache import wait_for_entries
 from tests.support.processes import (
     Daemon,
     Sim,
@@ -29,6 +29,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 BODY = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 5,
         "messages": [{"role": "user", "content": "Name a prime number."}]}
@@ -75,7 +76,7 @@ def test_a_batch_answer_fills_the_cache_for_a_later_interactive_request(
     job = submit(daemon, job_line())
     [line] = results(daemon, job["id"])
     assert job_of(daemon, job["id"])["by_tier"] == {"batch": 1}
-    time.sleep(0.3)  # the write-behind commit
+    wait_for_entries(daemon, 1)  # the write-behind commit
     status, body, headers = ask(daemon)
     assert status == 200 and headers["x-llmspool-cache"] == "hit"
     assert body == line["response"]["body"]
@@ -132,7 +133,7 @@ def test_a_job_request_is_answered_from_the_cache(tmp_path: Path, sim: Sim) -> N
     try:
         status, first, _headers = ask(daemon)
         assert status == 200
-        time.sleep(0.3)
+        wait_for_entries(daemon, 1)  # the write-behind commit
         # Default planner: 12 minutes leave no room for a batch and its escalation.
         job = submit(daemon, job_line(), deadline="12m")
         [line] = results(daemon, job["id"])
@@ -176,7 +177,7 @@ def test_identical_lines_bound_for_a_batch_go_in_as_one_line(daemon: Daemon, sim
 def test_a_line_bound_for_a_batch_is_answered_from_the_cache(daemon: Daemon, sim: Sim) -> None:
     status, first, _headers = ask(daemon)
     assert status == 200
-    time.sleep(0.3)  # the write-behind commit
+    wait_for_entries(daemon, 1)  # the write-behind commit
     job = submit(daemon, job_line())  # an hour: a batch, were it not cached
     [line] = results(daemon, job["id"])
     assert line["response"]["body"] == first and line["cache"] == "hit"

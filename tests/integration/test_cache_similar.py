@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.test_batches import wait_for
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -21,6 +20,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -44,7 +44,7 @@ def near_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def wait_for_vectors(daemon: Daemon, count: int) -> None:
-    wait_for(lambda: near_status(daemon)["vectors"] >= count, 10, f"{count} vectors")
+    wait_for(lambda: near_status(daemon)["vectors"] >= count, timeout=10, what=f"{count} vectors")
 
 
 @pytest.fixture

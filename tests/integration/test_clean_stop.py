@@ -15,6 +15,7 @@ import orjson
 
 from tests.integration.test_batches import results
 from tests.support.processes import Sim, start_daemon, unix_exchange, unix_request
+from tests.support.waiting import wait_for
 
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 LINE = orjson.dumps({"custom_id": "kept", "method": "POST", "url": "/v1/chat/completions",
@@ -37,7 +38,8 @@ def test_calls_past_the_grace_get_503_and_the_daemon_exits_0(tmp_path: Path, sim
     callers = [threading.Thread(target=call) for _ in range(4)]
     for caller in callers:
         caller.start()
-    time.sleep(1.0)
+    # The four calls and the job's request all hang at the upstream.
+    wait_for(lambda: sim.stats()["requests"]["in_flight"] >= 5, what="five calls upstream")
     started = time.monotonic()
     daemon.process.send_signal(signal.SIGTERM)
     code = daemon.process.wait(30)

@@ -5,7 +5,6 @@ new price, with the bundled ones untouched."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import orjson
@@ -20,6 +19,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 NEW_MODEL = "acme-fine-tune"
 BUNDLED = load_price_table()
@@ -70,10 +70,8 @@ def test_a_price_file_adds_a_model_keeps_the_bundled_prices_and_reloads(tmp_path
         overlay.write_text(prices(2.0, 8.0))
         seen = len(daemon.log())
         daemon.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reloaded the log level and the price book" not in daemon.log()[seen:]:
-            assert time.monotonic() < deadline, daemon.log()[seen:]
-            time.sleep(0.05)
+        wait_for(lambda: "reloaded the log level and the price book" in daemon.log()[seen:],
+                 what="the reload in the log")
 
         cost, usage, after_id = call(daemon, NEW_MODEL)
         assert cost == pytest.approx(usd_at(2.0, 8.0, usage), rel=1e-9)

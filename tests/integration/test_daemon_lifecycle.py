@@ -7,12 +7,12 @@ import signal
 import socket
 import stat
 import threading
-import time
 from pathlib import Path
 
 import orjson
 
 from tests.support.processes import Sim, start_daemon, start_sim, unix_request
+from tests.support.waiting import wait_for
 
 GOOD = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 JSON = {"content-type": "application/json"}
@@ -64,7 +64,8 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
             )
         )
         worker.start()
-        time.sleep(0.5)  # the request is now waiting on the slow upstream
+        # The request is now waiting on the slow upstream.
+        wait_for(lambda: sim.stats()["requests"]["in_flight"] == 1, what="the call upstream")
         daemon.process.send_signal(signal.SIGTERM)
         worker.join(20)
         assert results and results[0][0] == 200, results
@@ -82,20 +83,13 @@ def test_sighup_reloads_and_a_bad_reload_keeps_the_running_config(
     daemon = start_daemon(tmp_path, sim.url, process=True)
     try:
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for_log(daemon.log, "reloaded the log level and the price book")
+        wait_for(lambda: "reloaded the log level and the price book" in daemon.log(),
+                 what="the reload in the log")
         (tmp_path / "llmspool.toml").write_text("[daemon]\nlog_level = 'loud'\n")
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for_log(daemon.log, "reload refused")
+        wait_for(lambda: "reload refused" in daemon.log(), what="the refusal in the log")
         assert "daemon.log_level" in daemon.log()
         status, _body = unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD, JSON)
         assert status == 200
     finally:
         daemon.terminate()
-
-
-def _wait_for_log(read: object, text: str, timeout: float = 10) -> None:
-    assert callable(read)
-    deadline = time.monotonic() + timeout
-    while text not in read():
-        assert time.monotonic() < deadline, f"{text!r} not logged:\n{read()}"
-        time.sleep(0.05)

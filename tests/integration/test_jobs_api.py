@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.support.processes import Daemon, Sim, start_daemon, start_sim, unix_request
+from tests.support.waiting import wait_for
 
 JSONL = {"content-type": "application/jsonl"}
 JSON = {"content-type": "application/json"}
@@ -191,7 +192,7 @@ def test_cancel_stops_what_has_not_run(tmp_path: Path) -> None:
     try:
         status, job = submit(daemon, jsonl(*(item(f"c{i}") for i in range(20))), "?deadline=1m")
         assert status == 202
-        time.sleep(0.5)
+        wait_for(lambda: sim.stats()["requests"]["total"] >= 1, what="the job's first call")
         status, cancelled = unix_request(daemon.socket_path, "POST",
                                          f"/v1/jobs/{job['id']}/cancel")
         assert status == 200 and cancelled["status"] == "cancelled"
@@ -200,7 +201,11 @@ def test_cancel_stops_what_has_not_run(tmp_path: Path) -> None:
         assert len(lines) == 20  # every request has a line: a result or "cancelled"
         assert sum(1 for line in lines if line["error"] and line["error"]["code"] == "cancelled"
                    ) == cancelled["counts"]["cancelled"]
-        time.sleep(1)
+        # Until nothing is queued, running or at the upstream: had the cancel not stopped the
+        # rest, they would have been sent by then.
+        wait_for(lambda: daemon.get("/v1/status")[1]["jobs"]["requests_queued"] == 0
+                 and daemon.get("/v1/status")[1]["jobs"]["requests_running"] == 0
+                 and sim.stats()["requests"]["in_flight"] == 0, what="the job to settle")
         # What ran, plus the one call in flight when the job was cancelled (max_in_flight 1):
         # nothing cancelled reached the upstream.
         ran = 20 - cancelled["counts"]["cancelled"]
@@ -220,15 +225,16 @@ def test_status_lists_jobs(daemon: Daemon) -> None:
 
 
 def test_finished_jobs_are_deleted_after_the_retention(tmp_path: Path, sim: Sim) -> None:
-    config = '[jobs]\nretention = "1s"\n'
+    config = '[jobs]\nretention = "300ms"\n'
     daemon = start_daemon(tmp_path, sim.url, config_toml=config)
     try:
         status, job = submit(daemon, jsonl(item("kept-briefly")), "?deadline=1m")
         assert results(daemon, job["id"])[0]["response"]["status_code"] == 200
     finally:
         daemon.terminate()
-    time.sleep(1.5)
-    # The retention sweep runs at start (then hourly): the finished job is gone.
+    # The retention must pass with no daemon to ask (the sweep runs at start, then hourly).
+    time.sleep(0.4)
+    # The finished job is gone.
     daemon = start_daemon(tmp_path, sim.url, config_toml=config)
     try:
         status, answer = daemon.get(f"/v1/jobs/{job['id']}")

@@ -20,6 +20,7 @@ from tests.support.processes import (
     start_daemon,
     start_sim,
 )
+from tests.support.waiting import wait_for
 
 MODEL = "gpt-4o-mini"
 DEADLINE = "10m"
@@ -549,13 +550,11 @@ def submit_file_with(daemon: Daemon, path: Path, *options: str) -> str:
 
 
 def wait_until_batched(daemon: Daemon, job_id: str) -> dict[str, Any]:
-    import time
-
-    until = time.monotonic() + 30
-    while True:
+    def batched() -> dict[str, Any] | None:
         job = orjson.loads(llmspool(daemon, "status", job_id, "--json").stdout)
         batches = job.get("batches") or []
         if batches and batches[0]["id"] and batches[0]["status"] == "in_progress":
             return dict(job)
-        assert time.monotonic() < until, job
-        time.sleep(0.3)
+        return None
+
+    return wait_for(batched, timeout=30, every=0.3, what=f"job {job_id} in a batch")

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from tests.support.processes import Daemon, start_daemon, start_sim, unix_request
+from tests.support.waiting import wait_for
 
 IN_FLIGHT = 4
 CONFIG = f"[jobs]\nmax_in_flight = {IN_FLIGHT}\n"
@@ -67,10 +68,8 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
     daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
     try:
         job = submit(daemon, jsonl("k", 60))
-        deadline = time.monotonic() + 30
-        while job_status(daemon, job["id"])["counts"]["succeeded"] < 12:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: job_status(daemon, job["id"])["counts"]["succeeded"] >= 12,
+                 timeout=30, what="12 requests done")
         kill_9(daemon)
         done_before = sum(1 for _c, state, _r in stored_rows(daemon.state_dir, job["id"])
                           if state == "succeeded")

@@ -50,6 +50,7 @@ from tests.support.processes import (
     unix_exchange,
     unix_request,
 )
+from tests.support.waiting import wait_for
 
 JSON = {"content-type": "application/json"}
 MODEL = "gpt-4o-mini"
@@ -122,14 +123,12 @@ def submit(daemon: Daemon, body: bytes, deadline: str, operation: str | None = N
 
 def job_results(daemon: Daemon, job_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
     """The job's result lines, once it has finished (within ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def finished() -> bool:
         status, job = daemon.get(f"/v1/jobs/{job_id}")
         assert status == 200, job
-        if job["status"] in ("completed", "failed", "cancelled"):
-            break
-        assert time.monotonic() < deadline, f"job {job_id} unfinished: {job}"
-        time.sleep(0.1)
+        return job["status"] in ("completed", "failed", "cancelled")
+
+    wait_for(finished, timeout=timeout, every=0.1, what=f"job {job_id} to finish")
     status, raw = unix_request(daemon.socket_path, "GET", f"/v1/jobs/{job_id}/results")
     assert status == 200, raw
     text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
@@ -419,10 +418,7 @@ def reload_prices(daemon: Daemon) -> None:
     """SIGHUP, then wait until the daemon logs the reload."""
     seen = len(daemon.log())
     daemon.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload" not in daemon.log()[seen:]:
-        assert time.monotonic() < deadline, "the daemon did not log a reload"
-        time.sleep(0.05)
+    wait_for(lambda: "reload" in daemon.log()[seen:], timeout=10, what="a reload in the log")
 
 
 def test_sighup_bills_the_next_direct_call_and_batch_line_at_the_new_prices(

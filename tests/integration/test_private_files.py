@@ -10,8 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from tests.integration.test_batches import FAST, jsonl, results, submit, wait_for
+from tests.integration.test_batches import FAST, jsonl, results, submit
 from tests.support.processes import start_daemon, start_sim, unix_exchange
+from tests.support.waiting import wait_for
 
 
 def test_state_files_are_private_and_the_key_is_never_written(tmp_path: Path) -> None:

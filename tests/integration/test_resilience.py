@@ -25,6 +25,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -161,17 +162,15 @@ def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(
                 b"application/json\r\ncontent-length: " + str(len(body)).encode()
                 + b"\r\n\r\n" + body)
             # Until the upstream has the call (admission, a durable reservation, comes first).
-            deadline = time.monotonic() + 5
-            while sim.stats()["requests"]["in_flight"] == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-        deadline = time.monotonic() + 2  # well before the 5 s answer
-        while dispatcher_status(daemon)["in_flight"]:
-            assert time.monotonic() < deadline, "the upstream call was not cancelled"
-            time.sleep(0.02)
+            wait_for(lambda: sim.stats()["requests"]["in_flight"] > 0, timeout=5,
+                     what="the call at the upstream")
+        # Well before the 5 s answer.
+        wait_for(lambda: dispatcher_status(daemon)["in_flight"] == 0, timeout=2.5,
+                 what="the upstream call to be cancelled")
         assert dispatcher_status(daemon)["aborted_by_client"] == 1
-        time.sleep(0.2)
-        assert sim.stats()["requests"]["client_closed"] == 1  # the sim saw the call dropped
+        # The sim saw the call dropped (its answer would take 5 s).
+        wait_for(lambda: sim.stats()["requests"]["client_closed"] == 1, timeout=2.5,
+                 what="the sim to see the call dropped")
     finally:
         daemon.terminate()
         sim.terminate()
@@ -185,6 +184,24 @@ def breaker_state(daemon: Daemon, provider: str = "openai") -> str:
         if breaker["provider"] == provider and breaker["tier"] == "standard":
             return str(breaker["state"])
     return "closed"
+
+
+def wait_out_the_cooldown(daemon: Daemon) -> None:
+    """Until the open breaker's cooldown (1 s: the behaviour under test is about time) is over,
+    as /v1/status tells it. ``retry_after_s`` is rounded to 0.1 s: once it reads 0, under
+    0.05 s are left, so the wait ends 0.05 s after the first 0."""
+    first_zero: list[float] = []
+
+    def over() -> bool:
+        [breaker] = [b for b in dispatcher_status(daemon)["breakers"]
+                     if b["provider"] == "openai" and b["tier"] == "standard"]
+        assert breaker["state"] == "open", breaker
+        if breaker["retry_after_s"] > 0:
+            return False
+        first_zero[:] = first_zero or [time.monotonic()]
+        return time.monotonic() - first_zero[0] >= 0.05
+
+    wait_for(over, timeout=5, every=0.01, what="the breaker's cooldown")
 
 
 def test_with_nothing_to_fail_over_to_an_open_breaker_answers_503_with_retry_after(
@@ -203,7 +220,7 @@ def test_with_nothing_to_fail_over_to_an_open_breaker_answers_503_with_retry_aft
         assert int(headers["retry-after"]) >= 1
         assert upstream_calls(sim) == 3  # the refused call was never sent
         sim.clear_faults()
-        time.sleep(1.1)  # the cooldown: the next call is the probe, and it heals the breaker
+        wait_out_the_cooldown(daemon)  # the next call is the probe, and it heals the breaker
         assert chat(daemon)[0] == 200
         assert breaker_state(daemon) == "closed"
         moves = [(m["from"], m["to"]) for m in dispatcher_status(daemon)["breaker_transitions"]]
@@ -230,13 +247,12 @@ def test_deferred_requests_wait_out_an_open_breaker_instead_of_failing(
         status, job = unix_exchange(daemon.socket_path, "POST", "/v1/jobs?deadline=2m", lines,
                                     {"content-type": "application/jsonl"})[:2]
         assert status == 202, job
-        deadline = time.monotonic() + 60
-        while True:
-            _, done, _ = unix_exchange(daemon.socket_path, "GET", f"/v1/jobs/{job['id']}")
-            if done["status"] != "in_progress":
-                break
-            assert time.monotonic() < deadline, done
-            time.sleep(0.2)
+
+        def finished() -> dict[str, Any] | None:
+            _, job_now, _ = unix_exchange(daemon.socket_path, "GET", f"/v1/jobs/{job['id']}")
+            return job_now if job_now["status"] != "in_progress" else None
+
+        done = wait_for(finished, timeout=60, every=0.2, what="the job to finish")
         assert done["counts"]["succeeded"] == 20, done
         refusals = dispatcher_status(daemon)["failed"]
         assert refusals > 3, "the breaker never refused a job request: nothing was tested"
@@ -269,7 +285,7 @@ def test_an_open_breaker_fails_over_to_ollama_then_heals(tmp_path: Path, sim: Si
         assert events and events[0].model.startswith("llama3.2")
         assert dispatcher_status(daemon)["failed_over"] == 2
         sim.clear_faults()
-        time.sleep(1.1)
+        wait_out_the_cooldown(daemon)
         status, body, headers = chat(daemon)
         assert status == 200 and "x-llmspool-failover" not in headers
         assert breaker_state(daemon) == "closed"

@@ -5,14 +5,14 @@ and so no error in the daemon's log; ``console`` writes spans to the daemon's ou
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_tracing import OtlpReceiver, wait_for
+from tests.integration.test_tracing import OtlpReceiver
 from tests.support.processes import Daemon, Sim, openai_client, start_daemon
+from tests.support.waiting import wait_for
 
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "100"}
 
@@ -31,13 +31,13 @@ def _folder(path: Path) -> Path:
     return path
 
 
-def _one_call_then_stop(daemon: Daemon, linger: float = 1.0) -> str:
-    """One chat completion, a few metric export intervals, a stop (which flushes whatever
-    exporters there are); the daemon's log."""
+def _one_call_then_stop(daemon: Daemon, exported: Callable[[Daemon], object]) -> str:
+    """One chat completion, a wait until ``exported(daemon)`` shows the exporters have run,
+    a stop (which flushes whatever exporters there are); the daemon's log."""
     try:
         openai_client(daemon.socket_path).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-        time.sleep(linger)
+        wait_for(lambda: exported(daemon), what="an export")
     finally:
         daemon.terminate()
     return daemon.log()
@@ -48,13 +48,18 @@ def _export_errors(log: str) -> list[str]:
             if "ERROR" in line or "Failed to export" in line or "Traceback" in line]
 
 
+def _span_received(receiver: OtlpReceiver) -> Callable[[Daemon], bool]:
+    return lambda _daemon: "chat gpt-4o-mini" in {span.name for span in receiver.spans}
+
+
 def test_metrics_exporter_none_sends_no_metrics_and_logs_no_error(
     tmp_path: Path, sim: Sim, traces_only: OtlpReceiver
 ) -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": traces_only.endpoint, **FAST_EXPORT}
     # As things were: metrics go to a backend that refuses them, and each export fails.
-    log = _one_call_then_stop(start_daemon(_folder(tmp_path / "default"), sim.url, env=env,
-                                           process=True))
+    log = _one_call_then_stop(
+        start_daemon(_folder(tmp_path / "default"), sim.url, env=env, process=True),
+        lambda daemon: "/v1/metrics" in traces_only.paths and _export_errors(daemon.log()))
     assert "/v1/metrics" in traces_only.paths
     assert _export_errors(log)
     traces_only.paths.clear()
@@ -62,7 +67,7 @@ def test_metrics_exporter_none_sends_no_metrics_and_logs_no_error(
 
     log = _one_call_then_stop(start_daemon(_folder(tmp_path / "none"), sim.url,
                                            env={**env, "OTEL_METRICS_EXPORTER": "none"},
-                                           process=True))
+                                           process=True), _span_received(traces_only))
     assert "/v1/metrics" not in traces_only.paths
     assert _export_errors(log) == []
     assert "chat gpt-4o-mini" in {span.name for span in traces_only.spans}  # traces still go
@@ -75,7 +80,7 @@ def test_a_traces_only_endpoint_gets_no_metrics(
     nowhere to go unless asked for, so none are exported (not to localhost:4318 either)."""
     log = _one_call_then_stop(start_daemon(tmp_path, sim.url, env={
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{traces_only.endpoint}/v1/traces",
-        **FAST_EXPORT}, process=True))
+        **FAST_EXPORT}, process=True), _span_received(traces_only))
     assert set(traces_only.paths) == {"/v1/traces"}
     assert _export_errors(log) == []
 
@@ -98,7 +103,7 @@ def test_traces_exporter_none_and_console(tmp_path: Path, sim: Sim) -> None:
         receiver.paths.clear()
         log = _one_call_then_stop(start_daemon(_folder(tmp_path / "console"), sim.url, env={
             **env, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"},
-            process=True))
+            process=True), lambda daemon: '"name": "chat gpt-4o-mini"' in daemon.log())
         assert receiver.paths == []
         assert '"name": "chat gpt-4o-mini"' in log
         assert '"gen_ai.usage.cost.amount"' in log

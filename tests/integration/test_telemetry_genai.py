@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.test_tracing import OtlpReceiver, attributes_of, wait_for
+from tests.integration.test_tracing import OtlpReceiver, attributes_of
 from tests.support.processes import Sim, openai_client, start_daemon, unix_exchange, unix_request
+from tests.support.waiting import wait_for
 
 TELEMETRY_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "200"}
 
