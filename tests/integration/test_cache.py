@@ -239,9 +239,16 @@ def test_100_identical_concurrent_requests_make_one_upstream_call(
         how = [headers["x-llmspool-cache"] for _status, _body, headers in answers]
         assert how.count("miss") == 1
         assert upstream_calls(sim) == 1
-        status, report = daemon.get("/v1/ledger?by=source")
-        assert status == 200
-        rows = {row["source"]: row for row in report["rows"]}
+
+        def sources() -> dict[Any, Any] | None:
+            # Answers go out before their ledger entries commit (a group commit later).
+            status, report = daemon.get("/v1/ledger?by=source")
+            assert status == 200
+            rows = {row["source"]: row for row in report["rows"]}
+            done = "dedup" in rows and rows["dedup"]["requests"] >= 99
+            return rows if done else None
+
+        rows = wait_for(sources, what="the 99 shared answers in the ledger")
         assert rows["dedup"]["requests"] == 99 and rows["dedup"]["spend_usd"] == 0
         assert rows["dedup"]["saved_usd"] == pytest.approx(99 * rows[None]["spend_usd"],
                                                           rel=1e-6)
