@@ -7,16 +7,18 @@ tests are skipped with the install command, and in CI they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO.parent / "shared" / "reference" / "openai-openapi.yaml"
@@ -57,19 +59,21 @@ def steady_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/_x-steady/health", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_x-steady/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                error = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"Steady did not start: {error[-2000:]}")
-            time.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # reported below, with Steady's own words
+            wait_for(lambda: healthy() or process.poll() is not None, timeout=60, every=0.2,
+                     what="Steady to answer its health check")
+        if process.poll() is not None or not healthy():
+            error = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"Steady did not start: {error[-2000:]}")
         yield url
     finally:
         process.terminate()

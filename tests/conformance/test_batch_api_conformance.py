@@ -9,7 +9,6 @@ answer is checked by a full JSON Schema validator against the spec's schema for 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.support.processes import (
     start_sim,
     unix_exchange,
 )
+from tests.support.waiting import wait_for
 
 BOUNDARY = "conformance"
 
@@ -88,13 +88,14 @@ class Recorder:
                                        "completion_window": "24h", **extra}), status=status)
 
     def until(self, batch_id: str, status: str) -> Any:
-        deadline = time.monotonic() + 60
-        while True:
-            batch = self.call("Batch", "GET", f"/v1/batches/{batch_id}")
-            if batch["status"] == status:
-                return batch
-            assert time.monotonic() < deadline, batch
-            time.sleep(0.1)
+        return wait_for(
+            lambda: (batch := self.call("Batch", "GET", f"/v1/batches/{batch_id}"))["status"]
+            == status
+            and batch,
+            timeout=60,
+            every=0.1,
+            what=f"batch {batch_id} to be {status}",
+        )
 
 
 def test_every_answer_matches_the_spec(quick: Daemon, schemas: OpenApiSchemas) -> None:

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from llmspool.sim.config import ANTHROPIC_MODELS, SimConfig
 
 from tests.sim.conftest import RunningSim, launch
+from tests.support.waiting import wait_for
 
 MODEL = "claude-sonnet-4-5"
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
@@ -614,13 +615,13 @@ def batch_request(custom_id: str, content: str = "Hello", **params: Any) -> dict
 
 
 def wait_ended(sdk: anthropic.Anthropic, batch_id: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = sdk.messages.batches.retrieve(batch_id)
-        if batch.processing_status == "ended":
-            return batch
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.05)
+    return wait_for(
+        lambda: (batch := sdk.messages.batches.retrieve(batch_id)).processing_status == "ended"
+        and batch,
+        timeout=timeout,
+        every=0.05,
+        what=f"batch {batch_id} to end",
+    )
 
 
 def results(sdk: anthropic.Anthropic, batch_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from llmspool.sim.stats import SimStats
 from llmspool_openai.batch_objects import remote_batch
 
 from tests.sim.test_spec_shapes import SPEC, problems
+from tests.support import waiting
 
 if TYPE_CHECKING:
     from tests.sim.conftest import RunningSim
@@ -82,13 +83,13 @@ def submit(
 
 
 def wait_for(client: openai.OpenAI, batch_id: str, status: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status == status:
-            return batch
-        assert time.monotonic() < deadline, f"batch stuck in {batch.status}, not {status}"
-        time.sleep(0.05)
+    """The batch, once it has reached ``status``."""
+    return waiting.wait_for(
+        lambda: (batch := client.batches.retrieve(batch_id)).status == status and batch,
+        timeout=timeout,
+        every=0.05,
+        what=f"batch {batch_id} to be {status}",
+    )
 
 
 def read_lines(client: openai.OpenAI, file_id: str | None) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def assert_error_shape(response: httpx2.Response, status: int, param: str | None
 
 
 def test_a_batch_runs_to_completed_with_every_answer_and_its_usage(bsim: RunningSim) -> None:
-    configure(bsim, validating="300ms", turnaround="1s", finalizing="300ms")
+    configure(bsim, validating="300ms", turnaround="500ms", finalizing="300ms")
     client = bsim.client()
     lines = [chat_line(f"req-{i}") for i in range(6)]
     created = submit(client, lines, metadata={"llmspool_intent": "intent-1"})
@@ -158,9 +159,8 @@ def test_a_batch_runs_to_completed_with_every_answer_and_its_usage(bsim: Running
     assert created.expires_at == created.created_at + 24 * 3600
 
     seen: list[str] = []
-    deadline = time.monotonic() + 10
-    while not seen or seen[-1] != "completed":
-        assert time.monotonic() < deadline, seen
+
+    def completed() -> bool:
         document = raw_batch(bsim, created.id)
         # Every state must be one the daemon can read.
         remote = remote_batch("openai", document)
@@ -168,7 +168,10 @@ def test_a_batch_runs_to_completed_with_every_answer_and_its_usage(bsim: Running
         assert remote.completed + remote.failed <= remote.total
         if not seen or seen[-1] != document["status"]:
             seen.append(document["status"])
-        time.sleep(0.05)
+        return seen[-1] == "completed"
+
+    # Polled often enough to see each state, which lasts 300 ms at least.
+    waiting.wait_for(completed, timeout=10, every=0.05, what="the batch to complete")
     assert seen == ["validating", "in_progress", "finalizing", "completed"]
 
     batch = client.batches.retrieve(created.id)
@@ -435,14 +438,20 @@ def test_cancel_takes_the_delay_and_keeps_what_finished(bsim: RunningSim) -> Non
     client = bsim.client()
     names = [f"c{i:02}" for i in range(40)]
     created = submit(client, [chat_line(n) for n in names])
-    time.sleep(1.0)
+    # Lines finish one by one over the turnaround: cancel once some have, well before the end.
+    waiting.wait_for(
+        lambda: client.batches.retrieve(created.id).request_counts.completed >= 8,
+        every=0.05,
+        what="some lines to finish",
+    )
     cancelling = client.batches.cancel(created.id)
     assert cancelling.status == "cancelling"
     assert cancelling.cancelling_at is not None and cancelling.cancelled_at is None
     assert cancelling.request_counts is not None
     done = cancelling.request_counts.completed
-    assert 5 <= done <= 35  # about half of the turnaround had passed
-    # Cancelling again changes nothing; lines stop finishing while cancelling.
+    assert 5 <= done <= 35  # part of the turnaround had passed, not all of it
+    # Cancelling again changes nothing; lines stop finishing while cancelling. Nothing to wait
+    # for here: 200 ms must pass in which 4 more lines would have finished if they had not.
     time.sleep(0.2)
     again = client.batches.cancel(created.id)
     assert again.request_counts is not None
@@ -457,6 +466,7 @@ def test_cancel_takes_the_delay_and_keeps_what_finished(bsim: RunningSim) -> Non
     assert sorted(errors) == names[done:]
     assert all(line["error"] == CANCELLED_ERROR for line in errors.values())
     assert bsim.stats()["batches"]["cancel_requests"] == 2
+    configure(bsim, turnaround="0s")  # a completed batch, without waiting out 2 s for it
     with pytest.raises(openai.BadRequestError) as caught:
         client.batches.cancel(wait_for(client, submit(client, [chat_line("z")]).id, "completed").id)
     assert "completed" in caught.value.message

@@ -13,6 +13,8 @@ import httpx2
 import openai
 import pytest
 
+from tests.support.waiting import wait_for
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -140,9 +142,11 @@ def test_stops_cleanly_on_signal_even_with_requests_in_flight(
 
     thread = threading.Thread(target=hung_request)
     thread.start()
-    deadline = time.monotonic() + 5
-    while running.stats()["requests"]["in_flight"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(
+        lambda: running.stats()["requests"]["in_flight"] >= 1,
+        timeout=5,
+        what="the request to reach the sim",
+    )
     started = time.monotonic()
     assert running.stop(sig) == 0
     assert time.monotonic() - started < 8

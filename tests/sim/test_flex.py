@@ -13,6 +13,8 @@ import pytest
 from llmspool.sim.config import SimConfig
 from llmspool.sim.flex import FlexPacing
 
+from tests.support.waiting import wait_for
+
 if TYPE_CHECKING:
     from tests.sim.conftest import RunningSim
 
@@ -210,8 +212,10 @@ def test_timed_spell_ends_by_itself(sim: RunningSim) -> None:
     assert 0 < state["spell_left_seconds"] <= 0.6
     assert flex_outcome(client) == "resource_unavailable"
     assert chat(client).service_tier == "default"
-    time.sleep(0.65)
-    state = sim.flex()
+    # The spell's 600 ms must pass (the shared sim runs at speed 1): poll for its end.
+    state = wait_for(
+        lambda: not (now := sim.flex())["unavailable"] and now, what="the timed spell to end"
+    )
     assert (state["unavailable"], state["cause"], state["spell_left_seconds"]) == (
         False,
         None,
@@ -230,7 +234,8 @@ def test_null_returns_to_the_configured_behaviour(start_sim: StartSim) -> None:
     # A timed spell overrides the forced state, which resumes when the spell is over.
     running.flex({"unavailable_for": "300ms"})
     assert flex_outcome(client) == "resource_unavailable"
-    time.sleep(0.35)
+    # The spell's 300 ms must pass: poll for its end, when the forced "available" is back.
+    wait_for(lambda: not running.flex()["unavailable"], what="the timed spell to end")
     assert flex_outcome(client) == "ok"
     running.flex({"unavailable": None})
     assert flex_outcome(client) == "resource_unavailable"
@@ -337,7 +342,8 @@ def observe_schedule(
             wanted = "resource_unavailable" if expected(before) else "ok"
             assert outcome == wanted, f"at {before:.3f}..{after:.3f}s got {outcome}"
             observed.append((before, outcome))
-        time.sleep(0.02)
+        # No pause between samples: the schedule plays out in real time, paced by these four
+        # requests, and on a loaded machine every certain sample counts.
 
 
 def test_scheduled_outages_are_observed(start_sim: StartSim) -> None:

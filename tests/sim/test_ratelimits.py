@@ -238,6 +238,8 @@ def test_a_burst_beyond_the_rpm_is_refused_and_admitted_again_after_the_hint(
     assert 0 < wait_ms <= 100
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    # What is checked is that the hinted wait (at most 100 ms, per real minute: no speed factor)
+    # is enough, so exactly that much must pass; polling would pass with a wrong hint too.
     time.sleep(wait_ms / 1000)
     assert post_chat(http).status_code == 200
     for client in clients:
@@ -287,6 +289,7 @@ def test_tpm_counts_prompt_and_max_output_asked(sim: RunningSim) -> None:
     wait_ms = int(headers["retry-after-ms"])
     assert 0 < wait_ms <= 100
     assert abs(int(match.group(2)) - wait_ms) <= 1
+    # The hinted wait (at most 100 ms) must be enough: it has to pass, not be polled through.
     time.sleep(wait_ms / 1000)
     client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=asked - prompt)
     counters = sim.stats()["ratelimits"]["by_model"][MODEL]

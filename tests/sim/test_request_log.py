@@ -22,6 +22,8 @@ from llmspool.sim.config import SimConfig
 from llmspool.sim.request_log import RequestLog
 from llmspool_openai.provider import OpenAIProvider, client_request_id_headers
 
+from tests.support.waiting import wait_for
+
 if TYPE_CHECKING:
     from tests.sim.conftest import RunningSim
 
@@ -273,10 +275,11 @@ def test_a_completed_batch_logs_its_answered_lines_by_custom_id(start_sim: Start
     content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     file_id = client.files.create(file=("in.jsonl", content), purpose="batch").id
     batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
-    deadline = time.monotonic() + 10
-    while (batch := client.batches.retrieve(batch.id)).status != "completed":
-        assert time.monotonic() < deadline, batch.status
-        time.sleep(0.05)
+    batch = wait_for(
+        lambda: (done := client.batches.retrieve(batch.id)).status == "completed" and done,
+        every=0.05,
+        what="the batch to complete",
+    )
     assert batch.output_file_id is not None
     output = [
         orjson.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()
@@ -307,8 +310,9 @@ def test_the_log_is_logged_when_read_even_with_no_batch_call_since(start_sim: St
     file_id = client.files.create(file=("in.jsonl", orjson.dumps(line)), purpose="batch").id
     client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
     assert entries(running) == []
-    time.sleep(0.4)
-    assert [entry["request_id"] for entry in entries(running)] == ["only"]
+    # Each read plays the batch's clock: the 200 ms turnaround must pass before it logs.
+    logged = wait_for(lambda: entries(running), every=0.05, what="the batch's line in the log")
+    assert [entry["request_id"] for entry in logged] == ["only"]
 
 
 def test_request_log_unit_bound_zero_keeps_nothing() -> None:

@@ -34,6 +34,7 @@ from tests.sim.test_batches import (
     wait_for,
 )
 from tests.sim.test_config import assert_refused
+from tests.support import waiting
 
 if TYPE_CHECKING:
     from tests.sim.conftest import RunningSim
@@ -125,23 +126,30 @@ def test_runtime_faults_and_flex_spells_are_rehearsal_time(start_sim: StartSim) 
         response = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES})
     assert response.status_code == 429
     assert response.headers["retry-after-ms"] == "500"
-    # A spell of 20s of rehearsal time is over after one real second; GET counts rehearsal time.
-    state = running.flex({"unavailable_for": "20s"})
+    # A spell of 10s of rehearsal time is over after half a real second; GET counts rehearsal
+    # time. That must pass: poll for the end, and check it came when the speed says.
+    started = time.monotonic()
+    state = running.flex({"unavailable_for": "10s"})
     assert state["unavailable"] is True
-    assert 10 < state["spell_left_seconds"] <= 20
-    time.sleep(1.1)
-    state = running.flex()
-    assert state["unavailable"] is False
-    assert state["elapsed_seconds"] > 20
+    assert 5 < state["spell_left_seconds"] <= 10
+    state = waiting.wait_for(
+        lambda: not (now := running.flex())["unavailable"] and now,
+        timeout=3.0,
+        what="the 10s spell to end (0.5 real seconds at speed 20)",
+    )
+    assert time.monotonic() - started >= 0.45
+    assert state["elapsed_seconds"] > 10
 
 
 def test_scheduled_flex_outages_follow_the_speed(start_sim: StartSim) -> None:
     running = start_sim('[sim]\nspeed = 20\n[[sim.flex_outages]]\nstart = "0s"\nduration = "30s"\n')
-    started = time.monotonic()
     assert running.flex()["cause"] == "outage"
-    while running.flex()["unavailable"]:
-        assert time.monotonic() - started < 3.0, "the outage outlasted 1.5 real seconds"
-        time.sleep(0.05)
+    waiting.wait_for(
+        lambda: not running.flex()["unavailable"],
+        timeout=3.0,
+        every=0.05,
+        what="the 30s outage to end (1.5 real seconds at speed 20)",
+    )
     assert running.flex()["config"]["flex_outages"] == [{"start": "0s", "duration": "30s"}]
 
 

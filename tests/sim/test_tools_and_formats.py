@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +23,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolC
 from pydantic import BaseModel, Field
 
 from tests.support.openapi_schemas import SPEC, OpenApiSchemas
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.sim.conftest import RunningSim
@@ -570,12 +570,12 @@ def test_batch_lines_call_tools_and_follow_formats(sim: RunningSim) -> None:
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        for _ in range(200):
-            batch = client.batches.retrieve(batch.id)
-            if batch.status == "completed":
-                break
-            time.sleep(0.05)
-        assert batch.status == "completed"
+        batch = wait_for(
+            lambda: (done := client.batches.retrieve(batch.id)).status == "completed" and done,
+            timeout=10,
+            every=0.05,
+            what="the batch to complete",
+        )
         assert batch.output_file_id is not None
         assert batch.error_file_id is not None
         output = [

@@ -3,7 +3,10 @@ the concurrency cap, learning and correcting from ``x-ratelimit-*`` headers, 429
 ramp back, requests too large, and Go durations.
 
 Most tests freeze a fake clock, so bucket arithmetic is exact and only a release, a header or a
-cancellation can let a waiter through; the few that check real waiting use short real times."""
+cancellation can let a waiter through; the few that check real waiting use short real times.
+Where the other tasks must have done all they can before a check (queued, been admitted, or
+found they still do not fit), the test waits until every task is blocked (``settled``) instead
+of sleeping a guessed time."""
 
 from __future__ import annotations
 
@@ -46,6 +49,12 @@ async def take(limits: RateLimits, tokens: int = 0, *, interactive: bool = False
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     anyio.run(main)
+
+
+async def settled() -> None:
+    """Let every other task run until each one waits (for a wake-up or a timer): what the tasks
+    just started or woken can do, they have done."""
+    await anyio.wait_all_tasks_blocked()
 
 
 # -- Go durations and pause hints -------------------------------------------------------------
@@ -112,22 +121,24 @@ def test_rpm_allows_the_burst_then_spaces_requests() -> None:
         async with anyio.create_task_group() as group:
             for name in ("a", "b"):
                 group.start_soon(waiter, name)
-            await anyio.sleep(0.01)
+            await settled()
             assert granted == []
+            assert state(limits)["waiting_deferred"] == 2
             # Then one every 60/600 = 0.1 s. (An empty header set wakes the head to look again
             # at the fake clock, which its real-time sleep does not follow.)
             for step, expected in ((0.09, []), (0.01, ["a"]), (0.09, ["a"]), (0.01, ["a", "b"])):
                 clock.now += step
                 limits.observe(PROVIDER, MODEL, {})
-                await anyio.sleep(0.005)
+                await settled()
                 assert granted == expected, (step, granted)
 
     run(main)
 
 
 def test_waiters_sleep_just_until_the_bucket_has_room() -> None:
+    # Real time: the event loop must wake each waiter when its turn comes (3 x 0.02 s).
     started = time.monotonic()
-    limits = RateLimits({KEY: LimitSettings(rpm=600)})
+    limits = RateLimits({KEY: LimitSettings(rpm=3000)})
     times: list[float] = []
 
     async def waiter() -> None:
@@ -135,22 +146,23 @@ def test_waiters_sleep_just_until_the_bucket_has_room() -> None:
         times.append(time.monotonic() - started)
 
     async def main() -> None:
-        for _ in range(600):
+        for _ in range(3000):
             await take(limits)
         async with anyio.create_task_group() as group:  # waiting together, served in turn
             for _ in range(3):
                 group.start_soon(waiter)
 
     run(main)
-    # The bucket was full when made and gains one request every 0.1 s: the k-th waiter cannot
-    # go before k * 0.1 s, whatever the machine's load; and it is not kept much longer.
+    # The bucket was full when made and gains one request every 0.02 s: the k-th waiter cannot
+    # go before k * 0.02 s, whatever the machine's load; and it is not kept much longer.
     assert len(times) == 3
     for k, at in enumerate(times, start=1):
-        assert at >= k * 0.1 - 0.002, times
+        assert at >= k * 0.02 - 0.002, times
     assert times[-1] <= 1.5, times
 
 
 def test_a_refund_that_leaves_the_head_short_shortens_its_wait() -> None:
+    # Real time: the head, asleep for 30 s, must be woken and re-timed to 0.03 s.
     started = time.monotonic()
     limits = RateLimits({KEY: LimitSettings(tpm=60_000)})  # 1,000 tokens a second
     waited: list[float] = []
@@ -164,11 +176,11 @@ def test_a_refund_that_leaves_the_head_short_shortens_its_wait() -> None:
 
         async with anyio.create_task_group() as group:
             group.start_soon(waiter)
-            await anyio.sleep(0.01)
-            holder.release(used_tokens=30_100)  # 29,900 back: 0.1 s of refill short now
+            await settled()  # queued, and timed its 30 s wait
+            holder.release(used_tokens=30_030)  # 29,970 back: 0.03 s of refill short now
 
     run(main)
-    assert 0.098 <= waited[0] <= 1.5  # not the 30 s it was timed for before the refund
+    assert 0.028 <= waited[0] <= 1.5  # not the 30 s it was timed for before the refund
 
 
 def test_tpm_charges_requested_tokens_and_release_settles_the_difference() -> None:
@@ -202,7 +214,7 @@ def test_tpm_charges_requested_tokens_and_release_settles_the_difference() -> No
 
         async with anyio.create_task_group() as group:
             group.start_soon(waiter)
-            await anyio.sleep(0.02)
+            await settled()
             assert granted == []
             assert state(limits)["waiting_deferred"] == 1
             holder.release(used_tokens=100)
@@ -241,7 +253,7 @@ def test_interactive_waiters_go_first_and_each_class_is_fifo() -> None:
     async def worker(name: str, interactive: bool) -> None:
         permit = await take(limits, interactive=interactive)
         order.append(name)
-        await anyio.sleep(0.001)
+        await anyio.lowlevel.checkpoint()  # the call: the slot is held across a yield
         permit.release()
 
     async def main() -> None:
@@ -250,7 +262,7 @@ def test_interactive_waiters_go_first_and_each_class_is_fifo() -> None:
             arrivals = [("d1", False), ("d2", False), ("i1", True), ("d3", False), ("i2", True)]
             for name, interactive in arrivals:
                 group.start_soon(worker, name, interactive)
-                await anyio.sleep(0.005)  # arrive in this order
+                await settled()  # queued before the next one arrives
             assert state(limits)["waiting_interactive"] == 2
             assert state(limits)["waiting_deferred"] == 3
             holder.release()
@@ -273,14 +285,14 @@ def test_a_big_head_blocks_its_class_but_not_an_interactive_arrival() -> None:
         second = await take(limits, 20_000)
         async with anyio.create_task_group() as group:
             group.start_soon(worker, "big", 30_000, False)
-            await anyio.sleep(0.005)
+            await settled()
             group.start_soon(worker, "small", 10, False)
-            await anyio.sleep(0.005)
+            await settled()
             first.release(used_tokens=20_000)  # 20,000 back: "small" would fit, "big" not
-            await anyio.sleep(0.02)
+            await settled()
             assert order == []  # "small" waits behind "big": big requests are not starved
             group.start_soon(worker, "interactive", 10, True)
-            await anyio.sleep(0.02)
+            await settled()
             assert order == ["interactive"]
             second.release(used_tokens=0)  # 20,000 more: now "big" fits, then "small"
         assert order == ["interactive", "big", "small"]
@@ -311,14 +323,14 @@ def test_a_cancelled_head_leaves_nothing_and_lets_the_next_one_through() -> None
 
         async with anyio.create_task_group() as group:
             group.start_soon(cancellable_big)
-            await anyio.sleep(0.005)
+            await settled()
             group.start_soon(worker, "small", 50)
-            await anyio.sleep(0.005)
+            await settled()
             holder.release(used_tokens=59_900)  # 100 back: "small" fits, but "big" is ahead
-            await anyio.sleep(0.01)
+            await settled()
             assert order == []
             big.cancel()
-            await anyio.sleep(0.01)
+            await settled()
             assert order == ["small"]
         assert state(limits)["tokens_available"] == 50  # nothing charged for "big"
         assert state(limits)["waiting_deferred"] == 0
@@ -346,9 +358,9 @@ def test_a_waiter_cancelled_as_it_is_admitted_gives_its_admission_back() -> None
         holder = await take(limits, 1000)
         async with anyio.create_task_group() as group:
             group.start_soon(first_waiter)
-            await anyio.sleep(0.005)
+            await settled()
             group.start_soon(second_waiter)
-            await anyio.sleep(0.005)
+            await settled()
             # Cancelled, and then admitted before it could run: it must give the slot back.
             scope.cancel()
             holder.release()
@@ -384,7 +396,7 @@ def test_concurrency_cap() -> None:
         async with anyio.create_task_group() as group:
             for _ in range(6):
                 group.start_soon(worker, go)
-            await anyio.sleep(0.01)
+            await settled()
             assert (state(limits)["in_flight"], state(limits)["waiting_deferred"]) == (2, 4)
             assert running == 2
             go.set()
@@ -453,7 +465,7 @@ def test_a_waiter_too_large_for_a_newly_learned_limit_fails_instead_of_waiting()
         holder = await take(limits)
         async with anyio.create_task_group() as group:
             group.start_soon(big)
-            await anyio.sleep(0.005)
+            await settled()
             limits.observe(PROVIDER, MODEL, {"x-ratelimit-limit-tokens": "10000"})
         assert len(errors) == 1
         assert state(limits)["waiting_deferred"] == 0
@@ -540,6 +552,7 @@ def test_a_header_from_a_full_bucket_does_not_count_refill_it_could_not_hold() -
 
 
 def test_a_lowered_bucket_makes_the_head_wait_longer() -> None:
+    # Real time: the head's sleep must follow the corrected level.
     started = time.monotonic()
     limits = RateLimits({KEY: LimitSettings(tpm=600_000)})  # 10,000 tokens a second
     waited: list[float] = []
@@ -547,11 +560,11 @@ def test_a_lowered_bucket_makes_the_head_wait_longer() -> None:
     async def main() -> None:
         first = await take(limits, 1000)
         limits.observe(PROVIDER, MODEL, {"x-ratelimit-remaining-tokens": "0"}, permit=first)
-        await take(limits, 2000)  # 0.2 s of refill after the first call, not 0 s
+        await take(limits, 400)  # 0.04 s of refill after the first call, not 0 s
         waited.append(time.monotonic() - started)
 
     run(main)
-    assert 0.198 <= waited[0] <= 1.5
+    assert 0.038 <= waited[0] <= 1.5
 
 
 # -- 429 --------------------------------------------------------------------------------------
@@ -581,6 +594,7 @@ def test_rate_limited_drains_pauses_then_ramps_back() -> None:
 
 
 def test_rate_limited_holds_waiters_then_admits_them_slowly() -> None:
+    # Real time: waiters must sleep through the pause and be woken at the ramping rate.
     limits = RateLimits({KEY: LimitSettings(rpm=60_000)}, ramp_seconds=0.4)  # 1,000/s
     granted: list[float] = []
     pause_end: list[float] = []
@@ -589,9 +603,9 @@ def test_rate_limited_holds_waiters_then_admits_them_slowly() -> None:
         for _ in range(100):
             await take(limits)  # a full bucket first: a 429 must empty it
         pause_end.append(
-            time.monotonic() + limits.rate_limited(PROVIDER, MODEL, {"retry-after-ms": "100"})
+            time.monotonic() + limits.rate_limited(PROVIDER, MODEL, {"retry-after-ms": "50"})
         )
-        while not granted or granted[-1] < pause_end[0] + 0.15:
+        while not granted or granted[-1] < pause_end[0] + 0.1:
             await take(limits)
             granted.append(time.monotonic())
 
