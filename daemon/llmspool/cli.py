@@ -29,14 +29,15 @@ from typing import Any
 
 import orjson
 
-from llmspool import __version__, unix_http
+from llmspool import __version__
 from llmspool.cli_config import add_config_commands
 from llmspool.cli_costs import add_costs_command
 from llmspool.cli_jobs import add_job_commands
 from llmspool.cli_output import console
-from llmspool.config import Config, load_config
-from llmspool.errors import ConfigError, StartupError
-from llmspool.locate import socket_path
+from llmspool.core import unix_http
+from llmspool.core.config import Config, load_config
+from llmspool.core.errors import ConfigError, StartupError
+from llmspool.core.locate import socket_path
 
 # EX_CONFIG from sysexits.h: the unit file's RestartPreventExitStatus=78 stops systemd from
 # restarting a daemon whose config is wrong (it would fail the same way every time).

@@ -27,8 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmspool.billing import PriceBook, load_price_book
-from llmspool.config import (
+from llmspool.core.config import (
     COMMON_PROVIDER_KEYS,
     Config,
     ConfigProblems,
@@ -39,9 +38,10 @@ from llmspool.config import (
     load_config,
     read_config_file,
 )
-from llmspool.errors import ConfigError
-from llmspool.plugins import ProviderKind, load_provider_specs
-from llmspool.provider import batch_capabilities_of, provider_capabilities
+from llmspool.core.errors import ConfigError
+from llmspool.core.plugins import ProviderKind, load_provider_specs
+from llmspool.core.provider import batch_capabilities_of, provider_capabilities
+from llmspool.policy.billing import PriceBook, load_price_book
 
 EXIT_OK = 0
 # EX_CONFIG, as the daemon exits for a config it refuses (llmspool.cli.EXIT_CONFIG).

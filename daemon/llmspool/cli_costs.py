@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from llmspool import unix_http
 from llmspool.cli_output import console
-from llmspool.errors import StartupError
+from llmspool.core import unix_http
+from llmspool.core.errors import StartupError
 from llmspool.store.reports import DIMENSIONS, parse_day, parse_dimensions, parse_since
 
 EXIT_OK = 0
@@ -128,7 +128,7 @@ def _until(text: str) -> str:
 
 def run_costs(args: argparse.Namespace) -> int:
     """Fetch the report and print it in the chosen format; the exit status."""
-    from llmspool.locate import socket_path
+    from llmspool.core.locate import socket_path
 
     query = {"by": ",".join(args.by), "since": args.since}
     if args.all_users:

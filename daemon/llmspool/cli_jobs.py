@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llmspool.cli_output import console
-from llmspool.states import JobStatus
+from llmspool.core.states import JobStatus
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -9,14 +9,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from llmspool.config import (
+from llmspool.core.config import (
     Config,
     ConfigProblems,
     config_from_table,
     config_to_table,
     load_config,
 )
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

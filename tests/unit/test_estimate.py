@@ -11,8 +11,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llmspool.calls import Endpoint
-from llmspool.estimate import (
+from llmspool.core.calls import Endpoint
+from llmspool.policy.estimate import (
     CALIBRATION_SAMPLES,
     DEFAULT_CHARS_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,

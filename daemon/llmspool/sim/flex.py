@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from llmspool.calls import Tier
-from llmspool.errors import ApiError, ConfigError
-from llmspool.pricing import load_price_table
+from llmspool.core.calls import Tier
+from llmspool.core.errors import ApiError, ConfigError
+from llmspool.core.pricing import load_price_table
+from llmspool.core.units import parse_duration
 from llmspool.sim.faults import duration_text
 from llmspool.sim.speed import rehearsal_clock
-from llmspool.units import parse_duration
 
 if TYPE_CHECKING:
     from llmspool.sim.config import SimConfig

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
-
-from llmspool.config import ProviderConfig
-from llmspool.connection_stats import ConnectionCounter
-from llmspool.errors import UpstreamUnreachable
+from llmspool.core.config import ProviderConfig
+from llmspool.core.connection_stats import ConnectionCounter
+from llmspool.core.errors import UpstreamUnreachable
 
 
 def pooled_session(config: ProviderConfig, api_key: str, connections: ConnectionCounter, *,

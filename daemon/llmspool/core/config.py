@@ -17,7 +17,7 @@ Every problem in a file is found in one pass: ``config_from_table`` raises ``Con
 one line per problem while the daemon's one-line refusal stays as it was.
 
 ``[providers.NAME]`` takes the keys every provider has (``ProviderConfig``) and those its
-plugin declares (``ConfigKey``, registered with the kind: see ``llmspool.hookspecs``); the
+plugin declares (``ConfigKey``, registered with the kind: see ``llmspool.core.hookspecs``); the
 plugin's own keys land in ``ProviderConfig.options``, checked against their declared types.
 
 ``config_to_table`` turns a config back into a TOML-ready table (the round trip is exact).
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
+from llmspool.core.units import format_duration, format_size, parse_duration, parse_size
 from llmspool.sim.config import SimConfig
-from llmspool.units import format_duration, format_size, parse_duration, parse_size
 
 ENV_PREFIX = "LLMSPOOL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -90,7 +90,8 @@ class ConfigKey:
 
 
 ProviderKeys = Mapping[str, Sequence[ConfigKey]]
-"""The keys each provider kind declares, by kind (``llmspool.plugins.provider_config_keys``)."""
+"""The keys each provider kind declares, by kind
+(``llmspool.core.plugins.provider_config_keys``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,7 +654,7 @@ def environment_overrides(environ: Mapping[str, str]) -> list[EnvOverride]:
 
 def _installed_provider_keys() -> ProviderKeys:
     # Imported here: the plugin contract imports this module (ProviderConfig).
-    from llmspool.plugins import provider_config_keys
+    from llmspool.core.plugins import provider_config_keys
 
     return provider_config_keys()
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from llmspool.calls import Endpoint
-from llmspool.config import CacheConfig, OperationConfig
-from llmspool.errors import InvalidRequest
+from llmspool.core.calls import Endpoint
+from llmspool.core.config import CacheConfig, OperationConfig
+from llmspool.core.errors import InvalidRequest
 
 HEADER = "x-llmspool-cache"
 # Fields that say how to deliver or label an answer, not what it says.

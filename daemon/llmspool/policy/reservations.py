@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import orjson
-
-from llmspool.billing import PriceBook, reservation_cost, worst_case_usage
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import BudgetsConfig
-from llmspool.estimate import Estimate, TokenEstimator
-from llmspool.pricing import PICODOLLARS_PER_USD
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config import BudgetsConfig
+from llmspool.core.pricing import PICODOLLARS_PER_USD
+from llmspool.policy.billing import PriceBook, reservation_cost, worst_case_usage
+from llmspool.policy.estimate import Estimate, TokenEstimator
 
 _LIMIT_KEYS = {
     Endpoint.CHAT: ("max_completion_tokens", "max_tokens"),

@@ -2,7 +2,7 @@
 
 A provider forwards one request to its upstream API and hands back the raw answer; it does
 not parse bodies, retry, or count money (the daemon does, the same way for every provider).
-It maps its HTTP client's exceptions to ``llmspool.errors`` at its boundary:
+It maps its HTTP client's exceptions to ``llmspool.core.errors`` at its boundary:
 ``UpstreamUnreachable`` for no answer (status 504 and code ``upstream_timeout`` for a timeout).
 
 What a provider class can do is read from the class, for ``llmspool plugins``: the
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
-from llmspool.batches.lines import BatchFiles
-from llmspool.batches.remote import RemoteBatch
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ConfigKey, ProviderConfig
+from llmspool.core.batch_lines import BatchFiles
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config import ConfigKey, ProviderConfig
+from llmspool.core.remote_batch import RemoteBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ class BatchCapabilities:
 class BatchSubmission:
     """One batch to create: the daemon's ``intent`` id (unique, at most 24 characters of
     ``[0-9a-f-]``), what it is for, and its input in the daemon's format
-    (``llmspool.batches.lines``) at ``input_path``; ``input_file_id`` is the uploaded file's id
+    (``llmspool.core.batch_lines``) at ``input_path``; ``input_file_id`` is the uploaded file's id
     when the provider ``uploads_input``. ``submitted_after`` is a time before any attempt to
     create it (for ``find_batch`` to list no further back); ``known`` holds the ids of the
     provider's batches the daemon already has on record since then (filled when the daemon
@@ -149,7 +149,7 @@ class BatchApi(Protocol):
     a batch tier.
 
     Batch work is the daemon's lines in and the daemon's result lines out
-    (``llmspool.batches.lines``); the batch itself is a ``RemoteBatch``. Every method raises
+    (``llmspool.core.batch_lines``); the batch itself is a ``RemoteBatch``. Every method raises
     ``UpstreamError`` for an HTTP error answer, ``UpstreamUnreachable`` when there is no answer,
     and ``BadUpstreamAnswer`` for an answer it cannot read. The daemon records its intent
     before each call and, after a crash, finds what a call did with the ``find_*`` methods, so

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llmspool.config import ProviderConfig
-from llmspool.errors import NotFound
-from llmspool.pricing import PriceTable
+from llmspool.core.config import ProviderConfig
+from llmspool.core.errors import NotFound
+from llmspool.core.pricing import PriceTable
 
 ANY_MODEL = "*"
 

@@ -28,10 +28,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from llmspool.billing import PriceBook
-from llmspool.calls import Tier
-from llmspool.config import Config, OperationConfig
-from llmspool.pricing import PriceTable, TierPrice
+from llmspool.core.calls import Tier
+from llmspool.core.config import Config, OperationConfig
+from llmspool.core.pricing import PriceTable, TierPrice
+from llmspool.policy.billing import PriceBook
 
 WINDOW = 200  # latencies kept per (provider, model, tier)
 BATCH_WINDOW = 24 * 3600.0  # OpenAI's completion window: a batch ends (or expires) by then

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmspool.calls import Tier, Usage
-from llmspool.pricing import (
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.pricing import (
     BUNDLED,
     PART_NAMES,
     CostPart,
@@ -133,7 +133,7 @@ class Bill:
         return self.list_cost_picodollars - self.cost_picodollars
 
     def part(self, name: str) -> CostPart:
-        """The part called ``name`` (one of ``llmspool.pricing.PART_NAMES``)."""
+        """The part called ``name`` (one of ``llmspool.core.pricing.PART_NAMES``)."""
         for part in self.parts:
             if part.name == name:
                 return part

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 
-from llmspool.errors import StartupError
+from llmspool.core.errors import StartupError
 
 
 class UnixConnection(http.client.HTTPConnection):

@@ -84,8 +84,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, cast
 
 import orjson
-
-from llmspool.calls import Endpoint
+from llmspool.core.calls import Endpoint
 
 __all__ = [
     "DEFAULT_CHARS_PER_TOKEN",

@@ -12,11 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pluggy
-
-from llmspool import hookspecs
-from llmspool.config import ConfigKey, check_plugin_keys
-from llmspool.errors import ConfigError
-from llmspool.provider import ProviderFactory
+from llmspool.core import hookspecs
+from llmspool.core.config import ConfigKey, check_plugin_keys
+from llmspool.core.errors import ConfigError
+from llmspool.core.provider import ProviderFactory
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, NamedTuple, Self
 
 import orjson
-
-from llmspool.calls import Endpoint
+from llmspool.core.calls import Endpoint
 
 CANCELLED = "batch_cancelled"
 """The ``error.code`` of a line a cancelled batch did not run (sent again, no attempt charged)."""

@@ -5,10 +5,10 @@ A plugin is a module or package registered in the entry-point group ``llmspool``
     [project.entry-points.llmspool]
     myprovider = "llmspool_myprovider"
 
-and implementing the hooks below with ``@llmspool.hookspecs.hookimpl``. The built-in OpenAI
+and implementing the hooks below with ``@llmspool.core.hookspecs.hookimpl``. The built-in OpenAI
 and Ollama plugins load exactly this way::
 
-    from llmspool.hookspecs import ConfigKey, LazyFactory, RegisterProvider, hookimpl
+    from llmspool.core.hookspecs import ConfigKey, LazyFactory, RegisterProvider, hookimpl
 
     KEYS = (ConfigKey("region", "str", "eu", "which of the API's regions to call",
                       choices=("eu", "us")),)
@@ -30,9 +30,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import pluggy
-
-from llmspool.config import ConfigKey
-from llmspool.provider import LazyFactory, ProviderFactory
+from llmspool.core.config import ConfigKey
+from llmspool.core.provider import LazyFactory, ProviderFactory
 
 __all__ = ["PROJECT", "ConfigKey", "LazyFactory", "RegisterProvider", "hookimpl", "hookspec",
            "llmspool_register_providers"]
@@ -48,7 +47,7 @@ class RegisterProvider(Protocol):
     def __call__(self, kind: str, factory: ProviderFactory, /, *,
                  keys: Sequence[ConfigKey] = ()) -> None:
         """Record one provider kind, and the config keys its ``[providers.NAME]`` tables take
-        beyond those every provider has (see ``llmspool.config.COMMON_PROVIDER_KEYS``); a
+        beyond those every provider has (see ``llmspool.core.config.COMMON_PROVIDER_KEYS``); a
         key named like one of those gives it this kind's default and help instead."""
         ...
 
@@ -59,7 +58,7 @@ def llmspool_register_providers(register: RegisterProvider) -> None:
 
     Call ``register(kind, factory, keys=...)`` once per kind. ``kind`` is what
     ``[providers.NAME] plugin`` names in the config; ``factory(settings)`` builds a
-    ``llmspool.provider.Provider`` for one configured provider (a ``LazyFactory`` defers
+    ``llmspool.core.provider.Provider`` for one configured provider (a ``LazyFactory`` defers
     importing it); ``keys`` declares the kind's config keys. Not ``firstresult``: every
     plugin's registrations are collected, and registering a kind twice is an error that names
     both plugins, as is a key declared wrongly.

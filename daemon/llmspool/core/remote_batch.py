@@ -5,7 +5,7 @@ plugin in ``llmspool_openai.batch_objects``, the Anthropic plugin in
 ``llmspool_anthropic.batches``), refusing a malformed one there (``BadUpstreamAnswer``, naming
 the field) instead of letting it surface later as a ``KeyError`` in an actor.
 
-Statuses are the daemon's vocabulary (``llmspool.states.BatchStatus``; ``STATUSES`` as plain
+Statuses are the daemon's vocabulary (``llmspool.core.states.BatchStatus``; ``STATUSES`` as plain
 strings); they happen to be the names OpenAI's Batch API uses, and a plugin maps its API's onto
 them (Anthropic's ``ended`` is ``completed``, or ``cancelled`` when a cancel was asked for
 first).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmspool.states import BATCH_STATUS_TERMINAL, BatchStatus
+from llmspool.core.states import BATCH_STATUS_TERMINAL, BatchStatus
 
 # Plain strings, not the enum's members: plugins check a provider's status against these and
 # name them, sorted, in their errors, which must read "['cancelled', ...]".

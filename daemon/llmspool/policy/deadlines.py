@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from llmspool.units import parse_duration
+from llmspool.core.units import parse_duration
 
 MAX_DEADLINE = 30 * 86400.0  # a month: further than that is a typo, not a plan
 

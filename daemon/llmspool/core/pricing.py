@@ -17,7 +17,7 @@ and nothing else. Within a model a tier is replaced whole (the keys it leaves ou
 defaults, not the bundled values), and so is ``max_output_tokens``; ``tier = false`` or
 ``"model" = false`` removes a tier or a model. ``load_price_table`` reads one whole table (the
 simulator's ``pricing_file``). A malformed file refuses to load with the key and file named.
-The bill of a call is computed in ``llmspool.billing`` from these prices, and nowhere else.
+The bill of a call is computed in ``llmspool.policy.billing`` from these prices, and nowhere else.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from llmspool.calls import Tier, Usage
-from llmspool.errors import ConfigError
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.errors import ConfigError
 
 PICODOLLARS_PER_USD = 10**12
 MAX_PRICE_PER_MILLION = 10_000.0  # above this a price is a typo, not a model

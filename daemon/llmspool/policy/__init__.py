@@ -1,0 +1,3 @@
+"""Decisions without state or I/O, over the core's vocabulary: the tier a call takes
+(``planner``), what a usage costs (``billing``, ``estimate``, ``reservations``), which model
+serves (``routing``), deadlines, and what a cache key covers (``cache_keys``)."""
