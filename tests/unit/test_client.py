@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from llmspool.cli_jobs import _copy_atomically, _exit_status, _relative
+from llmspool.cli.jobs import _copy_atomically, _exit_status, _relative
 from llmspool.client import (
     DaemonNotRunning,
     RequestFailed,

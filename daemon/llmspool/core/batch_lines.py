@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, NamedTuple, Self
 
 import orjson
+
 from llmspool.core.calls import Endpoint
 
 CANCELLED = "batch_cancelled"

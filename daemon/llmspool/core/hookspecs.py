@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import pluggy
+
 from llmspool.core.config import ConfigKey
 from llmspool.core.provider import LazyFactory, ProviderFactory
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
+
 from llmspool.core.config import ProviderConfig
 from llmspool.core.connection_stats import ConnectionCounter
 from llmspool.core.errors import UpstreamUnreachable

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pluggy
+
 from llmspool.core import hookspecs
 from llmspool.core.config import ConfigKey, check_plugin_keys
 from llmspool.core.errors import ConfigError

@@ -34,8 +34,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from llmspool import __version__
-from llmspool.core.config import TracingConfig
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context, create_key, get_value, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -51,6 +49,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+
+from llmspool import __version__
+from llmspool.core.config import TracingConfig
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from llmspool.core.calls import Tier, Usage
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from llmspool.core.calls import Endpoint
 from llmspool.core.config import CacheConfig, OperationConfig
 from llmspool.core.errors import InvalidRequest

@@ -84,6 +84,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, cast
 
 import orjson
+
 from llmspool.core.calls import Endpoint
 
 __all__ = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import orjson
+
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.config import BudgetsConfig
 from llmspool.core.pricing import PICODOLLARS_PER_USD

@@ -44,7 +44,7 @@ from llmspool.core.provider import batch_capabilities_of, provider_capabilities
 from llmspool.policy.billing import PriceBook, load_price_book
 
 EXIT_OK = 0
-# EX_CONFIG, as the daemon exits for a config it refuses (llmspool.cli.EXIT_CONFIG).
+# EX_CONFIG, as the daemon exits for a config it refuses (llmspool.cli.main.EXIT_CONFIG).
 EXIT_CONFIG = 78
 EXIT_BROKEN_PIPE = 141
 REFERENCE = "defaults/llmspool.toml"  # package data: the same bytes as etc/llmspool.toml

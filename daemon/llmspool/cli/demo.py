@@ -76,8 +76,8 @@ def run_demo() -> int:
     import httpx2
     import openai
 
-    from llmspool.cli_costs import report_table
-    from llmspool.cli_output import console as make_console
+    from llmspool.cli.costs import report_table
+    from llmspool.cli.output import console as make_console
     from llmspool.client import SyncSpool
 
     console = make_console()

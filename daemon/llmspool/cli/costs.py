@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from llmspool.cli_output import console
+from llmspool.cli.output import console
 from llmspool.core import unix_http
 from llmspool.core.errors import StartupError
 from llmspool.store.reports import DIMENSIONS, parse_day, parse_dimensions, parse_since

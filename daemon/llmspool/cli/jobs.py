@@ -13,7 +13,7 @@ the results, a report or ``--json``. Progress bars, rejected lines and messages 
 error, and bars only to a terminal. An unknown job id is one line on standard error and exit
 status 1; no daemon on the socket, one line and exit status 4 (a script may retry later).
 
-This module imports nothing heavy at import time: ``cli.py`` imports it to build the parser,
+This module imports nothing heavy at import time: ``cli/main.py`` imports it to build the parser,
 and ``llmspool --help`` should stay fast.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmspool.cli_output import console
+from llmspool.cli.output import console
 from llmspool.core.states import JobStatus
 
 if TYPE_CHECKING:

@@ -30,10 +30,10 @@ from typing import Any
 import orjson
 
 from llmspool import __version__
-from llmspool.cli_config import add_config_commands
-from llmspool.cli_costs import add_costs_command
-from llmspool.cli_jobs import add_job_commands
-from llmspool.cli_output import console
+from llmspool.cli.config import add_config_commands
+from llmspool.cli.costs import add_costs_command
+from llmspool.cli.jobs import add_job_commands
+from llmspool.cli.output import console
 from llmspool.core import unix_http
 from llmspool.core.config import Config, load_config
 from llmspool.core.errors import ConfigError, StartupError
@@ -192,7 +192,7 @@ def _return_big_buffers_at_once() -> None:
 
 
 def _run_demo(_args: argparse.Namespace) -> int:
-    from llmspool.demo import run_demo
+    from llmspool.cli.demo import run_demo
 
     return run_demo()
 
@@ -210,7 +210,7 @@ def get_json(path: str, url: str) -> Any:
 
 def _run_status(args: argparse.Namespace) -> int:
     if args.job:
-        from llmspool.cli_jobs import run_job_status
+        from llmspool.cli.jobs import run_job_status
 
         return run_job_status(args)
     path = socket_path(args.socket, args.config)
