@@ -24,7 +24,7 @@ import httpx2
 import openai
 from llmspool.core.batch_lines import BatchFiles
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import BadUpstreamAnswer
 from llmspool.core.provider import BatchCapabilities, BatchSubmission
 from llmspool.core.remote_batch import RemoteBatch

@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 import tomli_w
 from llmspool.core.calls import Tier, Usage
-from llmspool.core.config import Config
+from llmspool.core.config.sections import Config
 from llmspool.core.units import format_duration
 from llmspool.policy.billing import bill, load_price_book
 

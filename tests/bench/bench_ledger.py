@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.core.config import BudgetsConfig, CapConfig
+from llmspool.core.config.sections import BudgetsConfig, CapConfig
 from llmspool.core.errors import ApiError
 from llmspool.messages import Admit
 from llmspool.store.ledger import open_ledger_connection

@@ -21,7 +21,7 @@ import openai
 import orjson
 import pytest
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import BadUpstreamAnswer
 from llmspool.core.provider import BatchProvider, BatchSubmission, ProviderSettings
 from llmspool.core.remote_batch import RemoteBatch

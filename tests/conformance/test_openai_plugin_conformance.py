@@ -12,7 +12,7 @@ import anyio
 import orjson
 import pytest
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.provider import ProviderSettings, UpstreamRequest
 from llmspool_openai import OpenAIProvider
 

@@ -25,7 +25,7 @@ import orjson
 import pytest
 from aiohttp import web
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.core.provider import Provider, ProviderSettings, UpstreamRequest
 from llmspool_ollama import OllamaProvider

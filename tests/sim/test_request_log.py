@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import ConfigError
 from llmspool.core.provider import ProviderSettings, UpstreamRequest
 from llmspool.sim.config import SimConfig

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import UpstreamError, UpstreamUnreachable
 from llmspool.core.plugins import load_provider_specs, provider_config_keys
 from llmspool.core.provider import ProviderSettings, UpstreamRequest, provider_capabilities

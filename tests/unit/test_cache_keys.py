@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import CacheConfig, OperationConfig
+from llmspool.core.config.sections import CacheConfig, OperationConfig
 from llmspool.core.errors import InvalidRequest
 from llmspool.policy.cache_keys import CacheRules, cache_key, is_deterministic
 

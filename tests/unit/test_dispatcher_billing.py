@@ -8,7 +8,7 @@ import pytest
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.core.config import Config
+from llmspool.core.config.sections import Config
 from llmspool.core.tracing import GenAiMetrics
 from llmspool.messages import Call
 from llmspool.policy.billing import load_price_book

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.core.config import BudgetsConfig, CapConfig
+from llmspool.core.config.sections import BudgetsConfig, CapConfig
 from llmspool.core.errors import ApiError, BudgetExceeded
 from llmspool.messages import Admit, Query, Release
 from llmspool.store.ledger import open_ledger_connection

@@ -15,7 +15,7 @@ import anyio
 import orjson
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.core.config import BudgetsConfig
+from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
 from llmspool.messages import Admit, Query, Release, StoreJobResults
 from llmspool.store.database import DATABASE_NAME, open_database

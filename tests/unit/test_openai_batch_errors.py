@@ -27,7 +27,7 @@ import orjson
 import pytest
 from aiohttp import BodyPartReader, web
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.core.provider import BatchSubmission, ProviderSettings
 from llmspool_openai import OpenAIProvider

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from llmspool.core.calls import Tier
-from llmspool.core.config import Config
+from llmspool.core.config.sections import Config
 from llmspool.policy.billing import load_price_book
 from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import UpstreamUnreachable
 from llmspool.core.plugins import load_provider_specs
 from llmspool.core.provider import (

@@ -9,7 +9,7 @@ import anyio
 import orjson
 import pytest
 from llmspool.core.calls import Tier
-from llmspool.core.config import BreakerConfig, RetryConfig
+from llmspool.core.config.sections import BreakerConfig, RetryConfig
 from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from llmspool.resilience.failures import QUOTA_CODES, FailureClass, classify

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import ConfigError, NotFound
 from llmspool.core.hookspecs import RegisterProvider, hookimpl
 from llmspool.core.plugins import load_provider_kinds, plugin_manager

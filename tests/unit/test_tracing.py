@@ -7,7 +7,7 @@ import contextvars
 
 import orjson
 import pytest
-from llmspool.core.config import TracingConfig
+from llmspool.core.config.sections import TracingConfig
 from llmspool.core.tracing import (
     active,
     build_tracing,

@@ -34,7 +34,7 @@ from llmspool.actors.dispatch.flex import FlexMetrics, FlexPolicy
 from llmspool.actors.dispatch.relay import Relay, tell
 from llmspool.actors.dispatch.targets import Targets
 from llmspool.core.calls import Tier
-from llmspool.core.config import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
+from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.core.errors import ApiError
 from llmspool.core.provider import Provider
 from llmspool.core.tracing import GenAiMetrics, links_of

@@ -42,7 +42,7 @@ from opentelemetry import metrics
 
 from llmspool.cache.store import CachedKeys
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import BatchConfig, JobsConfig
+from llmspool.core.config.sections import BatchConfig, JobsConfig
 from llmspool.core.errors import (
     ApiError,
     NotFound,

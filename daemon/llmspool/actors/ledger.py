@@ -43,7 +43,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
 
-from llmspool.core.config import BudgetsConfig
+from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError, BudgetExceeded, ConfigError
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.core.states import RequestState

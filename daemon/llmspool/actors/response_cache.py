@@ -45,7 +45,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CachedAnswer, CacheReader, CacheWriter, Corrupt, connect
 from llmspool.core.calls import Tier, Usage
-from llmspool.core.config import CacheConfig
+from llmspool.core.config.sections import CacheConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
 from llmspool.core.wire import SseMeter, usage_of
 from llmspool.messages import (

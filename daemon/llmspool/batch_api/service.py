@@ -34,7 +34,7 @@ from anyio.abc import TaskStatus
 from llmspool.batch_api.files import FileDirectory, file_object, new_file_id
 from llmspool.batch_api.objects import batch_object, request_counts
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import FilesConfig
+from llmspool.core.config.sections import FilesConfig
 from llmspool.core.errors import ApiError, InvalidRequest, NotFound
 from llmspool.core.states import BatchStatus, JobStatus
 from llmspool.jobs.submission import JobRequest, JobSubmission, ask

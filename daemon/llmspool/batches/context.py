@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from llmspool.core.config import BatchConfig
+from llmspool.core.config.sections import BatchConfig
 from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.provider import BatchProvider
 from llmspool.policy.planner import Planner

@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.cache.similar import SimilarityIndex, decode_embedding, shape_of, text_of
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import CacheConfig
+from llmspool.core.config.sections import CacheConfig
 from llmspool.messages import Answer, Call, Query, Reply
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ exit status 78, the daemon's own (EX_CONFIG).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -27,10 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmspool.core.config import (
-    COMMON_PROVIDER_KEYS,
-    Config,
-    ConfigProblems,
+from llmspool.core.config.load import (
     EnvOverride,
     config_file,
     config_to_table,
@@ -38,10 +36,13 @@ from llmspool.core.config import (
     load_config,
     read_config_file,
 )
+from llmspool.core.config.sections import COMMON_PROVIDER_KEYS, Config
+from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.errors import ConfigError
 from llmspool.core.plugins import ProviderKind, load_provider_specs
 from llmspool.core.provider import batch_capabilities_of, provider_capabilities
 from llmspool.policy.billing import PriceBook, load_price_book
+from llmspool.sim.config import SimConfig
 
 EXIT_OK = 0
 # EX_CONFIG, as the daemon exits for a config it refuses (llmspool.cli.main.EXIT_CONFIG).
@@ -155,6 +156,7 @@ class _Loaded:
     kinds: dict[str, ProviderKind]
     config: Config | None = None
     prices: PriceBook | None = None
+    sim: SimConfig | None = None
     problems: list[ConfigError] = field(default_factory=list)
 
 
@@ -174,12 +176,31 @@ def _load(path_argument: str | None, environ: Mapping[str, str] | None = None) -
         loaded.problems.extend(exc.problems)
     except ConfigError as exc:
         loaded.problems.append(exc)
+    try:
+        loaded.sim = _sim_config(loaded)
+    except ConfigError as exc:
+        loaded.problems.append(exc)
     if loaded.config is not None:
         try:
             loaded.prices = load_price_book(loaded.config.pricing.file)
         except ConfigError as exc:
             loaded.problems.append(exc)
     return loaded
+
+
+def _sim_config(loaded: _Loaded) -> SimConfig:
+    """The ``[sim]`` table of the file, with the environment applied, read by the simulator's
+    own rules: the daemon's config leaves ``[sim]`` alone (the daemon does not depend on the
+    simulator), so the command line composes the two."""
+    table = copy.deepcopy(dict(loaded.file_table.get("sim", {})))
+    for override in loaded.overrides:
+        if override.path[:1] == ("sim",) and len(override.path) > 1:
+            *parents, key = override.path[1:]
+            inner = table
+            for part in parents:
+                inner = inner.setdefault(part, {})
+            inner[key] = override.value
+    return SimConfig.from_table(table)
 
 
 def _problem_line(problem: ConfigError, overrides: Sequence[EnvOverride]) -> str:
@@ -250,6 +271,7 @@ def effective_settings(loaded: _Loaded, config: Config) -> list[Setting]:
     """Every key of ``config`` (``loaded``'s) with the source of its value, section by
     section."""
     table = config_to_table(config)
+    table["sim"] = (loaded.sim or SimConfig()).to_table()
     _add_plugin_defaults(table, config, loaded.kinds)
     return [Setting(_dotted(path), value, *_source(path, loaded, config))
             for path, value in _leaves(table)]

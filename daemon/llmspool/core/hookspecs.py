@@ -31,7 +31,7 @@ from typing import Protocol
 
 import pluggy
 
-from llmspool.core.config import ConfigKey
+from llmspool.core.config.values import ConfigKey
 from llmspool.core.provider import LazyFactory, ProviderFactory
 
 __all__ = ["PROJECT", "ConfigKey", "LazyFactory", "RegisterProvider", "hookimpl", "hookspec",
@@ -48,8 +48,9 @@ class RegisterProvider(Protocol):
     def __call__(self, kind: str, factory: ProviderFactory, /, *,
                  keys: Sequence[ConfigKey] = ()) -> None:
         """Record one provider kind, and the config keys its ``[providers.NAME]`` tables take
-        beyond those every provider has (see ``llmspool.core.config.COMMON_PROVIDER_KEYS``); a
-        key named like one of those gives it this kind's default and help instead."""
+        beyond those every provider has (see
+        ``llmspool.core.config.sections.COMMON_PROVIDER_KEYS``); a key named like one of those
+        gives it this kind's default and help instead."""
         ...
 
 

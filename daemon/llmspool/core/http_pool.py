@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.connection_stats import ConnectionCounter
 from llmspool.core.errors import UpstreamUnreachable
 

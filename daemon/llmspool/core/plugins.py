@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pluggy
 
 from llmspool.core import hookspecs
-from llmspool.core.config import ConfigKey, check_plugin_keys
+from llmspool.core.config.sections import check_plugin_keys
+from llmspool.core.config.values import ConfigKey
 from llmspool.core.errors import ConfigError
 from llmspool.core.provider import ProviderFactory
 

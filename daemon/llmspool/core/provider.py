@@ -29,7 +29,8 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from llmspool.core.batch_lines import BatchFiles
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import ConfigKey, ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.config.values import ConfigKey
 from llmspool.core.remote_batch import RemoteBatch
 
 

@@ -51,7 +51,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
-from llmspool.core.config import TracingConfig
+from llmspool.core.config.sections import TracingConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from llmspool.core.calls import Endpoint
-from llmspool.core.config import CacheConfig, OperationConfig
+from llmspool.core.config.sections import CacheConfig, OperationConfig
 from llmspool.core.errors import InvalidRequest
 
 HEADER = "x-llmspool-cache"

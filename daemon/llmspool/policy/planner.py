@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from llmspool.core.calls import Tier
-from llmspool.core.config import Config, OperationConfig
+from llmspool.core.config.sections import Config, OperationConfig
 from llmspool.core.pricing import PriceTable, TierPrice
 from llmspool.policy.billing import PriceBook
 

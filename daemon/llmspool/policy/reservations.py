@@ -18,7 +18,7 @@ from typing import Literal
 import orjson
 
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config import BudgetsConfig
+from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.pricing import PICODOLLARS_PER_USD
 from llmspool.policy.billing import PriceBook, reservation_cost, worst_case_usage
 from llmspool.policy.estimate import Estimate, TokenEstimator

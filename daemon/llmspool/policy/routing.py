@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llmspool.core.config import ProviderConfig
+from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.errors import NotFound
 from llmspool.core.pricing import PriceTable
 

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from llmspool.core.calls import Tier
-from llmspool.core.config import BreakerConfig
+from llmspool.core.config.sections import BreakerConfig
 
 
 class BreakerState(StrEnum):

@@ -24,7 +24,7 @@ from opentelemetry.util.types import AttributeValue
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.actors.dispatch.targets import Target
 from llmspool.core.calls import Tier, Usage
-from llmspool.core.config import BudgetsConfig
+from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.core.tracing import GenAiMetrics

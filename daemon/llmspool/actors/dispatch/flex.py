@@ -17,7 +17,7 @@ from opentelemetry import metrics
 from opentelemetry.trace import Span
 
 from llmspool.core.calls import Tier, Usage
-from llmspool.core.config import FlexConfig
+from llmspool.core.config.sections import FlexConfig
 from llmspool.core.errors import ApiError, UpstreamUnreachable
 from llmspool.core.pricing import usd
 from llmspool.messages import Call

@@ -21,7 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.actors.dispatch.flex import MIN_FLEX_ATTEMPT
 from llmspool.core.calls import Tier
-from llmspool.core.config import BreakerConfig, FailoverConfig
+from llmspool.core.config.sections import BreakerConfig, FailoverConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
