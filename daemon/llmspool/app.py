@@ -49,8 +49,8 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CachedKeys
 from llmspool.core import systemd
-from llmspool.core.config.load import load_config
 from llmspool.core.config.sections import Config, ProviderConfig
+from llmspool.core.config_load import load_config
 from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.errors import ConfigError
 from llmspool.core.plugins import load_provider_kinds

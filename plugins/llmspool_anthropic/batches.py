@@ -42,12 +42,21 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-from llmspool.core.batch_lines import CANCELLED, EXPIRED, BatchFiles, ResultWriter, read_input_lines
-from llmspool.core.calls import Endpoint
-from llmspool.core.errors import ApiError, BadUpstreamAnswer, UpstreamError
-from llmspool.core.http_pool import unreachable
-from llmspool.core.provider import BatchCapabilities, BatchSubmission
-from llmspool.core.remote_batch import RemoteBatch
+from llmspool.plugin_api import (
+    CANCELLED,
+    EXPIRED,
+    ApiError,
+    BadUpstreamAnswer,
+    BatchCapabilities,
+    BatchFiles,
+    BatchSubmission,
+    Endpoint,
+    RemoteBatch,
+    ResultWriter,
+    UpstreamError,
+    read_input_lines,
+    unreachable,
+)
 
 from llmspool_anthropic.answers import openai_completion, openai_error
 from llmspool_anthropic.translate import anthropic_params

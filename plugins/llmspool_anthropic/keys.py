@@ -8,7 +8,7 @@ kind names it itself (``api_key_env = "ANTHROPIC_API_KEY"``, as etc/llmspool.tom
 
 from __future__ import annotations
 
-from llmspool.core.hookspecs import ConfigKey
+from llmspool.plugin_api import ConfigKey
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"

@@ -30,15 +30,20 @@ from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
-from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.connection_stats import ConnectionCounter
-from llmspool.core.errors import ApiError, BadUpstreamAnswer, InvalidRequest, UpstreamError
-from llmspool.core.http_pool import pooled_session, unreachable
-from llmspool.core.provider import (
+from llmspool.plugin_api import (
+    ApiError,
+    BadUpstreamAnswer,
     BatchCapabilities,
+    ConnectionCounter,
     DelegatedBatches,
+    Endpoint,
+    InvalidRequest,
     ProviderSettings,
+    Tier,
+    UpstreamError,
     UpstreamRequest,
+    pooled_session,
+    unreachable,
 )
 
 from llmspool_anthropic.answers import openai_completion, openai_error

@@ -23,11 +23,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.connection_stats import ConnectionCounter
-from llmspool.core.errors import BadUpstreamAnswer, UpstreamError
-from llmspool.core.http_pool import pooled_session, unreachable
-from llmspool.core.provider import ProviderSettings, UpstreamRequest
+from llmspool.plugin_api import (
+    BadUpstreamAnswer,
+    ConnectionCounter,
+    Endpoint,
+    ProviderSettings,
+    Tier,
+    UpstreamError,
+    UpstreamRequest,
+    pooled_session,
+    unreachable,
+)
 
 from llmspool_ollama._errors import openai_error_body
 from llmspool_ollama.keys import DEFAULT_BASE_URL

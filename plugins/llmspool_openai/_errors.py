@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import aiohttp
 import httpx2
 import openai
-from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.core.http_pool import unreachable as http_unreachable
+from llmspool.plugin_api import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.plugin_api import unreachable as http_unreachable
 
 PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms")
 """Upstream headers an ``UpstreamError`` carries: the request id for support tickets, and the

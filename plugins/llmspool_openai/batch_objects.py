@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmspool.core.errors import BadUpstreamAnswer
-from llmspool.core.remote_batch import STATUSES, BatchError, RemoteBatch
+from llmspool.plugin_api import STATUSES, BadUpstreamAnswer, BatchError, RemoteBatch
 
 INTENT_KEY = "llmspool_intent"
 """The ``metadata`` key that carries the daemon's intent id, to find a batch after a crash."""

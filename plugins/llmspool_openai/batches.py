@@ -22,12 +22,15 @@ from typing import Literal
 import anyio
 import httpx2
 import openai
-from llmspool.core.batch_lines import BatchFiles
-from llmspool.core.calls import Endpoint
-from llmspool.core.config.sections import ProviderConfig
-from llmspool.core.errors import BadUpstreamAnswer
-from llmspool.core.provider import BatchCapabilities, BatchSubmission
-from llmspool.core.remote_batch import RemoteBatch
+from llmspool.plugin_api import (
+    BadUpstreamAnswer,
+    BatchCapabilities,
+    BatchFiles,
+    BatchSubmission,
+    Endpoint,
+    ProviderConfig,
+    RemoteBatch,
+)
 
 from llmspool_openai._errors import sdk_errors
 from llmspool_openai.batch_objects import INTENT_KEY, remote_batch

@@ -26,14 +26,15 @@ from typing import ClassVar, Self
 
 import aiohttp
 import openai
-from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.connection_stats import ConnectionCounter
-from llmspool.core.http_pool import pooled_session
-from llmspool.core.provider import (
+from llmspool.plugin_api import (
     BatchCapabilities,
+    ConnectionCounter,
     DelegatedBatches,
+    Endpoint,
     ProviderSettings,
+    Tier,
     UpstreamRequest,
+    pooled_session,
 )
 
 from llmspool_openai._errors import sdk_errors, unreachable

@@ -9,9 +9,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from llmspool.core.config.load import config_from_table, config_to_table, load_config
 from llmspool.core.config.sections import Config
 from llmspool.core.config.tables import ConfigProblems
+from llmspool.core.config_load import config_from_table, config_to_table, load_config
 from llmspool.core.errors import ConfigError
 from llmspool.sim.config import SimConfig
 

@@ -12,10 +12,10 @@ import anyio
 import pytest
 from aiohttp import web
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.config.load import load_config
 from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.config.values import ConfigKey
+from llmspool.core.config_load import load_config
 from llmspool.core.errors import ConfigError
 from llmspool.core.hookspecs import LazyFactory, RegisterProvider, hookimpl
 from llmspool.core.plugins import load_provider_specs, provider_config_keys

@@ -28,7 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmspool.core.config.load import (
+from llmspool.core.config.sections import COMMON_PROVIDER_KEYS, Config
+from llmspool.core.config.tables import ConfigProblems
+from llmspool.core.config_load import (
     EnvOverride,
     config_file,
     config_to_table,
@@ -36,8 +38,6 @@ from llmspool.core.config.load import (
     load_config,
     read_config_file,
 )
-from llmspool.core.config.sections import COMMON_PROVIDER_KEYS, Config
-from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.errors import ConfigError
 from llmspool.core.plugins import ProviderKind, load_provider_specs
 from llmspool.core.provider import batch_capabilities_of, provider_capabilities

@@ -35,8 +35,8 @@ from llmspool.cli.costs import add_costs_command
 from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
 from llmspool.core import unix_http
-from llmspool.core.config.load import load_config
 from llmspool.core.config.sections import Config
+from llmspool.core.config_load import load_config
 from llmspool.core.errors import ConfigError, StartupError
 from llmspool.core.locate import socket_path
 

@@ -5,10 +5,10 @@ A plugin is a module or package registered in the entry-point group ``llmspool``
     [project.entry-points.llmspool]
     myprovider = "llmspool_myprovider"
 
-and implementing the hooks below with ``@llmspool.core.hookspecs.hookimpl``. The built-in OpenAI
-and Ollama plugins load exactly this way::
+and implementing the hooks below with ``@hookimpl``, imported, as everything a plugin uses, from
+``llmspool.plugin_api``. The built-in OpenAI and Ollama plugins load exactly this way::
 
-    from llmspool.core.hookspecs import ConfigKey, LazyFactory, RegisterProvider, hookimpl
+    from llmspool.plugin_api import ConfigKey, LazyFactory, RegisterProvider, hookimpl
 
     KEYS = (ConfigKey("region", "str", "eu", "which of the API's regions to call",
                       choices=("eu", "us")),)

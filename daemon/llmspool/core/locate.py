@@ -22,6 +22,6 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
         return os.environ["LLMSPOOL_SOCKET"]
     # Imported here: the config's shape takes every section's module (the simulator's among
     # them), which a client given its socket, by argument or environment, never needs.
-    from llmspool.core.config.load import load_config
+    from llmspool.core.config_load import load_config
 
     return load_config(config_path).daemon.socket
