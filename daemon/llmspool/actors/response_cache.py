@@ -1,6 +1,6 @@
 """The response cache actor: never pay twice for the same answer.
 
-Calls that have a cache plan (``cache/keys.py``) come here from the front door and the job
+Calls that have a cache plan (``policy/cache_keys.py``) come here from the front door and the job
 keeper instead of going straight to the request queue. For each, in order:
 
 1. a live entry in the cache file answers it at once (``x-llmspool-cache: hit``);

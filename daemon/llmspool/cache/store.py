@@ -30,7 +30,7 @@ _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     id                  INTEGER PRIMARY KEY,
-    key                 BLOB    NOT NULL UNIQUE,    -- cache/keys.py: scope and request
+    key                 BLOB    NOT NULL UNIQUE,    -- policy/cache_keys.py: scope and request
     stream              INTEGER NOT NULL,           -- 1: server-sent events, 0: one JSON body
     body                BLOB    NOT NULL,
     checksum            INTEGER NOT NULL,           -- CRC-32 of body

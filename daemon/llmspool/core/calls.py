@@ -1,7 +1,7 @@
 """The vocabulary of an LLM call that every part shares: endpoints, service tiers, token usage.
 
-Kept apart from ``messages.py`` (what actors send each other) and ``pricing.py`` (what calls
-cost) because both of those, and the provider plugins, speak in these terms.
+Kept apart from ``llmspool.messages`` (what actors send each other) and ``core.pricing`` (what
+calls cost) because both of those, and the provider plugins, speak in these terms.
 """
 
 from __future__ import annotations
