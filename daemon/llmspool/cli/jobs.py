@@ -13,7 +13,8 @@ the results, a report or ``--json``. Progress bars, rejected lines and messages 
 error, and bars only to a terminal. An unknown job id is one line on standard error and exit
 status 1; no daemon on the socket, one line and exit status 4 (a script may retry later).
 
-This module imports nothing heavy at import time: ``cli/main.py`` imports it to build the parser,
+What they show (tables, bars, summaries, exit statuses) is ``cli/job_views.py``. This module
+imports nothing heavy at import time: ``cli/main.py`` imports it to build the parser,
 and ``llmspool --help`` should stay fast.
 """
 
@@ -25,36 +26,37 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from llmspool.cli.job_views import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    LOG_POLL_SECONDS,
+    PROGRESS_POLL_SECONDS,
+    FinishProgress,
+    UploadProgress,
+    exit_status,
+    job_table,
+    print_json,
+    print_lines_table,
+    print_plan,
+    relative,
+    stderr_console,
+    summary,
+)
 from llmspool.cli.output import console
-from llmspool.core.states import JobStatus
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress
-
     from llmspool.client import SpoolError, SyncJobHandle, SyncSpool
 
-# Exit statuses of `wait` (and `submit --wait`), documented in its --help.
-EXIT_OK = 0
-EXIT_FAILED = 1  # some request failed; also an error the daemon answered (unknown job...)
-EXIT_TIMEOUT = 2
-EXIT_CANCELLED = 3
-EXIT_UNREACHABLE = 4  # no daemon answers on the socket: retrying later may help
-EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
-EXIT_BROKEN_PIPE = 141  # and for SIGPIPE
 
 UPLOAD_CHUNK = 1024 * 1024
-# Below this an upload takes a blink; a bar would only flicker.
-UPLOAD_BAR_MIN_BYTES = 4 * 1024 * 1024
-# How often `wait` redraws its bar: one status request a second.
-PROGRESS_POLL_SECONDS = 1.0
-# Not on a terminal, `wait` logs a line when the job moves, looking this often.
-LOG_POLL_SECONDS = 15.0
-MAX_LINES_SHOWN = 50
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -216,7 +218,7 @@ def _guarded(run: Run) -> Run:
 def _report_error(exc: SpoolError) -> None:
     print(f"llmspool: {exc.message}", file=sys.stderr)
     if exc.lines:
-        _print_lines_table(exc.lines, "bad lines")
+        print_lines_table(exc.lines, "bad lines")
     if exc.retry_after is not None:
         print(f"llmspool: the daemon suggests trying again in {exc.retry_after:g} s",
               file=sys.stderr)
@@ -226,55 +228,6 @@ def _spool(args: argparse.Namespace, timeout: float = 60.0) -> SyncSpool:
     from llmspool.client import SyncSpool
 
     return SyncSpool(args.socket, timeout=timeout, config=args.config)
-
-
-def _stderr() -> Console:
-    return console(stderr=True)
-
-
-def _print_lines_table(lines: Sequence[Mapping[str, Any]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{len(lines)} {title}", title_justify="left")
-    table.add_column("line", justify="right")
-    table.add_column("custom_id")
-    table.add_column("problem")
-    for line in lines[:MAX_LINES_SHOWN]:
-        table.add_row(str(line.get("line", "?")), str(line.get("custom_id") or "-"),
-                      str(line.get("message", "")))
-    console = _stderr()
-    console.print(table)
-    if len(lines) > MAX_LINES_SHOWN:
-        console.print(f"... and {len(lines) - MAX_LINES_SHOWN} more")
-
-
-def _print_plan(plan: Sequence[Mapping[str, Any]]) -> None:
-    """The daemon's plan for a new job, on standard error: requests per tier and model, and
-    when each group is expected to be answered."""
-    from rich.table import Table
-
-    table = Table(title="plan", title_justify="left")
-    table.add_column("tier")
-    table.add_column("model")
-    table.add_column("requests", justify="right")
-    table.add_column("expected by")
-    now = time.time()
-    for group in plan:
-        expected = float(group.get("expected_by") or now)
-        table.add_row(str(group.get("tier")), str(group.get("model")), str(group.get("requests")),
-                      f"{time.strftime('%H:%M:%S', time.localtime(expected))} "
-                      f"(in {_about(expected - now)})")
-    _stderr().print(table)
-
-
-def _about(seconds: float) -> str:
-    """A rough duration for people: 45s, 12m, 3.5h."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _tag(pair: str) -> tuple[str, str]:
@@ -297,7 +250,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         print(f"llmspool: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     with source, _spool(args) as spool:
-        with _UploadProgress(size) as advance:
+        with UploadProgress(size) as advance:
             handle = spool.submit_jsonl(
                 _chunks(source, advance),
                 size=size,
@@ -311,11 +264,11 @@ def _run_submit(args: argparse.Namespace) -> int:
         id_stream = sys.stderr if wants_results and args.output is None else sys.stdout
         print(handle.id, file=id_stream, flush=True)
         if handle.rejected:
-            _print_lines_table(handle.rejected, "lines rejected (--on-error skip)")
+            print_lines_table(handle.rejected, "lines rejected (--on-error skip)")
         for warning in handle.warnings:
             print(f"llmspool: {warning}", file=sys.stderr)
         if handle.plan:
-            _print_plan(handle.plan)
+            print_plan(handle.plan)
         if not wants_results:
             return EXIT_OK
         code = _wait_and_report(handle, args.timeout)
@@ -343,40 +296,6 @@ def _chunks(source: IO[bytes], advance: Callable[[int], None]) -> Iterator[bytes
         yield chunk
 
 
-class _UploadProgress:
-    """A bytes bar on standard error while a large file uploads; nothing otherwise."""
-
-    def __init__(self, size: int | None) -> None:
-        self._size = size
-        self._progress: Progress | None = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        console = _stderr()
-        small = self._size is not None and self._size < UPLOAD_BAR_MIN_BYTES
-        if not console.is_terminal or small:
-            return lambda _n: None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            "uploading", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=console, transient=True,
-        )
-        self._progress.start()
-        task = self._progress.add_task("upload", total=self._size)
-        progress = self._progress
-        return lambda n: progress.advance(task, n)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
 # --- wait --------------------------------------------------------------------------------------
 
 
@@ -388,9 +307,9 @@ def _run_wait(args: argparse.Namespace) -> int:
 
 def _wait_and_report(handle: SyncJobHandle, timeout: float | None) -> int:
     """Wait with a bar of finished requests; say how the job ended; its exit status."""
-    console = _stderr()
+    console = stderr_console()
     try:
-        with _FinishProgress(console, handle.id) as on_status:
+        with FinishProgress(console, handle.id) as on_status:
             job = handle.wait(
                 timeout,
                 on_status=on_status,
@@ -400,74 +319,8 @@ def _wait_and_report(handle: SyncJobHandle, timeout: float | None) -> int:
         print(f"llmspool: {exc}; `llmspool results {handle.id}` has what is done",
               file=sys.stderr)
         return EXIT_TIMEOUT
-    print(f"llmspool: {_summary(job)}", file=sys.stderr)
-    return _exit_status(job)
-
-
-def _exit_status(job: Mapping[str, Any]) -> int:
-    status = job.get("status")
-    if status == JobStatus.CANCELLED:
-        return EXIT_CANCELLED
-    if status != JobStatus.COMPLETED or (job.get("counts") or {}).get("failed", 0):
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _summary(job: Mapping[str, Any]) -> str:
-    counts = job.get("counts") or {}
-    parts = [f"{counts.get(state, 0)} {state}"
-             for state in ("succeeded", "failed", "cancelled", "late")
-             if counts.get(state, 0) or state == "succeeded"]
-    return (f"job {job.get('id')} {job.get('status')}: {', '.join(parts)}; "
-            f"cost ${float(job.get('cost_usd') or 0):.6f}, "
-            f"saved ${float(job.get('saved_usd') or 0):.6f}")
-
-
-class _FinishProgress:
-    """A finished/total bar on a terminal; the callback ``wait`` feeds with each job object."""
-
-    def __init__(self, console: Console, job_id: str) -> None:
-        self._console = console
-        self._job_id = job_id
-        self._progress: Progress | None = None
-        self._last_line = ""
-
-    def __enter__(self) -> Callable[[Mapping[str, Any]], None]:
-        if not self._console.is_terminal:
-            return self._log_changes
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        from llmspool.client import finished_count
-
-        progress = Progress(
-            "[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self._console, transient=True,
-        )
-        self._progress = progress
-        progress.start()
-        task = progress.add_task(self._job_id, total=None)
-
-        def update(job: Mapping[str, Any]) -> None:
-            total = (job.get("counts") or {}).get("total")
-            progress.update(task, total=total, completed=finished_count(job),
-                            description=f"{self._job_id}: {wait_description(job)}")
-
-        return update
-
-    def _log_changes(self, job: Mapping[str, Any]) -> None:
-        """Not a terminal (a log, a pipe): a line when where the requests are changes."""
-        from llmspool.client import finished_count
-
-        line = (f"{finished_count(job)}/{(job.get('counts') or {}).get('total', '?')} done; "
-                f"{wait_description(job)}")
-        if line != self._last_line:
-            self._last_line = line
-            self._console.print(f"{time.strftime('%H:%M:%S')} {self._job_id}: {line}",
-                                highlight=False, markup=False)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    print(f"llmspool: {summary(job)}", file=sys.stderr)
+    return exit_status(job)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -540,7 +393,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
     with _spool(args) as spool:
         jobs = spool.jobs(limit=args.limit)
     if args.json:
-        _print_json(jobs)
+        print_json(jobs)
         return EXIT_OK
     from rich import box
     from rich.table import Table
@@ -568,7 +421,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
             f"{finished_count(job)}/{counts.get('total', '?')}",
             str(counts.get("failed", 0)),
             f"${float(job.get('cost_usd') or 0):.4f}",
-            _relative(job.get("deadline_at"), now),
+            relative(job.get("deadline_at"), now),
             str(job.get("operation") or "-"),
         )
     console().print(table)
@@ -584,114 +437,9 @@ def _job_status(args: argparse.Namespace) -> int:
     with _spool(args) as spool:
         job = spool.job(args.job).status()
     if args.json:
-        _print_json(job)
+        print_json(job)
         return EXIT_OK
-    console().print(_job_table(job, time.time()))
+    console().print(job_table(job, time.time()))
     return EXIT_OK
 
 
-def _job_table(job: Mapping[str, Any], now: float) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"job {job.get('id')}", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("status", str(job.get("status")))
-    if job.get("operation"):
-        table.add_row("operation", str(job["operation"]))
-    tags = job.get("tags") or {}
-    if tags:
-        table.add_row("tags", ", ".join(f"{key}={value}" for key, value in tags.items()))
-    table.add_row("created", _when(job.get("created_at"), now))
-    table.add_row("deadline", _when(job.get("deadline_at"), now))
-    if job.get("finished_at"):
-        table.add_row("finished", _when(job["finished_at"], now))
-    counts = job.get("counts") or {}
-    table.add_section()
-    for state, label in STATE_ROWS:
-        table.add_row(label, str(counts.get(state, 0)))
-    if counts.get("late"):
-        table.add_row("results stored after their deadline", str(counts["late"]))
-    for batch in job.get("batches") or []:
-        table.add_row(f"  in {_batch_label(batch)}", _batch_progress(batch))
-    by_tier = job.get("by_tier") or {}
-    if by_tier:
-        table.add_section()
-        for tier, count in sorted(by_tier.items()):
-            table.add_row(f"served on {tier}", str(count))
-    table.add_section()
-    table.add_row("cost so far", f"${float(job.get('cost_usd') or 0):.6f}")
-    table.add_row("saved", f"${float(job.get('saved_usd') or 0):.6f}")
-    return table
-
-
-STATE_ROWS = (("total", "total"), ("queued", "queued here"), ("in_batch", "in a batch"),
-              ("running", "running"), ("succeeded", "succeeded"), ("failed", "failed"),
-              ("cancelled", "cancelled"))
-
-
-def _batch_label(batch: Mapping[str, Any]) -> str:
-    """``batch_abc (openai gpt-5-mini)``, or the state of one not yet created upstream."""
-    name = batch.get("id") or "a batch being prepared"
-    return f"{name} ({batch.get('provider')} {batch.get('model')})"
-
-
-def _batch_progress(batch: Mapping[str, Any]) -> str:
-    """The provider's status and progress of a batch carrying some of the job's requests."""
-    status = str(batch.get("status") or "-")
-    if status.startswith("llmspool:"):
-        status = f"{status.removeprefix('llmspool:')} by llmspool"
-    if batch.get("cancelling"):
-        status += ", cancelling"
-    done = f"{batch.get('completed', 0)}/{batch.get('lines', 0)} done upstream"
-    return f"{batch.get('requests_of_job', 0)} requests; {status}, {done}"
-
-
-def wait_description(job: Mapping[str, Any]) -> str:
-    """What ``llmspool wait`` is waiting for: where the unfinished requests are, and where the
-    finished ones were served, e.g. ``in batch 40 (batch_abc: in_progress), running 8 |
-    flex 12, batch 60``."""
-    counts = job.get("counts") or {}
-    waiting = [f"{label} {counts[state]}" for state, label in (
-        ("queued", "queued"), ("running", "running"), ("in_batch", "in batch"))
-        if counts.get(state)]
-    batches = job.get("batches") or []
-    if batches and counts.get("in_batch"):
-        statuses = ", ".join(f"{b.get('id') or 'preparing'}: "
-                             f"{str(b.get('status')).removeprefix('llmspool:')}"
-                             for b in batches[:2])
-        more = f", +{len(batches) - 2}" if len(batches) > 2 else ""
-        waiting[-1] += f" ({statuses}{more})"
-    served = ", ".join(f"{tier} {count}" for tier, count in
-                       sorted((job.get("by_tier") or {}).items()))
-    text = ", ".join(waiting) or str(job.get("status", ""))
-    return f"{text} | {served}" if served else text
-
-
-def _when(moment: Any, now: float) -> str:
-    """A unix time as local time and how far from now it is."""
-    if not isinstance(moment, int | float):
-        return "-"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
-    return f"{stamp} ({_relative(moment, now)})"
-
-
-def _relative(moment: Any, now: float) -> str:
-    """``in 5h 59m`` or ``3m 2s ago``: the two largest units are enough to plan by."""
-    if not isinstance(moment, int | float):
-        return "-"
-    delta = moment - now
-    seconds = round(abs(delta))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    text = " ".join(parts[:2])
-    return f"in {text}" if delta > 0 else f"{text} ago"
-
-
-def _print_json(payload: Any) -> None:
-    import orjson
-
-    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
