@@ -1,5 +1,5 @@
-"""``llmspool config`` and ``llmspool plugins``: writing, checking and reading back the config,
-and the provider plugins it can name::
+"""``llmspool config``: writing, checking and reading back the config (and, in
+``cli/plugins.py``, which uses the loading here, ``llmspool plugins``)::
 
     llmspool config init [PATH] [--force]       write the reference config, every key commented
     llmspool config check [PATH]                validate it as the daemon would: exit 0 or 78
@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmspool.core.config.sections import COMMON_PROVIDER_KEYS, Config
+from llmspool.core.config.sections import Config
 from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.config_load import (
     EnvOverride,
@@ -40,7 +40,6 @@ from llmspool.core.config_load import (
 )
 from llmspool.core.errors import ConfigError
 from llmspool.core.plugins import ProviderKind, load_provider_specs
-from llmspool.core.provider import batch_capabilities_of, provider_capabilities
 from llmspool.policy.billing import PriceBook, load_price_book
 from llmspool.sim.config import SimConfig
 
@@ -64,7 +63,7 @@ origin: its kind) or "default".
 
 
 def add_config_commands(commands: Any) -> None:
-    """Add ``config`` (``init``, ``check``, ``show``) and ``plugins`` to the CLI's commands."""
+    """Add ``config`` (``init``, ``check``, ``show``) to the CLI's commands."""
     config = commands.add_parser(
         "config", help="write, check and show the config file",
         description="Write the reference config (init), validate a config as the daemon would "
@@ -102,20 +101,6 @@ def add_config_commands(commands: Any) -> None:
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(run=run_config_show)
 
-    plugins = commands.add_parser(
-        "plugins", help="list the provider plugins: versions, kinds, capabilities, keys",
-        description="List the installed provider plugins (the \"llmspool\" entry-point "
-        "group): each provider kind with the package and version it came in, what its "
-        "providers can do (endpoints, streaming, flex and priority tiers, the Batch API), "
-        "the config keys it declares for [providers.NAME], and the configured providers of "
-        "that kind. --json prints {\"plugins\": [{\"kind\", \"plugin\", \"package\", "
-        "\"version\", \"capabilities\", \"keys\", \"used_by\"}]}.",
-    )
-    plugins.add_argument("--config", metavar="PATH", help="the config whose providers to "
-                         "show (default: $LLMSPOOL_CONFIG, else the built-in defaults)")
-    plugins.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    plugins.set_defaults(run=run_plugins)
-
 
 # -- config init -------------------------------------------------------------------------------
 
@@ -128,7 +113,7 @@ def reference_config() -> str:
 def run_config_init(args: argparse.Namespace) -> int:
     text = reference_config()
     if args.path == "-":
-        return _write_stdout(text)
+        return write_stdout(text)
     path = Path(args.path)
     if path.exists() and not args.force:
         print(f"llmspool: {path} exists; pass --force to overwrite it", file=sys.stderr)
@@ -160,7 +145,7 @@ class _Loaded:
     problems: list[ConfigError] = field(default_factory=list)
 
 
-def _load(path_argument: str | None, environ: Mapping[str, str] | None = None) -> _Loaded:
+def load_as_daemon(path_argument: str | None, environ: Mapping[str, str] | None = None) -> _Loaded:
     env = os.environ if environ is None else environ
     loaded = _Loaded(config_file(path_argument, environ=env), {}, environment_overrides(env), {})
     try:
@@ -213,7 +198,7 @@ def _problem_line(problem: ConfigError, overrides: Sequence[EnvOverride]) -> str
     return line
 
 
-def _report_problems(loaded: _Loaded) -> int:
+def report_problems(loaded: _Loaded) -> int:
     """Print each problem on its own line, and a last line saying what it means; 78."""
     lines = list(dict.fromkeys(_problem_line(p, loaded.overrides) for p in loaded.problems))
     for line in lines:
@@ -229,9 +214,9 @@ def _report_problems(loaded: _Loaded) -> int:
 
 
 def run_config_check(args: argparse.Namespace) -> int:
-    loaded = _load(args.path)
+    loaded = load_as_daemon(args.path)
     if loaded.problems or loaded.config is None or loaded.prices is None:
-        return _report_problems(loaded)
+        return report_problems(loaded)
     providers = ", ".join(f"{name} ({provider.plugin})"
                           for name, provider in loaded.config.providers.items())
     prices = f"{loaded.prices.source}, version {loaded.prices.version}"
@@ -325,42 +310,42 @@ def _dotted(path: Sequence[str]) -> str:
     return ".".join(part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in path)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     """``value`` as it would be written in TOML, on one line."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a TOML basic string, for these values
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_dotted([k])} = {_toml_value(v)}"
+        return "{ " + ", ".join(f"{_dotted([k])} = {toml_value(v)}"
                                 for k, v in value.items()) + " }"
     return str(value)
 
 
 def run_config_show(args: argparse.Namespace) -> int:
-    loaded = _load(args.path)
+    loaded = load_as_daemon(args.path)
     if loaded.problems or loaded.config is None:
-        return _report_problems(loaded)
+        return report_problems(loaded)
     settings = effective_settings(loaded, loaded.config)
     if args.json:
         document = {"config_file": None if loaded.path is None else str(loaded.path),
                     "settings": [setting.as_json() for setting in settings]}
-        return _write_stdout(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return write_stdout(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     from rich.table import Table
 
     title = (f"llmspool config: {loaded.path}" if loaded.path is not None
              else "llmspool config: no file (built-in defaults)")
-    table = Table(title=_text(title), title_justify="left")
+    table = Table(title=text_cell(title), title_justify="left")
     table.add_column("key", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_column("from", no_wrap=True)
-    rows = [(s.key, _toml_value(s.value), _describe_source(s)) for s in settings]
+    rows = [(s.key, toml_value(s.value), _describe_source(s)) for s in settings]
     for row in rows:
         # What the operator set stands out from the defaults.
-        table.add_row(*map(_text, row), style="bold" if row[2] != "default" else None)
-    return _print_table(table, rows)
+        table.add_row(*map(text_cell, row), style="bold" if row[2] != "default" else None)
+    return print_table(table, rows)
 
 
 def _describe_source(setting: Setting) -> str:
@@ -371,109 +356,17 @@ def _describe_source(setting: Setting) -> str:
     return setting.source
 
 
-# -- plugins -----------------------------------------------------------------------------------
-
-
-def plugin_report(kinds: Mapping[str, ProviderKind],
-                  config: Config | None) -> list[dict[str, Any]]:
-    """One entry per provider kind, as ``llmspool plugins --json`` prints it."""
-    report = []
-    for kind, spec in sorted(kinds.items()):
-        batch = None
-        try:
-            capabilities: Any = provider_capabilities(spec.factory)
-            batch = batch_capabilities_of(spec.factory)
-        except (ImportError, AttributeError) as exc:  # a plugin whose class is not there
-            capabilities = f"cannot load the provider class: {exc}"
-        report.append({
-            "kind": kind,
-            "plugin": spec.plugin,
-            "package": spec.package,
-            "version": spec.version,
-            "capabilities": list(capabilities) if isinstance(capabilities, tuple)
-            else capabilities,
-            "batch": None if batch is None else {
-                "max_lines": batch.max_lines, "max_bytes": batch.max_bytes,
-                "max_embedding_inputs": batch.max_embedding_inputs,
-                "uploads_input": batch.uploads_input,
-                "finds_by_metadata": batch.finds_by_metadata,
-                "endpoints": sorted(endpoint.operation_name for endpoint in batch.endpoints)},
-            "keys": [{"name": key.name, "type": key.type, "default": key.default,
-                      "help": key.help, "every_provider_has_it": key.name in COMMON_PROVIDER_KEYS,
-                      **({"choices": list(key.choices)} if key.choices else {})}
-                     for key in spec.keys],
-            "used_by": [] if config is None else
-            [name for name, provider in config.providers.items() if provider.plugin == kind],
-        })
-    return report
-
-
-def run_plugins(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
-    status = _report_problems(loaded) if loaded.problems else EXIT_OK
-    report = plugin_report(loaded.kinds, loaded.config)
-    if args.json:
-        written = _write_stdout(json.dumps({"plugins": report}, indent=2, ensure_ascii=False)
-                                + "\n")
-        return written or status
-    from rich.table import Table
-
-    if not report:
-        print("no provider plugins are installed (entry-point group \"llmspool\")")
-        return status
-    kinds = Table(title=_text("provider plugins"), title_justify="left")
-    for column in ("kind", "plugin", "package", "capabilities", "used by"):
-        kinds.add_column(column, overflow="fold")
-    rows = []
-    for entry in report:
-        package = (f"{entry['package']} {entry['version']}" if entry["package"]
-                   else "(not from a package)")
-        capabilities = entry["capabilities"]
-        rows.append((entry["kind"], entry["plugin"], package,
-                     ", ".join(capabilities) if isinstance(capabilities, list)
-                     else capabilities or "unknown (a factory function)",
-                     ", ".join(entry["used_by"]) or "-"))
-    for row in rows:
-        kinds.add_row(*map(_text, row))
-    written = _print_table(kinds, rows)
-    keys = Table(title=_text("keys the plugins declare for [providers.NAME]"),
-                 title_justify="left")
-    for column in ("kind", "key", "type", "default", "what it does"):
-        keys.add_column(column, overflow="fold")
-    key_rows = [(entry["kind"], key["name"], key["type"], _toml_value(key["default"]),
-                 key["help"]) for entry in report for key in entry["keys"]]
-    for row in key_rows:
-        keys.add_row(*map(_text, row))
-    if key_rows and not written:
-        written = _print_table(keys, key_rows)
-    batches = Table(title=_text("batch tiers: what one batch may hold, and how a batch lost in "
-                                "a crash is found"), title_justify="left")
-    for column in ("kind", "endpoints", "lines", "bytes", "requests go", "found after a crash"):
-        batches.add_column(column, overflow="fold")
-    batch_rows = [(entry["kind"], ", ".join(batch["endpoints"]), f"{batch['max_lines']:,}",
-                   f"{batch['max_bytes'] / 2**20:,.0f} MiB",
-                   "uploaded as a file" if batch["uploads_input"] else "with the create call",
-                   "by metadata" if batch["finds_by_metadata"]
-                   else "by listing and matching (intent in custom_id)")
-                  for entry in report if (batch := entry["batch"]) is not None]
-    for batch_row in batch_rows:
-        batches.add_row(*map(_text, batch_row))
-    if batch_rows and not written:
-        written = _print_table(batches, batch_rows)
-    return written or status
-
-
 # -- output ------------------------------------------------------------------------------------
 
 
-def _text(value: str) -> Any:
+def text_cell(value: str) -> Any:
     """A cell as it is: rich would read "[...]" in a value (a TOML list) as markup."""
     from rich.text import Text
 
     return Text(value)
 
 
-def _print_table(table: Any, rows: Sequence[Sequence[str]]) -> int:
+def print_table(table: Any, rows: Sequence[Sequence[str]]) -> int:
     """Print a rich table: a terminal's width on a terminal; piped, as wide as the widest row
     needs (rich would assume 80 columns and cut or fold cells), unless COLUMNS says."""
     from rich.console import Console
@@ -494,7 +387,7 @@ def _print_table(table: Any, rows: Sequence[Sequence[str]]) -> int:
     return EXIT_OK
 
 
-def _write_stdout(text: str) -> int:
+def write_stdout(text: str) -> int:
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

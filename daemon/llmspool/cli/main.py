@@ -34,6 +34,7 @@ from llmspool.cli.config import add_config_commands
 from llmspool.cli.costs import add_costs_command
 from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
+from llmspool.cli.plugins import add_plugins_command
 from llmspool.core import unix_http
 from llmspool.core.config.sections import Config
 from llmspool.core.config_load import load_config
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_config_commands(commands)
+    add_plugins_command(commands)
 
     demo = commands.add_parser(
         "demo",
