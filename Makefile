@@ -24,6 +24,7 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check daemon plugins tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(BIN)/.installed $(STEADY) lint
 	$(BIN)/python -m pytest

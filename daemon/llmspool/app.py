@@ -36,7 +36,6 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from llmspool import systemd
 from llmspool.actors.batch_poller import BatchPoller, PollerMessage
 from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
 from llmspool.actors.dispatcher import Dispatcher
@@ -46,25 +45,28 @@ from llmspool.actors.request_queue import RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batch_api.service import BatchApi
 from llmspool.batches.context import BatchContext
-from llmspool.billing import PriceBook, load_price_book
 from llmspool.cache.front import CacheFront
-from llmspool.cache.keys import CacheRules
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CachedKeys
-from llmspool.config import Config, ProviderConfig, load_config
-from llmspool.crashpoints import CrashPoints
-from llmspool.errors import ConfigError
-from llmspool.estimate import TokenEstimator
+from llmspool.core import systemd
+from llmspool.core.config.sections import Config, ProviderConfig
+from llmspool.core.config_load import load_config
+from llmspool.core.crashpoints import CrashPoints
+from llmspool.core.errors import ConfigError
+from llmspool.core.plugins import load_provider_kinds
+from llmspool.core.provider import BatchProvider, Provider, ProviderSettings
+from llmspool.core.tracing import Tracing, build_tracing
 from llmspool.jobs.submission import JobSubmission
 from llmspool.messages import BatchLinesDone, Call, NewPrices, Query, SlotFreed
-from llmspool.planner import LatencyBook, Planner, default_latencies
-from llmspool.plugins import load_provider_kinds
-from llmspool.provider import BatchProvider, Provider, ProviderSettings
-from llmspool.reservations import Reserver
+from llmspool.policy.billing import PriceBook, load_price_book
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.planner import LatencyBook, Planner, default_latencies
+from llmspool.policy.reservations import Reserver
+from llmspool.policy.routing import ModelRouter
 from llmspool.resilience.limits import LimitSettings, RateLimits
 from llmspool.resilience.retry import Retrier
-from llmspool.routing import ModelRouter
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes
 from llmspool.server.forwarding import Forwarder
@@ -81,7 +83,6 @@ from llmspool.server.uvicorn_server import (
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME, close_shielded, open_database
 from llmspool.store.ledger import LedgerConnection, recent_latencies
-from llmspool.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
 ACTOR_EXTRA_GRACE = 3.0  # seconds the actors get after the front door's grace, to store results

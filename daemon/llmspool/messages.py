@@ -19,37 +19,27 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import Context
 
-from llmspool.billing import PriceBook
-from llmspool.cache.keys import CachePlan
-from llmspool.cache.store import NewEntry
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.errors import ApiError
-from llmspool.jobs.model import NewJob
-from llmspool.planner import TierPolicy
-from llmspool.states import RequestState
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.errors import ApiError
+from llmspool.policy.billing import PriceBook
+from llmspool.policy.cache_keys import CachePlan
+from llmspool.policy.planner import TierPolicy
+from llmspool.store.records import (
+    BatchCandidate,
+    BatchChunk,
+    BatchChunkStored,
+    Caller,
+    JobResult,
+    LineOutcome,
+    NewEntry,
+    NewJob,
+    RequeuedLine,
+    Settled,
+    Viewer,
+)
 
 if TYPE_CHECKING:
     from llmspool.store.batches import BatchRow
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent a request, from the Unix socket's peer credentials (None when unknown)."""
-
-    pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Viewer:
-    """Whose work a request may see: its own (``uid``), or everyone's for an ``admin``."""
-
-    uid: int | None
-    admin: bool = False
-
-    def sees(self, owner: int | None) -> bool:
-        return self.admin or owner == self.uid
 
 
 class Abort:
@@ -180,38 +170,6 @@ class SlotFreed:
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
-    """A call ended; the ledger records what it used and cost.
-
-    ``cost_picodollars`` is None when the model has no price on the served tier.
-    """
-
-    request_id: str
-    provider: str
-    model: str
-    endpoint: Endpoint
-    tier: Tier
-    usage: Usage
-    cost_picodollars: int | None
-    standard_cost_picodollars: int | None
-    caller: Caller
-    operation: str | None
-    status: int
-    started_at: float
-    finished_at: float
-    session: str | None = None
-    # Billed on a guess: unknown_tier, unpriced, broken_answer (cut mid-body or mid-stream),
-    # unknown_outcome (a crash hid whether it was answered: billed at its reservation).
-    flag: str | None = None
-    saving_source: str | None = None  # tier, cache, dedup, routing
-    price_version: str | None = None  # the price book it was billed with
-    # Seconds its caller gave it, from submission (a job's creation) to its deadline; None:
-    # no deadline. ``late``: it finished after its deadline.
-    deadline_window: float | None = None
-    late: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class CacheFill:
     """Answers to keep in the response cache (batch results; the cache's own flights)."""
 
@@ -262,20 +220,6 @@ class Release:
     """The call reserved for ``request_id`` ended without a bill (failed, refused, cancelled)."""
 
     request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class JobResult:
-    """A deferred request's final result, as the job keeper stores it (Batch output line)."""
-
-    request_id: int  # job_requests.id
-    job_id: str
-    state: RequestState  # succeeded or failed
-    tier: str | None
-    cost_picodollars: int | None
-    standard_cost_picodollars: int | None
-    result: bytes = field(repr=False)
-    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +281,7 @@ class CancelJob:
 
     job_id: str
     reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
-    viewer: Viewer = Viewer(None)
+    viewer: Viewer = field(default_factory=lambda: Viewer(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +290,7 @@ class WaitForJob:
 
     job_id: str
     reply: MemoryObjectSendStream[dict[str, Any] | ApiError] = field(repr=False)
-    viewer: Viewer = Viewer(None)
+    viewer: Viewer = field(default_factory=lambda: Viewer(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,47 +306,11 @@ class Query:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchCandidate:
-    """A queued deferred request that may go through a batch (job keeper → batch submitter)."""
-
-    request_id: int
-    job_id: str
-    provider: str
-    endpoint: Endpoint
-    model: str
-    deadline_at: float
-    size: int  # bytes of its body
-    inputs: int = 1  # embeddings inputs it carries (the Batch API caps them per batch)
-
-
-@dataclass(frozen=True, slots=True)
 class ToBatch:
     """Send these requests through the Batch API; ``traceparents`` of the jobs they belong to."""
 
     candidates: list[BatchCandidate] = field(repr=False)
     traceparents: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LineOutcome:
-    """A batch line whose result was stored: what the job keeper counts."""
-
-    request_id: int
-    job_id: str
-    state: RequestState  # succeeded or failed
-    cost_picodollars: int | None
-    standard_cost_picodollars: int | None
-    was_in_batch: bool  # False: it had been given back (escalated) before its answer came
-
-
-@dataclass(frozen=True, slots=True)
-class RequeuedLine:
-    """A line a batch gave back to the job keeper, as its heap keeps it, with its attempts."""
-
-    deadline_at: float
-    request_id: int
-    job_id: str
-    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,31 +324,6 @@ class BatchLinesDone:
     outcomes: list[LineOutcome] = field(default_factory=list, repr=False)
     requeued: list[RequeuedLine] = field(default_factory=list, repr=False)
     batch_again: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class BatchChunk:
-    """One chunk of a batch's mapped results, for the ledger to store with their entries.
-
-    ``results``: (line id, state, Batch output line, cost, list cost, attempts);
-    ``lines``: line id → (job id, whether the batch still carried it).
-    """
-
-    batch_id: int
-    results: list[tuple[int, RequestState, bytes, int | None, int | None, int]] = field(
-        repr=False)
-    entries: list[Settled] = field(repr=False)
-    lines: dict[int, tuple[str, bool]] = field(repr=False)
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class BatchChunkStored:
-    """What the ledger stored of a ``BatchChunk``: outcomes, new entries, answers paid twice."""
-
-    outcomes: list[LineOutcome] = field(default_factory=list, repr=False)
-    billed: list[Settled] = field(default_factory=list, repr=False)
-    paid_twice: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ owns the request side):
 Usage: Anthropic's ``input_tokens`` counts only the input after the last cache breakpoint; the
 OpenAI ``prompt_tokens`` is all the input, so it is ``input_tokens + cache_read_input_tokens +
 cache_creation_input_tokens``, with the cache reads as ``cached_tokens`` and the cache writes as
-``cache_write_tokens`` under ``prompt_tokens_details`` (as ``llmspool.wire.usage_of`` reads it).
+``cache_write_tokens`` under ``prompt_tokens_details`` (as ``llmspool.core.wire.usage_of``
+reads it).
 """
 
 from __future__ import annotations

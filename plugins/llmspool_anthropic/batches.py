@@ -19,7 +19,7 @@ What differs from OpenAI's Batch API, and how this module bridges it (facts: doc
 - **Results** are one JSONL document per batch, in any order, each line
   ``{"custom_id", "result": {"type": "succeeded" | "errored" | "canceled" | "expired", ...}}``;
   they are streamed to disk, then translated in a worker thread to the daemon's result lines
-  (``llmspool.batches.lines``): answers as OpenAI chat completions, errors as OpenAI error
+  (``llmspool.core.batch_lines``): answers as OpenAI chat completions, errors as OpenAI error
   bodies with the status their type means, canceled and expired lines as ``batch_cancelled``
   and ``batch_expired``.
 - **Statuses**: ``in_progress`` and ``canceling`` are the daemon's ``in_progress`` and
@@ -42,12 +42,21 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-from llmspool.batches.lines import CANCELLED, EXPIRED, BatchFiles, ResultWriter, read_input_lines
-from llmspool.batches.remote import RemoteBatch
-from llmspool.calls import Endpoint
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError
-from llmspool.http_pool import unreachable
-from llmspool.provider import BatchCapabilities, BatchSubmission
+from llmspool.plugin_api import (
+    CANCELLED,
+    EXPIRED,
+    ApiError,
+    BadUpstreamAnswer,
+    BatchCapabilities,
+    BatchFiles,
+    BatchSubmission,
+    Endpoint,
+    RemoteBatch,
+    ResultWriter,
+    UpstreamError,
+    read_input_lines,
+    unreachable,
+)
 
 from llmspool_anthropic.answers import openai_completion, openai_error
 from llmspool_anthropic.translate import anthropic_params

@@ -2,13 +2,13 @@
 
 ``base_url`` gets Anthropic's address as this kind's default. ``api_key_env`` cannot get one:
 the daemon keeps the API key's variable the operator's choice for every provider but the one
-named ``openai`` (``llmspool.config.FIXED_PROVIDER_KEYS``), so a table of this kind names it
-itself (``api_key_env = "ANTHROPIC_API_KEY"``, as etc/llmspool.toml shows).
+named ``openai`` (``llmspool.core.config.sections.FIXED_PROVIDER_KEYS``), so a table of this
+kind names it itself (``api_key_env = "ANTHROPIC_API_KEY"``, as etc/llmspool.toml shows).
 """
 
 from __future__ import annotations
 
-from llmspool.hookspecs import ConfigKey
+from llmspool.plugin_api import ConfigKey
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"

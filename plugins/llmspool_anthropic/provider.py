@@ -14,11 +14,11 @@ the answer as OpenAI's, so this provider translates at its boundary, both ways:
   (``ratelimits.openai_ratelimit_headers``), its ``retry-after``, and its ``request-id`` as
   ``x-request-id``.
 
-One aiohttp session per provider, pooled for the daemon's life (``llmspool.http_pool``),
+One aiohttp session per provider, pooled for the daemon's life (``llmspool.core.http_pool``),
 authenticates with ``x-api-key`` and ``anthropic-version`` rather than a bearer token. Anthropic
 takes no client-supplied request id, so ``UpstreamRequest.request_id`` is not sent.
 
-The Message Batches half of ``llmspool.provider.BatchProvider`` (the batch tier) lives in
+The Message Batches half of ``llmspool.core.provider.BatchProvider`` (the batch tier) lives in
 ``llmspool_anthropic.batches``; the provider delegates to it, on the same session.
 """
 
@@ -30,15 +30,20 @@ from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
-from llmspool.calls import Endpoint, Tier
-from llmspool.connection_stats import ConnectionCounter
-from llmspool.errors import ApiError, BadUpstreamAnswer, InvalidRequest, UpstreamError
-from llmspool.http_pool import pooled_session, unreachable
-from llmspool.provider import (
+from llmspool.plugin_api import (
+    ApiError,
+    BadUpstreamAnswer,
     BatchCapabilities,
+    ConnectionCounter,
     DelegatedBatches,
+    Endpoint,
+    InvalidRequest,
     ProviderSettings,
+    Tier,
+    UpstreamError,
     UpstreamRequest,
+    pooled_session,
+    unreachable,
 )
 
 from llmspool_anthropic.answers import openai_completion, openai_error
@@ -77,7 +82,7 @@ def completion_body(provider: str, raw: bytes) -> bytes:
 
 
 class _Answer:
-    """An Anthropic answer seen through ``llmspool.provider.UpstreamResponse``, in OpenAI's
+    """An Anthropic answer seen through ``llmspool.core.provider.UpstreamResponse``, in OpenAI's
     shapes. ``body`` is set when the answer is already known whole (an error, or a request
     refused before sending); otherwise it is read from ``response`` and translated."""
 
@@ -145,7 +150,7 @@ def _refused(error: ApiError) -> _Answer:
 class AnthropicProvider(DelegatedBatches):
     """One ``[providers.NAME]`` of kind ``anthropic``."""
 
-    # What `llmspool plugins` reports (llmspool.provider.provider_capabilities): chat
+    # What `llmspool plugins` reports (llmspool.core.provider.provider_capabilities): chat
     # completions, streamed too, on the standard tier (a service_tier is dropped).
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT})
     service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD})
@@ -286,7 +291,7 @@ class AnthropicProvider(DelegatedBatches):
                 return ids
             after = last
 
-    # Message Batches (llmspool.provider.BatchProvider): see llmspool_anthropic.batches.
+    # Message Batches (llmspool.core.provider.BatchProvider): see llmspool_anthropic.batches.
 
     def _batch_api(self) -> AnthropicBatches:
         if self._batches is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from llmspool.errors import InvalidRequest
+from llmspool.plugin_api import InvalidRequest
 
 __all__ = ["anthropic_params"]
 

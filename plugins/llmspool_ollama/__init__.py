@@ -10,7 +10,7 @@ Registered through the ``llmspool`` entry-point group under the provider kind ``
     models = ["llama3.2"]
 
 Ollama has no files, batches or service tiers, so the provider is a plain
-``llmspool.provider.Provider`` (not a ``BatchProvider``). Its config keys are declared in
+``llmspool.core.provider.Provider`` (not a ``BatchProvider``). Its config keys are declared in
 ``llmspool_ollama.keys``; the provider class is imported only when a provider is built.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmspool.hookspecs import LazyFactory, RegisterProvider, hookimpl
+from llmspool.plugin_api import LazyFactory, RegisterProvider, hookimpl
 
 from llmspool_ollama.keys import KEYS
 

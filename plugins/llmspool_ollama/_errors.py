@@ -1,5 +1,5 @@
 """Where Ollama's error bodies become OpenAI's (its aiohttp exceptions become
-``llmspool.errors`` in ``llmspool.http_pool.unreachable``).
+``llmspool.core.errors`` in ``llmspool.core.http_pool.unreachable``).
 
 Ollama answers errors in its own shape, ``{"error": "model \\"x\\" not found, try pulling it
 first"}`` (a string, not an object), or as plain text ("404 page not found"). The daemon's

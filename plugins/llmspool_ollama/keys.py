@@ -3,7 +3,7 @@ its own default for ``base_url``, where ``ollama serve`` listens."""
 
 from __future__ import annotations
 
-from llmspool.hookspecs import ConfigKey
+from llmspool.plugin_api import ConfigKey
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"
 """Where ``ollama serve`` listens by default; used when ``base_url`` is empty."""

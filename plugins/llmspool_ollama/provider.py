@@ -23,11 +23,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from llmspool.calls import Endpoint, Tier
-from llmspool.connection_stats import ConnectionCounter
-from llmspool.errors import BadUpstreamAnswer, UpstreamError
-from llmspool.http_pool import pooled_session, unreachable
-from llmspool.provider import ProviderSettings, UpstreamRequest
+from llmspool.plugin_api import (
+    BadUpstreamAnswer,
+    ConnectionCounter,
+    Endpoint,
+    ProviderSettings,
+    Tier,
+    UpstreamError,
+    UpstreamRequest,
+    pooled_session,
+    unreachable,
+)
 
 from llmspool_ollama._errors import openai_error_body
 from llmspool_ollama.keys import DEFAULT_BASE_URL
@@ -55,7 +61,7 @@ def openai_base_url(base_url: str) -> str:
 
 
 class _OllamaAnswer:
-    """An aiohttp response seen through ``llmspool.provider.UpstreamResponse``; an error
+    """An aiohttp response seen through ``llmspool.core.provider.UpstreamResponse``; an error
     answer's body reads in OpenAI's error shape."""
 
     __slots__ = ("_provider", "_response")
@@ -92,7 +98,7 @@ class _OllamaAnswer:
 class OllamaProvider:
     """One ``[providers.NAME]`` of kind ``ollama``."""
 
-    # What `llmspool plugins` reports (llmspool.provider.provider_capabilities): every
+    # What `llmspool plugins` reports (llmspool.core.provider.provider_capabilities): every
     # endpoint and streaming, and no tier but standard (a service_tier is dropped).
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
     service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD})

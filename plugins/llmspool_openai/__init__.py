@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmspool.hookspecs import LazyFactory, RegisterProvider, hookimpl
+from llmspool.plugin_api import LazyFactory, RegisterProvider, hookimpl
 
 from llmspool_openai.keys import KEYS
 

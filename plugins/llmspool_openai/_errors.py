@@ -1,4 +1,4 @@
-"""Where the plugin's HTTP clients' exceptions become ``llmspool.errors``.
+"""Where the plugin's HTTP clients' exceptions become ``llmspool.core.errors``.
 
 Both planes use it: the aiohttp data plane for its timeouts and connection errors, and the
 ``openai`` SDK control plane (models, files, batches) through ``sdk_errors``. Nothing outside
@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import aiohttp
 import httpx2
 import openai
-from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.http_pool import unreachable as http_unreachable
+from llmspool.plugin_api import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.plugin_api import unreachable as http_unreachable
 
 PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms")
 """Upstream headers an ``UpstreamError`` carries: the request id for support tickets, and the
@@ -24,7 +24,7 @@ retry hints the daemon's retry policy reads."""
 
 def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
     """No answer from ``provider``, from either plane: the SDK's and httpx2's timeouts as the
-    data plane's aiohttp ones (``llmspool.http_pool.unreachable``)."""
+    data plane's aiohttp ones (``llmspool.core.http_pool.unreachable``)."""
     if isinstance(exc, httpx2.ConnectTimeout):
         return http_unreachable(provider, aiohttp.ConnectionTimeoutError(str(exc)))
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):

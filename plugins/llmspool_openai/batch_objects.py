@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmspool.batches.remote import STATUSES, BatchError, RemoteBatch
-from llmspool.errors import BadUpstreamAnswer
+from llmspool.plugin_api import STATUSES, BadUpstreamAnswer, BatchError, RemoteBatch
 
 INTENT_KEY = "llmspool_intent"
 """The ``metadata`` key that carries the daemon's intent id, to find a batch after a crash."""

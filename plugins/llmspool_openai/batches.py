@@ -1,9 +1,9 @@
 """The Batch API control plane of ``OpenAIProvider``: files and batches through the ``openai`` SDK.
 
-``OpenAIBatches`` implements the batch half of ``llmspool.provider.BatchProvider``; the provider
-delegates to it. Every SDK exception is mapped at this boundary (``_errors.sdk_errors``) and
-every batch object is read with ``batch_objects.remote_batch`` from the JSON the upstream sent (the
-SDK's models are built without validation, so ``to_dict`` gives that JSON back as it came).
+``OpenAIBatches`` implements the batch half of ``llmspool.core.provider.BatchProvider``; the
+provider delegates to it. Every SDK exception is mapped at this boundary (``_errors.sdk_errors``)
+and every batch object is read with ``batch_objects.remote_batch`` from the JSON the upstream sent
+(the SDK's models are built without validation, so ``to_dict`` gives that JSON back as it came).
 
 Large files never sit in memory. An upload hands the SDK an open file object: the SDK passes it
 to httpx2 untouched (``openai._files._async_transform_file`` reads only ``PathLike`` inputs into
@@ -22,12 +22,15 @@ from typing import Literal
 import anyio
 import httpx2
 import openai
-from llmspool.batches.lines import BatchFiles
-from llmspool.batches.remote import RemoteBatch
-from llmspool.calls import Endpoint
-from llmspool.config import ProviderConfig
-from llmspool.errors import BadUpstreamAnswer
-from llmspool.provider import BatchCapabilities, BatchSubmission
+from llmspool.plugin_api import (
+    BadUpstreamAnswer,
+    BatchCapabilities,
+    BatchFiles,
+    BatchSubmission,
+    Endpoint,
+    ProviderConfig,
+    RemoteBatch,
+)
 
 from llmspool_openai._errors import sdk_errors
 from llmspool_openai.batch_objects import INTENT_KEY, remote_batch
@@ -90,7 +93,7 @@ def transfer_timeout(config: ProviderConfig) -> httpx2.Timeout:
 
 
 class OpenAIBatches:
-    """Files and batches of one OpenAI-compatible provider (``llmspool.provider.BatchApi``)."""
+    """Files and batches of one OpenAI-compatible provider (``llmspool.core.provider.BatchApi``)."""
 
     batch_capabilities = CAPABILITIES
 

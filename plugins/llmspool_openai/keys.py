@@ -7,7 +7,7 @@ belongs to several organizations or projects: usage and limits are then counted 
 
 from __future__ import annotations
 
-from llmspool.hookspecs import ConfigKey
+from llmspool.plugin_api import ConfigKey
 
 BASE_URL = ConfigKey(
     "base_url", "str", "https://api.openai.com/v1",

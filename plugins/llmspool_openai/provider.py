@@ -7,7 +7,7 @@ Two clients, each pooled once per provider for the daemon's life:
   call (DESIGN.md, "Performance notes") and the daemon needs only usage, tier and errors;
 - the control plane (models, files and batches) uses the official ``openai`` SDK with
   ``max_retries=0``, because the daemon owns its retry policy. The Batch API half of
-  ``llmspool.provider.BatchProvider`` lives in ``llmspool_openai.batches``; the provider
+  ``llmspool.core.provider.BatchProvider`` lives in ``llmspool_openai.batches``; the provider
   delegates to it.
 
 A request with a ``request_id`` carries it as ``X-Client-Request-Id``, the header in which
@@ -26,14 +26,15 @@ from typing import ClassVar, Self
 
 import aiohttp
 import openai
-from llmspool.calls import Endpoint, Tier
-from llmspool.connection_stats import ConnectionCounter
-from llmspool.http_pool import pooled_session
-from llmspool.provider import (
+from llmspool.plugin_api import (
     BatchCapabilities,
+    ConnectionCounter,
     DelegatedBatches,
+    Endpoint,
     ProviderSettings,
+    Tier,
     UpstreamRequest,
+    pooled_session,
 )
 
 from llmspool_openai._errors import sdk_errors, unreachable
@@ -64,7 +65,7 @@ def client_request_id_headers(request_id: str | None) -> dict[str, str] | None:
 
 
 class _AiohttpAnswer:
-    """An aiohttp response seen through ``llmspool.provider.UpstreamResponse``."""
+    """An aiohttp response seen through ``llmspool.core.provider.UpstreamResponse``."""
 
     __slots__ = ("_provider", "_response")
 
@@ -107,7 +108,7 @@ def account_headers(organization: str, project: str) -> dict[str, str]:
 class OpenAIProvider(DelegatedBatches):
     """One ``[providers.NAME]`` of kind ``openai``."""
 
-    # What `llmspool plugins` reports (llmspool.provider.provider_capabilities), besides the
+    # What `llmspool plugins` reports (llmspool.core.provider.provider_capabilities), besides the
     # Batch API methods below: every endpoint, streaming, and the flex and priority tiers.
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
     service_tiers: ClassVar[frozenset[Tier]] = frozenset({Tier.STANDARD, Tier.FLEX,
@@ -182,7 +183,7 @@ class OpenAIProvider(DelegatedBatches):
         with sdk_errors(self.name):
             return [model.id async for model in self._sdk.models.list()]
 
-    # The Batch API (llmspool.provider.BatchProvider): see llmspool_openai.batches.
+    # The Batch API (llmspool.core.provider.BatchProvider): see llmspool_openai.batches.
 
     def _batch_api(self) -> OpenAIBatches:
         if self._batches is None:

@@ -9,7 +9,7 @@ only when it must change.
 from __future__ import annotations
 
 import orjson
-from llmspool.calls import Tier
+from llmspool.plugin_api import Tier
 
 SERVICE_TIERS = {Tier.STANDARD: "default", Tier.FLEX: "flex", Tier.PRIORITY: "priority"}
 """The ``service_tier`` request value asking for each tier a call can be sent on."""

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from llmspool.batches.lines import BatchFiles
-from llmspool.calls import Endpoint
-from llmspool.provider import BatchSubmission
+from llmspool.core.batch_lines import BatchFiles
+from llmspool.core.calls import Endpoint
+from llmspool.core.provider import BatchSubmission
 from llmspool_anthropic.answers import openai_completion
 from llmspool_anthropic.batches import AnthropicBatches, tagged, translate_results
 from llmspool_anthropic.stream import ChunkTranslator

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from llmspool.cache.store import CacheReader, CacheWriter, NewEntry, connect
-from llmspool.calls import Tier, Usage
+from llmspool.cache.store import CacheReader, CacheWriter, connect
+from llmspool.core.calls import Tier, Usage
+from llmspool.store.records import NewEntry
 
 from tests.bench.bench_latency import h2load, percentile
 from tests.support.processes import (

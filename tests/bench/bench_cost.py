@@ -53,10 +53,10 @@ from typing import Any
 
 import orjson
 import tomli_w
-from llmspool.billing import bill, load_price_book
-from llmspool.calls import Tier, Usage
-from llmspool.config import Config
-from llmspool.units import format_duration
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.config.sections import Config
+from llmspool.core.units import format_duration
+from llmspool.policy.billing import bill, load_price_book
 
 from tests.bench.bench_money import baseline_worktree, probe_tree, tree_env
 from tests.support.money import billed_calls

@@ -21,11 +21,12 @@ from typing import Any
 
 import anyio
 from llmspool.actors.ledger import Ledger, LedgerMessage
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.config import BudgetsConfig, CapConfig
-from llmspool.errors import ApiError
-from llmspool.messages import Admit, Caller, Settled
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import BudgetsConfig, CapConfig
+from llmspool.core.errors import ApiError
+from llmspool.messages import Admit
 from llmspool.store.ledger import open_ledger_connection
+from llmspool.store.records import Caller, Settled
 
 BUDGETS = BudgetsConfig(
     per_request_usd=1.0, daily_usd=1e6, session_usd=1e6,

@@ -20,11 +20,11 @@ import httpx2
 import openai
 import orjson
 import pytest
-from llmspool.batches.remote import RemoteBatch
-from llmspool.calls import Endpoint
-from llmspool.config import ProviderConfig
-from llmspool.errors import BadUpstreamAnswer
-from llmspool.provider import BatchProvider, BatchSubmission, ProviderSettings
+from llmspool.core.calls import Endpoint
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import BadUpstreamAnswer
+from llmspool.core.provider import BatchProvider, BatchSubmission, ProviderSettings
+from llmspool.core.remote_batch import RemoteBatch
 from llmspool_openai import OpenAIProvider
 from llmspool_openai.batches import OpenAIBatches, control_plane_client, transfer_timeout
 

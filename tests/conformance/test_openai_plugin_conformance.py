@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ProviderConfig
-from llmspool.provider import ProviderSettings, UpstreamRequest
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.provider import ProviderSettings, UpstreamRequest
 from llmspool_openai import OpenAIProvider
 
 from tests.support.processes import openai_client, start_daemon, unix_request

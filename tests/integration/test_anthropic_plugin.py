@@ -20,8 +20,8 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from llmspool.calls import Tier
-from llmspool.pricing import load_price_table
+from llmspool.core.calls import Tier
+from llmspool.core.pricing import load_price_table
 
 from tests.support.processes import (
     Daemon,

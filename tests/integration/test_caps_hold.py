@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 import pytest
-from llmspool.calls import Tier, Usage
-from llmspool.pricing import PriceTable, TierPrice, load_price_table
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.pricing import PriceTable, TierPrice, load_price_table
 
 from tests.support.money import billed_calls, ledger_entries
 from tests.support.processes import (

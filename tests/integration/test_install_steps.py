@@ -131,6 +131,6 @@ def test_the_readme_install_steps_give_the_service_user_a_config_it_can_read(
 
 def load(path: Path) -> str:
     """The config as the daemon loads it (its state directory, to show it was read)."""
-    from llmspool.config import load_config
+    from llmspool.core.config_load import load_config
 
     return load_config(path, environ={}).daemon.state_dir

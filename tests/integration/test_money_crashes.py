@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 import tomli_w
-from llmspool.calls import Tier, Usage
-from llmspool.pricing import PriceTable, load_price_table
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.pricing import PriceTable, load_price_table
 
 from tests.support.money import (
     QUICK_BATCHES,

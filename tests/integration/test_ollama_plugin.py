@@ -24,10 +24,10 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ProviderConfig
-from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.provider import Provider, ProviderSettings, UpstreamRequest
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.core.provider import Provider, ProviderSettings, UpstreamRequest
 from llmspool_ollama import OllamaProvider
 from llmspool_ollama.provider import openai_base_url
 from llmspool_openai import OpenAIProvider

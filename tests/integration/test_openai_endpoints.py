@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from llmspool.calls import Tier, Usage
-from llmspool.pricing import load_price_table, usd
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.pricing import load_price_table, usd
 
 from tests.support.processes import (
     Daemon,

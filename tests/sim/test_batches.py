@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 import tomli_w
-from llmspool.errors import ApiError, ConfigError
+from llmspool.core.errors import ApiError, ConfigError
 from llmspool.sim.app import build_app
 from llmspool.sim.batch_config import BatchSettings, line_draw
 from llmspool.sim.batches import BatchRegistry, token_limit_message

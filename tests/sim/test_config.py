@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 from llmspool.sim.config import DEFAULT_MODELS, SimConfig
 from llmspool.sim.faults import FaultKind, FaultRule
 from llmspool.sim.flex import FlexOutage

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 from llmspool.sim.config import SimConfig
 from llmspool.sim.flex import (
     FlexCapacity,

@@ -13,7 +13,7 @@ import openai
 import orjson
 import pytest
 import tomli_w
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 from llmspool.sim.config import DEFAULT_MODELS, OLLAMA_MODELS, SimConfig
 
 from tests.sim.conftest import RunningSim, launch

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import openai
 import pytest
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 from llmspool.sim.ratelimit import (
     Bucket,
     Limits,

@@ -14,10 +14,10 @@ import httpx2
 import openai
 import orjson
 import pytest
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ProviderConfig
-from llmspool.errors import ConfigError
-from llmspool.provider import ProviderSettings, UpstreamRequest
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import ConfigError
+from llmspool.core.provider import ProviderSettings, UpstreamRequest
 from llmspool.sim.config import SimConfig
 from llmspool.sim.request_log import RequestLog
 from llmspool_openai.provider import OpenAIProvider, client_request_id_headers

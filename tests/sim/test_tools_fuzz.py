@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llmspool.errors import ApiError
+from llmspool.core.errors import ApiError
 from llmspool.sim.answer import IdMaker, Makers
 from llmspool.sim.catalog import ModelCatalog
 from llmspool.sim.chat import parse_chat

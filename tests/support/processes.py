@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from llmspool.config import load_config
-from llmspool.crashpoints import ENVIRONMENT_KEY as CRASH_POINTS
+from llmspool.core.config_load import load_config
+from llmspool.core.crashpoints import ENVIRONMENT_KEY as CRASH_POINTS
 from llmspool.sim.cli import load_config as load_sim_config
 from llmspool.testing import UnixHTTPConnection, running_daemon, running_sim
 

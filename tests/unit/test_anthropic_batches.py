@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from llmspool.batches.lines import BatchFiles, ResultWriter
-from llmspool.errors import BadUpstreamAnswer
-from llmspool.wire import usage_of
+from llmspool.core.batch_lines import BatchFiles, ResultWriter
+from llmspool.core.errors import BadUpstreamAnswer
+from llmspool.core.wire import usage_of
 from llmspool_anthropic.batches import (
     refused_path,
     remote_batch,

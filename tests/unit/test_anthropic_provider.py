@@ -13,12 +13,12 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.config import ProviderConfig
-from llmspool.errors import UpstreamError, UpstreamUnreachable
-from llmspool.plugins import load_provider_specs, provider_config_keys
-from llmspool.provider import ProviderSettings, UpstreamRequest, provider_capabilities
-from llmspool.wire import SseMeter, usage_of
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import UpstreamError, UpstreamUnreachable
+from llmspool.core.plugins import load_provider_specs, provider_config_keys
+from llmspool.core.provider import ProviderSettings, UpstreamRequest, provider_capabilities
+from llmspool.core.wire import SseMeter, usage_of
 from llmspool_anthropic.provider import AnthropicProvider
 
 MESSAGE = {

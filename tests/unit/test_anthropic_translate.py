@@ -15,11 +15,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llmspool.calls import Usage
-from llmspool.errors import InvalidRequest, UpstreamError
+from llmspool.core.calls import Usage
+from llmspool.core.errors import InvalidRequest, UpstreamError
+from llmspool.core.wire import SseMeter, finish_reasons_of, usage_of
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import RateLimits, retry_pause
-from llmspool.wire import SseMeter, finish_reasons_of, usage_of
 from llmspool_anthropic.answers import FINISH_REASONS, openai_completion, openai_error
 from llmspool_anthropic.ratelimits import go_duration, openai_ratelimit_headers
 from llmspool_anthropic.stream import ChunkTranslator

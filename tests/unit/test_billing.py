@@ -1,4 +1,4 @@
-"""The one bill: every rule of ``llmspool.billing``, properties that hold for any prices and
+"""The one bill: every rule of ``llmspool.policy.billing``, properties that hold for any prices and
 usage, the price book's version, and the bundled table."""
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llmspool.billing import (
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.pricing import (
+    PART_NAMES,
+    PriceTable,
+    TierPrice,
+    load_price_table,
+    price_table_from_mapping,
+)
+from llmspool.policy.billing import (
     Bill,
     PriceBook,
     bill,
@@ -19,14 +27,6 @@ from llmspool.billing import (
     price_version,
     reservation_cost,
     worst_case_usage,
-)
-from llmspool.calls import Tier, Usage
-from llmspool.pricing import (
-    PART_NAMES,
-    PriceTable,
-    TierPrice,
-    load_price_table,
-    price_table_from_mapping,
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from llmspool.cache.keys import CacheRules, cache_key, is_deterministic
-from llmspool.calls import Endpoint
-from llmspool.config import CacheConfig, OperationConfig
-from llmspool.errors import InvalidRequest
+from llmspool.core.calls import Endpoint
+from llmspool.core.config.sections import CacheConfig, OperationConfig
+from llmspool.core.errors import InvalidRequest
+from llmspool.policy.cache_keys import CacheRules, cache_key, is_deterministic
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
-from llmspool.cli_jobs import _copy_atomically, _exit_status, _relative
+from llmspool.cli.job_views import exit_status, relative
+from llmspool.cli.jobs import _copy_atomically
 from llmspool.client import (
     DaemonNotRunning,
     RequestFailed,
@@ -269,13 +270,13 @@ def test_results_land_atomically_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_wait_exit_statuses() -> None:
-    assert _exit_status({"status": "completed", "counts": {"failed": 0}}) == 0
-    assert _exit_status({"status": "completed", "counts": {"failed": 2}}) == 1
-    assert _exit_status({"status": "cancelled", "counts": {"failed": 0}}) == 3
+    assert exit_status({"status": "completed", "counts": {"failed": 0}}) == 0
+    assert exit_status({"status": "completed", "counts": {"failed": 2}}) == 1
+    assert exit_status({"status": "cancelled", "counts": {"failed": 0}}) == 3
 
 
 def test_relative_times_read_at_a_glance() -> None:
-    assert _relative(1000 + 6 * 3600 - 60, 1000) == "in 5h 59m"
-    assert _relative(1000 - 182, 1000) == "3m 2s ago"
-    assert _relative(1000, 1000) == "0s ago"
-    assert _relative(None, 1000) == "-"
+    assert relative(1000 + 6 * 3600 - 60, 1000) == "in 5h 59m"
+    assert relative(1000 - 182, 1000) == "3m 2s ago"
+    assert relative(1000, 1000) == "0s ago"
+    assert relative(None, 1000) == "-"

@@ -11,12 +11,15 @@ from pathlib import Path
 import anyio
 import pytest
 from aiohttp import web
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ConfigKey, ConfigProblems, ProviderConfig, load_config
-from llmspool.errors import ConfigError
-from llmspool.hookspecs import LazyFactory, RegisterProvider, hookimpl
-from llmspool.plugins import load_provider_specs, provider_config_keys
-from llmspool.provider import ProviderSettings, UpstreamRequest, provider_capabilities
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.config.tables import ConfigProblems
+from llmspool.core.config.values import ConfigKey
+from llmspool.core.config_load import load_config
+from llmspool.core.errors import ConfigError
+from llmspool.core.hookspecs import LazyFactory, RegisterProvider, hookimpl
+from llmspool.core.plugins import load_provider_specs, provider_config_keys
+from llmspool.core.provider import ProviderSettings, UpstreamRequest, provider_capabilities
 
 REGION = ConfigKey("region", "str", "eu", "which region to call", choices=("eu", "us"))
 WINDOW = ConfigKey("window", "duration", "5m", "how long to wait")

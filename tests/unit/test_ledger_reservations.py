@@ -14,22 +14,14 @@ from typing import Any
 import anyio
 import orjson
 from llmspool.actors.ledger import Ledger, LedgerMessage
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.config import BudgetsConfig
-from llmspool.errors import ApiError
-from llmspool.jobs.model import JobLine, NewJob
-from llmspool.messages import (
-    Admit,
-    Caller,
-    JobResult,
-    Query,
-    Release,
-    Settled,
-    StoreJobResults,
-)
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import BudgetsConfig
+from llmspool.core.errors import ApiError
+from llmspool.messages import Admit, Query, Release, StoreJobResults
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.jobs import insert_job
 from llmspool.store.ledger import open_ledger_connection
+from llmspool.store.records import Caller, JobLine, JobResult, NewJob, Settled
 
 USD = 10**12
 NOW = 1.8e9

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.resilience.limits import (
     LimitSettings,
     Permit,

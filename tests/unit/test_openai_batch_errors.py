@@ -26,10 +26,10 @@ import httpx2
 import orjson
 import pytest
 from aiohttp import BodyPartReader, web
-from llmspool.calls import Endpoint
-from llmspool.config import ProviderConfig
-from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.provider import BatchSubmission, ProviderSettings
+from llmspool.core.calls import Endpoint
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.core.provider import BatchSubmission, ProviderSettings
 from llmspool_openai import OpenAIProvider
 from llmspool_openai.batches import OpenAIBatches, control_plane_client
 

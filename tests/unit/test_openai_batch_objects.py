@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
-from llmspool.batches.remote import BatchError
-from llmspool.errors import BadUpstreamAnswer
+from llmspool.core.errors import BadUpstreamAnswer
+from llmspool.core.remote_batch import BatchError
 from llmspool_openai.batch_objects import remote_batch
 
 # As GET /v1/batches/{id} answers, fields the daemon does not use included.

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
-from llmspool.billing import load_price_book
-from llmspool.calls import Tier
-from llmspool.config import Config
-from llmspool.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.core.calls import Tier
+from llmspool.core.config.sections import Config
+from llmspool.policy.billing import load_price_book
+from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
 
 HOUR = 3600.0
 BATCH = ("openai", "gpt-4o-mini", Tier.BATCH)

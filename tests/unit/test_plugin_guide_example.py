@@ -16,11 +16,11 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import ProviderConfig
-from llmspool.errors import UpstreamUnreachable
-from llmspool.plugins import load_provider_specs
-from llmspool.provider import (
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import UpstreamUnreachable
+from llmspool.core.plugins import load_provider_specs
+from llmspool.core.provider import (
     BatchProvider,
     Provider,
     ProviderSettings,

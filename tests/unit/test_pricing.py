@@ -4,9 +4,9 @@ refused with the key named."""
 from __future__ import annotations
 
 import pytest
-from llmspool.calls import Tier, Usage
-from llmspool.errors import ConfigError
-from llmspool.pricing import load_price_table, price_table_from_mapping, usd
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.errors import ConfigError
+from llmspool.core.pricing import load_price_table, price_table_from_mapping, usd
 
 
 def test_bundled_table_has_the_published_prices() -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llmspool.billing import UNPRICED, bill, load_price_book
-from llmspool.calls import Tier, Usage
-from llmspool.errors import ConfigError
-from llmspool.pricing import load_price_table, overlay_price_table
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.errors import ConfigError
+from llmspool.core.pricing import load_price_table, overlay_price_table
+from llmspool.policy.billing import UNPRICED, bill, load_price_book
 
 BUNDLED = load_price_table()
 USAGE = Usage(input_tokens=1000, cached_input_tokens=200, output_tokens=500)

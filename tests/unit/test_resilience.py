@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from llmspool.calls import Tier
-from llmspool.config import BreakerConfig, RetryConfig
-from llmspool.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.core.calls import Tier
+from llmspool.core.config.sections import BreakerConfig, RetryConfig
+from llmspool.core.errors import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from llmspool.resilience.failures import QUOTA_CODES, FailureClass, classify
 from llmspool.resilience.retry import CallRetries, Retrier, RetryBudget, retry_hint

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from llmspool.config import ProviderConfig
-from llmspool.errors import ConfigError, NotFound
-from llmspool.hookspecs import RegisterProvider, hookimpl
-from llmspool.plugins import load_provider_kinds, plugin_manager
-from llmspool.pricing import load_price_table
-from llmspool.routing import ModelRouter
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.errors import ConfigError, NotFound
+from llmspool.core.hookspecs import RegisterProvider, hookimpl
+from llmspool.core.plugins import load_provider_kinds, plugin_manager
+from llmspool.core.pricing import load_price_table
+from llmspool.policy.routing import ModelRouter
 
 
 def test_models_route_by_price_table_prefix_and_fallback() -> None:

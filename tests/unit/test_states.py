@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 import orjson
-from llmspool.batches.remote import STATUSES, TERMINAL
 from llmspool.client import TERMINAL_STATUSES
-from llmspool.states import (
+from llmspool.core.remote_batch import STATUSES, TERMINAL
+from llmspool.core.states import (
     BATCH_STATE_TERMINAL,
     BATCH_STATUS_TERMINAL,
     JOB_TERMINAL,

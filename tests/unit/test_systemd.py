@@ -1,4 +1,4 @@
-"""llmspool.systemd against real sockets: a bound NOTIFY_SOCKET, real passed fds.
+"""llmspool.core.systemd against real sockets: a bound NOTIFY_SOCKET, real passed fds.
 
 Socket activation is exercised in child processes so that fd 3 of the pytest process is
 never touched: once through ``systemd-socket-activate`` itself, once by a child that puts
@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import llmspool
 import pytest
-from llmspool.systemd import Notifier, listen_fds, listen_fds_with_names, run_watchdog
+from llmspool.core.systemd import Notifier, listen_fds, listen_fds_with_names, run_watchdog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -161,7 +161,7 @@ def test_from_env_reads_os_environ(
 def test_a_notify_socket_pointing_nowhere_never_raises_and_warns_once(
     short_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="llmspool.systemd")
+    caplog.set_level(logging.WARNING, logger="llmspool.core.systemd")
     notifier = Notifier.from_env({"NOTIFY_SOCKET": str(short_dir / "nobody-listens.sock")})
     assert notifier.enabled
     notifier.ready()
@@ -285,7 +285,7 @@ def run_child(code: str, *, env: dict[str, str] | None = None) -> dict[str, obje
 REPORT_CODE = textwrap.dedent(
     """
     import json, os, socket
-    from llmspool.systemd import listen_fds_with_names
+    from llmspool.core.systemd import listen_fds_with_names
 
     def describe(name, sock):
         return {

@@ -7,8 +7,8 @@ import contextvars
 
 import orjson
 import pytest
-from llmspool.config import TracingConfig
-from llmspool.tracing import (
+from llmspool.core.config.sections import TracingConfig
+from llmspool.core.tracing import (
     active,
     build_tracing,
     exporters,
@@ -16,7 +16,7 @@ from llmspool.tracing import (
     links_of,
     tracing_wanted,
 )
-from llmspool.wire import SseMeter, finish_reasons_of, response_id_of, response_model_of
+from llmspool.core.wire import SseMeter, finish_reasons_of, response_id_of, response_model_of
 
 ENDPOINT = "http://127.0.0.1:4318"
 

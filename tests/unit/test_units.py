@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from llmspool.units import format_duration, format_size, parse_duration, parse_size
+from llmspool.core.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

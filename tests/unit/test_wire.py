@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import orjson
-from llmspool.calls import Tier, Usage
-from llmspool.wire import SseMeter, served_tier_of, usage_of
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.wire import SseMeter, served_tier_of, usage_of
 
 
 def _event(payload: object) -> bytes:

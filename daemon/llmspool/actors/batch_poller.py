@@ -9,7 +9,7 @@ Statuses:
 
 - ``validating``, ``in_progress``, ``finalizing``, ``cancelling``: poll again;
 - ``completed``, ``expired``, ``cancelled``: the provider writes the results as the daemon's
-  result lines (``llmspool.batches.lines``; each file whole or not at all), every line is mapped
+  result lines (``llmspool.core.batch_lines``; each file whole or not at all), every line is mapped
   back by ``custom_id``: answers are stored and billed at
   batch prices, retryable line errors go back to the job keeper (bounded attempts), expired or
   cancelled lines go back to be sent otherwise;
@@ -47,14 +47,14 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
-from llmspool.batches.lines import BatchFiles
-from llmspool.batches.remote import TOKEN_LIMIT_EXCEEDED, RemoteBatch
-from llmspool.billing import PriceBook
-from llmspool.calls import Tier
-from llmspool.errors import ApiError
+from llmspool.core.batch_lines import BatchFiles
+from llmspool.core.calls import Tier
+from llmspool.core.errors import ApiError
+from llmspool.core.provider import BatchProvider
+from llmspool.core.remote_batch import TOKEN_LIMIT_EXCEEDED, RemoteBatch
+from llmspool.core.states import BatchState, BatchStatus
+from llmspool.core.tracing import active, links_from
 from llmspool.messages import (
-    BatchChunk,
-    BatchChunkStored,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
@@ -62,13 +62,11 @@ from llmspool.messages import (
     NewPrices,
     Query,
     ReleaseLines,
-    RequeuedLine,
     StoreBatchChunk,
 )
-from llmspool.provider import BatchProvider
-from llmspool.states import BatchState, BatchStatus
+from llmspool.policy.billing import PriceBook
 from llmspool.store import batches as batch_sql
-from llmspool.tracing import active, links_from
+from llmspool.store.records import BatchChunk, BatchChunkStored, RequeuedLine
 
 log = logging.getLogger(__name__)
 

@@ -50,28 +50,25 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.batches.context import BatchContext
-from llmspool.calls import Endpoint, Tier
-from llmspool.errors import ApiError, UpstreamError, UpstreamUnreachable
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.errors import ApiError, UpstreamError, UpstreamUnreachable
+from llmspool.core.provider import BatchCapabilities, BatchProvider, BatchSubmission
+from llmspool.core.states import BatchState, RequestState
+from llmspool.core.tracing import active, links_from
 from llmspool.messages import (
-    BatchCandidate,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
-    JobResult,
-    LineOutcome,
     LineReservation,
     NewPrices,
     Query,
     ReleaseLines,
-    RequeuedLine,
     ReserveLines,
     ToBatch,
 )
-from llmspool.provider import BatchCapabilities, BatchProvider, BatchSubmission
-from llmspool.reservations import Reserver
-from llmspool.states import BatchState, RequestState
+from llmspool.policy.reservations import Reserver
 from llmspool.store import batches as batch_sql
-from llmspool.tracing import active, links_from
+from llmspool.store.records import BatchCandidate, JobResult, LineOutcome, RequeuedLine
 
 log = logging.getLogger(__name__)
 

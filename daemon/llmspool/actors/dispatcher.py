@@ -33,26 +33,18 @@ from llmspool.actors.dispatch.attempts import Attempts
 from llmspool.actors.dispatch.flex import FlexMetrics, FlexPolicy
 from llmspool.actors.dispatch.relay import Relay, tell
 from llmspool.actors.dispatch.targets import Targets
-from llmspool.billing import PriceBook
-from llmspool.calls import Tier
-from llmspool.config import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
-from llmspool.errors import ApiError
-from llmspool.estimate import TokenEstimator
-from llmspool.messages import (
-    Admit,
-    Call,
-    Failure,
-    NewPrices,
-    Query,
-    Release,
-    Settled,
-    SlotFreed,
-)
-from llmspool.planner import Planner
-from llmspool.provider import Provider
+from llmspool.core.calls import Tier
+from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
+from llmspool.core.errors import ApiError
+from llmspool.core.provider import Provider
+from llmspool.core.tracing import GenAiMetrics, links_of
+from llmspool.messages import Admit, Call, Failure, NewPrices, Query, Release, SlotFreed
+from llmspool.policy.billing import PriceBook
+from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.planner import Planner
 from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
-from llmspool.tracing import GenAiMetrics, links_of
+from llmspool.store.records import Settled
 
 log = logging.getLogger(__name__)
 _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue

@@ -40,43 +40,38 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 
-from llmspool.cache.keys import HEADER, CachePlan, CacheRules
 from llmspool.cache.store import CachedKeys
-from llmspool.calls import Endpoint, Tier
-from llmspool.config import BatchConfig, JobsConfig
-from llmspool.errors import (
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import BatchConfig, JobsConfig
+from llmspool.core.errors import (
     ApiError,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
     UpstreamError,
 )
-from llmspool.jobs.model import NewJob
+from llmspool.core.pricing import usd
+from llmspool.core.states import JobStatus, RequestState
+from llmspool.core.tracing import linked_context
 from llmspool.jobs.plan import JobPlan
 from llmspool.messages import (
     Answer,
-    BatchCandidate,
     BatchLinesDone,
     Call,
-    Caller,
     CancelJob,
     Failure,
-    JobResult,
     Query,
     Reply,
-    Settled,
     StoreJobResults,
     SubmitJob,
     ToBatch,
-    Viewer,
     WaitForJob,
 )
-from llmspool.planner import Planner
-from llmspool.pricing import usd
+from llmspool.policy.cache_keys import HEADER, CachePlan, CacheRules
+from llmspool.policy.planner import Planner
 from llmspool.resilience.failures import classify
-from llmspool.states import JobStatus, RequestState
 from llmspool.store import jobs as jobs_sql
-from llmspool.tracing import linked_context
+from llmspool.store.records import BatchCandidate, Caller, JobResult, NewJob, Settled, Viewer
 
 log = logging.getLogger(__name__)
 

@@ -43,26 +43,24 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
 
-from llmspool.config import BudgetsConfig
-from llmspool.errors import ApiError, BudgetExceeded, ConfigError
+from llmspool.core.config.sections import BudgetsConfig
+from llmspool.core.errors import ApiError, BudgetExceeded, ConfigError
+from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.core.states import RequestState
+from llmspool.core.tracing import active
 from llmspool.messages import (
     Admit,
-    BatchChunkStored,
-    JobResult,
     Query,
     Release,
     ReleaseLines,
     ReserveLines,
-    Settled,
     StoreBatchChunk,
     StoreJobResults,
 )
-from llmspool.pricing import PICODOLLARS_PER_USD, usd
-from llmspool.states import RequestState
 from llmspool.store import batches as batch_sql
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection, line_key
-from llmspool.tracing import active
+from llmspool.store.records import BatchChunkStored, JobResult, Settled
 
 log = logging.getLogger(__name__)
 

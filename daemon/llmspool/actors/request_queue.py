@@ -25,9 +25,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from llmspool.errors import ServiceUnavailable
+from llmspool.core.errors import ServiceUnavailable
+from llmspool.core.tracing import active
 from llmspool.messages import Call, Failure, NewPrices, Query, SlotFreed
-from llmspool.tracing import active
 
 
 class RequestQueue:

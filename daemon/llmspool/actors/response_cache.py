@@ -1,6 +1,6 @@
 """The response cache actor: never pay twice for the same answer.
 
-Calls that have a cache plan (``cache/keys.py``) come here from the front door and the job
+Calls that have a cache plan (``policy/cache_keys.py``) come here from the front door and the job
 keeper instead of going straight to the request queue. For each, in order:
 
 1. a live entry in the cache file answers it at once (``x-llmspool-cache: hit``);
@@ -41,20 +41,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
-from llmspool.cache.keys import HEADER
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
-from llmspool.cache.store import (
-    CachedAnswer,
-    CacheReader,
-    CacheWriter,
-    Corrupt,
-    NewEntry,
-    connect,
-)
-from llmspool.calls import Tier, Usage
-from llmspool.config import CacheConfig
-from llmspool.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.cache.store import CachedAnswer, CacheReader, CacheWriter, Corrupt, connect
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.config.sections import CacheConfig
+from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.wire import SseMeter, usage_of
 from llmspool.messages import (
     Abort,
     Answer,
@@ -64,14 +57,14 @@ from llmspool.messages import (
     Failure,
     Query,
     Reply,
-    Settled,
     StreamChunk,
     StreamEnd,
     StreamStart,
 )
-from llmspool.planner import Planner
+from llmspool.policy.cache_keys import HEADER
+from llmspool.policy.planner import Planner
 from llmspool.resilience.failures import FailureClass, classify
-from llmspool.wire import SseMeter, usage_of
+from llmspool.store.records import NewEntry, Settled
 
 log = logging.getLogger(__name__)
 

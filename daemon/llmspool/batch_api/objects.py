@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmspool.states import BatchStatus, JobStatus
+from llmspool.core.states import BatchStatus, JobStatus
 from llmspool.store.api_files import BatchRow
 
 

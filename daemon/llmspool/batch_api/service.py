@@ -33,15 +33,16 @@ from anyio.abc import TaskStatus
 
 from llmspool.batch_api.files import FileDirectory, file_object, new_file_id
 from llmspool.batch_api.objects import batch_object, request_counts
-from llmspool.calls import Endpoint
-from llmspool.config import FilesConfig
-from llmspool.errors import ApiError, InvalidRequest, NotFound
+from llmspool.core.calls import Endpoint
+from llmspool.core.config.sections import FilesConfig
+from llmspool.core.errors import ApiError, InvalidRequest, NotFound
+from llmspool.core.states import BatchStatus, JobStatus
 from llmspool.jobs.submission import JobRequest, JobSubmission, ask
-from llmspool.messages import CancelJob, Query, Viewer, WaitForJob
-from llmspool.states import BatchStatus, JobStatus
+from llmspool.messages import CancelJob, Query, WaitForJob
 from llmspool.store import api_files as sql
 from llmspool.store.api_files import BatchRow, FileRow
 from llmspool.store.database import DATABASE_NAME, connected
+from llmspool.store.records import Viewer
 
 log = logging.getLogger(__name__)
 

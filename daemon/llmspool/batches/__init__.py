@@ -1,1 +1,3 @@
-"""The Batch API pipeline: what a batch looks like upstream, and the files the daemon builds."""
+"""What the two batch actors share (``context.BatchContext``). The batch vocabulary a provider
+plugin speaks, the batch files (``core.batch_lines``) and remote batches (``core.remote_batch``),
+lives in the core, with the plugin interface that names it."""

@@ -9,10 +9,10 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from llmspool.config import BatchConfig
-from llmspool.crashpoints import CrashPoints
-from llmspool.planner import Planner
-from llmspool.provider import BatchProvider
+from llmspool.core.config.sections import BatchConfig
+from llmspool.core.crashpoints import CrashPoints
+from llmspool.core.provider import BatchProvider
+from llmspool.policy.planner import Planner
 
 
 @dataclass(frozen=True, slots=True)

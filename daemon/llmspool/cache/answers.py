@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 
-from llmspool.billing import bill
-from llmspool.cache.keys import HEADER
 from llmspool.cache.store import CachedAnswer, Corrupt
-from llmspool.calls import Tier, Usage
-from llmspool.messages import Answer, Call, Reply, Settled, StreamEnd, StreamStart
-from llmspool.planner import Planner
-from llmspool.wire import SseMeter
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.wire import SseMeter
+from llmspool.messages import Answer, Call, Reply, StreamEnd, StreamStart
+from llmspool.policy.billing import bill
+from llmspool.policy.cache_keys import HEADER
+from llmspool.policy.planner import Planner
+from llmspool.store.records import Settled
 
 ZERO_COST = f"{0:.10f}"
 

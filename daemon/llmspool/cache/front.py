@@ -19,8 +19,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
 from llmspool.cache.store import CacheReader, Corrupt, connect
-from llmspool.messages import CacheUsed, Call, Reply, Settled
-from llmspool.planner import Planner
+from llmspool.messages import CacheUsed, Call, Reply
+from llmspool.policy.planner import Planner
+from llmspool.store.records import Settled
 
 _FULL_OR_GONE = (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError)
 

@@ -26,8 +26,8 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.cache.similar import SimilarityIndex, decode_embedding, shape_of, text_of
-from llmspool.calls import Endpoint
-from llmspool.config import CacheConfig
+from llmspool.core.calls import Endpoint
+from llmspool.core.config.sections import CacheConfig
 from llmspool.messages import Answer, Call, Query, Reply
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from llmspool.calls import Tier
-from llmspool.planner import Planner
+from llmspool.core.calls import Tier
+from llmspool.policy.planner import Planner
 from llmspool.store.database import DATABASE_NAME
 
 _PENDING = (

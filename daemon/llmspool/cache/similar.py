@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from llmspool.cache.keys import IGNORED_FIELDS
+from llmspool.policy.cache_keys import IGNORED_FIELDS
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"

@@ -22,14 +22,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmspool.calls import Tier, Usage
+from llmspool.core.calls import Tier, Usage
+from llmspool.store.records import NewEntry
 
 CACHE_DATABASE = "cache.sqlite3"
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     id                  INTEGER PRIMARY KEY,
-    key                 BLOB    NOT NULL UNIQUE,    -- cache/keys.py: scope and request
+    key                 BLOB    NOT NULL UNIQUE,    -- policy/cache_keys.py: scope and request
     stream              INTEGER NOT NULL,           -- 1: server-sent events, 0: one JSON body
     body                BLOB    NOT NULL,
     checksum            INTEGER NOT NULL,           -- CRC-32 of body
@@ -72,24 +73,6 @@ class CachedAnswer:
     tier: Tier
     usage: Usage
     created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class NewEntry:
-    """An answer to keep under ``key`` for ``ttl`` seconds (``vector``: its request's
-    embedding in near-duplicate group ``group``, when near-duplicate matching is on)."""
-
-    key: bytes
-    stream: bool
-    body: bytes
-    provider: str
-    model: str
-    endpoint: str
-    tier: Tier
-    usage: Usage
-    ttl: float
-    group: bytes | None = None
-    vector: bytes | None = None
 
 
 class Corrupt(Exception):

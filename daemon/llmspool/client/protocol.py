@@ -17,8 +17,8 @@ from urllib.parse import quote
 import orjson
 
 from llmspool.client.errors import Json, RequestFailed, SpoolError
-from llmspool.states import JOB_TERMINAL, REQUEST_TERMINAL
-from llmspool.units import format_duration
+from llmspool.core.states import JOB_TERMINAL, REQUEST_TERMINAL
+from llmspool.core.units import format_duration
 
 OnError = Literal["reject", "skip"]
 Deadline = str | int | float | timedelta | datetime

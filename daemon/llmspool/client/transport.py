@@ -11,7 +11,7 @@ import orjson
 
 from llmspool.client.errors import Json, SpoolError, connect_failure, error_from_response
 from llmspool.client.protocol import JOB_STATUS_HEADER, TERMINAL_STATUSES, results_request
-from llmspool.locate import socket_path
+from llmspool.core.locate import socket_path
 
 # The daemon listens on a Unix socket; the host part of the URL is never used to connect.
 BASE_URL = "http://localhost"

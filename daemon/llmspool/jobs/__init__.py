@@ -1,1 +1,3 @@
-"""Deferred work: what a job is (``model``), and how uploads become one (``intake``)."""
+"""Deferred work: how uploads become a job (``intake``, ``submission``) and the job's plan
+(``plan``). What a job is (``NewJob``, ``JobLine``) is a store record, in
+``llmspool.store.records``."""

@@ -16,12 +16,12 @@ from typing import IO, Any
 
 import orjson
 
-from llmspool.cache.keys import CacheRules
-from llmspool.calls import Endpoint
-from llmspool.errors import ApiError
-from llmspool.jobs.model import JobLine, LineError
-from llmspool.routing import ModelRouter
-from llmspool.wire import kept_json
+from llmspool.core.calls import Endpoint
+from llmspool.core.errors import ApiError
+from llmspool.core.wire import kept_json
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.routing import ModelRouter
+from llmspool.store.records import JobLine, LineError
 
 _ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}
 MAX_REPORTED_ERRORS = 1000  # past this, a file is clearly not what was meant

@@ -24,16 +24,16 @@ from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from llmspool.cache.keys import CacheRules
-from llmspool.calls import Endpoint
-from llmspool.deadlines import parse_deadline
-from llmspool.errors import ApiError, InvalidRequest, ServiceUnavailable
+from llmspool.core.calls import Endpoint
+from llmspool.core.errors import ApiError, InvalidRequest, ServiceUnavailable
+from llmspool.core.tracing import active, context_from_traceparent, traceparent_of
 from llmspool.jobs.intake import Intake
-from llmspool.jobs.model import NewJob
 from llmspool.messages import SubmitJob
-from llmspool.planner import Planner
-from llmspool.routing import ModelRouter
-from llmspool.tracing import active, context_from_traceparent, traceparent_of
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.planner import Planner
+from llmspool.policy.routing import ModelRouter
+from llmspool.store.records import NewJob
 
 KeeperInbox = MemoryObjectSendStream[Any]
 SHORT_DEADLINE_MODES = ("refuse", "best_effort")

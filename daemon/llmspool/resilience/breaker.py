@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from llmspool.calls import Tier
-from llmspool.config import BreakerConfig
+from llmspool.core.calls import Tier
+from llmspool.core.config.sections import BreakerConfig
 
 
 class BreakerState(StrEnum):

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.core.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 
 
 class FailureClass(StrEnum):

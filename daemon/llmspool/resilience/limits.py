@@ -43,7 +43,7 @@ from typing import Any
 
 import anyio
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 
 SECONDS_PER_MINUTE = 60.0
 RAMP_START = 0.25
@@ -115,7 +115,7 @@ def parse_go_duration(text: str | None) -> float | None:
     """Seconds in a Go-style duration (``1s``, ``6m0s``, ``12ms``, ``1m30.5s``, ``0s``, ``0``);
     a bare number is read as seconds, which some OpenAI-compatible servers send. Anything
     else (including negative values) gives ``None``: a header we cannot read is ignored, it
-    never fails a call. ``llmspool.units.parse_duration`` is for operators' config and raises,
+    never fails a call. ``llmspool.core.units.parse_duration`` is for operators' config and raises,
     and does not know Go's ``us``/``ns`` units, hence this one."""
     if text is None:
         return None

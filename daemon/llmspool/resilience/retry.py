@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from llmspool.config import RetryConfig
-from llmspool.errors import ApiError, UpstreamError
+from llmspool.core.config.sections import RetryConfig
+from llmspool.core.errors import ApiError, UpstreamError
 from llmspool.resilience.failures import classify
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import os
 import pwd
 from collections.abc import Sequence
 
-from llmspool.messages import Caller, Viewer
+from llmspool.store.records import Caller, Viewer
 
 log = logging.getLogger(__name__)
 ROOT = 0

@@ -27,14 +27,14 @@ from starlette.routing import Route
 
 from llmspool.batch_api.files import file_object
 from llmspool.batch_api.service import BatchApi
-from llmspool.errors import InvalidRequest, PayloadTooLarge
+from llmspool.core.errors import InvalidRequest, PayloadTooLarge
+from llmspool.core.multipart import FormReader
+from llmspool.core.tracing import current_traceparent
 from llmspool.jobs.submission import JobRequest
-from llmspool.messages import Viewer
-from llmspool.multipart import FormReader
 from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
-from llmspool.tracing import current_traceparent
+from llmspool.store.records import Viewer
 
 MAX_CREATE_BODY = 64 * 1024  # {input_file_id, endpoint, completion_window, metadata}
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -16,7 +16,7 @@ from typing import IO
 
 from starlette.requests import Request
 
-from llmspool.errors import ApiError
+from llmspool.core.errors import ApiError
 
 
 async def read_limited(

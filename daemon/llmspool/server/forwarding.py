@@ -26,17 +26,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from llmspool.cache.front import CacheFront
-from llmspool.cache.keys import HEADER as CACHE_HEADER
-from llmspool.cache.keys import CacheRules
-from llmspool.calls import Endpoint, Tier
-from llmspool.deadlines import parse_deadline
-from llmspool.errors import (
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.errors import (
     ApiError,
     InvalidRequest,
     PayloadTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from llmspool.core.tracing import context_from_headers
 from llmspool.messages import (
     Answer,
     Call,
@@ -47,12 +45,14 @@ from llmspool.messages import (
     StreamEnd,
     StreamStart,
 )
-from llmspool.planner import Planner
-from llmspool.routing import ModelRouter
+from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.planner import Planner
+from llmspool.policy.routing import ModelRouter
 from llmspool.server.bodies import read_limited
 from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
 from llmspool.server.uvicorn_server import caller_of
-from llmspool.tracing import context_from_headers
 
 log = logging.getLogger(__name__)
 

@@ -25,21 +25,22 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmspool.errors import (
+from llmspool.core.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from llmspool.core.tracing import current_traceparent
 from llmspool.jobs.intake import Intake
 from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask
-from llmspool.messages import CancelJob, Query, Viewer, WaitForJob
+from llmspool.messages import CancelJob, Query, WaitForJob
 from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
 from llmspool.store.database import connected
-from llmspool.tracing import current_traceparent
+from llmspool.store.records import Viewer
 
 MAX_WAIT = 600.0
 _JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines",

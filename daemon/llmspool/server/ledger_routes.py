@@ -32,11 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llmspool.errors import InvalidRequest, PermissionDenied
-from llmspool.messages import Viewer
+from llmspool.core.errors import InvalidRequest, PermissionDenied
 from llmspool.server.access import Access
 from llmspool.server.routes import QueryTarget, ask, json_response
 from llmspool.server.uvicorn_server import caller_of
+from llmspool.store.records import Viewer
 from llmspool.store.reports import (
     cost_report,
     open_reader,

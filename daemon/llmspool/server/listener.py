@@ -12,7 +12,7 @@ import socket
 import stat
 from pathlib import Path
 
-from llmspool.errors import StartupError
+from llmspool.core.errors import StartupError
 
 BACKLOG = 2048
 

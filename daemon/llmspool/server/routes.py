@@ -23,10 +23,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from llmspool import __version__
-from llmspool.calls import Endpoint
-from llmspool.errors import ApiError, MethodNotAllowed, NotFound
+from llmspool.core.calls import Endpoint
+from llmspool.core.errors import ApiError, MethodNotAllowed, NotFound
 from llmspool.messages import Query
-from llmspool.routing import ModelRouter
+from llmspool.policy.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder, error_response
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from typing import Any, ClassVar, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from llmspool.messages import Caller
 from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
+from llmspool.store.records import Caller
 
 PEER_KEY = "llmspool.peer"
 _UCRED = struct.Struct("3i")

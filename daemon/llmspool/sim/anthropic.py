@@ -72,7 +72,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import ApiError
+from llmspool.core.errors import ApiError
 from llmspool.sim.answer import Makers
 from llmspool.sim.anthropic_cache import PromptCache
 from llmspool.sim.anthropic_errors import FAULT_MESSAGES, AnthropicError, invalid, translate

@@ -14,7 +14,7 @@ import math
 
 import orjson
 
-from llmspool.errors import ApiError
+from llmspool.core.errors import ApiError
 from llmspool.sim.ratelimit import RateLimitExceeded
 
 __all__ = [

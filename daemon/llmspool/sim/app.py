@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl
 import anyio
 import orjson
 
-from llmspool.errors import (
+from llmspool.core.errors import (
     ApiError,
     ConfigError,
     InvalidRequest,

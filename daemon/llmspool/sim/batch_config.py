@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
+from llmspool.core.units import parse_duration
 from llmspool.sim.faults import duration_text
 from llmspool.sim.speed import real
-from llmspool.units import parse_duration
 
 _DRAW_SCALE = float(2**64)
 _Z99 = NormalDist().inv_cdf(0.99)

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import ApiError, InvalidRequest
+from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.sim.answer import Answer, Makers
 from llmspool.sim.batch_config import BatchSettings, line_draw
 from llmspool.sim.chat import parse_chat

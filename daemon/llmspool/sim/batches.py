@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from llmspool.errors import InvalidRequest, NotFound
+from llmspool.core.errors import InvalidRequest, NotFound
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
 from llmspool.sim.batch_config import BatchSettings, turnaround_draw

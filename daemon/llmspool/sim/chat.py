@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.sim import validate
 from llmspool.sim.answer import SYSTEM_FINGERPRINT, Makers
 from llmspool.sim.reply import ToolCall, make_reply

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 from llmspool.sim.app import SimApp, build_app
 from llmspool.sim.config import FLAVORS, SimConfig
 from llmspool.sim.speed import DEFAULT_SPEED, speed_from

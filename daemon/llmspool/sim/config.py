@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
+from llmspool.core.units import parse_duration
 from llmspool.sim.batch_config import BatchSettings
 from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
 from llmspool.sim.flex import FlexOutage, outages_from_list
 from llmspool.sim.request_log import DEFAULT_SIZE as DEFAULT_REQUEST_LOG_SIZE
 from llmspool.sim.request_log import MAX_SIZE as MAX_REQUEST_LOG_SIZE
 from llmspool.sim.speed import DEFAULT_SPEED, speed_from
-from llmspool.units import parse_duration
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",

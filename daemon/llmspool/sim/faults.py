@@ -40,8 +40,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from llmspool.errors import ApiError, ConfigError
-from llmspool.units import format_duration, parse_duration
+from llmspool.core.errors import ApiError, ConfigError
+from llmspool.core.units import format_duration, parse_duration
 
 
 class FaultKind(StrEnum):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from llmspool.errors import InvalidRequest, NotFound
+from llmspool.core.errors import InvalidRequest, NotFound
 from llmspool.sim import validate
 from llmspool.sim.upload import Upload
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from llmspool.errors import ApiError, NotFound
+from llmspool.core.errors import ApiError, NotFound
 from llmspool.sim.answer import Answer, Makers
 from llmspool.sim.asgi import JSON_HEADERS, FixedHeaders
 from llmspool.sim.catalog import ModelCatalog

@@ -28,17 +28,41 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from llmspool.calls import Tier
-from llmspool.errors import ApiError, ConfigError
-from llmspool.pricing import load_price_table
+from llmspool.core.calls import Tier
+from llmspool.core.errors import ApiError, ConfigError
+from llmspool.core.pricing import load_price_table
+from llmspool.core.units import parse_duration
 from llmspool.sim.faults import duration_text
 from llmspool.sim.speed import rehearsal_clock
-from llmspool.units import parse_duration
 
-if TYPE_CHECKING:
-    from llmspool.sim.config import SimConfig
+
+class FlexSettings(Protocol):
+    """The part of the simulator's config (``llmspool.sim.config.SimConfig``) flex reads;
+    named here so that this module does not import the config, which imports it."""
+
+    @property
+    def speed(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def latency_per_token(self) -> float: ...
+    @property
+    def flex_latency(self) -> float: ...
+    @property
+    def flex_latency_jitter(self) -> float: ...
+    @property
+    def flex_latency_per_token(self) -> float | None: ...
+    @property
+    def flex_unavailable_probability(self) -> float: ...
+    @property
+    def flex_outage_period(self) -> float: ...
+    @property
+    def flex_outage_fraction(self) -> float: ...
+    @property
+    def flex_outages(self) -> Sequence[FlexOutage]: ...
+
 
 FLEX = "flex"
 PRICING_PROVIDER = "openai"
@@ -184,7 +208,7 @@ class FlexCapacity:
 
     @classmethod
     def from_config(
-        cls, config: SimConfig, *, clock: Callable[[], float] = time.monotonic
+        cls, config: FlexSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> FlexCapacity:
         """The capacity ``config`` describes, on ``clock`` sped up by ``config.speed``."""
         return cls(
@@ -254,7 +278,7 @@ class FlexPacing:
         self._rng = random.Random(f"flex-latency:{seed}")
 
     @classmethod
-    def from_config(cls, config: SimConfig) -> FlexPacing:
+    def from_config(cls, config: FlexSettings) -> FlexPacing:
         per_token = config.flex_latency_per_token
         return cls(
             latency=config.flex_latency,
@@ -270,7 +294,7 @@ class FlexPacing:
         return self.latency + self._rng.uniform(0.0, self.jitter)
 
 
-def config_json(config: SimConfig, models: Iterable[str], pacing: FlexPacing) -> dict[str, Any]:
+def config_json(config: FlexSettings, models: Iterable[str], pacing: FlexPacing) -> dict[str, Any]:
     """The configured part of ``GET /_sim/flex`` (latency per token as in effect)."""
     return {
         "flex_models": sorted(models),

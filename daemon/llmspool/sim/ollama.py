@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import ApiError, NotFound
+from llmspool.core.errors import ApiError, NotFound
 from llmspool.sim.answer import Answer, Makers
 from llmspool.sim.asgi import JSON_HEADERS, FixedHeaders
 from llmspool.sim.catalog import ModelCatalog

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from llmspool.errors import ApiError, ConfigError
+from llmspool.core.errors import ApiError, ConfigError
 
 REFILL_SECONDS = 60.0
 """A bucket refills from empty to full in this long: the limits are per minute."""

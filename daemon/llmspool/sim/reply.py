@@ -20,7 +20,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.sim.schema_instance import SchemaProblem, instance_json
 from llmspool.sim.structured import OutputFormat
 from llmspool.sim.text import CHARS_PER_TOKEN, TextGenerator, count_tokens

@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from llmspool.calls import Tier
+from llmspool.core.calls import Tier
 
 DEFAULT_SIZE = 100_000
 """Entries kept by default (``[sim] request_log_size``): some 20 MB."""

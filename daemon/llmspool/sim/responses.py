@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
 from llmspool.sim.reply import ToolCall, make_reply

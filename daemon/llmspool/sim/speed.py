@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from llmspool.errors import ConfigError
+from llmspool.core.errors import ConfigError
 
 DEFAULT_SPEED = 1.0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.sim import validate
 from llmspool.sim.schema_instance import SchemaProblem, Words, instance_json
 from llmspool.sim.strict_schema import strict_problem

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from llmspool.errors import InvalidRequest
+from llmspool.core.errors import InvalidRequest
 from llmspool.sim import validate
 from llmspool.sim.strict_schema import strict_problem
 

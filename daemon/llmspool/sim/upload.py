@@ -1,6 +1,6 @@
 """The simulator's ``POST /v1/files`` body: ``multipart/form-data`` read as it streams in.
 
-The shared reader (``llmspool.multipart``) parses the body chunk by chunk; the simulator keeps
+The shared reader (``llmspool.core.multipart``) parses the body chunk by chunk; the simulator keeps
 the file part in a ``BytesIO``, whose ``getvalue`` hands over its buffer instead of copying it,
 so an upload costs its file's size in memory, not twice that for a buffered body.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-from llmspool.errors import PayloadTooLarge
-from llmspool.multipart import FormReader
+from llmspool.core.errors import PayloadTooLarge
+from llmspool.core.multipart import FormReader
 from llmspool.sim.asgi import Receive
 
 

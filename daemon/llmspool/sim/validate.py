@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmspool.errors import InvalidRequest, NotFound
+from llmspool.core.errors import InvalidRequest, NotFound
 from llmspool.sim.catalog import ModelCatalog
 from llmspool.sim.config import MAX_OUTPUT_TOKENS
 

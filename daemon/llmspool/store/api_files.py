@@ -14,8 +14,8 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from llmspool.messages import Viewer
-from llmspool.states import BatchStatus
+from llmspool.core.states import BatchStatus
+from llmspool.store.records import Viewer
 
 RESULT_CHUNK = 2000
 _OWNER = "(? OR uid IS ?)"  # (admin, uid): an admin sees every row

@@ -27,23 +27,23 @@ import aiosqlite
 import anyio
 import orjson
 
-from llmspool.batches.lines import BatchFiles
-from llmspool.billing import PriceBook, bill
-from llmspool.cache.store import NewEntry
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.messages import (
+from llmspool.core.batch_lines import BatchFiles
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.states import BatchState, RequestState
+from llmspool.core.wire import kept_json, usage_of
+from llmspool.policy.billing import PriceBook, bill
+from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
+from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
+from llmspool.store.records import (
     BatchCandidate,
     BatchChunk,
     BatchChunkStored,
     Caller,
     LineOutcome,
+    NewEntry,
     RequeuedLine,
     Settled,
 )
-from llmspool.states import BatchState, RequestState
-from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
-from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
-from llmspool.wire import kept_json, usage_of
 
 _T = TypeVar("_T")
 CHUNK = 5000  # lines per transaction while storing results

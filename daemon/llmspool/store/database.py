@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from llmspool.errors import StartupError
+from llmspool.core.errors import StartupError
 
 DATABASE_NAME = "llmspool.sqlite3"
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")

@@ -15,8 +15,8 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from llmspool.jobs.model import NewJob
-from llmspool.states import JobStatus, RequestState
+from llmspool.core.states import JobStatus, RequestState
+from llmspool.store.records import NewJob
 
 RESULT_CHUNK = 1000
 ROUTE_PAGE = 5000

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
-from llmspool.calls import Endpoint, Tier, Usage
-from llmspool.messages import Caller, JobResult, Settled
+from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
+from llmspool.store.records import Caller, JobResult, Settled
 
 _T = TypeVar("_T")
 _TIERS = {tier.value for tier in Tier}

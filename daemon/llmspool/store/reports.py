@@ -32,8 +32,8 @@ from urllib.parse import quote
 
 import anyio
 
-from llmspool.pricing import usd
-from llmspool.units import parse_duration
+from llmspool.core.pricing import usd
+from llmspool.core.units import parse_duration
 
 if TYPE_CHECKING:
     import aiosqlite

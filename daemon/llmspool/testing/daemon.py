@@ -29,7 +29,7 @@ from pathlib import Path
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from llmspool.app import Daemon
-from llmspool.config import Config
+from llmspool.core.config.sections import Config
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0

@@ -23,16 +23,17 @@ from opentelemetry.util.types import AttributeValue
 
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.actors.dispatch.targets import Target
-from llmspool.billing import PriceBook, bill
-from llmspool.calls import Tier, Usage
-from llmspool.config import BudgetsConfig
-from llmspool.errors import ApiError, InvalidRequest
-from llmspool.estimate import Estimate, TokenEstimator
-from llmspool.messages import Admit, Call, Release, Settled
-from llmspool.planner import Planner
-from llmspool.pricing import PICODOLLARS_PER_USD, usd
-from llmspool.reservations import Reservation, Reserver
-from llmspool.tracing import GenAiMetrics
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.config.sections import BudgetsConfig
+from llmspool.core.errors import ApiError, InvalidRequest
+from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.core.tracing import GenAiMetrics
+from llmspool.messages import Admit, Call, Release
+from llmspool.policy.billing import PriceBook, bill
+from llmspool.policy.estimate import Estimate, TokenEstimator
+from llmspool.policy.planner import Planner
+from llmspool.policy.reservations import Reservation, Reserver
+from llmspool.store.records import Settled
 
 
 class Accounts:

@@ -20,12 +20,12 @@ from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import FlexTimedOut, NoFlexCapacity
 from llmspool.actors.dispatch.relay import Relay
 from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
-from llmspool.calls import Tier
-from llmspool.errors import ApiError, UpstreamUnreachable
+from llmspool.core.calls import Tier
+from llmspool.core.errors import ApiError, UpstreamUnreachable
+from llmspool.core.units import format_duration
 from llmspool.messages import Call
 from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import CallRetries, Retrier
-from llmspool.units import format_duration
 
 
 class Attempts:

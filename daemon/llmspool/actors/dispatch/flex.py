@@ -16,12 +16,12 @@ import anyio
 from opentelemetry import metrics
 from opentelemetry.trace import Span
 
-from llmspool.calls import Tier, Usage
-from llmspool.config import FlexConfig
-from llmspool.errors import ApiError, UpstreamUnreachable
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.config.sections import FlexConfig
+from llmspool.core.errors import ApiError, UpstreamUnreachable
+from llmspool.core.pricing import usd
 from llmspool.messages import Call
-from llmspool.planner import Planner
-from llmspool.pricing import usd
+from llmspool.policy.planner import Planner
 
 MIN_FLEX_ATTEMPT = 1.0  # seconds; a shorter flex attempt is not worth starting
 

@@ -24,25 +24,12 @@ from opentelemetry.trace import Span, Status, StatusCode
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import NoFlexCapacity
 from llmspool.actors.dispatch.targets import Target
-from llmspool.calls import Tier, Usage
-from llmspool.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
-from llmspool.messages import (
-    Admit,
-    Answer,
-    Call,
-    Release,
-    Reply,
-    Settled,
-    StreamChunk,
-    StreamEnd,
-    StreamStart,
-)
-from llmspool.pricing import usd
-from llmspool.provider import Provider, UpstreamRequest, UpstreamResponse
-from llmspool.resilience.failures import FailureClass, classify
-from llmspool.resilience.limits import Permit, RateLimits
-from llmspool.units import format_duration
-from llmspool.wire import (
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.core.pricing import usd
+from llmspool.core.provider import Provider, UpstreamRequest, UpstreamResponse
+from llmspool.core.units import format_duration
+from llmspool.core.wire import (
     SseMeter,
     claimed_tier_of,
     finish_reasons_of,
@@ -51,6 +38,19 @@ from llmspool.wire import (
     served_tier_of,
     usage_of,
 )
+from llmspool.messages import (
+    Admit,
+    Answer,
+    Call,
+    Release,
+    Reply,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+from llmspool.resilience.failures import FailureClass, classify
+from llmspool.resilience.limits import Permit, RateLimits
+from llmspool.store.records import Settled
 
 # Upstream headers a client may rely on; the rest (rate limits, cookies) are the daemon's.
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")

@@ -20,15 +20,15 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.actors.dispatch.flex import MIN_FLEX_ATTEMPT
-from llmspool.billing import PriceBook
-from llmspool.calls import Tier
-from llmspool.config import BreakerConfig, FailoverConfig
-from llmspool.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.calls import Tier
+from llmspool.core.config.sections import BreakerConfig, FailoverConfig
+from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.units import format_duration
 from llmspool.messages import Call
-from llmspool.planner import Planner
+from llmspool.policy.billing import PriceBook
+from llmspool.policy.planner import Planner
 from llmspool.resilience.breaker import Breakers, BreakerState, CircuitBreaker, Transition
 from llmspool.resilience.failures import FailureClass, classify
-from llmspool.units import format_duration
 
 # The dispatcher's logger, as before the split: its name is in every log line.
 log = logging.getLogger("llmspool.actors.dispatcher")

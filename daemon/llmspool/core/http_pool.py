@@ -1,0 +1,68 @@
+"""The pooled aiohttp session a provider plugin forwards the data plane with.
+
+Every aiohttp-based provider wants the same session: kept for the daemon's life, at most
+``max_connections`` connections kept alive ``keepalive_timeout``, the API key as a bearer
+token (or the headers an API authenticates with instead, such as Anthropic's ``x-api-key``
+and ``anthropic-version``), no cookie handling (bodies pass through as the client sent them),
+a connect timeout only (the daemon bounds each call itself, with cancel scopes that say which
+limit fired), and a ``ConnectionCounter`` watching how often connections are reused.
+``unreachable`` maps such a session's exceptions to the daemon's ``UpstreamUnreachable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+
+from llmspool.core.config.sections import ProviderConfig
+from llmspool.core.connection_stats import ConnectionCounter
+from llmspool.core.errors import UpstreamUnreachable
+
+
+def pooled_session(config: ProviderConfig, api_key: str, connections: ConnectionCounter, *,
+                   auth_headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+    """A session for one ``[providers.NAME]``; open it inside a running event loop.
+
+    ``auth_headers``: headers sent on every call in place of ``authorization: Bearer
+    {api_key}``, for an API that authenticates another way (``api_key`` is then unused)."""
+    connector = aiohttp.TCPConnector(
+        limit=config.max_connections,
+        keepalive_timeout=config.keepalive_timeout,
+        enable_cleanup_closed=False,
+    )
+    headers = {"content-type": "application/json"}
+    if auth_headers is not None:
+        headers.update(auth_headers)
+    elif api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[connections.trace_config()],
+    )
+
+
+def unreachable(provider: str, exc: BaseException, *, hint: str = "") -> UpstreamUnreachable:
+    """No answer from ``provider`` (an aiohttp exception, or a ``TimeoutError``): a timeout is
+    504 (``connect_timeout`` for the connection, ``upstream_timeout`` for the rest), so that the
+    daemon's retry policy and its messages can tell them apart; anything else is
+    ``upstream_unreachable``, with ``hint`` (what to check) after the cause."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamUnreachable(
+            f"no connection to {provider} within its connect timeout ([providers.{provider}] "
+            "connect_timeout); check the network and base_url",
+            code="connect_timeout",
+            status=504,
+        )
+    if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
+        return UpstreamUnreachable(
+            f"{provider} did not answer in time ({type(exc).__name__}); the request may be "
+            f"retried, or given a longer timeout in [providers.{provider}] timeout",
+            code="upstream_timeout",
+            status=504,
+        )
+    return UpstreamUnreachable(f"cannot reach {provider}: {exc or type(exc).__name__}{hint}",
+                               code="upstream_unreachable")

@@ -1,0 +1,259 @@
+"""OpenTelemetry: a tracer and a meter for the actors, exported over OTLP/HTTP (or to the
+console), or no-op ones.
+
+When: ``[tracing] enabled = "auto"`` turns telemetry on when the environment names an OTLP
+endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` or a signal's own ``…_TRACES_ENDPOINT`` /
+``…_METRICS_ENDPOINT``) or an exporter (``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``);
+``OTEL_SDK_DISABLED=true`` turns it off whatever else is set.
+
+Where each signal goes: ``OTEL_TRACES_EXPORTER`` and ``OTEL_METRICS_EXPORTER`` name its
+exporters (``otlp``, ``console``, a comma-separated list, or ``none``: no exporter at all, so
+nothing is sent and nothing can fail). Unset, a signal goes over OTLP when an endpoint for it
+is named, or when nothing at all is named (the OTLP default, localhost:4318); so a backend
+given only as ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (Phoenix takes no metrics) gets traces,
+and the daemon does not log a failed metrics export to localhost every minute. The exporters
+read the standard ``OTEL_*`` variables themselves (endpoint, headers, timeout, intervals).
+
+The tracer provider is not installed globally: the daemon passes its tracer and meter to the
+actors, so two daemons in one process (as in tests) never share one. Parts built without one
+take the daemon's from ``active()``, a context variable ``build_tracing`` sets in the daemon's
+task (child tasks inherit it, other daemons' tasks do not).
+
+Names follow OpenTelemetry's GenAI semantic conventions (Development status): the span
+attributes ``gen_ai.response.id``, ``gen_ai.response.finish_reasons``,
+``gen_ai.usage.cache_read.input_tokens``, ``openai.response.service_tier``; the cost as the
+open cost proposal names it (``gen_ai.usage.cost.amount``, ``.currency``, ``.source``); and
+the client metrics ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``
+(``GenAiMetrics``), with the conventions' bucket boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from llmspool import __version__
+from llmspool.core.config.sections import TracingConfig
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_VARIABLES = {
+    "traces": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    "metrics": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+}
+_EXPORTER_VARIABLES = {"traces": "OTEL_TRACES_EXPORTER", "metrics": "OTEL_METRICS_EXPORTER"}
+EXPORTERS = ("otlp", "console")
+_PROPAGATOR = TraceContextTextMapPropagator()
+# Where a call made later on behalf of another span (a job's request) keeps its links: the
+# ``Call`` carries an OpenTelemetry ``Context``, so the links travel in it without a new field.
+_LINKS = create_key("llmspool.links")
+
+# The GenAI conventions' advisory bucket boundaries (seconds; tokens).
+_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                     20.48, 40.96, 81.92)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                  16777216, 67108864)
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The daemon's tracer and meter, and the providers to flush at exit (None when off)."""
+
+    tracer: trace.Tracer
+    provider: TracerProvider | None
+    meter: metrics.Meter = field(default_factory=lambda: metrics.NoOpMeter("llmspool"))
+    meter_provider: MeterProvider | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None or self.meter_provider is not None
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (blocking: call it from a worker thread)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+
+_OFF = Tracing(trace.NoOpTracer(), None)
+_ACTIVE: ContextVar[Tracing] = ContextVar("llmspool_tracing", default=_OFF)
+
+
+def active() -> Tracing:
+    """The telemetry of the daemon this task belongs to (no-op outside one)."""
+    return _ACTIVE.get()
+
+
+def tracing_wanted(config: TracingConfig, environ: Mapping[str, str]) -> bool:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if config.enabled != "auto":
+        return config.enabled == "on"
+    return _configured(environ) and bool(exporters("traces", environ)
+                                         or exporters("metrics", environ))
+
+
+def exporters(signal: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The exporters of ``signal`` ("traces" or "metrics"), as the module docstring says."""
+    variable = _EXPORTER_VARIABLES[signal]
+    raw = environ.get(variable, "").strip().lower()
+    if not raw:
+        named = any(environ.get(name) for name in _ENDPOINT_VARIABLES[signal])
+        return ("otlp",) if named or not _configured(environ) else ()
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    if "none" in names:
+        return ()
+    chosen: list[str] = []
+    for name in names:
+        if name not in EXPORTERS:
+            log.warning("%s names %r, which llmspool does not export to (it knows %s and "
+                        "none); ignored", variable, name, ", ".join(EXPORTERS))
+        elif name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+def _configured(environ: Mapping[str, str]) -> bool:
+    """Whether the environment names any OTLP endpoint or exporter."""
+    variables = {*_EXPORTER_VARIABLES.values(), *_ENDPOINT_VARIABLES["traces"],
+                 *_ENDPOINT_VARIABLES["metrics"]}
+    return any(environ.get(name, "").strip() for name in variables)
+
+
+def build_tracing(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
+    """The daemon's telemetry, also made ``active()`` for the calling task."""
+    tracing = _build(config, environ)
+    _ACTIVE.set(tracing)
+    return tracing
+
+
+def _build(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
+    if not tracing_wanted(config, environ):
+        return _OFF
+    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
+    attributes["service.version"] = __version__
+    resource = Resource.create(attributes)
+    span_exporters: list[SpanExporter] = [
+        OTLPSpanExporter() if name == "otlp" else ConsoleSpanExporter()
+        for name in exporters("traces", environ)]
+    metric_exporters: list[MetricExporter] = [
+        OTLPMetricExporter() if name == "otlp" else ConsoleMetricExporter()
+        for name in exporters("metrics", environ)]
+    provider = None
+    tracer: trace.Tracer = trace.NoOpTracer()
+    if span_exporters:
+        provider = TracerProvider(resource=resource)
+        for span_exporter in span_exporters:
+            provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        tracer = provider.get_tracer("llmspool", __version__)
+    meter_provider = None
+    meter: metrics.Meter = metrics.NoOpMeter("llmspool")
+    if metric_exporters:
+        meter_provider = MeterProvider(resource=resource, metric_readers=[
+            PeriodicExportingMetricReader(metric_exporter)
+            for metric_exporter in metric_exporters])
+        meter = meter_provider.get_meter("llmspool", __version__)
+    return Tracing(tracer, provider, meter, meter_provider)
+
+
+# --- trace context ------------------------------------------------------------------------
+
+
+def context_from_headers(headers: Mapping[str, str]) -> Context:
+    """The trace context a client sent in ``traceparent``/``tracestate`` (empty if none)."""
+    if "traceparent" not in headers:
+        return Context()
+    return _PROPAGATOR.extract(carrier=headers)
+
+
+def context_from_traceparent(traceparent: str | None) -> Context:
+    """The context whose current span is the one ``traceparent`` names (empty if none)."""
+    if not traceparent:
+        return Context()
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def links_from(traceparents: Iterable[str]) -> list[trace.Link]:
+    """Span links to the spans named by W3C ``traceparent`` values (invalid ones skipped):
+    how a batch's spans point at the requests it carries."""
+    links = []
+    for traceparent in traceparents:
+        context = _PROPAGATOR.extract({"traceparent": traceparent})
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
+    return links
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` of the current span, to store with work that outlives it."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    """The ``traceparent`` naming ``span`` (None for a span that is not recorded anywhere)."""
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def linked_context(traceparent: str | None) -> Context:
+    """The context of work done later on behalf of the span ``traceparent`` names (a job's
+    request, hours after its submission): a trace of its own, linked to that span, rather
+    than a child of it (a trace would otherwise last as long as the job and hold all of it)."""
+    links = links_from((traceparent,)) if traceparent else []
+    return set_value(_LINKS, tuple(links), Context()) if links else Context()
+
+
+def links_of(context: Context) -> Sequence[trace.Link] | None:
+    """The links ``linked_context`` put in ``context`` (None: none)."""
+    links = get_value(_LINKS, context)
+    return links if isinstance(links, tuple) else None
+
+
+# --- GenAI client metrics -----------------------------------------------------------------
+
+
+class GenAiMetrics:
+    """The GenAI conventions' client metrics: ``gen_ai.client.operation.duration`` (seconds)
+    and ``gen_ai.client.token.usage`` (by ``gen_ai.token.type``: input, output)."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", "s", "GenAI operation duration",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", "{token}",
+            "Measures number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS)
+
+    def operation(self, seconds: float, attributes: Mapping[str, AttributeValue]) -> None:
+        self._duration.record(seconds, attributes)
+
+    def tokens(self, input_tokens: int, output_tokens: int,
+               attributes: Mapping[str, AttributeValue]) -> None:
+        self._tokens.record(input_tokens, {**attributes, "gen_ai.token.type": "input"})
+        self._tokens.record(output_tokens, {**attributes, "gen_ai.token.type": "output"})

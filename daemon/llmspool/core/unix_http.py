@@ -1,0 +1,39 @@
+"""``http.client`` over a Unix socket: how the command line talks to the daemon."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+from llmspool.core.errors import StartupError
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection to the daemon's socket at ``path``."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def get(path: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of ``GET url`` on the daemon's socket, or ``StartupError`` saying the
+    daemon cannot be reached and how to check it."""
+    connection = UnixConnection(path, timeout)
+    try:
+        connection.request("GET", url)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot reach the daemon at {path} ({exc.strerror or exc}); is it running? "
+            "(systemctl status llmspool, or `llmspool daemon`)"
+        ) from None
+    finally:
+        connection.close()
