@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import anyio
 from llmspool.actors.request_queue import RequestQueue
-from llmspool.calls import Endpoint
+from llmspool.core.calls import Endpoint
 from llmspool.messages import Call, Caller, Failure, NewPrices, Query, SlotFreed
-from llmspool.planner import TierPolicy
+from llmspool.policy.planner import TierPolicy
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 
