@@ -30,6 +30,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from llmspool.app import Daemon
 from llmspool.core.config.sections import Config
+from llmspool.core.crashpoints import ENVIRONMENT_KEY as CRASH_POINTS
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -99,7 +100,11 @@ def running_daemon(
 ) -> Iterator[InProcessDaemon]:
     """A daemon built from ``config`` (its socket is ``config.daemon.socket``), serving until the
     block ends; ``plugins`` are pluggy plugins registered beside the installed ones (a fake
-    provider, say). Its log goes to ``log_path`` (default: ``daemon.log`` in its state dir)."""
+    provider, say). Its log goes to ``log_path`` (default: ``daemon.log`` in its state dir).
+    Crash points are refused: they SIGKILL the process they are in, which here is the caller's."""
+    if (environ or {}).get(CRASH_POINTS):
+        raise ValueError(f"{CRASH_POINTS} would kill this process with the daemon in it: start "
+                         "`llmspool daemon` as a process of its own to use crash points")
     daemon = Daemon(config, config_path=config_path, environ=dict(environ or {}),
                     extra_plugins=plugins, owns_process=False)
     socket_path = Path(config.daemon.socket)
