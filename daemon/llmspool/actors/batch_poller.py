@@ -66,6 +66,8 @@ from llmspool.messages import (
 )
 from llmspool.policy.billing import PriceBook
 from llmspool.store import batches as batch_sql
+from llmspool.store.batch_files import batch_files, input_line_ids, remove_files
+from llmspool.store.batch_results import MapReport, ResultMapper
 from llmspool.store.records import BatchChunk, BatchChunkStored, RequeuedLine
 
 log = logging.getLogger(__name__)
@@ -268,7 +270,7 @@ class BatchPoller:
 
     async def _retrieve(self, batch: batch_sql.BatchRow, remote: RemoteBatch) -> None:
         provider = self._providers[batch.provider]
-        files = batch_sql.batch_files(self._state_dir, batch.intent)
+        files = batch_files(self._state_dir, batch.intent)
         try:
             with self._tracer.start_as_current_span(
                 "batch retrieve", links=links_from(batch.traceparents),
@@ -314,19 +316,18 @@ class BatchPoller:
     def _commit_from_thread(self, chunk: BatchChunk) -> BatchChunkStored:
         return anyio.from_thread.run(self._store_chunk, chunk)
 
-    def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> batch_sql.MapReport:
-        mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
-                                        time.time(),
-                                        after_first_chunk=lambda: self._crash.reach(
-                                            "batch.mid_mapping"),
-                                        commit=self._commit_from_thread)
+    def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> MapReport:
+        mapper = ResultMapper(self._store.connection, batch, self._prices, time.time(),
+                              after_first_chunk=lambda: self._crash.reach(
+                                  "batch.mid_mapping"),
+                              commit=self._commit_from_thread)
         for path in paths:
             if path.exists():
                 mapper.feed(path)
         return mapper.finish(batch.remote_status or "")
 
     async def _failed(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
-                      input_path: Path) -> tuple[batch_sql.MapReport, str]:
+                      input_path: Path) -> tuple[MapReport, str]:
         codes = {error.code for error in remote.errors}
         summary = "; ".join(f"{e.code}: {e.message}" for e in remote.errors[:3]) or "no reason"
         log.warning("batch %s failed: %s", remote.id, summary)
@@ -337,7 +338,7 @@ class BatchPoller:
             # costs the lines an attempt, so this ends even if the guesses stay too high.
             fits = enqueued if enqueued else batch.tokens // 2
             await self._submitter.send(BatchClosed(batch.provider, batch.model, True, fits))
-            report = batch_sql.MapReport()
+            report = MapReport()
             report.requeued = await self._store.run(batch_sql.release_lines, batch, None,
                                                     time.time(), charge_attempt=True)
             await self._store.run(batch_sql.finish_batch, batch, {},
@@ -345,11 +346,10 @@ class BatchPoller:
             return report, TOKEN_LIMIT_EXCEEDED
         numbered = {e.line: e for e in remote.errors if e.line is not None}
 
-        def fail_and_finish() -> batch_sql.MapReport:
-            ids = batch_sql.input_line_ids(input_path, set(numbered))
-            mapper = batch_sql.ResultMapper(self._store.connection, batch, self._prices,
-                                            time.time(),
-                                            commit=self._commit_from_thread)
+        def fail_and_finish() -> MapReport:
+            ids = input_line_ids(input_path, set(numbered))
+            mapper = ResultMapper(self._store.connection, batch, self._prices, time.time(),
+                                  commit=self._commit_from_thread)
             mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
                                if n in ids})
             if not numbered:  # the whole batch was refused: each line loses an attempt
@@ -359,7 +359,7 @@ class BatchPoller:
         return await anyio.to_thread.run_sync(fail_and_finish), BatchStatus.FAILED
 
     async def _done(self, batch: batch_sql.BatchRow, remote: RemoteBatch,
-                    report: batch_sql.MapReport, note: str) -> None:
+                    report: MapReport, note: str) -> None:
         self._open.pop(batch.id, None)
         self._next_poll.pop(batch.id, None)
         self._interval.pop(batch.id, None)
@@ -396,7 +396,7 @@ class BatchPoller:
 
     async def _clean_up(self, provider: BatchProvider, remote: RemoteBatch,
                         files: BatchFiles) -> None:
-        await anyio.to_thread.run_sync(batch_sql.remove_files, files)
+        await anyio.to_thread.run_sync(remove_files, files)
         if not self._config.delete_files:
             return
         try:

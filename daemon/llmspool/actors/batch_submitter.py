@@ -68,6 +68,7 @@ from llmspool.messages import (
 )
 from llmspool.policy.reservations import Reserver
 from llmspool.store import batches as batch_sql
+from llmspool.store.batch_files import batch_files, upload_name, write_input_file
 from llmspool.store.records import BatchCandidate, JobResult, LineOutcome, RequeuedLine
 
 log = logging.getLogger(__name__)
@@ -344,11 +345,11 @@ class BatchSubmitter:
 
     async def _steps(self, provider: BatchProvider, batch: batch_sql.BatchRow, *,
                      resumed: bool) -> None:
-        input_path = batch_sql.batch_files(self._state_dir, batch.intent).input
-        name = batch_sql.upload_name(batch.intent)
+        input_path = batch_files(self._state_dir, batch.intent).input
+        name = upload_name(batch.intent)
         if batch.state == BatchState.INTENT:
             if not await anyio.Path(input_path).exists():
-                lines = await self._store.run(batch_sql.write_input_file, batch, input_path)
+                lines = await self._store.run(write_input_file, batch, input_path)
                 if lines == 0:
                     await self._store.run(batch_sql.drop_empty_batch, batch,
                                    "nothing left to send", time.time())

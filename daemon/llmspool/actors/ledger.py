@@ -57,8 +57,8 @@ from llmspool.messages import (
     StoreBatchChunk,
     StoreJobResults,
 )
-from llmspool.store import batches as batch_sql
 from llmspool.store import ledger as ledger_sql
+from llmspool.store.batch_results import store_batch_chunk
 from llmspool.store.ledger import LedgerConnection, line_key
 from llmspool.store.records import BatchChunkStored, JobResult, Settled
 
@@ -387,7 +387,7 @@ class Ledger:
         await self._flush()
         try:
             stored: BatchChunkStored = await self._database.run_in_thread(
-                batch_sql.store_batch_chunk, message.chunk)
+                store_batch_chunk, message.chunk)
         except Exception as exc:  # the poller reports it; the ledger keeps serving
             with contextlib.suppress(*_GONE):
                 message.reply.send_nowait(exc)
