@@ -2,8 +2,8 @@
 
 Anthropic answers ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,
 remaining,reset}``, the reset as an RFC 3339 time (``2026-12-01T12:00:30Z``); the daemon's
-limiter (``llmspool.resilience.limits``) reads OpenAI's ``x-ratelimit-{limit,remaining,reset}-
-{requests,tokens}``, the reset as a Go-style duration from now (``12.5s``, ``1m3s``).
+limiter (``llmspool.resilience.ratelimit_headers``) reads OpenAI's ``x-ratelimit-{limit,
+remaining,reset}-{requests,tokens}``, the reset as a Go-style duration from now (``12.5s``).
 
 The tokens family is Anthropic's most restrictive token limit in force, which is the one to
 pace by; where an answer has only the input-tokens family, that stands in. ``retry-after``

@@ -19,7 +19,8 @@ from llmspool.core.calls import Usage
 from llmspool.core.errors import InvalidRequest, UpstreamError
 from llmspool.core.wire import SseMeter, finish_reasons_of, usage_of
 from llmspool.resilience.failures import FailureClass, classify
-from llmspool.resilience.limits import RateLimits, retry_pause
+from llmspool.resilience.limits import RateLimits
+from llmspool.resilience.ratelimit_headers import retry_pause
 from llmspool_anthropic.answers import FINISH_REASONS, openai_completion, openai_error
 from llmspool_anthropic.ratelimits import go_duration, openai_ratelimit_headers
 from llmspool_anthropic.stream import ChunkTranslator

@@ -17,14 +17,9 @@ from typing import Any
 import anyio
 import pytest
 from llmspool.core.errors import InvalidRequest
-from llmspool.resilience.limits import (
-    LimitSettings,
-    Permit,
-    RateLimits,
-    RequestTooLarge,
-    parse_go_duration,
-    retry_pause,
-)
+from llmspool.resilience.buckets import Permit
+from llmspool.resilience.limits import LimitSettings, RateLimits, RequestTooLarge
+from llmspool.resilience.ratelimit_headers import parse_go_duration, retry_pause
 
 PROVIDER, MODEL = "openai", "gpt-test"
 KEY = (PROVIDER, MODEL)

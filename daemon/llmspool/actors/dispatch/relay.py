@@ -48,8 +48,9 @@ from llmspool.messages import (
     StreamEnd,
     StreamStart,
 )
+from llmspool.resilience.buckets import Permit
 from llmspool.resilience.failures import FailureClass, classify
-from llmspool.resilience.limits import Permit, RateLimits
+from llmspool.resilience.limits import RateLimits
 from llmspool.store.records import Settled
 
 # Upstream headers a client may rely on; the rest (rate limits, cookies) are the daemon's.
