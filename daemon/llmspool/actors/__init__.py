@@ -8,7 +8,7 @@
   ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
   (job results, batch results), each in one transaction with its entry;
 - ``job_keeper``: deferred jobs (writes jobs and their requests' routing; results through the
-  ledger);
+  ledger; its parts, routing, sending, results, waiters and recovery, are in ``keeping``);
 - ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:
   intents, assignments, polls; lines are reserved, and results stored, through the ledger).
 

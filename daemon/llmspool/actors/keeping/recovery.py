@@ -1,0 +1,66 @@
+"""The job keeper's start and retention: what a restart resumes, and what is forgotten.
+
+- On start, jobs whose requests all ended are completed, every job kept is loaded into memory
+  with its counts, batched lines become twins again (identical lines resumed after them wait
+  for them), and the requests still queued are routed again.
+- Jobs finished longer ago than ``[jobs] retention`` are deleted, results and all, at start
+  and then every ``SWEEP_EVERY`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiosqlite
+import anyio
+
+from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.routing import Router
+from llmspool.store import jobs as jobs_sql
+
+log = logging.getLogger("llmspool.actors.job_keeper")  # the keeper's own log
+
+SWEEP_EVERY = 3600.0
+
+
+async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
+                  jobs: dict[str, JobState], router: Router) -> None:
+    """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests."""
+    async with write_lock:
+        await database.execute("BEGIN IMMEDIATE")
+        await jobs_sql.complete_finished_jobs(database, time.time())
+        await database.execute("COMMIT")
+    for row in await jobs_sql.load_jobs(database):
+        state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
+                         row["tags"], row["uid"], row["status"], row["total"],
+                         row["finished_at"])
+        state.states.update(row["states"])
+        state.tiers.update(row["tiers"])
+        state.cost, state.standard = row["cost"], row["standard"]
+        state.late = row["late"]
+        state.traceparent = row["traceparent"]
+        jobs[state.id] = state
+    for job_id, count in (await jobs_sql.batched_counts(database)).items():
+        if job_id in jobs:
+            jobs[job_id].batched = count
+    for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database):
+        router.resume_twin(key, request_id, job_id, deadline_at)
+    rows = await jobs_sql.routable_requests(database)
+    if rows:
+        log.info("resuming %d queued requests of %d jobs", len(rows),
+                 len({row.job_id for row in rows}))
+        await router.route(rows)
+
+
+async def delete_expired(database: aiosqlite.Connection, write_lock: anyio.Lock,
+                         jobs: dict[str, JobState], retention: float) -> None:
+    """Forget jobs finished longer ago than ``[jobs] retention``, results and all."""
+    before = time.time() - retention
+    async with write_lock:
+        deleted = await jobs_sql.delete_jobs_finished_before(database, before)
+    expired = [j.id for j in jobs.values() if j.finished_at is not None and j.finished_at < before]
+    for job_id in expired:
+        del jobs[job_id]
+    if deleted:
+        log.info("deleted %d jobs finished more than %.0f s ago", deleted, retention)
