@@ -1,7 +1,9 @@
 """The daemon's actors: each an anyio task that owns its state and talks only by messages.
 
 - ``request_queue``: admits calls, bounds what is in flight, hands the most urgent first;
-- ``response_cache``: answers from the cache, shares identical calls in flight (single flight);
+- ``response_cache``: answers from the cache, shares identical calls in flight (single flight)
+  (its parts, single flight, batch twins, near duplicates and the write-behind, are in
+  ``caching``);
 - ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers
   (its parts, each owning one step of a call, are in ``dispatch``);
 - ``ledger``: the one owner of money. It is the only writer of money rows in

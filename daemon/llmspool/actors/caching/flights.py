@@ -1,0 +1,241 @@
+"""Single flight: identical calls share one upstream call, the leader's.
+
+The leader's call goes to the request queue with its replies teed through here
+(``LeaderRelay`` passes them on to its client), so that its followers get the outcome and
+the cache keeps it. A 200 answer is shared with every follower and kept; an error the provider
+gave that the same request would get again is shared too; anything else (a timeout, a client
+that went away, a stream cut short) sends the followers on their way again, the first of them
+leading a new flight. A leader whose client goes away keeps its upstream call going while
+others wait for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from llmspool.actors.caching.counts import CacheCounts
+from llmspool.actors.caching.replies import GONE, Replier, send_all
+from llmspool.actors.caching.write_behind import LINGER, WriteBehind
+from llmspool.cache.nearby import NearDuplicates
+from llmspool.cache.store import CachedAnswer, CacheReader
+from llmspool.core.calls import Tier, Usage
+from llmspool.core.config.sections import CacheConfig
+from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.wire import SseMeter, usage_of
+from llmspool.messages import (
+    Abort,
+    Answer,
+    Call,
+    Failure,
+    Query,
+    Reply,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+from llmspool.policy.cache_keys import HEADER
+from llmspool.resilience.failures import FailureClass, classify
+from llmspool.store.records import NewEntry
+
+_STREAM_BUFFER = 32
+Take = Callable[[Call, CacheReader, TaskGroup], None]  # the cache taking a call (again)
+
+
+@dataclass(eq=False)
+class Flight:
+    """Identical calls sharing one upstream call: the leader's, followed by the rest."""
+
+    key: bytes
+    leader: Call
+    followers: list[Call] = field(default_factory=list)
+    # Near-duplicate matching: the leader's (group, embedding, number among calls in flight).
+    near: tuple[bytes, bytes, int] | None = None
+
+
+class Flights:
+    """The flights under way, by key (and by number, for near-duplicate matching)."""
+
+    def __init__(self, queue: MemoryObjectSendStream[Call | Query], config: CacheConfig,
+                 counts: CacheCounts, writes: WriteBehind, replier: Replier,
+                 near: NearDuplicates | None, take: Take) -> None:
+        self._queue = queue
+        self._config = config
+        self._counts = counts
+        self._writes = writes
+        self._replier = replier
+        self._near = near
+        self._take = take
+        self.by_key: dict[bytes, Flight] = {}
+        self.by_number: dict[int, Flight] = {}
+        self._landed: anyio.Event | None = None  # set when the last flight ends, at shutdown
+
+    def waiting(self) -> int:
+        """How many calls follow a flight under way."""
+        return sum(len(f.followers) for f in self.by_key.values())
+
+    async def all_landed(self) -> None:
+        """Return once no flight is under way (at shutdown: nothing new comes in)."""
+        if self.by_key:
+            self._landed = anyio.Event()
+            await self._landed.wait()
+
+    def check_landed(self) -> None:
+        if self._landed is not None and not self.by_key:
+            self._landed.set()
+
+    def end(self, flight: Flight) -> None:
+        if self.by_key.get(flight.key) is flight:
+            del self.by_key[flight.key]
+        if flight.near is not None and self._near is not None:
+            self._near.landed(flight.near[2])
+            self.by_number.pop(flight.near[2], None)
+
+    async def lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
+        leader = flight.leader
+        # The leader's replies come here first; the upstream call keeps the usage chunk (the
+        # cache keeps whole streams) and has an abort of its own (see _watch_leader).
+        tee_in, tee_out = anyio.create_memory_object_stream[Reply](
+            _STREAM_BUFFER if leader.stream else 1)
+        upstream = dataclasses.replace(leader, reply=tee_in, abort=Abort(),
+                                       strip_usage_chunk=False)
+        try:
+            await self._queue.send(upstream)
+        except GONE:
+            tee_in.close()
+            tee_out.close()
+            self.end(flight)
+            for call in (leader, *flight.followers):
+                send_all(call, [Failure(_shutting_down())])
+            return
+        replies: list[Reply] = []
+        relay = LeaderRelay(leader)
+        async with tee_out, anyio.create_task_group() as watch:
+            watch.start_soon(self._watch_leader, flight, upstream)
+            async for reply in tee_out:
+                replies.append(reply)
+                if not await relay.send(reply) and leader.stream and not flight.followers:
+                    break  # nobody wants the rest: closing the tee stops the upstream call
+            watch.cancel_scope.cancel()
+        leader.reply.close()
+        self.end(flight)
+        self._finish(flight, replies, reader, group)
+        self.check_landed()
+
+    async def _watch_leader(self, flight: Flight, upstream: Call) -> None:
+        """Stops the upstream call when the leader's client goes away, unless others wait."""
+        with anyio.CancelScope() as scope:
+            flight.leader.abort.bind(scope)
+            await anyio.sleep_forever()
+        if not flight.followers:
+            upstream.abort.fire()
+
+    def _finish(self, flight: Flight, replies: list[Reply], reader: CacheReader,
+                group: TaskGroup) -> None:
+        leader = flight.leader
+        outcome = _outcome(replies, leader.stream)
+        if isinstance(outcome, CachedAnswer):
+            plan = leader.cache
+            assert plan is not None
+            now = time.time()
+            self._writes.recent[flight.key] = (outcome, now + min(LINGER, plan.ttl))
+            if len(outcome.body) > self._config.max_entry_size:
+                self._counts.too_large += 1
+            else:
+                group_of, vector = flight.near[:2] if flight.near is not None else (None, None)
+                self._writes.keep([NewEntry(flight.key, outcome.stream, outcome.body,
+                                            leader.provider, leader.model,
+                                            leader.endpoint.value, outcome.tier, outcome.usage,
+                                            plan.ttl, group_of, vector)])
+            for call in flight.followers:
+                if self._replier.answer(call, outcome, "shared", group):
+                    self._counts.shared += 1
+            return
+        if isinstance(outcome, Failure):
+            for call in flight.followers:
+                send_all(call, [outcome])
+            return
+        # Nothing the followers can use: each goes its own way again (one leads, the rest
+        # follow it).
+        for call in flight.followers:
+            self._take(call, reader, group)
+
+
+class LeaderRelay:
+    """The leader's replies on their way to its client: marked as a cache miss, with the
+    usage chunk removed when the client did not ask for it."""
+
+    def __init__(self, leader: Call) -> None:
+        self._leader = leader
+        self._meter = SseMeter(strip_usage_chunk=True) if leader.strip_usage_chunk else None
+        self.here = True
+
+    async def send(self, reply: Reply) -> bool:
+        """Pass ``reply`` on; False once the client is gone."""
+        if not self.here:
+            return False
+        meter = self._meter
+        out: list[Reply]
+        if isinstance(reply, Answer):
+            out = [dataclasses.replace(reply, headers={**reply.headers, HEADER: "miss"})]
+        elif isinstance(reply, StreamStart):
+            first = meter.feed(reply.first) if meter is not None else reply.first
+            out = [StreamStart(reply.status, {**reply.headers, HEADER: "miss"}, first)]
+        elif isinstance(reply, StreamChunk) and meter is not None:
+            data = meter.feed(reply.data)
+            out = [StreamChunk(data)] if data else []
+        elif isinstance(reply, StreamEnd) and meter is not None:
+            rest = meter.flush()
+            out = [StreamChunk(rest), reply] if rest else [reply]
+        else:
+            out = [reply]
+        try:
+            for item in out:
+                await self._leader.reply.send(item)
+        except GONE:
+            self.here = False
+        return self.here
+
+
+def _outcome(replies: list[Reply], stream: bool) -> CachedAnswer | Failure | None:
+    """What a flight's followers get: its answer, an error to share, or nothing."""
+    if not replies:
+        return None
+    first, last = replies[0], replies[-1]
+    now = time.time()
+    if isinstance(first, Answer):
+        if first.status != 200:
+            return None
+        return CachedAnswer(0, False, first.body, first.tier,
+                            usage_of(first.document) or Usage(), now)
+    if isinstance(first, StreamStart) and stream:
+        if first.status != 200 or not isinstance(last, StreamEnd) or last.error is not None:
+            return None
+        body = first.first + b"".join(r.data for r in replies if isinstance(r, StreamChunk))
+        meter = SseMeter()
+        meter.feed(body)
+        meter.flush()
+        return CachedAnswer(0, True, body, meter.tier or Tier.STANDARD,
+                            meter.usage or Usage(), now)
+    if isinstance(first, Failure) and _same_again(first.error):
+        return first
+    return None
+
+
+def _same_again(error: ApiError) -> bool:
+    """Whether the same request would surely get ``error`` again (the provider refused it)."""
+    return isinstance(error, UpstreamError) and \
+        classify(error).kind is FailureClass.PERMANENT
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "llmspool is shutting down and takes no new requests; retry in a moment",
+        retry_after=2.0, code="shutting_down",
+    )

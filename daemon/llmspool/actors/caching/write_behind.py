@@ -1,0 +1,136 @@
+"""The response cache's writes: new entries, hits (for the eviction order) and drops of
+corrupt entries are collected and committed together in a worker thread; a full backlog drops
+new entries rather than make anybody wait. Answers not yet in the file (a flight's, for
+``LINGER`` seconds; a batch's, until committed) are served from memory meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+
+import anyio
+
+from llmspool.actors.caching.counts import CacheCounts
+from llmspool.cache.nearby import NearDuplicates
+from llmspool.cache.store import CachedAnswer, CacheReader, CacheWriter, Corrupt
+from llmspool.store.records import NewEntry
+
+log = logging.getLogger("llmspool.actors.response_cache")  # the name it always logged under
+
+# Seconds a finished flight still answers newcomers, until its entry is committed (or at most).
+LINGER = 5.0
+FLUSH_EVERY = 0.05  # seconds between group commits while there is something to write
+MAX_PENDING = 10_000  # entries waiting for a commit; past it new ones are dropped
+
+
+class WriteBehind:
+    """What waits for the next commit, and the answers served from memory until then."""
+
+    def __init__(self, counts: CacheCounts, near: NearDuplicates | None) -> None:
+        self._counts = counts
+        self._near = near
+        self.recent: dict[bytes, tuple[CachedAnswer, float]] = {}
+        self._pending: list[NewEntry] = []
+        self._touched: dict[int, float] = {}
+        self._drops: set[int] = set()
+        self._dropping: set[int] = set()  # in the commit under way
+        self._wake = anyio.Event()
+        self._stopping = False
+        self.entries = 0
+
+    def hit(self, entry_id: int, at: float) -> None:
+        """``entry_id`` answered a call at ``at``: noted for the eviction order, and committed
+        soon."""
+        self._touched[entry_id] = at
+        self._wake.set()
+
+    def touch(self, entry_id: int, at: float) -> None:
+        """Like ``hit``, committed with whatever is written next."""
+        self._touched[entry_id] = at
+
+    def corrupt(self, entry_id: int) -> None:
+        if entry_id and entry_id not in self._drops and entry_id not in self._dropping:
+            log.warning("cache entry %d is corrupt; dropped, and the request sent upstream",
+                        entry_id)
+            self._counts.corrupt_dropped += 1
+            self._drops.add(entry_id)
+            self._wake.set()
+
+    def committed(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
+        """The live answer in the file under ``key`` (a corrupt one is dropped: None)."""
+        try:
+            return reader.get(key, now)
+        except Corrupt as bad:
+            self.corrupt(bad.entry_id)
+            return None
+
+    def lookup(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
+        """The answer under ``key``: committed, or on its way to the file."""
+        found = self.committed(key, reader, now)
+        if found is not None:
+            self.touch(found.entry_id, now)
+            return found
+        recent = self.recent.get(key)
+        return recent[0] if recent is not None and recent[1] > now else None
+
+    def keep(self, entries: list[NewEntry], *, readable_now: bool = False) -> None:
+        """Queue ``entries`` for the next commit; ``readable_now`` serves them from memory
+        until then (batch answers that a waiting call may be looking for)."""
+        if readable_now:
+            now = time.time()
+            for entry in entries:
+                self.recent[entry.key] = (
+                    CachedAnswer(0, entry.stream, entry.body, entry.tier, entry.usage, now),
+                    now + min(LINGER, entry.ttl))
+        room = MAX_PENDING - len(self._pending)
+        if len(entries) > room:
+            self._counts.dropped_writes += len(entries) - max(0, room)
+            entries = entries[:max(0, room)]
+        self._pending.extend(entries)
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Commit what is left, then end ``run``."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self, writer: CacheWriter) -> None:
+        while True:
+            await self._wake.wait()
+            await anyio.sleep(FLUSH_EVERY)  # gather a group for one commit
+            self._wake = anyio.Event()
+            entries, self._pending = self._pending, []
+            touched, self._touched = self._touched, {}
+            drops, self._drops = self._drops, set()
+            now = time.time()
+            self.recent = {key: kept for key, kept in self.recent.items() if kept[1] > now}
+            if entries or touched or drops:
+                self._dropping = drops
+                with anyio.CancelScope(shield=True):
+                    await self._commit(writer, entries, touched, drops)
+                self._dropping = set()
+            if self._stopping and not self._pending:
+                return
+
+    async def _commit(self, writer: CacheWriter, entries: list[NewEntry],
+                      touched: dict[int, float], drops: set[int]) -> None:
+        try:
+            result = await anyio.to_thread.run_sync(writer.commit, entries, touched.items(),
+                                                    drops)
+        except sqlite3.Error as exc:
+            # The cache is an optimisation: a failing disk costs misses, never answers.
+            self._counts.write_errors += 1
+            log.warning("cache write failed (%s); %d entries not kept", exc, len(entries))
+            return
+        for entry, entry_id in zip(entries, result.written, strict=True):
+            self.recent.pop(entry.key, None)  # readable from the file now
+            if self._near is not None and entry.group is not None and entry.vector is not None:
+                with contextlib.suppress(ValueError):
+                    self._near.cached.add(entry.group, entry_id, entry.vector)
+        self._counts.written += len(result.written)
+        self._counts.evicted += result.evicted
+        self._counts.expired += result.expired
+        self.entries = writer.count
