@@ -8,7 +8,8 @@
   (its parts, each owning one step of a call, are in ``dispatch``);
 - ``ledger``: the one owner of money. It is the only writer of money rows in
   ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
-  (job results, batch results), each in one transaction with its entry;
+  (job results, batch results), each in one transaction with its entry (its parts, caps,
+  budgets, group commits and status, are in ``accounting``);
 - ``job_keeper``: deferred jobs (writes jobs and their requests' routing; results through the
   ledger; its parts, routing, sending, results, waiters and recovery, are in ``keeping``);
 - ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:

@@ -1,0 +1,75 @@
+"""The ledger's answers to ``Query``: its status snapshot (spend, savings, reservations, the
+daily caps and how full they are, warnings, commits) and, when asked, the recent entries.
+
+Answered after a flush, so what the asker was told is settled is in the store when it reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from llmspool.actors.accounting.budgets import Budgets
+from llmspool.actors.accounting.caps import picodollars
+from llmspool.actors.accounting.commits import GONE, GroupCommit
+from llmspool.core.pricing import usd
+from llmspool.messages import Query
+from llmspool.store import ledger as ledger_sql
+from llmspool.store.ledger import LedgerConnection
+
+
+async def answer_query(query: Query, budgets: Budgets, group: GroupCommit,
+                 database: LedgerConnection) -> None:
+    await group.flush()  # what the asker was told is settled is in the store when it reads
+    unknown_calls, unknown_cost = ledger_sql.unknown_outcomes_on(database.connection,
+                                                                 budgets.day)
+    answer: dict[str, Any] = {
+        "day": budgets.day,
+        "spend_today_usd": usd(budgets.spent[("day", "")]),
+        "saved_today_usd": usd(budgets.saved_today),
+        "calls_today": budgets.calls_today,
+        "unpriced_calls_today": budgets.unpriced_today,
+        "reserved_usd": usd(sum(e for e, _s in budgets.reservations.values())),
+        "calls_reserved": len(budgets.reservations),
+        "refused_by_budget": budgets.refused,
+        "unknown_outcome_today": unknown_calls,
+        "unknown_outcome_today_usd": usd(unknown_cost),
+        "commits": group.commits,
+        "budgets": budget_report(budgets),
+        "warnings": list(budgets.warnings),
+    }
+    if query.what == "entries":
+        limit = int(query.params.get("limit", 100))
+        entries = ledger_sql.recent_entries(
+            database.connection, limit, everyone=query.params.get("everyone", True),
+            uid=query.params.get("uid"))
+        for entry in entries:
+            cost = entry.pop("cost_picodollars")
+            standard = entry.pop("standard_cost_picodollars")
+            entry["cost_usd"] = None if cost is None else usd(cost)
+            entry["standard_cost_usd"] = None if standard is None else usd(standard)
+            entry["usage_estimated"] = bool(entry["usage_estimated"])
+        answer["entries"] = entries
+    with contextlib.suppress(*GONE):
+        query.reply.send_nowait(answer)  # an asker that gave up is not our problem
+
+
+def budget_report(budgets: Budgets) -> list[dict[str, Any]]:
+    config = budgets.caps.config
+    report = []
+    for scope, value, name in (
+        (("day", ""), config.daily_usd, "[budgets] daily_usd"),
+        *((("operation", op), cap.daily_usd, f"[budgets.operations.{op}] daily_usd")
+          for op, cap in config.operations.items()),
+        *((("provider", p), cap.daily_usd, f"[budgets.providers.{p}] daily_usd")
+          for p, cap in config.providers.items()),
+    ):
+        if value is None:
+            continue
+        limit = picodollars(value)
+        report.append({
+            "cap": name, "limit_usd": value, "spent_usd": usd(budgets.spent[scope]),
+            "reserved_usd": usd(budgets.reserved[scope]),
+            "fraction": round(budgets.spent[scope] / limit, 4) if limit else None,
+        })
+    return report
