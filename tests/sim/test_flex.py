@@ -325,7 +325,7 @@ def test_probability_refuses_a_seeded_share_of_flex_requests(start_sim: StartSim
 
 def observe_schedule(
     running: RunningSim, until: float, expected: Callable[[float], bool],
-    enough: Callable[[list[tuple[float, str]]], bool] | None = None, cap: float = 30.0,
+    enough: Callable[[list[tuple[float, str]]], bool] | None = None, cap: float = 8.0,
 ) -> list[tuple[float, str]]:
     """Send flex requests until the sim's clock reaches ``until`` (and, given ``enough``, until
     what was observed is enough, within ``cap`` seconds of the sim's clock); for each whose
@@ -351,12 +351,13 @@ def observe_schedule(
 
 
 def test_scheduled_outages_are_observed(start_sim: StartSim) -> None:
-    # The sim's clock at half speed: a one-shot schedule cannot be watched longer, so each
-    # window lasts twice as long in real time and a loaded machine still samples it surely.
+    # The sim's clock at a quarter speed: a one-shot schedule cannot be watched longer, so
+    # each window lasts four times as long in real time and a loaded machine (the suite runs
+    # on four workers) still samples it surely.
     running = start_sim(
         """
 [sim]
-speed = 0.5
+speed = 0.25
 [[sim.flex_outages]]
 start = "600ms"
 duration = "400ms"
@@ -386,7 +387,9 @@ duration = "400ms"
 
 
 def test_periodic_outage_refuses_the_first_fraction_of_each_period(start_sim: StartSim) -> None:
-    running = start_sim('[sim]\nflex_outage_period = "1s"\nflex_outage_fraction = 0.5\n')
+    # A quarter speed, as above: a sample is certain when it fits 0.1 s of the sim's clock.
+    running = start_sim('[sim]\nspeed = 0.25\nflex_outage_period = "1s"\n'
+                        'flex_outage_fraction = 0.5\n')
     start = running.flex()["elapsed_seconds"]
 
     def in_outage(elapsed: float) -> bool:
