@@ -438,12 +438,12 @@ def test_flex_latency_is_fixed_plus_seeded_jitter_and_standard_is_unaffected(
         )
         return int(raw.headers["openai-processing-ms"])
 
-    # Each flex answer waits its own draw. The upper bound leaves a loaded machine 95 ms of
-    # scheduling delay and still catches a wait taken twice: every draw is at least 100 ms.
+    # Each flex answer waits its own draw. The upper bound is just under the draw taken twice:
+    # it catches a doubled wait and leaves a loaded machine the rest (90 to 290 ms) as delay.
     for wait in expected:
         took = server_ms(service_tier="flex")
-        assert int(wait * 1000) - 2 <= took <= wait * 1000 + 95, (wait, took)
-    assert all(server_ms() < 95 for _ in range(3))  # no flex wait: under the 100 ms minimum
+        assert int(wait * 1000) - 2 <= took < 2 * wait * 1000 - 10, (wait, took)
+    assert all(server_ms() < 100 for _ in range(3))  # no flex wait: under the 100 ms minimum
     # A flex request refused as unavailable is answered at once, without the flex wait.
     running.flex({"unavailable": True})
     assert timed(lambda: flex_outcome(client)) < 0.1
