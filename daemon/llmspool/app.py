@@ -50,6 +50,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CachedKeys
 from llmspool.core import systemd
+from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.config.sections import Config, ProviderConfig
 from llmspool.core.config_load import load_config
 from llmspool.core.crashpoints import CrashPoints
@@ -144,11 +145,14 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
         extra_plugins: Iterable[object] = (),
         owns_process: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``owns_process=False`` runs the daemon as a guest of another program (the in-process
         test harness, ``llmspool.testing``): it then takes no signals, no socket from systemd
-        and leaves the garbage collector alone; the host stops it with ``stop()``."""
+        and leaves the garbage collector alone; the host stops it with ``stop()``. ``clock``
+        is the daemon's calendar (``llmspool.core.clock``): a test may pass one it moves."""
         self.config = config
+        self._clock = clock
         self._owns_process = owns_process
         self._config_path = config_path
         self._environ = dict(os.environ if environ is None else environ)
@@ -237,9 +241,9 @@ class Daemon:
         book = LatencyBook(default_latencies(config))
         book.observe_many(await recent_latencies(jobs_database))
         book.observe_many(await batch_turnarounds(jobs_database))
-        planner = Planner(config, prices, book)
+        planner = Planner(config, prices, book, self._clock)
         ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
-                        meter=tracing.meter)
+                        meter=tracing.meter, clock=self._clock.now)
         dispatcher = Dispatcher(
             dispatch_out, freed_in, ledger_in,
             providers=providers,
@@ -311,7 +315,7 @@ class Daemon:
                                    cache_rules=cache_rules,
                                    on_short_deadline=config.jobs.on_short_deadline,
                                    tracer=tracing.tracer)
-        batch_api = BatchApi(config.state_path, submission, config.files)
+        batch_api = BatchApi(config.state_path, submission, config.files, self._clock)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -322,7 +326,8 @@ class Daemon:
                 *job_routes(submission, config.state_path / DATABASE_NAME,
                             max_upload_size=config.jobs.max_upload_size, access=access),
                 *batch_api_routes(batch_api, access),
-                *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access),
+                *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
+                               clock=self._clock.now),
             ],
         )
         daemon_config = config.daemon

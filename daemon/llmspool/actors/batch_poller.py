@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -100,6 +99,7 @@ class BatchPoller:
         self._database_path = context.database_path
         self._state_dir = context.state_dir
         self._planner = context.planner
+        self._clock = context.planner.clock
         self._prices = prices
         self._config = context.config
         self._tracer = context.tracer
@@ -142,7 +142,7 @@ class BatchPoller:
             await self._store.close()
 
     def _opened(self, batch: batch_sql.BatchRow) -> None:
-        self._adopt(batch, now=time.time())
+        self._adopt(batch, now=self._clock.now())
         self._wake.set()
 
     def _adopt(self, batch: batch_sql.BatchRow, now: float) -> None:
@@ -163,12 +163,11 @@ class BatchPoller:
     async def _poll_loop(self) -> None:
         await self._ready.wait()
         while True:
-            now = time.time()
+            now = self._clock.now()
             for batch_id in [b for b, at in self._next_poll.items() if at <= now]:
                 await self._poll(self._open[batch_id])
-            wait = min(self._next_poll.values(), default=math.inf) - time.time()
-            with anyio.move_on_after(max(0.01, wait)):
-                await self._wake.wait()
+            wake_at = min(self._next_poll.values(), default=math.inf)
+            await self._clock.wait(self._wake, max(wake_at, self._clock.now() + 0.01))
             self._wake = anyio.Event()
 
     async def _poll(self, batch: batch_sql.BatchRow) -> None:
@@ -185,9 +184,9 @@ class BatchPoller:
         except ApiError as error:
             log.warning("batch %s: poll failed (%s); trying again in %.0f s", batch.remote_id,
                         error.message, POLL_ERROR_BACKOFF)
-            self._next_poll[batch.id] = time.time() + POLL_ERROR_BACKOFF
+            self._next_poll[batch.id] = self._clock.now() + POLL_ERROR_BACKOFF
             return
-        now = time.time()
+        now = self._clock.now()
         if remote.status != batch.remote_status:
             log.info("batch %s: %s (%d/%d done, %d failed)", batch.remote_id, remote.status,
                      remote.completed, remote.total, remote.failed)
@@ -292,7 +291,7 @@ class BatchPoller:
         except ApiError as error:
             log.warning("batch %s: retrieving results failed (%s); trying again in %.0f s",
                         remote.id, error.message, POLL_ERROR_BACKOFF)
-            self._next_poll[batch.id] = time.time() + POLL_ERROR_BACKOFF
+            self._next_poll[batch.id] = self._clock.now() + POLL_ERROR_BACKOFF
             return
         await self._done(batch, remote, report, note)
         await self._clean_up(provider, remote, files)
@@ -317,7 +316,7 @@ class BatchPoller:
         return anyio.from_thread.run(self._store_chunk, chunk)
 
     def _map_files(self, batch: batch_sql.BatchRow, *paths: Path) -> MapReport:
-        mapper = ResultMapper(self._store.connection, batch, self._prices, time.time(),
+        mapper = ResultMapper(self._store.connection, batch, self._prices, self._clock.now(),
                               after_first_chunk=lambda: self._crash.reach(
                                   "batch.mid_mapping"),
                               commit=self._commit_from_thread)
@@ -340,15 +339,15 @@ class BatchPoller:
             await self._submitter.send(BatchClosed(batch.provider, batch.model, True, fits))
             report = MapReport()
             report.requeued = await self._store.run(batch_sql.release_lines, batch, None,
-                                                    time.time(), charge_attempt=True)
+                                                    self._clock.now(), charge_attempt=True)
             await self._store.run(batch_sql.finish_batch, batch, {},
-                                  "failed: token_limit_exceeded", time.time())
+                                  "failed: token_limit_exceeded", self._clock.now())
             return report, TOKEN_LIMIT_EXCEEDED
         numbered = {e.line: e for e in remote.errors if e.line is not None}
 
         def fail_and_finish() -> MapReport:
             ids = input_line_ids(input_path, set(numbered))
-            mapper = ResultMapper(self._store.connection, batch, self._prices, time.time(),
+            mapper = ResultMapper(self._store.connection, batch, self._prices, self._clock.now(),
                                   commit=self._commit_from_thread)
             mapper.fail_lines({ids[n]: (e.code, e.message) for n, e in numbered.items()
                                if n in ids})
@@ -367,7 +366,7 @@ class BatchPoller:
         self._paid_twice += report.paid_twice
         if remote.status == BatchStatus.COMPLETED and batch.submitted_at is not None:
             self._planner.book.observe((batch.provider, batch.model, Tier.BATCH),
-                                       time.time() - batch.submitted_at)
+                                       self._clock.now() - batch.submitted_at)
         await self._released(report.requeued)
         if report.cache_fills and self._cache is not None:
             # Batch answers serve later identical requests; the cache never makes us wait.
@@ -406,7 +405,7 @@ class BatchPoller:
                      error.message)
 
     def _snapshot(self) -> dict[str, Any]:
-        now = time.time()
+        now = self._clock.now()
         return {
             "open": [batch.to_json(now) for batch in self._open.values()],
             "finished": self._finished,

@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import math
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +114,7 @@ class BatchSubmitter:
         self._folder = context.state_dir / "batches"
         self._state_dir = context.state_dir
         self._planner = context.planner
+        self._clock = context.planner.clock
         self._config = context.config
         self._tracer = context.tracer
         self._crash = context.crash
@@ -146,7 +146,7 @@ class BatchSubmitter:
 
     def _handle(self, message: SubmitterMessage) -> None:
         if isinstance(message, ToBatch):
-            now = time.time()
+            now = self._clock.now()
             for candidate in message.candidates:
                 key = (candidate.provider, candidate.endpoint, candidate.model)
                 group = self._groups.setdefault(key, _Group())
@@ -183,7 +183,7 @@ class BatchSubmitter:
             log.info("batch %s: resuming from %s after a restart", batch.intent, batch.state)
             await self._advance(batch, resumed=True)
         while True:
-            now = time.time()
+            now = self._clock.now()
             for key in list(self._groups):
                 group = self._groups[key]
                 if group.held is None and self._due(group, now):
@@ -191,9 +191,8 @@ class BatchSubmitter:
                 elif group.held is not None and now >= group.latest_submit:
                     await self._give_back(self._groups.pop(key).candidates,
                                           f"could not be batched in time ({group.held})")
-            wait = min((self._next_due(g) for g in self._groups.values()), default=math.inf)
-            with anyio.move_on_after(max(0.05, wait - time.time())):
-                await self._wake.wait()
+            wake_at = min((self._next_due(g) for g in self._groups.values()), default=math.inf)
+            await self._clock.wait(self._wake, max(wake_at, self._clock.now() + 0.05))
             self._wake = anyio.Event()
 
     def _limits(self, provider: str) -> tuple[int, int, float]:
@@ -326,7 +325,7 @@ class BatchSubmitter:
             except (UpstreamError, UpstreamUnreachable) as error:
                 retryable = not isinstance(error, UpstreamError) or error.status >= 500 \
                     or error.status == 429
-                late = time.time() + delay > self._planner.latest_batch_submit(
+                late = self._clock.now() + delay > self._planner.latest_batch_submit(
                     batch.provider, batch.model, batch.deadline_at)
                 if not retryable or late:
                     await self._abandon(batch, f"{error.message} ({error.status})")
@@ -352,7 +351,7 @@ class BatchSubmitter:
                 lines = await self._store.run(write_input_file, batch, input_path)
                 if lines == 0:
                     await self._store.run(batch_sql.drop_empty_batch, batch,
-                                   "nothing left to send", time.time())
+                                   "nothing left to send", self._clock.now())
                     return
             file_id: str | None = None
             if provider.batch_capabilities.uploads_input:
@@ -381,13 +380,13 @@ class BatchSubmitter:
                 log.info("batch %s: found %s upstream after a restart", batch.intent, remote.id)
             self._crash.reach("batch.after_create")
             await self._store.run(batch_sql.mark_submitted, batch, remote.id, remote.status,
-                           time.time())
+                           self._clock.now())
 
     async def _abandon(self, batch: batch_sql.BatchRow, why: str) -> None:
         log.error("batch %s: giving its %d requests back to be sent directly: %s",
                   batch.intent, batch.lines, why)
         requeued = await self._store.run(batch_sql.finish_batch, batch, {}, f"not submitted: {why}",
-                                  time.time())
+                                  self._clock.now())
         await self._ledger.send(ReleaseLines([line.request_id for line in requeued]))
         self._given_back += len(requeued)
         await self._keeper.send(BatchLinesDone(requeued=requeued, batch_again=False))
@@ -409,7 +408,7 @@ class BatchSubmitter:
                 for provider, count in by_provider.items()] or [Observation(0)]
 
     def _snapshot(self) -> dict[str, Any]:
-        now = time.time()
+        now = self._clock.now()
         return {
             "waiting": [
                 {"provider": p, "endpoint": e.value, "model": m, "requests": len(g.candidates),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,10 +89,12 @@ class Dispatcher:
             ledger, prices=prices, budgets=budgets, estimator=estimator, planner=planner,
             provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(meter))
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
-        self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts, ledger)
+        self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts, ledger,
+                            planner.clock)
         self._attempts = Attempts(
             retrier=retrier, timeouts=timeouts, targets=self._targets, limits=limits,
-            relay=self._relay, accounts=self._accounts, tracer=tracer, meter=meter)
+            relay=self._relay, accounts=self._accounts, tracer=tracer, meter=meter,
+            clock=planner.clock)
         self._flex = FlexPolicy(flex, planner, self._flex_metrics, self._attempts.run)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -112,7 +113,7 @@ class Dispatcher:
 
     async def _serve(self, call: Call) -> None:
         self._in_flight += 1
-        started = time.time()
+        started = self._planner.clock.now()
         kind = self._provider_kinds.get(call.provider, call.provider)
         admitted = False
         error_type: str | None = None
@@ -168,7 +169,7 @@ class Dispatcher:
                 code="internal_error",
             )))
         finally:
-            if self._accounts.end(call, kind, time.time() - started, error_type):
+            if self._accounts.end(call, kind, self._planner.clock.now() - started, error_type):
                 # The job keeper has the entry and stores it with the result; the reservation
                 # ends in that transaction (or, after a crash, as an unknown outcome).
                 admitted = False

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any
 
 import aiosqlite
@@ -87,11 +86,12 @@ class JobKeeper:
         self._ledger = ledger
         self._database = database
         self._config = config
+        self._clock = planner.clock
         self._jobs: dict[str, JobState] = {}
         self._write_lock = anyio.Lock()
         self._waiters = Waiters()
         self._results = Results(ledger, self._jobs, self._waiters,
-                                meter or metrics.NoOpMeter("llmspool"))
+                                meter or metrics.NoOpMeter("llmspool"), planner.clock)
         self._pump = Pump(queue, cache, cache_rules, database, planner, config, self._jobs,
                           self._results)
         self._router = Router(
@@ -100,8 +100,10 @@ class JobKeeper:
             batch_config=batch_config or BatchConfig(), cached=cached)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await delete_expired(self._database, self._write_lock, self._jobs, self._config.retention)
-        await recover(self._database, self._write_lock, self._jobs, self._router)
+        await delete_expired(self._database, self._write_lock, self._jobs, self._config.retention,
+                             self._clock.now())
+        await recover(self._database, self._write_lock, self._jobs, self._router,
+                      self._clock.now())
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._queue)
             await stack.enter_async_context(self._ledger)
@@ -172,7 +174,7 @@ class JobKeeper:
             await self._router.route(rows, plan=plan, collect=to_batch)
         await self._router.send_to_batch(to_batch, (job.traceparent,) if job.traceparent else ())
         log.info("job %s: %d requests, deadline in %.0f s", job.id, len(job.lines),
-                 job.deadline_at - time.time())
+                 job.deadline_at - self._clock.now())
         return {**state.to_json(), "plan": plan.to_json()}
 
     async def _cancel(self, job_id: str, viewer: Viewer) -> dict[str, Any] | ApiError:
@@ -189,7 +191,7 @@ class JobKeeper:
         job.states[RequestState.CANCELLED] += cancelled
         job.batched = 0
         job.status = JobStatus.CANCELLED
-        job.finished_at = time.time()
+        job.finished_at = self._clock.now()
         self._waiters.job_finished(job)
         # Lines of other jobs that waited for one of this job's batched lines stop waiting.
         orphans = self._router.orphans(job_id)
@@ -230,6 +232,6 @@ class JobKeeper:
 
     async def _sweep_expired(self) -> None:
         while True:
-            await anyio.sleep(SWEEP_EVERY)
+            await self._clock.sleep(SWEEP_EVERY)
             await delete_expired(self._database, self._write_lock, self._jobs,
-                                 self._config.retention)
+                                 self._config.retention, self._clock.now())

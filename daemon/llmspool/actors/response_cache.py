@@ -85,7 +85,8 @@ class ResponseCache:
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
                                 self._take)
         self._twins = None if batches is None else BatchTwins(
-            batches, self._flights, self._writes, self._replier, self._counts, self._take)
+            batches, self._flights, self._writes, self._replier, self._counts, self._take,
+            planner.clock)
         self._matcher = None if near is None else NearMatcher(
             near, queue, self._flights, self._writes, self._replier, self._counts, self._take)
 

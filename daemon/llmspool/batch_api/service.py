@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +33,7 @@ from anyio.abc import TaskStatus
 from llmspool.batch_api.files import FileDirectory, file_object, new_file_id
 from llmspool.batch_api.objects import batch_object, request_counts
 from llmspool.core.calls import Endpoint
+from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.config.sections import FilesConfig
 from llmspool.core.errors import ApiError, InvalidRequest, NotFound
 from llmspool.core.states import BatchStatus, JobStatus
@@ -57,8 +57,10 @@ _EVERYONE = Viewer(None, admin=True)
 class BatchApi:
     """The Files and Batches API objects of every user, and the watchers of open batches."""
 
-    def __init__(self, state_dir: Path, submission: JobSubmission, config: FilesConfig) -> None:
+    def __init__(self, state_dir: Path, submission: JobSubmission, config: FilesConfig,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self._clock = clock  # the daemon's: when objects expire, batches end
         self.files = FileDirectory(state_dir)
         self._database_path = state_dir / DATABASE_NAME
         self._submission = submission
@@ -83,7 +85,7 @@ class BatchApi:
                 task_status.started()
                 while True:
                     await self._sweep()
-                    await anyio.sleep(SWEEP_EVERY)
+                    await self._clock.sleep(SWEEP_EVERY)
 
     @property
     def _db(self) -> aiosqlite.Connection:
@@ -96,7 +98,7 @@ class BatchApi:
     async def add_file(self, temporary: IO[bytes], *, size: int, filename: str, purpose: str,
                        uid: int | None, expires_in: float | None) -> FileRow:
         """Keep an uploaded file (written to ``temporary``) under a new id."""
-        now = time.time()
+        now = self._clock.now()
         row = FileRow(new_file_id(), uid, filename, purpose, size, now,
                       now + (expires_in if expires_in is not None else self.config.retention))
         await anyio.to_thread.run_sync(self.files.keep, temporary, row.id)
@@ -106,7 +108,7 @@ class BatchApi:
 
     async def file(self, file_id: str, viewer: Viewer) -> FileRow:
         row = await sql.get_file(self._db, file_id, viewer)
-        if row is None or row.expires_at < time.time():
+        if row is None or row.expires_at < self._clock.now():
             raise NotFound(f"no file {file_id!r} (unknown, deleted, expired, or another "
                            "user's)", param="file_id", code="file_not_found")
         return row
@@ -159,7 +161,7 @@ class BatchApi:
         except FileNotFoundError:
             raise NotFound(f"file {input_file.id} was deleted", param="input_file_id",
                            code="file_not_found") from None
-        now = time.time()
+        now = self._clock.now()
         row = BatchRow(
             id=f"batch_{secrets.token_hex(12)}", uid=request.uid, job_id=None,
             input_file_id=input_file.id, endpoint=endpoint, completion_window=window,
@@ -223,7 +225,7 @@ class BatchApi:
                                  "be cancelled", param="batch_id", code="batch_not_cancellable")
         job_id = row.job_id
         async with self._write_lock:
-            await sql.set_cancelling(self._db, row.id, time.time())
+            await sql.set_cancelling(self._db, row.id, self._clock.now())
         # A job already ended and forgotten: its watcher finalizes the batch.
         with contextlib.suppress(NotFound):
             await ask(self._submission.keeper, lambda reply: CancelJob(job_id, reply, _EVERYONE))
@@ -266,7 +268,7 @@ class BatchApi:
 
     async def _finalize(self, row: BatchRow, job: dict[str, Any]) -> None:
         assert row.job_id is not None
-        now = time.time()
+        now = self._clock.now()
         expires_at = now + self.config.retention
         files: dict[bool, tuple[IO[bytes], list[int]]] = {}
         try:
@@ -303,7 +305,7 @@ class BatchApi:
     async def _lost(self, row: BatchRow) -> None:
         """A batch whose job is gone: never stored (a crash while it was created), or
         deleted by ``[jobs] retention`` before the daemon saw it end."""
-        now = time.time()
+        now = self._clock.now()
         error = {"code": "batch_lost", "message": "the batch's job is gone (the daemon stopped "
                  "while creating it, or it ended and was deleted while the daemon was down); "
                  "create the batch again", "param": None, "line": None}
@@ -311,7 +313,7 @@ class BatchApi:
             await sql.fail_batch(self._db, row.id, now, [error])
 
     async def _sweep(self) -> None:
-        now = time.time()
+        now = self._clock.now()
         expired = await sql.expired_files(self._db, now)
         old = await sql.batches_created_before(self._db, now - self.config.retention)
         async with self._write_lock:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +88,7 @@ class JobSubmission:
         ``best_effort``)."""
         if not intake.lines:
             raise InvalidRequest("the job has no valid requests", code="empty_job")
-        now = time.time()
+        now = self._planner.clock.now()
         deadline = request.deadline
         try:
             deadline_at = (

@@ -23,12 +23,12 @@ batches) until one has finished.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from llmspool.core.calls import Tier
+from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.config.sections import Config, OperationConfig
 from llmspool.core.pricing import PriceTable, TierPrice
 from llmspool.policy.billing import PriceBook
@@ -101,8 +101,12 @@ class LatencyBook:
 class Planner:
     """Chooses tiers and flex budgets from the config, the prices and the latency book."""
 
-    def __init__(self, config: Config, prices: PriceBook | PriceTable, book: LatencyBook) -> None:
+    def __init__(self, config: Config, prices: PriceBook | PriceTable, book: LatencyBook,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        # The daemon's clock: deadlines are read against it, and the actors that hold the
+        # planner read the time from it (a test's ``ManualClock`` moves them all at once).
+        self.clock = clock
         self.prices = _as_book(prices)
         self._prices = self.prices.table
         self.book = book
@@ -154,7 +158,7 @@ class Planner:
             return policy.forced
         if deadline_at is None:
             return Tier.STANDARD
-        remaining = deadline_at - (time.time() if now is None else now)
+        remaining = deadline_at - (self.clock.now() if now is None else now)
         standard = self.need(provider, model, Tier.STANDARD)
         if self.flex_possible(provider, model, policy):
             reserve = standard if policy.fallback_to_standard else 0.0
@@ -188,7 +192,7 @@ class Planner:
             return False
         if not policy.batch and policy.forced is not Tier.BATCH:
             return False
-        return (time.time() if now is None else now) <= self.latest_batch_submit(
+        return (self.clock.now() if now is None else now) <= self.latest_batch_submit(
             provider, model, deadline_at)
 
     def latest_batch_submit(self, provider: str, model: str, deadline_at: float) -> float:
@@ -222,7 +226,7 @@ class Planner:
         timeout = self._config.flex.timeout
         if deadline_at is None:
             return timeout
-        remaining = deadline_at - (time.time() if now is None else now)
+        remaining = deadline_at - (self.clock.now() if now is None else now)
         if policy.fallback_to_standard:
             remaining -= self.need(provider, model, Tier.STANDARD)
         return max(0.0, min(timeout, remaining))

@@ -29,8 +29,11 @@ from pathlib import Path
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from llmspool.app import Daemon
+from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.config.sections import Config
+from llmspool.core.config_load import load_config
 from llmspool.core.crashpoints import ENVIRONMENT_KEY as CRASH_POINTS
+from llmspool.core.plugins import provider_config_keys
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -89,6 +92,15 @@ class InProcessDaemon:
                 from exc
 
 
+def load_config_with(plugins: Iterable[object], path: str | Path | None = None, *,
+                     environ: Mapping[str, str] | None = None) -> Config:
+    """The config at ``path`` (with ``environ``'s overrides), its ``[providers.NAME]`` tables
+    checked against the kinds ``plugins`` register as well as the installed ones: how a config
+    naming ``plugin = "fake"`` loads."""
+    return load_config(path, environ=dict(environ or {}),
+                       provider_keys=provider_config_keys(plugins))
+
+
 @contextmanager
 def running_daemon(
     config: Config,
@@ -97,16 +109,18 @@ def running_daemon(
     environ: Mapping[str, str] | None = None,
     plugins: Iterable[object] = (),
     log_path: Path | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Iterator[InProcessDaemon]:
     """A daemon built from ``config`` (its socket is ``config.daemon.socket``), serving until the
     block ends; ``plugins`` are pluggy plugins registered beside the installed ones (a fake
-    provider, say). Its log goes to ``log_path`` (default: ``daemon.log`` in its state dir).
+    provider, say). Its log goes to ``log_path`` (default: ``daemon.log`` in its state dir);
+    ``clock`` is its calendar (a ``ManualClock`` lets the test move it).
     Crash points are refused: they SIGKILL the process they are in, which here is the caller's."""
     if (environ or {}).get(CRASH_POINTS):
         raise ValueError(f"{CRASH_POINTS} would kill this process with the daemon in it: start "
                          "`llmspool daemon` as a process of its own to use crash points")
     daemon = Daemon(config, config_path=config_path, environ=dict(environ or {}),
-                    extra_plugins=plugins, owns_process=False)
+                    extra_plugins=plugins, owns_process=False, clock=clock)
     socket_path = Path(config.daemon.socket)
     log_file = log_path or config.state_path / "daemon.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import anyio
 from anyio.abc import TaskGroup
 
 from llmspool.actors.caching.counts import CacheCounts
@@ -15,6 +14,7 @@ from llmspool.actors.caching.replies import Replier
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CacheReader
+from llmspool.core.clock import Clock
 
 BATCH_POLL = 0.5  # seconds between looks for the answer of a batch a call waits for
 
@@ -23,8 +23,9 @@ class BatchTwins:
     """Flights that wait for a pending batch's answer instead of calling upstream."""
 
     def __init__(self, batches: PendingBatches, flights: Flights, writes: WriteBehind,
-                 replier: Replier, counts: CacheCounts, take: Take) -> None:
+                 replier: Replier, counts: CacheCounts, take: Take, clock: Clock) -> None:
         self._batches = batches
+        self._clock = clock  # deadlines (``give_up_at``) are on the daemon's clock
         self._flights = flights
         self._writes = writes
         self._replier = replier
@@ -38,9 +39,8 @@ class BatchTwins:
         key = flight.key
         gone_once = False
         while True:
-            await anyio.sleep(max(0.0, min(BATCH_POLL, give_up_at - time.time())))
-            now = time.time()
-            found = self._writes.lookup(key, reader, now)
+            await self._clock.sleep(max(0.0, min(BATCH_POLL, give_up_at - self._clock.now())))
+            found = self._writes.lookup(key, reader, time.time())  # the cache's own ages
             if found is not None:
                 self._flights.end(flight)
                 for call in (flight.leader, *flight.followers):
@@ -55,7 +55,7 @@ class BatchTwins:
                 flight.leader.reply.close()
                 self._flights.check_landed()
                 return
-            if now >= give_up_at:
+            if self._clock.now() >= give_up_at:
                 break
             if self._batches.expected_end(key) is None:
                 # Answered (its entry is on its way here) or given back: look once more.

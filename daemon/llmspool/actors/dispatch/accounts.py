@@ -12,7 +12,6 @@ state here is dropped and its operation duration recorded.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 
 import anyio
@@ -161,7 +160,7 @@ class Accounts:
             overhead_of=call.overhead_of,
         )
         cost = billed.cost_picodollars
-        finished = time.time()
+        finished = self._planner.clock.now()
         reservation = self._reserved.get(call.request_id)
         if status == 200 and flag is None:
             self._planner.book.observe((provider, model, tier), finished - started)

@@ -10,7 +10,6 @@ told to the breaker it went through.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from opentelemetry import metrics, trace
@@ -21,6 +20,7 @@ from llmspool.actors.dispatch.flex import FlexTimedOut, NoFlexCapacity
 from llmspool.actors.dispatch.relay import Relay
 from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
 from llmspool.core.calls import Tier
+from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamUnreachable
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
@@ -33,8 +33,9 @@ class Attempts:
 
     def __init__(self, *, retrier: Retrier, timeouts: Mapping[str, float], targets: Targets,
                  limits: RateLimits, relay: Relay, accounts: Accounts, tracer: trace.Tracer,
-                 meter: metrics.Meter) -> None:
+                 meter: metrics.Meter, clock: Clock) -> None:
         self._retrier = retrier
+        self._clock = clock  # deadlines are on the daemon's clock
         self._timeouts = timeouts
         self._targets = targets
         self._limits = limits
@@ -56,7 +57,7 @@ class Attempts:
         out the caller gets 504 ``deadline_exceeded`` saying what was tried.
         """
         timeout = self._timeouts.get(call.provider, 600.0)
-        ends_at = time.time() + timeout
+        ends_at = self._clock.now() + timeout
         if call.deadline_at is not None and not call.deferred:
             ends_at = min(ends_at, call.deadline_at)
         state = CallRetries(call.provider, call.request_id, tier is Tier.FLEX,
@@ -64,8 +65,8 @@ class Attempts:
         tried: list[str] = []
 
         async def attempt(number: int) -> None:
-            if flex_limit is None and ends_at - time.time() < MIN_ATTEMPT:
-                raise _out_of_time(call, timeout, tried)
+            if flex_limit is None and ends_at - self._clock.now() < MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried, self._clock.now())
             try:
                 await self._attempt(call, tier, flex_limit, ends_at, number, span)
             except ApiError as error:
@@ -81,8 +82,8 @@ class Attempts:
             await self._retrier.run(state, attempt)
         except UpstreamUnreachable as error:
             if flex_limit is None and error.code == "upstream_timeout" and \
-                    ends_at - time.time() < MIN_ATTEMPT:
-                raise _out_of_time(call, timeout, tried) from error
+                    ends_at - self._clock.now() < MIN_ATTEMPT:
+                raise _out_of_time(call, timeout, tried, self._clock.now()) from error
             raise
 
     async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, ends_at: float,
@@ -137,9 +138,9 @@ class Attempts:
             permit.release()
 
 
-def _out_of_time(call: Call, timeout: float, tried: list[str]) -> ApiError:
+def _out_of_time(call: Call, timeout: float, tried: list[str], now: float) -> ApiError:
     """The call's time ran out (its deadline, or the request timeout its attempts share)."""
-    if call.deadline_at is not None and call.deadline_at <= time.time() + MIN_ATTEMPT:
+    if call.deadline_at is not None and call.deadline_at <= now + MIN_ATTEMPT:
         limit = "its deadline"
     else:
         limit = (f"[providers.{call.provider}] timeout = {format_duration(timeout)}, which its "

@@ -12,7 +12,6 @@ the provider's context closes the upstream connection, so the upstream call stop
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import NoFlexCapacity
 from llmspool.actors.dispatch.targets import Target
 from llmspool.core.calls import Tier, Usage
+from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.core.pricing import usd
 from llmspool.core.provider import Provider, UpstreamRequest, UpstreamResponse
@@ -73,8 +73,9 @@ class Relay:
 
     def __init__(self, providers: Mapping[str, Provider], limits: RateLimits,
                  stream_idle_timeouts: Mapping[str, float], accounts: Accounts,
-                 ledger: MemoryObjectSendStream[Settled | Admit | Release]) -> None:
+                 ledger: MemoryObjectSendStream[Settled | Admit | Release], clock: Clock) -> None:
         self._providers = providers
+        self._clock = clock  # the ledger's timestamps are the daemon's clock
         self._limits = limits
         self._stream_idle = stream_idle_timeouts
         self._accounts = accounts
@@ -96,7 +97,7 @@ class Relay:
             request_id=call.request_id,
             deadline_at=call.deadline_at,
         )
-        started = time.time()
+        started = self._clock.now()
         # For a stream the relay enforces the time limit between chunks itself (it knows
         # whether the client has seen anything); this scope is its backstop.
         grace = 1.0 if call.stream else 0.0
@@ -193,7 +194,7 @@ class Relay:
         status = response.status
         begun = False
         idle = self._stream_idle.get(target.provider, 300.0)
-        deadline = anyio.current_time() + target.time_limit - (time.time() - started)
+        deadline = anyio.current_time() + target.time_limit - (self._clock.now() - started)
         chunks = aiter(response.iter_chunks())
         try:
             while True:

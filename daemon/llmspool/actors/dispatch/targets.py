@@ -10,7 +10,6 @@ through; every transition is logged, traced, counted, and kept (the last 20) for
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +123,7 @@ class Targets:
     def _standard_target(self, call: Call, provider: str, model: str, tier: Tier,
                          breaker: CircuitBreaker, probe: bool, ends_at: float) -> Target:
         limit = self._timeouts.get(provider, 600.0)
-        left = ends_at - time.time()
+        left = ends_at - self._planner.clock.now()
         name = (f"the request timeout ([providers.{provider}] timeout = "
                 f"{format_duration(limit)})")
         if left + MIN_ATTEMPT < limit:  # a retry, or a deadline nearer than the timeout
@@ -147,8 +146,9 @@ class Targets:
             target.breaker.no_outcome(probe=target.probe)
 
     def _breaker_moved(self, change: Transition) -> None:
-        record = {"at": time.time(), "provider": change.provider, "tier": change.tier.value,
-                  "from": change.old.value, "to": change.new.value, "reason": change.reason}
+        record = {"at": self._planner.clock.now(), "provider": change.provider,
+                  "tier": change.tier.value, "from": change.old.value, "to": change.new.value,
+                  "reason": change.reason}
         self._transitions = [*self._transitions[-19:], record]
         self._transitions_counter.add(1, {"llmspool.provider": change.provider,
                                           "llmspool.tier": change.tier.value,

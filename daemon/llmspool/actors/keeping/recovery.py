@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import aiosqlite
 import anyio
@@ -25,11 +24,11 @@ SWEEP_EVERY = 3600.0
 
 
 async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
-                  jobs: dict[str, JobState], router: Router) -> None:
+                  jobs: dict[str, JobState], router: Router, now: float) -> None:
     """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests."""
     async with write_lock:
         await database.execute("BEGIN IMMEDIATE")
-        await jobs_sql.complete_finished_jobs(database, time.time())
+        await jobs_sql.complete_finished_jobs(database, now)
         await database.execute("COMMIT")
     for row in await jobs_sql.load_jobs(database):
         state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
@@ -54,9 +53,10 @@ async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
 
 
 async def delete_expired(database: aiosqlite.Connection, write_lock: anyio.Lock,
-                         jobs: dict[str, JobState], retention: float) -> None:
-    """Forget jobs finished longer ago than ``[jobs] retention``, results and all."""
-    before = time.time() - retention
+                         jobs: dict[str, JobState], retention: float, now: float) -> None:
+    """Forget jobs finished longer ago than ``[jobs] retention`` before ``now``, results and
+    all."""
+    before = now - retention
     async with write_lock:
         deleted = await jobs_sql.delete_jobs_finished_before(database, before)
     expired = [j.id for j in jobs.values() if j.finished_at is not None and j.finished_at < before]

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
@@ -21,6 +19,7 @@ from opentelemetry import metrics
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.actors.keeping.waiting import Waiters
 from llmspool.core.calls import Tier
+from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamError
 from llmspool.core.states import JobStatus, RequestState
 from llmspool.messages import Answer, Failure, Reply, StoreJobResults
@@ -33,8 +32,10 @@ class Results:
     """The results waiting to be stored, the writer that stores them, and the late count."""
 
     def __init__(self, ledger: MemoryObjectSendStream[StoreJobResults],
-                 jobs: dict[str, JobState], waiters: Waiters, meter: metrics.Meter) -> None:
+                 jobs: dict[str, JobState], waiters: Waiters, meter: metrics.Meter,
+                 clock: Clock) -> None:
         self._ledger = ledger
+        self._clock = clock
         self._jobs = jobs  # the keeper's, shared
         self._waiters = waiters
         self._late_counter = meter.create_counter(
@@ -48,7 +49,7 @@ class Results:
     def add(self, row: jobs_sql.QueuedRequest, reply: Reply, attempts: int) -> None:
         """A line's final reply, as its result, to be stored by the writer."""
         line_id = f"batch_req_{row.id}"
-        late = time.time() > row.deadline_at
+        late = self._clock.now() > row.deadline_at
         if isinstance(reply, Answer):
             if reply.settled is not None:
                 self._pending_entries.append(reply.settled)
@@ -111,13 +112,13 @@ class Results:
             job.tiers[tier] += 1
         job.cost += cost or 0
         job.standard += standard or cost or 0
-        if time.time() > job.deadline_at:
+        if self._clock.now() > job.deadline_at:
             job.late += 1
             self.late += 1
             self._late_counter.add(1, {"llmspool.operation": job.operation or ""})
         if job.states[RequestState.QUEUED] == 0 and job.status == JobStatus.IN_PROGRESS:
             job.status = JobStatus.COMPLETED
-            job.finished_at = time.time()
+            job.finished_at = self._clock.now()
             self._waiters.job_finished(job)
 
 

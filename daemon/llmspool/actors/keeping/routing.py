@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import heapq
-import time
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -88,7 +87,7 @@ class Router:
         the batch submitter are added to it for the caller to send."""
         to_batch: list[BatchCandidate] = [] if collect is None else collect
         traceparents: set[str] = set()
-        now = time.time()
+        now = self._planner.clock.now()
         for row in rows:
             job = self._jobs.get(row.job_id)
             if job is None or job.status != JobStatus.IN_PROGRESS:
@@ -138,7 +137,7 @@ class Router:
         key = row.cache_key
         if key is None:
             return None
-        if self._cached is not None and self._cached.has(key, time.time()):
+        if self._cached is not None and self._cached.has(key, self._planner.clock.now()):
             heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
             return "cache"
         twin = self._twins.get(key)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 import random
 import secrets
-import time
 
 import aiosqlite
 import anyio
@@ -110,14 +109,14 @@ class Pump:
                     # standard call after the wait.
                     attempts -= 1
                     hint = max(1.0, getattr(reply.error, "retry_after", 0.0) or 0.0)
-                    if time.time() + hint < self._last_moment(row):
+                    if self._planner.clock.now() + hint < self._last_moment(row):
                         self.retries += 1
                         await anyio.sleep(hint)
                         continue
                 elif isinstance(reply, Failure) and self._should_retry(reply.error, attempts,
                                                                        row):
                     self.retries += 1
-                    room = max(0.0, row.deadline_at - time.time())
+                    room = max(0.0, row.deadline_at - self._planner.clock.now())
                     await anyio.sleep(min(room, 60.0, random.uniform(0, 2.0**attempts)))
                     continue
                 self._results.add(row, reply, attempts)
@@ -139,7 +138,7 @@ class Pump:
             policy=self._planner.policy(job.operation, None, deferred=True),
             caller=Caller(uid=job.uid),
             operation=job.operation,
-            received_at=time.time(),
+            received_at=self._planner.clock.now(),
             # A trace of its own (it may run hours after the submission), linked to the span
             # that submitted the job.
             trace=linked_context(job.traceparent),
@@ -185,7 +184,7 @@ class Pump:
         return row.deadline_at - self._planner.need(row.provider, row.model, Tier.STANDARD)
 
     def _should_retry(self, error: ApiError, attempts: int, row: jobs_sql.QueuedRequest) -> bool:
-        if attempts >= self._config.max_attempts or time.time() >= row.deadline_at:
+        if attempts >= self._config.max_attempts or self._planner.clock.now() >= row.deadline_at:
             return False
         # The dispatcher already retried it within its budget; the keeper tries again later
         # (its deadline is far off) only what waiting can fix, classified the same way.
