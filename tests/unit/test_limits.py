@@ -18,7 +18,8 @@ import anyio
 import pytest
 from llmspool.core.errors import InvalidRequest
 from llmspool.resilience.buckets import Permit
-from llmspool.resilience.limits import LimitSettings, RateLimits, RequestTooLarge
+from llmspool.resilience.key_limits import LimitSettings, RequestTooLarge
+from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.ratelimit_headers import parse_go_duration, retry_pause
 
 PROVIDER, MODEL = "openai", "gpt-test"

@@ -1,7 +1,7 @@
 """What the job commands show: exit statuses, the bars of an upload and of a wait, a job's
 table and one-line summary, lines refused, the plan, times relative to now, and JSON.
 
-Nothing here talks to the daemon: ``cli/jobs.py`` runs the commands and hands the answers
+Nothing here talks to the daemon: ``cli/job_runs.py`` runs the commands and hands the answers
 here. Imports nothing heavy at import time (rich is imported where a table is drawn).
 """
 

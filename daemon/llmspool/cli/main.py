@@ -213,7 +213,7 @@ def get_json(path: str, url: str) -> Any:
 
 def _run_status(args: argparse.Namespace) -> int:
     if args.job:
-        from llmspool.cli.jobs import run_job_status
+        from llmspool.cli.job_runs import run_job_status
 
         return run_job_status(args)
     path = socket_path(args.socket, args.config)

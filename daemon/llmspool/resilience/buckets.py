@@ -1,7 +1,7 @@
 """The token-bucket machinery of the rate limiter: the refill timeline a key's buckets share
 (full rate, paused after a 429, then ramping back), a continuously refilling bucket, one
 limit's books (its bucket and the totals that correcting it from headers needs), and the
-waiters and permits that per-key admission (``limits``) hands out.
+waiters and permits that per-key admission (``key_limits``) hands out.
 
 The upstream's model (OpenAI's): per model, a bucket of requests (RPM) and one of tokens
 (TPM), each holding at most its per-minute limit and refilled at limit/60 per second. After a
@@ -275,7 +275,7 @@ def wake(waiter: Waiter) -> None:
 
 
 class _Issuer(Protocol):
-    """What a permit needs of the per-key limits that admitted it (``limits``)."""
+    """What a permit needs of the per-key limits that admitted it (``key_limits``)."""
 
     provider: str
     model: str

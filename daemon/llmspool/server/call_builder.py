@@ -1,0 +1,180 @@
+"""Making a ``Call`` from an OpenAI-compatible request: read and check the body, choose the
+provider, tier policy and cache plan.
+
+The body is parsed once (orjson) to check it and to read ``model``, ``stream`` and
+``service_tier``; it is re-encoded only when the daemon must change it: a provider-prefixed
+model name, or a streamed chat completion whose usage the daemon needs
+(``stream_options.include_usage``; the extra usage chunk is then kept from the client).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import trace
+from opentelemetry.trace import Span
+from starlette.requests import Request
+
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from llmspool.messages import Call, Reply
+from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.planner import Planner
+from llmspool.policy.routing import ModelRouter
+from llmspool.server.bodies import read_limited
+from llmspool.server.uvicorn_server import caller_of
+
+__all__ = ["STREAM_BUFFER", "CallBuilder"]
+
+STREAM_BUFFER = 32  # replies a streamed call may run ahead of a slow client
+_REQUIRED_INPUT = {
+    Endpoint.CHAT: "messages",
+    Endpoint.EMBEDDINGS: "input",
+}
+
+
+class CallBuilder:
+    """Checks a request to an OpenAI-compatible endpoint and makes its ``Call``."""
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        planner: Planner,
+        *,
+        max_body_size: int,
+        cache_rules: CacheRules | None = None,
+    ) -> None:
+        self._router = router
+        self._planner = planner
+        self._max_body_size = max_body_size
+        self._cache_rules = cache_rules
+
+    async def build(
+        self, request: Request, endpoint: Endpoint, request_id: str, span: Span
+    ) -> tuple[Call, MemoryObjectReceiveStream[Reply]]:
+        """The call for ``request``, and the receiving end of its reply stream.
+
+        Raises ``ApiError`` (an ``InvalidRequest``, a body too large or not JSON) when the
+        request cannot be made into a call.
+        """
+        body = await self._read_body(request)
+        parsed = _parse_json_object(body)
+        requested_model = parsed.get("model")
+        if not isinstance(requested_model, str) or not requested_model:
+            raise InvalidRequest(
+                "you must provide a model parameter (a model id string)", param="model",
+                code="missing_required_parameter" if requested_model is None else "invalid_type",
+            )
+        required = _REQUIRED_INPUT.get(endpoint)
+        if required is not None and required not in parsed:
+            raise InvalidRequest(
+                f"missing required parameter: '{required}'", param=required,
+                code="missing_required_parameter",
+            )
+        stream = parsed.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidRequest("'stream' must be true or false", param="stream",
+                                 code="invalid_type")
+        stream = stream and endpoint is not Endpoint.EMBEDDINGS
+        provider, model = self._router.resolve(requested_model)
+        rewrite = model != requested_model
+        if rewrite:
+            parsed["model"] = model
+        strip_usage_chunk = False
+        if stream and endpoint is Endpoint.CHAT:
+            options = parsed.get("stream_options")
+            if not isinstance(options, dict) or options.get("include_usage") is not True:
+                # The daemon needs the usage to bill the call; the client did not ask for it.
+                parsed["stream_options"] = {**(options or {}), "include_usage": True}
+                strip_usage_chunk = rewrite = True
+        operation = request.headers.get("x-llmspool-operation")
+        requested_tier = parsed.get("service_tier")
+        # "auto" (OpenAI's default) names no tier: the planner may choose one for a deadline.
+        explicit = None if requested_tier == "auto" else Tier.from_service_tier(requested_tier)
+        if explicit is Tier.BATCH:
+            explicit = None  # not a value OpenAI takes in a request; let the planner decide
+        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"))
+        caller = caller_of(request.scope)
+        cache_plan = None
+        if self._cache_rules is not None:
+            cache_plan = self._cache_rules.plan(
+                endpoint, provider, model, parsed, header=request.headers.get(CACHE_HEADER),
+                operation=operation, uid=caller.uid, stream=stream,
+            )
+        span.set_attributes({
+            "gen_ai.request.model": model,
+            "gen_ai.operation.name": endpoint.operation_name,
+            "llmspool.provider": provider,
+            "llmspool.stream": stream,
+        })
+        replies_in: MemoryObjectSendStream[Reply]
+        replies_in, replies_out = anyio.create_memory_object_stream[Reply](
+            STREAM_BUFFER if stream else 1
+        )
+        call = Call(
+            request_id=request_id,
+            endpoint=endpoint,
+            provider=provider,
+            model=model,
+            body=orjson.dumps(parsed) if rewrite else body,
+            stream=stream,
+            policy=self._planner.policy(operation, explicit),
+            caller=caller,
+            operation=operation,
+            received_at=time.time(),
+            trace=trace.set_span_in_context(span),
+            reply=replies_in,
+            strip_usage_chunk=strip_usage_chunk,
+            deadline_at=deadline_at,
+            session=request.headers.get("x-llmspool-session"),
+            cache=cache_plan,
+        )
+        return call, replies_out
+
+    async def _read_body(self, request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.lower():
+            raise UnsupportedMediaType(
+                f"send the body as JSON with 'content-type: application/json' "
+                f"(got {content_type!r})",
+                code="unsupported_content_type",
+            )
+        return await read_limited(request, self._max_body_size, _too_large)
+
+
+def _deadline_header(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_deadline(value, time.time())
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"x-llmspool-deadline: {exc}", param="x-llmspool-deadline", code="invalid_deadline"
+        ) from None
+
+
+def _parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"the body is not valid JSON ({exc}); send one JSON object",
+            code="invalid_json",
+        ) from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+    return parsed
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the body is {size} bytes or more, over the limit of {limit} bytes "
+        "([daemon] max_body_size)",
+        code="body_too_large",
+    )

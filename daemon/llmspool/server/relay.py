@@ -1,0 +1,60 @@
+"""Relaying a streamed call to its client: its replies written as server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyio.streams.memory import MemoryObjectReceiveStream
+from opentelemetry.trace import Span, Status, StatusCode
+from starlette.responses import StreamingResponse
+
+from llmspool.messages import Reply, StreamChunk, StreamEnd
+
+__all__ = ["SSE_HEADERS", "RelayResponse"]
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class RelayResponse(StreamingResponse):
+    """Server-sent events from a call's replies, written as they come.
+
+    Whatever ends the response (the last event, a client that disconnects, a shutdown), the
+    reply stream is closed, which tells the dispatcher to stop the upstream call.
+    """
+
+    def __init__(
+        self,
+        first: bytes,
+        replies: MemoryObjectReceiveStream[Reply],
+        span: Span,
+        status: int,
+        headers: dict[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(_relay(first, replies, span), status, headers, media_type=media_type)
+        self._replies = replies
+        self._span = span
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._replies.close()
+            self._span.end()
+
+
+async def _relay(
+    first: bytes, replies: MemoryObjectReceiveStream[Reply], span: Span
+) -> AsyncIterator[bytes]:
+    """The stream's chunks as they come, until its end."""
+    if first:
+        yield first
+    async for reply in replies:
+        if isinstance(reply, StreamChunk):
+            yield reply.data
+        elif isinstance(reply, StreamEnd):
+            if reply.error is not None:
+                span.set_status(Status(StatusCode.ERROR, reply.error.message))
+                yield b"data: " + reply.error.body() + b"\n\n"
+            return
