@@ -9,7 +9,6 @@ model name, or a streamed chat completion whose usage the daemon needs
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -99,7 +98,8 @@ class CallBuilder:
         explicit = None if requested_tier == "auto" else Tier.from_service_tier(requested_tier)
         if explicit is Tier.BATCH:
             explicit = None  # not a value OpenAI takes in a request; let the planner decide
-        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"))
+        now = self._planner.clock.now()  # the daemon's clock, which deadlines are read on
+        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"), now)
         caller = caller_of(request.scope)
         cache_plan = None
         if self._cache_rules is not None:
@@ -127,7 +127,7 @@ class CallBuilder:
             policy=self._planner.policy(operation, explicit),
             caller=caller,
             operation=operation,
-            received_at=time.time(),
+            received_at=now,
             trace=trace.set_span_in_context(span),
             reply=replies_in,
             strip_usage_chunk=strip_usage_chunk,
@@ -148,11 +148,11 @@ class CallBuilder:
         return await read_limited(request, self._max_body_size, _too_large)
 
 
-def _deadline_header(value: str | None) -> float | None:
+def _deadline_header(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     try:
-        return parse_deadline(value, time.time())
+        return parse_deadline(value, now)
     except ValueError as exc:
         raise InvalidRequest(
             f"x-llmspool-deadline: {exc}", param="x-llmspool-deadline", code="invalid_deadline"
