@@ -38,7 +38,6 @@ import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -60,8 +59,9 @@ from llmspool.messages import (
     BatchOpened,
     CacheFill,
     NewPrices,
-    Query,
+    PollerStatus,
     ReleaseLines,
+    StatusQuery,
     StoreBatchChunk,
 )
 from llmspool.policy.billing import PriceBook
@@ -73,7 +73,7 @@ from llmspool.store.records import BatchChunk, BatchChunkStored, RequeuedLine
 log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF = 30.0
-PollerMessage = BatchOpened | Query | NewPrices
+PollerMessage = BatchOpened | NewPrices | StatusQuery[PollerStatus]
 LedgerNote = StoreBatchChunk | ReleaseLines
 
 
@@ -405,7 +405,7 @@ class BatchPoller:
             log.info("batch %s: could not delete its files upstream: %s", remote.id,
                      error.message)
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> PollerStatus:
         now = time.time()
         return {
             "open": [batch.to_json(now) for batch in self._open.values()],

@@ -17,7 +17,6 @@ import heapq
 import itertools
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,15 +26,18 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.core.errors import ServiceUnavailable
 from llmspool.core.tracing import active
-from llmspool.messages import Call, Failure, NewPrices, Query, SlotFreed
+from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery
+
+# Calls from the front door, the cache and the job keeper; status questions.
+QueueMessage = Call | StatusQuery[QueueStatus]
 
 
 class RequestQueue:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[Call | Query],
+        inbox: MemoryObjectReceiveStream[QueueMessage],
         freed: MemoryObjectReceiveStream[SlotFreed],
-        dispatcher: MemoryObjectSendStream[Call | Query | NewPrices],
+        dispatcher: MemoryObjectSendStream[Call],
         *,
         slots: int,
         max_waiting: int,
@@ -70,7 +72,7 @@ class RequestQueue:
             task_status.started()
             async with self._inbox:
                 async for message in self._inbox:
-                    if isinstance(message, Query):
+                    if isinstance(message, StatusQuery):
                         message.reply.send_nowait(self._snapshot())
                     else:
                         self._admit(message)
@@ -116,7 +118,7 @@ class RequestQueue:
                     _deadline, _arrival, call = heapq.heappop(self._waiting)
                     self._hand_over(call)
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> QueueStatus:
         return {
             "in_flight": self._slots - self._free_slots,
             "waiting": len(self._waiting),

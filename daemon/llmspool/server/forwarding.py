@@ -39,7 +39,6 @@ from llmspool.messages import (
     Answer,
     Call,
     Failure,
-    Query,
     Reply,
     StreamChunk,
     StreamEnd,
@@ -76,7 +75,7 @@ class Forwarder:
 
     def __init__(
         self,
-        queue: MemoryObjectSendStream[Call | Query],
+        queue: MemoryObjectSendStream[Call],
         router: ModelRouter,
         planner: Planner,
         tracer: trace.Tracer,
