@@ -1,10 +1,15 @@
 """The daemon: builds every part from the config and runs the actors in one task group.
 
 Start-up, in order: price book, plugins and providers, tracing, the listening socket, the
-store; the Batch API service (files and batch objects); then the actors with
-``task_group.start()`` (ledger, dispatcher, request queue, cache,
-job keeper with the batch actors, front door), each only once the one it sends to is running.
-systemd hears READY only when all have started. The ledger starts by reconciling what a crash
+store; the Batch API service (``batch_api.service``: files and batch objects); then the actors
+with ``task_group.start()``, each only once the one it sends to is running: the ledger
+(``actors.ledger``), the dispatcher (``actors.dispatcher``), the request queue
+(``actors.request_queue``), the response cache (``actors.response_cache``), the batch submitter
+and poller (``actors.batch_submitter``, ``actors.batch_poller``) with the job keeper
+(``actors.job_keeper``), and last the front door (``server.routes`` with ``server.forwarding``,
+``server.jobs_routes``, ``server.batch_api_routes`` and ``server.ledger_routes``; the cache
+front, ``cache.front``, and the job intake, ``jobs.submission``). systemd hears READY only when
+all have started. The ledger starts by reconciling what a crash
 left: unsettled reservations become unknown-outcome entries before any call is admitted.
 
 Who writes the database: the ledger (money rows: reservations, entries, results stored with
@@ -38,10 +43,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.batch_poller import BatchPoller, PollerMessage
 from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
-from llmspool.actors.dispatcher import Dispatcher
+from llmspool.actors.dispatcher import Dispatcher, DispatcherMessage
 from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger, LedgerMessage
-from llmspool.actors.request_queue import RequestQueue
+from llmspool.actors.request_queue import QueueMessage, RequestQueue
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.batch_api.service import BatchApi
 from llmspool.batches.context import BatchContext
@@ -59,7 +64,7 @@ from llmspool.core.plugins import load_provider_kinds
 from llmspool.core.provider import BatchProvider, Provider, ProviderSettings
 from llmspool.core.tracing import Tracing, build_tracing
 from llmspool.jobs.submission import JobSubmission
-from llmspool.messages import BatchLinesDone, Call, NewPrices, Query, SlotFreed
+from llmspool.messages import BatchLinesDone, NewPrices, SlotFreed
 from llmspool.policy.billing import PriceBook, load_price_book
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.estimate import TokenEstimator
@@ -162,7 +167,7 @@ class Daemon:
         self._forwarder: Forwarder | None = None
         self._stop_deadline: float | None = None  # anyio time at which the stop's grace ends
         self._listener: Listener | None = None
-        self._dispatch_control: MemoryObjectSendStream[Call | Query | NewPrices] | None = None
+        self._dispatch_control: MemoryObjectSendStream[DispatcherMessage] | None = None
         self._poller_control: MemoryObjectSendStream[PollerMessage] | None = None
         self._submitter_control: MemoryObjectSendStream[SubmitterMessage] | None = None
 
@@ -219,8 +224,8 @@ class Daemon:
         config = self.config
         ledger_database, jobs_database = databases
         slots = config.daemon.max_in_flight
-        queue_in, queue_out = anyio.create_memory_object_stream[Call | Query](QUEUE_BUFFER)
-        dispatch_in, dispatch_out = anyio.create_memory_object_stream[Call | Query | NewPrices](
+        queue_in, queue_out = anyio.create_memory_object_stream[QueueMessage](QUEUE_BUFFER)
+        dispatch_in, dispatch_out = anyio.create_memory_object_stream[DispatcherMessage](
             slots + 16
         )
         freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
@@ -258,7 +263,7 @@ class Daemon:
             estimator=estimator,
             tracer=tracing.tracer,
             meter=tracing.meter,
-            retrier=Retrier(config.retry, config.retry_providers),
+            retrier=Retrier(config.retry, config.retry_providers, calendar=self._clock.now),
             breaker=config.breaker,
             failover=config.failover,
             limits=RateLimits({
@@ -268,7 +273,7 @@ class Daemon:
             }),
         )
         queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots,
-                             meter=tracing.meter)
+                             meter=tracing.meter, clock=self._clock)
         cache_rules = CacheRules(config.cache, config.operations)
         cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                               state_dir=config.state_path, planner=planner,

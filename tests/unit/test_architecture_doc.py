@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from pathlib import Path
 
 from llmspool import actors, messages
@@ -69,3 +70,33 @@ def test_the_inbox_messages_exist() -> None:
     for row in actor_table:
         for name in re.findall(r"`(\w+)`", row[2]):
             assert inspect.isclass(getattr(messages, name, None)), f"{row[0]}: {name}"
+
+
+def test_the_inbox_column_lists_every_message_the_inbox_takes() -> None:
+    """An actor's inbox type (``StatusQuery[QueueStatus]`` counts as ``StatusQuery``) is in
+    its row; the row may name more, sent on streams of their own (``SlotFreed``)."""
+    actor_table, _ = tables("The actors")
+    for row, dotted in zip(actor_table, class_column(actor_table), strict=True):
+        actor = resolve(dotted)
+        inbox = typing.get_type_hints(actor.__init__)["inbox"]
+        taken = {getattr(typing.get_origin(kind), "__name__", None) or kind.__name__
+                 for kind in typing.get_args(typing.get_args(inbox)[0])}
+        listed = set(re.findall(r"`(\w+)`", row[2]))
+        assert taken <= listed, f"{row[0]}: the inbox also takes {sorted(taken - listed)}"
+
+
+def test_the_module_maps_name_every_actor_and_part() -> None:
+    """``llmspool.actors``'s docstring names each actor module, each sub-package of parts and
+    each of their modules; ``llmspool.app``'s names each actor module it starts."""
+    from llmspool import app
+
+    package = Path(actors.__file__).parent
+    named = set(re.findall(r"``(\w+)``", actors.__doc__ or ""))
+    for path in package.rglob("*.py"):
+        if path.stem != "__init__":
+            assert path.stem in named, f"llmspool.actors does not name {path.stem}"
+    for sub in package.iterdir():
+        if (sub / "__init__.py").exists():
+            assert sub.name in named, f"llmspool.actors does not name {sub.name}"
+    started = set(re.findall(r"``actors\.(\w+)``", app.__doc__ or ""))
+    assert started == {path.stem for path in package.glob("*.py") if path.stem != "__init__"}

@@ -19,7 +19,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig, CapConfig
 from llmspool.core.errors import ApiError, BudgetExceeded
-from llmspool.messages import Admit, Query, Release
+from llmspool.messages import Admit, LedgerStatus, Release, StatusQuery
 from llmspool.store.ledger import open_ledger_connection
 from llmspool.store.records import Caller, Settled
 
@@ -55,10 +55,10 @@ def settled(request_id: str, plan: Plan, provider: str = "openai") -> Settled:
     )
 
 
-async def status(inbox: Any) -> dict[str, Any]:
-    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any]](1)
+async def status(inbox: Any) -> LedgerStatus:
+    reply_in, reply_out = anyio.create_memory_object_stream[LedgerStatus](1)
     with reply_in, reply_out:
-        await inbox.send(Query("status", reply_in))
+        await inbox.send(StatusQuery(reply_in))
         return await reply_out.receive()
 
 

@@ -17,7 +17,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
-from llmspool.messages import Admit, Query, Release, StoreJobResults
+from llmspool.messages import Admit, LedgerStatus, Release, StatusQuery, StoreJobResults
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.jobs import insert_job
 from llmspool.store.ledger import open_ledger_connection
@@ -51,10 +51,10 @@ async def admit(inbox: Any, request_id: str, estimate: int) -> ApiError | None:
         return await reply_out.receive()
 
 
-async def status(inbox: Any) -> dict[str, Any]:
-    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any]](1)
+async def status(inbox: Any) -> LedgerStatus:
+    reply_in, reply_out = anyio.create_memory_object_stream[LedgerStatus](1)
     with reply_in, reply_out:
-        await inbox.send(Query("status", reply_in))
+        await inbox.send(StatusQuery(reply_in))
         return await reply_out.receive()
 
 

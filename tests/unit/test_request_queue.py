@@ -7,9 +7,9 @@ import time
 from dataclasses import replace
 
 import anyio
-from llmspool.actors.request_queue import RequestQueue
+from llmspool.actors.request_queue import QueueMessage, RequestQueue
 from llmspool.core.calls import Endpoint
-from llmspool.messages import Call, Caller, Failure, NewPrices, Query, SlotFreed
+from llmspool.messages import Call, Caller, Failure, SlotFreed
 from llmspool.policy.planner import TierPolicy
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
@@ -37,10 +37,9 @@ def handed_over(calls: list[Call], *, slots: int, max_waiting: int = 100,
 
 async def _handed_over(calls: list[Call], slots: int, max_waiting: int,
                        expect: int) -> list[str]:
-    inbox, inbox_out = anyio.create_memory_object_stream[Call | Query](len(calls))
+    inbox, inbox_out = anyio.create_memory_object_stream[QueueMessage](len(calls))
     freed, freed_out = anyio.create_memory_object_stream[SlotFreed](len(calls))
-    dispatcher, dispatched = anyio.create_memory_object_stream[Call | Query | NewPrices](
-        len(calls))
+    dispatcher, dispatched = anyio.create_memory_object_stream[Call](len(calls))
     queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=slots,
                          max_waiting=max_waiting, meter=NoOpMeterProvider().get_meter("t"))
     order: list[str] = []

@@ -2,18 +2,25 @@
 
 - ``request_queue``: admits calls, bounds what is in flight, hands the most urgent first;
 - ``response_cache``: answers from the cache, shares identical calls in flight (single flight)
-  (its parts, single flight, batch twins, near duplicates and the write-behind, are in
-  ``caching``);
+  (its parts are in ``caching``: ``counts``, ``replies``, ``write_behind``, ``flights``,
+  ``batch_twins``, ``near_duplicates``);
 - ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers
-  (its parts, each owning one step of a call, are in ``dispatch``);
+  (its parts, each owning one step of a call, are in ``dispatch``: ``flex``, ``attempts``,
+  ``targets``, ``relay``, ``accounts``);
 - ``ledger``: the one owner of money. It is the only writer of money rows in
   ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
-  (job results, batch results), each in one transaction with its entry (its parts, caps,
-  budgets, group commits and status, are in ``accounting``);
+  (job results, batch results), each in one transaction with its entry (its parts are in
+  ``accounting``: ``caps``, ``budgets``, ``commits``, ``status``);
 - ``job_keeper``: deferred jobs (writes jobs and their requests' routing; results through the
-  ledger; its parts, routing, sending, results, waiters and recovery, are in ``keeping``);
+  ledger; its parts are in ``keeping``: ``jobs``, ``routing``, ``sending``, ``results``,
+  ``waiting``, ``recovery``);
 - ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:
   intents, assignments, polls; lines are reserved, and results stored, through the ledger).
+
+Each sub-package's docstring says what each of its modules does. Every actor answers a
+``StatusQuery`` with its snapshot (a ``TypedDict`` of ``llmspool.messages``), and its inbox
+type (``QueueMessage``, ``CacheMessage``, ``DispatcherMessage``, ``LedgerMessage``,
+``KeeperMessage``, ``SubmitterMessage``, ``PollerMessage``) lists what it may be sent.
 
 Who writes what in ``llmspool.sqlite3``: the ledger (its own ``sqlite3`` connection) writes
 ``reservations``, ``ledger_entries`` (and the rollup its trigger keeps), and result columns of

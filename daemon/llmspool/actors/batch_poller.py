@@ -37,7 +37,6 @@ import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -59,8 +58,9 @@ from llmspool.messages import (
     BatchOpened,
     CacheFill,
     NewPrices,
-    Query,
+    PollerStatus,
     ReleaseLines,
+    StatusQuery,
     StoreBatchChunk,
 )
 from llmspool.policy.billing import PriceBook
@@ -72,7 +72,7 @@ from llmspool.store.records import BatchChunk, BatchChunkStored, RequeuedLine
 log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF = 30.0
-PollerMessage = BatchOpened | Query | NewPrices
+PollerMessage = BatchOpened | NewPrices | StatusQuery[PollerStatus]
 LedgerNote = StoreBatchChunk | ReleaseLines
 
 
@@ -404,7 +404,7 @@ class BatchPoller:
             log.info("batch %s: could not delete its files upstream: %s", remote.id,
                      error.message)
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> PollerStatus:
         now = self._clock.now()
         return {
             "open": [batch.to_json(now) for batch in self._open.values()],

@@ -39,7 +39,6 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import orjson
@@ -60,9 +59,10 @@ from llmspool.messages import (
     BatchOpened,
     LineReservation,
     NewPrices,
-    Query,
     ReleaseLines,
     ReserveLines,
+    StatusQuery,
+    SubmitterStatus,
     ToBatch,
 )
 from llmspool.policy.reservations import Reserver
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 LINE_OVERHEAD = 80  # bytes each input line adds around its body
 RETRY_MIN, RETRY_MAX = 2.0, 120.0  # backoff of a failed upload or create
 GroupKey = tuple[str, Endpoint, str]
-SubmitterMessage = ToBatch | BatchClosed | Query | NewPrices
+SubmitterMessage = ToBatch | BatchClosed | NewPrices | StatusQuery[SubmitterStatus]
 
 
 @dataclass
@@ -407,7 +407,7 @@ class BatchSubmitter:
         return [Observation(count, {"llmspool.provider": provider})
                 for provider, count in by_provider.items()] or [Observation(0)]
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> SubmitterStatus:
         now = self._clock.now()
         return {
             "waiting": [

@@ -37,7 +37,16 @@ from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, Failover
 from llmspool.core.errors import ApiError
 from llmspool.core.provider import Provider
 from llmspool.core.tracing import GenAiMetrics, links_of
-from llmspool.messages import Admit, Call, Failure, NewPrices, Query, Release, SlotFreed
+from llmspool.messages import (
+    Admit,
+    Call,
+    DispatcherStatus,
+    Failure,
+    NewPrices,
+    Release,
+    SlotFreed,
+    StatusQuery,
+)
 from llmspool.policy.billing import PriceBook
 from llmspool.policy.estimate import TokenEstimator
 from llmspool.policy.planner import Planner
@@ -46,13 +55,17 @@ from llmspool.resilience.retry import Retrier
 from llmspool.store.records import Settled
 
 log = logging.getLogger(__name__)
+
+# Calls from the request queue; status questions from the front door; prices on SIGHUP.
+DispatcherMessage = Call | StatusQuery[DispatcherStatus] | NewPrices
+
 _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue
 
 
 class Dispatcher:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[Call | Query | NewPrices],
+        inbox: MemoryObjectReceiveStream[DispatcherMessage],
         freed: MemoryObjectSendStream[SlotFreed],
         ledger: MemoryObjectSendStream[Settled | Admit | Release],
         *,
@@ -104,7 +117,7 @@ class Dispatcher:
                 async for message in self._inbox:
                     if isinstance(message, Call):
                         group.start_soon(self._serve, message)
-                    elif isinstance(message, Query):
+                    elif isinstance(message, StatusQuery):
                         message.reply.send_nowait(self._snapshot())
                     else:
                         self._accounts.set_prices(message.prices)
@@ -184,7 +197,7 @@ class Dispatcher:
             with contextlib.suppress(*_LEDGER_GONE):  # the queue is gone at the end of a stop
                 self._freed.send_nowait(SlotFreed(call.request_id))
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> DispatcherStatus:
         return {
             "in_flight": self._in_flight,
             "served_by_tier": dict(self._accounts.served_by_tier),

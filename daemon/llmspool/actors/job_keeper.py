@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 import aiosqlite
 import anyio
@@ -32,7 +31,7 @@ from llmspool.actors.keeping.recovery import SWEEP_EVERY, delete_expired, recove
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.routing import Router
 from llmspool.actors.keeping.sending import Pump
-from llmspool.actors.keeping.waiting import Waiters, no_such_job, reply_to
+from llmspool.actors.keeping.waiting import GONE, Waiters, no_such_job, reply_to
 from llmspool.cache.store import CachedKeys
 from llmspool.core.config.sections import BatchConfig, JobsConfig
 from llmspool.core.errors import ApiError, TooManyRequests
@@ -42,7 +41,12 @@ from llmspool.messages import (
     BatchLinesDone,
     Call,
     CancelJob,
-    Query,
+    JobList,
+    JobListQuery,
+    JobQuery,
+    JobView,
+    KeeperStatus,
+    StatusQuery,
     StoreJobResults,
     SubmitJob,
     ToBatch,
@@ -55,14 +59,15 @@ from llmspool.store.records import BatchCandidate, NewJob, Viewer
 
 log = logging.getLogger(__name__)
 
-KeeperMessage = SubmitJob | CancelJob | WaitForJob | Query
+KeeperMessage = (SubmitJob | CancelJob | WaitForJob | JobQuery | JobListQuery
+                 | StatusQuery[KeeperStatus])
 
 
 class JobKeeper:
     def __init__(
         self,
         inbox: MemoryObjectReceiveStream[KeeperMessage],
-        queue: MemoryObjectSendStream[Call | Query],
+        queue: MemoryObjectSendStream[Call],
         ledger: MemoryObjectSendStream[StoreJobResults],
         database: aiosqlite.Connection,
         planner: Planner,
@@ -148,10 +153,18 @@ class JobKeeper:
                 await reply_to(message.reply, job.to_json())
             else:
                 self._waiters.add(job.id, message.reply)
+        elif isinstance(message, JobQuery):
+            job = self._jobs.get(message.job_id)
+            await reply_to(message.reply, job.to_json() if job and message.viewer.sees(job.uid)
+                           else no_such_job(message.job_id))
+        elif isinstance(message, JobListQuery):
+            with contextlib.suppress(*GONE):  # the asker gave up
+                message.reply.send_nowait(self._job_list(message.limit, message.viewer))
         else:
-            await self._answer_query(message)
+            with contextlib.suppress(*GONE):
+                message.reply.send_nowait(self._status())
 
-    async def _submit(self, job: NewJob) -> dict[str, Any] | ApiError:
+    async def _submit(self, job: NewJob) -> JobView | ApiError:
         queued = sum(state.states[RequestState.QUEUED] for state in self._jobs.values())
         if queued + len(job.lines) > self._config.max_queued:
             return TooManyRequests(
@@ -177,7 +190,7 @@ class JobKeeper:
                  job.deadline_at - self._clock.now())
         return {**state.to_json(), "plan": plan.to_json()}
 
-    async def _cancel(self, job_id: str, viewer: Viewer) -> dict[str, Any] | ApiError:
+    async def _cancel(self, job_id: str, viewer: Viewer) -> JobView | ApiError:
         job = self._jobs.get(job_id)
         if job is None or not viewer.sees(job.uid):  # another user's job: as if unknown
             return no_such_job(job_id)
@@ -200,28 +213,21 @@ class JobKeeper:
         log.info("job %s cancelled: %d requests had not run", job_id, cancelled)
         return job.to_json()
 
-    async def _answer_query(self, query: Query) -> None:
-        viewer: Viewer = query.params.get("viewer", Viewer(None))
-        if query.what == "job":
-            job = self._jobs.get(query.params["id"])
-            answer: dict[str, Any] = job.to_json() if job and viewer.sees(job.uid) \
-                else {"error": "not_found"}
-        elif query.what == "jobs":
-            newest = sorted((j for j in self._jobs.values() if viewer.sees(j.uid)),
-                            key=lambda j: j.created_at, reverse=True)
-            answer = {"object": "list",
-                      "data": [j.to_json() for j in newest[: int(query.params.get("limit", 20))]]}
-        else:
-            in_progress = [j for j in self._jobs.values() if j.status == JobStatus.IN_PROGRESS]
-            answer = {
-                "jobs_in_progress": len(in_progress),
-                "requests_queued": sum(j.states[RequestState.QUEUED] - j.running
-                                       for j in in_progress),
-                "requests_running": self._pump.in_flight,
-                "retries": self._pump.retries,
-                "requests_late": self._results.late,
-            }
-        query.reply.send_nowait(answer)
+    def _job_list(self, limit: int, viewer: Viewer) -> JobList:
+        newest = sorted((j for j in self._jobs.values() if viewer.sees(j.uid)),
+                        key=lambda j: j.created_at, reverse=True)
+        return {"object": "list", "data": [j.to_json() for j in newest[:limit]]}
+
+    def _status(self) -> KeeperStatus:
+        in_progress = [j for j in self._jobs.values() if j.status == JobStatus.IN_PROGRESS]
+        return {
+            "jobs_in_progress": len(in_progress),
+            "requests_queued": sum(j.states[RequestState.QUEUED] - j.running
+                                   for j in in_progress),
+            "requests_running": self._pump.in_flight,
+            "retries": self._pump.retries,
+            "requests_late": self._results.late,
+        }
 
     async def _take_batch_results(
         self, results: MemoryObjectReceiveStream[BatchLinesDone]

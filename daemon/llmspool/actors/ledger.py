@@ -28,7 +28,8 @@ asks for its cost right after its answer sees it.
 This module is the actor: its inbox loop, admissions and start-up. Its parts, made once and
 owned by it, are in ``llmspool.actors.accounting``: ``caps`` (the configured caps), ``budgets``
 (spent and reserved by scope, refusals, warnings, metrics), ``commits`` (the group commit and
-the stores of deferred results) and ``status`` (the answers to ``Query``).
+the stores of deferred results) and ``status`` (the answers to ``StatusQuery`` and
+``LedgerEntriesQuery``).
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ from llmspool.core.pricing import usd
 from llmspool.core.tracing import active
 from llmspool.messages import (
     Admit,
-    Query,
+    LedgerEntriesQuery,
+    LedgerStatus,
     Release,
     ReleaseLines,
     ReserveLines,
+    StatusQuery,
     StoreBatchChunk,
     StoreJobResults,
 )
@@ -72,8 +75,8 @@ MAX_GROUP = 512
 # calls/s a commit per handful of entries cost ~370 µs of CPU per call (py-spy: a third in
 # SQLite); one commit per 10 ms is cheap. Counters move at once, so budgets never wait.
 COMMIT_INTERVAL = 0.010
-LedgerMessage = (Settled | Query | Admit | Release | StoreJobResults | ReserveLines
-                 | ReleaseLines | StoreBatchChunk)
+LedgerMessage = (Settled | Admit | Release | StoreJobResults | ReserveLines | ReleaseLines
+                 | StoreBatchChunk | StatusQuery[LedgerStatus] | LedgerEntriesQuery)
 
 
 class Ledger:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 from collections.abc import Iterable
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -25,23 +23,29 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.errors import ServiceUnavailable
 from llmspool.core.tracing import active
-from llmspool.messages import Call, Failure, NewPrices, Query, SlotFreed
+from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery
+
+# Calls from the front door, the cache and the job keeper; status questions.
+QueueMessage = Call | StatusQuery[QueueStatus]
 
 
 class RequestQueue:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[Call | Query],
+        inbox: MemoryObjectReceiveStream[QueueMessage],
         freed: MemoryObjectReceiveStream[SlotFreed],
-        dispatcher: MemoryObjectSendStream[Call | Query | NewPrices],
+        dispatcher: MemoryObjectSendStream[Call],
         *,
         slots: int,
         max_waiting: int,
         meter: metrics.Meter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._inbox = inbox
+        self._clock = clock  # calls' ``received_at`` is on the daemon's clock
         self._freed = freed
         self._dispatcher = dispatcher
         self._free_slots = slots
@@ -70,7 +74,7 @@ class RequestQueue:
             task_status.started()
             async with self._inbox:
                 async for message in self._inbox:
-                    if isinstance(message, Query):
+                    if isinstance(message, StatusQuery):
                         message.reply.send_nowait(self._snapshot())
                     else:
                         self._admit(message)
@@ -116,15 +120,16 @@ class RequestQueue:
                     _deadline, _arrival, call = heapq.heappop(self._waiting)
                     self._hand_over(call)
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> QueueStatus:
+        now = self._clock.now()
         return {
             "in_flight": self._slots - self._free_slots,
             "waiting": len(self._waiting),
             "slots": self._slots,
             "admitted": self._admitted,
             "refused_full": self._refused,
-            "oldest_wait_s": round(time.time() - min(
-                (c.received_at for _d, _a, c in self._waiting), default=time.time()), 3),
+            "oldest_wait_s": round(now - min(
+                (c.received_at for _d, _a, c in self._waiting), default=now), 3),
         }
 
 

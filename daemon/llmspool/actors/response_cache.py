@@ -52,18 +52,18 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.config.sections import CacheConfig
-from llmspool.messages import CacheFill, CacheUsed, Call, Query
+from llmspool.messages import CacheFill, CacheStatus, CacheUsed, Call, StatusQuery
 from llmspool.policy.planner import Planner
 from llmspool.store.records import Settled
 
-CacheMessage = Call | CacheFill | CacheUsed | Query
+CacheMessage = Call | CacheFill | CacheUsed | StatusQuery[CacheStatus]
 
 
 class ResponseCache:
     def __init__(
         self,
         inbox: MemoryObjectReceiveStream[CacheMessage],
-        queue: MemoryObjectSendStream[Call | Query],
+        queue: MemoryObjectSendStream[Call],
         ledger: MemoryObjectSendStream[Settled],
         *,
         config: CacheConfig,

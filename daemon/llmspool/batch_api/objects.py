@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from llmspool.core.states import BatchStatus, JobStatus
+from llmspool.messages import JobView
 from llmspool.store.api_files import BatchRow
 
 
-def batch_object(row: BatchRow, job: dict[str, Any] | None) -> dict[str, Any]:
+def batch_object(row: BatchRow, job: JobView | None) -> dict[str, Any]:
     """The Batch object of ``row``; ``job`` is its job's JSON while the batch is open."""
     document: dict[str, Any] = {
         "id": row.id,
@@ -43,7 +44,8 @@ def batch_object(row: BatchRow, job: dict[str, Any] | None) -> dict[str, Any]:
     document["in_progress_at"] = int(row.created_at)  # validated before it was answered
     if row.cancelling_at is not None:
         document["cancelling_at"] = int(row.cancelling_at)
-    finished_at = row.finished_at if row.final_status else (job or {}).get("finished_at")
+    finished_at = row.finished_at if row.final_status else \
+        (job["finished_at"] if job is not None else None)
     if finished_at is not None:
         document["finalizing_at"] = int(finished_at)
     if row.final_status is not None:
@@ -60,7 +62,7 @@ def batch_object(row: BatchRow, job: dict[str, Any] | None) -> dict[str, Any]:
     return document
 
 
-def request_counts(job: dict[str, Any]) -> dict[str, int]:
+def request_counts(job: JobView) -> dict[str, int]:
     """``{total, completed, failed}`` of a job's counts (cancelled requests count as failed:
     they are in the error file)."""
     counts = job["counts"]
@@ -68,7 +70,7 @@ def request_counts(job: dict[str, Any]) -> dict[str, int]:
             "failed": counts["failed"] + counts["cancelled"]}
 
 
-def _status(row: BatchRow, job: dict[str, Any] | None) -> BatchStatus:
+def _status(row: BatchRow, job: JobView | None) -> BatchStatus:
     if row.failed_at is not None:
         return BatchStatus.FAILED
     if row.final_status is not None:

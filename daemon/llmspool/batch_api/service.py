@@ -38,7 +38,7 @@ from llmspool.core.config.sections import FilesConfig
 from llmspool.core.errors import ApiError, InvalidRequest, NotFound
 from llmspool.core.states import BatchStatus, JobStatus
 from llmspool.jobs.submission import JobRequest, JobSubmission, ask
-from llmspool.messages import CancelJob, Query, WaitForJob
+from llmspool.messages import CancelJob, JobQuery, JobView, PlanGroupView, WaitForJob
 from llmspool.store import api_files as sql
 from llmspool.store.api_files import BatchRow, FileRow
 from llmspool.store.database import DATABASE_NAME, connected
@@ -238,13 +238,15 @@ class BatchApi:
                            "or another user's)", param="batch_id", code="batch_not_found")
         return row
 
-    async def _job_of(self, row: BatchRow) -> dict[str, Any] | None:
+    async def _job_of(self, row: BatchRow) -> JobView | None:
         if row.job_id is None or row.final_status is not None:
             return None
         job_id = row.job_id
-        answer = await ask(self._submission.keeper, lambda reply: Query(
-            "job", reply, {"id": job_id, "viewer": _EVERYONE}))
-        return None if answer.get("error") == "not_found" else answer
+        try:
+            return await ask(self._submission.keeper,
+                             lambda reply: JobQuery(job_id, _EVERYONE, reply))
+        except NotFound:  # ended and forgotten: its watcher finalizes the batch
+            return None
 
     # --- finishing -----------------------------------------------------------------------
 
@@ -266,7 +268,7 @@ class BatchApi:
             log.error("could not write the files of batch %s (%s); it stays finalizing "
                       "until the next start", row.id, exc)
 
-    async def _finalize(self, row: BatchRow, job: dict[str, Any]) -> None:
+    async def _finalize(self, row: BatchRow, job: JobView) -> None:
         assert row.job_id is not None
         now = self._clock.now()
         expires_at = now + self.config.retention
@@ -359,7 +361,7 @@ def _batch_params(body: dict[str, Any]) -> tuple[str, str, dict[str, str] | None
     return endpoint, window, metadata
 
 
-def _plan_header(plan: list[dict[str, Any]]) -> str:
+def _plan_header(plan: list[PlanGroupView]) -> str:
     """``x-llmspool-plan``: ``tier:model=requests`` groups, comma-separated (the full plan,
     with expected times, is in the ``POST /v1/jobs`` answer's shape)."""
     return ",".join(f"{group['tier']}:{group['model']}={group['requests']}" for group in plan)

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from llmspool.cache.similar import SimilarityIndex, decode_embedding, shape_of, text_of
 from llmspool.core.calls import Endpoint
 from llmspool.core.config.sections import CacheConfig
-from llmspool.messages import Answer, Call, Query, Reply
+from llmspool.messages import Answer, Call, Reply
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class NearDuplicates:
         return Probe(text[:MAX_TEXT], digest.digest())
 
     async def embed(self, call: Call, text: str,
-                    queue: MemoryObjectSendStream[Call | Query]) -> bytes | None:
+                    queue: MemoryObjectSendStream[Call]) -> bytes | None:
         """The embedding of ``text`` as little-endian float32, asked through ``queue`` on
         ``call``'s behalf (its caller, operation and session are billed); None if it could
         not be had."""

@@ -11,7 +11,8 @@ to another tier, and ``GET /v1/jobs/{id}`` counts where they were actually serve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from llmspool.messages import PlanGroupView
 
 
 @dataclass(slots=True)
@@ -35,7 +36,7 @@ class JobPlan:
         group.requests += 1
         group.expected_by = max(group.expected_by, expected_by)
 
-    def to_json(self) -> list[dict[str, Any]]:
+    def to_json(self) -> list[PlanGroupView]:
         return [
             {"tier": tier, "model": model, "requests": group.requests,
              "expected_by": round(group.expected_by, 3)}

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -27,14 +28,26 @@ from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, InvalidRequest, ServiceUnavailable
 from llmspool.core.tracing import active, context_from_traceparent, traceparent_of
 from llmspool.jobs.intake import Intake
-from llmspool.messages import SubmitJob
+from llmspool.messages import (
+    CancelJob,
+    JobList,
+    JobListQuery,
+    JobQuery,
+    JobView,
+    SubmitJob,
+    WaitForJob,
+)
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.deadlines import parse_deadline
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
-from llmspool.store.records import NewJob
+from llmspool.store.records import NewJob, Viewer
 
-KeeperInbox = MemoryObjectSendStream[Any]
+# What the front door and the Batch API ask the job keeper (its inbox takes these and its
+# status question: a send stream takes what is a part of its type).
+KeeperQuestion = SubmitJob | CancelJob | WaitForJob | JobQuery | JobListQuery
+KeeperInbox = MemoryObjectSendStream[KeeperQuestion]
+Answer = TypeVar("Answer")
 SHORT_DEADLINE_MODES = ("refuse", "best_effort")
 
 
@@ -54,7 +67,7 @@ class JobRequest:
 class Submitted:
     """The keeper's acknowledgement, and the warning when the deadline is best effort."""
 
-    answer: dict[str, Any]
+    answer: JobView
     job: NewJob
     best_effort_warning: str | None
 
@@ -110,7 +123,7 @@ class JobSubmission:
         mode = request.on_short_deadline or self._on_short_deadline
         return job, self._short_deadline(job, mode)
 
-    async def submit(self, job: NewJob) -> dict[str, Any]:
+    async def submit(self, job: NewJob) -> JobView:
         """The job made durable by the keeper; its acknowledgement (job JSON and plan)."""
         models = sorted({line.model for line in job.lines})
         attributes: dict[str, Any] = {
@@ -167,15 +180,30 @@ class JobSubmission:
         )
 
 
-async def ask(keeper: KeeperInbox, make: Any) -> dict[str, Any]:
-    """Send the keeper ``make(reply)`` and wait for its answer; its ``ApiError`` is raised."""
-    reply_in, reply_out = anyio.create_memory_object_stream[dict[str, Any] | ApiError](1)
+async def ask(keeper: KeeperInbox,
+              make: Callable[[MemoryObjectSendStream[JobView | ApiError]], KeeperQuestion],
+              ) -> JobView:
+    """Send the keeper ``make(reply)`` and wait for the job it answers; its ``ApiError`` (a
+    ``NotFound`` for a job the asker may not see) is raised."""
+    reply_in, reply_out = anyio.create_memory_object_stream[JobView | ApiError](1)
     with reply_in, reply_out:
-        try:
-            await keeper.send(make(reply_in))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise ServiceUnavailable("llmspool is shutting down", code="shutting_down") from None
-        answer = await reply_out.receive()
+        return await _exchange(keeper, make(reply_in), reply_out)
+
+
+async def list_jobs(keeper: KeeperInbox, limit: int, viewer: Viewer) -> JobList:
+    """The newest ``limit`` jobs ``viewer`` may see."""
+    reply_in, reply_out = anyio.create_memory_object_stream[JobList | ApiError](1)
+    with reply_in, reply_out:
+        return await _exchange(keeper, JobListQuery(limit, viewer, reply_in), reply_out)
+
+
+async def _exchange(keeper: KeeperInbox, question: KeeperQuestion,
+                    answers: MemoryObjectReceiveStream[Answer | ApiError]) -> Answer:
+    try:
+        await keeper.send(question)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        raise ServiceUnavailable("llmspool is shutting down", code="shutting_down") from None
+    answer = await answers.receive()
     if isinstance(answer, ApiError):
         raise answer
     return answer

@@ -122,8 +122,12 @@ class Retrier:
     """The retry policy of every provider (each with its own settings and budget)."""
 
     def __init__(self, default: RetryConfig, per_provider: Mapping[str, RetryConfig],
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic,
+                 calendar: Callable[[], float] = time.time) -> None:
+        """``clock`` paces the retry budgets; ``calendar`` is the daemon's clock, which
+        calls' deadlines are on."""
         self._default = default
+        self._calendar = calendar
         self._per_provider = per_provider
         self._clock = clock
         self._budgets: dict[str, RetryBudget] = {}
@@ -196,7 +200,8 @@ class Retrier:
                          state.request_id, attempt, reason)
                 return True
             pause = retry_state.upcoming_sleep
-            if state.deadline_at is not None and time.time() + pause >= state.deadline_at:
+            if state.deadline_at is not None and \
+                    self._calendar() + pause >= state.deadline_at:
                 log.info("%s: not retried (%s): waiting %.1fs would pass its deadline",
                          state.request_id, reason, pause)
                 return True

@@ -22,7 +22,7 @@ from llmspool.cache.front import CacheFront
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, ServiceUnavailable
 from llmspool.core.tracing import context_from_headers
-from llmspool.messages import Answer, Call, Failure, Query, Reply, StreamStart
+from llmspool.messages import Answer, Call, Failure, Reply, StreamStart
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.planner import Planner
@@ -46,7 +46,7 @@ class Forwarder:
 
     def __init__(
         self,
-        queue: MemoryObjectSendStream[Call | Query],
+        queue: MemoryObjectSendStream[Call],
         router: ModelRouter,
         planner: Planner,
         tracer: trace.Tracer,

@@ -27,14 +27,13 @@ from starlette.routing import Route
 
 from llmspool.core.errors import (
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
 from llmspool.core.tracing import current_traceparent
 from llmspool.jobs.intake import Intake
-from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask
-from llmspool.messages import CancelJob, Query, WaitForJob
+from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask, list_jobs
+from llmspool.messages import CancelJob, JobQuery, JobView, WaitForJob
 from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
@@ -99,9 +98,9 @@ def job_routes(
             answer["rejected_count"] = intake.refused
         return _json(answer, 202)
 
-    async def list_jobs(request: Request) -> Response:
+    async def jobs(request: Request) -> Response:
         limit = _int_param(request, "limit", 20, 1, 1000)
-        return _json(await _query(keeper, "jobs", limit=limit, viewer=viewer(request)))
+        return _json(await list_jobs(keeper, limit, viewer(request)))
 
     async def get_job(request: Request) -> Response:
         job = await _job(keeper, request.path_params["job_id"], viewer(request))
@@ -130,7 +129,7 @@ def job_routes(
 
     return [
         Route("/v1/jobs", submit, methods=["POST"]),
-        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs", jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/results", results, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
@@ -218,16 +217,9 @@ async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[byt
             yield chunk
 
 
-async def _query(keeper: KeeperInbox, what: str, **params: Any) -> dict[str, Any]:
-    return await ask(keeper, lambda reply: Query(what, reply, params))
-
-
-async def _job(keeper: KeeperInbox, job_id: str, viewer: Viewer) -> dict[str, Any]:
-    answer = await _query(keeper, "job", id=job_id, viewer=viewer)
-    if answer.get("error") == "not_found":
-        raise NotFound(f"no job {job_id!r} (unknown, or deleted after [jobs] retention)",
-                       code="job_not_found", param="id")
-    return answer
+async def _job(keeper: KeeperInbox, job_id: str, viewer: Viewer) -> JobView:
+    """The job, or the keeper's 404 for one unknown, forgotten or another user's."""
+    return await ask(keeper, lambda reply: JobQuery(job_id, viewer, reply))
 
 
 def _json(payload: Any, status: int = 200) -> Response:

@@ -27,14 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from llmspool.core.errors import InvalidRequest, PermissionDenied
+from llmspool.messages import LedgerEntries, LedgerEntriesQuery, LedgerStatus, StatusQuery
 from llmspool.server.access import Access
-from llmspool.server.routes import QueryTarget, ask, json_response
+from llmspool.server.routes import ask, ask_status, json_response
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store.records import Viewer
 from llmspool.store.reports import (
@@ -46,12 +49,14 @@ from llmspool.store.reports import (
     write_csv,
 )
 
+# The questions the front door asks the ledger.
+LedgerTarget = MemoryObjectSendStream[StatusQuery[LedgerStatus] | LedgerEntriesQuery]
 REPORT_PARAMS = ("by", "since", "until", "format")  # all_users goes with either view
 FORMATS = ("json", "csv")
 
 
 def ledger_routes(
-    ledger: QueryTarget,
+    ledger: LedgerTarget,
     database_path: Path,
     *,
     clock: Callable[[], float] = time.time,
@@ -69,8 +74,11 @@ def ledger_routes(
         raw_limit = params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
             raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
-        return json_response(await ask(ledger, "entries", limit=int(raw_limit),
-                                       everyone=everyone, uid=uid))
+        answer_in, answer_out = anyio.create_memory_object_stream[LedgerEntries](1)
+        with answer_in, answer_out:
+            return json_response(await ask(
+                ledger, LedgerEntriesQuery(int(raw_limit), everyone, uid, answer_in),
+                answer_out))
 
     return [Route("/v1/ledger", ledger_view, methods=["GET"])]
 
@@ -91,7 +99,7 @@ def _whose(params: QueryParams, viewer: Viewer) -> tuple[bool, int | None]:
 
 
 async def _report(
-    params: QueryParams, ledger: QueryTarget, database_path: Path, now: float,
+    params: QueryParams, ledger: LedgerTarget, database_path: Path, now: float,
     everyone: bool, uid: int | None,
 ) -> Response:
     output = params.get("format", "json").strip().lower()
@@ -123,7 +131,7 @@ async def _report(
         limit = int(raw_limit)
     # The ledger answers a query only once everything that reached it before is committed:
     # asking first makes a report include the calls its client has just had answered.
-    await ask(ledger, "status")
+    await ask_status(ledger)
     async with open_reader(database_path) as connection:
         report = await cost_report(connection, by=by, since_day=since_day, until_day=until_day,
                                    limit=limit, everyone=everyone, uid=uid)

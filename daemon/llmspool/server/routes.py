@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -25,32 +25,43 @@ from starlette.types import Receive, Scope, Send
 from llmspool import __version__
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, MethodNotAllowed, NotFound
-from llmspool.messages import Query
+from llmspool.messages import StatusQuery
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder, error_response
 
 log = logging.getLogger(__name__)
 
 QUERY_TIMEOUT = 5.0
-QueryTarget = MemoryObjectSendStream[Any]
+Question = TypeVar("Question")
+Snapshot = TypeVar("Snapshot")
+# An actor's inbox, as far as ``/v1/status`` asks it: its snapshot's type is the actor's own.
+StatusTarget = MemoryObjectSendStream[StatusQuery[Any]]
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status, media_type="application/json")
 
 
-async def ask(target: QueryTarget, what: str, **params: Any) -> dict[str, Any]:
-    """Send an actor a ``Query`` and wait (bounded) for its snapshot."""
-    answer_in, answer_out = anyio.create_memory_object_stream[dict[str, Any]](1)
-    with answer_in, answer_out, anyio.fail_after(QUERY_TIMEOUT):
-        await target.send(Query(what, answer_in, params))
-        return await answer_out.receive()
+async def ask_status(target: MemoryObjectSendStream[StatusQuery[Snapshot]]) -> Snapshot:
+    """Ask an actor for its status snapshot and wait (bounded) for it."""
+    answer_in, answer_out = anyio.create_memory_object_stream[Snapshot](1)
+    with answer_in, answer_out:
+        return await ask(target, StatusQuery(answer_in), answer_out)
+
+
+async def ask(target: MemoryObjectSendStream[Question], question: Question,
+              answers: MemoryObjectReceiveStream[Snapshot]) -> Snapshot:
+    """Send an actor ``question`` and wait (bounded) for its answer on ``answers`` (the other
+    end of the question's reply stream)."""
+    with anyio.fail_after(QUERY_TIMEOUT):
+        await target.send(question)
+        return await answers.receive()
 
 
 def build_app(
     forwarder: Forwarder,
     router: ModelRouter,
-    actors: Mapping[str, QueryTarget],
+    actors: Mapping[str, StatusTarget],
     *,
     started_at: float,
     extra_routes: Sequence[BaseRoute] = (),
@@ -86,7 +97,7 @@ def build_app(
             "uptime_s": round(time.time() - started_at, 3),
         }
         for name, inbox in actors.items():
-            report[name] = await ask(inbox, "status")
+            report[name] = await ask_status(inbox)
         return json_response(report)
 
     routes = [

@@ -8,5 +8,6 @@
   and the metrics of every entry;
 - ``commits``: ``GroupCommit``, the group commit of entries, reservations and their ends, and
   the stores of deferred results (job results, batch lines and chunks) with their entries;
-- ``status``: the answers to ``Query``, the ledger's status snapshot and recent entries.
+- ``status``: the answers to ``StatusQuery`` and ``LedgerEntriesQuery``, the ledger's status
+  snapshot and recent entries.
 """

@@ -1,5 +1,6 @@
-"""The ledger's answers to ``Query``: its status snapshot (spend, savings, reservations, the
-daily caps and how full they are, warnings, commits) and, when asked, the recent entries.
+"""The ledger's answers to ``StatusQuery`` (its status snapshot: spend, savings,
+reservations, the daily caps and how full they are, warnings, commits) and to
+``LedgerEntriesQuery`` (the same, with the recent entries).
 
 Answered after a flush, so what the asker was told is settled is in the store when it reads.
 """
@@ -13,17 +14,33 @@ from llmspool.actors.accounting.budgets import Budgets
 from llmspool.actors.accounting.caps import picodollars
 from llmspool.actors.accounting.commits import GONE, GroupCommit
 from llmspool.core.pricing import usd
-from llmspool.messages import Query
+from llmspool.messages import (
+    BudgetStatus,
+    LedgerEntries,
+    LedgerEntriesQuery,
+    LedgerStatus,
+    StatusQuery,
+)
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection
 
 
-async def answer_query(query: Query, budgets: Budgets, group: GroupCommit,
-                 database: LedgerConnection) -> None:
+async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, budgets: Budgets,
+                       group: GroupCommit, database: LedgerConnection) -> None:
     await group.flush()  # what the asker was told is settled is in the store when it reads
+    status = _status(budgets, group, database)
+    with contextlib.suppress(*GONE):  # an asker that gave up is not our problem
+        if isinstance(query, LedgerEntriesQuery):
+            entries: LedgerEntries = {**status, "entries": _recent_entries(query, database)}
+            query.reply.send_nowait(entries)
+        else:
+            query.reply.send_nowait(status)
+
+
+def _status(budgets: Budgets, group: GroupCommit, database: LedgerConnection) -> LedgerStatus:
     unknown_calls, unknown_cost = ledger_sql.unknown_outcomes_on(database.connection,
                                                                  budgets.day)
-    answer: dict[str, Any] = {
+    return {
         "day": budgets.day,
         "spend_today_usd": usd(budgets.spent[("day", "")]),
         "saved_today_usd": usd(budgets.saved_today),
@@ -38,25 +55,24 @@ async def answer_query(query: Query, budgets: Budgets, group: GroupCommit,
         "budgets": budget_report(budgets),
         "warnings": list(budgets.warnings),
     }
-    if query.what == "entries":
-        limit = int(query.params.get("limit", 100))
-        entries = ledger_sql.recent_entries(
-            database.connection, limit, everyone=query.params.get("everyone", True),
-            uid=query.params.get("uid"))
-        for entry in entries:
-            cost = entry.pop("cost_picodollars")
-            standard = entry.pop("standard_cost_picodollars")
-            entry["cost_usd"] = None if cost is None else usd(cost)
-            entry["standard_cost_usd"] = None if standard is None else usd(standard)
-            entry["usage_estimated"] = bool(entry["usage_estimated"])
-        answer["entries"] = entries
-    with contextlib.suppress(*GONE):
-        query.reply.send_nowait(answer)  # an asker that gave up is not our problem
 
 
-def budget_report(budgets: Budgets) -> list[dict[str, Any]]:
+def _recent_entries(query: LedgerEntriesQuery,
+                    database: LedgerConnection) -> list[dict[str, Any]]:
+    entries = ledger_sql.recent_entries(database.connection, query.limit,
+                                        everyone=query.everyone, uid=query.uid)
+    for entry in entries:  # the columns, with costs in USD and the flag a boolean
+        cost = entry.pop("cost_picodollars")
+        standard = entry.pop("standard_cost_picodollars")
+        entry["cost_usd"] = None if cost is None else usd(cost)
+        entry["standard_cost_usd"] = None if standard is None else usd(standard)
+        entry["usage_estimated"] = bool(entry["usage_estimated"])
+    return entries
+
+
+def budget_report(budgets: Budgets) -> list[BudgetStatus]:
     config = budgets.caps.config
-    report = []
+    report: list[BudgetStatus] = []
     for scope, value, name in (
         (("day", ""), config.daily_usd, "[budgets] daily_usd"),
         *((("operation", op), cap.daily_usd, f"[budgets.operations.{op}] daily_usd")

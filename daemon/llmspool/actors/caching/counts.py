@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.core.config.sections import CacheConfig
+from llmspool.messages import CacheStatus
 
 
 @dataclass
@@ -31,7 +31,7 @@ class CacheCounts:
 
 def snapshot(counts: CacheCounts, config: CacheConfig, entries: int,
              in_flight: int, waiting_on_flights: int,
-             near: NearDuplicates | None) -> dict[str, Any]:
+             near: NearDuplicates | None) -> CacheStatus:
     lookups = counts.hits + counts.misses
     return {
         "enabled": config.enabled,

@@ -34,7 +34,6 @@ from llmspool.messages import (
     Answer,
     Call,
     Failure,
-    Query,
     Reply,
     StreamChunk,
     StreamEnd,
@@ -62,7 +61,7 @@ class Flight:
 class Flights:
     """The flights under way, by key (and by number, for near-duplicate matching)."""
 
-    def __init__(self, queue: MemoryObjectSendStream[Call | Query], config: CacheConfig,
+    def __init__(self, queue: MemoryObjectSendStream[Call], config: CacheConfig,
                  counts: CacheCounts, writes: WriteBehind, replier: Replier,
                  near: NearDuplicates | None, take: Take) -> None:
         self._queue = queue

@@ -15,13 +15,13 @@ from llmspool.actors.caching.replies import Replier
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.store import CacheReader, Corrupt
-from llmspool.messages import Call, Query
+from llmspool.messages import Call
 
 
 class NearMatcher:
     """Shares a call in flight, or a cached answer, for a request worded alike."""
 
-    def __init__(self, near: NearDuplicates, queue: MemoryObjectSendStream[Call | Query],
+    def __init__(self, near: NearDuplicates, queue: MemoryObjectSendStream[Call],
                  flights: Flights, writes: WriteBehind, replier: Replier,
                  counts: CacheCounts, take: Take) -> None:
         self._near = near

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 from opentelemetry import metrics
@@ -20,7 +19,7 @@ from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import FlexConfig
 from llmspool.core.errors import ApiError, UpstreamUnreachable
 from llmspool.core.pricing import usd
-from llmspool.messages import Call
+from llmspool.messages import Call, FlexStatus
 from llmspool.policy.planner import Planner
 
 MIN_FLEX_ATTEMPT = 1.0  # seconds; a shorter flex attempt is not worth starting
@@ -78,7 +77,7 @@ class FlexMetrics:
         self.resource_unavailable += 1
         self._unavailable.add(1)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> FlexStatus:
         return {
             "requests": self.requests,
             "tokens": self.tokens,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from llmspool.core.pricing import usd
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.messages import JobView
 
 
 @dataclass
@@ -33,7 +33,7 @@ class JobState:
     standard: int = 0
     late: int = 0  # results stored after the job's deadline
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JobView:
         queued = self.states[RequestState.QUEUED]
         return {
             "id": self.id,

@@ -30,7 +30,7 @@ from llmspool.core.config.sections import JobsConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable
 from llmspool.core.states import JobStatus
 from llmspool.core.tracing import linked_context
-from llmspool.messages import Call, Failure, Query, Reply
+from llmspool.messages import Call, Failure, Reply
 from llmspool.policy.cache_keys import CachePlan, CacheRules
 from llmspool.policy.planner import Planner
 from llmspool.resilience.failures import classify
@@ -41,7 +41,7 @@ from llmspool.store.records import Caller
 class Pump:
     """The heap of lines to send (``heap``: deadline, request id, job id) and their calls."""
 
-    def __init__(self, queue: MemoryObjectSendStream[Call | Query],
+    def __init__(self, queue: MemoryObjectSendStream[Call],
                  cache: MemoryObjectSendStream[Call] | None, cache_rules: CacheRules | None,
                  database: aiosqlite.Connection, planner: Planner, config: JobsConfig,
                  jobs: dict[str, JobState], results: Results) -> None:

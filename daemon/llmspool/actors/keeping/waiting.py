@@ -7,16 +7,16 @@ asker that gave up (its stream closed) is skipped without fuss.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.core.errors import ApiError, NotFound
+from llmspool.messages import JobView
 
 GONE = (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError)
-JobReply = MemoryObjectSendStream[dict[str, Any] | ApiError]
+JobReply = MemoryObjectSendStream[JobView | ApiError]
 
 
 class Waiters:
@@ -39,6 +39,6 @@ def no_such_job(job_id: str) -> NotFound:
                     code="job_not_found", param="id")
 
 
-async def reply_to(reply: JobReply, what: dict[str, Any] | ApiError) -> None:
+async def reply_to(reply: JobReply, what: JobView | ApiError) -> None:
     with contextlib.suppress(*GONE):  # the asker gave up
         reply.send_nowait(what)
