@@ -39,7 +39,8 @@ Modules, one job each:
 - ``request_log``: each call billed, by client request id, for ``GET /_sim/requests``.
 - ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
 - ``flavor``, ``ollama``, ``anthropic``: the API impersonated (``[sim] flavor``): OpenAI's,
-  Ollama's OpenAI-compatible routes, or Anthropic's Messages API (``anthropic_stream``: its
+  Ollama's OpenAI-compatible routes, or Anthropic's Messages API (``anthropic_validate``, with
+  ``anthropic_tools`` and ``anthropic_content``: its request checks; ``anthropic_stream``: its
   answers and events; ``anthropic_batches``: its Message Batches on the batch lifecycle,
   ``anthropic_batch_request``: their create body checked).
 - ``app``: the ASGI app tying these together (``build_app``).

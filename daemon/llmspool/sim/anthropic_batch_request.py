@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from llmspool.sim.anthropic_errors import invalid
+from llmspool.sim.anthropic_errors import expect_object, invalid
 
 MAX_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1000 * 1000
@@ -42,12 +42,11 @@ def message_batch_requests(payload: dict[str, Any]) -> list[tuple[str, dict[str,
     seen: set[str] = set()
     for index, entry in enumerate(requests):
         where = f"requests.{index}"
-        if not isinstance(entry, dict):
-            raise invalid(where, "Input should be a valid dictionary")
-        for key in entry:
+        request = expect_object(entry, where)
+        for key in request:
             if key not in ("custom_id", "params"):
                 raise invalid(f"{where}.{key}", "Extra inputs are not permitted")
-        custom_id = entry.get("custom_id")
+        custom_id = request.get("custom_id")
         if custom_id is None:
             raise invalid(f"{where}.custom_id", "Field required")
         if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
@@ -61,11 +60,10 @@ def message_batch_requests(payload: dict[str, Any]) -> list[tuple[str, dict[str,
                 "a unique custom_id.",
             )
         seen.add(custom_id)
-        params = entry.get("params")
+        params = request.get("params")
         if params is None:
             raise invalid(f"{where}.params", "Field required")
-        if not isinstance(params, dict):
-            raise invalid(f"{where}.params", "Input should be a valid dictionary")
+        params = expect_object(params, f"{where}.params")
         if params.get("stream") is True:
             raise invalid(f"{where}.params.stream", "streaming is not supported in Message Batches")
         checked.append((custom_id, params))
