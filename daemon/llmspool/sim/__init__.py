@@ -24,8 +24,9 @@ Modules, one job each:
 - ``tools``: ``tools``/``tool_choice``/``parallel_tool_calls`` checked, and what gets called.
 - ``structured``: ``response_format`` / ``text.format`` (JSON mode, JSON schemas) checked.
 - ``reply``: what the model says (text, JSON or tool calls) and its output tokens.
-- ``schema_instance``: a deterministic instance of a JSON schema; ``regex_sample``: a string
-  matching a ``pattern``; ``strict_schema``: the rules of ``strict: true`` schemas.
+- ``schema_instance``: a deterministic instance of a JSON schema (``schema_keywords``: what its
+  keywords say); ``regex_sample``: a string matching a ``pattern``; ``strict_schema``: the rules
+  of ``strict: true`` schemas.
 - ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
 - ``files``: the Files API store (uploads and batch results, in memory).
 - ``upload``: streaming ``multipart/form-data`` parsing for ``POST /v1/files``.
