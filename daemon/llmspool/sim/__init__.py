@@ -24,21 +24,26 @@ Modules, one job each:
 - ``tools``: ``tools``/``tool_choice``/``parallel_tool_calls`` checked, and what gets called.
 - ``structured``: ``response_format`` / ``text.format`` (JSON mode, JSON schemas) checked.
 - ``reply``: what the model says (text, JSON or tool calls) and its output tokens.
-- ``schema_instance``: a deterministic instance of a JSON schema; ``regex_sample``: a string
-  matching a ``pattern``; ``strict_schema``: the rules of ``strict: true`` schemas.
+- ``schema_instance``: a deterministic instance of a JSON schema (``schema_keywords``: what its
+  keywords say); ``regex_sample``: a string matching a ``pattern``; ``strict_schema``: the rules
+  of ``strict: true`` schemas.
 - ``ratelimit``: the per-minute counters behind the ``x-ratelimit-*`` headers.
 - ``files``: the Files API store (uploads and batch results, in memory).
 - ``upload``: streaming ``multipart/form-data`` parsing for ``POST /v1/files``.
 - ``batch_config``: the ``[sim.batch]`` settings, also ``GET``/``POST /_sim/batch``, and the
   seeded draws (which lines fail, each batch's turnaround).
 - ``batch_lines``: checking a batch input file, answering its lines, writing result files.
-- ``batches``: batch objects and their lifecycle by the clock (``BatchRegistry``).
+- ``batch_state``: one batch, its statuses and its ``Batch`` object (``SimBatch``);
+  ``batch_request``: a create body checked; ``batches``: the batches' lifecycle by the clock
+  (``BatchRegistry``).
 - ``stats``: what the simulator saw, for ``GET /_sim/stats``.
 - ``request_log``: each call billed, by client request id, for ``GET /_sim/requests``.
 - ``asgi``: ASGI plumbing (bodies, disconnects, dropping a connection).
 - ``flavor``, ``ollama``, ``anthropic``: the API impersonated (``[sim] flavor``): OpenAI's,
-  Ollama's OpenAI-compatible routes, or Anthropic's Messages API (``anthropic_stream``: its
-  answers and events; ``anthropic_batches``: its Message Batches on the batch lifecycle).
+  Ollama's OpenAI-compatible routes, or Anthropic's Messages API (``anthropic_validate``, with
+  ``anthropic_tools`` and ``anthropic_content``: its request checks; ``anthropic_stream``: its
+  answers and events; ``anthropic_batches``: its Message Batches on the batch lifecycle,
+  ``anthropic_batch_request``: their create body checked).
 - ``app``: the ASGI app tying these together (``build_app``).
 - ``cli``: ``llmspool sim`` / ``python -m llmspool.sim``.
 """

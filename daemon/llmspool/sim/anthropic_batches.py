@@ -11,10 +11,11 @@ statuses, ``lines_processed``, ``tokens``) and the same request-log entries for 
   "params"}]}``, and keeps them in memory. It refuses (400 ``invalid_request_error``) a body
   with other keys, no or an empty ``requests``, more than ``MAX_REQUESTS``, a ``custom_id``
   not matching ``CUSTOM_ID`` or used twice, ``params`` that is not an object or asks
-  ``stream: true``, and every batch while ``fail_validation`` is set; a body over
-  ``MAX_BATCH_BYTES`` is 413 ``request_too_large``. Bad ``params`` otherwise do not refuse the
-  batch: that request's result is ``errored`` (``invalid_request_error``, or
-  ``not_found_error`` for a model not served), as with Anthropic.
+  ``stream: true`` (those checks are ``anthropic_batch_request``'s), and every batch while
+  ``fail_validation`` is set; a body over ``MAX_BATCH_BYTES`` is 413 ``request_too_large``.
+  Bad ``params`` otherwise do not refuse the batch: that request's result is ``errored``
+  (``invalid_request_error``, or ``not_found_error`` for a model not served), as with
+  Anthropic.
 - ``batches.intents`` counts, per batch, each distinct ``custom_id`` prefix once: the part
   before the last ``_`` (the daemon names lines ``<intent>_r<request id>``); a ``custom_id``
   without ``_`` has no prefix and counts nothing.
@@ -42,7 +43,6 @@ absolute URL of the results route, on the host the request was sent to.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,18 +50,16 @@ from typing import Any
 import orjson
 
 from llmspool.sim.anthropic import MESSAGES_PATH, MessagesApi, rfc3339
+from llmspool.sim.anthropic_batch_request import message_batch_requests
 from llmspool.sim.anthropic_errors import AnthropicError, error_type_of, invalid
 from llmspool.sim.batch_config import turnaround_draw
 from llmspool.sim.batch_lines import plan_lines
-from llmspool.sim.batches import BatchRegistry, SimBatch, Status
+from llmspool.sim.batch_state import ENDED, SimBatch, Status
+from llmspool.sim.batches import BatchRegistry
 
-MAX_REQUESTS = 100_000
-MAX_BATCH_BYTES = 256 * 1000 * 1000
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 1000
 BATCHES_PREFIX = MESSAGES_PATH + "/batches/"
-_ENDED = frozenset({Status.COMPLETED, Status.EXPIRED, Status.CANCELLED, Status.FAILED})
 _SERVER_ERROR = {"type": "api_error", "message": "Internal server error"}
 
 
@@ -80,7 +78,7 @@ class MessageBatch(SimBatch):
 
     @property
     def processing_status(self) -> str:
-        if self.status in _ENDED:
+        if self.status in ENDED:
             return "ended"
         return "canceling" if self.status is Status.CANCELLING else "in_progress"
 
@@ -126,7 +124,7 @@ class MessageBatchRegistry(BatchRegistry):
     def create_message_batch(self, payload: dict[str, Any], base_url: str) -> dict[str, Any]:
         """``POST /v1/messages/batches``: a new batch, or a 400 for a bad request."""
         now = self.advance()
-        requests = _requests(payload)
+        requests = message_batch_requests(payload)
         code = self.settings.fail_validation
         if code:
             raise AnthropicError(
@@ -167,7 +165,7 @@ class MessageBatchRegistry(BatchRegistry):
         now = self.advance()
         batch = self._message_batch(batch_id)
         self._stats.batches.cancel_requests += 1
-        if batch.status in _ENDED:
+        if batch.status in ENDED:
             raise AnthropicError(
                 f"Message Batch {batch_id} has already ended and cannot be canceled.",
                 status=400,
@@ -225,7 +223,7 @@ class MessageBatchRegistry(BatchRegistry):
         """``DELETE /v1/messages/batches/{id}``: forget an ended batch."""
         self.advance()
         batch = self._message_batch(batch_id)
-        if batch.status not in _ENDED:
+        if batch.status not in ENDED:
             raise AnthropicError(
                 f"Message Batch {batch_id} cannot be deleted while it is processing "
                 f"(processing_status: {batch.processing_status}); cancel it first.",
@@ -328,57 +326,6 @@ class MessageBatchRegistry(BatchRegistry):
         if not isinstance(batch, MessageBatch):
             raise AnthropicError(f"Message Batch {batch_id} not found.", status=404)
         return batch
-
-
-def _requests(payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The ``requests`` of a create body, checked."""
-    for key in payload:
-        if key != "requests":
-            raise invalid(key, "Extra inputs are not permitted")
-    requests = payload.get("requests")
-    if requests is None:
-        raise invalid("requests", "Field required")
-    if not isinstance(requests, list):
-        raise invalid("requests", "Input should be a valid list")
-    if not requests:
-        raise invalid("requests", "List should have at least 1 item after validation, not 0")
-    if len(requests) > MAX_REQUESTS:
-        raise invalid(
-            "requests",
-            f"List should have at most {MAX_REQUESTS} items after validation, not {len(requests)}",
-        )
-    checked: list[tuple[str, dict[str, Any]]] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(requests):
-        where = f"requests.{index}"
-        if not isinstance(entry, dict):
-            raise invalid(where, "Input should be a valid dictionary")
-        for key in entry:
-            if key not in ("custom_id", "params"):
-                raise invalid(f"{where}.{key}", "Extra inputs are not permitted")
-        custom_id = entry.get("custom_id")
-        if custom_id is None:
-            raise invalid(f"{where}.custom_id", "Field required")
-        if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
-            raise invalid(
-                f"{where}.custom_id", f"String should match pattern '{CUSTOM_ID.pattern}'"
-            )
-        if custom_id in seen:
-            raise invalid(
-                f"{where}.custom_id",
-                f"Duplicate custom_id {custom_id!r}: each request in a Message Batch must have "
-                "a unique custom_id.",
-            )
-        seen.add(custom_id)
-        params = entry.get("params")
-        if params is None:
-            raise invalid(f"{where}.params", "Field required")
-        if not isinstance(params, dict):
-            raise invalid(f"{where}.params", "Input should be a valid dictionary")
-        if params.get("stream") is True:
-            raise invalid(f"{where}.params.stream", "streaming is not supported in Message Batches")
-        checked.append((custom_id, params))
-    return checked
 
 
 def _position(ids: list[str], cursor: str, name: str) -> int:

@@ -1,16 +1,19 @@
 """Anthropic's errors in the simulator: ``AnthropicError`` (the ``{"type": "error", "error":
 {"type", "message"}, "request_id"}`` body, with ``retry-after`` when it has a hint), the error
 type for each status (``ERROR_TYPES``, ``error_type_of``), the 400 ``invalid`` that request
-checks raise, ``translate`` (an error the shared code raised in OpenAI's terms, as Anthropic
+checks raise (and ``expect_object``/``expect_text``, the two shapes they check most),
+``translate`` (an error the shared code raised in OpenAI's terms, as Anthropic
 answers it), and the messages Anthropic words its faults with (``FAULT_MESSAGES``).
 
-Shared by the flavor (``anthropic``), its request checks (``anthropic_validate``), its prompt
-cache (``anthropic_cache``) and its Message Batches (``anthropic_batches``).
+Shared by the flavor (``anthropic``), its request checks (``anthropic_validate``,
+``anthropic_tools``, ``anthropic_content``), its prompt cache (``anthropic_cache``) and its
+Message Batches (``anthropic_batches``, ``anthropic_batch_request``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
 
@@ -22,6 +25,8 @@ __all__ = [
     "FAULT_MESSAGES",
     "AnthropicError",
     "error_type_of",
+    "expect_object",
+    "expect_text",
     "invalid",
     "translate",
 ]
@@ -99,6 +104,22 @@ def error_type_of(status: int) -> str:
 def invalid(where: str, problem: str) -> AnthropicError:
     """400 ``invalid_request_error``: ``"<where>: <problem>"``, as Anthropic words them."""
     return AnthropicError(f"{where}: {problem}", status=400)
+
+
+def expect_object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is an object, else the 400 Anthropic words for one that is not."""
+    if not isinstance(value, dict):
+        raise invalid(where, "Input should be a valid dictionary")
+    return value
+
+
+def expect_text(value: Any, where: str) -> str:
+    """``value`` if it is a string, else the 400 for one missing or of another type."""
+    if value is None:
+        raise invalid(where, "Field required")
+    if not isinstance(value, str):
+        raise invalid(where, "Input should be a valid string")
+    return value
 
 
 def translate(error: ApiError, request_id: str | None) -> AnthropicError:

@@ -29,61 +29,42 @@ file, and ``usage`` sums the answered (status 200) lines once the batch has ende
 (the output file's) also go to the request log (``request_log``) when the batch ends, each
 under its ``custom_id`` with tier ``batch``: whether it completed, expired or was cancelled,
 they are what the provider bills.
+
+A batch's own state (its statuses and times, and its ``Batch`` object) is ``batch_state``'s;
+the checks of a create body are ``batch_request``'s.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from llmspool.core.errors import InvalidRequest, NotFound
 from llmspool.sim import validate
 from llmspool.sim.answer import Makers
 from llmspool.sim.batch_config import BatchSettings, turnaround_draw
-from llmspool.sim.batch_lines import PARSERS, LineError, Plan, check_input, plan_lines, render
+from llmspool.sim.batch_lines import LineError, Plan, check_input, plan_lines, render
+from llmspool.sim.batch_request import create_request
+from llmspool.sim.batch_state import ENDED, SimBatch, Status
 from llmspool.sim.files import BATCH_OUTPUT, FileStore, StoredFile, page_json
 from llmspool.sim.request_log import DEFAULT_SIZE, RequestLog
 from llmspool.sim.speed import DEFAULT_SPEED
 from llmspool.sim.stats import SimStats
 
-COMPLETION_WINDOW = "24h"
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 ORGANIZATION = "org-sim"
 EXPIRED = (
     "batch_expired",
     "This request could not be executed before the completion window expired.",
 )
 CANCELLED = ("batch_cancelled", "This request was cancelled.")
-_CREATE_KEYS = frozenset(
-    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
-)
+_ENQUEUED = frozenset({Status.IN_PROGRESS, Status.FINALIZING, Status.CANCELLING})
 
 INTENT_KEY = "llmspool_intent"
 """The metadata key the daemon's OpenAI plugin puts its intent id under: the simulator counts
 batches per intent by it, so a test can see that no intent made two batches."""
-
-
-class Status(StrEnum):
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-_ENDED = frozenset({Status.FAILED, Status.COMPLETED, Status.EXPIRED, Status.CANCELLED})
-_ENQUEUED = frozenset({Status.IN_PROGRESS, Status.FINALIZING, Status.CANCELLING})
 
 
 def token_limit_message(model: str, limit: int) -> str:
@@ -93,138 +74,6 @@ def token_limit_message(model: str, limit: int) -> str:
         f"Limit: {limit} enqueued tokens. Please try again once some in_progress batches have "
         "been completed."
     )
-
-
-@dataclass(slots=True)
-class SimBatch:
-    """One batch: what it was created with, and how far it got (times in epoch seconds)."""
-
-    id: str
-    endpoint: str
-    input_file_id: str
-    metadata: dict[str, str] | None
-    created: float
-    settings: BatchSettings
-    """The settings it was created with, in real time (divided by the sim's speed)."""
-    turnaround: float
-    """Its time ``in_progress`` (real seconds), drawn at creation."""
-    content: bytes | None
-    """The input file's bytes, until validation reads them."""
-    status: Status = Status.VALIDATING
-    model: str | None = None
-    errors: list[LineError] | None = None
-    plan: Plan | None = None
-    """Every line answered, from validation until the batch ends."""
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    done_at_cancel: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    in_progress_at: float | None = None
-    finalizing_at: float | None = None
-    completed_at: float | None = None
-    failed_at: float | None = None
-    expired_at: float | None = None
-    cancelling_at: float | None = None
-    cancelled_at: float | None = None
-
-    @property
-    def expires_at(self) -> float:
-        return self.created + self.settings.expire_after
-
-    def expiry(self) -> float | None:
-        """When this in-progress batch expires, if before its lines are all done."""
-        assert self.in_progress_at is not None
-        processed = self.in_progress_at + self.turnaround
-        expiry = max(self.expires_at, self.in_progress_at)
-        return expiry if expiry < processed else None
-
-    def next_event(self) -> float | None:
-        """When the status changes next, if it ever does."""
-        settings = self.settings
-        if self.status is Status.VALIDATING:
-            return self.created + settings.validating
-        if self.status is Status.IN_PROGRESS:
-            assert self.in_progress_at is not None
-            expiry = self.expiry()
-            return self.in_progress_at + self.turnaround if expiry is None else expiry
-        if self.status is Status.FINALIZING:
-            assert self.finalizing_at is not None
-            return self.finalizing_at + settings.finalizing
-        if self.status is Status.CANCELLING:
-            assert self.cancelling_at is not None
-            return self.cancelling_at + settings.cancel_delay
-        return None
-
-    def lines_done(self, now: float) -> int:
-        """Lines finished by ``now`` while the batch still has its plan."""
-        if self.plan is None:
-            return 0
-        if self.status is Status.CANCELLING:
-            return self.done_at_cancel
-        if self.status is Status.FINALIZING:
-            return self.total
-        assert self.in_progress_at is not None
-        if self.turnaround <= 0:
-            return self.total
-        share = (now - self.in_progress_at) / self.turnaround
-        return max(0, min(self.total, int(self.total * share)))
-
-    def counts(self, now: float) -> tuple[int, int]:
-        """``request_counts`` completed and failed as of ``now``."""
-        if self.plan is None:
-            return self.completed, self.failed
-        done = self.lines_done(now)
-        failed = bisect.bisect_left(self.plan.bad, done)
-        return done - failed, failed
-
-    def to_json(self, now: float) -> dict[str, Any]:
-        """The ``Batch`` object as of ``now``."""
-        completed, failed = self.counts(now)
-        document: dict[str, Any] = {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": self.endpoint,
-            "errors": (
-                None
-                if self.errors is None
-                else {"object": "list", "data": [error.to_json() for error in self.errors]}
-            ),
-            "input_file_id": self.input_file_id,
-            "completion_window": COMPLETION_WINDOW,
-            "status": self.status.value,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": int(self.created),
-            "in_progress_at": _epoch(self.in_progress_at),
-            "expires_at": int(self.expires_at),
-            "finalizing_at": _epoch(self.finalizing_at),
-            "completed_at": _epoch(self.completed_at),
-            "failed_at": _epoch(self.failed_at),
-            "expired_at": _epoch(self.expired_at),
-            "cancelling_at": _epoch(self.cancelling_at),
-            "cancelled_at": _epoch(self.cancelled_at),
-            "request_counts": {"total": self.total, "completed": completed, "failed": failed},
-            "usage": {
-                "input_tokens": self.input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": self.output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": self.input_tokens + self.output_tokens,
-            },
-            "metadata": self.metadata,
-        }
-        # The spec types ``model`` as a string: it is left out until validation finds it.
-        if self.model is not None:
-            document["model"] = self.model
-        return document
-
-
-def _epoch(moment: float | None) -> int | None:
-    return None if moment is None else int(moment)
 
 
 class BatchRegistry:
@@ -262,29 +111,7 @@ class BatchRegistry:
     def create(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/batches``: a new batch (``validating``), or a 400/404 for a bad request."""
         now = self.advance()
-        for key in payload:
-            if key not in _CREATE_KEYS:
-                raise InvalidRequest(
-                    f"Unrecognized request argument supplied: {key}",
-                    param=key,
-                    code="unknown_parameter",
-                )
-        file_id = _required_text(payload, "input_file_id")
-        endpoint = _required_text(payload, "endpoint")
-        window = _required_text(payload, "completion_window")
-        if endpoint not in PARSERS:
-            raise validate.invalid(
-                "endpoint",
-                f"Invalid value for 'endpoint': {endpoint!r}. The simulator supports: "
-                f"{', '.join(repr(e) for e in PARSERS)}.",
-            )
-        if window != COMPLETION_WINDOW:
-            raise validate.invalid(
-                "completion_window",
-                f"Invalid value for 'completion_window': {window!r}. Supported values are: "
-                f"'{COMPLETION_WINDOW}'.",
-            )
-        metadata = _metadata(payload.get("metadata"))
+        file_id, endpoint, metadata = create_request(payload)
         stored = self._input_file(file_id)
         settings = self.settings.scaled(self._speed)
         order = len(self._batches)
@@ -319,7 +146,7 @@ class BatchRegistry:
         self._stats.batches.cancel_requests += 1
         if batch.status in (Status.CANCELLING, Status.CANCELLED):
             return batch.to_json(now)
-        if batch.status in _ENDED:
+        if batch.status in ENDED:
             raise InvalidRequest(
                 f"Cannot cancel a batch with status '{batch.status.value}'.",
                 param="batch_id",
@@ -512,38 +339,3 @@ def _forced_error(settings: BatchSettings, model: str | None) -> LineError:
     return LineError(
         code, f"The batch failed validation with {code!r} (the simulator's fail_validation)."
     )
-
-
-def _required_text(payload: Mapping[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if value is None:
-        raise validate.missing(name)
-    if not isinstance(value, str):
-        raise validate.invalid(name, f"Invalid type for '{name}': expected a string.")
-    return value
-
-
-def _metadata(value: Any) -> dict[str, str] | None:
-    """``metadata``: up to 16 pairs of strings (keys up to 64 chars, values up to 512)."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise validate.invalid("metadata", "Invalid type for 'metadata': expected an object.")
-    if len(value) > MAX_METADATA_PAIRS:
-        raise validate.invalid(
-            "metadata",
-            f"Invalid 'metadata': too many properties; at most {MAX_METADATA_PAIRS} are allowed.",
-        )
-    for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise validate.invalid(
-                "metadata",
-                f"Invalid 'metadata': key {key!r} is longer than {MAX_METADATA_KEY} characters.",
-            )
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
-            raise validate.invalid(
-                f"metadata.{key}",
-                f"Invalid 'metadata.{key}': expected a string of at most {MAX_METADATA_VALUE} "
-                "characters.",
-            )
-    return dict(value)

@@ -14,8 +14,8 @@ import time
 from llmspool.core.errors import NotFound
 from llmspool.sim import validate
 from llmspool.sim.anthropic import AnthropicFlavor
+from llmspool.sim.anthropic_batch_request import MAX_BATCH_BYTES as MAX_MESSAGE_BATCH_BYTES
 from llmspool.sim.anthropic_batches import DEFAULT_LIST_LIMIT as DEFAULT_MESSAGE_BATCH_LIMIT
-from llmspool.sim.anthropic_batches import MAX_BATCH_BYTES as MAX_MESSAGE_BATCH_BYTES
 from llmspool.sim.anthropic_batches import MAX_LIST_LIMIT as MAX_MESSAGE_BATCH_LIMIT
 from llmspool.sim.anthropic_batches import MessageBatchRegistry
 from llmspool.sim.asgi import FixedHeaders

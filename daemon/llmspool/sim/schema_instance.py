@@ -3,6 +3,8 @@
 ``instance(schema, seed, words)`` walks the schema and makes a value that validates against it,
 drawing every free choice (an enum member, a number in its range, how many items, the words of
 a string) from a ``random.Random(seed)``: the same schema and seed always give the same value.
+What a keyword says (the type to make, an ``allOf`` folded, a range, a count) is read by
+``schema_keywords``.
 
 Covered: ``type`` (a name or a list, where the first non-null type is made), ``const``,
 ``enum``, ``$ref`` (JSON pointers into the root: ``#/$defs/…``, ``#/definitions/…``, ``#``),
@@ -35,6 +37,17 @@ from typing import Any
 import orjson
 
 from llmspool.sim.regex_sample import sample
+from llmspool.sim.schema_keywords import (
+    bounds,
+    extra_schema,
+    fold_all_of,
+    is_null,
+    kind_of,
+    max_count,
+    min_count,
+    numeric,
+    required_names,
+)
 
 Words = Callable[[int, int], str]
 """``words(key, count)``: ``count`` words of the sim's answer text, the same for the same key."""
@@ -43,19 +56,11 @@ MAX_DEPTH = 6
 """Nesting past which the instance takes the shortest way out (null options, fewest items)."""
 DEPTH_LIMIT = 64
 """Nesting at which a schema that cannot end is given up on."""
-_DEFAULT_SPAN = 100
-"""Width of the range a number is drawn from when the schema leaves one side open."""
 _MAX_ITEMS_DRAWN = 3
 _UNIQUE_ATTEMPTS = 8
 MAX_VALUES = 10_000
 """Values (of any type, nested ones included) one instance may hold."""
 MAX_STRING_CHARS = 65_536
-_TYPE_KEYWORDS = (
-    ("object", ("properties", "additionalProperties", "required", "minProperties")),
-    ("array", ("items", "prefixItems", "minItems", "maxItems")),
-    ("string", ("minLength", "maxLength", "pattern", "format")),
-    ("number", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")),
-)
 
 
 class SchemaProblem(ValueError):
@@ -107,14 +112,14 @@ class _Maker:
         if isinstance(enum, list) and enum:
             return self._rng.choice(enum)
         if isinstance(schema.get("allOf"), list):
-            return self.value(_merged(schema), depth)
+            return self.value(fold_all_of(schema), depth)
         for keyword in ("anyOf", "oneOf"):
             options = schema.get(keyword)
             if isinstance(options, list) and options:
                 rest = {key: value for key, value in schema.items() if key != keyword}
                 option = self._resolved(self._pick(options, depth))
                 return self.value({**rest, **option}, depth)
-        kind = _kind(schema, deep=depth >= MAX_DEPTH)
+        kind = kind_of(schema, deep=depth >= MAX_DEPTH)
         if kind == "object":
             return self._object(schema, depth)
         if kind == "array":
@@ -164,7 +169,7 @@ class _Maker:
         """The option of an ``anyOf``/``oneOf`` to make: the first that is not just ``null``;
         past ``MAX_DEPTH``, the first that is (the shortest way out of a recursion)."""
         schemas = [option if isinstance(option, dict) else {} for option in options]
-        nulls = [schema for schema in schemas if _is_null(self._resolved(schema))]
+        nulls = [schema for schema in schemas if is_null(self._resolved(schema))]
         if depth >= MAX_DEPTH and nulls:
             return nulls[0]
         others = [schema for schema in schemas if schema not in nulls]
@@ -173,7 +178,7 @@ class _Maker:
     def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         properties = schema.get("properties")
         properties = properties if isinstance(properties, dict) else {}
-        required = _names(schema.get("required"))
+        required = required_names(schema.get("required"))
         deep = depth >= MAX_DEPTH
         result: dict[str, Any] = {}
         for name, subschema in properties.items():
@@ -181,9 +186,9 @@ class _Maker:
                 result[name] = self.value(subschema, depth + 1)
         for name in required:
             if name not in result:
-                result[name] = self.value(_extra_schema(schema), depth + 1)
+                result[name] = self.value(extra_schema(schema), depth + 1)
         extra = schema.get("additionalProperties", True)
-        wanted = _count(schema.get("minProperties"))
+        wanted = min_count(schema.get("minProperties"))
         # A free-form object (no ``properties`` at all) gets one entry; ``properties: {}`` none.
         if "properties" not in schema and extra is not False and not deep:
             wanted = max(wanted, 1)
@@ -192,8 +197,8 @@ class _Maker:
             index += 1
             key = self._words(self._rng.getrandbits(32), 1).replace(" ", "_") + f"_{index}"
             if key not in result:
-                result[key] = self.value(_extra_schema(schema), depth + 1)
-        most = _limit(schema.get("maxProperties"))
+                result[key] = self.value(extra_schema(schema), depth + 1)
+        most = max_count(schema.get("maxProperties"))
         if most is not None and len(result) > most:
             keep = [name for name in result if name in required]
             keep += [name for name in result if name not in required]
@@ -206,8 +211,8 @@ class _Maker:
         if isinstance(items, list):  # drafts 4 to 2019-09: a list of items is a tuple
             prefix, items = items, schema.get("additionalItems")
         prefix = prefix if isinstance(prefix, list) else []
-        least = _count(schema.get("minItems"))
-        most = _limit(schema.get("maxItems"))
+        least = min_count(schema.get("minItems"))
+        most = max_count(schema.get("maxItems"))
         if items is False:
             most = len(prefix) if most is None else min(most, len(prefix))
         if depth >= MAX_DEPTH:
@@ -237,9 +242,9 @@ class _Maker:
         return result
 
     def _integer(self, schema: dict[str, Any]) -> int:
-        low, high = _bounds(schema, integer=True)
+        low, high = bounds(schema, integer=True)
         first, last = math.ceil(low), math.floor(high)
-        step = _numeric(schema.get("multipleOf"))
+        step = numeric(schema.get("multipleOf"))
         if step is not None and step > 0 and float(step).is_integer():
             whole = int(step)
             if -(-first // whole) <= last // whole:
@@ -247,8 +252,8 @@ class _Maker:
         return self._rng.randint(first, last) if first <= last else first
 
     def _number(self, schema: dict[str, Any]) -> float:
-        low, high = _bounds(schema, integer=False)
-        step = _numeric(schema.get("multipleOf"))
+        low, high = bounds(schema, integer=False)
+        step = numeric(schema.get("multipleOf"))
         if step is not None and step > 0:
             try:
                 first, last = math.ceil(low / step), math.floor(high / step)
@@ -264,10 +269,10 @@ class _Maker:
         return value if low <= value <= high else low
 
     def _string(self, schema: dict[str, Any]) -> str:
-        least = _count(schema.get("minLength"))
+        least = min_count(schema.get("minLength"))
         if least > MAX_STRING_CHARS:
             raise SchemaProblem(f"a string of the schema is over {MAX_STRING_CHARS} characters")
-        most = _limit(schema.get("maxLength"))
+        most = max_count(schema.get("maxLength"))
         key = self._rng.getrandbits(32)
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
@@ -313,99 +318,6 @@ class _Maker:
             "relative-json-pointer": f"0/{word}",
             "regex": f"^{word}$",
         }.get(fmt)
-
-
-def _kind(schema: dict[str, Any], *, deep: bool) -> str:
-    """The JSON type to make for ``schema``."""
-    declared = schema.get("type")
-    if isinstance(declared, str):
-        return declared
-    if isinstance(declared, list):
-        names = [name for name in declared if isinstance(name, str)]
-        if deep and "null" in names:
-            return "null"
-        others = [name for name in names if name != "null"]
-        return others[0] if others else "null"
-    for kind, keywords in _TYPE_KEYWORDS:
-        if any(keyword in schema for keyword in keywords):
-            return kind
-    return "string"
-
-
-def _is_null(schema: dict[str, Any]) -> bool:
-    return schema.get("type") == "null" or schema.get("const", 0) is None
-
-
-def _merged(schema: dict[str, Any]) -> dict[str, Any]:
-    """An ``allOf`` folded into one schema: properties and required lists joined, other
-    keywords from the last part that has them."""
-    merged: dict[str, Any] = {key: value for key, value in schema.items() if key != "allOf"}
-    for part in schema["allOf"]:
-        if not isinstance(part, dict):
-            continue
-        for key, value in part.items():
-            if key == "properties" and isinstance(value, dict):
-                known = merged.get("properties")
-                merged["properties"] = {**(known if isinstance(known, dict) else {}), **value}
-            elif key == "required" and isinstance(value, list):
-                merged["required"] = [*_names(merged.get("required")), *_names(value)]
-            else:
-                merged[key] = value
-    return merged
-
-
-def _names(value: Any) -> list[str]:
-    """The strings of a ``required`` list (nothing if it is not a list)."""
-    return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
-
-
-def _extra_schema(schema: dict[str, Any]) -> Any:
-    """The schema of a property not in ``properties``."""
-    extra = schema.get("additionalProperties", True)
-    return extra if isinstance(extra, dict) else {}
-
-
-def _bounds(schema: dict[str, Any], *, integer: bool) -> tuple[float, float]:
-    """The smallest and largest value allowed, exclusive bounds made inclusive (by one for
-    integers, by a hundredth for numbers); an open side is ``_DEFAULT_SPAN`` from the other."""
-    nudge = 1 if integer else 0.01
-    low: float | None = None
-    high: float | None = None
-    minimum, maximum = _numeric(schema.get("minimum")), _numeric(schema.get("maximum"))
-    if minimum is not None:
-        low = minimum + nudge if schema.get("exclusiveMinimum") is True else minimum
-    if maximum is not None:
-        high = maximum - nudge if schema.get("exclusiveMaximum") is True else maximum
-    above = _numeric(schema.get("exclusiveMinimum"))
-    below = _numeric(schema.get("exclusiveMaximum"))
-    if above is not None:
-        low = max(low, above + nudge) if low is not None else above + nudge
-    if below is not None:
-        high = min(high, below - nudge) if high is not None else below - nudge
-    if low is None:
-        low = 0 if high is None or high >= 0 else high - _DEFAULT_SPAN
-    if high is None:
-        high = low + _DEFAULT_SPAN
-    return low, high
-
-
-def _numeric(value: Any) -> float | None:
-    """A number keyword's value, or ``None`` if absent or not a number (booleans are not)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    return None
-
-
-def _limit(value: Any) -> int | None:
-    """A count keyword's value (``maxItems``…), or ``None`` if absent or not a count."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
-def _count(value: Any) -> int:
-    """A lower count keyword's value (``minItems``…), 0 if absent or not a count."""
-    return _limit(value) or 0
 
 
 def _canonical(value: Any) -> bytes:
