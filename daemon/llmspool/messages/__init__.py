@@ -1,0 +1,127 @@
+"""Every message the actors send each other: frozen dataclasses, one package, one picture.
+
+Flow of an interactive call::
+
+    front door --Call--> request queue --Call--> dispatcher --Reply--> front door (call.reply)
+                                ^                    |
+                                +----SlotFreed-------+---Settled--> ledger
+
+Each message carries its request id, and a ``Call`` carries the OpenTelemetry context of the
+span that made it, because contextvars do not cross memory object streams.
+
+A question to an actor is a message of its own with typed fields (``StatusQuery``,
+``LedgerEntriesQuery``, ``JobQuery``, ``JobListQuery``), and its answer a typed value: each
+actor's status snapshot is a ``TypedDict`` whose keys are exactly what ``/v1/status`` serves
+(the CLI reads them), and a job is a ``JobView``. An actor's inbox type lists the questions it
+answers, so mypy refuses a question sent to an actor that does not answer it.
+
+The modules, by who talks: ``calls`` (the interactive path and the cache), ``accounting`` (to
+the ledger), ``jobs`` (the job keeper and the Batch API pipeline), ``questions`` (status and
+job views). Import the messages from here.
+"""
+
+from llmspool.messages.accounting import (
+    Admit,
+    LineReservation,
+    NewPrices,
+    Release,
+    ReleaseLines,
+    ReserveLines,
+    StoreJobResults,
+)
+from llmspool.messages.calls import (
+    Abort,
+    Answer,
+    CacheFill,
+    CacheUsed,
+    Call,
+    Failure,
+    Reply,
+    SlotFreed,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+from llmspool.messages.jobs import (
+    BatchClosed,
+    BatchLinesDone,
+    BatchOpened,
+    CancelJob,
+    StoreBatchChunk,
+    SubmitJob,
+    ToBatch,
+    WaitForJob,
+)
+from llmspool.messages.questions import (
+    BudgetStatus,
+    CacheStatus,
+    DispatcherStatus,
+    FlexStatus,
+    JobCounts,
+    JobList,
+    JobListQuery,
+    JobQuery,
+    JobView,
+    KeeperStatus,
+    LedgerEntries,
+    LedgerEntriesQuery,
+    LedgerStatus,
+    NearDuplicateStatus,
+    PlanGroupView,
+    PollerStatus,
+    QueueStatus,
+    Snapshot,
+    StatusQuery,
+    SubmitterStatus,
+    WaitingGroupStatus,
+)
+
+__all__ = [
+    "Abort",
+    "Admit",
+    "Answer",
+    "BatchClosed",
+    "BatchLinesDone",
+    "BatchOpened",
+    "BudgetStatus",
+    "CacheFill",
+    "CacheStatus",
+    "CacheUsed",
+    "Call",
+    "CancelJob",
+    "DispatcherStatus",
+    "Failure",
+    "FlexStatus",
+    "JobCounts",
+    "JobList",
+    "JobListQuery",
+    "JobQuery",
+    "JobView",
+    "KeeperStatus",
+    "LedgerEntries",
+    "LedgerEntriesQuery",
+    "LedgerStatus",
+    "LineReservation",
+    "NearDuplicateStatus",
+    "NewPrices",
+    "PlanGroupView",
+    "PollerStatus",
+    "QueueStatus",
+    "Release",
+    "ReleaseLines",
+    "Reply",
+    "ReserveLines",
+    "SlotFreed",
+    "Snapshot",
+    "StatusQuery",
+    "StoreBatchChunk",
+    "StoreJobResults",
+    "StreamChunk",
+    "StreamEnd",
+    "StreamStart",
+    "SubmitJob",
+    "SubmitterStatus",
+    "ToBatch",
+    "WaitForJob",
+    "WaitingGroupStatus",
+]

@@ -1,0 +1,167 @@
+"""The interactive path's messages: a ``Call``, its replies, and the queue's ``SlotFreed``;
+the cache's ``CacheFill`` and ``CacheUsed``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import CancelScope
+from anyio.streams.memory import MemoryObjectSendStream
+from opentelemetry.context import Context
+
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.errors import ApiError
+from llmspool.policy.cache_keys import CachePlan
+from llmspool.policy.planner import TierPolicy
+from llmspool.store.records import (
+    Caller,
+    NewEntry,
+    Settled,
+)
+
+
+class Abort:
+    """How the front door stops a call whose client went away (the one mutable thing a
+    ``Call`` carries): the dispatcher binds the cancel scope the call runs in, and ``fire``
+    cancels it, which stops the upstream call and releases its reservation."""
+
+    __slots__ = ("_scope", "fired")
+
+    def __init__(self) -> None:
+        self._scope: CancelScope | None = None
+        self.fired = False
+
+    def bind(self, scope: CancelScope) -> None:
+        self._scope = scope
+        if self.fired:  # the client left while the call waited in the queue
+            scope.cancel()
+
+    def fire(self) -> None:
+        self.fired = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One interactive request on its way to a provider; answers go to ``reply``.
+
+    ``body`` is the JSON to send upstream, already rewritten where the daemon needs to (the
+    upstream model name, ``stream_options.include_usage``); ``strip_usage_chunk`` says the
+    client did not ask for the usage chunk we added, so it must not see it. ``policy`` and
+    ``deadline_at`` (unix seconds, None: no deadline) let the planner choose the tier.
+    ``cache`` says how the response cache takes part (the front door and the job keeper send
+    a call that has a plan to the cache actor, the others straight to the request queue).
+    """
+
+    request_id: str
+    endpoint: Endpoint
+    provider: str
+    model: str
+    body: bytes
+    stream: bool
+    policy: TierPolicy
+    caller: Caller
+    operation: str | None
+    received_at: float
+    trace: Context
+    reply: MemoryObjectSendStream[Reply] = field(repr=False)
+    strip_usage_chunk: bool = False
+    deadline_at: float | None = None
+    session: str | None = None
+    abort: Abort = field(default_factory=Abort, repr=False, compare=False)
+    cache: CachePlan | None = None  # None: the cache leaves this call alone
+    # Set on the cache's own embedding calls: their cost is taken off that source's savings.
+    overhead_of: str | None = None
+    # Set by the job keeper: the answer carries its ``Settled`` instead of the ledger being
+    # sent it, so the keeper stores the result and its ledger entry in one transaction.
+    settle_with_result: bool = False
+    # A job's request: its deadline steers the tier, but an answer that comes late is still
+    # kept (and flagged late); an interactive call's deadline bounds how long it is waited on.
+    deferred: bool = False
+    # Seconds from submission (a job's creation) to the deadline; None: from ``received_at``.
+    submitted_at: float | None = None
+
+    def deadline_window(self) -> float | None:
+        """Seconds its caller gave it, from submission to deadline (None: no deadline)."""
+        if self.deadline_at is None:
+            return None
+        return self.deadline_at - (self.submitted_at if self.submitted_at is not None
+                                   else self.received_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole (non-streamed) upstream answer."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    tier: Tier
+    cost_picodollars: int | None
+    standard_cost_picodollars: int | None = None
+    document: Any = field(default=None, repr=False)  # ``body`` parsed
+    # For a call with ``settle_with_result``: its ledger entry, for the caller to store.
+    settled: Settled | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """A streamed answer begins with ``first``, its first events; ``StreamChunk``s and one
+    ``StreamEnd`` follow. Carrying the first events here saves a hop on the time to first token.
+    """
+
+    status: int
+    headers: dict[str, str]
+    first: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """Bytes of one or more whole server-sent events, to write to the client as they are."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The stream finished (cleanly, or cut by the upstream: ``error`` says so)."""
+
+    error: ApiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The call failed before any answer reached the client."""
+
+    error: ApiError
+
+
+Reply = Answer | StreamStart | StreamChunk | StreamEnd | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFreed:
+    """The dispatcher finished a call; the request queue may hand it another."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFill:
+    """Answers to keep in the response cache (batch results; the cache's own flights)."""
+
+    entries: list[NewEntry] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsed:
+    """The front door answered a call from cache entry ``entry_id`` at ``at`` (for the
+    eviction order and the hit count), or found it ``corrupt`` (drop it)."""
+
+    entry_id: int
+    at: float
+    corrupt: bool = False
+
+
