@@ -17,7 +17,8 @@ answers, so mypy refuses a question sent to an actor that does not answer it.
 
 The modules, by who talks: ``calls`` (the interactive path and the cache), ``accounting`` (to
 the ledger), ``jobs`` (the job keeper and the Batch API pipeline), ``questions`` (status and
-job views). Import the messages from here.
+job views), and ``Settled``, a record of the store that is also a message to the ledger.
+Import the messages from here.
 """
 
 from llmspool.messages.accounting import (
@@ -76,7 +77,11 @@ from llmspool.messages.questions import (
     WaitingGroupStatus,
 )
 
+# A call's ledger entry is a record the store keeps and a message the ledger takes.
+from llmspool.store.records import Settled
+
 __all__ = [
+    "Settled",
     "Abort",
     "Admit",
     "Answer",
