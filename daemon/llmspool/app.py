@@ -60,7 +60,7 @@ from llmspool.core.config.sections import Config, ProviderConfig
 from llmspool.core.config_load import load_config
 from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.errors import ConfigError
-from llmspool.core.plugins import load_provider_kinds
+from llmspool.core.plugins import answer_hooks, load_provider_kinds
 from llmspool.core.provider import BatchProvider, Provider, ProviderSettings
 from llmspool.core.tracing import Tracing, build_tracing
 from llmspool.jobs.submission import JobSubmission
@@ -68,6 +68,7 @@ from llmspool.messages import BatchLinesDone, NewPrices, SlotFreed
 from llmspool.policy.billing import PriceBook, load_price_book
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.model_choice import ModelChooser
 from llmspool.policy.planner import LatencyBook, Planner, default_latencies
 from llmspool.policy.reservations import Reserver
 from llmspool.policy.routing import ModelRouter
@@ -114,6 +115,15 @@ def resolve_api_key(provider: ProviderConfig, environ: Mapping[str, str]) -> str
         if path.is_file():
             return path.read_text(encoding="utf-8").strip()
     return environ.get(provider.api_key_env, "") if provider.api_key_env else ""
+
+
+def _model_chooser(config: Config, extra_plugins: Iterable[object]) -> ModelChooser | None:
+    """The operations' routes and cascades, with the plugins' scorer and answer check (None
+    when no operation routes: the front door then leaves every model as asked)."""
+    if not any(op.route or op.cascade for op in config.operations.values()):
+        return None
+    hooks = answer_hooks(extra_plugins)
+    return ModelChooser(config.operations, scorer=hooks.score, check=hooks.accept)
 
 
 def build_providers(
@@ -314,7 +324,8 @@ class Daemon:
         access = Access(config.daemon.admins)
         forwarder = self._forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
-                              cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
+                              cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
+                              chooser=_model_chooser(config, self._extra_plugins))
         # POST /v1/jobs and POST /v1/batches make jobs the same way.
         submission = JobSubmission(keeper_in, router, planner,
                                    max_line_size=config.jobs.max_line_size,

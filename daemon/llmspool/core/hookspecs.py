@@ -26,8 +26,8 @@ by ``llmspool plugins`` and shown by ``llmspool config show``; the provider read
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import pluggy
 
@@ -35,7 +35,7 @@ from llmspool.core.config.values import ConfigKey
 from llmspool.core.provider import LazyFactory, ProviderFactory
 
 __all__ = ["PROJECT", "ConfigKey", "LazyFactory", "RegisterProvider", "hookimpl", "hookspec",
-           "llmspool_register_providers"]
+           "llmspool_accept_answer", "llmspool_register_providers", "llmspool_score_request"]
 
 PROJECT = "llmspool"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -66,4 +66,29 @@ def llmspool_register_providers(register: RegisterProvider) -> None:
     both plugins, as is a key declared wrongly.
 
     :param register: the callback that records one provider kind.
+    """
+
+
+@hookspec(firstresult=True)
+def llmspool_score_request(body: Mapping[str, Any], operation: str | None) -> float | None:
+    """How complex a request is, from 0 (trivial) to 1 (hard), for ``[operations.NAME] route``
+    rules with ``score_over`` or ``score_under``; None leaves it to the next plugin, and to the
+    daemon's built-in heuristic last (``llmspool.policy.complexity``). Called on the daemon's
+    event loop for each routed request: it must be quick and must not block.
+
+    :param body: the request as the client sent it (OpenAI's shape), parsed.
+    :param operation: the request's operation (``x-llmspool-operation``), if any.
+    """
+
+
+@hookspec(firstresult=True)
+def llmspool_accept_answer(answer: Mapping[str, Any], body: Mapping[str, Any],
+                           operation: str | None) -> bool | None:
+    """Whether a cascade keeps the cheaper model's answer (``[operations.NAME] cascade``): False
+    asks the larger model instead; None leaves it to the next plugin and to the configured
+    checks. Called on the event loop: it must be quick and must not block.
+
+    :param answer: the cheaper model's answer (OpenAI's shape), parsed.
+    :param body: the request as the client sent it, parsed.
+    :param operation: the request's operation.
     """

@@ -8,8 +8,9 @@ objects to add doubles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
@@ -79,6 +80,34 @@ def load_provider_specs(extra_plugins: Iterable[object] = ()) -> dict[str, Provi
 def load_provider_kinds(extra_plugins: Iterable[object] = ()) -> dict[str, ProviderFactory]:
     """Every provider kind the installed plugins register: its factory, by kind name."""
     return {kind: spec.factory for kind, spec in load_provider_specs(extra_plugins).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerHooks:
+    """The plugins' ``llmspool_score_request`` and ``llmspool_accept_answer`` (each None when
+    no plugin implements it)."""
+
+    score: Callable[[Mapping[str, Any], str | None], float | None] | None
+    accept: Callable[[Mapping[str, Any], Mapping[str, Any], str | None], bool | None] | None
+
+
+def answer_hooks(extra_plugins: Iterable[object] = ()) -> AnswerHooks:
+    """The request scorer and answer check the installed plugins (and ``extra_plugins``)
+    offer."""
+    hook = plugin_manager(extra_plugins).hook
+    scorers, checks = hook.llmspool_score_request, hook.llmspool_accept_answer
+
+    def score(body: Mapping[str, Any], operation: str | None) -> float | None:
+        result: float | None = scorers(body=body, operation=operation)
+        return result
+
+    def accept(answer: Mapping[str, Any], body: Mapping[str, Any],
+               operation: str | None) -> bool | None:
+        result: bool | None = checks(answer=answer, body=body, operation=operation)
+        return result
+
+    return AnswerHooks(score if scorers.get_hookimpls() else None,
+                       accept if checks.get_hookimpls() else None)
 
 
 def provider_config_keys(extra_plugins: Iterable[object] = ()) -> dict[str, tuple[ConfigKey, ...]]:

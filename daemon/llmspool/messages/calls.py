@@ -3,6 +3,7 @@ the cache's ``CacheFill`` and ``CacheUsed``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from opentelemetry.context import Context
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import ApiError
 from llmspool.policy.cache_keys import CachePlan
+from llmspool.policy.model_choice import Verdict
 from llmspool.policy.planner import TierPolicy
 from llmspool.store.records import (
     Caller,
@@ -82,6 +84,14 @@ class Call:
     deferred: bool = False
     # Seconds from submission (a job's creation) to the deadline; None: from ``received_at``.
     submitted_at: float | None = None
+    # Set when a route or cascade chose ``model`` instead of the one asked for: (provider,
+    # model) asked for, whose standard price the call's saving is measured against.
+    routed_from: tuple[str, str] | None = None
+    # Set on a cascade's first call: the verdict on its answer, taken where it is billed, so
+    # that an answer not kept is billed as routing's overhead (a list price of 0) and one kept
+    # saves what ``routed_from`` would have cost. The verdict travels on with the ``Answer``.
+    cascade_check: Callable[[Mapping[str, Any]], Verdict] | None = field(
+        default=None, repr=False, compare=False)
 
     def deadline_window(self) -> float | None:
         """Seconds its caller gave it, from submission to deadline (None: no deadline)."""
@@ -104,6 +114,8 @@ class Answer:
     document: Any = field(default=None, repr=False)  # ``body`` parsed
     # For a call with ``settle_with_result``: its ledger entry, for the caller to store.
     settled: Settled | None = field(default=None, repr=False)
+    # For a cascade's first call (``Call.cascade_check``): whether its answer is kept.
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ Rules, in order:
   on, is billed at the dearest of the model's priced tiers for that usage, flag
   ``"unknown_tier"``.
 - Otherwise the usage is priced on its tier, every part at its own price.
+- A routed call (``routed_from``: the provider and model the request asked for, which a
+  route or cascade replaced) has that model's standard price as its list price, and its
+  saving (or extra cost: a dearer model) is the source ``"routing"``, tier savings included.
 - The saving source is ``"tier"`` when flex or batch cost less than the list price; a
   ``saving_source`` argument wins over that; ``overhead_of`` marks a call spent to save
   elsewhere (the cache's embeddings): its list cost is 0, so its cost is a negative saving of
@@ -54,6 +57,7 @@ UNKNOWN_TIER = "unknown_tier"
 UNPRICED = "unpriced"
 TIER_SAVING = "tier"
 CACHE_SAVING = "cache"
+ROUTING_SAVING = "routing"
 _VERSION_HEX_DIGITS = 12
 
 
@@ -152,6 +156,7 @@ def bill(
     saving_source: str | None = None,
     would_have_tier: Tier | None = None,
     overhead_of: str | None = None,
+    routed_from: tuple[str, str] | None = None,
 ) -> Bill:
     """The bill of ``usage`` served by ``provider``'s ``model`` on ``tier`` (see the module
     docstring for the rules).
@@ -193,6 +198,10 @@ def bill(
     source: str | None = None
     if overhead_of is not None:
         source, list_cost = overhead_of, 0
+    elif routed_from is not None:
+        asked = book.price(*routed_from, Tier.STANDARD)
+        list_cost = asked.cost(usage) if asked is not None else list_cost
+        source = ROUTING_SAVING
     elif saving_source is not None:
         source = saving_source
     elif tier in (Tier.FLEX, Tier.BATCH) and list_cost is not None and cost < list_cost:

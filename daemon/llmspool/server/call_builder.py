@@ -3,13 +3,14 @@ provider, tier policy and cache plan.
 
 The body is parsed once (orjson) to check it and to read ``model``, ``stream`` and
 ``service_tier``; it is re-encoded only when the daemon must change it: a provider-prefixed
-model name, or a streamed chat completion whose usage the daemon needs
-(``stream_options.include_usage``; the extra usage chunk is then kept from the client).
+model name, a model chosen by the operation's ``route`` rules (``llmspool.policy.model_choice``),
+or a streamed chat completion whose usage the daemon needs (``stream_options.include_usage``;
+the extra usage chunk is then kept from the client).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import orjson
@@ -19,23 +20,33 @@ from opentelemetry.trace import Span
 from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from llmspool.core.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.model_choice import ModelChooser, Route
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.bodies import read_limited
 from llmspool.server.uvicorn_server import caller_of
 
-__all__ = ["STREAM_BUFFER", "CallBuilder"]
+__all__ = ["STREAM_BUFFER", "Built", "CallBuilder"]
 
 STREAM_BUFFER = 32  # replies a streamed call may run ahead of a slow client
 _REQUIRED_INPUT = {
     Endpoint.CHAT: "messages",
     Endpoint.EMBEDDINGS: "input",
 }
+
+
+class Built(NamedTuple):
+    """A request made into a call: the call, the receiving end of its reply stream, and the
+    route that chose its model (None: the model asked for)."""
+
+    call: Call
+    replies: MemoryObjectReceiveStream[Reply]
+    route: Route | None
 
 
 class CallBuilder:
@@ -48,16 +59,18 @@ class CallBuilder:
         *,
         max_body_size: int,
         cache_rules: CacheRules | None = None,
+        chooser: ModelChooser | None = None,
     ) -> None:
         self._router = router
+        self._chooser = chooser
         self._planner = planner
         self._max_body_size = max_body_size
         self._cache_rules = cache_rules
 
     async def build(
         self, request: Request, endpoint: Endpoint, request_id: str, span: Span
-    ) -> tuple[Call, MemoryObjectReceiveStream[Reply]]:
-        """The call for ``request``, and the receiving end of its reply stream.
+    ) -> Built:
+        """The call for ``request``, the receiving end of its reply stream, and its route.
 
         Raises ``ApiError`` (an ``InvalidRequest``, a body too large or not JSON) when the
         request cannot be made into a call.
@@ -81,7 +94,14 @@ class CallBuilder:
             raise InvalidRequest("'stream' must be true or false", param="stream",
                                  code="invalid_type")
         stream = stream and endpoint is not Endpoint.EMBEDDINGS
-        provider, model = self._router.resolve(requested_model)
+        operation = request.headers.get("x-llmspool-operation")
+        route = None
+        if self._chooser is not None and endpoint is not Endpoint.EMBEDDINGS:
+            route = self._chooser.route(parsed, operation)
+        routed_from = None
+        if route is not None and route.model != requested_model:
+            routed_from = self._asked(requested_model)
+        provider, model = self._router.resolve(route.model if route else requested_model)
         rewrite = model != requested_model
         if rewrite:
             parsed["model"] = model
@@ -92,7 +112,6 @@ class CallBuilder:
                 # The daemon needs the usage to bill the call; the client did not ask for it.
                 parsed["stream_options"] = {**(options or {}), "include_usage": True}
                 strip_usage_chunk = rewrite = True
-        operation = request.headers.get("x-llmspool-operation")
         requested_tier = parsed.get("service_tier")
         # "auto" (OpenAI's default) names no tier: the planner may choose one for a deadline.
         explicit = None if requested_tier == "auto" else Tier.from_service_tier(requested_tier)
@@ -134,8 +153,21 @@ class CallBuilder:
             deadline_at=deadline_at,
             session=request.headers.get("x-llmspool-session"),
             cache=cache_plan,
+            routed_from=routed_from,
         )
-        return call, replies_out
+        if route is not None:
+            span.set_attributes({"llmspool.route.model": route.model,
+                                 "llmspool.route.reason": route.reason})
+        return Built(call, replies_out, route)
+
+    def _asked(self, requested_model: str) -> tuple[str, str] | None:
+        """(provider, model) the request asked for, whose price a routed call's saving is
+        measured against; None for a name no provider serves (a placeholder such as "auto"
+        that only the route gives a model)."""
+        try:
+            return self._router.resolve(requested_model)
+        except NotFound:
+            return None
 
     async def _read_body(self, request: Request) -> bytes:
         content_type = request.headers.get("content-type", "application/json")

@@ -25,13 +25,19 @@ from llmspool.core.tracing import context_from_headers
 from llmspool.messages import Answer, Call, Failure, Reply, StreamStart
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.model_choice import ModelChooser, Route
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.call_builder import CallBuilder
+from llmspool.server.cascade import HEADER as CASCADE_HEADER
+from llmspool.server.cascade import Cascade
 from llmspool.server.first_reply import StopClock, first_reply
 from llmspool.server.relay import SSE_HEADERS, RelayResponse
 
 log = logging.getLogger(__name__)
+
+ROUTE_HEADER = "x-llmspool-route"
+ROUTE_REASON_HEADER = "x-llmspool-route-reason"
 
 
 def error_response(error: ApiError, request_id: str | None = None) -> Response:
@@ -55,18 +61,22 @@ class Forwarder:
         cache: MemoryObjectSendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
+        chooser: ModelChooser | None = None,
     ) -> None:
         self._queue = queue
         self._cache = cache
         self._cache_front = cache_front
         self._calls = CallBuilder(
-            router, planner, max_body_size=max_body_size, cache_rules=cache_rules
+            router, planner, max_body_size=max_body_size, cache_rules=cache_rules,
+            chooser=chooser,
         )
         self._tracer = tracer
         # Unique across restarts (the ledger keys on it) without a uuid4 per request.
         self._id_prefix = f"llmspool-{secrets.token_hex(6)}-"
         self.stop_clock = StopClock()
         self._id_counter = itertools.count(1)
+        self._cascade = None if chooser is None else \
+            Cascade(chooser, router, self._submit, self.stop_clock)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         request_id = f"{self._id_prefix}{next(self._id_counter):x}"
@@ -82,28 +92,40 @@ class Forwarder:
             },
         )
         try:
-            call, replies = await self._calls.build(request, endpoint, request_id, span)
+            call, replies, route = await self._calls.build(request, endpoint, request_id, span)
+            extra = _route_headers(route)
             if call.cache is not None and self._cache_front is not None:
                 hit = self._cache_front.hit(call)
                 if hit is not None:
                     call.reply.close()
                     replies.close()
-                    return self._respond_from_cache(call, hit[0], span)
-            await self._submit(call, replies)
+                    return self._respond_from_cache(call, hit[0], span, extra)
+            cascade = self._cascade.applies(call) if self._cascade is not None else None
+            if cascade is None:
+                await self._submit(call, replies)
         except ApiError as error:
             return self._finish_with_error(span, error, request_id)
         except BaseException:
             span.end()
             raise
         try:
-            first = await first_reply(request, call, replies, self.stop_clock)
+            if cascade is not None and self._cascade is not None:
+                call, first, replies, outcome = await self._cascade.run(
+                    request, call, replies, cascade)
+                extra = {**extra, CASCADE_HEADER: outcome, ROUTE_HEADER: call.model}
+                span.set_attribute("llmspool.cascade", outcome)
+            else:
+                first = await first_reply(request, call, replies, self.stop_clock)
         except anyio.EndOfStream:
             first = Failure(_shutting_down())
+        except ApiError as error:  # the cascade's escalation could not be sent
+            replies.close()
+            return self._finish_with_error(span, error, request_id)
         except BaseException:
             replies.close()
             span.end()
             raise
-        return self._respond(call, first, replies, span)
+        return self._respond(call, first, replies, span, extra)
 
     async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply]) -> None:
         """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
@@ -120,9 +142,10 @@ class Forwarder:
 
 
     def _respond(
-        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span
+        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span,
+        headers: dict[str, str],
     ) -> Response:
-        common = {"x-llmspool-request-id": call.request_id}
+        common = {"x-llmspool-request-id": call.request_id, **headers}
         if isinstance(first, Answer | StreamStart) and CACHE_HEADER in first.headers:
             span.set_attribute("llmspool.cache", first.headers[CACHE_HEADER])
         if isinstance(first, Answer):
@@ -149,19 +172,19 @@ class Forwarder:
         span.end()
         raise RuntimeError(f"unexpected first reply {type(first).__name__}")
 
-    def _respond_from_cache(self, call: Call, first: Reply, span: Span) -> Response:
+    def _respond_from_cache(self, call: Call, first: Reply, span: Span,
+                            headers: dict[str, str]) -> Response:
         """A hit's answer: a whole body, or a stored stream sent as one body of events."""
         span.set_attribute("llmspool.cache", "hit")
         span.set_attribute("http.response.status_code", 200)
         span.end()
+        common = {"x-llmspool-request-id": call.request_id, **headers}
         if isinstance(first, Answer):
-            return Response(first.body, first.status,
-                            {**first.headers, "x-llmspool-request-id": call.request_id},
+            return Response(first.body, first.status, {**first.headers, **common},
                             media_type="application/json")
         assert isinstance(first, StreamStart)
-        return Response(first.first, first.status,
-                        {**first.headers, "x-llmspool-request-id": call.request_id,
-                         **SSE_HEADERS}, media_type="text/event-stream")
+        return Response(first.first, first.status, {**first.headers, **common, **SSE_HEADERS},
+                        media_type="text/event-stream")
 
     def _finish_with_error(self, span: Span, error: ApiError, request_id: str) -> Response:
         span.set_status(Status(StatusCode.ERROR, error.message))
@@ -169,6 +192,13 @@ class Forwarder:
         span.set_attribute("error.type", error.code or type(error).__name__)
         span.end()
         return error_response(error, request_id)
+
+
+def _route_headers(route: Route | None) -> dict[str, str]:
+    """``x-llmspool-route`` (the model a route rule chose) and ``x-llmspool-route-reason``."""
+    if route is None:
+        return {}
+    return {ROUTE_HEADER: route.model, ROUTE_REASON_HEADER: route.reason}
 
 
 def _shutting_down() -> ServiceUnavailable:

@@ -158,6 +158,7 @@ class Accounts:
             unpriced_ceiling_picodollars=round(self._budgets.unknown_model_ceiling_usd
                                                * PICODOLLARS_PER_USD),
             overhead_of=call.overhead_of,
+            routed_from=call.routed_from,
         )
         cost = billed.cost_picodollars
         finished = self._planner.clock.now()

@@ -12,6 +12,7 @@ the provider's context closes the upstream connection, so the upstream call stop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from llmspool.messages import (
     StreamEnd,
     StreamStart,
 )
+from llmspool.policy.billing import ROUTING_SAVING
 from llmspool.resilience.buckets import Permit
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import RateLimits
@@ -154,6 +156,11 @@ class Relay:
             )
         served = served_tier_of(parsed) or target.tier
         usage = usage_of(parsed) or accounts.estimate(call)
+        verdict = None
+        if call.cascade_check is not None and response.status == 200:
+            verdict = call.cascade_check(parsed)
+            if not verdict.accepted:  # spent for nothing: routing's overhead
+                call = dataclasses.replace(call, routed_from=None, overhead_of=ROUTING_SAVING)
         settled = accounts.settle(call, target.provider, target.model, served, usage,
                                   response.status, started, span, claimed=claimed_tier_of(parsed))
         _describe_answer(span, response_id_of(parsed), response_model_of(parsed),
@@ -175,7 +182,7 @@ class Relay:
         await tell(call, Answer(
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
-            settled=settled if call.settle_with_result else None,
+            settled=settled if call.settle_with_result else None, verdict=verdict,
         ))
         return Sent(usage)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmspool.core.config.routes import CascadeConfig, RouteRule
 from llmspool.core.config.values import KEY_TYPES, ConfigKey, _duration, _field_key_type, _size
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -180,6 +181,10 @@ class OperationConfig:
     cache_ttl: float | None = field(default=None, metadata={"kind": "duration"})
     cache_shared: bool = False
     similar: bool = False
+    # Which model answers (``llmspool.core.config.routes``): rules tried in order, and a
+    # cheaper model tried first whose answer is kept when it passes the checks.
+    route: tuple[RouteRule, ...] = field(default=(), metadata={"kind": "routes"})
+    cascade: CascadeConfig | None = field(default=None, metadata={"kind": "cascade"})
 
 
 @dataclass(frozen=True, slots=True)

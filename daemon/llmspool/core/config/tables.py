@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+from llmspool.core.config.routes import cascade_to_table, routes_to_table
 from llmspool.core.config.values import _convert, _paths_to_table
 from llmspool.core.errors import ConfigError
 from llmspool.core.units import format_duration, format_size
@@ -111,6 +112,10 @@ def _section_to_table(section: Any) -> dict[str, Any]:
             value = f"{value:04o}"
         elif kind == "paths":
             value = _paths_to_table(value)
+        elif kind == "routes":
+            value = routes_to_table(value)
+        elif kind == "cascade":
+            value = cascade_to_table(value)
         elif isinstance(value, tuple):
             value = list(value)
         out[fld.name] = value

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from llmspool.core.config.routes import parse_cascade, parse_routes
 from llmspool.core.errors import ConfigError
 from llmspool.core.units import parse_duration, parse_size
 
@@ -89,6 +90,8 @@ def _convert(fld: dataclasses.Field[Any], value: Any, dotted: str) -> Any:
         "size": parse_size,
         "mode": _parse_mode,
         "paths": _parse_paths,
+        "routes": parse_routes,
+        "cascade": parse_cascade,
     }
     try:
         if kind in converters:

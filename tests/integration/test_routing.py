@@ -1,0 +1,143 @@
+"""Model routing and cascades end to end: a real daemon on its socket, the official client, and
+``llmspool.testing``'s fake provider answering as each model would (the small model refuses
+requests marked HARD), the ledger saying what routing saved or cost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.testing import (
+    FakeUpstream,
+    InProcessDaemon,
+    fake_provider_plugin,
+    load_config_with,
+    running_daemon,
+)
+
+from tests.support.processes import unix_exchange, unix_request
+
+CONFIG = """
+[providers.openai]
+plugin = "fake"
+
+[operations.support]
+route = [
+  { model = "gpt-4o", when = { matches = "(?i)contract" } },
+  { model = "gpt-4o-mini" },
+]
+
+[operations.triage]
+cascade = { first = "gpt-4o-mini" }
+"""
+
+
+class Upstream(FakeUpstream):
+    """The small model refuses what is marked HARD; everyone else answers."""
+
+    def answer(self, endpoint: Endpoint, body: Mapping[str, Any], tier: Tier) -> dict[str, Any]:
+        answer = super().answer(endpoint, body, tier)
+        if body.get("model") == "gpt-4o-mini" and "HARD" in orjson.dumps(body).decode():
+            message = answer["choices"][0]["message"]
+            message["content"], message["refusal"] = None, "I can't help with that."
+        return answer
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[InProcessDaemon, Upstream]]:
+    upstream = Upstream()
+    plugin = fake_provider_plugin(upstream)
+    path = tmp_path / "llmspool.toml"
+    path.write_text(CONFIG)
+    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
+           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
+    with running_daemon(load_config_with([plugin], path, environ=env), environ=env,
+                        plugins=[plugin]) as running:
+        yield running, upstream
+
+
+def ask(daemon: InProcessDaemon, text: str, operation: str,
+        model: str = "gpt-4o") -> tuple[int, Any, dict[str, str]]:
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
+    return unix_exchange(daemon.socket_path, "POST", "/v1/chat/completions", body,
+                         {"content-type": "application/json", "x-llmspool-operation": operation})
+
+
+def entries(daemon: InProcessDaemon) -> list[dict[str, Any]]:
+    status, ledger = unix_request(daemon.socket_path, "GET", "/v1/ledger?limit=50")
+    assert status == 200, ledger
+    return list(reversed(ledger["entries"]))  # oldest first
+
+
+def saved_by_source(daemon: InProcessDaemon) -> dict[str, float]:
+    status, report = unix_request(daemon.socket_path, "GET", "/v1/ledger?by=&since=1d")
+    assert status == 200, report
+    return dict(report["total"]["saved_by_source"])
+
+
+def test_a_route_sends_easy_work_to_the_small_model_and_says_why(
+    daemon: tuple[InProcessDaemon, Upstream],
+) -> None:
+    running, upstream = daemon
+    status, answer, headers = ask(running, "What are your opening hours?", "support")
+    assert status == 200 and answer["model"] == "gpt-4o-mini"
+    assert headers["x-llmspool-route"] == "gpt-4o-mini"
+    assert headers["x-llmspool-route-reason"] == "rule 2 (default)"
+    status, answer, headers = ask(running, "Please review this contract clause", "support")
+    assert status == 200 and answer["model"] == "gpt-4o"
+    assert headers["x-llmspool-route-reason"] == 'rule 1 (matches = "(?i)contract")'
+    assert "x-llmspool-route" not in ask(running, "hi", "other")[2]  # no rules: as asked
+    assert [r.model for r in upstream.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
+    # The easy call saved what gpt-4o would have cost, under "routing"; the others saved none.
+    easy, hard, plain = entries(running)
+    assert easy["saving_source"] == "routing" and easy["model"] == "gpt-4o-mini"
+    assert easy["standard_cost_usd"] > easy["cost_usd"] > 0
+    assert hard["saving_source"] is None and plain["saving_source"] is None
+    assert saved_by_source(running)["routing"] == pytest.approx(
+        easy["standard_cost_usd"] - easy["cost_usd"], abs=1e-9)
+
+
+def test_a_cascade_keeps_a_good_cheap_answer_and_escalates_a_refusal(
+    daemon: tuple[InProcessDaemon, Upstream],
+) -> None:
+    running, upstream = daemon
+    status, answer, headers = ask(running, "Is this email spam?", "triage")
+    assert status == 200 and answer["model"] == "gpt-4o-mini"
+    assert headers["x-llmspool-cascade"] == "accepted (gpt-4o-mini)"
+    status, answer, headers = ask(running, "HARD: untangle this thread", "triage")
+    assert status == 200 and answer["model"] == "gpt-4o"
+    assert answer["choices"][0]["message"]["content"]  # the larger model's answer
+    assert headers["x-llmspool-cascade"] == "escalated: the answer is a refusal"
+    assert headers["x-llmspool-route"] == "gpt-4o"
+    assert [r.model for r in upstream.requests] == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o"]
+    # Every call is in the ledger. The kept answer saved what gpt-4o would have cost; the
+    # refused one is routing's loss, its whole cost; the escalated call is an ordinary call.
+    accepted, refused, escalated = entries(running)
+    assert [e["model"] for e in (accepted, refused, escalated)] == [
+        "gpt-4o-mini", "gpt-4o-mini", "gpt-4o"]
+    assert [e["saving_source"] for e in (accepted, refused, escalated)] == [
+        "routing", "routing", None]
+
+    def saved(entry: dict[str, Any]) -> float:
+        return float(entry["standard_cost_usd"]) - float(entry["cost_usd"])
+
+    assert saved(accepted) > 0
+    assert refused["standard_cost_usd"] == 0 and refused["cost_usd"] > 0
+    assert saved(escalated) == 0
+    assert saved_by_source(running)["routing"] == pytest.approx(
+        sum(saved(e) for e in (accepted, refused, escalated)), abs=1e-9)
+
+
+def test_a_streamed_request_is_not_cascaded(daemon: tuple[InProcessDaemon, Upstream]) -> None:
+    running, upstream = daemon
+    body = orjson.dumps({"model": "gpt-4o", "stream": True,
+                         "messages": [{"role": "user", "content": "HARD: go"}]})
+    status, _raw, headers = unix_exchange(
+        running.socket_path, "POST", "/v1/chat/completions", body,
+        {"content-type": "application/json", "x-llmspool-operation": "triage"})
+    assert status == 200 and "x-llmspool-cascade" not in headers
+    assert [r.model for r in upstream.requests] == ["gpt-4o"]
