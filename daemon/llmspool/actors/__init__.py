@@ -15,7 +15,9 @@
   ledger; its parts are in ``keeping``: ``jobs``, ``routing``, ``sending``, ``results``,
   ``waiting``, ``recovery``);
 - ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:
-  intents, assignments, polls; lines are reserved, and results stored, through the ledger).
+  intents, assignments, polls; lines are reserved, and results stored, through the ledger;
+  their parts are in ``batching``: ``groups`` and ``creation`` for the submitter,
+  ``escalation`` and ``retrieval`` for the poller).
 
 Each sub-package's docstring says what each of its modules does. Every actor answers a
 ``StatusQuery`` with its snapshot (a ``TypedDict`` of ``llmspool.messages``), and its inbox

@@ -1,0 +1,242 @@
+"""The daemon's parts, built from the config: the actors' inboxes (bounded streams, with the
+clones each sender holds), the actors themselves, and the front door that sends to them.
+
+Nothing here runs: ``llmspool.app.daemon`` starts what ``build_parts`` returns, in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import anyio
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from llmspool.actors.batch_poller import BatchPoller, PollerMessage
+from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
+from llmspool.actors.dispatcher import Dispatcher, DispatcherMessage
+from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
+from llmspool.actors.ledger import Ledger, LedgerMessage
+from llmspool.actors.request_queue import QueueMessage, RequestQueue
+from llmspool.actors.response_cache import CacheMessage, ResponseCache
+from llmspool.batch_api.service import BatchApi
+from llmspool.batches.context import BatchContext
+from llmspool.cache.front import CacheFront
+from llmspool.cache.nearby import NearDuplicates
+from llmspool.cache.pending import PendingBatches
+from llmspool.cache.store import CachedKeys
+from llmspool.core.clock import Clock
+from llmspool.core.config.sections import Config
+from llmspool.core.crashpoints import CrashPoints
+from llmspool.core.provider import BatchProvider, Provider
+from llmspool.core.tracing import Tracing
+from llmspool.jobs.submission import JobSubmission
+from llmspool.messages import BatchLinesDone, SlotFreed
+from llmspool.policy.billing import PriceBook
+from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.model_choice import ModelChooser
+from llmspool.policy.planner import LatencyBook, Planner, default_latencies
+from llmspool.policy.reservations import Reserver
+from llmspool.policy.routing import ModelRouter
+from llmspool.resilience.key_limits import LimitSettings
+from llmspool.resilience.limits import RateLimits
+from llmspool.resilience.retry import Retrier
+from llmspool.server.access import Access
+from llmspool.server.batch_api_routes import batch_api_routes
+from llmspool.server.forwarding import Forwarder
+from llmspool.server.jobs_routes import job_routes
+from llmspool.server.ledger_routes import ledger_routes
+from llmspool.server.routes import build_app
+from llmspool.server.uvicorn_server import (
+    ConnectionLimits,
+    EmbeddedServer,
+    build_server,
+    connection_cap,
+)
+from llmspool.store.batches import batch_turnarounds
+from llmspool.store.database import DATABASE_NAME
+from llmspool.store.ledger import LedgerConnection, recent_latencies
+
+QUEUE_BUFFER = 256
+LEDGER_BUFFER = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Every part of a running daemon, built and not yet started.
+
+    ``door_senders`` are the streams the front door closes when it stops, so that each actor's
+    inbox closes once every sender is done; ``controls`` are the daemon's own clones of the
+    inboxes that take ``NewPrices`` on a reload (dispatcher, batch poller, batch submitter).
+    """
+
+    ledger: Ledger
+    dispatcher: Dispatcher
+    queue: RequestQueue
+    cache: ResponseCache
+    submitter: BatchSubmitter
+    poller: BatchPoller
+    keeper: JobKeeper
+    batches_ready: anyio.Event
+    batch_api: BatchApi
+    cache_front: CacheFront
+    forwarder: Forwarder
+    server: EmbeddedServer
+    estimator: TokenEstimator
+    controls: tuple[MemoryObjectSendStream[DispatcherMessage],
+                    MemoryObjectSendStream[PollerMessage],
+                    MemoryObjectSendStream[SubmitterMessage]]
+    door_senders: tuple[ObjectSendStream[Any], ...]
+
+
+async def build_parts(
+    config: Config,
+    databases: tuple[LedgerConnection, aiosqlite.Connection],
+    providers: Mapping[str, Provider],
+    prices: PriceBook,
+    router: ModelRouter,
+    tracing: Tracing,
+    clock: Clock,
+    environ: Mapping[str, str],
+    chooser: ModelChooser | None = None,
+) -> Parts:
+    ledger_database, jobs_database = databases
+    slots = config.daemon.max_in_flight
+    queue_in, queue_out = anyio.create_memory_object_stream[QueueMessage](QUEUE_BUFFER)
+    dispatch_in, dispatch_out = anyio.create_memory_object_stream[DispatcherMessage](
+        slots + 16
+    )
+    freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
+    ledger_in, ledger_out = anyio.create_memory_object_stream[LedgerMessage](LEDGER_BUFFER)
+    keeper_in, keeper_out = anyio.create_memory_object_stream[KeeperMessage](QUEUE_BUFFER)
+    submitter_in, submitter_out = anyio.create_memory_object_stream[SubmitterMessage](
+        QUEUE_BUFFER)
+    poller_in, poller_out = anyio.create_memory_object_stream[PollerMessage](QUEUE_BUFFER)
+    results_in, results_out = anyio.create_memory_object_stream[BatchLinesDone](
+        QUEUE_BUFFER)
+    cache_in, cache_out = anyio.create_memory_object_stream[CacheMessage](QUEUE_BUFFER)
+    # The front door asks the dispatcher and the ledger for status through clones, so
+    # that each actor's inbox closes only when every sender is done.
+    dispatch_status = dispatch_in.clone()
+    ledger_status = ledger_in.clone()
+    dispatch_control = dispatch_in.clone()
+
+    estimator = TokenEstimator()
+    book = LatencyBook(default_latencies(config))
+    book.observe_many(await recent_latencies(jobs_database))
+    book.observe_many(await batch_turnarounds(jobs_database))
+    planner = Planner(config, prices, book, clock)
+    ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
+                    meter=tracing.meter, clock=clock.now)
+    dispatcher = Dispatcher(
+        dispatch_out, freed_in, ledger_in,
+        providers=providers,
+        provider_kinds={n: c.plugin for n, c in config.providers.items()},
+        timeouts={n: c.timeout for n, c in config.providers.items()},
+        stream_idle_timeouts={n: c.stream_idle_timeout for n, c in config.providers.items()},
+        prices=prices,
+        planner=planner,
+        flex=config.flex,
+        budgets=config.budgets,
+        estimator=estimator,
+        tracer=tracing.tracer,
+        meter=tracing.meter,
+        retrier=Retrier(config.retry, config.retry_providers, calendar=clock.now),
+        breaker=config.breaker,
+        failover=config.failover,
+        limits=RateLimits({
+            (provider, model): LimitSettings(limit.rpm, limit.tpm, limit.concurrency)
+            for provider, models in config.limits.items()
+            for model, limit in models.items()
+        }),
+    )
+    queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots,
+                         meter=tracing.meter, clock=clock)
+    cache_rules = CacheRules(config.cache, config.operations)
+    cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
+                          state_dir=config.state_path, planner=planner,
+                          batches=PendingBatches(config.state_path, planner),
+                          near=NearDuplicates(config.cache)
+                          if any(op.similar for op in config.operations.values()) else None)
+    batch_providers = {name: provider for name, provider in providers.items()
+                       if isinstance(provider, BatchProvider)}
+    crash = CrashPoints(environ)
+    batches_ready = anyio.Event()
+    batch_context = BatchContext(
+        batch_providers, config.state_path / DATABASE_NAME, config.state_path, planner,
+        config.batch, tracing.tracer, crash, batches_ready,
+    )
+    submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
+                               ledger_in.clone(), context=batch_context,
+                               reserver=Reserver(prices, config.budgets, estimator),
+                               meter=tracing.meter)
+    poller = BatchPoller(poller_out, results_in.clone(), submitter_in.clone(),
+                         ledger_in.clone(), context=batch_context, prices=prices,
+                         cache=cache_in.clone(),
+                         meter=tracing.meter)
+    poller_control = poller_in.clone()
+    submitter_control = submitter_in.clone()
+    keeper = JobKeeper(
+        keeper_out, queue_in.clone(), ledger_in.clone(), jobs_database, planner, config.jobs,
+        batches=submitter_in.clone() if _batch_tier_on(config, batch_providers) else None,
+        batch_results=results_out, batch_providers=frozenset(batch_providers),
+        batch_config=config.batch,
+        cache=cache_in.clone(), cache_rules=cache_rules,
+        cached=CachedKeys(config.state_path), meter=tracing.meter,
+    )
+    # The front door answers hits itself: it tells the cache actor and the ledger through
+    # clones of their inboxes, closed with the door like the others.
+    cache_used_in, ledger_hits_in = cache_in.clone(), ledger_in.clone()
+    cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
+    # Who may see which jobs and costs: their owners, and [daemon] admins.
+    access = Access(config.daemon.admins)
+    forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
+                          max_body_size=config.daemon.max_body_size,
+                          cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
+                          chooser=chooser)
+    # POST /v1/jobs and POST /v1/batches make jobs the same way.
+    submission = JobSubmission(keeper_in, router, planner,
+                               max_line_size=config.jobs.max_line_size,
+                               cache_rules=cache_rules,
+                               on_short_deadline=config.jobs.on_short_deadline,
+                               tracer=tracing.tracer)
+    batch_api = BatchApi(config.state_path, submission, config.files, clock)
+    app = build_app(
+        forwarder, router,
+        {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
+         "cache": cache_in, "jobs": keeper_in, "batch_submitter": submitter_in,
+         "batches": poller_in},
+        started_at=time.time(),
+        extra_routes=[
+            *job_routes(submission, config.state_path / DATABASE_NAME,
+                        max_upload_size=config.jobs.max_upload_size, access=access),
+            *batch_api_routes(batch_api, access),
+            *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
+                           clock=clock.now),
+        ],
+    )
+    daemon_config = config.daemon
+    server = build_server(
+        app, graceful_shutdown=daemon_config.shutdown_grace,
+        limits=ConnectionLimits(daemon_config.header_timeout, daemon_config.max_headers,
+                                daemon_config.max_header_size,
+                                connection_cap(daemon_config.max_connections)),
+        keepalive_timeout=daemon_config.keepalive_timeout)
+    return Parts(
+        ledger, dispatcher, queue, cache, submitter, poller, keeper, batches_ready, batch_api,
+        cache_front, forwarder, server, estimator,
+        controls=(dispatch_control, poller_control, submitter_control),
+        door_senders=(queue_in, cache_in, cache_used_in, ledger_hits_in, dispatch_status,
+                      ledger_status, dispatch_control, poller_control, submitter_control,
+                      keeper_in, submitter_in, poller_in, results_in),
+    )
+
+
+def _batch_tier_on(config: Config, batch_providers: Mapping[str, BatchProvider]) -> bool:
+    # With caps set too: batch lines are reserved against the caps when they are batched.
+    return config.batch.enabled and bool(batch_providers)
