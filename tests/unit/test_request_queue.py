@@ -9,8 +9,9 @@ from dataclasses import replace
 import anyio
 from llmspool.actors.request_queue import QueueMessage, RequestQueue
 from llmspool.core.calls import Endpoint
-from llmspool.messages import Call, Caller, Failure, SlotFreed
+from llmspool.messages import Call, Failure, SlotFreed
 from llmspool.policy.planner import TierPolicy
+from llmspool.store.records import Caller
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 
