@@ -33,6 +33,10 @@ route = [
 
 [operations.triage]
 cascade = { first = "gpt-4o-mini" }
+
+[operations.both]
+route = [{ model = "gpt-4o", when = { matches = "(?i)contract" } }]
+cascade = { first = "gpt-4o-mini" }
 """
 
 
@@ -141,3 +145,16 @@ def test_a_streamed_request_is_not_cascaded(daemon: tuple[InProcessDaemon, Upstr
         {"content-type": "application/json", "x-llmspool-operation": "triage"})
     assert status == 200 and "x-llmspool-cascade" not in headers
     assert [r.model for r in upstream.requests] == ["gpt-4o"]
+
+
+def test_a_rule_that_names_the_model_skips_the_cascade(
+    daemon: tuple[InProcessDaemon, Upstream],
+) -> None:
+    running, upstream = daemon
+    status, answer, headers = ask(running, "HARD: review this contract", "both")
+    assert status == 200 and answer["model"] == "gpt-4o"
+    assert headers["x-llmspool-route-reason"] == 'rule 1 (matches = "(?i)contract")'
+    assert "x-llmspool-cascade" not in headers
+    status, answer, headers = ask(running, "HARD: untangle this thread", "both")
+    assert headers["x-llmspool-cascade"] == "escalated: the answer is a refusal"
+    assert [r.model for r in upstream.requests] == ["gpt-4o", "gpt-4o-mini", "gpt-4o"]

@@ -12,7 +12,8 @@ a kept answer's list price is the model the request asked for (source ``routing`
 cascade saved), an answer not kept is routing's overhead (list price 0: its whole cost is
 routing's loss), and the second call is billed as any call, so the saving of an escalated
 request is minus the first call's cost. A streamed request is not cascaded
-(its answer would have to be held back whole to be checked): it goes to its model directly.
+(its answer would have to be held back whole to be checked), nor one a ``route`` rule sent to
+its model (the rule decided): those go to their model directly.
 """
 
 from __future__ import annotations

@@ -100,7 +100,9 @@ class Forwarder:
                     call.reply.close()
                     replies.close()
                     return self._respond_from_cache(call, hit[0], span, extra)
-            cascade = self._cascade.applies(call) if self._cascade is not None else None
+            # A rule that named the model decided; the cascade is for what no rule decided.
+            cascade = self._cascade.applies(call) \
+                if self._cascade is not None and route is None else None
             if cascade is None:
                 await self._submit(call, replies)
         except ApiError as error:
