@@ -76,6 +76,7 @@ from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes
+from llmspool.server.feedback_routes import feedback_routes
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
 from llmspool.server.ledger_routes import ledger_routes
@@ -90,6 +91,7 @@ from llmspool.server.uvicorn_server import (
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME, close_shielded, open_database
 from llmspool.store.ledger import LedgerConnection, recent_latencies
+from llmspool.store.writer import SideWriter
 
 log = logging.getLogger(__name__)
 ACTOR_EXTRA_GRACE = 3.0  # seconds the actors get after the front door's grace, to store results
@@ -322,6 +324,8 @@ class Daemon:
                                    on_short_deadline=config.jobs.on_short_deadline,
                                    tracer=tracing.tracer)
         batch_api = BatchApi(config.state_path, submission, config.files, self._clock)
+        # Feedback (and captured answers) are the front door's own small writes.
+        side_writer = SideWriter(config.state_path / DATABASE_NAME)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -334,6 +338,7 @@ class Daemon:
                 *batch_api_routes(batch_api, access),
                 *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
                                clock=self._clock.now),
+                *feedback_routes(ledger_status, side_writer, access, clock=self._clock.now),
             ],
         )
         daemon_config = config.daemon
@@ -347,6 +352,7 @@ class Daemon:
 
         async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:
             cleanup.callback(cache_front.close)
+            cleanup.callback(side_writer.close)
             if self._owns_process:
                 services.start_soon(self._handle_signals, notifier)
             # Files and batch objects; its watchers wait on the keeper until the very end.
