@@ -28,6 +28,7 @@ from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.call_builder import CallBuilder
+from llmspool.server.capture import Capturer
 from llmspool.server.first_reply import StopClock, first_reply
 from llmspool.server.relay import SSE_HEADERS, RelayResponse
 
@@ -55,8 +56,10 @@ class Forwarder:
         cache: MemoryObjectSendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
+        capturer: Capturer | None = None,
     ) -> None:
         self._queue = queue
+        self._capturer = capturer
         self._cache = cache
         self._cache_front = cache_front
         self._calls = CallBuilder(
@@ -103,7 +106,11 @@ class Forwarder:
             replies.close()
             span.end()
             raise
-        return self._respond(call, first, replies, span)
+        capturing = self._capturer is not None and self._capturer.wants(call)
+        if capturing and isinstance(first, Answer) and first.status == 200:
+            assert self._capturer is not None
+            await self._capturer.keep_answer(call, first.document)
+        return self._respond(call, first, replies, span, capturing)
 
     async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply]) -> None:
         """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
@@ -120,7 +127,8 @@ class Forwarder:
 
 
     def _respond(
-        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span
+        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span,
+        capturing: bool = False,
     ) -> Response:
         common = {"x-llmspool-request-id": call.request_id}
         if isinstance(first, Answer | StreamStart) and CACHE_HEADER in first.headers:
@@ -144,6 +152,8 @@ class Forwarder:
                 first.status,
                 {**first.headers, **common, **SSE_HEADERS},
                 media_type="text/event-stream",
+                tap=self._capturer.tap(call) if capturing and self._capturer is not None
+                and first.status == 200 else None,
             )
         replies.close()
         span.end()

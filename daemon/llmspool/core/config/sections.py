@@ -167,7 +167,9 @@ class OperationConfig:
     answered from the cache and share calls in flight, ``cache_ttl`` how long its answers are
     kept (``[cache] ttl`` when left out), ``cache_shared`` lets every calling user share its
     answers (otherwise each user has a cache of their own), and ``similar`` turns on
-    near-duplicate matching by embedding similarity for it.
+    near-duplicate matching by embedding similarity for it. ``capture`` keeps the
+    request/answer pairs of its successful chat calls for fine-tuning exports, for
+    ``capture_retention`` (``[jobs] retention`` when left out).
     """
 
     deadline: float | None = field(default=None, metadata={"kind": "duration"})
@@ -180,6 +182,8 @@ class OperationConfig:
     cache_ttl: float | None = field(default=None, metadata={"kind": "duration"})
     cache_shared: bool = False
     similar: bool = False
+    capture: bool = False
+    capture_retention: float | None = field(default=None, metadata={"kind": "duration"})
 
 
 @dataclass(frozen=True, slots=True)
