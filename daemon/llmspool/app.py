@@ -76,6 +76,8 @@ from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes
+from llmspool.server.capture import Capturer
+from llmspool.server.export_routes import export_routes
 from llmspool.server.feedback_routes import feedback_routes
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
@@ -314,9 +316,13 @@ class Daemon:
         cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
         # Who may see which jobs and costs: their owners, and [daemon] admins.
         access = Access(config.daemon.admins)
+        # Feedback and captured answers are the front door's own small writes.
+        side_writer = SideWriter(config.state_path / DATABASE_NAME)
+        capturer = Capturer(config.operations, config.jobs.retention, side_writer, self._clock)
         forwarder = self._forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                               max_body_size=config.daemon.max_body_size,
-                              cache=cache_in, cache_rules=cache_rules, cache_front=cache_front)
+                              cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
+                              capturer=capturer)
         # POST /v1/jobs and POST /v1/batches make jobs the same way.
         submission = JobSubmission(keeper_in, router, planner,
                                    max_line_size=config.jobs.max_line_size,
@@ -324,8 +330,6 @@ class Daemon:
                                    on_short_deadline=config.jobs.on_short_deadline,
                                    tracer=tracing.tracer)
         batch_api = BatchApi(config.state_path, submission, config.files, self._clock)
-        # Feedback (and captured answers) are the front door's own small writes.
-        side_writer = SideWriter(config.state_path / DATABASE_NAME)
         app = build_app(
             forwarder, router,
             {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -339,6 +343,8 @@ class Daemon:
                 *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
                                clock=self._clock.now),
                 *feedback_routes(ledger_status, side_writer, access, clock=self._clock.now),
+                *export_routes(ledger_status, config.state_path / DATABASE_NAME, access,
+                               clock=self._clock.now),
             ],
         )
         daemon_config = config.daemon
@@ -357,6 +363,7 @@ class Daemon:
                 services.start_soon(self._handle_signals, notifier)
             # Files and batch objects; its watchers wait on the keeper until the very end.
             await services.start(batch_api.run)
+            await services.start(capturer.run)
             async with anyio.create_task_group() as actors:
                 await actors.start(ledger.run)
                 await actors.start(dispatcher.run)
