@@ -149,10 +149,12 @@ class Daemon:
 
         async with AsyncExitStack() as cleanup, anyio.create_task_group() as services:
             cleanup.callback(parts.cache_front.close)
+            cleanup.callback(parts.side_writer.close)
             if self._owns_process:
                 services.start_soon(self._handle_signals, notifier)
             # Files and batch objects; its watchers wait on the keeper until the very end.
             await services.start(parts.batch_api.run)
+            await services.start(parts.capturer.run)
             async with anyio.create_task_group() as actors:
                 await actors.start(parts.ledger.run)
                 await actors.start(parts.dispatcher.run)

@@ -48,6 +48,9 @@ from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes
+from llmspool.server.capture import Capturer
+from llmspool.server.export_routes import export_routes
+from llmspool.server.feedback_routes import feedback_routes
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.jobs_routes import job_routes
 from llmspool.server.ledger_routes import ledger_routes
@@ -61,6 +64,7 @@ from llmspool.server.uvicorn_server import (
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.database import DATABASE_NAME
 from llmspool.store.ledger import LedgerConnection, recent_latencies
+from llmspool.store.writer import SideWriter
 
 QUEUE_BUFFER = 256
 LEDGER_BUFFER = 4096
@@ -85,6 +89,8 @@ class Parts:
     batches_ready: anyio.Event
     batch_api: BatchApi
     cache_front: CacheFront
+    side_writer: SideWriter
+    capturer: Capturer
     forwarder: Forwarder
     server: EmbeddedServer
     estimator: TokenEstimator
@@ -195,10 +201,13 @@ async def build_parts(
     cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
     # Who may see which jobs and costs: their owners, and [daemon] admins.
     access = Access(config.daemon.admins)
+    # Feedback and captured answers are the front door's own small writes.
+    side_writer = SideWriter(config.state_path / DATABASE_NAME)
+    capturer = Capturer(config.operations, config.jobs.retention, side_writer, clock)
     forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                           max_body_size=config.daemon.max_body_size,
                           cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
-                          chooser=chooser)
+                          chooser=chooser, capturer=capturer)
     # POST /v1/jobs and POST /v1/batches make jobs the same way.
     submission = JobSubmission(keeper_in, router, planner,
                                max_line_size=config.jobs.max_line_size,
@@ -218,6 +227,9 @@ async def build_parts(
             *batch_api_routes(batch_api, access),
             *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
                            clock=clock.now),
+            *feedback_routes(ledger_status, side_writer, access, clock=clock.now),
+            *export_routes(ledger_status, config.state_path / DATABASE_NAME, access,
+                           clock=clock.now),
         ],
     )
     daemon_config = config.daemon
@@ -229,7 +241,7 @@ async def build_parts(
         keepalive_timeout=daemon_config.keepalive_timeout)
     return Parts(
         ledger, dispatcher, queue, cache, submitter, poller, keeper, batches_ready, batch_api,
-        cache_front, forwarder, server, estimator,
+        cache_front, side_writer, capturer, forwarder, server, estimator,
         controls=(dispatch_control, poller_control, submitter_control),
         door_senders=(queue_in, cache_in, cache_used_in, ledger_hits_in, dispatch_status,
                       ledger_status, dispatch_control, poller_control, submitter_control,

@@ -1,7 +1,7 @@
 """``llmspool costs``: what was spent and saved, grouped as the user asks::
 
     llmspool costs [--by day,tier,model,operation,user,deadline] [--since 7d] [--until DATE]
-                   [--all-users]
+                   [--all-users] [--good 0.5]
                    [--limit N] [--json | --csv] [--socket PATH] [--config PATH]
 
 It asks the daemon for ``GET /v1/ledger?by=...&since=...`` (a report over the ledger's daily
@@ -54,6 +54,11 @@ The table has one row per group, largest spend first, and a total row; --json pr
 {"since", "until", "by", "total": {"spend_usd", "saved_usd", "saved_by_source", "requests",
 "input_tokens", "output_tokens", ...}, "rows": [...]}; --csv prints one line per row with a
 header (the total alone when --by is empty).
+
+When answers in the report were scored (`llmspool feedback`), quality stands beside cost:
+"scored" answers, their mean score, and "success", the share of them scored at least --good
+(JSON and CSV: scored, mean_score, success_rate; grouping by source or deadline shows them in
+the total only).
 """
 
 
@@ -88,6 +93,9 @@ def add_costs_command(commands: Any) -> None:
     costs.add_argument("--all-users", action="store_true",
                        help="every user's calls, not only yours (for the daemon's admins: "
                        "root and [daemon] admins)")
+    costs.add_argument("--good", type=_score, default=0.5, metavar="SCORE",
+                       help="a scored answer counts as a success when its score is at least "
+                       "this (0 to 1; default: 0.5)")
     output = costs.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--csv", action="store_true", help="print the report as CSV")
@@ -110,6 +118,16 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}")
+    return value
+
+
 def _since(text: str) -> str:
     # Checked here for a usage message; the daemon resolves it against its own clock.
     try:
@@ -130,7 +148,7 @@ def run_costs(args: argparse.Namespace) -> int:
     """Fetch the report and print it in the chosen format; the exit status."""
     from llmspool.core.locate import socket_path
 
-    query = {"by": ",".join(args.by), "since": args.since}
+    query = {"by": ",".join(args.by), "since": args.since, "good": str(args.good)}
     if args.all_users:
         query["all_users"] = "true"
     if args.until:
@@ -227,6 +245,7 @@ def report_table(report: Mapping[str, Any]) -> Any:
         *((("late", lambda row: f"{row.get('late_requests', 0):,}"),)
           if "deadline" in by or total.get("late_requests") else ()),
         *((f"saved: {source}", _saved_on(source, saved_decimals)) for source in sources),
+        *(_QUALITY_COLUMNS if "good" in report else ()),
     ]
     for heading, cell in numbers:
         table.add_column(heading, footer=cell(total), justify="right", no_wrap=True)
@@ -234,6 +253,19 @@ def report_table(report: Mapping[str, Any]) -> Any:
         table.add_row(*(_dimension_text(name, row) for name in by),
                       *(cell(row) for _heading, cell in numbers))
     return table
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# Scores beside cost, when any answer in the report was scored.
+_QUALITY_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("scored", lambda row: f"{row.get('scored', 0):,}"),
+    ("score", lambda row: _fraction(row.get("mean_score"))),
+    ("success", lambda row: "-" if row.get("success_rate") is None
+     else f"{row['success_rate']:.0%}"),
+)
 
 
 def _saved_on(source: str, decimals: int) -> Callable[[Mapping[str, Any]], str]:
@@ -273,6 +305,9 @@ def _caption(report: Mapping[str, Any], saving: Sequence[str]) -> str | None:
                      "the total counts all)")
     if len(saving) == 1:
         notes.append(f"all savings from {saving[0]}")
+    if "good" in report:
+        notes.append(f"success: the share of scored answers with a score of at least "
+                     f"{report['good']:g}")
     if total["unpriced_requests"]:
         notes.append(f"{total['unpriced_requests']:,} requests had no price (not in spend)")
     if total["estimated_requests"]:

@@ -14,6 +14,8 @@
     llmspool cancel JOB                               cancel what has not run yet
     llmspool jobs [--limit N] [--json]                list recent jobs
     llmspool costs [--by DIMS] [--since 7d] [--json | --csv]   spend and savings, grouped
+    llmspool feedback RESPONSE_ID --score 0.8         score an answer (quality beside cost)
+    llmspool export finetune --operation NAME -o train.jsonl   captured answers, to fine-tune
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
 """
@@ -32,6 +34,8 @@ import orjson
 from llmspool import __version__
 from llmspool.cli.config import add_config_commands
 from llmspool.cli.costs import add_costs_command
+from llmspool.cli.export import add_export_command
+from llmspool.cli.feedback import add_feedback_command
 from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
 from llmspool.cli.plugins import add_plugins_command
@@ -147,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_run_status)
     add_job_commands(commands)
     add_costs_command(commands)
+    add_feedback_command(commands)
+    add_export_command(commands)
     return parser
 
 

@@ -25,9 +25,17 @@ class UnixConnection(http.client.HTTPConnection):
 def get(path: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     """(status, body) of ``GET url`` on the daemon's socket, or ``StartupError`` saying the
     daemon cannot be reached and how to check it."""
+    return request(path, "GET", url, timeout=timeout)
+
+
+def request(path: str, method: str, url: str, body: bytes | None = None,
+            timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of ``method url`` (with a JSON ``body``, if any) on the daemon's socket,
+    or ``StartupError`` as ``get`` raises it."""
     connection = UnixConnection(path, timeout)
     try:
-        connection.request("GET", url)
+        headers = {"content-type": "application/json"} if body is not None else {}
+        connection.request(method, url, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
     except OSError as exc:

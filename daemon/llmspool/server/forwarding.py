@@ -29,6 +29,7 @@ from llmspool.policy.model_choice import ModelChooser, Route
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.call_builder import CallBuilder
+from llmspool.server.capture import Capturer
 from llmspool.server.cascade import HEADER as CASCADE_HEADER
 from llmspool.server.cascade import Cascade
 from llmspool.server.first_reply import StopClock, first_reply
@@ -62,8 +63,10 @@ class Forwarder:
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
         chooser: ModelChooser | None = None,
+        capturer: Capturer | None = None,
     ) -> None:
         self._queue = queue
+        self._capturer = capturer
         self._cache = cache
         self._cache_front = cache_front
         self._calls = CallBuilder(
@@ -127,7 +130,11 @@ class Forwarder:
             replies.close()
             span.end()
             raise
-        return self._respond(call, first, replies, span, extra)
+        capturing = self._capturer is not None and self._capturer.wants(call)
+        if capturing and isinstance(first, Answer) and first.status == 200:
+            assert self._capturer is not None
+            await self._capturer.keep_answer(call, first.document)
+        return self._respond(call, first, replies, span, extra, capturing)
 
     async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply]) -> None:
         """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
@@ -146,6 +153,7 @@ class Forwarder:
     def _respond(
         self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span,
         headers: dict[str, str],
+        capturing: bool = False,
     ) -> Response:
         common = {"x-llmspool-request-id": call.request_id, **headers}
         if isinstance(first, Answer | StreamStart) and CACHE_HEADER in first.headers:
@@ -169,6 +177,8 @@ class Forwarder:
                 first.status,
                 {**first.headers, **common, **SSE_HEADERS},
                 media_type="text/event-stream",
+                tap=self._capturer.tap(call) if capturing and self._capturer is not None
+                and first.status == 200 else None,
             )
         replies.close()
         span.end()

@@ -7,6 +7,9 @@
                                        savings by source, requests and tokens per group
                                        (with limit, only the N groups that spent most)
     ...&all_users=true                 every user's calls (admins only, ``server/access.py``)
+    ...&good=0.5                       the score at which a scored answer counts as a success
+                                       (``store/feedback.py``: scored, mean_score,
+                                       success_rate beside spend, when any answer was scored)
 
 Entries and reports count only the calls of the user asking (the socket's peer credentials);
 an admin adds ``all_users=true`` for everyone's. Today's totals and budgets stay the daemon's.
@@ -22,6 +25,7 @@ before it was asked for.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +43,7 @@ from llmspool.messages import LedgerEntries, LedgerEntriesQuery, LedgerStatus, S
 from llmspool.server.access import Access
 from llmspool.server.routes import ask, ask_status, json_response
 from llmspool.server.uvicorn_server import caller_of
+from llmspool.store.feedback import add_quality, quality_by
 from llmspool.store.records import Viewer
 from llmspool.store.reports import (
     cost_report,
@@ -51,7 +56,7 @@ from llmspool.store.reports import (
 
 # The questions the front door asks the ledger.
 LedgerTarget = MemoryObjectSendStream[StatusQuery[LedgerStatus] | LedgerEntriesQuery]
-REPORT_PARAMS = ("by", "since", "until", "format")  # all_users goes with either view
+REPORT_PARAMS = ("by", "since", "until", "format", "good")  # all_users goes with either view
 FORMATS = ("json", "csv")
 
 
@@ -129,15 +134,29 @@ async def _report(
             raise InvalidRequest("limit must be a positive integer (the rows to keep)",
                                  param="limit")
         limit = int(raw_limit)
+    good = _good(params.get("good", "0.5"))
     # The ledger answers a query only once everything that reached it before is committed:
     # asking first makes a report include the calls its client has just had answered.
     await ask_status(ledger)
     async with open_reader(database_path) as connection:
         report = await cost_report(connection, by=by, since_day=since_day, until_day=until_day,
                                    limit=limit, everyone=everyone, uid=uid)
+        add_quality(report, await quality_by(
+            connection, by, since_day=since_day, until_day=until_day, everyone=everyone,
+            uid=uid, good=good), good)
     if output == "csv":
         return Response(_csv_text(report), media_type="text/csv; charset=utf-8")
     return json_response(report)
+
+
+def _good(text: str) -> float:
+    try:
+        good = float(text)
+    except ValueError:
+        good = math.nan
+    if not 0 <= good <= 1:
+        raise InvalidRequest(f"good must be a score from 0 to 1, got {text!r}", param="good")
+    return good
 
 
 def _csv_text(report: dict[str, Any]) -> str:

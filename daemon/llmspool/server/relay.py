@@ -10,6 +10,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from starlette.responses import StreamingResponse
 
 from llmspool.messages import Reply, StreamChunk, StreamEnd
+from llmspool.server.capture import StreamTap
 
 __all__ = ["SSE_HEADERS", "RelayResponse"]
 
@@ -20,7 +21,9 @@ class RelayResponse(StreamingResponse):
     """Server-sent events from a call's replies, written as they come.
 
     Whatever ends the response (the last event, a client that disconnects, a shutdown), the
-    reply stream is closed, which tells the dispatcher to stop the upstream call.
+    reply stream is closed, which tells the dispatcher to stop the upstream call. A ``tap``
+    (an operation that captures) sees every event, and keeps the answer once the stream has
+    ended without an error, before the client sees the end.
     """
 
     def __init__(
@@ -31,8 +34,10 @@ class RelayResponse(StreamingResponse):
         status: int,
         headers: dict[str, str],
         media_type: str,
+        tap: StreamTap | None = None,
     ) -> None:
-        super().__init__(_relay(first, replies, span), status, headers, media_type=media_type)
+        super().__init__(_relay(first, replies, span, tap), status, headers,
+                         media_type=media_type)
         self._replies = replies
         self._span = span
 
@@ -45,16 +50,23 @@ class RelayResponse(StreamingResponse):
 
 
 async def _relay(
-    first: bytes, replies: MemoryObjectReceiveStream[Reply], span: Span
+    first: bytes, replies: MemoryObjectReceiveStream[Reply], span: Span,
+    tap: StreamTap | None = None,
 ) -> AsyncIterator[bytes]:
     """The stream's chunks as they come, until its end."""
     if first:
+        if tap is not None:
+            tap.feed(first)
         yield first
     async for reply in replies:
         if isinstance(reply, StreamChunk):
+            if tap is not None:
+                tap.feed(reply.data)
             yield reply.data
         elif isinstance(reply, StreamEnd):
             if reply.error is not None:
                 span.set_status(Status(StatusCode.ERROR, reply.error.message))
                 yield b"data: " + reply.error.body() + b"\n\n"
+            elif tap is not None:
+                await tap.finish()
             return

@@ -21,7 +21,7 @@ import orjson
 
 from llmspool.core.calls import Tier, Usage
 from llmspool.core.states import RequestState
-from llmspool.core.wire import kept_json, usage_of
+from llmspool.core.wire import kept_json, response_id_of, usage_of
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.store.batches import BatchRow, complete_jobs, finish_batch
 from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
@@ -203,6 +203,7 @@ class ResultMapper:
                 deadline_window=(line.deadline_at - line.submitted_at
                                  if line.submitted_at is not None else None),
                 late=self._now > line.deadline_at,
+                response_id=response_id_of(response["body"]),
             ))
         result = kept_json({  # held until the chunk's commit
             "id": document.get("id") or f"batch_req_{request_id}",

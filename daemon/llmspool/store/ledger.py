@@ -34,8 +34,8 @@ INSERT OR IGNORE INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
     cost_picodollars, standard_cost_picodollars, session, flag, saving_source,
-    cache_write_tokens, price_version, deadline_window, late
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    cache_write_tokens, price_version, deadline_window, late, response_id
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -77,6 +77,7 @@ def entry_row(entry: Settled) -> tuple[Any, ...]:
         entry.price_version,
         entry.deadline_window,
         int(entry.late),
+        entry.response_id,
     )
 
 

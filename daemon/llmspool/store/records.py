@@ -106,6 +106,7 @@ class Settled:
     # no deadline. ``late``: it finished after its deadline.
     deadline_window: float | None = None
     late: bool = False
+    response_id: str | None = None  # the answer's ``id``, which feedback names it by
 
 
 @dataclass(frozen=True, slots=True)

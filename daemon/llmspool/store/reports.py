@@ -367,6 +367,8 @@ def csv_columns(report: Mapping[str, Any]) -> list[str]:
         "spend_usd", "saved_usd", *(f"saved_{source}_usd" for source in sources),
         "standard_cost_usd", "requests", "input_tokens", "cached_input_tokens", "output_tokens",
         "unpriced_requests", "estimated_requests", "late_requests",
+        # Scores, only in a report where some answer was scored (store/feedback.py).
+        *(("scored", "mean_score", "success_rate") if "good" in report else ()),
     ]
 
 

@@ -149,7 +149,7 @@ class Accounts:
     def settle(
         self, call: Call, provider: str, model: str, tier: Tier, usage: Usage, status: int,
         started: float, span: Span, *, claimed: str | None = None, flag: str | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, response_id: str | None = None,
     ) -> Settled:
         """The ledger's record of a call served by ``provider``'s ``model`` (the call's own, or
         its failover's) on ``tier``, billed by the one billing function."""
@@ -231,6 +231,7 @@ class Accounts:
             price_version=billed.price_version,
             deadline_window=call.deadline_window(),
             late=call.deadline_at is not None and finished > call.deadline_at,
+            response_id=response_id,
         )
 
     def hand_over(self, call: Call) -> None:

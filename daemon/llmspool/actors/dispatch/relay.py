@@ -162,7 +162,8 @@ class Relay:
             if not verdict.accepted:  # spent for nothing: routing's overhead
                 call = dataclasses.replace(call, routed_from=None, overhead_of=ROUTING_SAVING)
         settled = accounts.settle(call, target.provider, target.model, served, usage,
-                                  response.status, started, span, claimed=claimed_tier_of(parsed))
+                                  response.status, started, span, claimed=claimed_tier_of(parsed),
+                                  response_id=response_id_of(parsed))
         _describe_answer(span, response_id_of(parsed), response_model_of(parsed),
                          finish_reasons_of(parsed))
         headers = _pick(response.headers, _PASSED_HEADERS)
@@ -253,7 +254,8 @@ class Relay:
         usage = meter.usage or accounts.partial_usage(call, meter.events)
         # Settle before the end reaches the client, so a cost query it sends next sees it.
         settled = accounts.settle(call, target.provider, target.model, meter.tier or target.tier,
-                                  usage, status, started, span, claimed=meter.claimed_tier)
+                                  usage, status, started, span, claimed=meter.claimed_tier,
+                                  response_id=meter.response_id)
         _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
         await self._ledger.send(settled)
         await tell(call, StreamEnd())

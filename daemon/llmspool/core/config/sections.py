@@ -168,7 +168,9 @@ class OperationConfig:
     answered from the cache and share calls in flight, ``cache_ttl`` how long its answers are
     kept (``[cache] ttl`` when left out), ``cache_shared`` lets every calling user share its
     answers (otherwise each user has a cache of their own), and ``similar`` turns on
-    near-duplicate matching by embedding similarity for it.
+    near-duplicate matching by embedding similarity for it. ``capture`` keeps the
+    request/answer pairs of its successful chat calls for fine-tuning exports, for
+    ``capture_retention`` (``[jobs] retention`` when left out).
     """
 
     deadline: float | None = field(default=None, metadata={"kind": "duration"})
@@ -185,6 +187,8 @@ class OperationConfig:
     # cheaper model tried first whose answer is kept when it passes the checks.
     route: tuple[RouteRule, ...] = field(default=(), metadata={"kind": "routes"})
     cascade: CascadeConfig | None = field(default=None, metadata={"kind": "cascade"})
+    capture: bool = False
+    capture_retention: float | None = field(default=None, metadata={"kind": "duration"})
 
 
 @dataclass(frozen=True, slots=True)
