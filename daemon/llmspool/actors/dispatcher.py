@@ -200,6 +200,7 @@ class Dispatcher:
     def _snapshot(self) -> DispatcherStatus:
         return {
             "in_flight": self._in_flight,
+            "in_flight_by_tier": dict(self._attempts.in_flight_by_tier),
             "served_by_tier": dict(self._accounts.served_by_tier),
             "failed": self._failed,
             "flex": self._flex_metrics.snapshot(),

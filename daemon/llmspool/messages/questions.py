@@ -179,9 +179,15 @@ class FlexStatus(TypedDict):
 
 class DispatcherStatus(TypedDict):
     """The dispatcher's snapshot. The nested parts are the snapshots of the planner's latency
-    book, the retrier, the breakers, the rate limits and the providers' connection pools."""
+    book, the retrier, the breakers, the rate limits and the providers' connection pools.
+
+    ``in_flight`` counts every call the dispatcher holds; ``in_flight_by_tier`` those whose
+    attempts have begun, by the tier they are on (a flex call that fell back to standard counts
+    as standard), only tiers with calls on them; ``served_by_tier`` the calls answered since
+    the daemon started."""
 
     in_flight: int
+    in_flight_by_tier: dict[str, int]
     served_by_tier: dict[str, int]
     failed: int
     flex: FlexStatus

@@ -46,6 +46,9 @@ class Attempts:
             "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
         self.count = 0
         self.failed_over = 0
+        # Calls between their first attempt and their outcome, by the tier they are on now (a
+        # flex call that falls back to standard moves to standard): ``/v1/status`` shows it.
+        self.in_flight_by_tier: dict[str, int] = {}
 
     async def run(self, call: Call, tier: Tier, flex_limit: float | None, span: Span) -> None:
         """Attempts on ``tier`` until one answers or the retry policy says stop (raising the
@@ -78,6 +81,8 @@ class Attempts:
                     raise FlexTimedOut(error) from error
                 raise
 
+        in_flight = self.in_flight_by_tier
+        in_flight[tier.value] = in_flight.get(tier.value, 0) + 1
         try:
             await self._retrier.run(state, attempt)
         except UpstreamUnreachable as error:
@@ -85,6 +90,10 @@ class Attempts:
                     ends_at - self._clock.now() < MIN_ATTEMPT:
                 raise _out_of_time(call, timeout, tried, self._clock.now()) from error
             raise
+        finally:
+            in_flight[tier.value] -= 1
+            if not in_flight[tier.value]:
+                del in_flight[tier.value]  # only tiers with calls on them
 
     async def _attempt(self, call: Call, tier: Tier, flex_limit: float | None, ends_at: float,
                        number: int, span: Span) -> None:
