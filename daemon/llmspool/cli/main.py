@@ -16,6 +16,7 @@
     llmspool costs [--by DIMS] [--since 7d] [--json | --csv]   spend and savings, grouped
     llmspool feedback RESPONSE_ID --score 0.8         score an answer (quality beside cost)
     llmspool export finetune --operation NAME -o train.jsonl   captured answers, to fine-tune
+    llmspool top [--interval S] [--once]              a full-screen view that refreshes (q quits)
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
 """
@@ -39,6 +40,8 @@ from llmspool.cli.feedback import add_feedback_command
 from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
 from llmspool.cli.plugins import add_plugins_command
+from llmspool.cli.status_tables import batches_table, breakers_table
+from llmspool.cli.top import add_top_command
 from llmspool.core import unix_http
 from llmspool.core.config.sections import Config
 from llmspool.core.config_load import load_config
@@ -153,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     add_costs_command(commands)
     add_feedback_command(commands)
     add_export_command(commands)
+    add_top_command(commands)
     return parser
 
 
@@ -287,48 +291,8 @@ def _run_status(args: argparse.Namespace) -> int:
     out.print(table)
     batches = report.get("batches")
     if batches is not None:
-        out.print(_batches_table(batches, report.get("batch_submitter") or {}))
+        out.print(batches_table(batches, report.get("batch_submitter") or {}))
     breakers = dispatcher.get("breakers") or []
     if breakers:
-        out.print(_breakers_table(breakers))
+        out.print(breakers_table(breakers))
     return 0
-
-
-def _breakers_table(breakers: list[dict[str, Any]]) -> Any:
-    """Circuit breakers, one row per (provider, tier) that has carried calls."""
-    from rich.table import Table
-
-    table = Table(title="circuit breakers")
-    for column in ("provider", "tier", "state", "failures in a row", "opened", "probe in",
-                   "last failure"):
-        table.add_column(column, justify="right" if column in ("failures in a row", "opened",
-                                                               "probe in") else "left")
-    for breaker in breakers:
-        probe = f"{breaker['retry_after_s']:.0f} s" if breaker["state"] == "open" else "-"
-        table.add_row(breaker["provider"], breaker["tier"], breaker["state"],
-                      str(breaker["consecutive_failures"]), str(breaker["times_opened"]), probe,
-                      breaker["last_failure"] or "-")
-    return table
-
-
-def _batches_table(batches: dict[str, Any], submitter: dict[str, Any]) -> Any:
-    """Open batches, one row each: provider state, counts, age, time to deadline."""
-    from rich.table import Table
-
-    waiting = sum(group["requests"] for group in submitter.get("waiting", []))
-    table = Table(title=f"batches: {len(batches['open'])} open, {batches['finished']} "
-                        f"finished, {waiting} requests waiting to be batched")
-    for column in ("batch", "model", "state", "done", "failed", "lines", "age",
-                   "deadline in"):
-        table.add_column(column, justify="left" if column in ("batch", "model", "state")
-                         else "right")
-    for batch in batches["open"]:
-        state = batch["provider_status"] or batch["state"]
-        if batch["escalated"]:
-            state += " (escalated)"
-        elif batch["cancel_requested"]:
-            state += " (cancel asked)"
-        table.add_row(batch["id"] or batch["intent"], batch["model"], state,
-                      str(batch["completed"]), str(batch["failed"]), str(batch["lines"]),
-                      f"{batch['age_s']:.0f} s", f"{batch['deadline_in_s']:.0f} s")
-    return table
