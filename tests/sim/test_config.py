@@ -242,7 +242,8 @@ def test_fragment_documents_every_key_with_its_default() -> None:
         assert assignments, f"{key} missing from the fragment"
         assert lines[assignments[0] - 1].startswith("# "), f"{key} has no comment above it"
     for rule_key in ("kind", "probability", "count", "path", "model", "tier", "status",
-                     "retry_after", "delay", "after_chunks", "code", "message"):  # fmt: skip
+                     "retry_after", "delay", "after_chunks", "code", "message",
+                     "method", "contains"):  # fmt: skip
         assert f"#   {rule_key} " in text, f"fault rule key {rule_key} is not documented"
     # The commented example must be valid once uncommented.
     example = lines[lines.index("# Example:") + 1 :]
@@ -251,7 +252,12 @@ def test_fragment_documents_every_key_with_its_default() -> None:
     ]
     uncommented = "\n".join(line.removeprefix("#").strip() for line in example)
     rules = SimConfig.from_table(tomllib.loads("[sim]\n" + uncommented)["sim"]).faults
-    assert [rule.kind for rule in rules] == [FaultKind.STATUS, FaultKind.RATE_LIMIT]
+    assert [rule.kind for rule in rules] == [
+        FaultKind.STATUS,
+        FaultKind.RATE_LIMIT,
+        FaultKind.REFUSAL,
+    ]
+    assert rules[2].contains == "HARD:"
     for outage_key in ("start", "duration"):
         assert f"#   {outage_key} " in text, f"flex outage key {outage_key} is not documented"
     example = lines[lines.index("# [[sim.flex_outages]]") :]

@@ -20,7 +20,7 @@ from typing import Any
 
 from llmspool.core.errors import ConfigError
 from llmspool.core.units import parse_duration
-from llmspool.sim.faults import duration_text
+from llmspool.sim.fault_values import duration_text
 from llmspool.sim.speed import real
 
 _DRAW_SCALE = float(2**64)

@@ -41,10 +41,11 @@ and Batch APIs (/v1/files, /v1/batches) keep files in memory and move batches th
 statuses by the clock ([sim.batch] keys, at run time GET/POST /_sim/batch). Flex is
 offered on the models with a flex price, slower, and with "resource unavailable" 429 spells by
 chance, by schedule ([sim] flex_* keys) or at run time (GET/POST /_sim/flex). Faults (5xx,
-429s, slow or hung answers, dropped connections, cut streams) come from the [sim.faults]
-config or at run time from POST/DELETE /_sim/faults; GET /_sim/stats counts what it saw, and
-GET /_sim/requests[?since=SEQ] lists each call it billed (X-Client-Request-Id, tier, tokens,
-complete or cut; the newest [sim] request_log_size of them).
+429s, slow or hung answers, dropped connections, cut streams, refused or truncated chat
+completions, selected by model, path, tier or a text the body contains) come from the
+[sim.faults] config or at run time from POST/DELETE /_sim/faults; GET /_sim/stats counts what
+it saw, and GET /_sim/requests[?since=SEQ] lists each call it billed (X-Client-Request-Id,
+tier, tokens, complete or cut; the newest [sim] request_log_size of them).
 With --flavor ollama (or [sim] flavor = "ollama") it impersonates Ollama's OpenAI-compatible
 routes instead: no service_tier, no rate-limit headers, Ollama's {"error": "..."} bodies, no
 Files or Batch API, and GET /api/tags and /api/version; models default to llama3.2 and

@@ -18,7 +18,8 @@ from typing import Any
 from llmspool.core.errors import ConfigError
 from llmspool.core.units import parse_duration
 from llmspool.sim.batch_config import BatchSettings
-from llmspool.sim.faults import FaultRule, duration_text, rules_from_list
+from llmspool.sim.fault_values import duration_text
+from llmspool.sim.faults import FaultRule, rules_from_list
 from llmspool.sim.flex import FlexOutage, outages_from_list
 from llmspool.sim.request_log import DEFAULT_SIZE as DEFAULT_REQUEST_LOG_SIZE
 from llmspool.sim.request_log import MAX_SIZE as MAX_REQUEST_LOG_SIZE

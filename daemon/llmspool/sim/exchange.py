@@ -50,6 +50,7 @@ class Exchange:
     """One request being answered: where to reply, and what every reply's headers need."""
 
     __slots__ = (
+        "body",
         "counted",
         "cut",
         "method",
@@ -78,6 +79,9 @@ class Exchange:
         """The model asked for, once known: whose rate-limit headers the answer carries."""
         self.cut = False
         """A ``reset_midway`` fault: the answer is cut after its headers and half its body."""
+        self.body: bytes | None = None
+        """The request body as sent, once ``read_json`` has read it (kept for the fault rules
+        with ``contains``, which search it; keeping costs nothing, the bytes exist anyway)."""
 
     def headers(self, content: FixedHeaders, *, requests_exhausted: float | None = None) -> Headers:
         flavor = self.state.flavor
@@ -197,6 +201,7 @@ class Exchange:
             ) from None
         if body is None:
             return None
+        self.body = body
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:

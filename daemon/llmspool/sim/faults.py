@@ -13,7 +13,16 @@ A rule is written the same way in the ``[[sim.faults]]`` config tables and in th
   ``probability`` that is exactly "the next N matching requests".
 - ``path``, ``model``, ``tier``, ``method``: only requests to that path, for that model, served
   at that service tier, or with that HTTP method (``"POST"``) match. ``stream_cut`` matches
-  streamed requests only.
+  streamed requests only; ``refusal`` and ``truncated`` only non-streamed chat completions.
+- ``contains`` (a non-empty string): only requests whose JSON body, as sent, contains that
+  text match, so a workload can mark the requests a model fails (``{"kind": "refusal",
+  "model": "gpt-4o-mini", "contains": "HARD:"}``). The raw body is searched, escapes and all:
+  pick a marker JSON writes as is (no quotes, backslashes, or non-ASCII a client may escape).
+  Only model endpoints are searched; a rule with ``contains`` never hits the others.
+
+``refusal`` and ``truncated`` answer 200 with a *poor* chat completion (id, model, usage, tier
+as the good one's), for clients that check answers (a cascade escalating to a larger model).
+They only hit ``/v1/chat/completions``, so never under the Anthropic flavor (``/v1/messages``).
 
 Which endpoints a rule can hit:
 
@@ -36,12 +45,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from llmspool.core.errors import ApiError, ConfigError
-from llmspool.core.units import format_duration, parse_duration
+from llmspool.core.units import format_duration
+from llmspool.sim import fault_values as values
 
 
 class FaultKind(StrEnum):
@@ -67,9 +77,25 @@ class FaultKind(StrEnum):
     """Streamed answers stop after ``after_chunks`` events and the connection closes; with a
     ``status``, the stream ends instead with an error event of that status in the flavor's
     shape (Anthropic's ``event: error``, e.g. 529 ``overloaded_error``)."""
+    REFUSAL = "refusal"
+    """A 200 chat completion refusing as OpenAI's do: ``content`` null, ``refusal`` the rule's
+    ``message`` (or ``REFUSAL_TEXT``), no tool calls, ``finish_reason`` ``"stop"``. Hits only
+    non-streamed chat completions (as ``stream_cut`` hits only streamed requests)."""
+    TRUNCATED = "truncated"
+    """A 200 chat completion cut short: ``content`` (and tool call arguments) cut to about half,
+    ``finish_reason`` ``"length"``, usage as billed. Hits only non-streamed chat completions
+    (as ``stream_cut`` hits only streamed requests)."""
+
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+"""What a ``refusal`` fault's answer says without a ``message`` of its own."""
+CHAT_PATH = "/v1/chat/completions"
+"""The only path the answer kinds (``ANSWER_KINDS``) hit: their answer is a chat completion."""
 
 
 _ERROR_KINDS = frozenset({FaultKind.STATUS, FaultKind.RATE_LIMIT, FaultKind.QUOTA})
+ANSWER_KINDS = frozenset({FaultKind.REFUSAL, FaultKind.TRUNCATED})
+"""The kinds that answer 200 with a poor chat completion instead of failing the request."""
 
 # Which optional keys make sense for each kind; anything else is a mistake worth reporting.
 _KIND_KEYS: dict[FaultKind, frozenset[str]] = {
@@ -81,8 +107,12 @@ _KIND_KEYS: dict[FaultKind, frozenset[str]] = {
     FaultKind.DROP: frozenset(),
     FaultKind.RESET_MIDWAY: frozenset(),
     FaultKind.STREAM_CUT: frozenset({"after_chunks", "status", "message"}),
+    FaultKind.REFUSAL: frozenset({"message"}),
+    FaultKind.TRUNCATED: frozenset(),
 }
-_SELECTOR_KEYS = frozenset({"kind", "probability", "count", "path", "model", "tier", "method"})
+_SELECTOR_KEYS = frozenset(
+    {"kind", "probability", "count", "path", "model", "tier", "method", "contains"}
+)
 
 _DEFAULT_DELAY = {FaultKind.SLOW: 2.0, FaultKind.HANG: 3600.0}
 _DEFAULT_RETRY_AFTER = {FaultKind.RATE_LIMIT: 1.0}
@@ -115,6 +145,7 @@ class FaultRule:
     model: str | None = None
     tier: str | None = None
     method: str | None = None
+    contains: str | None = None
     status: int | None = None
     delay: float | None = None
     retry_after: float | None = None
@@ -151,48 +182,52 @@ class FaultRule:
                 raise ConfigError(f"{key}.{name}", "unknown key")
         return cls(
             kind=kind,
-            probability=_probability(data.get("probability", 1.0), f"{key}.probability"),
-            count=_optional_int(data.get("count"), f"{key}.count", minimum=1),
-            path=_optional_text(data.get("path"), f"{key}.path"),
-            model=_optional_text(data.get("model"), f"{key}.model"),
-            tier=_optional_text(data.get("tier"), f"{key}.tier"),
-            method=_method(data.get("method"), f"{key}.method"),
-            status=_optional_int(data.get("status"), f"{key}.status", minimum=400, maximum=599),
-            delay=_optional_duration(data.get("delay"), f"{key}.delay"),
-            retry_after=_optional_duration(data.get("retry_after"), f"{key}.retry_after"),
-            after_chunks=_optional_int(data.get("after_chunks"), f"{key}.after_chunks", minimum=0),
-            code=_optional_text(data.get("code"), f"{key}.code"),
-            message=_optional_text(data.get("message"), f"{key}.message"),
+            probability=values.probability(data.get("probability", 1.0), f"{key}.probability"),
+            count=values.optional_int(data.get("count"), f"{key}.count", minimum=1),
+            path=values.optional_text(data.get("path"), f"{key}.path"),
+            model=values.optional_text(data.get("model"), f"{key}.model"),
+            tier=values.optional_text(data.get("tier"), f"{key}.tier"),
+            method=values.method(data.get("method"), f"{key}.method"),
+            contains=values.optional_text(data.get("contains"), f"{key}.contains"),
+            status=values.optional_int(
+                data.get("status"), f"{key}.status", minimum=400, maximum=599
+            ),
+            delay=values.optional_duration(data.get("delay"), f"{key}.delay"),
+            retry_after=values.optional_duration(data.get("retry_after"), f"{key}.retry_after"),
+            after_chunks=values.optional_int(
+                data.get("after_chunks"), f"{key}.after_chunks", minimum=0
+            ),
+            code=values.optional_text(data.get("code"), f"{key}.code"),
+            message=values.optional_text(data.get("message"), f"{key}.message"),
         )
 
     def to_mapping(self) -> dict[str, Any]:
         """The rule as ``from_mapping`` reads it back (durations as strings, no nulls)."""
         out: dict[str, Any] = {"kind": self.kind.value, "probability": self.probability}
-        for name in (
-            "count",
-            "path",
-            "model",
-            "tier",
-            "method",
-            "status",
-            "after_chunks",
-            "code",
-            "message",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        for name in ("delay", "retry_after"):
-            seconds = getattr(self, name)
-            if seconds is not None:
-                out[name] = duration_text(seconds)
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None and field.name not in out:
+                durations = field.name in ("delay", "retry_after")
+                out[field.name] = values.duration_text(value) if durations else value
         return out
 
     def matches(
-        self, path: str, model: str | None, tier: str | None, stream: bool, method: str | None
+        self,
+        path: str,
+        model: str | None,
+        tier: str | None,
+        stream: bool,
+        method: str | None,
+        body: str | None = None,
     ) -> bool:
         """Whether a request with these properties is one this rule is about; ``model`` is
-        ``None`` for the endpoints that are not about a model (files, batches...)."""
+        ``None`` for the endpoints that are not about a model (files, batches...), ``body``
+        the request's body as text, ``None`` where there is none to search (only a rule with
+        ``contains`` looks at it)."""
+        if self.contains is not None and (body is None or self.contains not in body):
+            return False
+        if self.kind in ANSWER_KINDS and (stream or path != CHAT_PATH):
+            return False
         if self.path is None:
             if model is None:
                 return False
@@ -273,15 +308,21 @@ class FaultInjector:
         stream: bool,
         *,
         method: str | None = None,
+        body: bytes | None = None,
     ) -> FaultRule | None:
         """The rule that hits this request, if any; a hit uses up one of its ``count``.
 
         ``model`` is ``None`` for an endpoint that is not about a model (only rules with a
-        ``path`` can hit those)."""
+        ``path`` can hit those); ``body`` is the request's body as sent, ``None`` where it was
+        not read (only rules with ``contains`` look at it)."""
         if not self._rules:
             return None
+        text: str | None = None
         for index, rule in enumerate(self._rules):
-            if not rule.matches(path, model, tier, stream, method):
+            if rule.contains is not None and text is None and body is not None:
+                # Decoded once per request, and only when a rule wants to search it.
+                text = body.decode("utf-8", "replace")
+            if not rule.matches(path, model, tier, stream, method, text):
                 continue
             if rule.probability < 1.0 and (
                 rule.probability <= 0.0 or self._rng.random() >= rule.probability
@@ -307,7 +348,7 @@ def rules_from_json(data: Any) -> tuple[list[FaultRule], int | None]:
     if isinstance(data, Mapping) and "faults" in data and set(data) <= {"faults", "seed"}:
         items = data["faults"]
         if "seed" in data:
-            seed = _optional_int(data["seed"], "seed")
+            seed = values.optional_int(data["seed"], "seed")
     elif isinstance(data, Mapping):
         items = [data]
     else:
@@ -324,62 +365,9 @@ def rules_from_list(items: Any, key: str) -> list[FaultRule]:
     return [FaultRule.from_mapping(item, f"{key}[{i}]") for i, item in enumerate(items)]
 
 
-def duration_text(seconds: float) -> str:
-    """A duration string that ``parse_duration`` reads back to exactly ``seconds``."""
-    text = format_duration(seconds)
-    return text if parse_duration(text) == seconds else f"{seconds}s"
-
-
 def _kinds_text() -> str:
     return ", ".join(repr(kind.value) for kind in FaultKind)
 
 
 def _all_kind_keys() -> frozenset[str]:
     return frozenset().union(*_KIND_KEYS.values())
-
-
-def _probability(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(key, f"must be a number from 0 to 1, not {value!r}")
-    return float(value)
-
-
-def _optional_int(
-    value: Any, key: str, *, minimum: int | None = None, maximum: int | None = None
-) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be a whole number, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(key, f"must be at least {minimum}, not {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(key, f"must be at most {maximum}, not {value}")
-    return value
-
-
-def _optional_text(value: Any, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"must be a non-empty string, not {value!r}")
-    return value
-
-
-def _method(value: Any, key: str) -> str | None:
-    text = _optional_text(value, key)
-    if text is not None and text.upper() not in _METHODS:
-        raise ConfigError(key, f"must be one of {', '.join(sorted(_METHODS))}, not {text!r}")
-    return text.upper() if text is not None else None
-
-
-_METHODS = frozenset({"GET", "POST", "DELETE"})
-
-
-def _optional_duration(value: Any, key: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(key, str(exc)) from exc

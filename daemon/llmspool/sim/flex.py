@@ -34,7 +34,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.errors import ApiError, ConfigError
 from llmspool.core.pricing import load_price_table
 from llmspool.core.units import parse_duration
-from llmspool.sim.faults import duration_text
+from llmspool.sim.fault_values import duration_text
 from llmspool.sim.speed import rehearsal_clock
 
 

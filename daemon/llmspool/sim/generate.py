@@ -3,8 +3,9 @@
 ``generator`` turns a flavor-adapted parser into the endpoint's handler. For each request, in
 order: read and validate the body, count it, refuse a flex request while flex capacity is out,
 charge it to its model's rate limits, let the fault rules pick (a stream cut is applied by the
-stream itself, the others by ``inflict``), wait the configured latency, then answer whole or as
-a paced stream, and log the call with the tokens billed (``request_log``).
+stream itself, a poor answer, ``refusal`` or ``truncated``, by ``inflict.spoil`` on the body,
+the others by ``inflict``), wait the configured latency, then answer whole or as a paced
+stream, and log the call with the tokens billed (``request_log``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from llmspool.core.errors import ApiError
 from llmspool.sim.answer import Answer, Makers
 from llmspool.sim.asgi import SSE_HEADERS, drop_connection
 from llmspool.sim.exchange import Exchange, Handler
-from llmspool.sim.faults import FaultKind
+from llmspool.sim.faults import ANSWER_KINDS, FaultKind, FaultRule
 from llmspool.sim.flex import FLEX, resource_unavailable_error
-from llmspool.sim.inflict import inflict
+from llmspool.sim.inflict import inflict, spoil
 from llmspool.sim.request_log import tier_of
 from llmspool.sim.state import SimState
 
@@ -65,12 +66,20 @@ async def _answer(state: SimState, exchange: Exchange, answer: Answer) -> None:
     stats.admitted(answer.model, tokens)
     cut_after: int | None = None
     cut_error: ApiError | None = None
+    poor: FaultRule | None = None
     rule = state.faults.pick(
-        exchange.path, answer.model, answer.tier, answer.stream, method=exchange.method
+        exchange.path,
+        answer.model,
+        answer.tier,
+        answer.stream,
+        method=exchange.method,
+        body=exchange.body,
     )
     if rule is not None:
         stats.faults[rule.kind.value] += 1
-        if rule.kind is FaultKind.STREAM_CUT:
+        if rule.kind in ANSWER_KINDS:
+            poor = rule
+        elif rule.kind is FaultKind.STREAM_CUT:
             cut_after = rule.after_chunks
             if rule.status is not None:
                 error = state.flavor.fault_error(rule, request_limit=state.ratelimit.request_limit)
@@ -90,8 +99,9 @@ async def _answer(state: SimState, exchange: Exchange, answer: Answer) -> None:
     if answer.stream:
         await _stream(state, exchange, answer, cut_after, state.real(per_token), cut_error)
         return
+    body = answer.body() if poor is None else spoil(answer.body(), poor)
     try:
-        await exchange.reply(200, answer.body())
+        await exchange.reply(200, body)
     finally:
         # Cut or not, the whole answer was generated: all of it is billed.
         _log_call(state, exchange, answer, answer.billed_output_tokens, complete=not exchange.cut)

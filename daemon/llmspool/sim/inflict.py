@@ -2,6 +2,7 @@
 
 ``inflict`` carries out a rule that is not a stream cut (an error, a dropped connection, a hang,
 a slow answer, a ``reset_midway`` cut; stream cuts are the stream's to apply, see ``generate``).
+``spoil`` makes a chat completion's body the poor answer of a ``refusal`` or ``truncated`` rule.
 ``plain_fault`` lets the rules with a ``path`` pick for the endpoints that are not about a model
 (files, batches, models...), after routing and before the endpoint runs.
 """
@@ -9,11 +10,14 @@ a slow answer, a ``reset_midway`` cut; stream cuts are the stream's to apply, se
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import orjson
 
 from llmspool.core.errors import PayloadTooLarge
 from llmspool.sim.asgi import BodyTooLarge, Headers, Message, Receive, drop_connection, read_body
 from llmspool.sim.exchange import Exchange
-from llmspool.sim.faults import FaultKind, FaultRule
+from llmspool.sim.faults import REFUSAL_TEXT, FaultKind, FaultRule
 from llmspool.sim.files import MAX_UPLOAD_BYTES
 
 
@@ -47,6 +51,36 @@ async def inflict(exchange: Exchange, rule: FaultRule) -> bool:
     if rule.kind is FaultKind.RESET_MIDWAY:
         exchange.cut = True
     return True
+
+
+def spoil(body: bytes, rule: FaultRule) -> bytes:
+    """The chat completion ``body`` as a ``refusal`` or ``truncated`` rule makes it: every
+    choice refused, or cut to about half with ``finish_reason`` ``"length"``. The rest (id,
+    model, usage, service tier...) stays as it was: a poor answer is billed like a good one.
+
+    Done on the finished body rather than in ``chat``: the fault path pays the extra JSON
+    round trip, the answers without a fault pay nothing."""
+    completion: dict[str, Any] = orjson.loads(body)
+    for choice in completion["choices"]:
+        message = choice["message"]
+        if rule.kind is FaultKind.REFUSAL:
+            message["content"] = None
+            message["refusal"] = rule.message or REFUSAL_TEXT
+            # A refusal does nothing, so it calls nothing.
+            message.pop("tool_calls", None)
+            choice["finish_reason"] = "stop"
+            continue
+        if isinstance(message["content"], str):
+            message["content"] = _half(message["content"])
+        for call in message.get("tool_calls", ()):
+            call["function"]["arguments"] = _half(call["function"]["arguments"])
+        choice["finish_reason"] = "length"
+    return orjson.dumps(completion)
+
+
+def _half(text: str) -> str:
+    """The first half of ``text``: what a model stopped halfway would have said."""
+    return text[: len(text) // 2]
 
 
 async def plain_fault(exchange: Exchange) -> bool:
