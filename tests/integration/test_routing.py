@@ -19,7 +19,14 @@ from llmspool.testing import (
     running_daemon,
 )
 
-from tests.support.processes import unix_exchange, unix_request
+from tests.support.money import billed_calls
+from tests.support.processes import (
+    openai_client,
+    start_daemon,
+    start_sim,
+    unix_exchange,
+    unix_request,
+)
 
 CONFIG = """
 [providers.openai]
@@ -158,3 +165,44 @@ def test_a_rule_that_names_the_model_skips_the_cascade(
     status, answer, headers = ask(running, "HARD: untangle this thread", "both")
     assert headers["x-llmspool-cascade"] == "escalated: the answer is a refusal"
     assert [r.model for r in upstream.requests] == ["gpt-4o", "gpt-4o-mini", "gpt-4o"]
+
+
+def test_against_the_simulator_a_refused_cheap_answer_escalates_through_the_real_plugin(
+    tmp_path: Path,
+) -> None:
+    # The simulator is told that gpt-4o-mini refuses what is marked HARD: (a fault rule), and
+    # the daemon talks to it through the real OpenAI plugin.
+    sim = start_sim(tmp_path)
+    try:
+        sim.set_faults({"kind": "refusal", "model": "gpt-4o-mini", "contains": "HARD:"})
+        daemon = start_daemon(tmp_path, sim.url, config_toml=(
+            '[operations.triage]\ncascade = { first = "gpt-4o-mini" }\n'
+            '[operations.support]\nroute = [{ model = "gpt-4o-mini", when = '
+            '{ prompt_tokens_under = 50 } }]\n'))
+        try:
+            client = openai_client(daemon.socket_path)
+            easy = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "spam or not?"}],
+                extra_headers={"x-llmspool-operation": "triage"})
+            assert easy.headers["x-llmspool-cascade"] == "accepted (gpt-4o-mini)"
+            assert easy.parse().model == "gpt-4o-mini"
+            hard = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "HARD: and this?"}],
+                extra_headers={"x-llmspool-operation": "triage"})
+            assert hard.headers["x-llmspool-cascade"] == "escalated: the answer is a refusal"
+            answer = hard.parse()
+            assert answer.model == "gpt-4o" and answer.choices[0].message.content
+            short = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hello"}],
+                extra_headers={"x-llmspool-operation": "support"})
+            assert short.headers["x-llmspool-route"] == "gpt-4o-mini"
+            assert short.headers["x-llmspool-route-reason"] == \
+                "rule 1 (prompt_tokens_under = 50)"
+        finally:
+            daemon.terminate()
+        # What the simulator served: two cheap calls, then the escalation, then the route.
+        assert [(c["model"], c["endpoint"]) for c in billed_calls(sim)] == [
+            ("gpt-4o-mini", "/v1/chat/completions"), ("gpt-4o-mini", "/v1/chat/completions"),
+            ("gpt-4o", "/v1/chat/completions"), ("gpt-4o-mini", "/v1/chat/completions")]
+    finally:
+        sim.terminate()
