@@ -14,6 +14,7 @@ from llmspool.core.calls import Endpoint, Tier
 from llmspool.testing import (
     FakeUpstream,
     InProcessDaemon,
+    ManualClock,
     fake_provider_plugin,
     load_config_with,
     running_daemon,
@@ -27,6 +28,7 @@ from tests.support.processes import (
     unix_exchange,
     unix_request,
 )
+from tests.support.waiting import wait_for
 
 CONFIG = """
 [providers.openai]
@@ -206,3 +208,51 @@ def test_against_the_simulator_a_refused_cheap_answer_escalates_through_the_real
             ("gpt-4o", "/v1/chat/completions"), ("gpt-4o-mini", "/v1/chat/completions")]
     finally:
         sim.terminate()
+
+
+def job_lines(*texts: str) -> bytes:
+    return b"".join(orjson.dumps({
+        "custom_id": f"q{number}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]},
+    }) + b"\n" for number, text in enumerate(texts))
+
+
+@pytest.mark.parametrize("deadline", ["2m", "24h"])
+def test_a_jobs_lines_are_routed_too_directly_and_through_a_batch(tmp_path: Path,
+                                                                  deadline: str) -> None:
+    # Two minutes: the lines are sent directly; 24 hours: through a batch (the fake's, ended
+    # on cue, with a manual clock past the group's max_age). Either way the easy line goes to
+    # the small model and its ledger entry saves against gpt-4o under "routing".
+    clock = ManualClock()
+    upstream = Upstream(clock=clock)
+    plugin = fake_provider_plugin(upstream)
+    path = tmp_path / "llmspool.toml"
+    path.write_text(CONFIG)
+    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
+           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
+    with running_daemon(load_config_with([plugin], path, environ=env), environ=env,
+                        plugins=[plugin], clock=clock) as running:
+        status, job = unix_request(
+            running.socket_path, "POST", f"/v1/jobs?deadline={deadline}&operation=support",
+            job_lines("Opening hours?", "Check this contract"),
+            {"content-type": "application/jsonl"})
+        assert status == 202, job
+        if deadline == "24h":
+            assert sorted((g["model"], g["tier"]) for g in job["plan"]) == [
+                ("gpt-4o", "batch"), ("gpt-4o-mini", "batch")]
+            clock.advance(301)
+            wait_for(lambda: len(upstream.batches) == 2, timeout=10, what="a batch per model")
+            assert upstream.finish_batches() == 2
+            clock.advance(301)
+        status, raw = unix_request(running.socket_path, "GET",
+                                   f"/v1/jobs/{job['id']}/results?wait=20")
+        assert status == 200, raw
+        results = {line["custom_id"]: line for line in
+                   (orjson.loads(text) for text in raw.splitlines() if text.strip())}
+        assert results["q0"]["response"]["body"]["model"] == "gpt-4o-mini"
+        assert results["q1"]["response"]["body"]["model"] == "gpt-4o"
+        easy, hard = sorted(entries(running), key=lambda e: e["model"], reverse=True)
+    assert easy["model"] == "gpt-4o-mini" and easy["saving_source"] == "routing"
+    assert easy["standard_cost_usd"] > easy["cost_usd"] > 0
+    assert hard["model"] == "gpt-4o"
+    assert hard["saving_source"] == (None if deadline == "2m" else "tier")

@@ -3,7 +3,10 @@
 Each line must be a JSON object with a unique ``custom_id``, ``method`` POST, a ``url`` the
 daemon forwards (chat completions, responses, embeddings), and a ``body`` object naming a
 ``model`` some provider serves; deferred requests cannot stream. Every bad line is reported
-with its number and the reason, so a caller can fix a file in one go.
+with its number and the reason, so a caller can fix a file in one go. A line of an operation
+with ``route`` rules goes to the model they choose (``llmspool.policy.model_choice``), keeping
+the model it asked for, whose price its saving is measured against; cascades are for
+interactive calls only (a deferred line's answer is not waited on to be checked).
 
 The JSON form (``{"requests": [...]}``) takes the same items, with ``custom_id`` and
 ``method`` optional (numbered ``request-N`` and POST).
@@ -20,6 +23,7 @@ from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError
 from llmspool.core.wire import kept_json
 from llmspool.policy.cache_keys import CacheRules
+from llmspool.policy.model_choice import ModelChooser
 from llmspool.policy.routing import ModelRouter
 from llmspool.store.records import JobLine, LineError
 
@@ -32,8 +36,10 @@ class Intake:
 
     def __init__(self, router: ModelRouter, *, max_line_size: int,
                  cache_rules: CacheRules | None = None, operation: str | None = None,
-                 uid: int | None = None, endpoint: Endpoint | None = None) -> None:
+                 uid: int | None = None, endpoint: Endpoint | None = None,
+                 chooser: ModelChooser | None = None) -> None:
         self._router = router
+        self._chooser = chooser
         self._endpoint = endpoint  # a Batch API batch: every line must name its endpoint
         self._cache_rules = cache_rules
         self._operation = operation
@@ -101,8 +107,13 @@ class Intake:
             return
         self._seen.add(custom_id)
         body: dict[str, Any] = item["body"]
+        endpoint = _ENDPOINTS[item["url"]]
+        asked = body["model"]
+        route = self._chooser.route(body, self._operation) \
+            if self._chooser is not None and endpoint is not Endpoint.EMBEDDINGS else None
         try:
-            provider, model = self._router.resolve(body["model"])
+            provider, model = self._router.resolve(route.model if route else asked)
+            routed_from = self._asked(asked) if route and route.model != asked else None
         except ApiError as exc:
             self._refuse(number, custom_id, exc.message, "model_not_found")
             return
@@ -110,14 +121,21 @@ class Intake:
             body = {**body, "model": model}
         # A job holds 100,000 bodies until they are stored.
         encoded = kept_json(body)
-        endpoint = _ENDPOINTS[item["url"]]
         plan = None
         if self._cache_rules is not None:
             plan = self._cache_rules.plan(endpoint, provider, model, body, header=None,
                                           operation=self._operation, uid=self._uid,
                                           stream=False)
         self.lines.append(JobLine(number, custom_id, endpoint, provider, model, encoded,
-                                  plan.key if plan else None, plan.ttl if plan else None))
+                                  plan.key if plan else None, plan.ttl if plan else None,
+                                  routed_from))
+
+    def _asked(self, model: str) -> tuple[str, str] | None:
+        """(provider, model) a routed line asked for; None for a name no provider serves."""
+        try:
+            return self._router.resolve(model)
+        except ApiError:
+            return None
 
     @staticmethod
     def _problem(item: dict[str, Any], *, numbered: bool) -> str | None:

@@ -39,6 +39,7 @@ from llmspool.messages import (
 )
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.model_choice import ModelChooser
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
 from llmspool.store.records import NewJob, Viewer
@@ -77,8 +78,10 @@ class JobSubmission:
 
     def __init__(self, keeper: KeeperInbox, router: ModelRouter, planner: Planner, *,
                  max_line_size: int, cache_rules: CacheRules | None = None,
-                 on_short_deadline: str = "refuse", tracer: trace.Tracer | None = None) -> None:
+                 on_short_deadline: str = "refuse", tracer: trace.Tracer | None = None,
+                 chooser: ModelChooser | None = None) -> None:
         self.keeper = keeper
+        self._chooser = chooser  # the operations' route rules, applied to each line
         # Without one given, the daemon's (see ``tracing.active``).
         self._tracer = tracer or active().tracer
         self._router = router
@@ -91,7 +94,7 @@ class JobSubmission:
         # The cache key of each line depends on the job's operation and its caller.
         return Intake(self._router, max_line_size=self._max_line_size,
                       cache_rules=self._cache_rules, operation=request.operation,
-                      uid=request.uid, endpoint=endpoint)
+                      uid=request.uid, endpoint=endpoint, chooser=self._chooser)
 
     def new_job(self, intake: Intake, request: JobRequest) -> tuple[NewJob, str | None]:
         """The job of the valid lines, and the best-effort warning if its deadline is short.

@@ -69,6 +69,11 @@ class _Line:
     cache_ttl: float | None = None
     deadline_at: float = math.inf
     submitted_at: float | None = None  # its job's creation
+    routed_from: tuple[str, str] | None = None  # asked for, when a route chose another model
+
+
+def _routed(provider: str | None, model: str | None) -> tuple[str, str] | None:
+    return None if provider is None or model is None else (provider, model)
 
 
 class ResultMapper:
@@ -101,12 +106,14 @@ class ResultMapper:
     def _load_lines(self) -> dict[int, _Line]:
         rows = self._connection.execute(
             "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl, r.deadline_at, j.created_at FROM job_requests r "
+            "r.cache_ttl, r.deadline_at, j.created_at, r.routed_from_provider, "
+            "r.routed_from_model FROM job_requests r "
             "JOIN jobs j ON j.id = r.job_id WHERE r.batch_id = ?",
             (self._batch.id,),
         )
-        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d), float(s))
-                for i, j, c, a, o, u, k, t, d, s in rows}
+        return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d), float(s),
+                              _routed(rp, rm))
+                for i, j, c, a, o, u, k, t, d, s, rp, rm in rows}
 
     def line_ids(self) -> list[int]:
         """The requests the batch carries (not those given back before)."""
@@ -119,14 +126,15 @@ class ResultMapper:
         # Given back before its answer came (escalated): still store and bill the answer.
         row = self._connection.execute(
             "SELECT r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
-            "r.cache_ttl, r.deadline_at, j.created_at FROM job_requests r "
+            "r.cache_ttl, r.deadline_at, j.created_at, r.routed_from_provider, "
+            "r.routed_from_model FROM job_requests r "
             "JOIN jobs j ON j.id = r.job_id WHERE r.id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
         line = _Line(str(row[0]), str(row[1]), int(row[2]), row[3], row[4], False, row[5],
-                     row[6], float(row[7]), float(row[8]))
+                     row[6], float(row[7]), float(row[8]), _routed(row[9], row[10]))
         self._lines[request_id] = line
         return line
 
@@ -189,7 +197,8 @@ class ResultMapper:
         cost = standard = None
         if usage is not None:
             batch = self._batch
-            billed = bill(self._prices, batch.provider, batch.model, Tier.BATCH, usage)
+            billed = bill(self._prices, batch.provider, batch.model, Tier.BATCH, usage,
+                          routed_from=line.routed_from)
             cost, standard = billed.cost_picodollars, billed.list_cost_picodollars
             self._entries.append(Settled(
                 request_id=f"{line.job_id}.{request_id}.b{batch.id}",

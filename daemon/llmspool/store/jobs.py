@@ -40,6 +40,15 @@ class QueuedRequest:
     body: bytes
     deadline_at: float
     attempts: int
+    routed_from_provider: str | None = None
+    routed_from_model: str | None = None
+
+    @property
+    def routed_from(self) -> tuple[str, str] | None:
+        """(provider, model) asked for, when a route rule chose ``model`` instead."""
+        if self.routed_from_provider is None or self.routed_from_model is None:
+            return None
+        return self.routed_from_provider, self.routed_from_model
 
 
 async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
@@ -55,11 +64,12 @@ async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
         # A generator, not a list: 100,000 parameter tuples would be ~12 MB more at the peak.
         await connection.executemany(
             "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
-            " deadline_at, state, cache_key, cache_ttl) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            " deadline_at, state, cache_key, cache_ttl, routed_from_provider, routed_from_model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
             (
                 (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
-                 line.model, line.body, job.deadline_at, line.cache_key, line.cache_ttl)
+                 line.model, line.body, job.deadline_at, line.cache_key, line.cache_ttl,
+                 *(line.routed_from or (None, None)))
                 for line in job.lines
             ),
         )
@@ -74,7 +84,8 @@ async def fetch_requests(
 ) -> list[QueuedRequest]:
     marks = ",".join("?" * len(ids))
     rows = await connection.execute_fetchall(
-        "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts "
+        "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts, "
+        "routed_from_provider, routed_from_model "
         f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued'",
         tuple(ids),
     )

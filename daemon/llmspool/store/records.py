@@ -26,6 +26,8 @@ class JobLine:
     body: bytes
     cache_key: bytes | None = None  # the response cache's key (None: not cacheable)
     cache_ttl: float | None = None
+    # (provider, model) asked for, when the operation's route rules chose ``model`` instead.
+    routed_from: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,7 @@ class Pump:
             settle_with_result=True,
             deferred=True,
             submitted_at=job.created_at,
+            routed_from=row.routed_from,
         )
         with replies_out:
             try:
