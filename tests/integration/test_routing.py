@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from llmspool.core.calls import Endpoint, Tier
+from llmspool.plugin_api import hookimpl
 from llmspool.testing import (
     FakeUpstream,
     InProcessDaemon,
@@ -256,3 +257,35 @@ def test_a_jobs_lines_are_routed_too_directly_and_through_a_batch(tmp_path: Path
     assert easy["standard_cost_usd"] > easy["cost_usd"] > 0
     assert hard["model"] == "gpt-4o"
     assert hard["saving_source"] == (None if deadline == "2m" else "tier")
+
+
+class JudgingPlugin:
+    """A plugin scoring every request as hard when it says "prove", and refusing any cheap
+    answer to an operation named "strict"."""
+
+    @hookimpl
+    def llmspool_score_request(self, body: Mapping[str, Any],
+                               operation: str | None) -> float | None:
+        return 0.95 if "prove" in orjson.dumps(body).decode() else None
+
+    @hookimpl
+    def llmspool_accept_answer(self, answer: Mapping[str, Any], body: Mapping[str, Any],
+                               operation: str | None) -> bool | None:
+        return False if operation == "strict" else None
+
+
+def test_a_plugins_score_and_answer_check_steer_routes_and_cascades(tmp_path: Path) -> None:
+    upstream = Upstream()
+    plugins = [fake_provider_plugin(upstream), JudgingPlugin()]
+    path = tmp_path / "llmspool.toml"
+    path.write_text(CONFIG + '[operations.scored]\nroute = [{ model = "gpt-4o", when = '
+                    '{ score_over = 0.9 } }, { model = "gpt-4o-mini" }]\n'
+                    '[operations.strict]\ncascade = { first = "gpt-4o-mini" }\n')
+    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
+           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
+    with running_daemon(load_config_with(plugins, path, environ=env), environ=env,
+                        plugins=plugins) as running:
+        assert ask(running, "prove it", "scored")[2]["x-llmspool-route"] == "gpt-4o"
+        assert ask(running, "hello", "scored")[2]["x-llmspool-route"] == "gpt-4o-mini"
+        cascade = ask(running, "hello", "strict")[2]["x-llmspool-cascade"]
+        assert cascade == "escalated: a plugin's llmspool_accept_answer said no"
