@@ -9,7 +9,7 @@ from dataclasses import replace
 import anyio
 from llmspool.actors.request_queue import QueueMessage, RequestQueue
 from llmspool.core.calls import Endpoint
-from llmspool.messages import Call, Failure, SlotFreed
+from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery
 from llmspool.policy.planner import TierPolicy
 from llmspool.store.records import Caller
 from opentelemetry.context import Context
@@ -89,3 +89,29 @@ def test_past_its_bound_the_queue_refuses_with_503_and_keeps_the_rest() -> None:
         failure = refused.receive_nowait()
         assert isinstance(failure, Failure)
         assert failure.error.status == 503 and failure.error.code == "queue_full"
+
+
+def test_a_status_asker_that_gave_up_does_not_end_the_queue() -> None:
+    # /v1/status gives up after its timeout and closes its reply stream; the queue answering
+    # late must go on serving (before, the send raised in the actor and ended the daemon).
+    async def scenario() -> list[str]:
+        inbox, inbox_out = anyio.create_memory_object_stream[QueueMessage](4)
+        freed, freed_out = anyio.create_memory_object_stream[SlotFreed](4)
+        dispatcher, dispatched = anyio.create_memory_object_stream[Call](4)
+        queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=1, max_waiting=4,
+                             meter=NoOpMeterProvider().get_meter("t"))
+        async with anyio.create_task_group() as group:
+            await group.start(queue.run)
+            reply, answers = anyio.create_memory_object_stream[QueueStatus](1)
+            answers.close()  # the asker is gone
+            await inbox.send(StatusQuery(reply))
+            await inbox.send(call("after", arrived=NOW))
+            with anyio.fail_after(5):
+                handed = await dispatched.receive()
+            await freed.send(SlotFreed(handed.request_id))
+            await inbox.aclose()
+            async with dispatched, freed:
+                pass
+        return [handed.request_id]
+
+    assert anyio.run(scenario) == ["after"]

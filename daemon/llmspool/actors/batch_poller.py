@@ -46,6 +46,7 @@ from llmspool.messages import (
     ReleaseLines,
     StatusQuery,
     StoreBatchChunk,
+    answer,
 )
 from llmspool.policy.billing import PriceBook
 from llmspool.store import batches as batch_sql
@@ -120,7 +121,7 @@ class BatchPoller:
                         elif isinstance(message, NewPrices):
                             self._retrieval.prices = message.prices
                         else:
-                            message.reply.send_nowait(self._snapshot())
+                            answer(message.reply, self._snapshot())
                 group.cancel_scope.cancel()
         finally:
             await self._store.close()

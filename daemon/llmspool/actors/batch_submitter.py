@@ -38,6 +38,7 @@ from llmspool.messages import (
     StatusQuery,
     SubmitterStatus,
     ToBatch,
+    answer,
 )
 from llmspool.policy.reservations import Reserver
 from llmspool.store import batches as batch_sql
@@ -107,7 +108,7 @@ class BatchSubmitter:
         elif isinstance(message, NewPrices):
             self._reserver.set_prices(message.prices)  # lines are reserved at the new prices
         else:
-            message.reply.send_nowait(self._snapshot())
+            answer(message.reply, self._snapshot())
 
     async def _flusher(self, unfinished: list[batch_sql.BatchRow]) -> None:
         await self._ready.wait()

@@ -46,6 +46,7 @@ from llmspool.messages import (
     Release,
     SlotFreed,
     StatusQuery,
+    answer,
 )
 from llmspool.policy.billing import PriceBook
 from llmspool.policy.estimate import TokenEstimator
@@ -118,7 +119,7 @@ class Dispatcher:
                     if isinstance(message, Call):
                         group.start_soon(self._serve, message)
                     elif isinstance(message, StatusQuery):
-                        message.reply.send_nowait(self._snapshot())
+                        answer(message.reply, self._snapshot())
                     else:
                         self._accounts.set_prices(message.prices)
                         self._targets.set_prices(message.prices)

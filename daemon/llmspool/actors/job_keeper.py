@@ -31,7 +31,7 @@ from llmspool.actors.keeping.recovery import SWEEP_EVERY, delete_expired, recove
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.routing import Router
 from llmspool.actors.keeping.sending import Pump
-from llmspool.actors.keeping.waiting import GONE, Waiters, no_such_job, reply_to
+from llmspool.actors.keeping.waiting import Waiters, no_such_job, reply_to
 from llmspool.cache.store import CachedKeys
 from llmspool.core.config.sections import BatchConfig, JobsConfig
 from llmspool.core.errors import ApiError, TooManyRequests
@@ -51,6 +51,7 @@ from llmspool.messages import (
     SubmitJob,
     ToBatch,
     WaitForJob,
+    answer,
 )
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.planner import Planner
@@ -158,11 +159,9 @@ class JobKeeper:
             await reply_to(message.reply, job.to_json() if job and message.viewer.sees(job.uid)
                            else no_such_job(message.job_id))
         elif isinstance(message, JobListQuery):
-            with contextlib.suppress(*GONE):  # the asker gave up
-                message.reply.send_nowait(self._job_list(message.limit, message.viewer))
+            answer(message.reply, self._job_list(message.limit, message.viewer))
         else:
-            with contextlib.suppress(*GONE):
-                message.reply.send_nowait(self._status())
+            answer(message.reply, self._status())
 
     async def _submit(self, job: NewJob) -> JobView | ApiError:
         queued = sum(state.states[RequestState.QUEUED] for state in self._jobs.values())

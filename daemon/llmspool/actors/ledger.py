@@ -34,7 +34,6 @@ the stores of deferred results) and ``status`` (the answers to ``StatusQuery`` a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from opentelemetry import metrics, trace
 
 from llmspool.actors.accounting.budgets import Budgets
 from llmspool.actors.accounting.caps import Cap, Caps, Scope
-from llmspool.actors.accounting.commits import GONE, GroupCommit
+from llmspool.actors.accounting.commits import GroupCommit
 from llmspool.actors.accounting.status import answer_query
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.pricing import usd
@@ -61,6 +60,7 @@ from llmspool.messages import (
     StatusQuery,
     StoreBatchChunk,
     StoreJobResults,
+    answer,
 )
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection, line_key
@@ -181,8 +181,7 @@ class Ledger:
                                       admit.session, admit.estimate_picodollars)
         if error is not None:
             self._budgets.refused += 1
-            with contextlib.suppress(*GONE):
-                admit.reply.send_nowait(error)
+            answer(admit.reply, error)
             return
         self._budgets.hold(admit.request_id, admit.provider, admit.operation, admit.uid,
                            admit.session, admit.estimate_picodollars)

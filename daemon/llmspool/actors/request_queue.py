@@ -26,7 +26,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.errors import ServiceUnavailable
 from llmspool.core.tracing import active
-from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery
+from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery, answer
 
 # Calls from the front door, the cache and the job keeper; status questions.
 QueueMessage = Call | StatusQuery[QueueStatus]
@@ -75,7 +75,7 @@ class RequestQueue:
             async with self._inbox:
                 async for message in self._inbox:
                     if isinstance(message, StatusQuery):
-                        message.reply.send_nowait(self._snapshot())
+                        answer(message.reply, self._snapshot())
                     else:
                         self._admit(message)
             # The front door is closed: hand over what still waits, then close our send end

@@ -52,7 +52,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.config.sections import CacheConfig
-from llmspool.messages import CacheFill, CacheStatus, CacheUsed, Call, StatusQuery
+from llmspool.messages import CacheFill, CacheStatus, CacheUsed, Call, StatusQuery, answer
 from llmspool.policy.planner import Planner
 from llmspool.store.records import Settled
 
@@ -113,7 +113,7 @@ class ResponseCache:
                         elif isinstance(message, CacheFill):
                             self._writes.keep(message.entries, readable_now=True)
                         else:
-                            message.reply.send_nowait(snapshot(
+                            answer(message.reply, snapshot(
                                 self._counts, self._config, self._writes.entries,
                                 len(self._flights.by_key), self._flights.waiting(),
                                 self._near))

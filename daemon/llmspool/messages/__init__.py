@@ -54,6 +54,7 @@ from llmspool.messages.jobs import (
     WaitForJob,
 )
 from llmspool.messages.questions import (
+    GONE,
     BudgetStatus,
     CacheStatus,
     DispatcherStatus,
@@ -75,13 +76,16 @@ from llmspool.messages.questions import (
     StatusQuery,
     SubmitterStatus,
     WaitingGroupStatus,
+    answer,
 )
 
 # A call's ledger entry is a record the store keeps and a message the ledger takes.
 from llmspool.store.records import Settled
 
 __all__ = [
+    "GONE",
     "Settled",
+    "answer",
     "Abort",
     "Admit",
     "Answer",

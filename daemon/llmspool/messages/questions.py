@@ -4,9 +4,11 @@ a ``JobView``; an actor's inbox type lists the questions it answers."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
+import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.core.errors import ApiError
@@ -18,6 +20,18 @@ from llmspool.store.records import (
 # --- questions to the actors ----------------------------------------------------------------
 
 Snapshot = TypeVar("Snapshot")
+Answer = TypeVar("Answer")
+
+GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
+"""What sending an answer raises when its asker is gone (it gave up after its timeout, or
+its client left, and closed the reply stream)."""
+
+
+def answer(reply: MemoryObjectSendStream[Answer], value: Answer) -> None:
+    """Send ``value`` to the asker waiting on ``reply``; an asker that gave up is not the
+    actor's problem (raising here would end the actor, and the daemon with it)."""
+    with contextlib.suppress(*GONE):
+        reply.send_nowait(value)
 
 
 # Not slots: a slotted frozen generic dataclass cannot be built as ``StatusQuery[X](...)``

@@ -22,13 +22,11 @@ from anyio.streams.memory import MemoryObjectSendStream
 from llmspool.actors.accounting.budgets import Budgets
 from llmspool.core.errors import ApiError
 from llmspool.core.states import RequestState
-from llmspool.messages import ReserveLines, StoreBatchChunk, StoreJobResults
+from llmspool.messages import GONE, ReserveLines, StoreBatchChunk, StoreJobResults
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.batch_results import store_batch_chunk
 from llmspool.store.ledger import LedgerConnection, line_key
 from llmspool.store.records import BatchChunkStored, JobResult, Settled
-
-GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
 
 
 class GroupCommit:

@@ -7,12 +7,11 @@ Answered after a flush, so what the asker was told is settled is in the store wh
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from llmspool.actors.accounting.budgets import Budgets
 from llmspool.actors.accounting.caps import picodollars
-from llmspool.actors.accounting.commits import GONE, GroupCommit
+from llmspool.actors.accounting.commits import GroupCommit
 from llmspool.core.pricing import usd
 from llmspool.messages import (
     BudgetStatus,
@@ -20,6 +19,7 @@ from llmspool.messages import (
     LedgerEntriesQuery,
     LedgerStatus,
     StatusQuery,
+    answer,
 )
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection
@@ -29,12 +29,11 @@ async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, bu
                        group: GroupCommit, database: LedgerConnection) -> None:
     await group.flush()  # what the asker was told is settled is in the store when it reads
     status = _status(budgets, group, database)
-    with contextlib.suppress(*GONE):  # an asker that gave up is not our problem
-        if isinstance(query, LedgerEntriesQuery):
-            entries: LedgerEntries = {**status, "entries": _recent_entries(query, database)}
-            query.reply.send_nowait(entries)
-        else:
-            query.reply.send_nowait(status)
+    if isinstance(query, LedgerEntriesQuery):
+        entries: LedgerEntries = {**status, "entries": _recent_entries(query, database)}
+        answer(query.reply, entries)
+    else:
+        answer(query.reply, status)
 
 
 def _status(budgets: Budgets, group: GroupCommit, database: LedgerConnection) -> LedgerStatus:

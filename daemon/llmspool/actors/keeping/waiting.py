@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 
-import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.core.errors import ApiError, NotFound
-from llmspool.messages import JobView
+from llmspool.messages import GONE, JobView
 
-GONE = (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError)
 JobReply = MemoryObjectSendStream[JobView | ApiError]
 
 
