@@ -9,8 +9,11 @@ import pytest
 from llmspool.core.config.routes import CascadeConfig
 from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.config_load import load_config
+from llmspool.core.errors import ConfigError
+from llmspool.policy.billing import load_price_book
 from llmspool.policy.complexity import RequestFacts, heuristic_score
-from llmspool.policy.model_choice import ModelChooser
+from llmspool.policy.model_choice import ModelChooser, check_routed_models
+from llmspool.policy.routing import ModelRouter
 
 ROUTES = """
 [operations.support]
@@ -130,3 +133,20 @@ def test_bad_routes_and_cascades_are_refused_naming_the_key(tmp_path: Path, toml
         load_config(path, environ={})
     assert problem in str(refused.value)
     assert "operations.x." in str(refused.value)
+
+
+def test_a_route_or_cascade_naming_a_model_nobody_serves_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "llmspool.toml"
+    path.write_text('[operations.x]\nroute = [{ model = "gpt-4o-mini" }, { model = "gpt-9" }]\n'
+                    '[operations.y]\ncascade = { first = "nope" }\n')
+    config = load_config(path, environ={})
+    router = ModelRouter.build(config.providers, load_price_book().table)
+    with pytest.raises(ConfigError) as refused:
+        check_routed_models(config, router)
+    assert refused.value.key == "operations.x.route"
+    assert "rule 2: The model `gpt-9` does not exist" in str(refused.value)
+    path.write_text('[operations.y]\ncascade = { first = "nope" }\n')
+    with pytest.raises(ConfigError, match="first: The model `nope`"):
+        check_routed_models(load_config(path, environ={}), router)

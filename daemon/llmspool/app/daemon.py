@@ -40,6 +40,7 @@ from llmspool.core.tracing import Tracing, build_tracing
 from llmspool.messages import NewPrices
 from llmspool.policy.billing import PriceBook, load_price_book
 from llmspool.policy.estimate import TokenEstimator
+from llmspool.policy.model_choice import check_routed_models
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
@@ -93,6 +94,7 @@ class Daemon:
         config = self.config
         prices = load_price_book(config.pricing.file)
         router = ModelRouter.build(config.providers, prices.table)
+        check_routed_models(config, router)
         providers = build_providers(config, self._environ, self._extra_plugins)
         tracing = build_tracing(config.tracing, self._environ)
         notifier = systemd.Notifier.from_env(self._environ)

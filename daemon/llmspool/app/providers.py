@@ -59,3 +59,4 @@ def build_model_chooser(config: Config,
         return None
     hooks = answer_hooks(extra_plugins)
     return ModelChooser(config.operations, scorer=hooks.score, check=hooks.accept)
+

@@ -41,6 +41,8 @@ from llmspool.core.config_load import (
 from llmspool.core.errors import ConfigError
 from llmspool.core.plugins import ProviderKind, load_provider_specs
 from llmspool.policy.billing import PriceBook, load_price_book
+from llmspool.policy.model_choice import check_routed_models
+from llmspool.policy.routing import ModelRouter
 from llmspool.sim.config import SimConfig
 
 EXIT_OK = 0
@@ -168,6 +170,9 @@ def load_as_daemon(path_argument: str | None, environ: Mapping[str, str] | None 
     if loaded.config is not None:
         try:
             loaded.prices = load_price_book(loaded.config.pricing.file)
+            # Routes and cascades must name models a provider serves, as the daemon checks.
+            check_routed_models(loaded.config,
+                                ModelRouter.build(loaded.config.providers, loaded.prices.table))
         except ConfigError as exc:
             loaded.problems.append(exc)
     return loaded

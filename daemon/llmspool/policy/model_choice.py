@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 
 from llmspool.core.config.routes import CascadeConfig, RouteRule, RouteWhen
-from llmspool.core.config.sections import OperationConfig
+from llmspool.core.config.sections import Config, OperationConfig
+from llmspool.core.errors import ApiError, ConfigError
 from llmspool.policy.complexity import RequestFacts, heuristic_score
+from llmspool.policy.routing import ModelRouter
 
 Scorer = Callable[[Mapping[str, Any], str | None], float | None]
 AnswerCheck = Callable[[Mapping[str, Any], Mapping[str, Any], str | None], bool | None]
@@ -145,3 +147,18 @@ def _schema_problem(text: str, schema: Mapping[str, Any]) -> str | None:
         return "the answer is not JSON"
     error = next(iter(validators.validator_for(schema)(schema).iter_errors(document)), None)
     return None if error is None else f"the answer does not fit json_schema: {error.message}"
+
+
+def check_routed_models(config: Config, router: ModelRouter) -> None:
+    """Refuse to start with a route or cascade naming a model no provider serves (every
+    request of that operation would fail with 404 otherwise); ``ConfigError`` names the key."""
+    for name, operation in config.operations.items():
+        named = [(f"operations.{name}.route", f"rule {number}: ", rule.model)
+                 for number, rule in enumerate(operation.route, start=1)]
+        if operation.cascade is not None:
+            named.append((f"operations.{name}.cascade", "first: ", operation.cascade.first))
+        for key, where, model in named:
+            try:
+                router.resolve(model)
+            except ApiError as exc:
+                raise ConfigError(key, f"{where}{exc.message}") from None
