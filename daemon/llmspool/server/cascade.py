@@ -50,6 +50,9 @@ class Cascaded(NamedTuple):
 
 
 class Cascade:
+    """Runs an operation's cascade for the front door: which calls it applies to, and the
+    cheaper call, then the request's own when the cheaper answer is not kept."""
+
     def __init__(self, chooser: ModelChooser, router: ModelRouter, submit: Submit,
                  stop: StopClock) -> None:
         self._chooser = chooser
