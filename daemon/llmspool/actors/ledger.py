@@ -121,11 +121,26 @@ class Ledger:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await self._handle(group)
+                    if self._group.new_reservations and len(group) < MAX_GROUP:
+                        # One turn of the event loop first: admissions from calls that are
+                        # a step behind join this commit instead of waiting for the next.
+                        await anyio.lowlevel.checkpoint()
+                        await self._handle(self._drain(MAX_GROUP - len(group)))
                     if self._group.new_reservations or len(self._group.pending) >= MAX_GROUP:
                         await self._group.flush()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._group.flush()
+
+    def _drain(self, most: int) -> list[LedgerMessage]:
+        """Up to ``most`` messages already waiting, without waiting for any."""
+        waiting: list[LedgerMessage] = []
+        while len(waiting) < most:
+            try:
+                waiting.append(self._inbox.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return waiting
 
     async def _next(self) -> LedgerMessage | None:
         """The next message; None when the commit window of pending entries has closed."""
