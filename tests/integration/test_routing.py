@@ -16,9 +16,7 @@ from llmspool.testing import (
     FakeUpstream,
     InProcessDaemon,
     ManualClock,
-    fake_provider_plugin,
-    load_config_with,
-    running_daemon,
+    running_with_fake,
 )
 
 from tests.support.money import billed_calls
@@ -32,9 +30,6 @@ from tests.support.processes import (
 from tests.support.waiting import wait_for
 
 CONFIG = """
-[providers.openai]
-plugin = "fake"
-
 [operations.support]
 route = [
   { model = "gpt-4o", when = { matches = "(?i)contract" } },
@@ -64,13 +59,7 @@ class Upstream(FakeUpstream):
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[InProcessDaemon, Upstream]]:
     upstream = Upstream()
-    plugin = fake_provider_plugin(upstream)
-    path = tmp_path / "llmspool.toml"
-    path.write_text(CONFIG)
-    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
-           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
-    with running_daemon(load_config_with([plugin], path, environ=env), environ=env,
-                        plugins=[plugin]) as running:
+    with running_with_fake(tmp_path, upstream, CONFIG) as running:
         yield running, upstream
 
 
@@ -226,13 +215,7 @@ def test_a_jobs_lines_are_routed_too_directly_and_through_a_batch(tmp_path: Path
     # the small model and its ledger entry saves against gpt-4o under "routing".
     clock = ManualClock()
     upstream = Upstream(clock=clock)
-    plugin = fake_provider_plugin(upstream)
-    path = tmp_path / "llmspool.toml"
-    path.write_text(CONFIG)
-    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
-           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
-    with running_daemon(load_config_with([plugin], path, environ=env), environ=env,
-                        plugins=[plugin], clock=clock) as running:
+    with running_with_fake(tmp_path, upstream, CONFIG, clock=clock) as running:
         status, job = unix_request(
             running.socket_path, "POST", f"/v1/jobs?deadline={deadline}&operation=support",
             job_lines("Opening hours?", "Check this contract"),
@@ -275,16 +258,10 @@ class JudgingPlugin:
 
 
 def test_a_plugins_score_and_answer_check_steer_routes_and_cascades(tmp_path: Path) -> None:
-    upstream = Upstream()
-    plugins = [fake_provider_plugin(upstream), JudgingPlugin()]
-    path = tmp_path / "llmspool.toml"
-    path.write_text(CONFIG + '[operations.scored]\nroute = [{ model = "gpt-4o", when = '
-                    '{ score_over = 0.9 } }, { model = "gpt-4o-mini" }]\n'
-                    '[operations.strict]\ncascade = { first = "gpt-4o-mini" }\n')
-    env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
-           "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
-    with running_daemon(load_config_with(plugins, path, environ=env), environ=env,
-                        plugins=plugins) as running:
+    config = (CONFIG + '[operations.scored]\nroute = [{ model = "gpt-4o", when = '
+              '{ score_over = 0.9 } }, { model = "gpt-4o-mini" }]\n'
+              '[operations.strict]\ncascade = { first = "gpt-4o-mini" }\n')
+    with running_with_fake(tmp_path, Upstream(), config, plugins=[JudgingPlugin()]) as running:
         assert ask(running, "prove it", "scored")[2]["x-llmspool-route"] == "gpt-4o"
         assert ask(running, "hello", "scored")[2]["x-llmspool-route"] == "gpt-4o-mini"
         cascade = ask(running, "hello", "strict")[2]["x-llmspool-cascade"]

@@ -18,15 +18,11 @@ from llmspool.testing import (
     FakeUpstream,
     InProcessDaemon,
     ManualClock,
-    fake_provider_plugin,
-    load_config_with,
-    running_daemon,
+    running_with_fake,
 )
 
 from tests.support.processes import openai_client, unix_request
 from tests.support.waiting import wait_for
-
-FAKE_OPENAI = '[providers.openai]\nplugin = "fake"\n'
 
 
 @dataclass
@@ -44,13 +40,7 @@ def make(tmp_path: Path) -> Iterator[Any]:
     def start(config_toml: str = "", *, start_at: float | None = None) -> Setup:
         clock = ManualClock(start_at)
         upstream = FakeUpstream(clock=clock)
-        path = tmp_path / "llmspool.toml"
-        path.write_text(FAKE_OPENAI + config_toml)
-        env = {"LLMSPOOL_SOCKET": str(tmp_path / "d.sock"),
-               "LLMSPOOL_STATE_DIR": str(tmp_path / "state"), "OPENAI_API_KEY": "sk-test"}
-        plugin = fake_provider_plugin(upstream)
-        running = running_daemon(load_config_with([plugin], path, environ=env), environ=env,
-                                 plugins=[plugin], clock=clock)
+        running = running_with_fake(tmp_path, upstream, config_toml, clock=clock)
         daemon = running.__enter__()
         with_stack.append(running)
         return Setup(daemon, upstream, clock)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from llmspool.cli.arguments import from_0_to_1
 from llmspool.cli.output import console
 from llmspool.core import unix_http
 from llmspool.core.errors import StartupError
@@ -61,6 +62,8 @@ When answers in the report were scored (`llmspool feedback`), quality stands bes
 the total only).
 """
 
+SCORE = from_0_to_1("a score")
+
 
 def add_costs_command(commands: Any) -> None:
     """Add ``costs`` to the ``llmspool`` subcommands."""
@@ -93,7 +96,7 @@ def add_costs_command(commands: Any) -> None:
     costs.add_argument("--all-users", action="store_true",
                        help="every user's calls, not only yours (for the daemon's admins: "
                        "root and [daemon] admins)")
-    costs.add_argument("--good", type=_score, default=0.5, metavar="SCORE",
+    costs.add_argument("--good", type=SCORE, default=0.5, metavar="SCORE",
                        help="a scored answer counts as a success when its score is at least "
                        "this (0 to 1; default: 0.5)")
     output = costs.add_mutually_exclusive_group()
@@ -117,15 +120,6 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(text)
 
-
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}")
-    return value
 
 
 def _since(text: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from llmspool.cli.arguments import from_0_to_1
 from llmspool.core import unix_http
 from llmspool.core.errors import StartupError
 
@@ -37,6 +38,8 @@ answers are held out on every export. --min-score keeps only answers scored at l
 with `llmspool feedback`.
 """
 
+SHARE = from_0_to_1("a number")
+
 
 def add_export_command(commands: Any) -> None:
     """Add ``export finetune`` to the ``llmspool`` subcommands."""
@@ -56,11 +59,11 @@ def add_export_command(commands: Any) -> None:
     )
     finetune.add_argument("--operation", required=True, metavar="NAME",
                           help="the operation whose captures to export")
-    finetune.add_argument("--min-score", type=_share, metavar="X",
+    finetune.add_argument("--min-score", type=SHARE, metavar="X",
                           help="only answers with feedback scored at least X (0 to 1)")
     finetune.add_argument("--since", default="all", metavar="AGE",
                           help="only answers captured this recently (30d, 12h; default: all)")
-    finetune.add_argument("--validation", type=_share, default=0.0, metavar="SHARE",
+    finetune.add_argument("--validation", type=SHARE, default=0.0, metavar="SHARE",
                           help="the share held out for validation, written beside the output "
                           "as NAME.validation.jsonl (default: 0, none)")
     finetune.add_argument("-o", "--output", required=True, type=Path, metavar="FILE",
@@ -70,15 +73,6 @@ def add_export_command(commands: Any) -> None:
     finetune.add_argument("--config", metavar="PATH", help="config file to find the socket in")
     finetune.set_defaults(run=run_export)
 
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
 
 
 def validation_path(output: Path) -> Path:

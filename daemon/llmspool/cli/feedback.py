@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Any
 
+from llmspool.cli.arguments import from_0_to_1
 from llmspool.core import unix_http
 from llmspool.core.errors import StartupError
 
@@ -30,6 +31,8 @@ answer again replaces its score.
 `llmspool costs --by operation,model` then shows, beside what each group cost, how many of its
 answers were scored, their mean score and the share that scored at least --good (0.5).
 """
+
+SCORE = from_0_to_1("a score")
 
 
 def add_feedback_command(commands: Any) -> None:
@@ -49,7 +52,7 @@ def add_feedback_command(commands: Any) -> None:
                           help="the answer's id (a chat completion's or response's \"id\")")
     feedback.add_argument("--job", metavar="JOB", help="the job of the answer (with --line)")
     feedback.add_argument("--line", metavar="CUSTOM_ID", help="the job line's custom_id")
-    feedback.add_argument("--score", type=_score, required=True, metavar="SCORE",
+    feedback.add_argument("--score", type=SCORE, required=True, metavar="SCORE",
                           help="how good the answer was, from 0 to 1")
     feedback.add_argument("--label", help="a short label (at most 100 characters), e.g. good")
     feedback.add_argument("--comment", help="a comment (at most 4000 characters)")
@@ -58,15 +61,6 @@ def add_feedback_command(commands: Any) -> None:
     feedback.add_argument("--config", metavar="PATH", help="config file to find the socket in")
     feedback.set_defaults(run=run_feedback)
 
-
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}")
-    return value
 
 
 def _check(args: argparse.Namespace) -> str | None:

@@ -9,7 +9,9 @@
 - ``ManualClock``: a clock the test jumps forward (``running_daemon(config, clock=...)``), so a
   deadline hours away, the next budget day or a batch's 24 hours come at once.
 - ``FakeUpstream`` and ``fake_provider_plugin``: a provider kind ``fake`` answering in memory
-  (chat, embeddings, streams, errors on cue, a Batch API that ends on cue).
+  (chat, embeddings, streams, errors on cue, a Batch API that ends on cue);
+  ``running_with_fake(directory, upstream, config_toml)`` runs a daemon whose ``openai``
+  provider is that fake.
 """
 
 from llmspool.testing.clock import ManualClock
@@ -20,7 +22,12 @@ from llmspool.testing.daemon import (
     load_config_with,
     running_daemon,
 )
-from llmspool.testing.provider import FakeProvider, FakeUpstream, fake_provider_plugin
+from llmspool.testing.provider import (
+    FakeProvider,
+    FakeUpstream,
+    fake_provider_plugin,
+    running_with_fake,
+)
 from llmspool.testing.sim import InProcessSim, SimFailed, running_sim
 
 __all__ = [
@@ -36,4 +43,5 @@ __all__ = [
     "load_config_with",
     "running_daemon",
     "running_sim",
+    "running_with_fake",
 ]

@@ -4,9 +4,11 @@ For tests of a program that uses the daemon, and of the daemon itself where no u
 is wanted: no socket, no HTTP, no randomness. Register it with ``running_daemon``::
 
     upstream = FakeUpstream()
-    config = ...  # with  [providers.openai]  plugin = "fake"  (OpenAI's prices then apply)
-    with running_daemon(config, plugins=[fake_provider_plugin(upstream)]) as daemon:
+    with running_with_fake(tmp_path, upstream, "[operations.x]\n...") as daemon:
         ...  # upstream.requests: what reached the "upstream"; upstream.finish_batches()
+
+(``running_with_fake`` is ``running_daemon`` with a config whose ``[providers.openai]`` is of
+kind ``fake``, so OpenAI's prices apply; its socket and state live in the given directory.)
 
 What it answers: chat completions (whole or streamed, with usage, and the ``service_tier`` the
 call was sent on) and embeddings (floats or base64); ``fail_next`` makes the next calls fail
@@ -23,8 +25,8 @@ import hashlib
 import itertools
 import struct
 import threading
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -44,6 +46,7 @@ from llmspool.core.provider import (
     UpstreamRequest,
 )
 from llmspool.core.remote_batch import RemoteBatch
+from llmspool.testing.daemon import InProcessDaemon, load_config_with, running_daemon
 
 KIND = "fake"
 SERVICE_TIER_NAMES = {Tier.STANDARD: "default", Tier.FLEX: "flex", Tier.PRIORITY: "priority",
@@ -270,6 +273,27 @@ def fake_provider_plugin(upstream: FakeUpstream) -> object:
             register(KIND, lambda settings: FakeProvider(settings, upstream))
 
     return FakePlugin()
+
+
+FAKE_OPENAI = '[providers.openai]\nplugin = "fake"\n'
+"""The config that makes the ``openai`` provider the fake (its models keep OpenAI's prices)."""
+
+
+@contextmanager
+def running_with_fake(directory: Path, upstream: FakeUpstream, config_toml: str = "", *,
+                      plugins: Iterable[object] = (),
+                      clock: Clock = SYSTEM_CLOCK) -> Iterator[InProcessDaemon]:
+    """A daemon in this process whose ``openai`` provider answers from ``upstream``, with
+    ``config_toml`` after ``FAKE_OPENAI`` in ``directory/llmspool.toml``, its socket
+    (``d.sock``) and state (``state/``) in ``directory``; ``plugins`` are registered too."""
+    path = directory / "llmspool.toml"
+    path.write_text(FAKE_OPENAI + config_toml)
+    environ = {"LLMSPOOL_SOCKET": str(directory / "d.sock"),
+               "LLMSPOOL_STATE_DIR": str(directory / "state"), "OPENAI_API_KEY": "sk-test"}
+    every = [fake_provider_plugin(upstream), *plugins]
+    with running_daemon(load_config_with(every, path, environ=environ), environ=environ,
+                        plugins=every, clock=clock) as running:
+        yield running
 
 
 def _remote(batch: FakeBatch) -> RemoteBatch:
