@@ -55,7 +55,6 @@ class Accounts:
         self._reserved: dict[str, Reservation] = {}  # by request id, until the call ends
         self._broken: dict[str, int] = {}  # broken attempts per request id, for their ids
         self._handed_over: set[str] = set()  # job calls whose entry went with their answer
-        self._last_estimate = Estimate(0, 0, "none")
         # How each call in flight was settled (tier, model that served, status), for its
         # operation duration, recorded when the call ends.
         self._outcomes: dict[str, tuple[str, str, int]] = {}
@@ -94,45 +93,40 @@ class Accounts:
         return True
 
     def estimate(self, call: Call) -> Usage:
-        """The call's usage as estimated from its body (for an answer that gives none)."""
+        """The call's usage as estimated from its body: what an answer that gives none is
+        billed for, and a broken answer (the prompt, and the output the call allowed)."""
+        estimate = self._estimate_of(call)
+        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+
+    def _estimate_of(self, call: Call) -> Estimate:
+        """The estimate its reservation was made from (the body is walked once per call), or
+        one made now for a call that has none."""
+        reservation = self._reserved.get(call.request_id)
+        if reservation is not None:
+            return reservation.estimate
         try:
             document = orjson.loads(call.body)
         except orjson.JSONDecodeError:
             document = {}
-        estimate = self._estimator.estimate(call.endpoint, document if isinstance(document, dict)
-                                            else {}, call.model, call.operation)
-        self._last_estimate = estimate
-        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+        return self._estimator.estimate(call.endpoint, document if isinstance(document, dict)
+                                        else {}, call.model, call.operation)
 
     def requested_tokens(self, call: Call) -> int:
         """What the call counts against a tokens-per-minute limit: its prompt's estimate and
         the most output it asks for (as OpenAI counts it), else the expected output."""
-        usage = self.estimate(call)
-        estimate = self._last_estimate
-        prompt = usage.input_tokens
+        estimate = self._estimate_of(call)
+        prompt = estimate.input_tokens
         if estimate.method == "ratio" and estimate.chars:
             # Without the reservation's safety margin: an over-count here leaves a share of
             # the limit unused, for good (the upstream never gives it back).
             ratio = self._estimator.ratio_for(call.model)
             prompt = math.ceil(estimate.chars / ratio) + estimate.fixed_tokens
-        return prompt + (_max_output(call.body) or usage.output_tokens)
-
-    def reserved_usage(self, call: Call) -> Usage:
-        """What a broken answer is billed for when nothing of its usage is known: the
-        reservation's estimate (prompt, and the output the call allowed)."""
-        reservation = self._reserved.get(call.request_id)
-        if reservation is None:
-            return self.estimate(call)
-        estimate = reservation.estimate
-        return Usage(estimate.input_tokens, 0, estimate.output_tokens, estimated=True)
+        return prompt + (_max_output(call.body) or estimate.output_tokens)
 
     def partial_usage(self, call: Call, events: int) -> Usage:
         """A stream cut short: its prompt (estimated) and the output events it had sent, about
         a token each, which is what the provider generated and bills."""
-        reservation = self._reserved.get(call.request_id)
-        prompt = reservation.estimate.input_tokens if reservation is not None else \
-            self.estimate(call).input_tokens
-        return Usage(prompt, 0, events, estimated=True)
+        return Usage(self._estimate_of(call).input_tokens, 0, events, estimated=True)
 
     async def bill_broken(self, call: Call, target: Target, started: float, span: Span,
                           usage: Usage) -> None:

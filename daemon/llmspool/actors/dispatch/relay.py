@@ -138,12 +138,12 @@ class Relay:
         except BaseException:
             # Answered 200, then cut mid-body (or given up while reading): the provider
             # bills what it generated, which nobody here can know. Billed at the reservation.
-            await accounts.bill_broken(call, target, started, span, accounts.reserved_usage(call))
+            await accounts.bill_broken(call, target, started, span, accounts.estimate(call))
             raise
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            await accounts.bill_broken(call, target, started, span, accounts.reserved_usage(call))
+            await accounts.bill_broken(call, target, started, span, accounts.estimate(call))
             raise BadUpstreamAnswer(
                 f"{target.provider} answered HTTP {response.status} with a body that is not "
                 f"JSON ({len(body)} bytes starting {body[:60]!r})",
