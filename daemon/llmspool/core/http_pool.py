@@ -26,7 +26,7 @@ def pooled_session(config: ProviderConfig, api_key: str, connections: Connection
 
     ``auth_headers``: headers sent on every call in place of ``authorization: Bearer
     {api_key}``, for an API that authenticates another way (``api_key`` is then unused)."""
-    connector = aiohttp.TCPConnector(
+    connector = connections.connector(
         limit=config.max_connections,
         keepalive_timeout=config.keepalive_timeout,
         enable_cleanup_closed=False,
@@ -41,7 +41,6 @@ def pooled_session(config: ProviderConfig, api_key: str, connections: Connection
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
-        trace_configs=[connections.trace_config()],
     )
 
 
