@@ -137,16 +137,26 @@ class PriceTable:
 
     prices: Mapping[tuple[str, str, Tier], TierPrice]
     max_outputs: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Each (provider, model)'s tiers in file order: asked for several times per call, which
+    # a scan of the whole table made a cost per call that grew with the table.
+    _tiers: Mapping[tuple[str, str], tuple[Tier, ...]] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tiers: dict[tuple[str, str], tuple[Tier, ...]] = {}
+        for provider, model, tier in self.prices:
+            tiers[provider, model] = (*tiers.get((provider, model), ()), tier)
+        object.__setattr__(self, "_tiers", tiers)
 
     def price(self, provider: str, model: str, tier: Tier) -> TierPrice | None:
         return self.prices.get((provider, model, tier))
 
     def models(self, provider: str) -> list[str]:
         """The models ``provider`` has any price for, in file order."""
-        return list(dict.fromkeys(m for (p, m, _t) in self.prices if p == provider))
+        return [m for (p, m) in self._tiers if p == provider]
 
     def tiers(self, provider: str, model: str) -> list[Tier]:
-        return [t for (p, m, t) in self.prices if p == provider and m == model]
+        return list(self._tiers.get((provider, model), ()))
 
     def max_output_tokens(self, provider: str, model: str) -> int | None:
         """The most output tokens one answer of ``model`` can hold; None when not tabled."""
