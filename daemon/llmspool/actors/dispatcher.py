@@ -36,7 +36,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.core.errors import ApiError
 from llmspool.core.provider import Provider
-from llmspool.core.tracing import GenAiMetrics, links_of
+from llmspool.core.tracing import NO_SPAN, GenAiMetrics, links_of, records
 from llmspool.messages import (
     Admit,
     Call,
@@ -93,6 +93,7 @@ class Dispatcher:
         self._provider_kinds = provider_kinds
         self._planner = planner
         self._tracer = tracer
+        self._records = records(tracer)
         self._retrier = retrier
         self._limits = limits
         self._in_flight = 0
@@ -132,7 +133,7 @@ class Dispatcher:
         admitted = False
         error_type: str | None = None
         try:
-            with self._tracer.start_as_current_span(
+            with (self._tracer.start_as_current_span(
                 f"{call.endpoint.operation_name} {call.model}",
                 context=call.trace,
                 kind=SpanKind.CLIENT,
@@ -149,7 +150,7 @@ class Dispatcher:
                 },
                 record_exception=False,
                 set_status_on_exception=False,
-            ) as span, anyio.CancelScope() as client_scope:
+            ) if self._records else NO_SPAN) as span, anyio.CancelScope() as client_scope:
                 call.abort.bind(client_scope)
                 try:
                     tier = self._planner.choose(

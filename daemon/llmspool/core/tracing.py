@@ -29,8 +29,10 @@ the client metrics ``gen_ai.client.operation.duration`` and ``gen_ai.client.toke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -95,6 +97,16 @@ class Tracing:
 
 
 _OFF = Tracing(trace.NoOpTracer(), None)
+
+NO_SPAN: AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+"""A span scope for when nothing records spans: ``with (tracer.start_as_current_span(...) if
+records(tracer) else NO_SPAN) as span``. A no-op tracer's ``start_as_current_span`` still makes
+its span current (a context attach and detach, ~6 µs): paid twice per call for nothing."""
+
+
+def records(tracer: trace.Tracer) -> bool:
+    """Whether ``tracer``'s spans go anywhere (tracing is off: the daemon's is a no-op)."""
+    return not isinstance(tracer, trace.NoOpTracer)
 _ACTIVE: ContextVar[Tracing] = ContextVar("llmspool_tracing", default=_OFF)
 
 
@@ -242,6 +254,8 @@ class GenAiMetrics:
     and ``gen_ai.client.token.usage`` (by ``gen_ai.token.type``: input, output)."""
 
     def __init__(self, meter: metrics.Meter) -> None:
+        # Off, the daemon's meter is a no-op: callers skip building attributes for it.
+        self.enabled = not isinstance(meter, metrics.NoOpMeter)
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration", "s", "GenAI operation duration",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)

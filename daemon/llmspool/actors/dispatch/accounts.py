@@ -167,35 +167,37 @@ class Accounts:
                                             fixed_tokens=estimate.fixed_tokens)
         if tier is Tier.FLEX:
             self._flex_metrics.served(usage, max(0, billed.saving_picodollars))
-        cost_usd = usd(cost)
-        span.set_attributes(
-            {
-                "gen_ai.usage.input_tokens": usage.input_tokens,
-                "gen_ai.usage.output_tokens": usage.output_tokens,
-                # Parts of the input, as the GenAI conventions name them.
-                "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
-                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
-                "gen_ai.response.model": model,
-                "llmspool.tier": tier.value,
-                "llmspool.usage_estimated": usage.estimated,
-                # What was billed, at the tier served (flex at flex prices): a backend that
-                # prices tokens itself at list prices would show flex at twice its cost.
-                # Named as the GenAI cost proposal names it, and as llmspool always did.
-                "gen_ai.usage.cost.amount": cost_usd,
-                "gen_ai.usage.cost.currency": "USD",
-                "gen_ai.usage.cost.source": "local",
-                "llmspool.cost_usd": cost_usd,
-                "llmspool.price_version": billed.price_version,
-            }
-        )
-        if claimed is not None:
-            span.set_attribute("openai.response.service_tier", claimed)
+        # The bill, on the call's span: built only when something records it.
         flag = flag or billed.flag
-        if flag is not None:
-            span.set_attribute("llmspool.billing_flag", flag)
+        if span.is_recording():
+            cost_usd = usd(cost)
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                    # Parts of the input, as the GenAI conventions name them.
+                    "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+                    "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
+                    "gen_ai.response.model": model,
+                    "llmspool.tier": tier.value,
+                    "llmspool.usage_estimated": usage.estimated,
+                    # What was billed, at the tier served (flex at flex prices): a backend that
+                    # prices tokens itself at list prices would show flex at twice its cost.
+                    # Named as the GenAI cost proposal names it, and as llmspool always did.
+                    "gen_ai.usage.cost.amount": cost_usd,
+                    "gen_ai.usage.cost.currency": "USD",
+                    "gen_ai.usage.cost.source": "local",
+                    "llmspool.cost_usd": cost_usd,
+                    "llmspool.price_version": billed.price_version,
+                }
+            )
+            if claimed is not None:
+                span.set_attribute("openai.response.service_tier", claimed)
+            if flag is not None:
+                span.set_attribute("llmspool.billing_flag", flag)
         if request_id is None:
             self._outcomes[call.request_id] = (tier.value, model, status)
-            if not usage.estimated:
+            if not usage.estimated and self._genai.enabled:
                 self._genai.tokens(usage.input_tokens, usage.output_tokens, {
                     "gen_ai.operation.name": call.endpoint.operation_name,
                     "gen_ai.provider.name": self._provider_kinds.get(provider, provider),
@@ -238,21 +240,22 @@ class Accounts:
         """Forgets the call, recording its ``gen_ai.client.operation.duration`` (from the
         dispatcher taking it to its end, retries and flex fallbacks included, with the tier
         and model that served). Returns whether its entry was handed over."""
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": call.endpoint.operation_name,
-            "gen_ai.provider.name": kind,
-            "gen_ai.request.model": call.model,
-        }
         outcome = self._outcomes.pop(call.request_id, None)
-        if outcome is not None:
-            tier, model, status = outcome
-            attributes["gen_ai.response.model"] = model
-            attributes["llmspool.tier"] = tier
-            if status >= 400 and error_type is None:
-                error_type = str(status)  # a stream cut (502) or left by its client (499)
-        if error_type is not None:
-            attributes["error.type"] = error_type
-        self._genai.operation(seconds, attributes)
+        if self._genai.enabled:
+            attributes: dict[str, AttributeValue] = {
+                "gen_ai.operation.name": call.endpoint.operation_name,
+                "gen_ai.provider.name": kind,
+                "gen_ai.request.model": call.model,
+            }
+            if outcome is not None:
+                tier, model, status = outcome
+                attributes["gen_ai.response.model"] = model
+                attributes["llmspool.tier"] = tier
+                if status >= 400 and error_type is None:
+                    error_type = str(status)  # a stream cut (502) or left by its client (499)
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            self._genai.operation(seconds, attributes)
         self._reserved.pop(call.request_id, None)
         self._broken.pop(call.request_id, None)
         if call.request_id in self._handed_over:

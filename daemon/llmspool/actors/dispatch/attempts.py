@@ -22,6 +22,7 @@ from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
 from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamUnreachable
+from llmspool.core.tracing import NO_SPAN, records
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
 from llmspool.resilience.limits import RateLimits
@@ -42,6 +43,7 @@ class Attempts:
         self._relay = relay
         self._accounts = accounts
         self._tracer = tracer
+        self._records = records(tracer)
         self._counter = meter.create_counter(
             "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
         self.count = 0
@@ -110,13 +112,13 @@ class Attempts:
         self.count += 1
         self._counter.add(1, {"llmspool.provider": target.provider})
         try:
-            with self._tracer.start_as_current_span(
+            with (self._tracer.start_as_current_span(
                 f"attempt {number}",
                 attributes={"llmspool.attempt": number, "llmspool.provider": target.provider,
                             "gen_ai.request.model": target.model,
                             "llmspool.tier": target.tier.value},
                 record_exception=False, set_status_on_exception=False,
-            ) as attempt_span:
+            ) if self._records else NO_SPAN) as attempt_span:
                 if target.failover_from is not None:
                     self.failed_over += 1
                     attempt_span.set_attribute("llmspool.failover_from", target.failover_from)
