@@ -230,3 +230,42 @@ def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
             [(submitted.trace_id, submitted.span_id)], span.name
     retrieve = next(span for span in batch_spans if span.name == "batch retrieve")
     assert attributes_of(retrieve)["llmspool.batch.succeeded"] == 3
+
+
+def test_a_retried_call_shows_each_retry_as_a_span_and_the_first_attempt_on_its_own(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
+    daemon = start_daemon(tmp_path, sim.url, config_toml="[retry]\nbackoff_min = \"10ms\"\n"
+                          "backoff_max = \"20ms\"\n", env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }, process=True)
+    try:
+        client = openai_client(daemon.socket_path)
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "answered at once"}])
+        sim.set_faults({"kind": "status", "status": 503, "count": 2})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "retried twice"}])
+        wait_for(lambda: len([s for s in receiver.spans if s.name == "chat gpt-4o-mini"]) == 2
+                 and len([s for s in receiver.spans if s.name.startswith("attempt")]) == 2,
+                 what="two calls' spans and two retries' spans")
+    finally:
+        daemon.terminate()
+    calls = [s for s in receiver.spans if s.name == "chat gpt-4o-mini"]
+    attempts = {s.name: s for s in receiver.spans if s.name.startswith("attempt")}
+    # The call answered at its first attempt is one span, its attempt told on it.
+    once, retried = sorted(calls, key=lambda s: len(s.events))
+    assert not [e for e in once.events if e.name.startswith("attempt")]
+    assert all(s.parent_span_id != once.span_id for s in receiver.spans)
+    # The retried call: its first attempt's failure is an event on its span, and each retry
+    # is its own span under it, the failed one marked as such.
+    failed = [e for e in retried.events if e.name == "attempt 1 failed"]
+    assert len(failed) == 1
+    failure = attributes_of(failed[0])
+    assert failure["error.type"] and failure["message"]  # what the upstream said
+    assert set(attempts) == {"attempt 2", "attempt 3"}
+    assert all(a.parent_span_id == retried.span_id for a in attempts.values())
+    assert attempts["attempt 2"].status.code == attempts["attempt 2"].status.STATUS_CODE_ERROR
+    assert attempts["attempt 3"].status.code != attempts["attempt 3"].status.STATUS_CODE_ERROR
+    assert retried.status.code != retried.status.STATUS_CODE_ERROR

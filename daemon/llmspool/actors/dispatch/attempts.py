@@ -1,16 +1,18 @@
 """A call's attempts: the retry policy's attempts on one tier, sharing the call's time.
 
-Each attempt is its own span. It is routed past open circuit breakers (``targets``), waits for
-room in the (provider, model) rate limits, and runs in cancel scopes that name the timeout that
-fired (request, flex attempt, stream idle; the plugin names a connect timeout). A failure is
-classified once (``failures.classify``) and retried by tenacity within ``[retry]``'s attempts,
-backoff and budget; only what was never begun on the client's side is retried. Its outcome is
-told to the breaker it went through.
+Each retry is its own span (a first attempt is told on the call's span). An attempt is
+routed past open circuit breakers (``targets``), waits for room in the (provider, model) rate
+limits, and runs in cancel scopes that name the timeout that fired (request, flex attempt,
+stream idle; the plugin names a connect timeout). A failure is classified once
+(``failures.classify``) and retried by tenacity within ``[retry]``'s attempts, backoff and
+budget; only what was never begun on the client's side is retried. Its outcome is told to the
+breaker it went through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -22,7 +24,7 @@ from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
 from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamUnreachable
-from llmspool.core.tracing import NO_SPAN, records
+from llmspool.core.tracing import records
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
 from llmspool.resilience.limits import RateLimits
@@ -112,13 +114,17 @@ class Attempts:
         self.count += 1
         self._counter.add(1, {"llmspool.provider": target.provider})
         try:
+            # A first attempt is told on the call's own span (most calls have no other): a
+            # span per attempt was a third of the spans to build and export. Retries get
+            # their own spans, so a retried call shows each attempt and how it ended.
+            own_span = self._records and number > 1
             with (self._tracer.start_as_current_span(
                 f"attempt {number}",
                 attributes={"llmspool.attempt": number, "llmspool.provider": target.provider,
                             "gen_ai.request.model": target.model,
                             "llmspool.tier": target.tier.value},
                 record_exception=False, set_status_on_exception=False,
-            ) if self._records else NO_SPAN) as attempt_span:
+            ) if own_span else nullcontext(span)) as attempt_span:
                 if target.failover_from is not None:
                     self.failed_over += 1
                     attempt_span.set_attribute("llmspool.failover_from", target.failover_from)
@@ -132,8 +138,13 @@ class Attempts:
                         self._targets.tell_breaker(target, sent.late_error)
                         return
                 except ApiError as error:
-                    attempt_span.set_status(Status(StatusCode.ERROR, error.message))
-                    attempt_span.set_attribute("error.type", error.code or type(error).__name__)
+                    error_type = error.code or type(error).__name__
+                    if own_span:
+                        attempt_span.set_status(Status(StatusCode.ERROR, error.message))
+                        attempt_span.set_attribute("error.type", error_type)
+                    else:  # the call may still succeed: its span says how this attempt ended
+                        span.add_event(f"attempt {number} failed",
+                                       {"error.type": error_type, "message": error.message})
                     self._targets.tell_breaker(target, error)
                     raise
                 except NoFlexCapacity:
