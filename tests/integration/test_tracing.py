@@ -7,6 +7,8 @@ the protobuf export requests with ``opentelemetry-proto``, as a collector would.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +22,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.support.processes import Sim, openai_client, start_daemon, unix_request
+from tests.support.processes import Daemon, Sim, openai_client, start_daemon, unix_request
 from tests.support.waiting import wait_for
 
 
@@ -111,14 +113,20 @@ def _value(value: Any) -> Any:
         return [_value(item) for item in value.array_value.values]
     return getattr(value, kind)
 
+def traced_daemon(tmp_path: Path, sim: Sim, receiver: OtlpReceiver,
+                  config_toml: str = "") -> Daemon:
+    """A daemon process exporting its spans to ``receiver`` every 100 ms."""
+    return start_daemon(tmp_path, sim.url, config_toml=config_toml, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }, process=True)
+
+
 
 def test_spans_form_a_tree_under_the_clients_trace(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    daemon = start_daemon(tmp_path, sim.url, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }, process=True)
+    daemon = traced_daemon(tmp_path, sim, receiver)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent_id = "00f067aa0ba902b7"
     try:
@@ -235,11 +243,8 @@ def test_batch_spans_link_to_the_trace_of_the_job_they_carry(
 def test_a_retried_call_shows_each_retry_as_a_span_and_the_first_attempt_on_its_own(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
-    daemon = start_daemon(tmp_path, sim.url, config_toml="[retry]\nbackoff_min = \"10ms\"\n"
-                          "backoff_max = \"20ms\"\n", env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }, process=True)
+    daemon = traced_daemon(tmp_path, sim, receiver,
+                           '[retry]\nbackoff_min = "10ms"\nbackoff_max = "20ms"\n')
     try:
         client = openai_client(daemon.socket_path)
         client.chat.completions.create(
@@ -269,3 +274,38 @@ def test_a_retried_call_shows_each_retry_as_a_span_and_the_first_attempt_on_its_
     assert attempts["attempt 2"].status.code == attempts["attempt 2"].status.STATUS_CODE_ERROR
     assert attempts["attempt 3"].status.code != attempts["attempt 3"].status.STATUS_CODE_ERROR
     assert retried.status.code != retried.status.STATUS_CODE_ERROR
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def test_spans_are_encoded_in_a_child_process_started_again_when_it_dies(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
+    daemon = traced_daemon(tmp_path, sim, receiver)
+    assert daemon.process is not None
+
+    def calls() -> list[Any]:
+        return [s for s in receiver.spans if s.name == "chat gpt-4o-mini"]
+
+    try:
+        client = openai_client(daemon.socket_path)
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "first"}])
+        wait_for(lambda: len(calls()) == 1, what="the first call's span")
+        # The OTLP encoding runs in the daemon's child, not in the daemon.
+        exporters = _children(daemon.process.pid)
+        assert len(exporters) == 1
+        os.kill(exporters[0], signal.SIGKILL)
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "second"}])
+        wait_for(lambda: len(calls()) == 2, what="the second call's span, after the restart")
+        restarted = _children(daemon.process.pid)
+        assert len(restarted) == 1 and restarted != exporters
+    finally:
+        assert daemon.terminate() == 0
+    # Stopping waited for the child to send what it had, and ended it.
+    assert not Path(f"/proc/{exporters[0]}").exists()

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context, create_key, get_value, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -54,6 +53,7 @@ from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
 from llmspool.core.config.sections import TracingConfig
+from llmspool.core.span_export import ChildExporter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Tracing:
 
 
 _OFF = Tracing(trace.NoOpTracer(), None)
+_ACTIVE: ContextVar[Tracing] = ContextVar("llmspool_tracing", default=_OFF)
 
 NO_SPAN: AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 """A span scope for when nothing records spans: ``with (tracer.start_as_current_span(...) if
@@ -107,7 +108,6 @@ its span current (a context attach and detach, ~6 µs): paid twice per call for 
 def records(tracer: trace.Tracer) -> bool:
     """Whether ``tracer``'s spans go anywhere (tracing is off: the daemon's is a no-op)."""
     return not isinstance(tracer, trace.NoOpTracer)
-_ACTIVE: ContextVar[Tracing] = ContextVar("llmspool_tracing", default=_OFF)
 
 
 def active() -> Tracing:
@@ -165,7 +165,7 @@ def _build(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
     attributes["service.version"] = __version__
     resource = Resource.create(attributes)
     span_exporters: list[SpanExporter] = [
-        OTLPSpanExporter() if name == "otlp" else ConsoleSpanExporter()
+        ChildExporter() if name == "otlp" else ConsoleSpanExporter()
         for name in exporters("traces", environ)]
     metric_exporters: list[MetricExporter] = [
         OTLPMetricExporter() if name == "otlp" else ConsoleMetricExporter()
