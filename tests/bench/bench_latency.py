@@ -7,12 +7,14 @@ see the same machine state:
 
 - ``defaults``: the daemon as installed;
 - ``tracing``: spans exported over OTLP/HTTP to a local receiver;
-- ``caps``: a daily budget cap (every call reserved and settled with the ledger).
+- ``caps``: a daily budget cap (every call reserved and settled with the ledger);
+- ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier).
 
 For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
-requests per second, failures, and the time to the first streamed chunk; then each figure as a
-ratio to the floor's. Figures, not pass/fail: the machine is noisy, so each is the median of
-rounds.
+requests per second, failures, the time to the first streamed chunk, and the p99 added in an
+open loop (16 clients sending on a schedule, not waiting for each other) at 50% and 75% of
+that target's own throughput at concurrency 64; then each figure as a ratio to the floor's.
+Figures, not pass/fail: the machine is noisy, so each is the median of rounds.
 
     python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--modes defaults,caps]
                                         [--json OUT]
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,18 +67,25 @@ s.serve_forever()
 """
 
 
-def percentile(values: list[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def h2load(target: str, body_file: Path, *, requests: int, clients: int, workdir: Path,
-           socket_path: Path | None = None) -> dict[str, Any]:
-    """One h2load run: per-request latencies (µs), throughput, and failures."""
+           socket_path: Path | None = None, rate: float | None = None,
+           headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One h2load run: per-request latencies (µs), throughput, and failures. ``rate``: an
+    open loop, each client sending at ``rate / clients`` requests per second whatever the
+    answers' pace (h2load's ``--rps``)."""
     log = workdir / "h2load.tsv"
     log.unlink(missing_ok=True)
     command = ["h2load", "--h1", "-n", str(requests), "-c", str(clients), "-d", str(body_file),
                "-H", "content-type: application/json", f"--log-file={log}"]
+    for header in headers:
+        command += ["-H", header]
+    if rate is not None:
+        command.append(f"--rps={max(1, round(rate / clients))}")
     if socket_path is not None:
         command += ["-B", f"unix:{socket_path}"]
     command.append(target)
@@ -130,10 +139,16 @@ def otlp_receiver() -> Iterator[int]:
 
 
 CONCURRENCY = (1, 64, 256)
-MODES = {
-    "defaults": ("", {}),
-    "tracing": ("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}),
-    "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}),
+OPEN_LOOP = (0.5, 0.75)  # shares of each target's own c=64 throughput, offered open-loop
+OPEN_LOOP_CLIENTS = 16
+OPEN_LOOP_SECONDS = 4.0
+# Each mode: the daemon's config, its environment, and headers on every request.
+MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
+    "defaults": ("", {}, ()),
+    "tracing": ("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}, ()),
+    "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}, ()),
+    # A deadline the standard tier meets (gpt-4o-mini has no flex): the planner's path.
+    "deadline": ("", {}, ("x-llmspool-deadline: 10m",)),
 }
 
 
@@ -156,7 +171,7 @@ def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Path]:
 
 
 def measure(sim: Sim, targets: dict[str, Path], workdir: Path, rounds: int,
-            requests: int) -> dict[str, Any]:
+            requests: int, headers: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     """Every target against the simulator called directly, interleaved in rounds."""
     body_file = workdir / "body.json"
     body_file.write_bytes(orjson.dumps(CHAT_BODY))
@@ -178,13 +193,27 @@ def measure(sim: Sim, targets: dict[str, Path], workdir: Path, rounds: int,
             direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
             for name, socket_path in targets.items():
                 via = h2load(via_url, body_file, requests=count, clients=clients,
-                             workdir=workdir, socket_path=socket_path)
+                             workdir=workdir, socket_path=socket_path,
+                             headers=headers.get(name, ()))
                 figures = samples[name]
                 figures.setdefault(f"c{clients}_added_p50_ms", []).append(
                     (via["p50_us"] - direct["p50_us"]) / 1000)
                 figures.setdefault(f"c{clients}_added_p99_ms", []).append(
                     (via["p99_us"] - direct["p99_us"]) / 1000)
                 figures.setdefault(f"c{clients}_rps", []).append(via["rps"])
+                failures[name] += via["failures"]
+        for name, socket_path in targets.items():
+            for share in OPEN_LOOP:
+                rate = samples[name]["c64_rps"][-1] * share
+                count = max(200, round(rate * OPEN_LOOP_SECONDS))
+                direct = h2load(direct_url, body_file, requests=count,
+                                clients=OPEN_LOOP_CLIENTS, workdir=workdir, rate=rate)
+                via = h2load(via_url, body_file, requests=count, clients=OPEN_LOOP_CLIENTS,
+                             workdir=workdir, socket_path=socket_path, rate=rate,
+                             headers=headers.get(name, ()))
+                key = f"open{round(share * 100)}_added_p99_ms"
+                samples[name].setdefault(key, []).append(
+                    (via["p99_us"] - direct["p99_us"]) / 1000)
                 failures[name] += via["failures"]
         direct_first = statistics.median(first_chunk_seconds(tcp, "/v1", 50))
         for name, socket_path in targets.items():
@@ -235,7 +264,7 @@ def main() -> int:
             with floor_proxy(workdir, sim) as floor:
                 targets = {"floor": floor}
                 for mode in modes:
-                    config, env = MODES[mode]
+                    config, env, _headers = MODES[mode]
                     run_dir = workdir / mode
                     run_dir.mkdir()
                     daemon = start_daemon(
@@ -244,7 +273,9 @@ def main() -> int:
                         process=True)
                     daemons.append(daemon)
                     targets[mode] = daemon.socket_path
-                figures.update(measure(sim, targets, workdir, args.rounds, args.requests))
+                headers = {mode: MODES[mode][2] for mode in modes}
+                figures.update(measure(sim, targets, workdir, args.rounds, args.requests,
+                                       headers))
         finally:
             for daemon in daemons:
                 daemon.terminate()
@@ -275,6 +306,8 @@ def print_table(figures: dict[str, Any]) -> None:
         ("req/s, c=64", "≥ 2,500", "c64_rps", "rps"),
         ("req/s, c=256", "≥ 2,500", "c256_rps", "rps"),
         ("p99 added, c=256", "", "c256_added_p99_ms", "ms"),
+        ("p99 added, open loop at 50%", "", "open50_added_p99_ms", "ms"),
+        ("p99 added, open loop at 75%", "≤ 5 ms", "open75_added_p99_ms", "ms"),
     ]
     for name, target, key, unit in rows:
         floor = figures["floor"][key]
