@@ -12,7 +12,7 @@ see the same machine state:
 
 For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
 requests per second, failures, the time to the first streamed chunk, and the p99 added in an
-open loop (16 clients sending on a schedule, not waiting for each other) at 50% and 75% of
+open loop (16 staggered clients sending on a schedule, not waiting for answers) at 50% and 75% of
 that target's own throughput at concurrency 64; then each figure as a ratio to the floor's.
 Figures, not pass/fail: the machine is noisy, so each is the median of rounds.
 
@@ -85,7 +85,11 @@ def h2load(target: str, body_file: Path, *, requests: int, clients: int, workdir
     for header in headers:
         command += ["-H", header]
     if rate is not None:
-        command.append(f"--rps={max(1, round(rate / clients))}")
+        per_client = max(1, round(rate / clients))
+        # Clients connect one by one across one client's interval, so that their schedules
+        # interleave: started together, they would send in bursts of ``clients``.
+        stagger_ms = max(1, round(1000 / per_client / clients))
+        command += [f"--rps={per_client}", "-r", "1", f"--rate-period={stagger_ms}ms"]
     if socket_path is not None:
         command += ["-B", f"unix:{socket_path}"]
     command.append(target)
