@@ -104,7 +104,7 @@ class Dispatcher:
             ledger, prices=prices, budgets=budgets, estimator=estimator, planner=planner,
             provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(meter))
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
-        self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts, ledger,
+        self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts,
                             planner.clock)
         self._attempts = Attempts(
             retrier=retrier, timeouts=timeouts, targets=self._targets, limits=limits,
@@ -185,13 +185,13 @@ class Dispatcher:
             )))
         finally:
             if self._accounts.end(call, kind, self._planner.clock.now() - started, error_type):
-                # The job keeper has the entry and stores it with the result; the reservation
-                # ends in that transaction (or, after a crash, as an unknown outcome).
+                # Its entry ended the reservation: in the ledger, or with the job keeper, which
+                # stores it with the result (after a crash, an unknown outcome).
                 admitted = False
             if admitted:
-                # Ends the reservation if the call settled nothing (a no-op if it did). At the
-                # end of a stop the ledger may be gone: the reservation then stays in the store
-                # and the next start bills it as an unknown outcome.
+                # Ends the reservation of a call that settled nothing. At the end of a stop the
+                # ledger may be gone: the reservation then stays in the store and the next
+                # start bills it as an unknown outcome.
                 with anyio.CancelScope(shield=True), contextlib.suppress(*_LEDGER_GONE):
                     await self._ledger.send(Release(call.request_id))
             call.reply.close()

@@ -54,7 +54,9 @@ class Accounts:
         self._reserver = Reserver(prices, budgets, estimator)
         self._reserved: dict[str, Reservation] = {}  # by request id, until the call ends
         self._broken: dict[str, int] = {}  # broken attempts per request id, for their ids
-        self._handed_over: set[str] = set()  # job calls whose entry went with their answer
+        # Calls whose reservation their entry ends: sent to the ledger (which drops the
+        # reservation with it), or handed to the job keeper with the answer.
+        self._ended: set[str] = set()
         # How each call in flight was settled (tier, model that served, status), for its
         # operation duration, recorded when the call ends.
         self._outcomes: dict[str, tuple[str, str, int]] = {}
@@ -230,16 +232,23 @@ class Accounts:
             response_id=response_id,
         )
 
+    async def record(self, settled: Settled) -> None:
+        """Send ``settled`` to the ledger. An entry under its call's own id ends the call's
+        reservation there, so the call's end need not release it."""
+        await self._ledger.send(settled)
+        self._ended.add(settled.request_id)
+
     def hand_over(self, call: Call) -> None:
         """The call's entry went with its answer to the job keeper, which stores it with the
         result; the reservation ends in that transaction (or, after a crash, as an unknown
         outcome), so the call's end releases nothing."""
-        self._handed_over.add(call.request_id)
+        self._ended.add(call.request_id)
 
     def end(self, call: Call, kind: str, seconds: float, error_type: str | None) -> bool:
         """Forgets the call, recording its ``gen_ai.client.operation.duration`` (from the
         dispatcher taking it to its end, retries and flex fallbacks included, with the tier
-        and model that served). Returns whether its entry was handed over."""
+        and model that served). Returns whether its entry ended its reservation (sent to the
+        ledger, or handed over with a job's answer): otherwise the caller releases it."""
         outcome = self._outcomes.pop(call.request_id, None)
         if self._genai.enabled:
             attributes: dict[str, AttributeValue] = {
@@ -258,8 +267,8 @@ class Accounts:
             self._genai.operation(seconds, attributes)
         self._reserved.pop(call.request_id, None)
         self._broken.pop(call.request_id, None)
-        if call.request_id in self._handed_over:
-            self._handed_over.discard(call.request_id)
+        if call.request_id in self._ended:
+            self._ended.discard(call.request_id)
             return True
         return False
 

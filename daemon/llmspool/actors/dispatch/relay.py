@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.trace import Span, Status, StatusCode
 
 from llmspool.actors.dispatch.accounts import Accounts
@@ -40,10 +39,8 @@ from llmspool.core.wire import (
     usage_of,
 )
 from llmspool.messages import (
-    Admit,
     Answer,
     Call,
-    Release,
     Reply,
     StreamChunk,
     StreamEnd,
@@ -53,7 +50,6 @@ from llmspool.policy.billing import ROUTING_SAVING
 from llmspool.resilience.buckets import Permit
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import RateLimits
-from llmspool.store.records import Settled
 
 # Upstream headers a client may rely on; the rest (rate limits, cookies) are the daemon's.
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
@@ -75,13 +71,12 @@ class Relay:
 
     def __init__(self, providers: Mapping[str, Provider], limits: RateLimits,
                  stream_idle_timeouts: Mapping[str, float], accounts: Accounts,
-                 ledger: MemoryObjectSendStream[Settled | Admit | Release], clock: Clock) -> None:
+                 clock: Clock) -> None:
         self._providers = providers
         self._clock = clock  # the ledger's timestamps are the daemon's clock
         self._limits = limits
         self._stream_idle = stream_idle_timeouts
         self._accounts = accounts
-        self._ledger = ledger
         self.aborted = 0  # streams whose client went away mid-stream
 
     async def send(self, call: Call, target: Target, span: Span, attempt_span: Span,
@@ -179,7 +174,7 @@ class Relay:
         if call.settle_with_result:
             accounts.hand_over(call)
         else:
-            await self._ledger.send(settled)
+            await accounts.record(settled)
         await tell(call, Answer(
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
@@ -234,7 +229,7 @@ class Relay:
             status = 499
             usage = meter.usage or accounts.partial_usage(call, meter.events)
             with anyio.CancelScope(shield=True):
-                await self._ledger.send(accounts.settle(
+                await accounts.record(accounts.settle(
                     call, target.provider, target.model, meter.tier or target.tier, usage,
                     status, started, span, flag=None if meter.usage else "broken_answer"))
             _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
@@ -245,7 +240,7 @@ class Relay:
             span.set_status(Status(StatusCode.ERROR, error.message))
             usage = meter.usage or accounts.partial_usage(call, meter.events)
             served = meter.tier or target.tier
-            await self._ledger.send(accounts.settle(
+            await accounts.record(accounts.settle(
                 call, target.provider, target.model, served, usage, 502, started, span,
                 flag=None if meter.usage else "broken_answer"))
             _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
@@ -257,7 +252,7 @@ class Relay:
                                   usage, status, started, span, claimed=meter.claimed_tier,
                                   response_id=meter.response_id)
         _describe_answer(span, meter.response_id, meter.model, meter.finish_reasons)
-        await self._ledger.send(settled)
+        await accounts.record(settled)
         await tell(call, StreamEnd())
         return Sent(usage)
 
