@@ -7,6 +7,7 @@ see the same machine state:
 
 - ``defaults``: the daemon as installed;
 - ``tracing``: spans exported over OTLP/HTTP to a local receiver;
+- ``sampled``: the same, with the head sampler keeping one trace in ten;
 - ``caps``: a daily budget cap (every call reserved and settled with the ledger);
 - ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier).
 
@@ -150,6 +151,10 @@ OPEN_LOOP_SECONDS = 4.0
 MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "defaults": ("", {}, ()),
     "tracing": ("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}, ()),
+    # The head sampler keeping one trace in ten (the SDK reads OTEL_TRACES_SAMPLER itself).
+    "sampled": ("", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}",
+                     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                     "OTEL_TRACES_SAMPLER_ARG": "0.1"}, ()),
     "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}, ()),
     # A deadline the standard tier meets (gpt-4o-mini has no flex): the planner's path.
     "deadline": ("", {}, ("x-llmspool-deadline: 10m",)),
