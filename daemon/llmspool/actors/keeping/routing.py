@@ -200,7 +200,7 @@ class Router:
             followers += self._release_twins(line.request_id)
         if message.requeued:
             rows = await jobs_sql.routable_requests(
-                self._database, ids=[line.request_id for line in message.requeued])
+                self._database, [line.request_id for line in message.requeued])
             # Routed with the lines they waited for: the first one batched leads again.
             await self.route(rows + followers, batch_again=message.batch_again)
         else:
