@@ -54,6 +54,7 @@ class NewJob:
     operation: str | None
     tags: dict[str, str]
     uid: int | None
+    # Handed over to the job keeper, which empties the list once the lines are stored.
     lines: list[JobLine] = field(repr=False)
     traceparent: str | None = None  # of the request that submitted it
 
