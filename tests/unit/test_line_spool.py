@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmspool.core.calls import Endpoint
-from llmspool.jobs.spool import LineSpool
+from llmspool.jobs.spool import CHUNK, LineSpool
 from llmspool.store.records import JobLine
 
 
@@ -31,3 +31,13 @@ def test_lines_come_back_as_they_went_in(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # unlinked: nothing left behind by a crash
     spool.clear()
     assert len(spool) == 0 and list(spool) == []
+
+
+def test_many_lines_come_back_across_chunks_in_order(tmp_path: Path) -> None:
+    lines = [JobLine(n, f"r{n}", Endpoint.CHAT, "openai", "gpt-5-mini", b'{"n":%d}' % n)
+             for n in range(1, 2 * CHUNK + 502)]
+    spool = LineSpool(tmp_path)
+    for line in lines:
+        spool.append(line)
+    assert len(spool) == len(lines)
+    assert list(spool) == lines
