@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from llmspool.store import jobs as jobs_sql
 
 from tests.support.processes import Daemon, start_daemon, start_sim, unix_request
 from tests.support.waiting import wait_for
@@ -119,3 +121,65 @@ def test_repeated_kills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
     finally:
         daemon.terminate()
         sim.terminate()
+
+
+def test_a_restart_resumes_jobs_of_many_pages_each_line_once_most_urgent_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart reads the queued lines back a job and a page at a time (pages of 7 here):
+    every line of every job runs once, and the job due first runs first."""
+    monkeypatch.setattr(jobs_sql, "ROUTE_PAGE", 7)
+    config = "[jobs]\nmax_in_flight = 1\n[batch]\nenabled = false\n"
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "fast").mkdir()
+    slow = start_sim(tmp_path / "slow", '[sim]\nlatency = "200ms"\n')
+    daemon = start_daemon(tmp_path, slow.url, config_toml=config)
+    try:
+        jobs = {deadline: submit_with_deadline(daemon, jsonl(f"{deadline}-", 30), deadline)
+                for deadline in ("3h", "1h", "2h")}
+    finally:
+        daemon.terminate()
+        slow.terminate()
+    before = {deadline: done_ids(daemon.state_dir, job["id"]) for deadline, job in jobs.items()}
+    assert sum(len(ids) for ids in before.values()) < 10, "most lines must wait the restart"
+
+    sim = start_sim(tmp_path / "fast")
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config)
+    try:
+        for deadline, job in jobs.items():
+            lines = all_results(daemon, job["id"])
+            assert [line["custom_id"] for line in lines] == [f"{deadline}-{i}" for i in range(30)]
+            assert all(line["response"]["status_code"] == 200 for line in lines)
+            assert job_status(daemon, job["id"])["counts"]["succeeded"] == 30
+        # Each line not done before the restart was sent once after it.
+        calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        assert calls == 90 - sum(len(ids) for ids in before.values())
+        # One at a time, by deadline: the 1 h job's lines all finished before the 2 h job's
+        # that were left, and those before the 3 h job's.
+        after = {deadline: finish_times(daemon.state_dir, job["id"], before[deadline])
+                 for deadline, job in jobs.items()}
+        assert max(after["1h"]) <= min(after["2h"])
+        assert max(after["2h"]) <= min(after["3h"])
+    finally:
+        daemon.terminate()
+        sim.terminate()
+
+
+def submit_with_deadline(daemon: Daemon, body: bytes, deadline: str) -> dict[str, Any]:
+    status, job = unix_request(daemon.socket_path, "POST", f"/v1/jobs?deadline={deadline}",
+                               body, {"content-type": "application/jsonl"})
+    assert status == 202, job
+    return job
+
+
+def done_ids(state_dir: Path, job_id: str) -> set[str]:
+    with sqlite3.connect(state_dir / "llmspool.sqlite3") as db:
+        return {custom_id for (custom_id,) in db.execute(
+            "SELECT custom_id FROM job_requests WHERE job_id = ? AND state != 'queued'",
+            (job_id,))}
+
+
+def finish_times(state_dir: Path, job_id: str, done_before: set[str]) -> list[float]:
+    with sqlite3.connect(state_dir / "llmspool.sqlite3") as db:
+        return [finished for custom_id, finished in db.execute(
+            "SELECT custom_id, finished_at FROM job_requests WHERE job_id = ?", (job_id,))
+            if custom_id not in done_before]

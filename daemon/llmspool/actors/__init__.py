@@ -12,8 +12,8 @@
   (job results, batch results), each in one transaction with its entry (its parts are in
   ``accounting``: ``caps``, ``budgets``, ``commits``, ``status``);
 - ``job_keeper``: deferred jobs (writes jobs and their requests' routing; results through the
-  ledger; its parts are in ``keeping``: ``jobs``, ``routing``, ``sending``, ``results``,
-  ``waiting``, ``recovery``);
+  ledger; its parts are in ``keeping``: ``jobs``, ``routing``, ``lines``, ``sending``,
+  ``results``, ``waiting``, ``recovery``);
 - ``batch_submitter`` and ``batch_poller``: the Batch API pipeline (write batch bookkeeping:
   intents, assignments, polls; lines are reserved, and results stored, through the ledger;
   their parts are in ``batching``: ``groups`` and ``creation`` for the submitter,

@@ -130,6 +130,8 @@ class JobKeeper:
             async with self._inbox:
                 async for message in self._inbox:
                     await self._handle(message)
+                    # Not kept until the next message: a submission holds its job's lines.
+                    del message
             # The front door is closed: send nothing new, let calls in flight finish (the
             # daemon bounds how long), store their results, and stop.
             self._pump.close()
@@ -173,10 +175,14 @@ class JobKeeper:
             )
         async with self._write_lock:
             await jobs_sql.insert_job(self._database, job)
+        # Stored: the lines are read back from the store a page at a time from here on, so
+        # they are let go now rather than with the upload's request (~45 MB for 100,000).
+        total = len(job.lines)
+        job.lines.clear()
         state = JobState(job.id, job.created_at, job.deadline_at, job.operation, job.tags,
-                         job.uid, JobStatus.IN_PROGRESS, len(job.lines), None,
+                         job.uid, JobStatus.IN_PROGRESS, total, None,
                          traceparent=job.traceparent)
-        state.states[RequestState.QUEUED] = len(job.lines)
+        state.states[RequestState.QUEUED] = total
         self._jobs[job.id] = state
         plan = JobPlan()
         # Read in pages (not all rows at once), handed to the batch submitter in one message
@@ -185,7 +191,7 @@ class JobKeeper:
         async for rows in jobs_sql.routable_pages(self._database, job.id):
             await self._router.route(rows, plan=plan, collect=to_batch)
         await self._router.send_to_batch(to_batch, (job.traceparent,) if job.traceparent else ())
-        log.info("job %s: %d requests, deadline in %.0f s", job.id, len(job.lines),
+        log.info("job %s: %d requests, deadline in %.0f s", job.id, total,
                  job.deadline_at - self._clock.now())
         return {**state.to_json(), "plan": plan.to_json()}
 

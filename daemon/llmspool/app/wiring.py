@@ -213,7 +213,8 @@ async def build_parts(
                                max_line_size=config.jobs.max_line_size,
                                cache_rules=cache_rules,
                                on_short_deadline=config.jobs.on_short_deadline,
-                               tracer=tracing.tracer, chooser=chooser)
+                               tracer=tracing.tracer, chooser=chooser,
+                               spool_directory=config.state_path)
     batch_api = BatchApi(config.state_path, submission, config.files, clock)
     app = build_app(
         forwarder, router,

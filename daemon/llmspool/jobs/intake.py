@@ -15,6 +15,7 @@ The JSON form (``{"requests": [...]}``) takes the same items, with ``custom_id``
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -22,6 +23,7 @@ import orjson
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError
 from llmspool.core.wire import kept_json
+from llmspool.jobs.spool import LineSpool
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.model_choice import ModelChooser
 from llmspool.policy.routing import ModelRouter
@@ -37,7 +39,8 @@ class Intake:
     def __init__(self, router: ModelRouter, *, max_line_size: int,
                  cache_rules: CacheRules | None = None, operation: str | None = None,
                  uid: int | None = None, endpoint: Endpoint | None = None,
-                 chooser: ModelChooser | None = None) -> None:
+                 chooser: ModelChooser | None = None,
+                 spool_directory: Path | None = None) -> None:
         self._router = router
         self._chooser = chooser
         self._endpoint = endpoint  # a Batch API batch: every line must name its endpoint
@@ -46,7 +49,10 @@ class Intake:
         self._uid = uid
         self._max_line_size = max_line_size
         self._seen: set[str] = set()
-        self.lines: list[JobLine] = []
+        # On disk when given a directory (the daemon's state directory): a 100,000-line
+        # upload's checked lines are not held in memory until the job is stored.
+        self.lines: list[JobLine] | LineSpool = (
+            LineSpool(spool_directory) if spool_directory is not None else [])
         self.errors: list[LineError] = []  # the first MAX_REPORTED_ERRORS of them
         self.refused = 0
 

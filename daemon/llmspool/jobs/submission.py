@@ -17,6 +17,7 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +29,7 @@ from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, InvalidRequest, ServiceUnavailable
 from llmspool.core.tracing import active, context_from_traceparent, traceparent_of
 from llmspool.jobs.intake import Intake
+from llmspool.jobs.spool import LineSpool
 from llmspool.messages import (
     CancelJob,
     JobList,
@@ -42,7 +44,7 @@ from llmspool.policy.deadlines import parse_deadline
 from llmspool.policy.model_choice import ModelChooser
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
-from llmspool.store.records import NewJob, Viewer
+from llmspool.store.records import JobLines, NewJob, Viewer
 
 # What the front door and the Batch API ask the job keeper (its inbox takes these and its
 # status question: a send stream takes what is a part of its type).
@@ -79,8 +81,10 @@ class JobSubmission:
     def __init__(self, keeper: KeeperInbox, router: ModelRouter, planner: Planner, *,
                  max_line_size: int, cache_rules: CacheRules | None = None,
                  on_short_deadline: str = "refuse", tracer: trace.Tracer | None = None,
-                 chooser: ModelChooser | None = None) -> None:
+                 chooser: ModelChooser | None = None,
+                 spool_directory: Path | None = None) -> None:
         self.keeper = keeper
+        self._spool_directory = spool_directory  # where checked lines wait to be stored
         self._chooser = chooser  # the operations' route rules, applied to each line
         # Without one given, the daemon's (see ``tracing.active``).
         self._tracer = tracer or active().tracer
@@ -94,7 +98,8 @@ class JobSubmission:
         # The cache key of each line depends on the job's operation and its caller.
         return Intake(self._router, max_line_size=self._max_line_size,
                       cache_rules=self._cache_rules, operation=request.operation,
-                      uid=request.uid, endpoint=endpoint, chooser=self._chooser)
+                      uid=request.uid, endpoint=endpoint, chooser=self._chooser,
+                      spool_directory=self._spool_directory)
 
     def new_job(self, intake: Intake, request: JobRequest) -> tuple[NewJob, str | None]:
         """The job of the valid lines, and the best-effort warning if its deadline is short.
@@ -128,7 +133,7 @@ class JobSubmission:
 
     async def submit(self, job: NewJob) -> JobView:
         """The job made durable by the keeper; its acknowledgement (job JSON and plan)."""
-        models = sorted({line.model for line in job.lines})
+        models = sorted({model for _provider, model in targets(job.lines)})
         attributes: dict[str, Any] = {
             "llmspool.job.id": job.id,
             "llmspool.job.requests": len(job.lines),
@@ -166,7 +171,7 @@ class JobSubmission:
             raise InvalidRequest("on_short_deadline must be 'refuse' or 'best_effort'",
                                  param="on_short_deadline")
         room = job.deadline_at - job.created_at
-        slowest = max({(line.provider, line.model) for line in job.lines},
+        slowest = max(targets(job.lines),
                       key=lambda target: self._planner.fastest_expected(*target))
         needed = self._planner.fastest_expected(*slowest)
         if room >= needed:
@@ -181,6 +186,14 @@ class JobSubmission:
             "on_short_deadline=best_effort (llmspool submit --best-effort) to run it anyway",
             param="deadline", code="deadline_too_short",
         )
+
+
+def targets(lines: JobLines) -> set[tuple[str, str]]:
+    """The (provider, model) pairs of a job's lines; a spool knows them without reading its
+    lines back."""
+    if isinstance(lines, LineSpool):
+        return lines.targets
+    return {(line.provider, line.model) for line in lines}
 
 
 async def ask(keeper: KeeperInbox,

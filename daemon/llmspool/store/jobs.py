@@ -230,28 +230,27 @@ _ROUTABLE_PAGE = (
 
 
 async def routable_requests(
-    connection: aiosqlite.Connection, *, ids: Sequence[int] | None = None,
+    connection: aiosqlite.Connection, ids: Sequence[int],
 ) -> list[Routable]:
-    """Queued requests no batch carries: of the given ids, or all (a new job's are read in
-    pages: ``routable_pages``)."""
-    if ids is not None:
-        found: list[Routable] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = await connection.execute_fetchall(
-                _ROUTABLE + f"AND r.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
-            found += [Routable(*row) for row in rows]
-        return found
-    rows = await connection.execute_fetchall(_ROUTABLE)
-    return [Routable(*row) for row in rows]
+    """Queued requests no batch carries, of the given ids (a job's are read in pages:
+    ``routable_pages``)."""
+    found: list[Routable] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows = await connection.execute_fetchall(
+            _ROUTABLE + f"AND r.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        found += [Routable(*row) for row in rows]
+    return found
 
 
 async def routable_pages(
-    connection: aiosqlite.Connection, job_id: str, page: int = ROUTE_PAGE,
+    connection: aiosqlite.Connection, job_id: str, page: int | None = None,
 ) -> AsyncIterator[list[Routable]]:
     """The job's queued requests no batch carries, ``page`` at a time in id order: a job of
-    100,000 requests is routed without holding all its rows at once (~36 MB)."""
+    100,000 requests is routed (when submitted, and again at a restart) without holding all
+    its rows at once (~36 MB)."""
     after = 0
+    page = page or ROUTE_PAGE  # read when called: a test makes pages small
     while True:
         # Paged by line number, along the (job_id, line) index.
         rows = list(await connection.execute_fetchall(

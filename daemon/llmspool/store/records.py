@@ -8,7 +8,9 @@ live here so that the store never imports the messages (the layer above it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.states import RequestState
@@ -28,6 +30,17 @@ class JobLine:
     cache_ttl: float | None = None
     # (provider, model) asked for, when the operation's route rules chose ``model`` instead.
     routed_from: tuple[str, str] | None = None
+
+
+class JobLines(Protocol):
+    """A job's lines as the job keeper takes them: a list, or a spool on disk
+    (``llmspool.jobs.spool``) that gives them back one at a time."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[JobLine]: ...
+
+    def clear(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,8 @@ class NewJob:
     operation: str | None
     tags: dict[str, str]
     uid: int | None
-    lines: list[JobLine] = field(repr=False)
+    # Handed over to the job keeper, which empties the list once the lines are stored.
+    lines: JobLines = field(repr=False)
     traceparent: str | None = None  # of the request that submitted it
 
 

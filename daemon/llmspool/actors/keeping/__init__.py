@@ -5,6 +5,8 @@ through them:
 - ``jobs``: ``JobState``, one job's counts as status answers show them, mirroring the store;
 - ``routing``: where each line goes (a batch, the cache, an identical batched line, or the
   heap of lines sent from here), the job's plan, and the lines batches give back;
+- ``lines``: that heap, a few bytes a line (ids in arrays, a run per job and page), so a
+  million queued lines cost megabytes, not hundreds of them;
 - ``sending``: the heap's pump: at most ``[jobs] max_in_flight`` lines sent at a time, each
   as a ``Call`` through the request queue (or the cache actor), retried with backoff;
 - ``results``: each line's result (or failure line), stored in group commits by the ledger

@@ -2,7 +2,7 @@
 
 - On start, jobs whose requests all ended are completed, every job kept is loaded into memory
   with its counts, batched lines become twins again (identical lines resumed after them wait
-  for them), and the requests still queued are routed again.
+  for them), and the requests still queued are routed again, a job and a page at a time.
 - Jobs finished longer ago than ``[jobs] retention`` are deleted, results and all, at start
   and then every ``SWEEP_EVERY`` seconds.
 """
@@ -16,7 +16,9 @@ import anyio
 
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.actors.keeping.routing import Router
+from llmspool.core.states import JobStatus
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.records import BatchCandidate
 
 log = logging.getLogger("llmspool.actors.job_keeper")  # the keeper's own log
 
@@ -45,11 +47,26 @@ async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
             jobs[job_id].batched = count
     for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database):
         router.resume_twin(key, request_id, job_id, deadline_at)
-    rows = await jobs_sql.routable_requests(database)
-    if rows:
-        log.info("resuming %d queued requests of %d jobs", len(rows),
-                 len({row.job_id for row in rows}))
-        await router.route(rows)
+    # A job at a time, a page at a time: a million queued requests are resumed without all
+    # their rows in memory at once (~450 MB). Lines for a batch go in one message, as a new
+    # job's do (the batch submitter regroups its pending lines on each).
+    to_batch: list[BatchCandidate] = []
+    traceparents: set[str] = set()
+    resumed = resumed_jobs = 0
+    for state in list(jobs.values()):
+        if state.status != JobStatus.IN_PROGRESS:
+            continue
+        before = resumed
+        async for rows in jobs_sql.routable_pages(database, state.id):
+            batched = len(to_batch)
+            await router.route(rows, collect=to_batch)
+            if state.traceparent and len(to_batch) > batched:
+                traceparents.add(state.traceparent)
+            resumed += len(rows)
+        resumed_jobs += resumed > before
+    await router.send_to_batch(to_batch, tuple(sorted(traceparents)))
+    if resumed:
+        log.info("resuming %d queued requests of %d jobs", resumed, resumed_jobs)
 
 
 async def delete_expired(database: aiosqlite.Connection, write_lock: anyio.Lock,

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -86,6 +85,8 @@ class Router:
         new job) gets where each went and when it is expected. With ``collect``, lines for
         the batch submitter are added to it for the caller to send."""
         to_batch: list[BatchCandidate] = [] if collect is None else collect
+        # Pushed on the heap together at the end: the page's lines of a job make one run.
+        direct: list[tuple[float, int, str]] = []
         traceparents: set[str] = set()
         now = self._planner.clock.now()
         for row in rows:
@@ -95,7 +96,7 @@ class Router:
             if batch_again and self._batchable(row, job):
                 batch_end = now + self._batch_config.max_age + self._planner.batch_expected(
                     row.provider, row.model)
-                elsewhere = self._answered_elsewhere(row, job)
+                elsewhere = self._answered_elsewhere(row, job, direct)
                 if plan is not None:
                     plan.add("batch" if elsewhere is None else Tier.CACHE.value, row.model,
                              now if elsewhere == "cache" else batch_end)
@@ -109,8 +110,9 @@ class Router:
                     traceparents.add(job.traceparent)
             else:
                 if plan is not None:
-                    self._plan_direct(plan, row, job, now)
-                heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
+                    self._plan_direct(plan, row, job, now, len(direct))
+                direct.append((row.deadline_at, row.id, row.job_id))
+        self._heap.push(direct)
         if collect is None:
             await self.send_to_batch(to_batch, tuple(sorted(traceparents)))
         self._pump.wake()
@@ -121,24 +123,26 @@ class Router:
             await self._batches.send(ToBatch(lines, traceparents))
 
     def _plan_direct(self, plan: JobPlan, row: jobs_sql.Routable, job: JobState,
-                     now: float) -> None:
+                     now: float, routed: int) -> None:
         """Plan a request sent from here: the tier the planner would choose now, answered
-        after the requests ahead of it in the heap (``max_in_flight`` at a time)."""
+        after the requests ahead of it in the heap and the ``routed`` before it in its page
+        (``max_in_flight`` at a time)."""
         policy = self._planner.policy(job.operation, None, deferred=True)
         tier = self._planner.choose(row.provider, row.model, policy, row.deadline_at, now)
         typical = self._planner.book.p50((row.provider, row.model, tier))
-        rounds = len(self._heap) // max(1, self._config.max_in_flight) + 1
+        rounds = (len(self._heap) + routed) // max(1, self._config.max_in_flight) + 1
         plan.add(tier.value, row.model, now + rounds * typical)
 
-    def _answered_elsewhere(self, row: jobs_sql.Routable, job: JobState) -> str | None:
+    def _answered_elsewhere(self, row: jobs_sql.Routable, job: JobState,
+                            direct: list[tuple[float, int, str]]) -> str | None:
         """How a line bound for a batch is answered without one: ``cache`` (it goes through
-        the cache actor now) or ``twin`` (it waits for an identical line already batched);
-        None: it goes into a batch."""
+        the cache actor now: added to ``direct``) or ``twin`` (it waits for an identical line
+        already batched); None: it goes into a batch."""
         key = row.cache_key
         if key is None:
             return None
         if self._cached is not None and self._cached.has(key, self._planner.clock.now()):
-            heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
+            direct.append((row.deadline_at, row.id, row.job_id))
             return "cache"
         twin = self._twins.get(key)
         if twin is not None and twin.deadline_at <= row.deadline_at:
@@ -178,8 +182,8 @@ class Router:
         for outcome in message.outcomes:
             # Its answer is in the cache (or its error is final): the lines that waited for it
             # go through the cache actor, which shares it.
-            for row in self._release_twins(outcome.request_id):
-                heapq.heappush(self._heap, (row.deadline_at, row.id, row.job_id))
+            self._heap.push((row.deadline_at, row.id, row.job_id)
+                            for row in self._release_twins(outcome.request_id))
             job = self._jobs.get(outcome.job_id)
             if job is None:
                 continue
@@ -196,7 +200,7 @@ class Router:
             followers += self._release_twins(line.request_id)
         if message.requeued:
             rows = await jobs_sql.routable_requests(
-                self._database, ids=[line.request_id for line in message.requeued])
+                self._database, [line.request_id for line in message.requeued])
             # Routed with the lines they waited for: the first one batched leads again.
             await self.route(rows + followers, batch_again=message.batch_again)
         else:

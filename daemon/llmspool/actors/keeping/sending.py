@@ -1,4 +1,5 @@
-"""The lines the job keeper sends itself: a heap ordered by deadline, and its pump.
+"""The lines the job keeper sends itself: a heap ordered by deadline (``lines.LineHeap``: it
+holds ids only; each line is read from the store when sent), and its pump.
 
 - At most ``[jobs] max_in_flight`` lines are sent at a time, the most urgent first, each as a
   ``Call`` through the request queue (so interactive calls and deferred ones share the
@@ -13,7 +14,6 @@
 
 from __future__ import annotations
 
-import heapq
 import random
 import secrets
 
@@ -24,6 +24,7 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.lines import LineHeap
 from llmspool.actors.keeping.results import Results
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.config.sections import JobsConfig
@@ -53,7 +54,7 @@ class Pump:
         self._config = config
         self._jobs = jobs  # the keeper's, shared
         self._results = results
-        self.heap: list[tuple[float, int, str]] = []
+        self.heap = LineHeap()
         self.in_flight = 0
         self.retries = 0
         self._wake_pump = anyio.Event()
@@ -83,7 +84,7 @@ class Pump:
         while self.heap and self.in_flight < self._config.max_in_flight:
             picked: list[int] = []
             while self.heap and len(picked) < self._config.max_in_flight - self.in_flight:
-                _deadline, row_id, job_id = heapq.heappop(self.heap)
+                _deadline, row_id, job_id = self.heap.pop()
                 job = self._jobs.get(job_id)
                 if job is not None and job.status == JobStatus.IN_PROGRESS:
                     picked.append(row_id)
