@@ -197,9 +197,9 @@ class Accounts:
                 span.set_attribute("openai.response.service_tier", claimed)
             if flag is not None:
                 span.set_attribute("llmspool.billing_flag", flag)
-        if request_id is None:
+        if request_id is None and self._genai.enabled:  # the metrics' attributes
             self._outcomes[call.request_id] = (tier.value, model, status)
-            if not usage.estimated and self._genai.enabled:
+            if not usage.estimated:
                 self._genai.tokens(usage.input_tokens, usage.output_tokens, {
                     "gen_ai.operation.name": call.endpoint.operation_name,
                     "gen_ai.provider.name": self._provider_kinds.get(provider, provider),
@@ -249,8 +249,8 @@ class Accounts:
         dispatcher taking it to its end, retries and flex fallbacks included, with the tier
         and model that served). Returns whether its entry ended its reservation (sent to the
         ledger, or handed over with a job's answer): otherwise the caller releases it."""
-        outcome = self._outcomes.pop(call.request_id, None)
         if self._genai.enabled:
+            outcome = self._outcomes.pop(call.request_id, None)
             attributes: dict[str, AttributeValue] = {
                 "gen_ai.operation.name": call.endpoint.operation_name,
                 "gen_ai.provider.name": kind,
