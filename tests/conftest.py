@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from llmspool.testing.postgres import PostgresServer, running_postgres
 from tests.support.processes import Daemon, Sim, start_daemon, start_sim
 
 
@@ -36,3 +37,16 @@ def daemon(tmp_path: Path, sim: Sim) -> Iterator[Daemon]:
         yield started
     finally:
         started.terminate()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server, one per test worker (started in ~2 s), stopped at the end."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the workers' PostgreSQL server."""
+    return postgres_server.new_database()

@@ -1,6 +1,6 @@
 """Opening the daemon's SQLite database, and bringing its schema up to date.
 
-Migrations are the files ``migrations/NNNN_name.sql``, applied in order, each in one
+Migrations are the files ``migrations/sqlite/NNNN_name.sql``, applied in order, each in one
 transaction, recorded in ``PRAGMA user_version``. A database from a newer llmspool (a higher
 version than this code knows) is refused rather than guessed at.
 """
@@ -26,7 +26,7 @@ _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every bundled migration, in order."""
-    folder = resources.files("llmspool.store").joinpath("migrations")
+    folder = resources.files("llmspool.store").joinpath("migrations", "sqlite")
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_NAME.fullmatch(entry.name)
