@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a real simulator, a real daemon in front of it."""
+"""Fixtures shared by every test: a real simulator, a real daemon in front of it, and the
+store on each backend (a SQLite file; a real PostgreSQL server the session starts)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
-
+from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import Connection
+from llmspool.store.schema import migrate_store
 from llmspool.testing.postgres import PostgresServer, running_postgres
+
 from tests.support.processes import Daemon, Sim, start_daemon, start_sim
 
 
@@ -50,3 +56,26 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a new, empty database on the workers' PostgreSQL server."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=[Backend.SQLITE, Backend.POSTGRESQL], ids=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """A new, migrated store on each backend in turn: a SQLite file in the test's directory,
+    then a fresh database on the workers' PostgreSQL server. Tests of the store's behaviour
+    take this, so both backends run the same assertions."""
+    if request.param is Backend.POSTGRESQL:
+        location = StoreLocation(Backend.POSTGRESQL, request.getfixturevalue("postgres_url"))
+    else:
+        location = StoreLocation(Backend.SQLITE, str(tmp_path / "state" / DATABASE_NAME))
+    anyio.run(migrate_store, location)
+    return location
+
+
+@pytest.fixture
+def store_connection(store_location: StoreLocation) -> Iterator[Connection]:
+    """A synchronous connection to ``store_location``'s store (sqlite3's API on both)."""
+    connection = connect(store_location)
+    try:
+        yield connection
+    finally:
+        connection.close()

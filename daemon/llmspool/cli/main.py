@@ -17,6 +17,7 @@
     llmspool feedback RESPONSE_ID --score 0.8         score an answer (quality beside cost)
     llmspool export finetune --operation NAME -o train.jsonl   captured answers, to fine-tune
     llmspool top [--interval S] [--once]              a full-screen view that refreshes (q quits)
+    llmspool store check|migrate [--url URL]          the store's schema: current? update it
 
 Client commands find the socket from ``--socket``, ``LLMSPOOL_SOCKET``, or the config.
 """
@@ -41,6 +42,7 @@ from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
 from llmspool.cli.plugins import add_plugins_command
 from llmspool.cli.status_tables import batches_table, breakers_table
+from llmspool.cli.store import add_store_commands
 from llmspool.cli.top import add_top_command
 from llmspool.core import unix_http
 from llmspool.core.config.sections import Config
@@ -157,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     add_feedback_command(commands)
     add_export_command(commands)
     add_top_command(commands)
+    add_store_commands(commands)
     return parser
 
 

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmspool.core.config.checks import _budgets, _budgets_to_table, _cache, _provider, _resilience
+from llmspool.core.config.checks import (
+    _budgets,
+    _budgets_to_table,
+    _cache,
+    _provider,
+    _resilience,
+    _store,
+)
 from llmspool.core.config.sections import (
     BatchConfig,
     Config,
@@ -173,6 +180,7 @@ def _config(table: Mapping[str, Any], provider_keys: ProviderKeys | None) -> Con
         providers=providers,
         pricing=_section(PricingConfig, _table_at(table, "pricing", "pricing"), "pricing"),
         tracing=_section(TracingConfig, _table_at(table, "tracing", "tracing"), "tracing"),
+        store=_store(_table_at(table, "store", "store")),
         flex=_section(FlexConfig, _table_at(table, "flex", "flex"), "flex"),
         planner=_section(PlannerConfig, _table_at(table, "planner", "planner"), "planner"),
         jobs=_section(JobsConfig, _table_at(table, "jobs", "jobs"), "jobs"),
@@ -193,6 +201,7 @@ def config_to_table(config: Config) -> dict[str, Any]:
                       for name, p in config.providers.items()},
         "pricing": _section_to_table(config.pricing),
         "tracing": _section_to_table(config.tracing),
+        "store": _section_to_table(config.store),
         "flex": _section_to_table(config.flex),
         "planner": _section_to_table(config.planner),
         "jobs": _section_to_table(config.jobs),

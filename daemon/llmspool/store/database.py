@@ -14,19 +14,23 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 import anyio
 
 from llmspool.core.errors import StartupError
+from llmspool.store.backend import DATABASE_NAME, Backend
 
-DATABASE_NAME = "llmspool.sqlite3"
+__all__ = ["DATABASE_NAME", "close_shielded", "connected", "migrate_sqlite", "migrations",
+           "open_database", "sqlite_schema_version"]
+
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every bundled migration, in order."""
-    folder = resources.files("llmspool.store").joinpath("migrations", "sqlite")
+def migrations(backend: Backend = Backend.SQLITE) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every bundled migration of ``backend``, in order."""
+    folder = resources.files("llmspool.store").joinpath("migrations", backend.value)
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_NAME.fullmatch(entry.name)
@@ -88,7 +92,25 @@ async def open_database(state_dir: Path) -> aiosqlite.Connection:
     return connection
 
 
-async def _migrate(connection: aiosqlite.Connection, path: Path) -> None:
+async def migrate_sqlite(path: Path) -> list[str]:
+    """Create (if needed) and migrate the SQLite store at ``path``; returns the names of the
+    migrations applied."""
+    async with connected(path, isolation_level=None, timeout=30.0) as connection:
+        await connection.execute("PRAGMA journal_mode=WAL")
+        return await _migrate(connection, path)
+
+
+async def sqlite_schema_version(path: Path) -> int:
+    """The schema version of the SQLite store at ``path`` (0: none yet), read without writing."""
+    if not await anyio.Path(path).exists():
+        return 0
+    async with (connected(f"file:{quote(str(path))}?mode=ro", uri=True) as connection,
+                connection.execute("PRAGMA user_version") as cursor):
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(connection: aiosqlite.Connection, path: Path) -> list[str]:
     async with connection.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
     current = int(row[0]) if row else 0
@@ -106,3 +128,4 @@ async def _migrate(connection: aiosqlite.Connection, path: Path) -> None:
             if connection.in_transaction:
                 await connection.execute("ROLLBACK")
             raise StartupError(f"migration {name} failed on {path}: {exc}") from exc
+    return [name for _version, name, _sql in known[current:]]

@@ -107,7 +107,9 @@ def running_postgres() -> Iterator[PostgresServer]:
                  "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=300"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                **_credentials(runs_as), preexec_fn=_die_with_parent,
+                user=_uid(runs_as), group=_gid(runs_as), extra_groups=_groups(runs_as),
+                # The only way to set the parent death signal; it calls prctl and nothing else.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         server = PostgresServer(directory, process)
         try:
@@ -132,17 +134,23 @@ def _server_user() -> pwd.struct_passwd | None:
             "it as; set LLMSPOOL_TEST_PG_USER to an unprivileged user") from None
 
 
-def _credentials(user: pwd.struct_passwd | None) -> dict[str, object]:
-    if user is None:
-        return {}
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+def _uid(user: pwd.struct_passwd | None) -> int | None:
+    return None if user is None else user.pw_uid
+
+
+def _gid(user: pwd.struct_passwd | None) -> int | None:
+    return None if user is None else user.pw_gid
+
+
+def _groups(user: pwd.struct_passwd | None) -> list[int] | None:
+    return None if user is None else []  # none but the user's own
 
 
 def _run_as(user: pwd.struct_passwd | None, command: list[str], log: Path) -> None:
     with open(log, "wb") as output:
         done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, check=False, timeout=120,
-                              **_credentials(user))  # type: ignore[call-overload]
+                              user=_uid(user), group=_gid(user), extra_groups=_groups(user))
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({done.returncode}):\n{log.read_text()}")
 

@@ -1,6 +1,6 @@
 """The checks of the tables that are more than a section of fields: ``[providers.NAME]``
 (the plugin's declared keys), ``[retry]``, ``[breaker]``, ``[failover]``, ``[limits]``,
-``[cache]`` and ``[budgets]``."""
+``[cache]``, ``[budgets]`` and ``[store]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from llmspool.core.config.sections import (
     LimitConfig,
     ProviderConfig,
     RetryConfig,
+    StoreConfig,
 )
 from llmspool.core.config.tables import _problem, _section, _section_to_table, _table_at
 from llmspool.core.config.values import ConfigKey, ProviderKeys
@@ -118,6 +119,18 @@ def _cache(table: Mapping[str, Any]) -> CacheConfig:
             _problem(ConfigError(f"cache.{name}", f"expected a cosine similarity in (0, 1], got "
                                                   f"{value}"))
     return cache
+
+
+STORE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _store(table: Mapping[str, Any]) -> StoreConfig:
+    store = _section(StoreConfig, table, "store")
+    if store.url and not store.url.startswith(STORE_SCHEMES):
+        _problem(ConfigError("store.url", f"expected \"\" (SQLite in the state directory) or "
+                                          f"a postgresql:// URL, got {store.url!r}"))
+        return StoreConfig()
+    return store
 
 
 def _failover(table: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> FailoverConfig:

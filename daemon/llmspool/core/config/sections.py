@@ -305,6 +305,15 @@ class TracingConfig:
     service_name: str = "llmspool"
 
 
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: the database of jobs, batches, the ledger and budgets."""
+
+    # "": SQLite in the state directory. "postgresql://USER@HOST/DB": PostgreSQL, which
+    # several daemons may share (libpq's PGPASSWORD and ~/.pgpass supply a password).
+    url: str = ""
+
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"openai": ProviderConfig()}
 
@@ -317,6 +326,7 @@ class Config:
     providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     flex: FlexConfig = field(default_factory=FlexConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
