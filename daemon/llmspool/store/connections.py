@@ -17,9 +17,9 @@ psycopg's, translating what differs:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 import psycopg
@@ -28,10 +28,26 @@ from psycopg.pq import TransactionStatus
 
 from llmspool.store.backend import for_postgresql
 
-__all__ = ["AsyncConnection", "Connection", "PgAsyncConnection", "PgConnection", "is_sqlite",
-           "prepare_postgresql"]
+__all__ = ["AsyncConnection", "Connection", "Cursor", "PgAsyncConnection", "PgConnection",
+           "is_sqlite", "prepare_postgresql"]
 
 Params = Sequence[Any]
+
+
+class Cursor(Protocol):
+    """What the store reads of a statement it ran, typed as loosely as sqlite3's cursor."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class _IntegerBool(Dumper):
@@ -73,11 +89,10 @@ class PgConnection:
         prepare_postgresql(connection)
         self.raw = connection
 
-    def execute(self, sql: str, parameters: Params = (), /) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, parameters: Params = (), /) -> Cursor:
         return self.raw.execute(_sql(sql), parameters or None)
 
-    def executemany(self, sql: str, seq_of_parameters: Iterable[Params], /
-                    ) -> psycopg.Cursor[Any]:
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Params], /) -> Cursor:
         cursor = self.raw.cursor()
         rows = list(seq_of_parameters)
         if rows:
