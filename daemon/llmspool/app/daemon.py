@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
@@ -45,8 +44,12 @@ from llmspool.policy.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder
 from llmspool.server.listener import bind_unix_socket, remove_socket_file
 from llmspool.server.uvicorn_server import EmbeddedServer
-from llmspool.store.database import DATABASE_NAME, close_shielded, open_database
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect_async
+from llmspool.store.connections import AsyncConnection
+from llmspool.store.database import close_shielded, ensure_state_directory
 from llmspool.store.ledger import LedgerConnection
+from llmspool.store.schema import migrate_store
 
 log = logging.getLogger(__name__)
 ACTOR_EXTRA_GRACE = 3.0  # seconds the actors get after the front door's grace, to store results
@@ -101,13 +104,17 @@ class Daemon:
         listener = self._listener = self._listen()
         try:
             async with AsyncExitStack() as stack:
-                # The job keeper's connection (opening it migrates the schema), and the
-                # ledger's: the one writer of money rows (ledger entries, reservations, and
-                # results stored with their entries). SQLite serialises their commits; WAL
-                # keeps readers unblocked.
-                jobs_database = await open_database(config.state_path)
+                # The store's schema brought up to date, then the job keeper's connection
+                # and the ledger's: the one writer of money rows (ledger entries,
+                # reservations, and results stored with their entries). SQLite serialises
+                # their commits (WAL keeps readers unblocked); PostgreSQL locks rows.
+                store = StoreLocation.of(config)
+                await ensure_state_directory(config.state_path)
+                await migrate_store(store)
+                log.info("store: %s %s", store.backend.value, store.shown())
+                jobs_database = await connect_async(store)
                 stack.push_async_callback(close_shielded, jobs_database)
-                ledger_database = LedgerConnection.open(config.state_path / DATABASE_NAME)
+                ledger_database = LedgerConnection.open(store)
                 stack.callback(ledger_database.close)
                 for provider in providers.values():
                     await stack.enter_async_context(provider)
@@ -134,7 +141,7 @@ class Daemon:
 
     async def _run_actors(
         self,
-        databases: tuple[LedgerConnection, aiosqlite.Connection],
+        databases: tuple[LedgerConnection, AsyncConnection],
         providers: Mapping[str, Provider],
         prices: PriceBook,
         router: ModelRouter,

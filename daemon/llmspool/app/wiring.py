@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
@@ -62,6 +61,7 @@ from llmspool.server.uvicorn_server import (
     connection_cap,
 )
 from llmspool.store.batches import batch_turnarounds
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.database import DATABASE_NAME
 from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.store.writer import SideWriter
@@ -102,7 +102,7 @@ class Parts:
 
 async def build_parts(
     config: Config,
-    databases: tuple[LedgerConnection, aiosqlite.Connection],
+    databases: tuple[LedgerConnection, AsyncConnection],
     providers: Mapping[str, Provider],
     prices: PriceBook,
     router: ModelRouter,

@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import aiosqlite
-import anyio
 import psycopg
 
 from llmspool.core.errors import StartupError
@@ -32,6 +31,7 @@ from llmspool.store.connections import (
     PgAsyncConnection,
     PgConnection,
 )
+from llmspool.store.database import close_shielded
 from llmspool.store.postgres import connect as connect_postgres
 from llmspool.store.postgres import unreachable
 
@@ -79,7 +79,7 @@ async def connect_async(location: StoreLocation, *, read_only: bool = False) -> 
         for pragma in _sqlite_pragmas(LOCK_WAIT_MS, read_only):
             await sqlite.execute(pragma)
     except BaseException:
-        await _close_shielded(sqlite)
+        await close_shielded(sqlite)
         raise
     return sqlite
 
@@ -93,12 +93,7 @@ async def connected_async(location: StoreLocation, *, read_only: bool = False
     try:
         yield connection
     finally:
-        await _close_shielded(connection)
-
-
-async def _close_shielded(connection: AsyncConnection) -> None:
-    with anyio.CancelScope(shield=True):
-        await connection.close()
+        await close_shielded(connection)
 
 
 def _sqlite_target(location: StoreLocation, read_only: bool) -> tuple[str, bool]:

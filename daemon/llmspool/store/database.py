@@ -21,9 +21,10 @@ import anyio
 
 from llmspool.core.errors import StartupError
 from llmspool.store.backend import DATABASE_NAME, Backend
+from llmspool.store.connections import AsyncConnection
 
-__all__ = ["DATABASE_NAME", "close_shielded", "connected", "migrate_sqlite", "migrations",
-           "open_database", "sqlite_schema_version"]
+__all__ = ["DATABASE_NAME", "close_shielded", "connected", "ensure_state_directory",
+           "migrate_sqlite", "migrations", "open_database", "sqlite_schema_version"]
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -56,14 +57,14 @@ async def connected(target: str | Path, **options: Any) -> AsyncIterator[aiosqli
         await close_shielded(connection)
 
 
-async def close_shielded(connection: aiosqlite.Connection) -> None:
+async def close_shielded(connection: AsyncConnection) -> None:
     """Close ``connection`` and wait for its thread, even inside a cancelled scope."""
     with anyio.CancelScope(shield=True):
         await connection.close()
 
 
-async def open_database(state_dir: Path) -> aiosqlite.Connection:
-    """Open (creating if needed) the database in ``state_dir`` and migrate it."""
+async def ensure_state_directory(state_dir: Path) -> None:
+    """Create the state directory (SQLite's store, the cache, files, spools) if needed."""
     try:
         await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
@@ -71,6 +72,11 @@ async def open_database(state_dir: Path) -> aiosqlite.Connection:
             f"cannot create the state directory {state_dir}: {exc.strerror}; set "
             "[daemon] state_dir or LLMSPOOL_STATE_DIR to a directory this user can write"
         ) from None
+
+
+async def open_database(state_dir: Path) -> aiosqlite.Connection:
+    """Open (creating if needed) the database in ``state_dir`` and migrate it."""
+    await ensure_state_directory(state_dir)
     path = state_dir / DATABASE_NAME
     try:
         connection = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)

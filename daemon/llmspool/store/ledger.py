@@ -1,10 +1,12 @@
 """SQL of the money rows (ledger entries and reservations) and the ledger's own connection.
 
 The ledger actor is the only writer of these tables, through ``LedgerConnection``: one
-``sqlite3`` connection whose short transactions (a group of reservations or entries) run right
-on the event loop, which is cheaper than a hop to a thread (~80 µs against ~330 µs here), and
-fall back to a worker thread when another connection holds SQLite's write lock, so the event
-loop never waits on a lock. Big transactions (a batch's results) always run in the thread.
+synchronous connection to the store. On SQLite its short transactions (a group of
+reservations or entries) run right on the event loop, which is cheaper than a hop to a thread
+(~80 µs against ~330 µs here), and fall back to a worker thread when another connection holds
+SQLite's write lock, so the event loop never waits on a lock. On PostgreSQL every transaction
+runs in the thread, since each statement is a round trip to the server. Big transactions (a
+batch's results) always run in the thread.
 """
 
 from __future__ import annotations
@@ -17,25 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 import anyio
 
 from llmspool.core.calls import Endpoint, Tier, Usage
-from llmspool.store.database import DATABASE_NAME, open_database
+from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import AsyncConnection, Connection
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
+from llmspool.store.schema import migrate_store
 
 _T = TypeVar("_T")
 _TIERS = {tier.value for tier in Tier}
 LOCK_WAIT_MS = 30_000
 
 INSERT_ENTRY = """
-INSERT OR IGNORE INTO ledger_entries (
+INSERT INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
     cost_picodollars, standard_cost_picodollars, session, flag, saving_source,
     cache_write_tokens, price_version, deadline_window, late, response_id
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
 """
 
 
@@ -82,29 +87,26 @@ def entry_row(entry: Settled) -> tuple[Any, ...]:
 
 
 class LedgerConnection:
-    """The ledger's connection to the database: the one writer of money rows.
+    """The ledger's connection to the store: the one writer of money rows.
 
-    ``run`` runs ``function(connection, *args)`` (which opens and ends its own transaction)
-    on the event loop if the write lock is free at once, else in a worker thread that waits
-    for it; ``run_in_thread`` always uses the thread. One call at a time: the ledger awaits
-    each before the next.
+    ``run`` runs ``function(connection, *args)`` (which opens and ends its own transaction):
+    on SQLite right on the event loop if the write lock is free at once, else in a worker
+    thread that waits for it; on PostgreSQL in the thread. ``run_in_thread`` always uses the
+    thread. One call at a time: the ledger awaits each before the next.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._on_loop = isinstance(connection, sqlite3.Connection)
 
     @classmethod
-    def open(cls, path: Path) -> LedgerConnection:
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit is durable against a crash of the daemon (kill -9)
-        # without an fsync; only a power loss can take the last commits.
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA busy_timeout=0")
-        return cls(connection)
+    def open(cls, location: StoreLocation) -> LedgerConnection:
+        # SQLite: no busy wait on the event loop; a locked database moves to the thread.
+        return cls(connect(location, lock_wait_ms=0))
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        if not self._on_loop:
+            return await self.run_in_thread(function, *args)
         try:
             return function(self.connection, *args)
         except sqlite3.OperationalError as exc:
@@ -118,6 +120,8 @@ class LedgerConnection:
     async def run_in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         def waiting() -> _T:
             connection = self.connection
+            if not self._on_loop:
+                return function(connection, *args)
             connection.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
             try:
                 return function(connection, *args)
@@ -134,13 +138,13 @@ class LedgerConnection:
 
 
 async def open_ledger_connection(state_dir: Path) -> LedgerConnection:
-    """The ledger's connection to the database in ``state_dir``, created and migrated first."""
-    migrated = await open_database(state_dir)
-    await migrated.close()
-    return LedgerConnection.open(state_dir / DATABASE_NAME)
+    """The ledger's connection to the SQLite store in ``state_dir``, created and migrated."""
+    location = StoreLocation(Backend.SQLITE, str(state_dir / DATABASE_NAME))
+    await migrate_store(location)
+    return LedgerConnection.open(location)
 
 
-def _transaction(connection: sqlite3.Connection, body: Callable[[], _T]) -> _T:
+def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
     # IMMEDIATE: take the write lock first, so a reading statement inside cannot fail later
     # with "database is locked" because another connection committed in between.
     connection.execute("BEGIN IMMEDIATE")
@@ -154,9 +158,14 @@ def _transaction(connection: sqlite3.Connection, body: Callable[[], _T]) -> _T:
 
 
 INSERT_RESERVATION = """
-INSERT OR REPLACE INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
+INSERT INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
     tier, operation, uid, session, estimate_picodollars, line_id)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, reserved_at = excluded.reserved_at,
+    provider = excluded.provider, model = excluded.model, endpoint = excluded.endpoint,
+    tier = excluded.tier, operation = excluded.operation, uid = excluded.uid,
+    session = excluded.session, estimate_picodollars = excluded.estimate_picodollars,
+    line_id = excluded.line_id
 """
 
 
@@ -165,7 +174,7 @@ def line_key(line_id: int) -> str:
     return f"line:{line_id}"
 
 
-def write_group(connection: sqlite3.Connection, reservations: Sequence[tuple[Any, ...]],
+def write_group(connection: Connection, reservations: Sequence[tuple[Any, ...]],
                 entries: Sequence[Settled], ended: Sequence[str]) -> None:
     """One group commit: new reservations, new entries (a repeated request id is ignored),
     and the reservations that ``entries`` settle or that ended without a bill."""
@@ -182,7 +191,7 @@ def write_group(connection: sqlite3.Connection, reservations: Sequence[tuple[Any
     _transaction(connection, body)
 
 
-def store_job_results(connection: sqlite3.Connection, results: Sequence[JobResult],
+def store_job_results(connection: Connection, results: Sequence[JobResult],
                       entries: Sequence[Settled], now: float,
                       reservations: Sequence[tuple[Any, ...]] = ()
                       ) -> tuple[list[int], list[Settled]]:
@@ -219,7 +228,7 @@ def store_job_results(connection: sqlite3.Connection, results: Sequence[JobResul
     return _transaction(connection, body)
 
 
-def _new_entries(connection: sqlite3.Connection, entries: Sequence[Settled]) -> list[Settled]:
+def _new_entries(connection: Connection, entries: Sequence[Settled]) -> list[Settled]:
     known: set[str] = set()
     ids = [e.request_id for e in entries]
     for start in range(0, len(ids), 900):
@@ -246,7 +255,7 @@ class HeldReservation:
     estimate_picodollars: int
 
 
-def reconcile(connection: sqlite3.Connection, now: float
+def reconcile(connection: Connection, now: float
               ) -> tuple[list[Settled], list[HeldReservation]]:
     """After a crash: every call reservation left becomes an ``unknown_outcome`` entry at its
     reserved cost (nobody can know whether the provider answered, and so billed, the call);
@@ -289,7 +298,7 @@ def reconcile(connection: sqlite3.Connection, now: float
 
 
 def spend_today_by_scope(
-    connection: sqlite3.Connection, day: str
+    connection: Connection, day: str
 ) -> dict[tuple[str, str], tuple[int, int, int, int]]:
     """(cost, standard cost, calls, unpriced calls) on ``day`` in total and per operation,
     calling user and provider, as the ledger's budgets key them; read from the rollup."""
@@ -310,7 +319,7 @@ def spend_today_by_scope(
     return {scope: (s[0], s[1], s[2], s[3]) for scope, s in totals.items()}
 
 
-def unknown_outcomes_on(connection: sqlite3.Connection, day: str) -> tuple[int, int]:
+def unknown_outcomes_on(connection: Connection, day: str) -> tuple[int, int]:
     """(calls, picodollars) recorded as unknown outcome on ``day``."""
     row = connection.execute(
         "SELECT COUNT(*), COALESCE(SUM(cost_picodollars), 0) FROM ledger_entries "
@@ -318,7 +327,7 @@ def unknown_outcomes_on(connection: sqlite3.Connection, day: str) -> tuple[int, 
     return int(row[0]), int(row[1])
 
 
-def spend_of_session(connection: sqlite3.Connection, session: str) -> int:
+def spend_of_session(connection: Connection, session: str) -> int:
     """Picodollars spent so far in the client-chosen ``session``."""
     row = connection.execute(
         "SELECT COALESCE(SUM(cost_picodollars), 0) FROM ledger_entries WHERE session = ?",
@@ -328,7 +337,7 @@ def spend_of_session(connection: sqlite3.Connection, session: str) -> int:
 
 
 async def recent_latencies(
-    connection: aiosqlite.Connection, limit: int = 20_000
+    connection: AsyncConnection, limit: int = 20_000
 ) -> list[tuple[tuple[str, str, Tier], float]]:
     """((provider, model, tier), seconds) of recent successful calls, oldest first: the
     planner's memory across restarts."""
@@ -341,7 +350,7 @@ async def recent_latencies(
     return [((p, m, Tier(t)), float(s)) for p, m, t, s in rows if t in _TIERS]
 
 
-def recent_entries(connection: sqlite3.Connection, limit: int, *, everyone: bool = True,
+def recent_entries(connection: Connection, limit: int, everyone: bool = True,
                    uid: int | None = None) -> list[dict[str, Any]]:
     """The last ``limit`` entries, newest first, as JSON-ready dicts: of every user, or only
     of ``uid`` (None: calls of unknown origin)."""
@@ -350,7 +359,8 @@ def recent_entries(connection: sqlite3.Connection, limit: int, *, everyone: bool
                                     (limit,))
     else:
         cursor = connection.execute(
-            "SELECT * FROM ledger_entries WHERE uid IS ? ORDER BY id DESC LIMIT ?",
+            "SELECT * FROM ledger_entries WHERE uid IS NOT DISTINCT FROM ? ORDER BY id DESC "
+            "LIMIT ?",
             (uid, limit))
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

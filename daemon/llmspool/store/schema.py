@@ -10,7 +10,12 @@ import anyio
 
 from llmspool.store import postgres
 from llmspool.store.backend import Backend, StoreLocation
-from llmspool.store.database import migrate_sqlite, migrations, sqlite_schema_version
+from llmspool.store.database import (
+    ensure_state_directory,
+    migrate_sqlite,
+    migrations,
+    sqlite_schema_version,
+)
 
 __all__ = ["SchemaState", "migrate_store", "schema_state"]
 
@@ -51,7 +56,7 @@ async def migrate_store(location: StoreLocation) -> list[str]:
     """Apply the migrations the store lacks (creating it first if it is a new SQLite file);
     returns the names of those applied."""
     if location.backend is Backend.SQLITE:
-        await anyio.Path(location.path.parent).mkdir(parents=True, exist_ok=True, mode=0o750)
+        await ensure_state_directory(location.path.parent)
         return await migrate_sqlite(location.path)
     return await anyio.to_thread.run_sync(postgres.migrate, location)
 

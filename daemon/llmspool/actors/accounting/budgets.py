@@ -55,8 +55,8 @@ class Budgets:
 
     async def know_session(self, session: str | None) -> None:
         if session is not None and session not in self._known_sessions:
-            self.spent[("session", session)] += ledger_sql.spend_of_session(
-                self._database.connection, session)
+            self.spent[("session", session)] += await self._database.run(
+                ledger_sql.spend_of_session, session)
             self._known_sessions.add(session)
 
     def hold(self, key: str, provider: str, operation: str | None, uid: int | None,
@@ -172,7 +172,7 @@ class Budgets:
 
     async def load_today(self) -> None:
         self.day = ledger_sql.utc_day(self._clock())
-        totals = ledger_sql.spend_today_by_scope(self._database.connection, self.day)
+        totals = await self._database.run(ledger_sql.spend_today_by_scope, self.day)
         for (kind, key), (cost, standard, calls, unpriced) in totals.items():
             self.spent[(kind, key)] += cost
             if kind == "day":

@@ -28,17 +28,19 @@ from llmspool.store.ledger import LedgerConnection
 async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, budgets: Budgets,
                        group: GroupCommit, database: LedgerConnection) -> None:
     await group.flush()  # what the asker was told is settled is in the store when it reads
-    status = _status(budgets, group, database)
+    unknown = await database.run(ledger_sql.unknown_outcomes_on, budgets.day)
+    status = _status(budgets, group, unknown)
     if isinstance(query, LedgerEntriesQuery):
-        entries: LedgerEntries = {**status, "entries": _recent_entries(query, database)}
+        recent = await database.run(ledger_sql.recent_entries, query.limit, query.everyone,
+                                    query.uid)
+        entries: LedgerEntries = {**status, "entries": _in_usd(recent)}
         answer(query.reply, entries)
     else:
         answer(query.reply, status)
 
 
-def _status(budgets: Budgets, group: GroupCommit, database: LedgerConnection) -> LedgerStatus:
-    unknown_calls, unknown_cost = ledger_sql.unknown_outcomes_on(database.connection,
-                                                                 budgets.day)
+def _status(budgets: Budgets, group: GroupCommit, unknown: tuple[int, int]) -> LedgerStatus:
+    unknown_calls, unknown_cost = unknown
     return {
         "day": budgets.day,
         "spend_today_usd": usd(budgets.spent[("day", "")]),
@@ -56,10 +58,7 @@ def _status(budgets: Budgets, group: GroupCommit, database: LedgerConnection) ->
     }
 
 
-def _recent_entries(query: LedgerEntriesQuery,
-                    database: LedgerConnection) -> list[dict[str, Any]]:
-    entries = ledger_sql.recent_entries(database.connection, query.limit,
-                                        everyone=query.everyone, uid=query.uid)
+def _in_usd(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in entries:  # the columns, with costs in USD and the flag a boolean
         cost = entry.pop("cost_picodollars")
         standard = entry.pop("standard_cost_picodollars")
