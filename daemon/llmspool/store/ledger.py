@@ -268,6 +268,14 @@ def admit_shared(connection: Connection, candidates: Sequence[Candidate],
     return _transaction(connection, body)
 
 
+def usage_on(connection: Connection, day: str) -> dict[UsageKey, tuple[int, int]]:
+    """The fleet's spent and reserved by scope on ``day`` (a shared store's budget_usage)."""
+    rows = connection.execute("SELECT period, kind, key, spent, reserved FROM budget_usage "
+                              "WHERE period = ?", (day,)).fetchall()
+    return {(period, kind, key): (int(spent), int(reserved))
+            for period, kind, key, spent, reserved in rows}
+
+
 def _usage(connection: Connection, keys: set[UsageKey]) -> dict[UsageKey, tuple[int, int]]:
     found: dict[UsageKey, tuple[int, int]] = {}
     wanted = sorted(keys)

@@ -30,6 +30,8 @@ from llmspool.store.ledger import LedgerConnection
 async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, budgets: Budgets,
                        group: GroupCommit, database: LedgerConnection) -> None:
     await group.flush()  # what the asker was told is settled is in the store when it reads
+    if database.shared:  # the fleet's spend, not only what this daemon saw
+        budgets.observe_usage(await database.run(ledger_sql.usage_on, budgets.day))
     unknown = await database.run(ledger_sql.unknown_outcomes_on, budgets.day)
     status = _status(budgets, group, unknown)
     if database.shared:
