@@ -1,0 +1,172 @@
+"""Four daemon processes on one PostgreSQL database share one daily cap (issue 20).
+
+400 chat calls at once, spread over the four daemons' sockets, under ``[budgets]
+daily_usd``: together they never spend past the cap by more than one reservation per daemon
+(they share the budget in the database, so in fact not past the cap at all), the rest are
+refused with 402 ``budget_day``, and every daemon's ``costs`` ledger is the fleet's, each entry
+naming its daemon. Then the same load with two of the daemons killed (SIGKILL) mid-run: the
+other two take them over when their leases run out, billing their calls in flight at their
+reservations, so the fleet's ledger never shows less than the simulator billed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from llmspool.core.pricing import load_price_table
+from psycopg.rows import dict_row
+
+from tests.support.capped_calls import (
+    PICODOLLARS_PER_USD,
+    Outcome,
+    Shape,
+    all_at_once,
+    call,
+    largest_reservation,
+    true_spend,
+    usd,
+)
+from tests.support.money import billed_calls
+from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim
+
+CAP_USD = 0.02
+CAP = round(CAP_USD * PICODOLLARS_PER_USD)
+DAEMONS = 4
+CALLS = 400
+SHAPE = Shape(max_tokens=300, stream=False)
+FLEET_SIM = UNLIMITED_SIM + 'output_tokens = 300\nlatency = "300ms"\n'
+LEASE = 3.0
+
+
+def fleet_config(url: str, name: str) -> str:
+    return (f'[store]\nurl = "{url}"\nname = "{name}"\nlease = "{LEASE:.0f}s"\n\n'
+            f"[budgets]\ndaily_usd = {CAP_USD}\n")
+
+
+def start_fleet(tmp_path: Path, sim_url: str, url: str) -> list[Daemon]:
+    return [start_daemon(tmp_path / f"d{i}", sim_url, config_toml=fleet_config(url, f"d{i}"),
+                         process=True) for i in range(DAEMONS)]
+
+
+def fleet_entries(url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        return list(connection.execute(b"SELECT * FROM ledger_entries ORDER BY id").fetchall())
+
+
+def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, FLEET_SIM)
+    fleet: list[Daemon] = []
+    try:
+        fleet = start_fleet(tmp_path, sim.url, postgres_url)
+        outcomes = all_at_once(CALLS, lambda i: call(fleet[i % DAEMONS].socket_path,
+                                                     f"call {i} of {CALLS}", SHAPE))
+        _status, costs = fleet[0].get("/v1/ledger?limit=1000")
+        _status, report = fleet[3].get("/v1/status")
+        assert [daemon.terminate() for daemon in fleet] == [0] * DAEMONS
+        calls = billed_calls(sim)
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    admitted = [o for o in outcomes if o.status == 200]
+    refused = [o for o in outcomes if o.status == 402]
+    assert len(admitted) + len(refused) == CALLS, \
+        {(o.status, o.code) for o in outcomes if o.status not in (200, 402)}
+    assert admitted and refused and {o.code for o in refused} == {"budget_day"}
+    table = load_price_table()
+    bound = CAP + DAEMONS * largest_reservation(table, calls, SHAPE.max_tokens)
+    entries = fleet_entries(postgres_url)
+    spent = sum(entry["cost_picodollars"] for entry in entries)
+    assert spent <= bound, f"the fleet spent {usd(spent)} > cap {usd(CAP)} + a reservation each"
+    assert spent <= CAP  # reservations are decided in the database: not even one over
+    assert true_spend(calls, table) <= bound
+    # The simulator served exactly the admitted calls; each daemon made some of them, and
+    # its name is on their entries.
+    assert sorted(c["request_id"] for c in calls) == sorted(str(o.request_id) for o in admitted)
+    assert {entry["daemon"] for entry in entries} == {f"d{i}" for i in range(DAEMONS)}
+    # One ledger: any daemon's /v1/ledger lists every daemon's entries.
+    assert sorted(e["request_id"] for e in costs["entries"]) == \
+        sorted(e["request_id"] for e in entries)
+    assert [daemon["name"] for daemon in report["ledger"]["fleet"]] == \
+        [f"d{i}" for i in range(DAEMONS)]
+
+
+def test_two_daemons_killed_mid_run_are_taken_over_and_the_cap_still_holds(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, FLEET_SIM)
+    fleet: list[Daemon] = []
+    unexpected: list[Outcome] = []
+    over = threading.Event()
+
+    def keep_calling(daemon: Daemon, name: str) -> None:
+        count = 0
+        while not over.is_set():
+            count += 1
+            try:
+                outcome = call(daemon.socket_path, f"{name} call {count}", SHAPE)
+            except (OSError, http.client.HTTPException):
+                return  # its daemon was killed under this call
+            if outcome.status == 402 and outcome.code == "budget_day":
+                over.wait(0.05)
+            elif outcome.status != 200:
+                unexpected.append(outcome)
+
+    try:
+        fleet = start_fleet(tmp_path, sim.url, postgres_url)
+        threads = [threading.Thread(target=keep_calling, daemon=True,
+                                    args=(fleet[i % DAEMONS], f"t{i}")) for i in range(32)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.4)  # calls in flight on every daemon, the cap not yet reached
+        for victim in fleet[2:]:
+            assert victim.process is not None
+            victim.process.kill()
+            victim.process.wait(10)
+        time.sleep(1.0)
+        over.set()
+        for thread in threads:
+            thread.join(15)
+        survivor = fleet[0]
+        give_up = time.monotonic() + 4 * LEASE
+        while True:  # the survivors take the dead over once their leases have run out
+            _status, report = survivor.get("/v1/status")
+            names = [daemon["name"] for daemon in report["ledger"]["fleet"]]
+            if names == ["d0", "d1"] or time.monotonic() > give_up:
+                break
+            time.sleep(0.2)
+        assert names == ["d0", "d1"], report["ledger"]["fleet"]
+        assert [daemon.terminate() for daemon in fleet[:2]] == [0, 0]
+        calls = billed_calls(sim)
+    finally:
+        over.set()
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    assert not unexpected, unexpected[:5]
+    table = load_price_table()
+    entries = fleet_entries(postgres_url)
+    ledger_spend = sum(entry["cost_picodollars"] for entry in entries)
+    billed = true_spend(calls, table)
+    bound = CAP + DAEMONS * largest_reservation(table, calls, SHAPE.max_tokens)
+    assert billed > 0
+    assert ledger_spend >= billed, \
+        f"the ledger shows {usd(ledger_spend)}, the provider billed {usd(billed)}"
+    assert ledger_spend <= bound, f"spent {usd(ledger_spend)} > cap + a reservation each"
+    assert billed <= bound
+    # The killed daemons' calls in flight were billed as unknown outcomes under their names.
+    unknown = {entry["daemon"] for entry in entries if entry["flag"] == "unknown_outcome"}
+    assert unknown <= {"d2", "d3"}
+    with psycopg.connect(postgres_url) as connection:
+        left = connection.execute(b"SELECT daemon, COUNT(*) FROM reservations "
+                                  b"GROUP BY daemon").fetchall()
+    assert left == []
