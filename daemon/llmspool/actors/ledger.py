@@ -15,6 +15,12 @@
 - At start, every call reservation left by a crash becomes an ``unknown_outcome`` entry at its
   reserved cost, and batch lines' reservations count against the caps again: spend after a
   crash is never lower than what may have been spent.
+- In a store several daemons share (PostgreSQL), admissions are decided in the database, in
+  the transaction that commits their reservations, against what the whole fleet has spent and
+  reserved (``GroupCommit``), so caps hold for the fleet. The ledger keeps this daemon's lease
+  (``[store] lease``) and, when it renews it, takes over any daemon whose lease ran out: that
+  daemon's calls in flight are billed at their reservations, as after a crash. At start it
+  settles only its own leftovers; the others' calls may still be running.
 - Crossing ``[budgets] warn_fraction`` of a cap logs a warning, emits an OpenTelemetry event,
   and shows in status, once per crossing.
 - Every entry it counts also goes to the OpenTelemetry counters ``llmspool.spend`` (USD billed,
@@ -62,8 +68,10 @@ from llmspool.messages import (
     StoreJobResults,
     answer,
 )
+from llmspool.store import fleet
 from llmspool.store import ledger as ledger_sql
-from llmspool.store.ledger import LedgerConnection, line_key
+from llmspool.store.fleet import Member
+from llmspool.store.ledger import Candidate, LedgerConnection, line_key
 from llmspool.store.records import Settled
 
 __all__ = ["COMMIT_INTERVAL", "MAX_GROUP", "Cap", "Caps", "Ledger", "LedgerMessage", "Scope"]
@@ -91,17 +99,26 @@ class Ledger:
         tracer: trace.Tracer | None = None,
         meter: metrics.Meter | None = None,
         clock: Callable[[], float] = time.time,
+        member: Member | None = None,
     ) -> None:
         self._inbox = inbox
         self._database = database
         caps = Caps(budgets or BudgetsConfig())
         meter = meter or active().meter  # without one given, the daemon's
         self._budgets = Budgets(caps, database, tracer or trace.NoOpTracer(), meter, clock)
-        self._group = GroupCommit(database, self._budgets, clock)
+        self._member = member
+        self._daemon = member.name if member is not None else None
+        self._group = GroupCommit(database, self._budgets, clock, self._daemon)
         self._clock = clock
         self._closed = False
+        # A shared store: this daemon's lease, renewed three times a lease (monotonic time).
+        self._fleet = member if database.shared else None
+        self._renew_at = float("inf")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._fleet is not None:
+            await self._database.run(fleet.register, self._fleet)
+            self._renew_at = time.monotonic() + self._fleet.lease / 3
         await self._reconcile()
         await self._budgets.load_today()
         task_status.started()
@@ -113,6 +130,8 @@ class Ledger:
                         if self._closed:
                             return
                         await self._group.flush()  # the oldest pending entry has waited enough
+                        if time.monotonic() >= self._renew_at:
+                            await self._renew()
                         continue
                     group = [first]
                     while len(group) < MAX_GROUP:
@@ -121,13 +140,15 @@ class Ledger:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await self._handle(group)
-                    if self._group.new_reservations and len(group) < MAX_GROUP:
+                    if self._group.admitting and len(group) < MAX_GROUP:
                         # One turn of the event loop first: admissions from calls that are
                         # a step behind join this commit instead of waiting for the next.
                         await anyio.lowlevel.checkpoint()
                         await self._handle(self._drain(MAX_GROUP - len(group)))
-                    if self._group.new_reservations or len(self._group.pending) >= MAX_GROUP:
+                    if self._group.admitting or len(self._group.pending) >= MAX_GROUP:
                         await self._group.flush()
+                    if time.monotonic() >= self._renew_at:
+                        await self._renew()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._group.flush()
@@ -143,7 +164,8 @@ class Ledger:
         return waiting
 
     async def _next(self) -> LedgerMessage | None:
-        """The next message; None when the commit window of pending entries has closed."""
+        """The next message; None when the commit window of pending entries has closed, or
+        this daemon's lease is due for renewal."""
         try:
             return self._inbox.receive_nowait()  # the busy case: no timer, no checkpoint
         except anyio.WouldBlock:
@@ -151,14 +173,16 @@ class Ledger:
         except anyio.EndOfStream:
             self._closed = True
             return None
-        if not self._group.pending and not self._group.ended:
+        wake = self._renew_at
+        if self._group.pending or self._group.ended:
+            wake = min(wake, self._group.pending_since + COMMIT_INTERVAL)
+        if wake == float("inf"):
             try:
                 return await self._inbox.receive()
             except anyio.EndOfStream:
                 self._closed = True
                 return None
-        wait = self._group.pending_since + COMMIT_INTERVAL - time.monotonic()
-        with anyio.move_on_after(max(0.0, wait)):
+        with anyio.move_on_after(max(0.0, wake - time.monotonic())):
             try:
                 return await self._inbox.receive()
             except anyio.EndOfStream:
@@ -190,25 +214,64 @@ class Ledger:
 
     async def _admit(self, admit: Admit) -> None:
         now = self._clock()
-        self._budgets.roll_day(now)
-        await self._budgets.know_session(admit.session)
-        error = self._budgets.refusal(admit.provider, admit.operation, admit.uid,
-                                      admit.session, admit.estimate_picodollars)
-        if error is not None:
-            self._budgets.refused += 1
-            answer(admit.reply, error)
-            return
-        self._budgets.hold(admit.request_id, admit.provider, admit.operation, admit.uid,
-                           admit.session, admit.estimate_picodollars)
-        self._group.new_reservations.append((
+        budgets = self._budgets
+        budgets.roll_day(now)
+        await budgets.know_session(admit.session)
+        reservation = (
             admit.request_id, "call", now, admit.provider, admit.model, admit.endpoint.value,
             admit.tier.value, admit.operation, admit.uid, admit.session,
-            admit.estimate_picodollars, None,
-        ))
+            admit.estimate_picodollars, None, self._daemon,
+        )
+        if self._database.shared:  # decided against the fleet when the group commits
+            error = budgets.per_request_refusal(admit.provider, admit.operation, admit.uid,
+                                                admit.estimate_picodollars)
+            if error is None:
+                caps = budgets.cap_checks(admit.provider, admit.operation, admit.uid,
+                                          admit.session)
+                self._group.candidates.append(
+                    (Candidate(reservation, admit.estimate_picodollars, caps), admit))
+                return
+        else:
+            error = budgets.refusal(admit.provider, admit.operation, admit.uid, admit.session,
+                                    admit.estimate_picodollars)
+        if error is not None:
+            budgets.refused += 1
+            answer(admit.reply, error)
+            return
+        budgets.hold(admit.request_id, admit.provider, admit.operation, admit.uid,
+                     admit.session, admit.estimate_picodollars)
+        self._group.new_reservations.append(reservation)
         self._group.admitted.append(admit.reply)  # told once the reservation is committed
 
+    async def _renew(self) -> None:
+        """Renew this daemon's lease, and take over the daemons whose lease ran out."""
+        member = self._fleet
+        if member is None:
+            return
+        self._renew_at = time.monotonic() + member.lease / 3
+        if not await self._database.run(fleet.renew, member):
+            log.warning(
+                "this daemon's lease on the shared store had run out (was it stopped, or cut "
+                "off from the database, for longer than [store] lease = %.0fs?); another "
+                "daemon billed its calls in flight at their reservations; rejoining",
+                member.lease)
+            await self._database.run(fleet.register, member)
+        dead = [name for name in await self._database.run(fleet.expired) if name != member.name]
+        if not dead:
+            return
+        gone, unknown = await self._database.run(ledger_sql.take_over, self._clock(), dead)
+        for entry in unknown:
+            self._budgets.count(entry)
+        if gone:
+            log.warning(
+                "took over %s, whose lease ran out: %d calls it had in flight are billed at "
+                "their reservations as unknown outcomes ($%.6f)", ", ".join(gone),
+                len(unknown), usd(sum(e.cost_picodollars or 0 for e in unknown)))
+
     async def _reconcile(self) -> None:
-        unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock())
+        mine = None if self._fleet is None else [self._fleet.name]
+        unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock(),
+                                                           mine)
         for entry in unknown:  # billed now, at their reservations
             self._budgets.measure(entry, entry.cost_picodollars or 0, 0)
         if unknown:

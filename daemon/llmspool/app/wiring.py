@@ -6,6 +6,8 @@ Nothing here runs: ``llmspool.app.daemon`` starts what ``build_parts`` returns, 
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from llmspool import __version__
 from llmspool.actors.batch_poller import BatchPoller, PollerMessage
 from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
 from llmspool.actors.dispatcher import Dispatcher, DispatcherMessage
@@ -60,10 +63,11 @@ from llmspool.server.uvicorn_server import (
     build_server,
     connection_cap,
 )
-from llmspool.store.backend import StoreLocation
+from llmspool.store.backend import StoreLocation, daemon_name
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.connections import AsyncConnection
 from llmspool.store.database import DATABASE_NAME
+from llmspool.store.fleet import Member
 from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.store.writer import SideWriter
 
@@ -138,8 +142,11 @@ async def build_parts(
     book.observe_many(await recent_latencies(jobs_database))
     book.observe_many(await batch_turnarounds(jobs_database))
     planner = Planner(config, prices, book, clock)
+    # This daemon as a shared store's fleet knows it (its name is on its entries anywhere).
+    member = Member(daemon_name(config), socket.gethostname(), os.getpid(), __version__,
+                    config.store.lease)
     ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
-                    meter=tracing.meter, clock=clock.now)
+                    meter=tracing.meter, clock=clock.now, member=member)
     dispatcher = Dispatcher(
         dispatch_out, freed_in, ledger_in,
         providers=providers,

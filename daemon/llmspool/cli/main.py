@@ -41,7 +41,7 @@ from llmspool.cli.feedback import add_feedback_command
 from llmspool.cli.jobs import add_job_commands
 from llmspool.cli.output import console
 from llmspool.cli.plugins import add_plugins_command
-from llmspool.cli.status_tables import batches_table, breakers_table
+from llmspool.cli.status_tables import batches_table, breakers_table, fleet_table
 from llmspool.cli.store import add_store_commands
 from llmspool.cli.top import add_top_command
 from llmspool.core import unix_http
@@ -292,6 +292,8 @@ def _run_status(args: argparse.Namespace) -> int:
                       f"${ledger['unknown_outcome_today_usd']:.6f}")
     out = console()
     out.print(table)
+    if ledger.get("fleet"):
+        out.print(fleet_table(ledger["fleet"]))
     batches = report.get("batches")
     if batches is not None:
         out.print(batches_table(batches, report.get("batch_submitter") or {}))

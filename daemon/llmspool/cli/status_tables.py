@@ -1,5 +1,5 @@
-"""The tables ``llmspool status`` and ``llmspool top`` share: open batches and circuit breakers,
-from their parts of ``/v1/status``."""
+"""The tables ``llmspool status`` and ``llmspool top`` share: open batches, circuit breakers and
+the fleet of daemons sharing a store, from their parts of ``/v1/status``."""
 
 from __future__ import annotations
 
@@ -44,4 +44,24 @@ def batches_table(batches: Mapping[str, Any], submitter: Mapping[str, Any]) -> A
         table.add_row(batch["id"] or batch["intent"], batch["model"], state,
                       str(batch["completed"]), str(batch["failed"]), str(batch["lines"]),
                       f"{batch['age_s']:.0f} s", f"{batch['deadline_in_s']:.0f} s")
+    return table
+
+
+def fleet_table(fleet: Sequence[Mapping[str, Any]]) -> Any:
+    """The daemons sharing the store: where each runs, its lease, the calls it holds."""
+    from rich.table import Table
+
+    alive = sum(1 for daemon in fleet if daemon["alive"])
+    table = Table(title=f"fleet: {alive} of {len(fleet)} daemons alive (shared store)")
+    for column in ("daemon", "host", "pid", "version", "renewed", "lease left",
+                   "calls in flight", "reserved"):
+        table.add_column(column, justify="left" if column in ("daemon", "host", "version")
+                         else "right")
+    for daemon in fleet:
+        left = daemon["lease_left_seconds"]
+        table.add_row(daemon["name"], daemon["host"], str(daemon["pid"]), daemon["version"],
+                      f"{daemon['renewed_seconds_ago']:.0f} s ago",
+                      f"{left:.0f} s" if left > 0 else "expired",
+                      str(daemon["reservations"]),
+                      f"${daemon['reserved_picodollars'] / 10**12:.6f}")
     return table

@@ -242,6 +242,9 @@ class LedgerStatus(TypedDict):
     commits: int
     budgets: list[BudgetStatus]
     warnings: list[dict[str, Any]]
+    # A store several daemons share: each daemon, its lease and the calls it holds
+    # (store.fleet.fleet_report); the money figures above are then the whole fleet's.
+    fleet: NotRequired[list[dict[str, Any]]]
 
 
 class LedgerEntries(LedgerStatus):

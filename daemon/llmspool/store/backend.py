@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import enum
 import functools
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from llmspool.core.config.sections import Config
 
-__all__ = ["Backend", "StoreLocation", "for_postgresql"]
+__all__ = ["Backend", "StoreLocation", "daemon_name", "for_postgresql"]
 
 DATABASE_NAME = "llmspool.sqlite3"
 
@@ -63,3 +64,9 @@ def for_postgresql(statement: str) -> str:
     """``statement`` with psycopg's placeholders: ``?`` becomes ``%s``, ``%`` becomes ``%%``.
     The store's SQL has no ``?`` or ``%`` inside string literals, so a plain rewrite is exact."""
     return statement.replace("%", "%%").replace("?", "%s")
+
+
+def daemon_name(config: Config) -> str:
+    """This daemon's name in the store: ``[store] name``, else the host and the socket path
+    (unique on a host, since two daemons cannot serve one socket)."""
+    return config.store.name or f"{socket.gethostname()}:{config.daemon.socket}"

@@ -24,7 +24,7 @@ import anyio
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.connect import connect
-from llmspool.store.connections import AsyncConnection, Connection
+from llmspool.store.connections import AsyncConnection, Connection, is_sqlite
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
 from llmspool.store.schema import migrate_store
@@ -38,8 +38,8 @@ INSERT INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
     cost_picodollars, standard_cost_picodollars, session, flag, saving_source,
-    cache_write_tokens, price_version, deadline_window, late, response_id
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    cache_write_tokens, price_version, deadline_window, late, response_id, daemon
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 """
 
@@ -54,7 +54,8 @@ def _day_text(day_number: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
 
 
-def entry_row(entry: Settled) -> tuple[Any, ...]:
+def entry_row(entry: Settled, daemon: str | None = None) -> tuple[Any, ...]:
+    """The row of ``entry`` for ``INSERT_ENTRY``; ``daemon``: the daemon that made the call."""
     usage = entry.usage
     return (
         entry.request_id,
@@ -83,6 +84,7 @@ def entry_row(entry: Settled) -> tuple[Any, ...]:
         entry.deadline_window,
         int(entry.late),
         entry.response_id,
+        daemon,
     )
 
 
@@ -98,6 +100,8 @@ class LedgerConnection:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._on_loop = isinstance(connection, sqlite3.Connection)
+        # PostgreSQL: a store several daemons may share, whose caps hold for all of them.
+        self.shared = not self._on_loop
 
     @classmethod
     def open(cls, location: StoreLocation) -> LedgerConnection:
@@ -146,8 +150,11 @@ async def open_ledger_connection(state_dir: Path) -> LedgerConnection:
 
 def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
     # IMMEDIATE: take the write lock first, so a reading statement inside cannot fail later
-    # with "database is locked" because another connection committed in between.
+    # with "database is locked" because another connection committed in between. On
+    # PostgreSQL, the fleet's money lock: one daemon's money transaction at a time.
     connection.execute("BEGIN IMMEDIATE")
+    if not is_sqlite(connection):
+        connection.execute("SELECT llmspool_money_lock()")
     try:
         result = body()
     except BaseException:
@@ -159,13 +166,13 @@ def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
 
 INSERT_RESERVATION = """
 INSERT INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
-    tier, operation, uid, session, estimate_picodollars, line_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    tier, operation, uid, session, estimate_picodollars, line_id, daemon)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET kind = excluded.kind, reserved_at = excluded.reserved_at,
     provider = excluded.provider, model = excluded.model, endpoint = excluded.endpoint,
     tier = excluded.tier, operation = excluded.operation, uid = excluded.uid,
     session = excluded.session, estimate_picodollars = excluded.estimate_picodollars,
-    line_id = excluded.line_id
+    line_id = excluded.line_id, daemon = excluded.daemon
 """
 
 
@@ -175,26 +182,110 @@ def line_key(line_id: int) -> str:
 
 
 def write_group(connection: Connection, reservations: Sequence[tuple[Any, ...]],
-                entries: Sequence[Settled], ended: Sequence[str]) -> None:
+                entries: Sequence[Settled], ended: Sequence[str],
+                daemon: str | None = None) -> None:
     """One group commit: new reservations, new entries (a repeated request id is ignored),
     and the reservations that ``entries`` settle or that ended without a bill."""
+    _transaction(connection, lambda: _write(connection, reservations, entries, ended, daemon))
 
-    def body() -> None:
-        if reservations:
-            connection.executemany(INSERT_RESERVATION, reservations)
-        if entries:
-            connection.executemany(INSERT_ENTRY, [entry_row(e) for e in entries])
-        gone = [(e.request_id,) for e in entries] + [(key,) for key in ended]
-        if gone:
-            connection.executemany("DELETE FROM reservations WHERE request_id = ?", gone)
 
-    _transaction(connection, body)
+def _write(connection: Connection, reservations: Sequence[tuple[Any, ...]],
+           entries: Sequence[Settled], ended: Sequence[str], daemon: str | None) -> None:
+    if reservations:
+        connection.executemany(INSERT_RESERVATION, reservations)
+    if entries:
+        connection.executemany(INSERT_ENTRY, [entry_row(e, daemon) for e in entries])
+    gone = [(e.request_id,) for e in entries] + [(key,) for key in ended]
+    if gone:
+        connection.executemany("DELETE FROM reservations WHERE request_id = ?", gone)
+
+
+UsageKey = tuple[str, str, str]  # (period, kind, key) of a row of budget_usage
+
+
+@dataclass(frozen=True, slots=True)
+class CapCheck:
+    """One cap an admission is checked against in a shared store."""
+
+    period: str  # the UTC day, or '' for a session
+    kind: str
+    key: str
+    limit: int  # picodollars
+    name: str  # how an operator names it: "[budgets] daily_usd"
+
+    @property
+    def usage_key(self) -> UsageKey:
+        return (self.period, self.kind, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A call (or batch line) asking to be admitted against the fleet's caps."""
+
+    reservation: tuple[Any, ...]  # its row for INSERT_RESERVATION
+    estimate: int
+    caps: tuple[CapCheck, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a candidate was refused: the cap, and what was spent and reserved in it."""
+
+    cap: CapCheck
+    spent: int
+    reserved: int
+
+
+def admit_shared(connection: Connection, candidates: Sequence[Candidate],
+                 entries: Sequence[Settled] = (), ended: Sequence[str] = (),
+                 daemon: str | None = None
+                 ) -> tuple[list[Refusal | None], dict[UsageKey, tuple[int, int]]]:
+    """Decide ``candidates`` against the fleet's usage and commit the admitted ones'
+    reservations with ``entries`` and ``ended`` (``write_group``), in one transaction under
+    the money lock: no other daemon decides or bills between the read and the commit, so
+    caps hold across the fleet. Returns a refusal or None per candidate, and the usage read
+    (with what this group reserved added)."""
+    def body() -> tuple[list[Refusal | None], dict[UsageKey, tuple[int, int]]]:
+        usage = _usage(connection, {cap.usage_key for c in candidates for cap in c.caps})
+        verdicts: list[Refusal | None] = []
+        admitted: list[tuple[Any, ...]] = []
+        for candidate in candidates:
+            verdict = None
+            for cap in candidate.caps:
+                spent, reserved = usage.get(cap.usage_key, (0, 0))
+                if spent + reserved + candidate.estimate > cap.limit:
+                    verdict = Refusal(cap, spent, reserved)
+                    break
+            if verdict is None:
+                for cap in candidate.caps:
+                    spent, reserved = usage.get(cap.usage_key, (0, 0))
+                    usage[cap.usage_key] = (spent, reserved + candidate.estimate)
+                admitted.append(candidate.reservation)
+            verdicts.append(verdict)
+        _write(connection, admitted, entries, ended, daemon)
+        return verdicts, usage
+
+    return _transaction(connection, body)
+
+
+def _usage(connection: Connection, keys: set[UsageKey]) -> dict[UsageKey, tuple[int, int]]:
+    found: dict[UsageKey, tuple[int, int]] = {}
+    wanted = sorted(keys)
+    for start in range(0, len(wanted), 300):
+        chunk = wanted[start:start + 300]
+        rows = connection.execute(
+            "SELECT period, kind, key, spent, reserved FROM budget_usage WHERE "
+            "(period, kind, key) IN (VALUES " + ", ".join(["(?, ?, ?)"] * len(chunk)) + ")",
+            [value for key in chunk for value in key]).fetchall()
+        for period, kind, key, spent, reserved in rows:
+            found[(period, kind, key)] = (int(spent), int(reserved))
+    return found
 
 
 def store_job_results(connection: Connection, results: Sequence[JobResult],
                       entries: Sequence[Settled], now: float,
-                      reservations: Sequence[tuple[Any, ...]] = ()
-                      ) -> tuple[list[int], list[Settled]]:
+                      reservations: Sequence[tuple[Any, ...]] = (),
+                      daemon: str | None = None) -> tuple[list[int], list[Settled]]:
     """Store job results with the ledger entries of their calls, in one transaction; returns
     the ids of the results stored and the entries that were new. A result stored already
     (the call was repeated) is not stored again; its call's entry is still written, because
@@ -203,7 +294,7 @@ def store_job_results(connection: Connection, results: Sequence[JobResult],
         if reservations:
             connection.executemany(INSERT_RESERVATION, reservations)
         new = _new_entries(connection, entries)
-        connection.executemany(INSERT_ENTRY, [entry_row(e) for e in new])
+        connection.executemany(INSERT_ENTRY, [entry_row(e, daemon) for e in new])
         connection.executemany("DELETE FROM reservations WHERE request_id = ?",
                                [(e.request_id,) for e in entries])
         stored = []
@@ -255,45 +346,72 @@ class HeldReservation:
     estimate_picodollars: int
 
 
-def reconcile(connection: Connection, now: float
+def reconcile(connection: Connection, now: float, daemons: Sequence[str] | None = None
               ) -> tuple[list[Settled], list[HeldReservation]]:
     """After a crash: every call reservation left becomes an ``unknown_outcome`` entry at its
     reserved cost (nobody can know whether the provider answered, and so billed, the call);
     a batch line's reservation is kept while a batch carries the line, else dropped. Returns
-    the new entries and the reservations kept."""
-    def body() -> tuple[list[Settled], list[HeldReservation]]:
-        rows = connection.execute(
-            "SELECT request_id, kind, reserved_at, provider, model, endpoint, tier, "
-            "operation, uid, session, estimate_picodollars, line_id FROM reservations"
-        ).fetchall()
-        unknown: list[Settled] = []
-        kept: list[HeldReservation] = []
-        dropped: list[tuple[str]] = []
-        for (request_id, kind, reserved_at, provider, model, endpoint, tier, operation, uid,
-             session, estimate, line_id) in rows:
-            if kind == "line":
-                carried = connection.execute(
-                    "SELECT 1 FROM job_requests WHERE id = ? AND state = 'queued' "
-                    "AND batch_id IS NOT NULL", (line_id,)).fetchone()
-                if carried:
-                    kept.append(HeldReservation(request_id, provider, operation, uid, session,
-                                                int(estimate)))
-                else:
-                    dropped.append((request_id,))
-                continue
-            unknown.append(Settled(
-                request_id=request_id, provider=provider, model=model,
-                endpoint=Endpoint(endpoint), tier=Tier(tier) if tier in _TIERS else
-                Tier.STANDARD, usage=Usage(estimated=True), cost_picodollars=int(estimate),
-                standard_cost_picodollars=int(estimate), caller=Caller(uid=uid),
-                operation=operation, status=0, started_at=float(reserved_at), finished_at=now,
-                session=session, flag="unknown_outcome",
-            ))
-            dropped.append((request_id,))
-        connection.executemany(INSERT_ENTRY, [entry_row(e) for e in unknown])
-        connection.executemany("DELETE FROM reservations WHERE request_id = ?", dropped)
-        return unknown, kept
+    the new entries and the reservations kept. ``daemons``: only the reservations these
+    daemons held (in a shared store, the others' calls may still be running); None: all."""
+    return _transaction(connection, lambda: _reconcile(connection, now, daemons))
 
+
+def _reconcile(connection: Connection, now: float, daemons: Sequence[str] | None
+               ) -> tuple[list[Settled], list[HeldReservation]]:
+    query = ("SELECT request_id, kind, reserved_at, provider, model, endpoint, tier, "
+             "operation, uid, session, estimate_picodollars, line_id, daemon "
+             "FROM reservations")
+    if daemons is not None:
+        query += f" WHERE daemon IN ({', '.join('?' * len(daemons))})" if daemons else \
+            " WHERE FALSE"
+    rows = connection.execute(query, list(daemons or ())).fetchall()
+    unknown: list[tuple[Settled, str | None]] = []
+    kept: list[HeldReservation] = []
+    dropped: list[tuple[str]] = []
+    for (request_id, kind, reserved_at, provider, model, endpoint, tier, operation, uid,
+         session, estimate, line_id, daemon) in rows:
+        if kind == "line":
+            carried = connection.execute(
+                "SELECT 1 FROM job_requests WHERE id = ? AND state = 'queued' "
+                "AND batch_id IS NOT NULL", (line_id,)).fetchone()
+            if carried:
+                kept.append(HeldReservation(request_id, provider, operation, uid, session,
+                                            int(estimate)))
+            else:
+                dropped.append((request_id,))
+            continue
+        unknown.append((Settled(
+            request_id=request_id, provider=provider, model=model,
+            endpoint=Endpoint(endpoint), tier=Tier(tier) if tier in _TIERS else
+            Tier.STANDARD, usage=Usage(estimated=True), cost_picodollars=int(estimate),
+            standard_cost_picodollars=int(estimate), caller=Caller(uid=uid),
+            operation=operation, status=0, started_at=float(reserved_at), finished_at=now,
+            session=session, flag="unknown_outcome",
+        ), daemon))
+        dropped.append((request_id,))
+    connection.executemany(INSERT_ENTRY, [entry_row(e, daemon) for e, daemon in unknown])
+    connection.executemany("DELETE FROM reservations WHERE request_id = ?", dropped)
+    return [entry for entry, _daemon in unknown], kept
+
+
+def take_over(connection: Connection, now: float, names: Sequence[str]
+              ) -> tuple[list[str], list[Settled]]:
+    """Settle the calls of the daemons ``names`` whose lease is still over when checked under
+    the money lock (one that renewed meanwhile is spared): their call reservations become
+    ``unknown_outcome`` entries, and their rows leave ``daemons``. Returns the daemons taken
+    over and the entries made."""
+    def body() -> tuple[list[str], list[Settled]]:
+        marks = ", ".join("?" * len(names))
+        gone = [row[0] for row in connection.execute(
+            f"DELETE FROM daemons WHERE name IN ({marks}) AND lease_until < "
+            "EXTRACT(EPOCH FROM clock_timestamp()) RETURNING name", list(names)).fetchall()]
+        if not gone:
+            return [], []
+        unknown, _kept = _reconcile(connection, now, gone)
+        return gone, unknown
+
+    if not names:
+        return [], []
     return _transaction(connection, body)
 
 

@@ -21,10 +21,22 @@ from llmspool.actors.accounting.caps import Cap, Caps, Scope
 from llmspool.core.errors import BudgetExceeded
 from llmspool.core.pricing import usd
 from llmspool.store import ledger as ledger_sql
-from llmspool.store.ledger import LedgerConnection
+from llmspool.store.ledger import CapCheck, LedgerConnection, UsageKey
 from llmspool.store.records import Settled
 
 log = logging.getLogger("llmspool.actors.ledger")  # the ledger's, as before the split
+
+
+def exceeded(name: str, limit: int, kind: str, spent: int, reserved: int,
+             estimate: int) -> BudgetExceeded:
+    """The refusal of a call whose ``estimate`` would take the cap ``name`` past ``limit``."""
+    return BudgetExceeded(
+        f"{name} = ${usd(limit):.6f} would be exceeded: ${usd(spent):.6f} "
+        f"spent and ${usd(reserved):.6f} reserved by calls in flight "
+        f"{'in this session' if kind == 'session' else 'today (UTC)'}, and "
+        f"this request may cost up to ${usd(estimate):.6f}",
+        code=f"budget_{kind}",
+    )
 
 
 class Budgets:
@@ -68,6 +80,19 @@ class Budgets:
 
     def refusal(self, provider: str, operation: str | None, uid: int | None,
                 session: str | None, estimate: int) -> BudgetExceeded | None:
+        """Why a call of ``estimate`` must be refused, counting what this daemon knows."""
+        error = self.per_request_refusal(provider, operation, uid, estimate)
+        if error is not None:
+            return error
+        for cap in self.caps.scoped(provider, operation, uid, session):
+            spent, reserved = self.spent[cap.scope], self.reserved[cap.scope]
+            if spent + reserved + estimate > cap.limit:
+                return exceeded(cap.name, cap.limit, cap.scope[0], spent, reserved, estimate)
+        return None
+
+    def per_request_refusal(self, provider: str, operation: str | None, uid: int | None,
+                            estimate: int) -> BudgetExceeded | None:
+        """Why one call of ``estimate`` is too dear whatever was spent (a per-request cap)."""
         for limit, name in self.caps.per_request(provider, operation, uid):
             if estimate > limit:
                 return BudgetExceeded(
@@ -75,17 +100,22 @@ class Budgets:
                     f"${usd(limit):.6f}; lower max_tokens or raise the cap",
                     code="budget_per_request",
                 )
-        for cap in self.caps.scoped(provider, operation, uid, session):
-            spent, reserved = self.spent[cap.scope], self.reserved[cap.scope]
-            if spent + reserved + estimate > cap.limit:
-                return BudgetExceeded(
-                    f"{cap.name} = ${usd(cap.limit):.6f} would be exceeded: ${usd(spent):.6f} "
-                    f"spent and ${usd(reserved):.6f} reserved by calls in flight "
-                    f"{'in this session' if cap.scope[0] == 'session' else 'today (UTC)'}, and "
-                    f"this request may cost up to ${usd(estimate):.6f}",
-                    code=f"budget_{cap.scope[0]}",
-                )
         return None
+
+    def cap_checks(self, provider: str, operation: str | None, uid: int | None,
+                   session: str | None) -> tuple[CapCheck, ...]:
+        """The scoped caps of a call, as a shared store checks them (today's, or the
+        session's), for ``store.ledger.admit_shared``."""
+        return tuple(
+            CapCheck("" if cap.scope[0] == "session" else self.day, cap.scope[0], cap.scope[1],
+                     cap.limit, cap.name)
+            for cap in self.caps.scoped(provider, operation, uid, session))
+
+    def observe_usage(self, usage: dict[UsageKey, tuple[int, int]]) -> None:
+        """Take the fleet's spend from a shared store's usage, as read at an admission."""
+        for (period, kind, key), (spent, _reserved) in usage.items():
+            if period == ("" if kind == "session" else self.day):
+                self.spent[(kind, key)] = spent
 
     def release(self, request_id: str) -> bool:
         """End a reservation in memory; False if there was none (settled, or never made)."""

@@ -3,6 +3,9 @@
 - ``GroupCommit`` gathers what the ledger must write (settled entries, new reservations, ended
   reservations) and the admitted calls waiting for their reservations to be durable; ``flush``
   commits them in one transaction (``store.ledger.write_group``), then admits those calls.
+  In a store shared by several daemons (PostgreSQL), calls are not decided in memory: they
+  wait as candidates, and ``flush`` decides them against the fleet's usage in the same
+  transaction that commits their reservations (``store.ledger.admit_shared``).
 - ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
   entries, in one transaction, after what is pending; ``ReserveLines`` reserves batch lines
   before they are put into a batch, storing the refused ones as ``budget_*`` failures.
@@ -19,13 +22,13 @@ import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from llmspool.actors.accounting.budgets import Budgets
+from llmspool.actors.accounting.budgets import Budgets, exceeded
 from llmspool.core.errors import ApiError
 from llmspool.core.states import RequestState
-from llmspool.messages import GONE, ReserveLines, StoreBatchChunk, StoreJobResults
+from llmspool.messages import GONE, Admit, ReserveLines, StoreBatchChunk, StoreJobResults, answer
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.batch_results import store_batch_chunk
-from llmspool.store.ledger import LedgerConnection, line_key
+from llmspool.store.ledger import Candidate, LedgerConnection, Refusal, line_key
 from llmspool.store.records import BatchChunkStored, JobResult, Settled
 
 
@@ -33,12 +36,14 @@ class GroupCommit:
     """What waits for the next commit, the commit itself, and the stores of deferred results."""
 
     def __init__(self, database: LedgerConnection, budgets: Budgets,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], daemon: str | None = None) -> None:
         self._database = database
         self._budgets = budgets
         self._clock = clock
+        self._daemon = daemon
         self.pending: list[Settled] = []
         self.new_reservations: list[tuple[Any, ...]] = []
+        self.candidates: list[tuple[Candidate, Admit]] = []
         self.ended: list[str] = []
         self.admitted: list[MemoryObjectSendStream[ApiError | None]] = []
         self.pending_since = 0.0
@@ -50,28 +55,58 @@ class GroupCommit:
             self.pending_since = time.monotonic()
         self.pending.append(entry)
 
+    @property
+    def admitting(self) -> bool:
+        """Calls wait for this group's commit to be admitted."""
+        return bool(self.new_reservations or self.candidates)
+
     async def flush(self) -> None:
         """Commit what is pending, then admit the calls whose reservations it made durable."""
-        if not (self.pending or self.new_reservations or self.ended):
+        if not (self.pending or self.new_reservations or self.ended or self.candidates):
             return
         entries, self.pending = self.pending, []
         reservations, self.new_reservations = self.new_reservations, []
         ended, self.ended = self.ended, []
         admitted, self.admitted = self.admitted, []
+        candidates, self.candidates = self.candidates, []
         # Shielded: a commit that has started finishes even while the daemon stops.
         with anyio.CancelScope(shield=True):
-            await self._database.run(ledger_sql.write_group, reservations, entries, ended)
+            if candidates:
+                verdicts, usage = await self._database.run(
+                    ledger_sql.admit_shared, [c for c, _admit in candidates], entries, ended,
+                    self._daemon)
+            else:
+                await self._database.run(ledger_sql.write_group, reservations, entries, ended,
+                                         self._daemon)
         self.commits += 1
         for reply in admitted:
             with contextlib.suppress(*GONE):
                 reply.send_nowait(None)
+        if candidates:
+            self._budgets.observe_usage(usage)
+            for (candidate, admit), verdict in zip(candidates, verdicts, strict=True):
+                self._answer(candidate, admit, verdict)
+
+    def _answer(self, candidate: Candidate, admit: Admit, verdict: Refusal | None) -> None:
+        """Tell a candidate the fleet's verdict; an admitted one is held here too."""
+        budgets = self._budgets
+        if verdict is None:
+            budgets.hold(admit.request_id, admit.provider, admit.operation, admit.uid,
+                         admit.session, candidate.estimate)
+            answer(admit.reply, None)
+            return
+        budgets.refused += 1
+        cap = verdict.cap
+        answer(admit.reply, exceeded(cap.name, cap.limit, cap.kind, verdict.spent,
+                                     verdict.reserved, candidate.estimate))
 
     # --- deferred results -----------------------------------------------------------------
 
     async def store_job_results(self, message: StoreJobResults) -> None:
         await self.flush()  # reservations these entries settle are on disk first
         stored, new = await self._database.run(
-            ledger_sql.store_job_results, message.results, message.entries, self._clock())
+            ledger_sql.store_job_results, message.results, message.entries, self._clock(),
+            (), self._daemon)
         fresh = {entry.request_id for entry in new}
         for entry in message.entries:
             if entry.request_id in fresh:
@@ -86,26 +121,51 @@ class GroupCommit:
         now = self._clock()
         budgets.roll_day(now)
         rows: list[tuple[Any, ...]] = []
+        candidates: list[Candidate] = []
         refused: list[JobResult] = []
         for line in message.lines:
-            error = budgets.refusal(line.provider, line.operation, line.uid, None,
-                                    line.estimate_picodollars)
+            error = (budgets.per_request_refusal(line.provider, line.operation, line.uid,
+                                                 line.estimate_picodollars)
+                     if self._database.shared else
+                     budgets.refusal(line.provider, line.operation, line.uid, None,
+                                     line.estimate_picodollars))
             if error is not None:
                 budgets.refused += 1
                 refused.append(_refused_line(line.line_id, line.job_id, line.custom_id, error))
                 continue
             key = line_key(line.line_id)
+            row = (key, "line", now, line.provider, line.model, line.endpoint.value, "batch",
+                   line.operation, line.uid, None, line.estimate_picodollars, line.line_id,
+                   self._daemon)
+            if self._database.shared:
+                candidates.append(Candidate(row, line.estimate_picodollars, budgets.cap_checks(
+                    line.provider, line.operation, line.uid, None)))
+                continue
             budgets.hold(key, line.provider, line.operation, line.uid, None,
                          line.estimate_picodollars)
-            rows.append((key, "line", now, line.provider, line.model, line.endpoint.value,
-                         "batch", line.operation, line.uid, None, line.estimate_picodollars,
-                         line.line_id))
+            rows.append(row)
         await self.flush()
+        if candidates:  # decided against the fleet, and reserved, in one transaction
+            verdicts, usage = await self._database.run(ledger_sql.admit_shared, candidates)
+            budgets.observe_usage(usage)
+            lines = {line_key(line.line_id): line for line in message.lines}
+            for candidate, verdict in zip(candidates, verdicts, strict=True):
+                line = lines[candidate.reservation[0]]
+                if verdict is None:
+                    budgets.hold(candidate.reservation[0], line.provider, line.operation,
+                                 line.uid, None, candidate.estimate)
+                    continue
+                budgets.refused += 1
+                cap = verdict.cap
+                refused.append(_refused_line(line.line_id, line.job_id, line.custom_id,
+                                             exceeded(cap.name, cap.limit, cap.kind,
+                                                      verdict.spent, verdict.reserved,
+                                                      candidate.estimate)))
         stored: list[int] = []
         if rows or refused:
             # The lines' reservations and the refused lines' results: one transaction.
             stored, _new = await self._database.run(ledger_sql.store_job_results, refused, [],
-                                                    now, rows)
+                                                    now, rows, self._daemon)
         with contextlib.suppress(*GONE):
             message.reply.send_nowait([r for r in refused if r.request_id in set(stored)])
 

@@ -1,5 +1,6 @@
 """The ledger's answers to ``StatusQuery`` (its status snapshot: spend, savings,
-reservations, the daily caps and how full they are, warnings, commits) and to
+reservations, the daily caps and how full they are, warnings, commits, and in a shared store
+the fleet of daemons) and to
 ``LedgerEntriesQuery`` (the same, with the recent entries).
 
 Answered after a flush, so what the asker was told is settled is in the store when it reads.
@@ -21,6 +22,7 @@ from llmspool.messages import (
     StatusQuery,
     answer,
 )
+from llmspool.store import fleet
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import LedgerConnection
 
@@ -30,6 +32,8 @@ async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, bu
     await group.flush()  # what the asker was told is settled is in the store when it reads
     unknown = await database.run(ledger_sql.unknown_outcomes_on, budgets.day)
     status = _status(budgets, group, unknown)
+    if database.shared:
+        status["fleet"] = await database.run(fleet.fleet_report)
     if isinstance(query, LedgerEntriesQuery):
         recent = await database.run(ledger_sql.recent_entries, query.limit, query.everyone,
                                     query.uid)

@@ -130,6 +130,10 @@ def _store(table: Mapping[str, Any]) -> StoreConfig:
         _problem(ConfigError("store.url", f"expected \"\" (SQLite in the state directory) or "
                                           f"a postgresql:// URL, got {store.url!r}"))
         return StoreConfig()
+    if store.lease < 3.0:
+        _problem(ConfigError("store.lease", f"expected at least 3s (a daemon renews its lease "
+                                            f"three times a lease), got {store.lease}s"))
+        return StoreConfig(url=store.url, name=store.name)
     return store
 
 

@@ -312,6 +312,12 @@ class StoreConfig:
     # "": SQLite in the state directory. "postgresql://USER@HOST/DB": PostgreSQL, which
     # several daemons may share (libpq's PGPASSWORD and ~/.pgpass supply a password).
     url: str = ""
+    # This daemon's name in a shared store, on its ledger entries and reservations; unique
+    # per daemon. "": the host name and the socket path.
+    name: str = ""
+    # How long a daemon's lease on a shared store lasts; it renews it three times a lease.
+    # A daemon silent for longer is dead: another settles the calls it had in flight.
+    lease: float = _duration("30s")
 
 
 def _default_providers() -> dict[str, ProviderConfig]:

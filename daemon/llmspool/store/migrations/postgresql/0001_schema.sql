@@ -6,8 +6,9 @@
 -- column (whose ids, unlike SQLite's rowids, are never reused after a delete). Rows the SQLite
 -- migrations copied from older tables have no counterpart: this schema starts empty.
 --
--- Later migrations come in pairs, one number for both backends: sqlite/NNNN_name.sql and
--- postgresql/NNNN_name.sql, starting at 0011, each bringing its backend to the same version.
+-- Each backend numbers its migrations 1..N without gaps (llmspool_schema here, PRAGMA
+-- user_version there). A later change to both is a pair with the same name: this file's
+-- successor postgresql/0002_fleet.sql goes with sqlite/0011_fleet.sql.
 
 -- The cost ledger: one row per settled call, append-only.
 CREATE TABLE ledger_entries (

@@ -1,0 +1,74 @@
+"""The daemons sharing a PostgreSQL store, and their leases (``daemons``, migration
+postgresql/0002_fleet.sql).
+
+A daemon registers as it starts and renews its lease (``[store] lease``) three times a lease;
+one whose lease has run out is dead, and the next daemon to renew takes it over
+(``store.ledger.take_over``). Lease times are the database server's clock, the one clock every
+host of the fleet shares, so a host's skewed clock cannot expire another's lease early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmspool.store.connections import Connection
+
+__all__ = ["Member", "expired", "fleet_report", "register", "renew"]
+
+_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """This daemon, as the fleet knows it."""
+
+    name: str
+    host: str
+    pid: int
+    version: str
+    lease: float  # seconds
+
+
+def register(connection: Connection, member: Member) -> None:
+    """Join the fleet (again, after a restart under the same name), with a fresh lease."""
+    connection.execute(
+        "INSERT INTO daemons (name, host, pid, version, started_at, renewed_at, lease_until) "
+        f"VALUES (?, ?, ?, ?, {_NOW}, {_NOW}, {_NOW} + ?) ON CONFLICT (name) DO UPDATE SET "
+        "host = excluded.host, pid = excluded.pid, version = excluded.version, "
+        "started_at = excluded.started_at, renewed_at = excluded.renewed_at, "
+        "lease_until = excluded.lease_until",
+        (member.name, member.host, member.pid, member.version, member.lease))
+
+
+def renew(connection: Connection, member: Member) -> bool:
+    """Extend this daemon's lease; False if its row was gone (others took it for dead)."""
+    cursor = connection.execute(
+        f"UPDATE daemons SET renewed_at = {_NOW}, lease_until = {_NOW} + ? WHERE name = ?",
+        (member.lease, member.name))
+    return cursor.rowcount == 1
+
+
+def expired(connection: Connection) -> list[str]:
+    """The daemons whose lease has run out."""
+    rows = connection.execute(
+        f"SELECT name FROM daemons WHERE lease_until < {_NOW} ORDER BY name").fetchall()
+    return [row[0] for row in rows]
+
+
+def fleet_report(connection: Connection) -> list[dict[str, Any]]:
+    """Every daemon of the fleet: where it runs, how fresh its lease is, and the calls it
+    holds reservations for, as ``llmspool status`` shows them."""
+    rows = connection.execute(
+        "SELECT d.name, d.host, d.pid, d.version, d.started_at, "
+        f"{_NOW} - d.renewed_at, d.lease_until - {_NOW}, "
+        "COUNT(r.request_id), COALESCE(SUM(r.estimate_picodollars), 0) "
+        "FROM daemons d LEFT JOIN reservations r ON r.daemon = d.name "
+        "GROUP BY d.name, d.host, d.pid, d.version, d.started_at, d.renewed_at, d.lease_until "
+        "ORDER BY d.name").fetchall()
+    return [{
+        "name": name, "host": host, "pid": int(pid), "version": version,
+        "started_at": float(started), "renewed_seconds_ago": round(float(age), 3),
+        "lease_left_seconds": round(float(left), 3), "alive": float(left) > 0,
+        "reservations": int(held), "reserved_picodollars": int(amount),
+    } for name, host, pid, version, started, age, left, held, amount in rows]
