@@ -98,7 +98,7 @@ class BatchPoller:
             "batches open upstream, by provider")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._store = await batch_sql.ThreadedConnection.open(self._context.database_path)
+        self._store = await batch_sql.ThreadedConnection.open(self._context.store_location)
         self._escalation = Escalation(self._store, self._context)
         self._retrieval = Retrieval(self._store, self._context, self._prices, self._submitter,
                                     self._ledger)

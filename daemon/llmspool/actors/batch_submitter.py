@@ -67,7 +67,7 @@ class BatchSubmitter:
         self._poller = poller
         self._keeper = keeper
         self._context = context
-        self._database_path = context.database_path
+        self._store_location = context.store_location
         self._folder = context.state_dir / "batches"
         self._clock = context.planner.clock
         self._groups = Groups(context.providers, context.config, context.planner)
@@ -78,7 +78,7 @@ class BatchSubmitter:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await anyio.Path(self._folder).mkdir(parents=True, exist_ok=True)
-        self._store = await batch_sql.ThreadedConnection.open(self._database_path)
+        self._store = await batch_sql.ThreadedConnection.open(self._store_location)
         self._maker = BatchMaker(self._store, self._context, self._reserver, self._poller,
                                  self._keeper, self._ledger)
         try:

@@ -63,7 +63,7 @@ from llmspool.server.uvicorn_server import (
     build_server,
     connection_cap,
 )
-from llmspool.store.backend import daemon_name
+from llmspool.store.backend import StoreLocation, daemon_name
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.connections import AsyncConnection
 from llmspool.store.database import DATABASE_NAME
@@ -174,7 +174,7 @@ async def build_parts(
     cache_rules = CacheRules(config.cache, config.operations)
     cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                           state_dir=config.state_path, planner=planner,
-                          batches=PendingBatches(config.state_path, planner),
+                          batches=PendingBatches(StoreLocation.of(config), planner),
                           near=NearDuplicates(config.cache)
                           if any(op.similar for op in config.operations.values()) else None)
     batch_providers = {name: provider for name, provider in providers.items()
@@ -182,7 +182,7 @@ async def build_parts(
     crash = CrashPoints(environ)
     batches_ready = anyio.Event()
     batch_context = BatchContext(
-        batch_providers, config.state_path / DATABASE_NAME, config.state_path, planner,
+        batch_providers, StoreLocation.of(config), config.state_path, planner,
         config.batch, tracing.tracer, crash, batches_ready,
     )
     submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),

@@ -13,6 +13,7 @@ from llmspool.core.config.sections import BatchConfig
 from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.provider import BatchProvider
 from llmspool.policy.planner import Planner
+from llmspool.store.backend import StoreLocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class BatchContext:
     """
 
     providers: Mapping[str, BatchProvider]
-    database_path: Path
+    store_location: StoreLocation  # the store the batch rows and their lines are kept in
     state_dir: Path
     planner: Planner
     config: BatchConfig

@@ -9,12 +9,11 @@ batch was submitted, before the call's deadline less the time a standard call ne
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 from llmspool.core.calls import Tier
 from llmspool.policy.planner import Planner
-from llmspool.store.database import DATABASE_NAME
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import is_sqlite
 
 _PENDING = (
     "SELECT b.provider, b.model, COALESCE(b.submitted_at, b.created_at) "
@@ -27,11 +26,12 @@ _PENDING = (
 class PendingBatches:
     """Reads the job store (never writes it), on the caller's thread: one indexed lookup."""
 
-    def __init__(self, state_dir: Path, planner: Planner) -> None:
-        self._connection = sqlite3.connect(
-            f"file:{state_dir / DATABASE_NAME}?mode=ro", uri=True, check_same_thread=False,
-            isolation_level=None)
-        self._connection.execute("PRAGMA query_only=ON")
+    def __init__(self, location: StoreLocation, planner: Planner) -> None:
+        # A reader waits for SQLite's lock no longer than sqlite3's default (5 s): it runs on
+        # the caller's thread. A PostgreSQL session opened read-only cannot write either.
+        self._connection = connect(location, lock_wait_ms=5_000, read_only=True)
+        if is_sqlite(self._connection):
+            self._connection.execute("PRAGMA query_only=ON")
         self._planner = planner
 
     def expected_end(self, key: bytes) -> float | None:

@@ -1,21 +1,22 @@
 """A batch's files on disk: where they live, writing the input file, reading line ids back
 from it, the name it is uploaded under, and removing them once the batch is finished.
 
-Synchronous, like ``store.batches``: the batch actors run these in a worker thread.
+Synchronous, like ``store.batches``: the batch actors run these in a worker thread, on their
+connection to the store (either backend).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from pathlib import Path
 
 from llmspool.core.batch_lines import BatchFiles
 from llmspool.store.batches import BatchRow
+from llmspool.store.connections import Connection
 
 
-def write_input_file(connection: sqlite3.Connection, batch: BatchRow, path: Path) -> int:
+def write_input_file(connection: Connection, batch: BatchRow, path: Path) -> int:
     """Write the batch's JSONL input file (atomically: whole or absent); returns its lines.
 
     Line order is by request id, and ``custom_id`` is ``r<request id>``, so a validation error

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from llmspool.core.states import RequestState
 from llmspool.core.wire import kept_json, response_id_of, usage_of
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.store.batches import BatchRow, complete_jobs, finish_batch
+from llmspool.store.connections import Connection
 from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
 from llmspool.store.records import (
     BatchChunk,
@@ -85,7 +85,7 @@ class ResultMapper:
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, batch: BatchRow, prices: PriceBook,
+        self, connection: Connection, batch: BatchRow, prices: PriceBook,
         now: float, *, after_first_chunk: Callable[[], None] | None = None,
         commit: Callable[[BatchChunk], BatchChunkStored] | None = None,
     ) -> None:
@@ -108,7 +108,7 @@ class ResultMapper:
             "SELECT r.id, r.job_id, r.custom_id, r.attempts, j.operation, j.uid, r.cache_key, "
             "r.cache_ttl, r.deadline_at, j.created_at, r.routed_from_provider, "
             "r.routed_from_model FROM job_requests r "
-            "JOIN jobs j ON j.id = r.job_id WHERE r.batch_id = ?",
+            "JOIN jobs j ON j.id = r.job_id WHERE r.batch_id = ? ORDER BY r.id",
             (self._batch.id,),
         )
         return {int(i): _Line(str(j), str(c), int(a), o, u, True, k, t, float(d), float(s),
@@ -267,7 +267,7 @@ class ResultMapper:
         return self.report
 
 
-def store_batch_chunk(connection: sqlite3.Connection, chunk: BatchChunk) -> BatchChunkStored:
+def store_batch_chunk(connection: Connection, chunk: BatchChunk) -> BatchChunkStored:
     """Store a chunk of a batch's results with their ledger entries, and end the reservations
     of the lines it answers, in one transaction. Each result is stored only if its line still
     waits, each entry only if new: storing a chunk again after a crash changes nothing."""
@@ -308,7 +308,7 @@ def store_batch_chunk(connection: sqlite3.Connection, chunk: BatchChunk) -> Batc
     return BatchChunkStored(stored, billed, paid_twice)
 
 
-def _existing(connection: sqlite3.Connection, query: str, keys: Sequence[Any]) -> set[Any]:
+def _existing(connection: Connection, query: str, keys: Sequence[Any]) -> set[Any]:
     """Which of ``keys`` the query (with ``{marks}`` for the list) finds."""
     found: set[Any] = set()
     for start in range(0, len(keys), 900):

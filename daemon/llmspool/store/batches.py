@@ -1,10 +1,11 @@
 """The batch rows' lifecycle, and the SQL that moves a batch's lines: synchronous, run in a thread.
 
 The batch actors move tens of thousands of lines at a time (assign them to a batch, write the
-input file, store the results and their ledger entries). Done through aiosqlite, every
-statement is a hop to its thread and back; here each step is one function that the actor runs
-with ``anyio.to_thread.run_sync`` on its own ``sqlite3`` connection (``ThreadedConnection``),
-so a 100,000-line batch is mapped in seconds.
+input file, store the results and their ledger entries). Done through an asynchronous
+connection, every statement is a hop to its thread and back; here each step is one function
+that the actor runs with ``anyio.to_thread.run_sync`` on its own synchronous connection to the
+store, SQLite or PostgreSQL (``ThreadedConnection``), so a 100,000-line batch is mapped in
+seconds.
 
 This module owns a batch's row from intent to finished: opening it (assigning lines),
 marking it uploaded, submitted, polled, cancel-requested, giving lines back and finishing it,
@@ -13,38 +14,38 @@ finished batch's results is ``store.batch_results``; its files on disk, ``store.
 
 Exactly once, across crashes: every write is guarded by the state it expects
 (``WHERE batch_id = ? AND state = 'queued'``), a batch line's ledger entry has a deterministic
-request id (``INSERT OR IGNORE``), and a batch is marked finished in the same transaction that
+request id (stored only if new), and a batch is marked finished in the same transaction that
 gives its unfinished lines back. Repeating any step after a crash changes nothing twice.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 import anyio
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.states import BatchState
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import AsyncConnection, Connection
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import BatchCandidate, RequeuedLine
 
 _T = TypeVar("_T")
 
 class ThreadedConnection:
-    """One batch actor's ``sqlite3`` connection: each call to a function of the store's batch
+    """One batch actor's connection to the store: each call to a function of the store's batch
     modules runs in a worker thread, one at a time (the actor awaits each before the next)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
     @classmethod
-    async def open(cls, path: Path) -> ThreadedConnection:
-        return cls(await anyio.to_thread.run_sync(connect, path))
+    async def open(cls, location: StoreLocation) -> ThreadedConnection:
+        return cls(await anyio.to_thread.run_sync(connect, location))
 
     async def run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``function(connection, *args, **kwargs)`` in a worker thread. Not cancellable
@@ -55,17 +56,6 @@ class ThreadedConnection:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.connection.close)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection for one batch actor, used from one worker thread at a time."""
-    connection = sqlite3.connect(path, isolation_level=None, timeout=30.0,
-                                 check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute("PRAGMA busy_timeout=30000")
-    return connection
 
 
 @dataclass(slots=True)
@@ -132,7 +122,7 @@ def _batch(row: Sequence[Any]) -> BatchRow:
 
 
 def open_batch(
-    connection: sqlite3.Connection, intent: str, candidates: Sequence[BatchCandidate],
+    connection: Connection, intent: str, candidates: Sequence[BatchCandidate],
     traceparents: Iterable[str], now: float,
 ) -> BatchRow | None:
     """Record the intent to send ``candidates`` as one batch and assign them to it, in one
@@ -141,12 +131,12 @@ def open_batch(
     deadline = min(c.deadline_at for c in candidates)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        cursor = connection.execute(
+        (batch_id,) = connection.execute(
             "INSERT INTO batches (intent, provider, endpoint, model, state, lines, bytes, "
-            "tokens, deadline_at, created_at) VALUES (?, ?, ?, ?, 'intent', 0, 0, 0, ?, ?)",
+            "tokens, deadline_at, created_at) VALUES (?, ?, ?, ?, 'intent', 0, 0, 0, ?, ?) "
+            "RETURNING id",
             (intent, first.provider, first.endpoint.value, first.model, deadline, now),
-        )
-        batch_id = cursor.lastrowid
+        ).fetchone()
         connection.executemany(
             "UPDATE job_requests SET batch_id = ? WHERE id = ? AND state = 'queued' "
             "AND batch_id IS NULL",
@@ -171,13 +161,12 @@ def open_batch(
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
-    assert batch_id is not None
-    return BatchRow(batch_id, intent, first.provider, first.endpoint, first.model,
+    return BatchRow(int(batch_id), intent, first.provider, first.endpoint, first.model,
                     BatchState.INTENT, lines, size, tokens, deadline, now,
                     traceparents=list(traceparents))
 
 
-def lines_to_reserve(connection: sqlite3.Connection, ids: Sequence[int]
+def lines_to_reserve(connection: Connection, ids: Sequence[int]
                      ) -> list[tuple[int, str, str, bytes, str | None, int | None]]:
     """(id, job id, custom id, body, operation, uid) of the still-queued requests ``ids``, to
     reserve them against the caps before they are put into a batch."""
@@ -191,7 +180,7 @@ def lines_to_reserve(connection: sqlite3.Connection, ids: Sequence[int]
     return found
 
 
-def mark_uploaded(connection: sqlite3.Connection, batch: BatchRow, file_id: str | None) -> None:
+def mark_uploaded(connection: Connection, batch: BatchRow, file_id: str | None) -> None:
     """The input is upstream (``file_id`` None: it goes with the create call)."""
     connection.execute(
         "UPDATE batches SET state = 'uploaded', input_file_id = ? WHERE id = ?",
@@ -201,7 +190,7 @@ def mark_uploaded(connection: sqlite3.Connection, batch: BatchRow, file_id: str 
 
 
 def mark_submitted(
-    connection: sqlite3.Connection, batch: BatchRow, remote_id: str, status: str, now: float
+    connection: Connection, batch: BatchRow, remote_id: str, status: str, now: float
 ) -> None:
     connection.execute(
         "UPDATE batches SET state = 'submitted', remote_id = ?, remote_status = ?, "
@@ -213,7 +202,7 @@ def mark_submitted(
 
 
 def record_poll(
-    connection: sqlite3.Connection, batch: BatchRow, status: str, completed: int, failed: int,
+    connection: Connection, batch: BatchRow, status: str, completed: int, failed: int,
     now: float,
 ) -> None:
     connection.execute(
@@ -225,13 +214,13 @@ def record_poll(
         status, completed, failed, now)
 
 
-def mark_cancel_requested(connection: sqlite3.Connection, batch: BatchRow, now: float) -> None:
+def mark_cancel_requested(connection: Connection, batch: BatchRow, now: float) -> None:
     connection.execute("UPDATE batches SET cancel_requested_at = ? WHERE id = ?",
                        (now, batch.id))
     batch.cancel_requested_at = now
 
 
-def open_batches(connection: sqlite3.Connection, batch_id: int | None = None) -> list[BatchRow]:
+def open_batches(connection: Connection, batch_id: int | None = None) -> list[BatchRow]:
     """Every batch not finished (or just ``batch_id``, if it is not), oldest first, with the
     traceparents of the jobs it carries."""
     only = "" if batch_id is None else f"AND id = {int(batch_id)}"
@@ -244,7 +233,7 @@ def open_batches(connection: sqlite3.Connection, batch_id: int | None = None) ->
     return batches
 
 
-def traceparents_of(connection: sqlite3.Connection, batch_id: int) -> list[str]:
+def traceparents_of(connection: Connection, batch_id: int) -> list[str]:
     rows = connection.execute(
         "SELECT DISTINCT j.traceparent FROM job_requests r JOIN jobs j ON j.id = r.job_id "
         "WHERE r.batch_id = ? AND j.traceparent IS NOT NULL LIMIT 32", (batch_id,),
@@ -252,7 +241,7 @@ def traceparents_of(connection: sqlite3.Connection, batch_id: int) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def drop_empty_batch(connection: sqlite3.Connection, batch: BatchRow, note: str,
+def drop_empty_batch(connection: Connection, batch: BatchRow, note: str,
                      now: float) -> None:
     """Finish a batch that carries nothing any more (its jobs were cancelled)."""
     connection.execute(
@@ -262,7 +251,7 @@ def drop_empty_batch(connection: sqlite3.Connection, batch: BatchRow, note: str,
     batch.state = BatchState.FINISHED
 
 
-def enqueued_tokens(connection: sqlite3.Connection, provider: str, model: str) -> int:
+def enqueued_tokens(connection: Connection, provider: str, model: str) -> int:
     """Estimated prompt tokens of the model's batches that the provider may still hold."""
     row = connection.execute(
         "SELECT COALESCE(SUM(tokens), 0) FROM batches WHERE provider = ? AND model = ? "
@@ -274,7 +263,7 @@ def enqueued_tokens(connection: sqlite3.Connection, provider: str, model: str) -
 
 
 async def batch_turnarounds(
-    connection: aiosqlite.Connection, limit: int = 200
+    connection: AsyncConnection, limit: int = 200
 ) -> list[tuple[tuple[str, str, Tier], float]]:
     """Observed batch turnarounds (created to completed), for the planner's latency book."""
     rows = await connection.execute_fetchall(
@@ -289,7 +278,7 @@ async def batch_turnarounds(
 
 
 def release_lines(
-    connection: sqlite3.Connection, batch: BatchRow, ids: Iterable[int] | None, now: float,
+    connection: Connection, batch: BatchRow, ids: Iterable[int] | None, now: float,
     *, charge_attempt: bool = False, escalated: bool = False,
 ) -> list[RequeuedLine]:
     """Give the batch's waiting lines (``ids``, or all) back to the job keeper."""
@@ -308,20 +297,20 @@ def release_lines(
 
 
 def _release(
-    connection: sqlite3.Connection, batch_id: int, ids: Iterable[int] | None,
+    connection: Connection, batch_id: int, ids: Iterable[int] | None,
     charge_attempt: bool,
 ) -> list[RequeuedLine]:
     bump = ", attempts = attempts + 1" if charge_attempt else ""
     if ids is None:
         rows = connection.execute(
             "SELECT deadline_at, id, job_id, attempts FROM job_requests WHERE batch_id = ? "
-            "AND state = 'queued'", (batch_id,),
+            "AND state = 'queued' ORDER BY id", (batch_id,),
         ).fetchall()
     else:
         wanted = set(ids)
         rows = [row for row in connection.execute(
             "SELECT deadline_at, id, job_id, attempts FROM job_requests WHERE batch_id = ? "
-            "AND state = 'queued'", (batch_id,),
+            "AND state = 'queued' ORDER BY id", (batch_id,),
         ) if row[1] in wanted]
     connection.executemany(
         f"UPDATE job_requests SET batch_id = NULL{bump} WHERE id = ? AND batch_id = ?",
@@ -332,7 +321,7 @@ def _release(
 
 
 def finish_batch(
-    connection: sqlite3.Connection, batch: BatchRow, requeue: dict[int, bool], note: str,
+    connection: Connection, batch: BatchRow, requeue: dict[int, bool], note: str,
     now: float,
 ) -> list[RequeuedLine]:
     """Give back ``requeue`` (id → charge an attempt) and every line of the batch that got no
@@ -356,7 +345,7 @@ def finish_batch(
     return requeued
 
 
-def complete_jobs(connection: sqlite3.Connection, job_ids: set[str], now: float) -> None:
+def complete_jobs(connection: Connection, job_ids: set[str], now: float) -> None:
     """Mark finished those of ``job_ids`` whose every line has ended (inside the caller's
     transaction)."""
     if job_ids:
@@ -365,7 +354,7 @@ def complete_jobs(connection: sqlite3.Connection, job_ids: set[str], now: float)
                            (now, *job_ids))
 
 
-def remote_ids_since(connection: sqlite3.Connection, provider: str, since: float
+def remote_ids_since(connection: Connection, provider: str, since: float
                      ) -> frozenset[str]:
     """The upstream ids of ``provider``'s batches created since ``since``: those a search for a
     batch lost in a crash must not take for it."""
