@@ -24,7 +24,7 @@ from llmspool.core.wire import kept_json, response_id_of, usage_of
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.store.batches import BatchRow, complete_jobs, finish_batch
 from llmspool.store.connections import Connection
-from llmspool.store.ledger import INSERT_ENTRY, entry_row, line_key
+from llmspool.store.ledger import INSERT_ENTRY, begin_money, entry_row, line_key
 from llmspool.store.records import (
     BatchChunk,
     BatchChunkStored,
@@ -267,20 +267,22 @@ class ResultMapper:
         return self.report
 
 
-def store_batch_chunk(connection: Connection, chunk: BatchChunk) -> BatchChunkStored:
+def store_batch_chunk(connection: Connection, chunk: BatchChunk,
+                      daemon: str | None = None) -> BatchChunkStored:
     """Store a chunk of a batch's results with their ledger entries, and end the reservations
     of the lines it answers, in one transaction. Each result is stored only if its line still
-    waits, each entry only if new: storing a chunk again after a crash changes nothing."""
+    waits, each entry only if new: storing a chunk again after a crash changes nothing.
+    ``daemon``: the daemon storing it, named on the entries."""
     stored: list[LineOutcome] = []
     paid_twice = 0
-    connection.execute("BEGIN IMMEDIATE")
+    begin_money(connection)
     try:
         # Which entries and results are new is read first, inside this write transaction
         # (nothing else can change them meanwhile), so the writes go in bulk.
         known = _existing(connection, "SELECT request_id FROM ledger_entries "
                           "WHERE request_id IN ({marks})", [e.request_id for e in chunk.entries])
         billed = [entry for entry in chunk.entries if entry.request_id not in known]
-        connection.executemany(INSERT_ENTRY, [entry_row(entry) for entry in billed])
+        connection.executemany(INSERT_ENTRY, [entry_row(entry, daemon) for entry in billed])
         waiting = _existing(connection, "SELECT id FROM job_requests WHERE id IN ({marks}) "
                             "AND state = 'queued'", [r[0] for r in chunk.results])
         tier = Tier.BATCH.value

@@ -148,13 +148,19 @@ async def open_ledger_connection(state_dir: Path) -> LedgerConnection:
     return LedgerConnection.open(location)
 
 
-def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
-    # IMMEDIATE: take the write lock first, so a reading statement inside cannot fail later
-    # with "database is locked" because another connection committed in between. On
-    # PostgreSQL, the fleet's money lock: one daemon's money transaction at a time.
+def begin_money(connection: Connection) -> None:
+    """Begin a transaction that writes money (entries, reservations). IMMEDIATE: take
+    SQLite's write lock first, so a reading statement inside cannot fail later with "database
+    is locked" because another connection committed in between. On PostgreSQL, the fleet's
+    money lock: one money transaction of any daemon at a time, so what one reads to decide
+    (usage, entries already stored) cannot change before it commits."""
     connection.execute("BEGIN IMMEDIATE")
     if not is_sqlite(connection):
         connection.execute("SELECT llmspool_money_lock()")
+
+
+def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
+    begin_money(connection)
     try:
         result = body()
     except BaseException:

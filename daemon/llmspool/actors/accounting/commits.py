@@ -173,7 +173,7 @@ class GroupCommit:
         await self.flush()
         try:
             stored: BatchChunkStored = await self._database.run_in_thread(
-                store_batch_chunk, message.chunk)
+                store_batch_chunk, message.chunk, self._daemon)
         except Exception as exc:  # the poller reports it; the ledger keeps serving
             with contextlib.suppress(*GONE):
                 message.reply.send_nowait(exc)
