@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 import orjson
+from llmspool.store.backend import Backend, StoreLocation
 from llmspool.store.database import DATABASE_NAME, open_database
 from llmspool.store.reports import cost_report, open_reader
 
@@ -156,7 +157,7 @@ def bench(tmp: Path, count: int, runs: int) -> dict[str, Any]:
     database = tmp / "state" / DATABASE_NAME
 
     async def report_alone() -> dict[str, Any]:
-        async with open_reader(database) as connection:
+        async with open_reader(StoreLocation(Backend.SQLITE, str(database))) as connection:
             return await cost_report(connection, by=BY.split(","),
                                      since_day=_day_back(DAYS))
 

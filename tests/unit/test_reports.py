@@ -1,4 +1,5 @@
-"""Cost reports over a real, migrated SQLite database, against totals computed by hand.
+"""Cost reports over a real, migrated store, against totals computed by hand, on each backend
+(SQLite, PostgreSQL): the same figures, exactly, from both.
 
 The entries are written with SQL into ``ledger_entries``, as the ledger writes them, so the
 rollup the reports read is kept by the migration's trigger, exactly as in the daemon.
@@ -9,12 +10,12 @@ from __future__ import annotations
 import calendar
 import io
 import pwd
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from llmspool.store.database import DATABASE_NAME, open_database
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect
 from llmspool.store.reports import (
     cost_report,
     open_reader,
@@ -29,11 +30,12 @@ ROOT = 0
 NOBODY_UID = 3_999_999  # no account has it: the user is shown as the number
 
 _INSERT = """
-INSERT OR IGNORE INTO ledger_entries (
+INSERT INTO ledger_entries (
     request_id, day, started_at, finished_at, provider, model, endpoint, tier, operation, uid,
     status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated,
     cost_picodollars, standard_cost_picodollars, session, flag, saving_source
 ) VALUES (?, ?, 0, 0, ?, ?, '/v1/chat/completions', ?, ?, ?, 200, ?, ?, ?, 0, ?, ?, ?, NULL, ?, ?)
+ON CONFLICT DO NOTHING
 """
 
 # (request_id, day, provider, model, tier, operation, uid, input, cached, output, estimated,
@@ -66,22 +68,28 @@ ENTRIES: list[tuple[Any, ...]] = [
 ]
 
 
-async def _make_database(state_dir: Path, entries: list[tuple[Any, ...]] = ENTRIES) -> Path:
-    connection = await open_database(state_dir)
+def _write(location: StoreLocation, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    connection = connect(location)
     try:
-        await connection.execute("BEGIN IMMEDIATE")
-        await connection.executemany(_INSERT, entries)
-        await connection.execute("COMMIT")
+        connection.execute("BEGIN IMMEDIATE")
+        for row in rows:  # one at a time: a repeated request id is ignored, as the ledger's
+            connection.execute(sql, row)
+        connection.execute("COMMIT")
     finally:
-        await connection.close()
-    return state_dir / DATABASE_NAME
+        connection.close()
 
 
-def report(tmp_path: Path, by: list[str], since: str | None = "2026-03-01",
+@pytest.fixture
+def store(store_location: StoreLocation) -> StoreLocation:
+    """A store (of each backend in turn) holding ``ENTRIES``."""
+    _write(store_location, _INSERT, ENTRIES)
+    return store_location
+
+
+def report(store: StoreLocation, by: list[str], since: str | None = "2026-03-01",
            until: str | None = None, limit: int | None = None) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
-        path = await _make_database(tmp_path / "state")
-        async with open_reader(path) as connection:
+        async with open_reader(store) as connection:
             return await cost_report(connection, by=by, since_day=since, until_day=until,
                                      limit=limit)
 
@@ -92,8 +100,8 @@ def usd(picodollars: int) -> float:
     return picodollars / PD
 
 
-def test_total_matches_hand_computed_sums(tmp_path: Path) -> None:
-    result = report(tmp_path, [])
+def test_total_matches_hand_computed_sums(store: StoreLocation) -> None:
+    result = report(store, [])
     assert result["since"] == "2026-03-01" and result["by"] == [] and result["rows"] == []
     assert result["total"] == {
         # r1 + r2 + r3 + r7 + r8 (r4, r5 free, r6 unpriced; r0 before since; r1 once).
@@ -119,25 +127,20 @@ def test_total_matches_hand_computed_sums(tmp_path: Path) -> None:
     }
 
 
-def test_calls_of_unknown_outcome_are_counted_and_costed(tmp_path: Path) -> None:
+def test_calls_of_unknown_outcome_are_counted_and_costed(store: StoreLocation) -> None:
     # A call in flight at a crash: billed at its reservation, flagged, in spend and its count.
     unknown = ("u1", "2026-03-03", "openai", "gpt-5", "standard", None, ROOT,
                0, 0, 0, 1, 4_000_000, 4_000_000, "unknown_outcome", None)
-
-    async def main() -> dict[str, Any]:
-        path = await _make_database(tmp_path / "state", [*ENTRIES, unknown])
-        async with open_reader(path) as connection:
-            return await cost_report(connection, by=["day"], since_day="2026-03-01")
-
-    total = anyio.run(main)["total"]
+    _write(store, _INSERT, [unknown])
+    total = report(store, ["day"])["total"]
     assert total["unknown_outcome_requests"] == 1
     assert total["unknown_outcome_usd"] == usd(4_000_000)
     assert total["spend_usd"] == usd(1_000_000 + 500_000 + 2_000_000 + 700_000 + 100
                                      + 4_000_000)
 
 
-def test_rows_by_tier_sorted_by_spend(tmp_path: Path) -> None:
-    rows = report(tmp_path, ["tier"])["rows"]
+def test_rows_by_tier_sorted_by_spend(store: StoreLocation) -> None:
+    rows = report(store, ["tier"])["rows"]
     assert [(r["tier"], r["spend_usd"], r["saved_usd"], r["requests"]) for r in rows] == [
         ("batch", usd(2_000_000), usd(2_000_000), 1),
         ("standard", usd(1_000_000 + 700_000 + 100), usd(3_000_000 * 2 + 200_000), 6),
@@ -151,17 +154,17 @@ def test_rows_by_tier_sorted_by_spend(tmp_path: Path) -> None:
     assert standard["unpriced_requests"] == 1 and standard["estimated_requests"] == 2
 
 
-def test_limit_keeps_the_largest_rows_and_the_whole_total(tmp_path: Path) -> None:
-    full = report(tmp_path / "full", ["tier"])
-    limited = report(tmp_path / "limited", ["tier"], limit=2)
+def test_limit_keeps_the_largest_rows_and_the_whole_total(store: StoreLocation) -> None:
+    full = report(store, ["tier"])
+    limited = report(store, ["tier"], limit=2)
     assert [r["tier"] for r in limited["rows"]] == ["batch", "standard"]
     assert limited["rows"] == full["rows"][:2]
     assert limited["row_count"] == full["row_count"] == 3
     assert limited["total"] == full["total"]
 
 
-def test_rows_by_user_name_the_account(tmp_path: Path) -> None:
-    rows = report(tmp_path, ["user"])["rows"]
+def test_rows_by_user_name_the_account(store: StoreLocation) -> None:
+    rows = report(store, ["user"])["rows"]
     root = pwd.getpwuid(ROOT).pw_name
     assert [(r["user"], r["uid"], r["spend_usd"], r["requests"]) for r in rows] == [
         (root, ROOT, usd(1_000_000 + 500_000 + 700_000 + 100), 5),
@@ -170,8 +173,8 @@ def test_rows_by_user_name_the_account(tmp_path: Path) -> None:
     ]
 
 
-def test_rows_by_saving_source(tmp_path: Path) -> None:
-    rows = report(tmp_path, ["source"])["rows"]
+def test_rows_by_saving_source(store: StoreLocation) -> None:
+    rows = report(store, ["source"])["rows"]
     assert [(r["source"], r["spend_usd"], r["saved_usd"]) for r in rows] == [
         ("tier", usd(2_500_000), usd(2_500_000)),
         (None, usd(1_000_100), 0.0),
@@ -181,8 +184,8 @@ def test_rows_by_saving_source(tmp_path: Path) -> None:
     ]
 
 
-def test_rows_by_day_and_operation_with_since_and_until(tmp_path: Path) -> None:
-    result = report(tmp_path, ["day", "operation"], since="2026-03-02", until="2026-03-02")
+def test_rows_by_day_and_operation_with_since_and_until(store: StoreLocation) -> None:
+    result = report(store, ["day", "operation"], since="2026-03-02", until="2026-03-02")
     assert (result["since"], result["until"]) == ("2026-03-02", "2026-03-02")
     assert [(r["day"], r["operation"], r["spend_usd"], r["requests"])
             for r in result["rows"]] == [
@@ -192,8 +195,8 @@ def test_rows_by_day_and_operation_with_since_and_until(tmp_path: Path) -> None:
     assert result["total"]["requests"] == 3
 
 
-def test_since_all_includes_every_day(tmp_path: Path) -> None:
-    result = report(tmp_path, ["day"], since=None)
+def test_since_all_includes_every_day(store: StoreLocation) -> None:
+    result = report(store, ["day"], since=None)
     spend = {r["day"]: r["spend_usd"] for r in result["rows"]}
     assert spend == {
         "2026-02-20": usd(5_000_000),
@@ -204,8 +207,8 @@ def test_since_all_includes_every_day(tmp_path: Path) -> None:
     assert result["total"]["requests"] == 9
 
 
-def test_many_dimensions_keep_savings_split_by_source(tmp_path: Path) -> None:
-    result = report(tmp_path, ["day", "provider", "model", "tier", "operation", "user"])
+def test_many_dimensions_keep_savings_split_by_source(store: StoreLocation) -> None:
+    result = report(store, ["day", "provider", "model", "tier", "operation", "user"])
     # Every entry since 2026-03-01 is a row of its own, but r4 and r5, which differ only in
     # their saving source: their savings stay split by source in their one row.
     assert len(result["rows"]) == 7
@@ -218,26 +221,27 @@ def test_many_dimensions_keep_savings_split_by_source(tmp_path: Path) -> None:
             first["user"]) == ("2026-03-02", "openai", "gpt-5-mini", "batch", None, "unknown")
 
 
-def test_a_repeated_request_id_is_counted_once(tmp_path: Path) -> None:
-    rows = report(tmp_path, ["day", "tier"], until="2026-03-01")["rows"]
+def test_a_repeated_request_id_is_counted_once(store: StoreLocation) -> None:
+    rows = report(store, ["day", "tier"], until="2026-03-01")["rows"]
     standard = next(r for r in rows if r["tier"] == "standard")
     assert (standard["requests"], standard["spend_usd"], standard["input_tokens"]) == (
         1, usd(1_000_000), 100)
 
 
-def test_reader_is_read_only(tmp_path: Path) -> None:
+def test_reader_is_read_only(store_location: StoreLocation) -> None:
     async def main() -> None:
-        path = await _make_database(tmp_path / "state", [])
-        async with open_reader(path) as connection:
-            with pytest.raises(Exception, match="readonly"):
+        async with open_reader(store_location) as connection:
+            # SQLite: "attempt to write a readonly database"; PostgreSQL: "cannot execute
+            # DELETE in a read-only transaction".
+            with pytest.raises(Exception, match=r"readonly|read-only"):
                 await connection.execute("DELETE FROM ledger_rollup")
 
     anyio.run(main)
 
 
-def test_unknown_dimension_is_refused(tmp_path: Path) -> None:
+def test_unknown_dimension_is_refused(store: StoreLocation) -> None:
     with pytest.raises(ValueError, match="unknown report dimensions"):
-        report(tmp_path, ["colour"])
+        report(store, ["colour"])
 
 
 def test_parse_dimensions() -> None:
@@ -263,8 +267,8 @@ def test_parse_since_and_until() -> None:
         parse_day("03/01/2026")
 
 
-def test_csv_has_a_line_per_row_and_plain_decimals(tmp_path: Path) -> None:
-    result = report(tmp_path, ["tier", "user"])
+def test_csv_has_a_line_per_row_and_plain_decimals(store: StoreLocation) -> None:
+    result = report(store, ["tier", "user"])
     text = io.StringIO()
     write_csv(result, text)
     lines = text.getvalue().splitlines()
@@ -278,37 +282,25 @@ def test_csv_has_a_line_per_row_and_plain_decimals(tmp_path: Path) -> None:
     assert len(lines) == 1 + len(result["rows"])
 
     total = io.StringIO()
-    write_csv(report(tmp_path / "again", []), total)
+    write_csv(report(store, []), total)
     header, only = total.getvalue().splitlines()
     assert header.startswith("spend_usd,saved_usd,")
     assert only.startswith("0.0000042001,0.0000087,0.0000025,0.000003,0.000003,0.0000002,")
 
 
-def test_spend_and_late_requests_by_deadline_class(tmp_path: Path) -> None:
+def test_spend_and_late_requests_by_deadline_class(store_location: StoreLocation) -> None:
     # (request id, seconds its caller gave it or None, late, cost)
     calls = [("i1", None, 0, 100), ("i2", 30.0, 1, 200), ("j1", 7200.0, 0, 50),
              ("j2", 7200.0, 1, 50), ("j3", 86400.0, 0, 25), ("j4", 3 * 86400.0, 0, 10)]
-
-    async def main() -> dict[str, Any]:
-        state = tmp_path / "state"
-        connection = await open_database(state)
-        try:
-            await connection.execute("BEGIN IMMEDIATE")
-            await connection.executemany(
-                "INSERT INTO ledger_entries (request_id, day, started_at, finished_at, "
-                "provider, model, endpoint, tier, status, input_tokens, cached_input_tokens, "
-                "output_tokens, reasoning_tokens, usage_estimated, cost_picodollars, "
-                "standard_cost_picodollars, deadline_window, late) VALUES (?, '2026-03-02', 0, "
-                "0, 'openai', 'gpt-5-mini', '/v1/chat/completions', 'standard', 200, 1, 0, 1, "
-                "0, 0, ?, ?, ?, ?)",
-                [(rid, cost, cost, window, late) for rid, window, late, cost in calls])
-            await connection.execute("COMMIT")
-        finally:
-            await connection.close()
-        async with open_reader(state / DATABASE_NAME) as reader:
-            return await cost_report(reader, by=["deadline"], since_day="2026-03-01")
-
-    result = anyio.run(main)
+    _write(store_location,
+           "INSERT INTO ledger_entries (request_id, day, started_at, finished_at, "
+           "provider, model, endpoint, tier, status, input_tokens, cached_input_tokens, "
+           "output_tokens, reasoning_tokens, usage_estimated, cost_picodollars, "
+           "standard_cost_picodollars, deadline_window, late) VALUES (?, '2026-03-02', 0, "
+           "0, 'openai', 'gpt-5-mini', '/v1/chat/completions', 'standard', 200, 1, 0, 1, "
+           "0, 0, ?, ?, ?, ?)",
+           [(rid, cost, cost, window, late) for rid, window, late, cost in calls])
+    result = report(store_location, ["deadline"])
     rows = {row["deadline"]: (row["requests"], row["late_requests"], row["spend_usd"])
             for row in result["rows"]}
     assert rows == {"none": (1, 0, usd(100)), "<=1m": (1, 1, usd(200)),

@@ -210,7 +210,7 @@ async def build_parts(
     # Who may see which jobs and costs: their owners, and [daemon] admins.
     access = Access(config.daemon.admins)
     # Feedback and captured answers are the front door's own small writes.
-    side_writer = SideWriter(config.state_path / DATABASE_NAME)
+    side_writer = SideWriter(StoreLocation.of(config))
     capturer = Capturer(config.operations, config.jobs.retention, side_writer, clock)
     forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                           max_body_size=config.daemon.max_body_size,
@@ -223,7 +223,8 @@ async def build_parts(
                                on_short_deadline=config.jobs.on_short_deadline,
                                tracer=tracing.tracer, chooser=chooser,
                                spool_directory=config.state_path)
-    batch_api = BatchApi(config.state_path, submission, config.files, clock)
+    batch_api = BatchApi(config.state_path, StoreLocation.of(config), submission, config.files,
+                         clock)
     app = build_app(
         forwarder, router,
         {"queue": queue_in, "dispatcher": dispatch_status, "ledger": ledger_status,
@@ -234,10 +235,10 @@ async def build_parts(
             *job_routes(submission, config.state_path / DATABASE_NAME,
                         max_upload_size=config.jobs.max_upload_size, access=access),
             *batch_api_routes(batch_api, access),
-            *ledger_routes(ledger_status, config.state_path / DATABASE_NAME, access=access,
+            *ledger_routes(ledger_status, StoreLocation.of(config), access=access,
                            clock=clock.now),
             *feedback_routes(ledger_status, side_writer, access, clock=clock.now),
-            *export_routes(ledger_status, config.state_path / DATABASE_NAME, access,
+            *export_routes(ledger_status, StoreLocation.of(config), access,
                            clock=clock.now),
         ],
     )

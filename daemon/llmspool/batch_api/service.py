@@ -1,7 +1,8 @@
 """OpenAI's Files and Batches API, served by the spooler: a batch is a job.
 
-``BatchApi`` owns the ``api_files`` and ``api_batches`` rows (on a connection of its own; no
-money is written here) and the bytes in ``<state_dir>/files``:
+``BatchApi`` owns the ``api_files`` and ``api_batches`` rows (on a connection of its own to the
+store, whichever its backend; no money is written here) and the bytes in ``<state_dir>/files``,
+which stay on the daemon's disk even when the store is PostgreSQL:
 
 - ``create_batch`` checks the input file line by line, as ``POST /v1/jobs`` does, and as OpenAI
   does: one bad line fails the whole batch (status ``failed``, each bad line in ``errors`` with
@@ -25,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-import aiosqlite
 import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
@@ -41,7 +41,9 @@ from llmspool.jobs.submission import JobRequest, JobSubmission, ask
 from llmspool.messages import CancelJob, JobQuery, JobView, PlanGroupView, WaitForJob
 from llmspool.store import api_files as sql
 from llmspool.store.api_files import BatchRow, FileRow
-from llmspool.store.database import DATABASE_NAME, connected
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connected_async
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import Viewer
 
 log = logging.getLogger(__name__)
@@ -57,23 +59,21 @@ _EVERYONE = Viewer(None, admin=True)
 class BatchApi:
     """The Files and Batches API objects of every user, and the watchers of open batches."""
 
-    def __init__(self, state_dir: Path, submission: JobSubmission, config: FilesConfig,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, state_dir: Path, store: StoreLocation, submission: JobSubmission,
+                 config: FilesConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self._clock = clock  # the daemon's: when objects expire, batches end
         self.files = FileDirectory(state_dir)
-        self._database_path = state_dir / DATABASE_NAME
+        self._store = store
         self._submission = submission
-        self._connection: aiosqlite.Connection | None = None
+        self._connection: AsyncConnection | None = None
         self._write_lock = anyio.Lock()
         self._watchers: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: resume watching open batches, sweep expired objects."""
         self.files.create()
-        async with connected(self._database_path, isolation_level=None,
-                             timeout=30.0) as connection:
-            await connection.execute("PRAGMA busy_timeout=30000")
+        async with connected_async(self._store) as connection:
             self._connection = connection
             removed = self.files.remove_orphans(await sql.all_file_ids(connection))
             if removed:
@@ -88,7 +88,7 @@ class BatchApi:
                     await self._clock.sleep(SWEEP_EVERY)
 
     @property
-    def _db(self) -> aiosqlite.Connection:
+    def _db(self) -> AsyncConnection:
         if self._connection is None:
             raise RuntimeError("BatchApi.run has not started")
         return self._connection

@@ -18,11 +18,13 @@ from typing import Any
 
 import anyio
 import orjson
+import psycopg
 from anyio.abc import TaskStatus
 
 from llmspool.core.calls import Endpoint
 from llmspool.core.clock import Clock
 from llmspool.core.config.sections import OperationConfig
+from llmspool.core.errors import StartupError
 from llmspool.messages import Call
 from llmspool.server.assembled import StreamedMessage
 from llmspool.store.captures import (
@@ -87,8 +89,9 @@ class Capturer:
             expires_at=now + self._retention[call.operation])
         try:
             await self._writer.run(insert_capture, pair)
-        except sqlite3.Error as exc:
-            # The call was answered; a pair not kept is logged, never the caller's failure.
+        except (sqlite3.Error, psycopg.Error, StartupError) as exc:
+            # The call was answered; a pair not kept is logged, never the caller's failure
+            # (StartupError: a PostgreSQL store that cannot be reached just now).
             log.warning("could not capture answer %s of %s: %s", response_id, call.operation,
                         exc)
 

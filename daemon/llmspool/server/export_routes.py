@@ -16,12 +16,9 @@ the two to stream (default: both, unsplit).
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import orjson
@@ -36,17 +33,21 @@ from llmspool.server.access import Access
 from llmspool.server.ledger_routes import LedgerTarget
 from llmspool.server.routes import ask_status
 from llmspool.server.uvicorn_server import caller_of
-from llmspool.store.captures import read_captures
+from llmspool.store.backend import StoreLocation
+from llmspool.store.captures import READ_PAGE, read_captures
+from llmspool.store.connect import connect
+from llmspool.store.connections import Connection
 from llmspool.store.records import Viewer
 
 SPLITS = ("all", "train", "validation")
-PAGE = 500  # lines read from the database at a time
+PAGE = READ_PAGE  # lines read from the store at a time
+READER_LOCK_WAIT_MS = 5000  # a SQLite reader waits only in rare moments (a WAL reset)
 
 
-def export_routes(ledger: LedgerTarget, database_path: Path, access: Access, *,
+def export_routes(ledger: LedgerTarget, store: StoreLocation, access: Access, *,
                   clock: Callable[[], float] = time.time) -> list[Route]:
     """``GET /v1/exports/finetune``: ``ledger`` is asked first, so that job lines whose
-    results it was storing are captured; ``database_path`` is read, never written."""
+    results it was storing are captured; ``store`` is read, never written."""
 
     async def finetune(request: Request) -> Response:
         params = request.query_params
@@ -64,21 +65,21 @@ def export_routes(ledger: LedgerTarget, database_path: Path, access: Access, *,
         since = _since(params, now)
         viewer = access.viewer(caller_of(request.scope))
         await ask_status(ledger)
-        lines = _lines(database_path, operation, viewer, since, min_score, now, validation,
+        lines = _lines(store, operation, viewer, since, min_score, now, validation,
                        split)
         return StreamingResponse(lines, media_type="application/jsonl")
 
     return [Route("/v1/exports/finetune", finetune, methods=["GET"])]
 
 
-async def _lines(database_path: Path, operation: str, viewer: Viewer, since: float | None,
+async def _lines(store: StoreLocation, operation: str, viewer: Viewer, since: float | None,
                  min_score: float | None, now: float, validation: float,
                  split: str) -> AsyncIterator[bytes]:
     """The export's lines, read a page at a time in a worker thread."""
-    connection = await anyio.to_thread.run_sync(_open_reader, database_path)
+    connection = await anyio.to_thread.run_sync(_open_reader, store)
     try:
         rows = read_captures(connection, operation, viewer, since=since, min_score=min_score,
-                             now=now)
+                             now=now, page=PAGE)
         while True:
             page = await anyio.to_thread.run_sync(_page, rows)
             if not page:
@@ -92,11 +93,8 @@ async def _lines(database_path: Path, operation: str, viewer: Viewer, since: flo
         connection.close()
 
 
-def _open_reader(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True,
-                                 check_same_thread=False)
-    connection.execute("PRAGMA busy_timeout=5000")
-    return connection
+def _open_reader(store: StoreLocation) -> Connection:
+    return connect(store, lock_wait_ms=READER_LOCK_WAIT_MS, read_only=True)
 
 
 def _page(rows: Any) -> list[tuple[str, str, str | None, str]]:

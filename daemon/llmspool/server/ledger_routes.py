@@ -28,7 +28,6 @@ import io
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,6 +42,7 @@ from llmspool.messages import LedgerEntries, LedgerEntriesQuery, LedgerStatus, S
 from llmspool.server.access import Access
 from llmspool.server.routes import ask, ask_status, json_response
 from llmspool.server.uvicorn_server import caller_of
+from llmspool.store.backend import StoreLocation
 from llmspool.store.feedback import add_quality, quality_by
 from llmspool.store.records import Viewer
 from llmspool.store.reports import (
@@ -62,20 +62,20 @@ FORMATS = ("json", "csv")
 
 def ledger_routes(
     ledger: LedgerTarget,
-    database_path: Path,
+    store: StoreLocation,
     *,
     clock: Callable[[], float] = time.time,
     access: Access | None = None,
 ) -> list[Route]:
     """``GET /v1/ledger``: ``ledger`` is the ledger actor's inbox (for today's totals and the
-    entries), ``database_path`` the SQLite file reports read."""
+    entries), ``store`` the store reports read."""
     access = access or Access(())
 
     async def ledger_view(request: Request) -> Response:
         params = request.query_params
         everyone, uid = _whose(params, access.viewer(caller_of(request.scope)))
         if any(name in params for name in REPORT_PARAMS):
-            return await _report(params, ledger, database_path, clock(), everyone, uid)
+            return await _report(params, ledger, store, clock(), everyone, uid)
         raw_limit = params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
             raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
@@ -104,7 +104,7 @@ def _whose(params: QueryParams, viewer: Viewer) -> tuple[bool, int | None]:
 
 
 async def _report(
-    params: QueryParams, ledger: LedgerTarget, database_path: Path, now: float,
+    params: QueryParams, ledger: LedgerTarget, store: StoreLocation, now: float,
     everyone: bool, uid: int | None,
 ) -> Response:
     output = params.get("format", "json").strip().lower()
@@ -138,7 +138,7 @@ async def _report(
     # The ledger answers a query only once everything that reached it before is committed:
     # asking first makes a report include the calls its client has just had answered.
     await ask_status(ledger)
-    async with open_reader(database_path) as connection:
+    async with open_reader(store) as connection:
         report = await cost_report(connection, by=by, since_day=since_day, until_day=until_day,
                                    limit=limit, everyone=everyone, uid=uid)
         add_quality(report, await quality_by(

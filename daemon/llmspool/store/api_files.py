@@ -3,6 +3,12 @@
 Their only writer is the batch API service (``llmspool.batch_api.service``), on a connection of
 its own; no money is written here. A batch object's live counts come from its job (the job
 keeper); what outlives the job is copied here when the job ends.
+
+Pages of files and batches follow the order they were made in: SQLite's ``rowid``; the
+PostgreSQL tables have no such hidden counter (their key is a random id), so there the order is
+``(created_at, id)``, the same order unless two were made in the same instant. Two statements
+read JSON inside a job's results, which the backends do differently (SQLite's ``json_*``
+functions, PostgreSQL's ``jsonb``); the rest of the SQL is one text.
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from llmspool.core.states import BatchStatus
+from llmspool.store.connections import AsyncConnection, is_sqlite
 from llmspool.store.records import Viewer
 
 RESULT_CHUNK = 2000
-_OWNER = "(? OR uid IS ?)"  # (admin, uid): an admin sees every row
+_OWNER = "(? = 1 OR uid IS NOT DISTINCT FROM ?)"  # (admin, uid): an admin sees every row
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +85,25 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class _OrderKey:
+    column: str  # what a page's ``after`` compares (a row value on PostgreSQL)
+    select: str  # the same, of the ``after`` row, as its subquery selects it
+    order: str  # the ORDER BY
+
+
+def _order_key(connection: AsyncConnection, direction: str) -> _OrderKey:
+    """The order files and batches were made in (see the module's docstring)."""
+    if is_sqlite(connection):
+        return _OrderKey("rowid", "rowid", f"rowid {direction}")
+    return _OrderKey("(created_at, id)", "created_at, id",
+                     f"created_at {direction}, id {direction}")
+
+
 # --- files -------------------------------------------------------------------------------
 
 
-async def insert_file(connection: aiosqlite.Connection, file: FileRow) -> None:
+async def insert_file(connection: AsyncConnection, file: FileRow) -> None:
     await connection.execute(
         f"INSERT INTO api_files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (file.id, file.uid, file.filename, file.purpose, file.bytes, file.created_at,
@@ -90,7 +111,7 @@ async def insert_file(connection: aiosqlite.Connection, file: FileRow) -> None:
     )
 
 
-async def get_file(connection: aiosqlite.Connection, file_id: str, viewer: Viewer
+async def get_file(connection: AsyncConnection, file_id: str, viewer: Viewer
                    ) -> FileRow | None:
     rows = await connection.execute_fetchall(
         f"SELECT {_FILE_COLUMNS} FROM api_files WHERE id = ? AND {_OWNER}",
@@ -100,7 +121,7 @@ async def get_file(connection: aiosqlite.Connection, file_id: str, viewer: Viewe
 
 
 async def list_files(
-    connection: aiosqlite.Connection, viewer: Viewer, *, purpose: str | None, limit: int,
+    connection: AsyncConnection, viewer: Viewer, *, purpose: str | None, limit: int,
     ascending: bool, after: str | None,
 ) -> list[FileRow]:
     """A page of files, ``limit + 1`` at most (the extra one says there are more)."""
@@ -110,29 +131,30 @@ async def list_files(
     if purpose is not None:
         conditions.append("purpose = ?")
         params.append(purpose)
+    key = _order_key(connection, order)
     if after is not None:
-        conditions.append(f"rowid {'>' if ascending else '<'} "
-                          "(SELECT rowid FROM api_files WHERE id = ?)")
+        conditions.append(f"{key.column} {'>' if ascending else '<'} "
+                          f"(SELECT {key.select} FROM api_files WHERE id = ?)")
         params.append(after)
     rows = await connection.execute_fetchall(
         f"SELECT {_FILE_COLUMNS} FROM api_files WHERE {' AND '.join(conditions)} "
-        f"ORDER BY rowid {order} LIMIT ?",
+        f"ORDER BY {key.order} LIMIT ?",
         (*params, limit + 1),
     )
     return [FileRow(*row) for row in rows]
 
 
-async def delete_file(connection: aiosqlite.Connection, file_id: str) -> None:
+async def delete_file(connection: AsyncConnection, file_id: str) -> None:
     await connection.execute("DELETE FROM api_files WHERE id = ?", (file_id,))
 
 
-async def expired_files(connection: aiosqlite.Connection, now: float) -> list[str]:
+async def expired_files(connection: AsyncConnection, now: float) -> list[str]:
     rows = await connection.execute_fetchall(
         "SELECT id FROM api_files WHERE expires_at < ?", (now,))
     return [str(row[0]) for row in rows]
 
 
-async def all_file_ids(connection: aiosqlite.Connection) -> set[str]:
+async def all_file_ids(connection: AsyncConnection) -> set[str]:
     rows = await connection.execute_fetchall("SELECT id FROM api_files")
     return {str(row[0]) for row in rows}
 
@@ -140,7 +162,7 @@ async def all_file_ids(connection: aiosqlite.Connection) -> set[str]:
 # --- batches -----------------------------------------------------------------------------
 
 
-async def insert_batch(connection: aiosqlite.Connection, batch: BatchRow) -> None:
+async def insert_batch(connection: AsyncConnection, batch: BatchRow) -> None:
     await connection.execute(
         f"INSERT INTO api_batches ({_BATCH_COLUMNS}) VALUES "
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -152,7 +174,7 @@ async def insert_batch(connection: aiosqlite.Connection, batch: BatchRow) -> Non
     )
 
 
-async def get_batch(connection: aiosqlite.Connection, batch_id: str, viewer: Viewer
+async def get_batch(connection: AsyncConnection, batch_id: str, viewer: Viewer
                     ) -> BatchRow | None:
     rows = await connection.execute_fetchall(
         f"SELECT {_BATCH_COLUMNS} FROM api_batches WHERE id = ? AND {_OWNER}",
@@ -161,38 +183,40 @@ async def get_batch(connection: aiosqlite.Connection, batch_id: str, viewer: Vie
     return _batch(next(iter(rows))) if rows else None
 
 
-async def list_batches(connection: aiosqlite.Connection, viewer: Viewer, *, limit: int,
+async def list_batches(connection: AsyncConnection, viewer: Viewer, *, limit: int,
                        after: str | None) -> list[BatchRow]:
     """A page of batches, newest first, ``limit + 1`` at most."""
+    key = _order_key(connection, "DESC")
     condition = ""
     params: tuple[str, ...] = ()
     if after is not None:
-        condition = "AND rowid < (SELECT rowid FROM api_batches WHERE id = ?)"
+        condition = f"AND {key.column} < (SELECT {key.select} FROM api_batches WHERE id = ?)"
         params = (after,)
     rows = await connection.execute_fetchall(
         f"SELECT {_BATCH_COLUMNS} FROM api_batches WHERE {_OWNER} {condition} "
-        "ORDER BY rowid DESC LIMIT ?",
+        f"ORDER BY {key.order} LIMIT ?",
         (viewer.admin, viewer.uid, *params, limit + 1),
     )
     return [_batch(row) for row in rows]
 
 
-async def open_batches(connection: aiosqlite.Connection) -> list[BatchRow]:
+async def open_batches(connection: AsyncConnection) -> list[BatchRow]:
     """Batches whose job has not been finalized into output files yet."""
     rows = await connection.execute_fetchall(
         f"SELECT {_BATCH_COLUMNS} FROM api_batches "
-        "WHERE job_id IS NOT NULL AND final_status IS NULL ORDER BY rowid")
+        "WHERE job_id IS NOT NULL AND final_status IS NULL "
+        f"ORDER BY {_order_key(connection, 'ASC').order}")
     return [_batch(row) for row in rows]
 
 
-async def set_cancelling(connection: aiosqlite.Connection, batch_id: str, now: float) -> None:
+async def set_cancelling(connection: AsyncConnection, batch_id: str, now: float) -> None:
     await connection.execute(
         "UPDATE api_batches SET cancelling_at = COALESCE(cancelling_at, ?) WHERE id = ?",
         (now, batch_id))
 
 
 async def finalize_batch(
-    connection: aiosqlite.Connection, batch_id: str, *, status: BatchStatus, finished_at: float,
+    connection: AsyncConnection, batch_id: str, *, status: BatchStatus, finished_at: float,
     output: FileRow | None, error: FileRow | None, counts: dict[str, int],
     usage: dict[str, Any],
 ) -> None:
@@ -213,14 +237,14 @@ async def finalize_batch(
     await connection.execute("COMMIT")
 
 
-async def fail_batch(connection: aiosqlite.Connection, batch_id: str, now: float,
+async def fail_batch(connection: AsyncConnection, batch_id: str, now: float,
                      errors: list[dict[str, Any]]) -> None:
     await connection.execute(
         "UPDATE api_batches SET failed_at = ?, errors = ? WHERE id = ?",
         (now, _json(errors), batch_id))
 
 
-async def batches_created_before(connection: aiosqlite.Connection, before: float
+async def batches_created_before(connection: AsyncConnection, before: float
                                  ) -> list[BatchRow]:
     rows = await connection.execute_fetchall(
         f"SELECT {_BATCH_COLUMNS} FROM api_batches WHERE created_at < ? AND "
@@ -228,7 +252,7 @@ async def batches_created_before(connection: aiosqlite.Connection, before: float
     return [_batch(row) for row in rows]
 
 
-async def delete_batch(connection: aiosqlite.Connection, batch_id: str) -> None:
+async def delete_batch(connection: AsyncConnection, batch_id: str) -> None:
     await connection.execute("DELETE FROM api_batches WHERE id = ?", (batch_id,))
 
 
@@ -236,45 +260,79 @@ async def delete_batch(connection: aiosqlite.Connection, batch_id: str) -> None:
 
 # The Batch API's line has exactly id, custom_id, response and error; the jobs API adds
 # ``cache`` and ``late``, which an existing parser of OpenAI's files would not expect.
-_RESULT_LINE = "json_remove(result, '$.cache', '$.late')"
+_JOBS_ONLY_KEYS = ("cache", "late")
+_RESULT_LINE_SQLITE = "json_remove(result, '$.cache', '$.late')"
 
 
-async def iter_result_lines(connection: aiosqlite.Connection, job_id: str
+async def iter_result_lines(connection: AsyncConnection, job_id: str
                             ) -> AsyncIterator[tuple[bool, bytes]]:
     """(succeeded, line) of each stored result of the job, in input order, a chunk at a time."""
+    sqlite = is_sqlite(connection)
+    # SQLite takes the jobs API's keys out itself; PostgreSQL's jsonb would reorder the keys
+    # and space the text out, so its lines are rewritten here instead.
+    result = _RESULT_LINE_SQLITE if sqlite else "result"
     last_line = 0
     while True:
         rows = list(await connection.execute_fetchall(
-            f"SELECT line, state = 'succeeded', {_RESULT_LINE} FROM job_requests "
+            "SELECT line, CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END, "
+            f"{result} FROM job_requests "
             "WHERE job_id = ? AND line > ? AND result IS NOT NULL ORDER BY line LIMIT ?",
             (job_id, last_line, RESULT_CHUNK)))
         if not rows:
             return
         last_line = rows[-1][0]
         for _line, succeeded, line in rows:
-            yield bool(succeeded), line.encode() if isinstance(line, str) else bytes(line)
+            text = line.encode() if isinstance(line, str) else bytes(line)
+            yield bool(succeeded), text if sqlite else _batch_api_line(text)
 
 
-_TOKENS = (
-    "COALESCE(json_extract(result, '$.response.body.usage.{chat}'), "
-    "json_extract(result, '$.response.body.usage.{responses}'), 0)"
+def _batch_api_line(result: bytes) -> bytes:
+    """A stored result without the jobs API's own keys (as ``json_remove`` gives it)."""
+    document = orjson.loads(result)
+    if isinstance(document, dict) and any(key in document for key in _JOBS_ONLY_KEYS):
+        for key in _JOBS_ONLY_KEYS:
+            document.pop(key, None)
+        return orjson.dumps(document)
+    return result
+
+
+# The Batch object's usage: (chat completions' and embeddings' name, responses' name) of
+# each figure, under the answer's ``usage``.
+_USAGE_NAMES = (
+    ("prompt_tokens", "input_tokens"),
+    ("prompt_tokens_details.cached_tokens", "input_tokens_details.cached_tokens"),
+    ("completion_tokens", "output_tokens"),
+    ("completion_tokens_details.reasoning_tokens", "output_tokens_details.reasoning_tokens"),
 )
 
 
-async def job_usage(connection: aiosqlite.Connection, job_id: str) -> dict[str, Any]:
+def _tokens_sqlite(name: str) -> str:
+    return f"json_extract(result, '$.response.body.usage.{name}')"
+
+
+def _tokens_postgresql(name: str) -> str:
+    # A number where the answer has one (json_extract's NULL for anything else).
+    path = "{" + name.replace(".", ",") + "}"
+    return (f"CASE WHEN jsonb_typeof(usage #> '{path}') = 'number' "
+            f"THEN (usage #>> '{path}')::numeric END")
+
+
+async def job_usage(connection: AsyncConnection, job_id: str) -> dict[str, Any]:
     """The Batch object's ``usage``: tokens of the job's answered requests, from their bodies
     (chat completions and embeddings name them prompt/completion, responses input/output)."""
-    columns = ", ".join(f"SUM({_TOKENS.format(chat=chat, responses=responses)})" for chat,
-                        responses in (
-                            ("prompt_tokens", "input_tokens"),
-                            ("prompt_tokens_details.cached_tokens",
-                             "input_tokens_details.cached_tokens"),
-                            ("completion_tokens", "output_tokens"),
-                            ("completion_tokens_details.reasoning_tokens",
-                             "output_tokens_details.reasoning_tokens")))
-    rows = list(await connection.execute_fetchall(
-        f"SELECT {columns} FROM job_requests WHERE job_id = ? AND state = 'succeeded'",
-        (job_id,)))
+    if is_sqlite(connection):
+        columns = ", ".join(
+            f"SUM(COALESCE({_tokens_sqlite(chat)}, {_tokens_sqlite(responses)}, 0))"
+            for chat, responses in _USAGE_NAMES)
+        sql = f"SELECT {columns} FROM job_requests WHERE job_id = ? AND state = 'succeeded'"
+    else:
+        columns = ", ".join(
+            f"SUM(COALESCE({_tokens_postgresql(chat)}, {_tokens_postgresql(responses)}, 0))"
+            for chat, responses in _USAGE_NAMES)
+        sql = (f"SELECT {columns} FROM (SELECT convert_from(result, 'UTF8')::jsonb "
+               "#> '{response,body,usage}' AS usage FROM job_requests "
+               "WHERE job_id = ? AND state = 'succeeded' AND result IS NOT NULL) AS answered")
+    rows = list(await connection.execute_fetchall(sql, (job_id,)))
     prompt, cached, output, reasoning = (int(value or 0) for value in rows[0])
     return {
         "input_tokens": prompt,

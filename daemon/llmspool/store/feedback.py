@@ -12,15 +12,17 @@ share of scored answers whose score is at least the report's ``good`` threshold.
 
 from __future__ import annotations
 
-import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from llmspool.store.records import Viewer
 
 if TYPE_CHECKING:
-    import aiosqlite
+    from llmspool.store.connections import AsyncConnection, Connection
 
 __all__ = ["QUALITY_DIMENSIONS", "ScoredAnswer", "add_quality", "find_answer",
            "find_job_line", "quality_by", "record_feedback"]
@@ -46,7 +48,7 @@ class ScoredAnswer:
     operation: str | None
 
 
-def find_answer(connection: sqlite3.Connection, response_id: str,
+def find_answer(connection: Connection, response_id: str,
                 viewer: Viewer) -> ScoredAnswer | None:
     """The answer with ``response_id`` that ``viewer`` may see (its own first), or None."""
     rows = connection.execute(
@@ -62,39 +64,58 @@ def find_answer(connection: sqlite3.Connection, response_id: str,
                         operation)
 
 
-def find_job_line(connection: sqlite3.Connection, job_id: str, custom_id: str,
+def find_job_line(connection: Connection, job_id: str, custom_id: str,
                   viewer: Viewer) -> ScoredAnswer | None:
     """The succeeded line ``custom_id`` of job ``job_id``, if ``viewer`` may see it."""
     row = connection.execute(
-        "SELECT j.uid, r.finished_at, r.provider, r.model, r.tier, j.operation, "
-        "json_extract(CAST(r.result AS TEXT), '$.response.body.id') "
+        "SELECT j.uid, r.finished_at, r.provider, r.model, r.tier, j.operation, r.result "
         "FROM job_requests r JOIN jobs j ON j.id = r.job_id "
         "WHERE r.job_id = ? AND r.custom_id = ? AND r.state = 'succeeded'",
         (job_id, custom_id)).fetchone()
     if row is None or not viewer.sees(row[0]):
         return None
-    uid, finished_at, provider, model, tier, operation, response_id = row
-    day = connection.execute("SELECT date(?, 'unixepoch')", (finished_at or 0,)).fetchone()[0]
-    response_id = response_id if isinstance(response_id, str) else None
+    uid, finished_at, provider, model, tier, operation, result = row
+    day = time.strftime("%Y-%m-%d", time.gmtime(finished_at or 0))  # the ledger's UTC day
+    response_id = _response_id(result)
     key = response_id or f"job:{job_id}:{custom_id}"
     return ScoredAnswer(key, response_id, job_id, custom_id, uid, day, provider, model,
                         tier or "", operation)
 
 
-def record_feedback(connection: sqlite3.Connection, answer: ScoredAnswer, *, score: float,
+def _response_id(result: bytes | str | None) -> str | None:
+    """The id of the answer in a job line's stored result, when it has one."""
+    if result is None:
+        return None
+    try:
+        document = orjson.loads(result)
+    except orjson.JSONDecodeError:
+        return None
+    response = document.get("response") if isinstance(document, dict) else None
+    body = response.get("body") if isinstance(response, dict) else None
+    answer_id = body.get("id") if isinstance(body, dict) else None
+    return answer_id if isinstance(answer_id, str) else None
+
+
+def record_feedback(connection: Connection, answer: ScoredAnswer, *, score: float,
                     label: str | None, comment: str | None, scorer_uid: int | None,
                     now: float) -> None:
     """Keep ``score`` for ``answer``, replacing any score it had."""
     connection.execute(
-        "INSERT OR REPLACE INTO feedback (answer_key, response_id, job_id, custom_id, uid, "
+        "INSERT INTO feedback (answer_key, response_id, job_id, custom_id, uid, "
         "scorer_uid, day, provider, model, tier, operation, score, label, comment, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (answer_key) DO UPDATE SET response_id = excluded.response_id, "
+        "job_id = excluded.job_id, custom_id = excluded.custom_id, uid = excluded.uid, "
+        "scorer_uid = excluded.scorer_uid, day = excluded.day, provider = excluded.provider, "
+        "model = excluded.model, tier = excluded.tier, operation = excluded.operation, "
+        "score = excluded.score, label = excluded.label, comment = excluded.comment, "
+        "created_at = excluded.created_at",
         (answer.answer_key, answer.response_id, answer.job_id, answer.custom_id,
          -1 if answer.uid is None else answer.uid, scorer_uid, answer.day, answer.provider,
          answer.model, answer.tier, answer.operation or "", score, label, comment, now))
 
 
-async def quality_by(connection: aiosqlite.Connection, by: Sequence[str], *,
+async def quality_by(connection: AsyncConnection, by: Sequence[str], *,
                      since_day: str | None, until_day: str | None, everyone: bool,
                      uid: int | None, good: float
                      ) -> dict[tuple[Any, ...], tuple[int, float, int]] | None:
@@ -116,7 +137,8 @@ async def quality_by(connection: aiosqlite.Connection, by: Sequence[str], *,
         conditions.append("day <= ?")
         params.append(until_day)
     where = " WHERE " + " AND ".join(conditions) if conditions else ""
-    select = ", ".join([*columns, "COUNT(*)", "SUM(score)", "SUM(score >= ?)"])
+    select = ", ".join([*columns, "COUNT(*)", "SUM(score)",
+                         "SUM(CASE WHEN score >= ? THEN 1 ELSE 0 END)"])
     group = f" GROUP BY {', '.join(columns)}" if columns else ""
     rows = await connection.execute_fetchall(f"SELECT {select} FROM feedback{where}{group}",
                                              [good, *params])

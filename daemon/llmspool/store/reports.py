@@ -3,16 +3,17 @@ calling user or saving source.
 
 Reports read only ``ledger_rollup`` (migration 0003), the per-day totals a trigger keeps exact
 as each ledger entry is written, so a report over a million entries reads a few thousand rows.
-They read through a read-only connection of their own (``open_reader``): in WAL mode a reader
-never waits for the ledger's commits, nor they for it.
+They read through a read-only connection of their own (``open_reader``), to the store on
+either backend: in SQLite's WAL mode, as in PostgreSQL, a reader never waits for the ledger's
+commits, nor they for it. The SQL is one text for both, so both give the same figures.
 
 Money stays integer picodollars while it is summed and becomes USD once, at the end. Saved is
 what the calls would have cost at standard list price less what they cost, never negative for a
 rollup row; it is split by where it came from (``SOURCES``). Entries written before sources
 were recorded carry none: their saving can only be the tier discount, and is counted as "tier".
 
-This module imports nothing heavy at import time (aiosqlite only when a reader is opened), so
-that the command line can use its parsers and CSV writer and still start fast.
+This module imports nothing heavy at import time (the store's drivers only when a reader is
+opened), so that the command line can use its parsers and CSV writer and still start fast.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import anyio
 
@@ -36,7 +35,8 @@ from llmspool.core.pricing import usd
 from llmspool.core.units import parse_duration
 
 if TYPE_CHECKING:
-    import aiosqlite
+    from llmspool.store.backend import StoreLocation
+    from llmspool.store.connections import AsyncConnection
 
 # What a report can group by, in the order a user would most often read them.
 DIMENSIONS = ("day", "provider", "model", "tier", "operation", "user", "source", "deadline")
@@ -68,7 +68,8 @@ _SUMS_SQL = (
     # on embeddings (recorded with no saving of its own) is taken off what it saved.
     "SUM(CASE WHEN saving_source IN ('cache', 'dedup') "
     "THEN standard_cost_picodollars - cost_picodollars "
-    "ELSE MAX(standard_cost_picodollars - cost_picodollars, 0) END), "
+    "WHEN standard_cost_picodollars > cost_picodollars "
+    "THEN standard_cost_picodollars - cost_picodollars ELSE 0 END), "
     "SUM(unpriced_calls), SUM(estimated_calls), SUM(late_calls)"
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -139,19 +140,12 @@ def utc_day(unix_seconds: float) -> str:
 
 
 @asynccontextmanager
-async def open_reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    """A read-only connection to the database at ``path``, closed on leaving the block."""
-    import aiosqlite
+async def open_reader(store: StoreLocation) -> AsyncIterator[AsyncConnection]:
+    """A read-only connection to ``store``, closed on leaving the block."""
+    from llmspool.store.connect import connected_async
 
-    from llmspool.store.database import close_shielded
-
-    connection = await aiosqlite.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    try:
-        # A reader waits only in rare moments (a WAL reset); never fail a report for those.
-        await connection.execute("PRAGMA busy_timeout=5000")
+    async with connected_async(store, read_only=True) as connection:
         yield connection
-    finally:
-        await close_shielded(connection)
 
 
 @dataclass(slots=True)
@@ -220,7 +214,7 @@ class _Sums:
 
 
 async def cost_report(
-    connection: aiosqlite.Connection,
+    connection: AsyncConnection,
     *,
     by: Sequence[str],
     since_day: str | None,
@@ -327,7 +321,7 @@ def _day_range(since_day: str | None, until_day: str | None, uid: Any = _ALL, *,
             conditions.append("uid = ?")
             params.append(-1 if uid is None else uid)
         else:
-            conditions.append("uid IS ?")
+            conditions.append("uid IS NOT DISTINCT FROM ?")
             params.append(uid)
     if since_day is not None:
         conditions.append("day >= ?")

@@ -1,32 +1,34 @@
 """A connection for the front door's own small writes (feedback, captured answers, their
-sweep): one ``sqlite3`` connection, used from a worker thread, one statement group at a time.
+sweep): one synchronous connection to the store, used from a worker thread, one statement
+group at a time.
 
 These writes are rare next to the ledger's (a score; a call of an operation that captures), so
-they wait for SQLite's write lock in a thread rather than on the event loop, and never hold up
-the ledger for longer than one short transaction.
+they wait for the store's write lock (SQLite's; PostgreSQL's row locks) in a thread rather than
+on the event loop, and never hold up the ledger for longer than one short transaction.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import Connection, PgConnection
+
 __all__ = ["SideWriter"]
 
 _T = TypeVar("_T")
-LOCK_WAIT_MS = 30_000
 
 
 class SideWriter:
     """Runs ``function(connection, *args)`` in one transaction, in a worker thread."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._connection: sqlite3.Connection | None = None
+    def __init__(self, location: StoreLocation) -> None:
+        self._location = location
+        self._connection: Connection | None = None
         self._lock = anyio.Lock()
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
@@ -39,19 +41,30 @@ class SideWriter:
     def _in_transaction(self, function: Callable[..., _T], *args: Any) -> _T:
         connection = self._connection
         if connection is None:
-            connection = self._connection = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
-        connection.execute("BEGIN IMMEDIATE")
+            connection = self._connection = connect(self._location)
         try:
-            result = function(connection, *args)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = function(connection, *args)
+            except BaseException:
+                if not _lost(connection):
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if _lost(connection):
+                # The PostgreSQL session ended (a server restart, a dropped network): the
+                # next write connects again.
+                connection.close()
+                self._connection = None
             raise
-        connection.execute("COMMIT")
         return result
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _lost(connection: Connection) -> bool:
+    return isinstance(connection, PgConnection) and connection.raw.closed
