@@ -103,7 +103,8 @@ class BatchPoller:
         self._retrieval = Retrieval(self._store, self._context, self._prices, self._submitter,
                                     self._ledger)
         try:
-            for batch in await self._store.run(batch_sql.open_batches):
+            for batch in await self._store.run(batch_sql.open_batches, None,
+                                               self._context.daemon):
                 if batch.state == BatchState.SUBMITTED:
                     self._adopt(batch, now=0.0)  # poll at once: it may have finished meanwhile
             if self._open:

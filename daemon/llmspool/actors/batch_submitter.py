@@ -82,7 +82,8 @@ class BatchSubmitter:
         self._maker = BatchMaker(self._store, self._context, self._reserver, self._poller,
                                  self._keeper, self._ledger)
         try:
-            unfinished = [b for b in await self._store.run(batch_sql.open_batches)
+            unfinished = [b for b in await self._store.run(batch_sql.open_batches, None,
+                                                           self._context.daemon)
                           if b.state in (BatchState.INTENT, BatchState.UPLOADED)]
             async with self._poller, self._keeper, self._ledger, \
                     anyio.create_task_group() as group:

@@ -63,7 +63,7 @@ from llmspool.server.uvicorn_server import (
     build_server,
     connection_cap,
 )
-from llmspool.store.backend import StoreLocation, daemon_name
+from llmspool.store.backend import Backend, StoreLocation, daemon_name
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.connections import AsyncConnection
 from llmspool.store.database import DATABASE_NAME
@@ -142,9 +142,12 @@ async def build_parts(
     book.observe_many(await recent_latencies(jobs_database))
     book.observe_many(await batch_turnarounds(jobs_database))
     planner = Planner(config, prices, book, clock)
-    # This daemon as a shared store's fleet knows it (its name is on its entries anywhere).
+    # This daemon as a shared store's fleet knows it (its name is on its entries anywhere);
+    # in a shared store, the owner of the deferred work it accepts (None: the one daemon).
+    store = StoreLocation.of(config)
     member = Member(daemon_name(config), socket.gethostname(), os.getpid(), __version__,
                     config.store.lease)
+    owner = member.name if store.backend is Backend.POSTGRESQL else None
     ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
                     meter=tracing.meter, clock=clock.now, member=member)
     dispatcher = Dispatcher(
@@ -174,7 +177,7 @@ async def build_parts(
     cache_rules = CacheRules(config.cache, config.operations)
     cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                           state_dir=config.state_path, planner=planner,
-                          batches=PendingBatches(StoreLocation.of(config), planner),
+                          batches=PendingBatches(store, planner),
                           near=NearDuplicates(config.cache)
                           if any(op.similar for op in config.operations.values()) else None)
     batch_providers = {name: provider for name, provider in providers.items()
@@ -182,8 +185,8 @@ async def build_parts(
     crash = CrashPoints(environ)
     batches_ready = anyio.Event()
     batch_context = BatchContext(
-        batch_providers, StoreLocation.of(config), config.state_path, planner,
-        config.batch, tracing.tracer, crash, batches_ready,
+        batch_providers, store, config.state_path, planner,
+        config.batch, tracing.tracer, crash, batches_ready, owner,
     )
     submitter = BatchSubmitter(submitter_out, poller_in.clone(), results_in.clone(),
                                ledger_in.clone(), context=batch_context,
@@ -210,7 +213,7 @@ async def build_parts(
     # Who may see which jobs and costs: their owners, and [daemon] admins.
     access = Access(config.daemon.admins)
     # Feedback and captured answers are the front door's own small writes.
-    side_writer = SideWriter(StoreLocation.of(config))
+    side_writer = SideWriter(store)
     capturer = Capturer(config.operations, config.jobs.retention, side_writer, clock)
     forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                           max_body_size=config.daemon.max_body_size,
@@ -223,7 +226,7 @@ async def build_parts(
                                on_short_deadline=config.jobs.on_short_deadline,
                                tracer=tracing.tracer, chooser=chooser,
                                spool_directory=config.state_path)
-    batch_api = BatchApi(config.state_path, StoreLocation.of(config), submission, config.files,
+    batch_api = BatchApi(config.state_path, store, submission, config.files,
                          clock)
     app = build_app(
         forwarder, router,
@@ -235,10 +238,10 @@ async def build_parts(
             *job_routes(submission, config.state_path / DATABASE_NAME,
                         max_upload_size=config.jobs.max_upload_size, access=access),
             *batch_api_routes(batch_api, access),
-            *ledger_routes(ledger_status, StoreLocation.of(config), access=access,
+            *ledger_routes(ledger_status, store, access=access,
                            clock=clock.now),
             *feedback_routes(ledger_status, side_writer, access, clock=clock.now),
-            *export_routes(ledger_status, StoreLocation.of(config), access,
+            *export_routes(ledger_status, store, access,
                            clock=clock.now),
         ],
     )

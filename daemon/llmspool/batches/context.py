@@ -32,3 +32,6 @@ class BatchContext:
     tracer: trace.Tracer
     crash: CrashPoints
     ready: anyio.Event
+    # In a store several daemons share: this daemon's name, whose batches these actors make
+    # and work (the others' are theirs). None: the one daemon of the store.
+    daemon: str | None = None

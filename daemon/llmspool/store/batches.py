@@ -123,19 +123,20 @@ def _batch(row: Sequence[Any]) -> BatchRow:
 
 def open_batch(
     connection: Connection, intent: str, candidates: Sequence[BatchCandidate],
-    traceparents: Iterable[str], now: float,
+    traceparents: Iterable[str], now: float, daemon: str | None = None,
 ) -> BatchRow | None:
     """Record the intent to send ``candidates`` as one batch and assign them to it, in one
-    transaction; None if none of them is still waiting (cancelled jobs)."""
+    transaction; None if none of them is still waiting (cancelled jobs). ``daemon``: the
+    daemon making it, whose batch it is in a shared store."""
     first = candidates[0]
     deadline = min(c.deadline_at for c in candidates)
     connection.execute("BEGIN IMMEDIATE")
     try:
         (batch_id,) = connection.execute(
             "INSERT INTO batches (intent, provider, endpoint, model, state, lines, bytes, "
-            "tokens, deadline_at, created_at) VALUES (?, ?, ?, ?, 'intent', 0, 0, 0, ?, ?) "
-            "RETURNING id",
-            (intent, first.provider, first.endpoint.value, first.model, deadline, now),
+            "tokens, deadline_at, created_at, daemon) "
+            "VALUES (?, ?, ?, ?, 'intent', 0, 0, 0, ?, ?, ?) RETURNING id",
+            (intent, first.provider, first.endpoint.value, first.model, deadline, now, daemon),
         ).fetchone()
         connection.executemany(
             "UPDATE job_requests SET batch_id = ? WHERE id = ? AND state = 'queued' "
@@ -220,12 +221,16 @@ def mark_cancel_requested(connection: Connection, batch: BatchRow, now: float) -
     batch.cancel_requested_at = now
 
 
-def open_batches(connection: Connection, batch_id: int | None = None) -> list[BatchRow]:
+def open_batches(connection: Connection, batch_id: int | None = None,
+                 daemon: str | None = None) -> list[BatchRow]:
     """Every batch not finished (or just ``batch_id``, if it is not), oldest first, with the
-    traceparents of the jobs it carries."""
+    traceparents of the jobs it carries; ``daemon``: only that daemon's (a shared store)."""
     only = "" if batch_id is None else f"AND id = {int(batch_id)}"
+    if daemon is not None:
+        only += " AND daemon = ?"
     rows = connection.execute(
-        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'finished' {only} ORDER BY id"
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'finished' {only} ORDER BY id",
+        () if daemon is None else (daemon,),
     ).fetchall()
     batches = [_batch(row) for row in rows]
     for batch in batches:

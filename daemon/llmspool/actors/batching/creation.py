@@ -76,6 +76,7 @@ class BatchMaker:
         self._clock = context.planner.clock
         self._tracer = context.tracer
         self._crash = context.crash
+        self._daemon = context.daemon
         self.submitted = 0
         self.given_back = 0
 
@@ -88,7 +89,7 @@ class BatchMaker:
             return
         intent = f"{int(now)}-{secrets.token_hex(6)}"
         batch = await self._store.run(batch_sql.open_batch, intent, admitted,
-                                      sorted(traceparents), now)
+                                      sorted(traceparents), now, self._daemon)
         if batch is None:  # their jobs were cancelled meanwhile
             await self._ledger.send(ReleaseLines([c.request_id for c in admitted]))
         self._crash.reach("batch.after_intent")

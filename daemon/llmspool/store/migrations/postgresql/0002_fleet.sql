@@ -4,6 +4,10 @@
 -- Which daemon ([store] name) made each ledger entry's call, and holds each reservation.
 ALTER TABLE ledger_entries ADD COLUMN daemon TEXT;
 ALTER TABLE reservations ADD COLUMN daemon TEXT;
+-- The daemon that accepted a job, and that made a batch: in a shared store each daemon works
+-- its own deferred work (NULL: made before daemons had names, or on SQLite: the one daemon's).
+ALTER TABLE jobs ADD COLUMN daemon TEXT;
+ALTER TABLE batches ADD COLUMN daemon TEXT;
 CREATE INDEX reservations_daemon ON reservations (daemon);
 
 -- The daemons of the fleet: each renews its lease ([store] lease) while it runs. A daemon
