@@ -43,27 +43,31 @@ CREATE FUNCTION llmspool_money_lock() RETURNS void LANGUAGE sql AS $$
 $$;
 
 CREATE FUNCTION llmspool_utc_day(seconds DOUBLE PRECISION) RETURNS TEXT LANGUAGE sql
-IMMUTABLE AS $$
+IMMUTABLE PARALLEL SAFE AS $$
     SELECT to_char(to_timestamp(seconds) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
 $$;
 
 -- Add to the usage of every scope a call counts in (as the ledger's Budgets key them).
+-- PL/pgSQL, whose plans are kept for the session (a SQL function's are made on every call).
 CREATE FUNCTION llmspool_budget_add(day TEXT, operation TEXT, uid BIGINT, provider TEXT,
-                                    session TEXT, spent BIGINT, reserved BIGINT)
-RETURNS void LANGUAGE sql AS $$
-    SELECT llmspool_money_lock();
+                                    session TEXT, spent_delta BIGINT, reserved_delta BIGINT)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7020725431020725431);  -- llmspool_money_lock()
     INSERT INTO budget_usage AS u (period, kind, key, spent, reserved)
-    SELECT s.period, s.kind, s.key, spent, reserved FROM (VALUES
-        (day, 'day', ''),
-        (day, 'operation', COALESCE(operation, '')),
-        (day, 'user', COALESCE(uid::TEXT, 'None')),
-        (day, 'provider', provider),
-        ('', 'session', session)
-    ) AS s (period, kind, key)
-    WHERE s.key IS NOT NULL
-    ORDER BY 1, 2, 3
+    VALUES (day, 'day', '', spent_delta, reserved_delta),
+           (day, 'operation', COALESCE(operation, ''), spent_delta, reserved_delta),
+           (day, 'provider', provider, spent_delta, reserved_delta),
+           (day, 'user', COALESCE(uid::TEXT, 'None'), spent_delta, reserved_delta)
     ON CONFLICT (period, kind, key) DO UPDATE
         SET spent = u.spent + excluded.spent, reserved = u.reserved + excluded.reserved;
+    IF session IS NOT NULL THEN
+        INSERT INTO budget_usage AS u (period, kind, key, spent, reserved)
+        VALUES ('', 'session', session, spent_delta, reserved_delta)
+        ON CONFLICT (period, kind, key) DO UPDATE
+            SET spent = u.spent + excluded.spent, reserved = u.reserved + excluded.reserved;
+    END IF;
+END;
 $$;
 
 CREATE FUNCTION llmspool_reservation_usage() RETURNS trigger LANGUAGE plpgsql AS $$
