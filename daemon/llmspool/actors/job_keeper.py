@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -56,6 +55,7 @@ from llmspool.messages import (
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.planner import Planner
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import BatchCandidate, NewJob, Viewer
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class JobKeeper:
         inbox: MemoryObjectReceiveStream[KeeperMessage],
         queue: MemoryObjectSendStream[Call],
         ledger: MemoryObjectSendStream[StoreJobResults],
-        database: aiosqlite.Connection,
+        database: AsyncConnection,
         planner: Planner,
         config: JobsConfig,
         *,

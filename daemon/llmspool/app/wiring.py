@@ -66,7 +66,6 @@ from llmspool.server.uvicorn_server import (
 from llmspool.store.backend import Backend, StoreLocation, daemon_name
 from llmspool.store.batches import batch_turnarounds
 from llmspool.store.connections import AsyncConnection
-from llmspool.store.database import DATABASE_NAME
 from llmspool.store.fleet import Member
 from llmspool.store.ledger import LedgerConnection, recent_latencies
 from llmspool.store.writer import SideWriter
@@ -235,7 +234,7 @@ async def build_parts(
          "batches": poller_in},
         started_at=time.time(),
         extra_routes=[
-            *job_routes(submission, config.state_path / DATABASE_NAME,
+            *job_routes(submission, store,
                         max_upload_size=config.jobs.max_upload_size, access=access),
             *batch_api_routes(batch_api, access),
             *ledger_routes(ledger_status, store, access=access,

@@ -10,11 +10,14 @@
     POST /v1/jobs/{id}/cancel          cancel what has not run
 
 Uploads are validated off the event loop (a worker thread), so a 100,000-line file does not
-stall interactive calls while it is checked.
+stall interactive calls while it is checked. Results and carrying batches are read on a
+read-only connection of the request's own to the store (SQLite or PostgreSQL), never waiting
+on the job keeper's writes.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,8 @@ from llmspool.server.access import Access
 from llmspool.server.bodies import read_limited, spool_limited
 from llmspool.server.uvicorn_server import caller_of
 from llmspool.store import jobs as jobs_sql
-from llmspool.store.database import connected
+from llmspool.store.backend import Backend, StoreLocation
+from llmspool.store.connect import connected_async
 from llmspool.store.records import Viewer
 
 MAX_WAIT = 600.0
@@ -48,14 +52,17 @@ _JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-json
 
 def job_routes(
     submission: JobSubmission,
-    database_path: Path,
+    store: StoreLocation,
     *,
     max_upload_size: int,
     access: Access | None = None,
     spool_directory: Path | None = None,
 ) -> list[Route]:
     access = access or Access(())
-    spool_directory = spool_directory or database_path.parent
+    # Uploads are spooled next to a SQLite store (the state directory), else in the system's
+    # temporary directory.
+    spool_directory = spool_directory or (
+        store.path.parent if store.backend is Backend.SQLITE else Path(tempfile.gettempdir()))
     keeper = submission.keeper
 
     def viewer(request: Request) -> Viewer:
@@ -105,7 +112,7 @@ def job_routes(
     async def get_job(request: Request) -> Response:
         job = await _job(keeper, request.path_params["job_id"], viewer(request))
         if job["counts"].get("in_batch"):
-            job["batches"] = await _carrying_batches(database_path, job["id"])
+            job["batches"] = await _carrying_batches(store, job["id"])
         return _json(job)
 
     async def results(request: Request) -> Response:
@@ -117,7 +124,7 @@ def job_routes(
                 await ask(keeper, lambda reply: WaitForJob(job_id, reply, who))
         job = await _job(keeper, job_id, who)  # 404 for a job the caller may not see
         return StreamingResponse(
-            _stream_results(database_path, job_id),
+            _stream_results(store, job_id),
             media_type="application/jsonl",
             headers={"x-llmspool-job-status": job["status"]},
         )
@@ -205,14 +212,14 @@ def _upload_too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-async def _carrying_batches(database_path: Path, job_id: str) -> list[dict[str, Any]]:
-    async with connected(f"file:{database_path}?mode=ro", uri=True) as connection:
+async def _carrying_batches(store: StoreLocation, job_id: str) -> list[dict[str, Any]]:
+    async with connected_async(store, read_only=True) as connection:
         return await jobs_sql.carrying_batches(connection, job_id)
 
 
-async def _stream_results(database_path: Path, job_id: str) -> AsyncIterator[bytes]:
-    # A read-only connection of its own: reading never waits on the keeper's writes (WAL).
-    async with connected(f"file:{database_path}?mode=ro", uri=True) as connection:
+async def _stream_results(store: StoreLocation, job_id: str) -> AsyncIterator[bytes]:
+    # A read-only connection of its own: reading never waits on the keeper's writes.
+    async with connected_async(store, read_only=True) as connection:
         async for chunk in jobs_sql.iter_results(connection, job_id):
             yield chunk
 

@@ -1,21 +1,32 @@
-"""SQL of jobs and their requests; the job keeper actor is its only writer.
+"""SQL of jobs and their requests, in the store (SQLite or PostgreSQL); the job keeper actor
+is its only writer.
 
-Readers of committed results (the results endpoint) use their own connection: in WAL mode they
-never block the writer, and a 100,000-line result file streams without passing through the
-actor.
+Readers of committed results (the results endpoint) use their own connection: they never block
+the writer (SQLite's WAL, PostgreSQL's MVCC), and a 100,000-line result file streams without
+passing through the actor.
+
+The statements are the same text on both backends except where one would be slow or has no
+equivalent, each picked by the connection: on PostgreSQL a job's lines go in with ``COPY`` (a
+job of more than a page then gathers the planner's statistics if the table has none), its
+results are read along the (job_id, line) index whatever the statistics say, and a cancelled
+line's error line and an embeddings line's count of inputs are made with its JSON functions;
+on SQLite the routing pages name their index (``INDEXED BY``).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import orjson
+import psycopg
 
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.store.connections import AsyncConnection, PgAsyncConnection, is_sqlite
 from llmspool.store.records import NewJob
 
 RESULT_CHUNK = 1000
@@ -51,49 +62,91 @@ class QueuedRequest:
         return self.routed_from_provider, self.routed_from_model
 
 
-async def insert_job(connection: aiosqlite.Connection, job: NewJob) -> None:
+_JOB_REQUEST_COLUMNS = (
+    "job_id, line, custom_id, endpoint, provider, model, body, deadline_at, state, cache_key, "
+    "cache_ttl, routed_from_provider, routed_from_model"
+)
+_INSERT_JOB_REQUEST = (
+    f"INSERT INTO job_requests ({_JOB_REQUEST_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The job keeper's other tasks (the pump, lines given back by batches) read on its connection
+# while a job is inserted. psycopg holds the connection for a whole COPY from 3.2.13 on
+# (psycopg#1210); before, their statement would fail in the middle of one, and the lines are
+# inserted by executemany, a chunk at a time.
+_COPY_HOLDS_THE_CONNECTION = tuple(
+    int(part) for part in re.findall(r"\d+", psycopg.__version__)[:3]) >= (3, 2, 13)
+_PG_INSERT_CHUNK = 1000
+
+
+async def insert_job(connection: AsyncConnection, job: NewJob) -> None:
     """The job and all its requests, in one transaction: durable when this returns."""
+    total = len(job.lines)
     await connection.execute("BEGIN IMMEDIATE")
     try:
         await connection.execute(
             "INSERT INTO jobs (id, created_at, deadline_at, operation, tags, uid, status, total, "
             "traceparent) VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?)",
             (job.id, job.created_at, job.deadline_at, job.operation,
-             orjson.dumps(job.tags).decode(), job.uid, len(job.lines), job.traceparent),
+             orjson.dumps(job.tags).decode(), job.uid, total, job.traceparent),
         )
-        # A generator, not a list: 100,000 parameter tuples would be ~12 MB more at the peak.
-        await connection.executemany(
-            "INSERT INTO job_requests (job_id, line, custom_id, endpoint, provider, model, body,"
-            " deadline_at, state, cache_key, cache_ttl, routed_from_provider, routed_from_model) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (
-                (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
-                 line.model, line.body, job.deadline_at, line.cache_key, line.cache_ttl,
-                 *(line.routed_from or (None, None)))
-                for line in job.lines
-            ),
+        # A generator, not a list: 100,000 parameter tuples would be ~12 MB more at the peak
+        # (and the lines may come from a spool on disk, one at a time).
+        rows = (
+            (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
+             line.model, line.body, job.deadline_at, "queued", line.cache_key, line.cache_ttl,
+             *(line.routed_from or (None, None)))
+            for line in job.lines
         )
+        if isinstance(connection, PgAsyncConnection) and _COPY_HOLDS_THE_CONNECTION:
+            # COPY streams the rows in one statement, twice as fast as an executemany (which
+            # would also hold them all: psycopg takes a list).
+            async with connection.raw.cursor() as cursor, cursor.copy(
+                    f"COPY job_requests ({_JOB_REQUEST_COLUMNS}) FROM STDIN") as copy:
+                for row in rows:
+                    await copy.write_row(row)
+        elif isinstance(connection, PgAsyncConnection):
+            while chunk := list(itertools.islice(rows, _PG_INSERT_CHUNK)):
+                await connection.executemany(_INSERT_JOB_REQUEST, chunk)
+        else:
+            await connection.executemany(_INSERT_JOB_REQUEST, rows)
     except BaseException:
         await connection.execute("ROLLBACK")
         raise
     await connection.execute("COMMIT")
+    if isinstance(connection, PgAsyncConnection) and total > ROUTE_PAGE:
+        await _gather_statistics(connection)
+
+
+async def _gather_statistics(connection: PgAsyncConnection) -> None:
+    """Statistics of the job's lines for PostgreSQL's planner, if it has none yet.
+
+    A job is read a page at a time (``job_id = ? AND line > ? ORDER BY line LIMIT ?``, and so
+    are its results): with any statistics the planner walks the (job_id, line) index and stops
+    at the page's end, but on a table never analyzed (a new store, until autovacuum gets to
+    it) it guesses a job has a row or two, and sorts all of the job's lines for every page. A
+    job of more than a page is the moment to gather them: once, a sample of the table."""
+    rows = await connection.execute_fetchall(
+        "SELECT reltuples FROM pg_class WHERE oid = CAST('job_requests' AS regclass)")
+    if rows and rows[0][0] < 0:  # never analyzed (PostgreSQL 14 and later)
+        await connection.execute("ANALYZE job_requests")
 
 
 async def fetch_requests(
-    connection: aiosqlite.Connection, ids: Sequence[int]
+    connection: AsyncConnection, ids: Sequence[int]
 ) -> list[QueuedRequest]:
     marks = ",".join("?" * len(ids))
     rows = await connection.execute_fetchall(
         "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts, "
         "routed_from_provider, routed_from_model "
-        f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued'",
+        f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued' ORDER BY id",
         tuple(ids),
     )
     return [QueuedRequest(*row) for row in rows]
 
 
 async def complete_finished_jobs(
-    connection: aiosqlite.Connection, now: float, job_ids: set[str] | None = None
+    connection: AsyncConnection, now: float, job_ids: set[str] | None = None
 ) -> None:
     """Mark completed the jobs (``job_ids``, or all) in progress with no queued request left.
 
@@ -103,20 +156,32 @@ async def complete_finished_jobs(
     await connection.execute(COMPLETE_FINISHED_JOBS.format(only=only), (now, *(job_ids or ())))
 
 
-async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
+# Cancelled requests get an error line, so the results list every request. The line is made
+# in the store (a job of 100,000 requests is cancelled in one statement), with each backend's
+# JSON functions; both write it compact, as orjson would.
+_CANCEL_SQLITE = (
+    "UPDATE job_requests SET state = 'cancelled', finished_at = ?, "
+    "result = CAST(json_object('id', 'batch_req_' || id, 'custom_id', custom_id, "
+    "'response', NULL, 'error', json_object('code', 'cancelled', 'message', "
+    "'the job was cancelled before this request ran')) AS BLOB) "
+    "WHERE job_id = ? AND state = 'queued'"
+)
+_CANCEL_POSTGRESQL = (
+    "UPDATE job_requests SET state = 'cancelled', finished_at = ?, "
+    """result = convert_to('{"id":"batch_req_' || CAST(id AS TEXT) || '","custom_id":' || """
+    """to_json(custom_id)::text || ',"response":null,"error":{"code":"cancelled",'"""
+    """ || '"message":"the job was cancelled before this request ran"}}', 'UTF8') """
+    "WHERE job_id = ? AND state = 'queued'"
+)
+
+
+async def cancel_job(connection: AsyncConnection, job_id: str) -> int:
     """Cancel the job's queued requests; how many there were."""
     now = time.time()
     await connection.execute("BEGIN IMMEDIATE")
     try:
-        # Cancelled requests get an error line, so the results list every request.
         cursor = await connection.execute(
-            "UPDATE job_requests SET state = 'cancelled', finished_at = ?, "
-            "result = CAST(json_object('id', 'batch_req_' || id, 'custom_id', custom_id, "
-            "'response', NULL, 'error', json_object('code', 'cancelled', 'message', "
-            "'the job was cancelled before this request ran')) AS BLOB) "
-            "WHERE job_id = ? AND state = 'queued'",
-            (now, job_id),
-        )
+            _CANCEL_SQLITE if is_sqlite(connection) else _CANCEL_POSTGRESQL, (now, job_id))
         cancelled = cursor.rowcount
         await connection.execute(
             "UPDATE jobs SET status = 'cancelled', finished_at = ? "
@@ -130,7 +195,7 @@ async def cancel_job(connection: aiosqlite.Connection, job_id: str) -> int:
     return cancelled
 
 
-async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def load_jobs(connection: AsyncConnection) -> list[dict[str, Any]]:
     """Every job still kept, with its counts by state and tier and its cost (status and
     states as their enums)."""
     rows = await connection.execute_fetchall(
@@ -149,7 +214,8 @@ async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
     counts = await connection.execute_fetchall(
         "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
         "COALESCE(SUM(standard_cost_picodollars), 0), "
-        "SUM(finished_at > deadline_at) FROM job_requests GROUP BY job_id, state, tier"
+        "SUM(CASE WHEN finished_at > deadline_at THEN 1 ELSE 0 END) "
+        "FROM job_requests GROUP BY job_id, state, tier"
     )
     for job_id, state, tier, count, cost, standard, late in counts:
         job = jobs.get(job_id)
@@ -164,7 +230,7 @@ async def load_jobs(connection: aiosqlite.Connection) -> list[dict[str, Any]]:
     return list(jobs.values())
 
 
-async def delete_jobs_finished_before(connection: aiosqlite.Connection, before: float) -> int:
+async def delete_jobs_finished_before(connection: AsyncConnection, before: float) -> int:
     await connection.execute("BEGIN IMMEDIATE")
     try:
         cursor = await connection.execute(
@@ -178,21 +244,32 @@ async def delete_jobs_finished_before(connection: aiosqlite.Connection, before: 
     return deleted
 
 
-async def iter_results(connection: aiosqlite.Connection, job_id: str) -> AsyncIterator[bytes]:
+_RESULTS_SQLITE = (
+    "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? "
+    "AND result IS NOT NULL ORDER BY line LIMIT ?"
+)
+# PostgreSQL's planner estimates ``result IS NOT NULL`` from statistics gathered when the job's
+# results were still to come (none): it would then scan every line of the table for each
+# chunk. Lines are read along the (job_id, line) index instead, those without a result skipped
+# here.
+_RESULTS_POSTGRESQL = (
+    "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? ORDER BY line LIMIT ?"
+)
+
+
+async def iter_results(connection: AsyncConnection, job_id: str) -> AsyncIterator[bytes]:
     """The job's stored result lines, in input order, a chunk of lines at a time."""
+    statement = _RESULTS_SQLITE if is_sqlite(connection) else _RESULTS_POSTGRESQL
     last_line = 0
     while True:
-        rows = list(
-            await connection.execute_fetchall(
-                "SELECT line, result FROM job_requests WHERE job_id = ? AND line > ? "
-                "AND result IS NOT NULL ORDER BY line LIMIT ?",
-                (job_id, last_line, RESULT_CHUNK),
-            )
-        )
+        rows = list(await connection.execute_fetchall(
+            statement, (job_id, last_line, RESULT_CHUNK)))
         if not rows:
             return
         last_line = rows[-1][0]
-        yield b"".join(bytes(result) + b"\n" for _line, result in rows)
+        chunk = b"".join(bytes(result) + b"\n" for _line, result in rows if result is not None)
+        if chunk:
+            yield chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,50 +288,64 @@ class Routable:
     cache_key: bytes | None  # the response cache's key: identical lines share one answer
 
 
-_ROUTABLE = (
-    "SELECT r.id, r.job_id, r.endpoint, r.provider, r.model, r.deadline_at, length(r.body), "
-    "CASE WHEN r.endpoint = '/v1/embeddings' "
-    "THEN MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1)) ELSE 1 END, r.attempts, "
-    "r.cache_key FROM job_requests r JOIN jobs j ON j.id = r.job_id WHERE r.state = 'queued' "
-    "AND r.batch_id IS NULL AND j.status = 'in_progress' "
-)
+def _routable(inputs: str) -> str:
+    return (
+        "SELECT r.id, r.job_id, r.endpoint, r.provider, r.model, r.deadline_at, length(r.body), "
+        f"CASE WHEN r.endpoint = '/v1/embeddings' THEN {inputs} ELSE 1 END, r.attempts, "
+        "r.cache_key FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+        "WHERE r.state = 'queued' AND r.batch_id IS NULL AND j.status = 'in_progress' "
+    )
 
 
-# Paged along the (job_id, line) index: the planner would otherwise pick the partial index of
-# queued requests and sort every queued row for each page.
-_ROUTABLE_PAGE = (
-    _ROUTABLE.replace("r.cache_key FROM", "r.cache_key, r.line FROM")
-    .replace("FROM job_requests r", "FROM job_requests r INDEXED BY job_requests_job_line")
-    + "AND r.job_id = ? AND r.line > ? ORDER BY r.line LIMIT ?"
-)
+# An embeddings line's inputs: the length of its "input" array (at least 1), or 1 for one
+# string. Counted in the store, which parses the body anyway: routing a page reads no body.
+_ROUTABLE_SQLITE = _routable("MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1))")
+_ROUTABLE_POSTGRESQL = _routable(
+    "(SELECT CASE WHEN json_typeof(i) = 'array' THEN GREATEST(1, json_array_length(i)) "
+    "ELSE 1 END FROM (SELECT convert_from(r.body, 'UTF8')::json -> 'input' AS i) AS e)")
+
+
+def _routable_page(routable: str, sqlite: bool) -> str:
+    statement = routable.replace("r.cache_key FROM", "r.cache_key, r.line FROM")
+    if sqlite:
+        # Paged along the (job_id, line) index: SQLite's planner would otherwise pick the
+        # partial index of queued requests and sort every queued row for each page.
+        statement = statement.replace(
+            "FROM job_requests r", "FROM job_requests r INDEXED BY job_requests_job_line")
+    return statement + "AND r.job_id = ? AND r.line > ? ORDER BY r.line LIMIT ?"
+
+
+_ROUTABLE_PAGE_SQLITE = _routable_page(_ROUTABLE_SQLITE, sqlite=True)
+_ROUTABLE_PAGE_POSTGRESQL = _routable_page(_ROUTABLE_POSTGRESQL, sqlite=False)
 
 
 async def routable_requests(
-    connection: aiosqlite.Connection, ids: Sequence[int],
+    connection: AsyncConnection, ids: Sequence[int],
 ) -> list[Routable]:
     """Queued requests no batch carries, of the given ids (a job's are read in pages:
     ``routable_pages``)."""
     found: list[Routable] = []
+    routable = _ROUTABLE_SQLITE if is_sqlite(connection) else _ROUTABLE_POSTGRESQL
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         rows = await connection.execute_fetchall(
-            _ROUTABLE + f"AND r.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            routable + f"AND r.id IN ({','.join('?' * len(chunk))}) ORDER BY r.id", tuple(chunk))
         found += [Routable(*row) for row in rows]
     return found
 
 
 async def routable_pages(
-    connection: aiosqlite.Connection, job_id: str, page: int | None = None,
+    connection: AsyncConnection, job_id: str, page: int | None = None,
 ) -> AsyncIterator[list[Routable]]:
     """The job's queued requests no batch carries, ``page`` at a time in id order: a job of
     100,000 requests is routed (when submitted, and again at a restart) without holding all
     its rows at once (~36 MB)."""
     after = 0
     page = page or ROUTE_PAGE  # read when called: a test makes pages small
+    statement = _ROUTABLE_PAGE_SQLITE if is_sqlite(connection) else _ROUTABLE_PAGE_POSTGRESQL
     while True:
         # Paged by line number, along the (job_id, line) index.
-        rows = list(await connection.execute_fetchall(
-            _ROUTABLE_PAGE, (job_id, after, page)))
+        rows = list(await connection.execute_fetchall(statement, (job_id, after, page)))
         if not rows:
             return
         yield [Routable(*row[:-1]) for row in rows]
@@ -262,7 +353,7 @@ async def routable_pages(
 
 
 async def batched_twins(
-    connection: aiosqlite.Connection,
+    connection: AsyncConnection,
 ) -> list[tuple[bytes, int, str, float]]:
     """(cache key, request id, job id, deadline) of the queued requests a batch carries, which
     identical lines may wait for."""
@@ -274,7 +365,7 @@ async def batched_twins(
             for key, request_id, job_id, deadline in rows]
 
 
-async def carrying_batches(connection: aiosqlite.Connection, job_id: str
+async def carrying_batches(connection: AsyncConnection, job_id: str
                            ) -> list[dict[str, Any]]:
     """The upstream batches that carry the job's unfinished requests: where they stand at the
     provider (for ``llmspool status`` and ``wait``)."""
@@ -296,7 +387,7 @@ async def carrying_batches(connection: aiosqlite.Connection, job_id: str
     ]
 
 
-async def batched_counts(connection: aiosqlite.Connection) -> dict[str, int]:
+async def batched_counts(connection: AsyncConnection) -> dict[str, int]:
     """Queued requests per job that a batch carries."""
     rows = await connection.execute_fetchall(
         "SELECT job_id, COUNT(*) FROM job_requests WHERE state = 'queued' "

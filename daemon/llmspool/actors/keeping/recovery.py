@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 
-import aiosqlite
 import anyio
 
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.actors.keeping.routing import Router
 from llmspool.core.states import JobStatus
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import BatchCandidate
 
 log = logging.getLogger("llmspool.actors.job_keeper")  # the keeper's own log
@@ -25,12 +25,16 @@ log = logging.getLogger("llmspool.actors.job_keeper")  # the keeper's own log
 SWEEP_EVERY = 3600.0
 
 
-async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
+async def recover(database: AsyncConnection, write_lock: anyio.Lock,
                   jobs: dict[str, JobState], router: Router, now: float) -> None:
     """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests."""
     async with write_lock:
         await database.execute("BEGIN IMMEDIATE")
-        await jobs_sql.complete_finished_jobs(database, now)
+        try:
+            await jobs_sql.complete_finished_jobs(database, now)
+        except BaseException:
+            await database.execute("ROLLBACK")
+            raise
         await database.execute("COMMIT")
     for row in await jobs_sql.load_jobs(database):
         state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
@@ -69,7 +73,7 @@ async def recover(database: aiosqlite.Connection, write_lock: anyio.Lock,
         log.info("resuming %d queued requests of %d jobs", resumed, resumed_jobs)
 
 
-async def delete_expired(database: aiosqlite.Connection, write_lock: anyio.Lock,
+async def delete_expired(database: AsyncConnection, write_lock: anyio.Lock,
                          jobs: dict[str, JobState], retention: float, now: float) -> None:
     """Forget jobs finished longer ago than ``[jobs] retention`` before ``now``, results and
     all."""

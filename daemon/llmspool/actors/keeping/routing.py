@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiosqlite
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.keeping.jobs import JobState
@@ -30,6 +29,7 @@ from llmspool.jobs.plan import JobPlan
 from llmspool.messages import BatchLinesDone, ToBatch
 from llmspool.policy.planner import Planner
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import BatchCandidate
 
 
@@ -47,7 +47,7 @@ class Router:
     """Routes lines to a batch or the pump's heap; owns the batched lines' twins."""
 
     def __init__(self, *, jobs: dict[str, JobState], pump: Pump, results: Results,
-                 database: aiosqlite.Connection, planner: Planner, config: JobsConfig,
+                 database: AsyncConnection, planner: Planner, config: JobsConfig,
                  batches: MemoryObjectSendStream[ToBatch] | None,
                  batch_providers: frozenset[str], batch_config: BatchConfig,
                  cached: CachedKeys | None) -> None:

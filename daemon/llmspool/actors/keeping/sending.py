@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import secrets
 
-import aiosqlite
 import anyio
 import anyio.abc
 import orjson
@@ -36,6 +35,7 @@ from llmspool.policy.cache_keys import CachePlan, CacheRules
 from llmspool.policy.planner import Planner
 from llmspool.resilience.failures import classify
 from llmspool.store import jobs as jobs_sql
+from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import Caller
 
 
@@ -44,7 +44,7 @@ class Pump:
 
     def __init__(self, queue: MemoryObjectSendStream[Call],
                  cache: MemoryObjectSendStream[Call] | None, cache_rules: CacheRules | None,
-                 database: aiosqlite.Connection, planner: Planner, config: JobsConfig,
+                 database: AsyncConnection, planner: Planner, config: JobsConfig,
                  jobs: dict[str, JobState], results: Results) -> None:
         self._queue = queue
         self._cache = cache
