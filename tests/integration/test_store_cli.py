@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from llmspool.store.backend import Backend
 from llmspool.store.database import migrations
 

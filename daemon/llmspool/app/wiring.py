@@ -234,8 +234,8 @@ async def build_parts(
          "batches": poller_in},
         started_at=time.time(),
         extra_routes=[
-            *job_routes(submission, store,
-                        max_upload_size=config.jobs.max_upload_size, access=access),
+            *job_routes(submission, store, max_upload_size=config.jobs.max_upload_size,
+                        access=access, spool_directory=config.state_path),
             *batch_api_routes(batch_api, access),
             *ledger_routes(ledger_status, store, access=access,
                            clock=clock.now),

@@ -59,8 +59,8 @@ def job_routes(
     spool_directory: Path | None = None,
 ) -> list[Route]:
     access = access or Access(())
-    # Uploads are spooled next to a SQLite store (the state directory), else in the system's
-    # temporary directory.
+    # Uploads are spooled in the state directory (the daemon passes it); a caller without
+    # one spools next to a SQLite store, or in the system's temporary directory.
     spool_directory = spool_directory or (
         store.path.parent if store.backend is Backend.SQLITE else Path(tempfile.gettempdir()))
     keeper = submission.keeper

@@ -76,10 +76,12 @@ def prepare_postgresql(connection: psycopg.Connection[Any] | psycopg.AsyncConnec
     connection.adapters.register_loader("numeric", _WholeOrFloat)
 
 
-def _sql(statement: str) -> str:
+def _sql(statement: str, parameters: Params) -> str:
+    """``statement`` for psycopg. Without parameters psycopg reads no placeholders (and
+    turns no ``%%`` back into ``%``), so the statement goes as written."""
     if statement.strip().upper() == "BEGIN IMMEDIATE":
         return "BEGIN"
-    return for_postgresql(statement)
+    return for_postgresql(statement) if parameters else statement
 
 
 class PgConnection:
@@ -90,13 +92,13 @@ class PgConnection:
         self.raw = connection
 
     def execute(self, sql: str, parameters: Params = (), /) -> Cursor:
-        return self.raw.execute(_sql(sql), parameters or None)
+        return self.raw.execute(_sql(sql, parameters), parameters or None)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params], /) -> Cursor:
         cursor = self.raw.cursor()
         rows = list(seq_of_parameters)
         if rows:
-            cursor.executemany(_sql(sql), rows)
+            cursor.executemany(for_postgresql(sql), rows)
         return cursor
 
     @property
@@ -136,17 +138,17 @@ class PgAsyncConnection:
         self.raw = connection
 
     def execute(self, sql: str, parameters: Params = ()) -> _Pending:
-        return _Pending(self.raw.execute(_sql(sql), parameters or None))
+        return _Pending(self.raw.execute(_sql(sql, parameters), parameters or None))
 
     async def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> None:
         rows = list(seq_of_parameters)
         if rows:
             async with self.raw.cursor() as cursor:
-                await cursor.executemany(_sql(sql), rows)
+                await cursor.executemany(for_postgresql(sql), rows)
 
     async def execute_fetchall(self, sql: str, parameters: Params = ()) -> list[Any]:
         async with self.raw.cursor() as cursor:
-            await cursor.execute(_sql(sql), parameters or None)
+            await cursor.execute(_sql(sql, parameters), parameters or None)
             return await cursor.fetchall()
 
     async def executescript(self, script: str) -> None:
