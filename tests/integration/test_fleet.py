@@ -49,8 +49,13 @@ def fleet_config(url: str, name: str) -> str:
 
 
 def start_fleet(tmp_path: Path, sim_url: str, url: str) -> list[Daemon]:
-    return [start_daemon(tmp_path / f"d{i}", sim_url, config_toml=fleet_config(url, f"d{i}"),
-                         process=True) for i in range(DAEMONS)]
+    fleet = []
+    for number in range(DAEMONS):
+        directory = tmp_path / f"d{number}"
+        directory.mkdir()
+        fleet.append(start_daemon(directory, sim_url, process=True,
+                                  config_toml=fleet_config(url, f"d{number}")))
+    return fleet
 
 
 def fleet_entries(url: str) -> list[dict[str, Any]]:

@@ -82,8 +82,12 @@ class JobKeeper:
         cache_rules: CacheRules | None = None,
         cached: CachedKeys | None = None,
         meter: metrics.Meter | None = None,
+        owner: str | None = None,
     ) -> None:
         self._inbox = inbox
+        # In a store several daemons share: this daemon, which works the jobs it accepted
+        # (and only those). None: the one daemon of the store.
+        self._owner = owner
         self._cached = cached
         self._cache = cache
         self._batches = batches
@@ -109,7 +113,7 @@ class JobKeeper:
         await delete_expired(self._database, self._write_lock, self._jobs, self._config.retention,
                              self._clock.now())
         await recover(self._database, self._write_lock, self._jobs, self._router,
-                      self._clock.now())
+                      self._clock.now(), self._owner)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._queue)
             await stack.enter_async_context(self._ledger)
@@ -174,7 +178,7 @@ class JobKeeper:
                 retry_after=30, code="queue_full",
             )
         async with self._write_lock:
-            await jobs_sql.insert_job(self._database, job)
+            await jobs_sql.insert_job(self._database, job, self._owner)
         # Stored: the lines are read back from the store a page at a time from here on, so
         # they are let go now rather than with the upload's request (~45 MB for 100,000).
         total = len(job.lines)

@@ -203,7 +203,7 @@ async def build_parts(
         batch_results=results_out, batch_providers=frozenset(batch_providers),
         batch_config=config.batch,
         cache=cache_in.clone(), cache_rules=cache_rules,
-        cached=CachedKeys(config.state_path), meter=tracing.meter,
+        cached=CachedKeys(config.state_path), meter=tracing.meter, owner=owner,
     )
     # The front door answers hits itself: it tells the cache actor and the ledger through
     # clones of their inboxes, closed with the door like the others.

@@ -79,16 +79,18 @@ _COPY_HOLDS_THE_CONNECTION = tuple(
 _PG_INSERT_CHUNK = 1000
 
 
-async def insert_job(connection: AsyncConnection, job: NewJob) -> None:
-    """The job and all its requests, in one transaction: durable when this returns."""
+async def insert_job(connection: AsyncConnection, job: NewJob,
+                     owner: str | None = None) -> None:
+    """The job and all its requests, in one transaction: durable when this returns.
+    ``owner``: in a store several daemons share, the daemon that works it."""
     total = len(job.lines)
     await connection.execute("BEGIN IMMEDIATE")
     try:
         await connection.execute(
             "INSERT INTO jobs (id, created_at, deadline_at, operation, tags, uid, status, total, "
-            "traceparent) VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?)",
+            "traceparent, daemon) VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?, ?)",
             (job.id, job.created_at, job.deadline_at, job.operation,
-             orjson.dumps(job.tags).decode(), job.uid, total, job.traceparent),
+             orjson.dumps(job.tags).decode(), job.uid, total, job.traceparent, owner),
         )
         # A generator, not a list: 100,000 parameter tuples would be ~12 MB more at the peak
         # (and the lines may come from a spool on disk, one at a time).
@@ -195,12 +197,14 @@ async def cancel_job(connection: AsyncConnection, job_id: str) -> int:
     return cancelled
 
 
-async def load_jobs(connection: AsyncConnection) -> list[dict[str, Any]]:
-    """Every job still kept, with its counts by state and tier and its cost (status and
-    states as their enums)."""
+async def load_jobs(connection: AsyncConnection, owner: str | None = None
+                    ) -> list[dict[str, Any]]:
+    """Every job still kept (``owner``'s only, in a shared store), with its counts by state
+    and tier and its cost (status and states as their enums)."""
+    mine = "" if owner is None else " WHERE daemon = ?"
     rows = await connection.execute_fetchall(
         "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at, "
-        "traceparent FROM jobs ORDER BY created_at"
+        f"traceparent FROM jobs{mine} ORDER BY created_at", () if owner is None else (owner,)
     )
     jobs = {
         row[0]: {
@@ -215,7 +219,9 @@ async def load_jobs(connection: AsyncConnection) -> list[dict[str, Any]]:
         "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
         "COALESCE(SUM(standard_cost_picodollars), 0), "
         "SUM(CASE WHEN finished_at > deadline_at THEN 1 ELSE 0 END) "
-        "FROM job_requests GROUP BY job_id, state, tier"
+        "FROM job_requests"
+        + ("" if owner is None else " WHERE job_id IN (SELECT id FROM jobs WHERE daemon = ?)")
+        + " GROUP BY job_id, state, tier", () if owner is None else (owner,)
     )
     for job_id, state, tier, count, cost, standard, late in counts:
         job = jobs.get(job_id)
@@ -353,13 +359,15 @@ async def routable_pages(
 
 
 async def batched_twins(
-    connection: AsyncConnection,
+    connection: AsyncConnection, owner: str | None = None,
 ) -> list[tuple[bytes, int, str, float]]:
     """(cache key, request id, job id, deadline) of the queued requests a batch carries, which
-    identical lines may wait for."""
+    identical lines may wait for (of ``owner``'s jobs only, in a shared store)."""
+    mine = "" if owner is None else " AND job_id IN (SELECT id FROM jobs WHERE daemon = ?)"
     rows = await connection.execute_fetchall(
         "SELECT cache_key, id, job_id, deadline_at FROM job_requests WHERE state = 'queued' "
-        "AND batch_id IS NOT NULL AND cache_key IS NOT NULL ORDER BY id"
+        f"AND batch_id IS NOT NULL AND cache_key IS NOT NULL{mine} ORDER BY id",
+        () if owner is None else (owner,)
     )
     return [(bytes(key), int(request_id), str(job_id), float(deadline))
             for key, request_id, job_id, deadline in rows]

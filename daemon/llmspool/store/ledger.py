@@ -476,7 +476,7 @@ async def recent_latencies(
     rows = await connection.execute_fetchall(
         "SELECT provider, model, tier, finished_at - started_at FROM ("
         "SELECT id, provider, model, tier, started_at, finished_at FROM ledger_entries "
-        "WHERE status = 200 ORDER BY id DESC LIMIT ?) ORDER BY id",
+        "WHERE status = 200 ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
         (limit,),
     )
     return [((p, m, Tier(t)), float(s)) for p, m, t, s in rows if t in _TIERS]

@@ -26,8 +26,10 @@ SWEEP_EVERY = 3600.0
 
 
 async def recover(database: AsyncConnection, write_lock: anyio.Lock,
-                  jobs: dict[str, JobState], router: Router, now: float) -> None:
-    """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests."""
+                  jobs: dict[str, JobState], router: Router, now: float,
+                  owner: str | None = None) -> None:
+    """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests;
+    ``owner``: in a store several daemons share, only this daemon's jobs."""
     async with write_lock:
         await database.execute("BEGIN IMMEDIATE")
         try:
@@ -36,7 +38,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
             await database.execute("ROLLBACK")
             raise
         await database.execute("COMMIT")
-    for row in await jobs_sql.load_jobs(database):
+    for row in await jobs_sql.load_jobs(database, owner):
         state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
                          row["tags"], row["uid"], row["status"], row["total"],
                          row["finished_at"])
@@ -49,7 +51,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
     for job_id, count in (await jobs_sql.batched_counts(database)).items():
         if job_id in jobs:
             jobs[job_id].batched = count
-    for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database):
+    for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database, owner):
         router.resume_twin(key, request_id, job_id, deadline_at)
     # A job at a time, a page at a time: a million queued requests are resumed without all
     # their rows in memory at once (~450 MB). Lines for a batch go in one message, as a new
