@@ -72,9 +72,12 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
         fleet = start_fleet(tmp_path, sim.url, postgres_url)
         outcomes = all_at_once(CALLS, lambda i: call(fleet[i % DAEMONS].socket_path,
                                                      f"call {i} of {CALLS}", SHAPE))
-        _status, costs = fleet[0].get("/v1/ledger?limit=1000")
         _status, report = fleet[3].get("/v1/status")
-        assert [daemon.terminate() for daemon in fleet] == [0] * DAEMONS
+        # The others stop (committing what they settled last); d0 still shows all of it.
+        assert [daemon.terminate() for daemon in fleet[1:]] == [0] * (DAEMONS - 1)
+        _status, costs = fleet[0].get("/v1/ledger?limit=1000")
+        _status, after = fleet[0].get("/v1/status")
+        assert fleet[0].terminate() == 0
         calls = billed_calls(sim)
     finally:
         for daemon in fleet:
@@ -102,6 +105,9 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
         sorted(e["request_id"] for e in entries)
     assert [daemon["name"] for daemon in report["ledger"]["fleet"]] == \
         [f"d{i}" for i in range(DAEMONS)]
+    # A daemon that stops cleanly leaves the fleet at once (it holds nothing).
+    assert [daemon["name"] for daemon in after["ledger"]["fleet"]] == ["d0"]
+    assert abs(after["ledger"]["spend_today_usd"] - spent / PICODOLLARS_PER_USD) < 1e-9
 
 
 def test_two_daemons_killed_mid_run_are_taken_over_and_the_cap_still_holds(

@@ -152,6 +152,8 @@ class Ledger:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._group.flush()
+                if self._fleet is not None and self._closed:  # a clean stop: nothing in flight
+                    await self._database.run(fleet.leave, self._fleet)
 
     def _drain(self, most: int) -> list[LedgerMessage]:
         """Up to ``most`` messages already waiting, without waiting for any."""

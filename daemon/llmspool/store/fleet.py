@@ -14,7 +14,7 @@ from typing import Any
 
 from llmspool.store.connections import Connection
 
-__all__ = ["Member", "expired", "fleet_report", "register", "renew"]
+__all__ = ["Member", "expired", "fleet_report", "leave", "register", "renew"]
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
 
@@ -47,6 +47,13 @@ def renew(connection: Connection, member: Member) -> bool:
         f"UPDATE daemons SET renewed_at = {_NOW}, lease_until = {_NOW} + ? WHERE name = ?",
         (member.lease, member.name))
     return cursor.rowcount == 1
+
+
+def leave(connection: Connection, member: Member) -> None:
+    """Leave the fleet, stopping cleanly: with nothing in flight there is nothing to take
+    over. (A batch line's reservation outlives it, as its batch does; the daemon settles it
+    when it starts again under its name.)"""
+    connection.execute("DELETE FROM daemons WHERE name = ?", (member.name,))
 
 
 def expired(connection: Connection) -> list[str]:
