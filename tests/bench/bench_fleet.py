@@ -1,15 +1,23 @@
-"""The shared store's cost at the ledger: how long a call waits for its admission (a durable
-reservation, checked against the caps), on SQLite and on PostgreSQL, with one daemon and with
-four sharing one database.
+"""The shared store's costs: how long a call waits for its admission (a durable
+reservation, checked against the caps), and how fast deferred work runs, on SQLite and on
+PostgreSQL, with one daemon and with several sharing one database.
 
+**Admissions.**
 Drives real ``Ledger`` actors over their inboxes at a paced rate of calls per second (spread
 round robin over the ledgers), each call admitted and then settled, with a daily cap set (so
 every admission is decided: in memory on SQLite, in the database for a shared store). It
 measures each admission's round trip (Admit sent to the reply), and the process CPU per call
 (worker threads included; PostgreSQL's own CPU is not counted). It starts its own PostgreSQL
-server (``llmspool.testing.postgres``). Figures, not pass/fail.
+server (``llmspool.testing.postgres``).
 
-    python -m tests.bench.bench_fleet [--rate 500] [--seconds 4] [--rounds 3]
+**Deferred work.** ``--lines`` direct-tier job requests (batch off, a 24 h deadline) against
+``llmspool sim`` answering at once, split into one job per daemon, each submitted to its own
+daemon (a daemon works the jobs it accepted): the fleet's requests per second from the first
+submission to the last job done, with 1 daemon on SQLite and 1, 2 and 4 daemon processes on
+one PostgreSQL database. Figures, not pass/fail.
+
+    python -m tests.bench.bench_fleet [--rate 500] [--seconds 4] [--rounds 3] [--lines 20000]
+                                      [--part admissions|deferred|both]
 """
 
 from __future__ import annotations
@@ -34,6 +42,16 @@ from llmspool.store.ledger import LedgerConnection
 from llmspool.store.records import Caller, Settled
 from llmspool.store.schema import migrate_store
 from llmspool.testing.postgres import PostgresServer, running_postgres
+
+from tests.bench.bench_jobs import make_jsonl, wait_done
+from tests.bench.bench_ledger import paced
+from tests.support.processes import (
+    UNLIMITED_SIM,
+    Daemon,
+    start_daemon,
+    start_sim,
+    unix_request,
+)
 
 BUDGETS = BudgetsConfig(daily_usd=1e6)
 
@@ -74,19 +92,46 @@ async def measure(store: StoreLocation, ledgers: int, rate: int, seconds: float
                 finished_at=now))
 
         count = int(rate * seconds)
-        cpu = time.process_time()
-        start = time.monotonic()
-        async with anyio.create_task_group() as calls:
-            for index in range(count):
-                delay = start + index / rate - time.monotonic()
-                if delay > 0:
-                    await anyio.sleep(delay)
-                calls.start_soon(one_call, index)
-        used = time.process_time() - cpu
+        used = await paced(rate, seconds, one_call)
         await anyio.sleep(0.1)  # the last group commits
         for inbox in inboxes:
             inbox.close()
     return waits, used / count
+
+
+def deferred(workdir: Path, store_url: str | None, daemons: int, lines: int) -> float:
+    """Requests per second of ``lines`` job requests over ``daemons`` daemons, each given
+    its share as a job of its own; ``store_url`` None: SQLite (one daemon)."""
+    sim = start_sim(workdir, UNLIMITED_SIM, process=True)
+    fleet: list[Daemon] = []
+    try:
+        for number in range(daemons):
+            directory = workdir / f"d{number}"
+            directory.mkdir()
+            store = "" if store_url is None else (
+                f'[store]\nurl = "{store_url}"\nname = "bench-{number}"\n')
+            fleet.append(start_daemon(directory, sim.url, process=True, config_toml=(
+                f"{store}[jobs]\nmax_in_flight = 256\n[batch]\nenabled = false\n")))
+        share = lines // daemons
+        started = time.perf_counter()
+        jobs = []
+        body = make_jsonl(share)
+        for daemon in fleet:
+            status, job = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=24h",
+                                       body, {"content-type": "application/jsonl"})
+            assert status == 202, job
+            jobs.append((daemon, job["id"]))
+        succeeded = 0
+        for daemon, job_id in jobs:
+            done = wait_done(daemon, job_id, timeout=900)
+            succeeded += done["counts"].get("succeeded", 0)
+        elapsed = time.perf_counter() - started
+        assert succeeded == share * daemons, f"{succeeded} of {share * daemons} succeeded"
+        return succeeded / elapsed
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -100,25 +145,54 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500, help="calls per second, in all")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lines", type=int, default=20_000)
+    parser.add_argument("--part", choices=("admissions", "deferred", "both"), default="both")
     args = parser.parse_args()
+    with running_postgres() as server:
+        if args.part in ("admissions", "both"):
+            admissions(server, args.rate, args.seconds, args.rounds)
+        if args.part in ("deferred", "both"):
+            deferred_work(server, args.lines, args.rounds)
+    return 0
+
+
+def admissions(server: PostgresServer, rate: int, seconds: float, rounds: int) -> None:
     results: dict[str, list[tuple[float, float, float]]] = {}
-    with running_postgres() as server, tempfile.TemporaryDirectory() as tmp:
-        for round_number in range(args.rounds):  # interleaved: the machine's noise is shared
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_number in range(rounds):  # interleaved: the machine's noise is shared
             for label, ledgers in (("sqlite, 1 daemon", 1), ("postgresql, 1 daemon", 1),
                                    ("postgresql, 4 daemons", 4)):
                 store = _store(label, server, Path(tmp) / f"{round_number}-{ledgers}")
-                waits, cpu = anyio.run(measure, store, ledgers, args.rate, args.seconds,
+                waits, cpu = anyio.run(measure, store, ledgers, rate, seconds,
                                        backend="asyncio", backend_options={"use_uvloop": True})
                 results.setdefault(label, []).append(
                     (percentile(waits, 0.5), percentile(waits, 0.99), cpu))
-    print(f"admission round trip at {args.rate} calls/s (admit + settle, a daily cap set), "
-          f"medians of {args.rounds} rounds:")
+    print(f"admission round trip at {rate} calls/s (admit + settle, a daily cap set), "
+          f"medians of {rounds} rounds:")
     print(f"{'store':<24} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12}")
     for label, runs in results.items():
         print(f"{label:<24} {statistics.median(r[0] for r in runs) * 1e3:>8.2f} "
               f"{statistics.median(r[1] for r in runs) * 1e3:>8.2f} "
               f"{statistics.median(r[2] for r in runs) * 1e6:>12.0f}")
-    return 0
+
+
+def deferred_work(server: PostgresServer, lines: int, rounds: int) -> None:
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_number in range(rounds):
+            for label, daemons in (("sqlite, 1 daemon", 1), ("postgresql, 1 daemon", 1),
+                                   ("postgresql, 2 daemons", 2),
+                                   ("postgresql, 4 daemons", 4)):
+                workdir = Path(tmp) / f"{round_number}-{label.replace(', ', '-')}"
+                workdir.mkdir()
+                url = None if label.startswith("sqlite") else server.new_database("deferred")
+                results.setdefault(label, []).append(deferred(workdir, url, daemons, lines))
+    print(f"deferred work: {lines} direct-tier job requests, instant upstream, "
+          f"medians of {rounds} rounds:")
+    print(f"{'store':<24} {'requests/s':>11}   runs")
+    for label, runs in results.items():
+        print(f"{label:<24} {statistics.median(runs):>11.0f}   "
+              f"{', '.join(f'{run:.0f}' for run in runs)}")
 
 
 def _store(label: str, server: PostgresServer, directory: Path) -> StoreLocation:

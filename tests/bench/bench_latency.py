@@ -9,7 +9,11 @@ see the same machine state:
 - ``tracing``: spans exported over OTLP/HTTP to a local receiver;
 - ``sampled``: the same, with the head sampler keeping one trace in ten;
 - ``caps``: a daily budget cap (every call reserved and settled with the ledger);
-- ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier).
+- ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier);
+- ``postgres``: the store in PostgreSQL (``[store] url``; a server the bench starts, as
+  ``llmspool.testing.postgres`` does for the tests) instead of SQLite;
+- ``postgres_caps``: the same with the daily cap, so every call's admission is decided in the
+  database, as a fleet of daemons sharing the store decides it.
 
 For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
 requests per second, failures, the time to the first streamed chunk, and the p99 added in an
@@ -26,6 +30,7 @@ Needs ``h2load`` (Debian: nghttp2-client).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from llmspool.testing.postgres import running_postgres
 
 from tests.support.processes import (
     UNLIMITED_SIM,
@@ -158,6 +164,10 @@ MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}, ()),
     # A deadline the standard tier meets (gpt-4o-mini has no flex): the planner's path.
     "deadline": ("", {}, ("x-llmspool-deadline: 10m",)),
+    # The store in PostgreSQL ({postgres}: a new database on the server the bench starts).
+    "postgres": ('[store]\nurl = "{postgres}"\n', {}, ()),
+    "postgres_caps": ('[store]\nurl = "{postgres}"\n\n[budgets]\ndaily_usd = 1000000.0\n',
+                      {}, ()),
 }
 
 
@@ -263,8 +273,11 @@ def main() -> int:
         print(f"unknown modes {unknown}: choose from {', '.join(MODES)}", file=sys.stderr)
         return 2
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "modes": modes}
-    with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port:
+    with (tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port,
+          contextlib.ExitStack() as servers):
         workdir = Path(tmp)
+        postgres = (servers.enter_context(running_postgres())
+                    if any(mode.startswith("postgres") for mode in modes) else None)
         # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
         # default): far above what the load generator offers, so that only overhead is timed.
         sim = start_sim(workdir, UNLIMITED_SIM, process=True)
@@ -276,6 +289,8 @@ def main() -> int:
                     config, env, _headers = MODES[mode]
                     run_dir = workdir / mode
                     run_dir.mkdir()
+                    if postgres is not None and "{postgres}" in config:
+                        config = config.format(postgres=postgres.new_database("bench"))
                     daemon = start_daemon(
                         run_dir, sim.url, config_toml=config,
                         env={key: value.format(otlp=port) for key, value in env.items()},

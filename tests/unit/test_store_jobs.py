@@ -17,6 +17,7 @@ from llmspool.store.backend import Backend, StoreLocation
 from llmspool.store.connect import connected_async
 from llmspool.store.connections import AsyncConnection
 from llmspool.store.records import JobLine, NewJob
+from llmspool.store.schema import migrate_store
 
 NOW = 1.8e9
 Scenario = Callable[[AsyncConnection], Awaitable[Any]]
@@ -298,9 +299,10 @@ def test_no_results_yet_stream_nothing(store_location: StoreLocation) -> None:
 
 
 def test_a_job_of_many_pages_gives_postgresql_statistics_to_page_with(
-        store_location: StoreLocation, monkeypatch: pytest.MonkeyPatch) -> None:
-    if store_location.backend is Backend.SQLITE:
-        pytest.skip("SQLite pages along the index it is told (INDEXED BY)")
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PostgreSQL only: SQLite pages along the index it is told (INDEXED BY).
+    store_location = StoreLocation(Backend.POSTGRESQL, postgres_url)
+    anyio.run(migrate_store, store_location)
     monkeypatch.setattr(jobs_sql, "ROUTE_PAGE", 3)
 
     async def reltuples(connection: AsyncConnection) -> float:
