@@ -121,21 +121,6 @@ def test_other_tasks_read_on_the_connection_while_a_job_goes_in(
     assert {job["id"]: job["total"] for job in jobs} == {"job_first": 1, "job_big": 20_000}
 
 
-def test_lines_go_in_a_chunk_at_a_time_where_copy_would_not_hold_the_connection(
-        store_location: StoreLocation, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_sql, "_COPY_HOLDS_THE_CONNECTION", False)
-    monkeypatch.setattr(jobs_sql, "_PG_INSERT_CHUNK", 3)
-    lines = [chat_line(n, cache_key=b"k\\%d" % n) for n in range(1, 8)]
-
-    async def scenario(connection: AsyncConnection) -> Any:
-        await jobs_sql.insert_job(connection, new_job("job_c", lines))
-        return [page async for page in jobs_sql.routable_pages(connection, "job_c")]
-
-    [rows] = run(store_location, scenario)
-    assert [row.cache_key for row in rows] == [line.cache_key for line in lines]
-    assert [row.size for row in rows] == [len(line.body) for line in lines]
-
-
 def test_a_failed_insert_leaves_nothing(store_location: StoreLocation) -> None:
     lines = [chat_line(1), chat_line(2)]
     lines.append(JobLine(3, "c-1", Endpoint.CHAT, "openai", "m", b"{}"))  # a duplicate id

@@ -15,15 +15,12 @@ on SQLite the routing pages name their index (``INDEXED BY``).
 
 from __future__ import annotations
 
-import itertools
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg
 
 from llmspool.core.states import JobStatus, RequestState
 from llmspool.store.connections import AsyncConnection, PgAsyncConnection, is_sqlite
@@ -70,13 +67,6 @@ _INSERT_JOB_REQUEST = (
     f"INSERT INTO job_requests ({_JOB_REQUEST_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# The job keeper's other tasks (the pump, lines given back by batches) read on its connection
-# while a job is inserted. psycopg holds the connection for a whole COPY from 3.2.13 on
-# (psycopg#1210); before, their statement would fail in the middle of one, and the lines are
-# inserted by executemany, a chunk at a time.
-_COPY_HOLDS_THE_CONNECTION = tuple(
-    int(part) for part in re.findall(r"\d+", psycopg.__version__)[:3]) >= (3, 2, 13)
-_PG_INSERT_CHUNK = 1000
 
 
 async def insert_job(connection: AsyncConnection, job: NewJob,
@@ -100,16 +90,16 @@ async def insert_job(connection: AsyncConnection, job: NewJob,
              *(line.routed_from or (None, None)))
             for line in job.lines
         )
-        if isinstance(connection, PgAsyncConnection) and _COPY_HOLDS_THE_CONNECTION:
+        if isinstance(connection, PgAsyncConnection):
             # COPY streams the rows in one statement, twice as fast as an executemany (which
-            # would also hold them all: psycopg takes a list).
+            # would also hold them all: psycopg takes a list). The keeper's other tasks (the
+            # pump, lines given back by batches) may read on this connection meanwhile: psycopg
+            # holds the connection for the whole COPY (since 3.2.13, psycopg#1210), so they
+            # wait for it.
             async with connection.raw.cursor() as cursor, cursor.copy(
                     f"COPY job_requests ({_JOB_REQUEST_COLUMNS}) FROM STDIN") as copy:
                 for row in rows:
                     await copy.write_row(row)
-        elif isinstance(connection, PgAsyncConnection):
-            while chunk := list(itertools.islice(rows, _PG_INSERT_CHUNK)):
-                await connection.executemany(_INSERT_JOB_REQUEST, chunk)
         else:
             await connection.executemany(_INSERT_JOB_REQUEST, rows)
     except BaseException:
