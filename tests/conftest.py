@@ -16,6 +16,7 @@ from llmspool.store.schema import migrate_store
 from llmspool.testing.postgres import PostgresServer, running_postgres
 
 from tests.support.processes import Daemon, Sim, start_daemon, start_sim
+from tests.support.stores import DaemonStore
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,3 +80,13 @@ def store_connection(store_location: StoreLocation) -> Iterator[Connection]:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture(params=[Backend.SQLITE, Backend.POSTGRESQL], ids=["sqlite", "postgresql"])
+def daemon_store(request: pytest.FixtureRequest) -> DaemonStore:
+    """Each backend in turn for a whole daemon's store: SQLite in its state directory, then a
+    fresh database on the workers' PostgreSQL server (``[store] url``)."""
+    if request.param is Backend.POSTGRESQL:
+        url: str = request.getfixturevalue("postgres_url")
+        return DaemonStore(Backend.POSTGRESQL, f'[store]\nurl = "{url}"\n', url)
+    return DaemonStore(Backend.SQLITE, "")

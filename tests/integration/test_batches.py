@@ -35,6 +35,7 @@ from tests.support.processes import (
     start_sim,
     unix_request,
 )
+from tests.support.stores import DaemonStore
 from tests.support.waiting import wait_for
 
 FAST = QUICK_BATCHES
@@ -100,7 +101,12 @@ def job_of(daemon: Daemon, job_id: str) -> dict[str, Any]:
     return job
 
 
-def ledger_rows(daemon: Daemon) -> list[tuple[str, str, int]]:
+def ledger_rows(daemon: Daemon, store: DaemonStore | None = None
+                ) -> list[tuple[str, str, int]]:
+    if store is not None:
+        return [(request_id, tier, int(cost)) for request_id, tier, cost in store.rows(
+            daemon.state_dir,
+            "SELECT request_id, tier, cost_picodollars FROM ledger_entries ORDER BY id")]
     with sqlite3.connect(daemon.state_dir / "llmspool.sqlite3") as db:
         return db.execute(
             "SELECT request_id, tier, cost_picodollars FROM ledger_entries ORDER BY id"
@@ -136,9 +142,11 @@ def running_daemon(tmp_path: Path, sim: FlavoredSim, extra: str = "", **options:
 
 
 @BOTH
-def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path,
-                                                             sim: FlavoredSim) -> None:
-    daemon = running_daemon(tmp_path, sim)
+def test_a_job_with_room_goes_through_one_batch_at_half_price(
+    tmp_path: Path, sim: FlavoredSim, daemon_store: DaemonStore,
+) -> None:
+    """On each store backend: SQLite in the state directory, and PostgreSQL."""
+    daemon = running_daemon(tmp_path, sim, daemon_store.toml)
     try:
         job = submit(daemon, jsonl(20, model=sim.flavor.model))
         lines = results(daemon, job["id"])
@@ -160,7 +168,7 @@ def test_a_job_with_room_goes_through_one_batch_at_half_price(tmp_path: Path,
     assert stats["created"] == 1
     assert list(stats["intents"].values()) == [1]
     assert direct_calls(sim) == 0  # nothing was sent outside the batch
-    rows = ledger_rows(daemon)
+    rows = ledger_rows(daemon, daemon_store)
     assert len(rows) == 20 and {tier for _id, tier, _cost in rows} == {"batch"}
     assert sum(cost for _id, _tier, cost in rows) == round(finished["cost_usd"] * 10**12)
 

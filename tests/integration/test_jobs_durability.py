@@ -15,6 +15,7 @@ import pytest
 from llmspool.store import jobs as jobs_sql
 
 from tests.support.processes import Daemon, start_daemon, start_sim, unix_request
+from tests.support.stores import DaemonStore
 from tests.support.waiting import wait_for
 
 IN_FLIGHT = 4
@@ -57,7 +58,12 @@ def all_results(daemon: Daemon, job_id: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def stored_rows(state_dir: Path, job_id: str) -> list[tuple[str, str, int]]:
+def stored_rows(state_dir: Path, job_id: str,
+                store: DaemonStore | None = None) -> list[tuple[str, str, int]]:
+    if store is not None:
+        return [(custom_id, state, int(has)) for custom_id, state, has in store.rows(
+            state_dir, "SELECT custom_id, state, CASE WHEN result IS NOT NULL THEN 1 ELSE 0 "
+            "END FROM job_requests WHERE job_id = ?", (job_id,))]
     with sqlite3.connect(state_dir / "llmspool.sqlite3") as db:
         return db.execute(
             "SELECT custom_id, state, result IS NOT NULL FROM job_requests WHERE job_id = ?",
@@ -65,19 +71,24 @@ def stored_rows(state_dir: Path, job_id: str) -> list[tuple[str, str, int]]:
         ).fetchall()
 
 
-def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path) -> None:
+def test_kill_9_mid_job_then_restart_finishes_every_request_once(
+    tmp_path: Path, daemon_store: DaemonStore,
+) -> None:
+    """On each backend: SQLite in the state directory, and PostgreSQL."""
+    config = CONFIG + daemon_store.toml
     sim = start_sim(tmp_path, '[sim]\nlatency = "100ms"\n')
-    daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
+    daemon = start_daemon(tmp_path, sim.url, config_toml=config, process=True)
     try:
         job = submit(daemon, jsonl("k", 60))
         wait_for(lambda: job_status(daemon, job["id"])["counts"]["succeeded"] >= 12,
                  timeout=30, what="12 requests done")
         kill_9(daemon)
-        done_before = sum(1 for _c, state, _r in stored_rows(daemon.state_dir, job["id"])
+        done_before = sum(1 for _c, state, _r in stored_rows(daemon.state_dir, job["id"],
+                                                             daemon_store)
                           if state == "succeeded")
         assert 12 <= done_before < 60, "the kill must land mid-job"
 
-        daemon = start_daemon(tmp_path, sim.url, config_toml=CONFIG, process=True)
+        daemon = start_daemon(tmp_path, sim.url, config_toml=config, process=True)
         lines = all_results(daemon, job["id"])
         assert [line["custom_id"] for line in lines] == [f"k{i}" for i in range(60)]
         assert all(line["response"]["status_code"] == 200 for line in lines)
@@ -86,7 +97,7 @@ def test_kill_9_mid_job_then_restart_finishes_every_request_once(tmp_path: Path)
         assert finished["counts"] == {"total": 60, "queued": 0, "running": 0, "in_batch": 0,
                                       "succeeded": 60,
                                       "failed": 0, "cancelled": 0, "late": 0}
-        rows = stored_rows(daemon.state_dir, job["id"])
+        rows = stored_rows(daemon.state_dir, job["id"], daemon_store)
         assert len(rows) == 60 and all(state == "succeeded" and has for _c, state, has in rows)
         # Calls in flight or awaiting their commit at the kill were sent again.
         calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
