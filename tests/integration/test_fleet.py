@@ -6,7 +6,10 @@ daily_usd``: together they never spend past the cap by more than one reservation
 refused with 402 ``budget_day``, and every daemon's ``costs`` ledger is the fleet's, each entry
 naming its daemon. Then the same load with two of the daemons killed (SIGKILL) mid-run: the
 other two take them over when their leases run out, billing their calls in flight at their
-reservations, so the fleet's ledger never shows less than the simulator billed.
+reservations, so the fleet's ledger never shows less than the simulator billed. And a daemon
+killed in the middle of a job has the job taken over and finished by another, each request
+answered exactly once; one killed with a batch open has the batch polled and stored by
+another, never created twice.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from llmspool.core.pricing import load_price_table
 from psycopg.rows import dict_row
 
+from tests.integration.test_jobs_durability import jsonl
 from tests.support.capped_calls import (
     PICODOLLARS_PER_USD,
     Outcome,
@@ -31,8 +36,9 @@ from tests.support.capped_calls import (
     true_spend,
     usd,
 )
-from tests.support.money import billed_calls
-from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim
+from tests.support.money import QUICK_BATCHES, billed_calls
+from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim, unix_request
+from tests.support.waiting import wait_for
 
 CAP_USD = 0.02
 CAP = round(CAP_USD * PICODOLLARS_PER_USD)
@@ -181,3 +187,105 @@ def test_two_daemons_killed_mid_run_are_taken_over_and_the_cap_still_holds(
         left = connection.execute(b"SELECT daemon, COUNT(*) FROM reservations "
                                   b"GROUP BY daemon").fetchall()
     assert left == []
+
+
+def test_a_daemon_killed_mid_job_has_its_job_finished_by_another(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "100ms"\n')
+    config = (f'[store]\nurl = "{postgres_url}"\nname = "{{name}}"\nlease = "{LEASE:.0f}s"\n\n'
+              "[jobs]\nmax_in_flight = 4\n\n[batch]\nenabled = false\n")
+    fleet: list[Daemon] = []
+    try:
+        for name in ("doomed", "heir"):
+            directory = tmp_path / name
+            directory.mkdir()
+            fleet.append(start_daemon(directory, sim.url, process=True,
+                                      config_toml=config.format(name=name)))
+        doomed, heir = fleet
+        status, job = unix_request(doomed.socket_path, "POST", "/v1/jobs?deadline=10m",
+                                   jsonl("k", 60), {"content-type": "application/jsonl"})
+        assert status == 202, job
+        wait_for(lambda: doomed.get(f"/v1/jobs/{job['id']}")[1]["counts"]["succeeded"] >= 12,
+                 timeout=30, what="12 requests done")
+        assert doomed.process is not None
+        doomed.process.kill()
+        doomed.process.wait(10)
+        # The heir takes the job over once the doomed daemon's lease has run out, and ends it.
+        wait_for(lambda: heir.get(f"/v1/jobs/{job['id']}")[0] == 200, timeout=4 * LEASE,
+                 what="the heir to take the job over")
+        status, raw = unix_request(heir.socket_path, "GET",
+                                   f"/v1/jobs/{job['id']}/results?wait=60")
+        assert status == 200, raw
+        _status, finished = heir.get(f"/v1/jobs/{job['id']}")
+        assert heir.terminate() == 0
+        calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    assert [line["custom_id"] for line in lines] == [f"k{i}" for i in range(60)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["status"] == "completed" and finished["counts"]["succeeded"] == 60
+    with psycopg.connect(postgres_url) as connection:
+        owners = connection.execute(b"SELECT daemon, status FROM jobs").fetchall()
+        states = connection.execute(b"SELECT state, COUNT(*) FROM job_requests "
+                                    b"GROUP BY state").fetchall()
+    assert owners == [("heir", "completed")]
+    assert states == [("succeeded", 60)]
+    # Calls in flight at the kill were sent again, never lost: at most the slots' worth more.
+    assert 60 <= calls <= 60 + 2 * 4
+
+
+def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + '[sim.batch]\nturnaround = "3s"\n')
+    config = (f'[store]\nurl = "{postgres_url}"\nname = "{{name}}"\nlease = "{LEASE:.0f}s"\n'
+              + QUICK_BATCHES)
+    fleet: list[Daemon] = []
+    try:
+        for name in ("doomed", "heir"):
+            directory = tmp_path / name
+            directory.mkdir()
+            fleet.append(start_daemon(directory, sim.url, process=True,
+                                      config_toml=config.format(name=name)))
+        doomed, heir = fleet
+        status, job = unix_request(doomed.socket_path, "POST", "/v1/jobs?deadline=1h",
+                                   jsonl("b", 20), {"content-type": "application/jsonl"})
+        assert status == 202, job
+        wait_for(lambda: sim.stats()["batches"]["created"] >= 1, timeout=30,
+                 what="the batch created upstream")
+        assert doomed.process is not None
+        doomed.process.kill()
+        doomed.process.wait(10)
+        wait_for(lambda: heir.get(f"/v1/jobs/{job['id']}")[0] == 200, timeout=4 * LEASE,
+                 what="the heir to take the job over")
+        status, raw = unix_request(heir.socket_path, "GET",
+                                   f"/v1/jobs/{job['id']}/results?wait=60")
+        assert status == 200, raw
+        _status, finished = heir.get(f"/v1/jobs/{job['id']}")
+        assert heir.terminate() == 0
+        batches = sim.stats()["batches"]
+        direct = sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0)
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"b{i}" for i in range(20))
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["status"] == "completed" and finished["by_tier"] == {"batch": 20}
+    assert batches["created"] == 1 and direct == 0  # the heir polled it: nothing sent twice
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(b"SELECT daemon, state FROM batches").fetchall()
+        entries = connection.execute(b"SELECT COUNT(*), COUNT(DISTINCT request_id) "
+                                     b"FROM ledger_entries WHERE tier = 'batch'").fetchone()
+        held = connection.execute(b"SELECT COUNT(*) FROM reservations").fetchone()
+    assert rows == [("heir", "finished")]
+    assert entries == (20, 20) and held == (0,)

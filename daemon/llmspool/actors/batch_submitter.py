@@ -29,6 +29,7 @@ from llmspool.batches.context import BatchContext
 from llmspool.core.states import BatchState
 from llmspool.core.tracing import active
 from llmspool.messages import (
+    AdoptBatches,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
@@ -45,7 +46,8 @@ from llmspool.store import batches as batch_sql
 
 log = logging.getLogger(__name__)
 
-SubmitterMessage = ToBatch | BatchClosed | NewPrices | StatusQuery[SubmitterStatus]
+SubmitterMessage = (ToBatch | AdoptBatches | BatchClosed | NewPrices
+                    | StatusQuery[SubmitterStatus])
 
 
 class BatchSubmitter:
@@ -72,6 +74,7 @@ class BatchSubmitter:
         self._clock = context.planner.clock
         self._groups = Groups(context.providers, context.config, context.planner)
         self._wake = anyio.Event()
+        self._adopted: list[int] = []  # batches taken over from a dead daemon, to resume
         (meter or active().meter).create_observable_gauge(  # without one given, the daemon's
             "llmspool.batch.requests_waiting", [self._observe_waiting], "{request}",
             "job requests waiting to be put into a batch, by provider")
@@ -106,6 +109,9 @@ class BatchSubmitter:
                 log.warning("batch: %s %s hit the enqueued-token cap; keeping batches under "
                             "%d tokens", message.provider, message.model, learned)
             self._wake.set()
+        elif isinstance(message, AdoptBatches):
+            self._adopted += message.batch_ids  # the flusher resumes them
+            self._wake.set()
         elif isinstance(message, NewPrices):
             self._reserver.set_prices(message.prices)  # lines are reserved at the new prices
         else:
@@ -118,6 +124,7 @@ class BatchSubmitter:
             await self._maker.advance(batch, resumed=True)
         waiting = self._groups.waiting
         while True:
+            await self._resume_adopted()
             now = self._clock.now()
             for key in list(waiting):
                 group = waiting[key]
@@ -130,6 +137,18 @@ class BatchSubmitter:
                           default=math.inf)
             await self._clock.wait(self._wake, max(wake_at, self._clock.now() + 0.05))
             self._wake = anyio.Event()
+
+    async def _resume_adopted(self) -> None:
+        """Open batches taken over from a dead daemon: those not yet submitted go on from
+        their step, as after a restart; the submitted ones go to the poller."""
+        while self._adopted:
+            batch_id = self._adopted.pop(0)
+            for batch in await self._store.run(batch_sql.open_batches, batch_id):
+                if batch.state in (BatchState.INTENT, BatchState.UPLOADED):
+                    log.info("batch %s: taken over at %s", batch.intent, batch.state)
+                    await self._maker.advance(batch, resumed=True)
+                else:
+                    await self._poller.send(BatchOpened(batch))
 
     async def _flush(self, key: GroupKey, now: float) -> None:
         group = self._groups.waiting.pop(key)

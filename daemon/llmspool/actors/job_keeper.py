@@ -37,6 +37,8 @@ from llmspool.core.errors import ApiError, TooManyRequests
 from llmspool.core.states import JobStatus, RequestState
 from llmspool.jobs.plan import JobPlan
 from llmspool.messages import (
+    AdoptBatches,
+    AdoptWork,
     BatchLinesDone,
     Call,
     CancelJob,
@@ -74,7 +76,7 @@ class JobKeeper:
         planner: Planner,
         config: JobsConfig,
         *,
-        batches: MemoryObjectSendStream[ToBatch] | None = None,
+        batches: MemoryObjectSendStream[ToBatch | AdoptBatches] | None = None,
         batch_results: MemoryObjectReceiveStream[BatchLinesDone] | None = None,
         batch_providers: frozenset[str] = frozenset(),
         batch_config: BatchConfig | None = None,
@@ -83,8 +85,10 @@ class JobKeeper:
         cached: CachedKeys | None = None,
         meter: metrics.Meter | None = None,
         owner: str | None = None,
+        adoptions: MemoryObjectReceiveStream[AdoptWork] | None = None,
     ) -> None:
         self._inbox = inbox
+        self._adoptions = adoptions
         # In a store several daemons share: this daemon, which works the jobs it accepted
         # (and only those). None: the one daemon of the store.
         self._owner = owner
@@ -130,6 +134,8 @@ class JobKeeper:
                 # Apart from the inbox, so that the batch actors (which live until the keeper
                 # is done) never hold the keeper's inbox open at shutdown.
                 group.start_soon(self._take_batch_results, self._batch_results)
+            if self._adoptions is not None:  # apart from the inbox too: the ledger's
+                group.start_soon(self._take_adoptions, self._adoptions)
             task_status.started()
             async with self._inbox:
                 async for message in self._inbox:
@@ -237,6 +243,22 @@ class JobKeeper:
             "retries": self._pump.retries,
             "requests_late": self._results.late,
         }
+
+    async def _take_adoptions(self, adoptions: MemoryObjectReceiveStream[AdoptWork]) -> None:
+        """Deferred work of daemons the ledger took over (a shared store): their jobs are
+        loaded and routed as at a restart, then their open batches go to the submitter."""
+        async with adoptions:
+            async for work in adoptions:
+                if work.job_ids:
+                    await recover(self._database, self._write_lock, self._jobs, self._router,
+                                  self._clock.now(), self._owner, work.job_ids)
+                    log.info("took over %d jobs in progress", len(work.job_ids))
+                if work.batch_ids and self._batches is not None:
+                    await self._batches.send(AdoptBatches(work.batch_ids))
+                elif work.batch_ids:
+                    log.warning("took over %d open batches, but the batch tier is off here "
+                                "([batch] enabled): they wait until it is on",
+                                len(work.batch_ids))
 
     async def _take_batch_results(
         self, results: MemoryObjectReceiveStream[BatchLinesDone]

@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
 
 from llmspool.actors.accounting.budgets import Budgets
@@ -58,6 +58,7 @@ from llmspool.core.pricing import usd
 from llmspool.core.tracing import active
 from llmspool.messages import (
     Admit,
+    AdoptWork,
     LedgerEntriesQuery,
     LedgerStatus,
     Release,
@@ -100,6 +101,7 @@ class Ledger:
         meter: metrics.Meter | None = None,
         clock: Callable[[], float] = time.time,
         member: Member | None = None,
+        adopt: MemoryObjectSendStream[AdoptWork] | None = None,
     ) -> None:
         self._inbox = inbox
         self._database = database
@@ -111,9 +113,12 @@ class Ledger:
         self._group = GroupCommit(database, self._budgets, clock, self._daemon)
         self._clock = clock
         self._closed = False
-        # A shared store: this daemon's lease, renewed three times a lease (monotonic time).
+        # A shared store: this daemon's lease, renewed three times a lease (monotonic time),
+        # and where the deferred work of daemons it takes over goes (the job keeper).
         self._fleet = member if database.shared else None
         self._renew_at = float("inf")
+        self._adopt = adopt
+        self._adopted: list[AdoptWork] = []
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self._fleet is not None:
@@ -150,6 +155,8 @@ class Ledger:
                     if time.monotonic() >= self._renew_at:
                         await self._renew()
         finally:
+            if self._adopt is not None:
+                self._adopt.close()
             with anyio.CancelScope(shield=True):
                 await self._group.flush()
                 if self._fleet is not None and self._closed:  # a clean stop: nothing in flight
@@ -261,14 +268,34 @@ class Ledger:
         dead = [name for name in await self._database.run(fleet.expired) if name != member.name]
         if not dead:
             return
-        gone, unknown = await self._database.run(ledger_sql.take_over, self._clock(), dead)
-        for entry in unknown:
+        taken = await self._database.run(ledger_sql.take_over, self._clock(), dead,
+                                         member.name)
+        for entry in taken.unknown:
             self._budgets.count(entry)
-        if gone:
-            log.warning(
-                "took over %s, whose lease ran out: %d calls it had in flight are billed at "
-                "their reservations as unknown outcomes ($%.6f)", ", ".join(gone),
-                len(unknown), usd(sum(e.cost_picodollars or 0 for e in unknown)))
+        if not taken.daemons:
+            return
+        log.warning(
+            "took over %s, whose lease ran out: %d calls it had in flight are billed at their "
+            "reservations as unknown outcomes ($%.6f); %d jobs in progress and %d open batches "
+            "are this daemon's now", ", ".join(taken.daemons), len(taken.unknown),
+            usd(sum(e.cost_picodollars or 0 for e in taken.unknown)), len(taken.job_ids),
+            len(taken.batch_ids))
+        if taken.job_ids or taken.batch_ids:
+            self._adopted.append(AdoptWork(tuple(taken.job_ids), tuple(taken.batch_ids)))
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Hand the work taken over to the job keeper; never waits (the keeper may be waiting
+        on this ledger): what does not fit in its stream now goes at the next renewal."""
+        while self._adopted and self._adopt is not None:
+            try:
+                self._adopt.send_nowait(self._adopted[0])
+            except anyio.WouldBlock:
+                return
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._adopted.clear()  # the keeper is gone: the daemon is stopping
+                return
+            self._adopted.pop(0)
 
     async def _reconcile(self) -> None:
         mine = None if self._fleet is None else [self._fleet.name]

@@ -37,7 +37,7 @@ from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.provider import BatchProvider, Provider
 from llmspool.core.tracing import Tracing
 from llmspool.jobs.submission import JobSubmission
-from llmspool.messages import BatchLinesDone, SlotFreed
+from llmspool.messages import AdoptWork, BatchLinesDone, SlotFreed
 from llmspool.policy.billing import PriceBook
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.estimate import TokenEstimator
@@ -147,8 +147,10 @@ async def build_parts(
     member = Member(daemon_name(config), socket.gethostname(), os.getpid(), __version__,
                     config.store.lease)
     owner = member.name if store.backend is Backend.POSTGRESQL else None
+    # Deferred work the ledger takes over from dead daemons (a shared store), to the keeper.
+    adopt_in, adopt_out = anyio.create_memory_object_stream[AdoptWork](QUEUE_BUFFER)
     ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
-                    meter=tracing.meter, clock=clock.now, member=member)
+                    meter=tracing.meter, clock=clock.now, member=member, adopt=adopt_in)
     dispatcher = Dispatcher(
         dispatch_out, freed_in, ledger_in,
         providers=providers,
@@ -204,6 +206,7 @@ async def build_parts(
         batch_config=config.batch,
         cache=cache_in.clone(), cache_rules=cache_rules,
         cached=CachedKeys(config.state_path), meter=tracing.meter, owner=owner,
+        adoptions=adopt_out,
     )
     # The front door answers hits itself: it tells the cache actor and the ledger through
     # clones of their inboxes, closed with the door like the others.

@@ -44,6 +44,8 @@ from llmspool.messages.calls import (
     StreamStart,
 )
 from llmspool.messages.jobs import (
+    AdoptBatches,
+    AdoptWork,
     BatchClosed,
     BatchLinesDone,
     BatchOpened,
@@ -91,6 +93,8 @@ __all__ = [
     "Answer",
     "BatchClosed",
     "BatchLinesDone",
+    "AdoptBatches",
+    "AdoptWork",
     "BatchOpened",
     "BudgetStatus",
     "CacheFill",

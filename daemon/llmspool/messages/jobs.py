@@ -97,6 +97,24 @@ class BatchOpened:
 
 
 @dataclass(frozen=True, slots=True)
+class AdoptWork:
+    """Ledger → job keeper, in a store several daemons share: the deferred work of daemons
+    taken over (their lease ran out) is this daemon's now. The keeper loads and routes the
+    jobs, then hands the batches to the batch submitter (``AdoptBatches``)."""
+
+    job_ids: tuple[str, ...]
+    batch_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptBatches:
+    """Job keeper → batch submitter: open batches taken over from a dead daemon. The
+    submitter resumes those not yet submitted and hands the others to the poller."""
+
+    batch_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BatchClosed:
     """Batch poller → batch submitter: a batch of ``model`` left the provider's queue, so its
     enqueued tokens are free; ``token_limit_hit`` says it failed on the enqueued-token cap."""

@@ -187,14 +187,31 @@ async def cancel_job(connection: AsyncConnection, job_id: str) -> int:
     return cancelled
 
 
-async def load_jobs(connection: AsyncConnection, owner: str | None = None
-                    ) -> list[dict[str, Any]]:
-    """Every job still kept (``owner``'s only, in a shared store), with its counts by state
-    and tier and its cost (status and states as their enums)."""
-    mine = "" if owner is None else " WHERE daemon = ?"
+def _which_jobs(owner: str | None, only: Sequence[str] | None, column: str
+                ) -> tuple[str, tuple[str, ...]]:
+    """The condition (and its parameters) on ``column``, a job id, that keeps the jobs of
+    ``owner`` (a shared store's daemon) and only the jobs ``only``; ("", ()): every job."""
+    conditions: list[str] = []
+    parameters: list[str] = []
+    if owner is not None:
+        conditions.append(f"{column} IN (SELECT id FROM jobs WHERE daemon = ?)")
+        parameters.append(owner)
+    if only is not None:
+        conditions.append(f"{column} IN ({', '.join('?' * len(only)) or 'NULL'})")
+        parameters += only
+    return " AND ".join(conditions), tuple(parameters)
+
+
+async def load_jobs(connection: AsyncConnection, owner: str | None = None,
+                    only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every job still kept (``owner``'s only, in a shared store; the jobs ``only``, when
+    given), with its counts by state and tier and its cost (status and states as enums)."""
+    condition, parameters = _which_jobs(owner, only, "id")
+    lines_condition, lines_parameters = _which_jobs(owner, only, "job_id")
     rows = await connection.execute_fetchall(
         "SELECT id, created_at, deadline_at, operation, tags, uid, status, total, finished_at, "
-        f"traceparent FROM jobs{mine} ORDER BY created_at", () if owner is None else (owner,)
+        f"traceparent FROM jobs{' WHERE ' + condition if condition else ''} "
+        "ORDER BY created_at", parameters
     )
     jobs = {
         row[0]: {
@@ -209,9 +226,8 @@ async def load_jobs(connection: AsyncConnection, owner: str | None = None
         "SELECT job_id, state, tier, COUNT(*), COALESCE(SUM(cost_picodollars), 0), "
         "COALESCE(SUM(standard_cost_picodollars), 0), "
         "SUM(CASE WHEN finished_at > deadline_at THEN 1 ELSE 0 END) "
-        "FROM job_requests"
-        + ("" if owner is None else " WHERE job_id IN (SELECT id FROM jobs WHERE daemon = ?)")
-        + " GROUP BY job_id, state, tier", () if owner is None else (owner,)
+        "FROM job_requests" + (" WHERE " + lines_condition if lines_condition else "")
+        + " GROUP BY job_id, state, tier", lines_parameters
     )
     for job_id, state, tier, count, cost, standard, late in counts:
         job = jobs.get(job_id)
@@ -349,15 +365,16 @@ async def routable_pages(
 
 
 async def batched_twins(
-    connection: AsyncConnection, owner: str | None = None,
+    connection: AsyncConnection, owner: str | None = None, only: Sequence[str] | None = None,
 ) -> list[tuple[bytes, int, str, float]]:
     """(cache key, request id, job id, deadline) of the queued requests a batch carries, which
-    identical lines may wait for (of ``owner``'s jobs only, in a shared store)."""
-    mine = "" if owner is None else " AND job_id IN (SELECT id FROM jobs WHERE daemon = ?)"
+    identical lines may wait for (of ``owner``'s jobs only, in a shared store; of the jobs
+    ``only``, when given)."""
+    condition, parameters = _which_jobs(owner, only, "job_id")
     rows = await connection.execute_fetchall(
         "SELECT cache_key, id, job_id, deadline_at FROM job_requests WHERE state = 'queued' "
-        f"AND batch_id IS NOT NULL AND cache_key IS NOT NULL{mine} ORDER BY id",
-        () if owner is None else (owner,)
+        "AND batch_id IS NOT NULL AND cache_key IS NOT NULL"
+        f"{' AND ' + condition if condition else ''} ORDER BY id", parameters
     )
     return [(bytes(key), int(request_id), str(job_id), float(deadline))
             for key, request_id, job_id, deadline in rows]

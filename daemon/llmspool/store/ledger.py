@@ -408,24 +408,44 @@ def _reconcile(connection: Connection, now: float, daemons: Sequence[str] | None
     return [entry for entry, _daemon in unknown], kept
 
 
-def take_over(connection: Connection, now: float, names: Sequence[str]
-              ) -> tuple[list[str], list[Settled]]:
-    """Settle the calls of the daemons ``names`` whose lease is still over when checked under
-    the money lock (one that renewed meanwhile is spared): their call reservations become
-    ``unknown_outcome`` entries, and their rows leave ``daemons``. Returns the daemons taken
-    over and the entries made."""
-    def body() -> tuple[list[str], list[Settled]]:
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """What a take-over did: the daemons taken over, their calls billed as unknown outcomes,
+    and their deferred work, this daemon's now (jobs in progress, open batches)."""
+
+    daemons: list[str]
+    unknown: list[Settled]
+    job_ids: list[str]
+    batch_ids: list[int]
+
+
+def take_over(connection: Connection, now: float, names: Sequence[str], taker: str
+              ) -> TakenOver:
+    """Take over the daemons ``names`` whose lease is still over when checked under the money
+    lock (one that renewed meanwhile is spared), in one transaction: their call reservations
+    become ``unknown_outcome`` entries, their rows leave ``daemons``, and their jobs in
+    progress, open batches and batch lines' reservations become ``taker``'s."""
+    def body() -> TakenOver:
         marks = ", ".join("?" * len(names))
         gone = [row[0] for row in connection.execute(
             f"DELETE FROM daemons WHERE name IN ({marks}) AND lease_until < "
             "EXTRACT(EPOCH FROM clock_timestamp()) RETURNING name", list(names)).fetchall()]
         if not gone:
-            return [], []
+            return TakenOver([], [], [], [])
         unknown, _kept = _reconcile(connection, now, gone)
-        return gone, unknown
+        theirs = ", ".join("?" * len(gone))
+        connection.execute(f"UPDATE reservations SET daemon = ? WHERE daemon IN ({theirs})",
+                           [taker, *gone])
+        jobs = [row[0] for row in connection.execute(
+            f"UPDATE jobs SET daemon = ? WHERE daemon IN ({theirs}) AND status = 'in_progress' "
+            "RETURNING id", [taker, *gone]).fetchall()]
+        batches = [int(row[0]) for row in connection.execute(
+            f"UPDATE batches SET daemon = ? WHERE daemon IN ({theirs}) AND state != 'finished' "
+            "RETURNING id", [taker, *gone]).fetchall()]
+        return TakenOver(gone, unknown, sorted(jobs), sorted(batches))
 
     if not names:
-        return [], []
+        return TakenOver([], [], [], [])
     return _transaction(connection, body)
 
 

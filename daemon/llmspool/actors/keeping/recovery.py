@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import anyio
 
@@ -27,18 +28,21 @@ SWEEP_EVERY = 3600.0
 
 async def recover(database: AsyncConnection, write_lock: anyio.Lock,
                   jobs: dict[str, JobState], router: Router, now: float,
-                  owner: str | None = None) -> None:
+                  owner: str | None = None, only: Sequence[str] | None = None) -> None:
     """Loads the jobs kept in ``database`` into ``jobs`` and routes their queued requests;
-    ``owner``: in a store several daemons share, only this daemon's jobs."""
+    ``owner``: in a store several daemons share, only this daemon's jobs; ``only``: just
+    these jobs (taken over from a dead daemon while this one runs)."""
     async with write_lock:
         await database.execute("BEGIN IMMEDIATE")
         try:
-            await jobs_sql.complete_finished_jobs(database, now)
+            await jobs_sql.complete_finished_jobs(database, now,
+                                                  None if only is None else set(only))
         except BaseException:
             await database.execute("ROLLBACK")
             raise
         await database.execute("COMMIT")
-    for row in await jobs_sql.load_jobs(database, owner):
+    loaded: list[JobState] = []
+    for row in await jobs_sql.load_jobs(database, owner, only):
         state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
                          row["tags"], row["uid"], row["status"], row["total"],
                          row["finished_at"])
@@ -48,10 +52,13 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
         state.late = row["late"]
         state.traceparent = row["traceparent"]
         jobs[state.id] = state
+        loaded.append(state)
+    loaded_ids = {state.id for state in loaded}
     for job_id, count in (await jobs_sql.batched_counts(database)).items():
-        if job_id in jobs:
+        if job_id in loaded_ids:
             jobs[job_id].batched = count
-    for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database, owner):
+    for key, request_id, job_id, deadline_at in await jobs_sql.batched_twins(database, owner,
+                                                                             only):
         router.resume_twin(key, request_id, job_id, deadline_at)
     # A job at a time, a page at a time: a million queued requests are resumed without all
     # their rows in memory at once (~450 MB). Lines for a batch go in one message, as a new
@@ -59,7 +66,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
     to_batch: list[BatchCandidate] = []
     traceparents: set[str] = set()
     resumed = resumed_jobs = 0
-    for state in list(jobs.values()):
+    for state in loaded:
         if state.status != JobStatus.IN_PROGRESS:
             continue
         before = resumed
