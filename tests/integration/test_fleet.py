@@ -15,6 +15,7 @@ another, never created twice.
 from __future__ import annotations
 
 import http.client
+import signal
 import threading
 import time
 from pathlib import Path
@@ -289,3 +290,36 @@ def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
         held = connection.execute(b"SELECT COUNT(*) FROM reservations").fetchone()
     assert rows == [("heir", "finished")]
     assert entries == (20, 20) and held == (0,)
+
+
+def test_a_daemon_stalled_past_its_lease_stops_when_it_wakes_rather_than_work_twice(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM)
+    fleet: list[Daemon] = []
+    try:
+        for name in ("stalled", "steady"):
+            directory = tmp_path / name
+            directory.mkdir()
+            fleet.append(start_daemon(directory, sim.url, process=True,
+                                      config_toml=fleet_config(postgres_url, name)))
+        stalled, steady = fleet
+        assert stalled.process is not None
+        stalled.process.send_signal(signal.SIGSTOP)  # a VM paused, a process swapped out...
+
+        def taken_over() -> bool:
+            _status, report = steady.get("/v1/status")
+            return [daemon["name"] for daemon in report["ledger"]["fleet"]] == ["steady"]
+
+        wait_for(taken_over, timeout=4 * LEASE, what="the steady daemon to take over")
+        stalled.process.send_signal(signal.SIGCONT)
+        status = stalled.process.wait(4 * LEASE)
+        log = stalled.log()
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+    assert status == 1, log
+    assert "lease on the shared store ran out" in log and "stopping so that nothing is done " \
+        "twice" in log
+    assert "Traceback" not in log

@@ -54,6 +54,7 @@ from llmspool.actors.accounting.caps import Cap, Caps, Scope
 from llmspool.actors.accounting.commits import GroupCommit
 from llmspool.actors.accounting.status import answer_query
 from llmspool.core.config.sections import BudgetsConfig
+from llmspool.core.errors import StartupError
 from llmspool.core.pricing import usd
 from llmspool.core.tracing import active
 from llmspool.messages import (
@@ -75,7 +76,8 @@ from llmspool.store.fleet import Member
 from llmspool.store.ledger import Candidate, LedgerConnection, line_key
 from llmspool.store.records import Settled
 
-__all__ = ["COMMIT_INTERVAL", "MAX_GROUP", "Cap", "Caps", "Ledger", "LedgerMessage", "Scope"]
+__all__ = ["COMMIT_INTERVAL", "MAX_GROUP", "Cap", "Caps", "LeaseLost", "Ledger", "LedgerMessage",
+           "Scope"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ MAX_GROUP = 512
 COMMIT_INTERVAL = 0.010
 LedgerMessage = (Settled | Admit | Release | StoreJobResults | ReserveLines | ReleaseLines
                  | StoreBatchChunk | StatusQuery[LedgerStatus] | LedgerEntriesQuery)
+
+
+class LeaseLost(StartupError):
+    """This daemon's lease on a shared store ran out and others took its work over."""
 
 
 class Ledger:
@@ -259,12 +265,13 @@ class Ledger:
             return
         self._renew_at = time.monotonic() + member.lease / 3
         if not await self._database.run(fleet.renew, member):
-            log.warning(
-                "this daemon's lease on the shared store had run out (was it stopped, or cut "
-                "off from the database, for longer than [store] lease = %.0fs?); another "
-                "daemon billed its calls in flight at their reservations; rejoining",
-                member.lease)
-            await self._database.run(fleet.register, member)
+            # Another daemon took this one for dead and took its work over: going on would do
+            # that work twice. Stop; a restart (systemd's) rejoins with nothing of its own.
+            raise LeaseLost(
+                f"this daemon's lease on the shared store ran out (was it stopped, or cut off "
+                f"from the database, for longer than [store] lease = {member.lease:.0f}s?) and "
+                "another daemon has taken its calls and deferred work over; stopping so that "
+                "nothing is done twice")
         dead = [name for name in await self._database.run(fleet.expired) if name != member.name]
         if not dead:
             return

@@ -186,8 +186,17 @@ def _run_daemon(args: argparse.Namespace) -> int:
     os.umask(0o077)
     _return_big_buffers_at_once()
     daemon = Daemon(config, config_path=args.config)
-    anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
+    try:
+        anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
+    except* StartupError as fatal:  # an actor's fatal condition (its lease lost...): one line
+        raise _first_leaf(fatal) from None
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception in ``group`` that is not itself a group (task groups nest)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _return_big_buffers_at_once() -> None:
