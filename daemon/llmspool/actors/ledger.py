@@ -19,8 +19,10 @@
   the transaction that commits their reservations, against what the whole fleet has spent and
   reserved (``GroupCommit``), so caps hold for the fleet. The ledger keeps this daemon's lease
   (``[store] lease``) and, when it renews it, takes over any daemon whose lease ran out: that
-  daemon's calls in flight are billed at their reservations, as after a crash. At start it
-  settles only its own leftovers; the others' calls may still be running.
+  daemon's calls in flight are billed at their reservations, as after a crash, and its jobs
+  and open batches go to this daemon's job keeper (``AdoptWork``). A lease found lost (this
+  daemon was stalled and taken over) stops the daemon (``LeaseLost``). At start it settles
+  only its own leftovers; the others' calls may still be running.
 - Crossing ``[budgets] warn_fraction`` of a cap logs a warning, emits an OpenTelemetry event,
   and shows in status, once per crossing.
 - Every entry it counts also goes to the OpenTelemetry counters ``llmspool.spend`` (USD billed,
