@@ -15,7 +15,10 @@ another, never created twice.
 from __future__ import annotations
 
 import http.client
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -80,6 +83,9 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
         outcomes = all_at_once(CALLS, lambda i: call(fleet[i % DAEMONS].socket_path,
                                                      f"call {i} of {CALLS}", SHAPE))
         _status, report = fleet[3].get("/v1/status")
+        shown = subprocess.run([sys.executable, "-m", "llmspool", "status", "--socket",
+                                str(fleet[1].socket_path)], capture_output=True, text=True,
+                               timeout=30, env={**os.environ, "COLUMNS": "200"})
         # The others stop (committing what they settled last); d0 still shows all of it.
         assert [daemon.terminate() for daemon in fleet[1:]] == [0] * (DAEMONS - 1)
         _status, costs = fleet[0].get("/v1/ledger?limit=1000")
@@ -112,6 +118,8 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
         sorted(e["request_id"] for e in entries)
     assert [daemon["name"] for daemon in report["ledger"]["fleet"]] == \
         [f"d{i}" for i in range(DAEMONS)]
+    assert shown.returncode == 0, shown.stderr
+    assert "fleet: 4 of 4 daemons alive (shared store)" in shown.stdout
     # A daemon that stops cleanly leaves the fleet at once (it holds nothing).
     assert [daemon["name"] for daemon in after["ledger"]["fleet"]] == ["d0"]
     assert abs(after["ledger"]["spend_today_usd"] - spent / PICODOLLARS_PER_USD) < 1e-9
@@ -260,6 +268,11 @@ def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
         assert status == 202, job
         wait_for(lambda: sim.stats()["batches"]["created"] >= 1, timeout=30,
                  what="the batch created upstream")
+        # The fleet's status shows whose work is whose.
+        _status, report = heir.get("/v1/status")
+        work = {d["name"]: (d["jobs_in_progress"], d["open_batches"])
+                for d in report["ledger"]["fleet"]}
+        assert work == {"doomed": (1, 1), "heir": (0, 0)}
         assert doomed.process is not None
         doomed.process.kill()
         doomed.process.wait(10)

@@ -54,7 +54,7 @@ def fleet_table(fleet: Sequence[Mapping[str, Any]]) -> Any:
     alive = sum(1 for daemon in fleet if daemon["alive"])
     table = Table(title=f"fleet: {alive} of {len(fleet)} daemons alive (shared store)")
     for column in ("daemon", "host", "pid", "version", "renewed", "lease left",
-                   "calls in flight", "reserved"):
+                   "calls in flight", "reserved", "jobs", "batches"):
         table.add_column(column, justify="left" if column in ("daemon", "host", "version")
                          else "right")
     for daemon in fleet:
@@ -63,5 +63,6 @@ def fleet_table(fleet: Sequence[Mapping[str, Any]]) -> Any:
                       f"{daemon['renewed_seconds_ago']:.0f} s ago",
                       f"{left:.0f} s" if left > 0 else "expired",
                       str(daemon["reservations"]),
-                      f"${daemon['reserved_picodollars'] / 10**12:.6f}")
+                      f"${daemon['reserved_picodollars'] / 10**12:.6f}",
+                      str(daemon["jobs_in_progress"]), str(daemon["open_batches"]))
     return table
