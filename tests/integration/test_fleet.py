@@ -53,19 +53,18 @@ FLEET_SIM = UNLIMITED_SIM + 'output_tokens = 300\nlatency = "300ms"\n'
 LEASE = 3.0
 
 
-def fleet_config(url: str, name: str) -> str:
-    return (f'[store]\nurl = "{url}"\nname = "{name}"\nlease = "{LEASE:.0f}s"\n\n'
-            f"[budgets]\ndaily_usd = {CAP_USD}\n")
+def shared_store(url: str) -> str:
+    """The ``[store]`` table of a fleet's daemon, with ``{name}`` where its name goes."""
+    return f'[store]\nurl = "{url}"\nname = "{{name}}"\nlease = "{LEASE:.0f}s"\n\n'
+
+
+def fleet_config(url: str) -> str:
+    return shared_store(url) + f"[budgets]\ndaily_usd = {CAP_USD}\n"
 
 
 def start_fleet(tmp_path: Path, sim_url: str, url: str) -> list[Daemon]:
-    fleet = []
-    for number in range(DAEMONS):
-        directory = tmp_path / f"d{number}"
-        directory.mkdir()
-        fleet.append(start_daemon(directory, sim_url, process=True,
-                                  config_toml=fleet_config(url, f"d{number}")))
-    return fleet
+    return start_named(tmp_path, sim_url, fleet_config(url),
+                       tuple(f"d{number}" for number in range(DAEMONS)))
 
 
 def fleet_entries(url: str) -> list[dict[str, Any]]:
@@ -198,35 +197,59 @@ def test_two_daemons_killed_mid_run_are_taken_over_and_the_cap_still_holds(
     assert left == []
 
 
+def start_named(tmp_path: Path, sim_url: str, config_toml: str,
+                names: tuple[str, ...]) -> list[Daemon]:
+    """Daemon processes named ``names``, each in a folder of its own; ``config_toml`` has
+    ``{name}`` where the name goes."""
+    started = []
+    for name in names:
+        directory = tmp_path / name
+        directory.mkdir()
+        started.append(start_daemon(directory, sim_url, process=True,
+                                    config_toml=config_toml.format(name=name)))
+    return started
+
+
+def submit_job(daemon: Daemon, body: bytes, deadline: str) -> str:
+    status, job = unix_request(daemon.socket_path, "POST", f"/v1/jobs?deadline={deadline}",
+                               body, {"content-type": "application/jsonl"})
+    assert status == 202, job
+    return str(job["id"])
+
+
+def kill_9(daemon: Daemon) -> None:
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait(10)
+
+
+def results_after_take_over(heir: Daemon, job_id: str
+                            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The job's result lines and its view, from ``heir`` once it has taken the job over
+    (when the dead daemon's lease has run out) and finished it."""
+    wait_for(lambda: heir.get(f"/v1/jobs/{job_id}")[0] == 200, timeout=4 * LEASE,
+             what="the heir to take the job over")
+    status, raw = unix_request(heir.socket_path, "GET", f"/v1/jobs/{job_id}/results?wait=60")
+    assert status == 200, raw
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    _status, finished = heir.get(f"/v1/jobs/{job_id}")
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()], finished
+
+
 def test_a_daemon_killed_mid_job_has_its_job_finished_by_another(
     tmp_path: Path, postgres_url: str,
 ) -> None:
     sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "100ms"\n')
-    config = (f'[store]\nurl = "{postgres_url}"\nname = "{{name}}"\nlease = "{LEASE:.0f}s"\n\n'
-              "[jobs]\nmax_in_flight = 4\n\n[batch]\nenabled = false\n")
+    config = shared_store(postgres_url) + "[jobs]\nmax_in_flight = 4\n\n[batch]\nenabled = false\n"
     fleet: list[Daemon] = []
     try:
-        for name in ("doomed", "heir"):
-            directory = tmp_path / name
-            directory.mkdir()
-            fleet.append(start_daemon(directory, sim.url, process=True,
-                                      config_toml=config.format(name=name)))
+        fleet = start_named(tmp_path, sim.url, config, ("doomed", "heir"))
         doomed, heir = fleet
-        status, job = unix_request(doomed.socket_path, "POST", "/v1/jobs?deadline=10m",
-                                   jsonl("k", 60), {"content-type": "application/jsonl"})
-        assert status == 202, job
-        wait_for(lambda: doomed.get(f"/v1/jobs/{job['id']}")[1]["counts"]["succeeded"] >= 12,
+        job_id = submit_job(doomed, jsonl("k", 60), "10m")
+        wait_for(lambda: doomed.get(f"/v1/jobs/{job_id}")[1]["counts"]["succeeded"] >= 12,
                  timeout=30, what="12 requests done")
-        assert doomed.process is not None
-        doomed.process.kill()
-        doomed.process.wait(10)
-        # The heir takes the job over once the doomed daemon's lease has run out, and ends it.
-        wait_for(lambda: heir.get(f"/v1/jobs/{job['id']}")[0] == 200, timeout=4 * LEASE,
-                 what="the heir to take the job over")
-        status, raw = unix_request(heir.socket_path, "GET",
-                                   f"/v1/jobs/{job['id']}/results?wait=60")
-        assert status == 200, raw
-        _status, finished = heir.get(f"/v1/jobs/{job['id']}")
+        kill_9(doomed)
+        lines, finished = results_after_take_over(heir, job_id)
         assert heir.terminate() == 0
         calls = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
     finally:
@@ -234,8 +257,6 @@ def test_a_daemon_killed_mid_job_has_its_job_finished_by_another(
             daemon.terminate()
         sim.terminate()
 
-    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
-    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
     assert [line["custom_id"] for line in lines] == [f"k{i}" for i in range(60)]
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["status"] == "completed" and finished["counts"]["succeeded"] == 60
@@ -253,19 +274,12 @@ def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
     tmp_path: Path, postgres_url: str,
 ) -> None:
     sim = start_sim(tmp_path, UNLIMITED_SIM + '[sim.batch]\nturnaround = "3s"\n')
-    config = (f'[store]\nurl = "{postgres_url}"\nname = "{{name}}"\nlease = "{LEASE:.0f}s"\n'
-              + QUICK_BATCHES)
+    config = shared_store(postgres_url) + QUICK_BATCHES
     fleet: list[Daemon] = []
     try:
-        for name in ("doomed", "heir"):
-            directory = tmp_path / name
-            directory.mkdir()
-            fleet.append(start_daemon(directory, sim.url, process=True,
-                                      config_toml=config.format(name=name)))
+        fleet = start_named(tmp_path, sim.url, config, ("doomed", "heir"))
         doomed, heir = fleet
-        status, job = unix_request(doomed.socket_path, "POST", "/v1/jobs?deadline=1h",
-                                   jsonl("b", 20), {"content-type": "application/jsonl"})
-        assert status == 202, job
+        job_id = submit_job(doomed, jsonl("b", 20), "1h")
         wait_for(lambda: sim.stats()["batches"]["created"] >= 1, timeout=30,
                  what="the batch created upstream")
         # The fleet's status shows whose work is whose.
@@ -273,15 +287,8 @@ def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
         work = {d["name"]: (d["jobs_in_progress"], d["open_batches"])
                 for d in report["ledger"]["fleet"]}
         assert work == {"doomed": (1, 1), "heir": (0, 0)}
-        assert doomed.process is not None
-        doomed.process.kill()
-        doomed.process.wait(10)
-        wait_for(lambda: heir.get(f"/v1/jobs/{job['id']}")[0] == 200, timeout=4 * LEASE,
-                 what="the heir to take the job over")
-        status, raw = unix_request(heir.socket_path, "GET",
-                                   f"/v1/jobs/{job['id']}/results?wait=60")
-        assert status == 200, raw
-        _status, finished = heir.get(f"/v1/jobs/{job['id']}")
+        kill_9(doomed)
+        lines, finished = results_after_take_over(heir, job_id)
         assert heir.terminate() == 0
         batches = sim.stats()["batches"]
         direct = sim.stats()["requests"]["by_path"].get("/v1/chat/completions", 0)
@@ -290,8 +297,6 @@ def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
             daemon.terminate()
         sim.terminate()
 
-    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
-    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
     assert sorted(line["custom_id"] for line in lines) == sorted(f"b{i}" for i in range(20))
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert finished["status"] == "completed" and finished["by_tier"] == {"batch": 20}
@@ -311,11 +316,8 @@ def test_a_daemon_stalled_past_its_lease_stops_when_it_wakes_rather_than_work_tw
     sim = start_sim(tmp_path, UNLIMITED_SIM)
     fleet: list[Daemon] = []
     try:
-        for name in ("stalled", "steady"):
-            directory = tmp_path / name
-            directory.mkdir()
-            fleet.append(start_daemon(directory, sim.url, process=True,
-                                      config_toml=fleet_config(postgres_url, name)))
+        fleet = start_named(tmp_path, sim.url, fleet_config(postgres_url),
+                            ("stalled", "steady"))
         stalled, steady = fleet
         assert stalled.process is not None
         stalled.process.send_signal(signal.SIGSTOP)  # a VM paused, a process swapped out...
