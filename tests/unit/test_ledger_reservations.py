@@ -15,6 +15,7 @@ from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
 from llmspool.messages import Admit, LedgerStatus, Release, StatusQuery, StoreJobResults
+from llmspool.store import ledger as ledger_sql
 from llmspool.store.backend import StoreLocation
 from llmspool.store.connect import connect, connected_async
 from llmspool.store.jobs import insert_job
@@ -163,3 +164,30 @@ def test_a_job_result_and_its_entry_are_stored_together_once(
     assert rows(state, "SELECT state FROM job_requests") == [("succeeded",)]
     assert rows(state, "SELECT COUNT(*) FROM reservations") == [(0,)]
     assert report["calls_reserved"] == 0
+
+
+def test_a_group_commit_that_fails_stores_none_of_it_and_the_next_one_goes_in(
+    store_location: StoreLocation,
+) -> None:
+    """On PostgreSQL a group commit is one pipeline: a statement failing in it must still
+    roll the whole group back, and leave the connection ready for the next."""
+    connection = connect(store_location)
+    good = ("kept", "call", NOW, "openai", "gpt-4o-mini", "/v1/chat/completions",
+            "standard", None, 1000, None, USD // 100, None, "d")
+    bad = ("broken", "neither call nor line", *good[2:])  # breaks the CHECK on kind
+    try:
+        try:
+            ledger_sql.write_group(connection, [good, bad], [entry("with-it", USD // 200)], [])
+        except Exception:  # sqlite3.IntegrityError or psycopg's CheckViolation
+            pass
+        else:
+            raise AssertionError("a reservation of an unknown kind was stored")
+        assert not connection.in_transaction
+        assert connection.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+        assert connection.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0] == 0
+        ledger_sql.write_group(connection, [good], [entry("after", USD // 200)], [])
+        assert [tuple(row) for row in connection.execute(
+            "SELECT request_id FROM reservations").fetchall()] == [("kept",)]
+        assert connection.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0] == 1
+    finally:
+        connection.close()

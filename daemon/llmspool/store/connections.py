@@ -97,7 +97,9 @@ class PgConnection:
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params], /) -> Cursor:
         cursor = self.raw.cursor()
         rows = list(seq_of_parameters)
-        if rows:
+        if len(rows) == 1:  # one round trip: executemany's pipeline costs three (~0.3 ms)
+            cursor.execute(for_postgresql(sql), rows[0])
+        elif rows:
             cursor.executemany(for_postgresql(sql), rows)
         return cursor
 
@@ -144,7 +146,10 @@ class PgAsyncConnection:
         rows = list(seq_of_parameters)
         if rows:
             async with self.raw.cursor() as cursor:
-                await cursor.executemany(for_postgresql(sql), rows)
+                if len(rows) == 1:  # one round trip, as in PgConnection.executemany
+                    await cursor.execute(for_postgresql(sql), rows[0])
+                else:
+                    await cursor.executemany(for_postgresql(sql), rows)
 
     async def execute_fetchall(self, sql: str, parameters: Params = ()) -> list[Any]:
         async with self.raw.cursor() as cursor:

@@ -24,7 +24,7 @@ import anyio
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.connect import connect
-from llmspool.store.connections import AsyncConnection, Connection, is_sqlite
+from llmspool.store.connections import AsyncConnection, Connection, PgConnection, is_sqlite
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
 from llmspool.store.schema import migrate_store
@@ -170,6 +170,26 @@ def _transaction(connection: Connection, body: Callable[[], _T]) -> _T:
     return result
 
 
+def _pipelined_transaction(connection: Connection, body: Callable[[], _T]) -> _T:
+    """``_transaction`` for a body that reads nothing after it writes (no row counts): on
+    PostgreSQL its statements go in a pipeline, so the begin, the lock and the reads are one
+    round trip and the writes with the commit another (a call's admission: ~7 round trips
+    down to 2). On SQLite, the same as ``_transaction``."""
+    if is_sqlite(connection):
+        return _transaction(connection, body)
+    assert isinstance(connection, PgConnection)
+    try:
+        with connection.raw.pipeline():
+            begin_money(connection)
+            result = body()
+            connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
 INSERT_RESERVATION = """
 INSERT INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
     tier, operation, uid, session, estimate_picodollars, line_id, daemon)
@@ -192,7 +212,8 @@ def write_group(connection: Connection, reservations: Sequence[tuple[Any, ...]],
                 daemon: str | None = None) -> None:
     """One group commit: new reservations, new entries (a repeated request id is ignored),
     and the reservations that ``entries`` settle or that ended without a bill."""
-    _transaction(connection, lambda: _write(connection, reservations, entries, ended, daemon))
+    _pipelined_transaction(
+        connection, lambda: _write(connection, reservations, entries, ended, daemon))
 
 
 def _write(connection: Connection, reservations: Sequence[tuple[Any, ...]],
@@ -271,7 +292,7 @@ def admit_shared(connection: Connection, candidates: Sequence[Candidate],
         _write(connection, admitted, entries, ended, daemon)
         return verdicts, usage
 
-    return _transaction(connection, body)
+    return _pipelined_transaction(connection, body)
 
 
 def usage_on(connection: Connection, day: str) -> dict[UsageKey, tuple[int, int]]:
