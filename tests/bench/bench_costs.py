@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import orjson
 from llmspool.store.backend import Backend, StoreLocation
-from llmspool.store.database import DATABASE_NAME, open_database
+from llmspool.store.database import DATABASE_NAME, migrate_sqlite
 from llmspool.store.reports import cost_report, open_reader
 
 from tests.support.processes import python_command, start_daemon, unix_request
@@ -86,12 +86,8 @@ def entries(count: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...]]:
 def build_state(state_dir: Path, count: int) -> dict[str, Any]:
     """Create and migrate the database, then write ``count`` entries in one transaction."""
 
-    async def migrate() -> None:
-        connection = await open_database(state_dir)
-        await connection.close()
-
-    anyio.run(migrate)
     path = state_dir / DATABASE_NAME
+    anyio.run(migrate_sqlite, path)
     started = time.perf_counter()
     connection = sqlite3.connect(path, isolation_level=None)
     try:

@@ -1,6 +1,7 @@
-"""Opening the daemon's SQLite database, and bringing its schema up to date.
+"""The SQLite store's schema and state directory: creating the directory, bringing the schema
+up to date, reading its version; and the migrations of both backends (``migrations(backend)``).
 
-Migrations are the files ``migrations/sqlite/NNNN_name.sql``, applied in order, each in one
+SQLite's migrations are the files ``migrations/sqlite/NNNN_name.sql``, applied in order, each in one
 transaction, recorded in ``PRAGMA user_version``. A database from a newer llmspool (a higher
 version than this code knows) is refused rather than guessed at.
 """
@@ -24,7 +25,7 @@ from llmspool.store.backend import DATABASE_NAME, Backend
 from llmspool.store.connections import AsyncConnection
 
 __all__ = ["DATABASE_NAME", "close_shielded", "connected", "ensure_state_directory",
-           "migrate_sqlite", "migrations", "open_database", "sqlite_schema_version"]
+           "migrate_sqlite", "migrations", "sqlite_schema_version"]
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -72,30 +73,6 @@ async def ensure_state_directory(state_dir: Path) -> None:
             f"cannot create the state directory {state_dir}: {exc.strerror}; set "
             "[daemon] state_dir or LLMSPOOL_STATE_DIR to a directory this user can write"
         ) from None
-
-
-async def open_database(state_dir: Path) -> aiosqlite.Connection:
-    """Open (creating if needed) the database in ``state_dir`` and migrate it."""
-    await ensure_state_directory(state_dir)
-    path = state_dir / DATABASE_NAME
-    try:
-        connection = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot open the database {path}: {exc}") from None
-    try:
-        await connection.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a crash of the daemon (kill -9); only a power loss can
-        # lose the last commits. Deferred jobs that must survive even that commit with FULL.
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute("PRAGMA foreign_keys=ON")
-        # Two writers (the ledger and the job keeper) take turns on the write lock; a turn is
-        # one group commit, milliseconds, so 30 s of waiting means something is truly stuck.
-        await connection.execute("PRAGMA busy_timeout=30000")
-        await _migrate(connection, path)
-    except BaseException:
-        await close_shielded(connection)
-        raise
-    return connection
 
 
 async def migrate_sqlite(path: Path) -> list[str]:
