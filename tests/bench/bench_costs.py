@@ -32,9 +32,9 @@ from typing import Any
 
 import anyio
 import orjson
-from llmspool.store.backend import Backend, StoreLocation
-from llmspool.store.database import DATABASE_NAME, migrate_sqlite
+from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.reports import cost_report, open_reader
+from llmspool.store.schema import migrate_store
 
 from tests.support.processes import python_command, start_daemon, unix_request
 
@@ -87,7 +87,7 @@ def build_state(state_dir: Path, count: int) -> dict[str, Any]:
     """Create and migrate the database, then write ``count`` entries in one transaction."""
 
     path = state_dir / DATABASE_NAME
-    anyio.run(migrate_sqlite, path)
+    anyio.run(migrate_store, StoreLocation(Backend.SQLITE, str(path)))
     started = time.perf_counter()
     connection = sqlite3.connect(path, isolation_level=None)
     try:
