@@ -96,9 +96,7 @@ class GroupCommit:
             answer(admit.reply, None)
             return
         budgets.refused += 1
-        cap = verdict.cap
-        answer(admit.reply, exceeded(cap.name, cap.limit, cap.kind, verdict.spent,
-                                     verdict.reserved, candidate.estimate))
+        answer(admit.reply, _fleet_refusal(verdict, candidate))
 
     # --- deferred results -----------------------------------------------------------------
 
@@ -156,11 +154,8 @@ class GroupCommit:
                                  line.uid, None, candidate.estimate)
                     continue
                 budgets.refused += 1
-                cap = verdict.cap
                 refused.append(_refused_line(line.line_id, line.job_id, line.custom_id,
-                                             exceeded(cap.name, cap.limit, cap.kind,
-                                                      verdict.spent, verdict.reserved,
-                                                      candidate.estimate)))
+                                             _fleet_refusal(verdict, candidate)))
         stored: list[int] = []
         if rows or refused:
             # The lines' reservations and the refused lines' results: one transaction.
@@ -184,6 +179,13 @@ class GroupCommit:
             self._budgets.release(line_key(outcome.request_id))
         with contextlib.suppress(*GONE):
             message.reply.send_nowait(stored)
+
+
+def _fleet_refusal(verdict: Refusal, candidate: Candidate) -> ApiError:
+    """The error a candidate the fleet's usage refused is told, as a refusal in memory is."""
+    cap = verdict.cap
+    return exceeded(cap.name, cap.limit, cap.kind, verdict.spent, verdict.reserved,
+                    candidate.estimate)
 
 
 def _refused_line(line_id: int, job_id: str, custom_id: str, error: ApiError) -> JobResult:
