@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from llmspool.core.config.sections import JobsConfig
 from llmspool.core.pricing import load_price_table
 from psycopg.rows import dict_row
 
@@ -268,6 +269,69 @@ def test_a_daemon_killed_mid_job_has_its_job_finished_by_another(
     assert states == [("succeeded", 60)]
     # Calls in flight at the kill were sent again, never lost: at most the slots' worth more.
     assert 60 <= calls <= 60 + 2 * 4
+
+
+SHARED_JOB = 20_000
+HELPERS = ("h1", "h2", "h3")
+
+
+def answered(url: str) -> int:
+    with psycopg.connect(url) as connection:
+        row = connection.execute(b"SELECT COUNT(*) FROM job_requests "
+                                 b"WHERE state != 'queued'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_job_of_20000_requests_is_worked_by_four_daemons_one_killed_half_way(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM)
+    fleet: list[Daemon] = []
+    try:
+        fleet = start_named(tmp_path, sim.url, shared_store(postgres_url), ("owner", *HELPERS))
+        owner, helpers = fleet[0], fleet[1:]
+        job_id = submit_job(owner, jsonl("w", SHARED_JOB), "10m")
+        wait_for(lambda: answered(postgres_url) >= SHARED_JOB // 2, timeout=120,
+                 what="half the job answered")
+        kill_9(owner)
+        wait_for(lambda: answered(postgres_url) == SHARED_JOB, timeout=180,
+                 what="the whole job answered")
+        with psycopg.connect(postgres_url) as connection:
+            row = connection.execute(b"SELECT daemon FROM jobs").fetchone()
+        assert row is not None
+        heir = helpers[HELPERS.index(row[0])]
+        lines, finished = results_after_take_over(heir, job_id)
+        assert [daemon.terminate() for daemon in helpers] == [0] * len(HELPERS)
+        stats = sim.stats()
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    # Every request answered exactly once, in the results of the daemon that took the job.
+    assert len(lines) == SHARED_JOB
+    assert sorted(line["custom_id"] for line in lines) == \
+        sorted(f"w{i}" for i in range(SHARED_JOB))
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert finished["status"] == "completed" and finished["counts"]["succeeded"] == SHARED_JOB
+    with psycopg.connect(postgres_url, row_factory=dict_row) as connection:
+        entries = connection.execute(
+            b"SELECT request_id, daemon, flag FROM ledger_entries").fetchall()
+    # Exactly one ledger entry for each request's answer. The owner's calls in flight when it
+    # was killed, and those answered whose results waited for its next group commit, are
+    # billed at their reservations (``unknown_outcome``: the provider may have answered them),
+    # and their requests were sent again: at most twice its slots.
+    answers = [e for e in entries if e["flag"] != "unknown_outcome"]
+    unknown = [e for e in entries if e["flag"] == "unknown_outcome"]
+    rows = [e["request_id"].split(".")[1] for e in answers]
+    assert len(rows) == len(set(rows)) == SHARED_JOB
+    assert len(unknown) <= 2 * JobsConfig().max_in_flight
+    assert {e["daemon"] for e in unknown} <= {"owner"}
+    # Worked by all four, and nothing sent more often than that.
+    assert {e["daemon"] for e in answers} == {"owner", *HELPERS}
+    calls = stats["requests"]["by_path"]["/v1/chat/completions"]
+    assert SHARED_JOB <= calls <= SHARED_JOB + len(unknown)
+    assert stats["batches"]["created"] == 0
 
 
 def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(

@@ -11,8 +11,10 @@ This module is the actor: its inbox (submit, cancel, wait, queries), the jobs it
 its tasks from start to shutdown. The work is done by the parts in ``llmspool.actors.keeping``,
 made once here and kept for the daemon's life (nothing is made per line): where each line goes
 (``routing``), the heap of lines sent from here and their calls (``sending``), the results
-stored and counted (``results``), the waiters (``waiting``), and what a restart resumes and
-retention forgets (``recovery``). ``JobState`` (``keeping.jobs``) is one job's counts.
+stored and counted (``results``), the waiters (``waiting``), what a restart resumes and
+retention forgets (``recovery``), and, in a store several daemons share, the lines this daemon
+sends for the others and the counts of jobs they help with (``sharing``). ``JobState``
+(``keeping.jobs``) is one job's counts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from llmspool.actors.keeping.recovery import SWEEP_EVERY, delete_expired, recove
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.routing import Router
 from llmspool.actors.keeping.sending import Pump
+from llmspool.actors.keeping.sharing import Helper, SharedCounts
 from llmspool.actors.keeping.waiting import Waiters, no_such_job, reply_to
 from llmspool.cache.store import CachedKeys
 from llmspool.core.config.sections import BatchConfig, JobsConfig
@@ -104,14 +107,23 @@ class JobKeeper:
         self._jobs: dict[str, JobState] = {}
         self._write_lock = anyio.Lock()
         self._waiters = Waiters()
-        self._results = Results(ledger, self._jobs, self._waiters,
-                                meter or metrics.NoOpMeter("llmspool"), planner.clock)
+        meter = meter or metrics.NoOpMeter("llmspool")
+        # In a shared store: the counts of jobs other daemons help with, read from the store.
+        self._shared = (None if owner is None
+                        else SharedCounts(database, self._jobs, self._waiters, planner.clock))
+        mark_shared = None if self._shared is None else self._shared.mark
+        self._results = Results(ledger, self._jobs, self._waiters, meter, planner.clock,
+                                shared=mark_shared)
         self._pump = Pump(queue, cache, cache_rules, database, planner, config, self._jobs,
-                          self._results)
+                          self._results, claimer=owner, shared=mark_shared)
+        # In a shared store: the sender of other daemons' lines, when this one has room.
+        self._helper = (None if owner is None else Helper(
+            owner, self._pump, queue, cache, cache_rules, ledger, database, planner, config,
+            meter))
         self._router = Router(
             jobs=self._jobs, pump=self._pump, results=self._results, database=database,
             planner=planner, config=config, batches=batches, batch_providers=batch_providers,
-            batch_config=batch_config or BatchConfig(), cached=cached)
+            batch_config=batch_config or BatchConfig(), cached=cached, claimer=owner)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await delete_expired(self._database, self._write_lock, self._jobs, self._config.retention,
@@ -126,10 +138,16 @@ class JobKeeper:
             if self._batches is not None:  # closed when the keeper ends, ending the submitter
                 await stack.enter_async_context(self._batches)
             group = await stack.enter_async_context(anyio.create_task_group())
-            pump_done = anyio.Event()
+            pump_done, helper_done = anyio.Event(), anyio.Event()
             group.start_soon(self._pump.run, pump_done)
             group.start_soon(self._results.run)
             group.start_soon(self._sweep_expired)
+            if self._shared is not None:
+                group.start_soon(self._shared.run)
+            if self._helper is not None:
+                group.start_soon(self._helper.run, helper_done)
+            else:
+                helper_done.set()
             if self._batch_results is not None:
                 # Apart from the inbox, so that the batch actors (which live until the keeper
                 # is done) never hold the keeper's inbox open at shutdown.
@@ -145,7 +163,10 @@ class JobKeeper:
             # The front door is closed: send nothing new, let calls in flight finish (the
             # daemon bounds how long), store their results, and stop.
             self._pump.close()
+            if self._helper is not None:
+                self._helper.close()
             await pump_done.wait()
+            await helper_done.wait()
             await self._results.flush()
             group.cancel_scope.cancel()
         if self._cached is not None:
@@ -198,7 +219,8 @@ class JobKeeper:
         # Read in pages (not all rows at once), handed to the batch submitter in one message
         # (it regroups its pending lines on each).
         to_batch: list[BatchCandidate] = []
-        async for rows in jobs_sql.routable_pages(self._database, job.id):
+        async for rows in jobs_sql.routable_pages(self._database, job.id,
+                                                   claimer=self._owner):
             await self._router.route(rows, plan=plan, collect=to_batch)
         await self._router.send_to_batch(to_batch, (job.traceparent,) if job.traceparent else ())
         log.info("job %s: %d requests, deadline in %.0f s", job.id, total,
@@ -239,7 +261,8 @@ class JobKeeper:
             "jobs_in_progress": len(in_progress),
             "requests_queued": sum(j.states[RequestState.QUEUED] - j.running
                                    for j in in_progress),
-            "requests_running": self._pump.in_flight,
+            "requests_running": self._pump.in_flight + (
+                0 if self._helper is None else self._helper.pump.in_flight),
             "retries": self._pump.retries,
             "requests_late": self._results.late,
         }
@@ -252,6 +275,8 @@ class JobKeeper:
                 if work.job_ids:
                     await recover(self._database, self._write_lock, self._jobs, self._router,
                                   self._clock.now(), self._owner, work.job_ids)
+                    if self._shared is not None:
+                        self._shared.wake()  # they are shared: their counts are read
                     log.info("took over %d jobs in progress", len(work.job_ids))
                 if work.batch_ids and self._batches is not None:
                     await self._batches.send(AdoptBatches(work.batch_ids))

@@ -139,9 +139,10 @@ def open_batch(
             (intent, first.provider, first.endpoint.value, first.model, deadline, now, daemon),
         ).fetchone()
         connection.executemany(
+            # Not a line another daemon of a shared store claimed meanwhile (it sends it).
             "UPDATE job_requests SET batch_id = ? WHERE id = ? AND state = 'queued' "
-            "AND batch_id IS NULL",
-            ((batch_id, c.request_id) for c in candidates),
+            "AND batch_id IS NULL AND (claimed_by IS NULL OR claimed_by = ?)",
+            ((batch_id, c.request_id, daemon) for c in candidates),
         )
         lines, size = connection.execute(
             "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM job_requests "

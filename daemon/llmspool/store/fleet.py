@@ -52,8 +52,11 @@ def renew(connection: Connection, member: Member) -> bool:
 def leave(connection: Connection, member: Member) -> None:
     """Leave the fleet, stopping cleanly: with nothing in flight there is nothing to take
     over. (A batch line's reservation outlives it, as its batch does; the daemon settles it
-    when it starts again under its name.)"""
+    when it starts again under its name.) The requests it claimed and did not send are
+    offered to the fleet: the others work them meanwhile."""
     connection.execute("DELETE FROM daemons WHERE name = ?", (member.name,))
+    connection.execute("UPDATE job_requests SET claimed_by = NULL WHERE claimed_by = ? "
+                       "AND state = 'queued' AND batch_id IS NULL", (member.name,))
 
 
 def expired(connection: Connection) -> list[str]:

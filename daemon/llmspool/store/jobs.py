@@ -61,18 +61,19 @@ class QueuedRequest:
 
 _JOB_REQUEST_COLUMNS = (
     "job_id, line, custom_id, endpoint, provider, model, body, deadline_at, state, cache_key, "
-    "cache_ttl, routed_from_provider, routed_from_model"
+    "cache_ttl, routed_from_provider, routed_from_model, claimed_by"
 )
 _INSERT_JOB_REQUEST = (
     f"INSERT INTO job_requests ({_JOB_REQUEST_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 async def insert_job(connection: AsyncConnection, job: NewJob,
                      owner: str | None = None) -> None:
     """The job and all its requests, in one transaction: durable when this returns.
-    ``owner``: in a store several daemons share, the daemon that works it."""
+    ``owner``: in a store several daemons share, the daemon that works it, which claims its
+    lines (it offers to the fleet those it routes to be sent: ``offer``)."""
     total = len(job.lines)
     await connection.execute("BEGIN IMMEDIATE")
     try:
@@ -87,7 +88,7 @@ async def insert_job(connection: AsyncConnection, job: NewJob,
         rows = (
             (job.id, line.line, line.custom_id, line.endpoint.value, line.provider,
              line.model, line.body, job.deadline_at, "queued", line.cache_key, line.cache_ttl,
-             *(line.routed_from or (None, None)))
+             *(line.routed_from or (None, None)), owner)
             for line in job.lines
         )
         if isinstance(connection, PgAsyncConnection):
@@ -124,17 +125,76 @@ async def _gather_statistics(connection: PgAsyncConnection) -> None:
         await connection.execute("ANALYZE job_requests")
 
 
+_QUEUED_COLUMNS = (
+    "id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts, "
+    "routed_from_provider, routed_from_model"
+)
+
+
 async def fetch_requests(
-    connection: AsyncConnection, ids: Sequence[int]
+    connection: AsyncConnection, ids: Sequence[int], claimer: str | None = None
 ) -> list[QueuedRequest]:
-    marks = ",".join("?" * len(ids))
-    rows = await connection.execute_fetchall(
-        "SELECT id, job_id, custom_id, endpoint, provider, model, body, deadline_at, attempts, "
-        "routed_from_provider, routed_from_model "
-        f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued' ORDER BY id",
-        tuple(ids),
-    )
+    """The requests ``ids`` still queued, to be sent now. ``claimer``: in a store several
+    daemons share, this daemon, which claims them; those another daemon claimed first are left
+    out (it sends them)."""
+    if claimer is None:
+        marks = ",".join("?" * len(ids))
+        rows = await connection.execute_fetchall(
+            f"SELECT {_QUEUED_COLUMNS} "
+            f"FROM job_requests WHERE id IN ({marks}) AND state = 'queued' ORDER BY id",
+            tuple(ids),
+        )
+    else:
+        # A plain UPDATE (not SKIP LOCKED): a row another daemon is claiming at this moment is
+        # waited for, then left out if it took it, never skipped while still offered.
+        rows = sorted(await connection.execute_fetchall(
+            f"UPDATE job_requests SET claimed_by = ? WHERE id = ANY(?) AND state = 'queued' "
+            f"AND (claimed_by IS NULL OR claimed_by = ?) RETURNING {_QUEUED_COLUMNS}",
+            (claimer, list(ids), claimer)))
     return [QueuedRequest(*row) for row in rows]
+
+
+async def claim_offered(connection: AsyncConnection, claimer: str, limit: int
+                        ) -> list[QueuedRequest]:
+    """Up to ``limit`` queued requests that other daemons' jobs offer (claimed by none, in no
+    batch), the most urgent first, claimed by ``claimer``: each is claimed by one daemon
+    however many ask at once (``SKIP LOCKED``: a row being claimed is passed over, not waited
+    for)."""
+    rows = await connection.execute_fetchall(
+        f"UPDATE job_requests SET claimed_by = ? WHERE id IN ("
+        "SELECT r.id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+        "WHERE r.state = 'queued' AND r.claimed_by IS NULL AND r.batch_id IS NULL "
+        "AND j.status = 'in_progress' AND j.daemon <> ? "
+        "ORDER BY r.deadline_at LIMIT ? FOR UPDATE OF r SKIP LOCKED) "
+        f"AND claimed_by IS NULL RETURNING {_QUEUED_COLUMNS}",
+        (claimer, claimer, limit))
+    return [QueuedRequest(*row) for row in sorted(rows)]
+
+
+async def offer(connection: AsyncConnection, claimer: str, ids: Sequence[int]) -> None:
+    """Offer to the fleet the requests ``ids`` that ``claimer`` routed to be sent: it sends
+    them when it gets to them, unless another daemon claims them first."""
+    if ids:
+        await connection.execute(
+            "UPDATE job_requests SET claimed_by = NULL WHERE id = ANY(?) AND claimed_by = ?",
+            (list(ids), claimer))
+
+
+async def claim_unclaimed(connection: AsyncConnection, claimer: str,
+                          only: Sequence[str] | None = None) -> None:
+    """``claimer``'s jobs in progress (the jobs ``only``) claim back their offered requests,
+    before they are routed again (at a start, or taken over): a line routed to a batch is then
+    not sent by another daemon meanwhile. Requests ``claimer`` claimed of other daemons' jobs
+    (before a restart) are offered again."""
+    condition, parameters = _which_jobs(claimer, only, "job_id")
+    await connection.execute(
+        "UPDATE job_requests SET claimed_by = ? WHERE state = 'queued' AND claimed_by IS NULL "
+        f"AND batch_id IS NULL AND {condition} AND job_id IN "
+        "(SELECT id FROM jobs WHERE status = 'in_progress')", (claimer, *parameters))
+    if only is None:
+        await connection.execute(
+            "UPDATE job_requests SET claimed_by = NULL WHERE claimed_by = ? AND state = 'queued' "
+            "AND job_id NOT IN (SELECT id FROM jobs WHERE daemon = ?)", (claimer, claimer))
 
 
 async def complete_finished_jobs(
@@ -300,21 +360,26 @@ class Routable:
     cache_key: bytes | None  # the response cache's key: identical lines share one answer
 
 
-def _routable(inputs: str) -> str:
+def _routable(inputs: str, claims: bool) -> str:
+    """``claims``: the statement takes the routing daemon's name first, and leaves out the
+    lines another daemon claimed (a shared store)."""
     return (
         "SELECT r.id, r.job_id, r.endpoint, r.provider, r.model, r.deadline_at, length(r.body), "
         f"CASE WHEN r.endpoint = '/v1/embeddings' THEN {inputs} ELSE 1 END, r.attempts, "
         "r.cache_key FROM job_requests r JOIN jobs j ON j.id = r.job_id "
         "WHERE r.state = 'queued' AND r.batch_id IS NULL AND j.status = 'in_progress' "
+        + ("AND (r.claimed_by IS NULL OR r.claimed_by = ?) " if claims else "")
     )
 
 
 # An embeddings line's inputs: the length of its "input" array (at least 1), or 1 for one
 # string. Counted in the store, which parses the body anyway: routing a page reads no body.
-_ROUTABLE_SQLITE = _routable("MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1))")
+_ROUTABLE_SQLITE = _routable("MAX(1, COALESCE(json_array_length(r.body, '$.input'), 1))",
+                             claims=False)
 _ROUTABLE_POSTGRESQL = _routable(
     "(SELECT CASE WHEN json_typeof(i) = 'array' THEN GREATEST(1, json_array_length(i)) "
-    "ELSE 1 END FROM (SELECT convert_from(r.body, 'UTF8')::json -> 'input' AS i) AS e)")
+    "ELSE 1 END FROM (SELECT convert_from(r.body, 'UTF8')::json -> 'input' AS i) AS e)",
+    claims=True)
 
 
 def _routable_page(routable: str, sqlite: bool) -> str:
@@ -331,33 +396,42 @@ _ROUTABLE_PAGE_SQLITE = _routable_page(_ROUTABLE_SQLITE, sqlite=True)
 _ROUTABLE_PAGE_POSTGRESQL = _routable_page(_ROUTABLE_POSTGRESQL, sqlite=False)
 
 
+def _claimer(connection: AsyncConnection, claimer: str | None) -> tuple[str | None, ...]:
+    """The routing statements' first parameter: the routing daemon, on PostgreSQL."""
+    return () if is_sqlite(connection) else (claimer,)
+
+
 async def routable_requests(
-    connection: AsyncConnection, ids: Sequence[int],
+    connection: AsyncConnection, ids: Sequence[int], claimer: str | None = None,
 ) -> list[Routable]:
     """Queued requests no batch carries, of the given ids (a job's are read in pages:
-    ``routable_pages``)."""
+    ``routable_pages``); ``claimer``: in a shared store, the routing daemon (lines another
+    daemon claimed are left out)."""
     found: list[Routable] = []
     routable = _ROUTABLE_SQLITE if is_sqlite(connection) else _ROUTABLE_POSTGRESQL
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         rows = await connection.execute_fetchall(
-            routable + f"AND r.id IN ({','.join('?' * len(chunk))}) ORDER BY r.id", tuple(chunk))
+            routable + f"AND r.id IN ({','.join('?' * len(chunk))}) ORDER BY r.id",
+            (*_claimer(connection, claimer), *chunk))
         found += [Routable(*row) for row in rows]
     return found
 
 
 async def routable_pages(
     connection: AsyncConnection, job_id: str, page: int | None = None,
+    claimer: str | None = None,
 ) -> AsyncIterator[list[Routable]]:
     """The job's queued requests no batch carries, ``page`` at a time in id order: a job of
     100,000 requests is routed (when submitted, and again at a restart) without holding all
-    its rows at once (~36 MB)."""
+    its rows at once (~36 MB). ``claimer``: as for ``routable_requests``."""
     after = 0
     page = page or ROUTE_PAGE  # read when called: a test makes pages small
     statement = _ROUTABLE_PAGE_SQLITE if is_sqlite(connection) else _ROUTABLE_PAGE_POSTGRESQL
     while True:
         # Paged by line number, along the (job_id, line) index.
-        rows = list(await connection.execute_fetchall(statement, (job_id, after, page)))
+        rows = list(await connection.execute_fetchall(
+            statement, (*_claimer(connection, claimer), job_id, after, page)))
         if not rows:
             return
         yield [Routable(*row[:-1]) for row in rows]

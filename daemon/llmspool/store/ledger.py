@@ -444,8 +444,9 @@ def take_over(connection: Connection, now: float, names: Sequence[str], taker: s
               ) -> TakenOver:
     """Take over the daemons ``names`` whose lease is still over when checked under the money
     lock (one that renewed meanwhile is spared), in one transaction: their call reservations
-    become ``unknown_outcome`` entries, their rows leave ``daemons``, and their jobs in
-    progress, open batches and batch lines' reservations become ``taker``'s."""
+    become ``unknown_outcome`` entries, their rows leave ``daemons``, their jobs in progress,
+    open batches and batch lines' reservations become ``taker``'s, and the requests they had
+    claimed are offered to the fleet again."""
     def body() -> TakenOver:
         marks = ", ".join("?" * len(names))
         gone = [row[0] for row in connection.execute(
@@ -463,6 +464,10 @@ def take_over(connection: Connection, now: float, names: Sequence[str], taker: s
         batches = [int(row[0]) for row in connection.execute(
             f"UPDATE batches SET daemon = ? WHERE daemon IN ({theirs}) AND state != 'finished' "
             "RETURNING id", [taker, *gone]).fetchall()]
+        # The requests they claimed are offered again: the taker claims back those of the
+        # jobs it takes when it routes them, any daemon may claim the others'.
+        connection.execute(f"UPDATE job_requests SET claimed_by = NULL WHERE claimed_by IN "
+                           f"({theirs}) AND state = 'queued'", list(gone))
         return TakenOver(gone, unknown, sorted(jobs), sorted(batches))
 
     if not names:

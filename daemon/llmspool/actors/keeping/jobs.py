@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmspool.core.pricing import usd
@@ -32,6 +33,9 @@ class JobState:
     cost: int = 0
     standard: int = 0
     late: int = 0  # results stored after the job's deadline
+    # Other daemons of a shared store answer some of its lines: its counts are read from the
+    # store (``keeping.sharing.SharedCounts``), not counted here.
+    shared: bool = False
 
     def to_json(self) -> JobView:
         queued = self.states[RequestState.QUEUED]
@@ -58,3 +62,7 @@ class JobState:
             "cost_usd": usd(self.cost),
             "saved_usd": usd(max(0, self.standard - self.cost)),
         }
+
+
+# Reports that a job is shared (``keeping.sharing.SharedCounts.mark``).
+MarkShared = Callable[[JobState], None]

@@ -3,6 +3,9 @@
 - On start, jobs whose requests all ended are completed, every job kept is loaded into memory
   with its counts, batched lines become twins again (identical lines resumed after them wait
   for them), and the requests still queued are routed again, a job and a page at a time.
+- In a store several daemons share, the daemon first claims back its jobs' offered lines
+  (those another daemon claimed stay its), and the jobs it resumes are shared: other daemons
+  may be answering some of their lines (``sharing``).
 - Jobs finished longer ago than ``[jobs] retention`` are deleted, results and all, at start
   and then every ``SWEEP_EVERY`` seconds.
 """
@@ -41,6 +44,8 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
             await database.execute("ROLLBACK")
             raise
         await database.execute("COMMIT")
+        if owner is not None:
+            await jobs_sql.claim_unclaimed(database, owner, only)
     loaded: list[JobState] = []
     for row in await jobs_sql.load_jobs(database, owner, only):
         state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
@@ -51,6 +56,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
         state.cost, state.standard = row["cost"], row["standard"]
         state.late = row["late"]
         state.traceparent = row["traceparent"]
+        state.shared = owner is not None and state.status == JobStatus.IN_PROGRESS
         jobs[state.id] = state
         loaded.append(state)
     loaded_ids = {state.id for state in loaded}
@@ -70,7 +76,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
         if state.status != JobStatus.IN_PROGRESS:
             continue
         before = resumed
-        async for rows in jobs_sql.routable_pages(database, state.id):
+        async for rows in jobs_sql.routable_pages(database, state.id, claimer=owner):
             batched = len(to_batch)
             await router.route(rows, collect=to_batch)
             if state.traceparent and len(to_batch) > batched:

@@ -6,7 +6,8 @@
   call that produced it (one transaction), each guarded by the request's state, so a request
   is stored once even if its call is repeated after a crash.
 - Each stored result (and each one a batch stored) is counted in its job, which completes on
-  its last one; results stored after the job's deadline are counted as late.
+  its last one; results stored after the job's deadline are counted as late. A job other
+  daemons of a shared store work too is counted from the store instead (``sharing``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import metrics
 
-from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.jobs import JobState, MarkShared
 from llmspool.actors.keeping.waiting import Waiters
 from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
@@ -33,8 +34,9 @@ class Results:
 
     def __init__(self, ledger: MemoryObjectSendStream[StoreJobResults],
                  jobs: dict[str, JobState], waiters: Waiters, meter: metrics.Meter,
-                 clock: Clock) -> None:
+                 clock: Clock, *, shared: MarkShared | None = None) -> None:
         self._ledger = ledger
+        self._shared = shared
         self._clock = clock
         self._jobs = jobs  # the keeper's, shared
         self._waiters = waiters
@@ -106,16 +108,21 @@ class Results:
     def count(self, job: JobState, state: RequestState, tier: str | None, cost: int | None,
               standard: int | None) -> None:
         """A stored result of ``job``, in its counts; completes the job on its last one."""
+        late = self._clock.now() > job.deadline_at
+        if late:
+            self.late += 1
+            self._late_counter.add(1, {"llmspool.operation": job.operation or ""})
+        if job.shared and self._shared is not None:
+            self._shared(job)  # counted from the store, with the other daemons' results
+            return
         job.states[RequestState.QUEUED] -= 1
         job.states[state] += 1
         if tier:
             job.tiers[tier] += 1
         job.cost += cost or 0
         job.standard += standard or cost or 0
-        if self._clock.now() > job.deadline_at:
+        if late:
             job.late += 1
-            self.late += 1
-            self._late_counter.add(1, {"llmspool.operation": job.operation or ""})
         if job.states[RequestState.QUEUED] == 0 and job.status == JobStatus.IN_PROGRESS:
             job.status = JobStatus.COMPLETED
             job.finished_at = self._clock.now()

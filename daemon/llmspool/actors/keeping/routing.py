@@ -10,6 +10,8 @@
 - A new job's ``JobPlan`` gets where each line went and when it is expected.
 - Lines a batch gives back (expired, escalated, failed) are routed again; lines it answered
   are counted in their jobs, and the lines that waited for them go through the cache actor.
+- In a store several daemons share, the lines pushed on the heap are offered to the fleet
+  (another daemon may claim and send them first); those bound for a batch stay this daemon's.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class Router:
                  database: AsyncConnection, planner: Planner, config: JobsConfig,
                  batches: MemoryObjectSendStream[ToBatch] | None,
                  batch_providers: frozenset[str], batch_config: BatchConfig,
-                 cached: CachedKeys | None) -> None:
+                 cached: CachedKeys | None, claimer: str | None = None) -> None:
         self._jobs = jobs  # the keeper's, shared
+        self.claimer = claimer  # in a shared store: this daemon, which claims its lines
         self._pump = pump
         self._heap = pump.heap  # the pump's, shared: lines sent from here are pushed on it
         self._results = results
@@ -112,6 +115,8 @@ class Router:
                 if plan is not None:
                     self._plan_direct(plan, row, job, now, len(direct))
                 direct.append((row.deadline_at, row.id, row.job_id))
+        if self.claimer is not None:
+            await jobs_sql.offer(self._database, self.claimer, [line[1] for line in direct])
         self._heap.push(direct)
         if collect is None:
             await self.send_to_batch(to_batch, tuple(sorted(traceparents)))
@@ -200,7 +205,7 @@ class Router:
             followers += self._release_twins(line.request_id)
         if message.requeued:
             rows = await jobs_sql.routable_requests(
-                self._database, [line.request_id for line in message.requeued])
+                self._database, [line.request_id for line in message.requeued], self.claimer)
             # Routed with the lines they waited for: the first one batched leads again.
             await self.route(rows + followers, batch_again=message.batch_again)
         else:

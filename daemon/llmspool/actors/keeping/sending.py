@@ -10,6 +10,8 @@ holds ids only; each line is read from the store when sent), and its pump.
   full queue) waits as long as the daemon hints while the deadline leaves room.
 - A call in flight at a crash leaves its request ``queued`` (sent again on the next start)
   and its reservation, which the ledger bills as an unknown outcome: both calls are counted.
+- In a store several daemons share, a line is claimed as it is read to be sent; one another
+  daemon claimed first is its to send, and its job becomes shared (``sharing``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.jobs import JobState, MarkShared
 from llmspool.actors.keeping.lines import LineHeap
 from llmspool.actors.keeping.results import Results
 from llmspool.core.calls import Endpoint, Tier
@@ -45,7 +47,12 @@ class Pump:
     def __init__(self, queue: MemoryObjectSendStream[Call],
                  cache: MemoryObjectSendStream[Call] | None, cache_rules: CacheRules | None,
                  database: AsyncConnection, planner: Planner, config: JobsConfig,
-                 jobs: dict[str, JobState], results: Results) -> None:
+                 jobs: dict[str, JobState], results: Results, *,
+                 claimer: str | None = None, shared: MarkShared | None = None) -> None:
+        # In a shared store: this daemon, which claims each line it sends, and what is told
+        # of a job one of whose lines another daemon claimed.
+        self._claimer = claimer
+        self._shared = shared
         self._queue = queue
         self._cache = cache
         self._cache_rules = cache_rules
@@ -58,14 +65,14 @@ class Pump:
         self.in_flight = 0
         self.retries = 0
         self._wake_pump = anyio.Event()
-        self._closing = False
+        self.closing = False
 
     def wake(self) -> None:
         self._wake_pump.set()
 
     def close(self) -> None:
         """Send nothing new: ``run`` ends once the calls in flight are answered."""
-        self._closing = True
+        self.closing = True
         self._wake_pump.set()
 
     async def run(self, done: anyio.Event) -> None:
@@ -74,7 +81,7 @@ class Pump:
                 while True:
                     await self._wake_pump.wait()
                     self._wake_pump = anyio.Event()
-                    if self._closing:
+                    if self.closing:
                         break
                     await self._dispatch_some(calls)
         finally:
@@ -82,18 +89,31 @@ class Pump:
 
     async def _dispatch_some(self, calls: anyio.abc.TaskGroup) -> None:
         while self.heap and self.in_flight < self._config.max_in_flight:
-            picked: list[int] = []
+            picked: dict[int, str] = {}
             while self.heap and len(picked) < self._config.max_in_flight - self.in_flight:
                 _deadline, row_id, job_id = self.heap.pop()
                 job = self._jobs.get(job_id)
                 if job is not None and job.status == JobStatus.IN_PROGRESS:
-                    picked.append(row_id)
+                    picked[row_id] = job_id
             if not picked:
                 return
-            for row in await jobs_sql.fetch_requests(self._database, picked):
+            rows = await jobs_sql.fetch_requests(self._database, list(picked), self._claimer)
+            for row in rows:
                 self.in_flight += 1
                 self._jobs[row.job_id].running += 1
                 calls.start_soon(self._send, row)
+            if self._shared is not None and len(rows) < len(picked):
+                self._mark_shared(picked, rows)
+
+    def _mark_shared(self, picked: dict[int, str], sent: list[jobs_sql.QueuedRequest]) -> None:
+        """The jobs of lines picked but not sent (another daemon claimed them, or they ended
+        meanwhile) are shared: their counts come from the store from now on."""
+        assert self._shared is not None
+        missing = picked.keys() - {row.id for row in sent}
+        for job_id in {picked[row_id] for row_id in missing}:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.shared:
+                self._shared(job)
 
     async def _send(self, row: jobs_sql.QueuedRequest) -> None:
         job = self._jobs[row.job_id]
