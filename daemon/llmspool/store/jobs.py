@@ -148,7 +148,7 @@ async def fetch_requests(
         # A plain UPDATE (not SKIP LOCKED): a row another daemon is claiming at this moment is
         # waited for, then left out if it took it, never skipped while still offered.
         rows = sorted(await connection.execute_fetchall(
-            f"UPDATE job_requests SET claimed_by = ? WHERE id = ANY(?) AND state = 'queued' "
+            "UPDATE job_requests SET claimed_by = ? WHERE id = ANY(?) AND state = 'queued' "
             f"AND (claimed_by IS NULL OR claimed_by = ?) RETURNING {_QUEUED_COLUMNS}",
             (claimer, list(ids), claimer)))
     return [QueuedRequest(*row) for row in rows]
@@ -160,14 +160,16 @@ async def claim_offered(connection: AsyncConnection, claimer: str, limit: int
     batch), the most urgent first, claimed by ``claimer``: each is claimed by one daemon
     however many ask at once (``SKIP LOCKED``: a row being claimed is passed over, not waited
     for)."""
+    # The lines picked in a CTE, run once: as ``id IN (SELECT … LIMIT)`` the planner may run
+    # the subquery again for each row it updates, and claim more than ``limit``.
     rows = await connection.execute_fetchall(
-        f"UPDATE job_requests SET claimed_by = ? WHERE id IN ("
-        "SELECT r.id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
+        "WITH picked AS (SELECT r.id FROM job_requests r JOIN jobs j ON j.id = r.job_id "
         "WHERE r.state = 'queued' AND r.claimed_by IS NULL AND r.batch_id IS NULL "
         "AND j.status = 'in_progress' AND j.daemon <> ? "
-        "ORDER BY r.deadline_at LIMIT ? FOR UPDATE OF r SKIP LOCKED) "
-        f"AND claimed_by IS NULL RETURNING {_QUEUED_COLUMNS}",
-        (claimer, claimer, limit))
+        "ORDER BY r.deadline_at, r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED) "
+        "UPDATE job_requests SET claimed_by = ? FROM picked WHERE job_requests.id = picked.id "
+        f"RETURNING {', '.join('job_requests.' + c for c in _QUEUED_COLUMNS.split(', '))}",
+        (claimer, limit, claimer))
     return [QueuedRequest(*row) for row in sorted(rows)]
 
 
