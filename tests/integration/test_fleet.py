@@ -9,7 +9,9 @@ other two take them over when their leases run out, billing their calls in fligh
 reservations, so the fleet's ledger never shows less than the simulator billed. And a daemon
 killed in the middle of a job has the job taken over and finished by another, each request
 answered exactly once; one killed with a batch open has the batch polled and stored by
-another, never created twice.
+another, never created twice. A job of 20,000 requests submitted to one daemon is worked by all
+four (each claims queued lines the others have not), and finished when the daemon it was
+submitted to is killed half-way: each request answered once, one ledger entry each.
 """
 
 from __future__ import annotations
@@ -301,6 +303,7 @@ def test_a_job_of_20000_requests_is_worked_by_four_daemons_one_killed_half_way(
         assert row is not None
         heir = helpers[HELPERS.index(row[0])]
         lines, finished = results_after_take_over(heir, job_id)
+        helped = [daemon.get("/v1/status")[1]["jobs"]["requests_helped"] for daemon in helpers]
         assert [daemon.terminate() for daemon in helpers] == [0] * len(HELPERS)
         stats = sim.stats()
     finally:
@@ -329,6 +332,7 @@ def test_a_job_of_20000_requests_is_worked_by_four_daemons_one_killed_half_way(
     assert {e["daemon"] for e in unknown} <= {"owner"}
     # Worked by all four, and nothing sent more often than that.
     assert {e["daemon"] for e in answers} == {"owner", *HELPERS}
+    assert all(count > 0 for count in helped)  # status says how many each sent for others
     calls = stats["requests"]["by_path"]["/v1/chat/completions"]
     assert SHARED_JOB <= calls <= SHARED_JOB + len(unknown)
     assert stats["batches"]["created"] == 0

@@ -15,7 +15,7 @@ from llmspool.store import ledger as ledger_sql
 from llmspool.store.backend import Backend, StoreLocation
 from llmspool.store.connect import connect, connected_async
 from llmspool.store.connections import AsyncConnection
-from llmspool.store.fleet import Member, leave, register
+from llmspool.store.fleet import Member, fleet_report, leave, register
 from llmspool.store.schema import migrate_store
 
 from tests.unit.test_store_jobs import chat_line, new_job, request_ids
@@ -120,6 +120,9 @@ def test_the_claims_of_a_daemon_that_stops_restarts_or_dies_are_offered_again(
     first = anyio.run(claim_all, "h1")
     connection = connect(shared)
     try:
+        register(connection, member)
+        shown = {daemon["name"]: daemon["requests_claimed"]
+                 for daemon in fleet_report(connection)}
         leave(connection, member)  # a clean stop
         after_stop = anyio.run(claim_all, "h2")
         # h2 restarts under its name: the lines of others' jobs it had claimed are offered.
@@ -132,6 +135,7 @@ def test_the_claims_of_a_daemon_that_stops_restarts_or_dies_are_offered_again(
     finally:
         connection.close()
     assert sorted(first) == sorted(ids)
+    assert shown == {"h1": 30}  # status shows the work each daemon claimed
     assert sorted(after_stop) == sorted(ids)
     assert set(after_restart.values()) == {None}
     assert sorted(third) == sorted(ids)

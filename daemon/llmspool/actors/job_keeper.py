@@ -265,6 +265,7 @@ class JobKeeper:
                 0 if self._helper is None else self._helper.pump.in_flight),
             "retries": self._pump.retries,
             "requests_late": self._results.late,
+            "requests_helped": 0 if self._helper is None else self._helper.helped,
         }
 
     async def _take_adoptions(self, adoptions: MemoryObjectReceiveStream[AdoptWork]) -> None:

@@ -48,13 +48,14 @@ def batches_table(batches: Mapping[str, Any], submitter: Mapping[str, Any]) -> A
 
 
 def fleet_table(fleet: Sequence[Mapping[str, Any]]) -> Any:
-    """The daemons sharing the store: where each runs, its lease, the calls it holds."""
+    """The daemons sharing the store: where each runs, its lease, the calls it holds, its
+    deferred work and the queued requests it has claimed."""
     from rich.table import Table
 
     alive = sum(1 for daemon in fleet if daemon["alive"])
     table = Table(title=f"fleet: {alive} of {len(fleet)} daemons alive (shared store)")
     for column in ("daemon", "host", "pid", "version", "renewed", "lease left",
-                   "calls in flight", "reserved", "jobs", "batches"):
+                   "calls in flight", "reserved", "jobs", "batches", "claimed"):
         table.add_column(column, justify="left" if column in ("daemon", "host", "version")
                          else "right")
     for daemon in fleet:
@@ -64,5 +65,6 @@ def fleet_table(fleet: Sequence[Mapping[str, Any]]) -> Any:
                       f"{left:.0f} s" if left > 0 else "expired",
                       str(daemon["reservations"]),
                       f"${daemon['reserved_picodollars'] / 10**12:.6f}",
-                      str(daemon["jobs_in_progress"]), str(daemon["open_batches"]))
+                      str(daemon["jobs_in_progress"]), str(daemon["open_batches"]),
+                      str(daemon.get("requests_claimed", 0)))
     return table

@@ -262,6 +262,8 @@ class KeeperStatus(TypedDict):
     requests_running: int
     retries: int
     requests_late: int
+    # Lines of other daemons' jobs this one claimed and sent since start (a shared store).
+    requests_helped: int
 
 
 class WaitingGroupStatus(TypedDict):

@@ -68,14 +68,18 @@ def expired(connection: Connection) -> list[str]:
 
 def fleet_report(connection: Connection) -> list[dict[str, Any]]:
     """Every daemon of the fleet: where it runs, how fresh its lease is, the calls it holds
-    reservations for, and the deferred work it has (jobs in progress, open batches), as
-    ``llmspool status`` shows them."""
+    reservations for, the deferred work it has (jobs in progress, open batches) and the queued
+    requests it has claimed (of its own jobs, lines it is sending or batching; of others',
+    lines it helps with), as ``llmspool status`` shows them."""
     jobs = dict(connection.execute(
         "SELECT daemon, COUNT(*) FROM jobs WHERE status = 'in_progress' AND daemon IS NOT NULL "
         "GROUP BY daemon").fetchall())
     batches = dict(connection.execute(
         "SELECT daemon, COUNT(*) FROM batches WHERE state != 'finished' AND daemon IS NOT NULL "
         "GROUP BY daemon").fetchall())
+    claimed = dict(connection.execute(
+        "SELECT claimed_by, COUNT(*) FROM job_requests WHERE state = 'queued' "
+        "AND claimed_by IS NOT NULL GROUP BY claimed_by").fetchall())
     rows = connection.execute(
         "SELECT d.name, d.host, d.pid, d.version, d.started_at, "
         f"{_NOW} - d.renewed_at, d.lease_until - {_NOW}, "
@@ -89,4 +93,5 @@ def fleet_report(connection: Connection) -> list[dict[str, Any]]:
         "lease_left_seconds": round(float(left), 3), "alive": float(left) > 0,
         "reservations": int(held), "reserved_picodollars": int(amount),
         "jobs_in_progress": int(jobs.get(name, 0)), "open_batches": int(batches.get(name, 0)),
+        "requests_claimed": int(claimed.get(name, 0)),
     } for name, host, pid, version, started, age, left, held, amount in rows]
