@@ -66,6 +66,12 @@ class Pump:
         self.retries = 0
         self._wake_pump = anyio.Event()
         self.closing = False
+        self._fetching = False  # lines popped from the heap, being read to be sent
+
+    @property
+    def idle(self) -> bool:
+        """No line waiting, being read or in flight."""
+        return not self.heap and not self._fetching and self.in_flight == 0
 
     def wake(self) -> None:
         self._wake_pump.set()
@@ -97,7 +103,12 @@ class Pump:
                     picked[row_id] = job_id
             if not picked:
                 return
-            rows = await jobs_sql.fetch_requests(self._database, list(picked), self._claimer)
+            self._fetching = True
+            try:
+                rows = await jobs_sql.fetch_requests(self._database, list(picked),
+                                                     self._claimer)
+            finally:
+                self._fetching = False
             for row in rows:
                 self.in_flight += 1
                 self._jobs[row.job_id].running += 1

@@ -150,8 +150,8 @@ class Helper:
                 - len(self.pump.heap))
         if self._own.heap or room <= 0:
             return 0
-        if not self.pump.heap:
-            self._forget_idle_jobs()
+        if self.pump.idle:  # no line of theirs waiting, being read or in flight
+            self._jobs.clear()
         rows = await jobs_sql.claim_offered(self._database, self._name, room)
         if not rows:
             return 0
@@ -167,10 +167,6 @@ class Helper:
         self.helped += len(rows)
         log.debug("claimed %d lines of other daemons' jobs", len(rows))
         return len(rows)
-
-    def _forget_idle_jobs(self) -> None:
-        for job_id in [j.id for j in self._jobs.values() if j.running == 0]:
-            del self._jobs[job_id]
 
 
 def _not_counted(_job: JobState) -> None:
