@@ -2,7 +2,8 @@
 PostgreSQL: SQLite serves one daemon, which claims nothing): each line offered to the fleet is
 claimed by exactly one daemon however many ask at once, a job's owner sends only the lines no
 other daemon claimed, lines it keeps (bound for a batch) are never offered, and the claims of a
-daemon that stops, restarts or dies are offered again."""
+daemon that stops, restarts or dies are offered again (and its calls in flight for the fleet's
+response cache end)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ def test_the_claims_of_a_daemon_that_stops_restarts_or_dies_are_offered_again(
     first = anyio.run(claim_all, "h1")
     connection = connect(shared)
     try:
+        # Each also has a call in flight for the fleet's cache, which ends with it.
+        for name in ("h1", "h3"):
+            connection.execute("INSERT INTO cache_flights (key, daemon, started_at, until) "
+                               "VALUES (?, ?, 0, 1e12)", (name.encode(), name))
         register(connection, member)
         shown = {daemon["name"]: daemon["requests_claimed"]
                  for daemon in fleet_report(connection)}
@@ -132,6 +137,7 @@ def test_the_claims_of_a_daemon_that_stops_restarts_or_dies_are_offered_again(
         register(connection, Member("h3", "host", 3, "test", 0.0))
         taken = ledger_sql.take_over(connection, 1e12, ["h3"], "h4")
         last = anyio.run(claim_all, "h4")
+        flights = connection.execute("SELECT daemon FROM cache_flights").fetchall()
     finally:
         connection.close()
     assert sorted(first) == sorted(ids)
@@ -141,6 +147,7 @@ def test_the_claims_of_a_daemon_that_stops_restarts_or_dies_are_offered_again(
     assert sorted(third) == sorted(ids)
     assert taken.daemons == ["h3"]
     assert sorted(last) == sorted(ids)
+    assert flights == []
 
 
 def test_a_restarting_owner_claims_back_its_offered_lines_before_routing_them(

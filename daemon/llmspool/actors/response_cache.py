@@ -29,13 +29,15 @@ This module is the actor: its inbox, the cache file's reader and writer, and tak
 ``llmspool.actors.caching``, made once here and sharing its state by reference (nothing is
 made per call): answering from an answer (``replies``), the write-behind (``write_behind``),
 single flight (``flights``), waiting on a batch twin (``batch_twins``), near duplicates
-(``near_duplicates``), and the counters and status snapshot (``counts``).
+(``near_duplicates``), the counters and status snapshot (``counts``), and, for the daemons of
+a shared store, the fleet's answers and calls in flight (``fleet``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -44,6 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmspool.actors.caching.batch_twins import BatchTwins
 from llmspool.actors.caching.counts import CacheCounts, snapshot
+from llmspool.actors.caching.fleet import FleetCache
 from llmspool.actors.caching.flights import Flight, Flights
 from llmspool.actors.caching.near_duplicates import NearMatcher
 from llmspool.actors.caching.replies import Replier
@@ -71,7 +74,9 @@ class ResponseCache:
         planner: Planner,
         batches: PendingBatches | None = None,
         near: NearDuplicates | None = None,
+        fleet: FleetCache | None = None,
     ) -> None:
+        self._fleet = fleet
         self._batches = batches
         self._near = near
         self._inbox = inbox
@@ -83,7 +88,7 @@ class ResponseCache:
         self._writes = WriteBehind(self._counts, near)
         self._replier = Replier(planner, ledger, self._writes)
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
-                                self._take)
+                                self._take, fleet)
         self._twins = None if batches is None else BatchTwins(
             batches, self._flights, self._writes, self._replier, self._counts, self._take,
             planner.clock)
@@ -100,8 +105,10 @@ class ResponseCache:
             for entry_id, grp, vector in await anyio.to_thread.run_sync(reader.vectors):
                 with contextlib.suppress(ValueError):  # a damaged vector: matched exactly only
                     self._near.cached.add(grp, entry_id, vector)
+        fleet: AbstractAsyncContextManager[None] = (
+            contextlib.nullcontext() if self._fleet is None else self._fleet.opened())
         try:
-            async with self._queue, self._ledger, anyio.create_task_group() as group:
+            async with fleet, self._queue, self._ledger, anyio.create_task_group() as group:
                 group.start_soon(self._writes.run, writer)
                 task_status.started()
                 async with self._inbox:
@@ -112,11 +119,13 @@ class ResponseCache:
                             self._used(message)
                         elif isinstance(message, CacheFill):
                             self._writes.keep(message.entries, readable_now=True)
+                            if self._fleet is not None:
+                                group.start_soon(self._fleet.publish, message.entries)
                         else:
                             answer(message.reply, snapshot(
                                 self._counts, self._config, self._writes.entries,
                                 len(self._flights.by_key), self._flights.waiting(),
-                                self._near))
+                                self._near, self._fleet))
                 # Nothing new comes in; flights finish as their calls do, then the last commit.
                 await self._flights.all_landed()
                 self._writes.stop()

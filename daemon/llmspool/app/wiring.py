@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from llmspool import __version__
 from llmspool.actors.batch_poller import BatchPoller, PollerMessage
 from llmspool.actors.batch_submitter import BatchSubmitter, SubmitterMessage
+from llmspool.actors.caching.fleet import FleetCache
 from llmspool.actors.dispatcher import Dispatcher, DispatcherMessage
 from llmspool.actors.job_keeper import JobKeeper, KeeperMessage
 from llmspool.actors.ledger import Ledger, LedgerMessage
@@ -180,7 +181,9 @@ async def build_parts(
                           state_dir=config.state_path, planner=planner,
                           batches=PendingBatches(store, planner),
                           near=NearDuplicates(config.cache)
-                          if any(op.similar for op in config.operations.values()) else None)
+                          if any(op.similar for op in config.operations.values()) else None,
+                          # A fleet's daemons share their answers and calls in flight.
+                          fleet=None if owner is None else FleetCache(store, owner, planner))
     batch_providers = {name: provider for name, provider in providers.items()
                        if isinstance(provider, BatchProvider)}
     crash = CrashPoints(environ)

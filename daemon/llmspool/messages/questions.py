@@ -179,6 +179,17 @@ class CacheStatus(TypedDict):
     waited_for_batch: int
     batch_wait_gave_up: int
     near_duplicates: NearDuplicateStatus | None
+    # A fleet's daemons (a shared store): calls answered by another daemon's cached answer
+    # (hits) or call in flight (shared), and failed round trips to the store (errors).
+    fleet: FleetCacheStatus | None
+
+
+class FleetCacheStatus(TypedDict):
+    """This daemon's part in the fleet's response cache."""
+
+    hits: int
+    shared: int
+    errors: int
 
 
 class FlexStatus(TypedDict):

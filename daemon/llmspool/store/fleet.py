@@ -57,6 +57,7 @@ def leave(connection: Connection, member: Member) -> None:
     connection.execute("DELETE FROM daemons WHERE name = ?", (member.name,))
     connection.execute("UPDATE job_requests SET claimed_by = NULL WHERE claimed_by = ? "
                        "AND state = 'queued' AND batch_id IS NULL", (member.name,))
+    connection.execute("DELETE FROM cache_flights WHERE daemon = ?", (member.name,))
 
 
 def expired(connection: Connection) -> list[str]:

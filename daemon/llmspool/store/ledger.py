@@ -445,8 +445,8 @@ def take_over(connection: Connection, now: float, names: Sequence[str], taker: s
     """Take over the daemons ``names`` whose lease is still over when checked under the money
     lock (one that renewed meanwhile is spared), in one transaction: their call reservations
     become ``unknown_outcome`` entries, their rows leave ``daemons``, their jobs in progress,
-    open batches and batch lines' reservations become ``taker``'s, and the requests they had
-    claimed are offered to the fleet again."""
+    open batches and batch lines' reservations become ``taker``'s, the requests they had
+    claimed are offered to the fleet again, and their flights of the fleet's cache end."""
     def body() -> TakenOver:
         marks = ", ".join("?" * len(names))
         gone = [row[0] for row in connection.execute(
@@ -468,6 +468,8 @@ def take_over(connection: Connection, now: float, names: Sequence[str], taker: s
         # jobs it takes when it routes them, any daemon may claim the others'.
         connection.execute(f"UPDATE job_requests SET claimed_by = NULL WHERE claimed_by IN "
                            f"({theirs}) AND state = 'queued'", list(gone))
+        # Their calls in flight for the fleet's cache end: those who wait for them call.
+        connection.execute(f"DELETE FROM cache_flights WHERE daemon IN ({theirs})", list(gone))
         return TakenOver(gone, unknown, sorted(jobs), sorted(batches))
 
     if not names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmspool.actors.caching.fleet import FleetCache
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.core.config.sections import CacheConfig
 from llmspool.messages import CacheStatus
@@ -31,7 +32,7 @@ class CacheCounts:
 
 def snapshot(counts: CacheCounts, config: CacheConfig, entries: int,
              in_flight: int, waiting_on_flights: int,
-             near: NearDuplicates | None) -> CacheStatus:
+             near: NearDuplicates | None, fleet: FleetCache | None = None) -> CacheStatus:
     lookups = counts.hits + counts.misses
     return {
         "enabled": config.enabled,
@@ -58,5 +59,8 @@ def snapshot(counts: CacheCounts, config: CacheConfig, entries: int,
             "shared": counts.near_shared,
             "embedding_calls": near.embedding_calls,
             "embedding_failures": near.embedding_failures,
+        },
+        "fleet": None if fleet is None else {
+            "hits": fleet.hits, "shared": fleet.shared, "errors": fleet.errors,
         },
     }

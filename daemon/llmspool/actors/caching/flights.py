@@ -7,6 +7,9 @@ gave that the same request would get again is shared too; anything else (a timeo
 that went away, a stream cut short) sends the followers on their way again, the first of them
 leading a new flight. A leader whose client goes away keeps its upstream call going while
 others wait for it.
+
+In a fleet (daemons sharing a PostgreSQL store), a leader asks the fleet's cache before it
+calls upstream, and publishes its flight's outcome to it (``fleet``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.caching.counts import CacheCounts
+from llmspool.actors.caching.fleet import FleetCache
 from llmspool.actors.caching.replies import GONE, Replier, send_all
 from llmspool.actors.caching.write_behind import LINGER, WriteBehind
 from llmspool.cache.nearby import NearDuplicates
@@ -63,7 +67,9 @@ class Flights:
 
     def __init__(self, queue: MemoryObjectSendStream[Call], config: CacheConfig,
                  counts: CacheCounts, writes: WriteBehind, replier: Replier,
-                 near: NearDuplicates | None, take: Take) -> None:
+                 near: NearDuplicates | None, take: Take,
+                 fleet: FleetCache | None = None) -> None:
+        self._fleet = fleet
         self._queue = queue
         self._config = config
         self._counts = counts
@@ -98,6 +104,10 @@ class Flights:
 
     async def lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
         leader = flight.leader
+        if self._fleet is not None:
+            found = await self._fleet.answer_or_lead(flight.key, leader)
+            if found is not None and self._answer_from_fleet(flight, *found, group):
+                return
         # The leader's replies come here first; the upstream call keeps the usage chunk (the
         # cache keeps whole streams) and has an abort of its own (see _watch_leader).
         tee_in, tee_out = anyio.create_memory_object_stream[Reply](
@@ -112,6 +122,8 @@ class Flights:
             self.end(flight)
             for call in (leader, *flight.followers):
                 send_all(call, [Failure(_shutting_down())])
+            if self._fleet is not None:
+                await self._fleet.landed(flight.key, None)
             return
         replies: list[Reply] = []
         relay = LeaderRelay(leader)
@@ -124,8 +136,31 @@ class Flights:
             watch.cancel_scope.cancel()
         leader.reply.close()
         self.end(flight)
-        self._finish(flight, replies, reader, group)
+        kept = self._finish(flight, replies, reader, group)
+        if self._fleet is not None:
+            await self._fleet.landed(flight.key, kept)
         self.check_landed()
+
+    def _answer_from_fleet(self, flight: Flight, found: CachedAnswer, how: str,
+                           group: TaskGroup) -> bool:
+        """Answer the flight's calls from another daemon's answer (``how``: hit, shared),
+        kept in this daemon's cache file too (until it is written, the next identical call
+        finds it in the fleet's again: a hit either way); False if it is unreadable (the
+        leader calls)."""
+        leader = flight.leader
+        plan = leader.cache
+        assert plan is not None
+        if not self._replier.answer(leader, found, how, group):
+            return False
+        self.end(flight)
+        self._writes.keep([NewEntry(flight.key, found.stream, found.body, leader.provider,
+                                    leader.model, leader.endpoint.value, found.tier,
+                                    found.usage, plan.ttl)])
+        for call in flight.followers:
+            if self._replier.answer(call, found, "shared", group):
+                self._counts.shared += 1
+        self.check_landed()
+        return True
 
     async def _watch_leader(self, flight: Flight, upstream: Call) -> None:
         """Stops the upstream call when the leader's client goes away, unless others wait."""
@@ -136,7 +171,8 @@ class Flights:
             upstream.abort.fire()
 
     def _finish(self, flight: Flight, replies: list[Reply], reader: CacheReader,
-                group: TaskGroup) -> None:
+                group: TaskGroup) -> NewEntry | None:
+        """Shares the flight's outcome with its followers; the entry kept, if any."""
         leader = flight.leader
         outcome = _outcome(replies, leader.stream)
         if isinstance(outcome, CachedAnswer):
@@ -144,26 +180,28 @@ class Flights:
             assert plan is not None
             now = time.time()
             self._writes.recent[flight.key] = (outcome, now + min(LINGER, plan.ttl))
+            kept = None
             if len(outcome.body) > self._config.max_entry_size:
                 self._counts.too_large += 1
             else:
                 group_of, vector = flight.near[:2] if flight.near is not None else (None, None)
-                self._writes.keep([NewEntry(flight.key, outcome.stream, outcome.body,
-                                            leader.provider, leader.model,
-                                            leader.endpoint.value, outcome.tier, outcome.usage,
-                                            plan.ttl, group_of, vector)])
+                kept = NewEntry(flight.key, outcome.stream, outcome.body, leader.provider,
+                                leader.model, leader.endpoint.value, outcome.tier,
+                                outcome.usage, plan.ttl, group_of, vector)
+                self._writes.keep([kept])
             for call in flight.followers:
                 if self._replier.answer(call, outcome, "shared", group):
                     self._counts.shared += 1
-            return
+            return kept
         if isinstance(outcome, Failure):
             for call in flight.followers:
                 send_all(call, [outcome])
-            return
+            return None
         # Nothing the followers can use: each goes its own way again (one leads, the rest
         # follow it).
         for call in flight.followers:
             self._take(call, reader, group)
+        return None
 
 
 class LeaderRelay:
