@@ -91,6 +91,10 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
         # The others stop (committing what they settled last); d0 still shows all of it.
         assert [daemon.terminate() for daemon in fleet[1:]] == [0] * (DAEMONS - 1)
         _status, costs = fleet[0].get("/v1/ledger?limit=1000")
+        by_daemon = subprocess.run(
+            [sys.executable, "-m", "llmspool", "costs", "--by", "daemon", "--since", "1d",
+             "--json", "--socket", str(fleet[0].socket_path)],
+            capture_output=True, text=True, timeout=30)
         _status, after = fleet[0].get("/v1/status")
         assert fleet[0].terminate() == 0
         calls = billed_calls(sim)
@@ -118,6 +122,13 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
     # One ledger: any daemon's /v1/ledger lists every daemon's entries.
     assert sorted(e["request_id"] for e in costs["entries"]) == \
         sorted(e["request_id"] for e in entries)
+    # `llmspool costs --by daemon` on any daemon: what each spent, the fleet's total.
+    assert by_daemon.returncode == 0, by_daemon.stderr
+    spending = orjson.loads(by_daemon.stdout)
+    shares = {row["daemon"]: row["requests"] for row in spending["rows"]}
+    assert set(shares) == {f"d{i}" for i in range(DAEMONS)}
+    assert sum(shares.values()) == len(entries)
+    assert abs(spending["total"]["spend_usd"] - spent / PICODOLLARS_PER_USD) < 1e-9
     assert [daemon["name"] for daemon in report["ledger"]["fleet"]] == \
         [f"d{i}" for i in range(DAEMONS)]
     assert shown.returncode == 0, shown.stderr

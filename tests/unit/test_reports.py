@@ -306,3 +306,22 @@ def test_spend_and_late_requests_by_deadline_class(store_location: StoreLocation
     assert rows == {"none": (1, 0, usd(100)), "<=1m": (1, 1, usd(200)),
                     "<=2h": (2, 1, usd(100)), "<=24h": (1, 0, usd(25)), ">24h": (1, 0, usd(10))}
     assert result["total"]["late_requests"] == 2
+
+
+def test_rows_by_daemon_of_a_shared_store(store: StoreLocation) -> None:
+    # Entries written before daemons had names have none (shown as None).
+    _write(store, _INSERT.replace("saving_source\n)", "saving_source, daemon\n)").replace(
+        "?, ?)\nON", "?, ?, ?)\nON"), [
+        ("d1", "2026-03-04", "openai", "gpt-5-mini", "standard", None, ROOT,
+         10, 0, 1, 0, 4_000_000, 4_000_000, None, None, "host-a"),
+        ("d2", "2026-03-04", "openai", "gpt-5-mini", "standard", None, ROOT,
+         10, 0, 1, 0, 3_000_000, 3_000_000, None, None, "host-b"),
+        ("d3", "2026-03-04", "openai", "gpt-5-mini", "standard", None, ROOT,
+         10, 0, 1, 0, 3_000_000, 3_000_000, None, None, "host-b"),
+    ])
+    rows = report(store, ["daemon"])["rows"]
+    assert [(r["daemon"], r["spend_usd"], r["requests"]) for r in rows] == [
+        ("host-b", usd(6_000_000), 2),
+        (None, usd(1_000_000 + 500_000 + 2_000_000 + 700_000 + 100), 8),
+        ("host-a", usd(4_000_000), 1),
+    ]

@@ -266,7 +266,7 @@ def test_rollup_trigger_gives_the_same_rows(lite: sqlite3.Connection,
     # operation, uid, saving source and deadline class.
     [shared] = [row for row in expected if row[:8] == (
         "2026-12-01", "openai", "gpt-4o-mini", "standard", "extract", 1000, "", "none")]
-    assert shared[8:] == (4, 307, 40, 80, 11_000, 24_000, 1, 1, 0)
+    assert shared[8:] == (4, 307, 40, 80, 11_000, 24_000, 1, 1, 0, "")  # no daemon named
     [late] = [row for row in expected if row[7] == "<=15m"]
     assert late[8] == late[16] == 2
 

@@ -1,6 +1,7 @@
 """``llmspool costs``: what was spent and saved, grouped as the user asks::
 
-    llmspool costs [--by day,tier,model,operation,user,deadline] [--since 7d] [--until DATE]
+    llmspool costs [--by day,tier,model,operation,user,deadline,daemon] [--since 7d]
+                   [--until DATE]
                    [--all-users] [--good 0.5]
                    [--limit N] [--json | --csv] [--socket PATH] [--config PATH]
 
@@ -42,6 +43,7 @@ _DIMENSION_HELP = {
     "user": "the local account that called (from the socket's peer credentials)",
     "source": "where the saving came from: tier (batch, flex discount), cache, dedup, routing",
     "deadline": "the time its caller gave it: none, <=1m, <=15m, <=2h, <=24h, >24h",
+    "daemon": "the daemon of a shared store ([store] url) that made the call ([store] name)",
 }
 
 DESCRIPTION = """\
@@ -76,6 +78,7 @@ def add_costs_command(commands: Any) -> None:
         "  llmspool costs --by day,tier --since 7d\n"
         "  llmspool costs --by model,operation --since 2026-03-01 --until 2026-03-31 --csv\n"
         "  llmspool costs --by deadline,tier --since 24h  (late requests per deadline class)\n"
+        "  llmspool costs --by daemon --all-users         (each daemon of a shared store)\n"
         "  llmspool costs --by '' --since 24h --json     (the total only)\n\n"
         "exit status: 0 printed; 1 the daemon cannot be reached or refused the request; "
         "2 bad arguments.",

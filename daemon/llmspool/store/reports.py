@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from llmspool.store.connections import AsyncConnection
 
 # What a report can group by, in the order a user would most often read them.
-DIMENSIONS = ("day", "provider", "model", "tier", "operation", "user", "source", "deadline")
+DIMENSIONS = ("day", "provider", "model", "tier", "operation", "user", "source", "deadline",
+              "daemon")
 # Where a saving comes from: the tier discount (batch, flex), a cache hit or a deduplicated
 # request (free), or routing to a cheaper model or provider.
 SOURCES = ("tier", "cache", "dedup", "routing")
@@ -60,6 +61,9 @@ _DIMENSION_SQL = {
     # The class of the time its caller gave it: none, <=1m, <=15m, <=2h, <=24h, >24h (migration
     # 0007; '' for calls recorded before deadlines were).
     "deadline": "deadline",
+    # The daemon of a shared store that made the call ([store] name; '' on SQLite, and for
+    # calls recorded before daemons had names: migrations 0013 and postgresql/0005).
+    "daemon": "daemon",
 }
 _SUMS_SQL = (
     "SUM(calls), SUM(input_tokens), SUM(cached_input_tokens), SUM(output_tokens), "
