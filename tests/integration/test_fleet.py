@@ -349,6 +349,44 @@ def test_a_job_of_20000_requests_is_worked_by_four_daemons_one_killed_half_way(
     assert stats["batches"]["created"] == 0
 
 
+def test_any_daemon_shows_waits_for_and_cancels_another_daemons_job(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "200ms"\n')
+    config = shared_store(postgres_url) + "[jobs]\nmax_in_flight = 2\n\n[batch]\nenabled = false\n"
+    fleet: list[Daemon] = []
+    try:
+        fleet = start_named(tmp_path, sim.url, config, ("owner", "other"))
+        owner, other = fleet
+        quick = submit_job(owner, jsonl("q", 6), "10m")
+        slow = submit_job(owner, jsonl("s", 400), "10m")
+        status, view = other.get(f"/v1/jobs/{quick}")
+        unknown, _missing = other.get("/v1/jobs/job_0000000000000000000000000")
+        waited, raw = unix_request(other.socket_path, "GET", f"/v1/jobs/{quick}/results?wait=60")
+        cancelled, answer = unix_request(other.socket_path, "POST", f"/v1/jobs/{slow}/cancel")
+        wait_for(lambda: owner.get(f"/v1/jobs/{slow}")[1]["status"] == "cancelled", timeout=10,
+                 what="the owner to see the cancel")
+        settled = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        time.sleep(1.5)
+        after = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        _status, seen_by_owner = owner.get(f"/v1/jobs/{slow}")
+    finally:
+        for daemon in fleet:
+            daemon.terminate()
+        sim.terminate()
+
+    assert status == 200 and view["id"] == quick and view["counts"]["total"] == 6
+    assert unknown == 404
+    assert waited == 200
+    text = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    assert sorted(orjson.loads(line)["custom_id"] for line in text.splitlines()) == \
+        sorted(f"q{i}" for i in range(6))
+    assert cancelled == 200 and answer["status"] == "cancelled"
+    assert after == settled < 400  # nothing sent once the owner saw the cancel
+    counts = seen_by_owner["counts"]
+    assert counts["cancelled"] > 0 and counts["succeeded"] + counts["cancelled"] == 400
+
+
 def test_a_daemon_killed_with_a_batch_open_has_the_batch_finished_by_another(
     tmp_path: Path, postgres_url: str,
 ) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 
@@ -32,7 +32,7 @@ from llmspool.actors.keeping.recovery import SWEEP_EVERY, delete_expired, recove
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.routing import Router
 from llmspool.actors.keeping.sending import Pump
-from llmspool.actors.keeping.sharing import Helper, SharedCounts
+from llmspool.actors.keeping.sharing import REFRESH_EVERY, Helper, SharedCounts, stored_job
 from llmspool.actors.keeping.waiting import Waiters, no_such_job, reply_to
 from llmspool.cache.store import CachedKeys
 from llmspool.core.config.sections import BatchConfig, JobsConfig
@@ -65,6 +65,9 @@ from llmspool.store.records import BatchCandidate, NewJob, Viewer
 
 log = logging.getLogger(__name__)
 
+# Seconds a wait for another daemon's job lasts at most (the results route waits 10 minutes).
+WAIT_ELSEWHERE = 600.0
+
 KeeperMessage = (SubmitJob | CancelJob | WaitForJob | JobQuery | JobListQuery
                  | StatusQuery[KeeperStatus])
 
@@ -91,6 +94,7 @@ class JobKeeper:
         adoptions: MemoryObjectReceiveStream[AdoptWork] | None = None,
     ) -> None:
         self._inbox = inbox
+        self._tasks: TaskGroup | None = None  # the keeper's task group, while it runs
         self._adoptions = adoptions
         # In a store several daemons share: this daemon, which works the jobs it accepted
         # (and only those). None: the one daemon of the store.
@@ -142,8 +146,10 @@ class JobKeeper:
             group.start_soon(self._pump.run, pump_done)
             group.start_soon(self._results.run)
             group.start_soon(self._sweep_expired)
+            self._tasks = group
             if self._shared is not None:
                 group.start_soon(self._shared.run)
+                group.start_soon(self._shared.watch)
             if self._helper is not None:
                 group.start_soon(self._helper.run, helper_done)
             else:
@@ -181,14 +187,16 @@ class JobKeeper:
             await reply_to(message.reply, await self._cancel(message.job_id, message.viewer))
         elif isinstance(message, WaitForJob):
             job = self._jobs.get(message.job_id)
-            if job is None or not message.viewer.sees(job.uid):
+            if job is None and self._owner is not None and self._tasks is not None:
+                self._tasks.start_soon(self._wait_elsewhere, message)
+            elif job is None or not message.viewer.sees(job.uid):
                 await reply_to(message.reply, no_such_job(message.job_id))
             elif job.status != JobStatus.IN_PROGRESS:
                 await reply_to(message.reply, job.to_json())
             else:
                 self._waiters.add(job.id, message.reply)
         elif isinstance(message, JobQuery):
-            job = self._jobs.get(message.job_id)
+            job = self._jobs.get(message.job_id) or await self._elsewhere(message.job_id)
             await reply_to(message.reply, job.to_json() if job and message.viewer.sees(job.uid)
                            else no_such_job(message.job_id))
         elif isinstance(message, JobListQuery):
@@ -229,6 +237,8 @@ class JobKeeper:
 
     async def _cancel(self, job_id: str, viewer: Viewer) -> JobView | ApiError:
         job = self._jobs.get(job_id)
+        if job is None and self._owner is not None:
+            return await self._cancel_elsewhere(job_id, viewer)
         if job is None or not viewer.sees(job.uid):  # another user's job: as if unknown
             return no_such_job(job_id)
         if job.status != JobStatus.IN_PROGRESS:
@@ -249,6 +259,43 @@ class JobKeeper:
             await self._router.route(orphans)
         log.info("job %s cancelled: %d requests had not run", job_id, cancelled)
         return job.to_json()
+
+    # --- another daemon's jobs (a shared store) -------------------------------------------
+
+    async def _elsewhere(self, job_id: str) -> JobState | None:
+        """In a shared store, a job another daemon works, as the store has it now."""
+        return None if self._owner is None else await stored_job(self._database, job_id)
+
+    async def _wait_elsewhere(self, message: WaitForJob) -> None:
+        """Answers ``message`` when another daemon's job ends (read from the store every
+        ``REFRESH_EVERY`` seconds), or as it stands after ``WAIT_ELSEWHERE``."""
+        give_up_at = self._clock.now() + WAIT_ELSEWHERE
+        while True:
+            job = await self._elsewhere(message.job_id)
+            if job is None or not message.viewer.sees(job.uid):
+                await reply_to(message.reply, no_such_job(message.job_id))
+                return
+            if job.status != JobStatus.IN_PROGRESS or self._clock.now() >= give_up_at:
+                await reply_to(message.reply, job.to_json())
+                return
+            await self._clock.sleep(REFRESH_EVERY)
+
+    async def _cancel_elsewhere(self, job_id: str, viewer: Viewer) -> JobView | ApiError:
+        """Cancels another daemon's job in the store; its owner sees it within
+        ``REFRESH_EVERY`` seconds, and sends none of its lines after."""
+        job = await self._elsewhere(job_id)
+        if job is None or not viewer.sees(job.uid):
+            return no_such_job(job_id)
+        if job.status == JobStatus.IN_PROGRESS:
+            async with self._write_lock:
+                cancelled = await jobs_sql.cancel_job(self._database, job_id)
+            log.info("job %s (another daemon's) cancelled: %d requests had not run", job_id,
+                     cancelled)
+            job = await self._elsewhere(job_id) or job
+        answer = job.to_json()
+        if job.status != JobStatus.CANCELLED:
+            answer["message"] = f"job {job_id} already {job.status}; nothing to cancel"
+        return answer
 
     def _job_list(self, limit: int, viewer: Viewer) -> JobList:
         newest = sorted((j for j in self._jobs.values() if viewer.sees(j.uid)),

@@ -304,6 +304,16 @@ async def load_jobs(connection: AsyncConnection, owner: str | None = None,
     return list(jobs.values())
 
 
+async def ended_elsewhere(connection: AsyncConnection, job_ids: Sequence[str]) -> list[str]:
+    """Of the jobs ``job_ids`` (in progress for the asking daemon), those the store has as
+    ended: another daemon of a shared store cancelled or completed them."""
+    if not job_ids:
+        return []
+    rows = await connection.execute_fetchall(
+        "SELECT id FROM jobs WHERE id = ANY(?) AND status <> 'in_progress'", (list(job_ids),))
+    return [str(row[0]) for row in rows]
+
+
 async def delete_jobs_finished_before(connection: AsyncConnection, before: float) -> int:
     await connection.execute("BEGIN IMMEDIATE")
     try:

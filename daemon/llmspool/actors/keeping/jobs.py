@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmspool.core.pricing import usd
 from llmspool.core.states import JobStatus, RequestState
@@ -62,6 +63,18 @@ class JobState:
             "cost_usd": usd(self.cost),
             "saved_usd": usd(max(0, self.standard - self.cost)),
         }
+
+
+def job_from_store(row: Mapping[str, Any]) -> JobState:
+    """A job as ``store.jobs.load_jobs`` read it, with its counts."""
+    job = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
+                   row["tags"], row["uid"], row["status"], row["total"], row["finished_at"],
+                   traceparent=row["traceparent"])
+    job.states.update(row["states"])
+    job.tiers.update(row["tiers"])
+    job.cost, job.standard, job.late = row["cost"], row["standard"], row["late"]
+    return job
+
 
 
 # Reports that a job is shared (``keeping.sharing.SharedCounts.mark``).

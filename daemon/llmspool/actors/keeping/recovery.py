@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.jobs import JobState, job_from_store
 from llmspool.actors.keeping.routing import Router
 from llmspool.core.states import JobStatus
 from llmspool.store import jobs as jobs_sql
@@ -48,14 +48,7 @@ async def recover(database: AsyncConnection, write_lock: anyio.Lock,
             await jobs_sql.claim_unclaimed(database, owner, only)
     loaded: list[JobState] = []
     for row in await jobs_sql.load_jobs(database, owner, only):
-        state = JobState(row["id"], row["created_at"], row["deadline_at"], row["operation"],
-                         row["tags"], row["uid"], row["status"], row["total"],
-                         row["finished_at"])
-        state.states.update(row["states"])
-        state.tiers.update(row["tiers"])
-        state.cost, state.standard = row["cost"], row["standard"]
-        state.late = row["late"]
-        state.traceparent = row["traceparent"]
+        state = job_from_store(row)
         state.shared = owner is not None and state.status == JobStatus.IN_PROGRESS
         jobs[state.id] = state
         loaded.append(state)

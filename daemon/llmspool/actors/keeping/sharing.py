@@ -16,6 +16,9 @@ alone sends it:
   here, and it completes when the store says so.
 - A daemon that dies has its claims offered again by the one that takes it over; one that
   stops cleanly offers its own (``store.fleet.leave``).
+- Another daemon's job can be looked at, waited for and cancelled from any daemon
+  (``stored_job``: read from the store). Its owner notices a cancel, or an end it did not see,
+  within ``REFRESH_EVERY``: it checks the status of its jobs in progress in the store.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import metrics
 
-from llmspool.actors.keeping.jobs import JobState
+from llmspool.actors.keeping.jobs import JobState, job_from_store
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.sending import Pump
 from llmspool.actors.keeping.waiting import Waiters
@@ -83,6 +86,18 @@ class SharedCounts:
     def _in_progress(self) -> list[str]:
         return [job.id for job in self._jobs.values()
                 if job.shared and job.status == JobStatus.IN_PROGRESS]
+
+    async def watch(self) -> None:
+        """Every ``REFRESH_EVERY`` seconds, the jobs in progress here that another daemon
+        ended in the store (cancelled there) become shared: their counts and status are read."""
+        while True:
+            await self._clock.sleep(REFRESH_EVERY)
+            mine = [job.id for job in self._jobs.values()
+                    if job.status == JobStatus.IN_PROGRESS and not job.shared]
+            for job_id in await jobs_sql.ended_elsewhere(self._database, mine):
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self.mark(job)
 
     async def refresh(self, job_ids: list[str]) -> None:
         for row in await jobs_sql.load_jobs(self._database, None, job_ids):
@@ -157,11 +172,11 @@ class Helper:
             return 0
         unknown = sorted({row.job_id for row in rows} - self._jobs.keys())
         if unknown:
-            for job in await jobs_sql.load_jobs(self._database, None, unknown):
-                self._jobs[job["id"]] = JobState(
-                    job["id"], job["created_at"], job["deadline_at"], job["operation"],
-                    job["tags"], job["uid"], JobStatus.IN_PROGRESS, job["total"], None,
-                    traceparent=job["traceparent"], shared=True)
+            for row in await jobs_sql.load_jobs(self._database, None, unknown):
+                job = self._jobs[row["id"]] = job_from_store(row)
+                # Sent while claimed lines are left (it may end in the store meanwhile: their
+                # results are then not stored), and counted by its owner.
+                job.status, job.shared = JobStatus.IN_PROGRESS, True
         self.pump.heap.push((row.deadline_at, row.id, row.job_id) for row in rows)
         self.pump.wake()
         self.helped += len(rows)
@@ -171,3 +186,12 @@ class Helper:
 
 def _not_counted(_job: JobState) -> None:
     """Another daemon's job: its owner reads its counts from the store."""
+
+
+async def stored_job(database: AsyncConnection, job_id: str) -> JobState | None:
+    """Another daemon's job, as the store has it now (None: no such job)."""
+    for row in await jobs_sql.load_jobs(database, None, [job_id]):
+        job = job_from_store(row)
+        job.shared = True
+        return job
+    return None
