@@ -186,7 +186,7 @@ class JobKeeper:
         elif isinstance(message, CancelJob):
             await reply_to(message.reply, await self._cancel(message.job_id, message.viewer))
         elif isinstance(message, WaitForJob):
-            job = self._jobs.get(message.job_id)
+            job = await self._fresh(message.job_id)
             if job is None and self._owner is not None and self._tasks is not None:
                 self._tasks.start_soon(self._wait_elsewhere, message)
             elif job is None or not message.viewer.sees(job.uid):
@@ -196,7 +196,7 @@ class JobKeeper:
             else:
                 self._waiters.add(job.id, message.reply)
         elif isinstance(message, JobQuery):
-            job = self._jobs.get(message.job_id) or await self._elsewhere(message.job_id)
+            job = await self._fresh(message.job_id) or await self._elsewhere(message.job_id)
             await reply_to(message.reply, job.to_json() if job and message.viewer.sees(job.uid)
                            else no_such_job(message.job_id))
         elif isinstance(message, JobListQuery):
@@ -261,6 +261,16 @@ class JobKeeper:
         return job.to_json()
 
     # --- another daemon's jobs (a shared store) -------------------------------------------
+
+    async def _fresh(self, job_id: str) -> JobState | None:
+        """The job kept here, its counts read from the store first if other daemons help
+        with it (they are read every second otherwise): an answer is never behind the
+        results."""
+        job = self._jobs.get(job_id)
+        if (job is not None and job.shared and job.status == JobStatus.IN_PROGRESS
+                and self._shared is not None):
+            await self._shared.refresh([job_id])
+        return job
 
     async def _elsewhere(self, job_id: str) -> JobState | None:
         """In a shared store, a job another daemon works, as the store has it now."""

@@ -8,5 +8,6 @@ plain object the cache makes once and owns, sharing its state by reference:
 - ``flights``: single flight: a leader's call upstream (its replies relayed to its client),
   its followers, and what they get when it lands;
 - ``batch_twins``: waiting for the identical request in a pending batch;
-- ``near_duplicates``: sharing a call in flight, or a cached answer, worded alike.
+- ``near_duplicates``: sharing a call in flight, or a cached answer, worded alike;
+- ``fleet``: in a store several daemons share, their cached answers and calls in flight.
 """

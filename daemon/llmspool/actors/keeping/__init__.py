@@ -12,5 +12,7 @@ through them:
 - ``results``: each line's result (or failure line), stored in group commits by the ledger
   and counted in its job;
 - ``waiting``: who waits for a job to finish, and the answers to askers;
-- ``recovery``: what a restart resumes, and forgetting jobs past ``[jobs] retention``.
+- ``recovery``: what a restart resumes, and forgetting jobs past ``[jobs] retention``;
+- ``sharing``: in a store several daemons share, the claims on queued lines, the helper that
+  sends other daemons' lines, the counts of jobs they help with, and their jobs' views.
 """
