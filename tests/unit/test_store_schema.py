@@ -34,9 +34,12 @@ CHAT = "/v1/chat/completions"
 
 # What only a shared (PostgreSQL) store has: the fleet's leases and budget usage
 # (postgresql/0002_fleet.sql), its index on who holds a reservation, and the triggers that keep
-# the usage; and the table of applied migrations (SQLite keeps the version in a PRAGMA).
+# the usage; the index of the lines offered to the fleet (0003_claims.sql); the fleet's
+# response cache (0004_fleet_cache.sql); and the table of applied migrations (SQLite keeps the
+# version in a PRAGMA).
 FLEET_TABLES = {"daemons", "budget_usage", "llmspool_schema", "cache_entries", "cache_flights"}
-FLEET_INDEXES = {"reservations_daemon", "cache_entries_expiry", "cache_flights_daemon"}
+FLEET_INDEXES = {"reservations_daemon", "cache_entries_expiry", "cache_flights_daemon",
+                 "job_requests_offered"}
 FLEET_TRIGGERS = {"reservations_usage", "ledger_entries_usage"}
 
 
