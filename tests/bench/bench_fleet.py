@@ -17,8 +17,13 @@ PostgreSQL database, the requests either split into one job per daemon (each sub
 own daemon) or in one job submitted to the first daemon, which the others help with (they
 claim its queued lines). Figures, not pass/fail.
 
+**The fleet's response cache.** What a daemon of a shared store adds to a call that misses
+its own cache file (the fleet's cache is asked, and the daemon starts the fleet's flight), to
+its publishing the answer as the flight ends, and to a call the fleet's cache answers: each
+``--calls`` times in a row through ``FleetCache`` on one PostgreSQL database.
+
     python -m tests.bench.bench_fleet [--rate 500] [--seconds 4] [--rounds 3] [--lines 20000]
-                                      [--part admissions|deferred|both]
+                                      [--calls 2000] [--part admissions|deferred|cache|both]
 """
 
 from __future__ import annotations
@@ -29,18 +34,22 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import anyio
 from anyio.abc import ObjectSendStream
+from llmspool.actors.caching.fleet import FleetCache
 from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
-from llmspool.messages import Admit
+from llmspool.messages import Admit, Call
+from llmspool.policy.planner import Planner
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.fleet import Member
 from llmspool.store.ledger import LedgerConnection
-from llmspool.store.records import Caller, Settled
+from llmspool.store.records import Caller, NewEntry, Settled
 from llmspool.store.schema import migrate_store
 from llmspool.testing.postgres import PostgresServer, running_postgres
 
@@ -149,14 +158,64 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lines", type=int, default=20_000)
-    parser.add_argument("--part", choices=("admissions", "deferred", "both"), default="both")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--part", choices=("admissions", "deferred", "cache", "both"),
+                        default="both", help="both: admissions and deferred work")
     args = parser.parse_args()
     with running_postgres() as server:
         if args.part in ("admissions", "both"):
             admissions(server, args.rate, args.seconds, args.rounds)
         if args.part in ("deferred", "both"):
             deferred_work(server, args.lines, args.rounds)
+        if args.part == "cache":
+            fleet_cache(server, args.calls, args.rounds)
     return 0
+
+
+async def cache_round_trips(store: StoreLocation, calls: int
+                            ) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of each miss (ask, start the flight), publish and hit, ``calls`` of each."""
+    await migrate_store(store)
+    # Only a call's deadline (none here) is read, and the planner only for one.
+    fleet = FleetCache(store, "bench", cast(Planner, None))
+    call = cast(Call, SimpleNamespace(deadline_at=None, provider="openai", model="gpt-4o-mini"))
+    body = b'{"choices":[{"message":{"content":"' + b"x" * 400 + b'"}}]}'
+    misses: list[float] = []
+    publishes: list[float] = []
+    hits: list[float] = []
+    async with fleet.opened():
+        for number in range(calls):
+            key = number.to_bytes(16, "big")
+            started = time.perf_counter()
+            assert await fleet.answer_or_lead(key, call) is None
+            asked = time.perf_counter()
+            await fleet.landed(key, NewEntry(key, False, body, "openai", "gpt-4o-mini",
+                                             Endpoint.CHAT.value, Tier.STANDARD,
+                                             Usage(100, 0, 20, 0), 3600.0))
+            misses.append(asked - started)
+            publishes.append(time.perf_counter() - asked)
+        for number in range(calls):
+            started = time.perf_counter()
+            assert await fleet.answer_or_lead(number.to_bytes(16, "big"), call) is not None
+            hits.append(time.perf_counter() - started)
+    return misses, publishes, hits
+
+
+def fleet_cache(server: PostgresServer, calls: int, rounds: int) -> None:
+    results: dict[str, list[tuple[float, float]]] = {}
+    for _round in range(rounds):
+        store = StoreLocation(Backend.POSTGRESQL, server.new_database("cache"))
+        figures = anyio.run(cache_round_trips, store, calls, backend="asyncio",
+                            backend_options={"use_uvloop": True})
+        for label, values in zip(("miss: ask and lead", "publish as it lands", "hit"),
+                                 figures, strict=True):
+            results.setdefault(label, []).append(
+                (percentile(values, 0.5), percentile(values, 0.99)))
+    print(f"the fleet's response cache, {calls} calls each, medians of {rounds} rounds:")
+    print(f"{'step':<24} {'p50 ms':>8} {'p99 ms':>8}")
+    for label, runs in results.items():
+        print(f"{label:<24} {statistics.median(r[0] for r in runs) * 1e3:>8.2f} "
+              f"{statistics.median(r[1] for r in runs) * 1e3:>8.2f}")
 
 
 def admissions(server: PostgresServer, rate: int, seconds: float, rounds: int) -> None:
