@@ -96,8 +96,8 @@ class JobKeeper:
         self._inbox = inbox
         self._tasks: TaskGroup | None = None  # the keeper's task group, while it runs
         self._adoptions = adoptions
-        # In a store several daemons share: this daemon, which works the jobs it accepted
-        # (and only those). None: the one daemon of the store.
+        # In a store several daemons share: this daemon, which owns the jobs it accepted (and
+        # those it took over), and claims the lines it sends. None: the one daemon of the store.
         self._owner = owner
         self._cached = cached
         self._cache = cache

@@ -269,7 +269,8 @@ def _run_status(args: argparse.Namespace) -> int:
         table.add_row("results stored after their deadline",
                       str(jobs.get("requests_late", 0)))
         if jobs.get("requests_helped"):
-            table.add_row("requests of other daemons' jobs sent", str(jobs["requests_helped"]))
+            table.add_row("requests of other daemons' jobs claimed",
+                          str(jobs["requests_helped"]))
     table.add_row("upstream attempts (retries included)",
                   str(dispatcher.get("upstream_attempts", 0)))
     table.add_row("retries", str(dispatcher.get("retries", {}).get("retries", 0)))

@@ -273,7 +273,7 @@ class KeeperStatus(TypedDict):
     requests_running: int
     retries: int
     requests_late: int
-    # Lines of other daemons' jobs this one claimed and sent since start (a shared store).
+    # Lines of other daemons' jobs this one claimed (to send them) since start (a shared store).
     requests_helped: int
 
 

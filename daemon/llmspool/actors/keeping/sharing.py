@@ -27,6 +27,7 @@ import logging
 from collections import Counter
 
 import anyio
+import psycopg
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import metrics
 
@@ -146,7 +147,12 @@ class Helper:
             group.start_soon(self._results.run)
             try:
                 while not self.pump.closing:
-                    found = await self._claim()
+                    try:
+                        found = await self._claim()
+                    except psycopg.Error as exc:  # helping is optional: try again later
+                        log.warning("could not claim other daemons' queued requests (%s)",
+                                    str(exc).strip() or type(exc).__name__)
+                        found = 0
                     await self._clock.sleep(BUSY_EVERY if found else HELP_EVERY)
             finally:
                 with anyio.CancelScope(shield=True):
