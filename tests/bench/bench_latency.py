@@ -10,8 +10,8 @@ see the same machine state:
 - ``sampled``: the same, with the head sampler keeping one trace in ten;
 - ``caps``: a daily budget cap (every call reserved and settled with the ledger);
 - ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier);
-- ``cache_misses``: the response cache on for every request, answers kept 1 ms, so each call at
-  concurrency 1 misses (under concurrency, identical calls share flights);
+- ``cache_misses``: the response cache on for every request, answers kept a microsecond, so each
+  call at concurrency 1 misses (under concurrency, identical calls share flights);
 - ``postgres``: the store in PostgreSQL (``[store] url``; a server the bench starts, as
   ``llmspool.testing.postgres`` does for the tests) instead of SQLite;
 - ``postgres_caps``: the same with the daily cap, so every call's admission is decided in the
@@ -166,11 +166,12 @@ MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "caps": ("[budgets]\ndaily_usd = 1000000.0\n", {}, ()),
     # A deadline the standard tier meets (gpt-4o-mini has no flex): the planner's path.
     "deadline": ("", {}, ("x-llmspool-deadline: 10m",)),
-    # The response cache on for every request, its answers kept 1 ms: every call at c=1 is a
-    # miss (looked up, led as a flight, its answer written to the cache file); under
+    # The response cache on for every request, its answers kept a microsecond: every call at
+    # c=1 is a miss (looked up, led as a flight, its answer written to the cache file; with a
+    # millisecond, h2load's next call came sooner and was answered from the last one). Under
     # concurrency identical calls in flight share one (h2load sends one body), so c=64 and 256
     # measure misses and shared answers together.
-    "cache_misses": ('[cache]\nttl = "1ms"\n', {}, ("x-llmspool-cache: on",)),
+    "cache_misses": ("[cache]\nttl = 0.000001\n", {}, ("x-llmspool-cache: on",)),
     # The store in PostgreSQL ({postgres}: a new database on the server the bench starts).
     "postgres": ('[store]\nurl = "{postgres}"\n', {}, ()),
     "postgres_caps": ('[store]\nurl = "{postgres}"\n\n[budgets]\ndaily_usd = 1000000.0\n',
