@@ -33,7 +33,8 @@ from llmspool.core.errors import (
     UpstreamUnreachable,
 )
 from llmspool.core.hookspecs import RegisterProvider, hookimpl
-from llmspool.core.http_pool import pooled_session, unreachable
+from llmspool.core.http1 import ConnectTimeout, Http1Pool, Http1Response
+from llmspool.core.http_pool import pooled_http1, pooled_session, unreachable
 from llmspool.core.provider import (
     BatchApi,
     BatchCapabilities,
@@ -67,9 +68,12 @@ __all__ = [
     "BatchSubmission",
     "ConfigError",
     "ConfigKey",
+    "ConnectTimeout",
     "ConnectionCounter",
     "DelegatedBatches",
     "Endpoint",
+    "Http1Pool",
+    "Http1Response",
     "InvalidRequest",
     "LazyFactory",
     "NotFound",
@@ -91,6 +95,7 @@ __all__ = [
     "Usage",
     "batch_capabilities_of",
     "hookimpl",
+    "pooled_http1",
     "pooled_session",
     "provider_capabilities",
     "read_input_lines",

@@ -1,8 +1,8 @@
 """Where the plugin's HTTP clients' exceptions become ``llmspool.core.errors``.
 
-Both planes use it: the aiohttp data plane for its timeouts and connection errors, and the
-``openai`` SDK control plane (models, files, batches) through ``sdk_errors``. Nothing outside
-the plugin ever sees an aiohttp, httpx2 or openai exception.
+Both planes use it: the data plane (the daemon's HTTP/1.1 pool) for its timeouts and connection
+errors, and the ``openai`` SDK control plane (models, files, batches) through ``sdk_errors``.
+Nothing outside the plugin ever sees an httpx2 or openai exception.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import aiohttp
 import httpx2
 import openai
-from llmspool.plugin_api import BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
+from llmspool.plugin_api import (
+    BadUpstreamAnswer,
+    ConnectTimeout,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from llmspool.plugin_api import unreachable as http_unreachable
 
 PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms")
@@ -24,9 +28,9 @@ retry hints the daemon's retry policy reads."""
 
 def unreachable(provider: str, exc: BaseException) -> UpstreamUnreachable:
     """No answer from ``provider``, from either plane: the SDK's and httpx2's timeouts as the
-    data plane's aiohttp ones (``llmspool.core.http_pool.unreachable``)."""
+    data plane's (``llmspool.core.http_pool.unreachable``)."""
     if isinstance(exc, httpx2.ConnectTimeout):
-        return http_unreachable(provider, aiohttp.ConnectionTimeoutError(str(exc)))
+        return http_unreachable(provider, ConnectTimeout(str(exc)))
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return http_unreachable(provider, TimeoutError(str(exc)))
     return http_unreachable(provider, exc)

@@ -1,7 +1,8 @@
 """How often a provider's pooled HTTP connections are reused: keep-alive at work, as a figure.
 
-A provider plugin that forwards with aiohttp makes its session's connector with a
-``ConnectionCounter`` (``pooled_session`` does). The connector counts each connection it hands
+The daemon's HTTP/1.1 pool (``llmspool.core.http1``, ``pooled_http1``) counts into a
+``ConnectionCounter`` itself; a provider plugin that forwards with aiohttp makes its session's
+connector with one (``pooled_session`` does). The connector counts each connection it hands
 to a request and each one it opens; ``snapshot()`` is what a provider's ``connection_stats()``
 answers::
 
