@@ -240,18 +240,26 @@ def test_100_identical_concurrent_requests_make_one_upstream_call(
         assert how.count("miss") == 1
         assert upstream_calls(sim) == 1
 
+        # On a loaded machine a request may arrive after the flight ended and its answer was
+        # cached: a hit (source "cache") rather than a shared answer (source "dedup").
+        shared, hits = how.count("shared"), how.count("hit")
+        assert shared + hits == 99
+
         def sources() -> dict[Any, Any] | None:
             # Answers go out before their ledger entries commit (a group commit later).
             status, report = daemon.get("/v1/ledger?by=source")
             assert status == 200
             rows = {row["source"]: row for row in report["rows"]}
-            done = "dedup" in rows and rows["dedup"]["requests"] >= 99
-            return rows if done else None
+            counted = sum(rows[source]["requests"] for source in ("dedup", "cache")
+                          if source in rows)
+            return rows if counted >= 99 else None
 
-        rows = wait_for(sources, what="the 99 shared answers in the ledger")
-        assert rows["dedup"]["requests"] == 99 and rows["dedup"]["spend_usd"] == 0
-        assert rows["dedup"]["saved_usd"] == pytest.approx(99 * rows[None]["spend_usd"],
-                                                          rel=1e-6)
+        rows = wait_for(sources, what="the 99 answers not sent upstream in the ledger")
+        for source, count in (("dedup", shared), ("cache", hits)):
+            if count:  # each answer an entry of cost 0 that saved the upstream call's cost
+                assert rows[source]["requests"] == count and rows[source]["spend_usd"] == 0
+                assert rows[source]["saved_usd"] == pytest.approx(
+                    count * rows[None]["spend_usd"], rel=1e-6)
     finally:
         daemon.terminate()
         sim.terminate()
