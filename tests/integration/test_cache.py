@@ -9,6 +9,7 @@ import concurrent.futures
 import socket
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -295,17 +296,24 @@ def test_llmspool_status_shows_the_cache(daemon: Daemon, sim: Sim) -> None:
     assert "1 / 1" in hits_line and "50.0% hits" in hits_line
 
 
+def lead_a_flight(daemon: Daemon) -> socket.socket:
+    """A client whose deterministic chat leads a flight, once the flight is under way; it
+    waits for its answer until the socket is closed."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0})
+    leader = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leader.connect(str(daemon.socket_path))
+    leader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                   b"content-type: application/json\r\n"
+                   + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    wait_for(lambda: cache_status(daemon)["in_flight"] == 1, what="the leader's flight")
+    return leader
+
+
 def test_a_leader_whose_client_leaves_still_answers_those_who_wait(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "1s"\n')
     daemon = start_daemon(tmp_path, sim.url)
     try:
-        body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0})
-        leader = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        leader.connect(str(daemon.socket_path))
-        leader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                       b"content-type: application/json\r\n"
-                       + f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        wait_for(lambda: cache_status(daemon)["in_flight"] == 1, what="the leader's flight")
+        leader = lead_a_flight(daemon)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             follower = pool.submit(chat, daemon, None, temperature=0)
             wait_for(lambda: cache_status(daemon)["waiting_on_flights"] == 1,
@@ -315,6 +323,24 @@ def test_a_leader_whose_client_leaves_still_answers_those_who_wait(tmp_path: Pat
         assert status == 200 and answer["choices"]
         assert headers["x-llmspool-cache"] == "shared"
         assert upstream_calls(sim) == 1
+    finally:
+        daemon.terminate()
+        sim.terminate()
+
+
+def test_a_leader_alone_whose_client_leaves_stops_its_upstream_call(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "5s"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        leader = lead_a_flight(daemon)
+        wait_for(lambda: sim.stats()["requests"]["total"] == 1, what="the upstream call")
+        started = time.monotonic()
+        leader.close()  # nobody else waits: the upstream call is not worth finishing
+        wait_for(lambda: sim.stats()["requests"]["client_closed"] == 1, timeout=4,
+                 what="the upstream call to be stopped")
+        assert time.monotonic() - started < 4  # well before the 5 s answer
+        wait_for(lambda: cache_status(daemon)["in_flight"] == 0, what="the flight to end")
+        assert chat(daemon, None, temperature=0)[2]["x-llmspool-cache"] == "miss"  # no entry
     finally:
         daemon.terminate()
         sim.terminate()

@@ -55,11 +55,19 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.config.sections import CacheConfig
-from llmspool.messages import CacheFill, CacheStatus, CacheUsed, Call, StatusQuery, answer
+from llmspool.messages import (
+    CacheFill,
+    CacheStatus,
+    CacheUsed,
+    Call,
+    Missed,
+    StatusQuery,
+    answer,
+)
 from llmspool.policy.planner import Planner
 from llmspool.store.records import Settled
 
-CacheMessage = Call | CacheFill | CacheUsed | StatusQuery[CacheStatus]
+CacheMessage = Call | Missed | CacheFill | CacheUsed | StatusQuery[CacheStatus]
 
 
 class ResponseCache:
@@ -115,6 +123,8 @@ class ResponseCache:
                     async for message in self._inbox:
                         if isinstance(message, Call):
                             self._take(message, reader, group)
+                        elif isinstance(message, Missed):
+                            self._take(message.call, reader, group, message.at)
                         elif isinstance(message, CacheUsed):
                             self._used(message)
                         elif isinstance(message, CacheFill):
@@ -135,11 +145,15 @@ class ResponseCache:
             if self._batches is not None:
                 self._batches.close()
 
-    def _take(self, call: Call, reader: CacheReader, group: TaskGroup) -> None:
+    def _take(self, call: Call, reader: CacheReader, group: TaskGroup,
+              missed_at: float | None = None) -> None:
         plan = call.cache
         assert plan is not None, "calls without a cache plan go straight to the queue"
         now = time.time()
-        found = self._writes.committed(plan.key, reader, now)
+        # The front door found nothing at ``missed_at``: the file needs reading again only if
+        # a commit landed since (what committed later is still in ``recent`` until it lands).
+        found = None if missed_at is not None and self._writes.landed_at < missed_at \
+            else self._writes.committed(plan.key, reader, now)
         if found is not None and self._replier.answer(call, found, "hit", group):
             self._counts.hits += 1
             self._writes.hit(found.entry_id, now)

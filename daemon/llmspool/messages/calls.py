@@ -1,5 +1,5 @@
 """The interactive path's messages: a ``Call``, its replies, and the queue's ``SlotFreed``;
-the cache's ``CacheFill`` and ``CacheUsed``."""
+the cache's ``CacheFill``, ``CacheUsed`` and ``Missed``."""
 
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ from llmspool.store.records import (
 class Abort:
     """How the front door stops a call whose client went away (the one mutable thing a
     ``Call`` carries): the dispatcher binds the cancel scope the call runs in, and ``fire``
-    cancels it, which stops the upstream call and releases its reservation."""
+    cancels it, which stops the upstream call and releases its reservation. A flight's
+    leader is watched with a callback instead (``on_fire``): no task waits for it."""
 
-    __slots__ = ("_scope", "fired")
+    __slots__ = ("_callback", "_scope", "fired")
 
     def __init__(self) -> None:
         self._scope: CancelScope | None = None
+        self._callback: Callable[[], None] | None = None
         self.fired = False
 
     def bind(self, scope: CancelScope) -> None:
@@ -39,10 +41,19 @@ class Abort:
         if self.fired:  # the client left while the call waited in the queue
             scope.cancel()
 
+    def on_fire(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (a plain call on the event loop) when fired, at once if fired
+        already; None: no longer."""
+        self._callback = callback
+        if callback is not None and self.fired:
+            callback()
+
     def fire(self) -> None:
         self.fired = True
         if self._scope is not None:
             self._scope.cancel()
+        if self._callback is not None:
+            self._callback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,15 @@ class CacheFill:
     """Answers to keep in the response cache (batch results; the cache's own flights)."""
 
     entries: list[NewEntry] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """A call the front door looked up in the cache file at ``at`` (``time.time()``) and found
+    nothing live for: the cache actor reads the file again only if its writes landed since."""
+
+    call: Call
+    at: float
 
 
 @dataclass(frozen=True, slots=True)

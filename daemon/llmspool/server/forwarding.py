@@ -22,7 +22,7 @@ from llmspool.cache.front import CacheFront
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, ServiceUnavailable
 from llmspool.core.tracing import context_from_headers
-from llmspool.messages import Answer, Call, Failure, Reply, StreamStart
+from llmspool.messages import Answer, Call, Failure, Missed, Reply, StreamStart
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.model_choice import ModelChooser, Route
@@ -59,7 +59,7 @@ class Forwarder:
         tracer: trace.Tracer,
         *,
         max_body_size: int,
-        cache: MemoryObjectSendStream[Call] | None = None,
+        cache: MemoryObjectSendStream[Call | Missed] | None = None,
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
         chooser: ModelChooser | None = None,
@@ -97,8 +97,9 @@ class Forwarder:
         try:
             call, replies, route = await self._calls.build(request, endpoint, request_id, span)
             extra = _route_headers(route)
+            missed_at = None
             if call.cache is not None and self._cache_front is not None:
-                hit = self._cache_front.hit(call)
+                hit, missed_at = self._cache_front.look(call)
                 if hit is not None:
                     call.reply.close()
                     replies.close()
@@ -107,7 +108,7 @@ class Forwarder:
             cascade = self._cascade.applies(call) \
                 if self._cascade is not None and route is None else None
             if cascade is None:
-                await self._submit(call, replies)
+                await self._submit(call, replies, missed_at)
         except ApiError as error:
             return self._finish_with_error(span, error, request_id)
         except BaseException:
@@ -136,12 +137,14 @@ class Forwarder:
             await self._capturer.keep_answer(call, first.document)
         return self._respond(call, first, replies, span, extra, capturing)
 
-    async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply]) -> None:
+    async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply],
+                      missed_at: float | None = None) -> None:
         """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
-        owns its reply stream's send end and closes it."""
+        owns its reply stream's send end and closes it. ``missed_at``: when the front door
+        found nothing for it in the cache file."""
         try:
             if call.cache is not None and self._cache is not None:
-                await self._cache.send(call)
+                await self._cache.send(call if missed_at is None else Missed(call, missed_at))
             else:
                 await self._queue.send(call)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

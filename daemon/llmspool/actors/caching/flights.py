@@ -109,7 +109,7 @@ class Flights:
             if found is not None and self._answer_from_fleet(flight, *found, group):
                 return
         # The leader's replies come here first; the upstream call keeps the usage chunk (the
-        # cache keeps whole streams) and has an abort of its own (see _watch_leader).
+        # cache keeps whole streams) and has an abort of its own (fired by ``leader_left``).
         tee_in, tee_out = anyio.create_memory_object_stream[Reply](
             _STREAM_BUFFER if leader.stream else 1)
         upstream = dataclasses.replace(leader, reply=tee_in, abort=Abort(),
@@ -127,13 +127,21 @@ class Flights:
             return
         replies: list[Reply] = []
         relay = LeaderRelay(leader)
-        async with tee_out, anyio.create_task_group() as watch:
-            watch.start_soon(self._watch_leader, flight, upstream)
-            async for reply in tee_out:
-                replies.append(reply)
-                if not await relay.send(reply) and leader.stream and not flight.followers:
-                    break  # nobody wants the rest: closing the tee stops the upstream call
-            watch.cancel_scope.cancel()
+
+        def leader_left() -> None:
+            # The leader's client went away: its upstream call stops, unless others wait.
+            if not flight.followers:
+                upstream.abort.fire()
+
+        leader.abort.on_fire(leader_left)
+        try:
+            async with tee_out:
+                async for reply in tee_out:
+                    replies.append(reply)
+                    if not await relay.send(reply) and leader.stream and not flight.followers:
+                        break  # nobody wants the rest: closing the tee stops the upstream call
+        finally:
+            leader.abort.on_fire(None)
         leader.reply.close()
         self.end(flight)
         kept = self._finish(flight, replies, reader, group)
@@ -161,14 +169,6 @@ class Flights:
                 self._counts.shared += 1
         self.check_landed()
         return True
-
-    async def _watch_leader(self, flight: Flight, upstream: Call) -> None:
-        """Stops the upstream call when the leader's client goes away, unless others wait."""
-        with anyio.CancelScope() as scope:
-            flight.leader.abort.bind(scope)
-            await anyio.sleep_forever()
-        if not flight.followers:
-            upstream.abort.fire()
 
     def _finish(self, flight: Flight, replies: list[Reply], reader: CacheReader,
                 group: TaskGroup) -> NewEntry | None:

@@ -40,6 +40,9 @@ class WriteBehind:
         self._wake = anyio.Event()
         self._stopping = False
         self.entries = 0
+        # When (time.time()) the last commit landed: its entries left ``recent``, readable
+        # from the file only. A front-door lookup made after it saw them.
+        self.landed_at = 0.0
 
     def hit(self, entry_id: int, at: float) -> None:
         """``entry_id`` answered a call at ``at``: noted for the eviction order, and committed
@@ -125,6 +128,7 @@ class WriteBehind:
             self._counts.write_errors += 1
             log.warning("cache write failed (%s); %d entries not kept", exc, len(entries))
             return
+        self.landed_at = time.time()
         for entry, entry_id in zip(entries, result.written, strict=True):
             self.recent.pop(entry.key, None)  # readable from the file now
             if self._near is not None and entry.group is not None and entry.vector is not None:
