@@ -22,6 +22,7 @@ The bill of a call is computed in ``llmspool.policy.billing`` from these prices,
 
 from __future__ import annotations
 
+import operator
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,8 +119,9 @@ class TierPrice:
                                                     strict=True))
 
     def cost(self, usage: Usage) -> int:
-        """Picodollars for ``usage`` at these prices, every part priced."""
-        return sum(part.picodollars for part in self.parts(usage))
+        """Picodollars for ``usage`` at these prices, every part priced (the sum of
+        ``parts``, without building them: it is asked for on every call)."""
+        return sum(map(operator.mul, TokenSplit.of(usage).counts, self.per_token))
 
     def worst_cost(self, usage: Usage) -> int:
         """The most ``usage``'s token counts may cost, whatever the answer reports of how its

@@ -194,7 +194,9 @@ def bill(
             priced_tier, price = _dearest(priced, usage)
         parts = price.parts(usage)
         cost = sum(part.picodollars for part in parts)
-    list_cost = standard.cost(usage) if standard is not None else None
+    # Served on the standard tier (most calls): its list price is what it cost.
+    list_cost = cost if price is not None and price is standard \
+        else standard.cost(usage) if standard is not None else None
     source: str | None = None
     if overhead_of is not None:
         source, list_cost = overhead_of, 0

@@ -33,10 +33,13 @@ _MAX_CHOICES = 128
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A call's worst-case cost, and the estimate it came from (kept to calibrate)."""
+    """A call's worst-case cost, and the estimate it came from (kept to calibrate);
+    ``asked_output``: the most output tokens the request asks for, if it says (what a
+    tokens-per-minute limit counts, read here so the body is parsed once per call)."""
 
     picodollars: int
     estimate: Estimate
+    asked_output: int | None = None
 
 
 class Reserver:
@@ -85,7 +88,16 @@ class Reserver:
             estimated_output=estimate.output_tokens,
         )
         cost = reservation_cost(self.book, provider, model, tiers, usage, self._ceiling)
-        return Reservation(cost, estimate)
+        return Reservation(cost, estimate, max_output(document))
+
+
+def max_output(document: Mapping[str, object]) -> int | None:
+    """The most output tokens a request asks for, if it says (any endpoint's key)."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = document.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _sets_output_limit(endpoint: Endpoint, document: Mapping[str, object]) -> bool:

@@ -31,7 +31,7 @@ from llmspool.messages import Admit, Call, Release
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.policy.estimate import Estimate, TokenEstimator
 from llmspool.policy.planner import Planner
-from llmspool.policy.reservations import Reservation, Reserver
+from llmspool.policy.reservations import Reservation, Reserver, max_output
 from llmspool.store.records import Settled
 
 
@@ -123,7 +123,9 @@ class Accounts:
             # the limit unused, for good (the upstream never gives it back).
             ratio = self._estimator.ratio_for(call.model)
             prompt = math.ceil(estimate.chars / ratio) + estimate.fixed_tokens
-        return prompt + (_max_output(call.body) or estimate.output_tokens)
+        reservation = self._reserved.get(call.request_id)
+        asked = reservation.asked_output if reservation is not None else _max_output(call.body)
+        return prompt + (asked or estimate.output_tokens)
 
     def partial_usage(self, call: Call, events: int) -> Usage:
         """A stream cut short: its prompt (estimated) and the output events it had sent, about
@@ -274,12 +276,8 @@ class Accounts:
 
 
 def _max_output(body: bytes) -> int | None:
-    """The most output tokens a request asks for, if it says."""
+    """The most output tokens a request whose JSON is ``body`` asks for, if it says."""
     if b"max_" not in body:
         return None
     document = orjson.loads(body)
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = document.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    return max_output(document) if isinstance(document, dict) else None
