@@ -429,13 +429,17 @@ def test_listen_fds_under_systemd_socket_activate(short_dir: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 10
-        while not path.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
-            time.sleep(0.02)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(15)
-            client.connect(str(path))
+            # The path appears at bind(), a moment before listen(): refused until then.
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "systemd-socket-activate never listened"
+                try:
+                    client.connect(str(path))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    time.sleep(0.02)
             greeting = json.loads(client.makefile("rb").readline())
         stdout, stderr = proc.communicate(timeout=15)
     finally:
