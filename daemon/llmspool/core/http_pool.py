@@ -8,8 +8,8 @@ the API key as a bearer token (or the headers an API authenticates with instead,
 Anthropic's ``x-api-key`` and ``anthropic-version``), no cookie handling (bodies pass through
 as the client sent them), a connect timeout only (the daemon bounds each call itself, with
 cancel scopes that say which limit fired), and a ``ConnectionCounter`` watching how often
-connections are reused.
-``unreachable`` maps either client's exceptions to the daemon's ``UpstreamUnreachable``.
+connections are reused. ``unreachable`` maps either client's exceptions to the daemon's
+``UpstreamUnreachable``.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def pooled_session(config: ProviderConfig, api_key: str, connections: Connection
 def unreachable(provider: str, exc: BaseException, *, hint: str = "") -> UpstreamUnreachable:
     """No answer from ``provider`` (an ``OSError`` of ``pooled_http1``, an aiohttp exception, or
     a ``TimeoutError``): a timeout is 504 (``connect_timeout`` for the connection,
-    ``upstream_timeout`` for the rest), so that the
-    daemon's retry policy and its messages can tell them apart; anything else is
-    ``upstream_unreachable``, with ``hint`` (what to check) after the cause."""
+    ``upstream_timeout`` for the rest), so that the daemon's retry policy and its messages can
+    tell them apart; anything else is ``upstream_unreachable``, with ``hint`` (what to check)
+    after the cause."""
     if isinstance(exc, ConnectTimeout | aiohttp.ConnectionTimeoutError):
         return UpstreamUnreachable(
             f"no connection to {provider} within its connect timeout ([providers.{provider}] "
