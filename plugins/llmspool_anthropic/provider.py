@@ -14,16 +14,20 @@ the answer as OpenAI's, so this provider translates at its boundary, both ways:
   (``ratelimits.openai_ratelimit_headers``), its ``retry-after``, and its ``request-id`` as
   ``x-request-id``.
 
-One aiohttp session per provider, pooled for the daemon's life (``llmspool.core.http_pool``),
-authenticates with ``x-api-key`` and ``anthropic-version`` rather than a bearer token. Anthropic
-takes no client-supplied request id, so ``UpstreamRequest.request_id`` is not sent.
+Two clients per provider, pooled for the daemon's life (``llmspool.core.http_pool``), both
+authenticating with ``x-api-key`` and ``anthropic-version`` rather than a bearer token: the
+messages (the data plane) go through the daemon's HTTP/1.1 pool (``pooled_http1``, cheaper per
+call), the models list and Message Batches through an aiohttp session (``pooled_session``:
+file uploads, GET and DELETE). Each may open ``max_connections``. Anthropic takes no
+client-supplied request id, so ``UpstreamRequest.request_id`` is not sent.
 
 The Message Batches half of ``llmspool.core.provider.BatchProvider`` (the batch tier) lives in
-``llmspool_anthropic.batches``; the provider delegates to it, on the same session.
+``llmspool_anthropic.batches``; the provider delegates to it, on the aiohttp session.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Self
@@ -37,11 +41,14 @@ from llmspool.plugin_api import (
     ConnectionCounter,
     DelegatedBatches,
     Endpoint,
+    Http1Pool,
+    Http1Response,
     InvalidRequest,
     ProviderSettings,
     Tier,
     UpstreamError,
     UpstreamRequest,
+    pooled_http1,
     pooled_session,
     unreachable,
 )
@@ -90,7 +97,7 @@ class _Answer:
                  "_stream")
 
     def __init__(self, provider: str, status: int, headers: dict[str, str], *,
-                 response: aiohttp.ClientResponse | None = None, body: bytes | None = None,
+                 response: Http1Response | None = None, body: bytes | None = None,
                  stream: bool = False, include_usage: bool = False) -> None:
         self._provider = provider
         self._status = status
@@ -112,7 +119,7 @@ class _Answer:
         assert self._response is not None  # set whenever body is not
         try:
             return await self._response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except OSError as exc:  # the pool's errors (TimeoutError is one)
             raise unreachable(self._provider, exc) from exc
 
     async def read(self) -> bytes:
@@ -131,11 +138,11 @@ class _Answer:
         assert self._response is not None
         translator = ChunkTranslator(include_usage=self._include_usage)
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response.iter_chunks():
                 out = translator.feed(chunk)
                 if out:
                     yield out
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except OSError as exc:
             raise unreachable(self._provider, exc) from exc
         rest = translator.flush()
         if rest:
@@ -164,18 +171,27 @@ class AnthropicProvider(DelegatedBatches):
         self.anthropic_version: str = settings.option(ANTHROPIC_VERSION)
         self.default_max_tokens: int = settings.option(DEFAULT_MAX_TOKENS_KEY)
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._batches: AnthropicBatches | None = None
         self._connections = ConnectionCounter()
 
     async def __aenter__(self) -> Self:
         self._session = pooled_session(self._config, self._api_key, self._connections,
                                        auth_headers=self._headers())
+        # The messages (the data plane) go through the daemon's HTTP/1.1 pool, cheaper per
+        # call; models and Message Batches (uploads, GET, DELETE) through the aiohttp session.
+        self._pool = pooled_http1(dataclasses.replace(self._config, base_url=self.base_url),
+                                  self._api_key, self._connections,
+                                  auth_headers=self._headers())
         self._batches = AnthropicBatches(
             self._session, self.base_url, self.name,
             default_max_tokens=self.default_max_tokens, timeout=self._config.timeout)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -203,7 +219,9 @@ class AnthropicProvider(DelegatedBatches):
 
     @asynccontextmanager
     async def send(self, request: UpstreamRequest) -> AsyncIterator[_Answer]:
-        session = self._open_session()
+        if self._pool is None:
+            raise RuntimeError("AnthropicProvider used outside its `async with`")
+        pool = self._pool
         if request.endpoint is not Endpoint.CHAT:
             yield _refused(InvalidRequest(
                 f"provider {self.name!r} (Anthropic) serves only /v1/chat/completions, not "
@@ -220,8 +238,8 @@ class AnthropicProvider(DelegatedBatches):
         include_usage = stream and isinstance(options, dict) \
             and bool(options.get("include_usage"))
         try:
-            response = await session.post(self.base_url + "/messages", data=orjson.dumps(params))
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            response = await pool.post("/messages", orjson.dumps(params))
+        except OSError as exc:  # TimeoutError (the connect timeout) is one
             raise unreachable(self.name, exc) from exc
         try:
             if response.status >= 400:
@@ -229,7 +247,7 @@ class AnthropicProvider(DelegatedBatches):
                 # answered as a 400 is a quota 429 here), and error bodies are small.
                 try:
                     raw = await response.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                except OSError as exc:
                     raise unreachable(self.name, exc) from exc
                 status, openai_body = openai_error(response.status, raw)
                 yield _Answer(self.name, status, self._answer_headers(response.headers, _JSON),

@@ -3,7 +3,7 @@
 Two clients, each pooled once per provider for the daemon's life:
 
 - the data plane (chat, responses, embeddings) forwards the request bytes with the daemon's
-  HTTP/1.1 pool (``llmspool.core.http1``, about a fifth less CPU per call than aiohttp) and
+  HTTP/1.1 pool (``llmspool.core.http1``, about a tenth less CPU per call than aiohttp) and
   hands back the raw answer, because parsing and re-encoding through the SDK's models costs
   ~3 ms per call (DESIGN.md, "Performance notes") and the daemon needs only usage, tier and errors;
 - the control plane (models, files and batches) uses the official ``openai`` SDK with

@@ -1,12 +1,12 @@
 """The data plane's HTTP/1.1 client: a keep-alive connection pool per provider, parsed by httptools.
 
-Why not aiohttp, which forwarded the data plane before: under load aiohttp cost about 270 µs of
-the event loop's CPU per forwarded call, a fifth of the daemon's, for machinery a forwarder
-never uses (cookies, redirects, proxies, multipart, request and response objects built field
-by field). This client writes a call's head and body in one ``write`` and parses the answer
-with httptools, the C parser uvicorn already uses on the daemon's own socket. Measured side by
-side (``tests/bench/bench_latency.py``, h2load at c=64): the daemon's CPU per call fell by
-about a fifth.
+Why not aiohttp, which forwarded the data plane before: under load aiohttp was about a fifth
+of the daemon's profile, for machinery a forwarder never uses (cookies, redirects, proxies,
+multipart, request and response objects built field by field). This client writes a call's
+head and body in one ``write`` and parses the answer with httptools, the C parser uvicorn
+already uses on the daemon's own socket. Measured side by side (h2load at c=64, old and new
+daemons interleaved): the daemon's CPU per call fell by about a tenth for the OpenAI plugin and
+a quarter for the Anthropic one (``tests/bench/bench_money.py --baseline`` shows the req/s).
 
 What it does:
 

@@ -1,8 +1,9 @@
 """The pooled HTTP clients a provider plugin forwards the data plane with.
 
 ``pooled_http1`` is the daemon's own keep-alive HTTP/1.1 pool (``llmspool.core.http1``), the
-cheaper one per call; the OpenAI plugin forwards with it. ``pooled_session`` is an aiohttp
-session for a plugin that wants aiohttp's API. Every provider wants the same client: kept for
+cheaper one per call; the OpenAI and Anthropic plugins forward their calls with it.
+``pooled_session`` is an aiohttp session for a plugin that wants aiohttp's API (the Anthropic
+plugin's Message Batches use one). Every provider wants the same client: kept for
 the daemon's life, at most ``max_connections`` connections kept alive ``keepalive_timeout``,
 the API key as a bearer token (or the headers an API authenticates with instead, such as
 Anthropic's ``x-api-key`` and ``anthropic-version``), no cookie handling (bodies pass through
