@@ -93,19 +93,20 @@ class Reserver:
 
 def max_output(document: Mapping[str, object]) -> int | None:
     """The most output tokens a request asks for, if it says (any endpoint's key)."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+    return _first_limit(document, ("max_completion_tokens", "max_tokens", "max_output_tokens"))
+
+
+def _sets_output_limit(endpoint: Endpoint, document: Mapping[str, object]) -> bool:
+    return _first_limit(document, _LIMIT_KEYS.get(endpoint, ())) is not None
+
+
+def _first_limit(document: Mapping[str, object], keys: Sequence[str]) -> int | None:
+    """The first of ``keys`` whose value is a positive whole number (not a bool)."""
+    for key in keys:
         value = document.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
-
-
-def _sets_output_limit(endpoint: Endpoint, document: Mapping[str, object]) -> bool:
-    for key in _LIMIT_KEYS.get(endpoint, ()):
-        value = document.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return True
-    return False
 
 
 def _choices(document: Mapping[str, object]) -> int:
