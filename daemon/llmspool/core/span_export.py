@@ -1,21 +1,30 @@
-"""Spans exported over OTLP from a child process, so that encoding them never holds the daemon.
+"""Spans exported over OTLP from a child process, so that neither encoding them nor a thread
+packing them holds the daemon.
 
 OpenTelemetry's OTLP exporter encodes each span into protobuf objects built in Python: about
-170 µs of CPU for a call's span (its ~30 attributes), run in the batch processor's thread while
-it holds the interpreter lock, so the event loop stalls for it in slices of up to the
-interpreter's switch interval. That was the larger half of what tracing cost per call.
+170 µs of CPU for a call's span (its ~30 attributes). Run in the SDK's batch processor thread,
+that work (and even the cheaper copying that replaced it) holds the interpreter lock in slices
+of up to its switch interval (5 ms) while the event loop waits for it: a 512-span batch kept the
+loop from running for several of those slices, which is what a traced daemon's p99 paid.
 
-``ChildExporter`` is the ``SpanExporter`` the daemon puts in its ``BatchSpanProcessor`` in place
-of ``OTLPSpanExporter``. The processor still batches in its thread; ``export`` only copies each
-finished span into plain tuples and pickles the batch (~30 µs a span) onto a pipe. A child
-process (``python -m llmspool.core.span_export``, fed on its standard input) rebuilds the
-spans and hands them to the real ``OTLPSpanExporter``, configured by the same ``OTEL_*``
-environment variables. Batches, retries and timeouts of the upload are the exporter's own.
+``SpanPipe`` is the span processor the daemon uses in place of ``BatchSpanProcessor`` and
+``OTLPSpanExporter``:
 
-- A full pipe (a collector slower than the daemon) blocks the processor's thread, never the
-  event loop; the processor then drops spans past its ``OTEL_BSP_MAX_QUEUE_SIZE``, as it would.
-- ``force_flush`` and ``shutdown`` wait (bounded by their timeouts) until the child has sent
-  what it was given, so the spans of a stopping daemon still reach the collector.
+- ``on_end`` packs the finished span right where it ends (copied into plain tuples and
+  pickled, ~20 µs, on the event loop in small pieces like the rest of a call's work) and
+  queues the bytes. It never blocks: past ``OTEL_BSP_MAX_QUEUE_SIZE`` spans waiting, a span is
+  dropped and counted, as the SDK's processor would.
+- A writer thread wakes every ``OTEL_BSP_SCHEDULE_DELAY`` ms, or once
+  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans wait, takes the queued bytes and writes them to the
+  child in batches of that size. Writing to a pipe releases the interpreter lock, so this
+  thread holds it only for a list swap and a join.
+- A child process (``python -m llmspool.core.span_export``, fed on its standard input)
+  rebuilds the spans and hands them to the real ``OTLPSpanExporter``, configured by the same
+  ``OTEL_*`` environment variables. Batches, retries and timeouts of the upload are the
+  exporter's own. A full pipe (a collector slower than the daemon) blocks the writer thread,
+  never the event loop.
+- ``force_flush`` and ``shutdown`` send what waits and wait (bounded by their timeouts) until
+  the child has sent it, so the spans of a stopping daemon still reach the collector.
 - A child that died is started again at the next batch (what it held is lost; that is
   logged). A daemon killed outright closes the child's input, and the child ends.
 """
@@ -31,13 +40,13 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
@@ -49,22 +58,24 @@ _STOP = b"stop"
 _READY = b"ready"
 _LENGTH = struct.Struct(">I")  # each message to the child: its length, then its bytes
 _START_TIMEOUT = 30.0  # seconds for a child to import the exporter and say it is ready
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+# The batch processor's settings, read from the same variables and with the same defaults
+# as OpenTelemetry's ``BatchSpanProcessor``.
+SCHEDULE_DELAY = ("OTEL_BSP_SCHEDULE_DELAY", 5000)  # ms between sends
+MAX_QUEUE_SIZE = ("OTEL_BSP_MAX_QUEUE_SIZE", 2048)  # spans waiting; more are dropped
+MAX_EXPORT_BATCH_SIZE = ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)  # spans per OTLP request
 
 # A span as plain data: what pickles fast, and all the OTLP encoder reads.
 CompactSpan = tuple[Any, ...]
 
 
-def compact(span: ReadableSpan, resources: dict[int, int], resource_list: list[Any]) -> CompactSpan:
-    """``span`` as tuples, its resource as an index into ``resource_list`` (shared per batch)."""
-    resource = span.resource
-    index = resources.get(id(resource))
-    if index is None:
-        index = resources[id(resource)] = len(resource_list)
-        resource_list.append((dict(resource.attributes), resource.schema_url))
+def compact(span: ReadableSpan, resource: int) -> CompactSpan:
+    """``span`` as tuples; its resource as ``resource``, an index into the batch's list."""
     scope = span.instrumentation_scope
     status = span.status
     return (
-        span.name, _context(span.context), _context(span.parent), index,
+        span.name, _context(span.context), _context(span.parent), resource,
         dict(span.attributes or {}),
         [(event.name, dict(event.attributes or {}), event.timestamp) for event in span.events],
         [(_context(link.context), dict(link.attributes or {})) for link in span.links],
@@ -110,40 +121,154 @@ def _span_context(data: tuple[Any, ...] | None) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), TraceState(state))
 
 
-class ChildExporter(SpanExporter):
-    """A ``SpanExporter`` that hands each batch to an OTLP exporter in a child process."""
+def setting(environ: Mapping[str, str], name_and_default: tuple[str, int]) -> int:
+    """A positive whole number from ``environ``; its default (with a warning) when unset
+    or not one."""
+    name, default = name_and_default
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        log.warning("%s=%r is not a positive whole number; using %d", name, raw, default)
+        return default
+    return value
+
+
+class SpanPipe(SpanProcessor):
+    """Packs each finished span where it ends; a thread hands them to an ``ExportChild``."""
+
+    def __init__(self, child: ExportChild | None = None, *,
+                 environ: Mapping[str, str] = os.environ) -> None:
+        self._child = child if child is not None else ExportChild()
+        self._delay = setting(environ, SCHEDULE_DELAY) / 1000
+        self._batch = setting(environ, MAX_EXPORT_BATCH_SIZE)
+        self._limit = max(setting(environ, MAX_QUEUE_SIZE), self._batch)
+        self._lock = threading.Lock()  # the queue below: spans end on any thread
+        self._packed: list[bytes] = []
+        self._resources: dict[int, int] = {}  # id(resource) → index into _resource_list
+        self._resource_list: list[Resource] = []  # kept, so that their ids stay theirs
+        self._resource_data = pickle.dumps([], _PICKLE)  # the list, as the child takes it
+        self._woken = False
+        self._stopped = False
+        self.dropped = 0
+        self._sending = threading.Lock()  # one batch at a time: the thread, or a flush
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="llmspool-span-pipe",
+                                        daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled or self._stopped:
+            return
+        resource = self._resources.get(id(span.resource))
+        if resource is None:
+            resource = self._add_resource(span.resource)
+        packed = pickle.dumps(compact(span, resource), _PICKLE)
+        with self._lock:
+            if len(self._packed) >= self._limit:
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("%d spans wait to be exported (OTEL_BSP_MAX_QUEUE_SIZE); "
+                                "more are dropped until the collector catches up", self._limit)
+                return
+            self._packed.append(packed)
+            if len(self._packed) < self._batch or self._woken:
+                return
+            self._woken = True
+        self._wake.set()
+
+    def _add_resource(self, resource: Resource) -> int:
+        with self._lock:
+            index = self._resources.get(id(resource))
+            if index is None:
+                index = self._resources[id(resource)] = len(self._resource_list)
+                self._resource_list.append(resource)
+                self._resource_data = pickle.dumps(
+                    [(dict(r.attributes), r.schema_url) for r in self._resource_list], _PICKLE)
+            return index
+
+    def _work(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self._send_waiting()
+
+    def _send_waiting(self, timeout: float = -1) -> bool:
+        """Send every span waiting, in batches; False if some could not be handed over (or,
+        within ``timeout`` seconds, the batch being sent still was not)."""
+        if not self._sending.acquire(timeout=timeout):
+            return False
+        try:
+            with self._lock:
+                packed, self._packed, self._woken = self._packed, [], False
+                resources = self._resource_data
+            sent = True
+            for start in range(0, len(packed), self._batch):
+                batch = packed[start:start + self._batch]
+                # The spans stay pickled: the child unpickles each. Joining bytes is a copy.
+                sent = self._child.send(pickle.dumps((resources, batch), _PICKLE)) and sent
+            return sent
+        finally:
+            self._sending.release()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        sent = self._send_waiting(timeout_millis / 1000)
+        return self._child.flush(timeout_millis / 1000) and sent
+
+    def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(30.0)
+        self._send_waiting(30.0)
+        if self.dropped:
+            log.warning("%d spans were dropped because the collector fell behind "
+                        "(raise OTEL_BSP_MAX_QUEUE_SIZE to keep more waiting)", self.dropped)
+        self._child.stop()
+
+
+class ExportChild:
+    """The child process that exports spans with OTLP: started on the first batch, and again
+    when it died."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # the processor's thread, and a flush from another
+        self._lock = threading.Lock()  # the writer thread, and a flush from another
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        resources: dict[int, int] = {}
-        resource_list: list[Any] = []
-        batch = [compact(span, resources, resource_list) for span in spans]
-        payload = pickle.dumps((resource_list, batch), protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, payload: bytes) -> bool:
+        """Hand a batch over; False when no child could take it (the spans are dropped)."""
         with self._lock:
             if self._stopped:
-                return SpanExportResult.FAILURE
+                return False
             for attempt in (1, 2):
                 process = self._running()
                 if process is None:
-                    return SpanExportResult.FAILURE
+                    return False
                 try:
                     _send(process, payload)
-                    return SpanExportResult.SUCCESS
+                    return True
                 except OSError:
                     log.warning("the span export process ended; %s",
                                 "starting it again" if attempt == 1 else "spans are dropped")
                     self._forget()
-        return SpanExportResult.FAILURE
+        return False
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def flush(self, timeout: float) -> bool:
+        """Wait until the child has sent everything handed over."""
         with self._lock:
-            return self._round_trip(_FLUSH, timeout_millis / 1000)
+            return self._round_trip(_FLUSH, timeout)
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         with self._lock:
             if self._stopped:
                 return
@@ -235,10 +360,10 @@ def main() -> None:
                 if message == _STOP:
                     return
                 continue
-            resource_list, batch = pickle.loads(message)
+            resource_data, batch = pickle.loads(message)
             resources = [Resource(attributes, schema_url)
-                         for attributes, schema_url in resource_list]
-            exporter.export([rebuild(data, resources) for data in batch])
+                         for attributes, schema_url in pickle.loads(resource_data)]
+            exporter.export([rebuild(pickle.loads(packed), resources) for packed in batch])
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
 

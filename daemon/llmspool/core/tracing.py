@@ -46,14 +46,14 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
 from llmspool.core.config.sections import TracingConfig
-from llmspool.core.span_export import ChildExporter
+from llmspool.core.span_export import SpanPipe
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +164,20 @@ def _build(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
     attributes["service.version"] = __version__
     resource = Resource.create(attributes)
-    span_exporters: list[SpanExporter] = [
-        ChildExporter() if name == "otlp" else ConsoleSpanExporter()
+    # OTLP through the daemon's own processor and child (``core.span_export``); the console
+    # exporter, for looking at spans by hand, through the SDK's.
+    span_processors: list[SpanProcessor] = [
+        SpanPipe(environ=environ) if name == "otlp" else BatchSpanProcessor(ConsoleSpanExporter())
         for name in exporters("traces", environ)]
     metric_exporters: list[MetricExporter] = [
         OTLPMetricExporter() if name == "otlp" else ConsoleMetricExporter()
         for name in exporters("metrics", environ)]
     provider = None
     tracer: trace.Tracer = trace.NoOpTracer()
-    if span_exporters:
+    if span_processors:
         provider = TracerProvider(resource=resource)
-        for span_exporter in span_exporters:
-            provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        for span_processor in span_processors:
+            provider.add_span_processor(span_processor)
         tracer = provider.get_tracer("llmspool", __version__)
     meter_provider = None
     meter: metrics.Meter = metrics.NoOpMeter("llmspool")
