@@ -1,0 +1,111 @@
+"""``SpanPipe``: the daemon's span processor, against its real export child and a real OTLP
+receiver. Ending a span never waits for the collector, spans past the queue's size are dropped
+and counted, and every span queued reaches the collector, in batches of the configured size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llmspool.core.span_export import MAX_QUEUE_SIZE, SpanPipe, setting
+from opentelemetry.sdk.trace import TracerProvider
+
+from tests.integration.test_tracing import OtlpReceiver, receiver  # noqa: F401 (fixture)
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def pipe_env(receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:  # noqa: F811
+    # The child reads the endpoint from its environment, inherited from this process.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    return {"OTEL_BSP_SCHEDULE_DELAY": "20", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "7",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "50"}
+
+
+@pytest.fixture
+def provider(pipe_env: dict[str, str]) -> Iterator[tuple[TracerProvider, SpanPipe]]:
+    pipe = SpanPipe(environ=pipe_env)
+    provider = TracerProvider()
+    provider.add_span_processor(pipe)
+    try:
+        yield provider, pipe
+    finally:
+        provider.shutdown()
+
+
+def _children() -> list[int]:
+    return [int(child) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _traces(receiver: OtlpReceiver) -> int:  # noqa: F811
+    return receiver.paths.count("/v1/traces")
+
+
+def test_spans_reach_the_collector_in_batches_of_the_configured_size(
+    provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
+) -> None:
+    tracer_provider, pipe = provider
+    tracer = tracer_provider.get_tracer("test")
+    for number in range(20):
+        with tracer.start_as_current_span(f"span {number}", attributes={"n": number}):
+            pass
+    assert pipe.force_flush()
+    # 20 spans, at most 7 to a request: 7 + 7 + 6, whichever of the thread or the flush sent.
+    wait_for(lambda: len(receiver.spans) == 20, what="the 20 spans")
+    assert sorted(span.name for span in receiver.spans) == sorted(
+        f"span {number}" for number in range(20))
+    assert _traces(receiver) >= 3
+    assert {kv.key: kv.value.int_value for kv in receiver.span("span 3").attributes} == {"n": 3}
+
+
+def test_a_stalled_collector_never_holds_the_thread_that_ends_spans(
+    provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
+) -> None:
+    tracer_provider, pipe = provider
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("first"):
+        pass
+    assert pipe.force_flush()
+    [child] = _children()
+    os.kill(child, signal.SIGSTOP)  # the collector's side stops reading: the pipe fills
+    try:
+        ended = threading.Event()
+        slowest = [0.0]
+
+        def end_many() -> None:
+            for number in range(3000):
+                started = time.perf_counter()
+                tracer.start_span(f"stalled {number}", attributes={"pad": "x" * 200}).end()
+                slowest[0] = max(slowest[0], time.perf_counter() - started)
+            ended.set()
+
+        threading.Thread(target=end_many, daemon=True).start()
+        # Blocking on the pipe would never end: the child reads nothing until SIGCONT.
+        assert ended.wait(30), "ending spans waited for the stalled collector"
+        assert slowest[0] < 0.5
+        assert pipe.dropped > 0  # past OTEL_BSP_MAX_QUEUE_SIZE waiting
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert pipe.force_flush()
+    # Every span not dropped arrived once the child could read again.
+    wait_for(lambda: len(receiver.spans) == 1 + 3000 - pipe.dropped,
+             what="every span that was not dropped")
+
+
+def test_a_setting_that_is_not_a_positive_number_falls_back_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert setting({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, MAX_QUEUE_SIZE) == 2048
+        assert setting({"OTEL_BSP_MAX_QUEUE_SIZE": "-3"}, MAX_QUEUE_SIZE) == 2048
+    assert setting({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, MAX_QUEUE_SIZE) == 100
+    assert setting({}, MAX_QUEUE_SIZE) == 2048
+    assert caplog.text.count("OTEL_BSP_MAX_QUEUE_SIZE") == 2
