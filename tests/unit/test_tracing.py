@@ -9,6 +9,7 @@ import orjson
 import pytest
 from llmspool.core.config.sections import TracingConfig
 from llmspool.core.tracing import (
+    Tally,
     active,
     build_tracing,
     exporters,
@@ -17,6 +18,9 @@ from llmspool.core.tracing import (
     tracing_wanted,
 )
 from llmspool.core.wire import SseMeter, finish_reasons_of, response_id_of, response_model_of
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
 ENDPOINT = "http://127.0.0.1:4318"
 
@@ -123,3 +127,36 @@ def test_stream_meter_notes_id_model_and_finish_reasons(dumps: object) -> None:
     assert (meter.response_id, meter.model) == ("chatcmpl-9", "gpt-4o-mini-2024-07-18")
     assert meter.finish_reasons == ["length"]
     assert meter.events == 5
+
+
+def _sums(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = [metric for resource in data.resource_metrics for scope in resource.scope_metrics
+             for metric in scope.metrics if metric.name == name]
+    assert len(found) == 1
+    points = found[0].data
+    assert isinstance(points, Sum) and points.is_monotonic
+    return {tuple(sorted((point.attributes or {}).items())): point.value
+            for point in points.data_points}
+
+
+def test_a_tally_exports_cumulative_sums_by_attribute_set() -> None:
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    attempts = Tally(meter, "llmspool.upstream.attempts", "{attempt}", "attempts")
+    attempts.add(1, (("llmspool.provider", "openai"),))
+    attempts.add(1, (("llmspool.provider", "openai"),))
+    attempts.add(1, (("llmspool.provider", "anthropic"),))
+    assert _sums(reader, "llmspool.upstream.attempts") == {
+        (("llmspool.provider", "openai"),): 2, (("llmspool.provider", "anthropic"),): 1}
+    attempts.add(0.5, (("llmspool.provider", "openai"),))
+    # Cumulative: each collection reports the whole sum so far.
+    assert _sums(reader, "llmspool.upstream.attempts")[(("llmspool.provider", "openai"),)] == 2.5
+
+
+def test_a_tally_on_a_no_op_meter_keeps_nothing() -> None:
+    tally = Tally(metrics.NoOpMeter("off"), "llmspool.spend", "USD", "spend")
+    tally.add(1.0, (("llmspool.provider", "openai"),))
+    assert not tally.enabled
+    assert tally._observe(metrics.CallbackOptions()) == []

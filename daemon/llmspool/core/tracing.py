@@ -248,6 +248,38 @@ def links_of(context: Context) -> Sequence[trace.Link] | None:
     return links if isinstance(links, tuple) else None
 
 
+# --- counters ------------------------------------------------------------------------------
+
+Labels = tuple[tuple[str, AttributeValue], ...]
+"""A counter's attributes as a hashable tuple of (name, value) pairs."""
+
+
+class Tally:
+    """A monotonic counter kept as plain sums, one per set of attributes, and reported through
+    an observable counter when the metric reader collects.
+
+    The SDK's ``Counter.add`` takes ~15 µs on the event loop (a measurement object, the
+    attributes hashed, two locks); ``Tally.add`` is a dict update. The exported figures are the
+    same: cumulative sums by attribute set. The reader's thread copies the sums with one
+    ``list(dict.items())``, which runs in C without letting the event loop's thread in between.
+    """
+
+    def __init__(self, meter: metrics.Meter, name: str, unit: str, description: str) -> None:
+        # Off (a no-op meter), nothing would read the sums: adds do nothing.
+        self.enabled = not isinstance(meter, metrics.NoOpMeter)
+        self._sums: dict[Labels, float] = {}
+        meter.create_observable_counter(name, [self._observe], unit, description)
+
+    def add(self, amount: float, labels: Labels = ()) -> None:
+        if self.enabled:
+            sums = self._sums
+            sums[labels] = sums.get(labels, 0) + amount
+
+    def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [metrics.Observation(total, dict(labels))
+                for labels, total in list(self._sums.items())]
+
+
 # --- GenAI client metrics -----------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from opentelemetry import metrics, trace
 from llmspool.actors.accounting.caps import Cap, Caps, Scope
 from llmspool.core.errors import BudgetExceeded
 from llmspool.core.pricing import usd
+from llmspool.core.tracing import Tally
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.ledger import CapCheck, LedgerConnection, UsageKey
 from llmspool.store.records import Settled
@@ -47,10 +48,10 @@ class Budgets:
         self.caps = caps
         self._database = database
         self._tracer = tracer
-        self._spend = meter.create_counter(
-            "llmspool.spend", "USD", "billed, at the tier that served (every path)")
-        self._savings = meter.create_counter(
-            "llmspool.savings", "USD", "saved against standard prices, by what saved it")
+        self._spend = Tally(meter, "llmspool.spend", "USD",
+                            "billed, at the tier that served (every path)")
+        self._savings = Tally(meter, "llmspool.savings", "USD",
+                              "saved against standard prices, by what saved it")
         self._clock = clock
         self.day = ""
         self.spent: defaultdict[Scope, int] = defaultdict(int)
@@ -148,13 +149,14 @@ class Budgets:
     def measure(self, entry: Settled, cost: int, saved: int) -> None:
         """The entry in ``llmspool.spend`` and ``llmspool.savings``."""
         if cost:
-            self._spend.add(usd(cost), {
-                "llmspool.provider": entry.provider, "gen_ai.response.model": entry.model,
-                "llmspool.tier": entry.tier.value, "llmspool.operation": entry.operation or ""})
+            self._spend.add(usd(cost), (
+                ("llmspool.provider", entry.provider), ("gen_ai.response.model", entry.model),
+                ("llmspool.tier", entry.tier.value),
+                ("llmspool.operation", entry.operation or "")))
         if saved:
-            self._savings.add(usd(saved), {
-                "llmspool.provider": entry.provider,
-                "llmspool.saving.source": entry.saving_source or "other"})
+            self._savings.add(usd(saved), (
+                ("llmspool.provider", entry.provider),
+                ("llmspool.saving.source", entry.saving_source or "other")))
 
     def _scopes_of(self, entry: Settled) -> list[Scope]:
         scopes: list[Scope] = [

@@ -24,7 +24,7 @@ from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
 from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamUnreachable
-from llmspool.core.tracing import records
+from llmspool.core.tracing import Tally, records
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
 from llmspool.resilience.limits import RateLimits
@@ -46,8 +46,8 @@ class Attempts:
         self._accounts = accounts
         self._tracer = tracer
         self._records = records(tracer)
-        self._counter = meter.create_counter(
-            "llmspool.upstream.attempts", "{attempt}", "upstream attempts, retries included")
+        self._counter = Tally(meter, "llmspool.upstream.attempts", "{attempt}",
+                              "upstream attempts, retries included")
         self.count = 0
         self.failed_over = 0
         # Calls between their first attempt and their outcome, by the tier they are on now (a
@@ -112,7 +112,7 @@ class Attempts:
         permit = await self._limits.acquire(target.provider, target.model, tokens,
                                             interactive=call.deadline_at is None)
         self.count += 1
-        self._counter.add(1, {"llmspool.provider": target.provider})
+        self._counter.add(1, (("llmspool.provider", target.provider),))
         try:
             # A first attempt is told on the call's own span (most calls have no other): a
             # span per attempt was a third of the spans to build and export. Retries get

@@ -19,6 +19,7 @@ from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import FlexConfig
 from llmspool.core.errors import ApiError, UpstreamUnreachable
 from llmspool.core.pricing import usd
+from llmspool.core.tracing import Tally
 from llmspool.messages import Call, FlexStatus
 from llmspool.policy.planner import Planner
 
@@ -50,16 +51,16 @@ class FlexMetrics:
         self.fallbacks = 0
         self.resource_unavailable = 0
         self.saved_picodollars = 0
-        self._requests = meter.create_counter("llmspool.flex.requests", "{request}",
-                                              "calls served on flex")
-        self._tokens = meter.create_counter("llmspool.flex.tokens", "{token}",
-                                            "tokens served on flex")
-        self._fallbacks = meter.create_counter("llmspool.flex.fallbacks", "{request}",
-                                               "flex calls sent again on standard")
-        self._unavailable = meter.create_counter("llmspool.flex.resource_unavailable", "{error}",
-                                                 "429 resource unavailable answers to flex")
-        self._saved = meter.create_counter("llmspool.flex.saved", "USD",
-                                           "saved by flex against standard prices")
+        self._requests = Tally(meter, "llmspool.flex.requests", "{request}",
+                           "calls served on flex")
+        self._tokens = Tally(meter, "llmspool.flex.tokens", "{token}",
+                           "tokens served on flex")
+        self._fallbacks = Tally(meter, "llmspool.flex.fallbacks", "{request}",
+                           "flex calls sent again on standard")
+        self._unavailable = Tally(meter, "llmspool.flex.resource_unavailable", "{error}",
+                           "429 resource unavailable answers to flex")
+        self._saved = Tally(meter, "llmspool.flex.saved", "USD",
+                           "saved by flex against standard prices")
 
     def served(self, usage: Usage, saved: int) -> None:
         self.requests += 1
