@@ -75,10 +75,10 @@ def compact(span: ReadableSpan, resource: int) -> CompactSpan:
     scope = span.instrumentation_scope
     status = span.status
     return (
-        span.name, _context(span.context), _context(span.parent), resource,
+        span.name, context_data(span.context), context_data(span.parent), resource,
         dict(span.attributes or {}),
         [(event.name, dict(event.attributes or {}), event.timestamp) for event in span.events],
-        [(_context(link.context), dict(link.attributes or {})) for link in span.links],
+        [(context_data(link.context), dict(link.attributes or {})) for link in span.links],
         span.kind.value,
         (scope.name, scope.version, scope.schema_url) if scope is not None else None,
         status.status_code.value, status.description, span.start_time, span.end_time,
@@ -107,7 +107,8 @@ def rebuild(data: CompactSpan, resources: Sequence[Resource]) -> ReadableSpan:
     )
 
 
-def _context(context: SpanContext | None) -> tuple[Any, ...] | None:
+def context_data(context: SpanContext | None) -> tuple[Any, ...] | None:
+    """A span context as plain data (``None`` stays ``None``)."""
     if context is None:
         return None
     return (context.trace_id, context.span_id, context.is_remote, int(context.trace_flags),
@@ -170,8 +171,14 @@ class SpanPipe(SpanProcessor):
             return
         resource = self._resources.get(id(span.resource))
         if resource is None:
-            resource = self._add_resource(span.resource)
-        packed = pickle.dumps(compact(span, resource), _PICKLE)
+            resource = self.resource_index(span.resource)
+        self.put(compact(span, resource))
+
+    def put(self, span: CompactSpan) -> None:
+        """Queue a span already made plain data (its resource from ``resource_index``)."""
+        if self._stopped:
+            return
+        packed = pickle.dumps(span, _PICKLE)
         with self._lock:
             if len(self._packed) >= self._limit:
                 self.dropped += 1
@@ -185,7 +192,8 @@ class SpanPipe(SpanProcessor):
             self._woken = True
         self._wake.set()
 
-    def _add_resource(self, resource: Resource) -> int:
+    def resource_index(self, resource: Resource) -> int:
+        """``resource``'s index in the list each batch carries (added if new)."""
         with self._lock:
             index = self._resources.get(id(resource))
             if index is None:

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context, create_key, get_value, set_value
@@ -46,14 +47,16 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
 from llmspool.core.config.sections import TracingConfig
 from llmspool.core.span_export import SpanPipe
+from llmspool.core.spans import LeanTracer
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +78,18 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
                   16777216, 67108864)
 
 
+class SpanSink(Protocol):
+    """Where the daemon's spans go, stopped (after sending what it has) at the end."""
+
+    def shutdown(self) -> object: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Tracing:
     """The daemon's tracer and meter, and the providers to flush at exit (None when off)."""
 
     tracer: trace.Tracer
-    provider: TracerProvider | None
+    provider: SpanSink | None
     meter: metrics.Meter = field(default_factory=lambda: metrics.NoOpMeter("llmspool"))
     meter_provider: MeterProvider | None = None
 
@@ -164,21 +173,30 @@ def _build(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
     attributes["service.version"] = __version__
     resource = Resource.create(attributes)
-    # OTLP through the daemon's own processor and child (``core.span_export``); the console
-    # exporter, for looking at spans by hand, through the SDK's.
-    span_processors: list[SpanProcessor] = [
-        SpanPipe(environ=environ) if name == "otlp" else BatchSpanProcessor(ConsoleSpanExporter())
-        for name in exporters("traces", environ)]
+    span_exporters = exporters("traces", environ)
     metric_exporters: list[MetricExporter] = [
         OTLPMetricExporter() if name == "otlp" else ConsoleMetricExporter()
         for name in exporters("metrics", environ)]
-    provider = None
+    provider: SpanSink | None = None
     tracer: trace.Tracer = trace.NoOpTracer()
-    if span_processors:
-        provider = TracerProvider(resource=resource)
-        for span_processor in span_processors:
-            provider.add_span_processor(span_processor)
-        tracer = provider.get_tracer("llmspool", __version__)
+    if span_exporters == ("otlp",):
+        # The daemon's own spans, pipe and child (``core.spans``, ``core.span_export``); the
+        # SDK's provider is made only for its sampler and ids, read from ``OTEL_*``.
+        pipe = SpanPipe(environ=environ)
+        settings = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer = LeanTracer(pipe, resource=pipe.resource_index(resource),
+                            sampler=settings.sampler, ids=settings.id_generator,
+                            scope=InstrumentationScope("llmspool", __version__))
+        provider = pipe
+    elif span_exporters:
+        # The console exporter, for looking at spans by hand: the SDK's spans and processor.
+        sdk_provider = TracerProvider(resource=resource)
+        for name in span_exporters:
+            sdk_provider.add_span_processor(
+                SpanPipe(environ=environ) if name == "otlp"
+                else BatchSpanProcessor(ConsoleSpanExporter()))
+        tracer = sdk_provider.get_tracer("llmspool", __version__)
+        provider = sdk_provider
     meter_provider = None
     meter: metrics.Meter = metrics.NoOpMeter("llmspool")
     if metric_exporters:
