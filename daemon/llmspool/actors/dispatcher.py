@@ -36,7 +36,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.core.errors import ApiError
 from llmspool.core.provider import Provider
-from llmspool.core.tracing import NO_SPAN, GenAiMetrics, links_of, records
+from llmspool.core.tracing import NO_SPAN, CurrentSpan, GenAiMetrics, links_of, records
 from llmspool.messages import (
     Admit,
     Call,
@@ -133,7 +133,7 @@ class Dispatcher:
         admitted = False
         error_type: str | None = None
         try:
-            with (self._tracer.start_as_current_span(
+            with (CurrentSpan(self._tracer.start_span(
                 f"{call.endpoint.operation_name} {call.model}",
                 context=call.trace,
                 kind=SpanKind.CLIENT,
@@ -148,9 +148,7 @@ class Dispatcher:
                     "llmspool.provider": call.provider,
                     "llmspool.queue_wait_ms": round((started - call.received_at) * 1000, 3),
                 },
-                record_exception=False,
-                set_status_on_exception=False,
-            ) if self._records else NO_SPAN) as span, anyio.CancelScope() as client_scope:
+            )) if self._records else NO_SPAN) as span, anyio.CancelScope() as client_scope:
                 call.abort.bind(client_scope)
                 try:
                     tier = self._planner.choose(

@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 _FLUSH = b"flush"
 _STOP = b"stop"
 _READY = b"ready"
+_BATCH = b"S"  # a batch: its resource list, then its spans, each a length-prefixed pickle
 _LENGTH = struct.Struct(">I")  # each message to the child: its length, then its bytes
 _START_TIMEOUT = 30.0  # seconds for a child to import the exporter and say it is ready
 _PICKLE = pickle.HIGHEST_PROTOCOL
@@ -152,7 +153,7 @@ class SpanPipe(SpanProcessor):
         self._packed: list[bytes] = []
         self._resources: dict[int, int] = {}  # id(resource) → index into _resource_list
         self._resource_list: list[Resource] = []  # kept, so that their ids stay theirs
-        self._resource_data = pickle.dumps([], _PICKLE)  # the list, as the child takes it
+        self._resource_data = _resource_frame([])  # the list, framed, as each batch starts
         self._woken = False
         self._stopped = False
         self.dropped = 0
@@ -179,6 +180,7 @@ class SpanPipe(SpanProcessor):
         if self._stopped:
             return
         packed = pickle.dumps(span, _PICKLE)
+        packed = _LENGTH.pack(len(packed)) + packed  # framed: a batch is these, joined
         with self._lock:
             if len(self._packed) >= self._limit:
                 self.dropped += 1
@@ -199,8 +201,7 @@ class SpanPipe(SpanProcessor):
             if index is None:
                 index = self._resources[id(resource)] = len(self._resource_list)
                 self._resource_list.append(resource)
-                self._resource_data = pickle.dumps(
-                    [(dict(r.attributes), r.schema_url) for r in self._resource_list], _PICKLE)
+                self._resource_data = _resource_frame(self._resource_list)
             return index
 
     def _work(self) -> None:
@@ -221,8 +222,9 @@ class SpanPipe(SpanProcessor):
             sent = True
             for start in range(0, len(packed), self._batch):
                 batch = packed[start:start + self._batch]
-                # The spans stay pickled: the child unpickles each. Joining bytes is a copy.
-                sent = self._child.send(pickle.dumps((resources, batch), _PICKLE)) and sent
+                # One copy in C, holding the interpreter lock only for a memcpy: the spans
+                # stay framed and pickled, and the child unpickles each.
+                sent = self._child.send(resources + b"".join(batch)) and sent
             return sent
         finally:
             self._sending.release()
@@ -334,7 +336,8 @@ class ExportChild:
 
 def _send(process: subprocess.Popen[bytes], message: bytes) -> None:
     assert process.stdin is not None
-    process.stdin.write(_LENGTH.pack(len(message)) + message)
+    process.stdin.write(_LENGTH.pack(len(message)))
+    process.stdin.write(message)  # a large write goes straight to the pipe, no copy
     process.stdin.flush()
 
 
@@ -345,6 +348,22 @@ def _receive(process: subprocess.Popen[bytes], timeout: float) -> bytes | None:
     if not ready:
         return None
     return process.stdout.readline().rstrip(b"\n") or None
+
+
+def _resource_frame(resources: Sequence[Resource]) -> bytes:
+    """How a batch starts: the mark, then the resources' frame."""
+    data = pickle.dumps([(dict(r.attributes), r.schema_url) for r in resources], _PICKLE)
+    return _BATCH + _LENGTH.pack(len(data)) + data
+
+
+def _frames(data: memoryview) -> Iterator[memoryview]:
+    """The length-prefixed frames ``data`` is made of."""
+    offset = 0
+    while offset < len(data):
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += _LENGTH.size
+        yield data[offset:offset + length]
+        offset += length
 
 
 def main() -> None:
@@ -368,10 +387,10 @@ def main() -> None:
                 if message == _STOP:
                     return
                 continue
-            resource_data, batch = pickle.loads(message)
+            frames = _frames(memoryview(message)[len(_BATCH):])
             resources = [Resource(attributes, schema_url)
-                         for attributes, schema_url in pickle.loads(resource_data)]
-            exporter.export([rebuild(pickle.loads(packed), resources) for packed in batch])
+                         for attributes, schema_url in pickle.loads(next(frames))]
+            exporter.export([rebuild(pickle.loads(packed), resources) for packed in frames])
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
 
