@@ -37,7 +37,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
-from llmspool.core.span_export import SpanPipe, context_data
+from llmspool.core.span_export import context_data
+from llmspool.core.span_pipe import SpanPipe
 
 log = logging.getLogger(__name__)
 

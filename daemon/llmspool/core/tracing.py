@@ -55,7 +55,7 @@ from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
 from llmspool.core.config.sections import TracingConfig
-from llmspool.core.span_export import SpanPipe
+from llmspool.core.span_pipe import SpanPipe
 from llmspool.core.spans import LeanTracer
 
 log = logging.getLogger(__name__)
