@@ -97,8 +97,17 @@ def test_an_exception_leaving_a_current_span_is_recorded_and_sets_its_status(
 ) -> None:
     with pytest.raises(ValueError), tracing.tracer.start_as_current_span("failing"):
         raise ValueError("bad input")
+    # The same for a span used as a context manager itself, unless told not to.
+    with pytest.raises(ValueError), tracing.tracer.start_span("with span"):
+        raise ValueError("bad input")
+    with pytest.raises(ValueError), tracing.tracer.start_span(
+            "quiet", record_exception=False, set_status_on_exception=False):
+        raise ValueError("bad input")
     _flush(tracing)
-    wait_for(lambda: len(receiver.spans) == 1, what="the span")
+    wait_for(lambda: len(receiver.spans) == 3, what="the spans")
+    quiet = receiver.span("quiet")
+    assert not quiet.events and quiet.status.code == quiet.status.STATUS_CODE_UNSET
+    assert receiver.span("with span").status.code == quiet.status.STATUS_CODE_ERROR
     span = receiver.span("failing")
     assert span.status.code == span.status.STATUS_CODE_ERROR
     assert "ValueError: bad input" in span.status.message

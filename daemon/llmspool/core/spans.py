@@ -26,6 +26,7 @@ import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from time import time_ns
+from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as context_api
@@ -86,8 +87,10 @@ class LeanTracer(trace.Tracer):
             trace_flags=TraceFlags(flags), trace_state=decision.trace_state)
         if decision.decision is Decision.DROP:
             return trace.NonRecordingSpan(span_context)
-        return LeanSpan(self, name, span_context, parent, kind, decision.attributes,
+        span = LeanSpan(self, name, span_context, parent, kind, decision.attributes,
                         links or (), start_time, sampled)
+        span.on_exception = (record_exception, set_status_on_exception)
+        return span
 
     # The API's own decorator (as the SDK's tracer uses): its override must return that type.
     @_agnosticcontextmanager
@@ -140,6 +143,8 @@ class LeanSpan(trace.Span):
         self.status = Status(StatusCode.UNSET)
         self.start_time = start_time if start_time is not None else time_ns()
         self._sampled = sampled
+        # ``with span:`` and an exception leaving it: (record it, set the status), as the SDK.
+        self.on_exception = (True, True)
 
     def get_span_context(self) -> SpanContext:
         return self.context
@@ -208,6 +213,17 @@ class LeanSpan(trace.Span):
         self.end_time = end_time if end_time is not None else time_ns()
         if self._sampled:
             self._tracer.finish(self)
+
+    def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        record, set_status = self.on_exception
+        if exception is not None and self.is_recording():
+            if record:
+                self.record_exception(exception, escaped=True)
+            if set_status:
+                self.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: "
+                                                         f"{exception}"))
+        self.end()
 
     def __repr__(self) -> str:
         return f"LeanSpan({self.name!r}, {self.context!r})"
