@@ -44,7 +44,6 @@ from llmspool.core.span_pipe import SpanPipe
 log = logging.getLogger(__name__)
 
 _LIMIT = 128  # attributes, events and links per span (the SDK's defaults)
-_SAMPLED_DECISIONS = (Decision.RECORD_AND_SAMPLE,)
 
 
 class LeanTracer(trace.Tracer):
@@ -75,7 +74,7 @@ class LeanTracer(trace.Tracer):
         trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
         decision = self._sampler.should_sample(
             context, trace_id, name, kind, attributes, links or ())
-        sampled = decision.decision in _SAMPLED_DECISIONS
+        sampled = decision.decision is Decision.RECORD_AND_SAMPLE
         flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         # As the SDK: the W3C "random trace id" flag, for a trace id made here at random or
         # continued from a parent that had it.
@@ -87,10 +86,9 @@ class LeanTracer(trace.Tracer):
             trace_flags=TraceFlags(flags), trace_state=decision.trace_state)
         if decision.decision is Decision.DROP:
             return trace.NonRecordingSpan(span_context)
-        span = LeanSpan(self, name, span_context, parent, kind, decision.attributes,
-                        links or (), start_time, sampled)
-        span.on_exception = (record_exception, set_status_on_exception)
-        return span
+        return LeanSpan(self, name, span_context, parent, kind, decision.attributes,
+                        links or (), start_time, sampled,
+                        on_exception=(record_exception, set_status_on_exception))
 
     # The API's own decorator (as the SDK's tracer uses): its override must return that type.
     @_agnosticcontextmanager
@@ -128,7 +126,8 @@ class LeanSpan(trace.Span):
 
     def __init__(self, tracer: LeanTracer, name: str, context: SpanContext,
                  parent: SpanContext | None, kind: SpanKind, attributes: types.Attributes,
-                 links: Sequence[Link], start_time: int | None, sampled: bool) -> None:
+                 links: Sequence[Link], start_time: int | None, sampled: bool, *,
+                 on_exception: tuple[bool, bool] = (True, True)) -> None:
         self._tracer = tracer
         self.name = name
         self.context = context
@@ -144,7 +143,7 @@ class LeanSpan(trace.Span):
         self.start_time = start_time if start_time is not None else time_ns()
         self._sampled = sampled
         # ``with span:`` and an exception leaving it: (record it, set the status), as the SDK.
-        self.on_exception = (True, True)
+        self._on_exception = on_exception
 
     def get_span_context(self) -> SpanContext:
         return self.context
@@ -216,7 +215,7 @@ class LeanSpan(trace.Span):
 
     def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None,
                  tb: TracebackType | None) -> None:
-        record, set_status = self.on_exception
+        record, set_status = self._on_exception
         if exception is not None and self.is_recording():
             if record:
                 self.record_exception(exception, escaped=True)
