@@ -107,7 +107,10 @@ def test_an_exception_leaving_a_current_span_is_recorded_and_sets_its_status(
     wait_for(lambda: len(receiver.spans) == 3, what="the spans")
     quiet = receiver.span("quiet")
     assert not quiet.events and quiet.status.code == quiet.status.STATUS_CODE_UNSET
-    assert receiver.span("with span").status.code == quiet.status.STATUS_CODE_ERROR
+    with_span = receiver.span("with span")
+    assert with_span.status.code == quiet.status.STATUS_CODE_ERROR
+    assert [event.name for event in with_span.events] == ["exception"]
+    assert attributes_of(with_span.events[0])["exception.escaped"] == "True"
     span = receiver.span("failing")
     assert span.status.code == span.status.STATUS_CODE_ERROR
     assert "ValueError: bad input" in span.status.message
