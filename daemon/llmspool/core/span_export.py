@@ -56,18 +56,32 @@ PICKLE = pickle.HIGHEST_PROTOCOL
 CompactSpan = tuple[Any, ...]
 
 
-def compact(span: ReadableSpan, resource: int) -> CompactSpan:
-    """``span`` as tuples; its resource as ``resource``, an index into the batch's list."""
-    scope = span.instrumentation_scope
-    status = span.status
+def span_data(*, name: str, context: SpanContext | None, parent: SpanContext | None, resource: int,
+              attributes: dict[str, Any], events: list[tuple[str, dict[str, Any], int]],
+              links: Sequence[Link], kind: SpanKind,
+              scope: tuple[str, str | None, str | None] | None, status: Status,
+              start_time: int | None, end_time: int | None) -> CompactSpan:
+    """A span as the plain tuple ``rebuild`` reads: the one place its order is written.
+    ``resource`` is an index into the batch's resource list; ``events`` are (name,
+    attributes, timestamp)."""
     return (
-        span.name, context_data(span.context), context_data(span.parent), resource,
-        dict(span.attributes or {}),
-        [(event.name, dict(event.attributes or {}), event.timestamp) for event in span.events],
-        [(context_data(link.context), dict(link.attributes or {})) for link in span.links],
-        span.kind.value,
-        (scope.name, scope.version, scope.schema_url) if scope is not None else None,
-        status.status_code.value, status.description, span.start_time, span.end_time,
+        name, context_data(context), context_data(parent), resource, attributes, events,
+        [(context_data(link.context), dict(link.attributes or {})) for link in links],
+        kind.value, scope, status.status_code.value, status.description, start_time, end_time,
+    )
+
+
+def compact(span: ReadableSpan, resource: int) -> CompactSpan:
+    """An SDK span as ``span_data``."""
+    scope = span.instrumentation_scope
+    return span_data(
+        name=span.name, context=span.context, parent=span.parent, resource=resource,
+        attributes=dict(span.attributes or {}),
+        events=[(event.name, dict(event.attributes or {}), event.timestamp)
+                for event in span.events],
+        links=span.links, kind=span.kind,
+        scope=(scope.name, scope.version, scope.schema_url) if scope is not None else None,
+        status=span.status, start_time=span.start_time, end_time=span.end_time,
     )
 
 

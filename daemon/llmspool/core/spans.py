@@ -38,7 +38,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
-from llmspool.core.span_export import context_data
+from llmspool.core.span_export import span_data
 from llmspool.core.span_pipe import SpanPipe
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,11 @@ class LeanTracer(trace.Tracer):
 
     def finish(self, span: LeanSpan) -> None:
         """Hand an ended span to the pipe, as the tuple the export child rebuilds."""
-        status = span.status
-        self._pipe.put((
-            span.name, context_data(span.context), context_data(span.parent), self._resource,
-            span.attributes, span.events,
-            [(context_data(link.context), dict(link.attributes or {})) for link in span.links],
-            span.kind.value, self._scope, status.status_code.value, status.description,
-            span.start_time, span.end_time,
+        self._pipe.put(span_data(
+            name=span.name, context=span.context, parent=span.parent, resource=self._resource,
+            attributes=span.attributes, events=span.events, links=span.links, kind=span.kind,
+            scope=self._scope, status=span.status, start_time=span.start_time,
+            end_time=span.end_time,
         ))
 
 
