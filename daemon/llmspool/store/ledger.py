@@ -1,12 +1,13 @@
 """SQL of the money rows (ledger entries and reservations) and the ledger's own connection.
 
 The ledger actor is the only writer of these tables, through ``LedgerConnection``: one
-synchronous connection to the store. On SQLite its short transactions (a group of
-reservations or entries) run right on the event loop, which is cheaper than a hop to a thread
-(~80 µs against ~330 µs here), and fall back to a worker thread when another connection holds
-SQLite's write lock, so the event loop never waits on a lock. On PostgreSQL every transaction
-runs in the thread, since each statement is a round trip to the server. Big transactions (a
-batch's results) always run in the thread.
+synchronous connection to the store. On SQLite a short transaction (one call's reservation,
+a few entries) runs right on the event loop, which is cheaper than a hop to a thread (~80 µs
+against ~330 µs here), and falls back to a worker thread when another connection holds
+SQLite's write lock, so the event loop never waits on a lock. A group commit that several
+calls wait for, and big transactions (a batch's results), run in the thread: the loop serves
+calls meanwhile. On PostgreSQL every transaction runs in the thread, since each statement is a
+round trip to the server.
 """
 
 from __future__ import annotations
