@@ -204,6 +204,9 @@ def build_server(app: Any, *, graceful_shutdown: float,
         backlog=2048,
         server_header=False,
         date_header=False,
+        # X-Forwarded-* would be trusted only from 127.0.0.1; a Unix socket's peer has no
+        # address, so the middleware only cost each request a pass (py-spy: ~0.5% of CPU).
+        proxy_headers=False,
     )
     return EmbeddedServer(config)
 
