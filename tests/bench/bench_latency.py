@@ -354,7 +354,9 @@ def print_table(figures: dict[str, Any]) -> None:
     table.add_row("failed", "0", *(str(figures[column]["failures"]) for column in columns))
     table.add_row("req/s direct to sim, c=64", "", f"{figures['direct']['c64_rps']:,.0f}",
                   *("" for _ in figures["modes"]))
-    Console().print(table)
+    # Wide enough for every column unwrapped, also when the output goes to a file.
+    width = max(shutil.get_terminal_size().columns, 36 + 16 * len(columns))
+    Console(width=width).print(table)
 
 
 if __name__ == "__main__":
