@@ -32,7 +32,8 @@ from llmspool.store.ledger import Candidate, LedgerConnection, Refusal, line_key
 from llmspool.store.records import BatchChunkStored, JobResult, Settled
 
 # A commit with at most this many calls waiting for it, and this many entries, runs on the
-# event loop. Groups that large rarely form there below saturation; at saturation they do.
+# event loop. 3 calls was tried, to keep moderate loads on the loop: groups of four rarely
+# form there, so the thread and its grouping engaged only under some load patterns.
 ON_LOOP_CALLS = 1
 ON_LOOP_ENTRIES = 16
 
