@@ -85,8 +85,8 @@ class GroupCommit:
                 # Company: commit in the worker thread. The event loop serves calls meanwhile
                 # and the admissions that arrive gather for the next commit, so under load a
                 # commit carries dozens of calls instead of two (CPU per call about -25%). The
-                # cost: a call waits out the commit in flight, with the thread's hand-offs of
-                # the interpreter lock (open-loop p99 at 500 req/s about 2x, p50 unchanged).
+                # cost: a call may wait out the commit in flight (open-loop p99 at 500 req/s
+                # about 2x in three measurements of four, p50 about the same).
                 await self._database.run_in_thread(
                     ledger_sql.write_group, reservations, entries, ended, self._daemon)
             else:
