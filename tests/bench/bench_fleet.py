@@ -44,6 +44,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Admit, Call
 from llmspool.policy.planner import Planner
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
@@ -76,7 +77,7 @@ async def measure(store: StoreLocation, ledgers: int, rate: int, seconds: float
         for number in range(ledgers):
             database = LedgerConnection.open(store)
             stack.callback(database.close)
-            inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](4096)
+            inbox_in, inbox_out = create_memory_stream[LedgerMessage](4096)
             ledger = Ledger(inbox_out, database, budgets=BUDGETS,
                             member=Member(f"bench-{number}", "bench", number, "bench", 30.0))
             await group.start(ledger.run)
@@ -85,7 +86,7 @@ async def measure(store: StoreLocation, ledgers: int, rate: int, seconds: float
         async def one_call(index: int) -> None:
             inbox = inboxes[index % ledgers]
             request_id = f"bench-{index}-{time.monotonic_ns()}"
-            reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+            reply_in, reply_out = create_memory_stream[ApiError | None](1)
             with reply_in, reply_out:
                 sent = time.perf_counter()
                 await inbox.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,

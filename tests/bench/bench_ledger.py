@@ -24,6 +24,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig, CapConfig
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Admit
 from llmspool.store.ledger import open_ledger_connection
 from llmspool.store.records import Caller, Settled
@@ -51,12 +52,12 @@ async def paced(rate: int, seconds: float, work: Any) -> float:
 async def measure(rate: int, seconds: float, caps: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         database = await open_ledger_connection(Path(tmp))
-        inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](4096)
+        inbox_in, inbox_out = create_memory_stream[LedgerMessage](4096)
         ledger = Ledger(inbox_out, database, budgets=BUDGETS if caps else BudgetsConfig())
 
         async def one_call(index: int) -> None:
             request_id = f"bench-{index}-{time.monotonic_ns()}"
-            reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+            reply_in, reply_out = create_memory_stream[ApiError | None](1)
             with reply_in, reply_out:
                 await inbox_in.send(Admit(request_id, "openai", "gpt-5-mini", "evals", 1000,
                                           "session-1", 2_000_000_000, reply_in))

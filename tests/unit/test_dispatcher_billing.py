@@ -3,12 +3,12 @@ we do not know is billed at the highest price known for the model and flagged.""
 
 from __future__ import annotations
 
-import anyio
 import pytest
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import Config
+from llmspool.core.streams import create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
 from llmspool.messages import Call
 from llmspool.policy.billing import load_price_book
@@ -25,7 +25,7 @@ USAGE = Usage(input_tokens=1000, output_tokens=500)
 def accounts() -> Accounts:
     """The dispatcher's part that settles calls."""
     config = Config()
-    ledger, _ledger_out = anyio.create_memory_object_stream[object](1)
+    ledger, _ledger_out = create_memory_stream[object](1)
     planner = Planner(config, PRICES, LatencyBook(default_latencies(config)))
     meter = metrics.NoOpMeter("test")
     return Accounts(
@@ -36,7 +36,7 @@ def accounts() -> Accounts:
 
 
 def call(model: str) -> Call:
-    reply_in, _reply_out = anyio.create_memory_object_stream[object](1)
+    reply_in, _reply_out = create_memory_stream[object](1)
     return Call(
         request_id="r1", endpoint=Endpoint.CHAT, provider="openai", model=model, body=b"{}",
         stream=False, policy=TierPolicy(), caller=Caller(), operation=None, received_at=0.0,

@@ -25,6 +25,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Admit, LedgerStatus, StatusQuery
 from llmspool.store.backend import Backend, StoreLocation
 from llmspool.store.fleet import Member
@@ -48,7 +49,7 @@ async def running_ledger(store: StoreLocation, name: str, *, lease: float = 30.0
     """A ledger of the daemon ``name`` for the block. Leaving the block cancels it without
     settling anything: what a kill -9 leaves in the store (nothing more is written)."""
     database = LedgerConnection.open(store)
-    inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](1024)
+    inbox_in, inbox_out = create_memory_stream[LedgerMessage](1024)
     ledger = Ledger(inbox_out, database, budgets=budgets or BudgetsConfig(daily_usd=CAP_USD),
                     clock=time.time, member=member(name, lease))
     try:
@@ -63,7 +64,7 @@ async def running_ledger(store: StoreLocation, name: str, *, lease: float = 30.0
 
 
 async def admit(inbox: Inbox, request_id: str, estimate: int) -> ApiError | None:
-    reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+    reply_in, reply_out = create_memory_stream[ApiError | None](1)
     with reply_in, reply_out:
         await inbox.send(Admit(request_id, "openai", "gpt-4o-mini", None, 1000, None, estimate,
                                reply_in, Endpoint.CHAT, Tier.STANDARD))
@@ -71,7 +72,7 @@ async def admit(inbox: Inbox, request_id: str, estimate: int) -> ApiError | None
 
 
 async def status(inbox: Inbox) -> LedgerStatus:
-    reply_in, reply_out = anyio.create_memory_object_stream[LedgerStatus](1)
+    reply_in, reply_out = create_memory_stream[LedgerStatus](1)
     with reply_in, reply_out:
         await inbox.send(StatusQuery(reply_in))
         return await reply_out.receive()

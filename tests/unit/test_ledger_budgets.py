@@ -19,6 +19,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig, CapConfig
 from llmspool.core.errors import ApiError, BudgetExceeded
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Admit, LedgerStatus, Release, StatusQuery
 from llmspool.store.ledger import open_ledger_connection
 from llmspool.store.records import Caller, Settled
@@ -38,7 +39,7 @@ class Plan:
 
 async def admit(inbox: Any, request_id: str, plan: Plan, provider: str = "openai",
                 uid: int = 1000) -> ApiError | None:
-    reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+    reply_in, reply_out = create_memory_stream[ApiError | None](1)
     with reply_in, reply_out:
         await inbox.send(Admit(request_id, provider, "gpt-5-mini", plan.operation, uid,
                                plan.session, plan.estimate, reply_in))
@@ -56,7 +57,7 @@ def settled(request_id: str, plan: Plan, provider: str = "openai") -> Settled:
 
 
 async def status(inbox: Any) -> LedgerStatus:
-    reply_in, reply_out = anyio.create_memory_object_stream[LedgerStatus](1)
+    reply_in, reply_out = create_memory_stream[LedgerStatus](1)
     with reply_in, reply_out:
         await inbox.send(StatusQuery(reply_in))
         return await reply_out.receive()
@@ -65,7 +66,7 @@ async def status(inbox: Any) -> LedgerStatus:
 async def run_ledger(budgets: BudgetsConfig, scenario: Any) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         database = await open_ledger_connection(Path(tmp))
-        inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](64)
+        inbox_in, inbox_out = create_memory_stream[LedgerMessage](64)
         ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: 1.8e9)
         try:
             async with anyio.create_task_group() as group:

@@ -14,6 +14,7 @@ from llmspool.actors.ledger import Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Admit, LedgerStatus, Release, StatusQuery, StoreJobResults
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.backend import StoreLocation
@@ -31,7 +32,7 @@ async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Sce
     """Run a ledger on ``store`` for ``scenario``; leaving it without a clean stop is what a
     crash looks like to the store (nothing is flushed that was not already committed)."""
     database = LedgerConnection.open(store)
-    inbox_in, inbox_out = anyio.create_memory_object_stream[LedgerMessage](64)
+    inbox_in, inbox_out = create_memory_stream[LedgerMessage](64)
     ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: NOW)
     try:
         async with anyio.create_task_group() as group:
@@ -43,7 +44,7 @@ async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Sce
 
 
 async def admit(inbox: Any, request_id: str, estimate: int) -> ApiError | None:
-    reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+    reply_in, reply_out = create_memory_stream[ApiError | None](1)
     with reply_in, reply_out:
         await inbox.send(Admit(request_id, "openai", "gpt-4o-mini", None, 1000, None, estimate,
                                reply_in, Endpoint.CHAT, Tier.STANDARD))
@@ -51,7 +52,7 @@ async def admit(inbox: Any, request_id: str, estimate: int) -> ApiError | None:
 
 
 async def status(inbox: Any) -> LedgerStatus:
-    reply_in, reply_out = anyio.create_memory_object_stream[LedgerStatus](1)
+    reply_in, reply_out = create_memory_stream[LedgerStatus](1)
     with reply_in, reply_out:
         await inbox.send(StatusQuery(reply_in))
         return await reply_out.receive()
@@ -149,7 +150,7 @@ def test_a_job_result_and_its_entry_are_stored_together_once(
             assert await admit(inbox, attempt, USD // 100) is None
             result = JobResult(request_id, "job_1", "succeeded", "standard", USD // 200,
                                USD // 200, b'{"custom_id":"a"}', 1)
-            reply_in, reply_out = anyio.create_memory_object_stream[list[int]](1)
+            reply_in, reply_out = create_memory_stream[list[int]](1)
             with reply_in, reply_out:
                 await inbox.send(StoreJobResults([result], [entry(attempt, USD // 200)],
                                                  reply_in))

@@ -9,6 +9,7 @@ from dataclasses import replace
 import anyio
 from llmspool.actors.request_queue import QueueMessage, RequestQueue
 from llmspool.core.calls import Endpoint
+from llmspool.core.streams import create_memory_stream
 from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery
 from llmspool.policy.planner import TierPolicy
 from llmspool.store.records import Caller
@@ -19,7 +20,7 @@ NOW = time.time()
 
 
 def call(name: str, *, arrived: float, deadline: float | None = None) -> Call:
-    reply, _answers = anyio.create_memory_object_stream[object](4)
+    reply, _answers = create_memory_stream[object](4)
     return Call(
         request_id=name, endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
         body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
@@ -38,9 +39,9 @@ def handed_over(calls: list[Call], *, slots: int, max_waiting: int = 100,
 
 async def _handed_over(calls: list[Call], slots: int, max_waiting: int,
                        expect: int) -> list[str]:
-    inbox, inbox_out = anyio.create_memory_object_stream[QueueMessage](len(calls))
-    freed, freed_out = anyio.create_memory_object_stream[SlotFreed](len(calls))
-    dispatcher, dispatched = anyio.create_memory_object_stream[Call](len(calls))
+    inbox, inbox_out = create_memory_stream[QueueMessage](len(calls))
+    freed, freed_out = create_memory_stream[SlotFreed](len(calls))
+    dispatcher, dispatched = create_memory_stream[Call](len(calls))
     queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=slots,
                          max_waiting=max_waiting, meter=NoOpMeterProvider().get_meter("t"))
     order: list[str] = []
@@ -79,7 +80,7 @@ def test_past_its_bound_the_queue_refuses_with_503_and_keeps_the_rest() -> None:
     replies = []
     calls = []
     for i in range(5):
-        reply, answers = anyio.create_memory_object_stream[object](1)
+        reply, answers = create_memory_stream[object](1)
         calls.append(replace(call(f"c{i}", arrived=NOW + i), reply=reply))
         replies.append(answers)
     # One in flight, two waiting: the fourth and fifth are refused.
@@ -95,14 +96,14 @@ def test_a_status_asker_that_gave_up_does_not_end_the_queue() -> None:
     # /v1/status gives up after its timeout and closes its reply stream; the queue answering
     # late must go on serving (before, the send raised in the actor and ended the daemon).
     async def scenario() -> list[str]:
-        inbox, inbox_out = anyio.create_memory_object_stream[QueueMessage](4)
-        freed, freed_out = anyio.create_memory_object_stream[SlotFreed](4)
-        dispatcher, dispatched = anyio.create_memory_object_stream[Call](4)
+        inbox, inbox_out = create_memory_stream[QueueMessage](4)
+        freed, freed_out = create_memory_stream[SlotFreed](4)
+        dispatcher, dispatched = create_memory_stream[Call](4)
         queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=1, max_waiting=4,
                              meter=NoOpMeterProvider().get_meter("t"))
         async with anyio.create_task_group() as group:
             await group.start(queue.run)
-            reply, answers = anyio.create_memory_object_stream[QueueStatus](1)
+            reply, answers = create_memory_stream[QueueStatus](1)
             answers.close()  # the asker is gone
             await inbox.send(StatusQuery(reply))
             await inbox.send(call("after", arrived=NOW))

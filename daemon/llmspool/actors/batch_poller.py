@@ -24,7 +24,6 @@ from collections.abc import Iterable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -35,6 +34,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.errors import ApiError
 from llmspool.core.remote_batch import TOKEN_LIMIT_EXCEEDED, RemoteBatch
 from llmspool.core.states import BatchState, BatchStatus
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import active, links_from
 from llmspool.messages import (
     BatchClosed,
@@ -63,14 +63,14 @@ LedgerNote = StoreBatchChunk | ReleaseLines
 class BatchPoller:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[PollerMessage],
-        keeper: MemoryObjectSendStream[BatchLinesDone],
-        submitter: MemoryObjectSendStream[BatchClosed],
-        ledger: MemoryObjectSendStream[LedgerNote],
+        inbox: MemoryReceiveStream[PollerMessage],
+        keeper: MemorySendStream[BatchLinesDone],
+        submitter: MemorySendStream[BatchClosed],
+        ledger: MemorySendStream[LedgerNote],
         *,
         context: BatchContext,
         prices: PriceBook,
-        cache: MemoryObjectSendStream[CacheFill] | None = None,
+        cache: MemorySendStream[CacheFill] | None = None,
         meter: metrics.Meter | None = None,
     ) -> None:
         self._ready = context.ready

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -27,6 +26,7 @@ from llmspool.actors.batching.creation import BatchMaker
 from llmspool.actors.batching.groups import GroupKey, Groups
 from llmspool.batches.context import BatchContext
 from llmspool.core.states import BatchState
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import active
 from llmspool.messages import (
     AdoptBatches,
@@ -53,10 +53,10 @@ SubmitterMessage = (ToBatch | AdoptBatches | BatchClosed | NewPrices
 class BatchSubmitter:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[SubmitterMessage],
-        poller: MemoryObjectSendStream[BatchOpened],
-        keeper: MemoryObjectSendStream[BatchLinesDone],
-        ledger: MemoryObjectSendStream[ReserveLines | ReleaseLines],
+        inbox: MemoryReceiveStream[SubmitterMessage],
+        poller: MemorySendStream[BatchOpened],
+        keeper: MemorySendStream[BatchLinesDone],
+        ledger: MemorySendStream[ReserveLines | ReleaseLines],
         *,
         context: BatchContext,
         reserver: Reserver,

@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -36,6 +35,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.core.errors import ApiError
 from llmspool.core.provider import Provider
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import NO_SPAN, CurrentSpan, GenAiMetrics, links_of, records
 from llmspool.messages import (
     Admit,
@@ -66,9 +66,9 @@ _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the 
 class Dispatcher:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[DispatcherMessage],
-        freed: MemoryObjectSendStream[SlotFreed],
-        ledger: MemoryObjectSendStream[Settled | Admit | Release],
+        inbox: MemoryReceiveStream[DispatcherMessage],
+        freed: MemorySendStream[SlotFreed],
+        ledger: MemorySendStream[Settled | Admit | Release],
         *,
         providers: Mapping[str, Provider],
         provider_kinds: Mapping[str, str],

@@ -24,7 +24,6 @@ import logging
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 
 from llmspool.actors.keeping.jobs import JobState
@@ -38,6 +37,7 @@ from llmspool.cache.store import CachedKeys
 from llmspool.core.config.sections import BatchConfig, JobsConfig
 from llmspool.core.errors import ApiError, TooManyRequests
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.jobs.plan import JobPlan
 from llmspool.messages import (
     AdoptBatches,
@@ -75,23 +75,23 @@ KeeperMessage = (SubmitJob | CancelJob | WaitForJob | JobQuery | JobListQuery
 class JobKeeper:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[KeeperMessage],
-        queue: MemoryObjectSendStream[Call],
-        ledger: MemoryObjectSendStream[StoreJobResults],
+        inbox: MemoryReceiveStream[KeeperMessage],
+        queue: MemorySendStream[Call],
+        ledger: MemorySendStream[StoreJobResults],
         database: AsyncConnection,
         planner: Planner,
         config: JobsConfig,
         *,
-        batches: MemoryObjectSendStream[ToBatch | AdoptBatches] | None = None,
-        batch_results: MemoryObjectReceiveStream[BatchLinesDone] | None = None,
+        batches: MemorySendStream[ToBatch | AdoptBatches] | None = None,
+        batch_results: MemoryReceiveStream[BatchLinesDone] | None = None,
         batch_providers: frozenset[str] = frozenset(),
         batch_config: BatchConfig | None = None,
-        cache: MemoryObjectSendStream[Call] | None = None,
+        cache: MemorySendStream[Call] | None = None,
         cache_rules: CacheRules | None = None,
         cached: CachedKeys | None = None,
         meter: metrics.Meter | None = None,
         owner: str | None = None,
-        adoptions: MemoryObjectReceiveStream[AdoptWork] | None = None,
+        adoptions: MemoryReceiveStream[AdoptWork] | None = None,
     ) -> None:
         self._inbox = inbox
         self._tasks: TaskGroup | None = None  # the keeper's task group, while it runs
@@ -325,7 +325,7 @@ class JobKeeper:
             "requests_helped": 0 if self._helper is None else self._helper.helped,
         }
 
-    async def _take_adoptions(self, adoptions: MemoryObjectReceiveStream[AdoptWork]) -> None:
+    async def _take_adoptions(self, adoptions: MemoryReceiveStream[AdoptWork]) -> None:
         """Deferred work of daemons the ledger took over (a shared store): their jobs are
         loaded and routed as at a restart, then their open batches go to the submitter."""
         async with adoptions:
@@ -344,7 +344,7 @@ class JobKeeper:
                                 len(work.batch_ids))
 
     async def _take_batch_results(
-        self, results: MemoryObjectReceiveStream[BatchLinesDone]
+        self, results: MemoryReceiveStream[BatchLinesDone]
     ) -> None:
         async with results:
             async for message in results:

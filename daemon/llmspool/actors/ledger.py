@@ -50,7 +50,6 @@ from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics, trace
 
 from llmspool.actors.accounting.budgets import Budgets
@@ -60,6 +59,7 @@ from llmspool.actors.accounting.status import answer_query
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import StartupError
 from llmspool.core.pricing import usd
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import active
 from llmspool.messages import (
     Admit,
@@ -103,7 +103,7 @@ class Ledger:
 
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[LedgerMessage],
+        inbox: MemoryReceiveStream[LedgerMessage],
         database: LedgerConnection,
         *,
         budgets: BudgetsConfig | None = None,
@@ -111,7 +111,7 @@ class Ledger:
         meter: metrics.Meter | None = None,
         clock: Callable[[], float] = time.time,
         member: Member | None = None,
-        adopt: MemoryObjectSendStream[AdoptWork] | None = None,
+        adopt: MemorySendStream[AdoptWork] | None = None,
     ) -> None:
         self._inbox = inbox
         self._database = database

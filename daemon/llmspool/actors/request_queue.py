@@ -19,12 +19,12 @@ from collections.abc import Iterable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmspool.core.clock import SYSTEM_CLOCK, Clock
 from llmspool.core.errors import ServiceUnavailable
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import active
 from llmspool.messages import Call, Failure, QueueStatus, SlotFreed, StatusQuery, answer
 
@@ -35,9 +35,9 @@ QueueMessage = Call | StatusQuery[QueueStatus]
 class RequestQueue:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[QueueMessage],
-        freed: MemoryObjectReceiveStream[SlotFreed],
-        dispatcher: MemoryObjectSendStream[Call],
+        inbox: MemoryReceiveStream[QueueMessage],
+        freed: MemoryReceiveStream[SlotFreed],
+        dispatcher: MemorySendStream[Call],
         *,
         slots: int,
         max_waiting: int,

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from llmspool.actors.caching.batch_twins import BatchTwins
 from llmspool.actors.caching.counts import CacheCounts, snapshot
@@ -55,6 +54,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.config.sections import CacheConfig
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.messages import (
     CacheFill,
     CacheStatus,
@@ -73,9 +73,9 @@ CacheMessage = Call | Missed | CacheFill | CacheUsed | StatusQuery[CacheStatus]
 class ResponseCache:
     def __init__(
         self,
-        inbox: MemoryObjectReceiveStream[CacheMessage],
-        queue: MemoryObjectSendStream[Call],
-        ledger: MemoryObjectSendStream[Settled],
+        inbox: MemoryReceiveStream[CacheMessage],
+        queue: MemorySendStream[Call],
+        ledger: MemorySendStream[Settled],
         *,
         config: CacheConfig,
         state_dir: Path,

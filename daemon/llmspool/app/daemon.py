@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.batch_poller import BatchPoller
 from llmspool.actors.batch_submitter import BatchSubmitter
@@ -35,6 +34,7 @@ from llmspool.core.config.sections import Config
 from llmspool.core.config_load import load_config
 from llmspool.core.errors import ConfigError
 from llmspool.core.provider import Provider
+from llmspool.core.streams import MemorySendStream
 from llmspool.core.tracing import Tracing, build_tracing
 from llmspool.messages import NewPrices
 from llmspool.policy.billing import PriceBook, load_price_book
@@ -91,7 +91,7 @@ class Daemon:
         self._stop_deadline: float | None = None  # anyio time at which the stop's grace ends
         self._listener: Listener | None = None
         # The dispatcher's, the batch poller's and the batch submitter's inboxes, for reloads.
-        self._controls: tuple[MemoryObjectSendStream[Any], ...] = ()
+        self._controls: tuple[MemorySendStream[Any], ...] = ()
 
     async def run(self) -> None:
         config = self.config

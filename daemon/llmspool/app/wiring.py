@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectSendStream
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool import __version__
 from llmspool.actors.batch_poller import BatchPoller, PollerMessage
@@ -36,6 +35,7 @@ from llmspool.core.clock import Clock
 from llmspool.core.config.sections import Config
 from llmspool.core.crashpoints import CrashPoints
 from llmspool.core.provider import BatchProvider, Provider
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import Tracing
 from llmspool.jobs.submission import JobSubmission
 from llmspool.messages import AdoptWork, BatchLinesDone, SlotFreed
@@ -99,9 +99,9 @@ class Parts:
     forwarder: Forwarder
     server: EmbeddedServer
     estimator: TokenEstimator
-    controls: tuple[MemoryObjectSendStream[DispatcherMessage],
-                    MemoryObjectSendStream[PollerMessage],
-                    MemoryObjectSendStream[SubmitterMessage]]
+    controls: tuple[MemorySendStream[DispatcherMessage],
+                    MemorySendStream[PollerMessage],
+                    MemorySendStream[SubmitterMessage]]
     door_senders: tuple[ObjectSendStream[Any], ...]
 
 
@@ -118,19 +118,19 @@ async def build_parts(
 ) -> Parts:
     ledger_database, jobs_database = databases
     slots = config.daemon.max_in_flight
-    queue_in, queue_out = anyio.create_memory_object_stream[QueueMessage](QUEUE_BUFFER)
-    dispatch_in, dispatch_out = anyio.create_memory_object_stream[DispatcherMessage](
+    queue_in, queue_out = create_memory_stream[QueueMessage](QUEUE_BUFFER)
+    dispatch_in, dispatch_out = create_memory_stream[DispatcherMessage](
         slots + 16
     )
-    freed_in, freed_out = anyio.create_memory_object_stream[SlotFreed](slots)
-    ledger_in, ledger_out = anyio.create_memory_object_stream[LedgerMessage](LEDGER_BUFFER)
-    keeper_in, keeper_out = anyio.create_memory_object_stream[KeeperMessage](QUEUE_BUFFER)
-    submitter_in, submitter_out = anyio.create_memory_object_stream[SubmitterMessage](
+    freed_in, freed_out = create_memory_stream[SlotFreed](slots)
+    ledger_in, ledger_out = create_memory_stream[LedgerMessage](LEDGER_BUFFER)
+    keeper_in, keeper_out = create_memory_stream[KeeperMessage](QUEUE_BUFFER)
+    submitter_in, submitter_out = create_memory_stream[SubmitterMessage](
         QUEUE_BUFFER)
-    poller_in, poller_out = anyio.create_memory_object_stream[PollerMessage](QUEUE_BUFFER)
-    results_in, results_out = anyio.create_memory_object_stream[BatchLinesDone](
+    poller_in, poller_out = create_memory_stream[PollerMessage](QUEUE_BUFFER)
+    results_in, results_out = create_memory_stream[BatchLinesDone](
         QUEUE_BUFFER)
-    cache_in, cache_out = anyio.create_memory_object_stream[CacheMessage](QUEUE_BUFFER)
+    cache_in, cache_out = create_memory_stream[CacheMessage](QUEUE_BUFFER)
     # The front door asks the dispatcher and the ledger for status through clones, so
     # that each actor's inbox closes only when every sender is done.
     dispatch_status = dispatch_in.clone()
@@ -149,7 +149,7 @@ async def build_parts(
                     config.store.lease)
     owner = member.name if store.backend is Backend.POSTGRESQL else None
     # Deferred work the ledger takes over from dead daemons (a shared store), to the keeper.
-    adopt_in, adopt_out = anyio.create_memory_object_stream[AdoptWork](QUEUE_BUFFER)
+    adopt_in, adopt_out = create_memory_stream[AdoptWork](QUEUE_BUFFER)
     ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
                     meter=tracing.meter, clock=clock.now, member=member, adopt=adopt_in)
     dispatcher = Dispatcher(

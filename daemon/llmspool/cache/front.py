@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
 from llmspool.cache.store import CacheReader, Corrupt, connect
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import CacheUsed, Call, Reply
 from llmspool.policy.planner import Planner
 from llmspool.store.records import Settled
@@ -38,8 +38,8 @@ class Looked(NamedTuple):
 
 
 class CacheFront:
-    def __init__(self, state_dir: Path, cache: MemoryObjectSendStream[CacheUsed],
-                 ledger: MemoryObjectSendStream[Settled], planner: Planner) -> None:
+    def __init__(self, state_dir: Path, cache: MemorySendStream[CacheUsed],
+                 ledger: MemorySendStream[Settled], planner: Planner) -> None:
         self._state_dir = state_dir
         self._cache = cache
         self._ledger = ledger

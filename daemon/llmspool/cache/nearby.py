@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.cache.similar import SimilarityIndex, decode_embedding, shape_of, text_of
 from llmspool.core.calls import Endpoint
 from llmspool.core.config.sections import CacheConfig
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.messages import Answer, Call, Reply
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,11 @@ class NearDuplicates:
         return Probe(text[:MAX_TEXT], digest.digest())
 
     async def embed(self, call: Call, text: str,
-                    queue: MemoryObjectSendStream[Call]) -> bytes | None:
+                    queue: MemorySendStream[Call]) -> bytes | None:
         """The embedding of ``text`` as little-endian float32, asked through ``queue`` on
         ``call``'s behalf (its caller, operation and session are billed); None if it could
         not be had."""
-        replies_in, replies_out = anyio.create_memory_object_stream[Reply](1)
+        replies_in, replies_out = create_memory_stream[Reply](1)
         model = self._config.similar_model
         request = Call(
             request_id=f"{call.request_id}.similar",

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, InvalidRequest, ServiceUnavailable
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.core.tracing import active, context_from_traceparent, traceparent_of
 from llmspool.jobs.intake import Intake
 from llmspool.jobs.spool import LineSpool
@@ -49,7 +49,7 @@ from llmspool.store.records import JobLines, NewJob, Viewer
 # What the front door and the Batch API ask the job keeper (its inbox takes these and its
 # status question: a send stream takes what is a part of its type).
 KeeperQuestion = SubmitJob | CancelJob | WaitForJob | JobQuery | JobListQuery
-KeeperInbox = MemoryObjectSendStream[KeeperQuestion]
+KeeperInbox = MemorySendStream[KeeperQuestion]
 Answer = TypeVar("Answer")
 SHORT_DEADLINE_MODES = ("refuse", "best_effort")
 
@@ -197,24 +197,24 @@ def targets(lines: JobLines) -> set[tuple[str, str]]:
 
 
 async def ask(keeper: KeeperInbox,
-              make: Callable[[MemoryObjectSendStream[JobView | ApiError]], KeeperQuestion],
+              make: Callable[[MemorySendStream[JobView | ApiError]], KeeperQuestion],
               ) -> JobView:
     """Send the keeper ``make(reply)`` and wait for the job it answers; its ``ApiError`` (a
     ``NotFound`` for a job the asker may not see) is raised."""
-    reply_in, reply_out = anyio.create_memory_object_stream[JobView | ApiError](1)
+    reply_in, reply_out = create_memory_stream[JobView | ApiError](1)
     with reply_in, reply_out:
         return await _exchange(keeper, make(reply_in), reply_out)
 
 
 async def list_jobs(keeper: KeeperInbox, limit: int, viewer: Viewer) -> JobList:
     """The newest ``limit`` jobs ``viewer`` may see."""
-    reply_in, reply_out = anyio.create_memory_object_stream[JobList | ApiError](1)
+    reply_in, reply_out = create_memory_stream[JobList | ApiError](1)
     with reply_in, reply_out:
         return await _exchange(keeper, JobListQuery(limit, viewer, reply_in), reply_out)
 
 
 async def _exchange(keeper: KeeperInbox, question: KeeperQuestion,
-                    answers: MemoryObjectReceiveStream[Answer | ApiError]) -> Answer:
+                    answers: MemoryReceiveStream[Answer | ApiError]) -> Answer:
     try:
         await keeper.send(question)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -7,7 +7,7 @@ Flow of an interactive call::
                                 +----SlotFreed-------+---Settled--> ledger
 
 Each message carries its request id, and a ``Call`` carries the OpenTelemetry context of the
-span that made it, because contextvars do not cross memory object streams.
+span that made it, because contextvars do not cross memory streams.
 
 A question to an actor is a message of its own with typed fields (``StatusQuery``,
 ``LedgerEntriesQuery``, ``JobQuery``, ``JobListQuery``), and its answer a typed value: each

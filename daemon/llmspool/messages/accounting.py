@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anyio.streams.memory import MemoryObjectSendStream
-
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import MemorySendStream
 from llmspool.policy.billing import PriceBook
 from llmspool.store.records import (
     JobResult,
@@ -41,7 +40,7 @@ class Admit:
     uid: int | None
     session: str | None
     estimate_picodollars: int
-    reply: MemoryObjectSendStream[ApiError | None] = field(repr=False)
+    reply: MemorySendStream[ApiError | None] = field(repr=False)
     endpoint: Endpoint = Endpoint.CHAT
     tier: Tier = Tier.STANDARD
 
@@ -61,7 +60,7 @@ class StoreJobResults:
 
     results: list[JobResult] = field(repr=False)
     entries: list[Settled] = field(repr=False)
-    reply: MemoryObjectSendStream[list[int]] = field(repr=False)
+    reply: MemorySendStream[list[int]] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +85,7 @@ class ReserveLines:
     The answer lists the refused lines' results."""
 
     lines: list[LineReservation] = field(repr=False)
-    reply: MemoryObjectSendStream[list[JobResult]] = field(repr=False)
+    reply: MemorySendStream[list[JobResult]] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

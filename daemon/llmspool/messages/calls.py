@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anyio import CancelScope
-from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import Context
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import MemorySendStream
 from llmspool.policy.cache_keys import CachePlan
 from llmspool.policy.model_choice import Verdict
 from llmspool.policy.planner import TierPolicy
@@ -79,7 +79,7 @@ class Call:
     operation: str | None
     received_at: float
     trace: Context
-    reply: MemoryObjectSendStream[Reply] = field(repr=False)
+    reply: MemorySendStream[Reply] = field(repr=False)
     strip_usage_chunk: bool = False
     deadline_at: float | None = None
     session: str | None = None

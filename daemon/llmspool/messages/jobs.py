@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from anyio.streams.memory import MemoryObjectSendStream
-
 from llmspool.core.errors import ApiError
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages.questions import JobView
 from llmspool.store.records import (
     BatchCandidate,
@@ -31,7 +30,7 @@ class SubmitJob:
     an ``ApiError``."""
 
     job: NewJob = field(repr=False)
-    reply: MemoryObjectSendStream[JobView | ApiError] = field(repr=False)
+    reply: MemorySendStream[JobView | ApiError] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class CancelJob:
     ``message`` if it had already ended) or an error (404 for a job ``viewer`` may not see)."""
 
     job_id: str
-    reply: MemoryObjectSendStream[JobView | ApiError] = field(repr=False)
+    reply: MemorySendStream[JobView | ApiError] = field(repr=False)
     viewer: Viewer = field(default_factory=lambda: Viewer(None))
 
 
@@ -49,7 +48,7 @@ class WaitForJob:
     """Answer (with the job's view, or an error) once the job has finished."""
 
     job_id: str
-    reply: MemoryObjectSendStream[JobView | ApiError] = field(repr=False)
+    reply: MemorySendStream[JobView | ApiError] = field(repr=False)
     viewer: Viewer = field(default_factory=lambda: Viewer(None))
 
 
@@ -82,7 +81,7 @@ class StoreBatchChunk:
     """Batch poller → ledger: store ``chunk`` in one transaction; the answer says what was new."""
 
     chunk: BatchChunk
-    reply: MemoryObjectSendStream[BatchChunkStored | BaseException] = field(repr=False)
+    reply: MemorySendStream[BatchChunkStored | BaseException] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

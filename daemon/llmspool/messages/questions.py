@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.core.errors import ApiError
 from llmspool.core.states import JobStatus
+from llmspool.core.streams import MemorySendStream
 from llmspool.store.records import (
     Viewer,
 )
@@ -27,7 +27,7 @@ GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
 its client left, and closed the reply stream)."""
 
 
-def answer(reply: MemoryObjectSendStream[Answer], value: Answer) -> None:
+def answer(reply: MemorySendStream[Answer], value: Answer) -> None:
     """Send ``value`` to the asker waiting on ``reply``; an asker that gave up is not the
     actor's problem (raising here would end the actor, and the daemon with it)."""
     with contextlib.suppress(*GONE):
@@ -41,7 +41,7 @@ class StatusQuery(Generic[Snapshot]):
     """Ask an actor for its status snapshot (what ``/v1/status`` shows under its name); an
     actor's inbox names the snapshot it answers with, e.g. ``StatusQuery[QueueStatus]``."""
 
-    reply: MemoryObjectSendStream[Snapshot] = field(repr=False)
+    reply: MemorySendStream[Snapshot] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class LedgerEntriesQuery:
     limit: int
     everyone: bool
     uid: int | None
-    reply: MemoryObjectSendStream[LedgerEntries] = field(repr=False)
+    reply: MemorySendStream[LedgerEntries] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ class JobQuery:
 
     job_id: str
     viewer: Viewer
-    reply: MemoryObjectSendStream[JobView | ApiError] = field(repr=False)
+    reply: MemorySendStream[JobView | ApiError] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class JobListQuery:
 
     limit: int
     viewer: Viewer
-    reply: MemoryObjectSendStream[JobList] = field(repr=False)
+    reply: MemorySendStream[JobList] = field(repr=False)
 
 
 # --- the answers: JSON-ready, their keys exactly what the HTTP API serves --------------------

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
@@ -45,7 +44,7 @@ class Built(NamedTuple):
     route that chose its model (None: the model asked for)."""
 
     call: Call
-    replies: MemoryObjectReceiveStream[Reply]
+    replies: MemoryReceiveStream[Reply]
     route: Route | None
 
 
@@ -132,8 +131,8 @@ class CallBuilder:
             "llmspool.provider": provider,
             "llmspool.stream": stream,
         })
-        replies_in: MemoryObjectSendStream[Reply]
-        replies_in, replies_out = anyio.create_memory_object_stream[Reply](
+        replies_in: MemorySendStream[Reply]
+        replies_in, replies_out = create_memory_stream[Reply](
             STREAM_BUFFER if stream else 1
         )
         call = Call(

@@ -22,13 +22,12 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
-import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint
 from llmspool.core.config.routes import CascadeConfig
+from llmspool.core.streams import MemoryReceiveStream, create_memory_stream
 from llmspool.messages import Abort, Answer, Call, Failure, Reply
 from llmspool.policy.model_choice import ModelChooser, Verdict
 from llmspool.policy.routing import ModelRouter
@@ -36,7 +35,7 @@ from llmspool.server.first_reply import StopClock, first_reply
 
 HEADER = "x-llmspool-cascade"
 
-Submit = Callable[[Call, MemoryObjectReceiveStream[Reply]], Awaitable[None]]
+Submit = Callable[[Call, MemoryReceiveStream[Reply]], Awaitable[None]]
 
 
 class Cascaded(NamedTuple):
@@ -45,7 +44,7 @@ class Cascaded(NamedTuple):
 
     call: Call
     first: Reply
-    replies: MemoryObjectReceiveStream[Reply]
+    replies: MemoryReceiveStream[Reply]
     outcome: str
 
 
@@ -69,7 +68,7 @@ class Cascade:
         return None if self._router.resolve(config.first) == (call.provider, call.model) \
             else config
 
-    async def run(self, request: Request, call: Call, replies: MemoryObjectReceiveStream[Reply],
+    async def run(self, request: Request, call: Call, replies: MemoryReceiveStream[Reply],
                   config: CascadeConfig) -> Cascaded:
         """Answer ``call`` through the cascade; ``call`` and ``replies`` are sent on only when
         the cheaper model's answer is not kept (and closed when it is)."""
@@ -77,7 +76,7 @@ class Cascade:
         body = orjson.loads(call.body)
         asked = dict(body)
         body["model"] = model
-        cheap_in, cheap_out = anyio.create_memory_object_stream[Reply](1)
+        cheap_in, cheap_out = create_memory_stream[Reply](1)
         operation = call.operation
 
         def check(answer: Mapping[str, Any]) -> Verdict:

@@ -12,10 +12,10 @@ import math
 from collections.abc import Iterator
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 
 from llmspool.core.errors import ServiceUnavailable
+from llmspool.core.streams import MemoryReceiveStream
 from llmspool.messages import Call, Failure, Reply
 from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
 
@@ -49,7 +49,7 @@ class StopClock:
 
 
 async def first_reply(
-    request: Request, call: Call, replies: MemoryObjectReceiveStream[Reply], stop: StopClock,
+    request: Request, call: Call, replies: MemoryReceiveStream[Reply], stop: StopClock,
 ) -> Reply:
     """The call's first reply; if the client disconnects before it, the call is aborted (its
     upstream call stops, its reservation is released) and the stream ends. A call still

@@ -12,7 +12,6 @@ import logging
 import secrets
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.requests import Request
@@ -21,6 +20,7 @@ from starlette.responses import Response
 from llmspool.cache.front import CacheFront
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, ServiceUnavailable
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import context_from_headers
 from llmspool.messages import Answer, Call, Failure, Missed, Reply, StreamStart
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
@@ -53,13 +53,13 @@ class Forwarder:
 
     def __init__(
         self,
-        queue: MemoryObjectSendStream[Call],
+        queue: MemorySendStream[Call],
         router: ModelRouter,
         planner: Planner,
         tracer: trace.Tracer,
         *,
         max_body_size: int,
-        cache: MemoryObjectSendStream[Call | Missed] | None = None,
+        cache: MemorySendStream[Call | Missed] | None = None,
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
         chooser: ModelChooser | None = None,
@@ -137,7 +137,7 @@ class Forwarder:
             await self._capturer.keep_answer(call, first.document)
         return self._respond(call, first, replies, span, extra, capturing)
 
-    async def _submit(self, call: Call, replies: MemoryObjectReceiveStream[Reply],
+    async def _submit(self, call: Call, replies: MemoryReceiveStream[Reply],
                       missed_at: float | None = None) -> None:
         """Hand ``call`` over: from here the queue (or the cache actor), then the dispatcher,
         owns its reply stream's send end and closes it. ``missed_at``: when the front door
@@ -154,7 +154,7 @@ class Forwarder:
 
 
     def _respond(
-        self, call: Call, first: Reply, replies: MemoryObjectReceiveStream[Reply], span: Span,
+        self, call: Call, first: Reply, replies: MemoryReceiveStream[Reply], span: Span,
         headers: dict[str, str],
         capturing: bool = False,
     ) -> Response:

@@ -30,14 +30,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from llmspool.core.errors import InvalidRequest, PermissionDenied
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.messages import LedgerEntries, LedgerEntriesQuery, LedgerStatus, StatusQuery
 from llmspool.server.access import Access
 from llmspool.server.routes import ask, ask_status, json_response
@@ -55,7 +54,7 @@ from llmspool.store.reports import (
 )
 
 # The questions the front door asks the ledger.
-LedgerTarget = MemoryObjectSendStream[StatusQuery[LedgerStatus] | LedgerEntriesQuery]
+LedgerTarget = MemorySendStream[StatusQuery[LedgerStatus] | LedgerEntriesQuery]
 REPORT_PARAMS = ("by", "since", "until", "format", "good")  # all_users goes with either view
 FORMATS = ("json", "csv")
 
@@ -79,7 +78,7 @@ def ledger_routes(
         raw_limit = params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
             raise InvalidRequest("limit must be an integer from 1 to 10000", param="limit")
-        answer_in, answer_out = anyio.create_memory_object_stream[LedgerEntries](1)
+        answer_in, answer_out = create_memory_stream[LedgerEntries](1)
         with answer_in, answer_out:
             return json_response(await ask(
                 ledger, LedgerEntriesQuery(int(raw_limit), everyone, uid, answer_in),

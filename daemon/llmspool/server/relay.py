@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyio.streams.memory import MemoryObjectReceiveStream
 from opentelemetry.trace import Span, Status, StatusCode
 from starlette.responses import StreamingResponse
 
+from llmspool.core.streams import MemoryReceiveStream
 from llmspool.messages import Reply, StreamChunk, StreamEnd
 from llmspool.server.capture import StreamTap
 
@@ -29,7 +29,7 @@ class RelayResponse(StreamingResponse):
     def __init__(
         self,
         first: bytes,
-        replies: MemoryObjectReceiveStream[Reply],
+        replies: MemoryReceiveStream[Reply],
         span: Span,
         status: int,
         headers: dict[str, str],
@@ -50,7 +50,7 @@ class RelayResponse(StreamingResponse):
 
 
 async def _relay(
-    first: bytes, replies: MemoryObjectReceiveStream[Reply], span: Span,
+    first: bytes, replies: MemoryReceiveStream[Reply], span: Span,
     tap: StreamTap | None = None,
 ) -> AsyncIterator[bytes]:
     """The stream's chunks as they come, until its end."""

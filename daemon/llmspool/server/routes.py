@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from llmspool import __version__
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, MethodNotAllowed, NotFound
+from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import StatusQuery
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.forwarding import Forwarder, error_response
@@ -35,22 +35,22 @@ QUERY_TIMEOUT = 5.0
 Question = TypeVar("Question")
 Snapshot = TypeVar("Snapshot")
 # An actor's inbox, as far as ``/v1/status`` asks it: its snapshot's type is the actor's own.
-StatusTarget = MemoryObjectSendStream[StatusQuery[Any]]
+StatusTarget = MemorySendStream[StatusQuery[Any]]
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status, media_type="application/json")
 
 
-async def ask_status(target: MemoryObjectSendStream[StatusQuery[Snapshot]]) -> Snapshot:
+async def ask_status(target: MemorySendStream[StatusQuery[Snapshot]]) -> Snapshot:
     """Ask an actor for its status snapshot and wait (bounded) for it."""
-    answer_in, answer_out = anyio.create_memory_object_stream[Snapshot](1)
+    answer_in, answer_out = create_memory_stream[Snapshot](1)
     with answer_in, answer_out:
         return await ask(target, StatusQuery(answer_in), answer_out)
 
 
-async def ask(target: MemoryObjectSendStream[Question], question: Question,
-              answers: MemoryObjectReceiveStream[Snapshot]) -> Snapshot:
+async def ask(target: MemorySendStream[Question], question: Question,
+              answers: MemoryReceiveStream[Snapshot]) -> Snapshot:
     """Send an actor ``question`` and wait (bounded) for its answer on ``answers`` (the other
     end of the question's reply stream)."""
     with anyio.fail_after(QUERY_TIMEOUT):

@@ -20,11 +20,11 @@ from typing import Any
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.accounting.budgets import Budgets, exceeded
 from llmspool.core.errors import ApiError
 from llmspool.core.states import RequestState
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import GONE, Admit, ReserveLines, StoreBatchChunk, StoreJobResults, answer
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.batch_results import store_batch_chunk
@@ -51,7 +51,7 @@ class GroupCommit:
         self.new_reservations: list[tuple[Any, ...]] = []
         self.candidates: list[tuple[Candidate, Admit]] = []
         self.ended: list[str] = []
-        self.admitted: list[MemoryObjectSendStream[ApiError | None]] = []
+        self.admitted: list[MemorySendStream[ApiError | None]] = []
         self.pending_since = 0.0
         self.commits = 0
 

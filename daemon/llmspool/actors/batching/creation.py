@@ -27,13 +27,13 @@ from collections.abc import Iterable
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.batches.context import BatchContext
 from llmspool.core.calls import Tier
 from llmspool.core.errors import ApiError, UpstreamError, UpstreamUnreachable
 from llmspool.core.provider import BatchProvider, BatchSubmission
 from llmspool.core.states import BatchState, RequestState
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import links_from
 from llmspool.messages import (
     BatchLinesDone,
@@ -61,9 +61,9 @@ class BatchMaker:
         store: batch_sql.ThreadedConnection,
         context: BatchContext,
         reserver: Reserver,
-        poller: MemoryObjectSendStream[BatchOpened],
-        keeper: MemoryObjectSendStream[BatchLinesDone],
-        ledger: MemoryObjectSendStream[ReserveLines | ReleaseLines],
+        poller: MemorySendStream[BatchOpened],
+        keeper: MemorySendStream[BatchLinesDone],
+        ledger: MemorySendStream[ReserveLines | ReleaseLines],
     ) -> None:
         self._store = store
         self._reserver = reserver  # the submitter's: it changes its prices
@@ -108,7 +108,7 @@ class BatchMaker:
                                            operation, [Tier.BATCH]).picodollars
             lines.append(LineReservation(line_id, job_id, custom_id, first.provider,
                                          first.model, first.endpoint, operation, uid, cost))
-        reply_in, reply_out = anyio.create_memory_object_stream[list[JobResult]](1)
+        reply_in, reply_out = create_memory_stream[list[JobResult]](1)
         with reply_in, reply_out:
             await self._ledger.send(ReserveLines(lines, reply_in))
             refused = await reply_out.receive()

@@ -16,12 +16,12 @@ import logging
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.batches.context import BatchContext
 from llmspool.core.errors import ApiError
 from llmspool.core.remote_batch import TOKEN_LIMIT_EXCEEDED, RemoteBatch
 from llmspool.core.states import BatchStatus
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import links_from
 from llmspool.messages import BatchClosed, ReleaseLines, StoreBatchChunk
 from llmspool.policy.billing import PriceBook
@@ -41,8 +41,8 @@ class Retrieval:
         store: batch_sql.ThreadedConnection,
         context: BatchContext,
         prices: PriceBook,
-        submitter: MemoryObjectSendStream[BatchClosed],
-        ledger: MemoryObjectSendStream[StoreBatchChunk | ReleaseLines],
+        submitter: MemorySendStream[BatchClosed],
+        ledger: MemorySendStream[StoreBatchChunk | ReleaseLines],
     ) -> None:
         self._store = store
         self.prices = prices
@@ -82,7 +82,7 @@ class Retrieval:
 
     async def _store_chunk(self, chunk: BatchChunk) -> BatchChunkStored:
         """The ledger stores a chunk of results with their entries, in one transaction."""
-        reply_in, reply_out = anyio.create_memory_object_stream[
+        reply_in, reply_out = create_memory_stream[
             BatchChunkStored | BaseException](1)
         with reply_in, reply_out:
             await self._ledger.send(StoreBatchChunk(chunk, reply_in))

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.caching.counts import CacheCounts
 from llmspool.actors.caching.fleet import FleetCache
@@ -32,6 +31,7 @@ from llmspool.cache.store import CachedAnswer, CacheReader
 from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import CacheConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.wire import SseMeter, usage_of
 from llmspool.messages import (
     Abort,
@@ -65,7 +65,7 @@ class Flight:
 class Flights:
     """The flights under way, by key (and by number, for near-duplicate matching)."""
 
-    def __init__(self, queue: MemoryObjectSendStream[Call], config: CacheConfig,
+    def __init__(self, queue: MemorySendStream[Call], config: CacheConfig,
                  counts: CacheCounts, writes: WriteBehind, replier: Replier,
                  near: NearDuplicates | None, take: Take,
                  fleet: FleetCache | None = None) -> None:
@@ -110,7 +110,7 @@ class Flights:
                 return
         # The leader's replies come here first; the upstream call keeps the usage chunk (the
         # cache keeps whole streams) and has an abort of its own (fired by ``leader_left``).
-        tee_in, tee_out = anyio.create_memory_object_stream[Reply](
+        tee_in, tee_out = create_memory_stream[Reply](
             _STREAM_BUFFER if leader.stream else 1)
         upstream = dataclasses.replace(leader, reply=tee_in, abort=Abort(),
                                        strip_usage_chunk=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.caching.counts import CacheCounts
 from llmspool.actors.caching.flights import Flight, Flights, Take
@@ -15,13 +14,14 @@ from llmspool.actors.caching.replies import Replier
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.store import CacheReader, Corrupt
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import Call
 
 
 class NearMatcher:
     """Shares a call in flight, or a cached answer, for a request worded alike."""
 
-    def __init__(self, near: NearDuplicates, queue: MemoryObjectSendStream[Call],
+    def __init__(self, near: NearDuplicates, queue: MemorySendStream[Call],
                  flights: Flights, writes: WriteBehind, replier: Replier,
                  counts: CacheCounts, take: Take) -> None:
         self._near = near

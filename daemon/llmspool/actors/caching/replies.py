@@ -9,11 +9,11 @@ import logging
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
 from llmspool.cache.store import CachedAnswer, Corrupt
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import Answer, Call, Reply
 from llmspool.policy.planner import Planner
 from llmspool.store.records import Settled
@@ -26,7 +26,7 @@ GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 class Replier:
     """Answers calls from answers, recording what each would have cost."""
 
-    def __init__(self, planner: Planner, ledger: MemoryObjectSendStream[Settled],
+    def __init__(self, planner: Planner, ledger: MemorySendStream[Settled],
                  writes: WriteBehind) -> None:
         self._planner = planner
         self._ledger = ledger

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
@@ -26,6 +25,7 @@ from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
 from llmspool.messages import Admit, Call, Release
 from llmspool.policy.billing import PriceBook, bill
@@ -39,7 +39,7 @@ class Accounts:
     """The reservations, estimates and settlements of the calls in flight, and the counts of
     what was served."""
 
-    def __init__(self, ledger: MemoryObjectSendStream[Settled | Admit | Release], *,
+    def __init__(self, ledger: MemorySendStream[Settled | Admit | Release], *,
                  prices: PriceBook, budgets: BudgetsConfig, estimator: TokenEstimator,
                  planner: Planner, provider_kinds: Mapping[str, str], flex: FlexMetrics,
                  genai: GenAiMetrics) -> None:
@@ -83,7 +83,7 @@ class Accounts:
         reservation = self._reserver.for_body(call.endpoint, call.provider, call.model,
                                               call.body, call.operation, tiers)
         self._reserved[call.request_id] = reservation
-        reply_in, reply_out = anyio.create_memory_object_stream[ApiError | None](1)
+        reply_in, reply_out = create_memory_stream[ApiError | None](1)
         with reply_in, reply_out:
             await self._ledger.send(Admit(
                 call.request_id, call.provider, call.model, call.operation, call.caller.uid,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import metrics
 
 from llmspool.actors.keeping.jobs import JobState, MarkShared
@@ -23,6 +22,7 @@ from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, UpstreamError
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.messages import Answer, Failure, Reply, StoreJobResults
 from llmspool.policy.cache_keys import HEADER
 from llmspool.store import jobs as jobs_sql
@@ -32,7 +32,7 @@ from llmspool.store.records import JobResult, Settled
 class Results:
     """The results waiting to be stored, the writer that stores them, and the late count."""
 
-    def __init__(self, ledger: MemoryObjectSendStream[StoreJobResults],
+    def __init__(self, ledger: MemorySendStream[StoreJobResults],
                  jobs: dict[str, JobState], waiters: Waiters, meter: metrics.Meter,
                  clock: Clock, *, shared: MarkShared | None = None) -> None:
         self._ledger = ledger
@@ -91,7 +91,7 @@ class Results:
             return
         outcomes, self._pending = self._pending, []
         entries, self._pending_entries = self._pending_entries, []
-        reply_in, reply_out = anyio.create_memory_object_stream[list[int]](1)
+        reply_in, reply_out = create_memory_stream[list[int]](1)
         # Shielded: results whose calls were answered are stored, even while stopping.
         with anyio.CancelScope(shield=True), reply_in, reply_out:
             await self._ledger.send(StoreJobResults(outcomes, entries, reply_in))

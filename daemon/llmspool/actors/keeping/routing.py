@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anyio.streams.memory import MemoryObjectSendStream
-
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.actors.keeping.results import Results
 from llmspool.actors.keeping.sending import Pump
@@ -27,6 +25,7 @@ from llmspool.cache.store import CachedKeys
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.config.sections import BatchConfig, JobsConfig
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.core.streams import MemorySendStream
 from llmspool.jobs.plan import JobPlan
 from llmspool.messages import BatchLinesDone, ToBatch
 from llmspool.policy.planner import Planner
@@ -50,7 +49,7 @@ class Router:
 
     def __init__(self, *, jobs: dict[str, JobState], pump: Pump, results: Results,
                  database: AsyncConnection, planner: Planner, config: JobsConfig,
-                 batches: MemoryObjectSendStream[ToBatch] | None,
+                 batches: MemorySendStream[ToBatch] | None,
                  batch_providers: frozenset[str], batch_config: BatchConfig,
                  cached: CachedKeys | None, claimer: str | None = None) -> None:
         self._jobs = jobs  # the keeper's, shared

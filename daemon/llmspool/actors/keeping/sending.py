@@ -22,7 +22,6 @@ import secrets
 import anyio
 import anyio.abc
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
 
 from llmspool.actors.keeping.jobs import JobState, MarkShared
 from llmspool.actors.keeping.lines import LineHeap
@@ -31,6 +30,7 @@ from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.config.sections import JobsConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable
 from llmspool.core.states import JobStatus
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import linked_context
 from llmspool.messages import Call, Failure, Reply
 from llmspool.policy.cache_keys import CachePlan, CacheRules
@@ -44,8 +44,8 @@ from llmspool.store.records import Caller
 class Pump:
     """The heap of lines to send (``heap``: deadline, request id, job id) and their calls."""
 
-    def __init__(self, queue: MemoryObjectSendStream[Call],
-                 cache: MemoryObjectSendStream[Call] | None, cache_rules: CacheRules | None,
+    def __init__(self, queue: MemorySendStream[Call],
+                 cache: MemorySendStream[Call] | None, cache_rules: CacheRules | None,
                  database: AsyncConnection, planner: Planner, config: JobsConfig,
                  jobs: dict[str, JobState], results: Results, *,
                  claimer: str | None = None, shared: MarkShared | None = None) -> None:
@@ -159,7 +159,7 @@ class Pump:
             self._wake_pump.set()
 
     async def _call_once(self, row: jobs_sql.QueuedRequest, job: JobState) -> Reply | None:
-        replies_in, replies_out = anyio.create_memory_object_stream[Reply](1)
+        replies_in, replies_out = create_memory_stream[Reply](1)
         call = Call(
             request_id=f"{row.job_id}.{row.id}.{secrets.token_hex(3)}",
             endpoint=Endpoint(row.endpoint),

@@ -29,7 +29,6 @@ from collections import Counter
 
 import anyio
 import psycopg
-from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import metrics
 
 from llmspool.actors.keeping.jobs import JobState, job_from_store
@@ -39,6 +38,7 @@ from llmspool.actors.keeping.waiting import Waiters
 from llmspool.core.clock import Clock
 from llmspool.core.config.sections import JobsConfig
 from llmspool.core.states import JobStatus, RequestState
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import Call, StoreJobResults
 from llmspool.policy.cache_keys import CacheRules
 from llmspool.policy.planner import Planner
@@ -124,9 +124,9 @@ class Helper:
     """Sends other daemons' offered lines while this daemon has room to spare: claims them,
     and sends them with a pump (and a results writer) of its own, next to the keeper's."""
 
-    def __init__(self, name: str, own: Pump, queue: MemoryObjectSendStream[Call],
-                 cache: MemoryObjectSendStream[Call] | None, cache_rules: CacheRules | None,
-                 ledger: MemoryObjectSendStream[StoreJobResults], database: AsyncConnection,
+    def __init__(self, name: str, own: Pump, queue: MemorySendStream[Call],
+                 cache: MemorySendStream[Call] | None, cache_rules: CacheRules | None,
+                 ledger: MemorySendStream[StoreJobResults], database: AsyncConnection,
                  planner: Planner, config: JobsConfig, meter: metrics.Meter) -> None:
         self._name = name
         self._own = own

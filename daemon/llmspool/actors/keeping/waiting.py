@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 
-from anyio.streams.memory import MemoryObjectSendStream
-
 from llmspool.actors.keeping.jobs import JobState
 from llmspool.core.errors import ApiError, NotFound
+from llmspool.core.streams import MemorySendStream
 from llmspool.messages import GONE, JobView
 
-JobReply = MemoryObjectSendStream[JobView | ApiError]
+JobReply = MemorySendStream[JobView | ApiError]
 
 
 class Waiters:
