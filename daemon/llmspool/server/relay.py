@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from opentelemetry.trace import Span, Status, StatusCode
 from starlette.responses import StreamingResponse
 
 from llmspool.core.streams import MemoryReceiveStream
 from llmspool.messages import Reply, StreamChunk, StreamEnd
 from llmspool.server.capture import StreamTap
+from llmspool.server.disconnect import DISCONNECT_KEY, DisconnectHooks
 
 __all__ = ["SSE_HEADERS", "RelayResponse"]
 
@@ -42,8 +44,15 @@ class RelayResponse(StreamingResponse):
         self._span = span
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        hooks = scope.get("extensions", {}).get(DISCONNECT_KEY)
         try:
-            await super().__call__(scope, receive, send)
+            if isinstance(hooks, DisconnectHooks):
+                # The daemon's own protocol says when the client leaves: it stops the relay
+                # without a task (and a task group) per stream watching ``receive()``.
+                with anyio.CancelScope() as relaying, hooks.watching(relaying.cancel):
+                    await self.stream_response(send)
+            else:
+                await super().__call__(scope, receive, send)
         finally:
             self._replies.close()
             self._span.end()
