@@ -1,9 +1,9 @@
 """Under load the ledger commits calls together, and still bills every one (issue 17).
 
-Every call's reservation is committed before the call goes upstream. A commit that one call
-waits for runs on the event loop; one that several wait for runs in the ledger's worker
-thread, and the calls that arrive meanwhile join the next one, so a flood costs a few commits
-instead of one per two calls (``/v1/status`` counts the ledger's commits).
+Every call's reservation is committed before the call goes upstream. The ledger lets the event
+loop turn once before it commits admissions, and the calls that arrive by then join the
+commit, so a flood costs a few commits instead of one per two calls (``/v1/status`` counts the
+ledger's commits).
 
 The flood comes in waves: a request on each of 64 keep-alive connections at once (asyncio in
 this process), then the next wave once all are answered. A thread per client is too slow to

@@ -8,9 +8,9 @@
   admitted: it is the durable intent that makes a crash mid-call visible.
 - ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
   bill. Entries are written in group commits (what arrived while the previous commit ran goes
-  in the next one), each deleting the reservations it settles in the same transaction. A
-  commit that several calls wait for runs in a worker thread, so under load the calls that
-  arrive meanwhile gather for the next one (dozens of calls a commit, not two).
+  in the next one), each deleting the reservations it settles in the same transaction. Before
+  committing admissions the ledger lets the event loop turn once, so under load the calls a
+  step behind join the commit (dozens of calls a commit, not two).
 - ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
   entries, in one transaction; ``ReserveLines`` reserves batch lines before they are put into a
   batch, storing the refused ones as ``budget_*`` failures; ``ReleaseLines`` ends those.

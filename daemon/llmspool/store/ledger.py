@@ -4,10 +4,10 @@ The ledger actor is the only writer of these tables, through ``LedgerConnection`
 synchronous connection to the store. On SQLite a short transaction (one call's reservation,
 a few entries) runs right on the event loop, which is cheaper than a hop to a thread (~80 µs
 against ~330 µs here), and falls back to a worker thread when another connection holds
-SQLite's write lock, so the event loop never waits on a lock. A group commit that several
-calls wait for, and big transactions (a batch's results), run in the thread: the loop serves
-calls meanwhile. On PostgreSQL every transaction runs in the thread, since each statement is a
-round trip to the server.
+SQLite's write lock, so the event loop never waits on a lock. Group commits run on the loop
+too; big transactions (a batch's results, the reconciliation at start) run in the thread: the
+loop serves calls meanwhile. On PostgreSQL every transaction runs in the thread, since each
+statement is a round trip to the server.
 """
 
 from __future__ import annotations
