@@ -15,28 +15,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import orjson
-
 from tests.support.money import ledger_entries, reservations
 from tests.support.processes import UNLIMITED_SIM, start_daemon, start_sim
+from tests.support.raw_calls import CHAT_REQUEST, read_answer
 
 CONNECTIONS = 64
 WAVES = 10
-BODY = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 5,
-                     "messages": [{"role": "user", "content": "hello"}]})
-REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
-           b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-           % (len(BODY), BODY))
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """(status, x-llmspool-request-id) of the next answer on ``reader``."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    fields = dict(line.lower().split(": ", 1) for line in head[1:] if line)
-    await reader.readexactly(int(fields["content-length"]))
-    return int(head[0].split()[1]), fields.get("x-llmspool-request-id", "")
-
-
 async def _waves(socket_path: Path) -> list[tuple[int, str]]:
     """``WAVES`` times: a request on each of ``CONNECTIONS`` connections at once, then their
     answers."""
@@ -46,8 +30,8 @@ async def _waves(socket_path: Path) -> list[tuple[int, str]]:
     try:
         for _ in range(WAVES):
             for _reader, writer in connections:
-                writer.write(REQUEST)
-            answers += await asyncio.gather(*(_answer(reader) for reader, _ in connections))
+                writer.write(CHAT_REQUEST)
+            answers += await asyncio.gather(*(read_answer(reader) for reader, _ in connections))
     finally:
         for _reader, writer in connections:
             writer.close()
@@ -67,7 +51,8 @@ def test_a_flood_of_calls_is_committed_in_groups_and_every_call_is_billed(
         assert [status for status, _id in answers] == [200] * calls
         _status, after = daemon.get("/v1/status")
         commits = after["ledger"]["commits"] - before["ledger"]["commits"]
-        # Each commit on the event loop, such a flood took about one commit per two calls.
+        # Committing what had arrived at each loop turn, such a flood took about one commit
+        # per two calls.
         assert commits <= calls // 3, f"{commits} commits for {calls} calls"
     finally:
         daemon.terminate()

@@ -10,7 +10,9 @@
   bill. Entries are written in group commits (what arrived while the previous commit ran goes
   in the next one), each deleting the reservations it settles in the same transaction. Before
   committing admissions the ledger lets the event loop turn once, so under load the calls a
-  step behind join the commit (dozens of calls a commit, not two).
+  step behind join the commit (dozens of calls a commit, not two). On SQLite the commits run on
+  the event loop, and the write-ahead log's checkpoints in a worker thread beside them
+  (``store.wal_checkpoints``).
 - ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
   entries, in one transaction; ``ReserveLines`` reserves batch lines before they are put into a
   batch, storing the refused ones as ``budget_*`` failures; ``ReleaseLines`` ends those.
@@ -137,6 +139,20 @@ class Ledger:
         await self._reconcile()
         await self._budgets.load_today()
         task_status.started()
+        failed: Exception | None = None
+        async with anyio.create_task_group() as background:
+            if self._database.checkpoints is not None:
+                background.start_soon(self._database.checkpoints.run)
+            try:
+                await self._serve()
+            except Exception as exc:  # raised below, not wrapped in an exception group
+                failed = exc
+            finally:
+                background.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+
+    async def _serve(self) -> None:
         try:
             async with self._inbox:
                 while True:

@@ -251,6 +251,8 @@ class LedgerStatus(TypedDict):
     unknown_outcome_today: int
     unknown_outcome_today_usd: float
     commits: int
+    # SQLite: checkpoints of the write-ahead log made in a worker thread (store.wal_checkpoints).
+    wal_checkpoints: NotRequired[int]
     budgets: list[BudgetStatus]
     warnings: list[dict[str, Any]]
     # A store several daemons share: each daemon, its lease and the calls it holds

@@ -29,6 +29,7 @@ from llmspool.store.connections import AsyncConnection, Connection, PgConnection
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
 from llmspool.store.schema import migrate_store
+from llmspool.store.wal_checkpoints import WalCheckpoints
 
 _T = TypeVar("_T")
 _TIERS = {tier.value for tier in Tier}
@@ -96,10 +97,16 @@ class LedgerConnection:
     on SQLite right on the event loop if the write lock is free at once, else in a worker
     thread that waits for it; on PostgreSQL in the thread. ``run_in_thread`` always uses the
     thread. One call at a time: the ledger awaits each before the next.
+
+    ``checkpoints``: on SQLite opened with ``open``, the checkpoints of the write-ahead log,
+    which this connection leaves to a worker thread (``store.wal_checkpoints``); the ledger
+    runs them.
     """
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection,
+                 checkpoints: WalCheckpoints | None = None) -> None:
         self.connection = connection
+        self.checkpoints = checkpoints
         self._on_loop = isinstance(connection, sqlite3.Connection)
         # PostgreSQL: a store several daemons may share, whose caps hold for all of them.
         self.shared = not self._on_loop
@@ -107,13 +114,21 @@ class LedgerConnection:
     @classmethod
     def open(cls, location: StoreLocation) -> LedgerConnection:
         # SQLite: no busy wait on the event loop; a locked database moves to the thread.
-        return cls(connect(location, lock_wait_ms=0))
+        connection = connect(location, lock_wait_ms=0)
+        if location.backend is not Backend.SQLITE:
+            return cls(connection)
+        # No checkpoint (and its fsyncs) inside a commit on the event loop.
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        return cls(connection, WalCheckpoints(location))
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         if not self._on_loop:
             return await self.run_in_thread(function, *args)
         try:
-            return function(self.connection, *args)
+            result = function(self.connection, *args)
+            if self.checkpoints is not None:
+                self.checkpoints.due()
+            return result
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
@@ -136,6 +151,8 @@ class LedgerConnection:
         # Shielded: a transaction that has begun always ends, even while the daemon stops.
         with anyio.CancelScope(shield=True):
             result = await anyio.to_thread.run_sync(waiting)
+        if self.checkpoints is not None:
+            self.checkpoints.due()
         return result
 
     def close(self) -> None:

@@ -34,6 +34,8 @@ async def answer_query(query: StatusQuery[LedgerStatus] | LedgerEntriesQuery, bu
         budgets.observe_usage(await database.run(ledger_sql.usage_on, budgets.day))
     unknown = await database.run(ledger_sql.unknown_outcomes_on, budgets.day)
     status = _status(budgets, group, unknown)
+    if database.checkpoints is not None:
+        status["wal_checkpoints"] = database.checkpoints.made
     if database.shared:
         status["fleet"] = await database.run(fleet.fleet_report)
     if isinstance(query, LedgerEntriesQuery):

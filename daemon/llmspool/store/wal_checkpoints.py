@@ -1,0 +1,94 @@
+"""Checkpoints of SQLite's write-ahead log in a worker thread, not in the ledger's commits.
+
+SQLite copies its write-ahead log back into the database file (a checkpoint: the pages, then
+an fsync of each file) inside the commit of whichever connection takes the log past 1,000
+pages. The ledger commits on the event loop, so about one call's commit in a hundred held the
+whole daemon through a checkpoint and its fsyncs: open-loop p99 added at 1,400 req/s was
+7.8 ms with that, 3.3 ms without (medians of 4 interleaved rounds).
+
+So the ledger's connection turns automatic checkpoints off (``PRAGMA wal_autocheckpoint=0``),
+tells ``WalCheckpoints`` after each transaction (``due``), and ``run`` checkpoints from a
+connection of its own in a worker thread, ``GATHER_SECONDS`` after the first commit it has not
+covered: under load one checkpoint covers dozens of commits, and an idle daemon makes none.
+
+A PASSIVE checkpoint copies the log without holding anyone up, but the log only starts over
+from its beginning when a commit finds it wholly copied, and with checkpoints made by another
+connection that never happened (measured: 3,000 commits left a 30 MB log). So once the log is
+past ``RESTART_PAGES`` after a passive checkpoint, a RESTART checkpoint follows: it has little
+left to copy, holds new writes for that moment (the ledger's commit then waits in its worker
+thread, not on the loop), and makes the next commit start the log over. In a stand-alone
+measurement of 3,000 commits the longest took 1.5 ms this way, 6.2 ms with SQLite's automatic
+checkpoints. Durability is SQLite's as before: with ``synchronous=NORMAL`` a commit is in the
+log, and a checkpoint syncs both files.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import anyio
+
+from llmspool.core.errors import StartupError
+from llmspool.store.backend import StoreLocation
+from llmspool.store.connect import connect
+from llmspool.store.connections import Connection
+
+__all__ = ["GATHER_SECONDS", "RESTART_PAGES", "WalCheckpoints"]
+
+log = logging.getLogger(__name__)
+
+GATHER_SECONDS = 0.05
+"""How long after a commit its checkpoint waits, for the commits that follow to join it (at
+3,000 calls a second, about 1,000 pages of log: SQLite's own threshold)."""
+
+
+RESTART_PAGES = 1000
+"""A log longer than this (SQLite's own threshold) after a passive checkpoint is started over
+with a RESTART checkpoint."""
+
+
+class WalCheckpoints:
+    """Checkpoints of one SQLite database's log, made off the event loop after commits."""
+
+    def __init__(self, location: StoreLocation) -> None:
+        self._location = location
+        self._due: anyio.Event | None = None
+        self._connection: Connection | None = None
+        self.made = 0
+        self.restarts = 0
+
+    def due(self) -> None:
+        """A transaction has ended: its pages are in the log, for the next checkpoint."""
+        if self._due is not None and not self._due.is_set():
+            self._due.set()
+
+    async def run(self) -> None:
+        """Checkpoint after commits, until cancelled; the own connection closes at the end."""
+        try:
+            self._due = anyio.Event()
+            while True:
+                await self._due.wait()
+                await anyio.sleep(GATHER_SECONDS)
+                self._due = anyio.Event()  # commits from here on call for the next one
+                await anyio.to_thread.run_sync(self._checkpoint)
+        finally:
+            self._due = None
+            if self._connection is not None:
+                self._connection.close()
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._connection is None:
+                self._connection = connect(self._location)
+            # fetchall: each statement ends, and with it any hold it has on the log.
+            [(_busy, in_log, _copied)] = self._connection.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if in_log > RESTART_PAGES:
+                self._connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                self.restarts += 1
+        except (sqlite3.Error, StartupError) as exc:
+            # The log only grows until the next one succeeds; the ledger is not held up.
+            log.warning("could not checkpoint the store's write-ahead log: %s", exc)
+            return
+        self.made += 1
