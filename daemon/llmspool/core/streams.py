@@ -18,9 +18,11 @@ What differs, on purpose:
 - ``send`` and ``receive`` return without yielding when they need not wait. So that a receiver
   that always finds items cannot starve the other tasks, or miss its cancellation, it yields one
   loop turn every ``FAIR_SHARE`` items in a row.
-- An item handed to a waiting receiver that is cancelled before it resumes goes back to the
-  front of the buffer for the next receiver: it is never lost. (anyio instead skips receivers
-  with a pending cancellation, which is what needs the ``TaskInfo`` per wait.)
+- An item handed to a waiting receiver that asyncio cancels before it resumes goes back to the
+  front of the buffer for the next receiver: it is never lost (the buffer may then hold one
+  item over its size). anyio instead skips receivers with a pending cancellation, which is
+  what needs the ``TaskInfo`` per wait; its cancel scopes never interrupt a wait that has
+  completed, so with them the receiver simply gets the item.
 
 They run on asyncio (the daemon's only backend): a wait is an asyncio future, which anyio's
 cancel scopes cancel as they cancel any asyncio await.
