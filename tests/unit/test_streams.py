@@ -72,73 +72,49 @@ def test_receivers_drain_the_buffer_then_see_the_end_once_every_sender_closed() 
     run(main)
 
 
-def test_a_waiting_receiver_is_woken_by_the_end_of_the_stream() -> None:
+def _wakes_its_waiter(wait: Callable[[], Awaitable[object]], close: Callable[[], None],
+                      error: type[Exception]) -> None:
+    """A task blocked in ``wait`` is woken with ``error`` when ``close`` runs."""
     async def main() -> None:
-        send, receive = create_memory_stream[int](1)
         outcome: list[str] = []
 
-        async def receiver() -> None:
-            with pytest.raises(EndOfStream):
-                await receive.receive()
-            outcome.append("ended")
+        async def waiter() -> None:
+            with pytest.raises(error):
+                await wait()
+            outcome.append("woken")
 
         with anyio.fail_after(5):  # a waiter nobody wakes fails here, not by hanging
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(receiver)
+                tasks.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()
-                send.close()
-        assert outcome == ["ended"]
+                close()
+        assert outcome == ["woken"]
 
     run(main)
+
+
+def test_a_waiting_receiver_is_woken_by_the_end_of_the_stream() -> None:
+    send, receive = create_memory_stream[int](1)
+    _wakes_its_waiter(receive.receive, send.close, EndOfStream)
 
 
 def test_senders_fail_once_every_receiver_closed_even_those_already_waiting() -> None:
-    async def main() -> None:
-        send, receive = create_memory_stream[int](0)
-        outcome: list[str] = []
-
-        async def sender() -> None:
-            with pytest.raises(BrokenResourceError):
-                await send.send(1)
-            outcome.append("broken")
-
-        with anyio.fail_after(5):  # a waiter nobody wakes fails here, not by hanging
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(sender)
-                await anyio.wait_all_tasks_blocked()
-                receive.close()
-        assert outcome == ["broken"]
-        with pytest.raises(BrokenResourceError):
-            send.send_nowait(2)
-
-    run(main)
+    send, receive = create_memory_stream[int](0)
+    _wakes_its_waiter(lambda: send.send(1), receive.close, BrokenResourceError)
+    with pytest.raises(BrokenResourceError):
+        send.send_nowait(2)
 
 
 def test_an_end_closed_by_its_owner_refuses_use_and_wakes_its_waiters() -> None:
-    async def main() -> None:
-        send, receive = create_memory_stream[int](1)
-        outcome: list[str] = []
-
-        async def receiver() -> None:
-            with pytest.raises(ClosedResourceError):
-                await receive.receive()
-            outcome.append("closed")
-
-        with anyio.fail_after(5):  # a waiter nobody wakes fails here, not by hanging
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(receiver)
-                await anyio.wait_all_tasks_blocked()
-                receive.close()
-        assert outcome == ["closed"]
-        with pytest.raises(ClosedResourceError):
-            receive.receive_nowait()
-        send.close()
-        with pytest.raises(ClosedResourceError):
-            await send.send(1)
-        with pytest.raises(ClosedResourceError):
-            send.clone()
-
-    run(main)
+    send, receive = create_memory_stream[int](1)
+    _wakes_its_waiter(receive.receive, receive.close, ClosedResourceError)
+    with pytest.raises(ClosedResourceError):
+        receive.receive_nowait()
+    send.close()
+    with pytest.raises(ClosedResourceError):
+        run(lambda: send.send(1))
+    with pytest.raises(ClosedResourceError):
+        send.clone()
 
 
 def test_an_item_handed_to_a_receiver_cancelled_before_it_resumes_is_not_lost() -> None:
