@@ -34,6 +34,7 @@ from llmspool.actors.dispatch.targets import Targets
 from llmspool.core.calls import Tier
 from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, FailoverConfig, FlexConfig
 from llmspool.core.errors import ApiError
+from llmspool.core.histograms import Histograms
 from llmspool.core.provider import Provider
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import NO_SPAN, CurrentSpan, GenAiMetrics, links_of, records
@@ -81,6 +82,7 @@ class Dispatcher:
         estimator: TokenEstimator,
         tracer: trace.Tracer,
         meter: metrics.Meter,
+        histograms: Histograms | None,
         retrier: Retrier,
         breaker: BreakerConfig,
         failover: FailoverConfig,
@@ -102,7 +104,7 @@ class Dispatcher:
         self._flex_metrics = FlexMetrics(meter)
         self._accounts = Accounts(
             ledger, prices=prices, budgets=budgets, estimator=estimator, planner=planner,
-            provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(meter))
+            provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(histograms))
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
         self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts,
                             planner.clock)

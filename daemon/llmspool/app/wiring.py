@@ -165,6 +165,7 @@ async def build_parts(
         estimator=estimator,
         tracer=tracing.tracer,
         meter=tracing.meter,
+        histograms=tracing.histograms,
         retrier=Retrier(config.retry, config.retry_providers, calendar=clock.now),
         breaker=config.breaker,
         failover=config.failover,

@@ -55,6 +55,7 @@ from opentelemetry.util.types import AttributeValue
 
 from llmspool import __version__
 from llmspool.core.config.sections import TracingConfig
+from llmspool.core.histograms import Histograms, Labels, WithHistograms
 from llmspool.core.span_pipe import SpanPipe
 from llmspool.core.spans import LeanTracer
 
@@ -92,6 +93,8 @@ class Tracing:
     provider: SpanSink | None
     meter: metrics.Meter = field(default_factory=lambda: metrics.NoOpMeter("llmspool"))
     meter_provider: MeterProvider | None = None
+    # The histograms every metric export carries (None: no metrics exported).
+    histograms: Histograms | None = None
 
     @property
     def enabled(self) -> bool:
@@ -223,12 +226,16 @@ def _build(config: TracingConfig, environ: Mapping[str, str]) -> Tracing:
         provider = sdk_provider
     meter_provider = None
     meter: metrics.Meter = metrics.NoOpMeter("llmspool")
+    histograms = None
     if metric_exporters:
+        histograms = Histograms()
+        scope = InstrumentationScope("llmspool", __version__)
         meter_provider = MeterProvider(resource=resource, metric_readers=[
-            PeriodicExportingMetricReader(metric_exporter)
+            PeriodicExportingMetricReader(WithHistograms(
+                metric_exporter, histograms, resource=resource, scope=scope))
             for metric_exporter in metric_exporters])
-        meter = meter_provider.get_meter("llmspool", __version__)
-    return Tracing(tracer, provider, meter, meter_provider)
+        meter = meter_provider.get_meter(scope.name, scope.version)
+    return Tracing(tracer, provider, meter, meter_provider, histograms)
 
 
 # --- trace context ------------------------------------------------------------------------
@@ -292,8 +299,6 @@ def links_of(context: Context) -> Sequence[trace.Link] | None:
 
 # --- counters ------------------------------------------------------------------------------
 
-Labels = tuple[tuple[str, AttributeValue], ...]
-"""A counter's attributes as a hashable tuple of (name, value) pairs."""
 
 
 class Tally:
@@ -327,23 +332,26 @@ class Tally:
 
 class GenAiMetrics:
     """The GenAI conventions' client metrics: ``gen_ai.client.operation.duration`` (seconds)
-    and ``gen_ai.client.token.usage`` (by ``gen_ai.token.type``: input, output)."""
+    and ``gen_ai.client.token.usage`` (by ``gen_ai.token.type``: input, output), kept as
+    ``histograms.HistogramTally`` counts (``histograms`` None: no metrics are exported)."""
 
-    def __init__(self, meter: metrics.Meter) -> None:
-        # Off, the daemon's meter is a no-op: callers skip building attributes for it.
-        self.enabled = not isinstance(meter, metrics.NoOpMeter)
-        self._duration = meter.create_histogram(
+    def __init__(self, histograms: Histograms | None) -> None:
+        # Off, callers skip building attributes.
+        self.enabled = histograms is not None
+        registry = histograms if histograms is not None else Histograms()
+        self._duration = registry.histogram(
             "gen_ai.client.operation.duration", "s", "GenAI operation duration",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
-        self._tokens = meter.create_histogram(
+            _DURATION_BUCKETS)
+        self._tokens = registry.histogram(
             "gen_ai.client.token.usage", "{token}",
-            "Measures number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS)
+            "Measures number of input and output tokens used", _TOKEN_BUCKETS)
 
     def operation(self, seconds: float, attributes: Mapping[str, AttributeValue]) -> None:
-        self._duration.record(seconds, attributes)
+        self._duration.record(seconds, tuple(sorted(attributes.items())))
 
     def tokens(self, input_tokens: int, output_tokens: int,
                attributes: Mapping[str, AttributeValue]) -> None:
-        self._tokens.record(input_tokens, {**attributes, "gen_ai.token.type": "input"})
-        self._tokens.record(output_tokens, {**attributes, "gen_ai.token.type": "output"})
+        self._tokens.record(input_tokens, tuple(sorted(
+            {**attributes, "gen_ai.token.type": "input"}.items())))
+        self._tokens.record(output_tokens, tuple(sorted(
+            {**attributes, "gen_ai.token.type": "output"}.items())))

@@ -1,0 +1,197 @@
+"""Explicit-bucket histograms kept as plain counts, and added to each metric export.
+
+The SDK's ``Histogram.record`` costs about 20 µs of the event loop's CPU a measurement: a
+``Measurement`` object, its attributes cleaned and hashed, an exemplar offered, two locks. A
+traced call records three (its duration and its input and output tokens), which was half of
+what telemetry added to a call in the daemon. ``HistogramTally.record`` is a bisect and a few
+additions under an uncontended lock, as ``tracing.Tally`` is a dict update for counters.
+
+The figures are the ones the SDK's explicit-bucket aggregation exports, per attribute set:
+count, sum, min, max and the bucket counts (a value equal to a boundary falls in the bucket
+that boundary closes). What differs:
+
+- the OpenTelemetry API has no observable histogram to report them through, so
+  ``WithHistograms`` wraps each metric exporter and adds the histograms' points to what the
+  SDK's reader collected, in the scope ``llmspool`` of the daemon's resource;
+- the temporality is the one the wrapped exporter prefers for histograms (cumulative unless
+  ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` says ``delta`` or ``lowmemory``), each
+  exporter keeping its own counts so that a delta export resets only its own;
+- they carry no exemplars, and stay explicit-bucket whatever aggregation the exporter prefers
+  (``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``): their boundaries are the
+  GenAI conventions' advice.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import time_ns
+
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import AttributeValue
+
+Labels = tuple[tuple[str, AttributeValue], ...]
+"""A measurement's attributes as a hashable tuple of (name, value) pairs, sorted by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSpec:
+    """What a histogram is called and where its buckets end."""
+
+    name: str
+    unit: str
+    description: str
+    boundaries: tuple[float, ...]
+
+
+class _Counts:
+    """One exporter's counts of every histogram: per (histogram, attribute set), a list of
+    count, sum, min, max, then the bucket counts."""
+
+    def __init__(self, temporality: AggregationTemporality) -> None:
+        self.temporality = temporality
+        self.lock = threading.Lock()  # records on the event loop; exports in the reader's thread
+        self.points: dict[tuple[int, Labels], list[float]] = {}
+        self.since = time_ns()
+
+    def add(self, histogram: int, labels: Labels, bucket: int, buckets: int,
+            value: float) -> None:
+        key = (histogram, labels)
+        with self.lock:
+            point = self.points.get(key)
+            if point is None:
+                point = self.points[key] = [0, 0, value, value, *([0] * buckets)]
+            point[0] += 1
+            point[1] += value
+            point[2] = min(point[2], value)
+            point[3] = max(point[3], value)
+            point[4 + bucket] += 1
+
+    def take(self, now: int) -> tuple[int, dict[tuple[int, Labels], list[float]]]:
+        """The counts since ``since`` (a copy); a delta exporter's start over from ``now``."""
+        with self.lock:
+            since = self.since
+            if self.temporality is AggregationTemporality.DELTA:
+                points, self.points, self.since = self.points, {}, now
+            else:
+                points = {key: list(point) for key, point in self.points.items()}
+        return since, points
+
+
+class Histograms:
+    """The daemon's histograms, and the counts each of its metric exporters keeps of them."""
+
+    def __init__(self) -> None:
+        self.specs: list[HistogramSpec] = []
+        self._counts: list[_Counts] = []
+
+    def histogram(self, name: str, unit: str, description: str,
+                  boundaries: Sequence[float]) -> HistogramTally:
+        self.specs.append(HistogramSpec(name, unit, description, tuple(boundaries)))
+        return HistogramTally(self, len(self.specs) - 1)
+
+    def counts(self, temporality: AggregationTemporality) -> _Counts:
+        """Counts for one more exporter, from now on."""
+        counts = _Counts(temporality)
+        self._counts.append(counts)
+        return counts
+
+    def record(self, histogram: int, value: float, labels: Labels) -> None:
+        # NaN fails both comparisons; the SDK ignores negative and infinite values as well.
+        if not 0 <= value < math.inf:
+            return
+        boundaries = self.specs[histogram].boundaries
+        bucket = bisect_left(boundaries, value)
+        for counts in self._counts:
+            counts.add(histogram, labels, bucket, len(boundaries) + 1, value)
+
+
+class HistogramTally:
+    """One histogram: ``record`` a value with its attributes."""
+
+    __slots__ = ("_histograms", "_index")
+
+    def __init__(self, histograms: Histograms, index: int) -> None:
+        self._histograms = histograms
+        self._index = index
+
+    def record(self, value: float, labels: Labels) -> None:
+        self._histograms.record(self._index, value, labels)
+
+
+class WithHistograms(MetricExporter):
+    """``exporter``, sending the histograms' points with everything the SDK collected."""
+
+    def __init__(self, exporter: MetricExporter, histograms: Histograms, *,
+                 resource: Resource, scope: InstrumentationScope) -> None:
+        # The reader reads these from its exporter, as the SDK's own reader does.
+        preferred = exporter._preferred_temporality or {}
+        super().__init__(preferred_temporality=exporter._preferred_temporality,
+                         preferred_aggregation=exporter._preferred_aggregation)
+        self._exporter = exporter
+        self._specs = histograms.specs
+        self._counts = histograms.counts(
+            preferred.get(HistogramInstrument, AggregationTemporality.CUMULATIVE))
+        self._resource = resource
+        self._scope = scope
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: object) -> MetricExportResult:
+        return self._exporter.export(self._with_histograms(metrics_data),
+                                     timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        self._exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    def _with_histograms(self, metrics_data: MetricsData) -> MetricsData:
+        ours = self._metrics()
+        if not ours:
+            return metrics_data
+        resources = list(metrics_data.resource_metrics) or [
+            ResourceMetrics(self._resource, [], self._resource.schema_url)]
+        first = resources[0]
+        scopes = list(first.scope_metrics)
+        for index, scope in enumerate(scopes):
+            if scope.scope == self._scope:
+                scopes[index] = ScopeMetrics(scope.scope, [*scope.metrics, *ours],
+                                             scope.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(self._scope, ours, self._scope.schema_url or ""))
+        resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+        return MetricsData(resources)
+
+    def _metrics(self) -> list[Metric]:
+        now = time_ns()
+        since, points = self._counts.take(now)
+        by_histogram: dict[int, list[HistogramDataPoint]] = {}
+        for (histogram, labels), point in points.items():
+            count, total, smallest, largest, *buckets = point
+            by_histogram.setdefault(histogram, []).append(HistogramDataPoint(
+                attributes=dict(labels), start_time_unix_nano=since, time_unix_nano=now,
+                count=int(count), sum=total, bucket_counts=[int(n) for n in buckets],
+                explicit_bounds=self._specs[histogram].boundaries, min=smallest, max=largest))
+        return [
+            Metric(spec.name, spec.description, spec.unit,
+                   HistogramData(by_histogram[index], self._counts.temporality))
+            for index, spec in enumerate(self._specs) if index in by_histogram
+        ]
