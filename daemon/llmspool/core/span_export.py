@@ -6,9 +6,9 @@ lock in slices of up to its switch interval (5 ms) while the event loop waits.
 
 This module is the daemon's side of the child and the child itself:
 
-- the wire format: a span as plain tuples (``compact``, made by ``spans.LeanTracer`` directly
-  or from an SDK span) pickled and length-prefixed (``frame``); a batch is a mark, its
-  resources' frame (``resource_frame``) and its spans' frames, joined;
+- the wire format: a span as plain tuples (``span_data``, made by ``spans.LeanTracer``
+  directly or by ``compact`` from an SDK span); a batch is a mark, its resources' frame
+  (``resource_frame``), then frames each holding a pickled list of spans (``frame``);
 - ``ExportChild``, which starts the child (``python -m llmspool.core.span_export``, fed on
   its standard input), hands it batches, and waits for it to send what it has on
   ``flush``/``stop``. A child that died is started again at the next batch (what it held is
@@ -66,7 +66,8 @@ def span_data(*, name: str, context: SpanContext | None, parent: SpanContext | N
     attributes, timestamp)."""
     return (
         name, context_data(context), context_data(parent), resource, attributes, events,
-        [(context_data(link.context), dict(link.attributes or {})) for link in links],
+        [(context_data(link.context), dict(link.attributes or {})) for link in links]
+        if links else [],
         kind.value, scope, status.status_code.value, status.description, start_time, end_time,
     )
 
@@ -111,8 +112,9 @@ def context_data(context: SpanContext | None) -> tuple[Any, ...] | None:
     """A span context as plain data (``None`` stays ``None``)."""
     if context is None:
         return None
+    state = context.trace_state
     return (context.trace_id, context.span_id, context.is_remote, int(context.trace_flags),
-            list(context.trace_state.items()))
+            list(state.items()) if state else [])
 
 
 def _span_context(data: tuple[Any, ...] | None) -> SpanContext | None:
@@ -233,7 +235,7 @@ def resource_frame(resources: Sequence[Resource]) -> bytes:
 
 
 def frame(data: bytes) -> bytes:
-    """``data``, length-prefixed: a span in a batch (a batch is its frames, joined)."""
+    """``data``, length-prefixed: spans in a batch (a batch is its frames, joined)."""
     return _LENGTH.pack(len(data)) + data
 
 
@@ -271,7 +273,8 @@ def main() -> None:
             frames = _frames(memoryview(message)[len(_BATCH):])
             resources = [Resource(attributes, schema_url)
                          for attributes, schema_url in pickle.loads(next(frames))]
-            exporter.export([rebuild(pickle.loads(packed), resources) for packed in frames])
+            exporter.export([rebuild(span, resources)
+                             for packed in frames for span in pickle.loads(packed)])
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
 
