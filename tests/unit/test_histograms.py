@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from llmspool.core.histograms import Histograms, WithHistograms
+from llmspool.core.tracing import GenAiMetrics
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -17,9 +19,6 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-from llmspool.core.histograms import Histograms, WithHistograms
-from llmspool.core.tracing import GenAiMetrics
 
 SCOPE = InstrumentationScope("llmspool", "test")
 RESOURCE = Resource.create({"service.name": "llmspool-test"})
