@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from llmspool.core.span_export import NICENESS
 from llmspool.core.span_pipe import MAX_QUEUE_SIZE, SpanPipe, setting
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -64,6 +65,21 @@ def test_spans_reach_the_collector_in_batches_of_the_configured_size(
         f"span {number}" for number in range(20))
     assert _traces(receiver) >= 3
     assert {kv.key: kv.value.int_value for kv in receiver.span("span 3").attributes} == {"n": 3}
+
+
+def test_the_export_child_yields_the_cpu_to_the_daemon(
+    provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
+) -> None:
+    tracer_provider, pipe = provider
+    others = set(_children())
+    with tracer_provider.get_tracer("test").start_as_current_span("first"):
+        pass
+    assert pipe.force_flush()
+    wait_for(lambda: len(receiver.spans) == 1, what="the span")
+    [child] = set(_children()) - others
+    # Its encoding bursts run in the CPU time the daemon leaves (capped at the lowest priority).
+    assert os.getpriority(os.PRIO_PROCESS, child) == min(
+        os.getpriority(os.PRIO_PROCESS, 0) + NICENESS, 19)
 
 
 def test_a_stalled_collector_never_holds_the_thread_that_ends_spans(
