@@ -31,7 +31,7 @@ def accounts() -> Accounts:
     return Accounts(
         ledger,
         prices=PRICES, budgets=config.budgets, estimator=TokenEstimator(use_tokenizer=False),
-        planner=planner, provider_kinds={}, flex=FlexMetrics(meter), genai=GenAiMetrics(meter),
+        planner=planner, provider_kinds={}, flex=FlexMetrics(meter), genai=GenAiMetrics(None),
     )
 
 
