@@ -300,7 +300,6 @@ def links_of(context: Context) -> Sequence[trace.Link] | None:
 # --- counters ------------------------------------------------------------------------------
 
 
-
 class Tally:
     """A monotonic counter kept as plain sums, one per set of attributes, and reported through
     an observable counter when the metric reader collects.
