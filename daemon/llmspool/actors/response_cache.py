@@ -180,7 +180,7 @@ class ResponseCache:
         if plan.similar and self._matcher is not None:
             group.start_soon(self._matcher.match_then_lead, flight, reader, group)
             return
-        group.start_soon(self._flights.lead, flight, reader, group)
+        self._flights.start(flight, reader, group)
 
     def _used(self, message: CacheUsed) -> None:
         """The front door answered a hit itself (or found a corrupt entry)."""

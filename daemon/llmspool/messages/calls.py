@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from anyio import CancelScope
 from opentelemetry.context import Context
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import ApiError
-from llmspool.core.streams import MemorySendStream
 from llmspool.policy.cache_keys import CachePlan
 from llmspool.policy.model_choice import Verdict
 from llmspool.policy.planner import TierPolicy
@@ -56,6 +55,18 @@ class Abort:
             self._callback()
 
 
+class ReplySink(Protocol):
+    """Where a call's replies go: the stream its front door (or job keeper) reads, or a cache
+    flight's ``flights.LeaderTee``. Its owner (the dispatcher, or whoever fails the call
+    before it) closes it after the last reply."""
+
+    async def send(self, item: Reply, /) -> None: ...
+
+    def send_nowait(self, item: Reply, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One interactive request on its way to a provider; answers go to ``reply``.
@@ -79,7 +90,7 @@ class Call:
     operation: str | None
     received_at: float
     trace: Context
-    reply: MemorySendStream[Reply] = field(repr=False)
+    reply: ReplySink = field(repr=False)
     strip_usage_chunk: bool = False
     deadline_at: float | None = None
     session: str | None = None

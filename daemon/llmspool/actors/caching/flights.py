@@ -1,11 +1,15 @@
 """Single flight: identical calls share one upstream call, the leader's.
 
-The leader's call goes to the request queue with its replies teed through here
-(``LeaderRelay`` passes them on to its client), so that its followers get the outcome and
-the cache keeps it. A 200 answer is shared with every follower and kept; an error the provider
-gave that the same request would get again is shared too; anything else (a timeout, a client
-that went away, a stream cut short) sends the followers on their way again, the first of them
-leading a new flight. A leader whose client goes away keeps its upstream call going while
+The leader's call goes to the request queue with its replies teed through here, so that its
+followers get the outcome and the cache keeps it: a ``LeaderTee`` takes the dispatcher's
+replies and passes them on to the leader's client as they come (``LeaderRelay``), and lands
+the flight when the dispatcher closes it. Only in a fleet, or when the request queue is full,
+does a task of its own lead the flight (``Flights.lead``), awaiting what it must.
+
+A 200 answer is shared with every follower and kept; an error the provider gave that the
+same request would get again is shared too; anything else (a timeout, a client that went
+away, a stream cut short) sends the followers on their way again, the first of them leading
+a new flight. A leader whose client goes away keeps its upstream call going while
 others wait for it.
 
 In a fleet (daemons sharing a PostgreSQL store), a leader asks the fleet's cache before it
@@ -14,7 +18,9 @@ calls upstream, and publishes its flight's outcome to it (``fleet``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +52,8 @@ from llmspool.messages import (
 from llmspool.policy.cache_keys import HEADER
 from llmspool.resilience.failures import FailureClass, classify
 from llmspool.store.records import NewEntry
+
+log = logging.getLogger(__name__)
 
 _STREAM_BUFFER = 32
 Take = Callable[[Call, CacheReader, TaskGroup], None]  # the cache taking a call (again)
@@ -102,6 +110,28 @@ class Flights:
             self._near.landed(flight.near[2])
             self.by_number.pop(flight.near[2], None)
 
+    def start(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
+        """Lead ``flight``: its upstream call goes to the queue now, its replies through a
+        ``LeaderTee``, and no task waits for them (a task per miss was a third of what the
+        cache added to a call). In a fleet, or with the queue full, a task leads it."""
+        if self._fleet is not None:
+            group.start_soon(self.lead, flight, reader, group)
+            return
+        leader = flight.leader
+        tee = LeaderTee(self, flight, reader, group)
+        upstream = dataclasses.replace(leader, reply=tee, abort=Abort(),
+                                       strip_usage_chunk=False)
+        try:
+            self._queue.send_nowait(upstream)
+        except anyio.WouldBlock:
+            group.start_soon(self.lead, flight, reader, group)
+            return
+        except GONE:
+            self._shut_out(flight)
+            return
+        tee.upstream_abort = upstream.abort
+        leader.abort.on_fire(tee.leader_left)
+
     async def lead(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
         leader = flight.leader
         if self._fleet is not None:
@@ -119,9 +149,7 @@ class Flights:
         except GONE:
             tee_in.close()
             tee_out.close()
-            self.end(flight)
-            for call in (leader, *flight.followers):
-                send_all(call, [Failure(_shutting_down())])
+            self._shut_out(flight)
             if self._fleet is not None:
                 await self._fleet.landed(flight.key, None)
             return
@@ -148,6 +176,20 @@ class Flights:
         if self._fleet is not None:
             await self._fleet.landed(flight.key, kept)
         self.check_landed()
+
+    def land(self, flight: Flight, replies: list[Reply], reader: CacheReader,
+             group: TaskGroup) -> None:
+        """A flight led by a ``LeaderTee`` ends: its outcome to the followers and the cache."""
+        flight.leader.reply.close()
+        self.end(flight)
+        self._finish(flight, replies, reader, group)
+        self.check_landed()
+
+    def _shut_out(self, flight: Flight) -> None:
+        """The queue is gone (the daemon stops): the flight's calls are told so."""
+        self.end(flight)
+        for call in (flight.leader, *flight.followers):
+            send_all(call, [Failure(_shutting_down())])
 
     def _answer_from_fleet(self, flight: Flight, found: CachedAnswer, how: str,
                            group: TaskGroup) -> bool:
@@ -202,6 +244,57 @@ class Flights:
         for call in flight.followers:
             self._take(call, reader, group)
         return None
+
+
+class LeaderTee:
+    """The leader's upstream call sends its replies here (its ``Call.reply``): each is kept
+    for the flight's outcome and passed on to the leader's client at once, in the
+    dispatcher's task. Closing it (the dispatcher does, after the last reply) lands the
+    flight."""
+
+    def __init__(self, flights: Flights, flight: Flight, reader: CacheReader,
+                 group: TaskGroup) -> None:
+        self._flights = flights
+        self._flight = flight
+        self._reader = reader
+        self._group = group
+        self._relay = LeaderRelay(flight.leader)
+        self._replies: list[Reply] = []
+        self._closed = False
+        self.upstream_abort: Abort | None = None
+
+    async def send(self, item: Reply, /) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._replies.append(item)
+        flight = self._flight
+        if not await self._relay.send(item) and flight.leader.stream and not flight.followers:
+            # Nobody wants the rest: as a closed stream, this stops the upstream call.
+            raise anyio.BrokenResourceError
+
+    def send_nowait(self, item: Reply, /) -> None:
+        """How the request queue fails a call it cannot take: one reply, passed on as is."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._replies.append(item)
+        with contextlib.suppress(anyio.WouldBlock, *GONE):
+            self._flight.leader.reply.send_nowait(item)
+
+    def leader_left(self) -> None:
+        """The leader's client went away: its upstream call stops, unless others wait."""
+        if not self._flight.followers and self.upstream_abort is not None:
+            self.upstream_abort.fire()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._flight.leader.abort.on_fire(None)
+        try:
+            self._flights.land(self._flight, self._replies, self._reader, self._group)
+        except Exception:  # the dispatcher closing its call must not fail with the cache
+            log.exception("the response cache could not land the flight of %s",
+                          self._flight.leader.request_id)
 
 
 class LeaderRelay:

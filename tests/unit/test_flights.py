@@ -1,0 +1,76 @@
+"""A cache flight's leader call goes to the request queue with a ``LeaderTee`` for its replies
+(no task of its own), or, when the queue's inbox is full, with a task that waits to hand it
+over: either way the leader's client gets the answer marked as a miss, a follower gets it
+shared, the answer is kept, and the flight lands."""
+
+from __future__ import annotations
+
+import anyio
+import orjson
+import pytest
+from llmspool.actors.caching.counts import CacheCounts
+from llmspool.actors.caching.flights import Flight, Flights, LeaderTee
+from llmspool.actors.caching.replies import Replier
+from llmspool.actors.caching.write_behind import WriteBehind
+from llmspool.cache.store import CacheReader
+from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.config.sections import CacheConfig, Config
+from llmspool.core.streams import MemoryReceiveStream, create_memory_stream
+from llmspool.messages import Answer, Call, Reply, Settled
+from llmspool.policy.billing import load_price_book
+from llmspool.policy.cache_keys import CachePlan
+from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.store.records import Caller
+from opentelemetry.context import Context
+
+KEY = b"k" * 32
+DOCUMENT = {"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+
+def _call(request_id: str) -> tuple[Call, MemoryReceiveStream[Reply]]:
+    reply_in, reply_out = create_memory_stream[Reply](1)
+    return Call(
+        request_id=request_id, endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
+        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
+        received_at=0.0, trace=Context(), reply=reply_in,
+        cache=CachePlan(KEY, 60.0, "shared"),
+    ), reply_out
+
+
+@pytest.mark.parametrize("queue_full", [False, True])
+def test_a_flight_lands_with_or_without_a_task_of_its_own(queue_full: bool) -> None:
+    anyio.run(_fly, queue_full, backend="asyncio", backend_options={"use_uvloop": True})
+
+
+async def _fly(queue_full: bool) -> None:
+    config = Config()
+    planner = Planner(config, load_price_book(), LatencyBook(default_latencies(config)))
+    counts = CacheCounts()
+    writes = WriteBehind(counts, None)
+    ledger_in, ledger_out = create_memory_stream[Settled](10)
+    # With no room in the queue's inbox, the flight needs a task to wait for some.
+    queue_in, queue_out = create_memory_stream[Call](0 if queue_full else 1)
+    flights = Flights(queue_in, CacheConfig(), counts, writes, Replier(planner, ledger_in, writes),
+                      None, lambda *_: None)
+    leader, leader_replies = _call("leader")
+    follower, follower_replies = _call("follower")
+    flight = flights.by_key[KEY] = Flight(KEY, leader)
+    flight.followers.append(follower)
+    reader = CacheReader.__new__(CacheReader)  # never read: the flight brings its answer
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            flights.start(flight, reader, group)
+            upstream = await queue_out.receive()
+            assert isinstance(upstream.reply, LeaderTee) is not queue_full
+            await upstream.reply.send(Answer(200, {}, orjson.dumps(DOCUMENT), Tier.STANDARD,
+                                             1, 2, DOCUMENT))
+            upstream.reply.close()  # as the dispatcher does after the last reply
+            mine, theirs = await leader_replies.receive(), await follower_replies.receive()
+    assert isinstance(mine, Answer) and mine.headers["x-llmspool-cache"] == "miss"
+    assert isinstance(theirs, Answer) and theirs.headers["x-llmspool-cache"] == "shared"
+    assert theirs.body == mine.body
+    assert flights.by_key == {}
+    assert writes.recent[KEY][0].body == mine.body  # kept for the next identical call
+    assert isinstance(ledger_out.receive_nowait(), Settled)  # the follower's saving
+
