@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import orjson
-from llmspool.actors.ledger import Ledger, LedgerMessage
+from llmspool.actors.ledger import COMMIT_INTERVAL, Ledger, LedgerMessage
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError
@@ -28,12 +28,14 @@ NOW = 1.8e9
 Scenario = Callable[[Any], Awaitable[Any]]
 
 
-async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Scenario) -> Any:
+async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Scenario,
+                     commit_interval: float = COMMIT_INTERVAL) -> Any:
     """Run a ledger on ``store`` for ``scenario``; leaving it without a clean stop is what a
     crash looks like to the store (nothing is flushed that was not already committed)."""
     database = LedgerConnection.open(store)
     inbox_in, inbox_out = create_memory_stream[LedgerMessage](64)
-    ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: NOW)
+    ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: NOW,
+                    commit_interval=commit_interval)
     try:
         async with anyio.create_task_group() as group:
             await group.start(ledger.run)

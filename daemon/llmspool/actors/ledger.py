@@ -4,21 +4,25 @@
   per day overall and per operation, calling user and provider; per session) and refuses the
   call, naming the cap, if the reservation would break one. Because this one actor handles
   admissions one at a time, concurrent calls cannot race past a cap. Every reservation, caps
-  or not, is committed (a group commit for all that arrived together) before the call is
-  admitted: it is the durable intent that makes a crash mid-call visible.
+  or not, is durable before the call is admitted: it is the intent that makes a crash
+  mid-call visible. On SQLite it is written to the reservations' journal (one write for all
+  admitted together, ``store.reservation_journal``), and the next group commit puts it into
+  the table if the call is still in flight; in a shared store it is committed (a group
+  commit for all that arrived together) before the call is admitted.
 - ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
   bill. Entries are written in group commits (what arrived while the previous commit ran goes
   in the next one), each deleting the reservations it settles in the same transaction. Before
-  committing admissions the ledger lets the event loop turn once, so under load the calls a
-  step behind join the commit (dozens of calls a commit, not two). On SQLite the commits run on
-  the event loop, and the write-ahead log's checkpoints in a worker thread beside them
-  (``store.wal_checkpoints``).
+  committing admissions (in a shared store) the ledger lets the event loop turn once, so under
+  load the calls a step behind join the commit (dozens of calls a commit, not two). On SQLite
+  the commits run on the event loop, and the write-ahead log's checkpoints in a worker thread
+  beside them (``store.wal_checkpoints``).
 - ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
   entries, in one transaction; ``ReserveLines`` reserves batch lines before they are put into a
   batch, storing the refused ones as ``budget_*`` failures; ``ReleaseLines`` ends those.
-- At start, every call reservation left by a crash becomes an ``unknown_outcome`` entry at its
-  reserved cost, and batch lines' reservations count against the caps again: spend after a
-  crash is never lower than what may have been spent.
+- At start, the journal's reservations past the last commit go into the table; every call
+  reservation left by a crash becomes an ``unknown_outcome`` entry at its reserved cost, and
+  batch lines' reservations count against the caps again: spend after a crash is never lower
+  than what may have been spent.
 - In a store several daemons share (PostgreSQL), admissions are decided in the database, in
   the transaction that commits their reservations, against what the whole fleet has spent and
   reserved (``GroupCommit``), so caps hold for the fleet. The ledger keeps this daemon's lease
@@ -76,7 +80,7 @@ from llmspool.messages import (
     StoreJobResults,
     answer,
 )
-from llmspool.store import fleet
+from llmspool.store import fleet, reservation_journal
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.fleet import Member
 from llmspool.store.ledger import Candidate, LedgerConnection, line_key
@@ -114,8 +118,10 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         member: Member | None = None,
         adopt: MemorySendStream[AdoptWork] | None = None,
+        commit_interval: float = COMMIT_INTERVAL,
     ) -> None:
         self._inbox = inbox
+        self._commit_interval = commit_interval
         self._database = database
         caps = Caps(budgets or BudgetsConfig())
         meter = meter or active().meter  # without one given, the daemon's
@@ -171,7 +177,9 @@ class Ledger:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await self._handle(group)
-                    if self._group.admitting and len(group) < MAX_GROUP:
+                    if self._group.admit_journaled():
+                        pass  # durable in the journal (SQLite): no commit to wait for
+                    elif self._group.admitting and len(group) < MAX_GROUP:
                         # One turn of the event loop first: admissions from calls that are
                         # a step behind join this commit instead of waiting for the next.
                         await anyio.lowlevel.checkpoint()
@@ -209,8 +217,8 @@ class Ledger:
             self._closed = True
             return None
         wake = self._renew_at
-        if self._group.pending or self._group.ended:
-            wake = min(wake, self._group.pending_since + COMMIT_INTERVAL)
+        if self._group.waiting:
+            wake = min(wake, self._group.pending_since + self._commit_interval)
         if wake == float("inf"):
             try:
                 return await self._inbox.receive()
@@ -325,6 +333,12 @@ class Ledger:
             self._adopted.pop(0)
 
     async def _reconcile(self) -> None:
+        journal = self._database.journal
+        if journal is not None:  # its rows past the last commit are reservations too
+            put_back = await self._database.run_in_thread(reservation_journal.recover, journal)
+            if put_back:
+                log.info("%d reservations made after the last commit were in the journal",
+                         put_back)
         mine = None if self._fleet is None else [self._fleet.name]
         unknown, kept = await self._database.run_in_thread(ledger_sql.reconcile, self._clock(),
                                                            mine)

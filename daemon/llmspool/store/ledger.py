@@ -1,13 +1,13 @@
 """SQL of the money rows (ledger entries and reservations) and the ledger's own connection.
 
 The ledger actor is the only writer of these tables, through ``LedgerConnection``: one
-synchronous connection to the store. On SQLite a short transaction (one call's reservation,
-a few entries) runs right on the event loop, which is cheaper than a hop to a thread (~80 µs
-against ~330 µs here), and falls back to a worker thread when another connection holds
-SQLite's write lock, so the event loop never waits on a lock. Group commits run on the loop
-too; big transactions (a batch's results, the reconciliation at start) run in the thread: the
-loop serves calls meanwhile. On PostgreSQL every transaction runs in the thread, since each
-statement is a round trip to the server.
+synchronous connection to the store. On SQLite a short transaction (a group commit of
+entries and reservations) runs right on the event loop, which is cheaper than a hop to a
+thread (~80 µs against ~330 µs here), and falls back to a worker thread when another
+connection holds SQLite's write lock, so the event loop never waits on a lock. Group commits
+run on the loop too; big transactions (a batch's results, the reconciliation at start) run
+in the thread: the loop serves calls meanwhile. On PostgreSQL every transaction runs in the
+thread, since each statement is a round trip to the server.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from llmspool.store.connect import connect
 from llmspool.store.connections import AsyncConnection, Connection, PgConnection, is_sqlite
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
+from llmspool.store.reservation_journal import JournalMark, ReservationJournal, journal_path
 from llmspool.store.schema import migrate_store
 from llmspool.store.wal_checkpoints import WalCheckpoints
 
@@ -100,13 +101,15 @@ class LedgerConnection:
 
     ``checkpoints``: on SQLite opened with ``open``, the checkpoints of the write-ahead log,
     which this connection leaves to a worker thread (``store.wal_checkpoints``); the ledger
-    runs them.
+    runs them. ``journal``: there too, the reservations' journal, which makes an admission
+    durable without a commit (``store.reservation_journal``); the ledger starts it.
     """
 
-    def __init__(self, connection: Connection,
-                 checkpoints: WalCheckpoints | None = None) -> None:
+    def __init__(self, connection: Connection, checkpoints: WalCheckpoints | None = None,
+                 journal: ReservationJournal | None = None) -> None:
         self.connection = connection
         self.checkpoints = checkpoints
+        self.journal = journal
         self._on_loop = isinstance(connection, sqlite3.Connection)
         # PostgreSQL: a store several daemons may share, whose caps hold for all of them.
         self.shared = not self._on_loop
@@ -119,7 +122,8 @@ class LedgerConnection:
             return cls(connection)
         # No checkpoint (and its fsyncs) inside a commit on the event loop.
         connection.execute("PRAGMA wal_autocheckpoint=0")
-        return cls(connection, WalCheckpoints(location))
+        return cls(connection, WalCheckpoints(location),
+                   ReservationJournal(journal_path(location.path)))
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         if not self._on_loop:
@@ -156,6 +160,8 @@ class LedgerConnection:
         return result
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         self.connection.close()
 
 
@@ -227,15 +233,21 @@ def line_key(line_id: int) -> str:
 
 def write_group(connection: Connection, reservations: Sequence[tuple[Any, ...]],
                 entries: Sequence[Settled], ended: Sequence[str],
-                daemon: str | None = None) -> None:
+                daemon: str | None = None, journal_mark: JournalMark | None = None) -> None:
     """One group commit: new reservations, new entries (a repeated request id is ignored),
-    and the reservations that ``entries`` settle or that ended without a bill."""
+    and the reservations that ``entries`` settle or that ended without a bill.
+    ``journal_mark``: how far the reservations' journal is covered by this commit (SQLite)."""
     _pipelined_transaction(
-        connection, lambda: _write(connection, reservations, entries, ended, daemon))
+        connection, lambda: _write(connection, reservations, entries, ended, daemon,
+                                   journal_mark))
 
 
 def _write(connection: Connection, reservations: Sequence[tuple[Any, ...]],
-           entries: Sequence[Settled], ended: Sequence[str], daemon: str | None) -> None:
+           entries: Sequence[Settled], ended: Sequence[str], daemon: str | None,
+           journal_mark: JournalMark | None) -> None:
+    if journal_mark is not None:
+        connection.execute("UPDATE reservation_journal SET generation = ?, covered = ?",
+                           journal_mark)
     if reservations:
         connection.executemany(INSERT_RESERVATION, reservations)
     if entries:
@@ -307,7 +319,7 @@ def admit_shared(connection: Connection, candidates: Sequence[Candidate],
                     usage[cap.usage_key] = (spent, reserved + candidate.estimate)
                 admitted.append(candidate.reservation)
             verdicts.append(verdict)
-        _write(connection, admitted, entries, ended, daemon)
+        _write(connection, admitted, entries, ended, daemon, None)
         return verdicts, usage
 
     return _pipelined_transaction(connection, body)

@@ -3,6 +3,9 @@
 - ``GroupCommit`` gathers what the ledger must write (settled entries, new reservations, ended
   reservations) and the admitted calls waiting for their reservations to be durable; ``flush``
   commits them in one transaction (``store.ledger.write_group``), then admits those calls.
+  On SQLite an admission does not wait for a commit: ``admit_journaled`` writes the
+  reservations to the journal (``store.reservation_journal``) and admits the calls at once;
+  the next commit inserts those of calls still in flight and marks the journal covered.
   In a store shared by several daemons (PostgreSQL), calls are not decided in memory: they
   wait as candidates, and ``flush`` decides them against the fleet's usage in the same
   transaction that commits their reservations (``store.ledger.admit_shared``).
@@ -41,8 +44,11 @@ class GroupCommit:
         self._budgets = budgets
         self._clock = clock
         self._daemon = daemon
+        self._journal = database.journal
         self.pending: list[Settled] = []
         self.new_reservations: list[tuple[Any, ...]] = []
+        # Reservations made durable in the journal, not yet in a commit: by request id.
+        self.journaled: dict[str, tuple[Any, ...]] = {}
         self.candidates: list[tuple[Candidate, Admit]] = []
         self.ended: list[str] = []
         self.admitted: list[MemorySendStream[ApiError | None]] = []
@@ -51,22 +57,56 @@ class GroupCommit:
 
     def add(self, entry: Settled) -> None:
         """A settled entry, to be written in the next commit."""
-        if not self.pending:
+        if not self.waiting:
             self.pending_since = time.monotonic()
         self.pending.append(entry)
+
+    @property
+    def waiting(self) -> bool:
+        """Something is to be written by a commit within ``COMMIT_INTERVAL`` of
+        ``pending_since``."""
+        return bool(self.pending or self.ended or self.journaled)
 
     @property
     def admitting(self) -> bool:
         """Calls wait for this group's commit to be admitted."""
         return bool(self.new_reservations or self.candidates)
 
+    def admit_journaled(self) -> bool:
+        """Admit the calls waiting, their reservations made durable by one write to the
+        journal; False when there is no journal (PostgreSQL: they wait for ``flush``)."""
+        journal = self._journal
+        if journal is None or not self.new_reservations:
+            return False
+        journal.append(self.new_reservations)
+        if not self.waiting:
+            self.pending_since = time.monotonic()
+        journaled = self.journaled
+        for row in self.new_reservations:
+            journaled[row[0]] = row
+        self.new_reservations = []
+        admitted, self.admitted = self.admitted, []
+        for reply in admitted:
+            with contextlib.suppress(*GONE):
+                reply.send_nowait(None)
+        return True
+
     async def flush(self) -> None:
         """Commit what is pending, then admit the calls whose reservations it made durable."""
-        if not (self.pending or self.new_reservations or self.ended or self.candidates):
+        if not (self.pending or self.new_reservations or self.ended or self.candidates
+                or self.journaled):
             return
         entries, self.pending = self.pending, []
         reservations, self.new_reservations = self.new_reservations, []
         ended, self.ended = self.ended, []
+        journaled, self.journaled = self.journaled, {}
+        if journaled:  # those of calls still in flight go into the table; the rest never do
+            closed = {entry.request_id for entry in entries}
+            closed.update(ended)
+            reservations = [row for key, row in journaled.items() if key not in closed] + \
+                reservations
+        journal = self._journal
+        mark = journal.mark if journal is not None else None
         admitted, self.admitted = self.admitted, []
         candidates, self.candidates = self.candidates, []
         # Shielded: a commit that has started finishes even while the daemon stops.
@@ -83,7 +123,9 @@ class GroupCommit:
                 # thread only adds its round trip (c=256: about 2,600 req/s with it, 3,000+
                 # without, and a lower open-loop p99).
                 await self._database.run(ledger_sql.write_group, reservations, entries, ended,
-                                         self._daemon)
+                                         self._daemon, mark)
+                if journal is not None and mark is not None:
+                    journal.committed(mark)
         self.commits += 1
         for reply in admitted:
             with contextlib.suppress(*GONE):
