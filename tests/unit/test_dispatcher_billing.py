@@ -3,12 +3,14 @@ we do not know is billed at the highest price known for the model and flagged.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.config.sections import Config
-from llmspool.core.streams import create_memory_stream
+from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
 from llmspool.messages import Call
 from llmspool.policy.billing import load_price_book
@@ -22,10 +24,11 @@ PRICES = load_price_book()
 USAGE = Usage(input_tokens=1000, output_tokens=500)
 
 
-def accounts() -> Accounts:
-    """The dispatcher's part that settles calls."""
+def accounts(ledger: MemorySendStream[Any] | None = None) -> Accounts:
+    """The dispatcher's part that settles calls; ``ledger``: where it sends their entries."""
     config = Config()
-    ledger, _ledger_out = create_memory_stream[object](1)
+    if ledger is None:
+        ledger, _ledger_out = create_memory_stream[object](1)
     planner = Planner(config, PRICES, LatencyBook(default_latencies(config)))
     meter = metrics.NoOpMeter("test")
     return Accounts(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,12 @@ def test_a_call_still_in_flight_at_a_commit_is_reserved_in_the_table(
     assert run(store, calls) == [("long-call",)]
 
 
+def sqlite(store: StoreLocation) -> sqlite3.Connection:
+    connection = connect(store)
+    assert isinstance(connection, sqlite3.Connection)
+    return connection
+
+
 def row(request_id: str) -> tuple[Any, ...]:
     return (request_id, "call", 1.8e9, "openai", "gpt-4o-mini", "/v1/chat/completions",
             "standard", None, 1000, None, USD // 100, None, None)
@@ -98,7 +105,7 @@ def row(request_id: str) -> tuple[Any, ...]:
 
 def test_a_new_generation_after_a_commit_and_what_a_crash_leaves_across_it(
         store: StoreLocation, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    connection = connect(store)
+    connection = sqlite(store)
     journal = ReservationJournal(journal_path(store.path), rotate_bytes=100)
     try:
         assert recover(connection, journal) == 0
@@ -117,7 +124,7 @@ def test_a_new_generation_after_a_commit_and_what_a_crash_leaves_across_it(
         journal.close()
         connection.close()
 
-    connection = connect(crashed)
+    connection = sqlite(crashed)
     journal = ReservationJournal(journal_path(crashed.path))
     try:
         with caplog.at_level(logging.WARNING, "llmspool.store.reservation_journal"):
@@ -135,7 +142,7 @@ def test_a_new_generation_after_a_commit_and_what_a_crash_leaves_across_it(
 
 
 def test_a_row_whose_entry_was_stored_is_not_put_back(store: StoreLocation) -> None:
-    connection = connect(store)
+    connection = sqlite(store)
     journal = ReservationJournal(journal_path(store.path))
     try:
         recover(connection, journal)

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 DispatcherMessage = Call | StatusQuery[DispatcherStatus] | NewPrices
 
 _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue
+# At most this many calls in flight, an answer is written before its call's bookkeeping.
+QUIET_CALLS = 2
 
 
 class Dispatcher:
@@ -107,7 +109,7 @@ class Dispatcher:
             provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(histograms))
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
         self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts,
-                            planner.clock)
+                            planner.clock, quiet=lambda: self._in_flight <= QUIET_CALLS)
         self._attempts = Attempts(
             retrier=retrier, timeouts=timeouts, targets=self._targets, limits=limits,
             relay=self._relay, accounts=self._accounts, tracer=tracer, meter=meter,

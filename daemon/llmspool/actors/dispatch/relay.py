@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -71,8 +71,9 @@ class Relay:
 
     def __init__(self, providers: Mapping[str, Provider], limits: RateLimits,
                  stream_idle_timeouts: Mapping[str, float], accounts: Accounts,
-                 clock: Clock) -> None:
+                 clock: Clock, quiet: Callable[[], bool] = lambda: False) -> None:
         self._providers = providers
+        self._quiet = quiet  # few calls in flight: an answer goes out before the bookkeeping
         self._clock = clock  # the ledger's timestamps are the daemon's clock
         self._limits = limits
         self._stream_idle = stream_idle_timeouts
@@ -180,6 +181,12 @@ class Relay:
             settled.standard_cost_picodollars, parsed,
             settled=settled if call.settle_with_result else None, verdict=verdict,
         ))
+        if self._quiet():
+            # Let the front door write the answer before this call's bookkeeping (breaker,
+            # rate-limit permit, span, duration, queue slot) runs: at concurrency 1 that was
+            # ~80 µs of every answer's latency. Under load the turn is a cost (c=64, taken
+            # always: 3-6% fewer req/s) and answers do not wait on one call's bookkeeping.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         return Sent(usage)
 
     async def _relay_stream(
