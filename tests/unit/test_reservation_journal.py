@@ -110,10 +110,14 @@ def test_a_new_generation_after_a_commit_and_what_a_crash_leaves_across_it(
     try:
         assert recover(connection, journal) == 0
         first = journal.generation
-        journal.append([row("in-flight-at-the-commit"), row("settled-before-it")])
+        journal.append([row("in-flight-at-the-commit"), row("settled-before-it"),
+                        row("released-before-it")])
         mark = journal.mark
+        # Journaled after the mark was taken (were a commit to run beside the ledger).
+        journal.append([row("admitted-during-the-commit")])
         ledger_sql.write_group(connection, [row("in-flight-at-the-commit")],
-                               [entry("settled-before-it", USD // 200)], [], None, mark)
+                               [entry("settled-before-it", USD // 200)],
+                               ["released-before-it"], None, mark)
         journal.committed(mark)
         assert journal.generation == first + 1  # past 100 bytes: a new file
         journal.append([row("after-the-commit")])
@@ -128,12 +132,14 @@ def test_a_new_generation_after_a_commit_and_what_a_crash_leaves_across_it(
     journal = ReservationJournal(journal_path(crashed.path))
     try:
         with caplog.at_level(logging.WARNING, "llmspool.store.reservation_journal"):
-            assert recover(connection, journal) == 1
+            assert recover(connection, journal) == 2
         assert "not a reservation row" in caplog.text
         assert journal.generation == first + 2
+        # Not the released call, which the commit covered: it was never billed.
         assert [tuple(r) for r in connection.execute(
             "SELECT request_id FROM reservations ORDER BY request_id")] == [
-            ("after-the-commit",), ("in-flight-at-the-commit",)]
+            ("admitted-during-the-commit",), ("after-the-commit",),
+            ("in-flight-at-the-commit",)]
         # Recovered again (a crash right after start-up): nothing more, nothing twice.
         assert recover(connection, journal) == 0
     finally:
@@ -155,3 +161,4 @@ def test_a_row_whose_entry_was_stored_is_not_put_back(store: StoreLocation) -> N
     finally:
         journal.close()
         connection.close()
+

@@ -1,12 +1,12 @@
 """The reservations' journal: a call's reservation made durable with one write, not a commit.
 
-A call's reservation must be durable before the call is sent: after a crash, the calls that
-may have been in flight are billed at their reservations. On SQLite the ledger used to commit
-each admission's reservations before admitting: at concurrency 1, where nothing shares the
-commit, that was ~110 µs on the event loop and a loop turn of waiting for company per call,
-an eighth of all the daemon added to a call. Now the ledger appends the admitted calls'
-reservation rows here, with one ``write`` for all those admitted together, and admits them at
-once. The durability is the commit's: with ``synchronous=NORMAL`` a commit is a write into the
+A call's reservation must be durable before the call is sent: after a crash, the calls that may
+have been in flight are billed at their reservations. On SQLite the ledger used to commit each
+admission's reservations before admitting: at concurrency 1, where nothing shares the commit,
+that was ~110 µs on the event loop and a loop turn of waiting for company per call, an eighth
+of all the daemon added to a call. Now the ledger appends the admitted calls' reservation rows
+here, with one ``write`` for all those admitted together, and admits them at once. The
+durability is the commit's: with ``synchronous=NORMAL`` a commit is a write into the
 write-ahead log, which a crash of the daemon cannot undo and a crash of the machine can; the
 journal's write is the same.
 
@@ -14,15 +14,17 @@ The ledger's next group commit (``actors.accounting.commits``, within ``COMMIT_I
 writes the calls' entries and ends, inserts into ``reservations`` the rows of the calls still
 in flight, and records how far the journal is covered (``reservation_journal``: generation,
 byte offset) in the same transaction. So every row before the mark is in ``reservations``,
-settled or ended, and a row past it is none of these. At start-up ``recover`` puts the rows
-past the mark into ``reservations`` (unless their entry was stored), where ``reconcile`` bills
-them as unknown outcomes as it bills any reservation a crash left, and begins a new generation.
+settled or ended, and a row past it is none of these. (The ledger journals nothing while a
+commit runs; were it to, the rows past the commit's mark would simply wait for the next.) At
+start-up ``recover`` puts the rows past the mark into ``reservations`` (unless their entry was
+stored), where ``reconcile`` bills them as unknown outcomes as it bills any reservation a crash
+left, and begins a new generation.
 
 The file (``llmspool.sqlite3-reservations``): a header line naming its generation, then one
 JSON array per reservation row and line. A new generation (a new file renamed over the old)
-begins after a commit once the file passes ``ROTATE_BYTES``: all of the old one is covered
-then. PostgreSQL has no journal: there admissions are decided in the transaction that commits
-their reservations (``store.ledger.admit_shared``).
+begins after a commit once the file passes ``ROTATE_BYTES``, holding the rows appended after
+that commit's mark. PostgreSQL has no journal: there admissions are decided in the transaction
+that commits their reservations (``store.ledger.admit_shared``).
 """
 
 from __future__ import annotations
@@ -70,19 +72,19 @@ class ReservationJournal:
         self.size = 0
         self._fd: int | None = None
 
-    def start(self, generation: int) -> None:
-        """Begin ``generation``: an empty file (its header only) in place of the old one."""
-        header = HEADER + str(generation).encode() + b"\n"
+    def start(self, generation: int, rows: bytes = b"") -> None:
+        """Begin ``generation``: a file of its header and ``rows`` in place of the old one."""
+        data = HEADER + str(generation).encode() + b"\n" + rows
         fresh = self.path.with_name(self.path.name + ".new")
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
-            _write_all(fd, header)
+            _write_all(fd, data)
             os.replace(fresh, self.path)
         except BaseException:
             os.close(fd)
             raise
         self.close()
-        self._fd, self.generation, self.size = fd, generation, len(header)
+        self._fd, self.generation, self.size = fd, generation, len(data)
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Make ``rows`` durable against a crash of the daemon: one write."""
@@ -98,10 +100,16 @@ class ReservationJournal:
         return self.generation, self.size
 
     def committed(self, mark: JournalMark) -> None:
-        """A commit recorded ``mark``: if nothing came after it and the file is large, begin
-        the next generation (nothing in this one is needed any more)."""
-        if mark == self.mark and self.size > self._rotate_bytes:
-            self.start(self.generation + 1)
+        """A commit recorded ``mark``: once the file is large, begin the next generation with
+        the rows appended after the mark (while the commit ran), the only ones still needed.
+        A crash before the new file replaces the old leaves the old and the mark; after, the
+        new one, whose generation no commit has recorded, so all of it is read."""
+        generation, covered = mark
+        if generation != self.generation or self.size <= self._rotate_bytes \
+                or self._fd is None:
+            return
+        after = os.pread(self._fd, self.size - covered, covered) if self.size > covered else b""
+        self.start(generation + 1, after)
 
     def close(self) -> None:
         if self._fd is not None:
