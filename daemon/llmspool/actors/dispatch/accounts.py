@@ -2,8 +2,8 @@
 
 At admission the call's worst cost is reserved with the ledger (every call, caps or not: the
 ledger makes the reservation durable before it answers, so a crash while the call runs leaves
-it billed as an unknown outcome). The reservation is kept while the call runs: a broken answer is
-billed at it, and the estimator calibrates on the real usage. Each answer is billed by the one
+it billed as an unknown outcome). The reservation is kept while the call runs: a broken answer
+is billed at it, and the estimator calibrates on the real usage. Each answer is billed by the one
 billing function at the tier the provider says it served, into the ``Settled`` the ledger
 records (or, for a job's call, the job keeper stores with the result). At the call's end its
 state here is dropped and its operation duration recorded.
