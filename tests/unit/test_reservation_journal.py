@@ -20,7 +20,8 @@ from llmspool.messages import Release
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.connect import connect
-from llmspool.store.reservation_journal import ReservationJournal, journal_path, recover
+from llmspool.store.ledger import recover_journal as recover
+from llmspool.store.reservation_journal import ReservationJournal, journal_path
 from llmspool.store.schema import migrate_store
 
 from tests.unit.test_ledger_reservations import USD, admit, entry, rows, run_ledger, status

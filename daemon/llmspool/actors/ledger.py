@@ -80,7 +80,7 @@ from llmspool.messages import (
     StoreJobResults,
     answer,
 )
-from llmspool.store import fleet, reservation_journal
+from llmspool.store import fleet
 from llmspool.store import ledger as ledger_sql
 from llmspool.store.fleet import Member
 from llmspool.store.ledger import Candidate, LedgerConnection, line_key
@@ -335,7 +335,7 @@ class Ledger:
     async def _reconcile(self) -> None:
         journal = self._database.journal
         if journal is not None:  # its rows past the last commit are reservations too
-            put_back = await self._database.run_in_thread(reservation_journal.recover, journal)
+            put_back = await self._database.run_in_thread(ledger_sql.recover_journal, journal)
             if put_back:
                 log.info("%d reservations made after the last commit were in the journal",
                          put_back)

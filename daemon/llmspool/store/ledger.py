@@ -172,6 +172,30 @@ async def open_ledger_connection(state_dir: Path) -> LedgerConnection:
     return LedgerConnection.open(location)
 
 
+_PUT_BACK = """
+INSERT INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
+    tier, operation, uid, session, estimate_picodollars, line_id, daemon)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE NOT EXISTS (SELECT 1 FROM ledger_entries WHERE request_id = ?1)  -- ?1: request_id
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+
+def recover_journal(connection: sqlite3.Connection, journal: ReservationJournal) -> int:
+    """At start-up, before ``reconcile``: the reservations' journal's rows past the committed
+    mark go into ``reservations`` (those whose entry was stored do not), in one transaction;
+    then the journal begins a new generation. Returns how many rows were put back."""
+    generation, covered = connection.execute(
+        "SELECT generation, covered FROM reservation_journal").fetchone()
+    rows, found = journal.uncovered((int(generation), int(covered)))
+    put_back = 0
+    if rows:
+        put_back = _transaction(connection,
+                                lambda: connection.executemany(_PUT_BACK, rows).rowcount)
+    journal.start(max(int(generation), found) + 1)
+    return put_back
+
+
 def begin_money(connection: Connection) -> None:
     """Begin a transaction that writes money (entries, reservations). IMMEDIATE: take
     SQLite's write lock first, so a reading statement inside cannot fail later with "database

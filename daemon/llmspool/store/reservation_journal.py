@@ -16,9 +16,9 @@ in flight, and records how far the journal is covered (``reservation_journal``: 
 byte offset) in the same transaction. So every row before the mark is in ``reservations``,
 settled or ended, and a row past it is none of these. (The ledger journals nothing while a
 commit runs; were it to, the rows past the commit's mark would simply wait for the next.) At
-start-up ``recover`` puts the rows past the mark into ``reservations`` (unless their entry was
-stored), where ``reconcile`` bills them as unknown outcomes as it bills any reservation a crash
-left, and begins a new generation.
+start-up ``store.ledger.recover_journal`` puts the rows past the mark into ``reservations``
+(unless their entry was stored), where ``reconcile`` bills them as unknown outcomes as it bills
+any reservation a crash left, and begins a new generation.
 
 The file (``llmspool.sqlite3-reservations``): a header line naming its generation, then one
 JSON array per reservation row and line. A new generation (a new file renamed over the old)
@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["ROTATE_BYTES", "JournalMark", "ReservationJournal", "journal_path", "recover"]
+__all__ = ["ROTATE_BYTES", "JournalMark", "ReservationJournal", "journal_path"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,6 @@ ROTATE_BYTES = 1 << 20
 RESERVATION_COLUMNS = 13  # the row ``store.ledger.INSERT_RESERVATION`` takes
 
 JournalMark = tuple[int, int]  # (generation, bytes of the file covered)
-
-_PUT_BACK = """
-INSERT INTO reservations (request_id, kind, reserved_at, provider, model, endpoint,
-    tier, operation, uid, session, estimate_picodollars, line_id, daemon)
-SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-WHERE NOT EXISTS (SELECT 1 FROM ledger_entries WHERE request_id = ?1)  -- ?1: request_id
-ON CONFLICT (request_id) DO NOTHING
-"""
-
 
 def journal_path(database: Path) -> Path:
     """The journal of the SQLite store in ``database``: beside it, as its ``-wal`` is."""
@@ -111,35 +101,21 @@ class ReservationJournal:
         after = os.pread(self._fd, self.size - covered, covered) if self.size > covered else b""
         self.start(generation + 1, after)
 
+    def uncovered(self, mark: JournalMark) -> tuple[list[tuple[Any, ...]], int]:
+        """At start-up: the rows in the file past the committed ``mark`` (the whole file when
+        a new generation began after it), and the file's generation."""
+        return _uncovered(self.path, *mark)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
 
-def recover(connection: sqlite3.Connection, journal: ReservationJournal) -> int:
-    """At start-up, before ``store.ledger.reconcile``: the journal's rows past the committed
-    mark go into ``reservations`` (those whose entry was stored do not), in one transaction;
-    then the journal begins a new generation. Returns how many rows were put back."""
-    generation, covered = connection.execute(
-        "SELECT generation, covered FROM reservation_journal").fetchone()
-    rows, found = _uncovered(journal.path, int(generation), int(covered))
-    before = connection.total_changes
-    if rows:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(_PUT_BACK, rows)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-    journal.start(max(int(generation), found) + 1)
-    return connection.total_changes - before
-
-
 def _uncovered(path: Path, generation: int, covered: int
                ) -> tuple[list[tuple[Any, ...]], int]:
-    """The rows of the journal at ``path`` past the mark, and the file's generation."""
+    """The rows of the journal at ``path`` past the mark (``generation``, ``covered``), and
+    the file's generation."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
