@@ -32,6 +32,16 @@ async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Sce
                      commit_interval: float = COMMIT_INTERVAL) -> Any:
     """Run a ledger on ``store`` for ``scenario``; leaving it without a clean stop is what a
     crash looks like to the store (nothing is flushed that was not already committed)."""
+    async def with_inbox(_ledger: Ledger, inbox: Any) -> Any:
+        return await scenario(inbox)
+
+    return await run_ledger_with(store, budgets, with_inbox, commit_interval)
+
+
+async def run_ledger_with(store: StoreLocation, budgets: BudgetsConfig,
+                          scenario: Callable[[Ledger, Any], Awaitable[Any]],
+                          commit_interval: float = COMMIT_INTERVAL) -> Any:
+    """``run_ledger`` for a scenario that also calls the ledger itself."""
     database = LedgerConnection.open(store)
     inbox_in, inbox_out = create_memory_stream[LedgerMessage](64)
     ledger = Ledger(inbox_out, database, budgets=budgets, clock=lambda: NOW,
@@ -40,7 +50,7 @@ async def run_ledger(store: StoreLocation, budgets: BudgetsConfig, scenario: Sce
         async with anyio.create_task_group() as group:
             await group.start(ledger.run)
             async with inbox_in:
-                return await scenario(inbox_in)
+                return await scenario(ledger, inbox_in)
     finally:
         database.close()
 

@@ -40,6 +40,7 @@ from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import NO_SPAN, CurrentSpan, GenAiMetrics, links_of, records
 from llmspool.messages import (
     Admit,
+    AdmitNow,
     Call,
     DispatcherStatus,
     Failure,
@@ -89,6 +90,7 @@ class Dispatcher:
         breaker: BreakerConfig,
         failover: FailoverConfig,
         limits: RateLimits,
+        admit_now: AdmitNow | None = None,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
@@ -106,7 +108,8 @@ class Dispatcher:
         self._flex_metrics = FlexMetrics(meter)
         self._accounts = Accounts(
             ledger, prices=prices, budgets=budgets, estimator=estimator, planner=planner,
-            provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(histograms))
+            provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(histograms),
+            admit_now=admit_now)
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
         self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts,
                             planner.clock, quiet=lambda: self._in_flight <= QUIET_CALLS)

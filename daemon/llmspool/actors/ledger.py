@@ -8,7 +8,9 @@
   mid-call visible. On SQLite it is written to the reservations' journal (one write for all
   admitted together, ``store.reservation_journal``), and the next group commit puts it into
   the table if the call is still in flight; in a shared store it is committed (a group
-  commit for all that arrived together) before the call is admitted.
+  commit for all that arrived together) before the call is admitted. On SQLite, while a
+  commit is due anyway, the dispatcher's task decides its admission itself (``admit_now``),
+  without the hop here and back: same caps, same journal, one at a time all the same.
 - ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
   bill. Entries are written in group commits (what arrived while the previous commit ran goes
   in the next one), each deleting the reservations it settles in the same transaction. Before
@@ -53,6 +55,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -63,15 +66,17 @@ from llmspool.actors.accounting.caps import Cap, Caps, Scope
 from llmspool.actors.accounting.commits import GroupCommit
 from llmspool.actors.accounting.status import answer_query
 from llmspool.core.config.sections import BudgetsConfig
-from llmspool.core.errors import StartupError
+from llmspool.core.errors import ApiError, StartupError
 from llmspool.core.pricing import usd
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import active
 from llmspool.messages import (
+    NOT_NOW,
     Admit,
     AdoptWork,
     LedgerEntriesQuery,
     LedgerStatus,
+    NotNow,
     Release,
     ReleaseLines,
     ReserveLines,
@@ -131,6 +136,7 @@ class Ledger:
         self._group = GroupCommit(database, self._budgets, clock, self._daemon)
         self._clock = clock
         self._closed = False
+        self._serving = False  # the inbox loop runs: ``admit_now`` may decide in its stead
         # A shared store: this daemon's lease, renewed three times a lease (monotonic time),
         # and where the deferred work of daemons it takes over goes (the job keeper).
         self._fleet = member if database.shared else None
@@ -159,6 +165,7 @@ class Ledger:
             raise failed
 
     async def _serve(self) -> None:
+        self._serving = True
         try:
             async with self._inbox:
                 while True:
@@ -189,6 +196,7 @@ class Ledger:
                     if time.monotonic() >= self._renew_at:
                         await self._renew()
         finally:
+            self._serving = False
             if self._adopt is not None:
                 self._adopt.close()
             with anyio.CancelScope(shield=True):
@@ -266,11 +274,6 @@ class Ledger:
         budgets = self._budgets
         budgets.roll_day(now)
         await budgets.know_session(admit.session)
-        reservation = (
-            admit.request_id, "call", now, admit.provider, admit.model, admit.endpoint.value,
-            admit.tier.value, admit.operation, admit.uid, admit.session,
-            admit.estimate_picodollars, None, self._daemon,
-        )
         if self._database.shared:  # decided against the fleet when the group commits
             error = budgets.per_request_refusal(admit.provider, admit.operation, admit.uid,
                                                 admit.estimate_picodollars)
@@ -278,19 +281,59 @@ class Ledger:
                 caps = budgets.cap_checks(admit.provider, admit.operation, admit.uid,
                                           admit.session)
                 self._group.candidates.append(
-                    (Candidate(reservation, admit.estimate_picodollars, caps), admit))
+                    (Candidate(self._reservation_row(admit, now), admit.estimate_picodollars,
+                               caps), admit))
                 return
-        else:
-            error = budgets.refusal(admit.provider, admit.operation, admit.uid, admit.session,
-                                    admit.estimate_picodollars)
-        if error is not None:
             budgets.refused += 1
             answer(admit.reply, error)
             return
+        refusal = self._reserve(admit, now)
+        if refusal is not None:
+            answer(admit.reply, refusal)
+            return
+        self._group.admitted.append(admit.reply)  # told once the reservation is durable
+
+    def admit_now(self, admit: Admit) -> ApiError | NotNow | None:
+        """Decide ``admit`` in the caller's own task, without its hop to the ledger's task and
+        back: None (admitted, its reservation written to the journal) or the ``ApiError``
+        that refuses it, as through the inbox (``admit.reply`` is not used).
+
+        Only when that changes nothing but the wait: the store is this daemon's own (SQLite,
+        with the journal), the caller's session's spend is known, and a commit is already
+        due within the window (``GroupCommit.waiting``: the ledger's task has its timer set,
+        or is running, and commits what this journals as soon as if it had come through the
+        inbox). Otherwise ``NOT_NOW``: send it. Admissions stay one at a time, since this
+        never awaits; what the inbox still holds (entries, releases) only frees money, so a
+        decision made before it is the stricter one."""
+        group = self._group
+        if not self._serving or not group.journals or not group.waiting \
+                or not self._budgets.knows_session(admit.session):
+            return NOT_NOW
+        now = self._clock()
+        self._budgets.roll_day(now)
+        error = self._reserve(admit, now)
+        if error is None:
+            group.admit_journaled()
+        return error
+
+    def _reserve(self, admit: Admit, now: float) -> ApiError | None:
+        """Hold ``admit``'s reservation against this daemon's caps, its row for the journal
+        (or the next commit); or the error of the cap it would break."""
+        budgets = self._budgets
+        error = budgets.refusal(admit.provider, admit.operation, admit.uid, admit.session,
+                                admit.estimate_picodollars)
+        if error is not None:
+            budgets.refused += 1
+            return error
         budgets.hold(admit.request_id, admit.provider, admit.operation, admit.uid,
                      admit.session, admit.estimate_picodollars)
-        self._group.new_reservations.append(reservation)
-        self._group.admitted.append(admit.reply)  # told once the reservation is committed
+        self._group.new_reservations.append(self._reservation_row(admit, now))
+        return None
+
+    def _reservation_row(self, admit: Admit, now: float) -> tuple[Any, ...]:
+        return (admit.request_id, "call", now, admit.provider, admit.model,
+                admit.endpoint.value, admit.tier.value, admit.operation, admit.uid,
+                admit.session, admit.estimate_picodollars, None, self._daemon)
 
     async def _renew(self) -> None:
         """Renew this daemon's lease, and take over the daemons whose lease ran out."""

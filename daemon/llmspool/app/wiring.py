@@ -169,6 +169,7 @@ async def build_parts(
         retrier=Retrier(config.retry, config.retry_providers, calendar=clock.now),
         breaker=config.breaker,
         failover=config.failover,
+        admit_now=ledger.admit_now,
         limits=RateLimits({
             (provider, model): LimitSettings(limit.rpm, limit.tpm, limit.concurrency)
             for provider, models in config.limits.items()

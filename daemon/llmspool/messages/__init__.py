@@ -22,9 +22,12 @@ Import the messages from here.
 """
 
 from llmspool.messages.accounting import (
+    NOT_NOW,
     Admit,
+    AdmitNow,
     LineReservation,
     NewPrices,
+    NotNow,
     Release,
     ReleaseLines,
     ReserveLines,
@@ -92,6 +95,7 @@ __all__ = [
     "answer",
     "Abort",
     "Admit",
+    "AdmitNow",
     "Answer",
     "BatchClosed",
     "BatchLinesDone",
@@ -120,6 +124,8 @@ __all__ = [
     "Missed",
     "NearDuplicateStatus",
     "NewPrices",
+    "NotNow",
+    "NOT_NOW",
     "PlanGroupView",
     "PollerStatus",
     "QueueStatus",

@@ -4,6 +4,8 @@ lines' ``ReserveLines``/``ReleaseLines``), stores made with results in one trans
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmspool.core.calls import Endpoint, Tier
@@ -43,6 +45,18 @@ class Admit:
     reply: MemorySendStream[ApiError | None] = field(repr=False)
     endpoint: Endpoint = Endpoint.CHAT
     tier: Tier = Tier.STANDARD
+
+
+class NotNow(enum.Enum):
+    """The ledger could not decide an admission in the caller's task (``AdmitNow``): send
+    the ``Admit`` to its inbox."""
+
+    NOT_NOW = "not now"
+
+
+NOT_NOW = NotNow.NOT_NOW
+AdmitNow = Callable[[Admit], ApiError | NotNow | None]
+"""``Ledger.admit_now``: an admission decided without the hop to the ledger, when it can be."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,10 @@ class Budgets:
         self.refused = 0
         self._day_start = self._day_end = 0.0
 
+    def knows_session(self, session: str | None) -> bool:
+        """Whether ``know_session`` has nothing to read for ``session``."""
+        return session is None or session in self._known_sessions
+
     async def know_session(self, session: str | None) -> None:
         if session is not None and session not in self._known_sessions:
             self.spent[("session", session)] += await self._database.run(

@@ -68,6 +68,11 @@ class GroupCommit:
         return bool(self.pending or self.ended or self.journaled)
 
     @property
+    def journals(self) -> bool:
+        """Admissions are made durable by the journal (SQLite), not by a commit."""
+        return self._journal is not None
+
+    @property
     def admitting(self) -> bool:
         """Calls wait for this group's commit to be admitted."""
         return bool(self.new_reservations or self.candidates)

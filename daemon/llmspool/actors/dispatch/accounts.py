@@ -2,11 +2,12 @@
 
 At admission the call's worst cost is reserved with the ledger (every call, caps or not: the
 ledger makes the reservation durable before it answers, so a crash while the call runs leaves
-it billed as an unknown outcome). The reservation is kept while the call runs: a broken answer
-is billed at it, and the estimator calibrates on the real usage. Each answer is billed by the one
-billing function at the tier the provider says it served, into the ``Settled`` the ledger
-records (or, for a job's call, the job keeper stores with the result). At the call's end its
-state here is dropped and its operation duration recorded.
+it billed as an unknown outcome), in this task when the ledger can decide it here
+(``Ledger.admit_now``), else through its inbox. The reservation is kept while the call runs: a
+broken answer is billed at it, and the estimator calibrates on the real usage. Each answer is
+billed by the one billing function at the tier the provider says it served, into the
+``Settled`` the ledger records (or, for a job's call, the job keeper stores with the result).
+At the call's end its state here is dropped and its operation duration recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
-from llmspool.messages import Admit, Call, Release
+from llmspool.messages import NOT_NOW, Admit, AdmitNow, Call, Release
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.policy.estimate import Estimate, TokenEstimator
 from llmspool.policy.planner import Planner
@@ -42,8 +43,9 @@ class Accounts:
     def __init__(self, ledger: MemorySendStream[Settled | Admit | Release], *,
                  prices: PriceBook, budgets: BudgetsConfig, estimator: TokenEstimator,
                  planner: Planner, provider_kinds: Mapping[str, str], flex: FlexMetrics,
-                 genai: GenAiMetrics) -> None:
+                 genai: GenAiMetrics, admit_now: AdmitNow | None = None) -> None:
         self._ledger = ledger
+        self._admit_now = admit_now
         self._prices = prices
         self._budgets = budgets
         self._estimator = estimator
@@ -85,11 +87,14 @@ class Accounts:
         self._reserved[call.request_id] = reservation
         reply_in, reply_out = create_memory_stream[ApiError | None](1)
         with reply_in, reply_out:
-            await self._ledger.send(Admit(
+            admit = Admit(
                 call.request_id, call.provider, call.model, call.operation, call.caller.uid,
                 call.session, reservation.picodollars, reply_in, call.endpoint, tier,
-            ))
-            refusal = await reply_out.receive()
+            )
+            refusal = self._admit_now(admit) if self._admit_now is not None else NOT_NOW
+            if refusal is NOT_NOW:
+                await self._ledger.send(admit)
+                refusal = await reply_out.receive()
         if refusal is not None:
             raise refusal
         return True
