@@ -1,9 +1,10 @@
-"""The dispatcher's admissions are decided in its own task (``Ledger.admit_now``) when nothing
-but the wait would differ: on SQLite, with a commit already due. Such an admission refuses
-past a cap exactly as one sent to the ledger, is durable before it is answered (a crash right
-after bills it as an unknown outcome), and reaches the reservations table with the next
-commit; when no commit is due, for a session whose spend is not read yet, or in a store
-shared by a fleet, the admission is sent to the ledger's inbox instead."""
+"""The dispatcher's admissions are decided in its own task (``Ledger.admit_now``), and its
+entries taken there (``Ledger.settle_now``), when nothing but the wait would differ: on SQLite,
+with a commit already due. Such an admission refuses past a cap exactly as one sent to the
+ledger, is durable before it is answered (a crash right after bills it as an unknown outcome),
+and reaches the reservations table with the next commit; such an entry counts at once and
+ends its reservation. When no commit is due, for a session whose spend is not read yet, or in
+a store shared by a fleet, they are sent to the ledger's inbox instead."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from llmspool.messages import NOT_NOW, Admit, NotNow
 from llmspool.store.backend import DATABASE_NAME, Backend, StoreLocation
 from llmspool.store.schema import migrate_store
 
-from tests.unit.test_ledger_reservations import USD, admit, rows, run_ledger_with, status
+from tests.unit.test_ledger_reservations import USD, admit, entry, rows, run_ledger_with, status
 from tests.unit.test_reservation_journal import crash_copy
 
 COMMIT_INTERVAL = 0.05
@@ -121,3 +122,24 @@ def test_only_a_daemon_of_its_own_store_decides_in_the_callers_task(
     direct, sent = anyio.run(run, store_location, BudgetsConfig(daily_usd=1.0), scenario)
     assert (direct is NOT_NOW) is (store_location.backend is Backend.POSTGRESQL)
     assert sent is None
+
+
+def test_an_entry_taken_in_the_callers_task_counts_at_once_and_is_committed(
+        sqlite_store: StoreLocation) -> None:
+    async def scenario(ledger: Ledger, inbox: Any) -> list[Any]:
+        idle = ledger.settle_now(entry("nothing-due", USD // 100))  # no commit due: send it
+        assert await admit(inbox, "call", 3 * USD // 10) is None
+        taken = ledger.settle_now(entry("call", USD // 10))
+        report = await status(inbox)
+        await anyio.sleep(COMMIT_INTERVAL * 4)
+        return [idle, taken, report["spend_today_usd"], report["reserved_usd"]]
+
+    idle, taken, spent, reserved = anyio.run(run, sqlite_store, BudgetsConfig(daily_usd=1.0),
+                                             scenario)
+    assert idle is False
+    assert taken is True
+    assert spent == 0.1
+    assert reserved == 0  # the entry ended the call's reservation
+    assert rows(sqlite_store, "SELECT request_id, cost_picodollars FROM ledger_entries") == [
+        ("call", USD // 10)]
+    assert rows(sqlite_store, "SELECT request_id FROM reservations") == []

@@ -46,6 +46,7 @@ from llmspool.messages import (
     Failure,
     NewPrices,
     Release,
+    SettleNow,
     SlotFreed,
     StatusQuery,
     answer,
@@ -91,6 +92,7 @@ class Dispatcher:
         failover: FailoverConfig,
         limits: RateLimits,
         admit_now: AdmitNow | None = None,
+        settle_now: SettleNow | None = None,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
@@ -109,7 +111,7 @@ class Dispatcher:
         self._accounts = Accounts(
             ledger, prices=prices, budgets=budgets, estimator=estimator, planner=planner,
             provider_kinds=provider_kinds, flex=self._flex_metrics, genai=GenAiMetrics(histograms),
-            admit_now=admit_now)
+            admit_now=admit_now, settle_now=settle_now)
         self._targets = Targets(breaker, failover, timeouts, prices, planner, meter)
         self._relay = Relay(providers, limits, stream_idle_timeouts, self._accounts,
                             planner.clock, quiet=lambda: self._in_flight <= QUIET_CALLS)

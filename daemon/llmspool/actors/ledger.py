@@ -11,13 +11,14 @@
   commit for all that arrived together) before the call is admitted. On SQLite, while a
   commit is due anyway, the dispatcher's task decides its admission itself (``admit_now``),
   without the hop here and back: same caps, same journal, one at a time all the same.
-- ``Settled`` ends the reservation and adds the actual cost; ``Release`` ends it without a
-  bill. Entries are written in group commits (what arrived while the previous commit ran goes
-  in the next one), each deleting the reservations it settles in the same transaction. Before
-  committing admissions (in a shared store) the ledger lets the event loop turn once, so under
-  load the calls a step behind join the commit (dozens of calls a commit, not two). On SQLite
-  the commits run on the event loop, and the write-ahead log's checkpoints in a worker thread
-  beside them (``store.wal_checkpoints``).
+- ``Settled`` ends the reservation and adds the actual cost (from the dispatcher, taken in
+  its task while a commit is due: ``settle_now``); ``Release`` ends it without a bill.
+  Entries are written in group commits (what arrived while the previous commit ran goes in
+  the next one), each deleting the reservations it settles in the same transaction. Before
+  committing admissions (in a shared store) the ledger lets the event loop turn once, so
+  under load the calls a step behind join the commit (dozens of calls a commit, not two). On
+  SQLite the commits run on the event loop, and the write-ahead log's checkpoints in a worker
+  thread beside them (``store.wal_checkpoints``).
 - ``StoreJobResults`` and ``StoreBatchChunk`` store deferred results together with their
   entries, in one transaction; ``ReserveLines`` reserves batch lines before they are put into a
   batch, storing the refused ones as ``budget_*`` failures; ``ReleaseLines`` ends those.
@@ -315,6 +316,17 @@ class Ledger:
         if error is None:
             group.admit_journaled()
         return error
+
+    def settle_now(self, entry: Settled) -> bool:
+        """Take ``entry`` in the caller's own task, as ``admit_now`` takes an admission and
+        when it may: its spend counted and its reservation ended at once, the entry written
+        by the commit already due. False: send it."""
+        group = self._group
+        if not self._serving or not group.journals or not group.waiting:
+            return False
+        group.add(entry)
+        self._budgets.count(entry)
+        return True
 
     def _reserve(self, admit: Admit, now: float) -> ApiError | None:
         """Hold ``admit``'s reservation against this daemon's caps, its row for the journal

@@ -170,6 +170,7 @@ async def build_parts(
         breaker=config.breaker,
         failover=config.failover,
         admit_now=ledger.admit_now,
+        settle_now=ledger.settle_now,
         limits=RateLimits({
             (provider, model): LimitSettings(limit.rpm, limit.tpm, limit.concurrency)
             for provider, models in config.limits.items()

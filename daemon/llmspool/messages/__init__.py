@@ -31,6 +31,7 @@ from llmspool.messages.accounting import (
     Release,
     ReleaseLines,
     ReserveLines,
+    SettleNow,
     StoreJobResults,
 )
 from llmspool.messages.calls import (
@@ -96,6 +97,7 @@ __all__ = [
     "Abort",
     "Admit",
     "AdmitNow",
+    "SettleNow",
     "Answer",
     "BatchClosed",
     "BatchLinesDone",

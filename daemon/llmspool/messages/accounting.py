@@ -57,6 +57,8 @@ class NotNow(enum.Enum):
 NOT_NOW = NotNow.NOT_NOW
 AdmitNow = Callable[[Admit], ApiError | NotNow | None]
 """``Ledger.admit_now``: an admission decided without the hop to the ledger, when it can be."""
+SettleNow = Callable[[Settled], bool]
+"""``Ledger.settle_now``: an entry taken without the hop to the ledger, when it can be."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
 from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
-from llmspool.messages import NOT_NOW, Admit, AdmitNow, Call, Release
+from llmspool.messages import NOT_NOW, Admit, AdmitNow, Call, Release, SettleNow
 from llmspool.policy.billing import PriceBook, bill
 from llmspool.policy.estimate import Estimate, TokenEstimator
 from llmspool.policy.planner import Planner
@@ -43,9 +43,11 @@ class Accounts:
     def __init__(self, ledger: MemorySendStream[Settled | Admit | Release], *,
                  prices: PriceBook, budgets: BudgetsConfig, estimator: TokenEstimator,
                  planner: Planner, provider_kinds: Mapping[str, str], flex: FlexMetrics,
-                 genai: GenAiMetrics, admit_now: AdmitNow | None = None) -> None:
+                 genai: GenAiMetrics, admit_now: AdmitNow | None = None,
+                 settle_now: SettleNow | None = None) -> None:
         self._ledger = ledger
-        self._admit_now = admit_now
+        self._admit_now = admit_now  # the ledger deciding in this task, when it can
+        self._settle_now = settle_now
         self._prices = prices
         self._budgets = budgets
         self._estimator = estimator
@@ -242,7 +244,8 @@ class Accounts:
     async def record(self, settled: Settled) -> None:
         """Send ``settled`` to the ledger. An entry under its call's own id ends the call's
         reservation there, so the call's end need not release it."""
-        await self._ledger.send(settled)
+        if self._settle_now is None or not self._settle_now(settled):
+            await self._ledger.send(settled)
         self._ended.add(settled.request_id)
 
     def hand_over(self, call: Call) -> None:
