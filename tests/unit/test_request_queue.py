@@ -116,3 +116,33 @@ def test_a_status_asker_that_gave_up_does_not_end_the_queue() -> None:
         return [handed.request_id]
 
     assert anyio.run(scenario) == ["after"]
+
+
+def test_a_call_is_taken_in_the_callers_task_only_when_it_would_not_wait_or_overtake() -> None:
+    anyio.run(_take_now)
+
+
+async def _take_now() -> None:
+    inbox, inbox_out = create_memory_stream[QueueMessage](8)
+    freed, freed_out = create_memory_stream[SlotFreed](8)
+    dispatcher, dispatched = create_memory_stream[Call](8)
+    queue = RequestQueue(inbox_out, freed_out, dispatcher, slots=2, max_waiting=8,
+                         meter=NoOpMeterProvider().get_meter("t"))
+    assert not queue.take_now(call("too-early", arrived=NOW))  # the queue does not run yet
+    async with anyio.create_task_group() as group:
+        await group.start(queue.run)
+        await anyio.wait_all_tasks_blocked()
+        assert queue.take_now(call("direct", arrived=NOW))
+        assert dispatched.receive_nowait().request_id == "direct"  # no turn of the loop
+        # One sent and not yet read: a call taken now would overtake it.
+        await inbox.send(call("sent", arrived=NOW + 1))
+        assert not queue.take_now(call("behind", arrived=NOW + 2))
+        await inbox.send(call("behind", arrived=NOW + 2))
+        await anyio.wait_all_tasks_blocked()
+        assert dispatched.receive_nowait().request_id == "sent"  # the second place
+        assert not queue.take_now(call("no-place", arrived=NOW + 3))  # "behind" waits
+        assert queue.free_slot()  # the dispatcher's task frees a place: "behind" gets it
+        assert dispatched.receive_nowait().request_id == "behind"
+        await inbox.aclose()
+        await freed.aclose()
+    assert not queue.free_slot()  # stopped: a freed place is sent (and nobody reads it)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -93,9 +93,11 @@ class Dispatcher:
         limits: RateLimits,
         admit_now: AdmitNow | None = None,
         settle_now: SettleNow | None = None,
+        free_slot: Callable[[], bool] | None = None,
     ) -> None:
         self._inbox = inbox
         self._freed = freed
+        self._free_slot = free_slot  # the request queue counting it in this task, when it can
         self._ledger = ledger
         self._providers = providers
         self._provider_kinds = provider_kinds
@@ -203,8 +205,9 @@ class Dispatcher:
                     await self._ledger.send(Release(call.request_id))
             call.reply.close()
             self._in_flight -= 1
-            with contextlib.suppress(*_LEDGER_GONE):  # the queue is gone at the end of a stop
-                self._freed.send_nowait(SlotFreed(call.request_id))
+            if self._free_slot is None or not self._free_slot():
+                with contextlib.suppress(*_LEDGER_GONE):  # the queue is gone at a stop's end
+                    self._freed.send_nowait(SlotFreed(call.request_id))
 
     def _snapshot(self) -> DispatcherStatus:
         return {

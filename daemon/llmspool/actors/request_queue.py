@@ -7,6 +7,10 @@ someone is waiting on it), then by arrival, so when providers are saturated the 
 finish soonest goes first. Past ``max_waiting`` waiting calls, a new one is refused with
 503 and a ``retry-after``: work is pushed back, never dropped silently.
 
+The front door's calls and the dispatcher's freed places skip the hop to this actor's task
+when that changes nothing but the wait (``take_now``: a place is free, none waits and no call
+is on its way here ahead; ``free_slot``): the event loop has one thread, and neither awaits.
+
 OpenTelemetry gauges: ``llmspool.queue.depth`` (calls waiting for a place) and
 ``llmspool.queue.in_flight`` (places taken).
 """
@@ -55,6 +59,8 @@ class RequestQueue:
         self._arrivals = itertools.count()
         self._admitted = 0
         self._refused = 0
+        self._taking = False  # the inbox is read: ``take_now`` may take a call in its stead
+        self._running = False  # freed places are counted: ``free_slot`` may count one
         meter = meter or active().meter  # without one given, the daemon's
         meter.create_observable_gauge("llmspool.queue.depth", [self._observe_waiting],
                                       "{request}", "calls waiting for a place in flight")
@@ -72,12 +78,16 @@ class RequestQueue:
         async with self._dispatcher, anyio.create_task_group() as group:
             group.start_soon(self._take_freed_slots)
             task_status.started()
-            async with self._inbox:
-                async for message in self._inbox:
-                    if isinstance(message, StatusQuery):
-                        answer(message.reply, self._snapshot())
-                    else:
-                        self._admit(message)
+            self._taking = True
+            try:
+                async with self._inbox:
+                    async for message in self._inbox:
+                        if isinstance(message, StatusQuery):
+                            answer(message.reply, self._snapshot())
+                        else:
+                            self._admit(message)
+            finally:
+                self._taking = False
             # The front door is closed: hand over what still waits, then close our send end
             # at once, so that the dispatcher can finish (its end closes ``freed``, which ends
             # ``_take_freed_slots``; waiting for that first would wait forever).
@@ -85,6 +95,27 @@ class RequestQueue:
                 _deadline, _arrival, call = heapq.heappop(self._waiting)
                 await self._dispatcher.send(call)
             await self._dispatcher.aclose()
+
+    def take_now(self, call: Call) -> bool:
+        """Hand ``call`` to the dispatcher in the caller's own task, without the hop to the
+        queue's task, when that is what the queue would do at once: a place is free, no call
+        waits for one and none is on its way here ahead of it. False: send it."""
+        if not self._taking or self._waiting or self._free_slots <= 0 \
+                or self._inbox.backlog():
+            return False
+        self._hand_over(call)
+        return True
+
+    def free_slot(self) -> bool:
+        """A ``SlotFreed`` taken in the dispatcher's task: the place goes to the most urgent
+        call waiting, if any. False once the queue no longer runs: send it."""
+        if not self._running:
+            return False
+        self._free_slots += 1
+        while self._free_slots > 0 and self._waiting:
+            _deadline, _arrival, call = heapq.heappop(self._waiting)
+            self._hand_over(call)
+        return True
 
     def _admit(self, call: Call) -> None:
         if self._free_slots > 0 and not self._waiting:
@@ -113,12 +144,13 @@ class RequestQueue:
         self._dispatcher.send_nowait(call)
 
     async def _take_freed_slots(self) -> None:
-        async with self._freed:
-            async for _freed in self._freed:
-                self._free_slots += 1
-                while self._free_slots > 0 and self._waiting:
-                    _deadline, _arrival, call = heapq.heappop(self._waiting)
-                    self._hand_over(call)
+        self._running = True
+        try:
+            async with self._freed:
+                async for _freed in self._freed:
+                    self.free_slot()
+        finally:
+            self._running = False
 
     def _snapshot(self) -> QueueStatus:
         now = self._clock.now()

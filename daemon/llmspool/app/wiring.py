@@ -152,6 +152,8 @@ async def build_parts(
     adopt_in, adopt_out = create_memory_stream[AdoptWork](QUEUE_BUFFER)
     ledger = Ledger(ledger_out, ledger_database, budgets=config.budgets, tracer=tracing.tracer,
                     meter=tracing.meter, clock=clock.now, member=member, adopt=adopt_in)
+    queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots,
+                         meter=tracing.meter, clock=clock)
     dispatcher = Dispatcher(
         dispatch_out, freed_in, ledger_in,
         providers=providers,
@@ -171,14 +173,13 @@ async def build_parts(
         failover=config.failover,
         admit_now=ledger.admit_now,
         settle_now=ledger.settle_now,
+        free_slot=queue.free_slot,
         limits=RateLimits({
             (provider, model): LimitSettings(limit.rpm, limit.tpm, limit.concurrency)
             for provider, models in config.limits.items()
             for model, limit in models.items()
         }),
     )
-    queue = RequestQueue(queue_out, freed_out, dispatch_in, slots=slots, max_waiting=slots,
-                         meter=tracing.meter, clock=clock)
     cache_rules = CacheRules(config.cache, config.operations)
     cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                           state_dir=config.state_path, planner=planner,
@@ -226,7 +227,7 @@ async def build_parts(
     forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                           max_body_size=config.daemon.max_body_size,
                           cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
-                          chooser=chooser, capturer=capturer)
+                          chooser=chooser, capturer=capturer, take_now=queue.take_now)
     # POST /v1/jobs and POST /v1/batches make jobs the same way.
     submission = JobSubmission(keeper_in, router, planner,
                                max_line_size=config.jobs.max_line_size,

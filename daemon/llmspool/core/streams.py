@@ -235,6 +235,12 @@ class MemoryReceiveStream(_ClosedOnExit, ObjectReceiveStream[T_co]):
         finally:
             self._waiting.discard(waiter)
 
+    def backlog(self) -> int:
+        """Items sent and not yet received: buffered, or handed to a ``receive`` of this end
+        that has not resumed yet."""
+        return len(self._shared.buffer) + sum(
+            1 for waiter in self._waiting if waiter.done() and not waiter.cancelled())
+
     def clone(self) -> MemoryReceiveStream[T_co]:
         """Another receive end of the same stream, closed separately."""
         if self._closed:

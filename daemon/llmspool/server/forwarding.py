@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 
 import anyio
 from opentelemetry import trace
@@ -64,8 +65,10 @@ class Forwarder:
         cache_front: CacheFront | None = None,
         chooser: ModelChooser | None = None,
         capturer: Capturer | None = None,
+        take_now: Callable[[Call], bool] | None = None,
     ) -> None:
         self._queue = queue
+        self._take_now = take_now  # the request queue taking a call in this task, when it can
         self._capturer = capturer
         self._cache = cache
         self._cache_front = cache_front
@@ -145,7 +148,7 @@ class Forwarder:
         try:
             if call.cache is not None and self._cache is not None:
                 await self._cache.send(call if missed_at is None else Missed(call, missed_at))
-            else:
+            elif self._take_now is None or not self._take_now(call):
                 await self._queue.send(call)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             call.reply.close()
