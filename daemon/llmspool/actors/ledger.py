@@ -304,8 +304,9 @@ class Ledger:
         due within the window (``GroupCommit.waiting``: the ledger's task has its timer set,
         or is running, and commits what this journals as soon as if it had come through the
         inbox). Otherwise ``NOT_NOW``: send it. Admissions stay one at a time, since this
-        never awaits; what the inbox still holds (entries, releases) only frees money, so a
-        decision made before it is the stricter one."""
+        never awaits, so the caps hold. What the inbox still holds may be decided after this
+        one: its entries and releases only free money (a decision made before them is the
+        stricter one), and an admission waiting there was not yet answered either."""
         group = self._group
         if not self._serving or not group.journals or not group.waiting \
                 or not self._budgets.knows_session(admit.session):
