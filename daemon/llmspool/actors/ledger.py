@@ -307,27 +307,30 @@ class Ledger:
         never awaits, so the caps hold. What the inbox still holds may be decided after this
         one: its entries and releases only free money (a decision made before them is the
         stricter one), and an admission waiting there was not yet answered either."""
-        group = self._group
-        if not self._serving or not group.journals or not group.waiting \
-                or not self._budgets.knows_session(admit.session):
+        if not self._decides_here() or not self._budgets.knows_session(admit.session):
             return NOT_NOW
         now = self._clock()
         self._budgets.roll_day(now)
         error = self._reserve(admit, now)
         if error is None:
-            group.admit_journaled()
+            self._group.admit_journaled()
         return error
 
     def settle_now(self, entry: Settled) -> bool:
         """Take ``entry`` in the caller's own task, as ``admit_now`` takes an admission and
         when it may: its spend counted and its reservation ended at once, the entry written
         by the commit already due. False: send it."""
-        group = self._group
-        if not self._serving or not group.journals or not group.waiting:
+        if not self._decides_here():
             return False
-        group.add(entry)
+        self._group.add(entry)
         self._budgets.count(entry)
         return True
+
+    def _decides_here(self) -> bool:
+        """Whether a caller's task may act for the ledger now: the inbox loop runs, the
+        store is this daemon's own (SQLite, with the journal), and a commit is already due."""
+        group = self._group
+        return self._serving and group.journals and group.waiting
 
     def _reserve(self, admit: Admit, now: float) -> ApiError | None:
         """Hold ``admit``'s reservation against this daemon's caps, its row for the journal
