@@ -62,8 +62,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             status, answer, headers = chat(daemon, "one")
             assert headers.get("x-llmspool-cache") == "hit", answer
             job = submit_job(daemon, lines=5)
-            wait_for(lambda: open_batches(daemon) == 1, timeout=20,
-                     what="the job's batch open upstream")
+            # Created as "validating"; the poller's first look finds it "in_progress".
+            wait_for(lambda: open_batch_states(daemon) == ["in_progress"], timeout=20,
+                     what="the job's batch open upstream and polled")
             yield Running(sim, daemon, job["id"])
         finally:
             daemon.terminate()
@@ -90,9 +91,10 @@ def submit_job(daemon: Daemon, lines: int) -> dict[str, Any]:
     return job  # type: ignore[no-any-return]
 
 
-def open_batches(daemon: Daemon) -> int:
+def open_batch_states(daemon: Daemon) -> list[str]:
+    """The provider's status of each batch the daemon has open, as it last polled them."""
     _status, report = daemon.get("/v1/status")
-    return len(report["batches"]["open"])
+    return [batch["provider_status"] for batch in report["batches"]["open"]]
 
 
 def top(daemon: Daemon | None, *args: str, env: dict[str, str] | None = None
