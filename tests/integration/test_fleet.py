@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,14 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
     assert spent <= bound, f"the fleet spent {usd(spent)} > cap {usd(CAP)} + a reservation each"
     assert spent <= CAP  # reservations are decided in the database: not even one over
     assert true_spend(calls, table) <= bound
-    # The simulator served exactly the admitted calls; each daemon made some of them, and
-    # its name is on their entries.
+    # The simulator served exactly the admitted calls, and each entry names the daemon its
+    # call was sent to (which daemons got some of the cap is a race: not asserted).
     assert sorted(c["request_id"] for c in calls) == sorted(str(o.request_id) for o in admitted)
-    assert {entry["daemon"] for entry in entries} == {f"d{i}" for i in range(DAEMONS)}
+    sent_to = {str(outcome.request_id): f"d{index % DAEMONS}"
+               for index, outcome in enumerate(outcomes) if outcome.status == 200}
+    assert {entry["request_id"]: entry["daemon"] for entry in entries} == sent_to
+    per_daemon = Counter(sent_to.values())
+    assert len(per_daemon) > 1, per_daemon  # the cap was shared, not taken by one daemon
     # One ledger: any daemon's /v1/ledger lists every daemon's entries.
     assert sorted(e["request_id"] for e in costs["entries"]) == \
         sorted(e["request_id"] for e in entries)
@@ -126,8 +131,7 @@ def test_four_daemons_on_one_database_hold_one_cap_for_400_calls_at_once(
     assert by_daemon.returncode == 0, by_daemon.stderr
     spending = orjson.loads(by_daemon.stdout)
     shares = {row["daemon"]: row["requests"] for row in spending["rows"]}
-    assert set(shares) == {f"d{i}" for i in range(DAEMONS)}
-    assert sum(shares.values()) == len(entries)
+    assert shares == per_daemon
     assert abs(spending["total"]["spend_usd"] - spent / PICODOLLARS_PER_USD) < 1e-9
     assert [daemon["name"] for daemon in report["ledger"]["fleet"]] == \
         [f"d{i}" for i in range(DAEMONS)]
