@@ -131,6 +131,25 @@ def test_rpm_allows_the_burst_then_spaces_requests() -> None:
     run(main)
 
 
+def test_an_idle_bucket_refills_to_its_burst_and_no_further() -> None:
+    clock = FakeClock()
+    limits = RateLimits({KEY: LimitSettings(rpm=60)}, clock=clock)
+
+    async def main() -> None:
+        with anyio.fail_after(5):  # the clock is frozen: a call that waits would hang
+            for _ in range(30):
+                await take(limits)
+            clock.now += 15  # a request a second: 15 of the 30 back
+            assert state(limits)["requests_available"] == 45
+            clock.now += 3600  # an hour idle holds a minute's worth, not an hour's
+            assert state(limits)["requests_available"] == 60
+            for _ in range(60):
+                await take(limits)
+            assert state(limits)["requests_available"] == 0
+
+    run(main)
+
+
 def test_waiters_sleep_just_until_the_bucket_has_room() -> None:
     # Real time: the event loop must wake each waiter when its turn comes (3 x 0.02 s).
     started = time.monotonic()

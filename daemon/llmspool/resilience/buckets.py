@@ -115,8 +115,15 @@ class Bucket:
 
     def settle(self, now: float, ramp: Ramp) -> None:
         if now > self.updated:
-            gained = self.rate * (ramp.progress(now) - ramp.progress(self.updated))
-            self.level = min(self.level + gained, self.ceiling(now, ramp))
+            if ramp.paused_until is None:
+                # No 429 yet: full rate and burst. The same sums as below (progress(t) is t,
+                # the ceiling the capacity), inline: every call settles its key's buckets
+                # some nine times.
+                level = self.level + self.capacity / SECONDS_PER_MINUTE * (now - self.updated)
+                self.level = level if level < self.capacity else self.capacity
+            else:
+                gained = self.rate * (ramp.progress(now) - ramp.progress(self.updated))
+                self.level = min(self.level + gained, self.ceiling(now, ramp))
             self.updated = now
 
     def ready_at(self, need: float, now: float, ramp: Ramp) -> float:
