@@ -86,6 +86,23 @@ def test_insufficient_quota_is_sent_once_and_reaches_the_client(fast_daemon: Dae
     assert upstream_calls(sim) == 1
 
 
+def test_a_request_the_provider_refuses_gives_its_rate_limit_tokens_back(
+        fast_daemon: Daemon, sim: Sim) -> None:
+    # The simulator's limit is 30M tokens a minute, and it refuses max_tokens over 1M (400).
+    assert chat(fast_daemon)[0] == 200  # the daemon learns the limit from the headers
+    started = time.monotonic()
+    for asked in (25_000_000, 20_000_000):
+        status, body, _headers = chat(fast_daemon, max_tokens=asked)
+        assert status == 400 and body["error"]["param"] == "max_tokens", body
+    # Kept, the first charge left 5M tokens: the second request waited 30 s for the refill.
+    assert time.monotonic() - started < 10
+    limits = dispatcher_status(fast_daemon)["rate_limits"]["openai/gpt-4o-mini"]
+    assert limits["tpm"] == 30_000_000
+    assert limits["tokens_available"] > 29_000_000
+    assert chat(fast_daemon)[0] == 200
+    assert upstream_calls(sim) == 4
+
+
 def test_a_connection_reset_is_retried(fast_daemon: Daemon, sim: Sim) -> None:
     sim.set_faults({"kind": "drop", "count": 1})
     status, _body, _headers = chat(fast_daemon)

@@ -23,7 +23,7 @@ from llmspool.actors.dispatch.relay import Relay
 from llmspool.actors.dispatch.targets import MIN_ATTEMPT, Targets
 from llmspool.core.calls import Tier
 from llmspool.core.clock import Clock
-from llmspool.core.errors import ApiError, UpstreamUnreachable
+from llmspool.core.errors import ApiError, UpstreamError, UpstreamUnreachable
 from llmspool.core.tracing import Tally, records
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
@@ -113,6 +113,7 @@ class Attempts:
                                             interactive=call.deadline_at is None)
         self.count += 1
         self._counter.add(1, (("llmspool.provider", target.provider),))
+        refused = False  # the upstream turned the request down as it was sent
         try:
             # A first attempt is told on the call's own span (most calls have no other): a
             # span per attempt was a third of the spans to build and export. Retries get
@@ -138,6 +139,7 @@ class Attempts:
                         self._targets.tell_breaker(target, sent.late_error)
                         return
                 except ApiError as error:
+                    refused = _refused_as_sent(error)
                     error_type = error.code or type(error).__name__
                     if own_span:
                         attempt_span.set_status(Status(StatusCode.ERROR, error.message))
@@ -157,7 +159,19 @@ class Attempts:
         finally:
             # No refund of unused requested tokens: OpenAI counts what a call asks for (prompt
             # plus max output) against its TPM when the call arrives, and gives nothing back.
-            permit.release()
+            # A request it refused as sent was never run, and all its tokens come back: kept,
+            # one invalid request asking for 25M tokens held every later call to its model for
+            # up to a minute. (Should the upstream count it after all, the next answer's
+            # x-ratelimit-remaining-tokens lowers our bucket again.)
+            permit.release(0 if refused else None)
+
+
+def _refused_as_sent(error: ApiError) -> bool:
+    """Whether the upstream turned the request down without running it: a 4xx of its own
+    (a bad parameter, a key or model it does not accept), but not a timeout (408) or a rate
+    limit (429, which ``RateLimits.rate_limited`` handles)."""
+    return isinstance(error, UpstreamError) and 400 <= error.status < 500 \
+        and error.status not in (408, 429)
 
 
 def _out_of_time(call: Call, timeout: float, tried: list[str], now: float) -> ApiError:
