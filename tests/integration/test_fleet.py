@@ -374,6 +374,8 @@ def test_any_daemon_shows_waits_for_and_cancels_another_daemons_job(
         settled = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
         time.sleep(1.5)
         after = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
+        time.sleep(1.0)
+        later = sim.stats()["requests"]["by_path"]["/v1/chat/completions"]
         _status, seen_by_owner = owner.get(f"/v1/jobs/{slow}")
     finally:
         for daemon in fleet:
@@ -387,7 +389,9 @@ def test_any_daemon_shows_waits_for_and_cancels_another_daemons_job(
     assert sorted(orjson.loads(line)["custom_id"] for line in text.splitlines()) == \
         sorted(f"q{i}" for i in range(6))
     assert cancelled == 200 and answer["status"] == "cancelled"
-    assert after == settled < 400  # nothing sent once the owner saw the cancel
+    # Sending stopped with the cancel: at most the lines the two daemons had in hand when the
+    # owner showed it (two each) reached the simulator after, and none in the second after.
+    assert settled < 400 and after - settled <= 2 * 2 and later == after
     counts = seen_by_owner["counts"]
     assert counts["cancelled"] > 0 and counts["succeeded"] + counts["cancelled"] == 400
 
