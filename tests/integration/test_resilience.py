@@ -103,6 +103,17 @@ def test_a_request_the_provider_refuses_gives_its_rate_limit_tokens_back(
     assert upstream_calls(sim) == 4
 
 
+def test_answers_of_megabytes_leave_the_providers_connection_usable(
+        fast_daemon: Daemon, sim: Sim) -> None:
+    # A million output tokens: the simulator's answer is some 4 MB of JSON. The second call
+    # used to wait forever on the kept-alive connection the first one left paused.
+    for _ in range(3):
+        status, body, _headers = chat(fast_daemon, max_tokens=1_000_000)
+        assert status == 200, body
+        assert body["usage"]["completion_tokens"] == 1_000_000
+    assert dispatcher_status(fast_daemon)["connections"]["openai"]["reused"] >= 2
+
+
 def test_a_connection_reset_is_retried(fast_daemon: Daemon, sim: Sim) -> None:
     sim.set_faults({"kind": "drop", "count": 1})
     status, _body, _headers = chat(fast_daemon)

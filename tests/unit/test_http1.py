@@ -143,6 +143,41 @@ def test_chunked_close_delimited_and_gzip_bodies_are_read_whole() -> None:
     anyio.run(main)
 
 
+def test_answers_bigger_than_the_read_buffer_leave_their_connection_reusable() -> None:
+    # Past 256 KiB unread the pool stops reading the socket; read whole or streamed, a big
+    # answer must not leave it stopped for the next call on the same connection (it waited
+    # forever: a 4 MB answer wedged the daemon's next call to that provider).
+    big = b'{"text": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+
+    async def large(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(big))
+        return True
+
+    async def streamed(pool: Http1Pool) -> bytes:
+        response = await pool.post("/x", b"{}")
+        try:
+            # A reader slower than the socket: the buffer fills and reading pauses.
+            pieces = []
+            async for chunk in response.iter_chunks():
+                pieces.append(chunk)
+                await anyio.sleep(0)
+            return b"".join(pieces)
+        finally:
+            response.release()
+
+    async def main() -> None:
+        async with serving(large) as server:
+            pool = pool_for(server, max_connections=1)
+            with anyio.fail_after(10):
+                for _ in range(3):
+                    assert await body_of(pool) == big
+                    assert await streamed(pool) == big
+            await pool.aclose()
+        assert server.connections == 1
+
+    anyio.run(main)
+
+
 def test_a_stream_arrives_in_pieces_as_it_is_sent() -> None:
     async def slow_stream(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")

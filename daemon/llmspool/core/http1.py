@@ -219,6 +219,13 @@ class _Connection(asyncio.Protocol):
         self._exchanging = False
         self._chunks.clear()
         self._buffered = 0
+        if self._paused:
+            # An answer can end while its last bytes hold the socket paused (the parser
+            # completes it in the same feed that crossed the high-water mark). Left paused, the
+            # next answer on this connection would never be read, nor the server closing it.
+            self._paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
 
     def close(self) -> None:
         if self._transport is not None:
