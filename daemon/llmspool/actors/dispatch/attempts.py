@@ -27,6 +27,7 @@ from llmspool.core.errors import ApiError, UpstreamError, UpstreamUnreachable
 from llmspool.core.tracing import Tally, records
 from llmspool.core.units import format_duration
 from llmspool.messages import Call
+from llmspool.resilience.failures import FailureClass, classify
 from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import CallRetries, Retrier
 
@@ -167,11 +168,11 @@ class Attempts:
 
 
 def _refused_as_sent(error: ApiError) -> bool:
-    """Whether the upstream turned the request down without running it: a 4xx of its own
-    (a bad parameter, a key or model it does not accept), but not a timeout (408) or a rate
-    limit (429, which ``RateLimits.rate_limited`` handles)."""
-    return isinstance(error, UpstreamError) and 400 <= error.status < 500 \
-        and error.status not in (408, 429)
+    """Whether the upstream turned the request down without running it: an error of its own
+    that the same request would get again (``failures.classify``'s permanent class: a bad
+    parameter, a key or model it does not accept, no quota left). A rate limit (429) is
+    ``RateLimits.rate_limited``'s business."""
+    return isinstance(error, UpstreamError) and classify(error).kind is FailureClass.PERMANENT
 
 
 def _out_of_time(call: Call, timeout: float, tried: list[str], now: float) -> ApiError:
