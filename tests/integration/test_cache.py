@@ -153,6 +153,27 @@ def test_entries_expire_after_their_ttl(tmp_path: Path, sim: Sim) -> None:
         daemon.terminate()
 
 
+def test_answers_cached_before_a_restart_are_hits_after_it(tmp_path: Path, sim: Sim) -> None:
+    """The front door knows which keys the file holds without reading it (a miss reads no
+    file): after a restart that knowledge is rebuilt from the file, before the first write."""
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        chat(daemon, temperature=0)
+        wait_for_entries(daemon, 1)
+    finally:
+        daemon.terminate()
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        assert chat(daemon, seed=1)[2]["x-llmspool-cache"] == "miss"
+        wait_for_entries(daemon, 2)  # written: the keys were read from the file before
+        status, _body, headers = chat(daemon, temperature=0)
+        assert status == 200 and headers["x-llmspool-cache"] == "hit"
+        assert chat(daemon, seed=2)[2]["x-llmspool-cache"] == "miss"
+        assert upstream_calls(sim) == 3
+    finally:
+        daemon.terminate()
+
+
 def test_least_recently_used_entries_are_evicted_past_max_entries(
         tmp_path: Path, sim: Sim) -> None:
     daemon = start_daemon(tmp_path, sim.url, config_toml="[cache]\nmax_entries = 3\n")

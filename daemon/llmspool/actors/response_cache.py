@@ -52,6 +52,7 @@ from llmspool.actors.caching.replies import Replier
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
+from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.config.sections import CacheConfig
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
@@ -83,6 +84,7 @@ class ResponseCache:
         batches: PendingBatches | None = None,
         near: NearDuplicates | None = None,
         fleet: FleetCache | None = None,
+        presence: KeyPresence | None = None,
     ) -> None:
         self._fleet = fleet
         self._batches = batches
@@ -93,7 +95,8 @@ class ResponseCache:
         self._config = config
         self._state_dir = state_dir
         self._counts = CacheCounts()
-        self._writes = WriteBehind(self._counts, near)
+        self._writes = WriteBehind(self._counts, near,
+                                   presence or KeyPresence(config.max_entries))
         self._replier = Replier(planner, ledger, self._writes)
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
                                 self._take, fleet)

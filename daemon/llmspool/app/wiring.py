@@ -30,6 +30,7 @@ from llmspool.batches.context import BatchContext
 from llmspool.cache.front import CacheFront
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
+from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CachedKeys
 from llmspool.core.clock import Clock
 from llmspool.core.config.sections import Config
@@ -181,13 +182,16 @@ async def build_parts(
         }),
     )
     cache_rules = CacheRules(config.cache, config.operations)
+    # Which keys the cache file holds: kept by the cache actor, read by the front door too.
+    cache_keys = KeyPresence(config.cache.max_entries)
     cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                           state_dir=config.state_path, planner=planner,
                           batches=PendingBatches(store, planner),
                           near=NearDuplicates(config.cache)
                           if any(op.similar for op in config.operations.values()) else None,
                           # A fleet's daemons share their answers and calls in flight.
-                          fleet=None if owner is None else FleetCache(store, owner, planner))
+                          fleet=None if owner is None else FleetCache(store, owner, planner),
+                          presence=cache_keys)
     batch_providers = {name: provider for name, provider in providers.items()
                        if isinstance(provider, BatchProvider)}
     crash = CrashPoints(environ)
@@ -218,7 +222,8 @@ async def build_parts(
     # The front door answers hits itself: it tells the cache actor and the ledger through
     # clones of their inboxes, closed with the door like the others.
     cache_used_in, ledger_hits_in = cache_in.clone(), ledger_in.clone()
-    cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner)
+    cache_front = CacheFront(config.state_path, cache_used_in, ledger_hits_in, planner,
+                             cache_keys)
     # Who may see which jobs and costs: their owners, and [daemon] admins.
     access = Access(config.daemon.admins)
     # Feedback and captured answers are the front door's own small writes.

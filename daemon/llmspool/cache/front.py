@@ -19,6 +19,7 @@ from typing import NamedTuple
 import anyio
 
 from llmspool.cache.answers import ledger_entry, replies_for, would_have_cost
+from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CacheReader, Corrupt, connect
 from llmspool.core.streams import MemorySendStream
 from llmspool.messages import CacheUsed, Call, Reply
@@ -39,8 +40,10 @@ class Looked(NamedTuple):
 
 class CacheFront:
     def __init__(self, state_dir: Path, cache: MemorySendStream[CacheUsed],
-                 ledger: MemorySendStream[Settled], planner: Planner) -> None:
+                 ledger: MemorySendStream[Settled], planner: Planner,
+                 presence: KeyPresence) -> None:
         self._state_dir = state_dir
+        self._presence = presence  # the cache actor's: read here, never changed
         self._cache = cache
         self._ledger = ledger
         self._planner = planner
@@ -51,10 +54,12 @@ class CacheFront:
         it: a miss (``missed_at`` says when), an unreadable entry, or a ledger too busy to take
         the entry at once."""
         assert call.cache is not None
+        now = time.time()
+        if not self._presence.might_hold(call.cache.key):
+            return Looked(None, now)  # not in the file: no read
         if self._reader is None:
             # Opened on first use: the cache actor creates the file before the door opens.
             self._reader = CacheReader(connect(self._state_dir, writer=False))
-        now = time.time()
         try:
             found = self._reader.get(call.cache.key, now)
             if found is None:

@@ -15,6 +15,7 @@ import anyio
 
 from llmspool.actors.caching.counts import CacheCounts
 from llmspool.cache.nearby import NearDuplicates
+from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CachedAnswer, CacheReader, CacheWriter, Corrupt
 from llmspool.store.records import NewEntry
 
@@ -29,9 +30,13 @@ MAX_PENDING = 10_000  # entries waiting for a commit; past it new ones are dropp
 class WriteBehind:
     """What waits for the next commit, and the answers served from memory until then."""
 
-    def __init__(self, counts: CacheCounts, near: NearDuplicates | None) -> None:
+    def __init__(self, counts: CacheCounts, near: NearDuplicates | None,
+                 presence: KeyPresence) -> None:
         self._counts = counts
         self._near = near
+        # The file's keys, known without reading it (also the front door's): built before
+        # the first commit, kept in step with each.
+        self.presence = presence
         self.recent: dict[bytes, tuple[CachedAnswer, float]] = {}
         self._pending: list[NewEntry] = []
         self._touched: dict[int, float] = {}
@@ -64,6 +69,8 @@ class WriteBehind:
 
     def committed(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
         """The live answer in the file under ``key`` (a corrupt one is dropped: None)."""
+        if not self.presence.might_hold(key):
+            return None
         try:
             return reader.get(key, now)
         except Corrupt as bad:
@@ -101,6 +108,7 @@ class WriteBehind:
         self._wake.set()
 
     async def run(self, writer: CacheWriter) -> None:
+        await self._know_keys(writer)
         while True:
             await self._wake.wait()
             await anyio.sleep(FLUSH_EVERY)  # gather a group for one commit
@@ -118,6 +126,17 @@ class WriteBehind:
             if self._stopping and not self._pending:
                 return
 
+    async def _know_keys(self, writer: CacheWriter) -> None:
+        """Build ``presence`` from the file's keys (until then, every lookup reads the file)."""
+        try:
+            counters = await anyio.to_thread.run_sync(
+                lambda: self.presence.build(writer.keys()))
+        except sqlite3.Error as exc:
+            log.warning("could not read the cache file's keys (%s); every cache lookup reads "
+                        "the file", exc)
+            return
+        self.presence.install(counters)
+
     async def _commit(self, writer: CacheWriter, entries: list[NewEntry],
                       touched: dict[int, float], drops: set[int]) -> None:
         try:
@@ -129,6 +148,9 @@ class WriteBehind:
             log.warning("cache write failed (%s); %d entries not kept", exc, len(entries))
             return
         self.landed_at = time.time()
+        # In step with the file, at the moment the actor counts the commit as landed.
+        self.presence.added(result.inserted)
+        self.presence.removed(result.deleted)
         for entry, entry_id in zip(entries, result.written, strict=True):
             self.recent.pop(entry.key, None)  # readable from the file now
             if self._near is not None and entry.group is not None and entry.vector is not None:
