@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from anyio import CancelScope
 from opentelemetry.context import Context
 
-from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.calls import Endpoint, Tier, Usage
 from llmspool.core.errors import ApiError
 from llmspool.policy.cache_keys import CachePlan
 from llmspool.policy.model_choice import Verdict
@@ -138,6 +138,8 @@ class Answer:
     settled: Settled | None = field(default=None, repr=False)
     # For a cascade's first call (``Call.cascade_check``): whether its answer is kept.
     verdict: Verdict | None = None
+    # The usage ``document`` reports (None: it reports none), as read when it was billed.
+    usage: Usage | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from llmspool.cache.store import CachedAnswer, CacheReader
 from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import CacheConfig
 from llmspool.core.errors import ApiError, ServiceUnavailable, UpstreamError
+from llmspool.core.records import replaced
 from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.wire import SseMeter, usage_of
 from llmspool.messages import (
@@ -120,8 +121,7 @@ class Flights:
         leader = flight.leader
         upstream_abort = Abort()
         tee = LeaderTee(self, flight, reader, group, upstream_abort)
-        upstream = dataclasses.replace(leader, reply=tee, abort=upstream_abort,
-                                       strip_usage_chunk=False)
+        upstream = replaced(leader, reply=tee, abort=upstream_abort, strip_usage_chunk=False)
         try:
             self._queue.send_nowait(upstream)
         except anyio.WouldBlock:
@@ -313,7 +313,7 @@ class LeaderRelay:
         meter = self._meter
         out: list[Reply]
         if isinstance(reply, Answer):
-            out = [dataclasses.replace(reply, headers={**reply.headers, HEADER: "miss"})]
+            out = [replaced(reply, headers={**reply.headers, HEADER: "miss"})]
         elif isinstance(reply, StreamStart):
             first = meter.feed(reply.first) if meter is not None else reply.first
             out = [StreamStart(reply.status, {**reply.headers, HEADER: "miss"}, first)]
@@ -342,8 +342,8 @@ def _outcome(replies: list[Reply], stream: bool) -> CachedAnswer | Failure | Non
     if isinstance(first, Answer):
         if first.status != 200:
             return None
-        return CachedAnswer(0, False, first.body, first.tier,
-                            usage_of(first.document) or Usage(), now)
+        usage = first.usage if first.usage is not None else usage_of(first.document)
+        return CachedAnswer(0, False, first.body, first.tier, usage or Usage(), now)
     if isinstance(first, StreamStart) and stream:
         if first.status != 200 or not isinstance(last, StreamEnd) or last.error is not None:
             return None

@@ -151,7 +151,8 @@ class Relay:
                 code="upstream_shape",
             )
         served = served_tier_of(parsed) or target.tier
-        usage = usage_of(parsed) or accounts.estimate(call)
+        reported = usage_of(parsed)
+        usage = reported or accounts.estimate(call)
         verdict = None
         if call.cascade_check is not None and response.status == 200:
             verdict = call.cascade_check(parsed)
@@ -180,6 +181,7 @@ class Relay:
             response.status, headers, body, served, settled.cost_picodollars,
             settled.standard_cost_picodollars, parsed,
             settled=settled if call.settle_with_result else None, verdict=verdict,
+            usage=reported,
         ))
         if self._quiet():
             # Let the front door write the answer before this call's bookkeeping (breaker,
