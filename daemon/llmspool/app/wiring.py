@@ -216,7 +216,7 @@ async def build_parts(
         batch_results=results_out, batch_providers=frozenset(batch_providers),
         batch_config=config.batch,
         cache=cache_in.clone(), cache_rules=cache_rules,
-        cached=CachedKeys(config.state_path), meter=tracing.meter, owner=owner,
+        cached=CachedKeys(config.state_path, cache_keys), meter=tracing.meter, owner=owner,
         adoptions=adopt_out,
     )
     # The front door answers hits itself: it tells the cache actor and the ledger through

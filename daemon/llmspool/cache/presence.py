@@ -17,8 +17,9 @@ it says may be there is looked up as before: about 1% of absent keys with the fi
 ``max_entries`` (ten one-byte counters per entry, four hashes), more if the file holds more.
 A counter that reaches 255 stays there, so it can only err towards "may be there".
 
-Everything runs on the event loop's thread: the front door reads, the actor writes; the
-build's counters are made in a worker thread and swapped in whole.
+Everything runs on the event loop's thread: the front door, and the job keeper before it
+puts a cacheable line in a batch, read; the actor writes. The build's counters are made in a
+worker thread and swapped in whole.
 """
 
 from __future__ import annotations

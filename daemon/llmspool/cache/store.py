@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmspool.cache.presence import KeyPresence
 from llmspool.core.calls import Tier, Usage
 from llmspool.store.records import NewEntry
 
@@ -291,13 +292,17 @@ class CacheWriter:
 class CachedKeys:
     """Whether the cache holds a live answer under a key: the job keeper asks before it puts a
     line in a batch (a cached line is answered for nothing instead). Read-only, opened on first
-    use (the cache actor creates the file); a file it cannot read answers no."""
+    use (the cache actor creates the file); a file it cannot read answers no. A key that
+    ``presence`` knows is not in the file is not looked up."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, presence: KeyPresence) -> None:
         self._state_dir = state_dir
+        self._presence = presence
         self._reader: CacheReader | None = None
 
     def has(self, key: bytes, now: float) -> bool:
+        if not self._presence.might_hold(key):
+            return False
         try:
             if self._reader is None:
                 self._reader = CacheReader(connect(self._state_dir, writer=False))
