@@ -11,7 +11,9 @@ see the same machine state:
 - ``caps``: a daily budget cap (every call reserved and settled with the ledger);
 - ``deadline``: every request with ``x-llmspool-deadline: 10m`` (the planner chooses its tier);
 - ``cache_misses``: the response cache on for every request, answers kept a microsecond, so each
-  call at concurrency 1 misses (under concurrency, identical calls share flights);
+  call at concurrency 1 misses (under concurrency, identical calls share flights). Its key is
+  always in the cache file, on an expired row, so each miss reads the file: a miss on a request
+  never seen (the common one) reads nothing, and ``bench_cache_misses`` measures that;
 - ``postgres``: the store in PostgreSQL (``[store] url``; a server the bench starts, as
   ``llmspool.testing.postgres`` does for the tests) instead of SQLite;
 - ``postgres_caps``: the same with the daily cap, so every call's admission is decided in the
