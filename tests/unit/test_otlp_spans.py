@@ -8,7 +8,7 @@ import logging
 
 import pytest
 from llmspool.core.otlp_spans import SpanEncoder
-from llmspool.core.span_export import bytes_sender, rebuild, span_data
+from llmspool.core.span_export import bytes_sender, context_data, rebuild, span_data
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -35,6 +35,8 @@ def _span(name: str = "chat gpt-4o-mini", **changes: object) -> tuple[object, ..
         "end_time": 1_764_000_000_123_456_789,
     }
     fields.update(changes)
+    fields["context"] = context_data(fields["context"])  # type: ignore[arg-type]
+    fields["parent"] = context_data(fields["parent"])  # type: ignore[arg-type]
     return span_data(**fields)  # type: ignore[arg-type]
 
 

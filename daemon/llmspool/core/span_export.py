@@ -63,21 +63,28 @@ PICKLE = pickle.HIGHEST_PROTOCOL
 
 # A span as plain data: what pickles fast, and all the OTLP encoder reads.
 CompactSpan = tuple[Any, ...]
+# A span context as plain data: trace id, span id, remote, flags, trace state's pairs.
+ContextData = tuple[int, int, bool, int, list[tuple[str, str]]]
+# A span's status until one is set: ``LeanSpan``'s (a ``Status`` never changes), which
+# ``span_data`` knows without reading it.
+UNSET = Status(StatusCode.UNSET)
 
 
-def span_data(*, name: str, context: SpanContext | None, parent: SpanContext | None, resource: int,
-              attributes: dict[str, Any], events: list[tuple[str, dict[str, Any], int]],
-              links: Sequence[Link], kind: SpanKind,
-              scope: tuple[str, str | None, str | None] | None, status: Status,
+def span_data(*, name: str, context: ContextData | None, parent: ContextData | None,
+              resource: int, attributes: dict[str, Any],
+              events: list[tuple[str, dict[str, Any], int]], links: Sequence[Link],
+              kind: SpanKind, scope: tuple[str, str | None, str | None] | None, status: Status,
               start_time: int | None, end_time: int | None) -> CompactSpan:
     """A span as the plain tuple ``rebuild`` reads: the one place its order is written.
-    ``resource`` is an index into the batch's resource list; ``events`` are (name,
-    attributes, timestamp)."""
+    ``context`` and ``parent`` are ``context_data``'s; ``resource`` is an index into the
+    batch's resource list; ``events`` are (name, attributes, timestamp)."""
+    code, description = (0, None) if status is UNSET else \
+        (status.status_code.value, status.description)
     return (
-        name, context_data(context), context_data(parent), resource, attributes, events,
+        name, context, parent, resource, attributes, events,
         [(context_data(link.context), dict(link.attributes or {})) for link in links]
         if links else [],
-        kind.value, scope, status.status_code.value, status.description, start_time, end_time,
+        kind._value_, scope, code, description, start_time, end_time,
     )
 
 
@@ -85,7 +92,8 @@ def compact(span: ReadableSpan, resource: int) -> CompactSpan:
     """An SDK span as ``span_data``."""
     scope = span.instrumentation_scope
     return span_data(
-        name=span.name, context=span.context, parent=span.parent, resource=resource,
+        name=span.name, context=context_data(span.context), parent=context_data(span.parent),
+        resource=resource,
         attributes=dict(span.attributes or {}),
         events=[(event.name, dict(event.attributes or {}), event.timestamp)
                 for event in span.events],
@@ -117,7 +125,7 @@ def rebuild(data: CompactSpan, resources: Sequence[Resource]) -> ReadableSpan:
     )
 
 
-def context_data(context: SpanContext | None) -> tuple[Any, ...] | None:
+def context_data(context: SpanContext | None) -> ContextData | None:
     """A span context as plain data (``None`` stays ``None``)."""
     if context is None:
         return None

@@ -25,25 +25,28 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from random import getrandbits
 from time import time_ns
 from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
-from llmspool.core.span_export import span_data
+from llmspool.core.span_export import UNSET, ContextData, context_data, span_data
 from llmspool.core.span_pipe import SpanPipe
 
 log = logging.getLogger(__name__)
 
 _LIMIT = 128  # attributes, events and links per span (the SDK's defaults)
+# The four combinations of the sampled and random-trace-id flags, made once, not per span.
+_TRACE_FLAGS = tuple(TraceFlags(bits) for bits in range(4))
 
 
 class LeanTracer(trace.Tracer):
@@ -55,6 +58,9 @@ class LeanTracer(trace.Tracer):
         self._resource = resource  # the resource's index in the pipe's list
         self._sampler = sampler
         self._ids = ids
+        # The SDK's default generator: its ids made inline (``getrandbits``, as it makes them;
+        # a zero, which is not a valid id, goes to the generator, which draws again).
+        self._random_ids = type(ids) is RandomIdGenerator
         self._scope = (scope.name, scope.version, scope.schema_url)
 
     def start_span(
@@ -68,9 +74,16 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent_context = trace.get_current_span(context).get_span_context()
+        parent_span = trace.get_current_span(context)
+        parent_context = parent_span.get_span_context()
         parent = parent_context if parent_context.is_valid else None
-        trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
+        random_ids = self._random_ids
+        if parent is not None:
+            trace_id = parent.trace_id
+        elif random_ids:
+            trace_id = getrandbits(128) or self._ids.generate_trace_id()
+        else:
+            trace_id = self._ids.generate_trace_id()
         if self._sampler is DEFAULT_ON:
             # The SDK's default (parent-based, always on) decided inline, without its four
             # calls a span: a span is sampled unless its parent was not, and keeps its
@@ -84,19 +97,25 @@ class LeanTracer(trace.Tracer):
             recording = decision.decision is not Decision.DROP
             sampled = decision.decision is Decision.RECORD_AND_SAMPLE
             trace_state, kept = decision.trace_state, decision.attributes  # ours and its
-        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         # As the SDK: the W3C "random trace id" flag, for a trace id made here at random or
         # continued from a parent that had it.
-        if (parent.trace_flags.random_trace_id if parent is not None
-                else self._ids.is_trace_id_random()):
-            flags |= TraceFlags.RANDOM_TRACE_ID
-        span_context = SpanContext(
-            trace_id, self._ids.generate_span_id(), is_remote=False,
-            trace_flags=TraceFlags(flags), trace_state=trace_state)
+        flags = (TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT) | (
+            parent.trace_flags & TraceFlags.RANDOM_TRACE_ID if parent is not None
+            else TraceFlags.RANDOM_TRACE_ID if random_ids or self._ids.is_trace_id_random()
+            else TraceFlags.DEFAULT)
+        span_id = (getrandbits(64) if random_ids else 0) or self._ids.generate_span_id()
+        span_context = SpanContext(trace_id, span_id, is_remote=False,
+                                   trace_flags=_TRACE_FLAGS[flags], trace_state=trace_state)
         if not recording:
             return trace.NonRecordingSpan(span_context)
-        span = LeanSpan(self, name, span_context, parent, kind, links or (), start_time,
-                        sampled, on_exception=(record_exception, set_status_on_exception))
+        # The two contexts as the pipe carries them, made now from what is at hand (the
+        # parent's, when it is one of these spans, made when it started).
+        data = (trace_id, span_id, False, flags, list(trace_state.items()) if trace_state else [])
+        parent_data = None if parent is None else parent_span.data \
+            if isinstance(parent_span, LeanSpan) else context_data(parent)
+        span = LeanSpan(self, name, span_context, parent, kind, links, start_time, sampled,
+                        data=data, parent_data=parent_data,
+                        on_exception=(record_exception, set_status_on_exception))
         if kept:
             span.set_attributes(kept)
         return span
@@ -123,7 +142,7 @@ class LeanTracer(trace.Tracer):
     def finish(self, span: LeanSpan) -> None:
         """Hand an ended span to the pipe, as the tuple the export child rebuilds."""
         self._pipe.put(span_data(
-            name=span.name, context=span.context, parent=span.parent, resource=self._resource,
+            name=span.name, context=span.data, parent=span.parent_data, resource=self._resource,
             attributes=span.attributes, events=span.events, links=span.links, kind=span.kind,
             scope=self._scope, status=span.status, start_time=span.start_time,
             end_time=span.end_time,
@@ -134,19 +153,22 @@ class LeanSpan(trace.Span):
     """A recording span: its data in plain attributes until it ends."""
 
     def __init__(self, tracer: LeanTracer, name: str, context: SpanContext,
-                 parent: SpanContext | None, kind: SpanKind, links: Sequence[Link],
-                 start_time: int | None, sampled: bool, *,
+                 parent: SpanContext | None, kind: SpanKind, links: Sequence[Link] | None,
+                 start_time: int | None, sampled: bool, *, data: ContextData,
+                 parent_data: ContextData | None,
                  on_exception: tuple[bool, bool] = (True, True)) -> None:
         self._tracer = tracer
         self.name = name
         self.context = context
         self.parent = parent
+        self.data = data  # ``context`` and ``parent`` as ``span_export.context_data`` makes them
+        self.parent_data = parent_data
         self.kind = kind
         self.end_time: int | None = None
         self.attributes: dict[str, Any] = {}
         self.events: list[tuple[str, dict[str, Any], int]] = []
-        self.links = list(links[:_LIMIT])
-        self.status = Status(StatusCode.UNSET)
+        self.links = list(links[:_LIMIT]) if links else []
+        self.status = UNSET
         self.start_time = start_time if start_time is not None else time_ns()
         self._sampled = sampled
         # ``with span:`` and an exception leaving it: (record it, set the status), as the SDK.
