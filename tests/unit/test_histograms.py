@@ -131,3 +131,24 @@ def test_off_nothing_is_kept() -> None:
     metrics = GenAiMetrics(None)
     assert not metrics.enabled
     metrics.operation(1.0, {"gen_ai.operation.name": "chat"})  # callers skip it; harmless
+
+
+def test_every_model_keeps_its_own_points_however_many_there_are() -> None:
+    """Each record lands in its own attribute set, in whatever order its attributes come, and
+    however many sets there are."""
+    exporter = Captured()
+    provider, metrics = _provider(exporter)
+    for n in range(1_500):
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": f"m-{n}"}
+        metrics.operation(0.5, attributes)
+        metrics.tokens(n, 1, attributes)
+    metrics.operation(1.5, {"gen_ai.request.model": "m-7", "gen_ai.operation.name": "chat"})
+    provider.force_flush()
+    durations = exporter.points("gen_ai.client.operation.duration")
+    assert len(durations) == 1_500
+    seventh = durations[(("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "m-7"))]
+    assert (seventh.count, seventh.sum) == (2, 2.0)
+    tokens = exporter.points("gen_ai.client.token.usage")
+    assert len(tokens) == 3_000
+    assert tokens[(("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "m-1499"),
+                   ("gen_ai.token.type", "input"))].sum == 1_499

@@ -281,7 +281,8 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
     if model is not None:
         span.set_attribute("gen_ai.response.model", model)
     if finish_reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
+        # A tuple, as OpenTelemetry keeps a sequence: a span converts a list it is given.
+        span.set_attribute("gen_ai.response.finish_reasons", tuple(finish_reasons))
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
