@@ -2,9 +2,11 @@
 
 A cache miss used to cost an indexed lookup in the cache file. In a hot loop that is 3 µs; in
 the daemon, between two calls whose work has pushed SQLite out of the processor's caches, it
-took 30 µs of CPU, and the calls after it ran slower too (about 55 µs of a miss's added time
-at concurrency 1, ``tests/bench/bench_latency.py``'s ``cache_misses``). The filter answers
-"not there" for most keys that are not, in a few byte reads, so a miss reads no file.
+took 30 µs of CPU, and the calls after it ran slower too: skipping it took about 55 µs off a
+miss's added time at concurrency 1. The filter answers "not there" for most keys that are
+not, in a few byte reads, so a miss on a request never seen reads no file
+(``tests/bench/bench_cache_misses.py``). A key on an expired row is in the file until a
+commit deletes it, so a miss on it still reads the file.
 
 It is kept exactly in step with the file, by its only writer: the cache actor's write-behind
 builds it from the file's keys before its first commit, and after each commit adds the keys

@@ -84,7 +84,7 @@ def span_data(*, name: str, context: ContextData | None, parent: ContextData | N
         name, context, parent, resource, attributes, events,
         [(context_data(link.context), dict(link.attributes or {})) for link in links]
         if links else [],
-        kind._value_, scope, code, description, start_time, end_time,
+        kind._value_, scope, code, description, start_time, end_time,  # _value_: no lookup
     )
 
 
