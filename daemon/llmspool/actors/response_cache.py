@@ -83,8 +83,8 @@ class ResponseCache:
         planner: Planner,
         batches: PendingBatches | None = None,
         near: NearDuplicates | None = None,
+        presence: KeyPresence,
         fleet: FleetCache | None = None,
-        presence: KeyPresence | None = None,
     ) -> None:
         self._fleet = fleet
         self._batches = batches
@@ -95,8 +95,7 @@ class ResponseCache:
         self._config = config
         self._state_dir = state_dir
         self._counts = CacheCounts()
-        self._writes = WriteBehind(self._counts, near,
-                                   presence or KeyPresence(config.max_entries))
+        self._writes = WriteBehind(self._counts, near, presence)
         self._replier = Replier(planner, ledger, self._writes)
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
                                 self._take, fleet)

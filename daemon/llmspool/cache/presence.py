@@ -46,10 +46,8 @@ class KeyPresence:
         """False only when ``key`` is not in the file."""
         if not self.ready:
             return True
-        # Four indices by double hashing of one 64-bit hash (Python's, salted per process).
-        hashed = hash(key) & _MASK
-        first, step, size, counters = hashed & 0xFFFFFFFF, (hashed >> 32) | 1, self.size, \
-            self._counters
+        first, step = _probe(key)
+        size, counters = self.size, self._counters
         return bool(counters[first % size] and counters[(first + step) % size]
                     and counters[(first + 2 * step) % size]
                     and counters[(first + 3 * step) % size])
@@ -79,9 +77,15 @@ class KeyPresence:
                 _count(self._counters, key, self.size, -1)
 
 
-def _count(counters: bytearray, key: bytes, size: int, change: int) -> None:
+def _probe(key: bytes) -> tuple[int, int]:
+    """Where ``key``'s four counters start and their step: double hashing of one 64-bit hash
+    (Python's, salted per process)."""
     hashed = hash(key) & _MASK
-    first, step = hashed & 0xFFFFFFFF, (hashed >> 32) | 1
+    return hashed & 0xFFFFFFFF, (hashed >> 32) | 1
+
+
+def _count(counters: bytearray, key: bytes, size: int, change: int) -> None:
+    first, step = _probe(key)
     for index in (first % size, (first + step) % size, (first + 2 * step) % size,
                   (first + 3 * step) % size):
         count = counters[index]

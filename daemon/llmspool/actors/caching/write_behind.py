@@ -36,7 +36,7 @@ class WriteBehind:
         self._near = near
         # The file's keys, known without reading it (also the front door's): built before
         # the first commit, kept in step with each.
-        self.presence = presence
+        self._presence = presence
         self.recent: dict[bytes, tuple[CachedAnswer, float]] = {}
         self._pending: list[NewEntry] = []
         self._touched: dict[int, float] = {}
@@ -69,7 +69,7 @@ class WriteBehind:
 
     def committed(self, key: bytes, reader: CacheReader, now: float) -> CachedAnswer | None:
         """The live answer in the file under ``key`` (a corrupt one is dropped: None)."""
-        if not self.presence.might_hold(key):
+        if not self._presence.might_hold(key):
             return None
         try:
             return reader.get(key, now)
@@ -130,12 +130,12 @@ class WriteBehind:
         """Build ``presence`` from the file's keys (until then, every lookup reads the file)."""
         try:
             counters = await anyio.to_thread.run_sync(
-                lambda: self.presence.build(writer.keys()))
+                lambda: self._presence.build(writer.keys()))
         except sqlite3.Error as exc:
             log.warning("could not read the cache file's keys (%s); every cache lookup reads "
                         "the file", exc)
             return
-        self.presence.install(counters)
+        self._presence.install(counters)
 
     async def _commit(self, writer: CacheWriter, entries: list[NewEntry],
                       touched: dict[int, float], drops: set[int]) -> None:
@@ -149,8 +149,8 @@ class WriteBehind:
             return
         self.landed_at = time.time()
         # In step with the file, at the moment the actor counts the commit as landed.
-        self.presence.added(result.inserted)
-        self.presence.removed(result.deleted)
+        self._presence.added(result.inserted)
+        self._presence.removed(result.deleted)
         for entry, entry_id in zip(entries, result.written, strict=True):
             self.recent.pop(entry.key, None)  # readable from the file now
             if self._near is not None and entry.group is not None and entry.vector is not None:
