@@ -5,7 +5,7 @@ headers, plus the body or the server-sent events).
 
 from __future__ import annotations
 
-import itertools
+import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,15 +52,16 @@ class Answer(Protocol):
 
 
 class IdMaker:
-    """Unique ids like OpenAI's (``chatcmpl-…``, ``resp_…``, ``req_…``): random per process,
-    then a counter, so making one costs no system call."""
+    """Ids like OpenAI's (``chatcmpl-…``, ``resp_…``, ``req_…``): 128 random bits each, so
+    that what indexes them (the daemon's ledger) sees keys in no order, as it does with
+    OpenAI's. Drawn from a generator seeded once from the system, so making one costs no
+    system call."""
 
     def __init__(self) -> None:
-        self._prefix = secrets.token_hex(10)
-        self._counter = itertools.count(1)
+        self._bits = random.Random(secrets.randbits(128)).getrandbits
 
     def make(self, kind: str) -> str:
-        return f"{kind}{self._prefix}{next(self._counter):012x}"
+        return f"{kind}{self._bits(128):032x}"
 
 
 @dataclass(frozen=True, slots=True)
