@@ -7,12 +7,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from llmspool.store.backend import DATABASE_NAME
 
 from tests.support.processes import Daemon, python_command, unix_request
 from tests.support.users import as_user, can_create_users, temporary_users
@@ -113,6 +116,30 @@ def test_feedback_refuses_bad_scores_and_unknown_answers(daemon: Daemon) -> None
     # Nothing refused was kept.
     report = orjson.loads(cli(daemon, "costs", "--by", "operation", "--json").stdout)
     assert "scored" not in report["total"]
+
+
+def test_an_answer_is_scored_before_and_after_the_daemon_indexes_its_id(
+    daemon: Daemon,
+) -> None:
+    # The daemon indexes response ids after its commits, in a worker thread (issue 17): an
+    # answer is found in the entries not yet indexed, then in the index.
+    first = ask(daemon, "name a river", "rivers")
+    status, _scored = feedback(daemon, {"response_id": first["id"], "score": 0.3})
+    assert status == 200
+    store = sqlite3.connect(daemon.state_dir / DATABASE_NAME)
+    try:
+        deadline = time.monotonic() + 20
+        while not store.execute("SELECT 1 FROM response_ids WHERE response_id = ?",
+                                (first["id"],)).fetchall():
+            assert time.monotonic() < deadline, "the answer's id was never indexed"
+            time.sleep(0.05)
+    finally:
+        store.close()
+    status, _scored = feedback(daemon, {"response_id": first["id"], "score": 0.9})
+    assert status == 200
+    report = orjson.loads(cli(daemon, "costs", "--by", "operation", "--json").stdout)
+    assert report["rows"][0]["scored"] == 1
+    assert report["rows"][0]["mean_score"] == pytest.approx(0.9)
 
 
 def test_a_job_line_is_scored_by_job_and_custom_id(daemon: Daemon, tmp_path: Path) -> None:

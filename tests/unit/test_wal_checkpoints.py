@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 from llmspool.store.backend import Backend, StoreLocation
+from llmspool.store.connections import Connection
 from llmspool.store.wal_checkpoints import RESTART_PAGES, WalCheckpoints
 
 
@@ -27,6 +28,18 @@ def _pages_in_log(path: Path) -> int:
     return int(in_log)
 
 
+async def _one_checkpoint(checkpoints: WalCheckpoints) -> None:
+    """Run ``checkpoints`` after one commit, until it has made a checkpoint."""
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(checkpoints.run)
+        await anyio.sleep(0.01)
+        checkpoints.due()
+        with anyio.fail_after(10):
+            while checkpoints.made < 1:
+                await anyio.sleep(0.01)
+        tasks.cancel_scope.cancel()
+
+
 def test_commits_are_checkpointed_and_a_long_log_starts_over(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     writer = _writer(path)
@@ -35,17 +48,7 @@ def test_commits_are_checkpointed_and_a_long_log_starts_over(tmp_path: Path) -> 
     assert _pages_in_log(path) > RESTART_PAGES
     checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)))
 
-    async def main() -> None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(checkpoints.run)
-            await anyio.sleep(0.01)
-            checkpoints.due()
-            with anyio.fail_after(10):
-                while checkpoints.made < 1:
-                    await anyio.sleep(0.01)
-            tasks.cancel_scope.cancel()
-
-    anyio.run(main)
+    anyio.run(_one_checkpoint, checkpoints)
     assert checkpoints.restarts == 1
     writer.execute("INSERT INTO rows VALUES ('after')")
     assert _pages_in_log(path) < 10  # the commit after the restart began the log anew
@@ -88,3 +91,21 @@ def test_a_checkpoint_that_fails_is_logged_and_the_next_is_tried(
     assert checkpoints.made == 0
     failures = [r for r in caplog.records if "could not checkpoint" in r.getMessage()]
     assert len(failures) == 2
+
+
+def test_upkeep_that_fails_is_logged_and_the_checkpoint_still_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    _writer(path).execute("INSERT INTO rows VALUES ('one')")
+
+    def index_a_table_that_is_not_there(connection: Connection) -> None:
+        connection.execute("INSERT INTO response_ids VALUES ('chatcmpl-x', 1)")
+
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)),
+                                 before=index_a_table_that_is_not_there)
+
+    with caplog.at_level(logging.WARNING, logger="llmspool.store.wal_checkpoints"):
+        anyio.run(_one_checkpoint, checkpoints)
+    assert [r.getMessage() for r in caplog.records
+            if "could not index the response ids" in r.getMessage()]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmspool.store.records import Viewer
+from llmspool.store.response_ids import answers_with
 
 if TYPE_CHECKING:
     from llmspool.store.connections import AsyncConnection, Connection
@@ -51,9 +52,8 @@ class ScoredAnswer:
 def find_answer(connection: Connection, response_id: str,
                 viewer: Viewer) -> ScoredAnswer | None:
     """The answer with ``response_id`` that ``viewer`` may see (its own first), or None."""
-    rows = connection.execute(
-        "SELECT uid, day, provider, model, tier, operation FROM ledger_entries "
-        "WHERE response_id = ? AND status = 200 ORDER BY id", (response_id,)).fetchall()
+    rows = answers_with(connection, response_id, "uid, day, provider, model, tier, operation",
+                        "status = 200")
     visible = [row for row in rows if viewer.sees(row[0])]
     if not visible:
         return None

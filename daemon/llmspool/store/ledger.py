@@ -29,6 +29,7 @@ from llmspool.store.connections import AsyncConnection, Connection, PgConnection
 from llmspool.store.jobs import COMPLETE_FINISHED_JOBS
 from llmspool.store.records import Caller, JobResult, Settled
 from llmspool.store.reservation_journal import JournalMark, ReservationJournal, journal_path
+from llmspool.store.response_ids import index_all
 from llmspool.store.schema import migrate_store
 from llmspool.store.wal_checkpoints import WalCheckpoints
 
@@ -122,7 +123,7 @@ class LedgerConnection:
             return cls(connection)
         # No checkpoint (and its fsyncs) inside a commit on the event loop.
         connection.execute("PRAGMA wal_autocheckpoint=0")
-        return cls(connection, WalCheckpoints(location),
+        return cls(connection, WalCheckpoints(location, before=index_all),
                    ReservationJournal(journal_path(location.path)))
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:

@@ -10,6 +10,8 @@ So the ledger's connection turns automatic checkpoints off (``PRAGMA wal_autoche
 tells ``WalCheckpoints`` after each transaction (``due``), and ``run`` checkpoints from a
 connection of its own in a worker thread, ``GATHER_SECONDS`` after the first commit it has not
 covered: under load one checkpoint covers dozens of commits, and an idle daemon makes none.
+Upkeep that must follow commits but not be in them (``before``: the ledger's indexing of new
+response ids, ``store.response_ids``) runs first, from the same connection and thread.
 
 A PASSIVE checkpoint copies the log without holding anyone up, but the log only starts over
 from its beginning when a commit finds it wholly copied, and with checkpoints made by another
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 
 import anyio
 
@@ -51,8 +54,10 @@ with a RESTART checkpoint."""
 class WalCheckpoints:
     """Checkpoints of one SQLite database's log, made off the event loop after commits."""
 
-    def __init__(self, location: StoreLocation) -> None:
+    def __init__(self, location: StoreLocation,
+                 before: Callable[[Connection], object] | None = None) -> None:
         self._location = location
+        self._before = before  # upkeep done first, from the same connection and thread
         self._due: anyio.Event | None = None
         self._connection: Connection | None = None
         self.made = 0
@@ -81,6 +86,8 @@ class WalCheckpoints:
         try:
             if self._connection is None:
                 self._connection = connect(self._location)
+            if self._before is not None:
+                self._upkeep(self._before, self._connection)
             # fetchall: each statement ends, and with it any hold it has on the log.
             [(_busy, in_log, _copied)] = self._connection.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -92,3 +99,11 @@ class WalCheckpoints:
             log.warning("could not checkpoint the store's write-ahead log: %s", exc)
             return
         self.made += 1
+
+    @staticmethod
+    def _upkeep(before: Callable[[Connection], object], connection: Connection) -> None:
+        try:
+            before(connection)
+        except sqlite3.Error as exc:  # tried again after the next commit; the checkpoint goes on
+            log.warning("could not index the response ids of new ledger entries (feedback "
+                        "still finds them; tried again after the next commit): %s", exc)
