@@ -46,6 +46,7 @@ FLEET_TRIGGERS = {"reservations_usage", "ledger_entries_usage"}
 # And the response ids kept apart from the ledger's entries, indexed after its commits
 # (sqlite/0015_response_ids.sql), where PostgreSQL keeps an index on the entries instead.
 SQLITE_TABLES = {"reservation_journal", "response_ids", "response_ids_indexed"}
+SQLITE_TRIGGERS = {"response_ids_indexed_moved"}
 PG_ONLY_INDEXES = {"ledger_entries_response_id"}
 
 
@@ -177,10 +178,11 @@ def test_same_tables_columns_indexes_and_triggers(lite: sqlite3.Connection,
             if name not in FLEET_INDEXES | PG_ONLY_INDEXES} == indexes
     lite_triggers = {name for (name,) in lite_rows(
         lite, "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert lite_triggers == {"ledger_rollup_after_insert", "captures_after_job_result"}
+    assert lite_triggers == {"ledger_rollup_after_insert", "captures_after_job_result",
+                             *SQLITE_TRIGGERS}
     assert {name for (name,) in pg_rows(
-        pg, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")} == (lite_triggers
-                                                                        | FLEET_TRIGGERS)
+        pg, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")} == (
+            lite_triggers - SQLITE_TRIGGERS | FLEET_TRIGGERS)
 
 
 def test_unique_and_check_constraints_hold_on_both(lite: sqlite3.Connection,

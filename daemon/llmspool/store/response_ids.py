@@ -9,9 +9,10 @@ two thirds of the log the commit wrote), and the daemon spent about 16 µs more 
 c=64 (``tests/bench/bench_ledger_commit.py``).
 
 On SQLite the ids are kept in ``response_ids`` (migration 0015), filled by
-``index_new_entries``: one ``INSERT … SELECT`` a batch, sorted, run by the store's upkeep after
-commits (``store.wal_checkpoints``) from its own connection in a worker thread, where SQLite
-works without holding the interpreter lock. ``response_ids_indexed`` is the last entry
+``index_new_entries``: one statement a batch, which moves ``response_ids_indexed`` forward and
+whose trigger inserts the ids it passes, sorted. The store's upkeep runs it after commits
+(``store.wal_checkpoints``) from its own connection in a worker thread, where SQLite works
+without holding the interpreter lock. ``response_ids_indexed`` is the last entry
 covered; ``answers_with`` reads the entries past it directly, so an answer can be scored the
 moment its entry is committed, before it is indexed. PostgreSQL keeps its index on
 ``ledger_entries (response_id)``: the server maintains it, off the daemon's event loop.
@@ -26,16 +27,18 @@ from llmspool.store.connections import Connection, is_sqlite
 
 __all__ = ["BATCH", "answers_with", "index_all", "index_new_entries"]
 
-BATCH = 1000
-"""The most entries one indexing transaction covers, so that it holds SQLite's write lock
+BATCH = 500
+"""The most entries one indexing statement covers, so that it holds SQLite's write lock
 briefly (a ledger commit that finds it held waits in a worker thread, not on the event loop)."""
 
-_INDEX = """
-INSERT INTO response_ids (response_id, entry_id)
-SELECT response_id, id FROM ledger_entries
-WHERE id > ?1 AND id <= ?2 AND response_id IS NOT NULL
-ORDER BY response_id
-ON CONFLICT DO NOTHING
+# The trigger of migration 0015 indexes the entries the mark passes, in this one statement:
+# the upkeep thread never takes the interpreter lock back while it holds the write lock.
+# (Several statements, each needing the lock back, took 10 ms a batch under load: the event
+# loop holds it for up to a switch interval, and the ledger's commits waited on the store.)
+_ADVANCE = """
+UPDATE response_ids_indexed
+SET entry_id = MIN((SELECT COALESCE(MAX(id), 0) FROM ledger_entries), entry_id + ?)
+WHERE entry_id < (SELECT COALESCE(MAX(id), 0) FROM ledger_entries)
 """
 
 _ANSWERS_SQLITE = """
@@ -54,34 +57,21 @@ SELECT {columns} FROM ledger_entries WHERE response_id = ? AND {condition} ORDER
 """
 
 
-def index_new_entries(connection: sqlite3.Connection, most: int = BATCH) -> int:
+def index_new_entries(connection: sqlite3.Connection, most: int = BATCH) -> bool:
     """Index the response ids of up to ``most`` entries past the last one covered, in one
-    transaction; returns how many entries it covered (0: all are)."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        (covered,) = connection.execute(
-            "SELECT entry_id FROM response_ids_indexed").fetchone()
-        (last,) = connection.execute("SELECT COALESCE(MAX(id), 0) FROM ledger_entries").fetchone()
-        until = min(int(last), int(covered) + most)
-        if until > covered:
-            connection.execute(_INDEX, (covered, until))
-            connection.execute("UPDATE response_ids_indexed SET entry_id = ?", (until,))
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return max(0, until - int(covered))
+    statement (its own transaction); False when every entry was covered already."""
+    return bool(connection.execute(_ADVANCE, (most,)).rowcount)
 
 
 def index_all(connection: Connection) -> int:
-    """Index every entry not yet covered, a batch a transaction (between them the ledger may
-    commit); returns how many entries were covered. Nothing to do on PostgreSQL."""
+    """Index every entry not yet covered, a batch a statement (between them the ledger may
+    commit); returns how many batches it took. Nothing to do on PostgreSQL."""
     if not isinstance(connection, sqlite3.Connection):
         return 0
-    total = 0
-    while covered := index_new_entries(connection):
-        total += covered
-    return total
+    passes = 0
+    while index_new_entries(connection):
+        passes += 1
+    return passes
 
 
 def answers_with(connection: Connection, response_id: str, columns: str,
