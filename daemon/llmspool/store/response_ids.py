@@ -4,9 +4,9 @@
 answer), so the ledger must find the entry that carries one. OpenAI's ids are random: an index
 on them puts each new entry on a random page of the index, and on SQLite that page was read and
 written in the ledger's group commit, on the event loop. On a ledger of a million entries a
-commit of 15 entries took 319 µs with that index and 192 µs without it (the index's pages made
-two thirds of the log the commit wrote), and the daemon spent about 16 µs more CPU a call at
-c=64 (``tests/bench/bench_ledger_commit.py``).
+commit of 15 entries took 358 µs with that index and 183 µs without it, and wrote 181 KiB of
+log instead of 40 (``tests/bench/bench_ledger_commit.py``); without the index a commit costs
+about the same on a ledger of any size.
 
 On SQLite the ids are kept in ``response_ids`` (migration 0015), filled by
 ``index_new_entries``: one statement a batch, which moves ``response_ids_indexed`` forward and

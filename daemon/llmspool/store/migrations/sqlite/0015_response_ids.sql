@@ -2,8 +2,8 @@
 -- kept apart from `ledger_entries` and filled after the group commits, not in them
 -- (`store/response_ids.py`). OpenAI's ids are random, so an index on them takes each new
 -- entry to a random page of the index: on a ledger of a million entries that made a group
--- commit on the event loop 66% dearer (319 against 192 µs for 15 entries) and cost about 16 µs
--- of the daemon's CPU a call. Filled in a worker thread instead: moving
+-- commit on the event loop about twice as dear (358 against 183 µs for 15 entries,
+-- tests/bench/bench_ledger_commit.py). Filled in a worker thread instead: moving
 -- `response_ids_indexed.entry_id` (the last entry covered) forward indexes the entries it
 -- passes, in the trigger below, so a batch is one statement that SQLite runs without taking
 -- the interpreter lock back between steps. A lookup reads the entries past it directly.
