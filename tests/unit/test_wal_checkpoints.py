@@ -28,6 +28,13 @@ def _pages_in_log(path: Path) -> int:
     return int(in_log)
 
 
+def _log_generation(path: Path) -> int:
+    """The log header's checkpoint sequence number: SQLite adds one each time a write starts
+    the log over from its beginning (and writes and syncs that header)."""
+    with open(f"{path}-wal", "rb") as log_file:
+        return int.from_bytes(log_file.read(16)[12:16], "big")
+
+
 async def _one_checkpoint(checkpoints: WalCheckpoints) -> None:
     """Run ``checkpoints`` after one commit, until it has made a checkpoint."""
     async with anyio.create_task_group() as tasks:
@@ -48,16 +55,60 @@ def test_commits_are_checkpointed_and_a_long_log_starts_over(tmp_path: Path) -> 
     assert _pages_in_log(path) > RESTART_PAGES
     checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)))
 
+    generation = _log_generation(path)
     anyio.run(_one_checkpoint, checkpoints)
     assert checkpoints.restarts == 1
+    assert _log_generation(path) == generation + 1  # started over by the checkpoints' write
     writer.execute("INSERT INTO rows VALUES ('after')")
     assert _pages_in_log(path) < 10  # the commit after the restart began the log anew
     assert writer.execute("SELECT count(*) FROM rows").fetchone() == (RESTART_PAGES * 2 + 1,)
 
 
+def test_a_wholly_copied_log_is_started_over_by_the_checkpoints_not_by_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    # The write that starts the log over syncs its header: it must not be the ledger's
+    # commit, on the event loop.
+    path = tmp_path / "store.sqlite3"
+    writer = _writer(path)
+    for number in range(50):
+        writer.execute("INSERT INTO rows VALUES (?)", (str(number),))
+    writer.execute("PRAGMA user_version = 15")
+    generation = _log_generation(path)
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)))
+
+    anyio.run(_one_checkpoint, checkpoints)
+    assert (checkpoints.restarts, checkpoints.start_overs) == (0, 1)
+    assert _log_generation(path) == generation + 1
+    writer.execute("INSERT INTO rows VALUES ('after')")
+    assert _log_generation(path) == generation + 1  # the commit appended to the new log
+    assert writer.execute("SELECT count(*) FROM rows").fetchone() == (51,)
+    assert writer.execute("PRAGMA user_version").fetchone() == (15,)  # rewritten as it was
+
+
+def test_a_reader_on_the_old_log_keeps_it_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    writer = _writer(path)
+    writer.execute("INSERT INTO rows VALUES ('before')")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM rows").fetchone() == (1,)
+    generation = _log_generation(path)
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)))
+
+    anyio.run(_one_checkpoint, checkpoints)
+    assert _log_generation(path) == generation  # the reader's snapshot still uses the log
+    writer.execute("INSERT INTO rows VALUES ('after')")
+    assert reader.execute("SELECT count(*) FROM rows").fetchone() == (1,)
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT count(*) FROM rows").fetchone() == (2,)
+
+
 def test_an_idle_store_is_not_checkpointed(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
-    _writer(path).execute("INSERT INTO rows VALUES ('one')")
+    # Kept open: closing the last connection checkpoints the log itself.
+    writer = _writer(path)
+    writer.execute("INSERT INTO rows VALUES ('one')")
     checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)))
 
     async def main() -> None:
@@ -69,6 +120,7 @@ def test_an_idle_store_is_not_checkpointed(tmp_path: Path) -> None:
     anyio.run(main)
     assert checkpoints.made == 0
     assert _pages_in_log(path) > 0
+    writer.close()
 
 
 def test_a_checkpoint_that_fails_is_logged_and_the_next_is_tried(
