@@ -28,7 +28,7 @@ The commit that starts the log over writes its header anew and syncs it (an fdat
 loop about a dozen times a second under load: 96 syncs of the log on the loop's thread in 8 s
 at 2,500 req/s, 45 ms in all. So once a checkpoint has copied the whole log, this connection
 starts it over itself (``_start_over``: one write of one page, the schema's version as it
-is), and the ledger's next commit appends to it: 4 such syncs on the loop's thread in the same
+is), and the ledger's next commit appends to it: 8 such syncs on the loop's thread in the same
 run, from commits that came between a checkpoint and its write.
 """
 
