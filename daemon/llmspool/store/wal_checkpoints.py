@@ -100,15 +100,14 @@ class WalCheckpoints:
                 self._upkeep(self._before, self._connection)
             # fetchall: each statement ends, and with it any hold it has on the log.
             connection = self._connection
-            [(_busy, in_log, copied)] = connection.execute(
+            [(busy, in_log, copied)] = connection.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             if in_log > RESTART_PAGES:
                 [(busy, in_log, copied)] = connection.execute(
                     "PRAGMA wal_checkpoint(RESTART)").fetchall()
                 self.restarts += 1
-                if busy:  # a reader still had the log: the next checkpoint tries again
-                    copied = -1
-            if in_log > 0 and copied == in_log:
+            # Busy: a reader still had the log; the next checkpoint tries again.
+            if not busy and 0 < in_log == copied:
                 self._start_over(connection)
         except (sqlite3.Error, StartupError) as exc:
             # The log only grows until the next one succeeds; the ledger is not held up.
