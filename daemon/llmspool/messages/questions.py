@@ -209,9 +209,11 @@ class DispatcherStatus(TypedDict):
     ``in_flight`` counts every call the dispatcher holds; ``in_flight_by_tier`` those whose
     attempts have begun, by the tier they are on (a flex call that fell back to standard counts
     as standard), only tiers with calls on them; ``served_by_tier`` the calls answered since
-    the daemon started."""
+    the daemon started; ``workers`` the dispatcher's tasks serving calls or waiting for one
+    (one a call in flight, and a few more: see ``Dispatcher._work``)."""
 
     in_flight: int
+    workers: int
     in_flight_by_tier: dict[str, int]
     served_by_tier: dict[str, int]
     failed: int

@@ -1,0 +1,72 @@
+"""The dispatcher's workers: a burst of calls is served at once, each on a worker, and the
+burst's workers go once later calls show the dispatcher no longer needs them (not before)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from llmspool.actors import dispatcher
+
+from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim, unix_request
+from tests.support.waiting import wait_for
+
+BURST = 60
+LATENCY = 0.2  # seconds the sim takes over each answer
+LATER = 4  # calls at a time after the burst
+
+
+def chat(daemon: Daemon) -> int:
+    body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 5,
+                         "messages": [{"role": "user", "content": "Hello"}]})
+    status, _answer = unix_request(daemon.socket_path, "POST", "/v1/chat/completions", body,
+                                   {"content-type": "application/json"})
+    return status
+
+
+def dispatcher_status(daemon: Daemon) -> dict[str, Any]:
+    status, body = daemon.get("/v1/status")
+    assert status == 200
+    return body["dispatcher"]  # type: ignore[no-any-return]
+
+
+def burst_then_a_few_at_a_time(daemon: Daemon) -> tuple[float, int]:
+    """Seconds a burst of ``BURST`` calls took, and the dispatcher's workers once as many
+    calls after it were served ``LATER`` at a time."""
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
+        statuses = list(pool.map(lambda _n: chat(daemon), range(BURST)))
+    took = time.monotonic() - started
+    with concurrent.futures.ThreadPoolExecutor(LATER) as pool:
+        statuses += pool.map(lambda _n: chat(daemon), range(BURST))
+    assert statuses == [200] * 2 * BURST
+    wait_for(lambda: dispatcher_status(daemon)["in_flight"] == 0, what="no call in flight")
+    return took, dispatcher_status(daemon)["workers"]
+
+
+@pytest.mark.parametrize("window", [0.0, dispatcher.BUSIEST_WINDOW])
+def test_a_burst_is_served_at_once_and_its_workers_go_only_once_not_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: float) -> None:
+    # The daemon runs inside this process: the window it remembers its busiest moment for.
+    monkeypatch.setattr(dispatcher, "BUSIEST_WINDOW", window)
+    sim = start_sim(tmp_path, UNLIMITED_SIM + f'latency = "{int(LATENCY * 1000)}ms"\n')
+    daemon = start_daemon(tmp_path, sim.url)
+    try:
+        assert dispatcher_status(daemon)["workers"] == 1  # one waits for the first call
+        took, workers = burst_then_a_few_at_a_time(daemon)
+        # Served side by side, each on a worker of its own (one after the other: 12 s).
+        assert took < BURST * LATENCY / 4, took
+        if window:
+            # Within the window the burst was its busiest moment: its workers stay, so that
+            # calls ending in waves under load do not end workers the next wave needs.
+            assert workers > BURST
+        else:
+            # Each call after the burst let one worker go, down to the spares.
+            assert workers <= LATER + dispatcher.SPARE_WORKERS + 1, workers
+    finally:
+        daemon.terminate()
+        sim.terminate()
