@@ -72,19 +72,23 @@ def _provider(*exporters: Captured) -> tuple[MeterProvider, GenAiMetrics]:
 def test_values_fall_in_the_bucket_their_boundary_closes_per_attribute_set() -> None:
     exporter = Captured()
     provider, metrics = _provider(exporter)
-    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
-    metrics.operation(0.01, chat)  # exactly the first boundary: the first bucket
-    metrics.operation(0.011, dict(reversed(chat.items())))  # the same set, in another order
-    metrics.operation(100.0, chat)  # past the last boundary
-    metrics.operation(0.5, {**chat, "error.type": "timeout"})
-    metrics.operation(-1.0, chat)  # as the SDK: negative and NaN values are not recorded
-    metrics.operation(math.nan, chat)
-    metrics.tokens(12, 40, chat)
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "m"}
+    metrics.operation(0.01, "chat", "openai", "m")  # exactly the first boundary: 1st bucket
+    metrics.operation(0.011, "chat", "openai", "m")  # the same set: the same point
+    metrics.operation(100.0, "chat", "openai", "m")  # past the last boundary
+    metrics.operation(0.5, "chat", "openai", "m", error_type="timeout")
+    metrics.operation(0.2, "chat", "openai", "m", "m-2025", "flex")  # what served it
+    metrics.operation(-1.0, "chat", "openai", "m")  # as the SDK: negative and NaN values
+    metrics.operation(math.nan, "chat", "openai", "m")  # are not recorded
+    metrics.tokens(12, 40, "chat", "openai", "m", "m-2025", "flex")
     provider.force_flush()
 
     durations = exporter.points("gen_ai.client.operation.duration")
+    served = {**chat, "gen_ai.response.model": "m-2025", "llmspool.tier": "flex"}
     assert set(durations) == {tuple(sorted(chat.items())),
-                              tuple(sorted({**chat, "error.type": "timeout"}.items()))}
+                              tuple(sorted({**chat, "error.type": "timeout"}.items())),
+                              tuple(sorted(served.items()))}
     point = durations[tuple(sorted(chat.items()))]
     assert (point.count, point.min, point.max) == (3, 0.01, 100.0)
     assert point.sum == 0.01 + 0.011 + 100.0
@@ -95,6 +99,8 @@ def test_values_fall_in_the_bucket_their_boundary_closes_per_attribute_set() -> 
     tokens = exporter.points("gen_ai.client.token.usage")
     assert {dict(key)["gen_ai.token.type"]: p.sum for key, p in tokens.items()} == \
         {"input": 12, "output": 40}
+    assert all({**dict(key), "gen_ai.token.type": None} == {**served, "gen_ai.token.type": None}
+               for key in tokens)
     # One scope for the meter's own instruments and the histograms.
     scopes = exporter.exports[-1].resource_metrics[0].scope_metrics
     assert [scope.scope for scope in scopes] == [SCOPE]
@@ -106,10 +112,11 @@ def test_values_fall_in_the_bucket_their_boundary_closes_per_attribute_set() -> 
 def test_each_exporter_gets_the_temporality_it_prefers() -> None:
     cumulative, delta = Captured(), Captured(AggregationTemporality.DELTA)
     provider, metrics = _provider(cumulative, delta)
-    attributes = {"gen_ai.operation.name": "chat"}
-    metrics.operation(1.0, attributes)
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                  "gen_ai.request.model": "m"}
+    metrics.operation(1.0, "chat", "openai", "m")
     provider.force_flush()
-    metrics.operation(2.0, attributes)
+    metrics.operation(2.0, "chat", "openai", "m")
     provider.force_flush()
 
     key = tuple(sorted(attributes.items()))
@@ -130,25 +137,25 @@ def test_each_exporter_gets_the_temporality_it_prefers() -> None:
 def test_off_nothing_is_kept() -> None:
     metrics = GenAiMetrics(None)
     assert not metrics.enabled
-    metrics.operation(1.0, {"gen_ai.operation.name": "chat"})  # callers skip it; harmless
+    metrics.operation(1.0, "chat", "openai", "m")  # callers skip it; harmless
 
 
 def test_every_model_keeps_its_own_points_however_many_there_are() -> None:
-    """Each record lands in its own attribute set, in whatever order its attributes come, and
-    however many sets there are."""
+    """Each record lands in its own attribute set, however many sets there are."""
     exporter = Captured()
     provider, metrics = _provider(exporter)
     for n in range(1_500):
-        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": f"m-{n}"}
-        metrics.operation(0.5, attributes)
-        metrics.tokens(n, 1, attributes)
-    metrics.operation(1.5, {"gen_ai.request.model": "m-7", "gen_ai.operation.name": "chat"})
+        metrics.operation(0.5, "chat", "openai", f"m-{n}")
+        metrics.tokens(n, 1, "chat", "openai", f"m-{n}", f"m-{n}", "standard")
+    metrics.operation(1.5, "chat", "openai", "m-7")
     provider.force_flush()
     durations = exporter.points("gen_ai.client.operation.duration")
     assert len(durations) == 1_500
-    seventh = durations[(("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "m-7"))]
+    seventh = durations[(("gen_ai.operation.name", "chat"), ("gen_ai.provider.name", "openai"),
+                         ("gen_ai.request.model", "m-7"))]
     assert (seventh.count, seventh.sum) == (2, 2.0)
     tokens = exporter.points("gen_ai.client.token.usage")
     assert len(tokens) == 3_000
-    assert tokens[(("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "m-1499"),
-                   ("gen_ai.token.type", "input"))].sum == 1_499
+    assert tokens[(("gen_ai.operation.name", "chat"), ("gen_ai.provider.name", "openai"),
+                   ("gen_ai.request.model", "m-1499"), ("gen_ai.response.model", "m-1499"),
+                   ("gen_ai.token.type", "input"), ("llmspool.tier", "standard"))].sum == 1_499

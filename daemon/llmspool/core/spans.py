@@ -273,6 +273,10 @@ def _plain(key: str, value: Any) -> Any:
     unpickle it); None, with a warning, for what OpenTelemetry does not allow."""
     if value is None:
         return None
+    if type(value) is tuple:  # an answer's finish reasons: most often already plain
+        kinds = set(map(type, value))
+        if len(kinds) <= 1 and _PLAIN.issuperset(kinds):
+            return value
     for kind in (bool, str, int, float):
         if isinstance(value, kind):
             return kind(value) if kind is not str else str.__str__(value)

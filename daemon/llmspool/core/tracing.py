@@ -344,13 +344,41 @@ class GenAiMetrics:
         self._tokens = registry.histogram(
             "gen_ai.client.token.usage", "{token}",
             "Measures number of input and output tokens used", _TOKEN_BUCKETS)
+        # Each attribute set made once: sorting them was most of a record's cost. As many as
+        # the histograms' own points (one per set).
+        self._operation_labels: dict[tuple[str | None, ...], Labels] = {}
+        self._token_labels: dict[tuple[str, ...], tuple[Labels, Labels]] = {}
 
-    def operation(self, seconds: float, attributes: Mapping[str, AttributeValue]) -> None:
-        self._duration.record(seconds, tuple(sorted(attributes.items())))
+    def operation(self, seconds: float, operation: str, provider: str, request_model: str,
+                  response_model: str | None = None, tier: str | None = None,
+                  error_type: str | None = None) -> None:
+        """A call's duration, by what it asked for and (None: unknown) what served it."""
+        key = (operation, provider, request_model, response_model, tier, error_type)
+        labels = self._operation_labels.get(key)
+        if labels is None:
+            labels = self._operation_labels[key] = _labels(
+                ("gen_ai.operation.name", operation), ("gen_ai.provider.name", provider),
+                ("gen_ai.request.model", request_model),
+                ("gen_ai.response.model", response_model), ("llmspool.tier", tier),
+                ("error.type", error_type))
+        self._duration.record(seconds, labels)
 
-    def tokens(self, input_tokens: int, output_tokens: int,
-               attributes: Mapping[str, AttributeValue]) -> None:
-        self._tokens.record(input_tokens, tuple(sorted(
-            {**attributes, "gen_ai.token.type": "input"}.items())))
-        self._tokens.record(output_tokens, tuple(sorted(
-            {**attributes, "gen_ai.token.type": "output"}.items())))
+    def tokens(self, input_tokens: int, output_tokens: int, operation: str, provider: str,
+               request_model: str, response_model: str, tier: str) -> None:
+        """An answer's input and output tokens, by what it asked for and what served it."""
+        key = (operation, provider, request_model, response_model, tier)
+        labels = self._token_labels.get(key)
+        if labels is None:
+            common = (("gen_ai.operation.name", operation), ("gen_ai.provider.name", provider),
+                      ("gen_ai.request.model", request_model),
+                      ("gen_ai.response.model", response_model), ("llmspool.tier", tier))
+            labels = self._token_labels[key] = (
+                _labels(*common, ("gen_ai.token.type", "input")),
+                _labels(*common, ("gen_ai.token.type", "output")))
+        self._tokens.record(input_tokens, labels[0])
+        self._tokens.record(output_tokens, labels[1])
+
+
+def _labels(*pairs: tuple[str, AttributeValue | None]) -> Labels:
+    """A histogram's attribute set: the pairs with a value, sorted by name."""
+    return tuple(sorted((name, value) for name, value in pairs if value is not None))

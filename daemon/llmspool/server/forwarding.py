@@ -166,8 +166,8 @@ class Forwarder:
             span.set_attribute("llmspool.cache", first.headers[CACHE_HEADER])
         if isinstance(first, Answer):
             replies.close()
-            span.set_attribute("http.response.status_code", first.status)
-            span.set_attribute("llmspool.tier", first.tier.value)
+            span.set_attributes({"http.response.status_code": first.status,
+                                 "llmspool.tier": first.tier.value})
             span.end()
             return Response(first.body, first.status, {**first.headers, **common},
                             media_type="application/json")

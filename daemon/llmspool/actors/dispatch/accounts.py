@@ -182,8 +182,7 @@ class Accounts:
         flag = flag or billed.flag
         if span.is_recording():
             cost_usd = usd(cost)
-            span.set_attributes(
-                {
+            described: dict[str, AttributeValue] = {
                     "gen_ai.usage.input_tokens": usage.input_tokens,
                     "gen_ai.usage.output_tokens": usage.output_tokens,
                     # Parts of the input, as the GenAI conventions name them.
@@ -200,22 +199,18 @@ class Accounts:
                     "gen_ai.usage.cost.source": "local",
                     "llmspool.cost_usd": cost_usd,
                     "llmspool.price_version": billed.price_version,
-                }
-            )
+            }
             if claimed is not None:
-                span.set_attribute("openai.response.service_tier", claimed)
+                described["openai.response.service_tier"] = claimed
             if flag is not None:
-                span.set_attribute("llmspool.billing_flag", flag)
+                described["llmspool.billing_flag"] = flag
+            span.set_attributes(described)
         if request_id is None and self._genai.enabled:  # the metrics' attributes
             self._outcomes[call.request_id] = (tier.value, model, status)
             if not usage.estimated:
-                self._genai.tokens(usage.input_tokens, usage.output_tokens, {
-                    "gen_ai.operation.name": call.endpoint.operation_name,
-                    "gen_ai.provider.name": self._provider_kinds.get(provider, provider),
-                    "gen_ai.request.model": call.model,
-                    "gen_ai.response.model": model,
-                    "llmspool.tier": tier.value,
-                })
+                self._genai.tokens(
+                    usage.input_tokens, usage.output_tokens, call.endpoint.operation_name,
+                    self._provider_kinds.get(provider, provider), call.model, model, tier.value)
         tier_name = tier.value
         self.served_by_tier[tier_name] = self.served_by_tier.get(tier_name, 0) + 1
         return Settled(
@@ -261,20 +256,13 @@ class Accounts:
         ledger, or handed over with a job's answer): otherwise the caller releases it."""
         if self._genai.enabled:
             outcome = self._outcomes.pop(call.request_id, None)
-            attributes: dict[str, AttributeValue] = {
-                "gen_ai.operation.name": call.endpoint.operation_name,
-                "gen_ai.provider.name": kind,
-                "gen_ai.request.model": call.model,
-            }
+            tier = model = None
             if outcome is not None:
                 tier, model, status = outcome
-                attributes["gen_ai.response.model"] = model
-                attributes["llmspool.tier"] = tier
                 if status >= 400 and error_type is None:
                     error_type = str(status)  # a stream cut (502) or left by its client (499)
-            if error_type is not None:
-                attributes["error.type"] = error_type
-            self._genai.operation(seconds, attributes)
+            self._genai.operation(seconds, call.endpoint.operation_name, kind, call.model,
+                                  model, tier, error_type)
         self._reserved.pop(call.request_id, None)
         self._broken.pop(call.request_id, None)
         if call.request_id in self._ended:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import anyio
 import orjson
 from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import NoFlexCapacity
@@ -101,8 +102,9 @@ class Relay:
         grace = 1.0 if call.stream else 0.0
         with anyio.move_on_after(target.time_limit + grace) as scope:
             async with provider.send(request) as response:
-                attempt_span.set_attribute("http.response.status_code", response.status)
                 span.set_attribute("http.response.status_code", response.status)
+                if attempt_span is not span:  # a retry's own span
+                    attempt_span.set_attribute("http.response.status_code", response.status)
                 headers = response.headers
                 self._limits.observe(target.provider, target.model, headers, permit=permit)
                 if response.status >= 400:
@@ -276,13 +278,17 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
                      finish_reasons: list[str]) -> None:
     """What the GenAI conventions say of an answer: its id, the model that produced it (the
     answer's own, dated name when it gives one), and why each choice stopped."""
+    if not span.is_recording():
+        return
+    described: dict[str, AttributeValue] = {}
     if response_id is not None:
-        span.set_attribute("gen_ai.response.id", response_id)
+        described["gen_ai.response.id"] = response_id
     if model is not None:
-        span.set_attribute("gen_ai.response.model", model)
+        described["gen_ai.response.model"] = model
     if finish_reasons:
         # A tuple, as OpenTelemetry keeps a sequence: a span converts a list it is given.
-        span.set_attribute("gen_ai.response.finish_reasons", tuple(finish_reasons))
+        described["gen_ai.response.finish_reasons"] = tuple(finish_reasons)
+    span.set_attributes(described)
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
