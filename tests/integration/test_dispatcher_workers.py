@@ -34,18 +34,11 @@ def dispatcher_status(daemon: Daemon) -> dict[str, Any]:
     return body["dispatcher"]  # type: ignore[no-any-return]
 
 
-def burst_then_a_few_at_a_time(daemon: Daemon) -> tuple[float, int]:
-    """Seconds a burst of ``BURST`` calls took, and the dispatcher's workers once as many
-    calls after it were served ``LATER`` at a time."""
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
-        statuses = list(pool.map(lambda _n: chat(daemon), range(BURST)))
-    took = time.monotonic() - started
-    with concurrent.futures.ThreadPoolExecutor(LATER) as pool:
-        statuses += pool.map(lambda _n: chat(daemon), range(BURST))
-    assert statuses == [200] * 2 * BURST
+def burst(daemon: Daemon, calls: int, at_a_time: int) -> None:
+    with concurrent.futures.ThreadPoolExecutor(at_a_time) as pool:
+        statuses = list(pool.map(lambda _n: chat(daemon), range(calls)))
+    assert statuses == [200] * calls
     wait_for(lambda: dispatcher_status(daemon)["in_flight"] == 0, what="no call in flight")
-    return took, dispatcher_status(daemon)["workers"]
 
 
 @pytest.mark.parametrize("window", [0.0, dispatcher.BUSIEST_WINDOW])
@@ -57,13 +50,20 @@ def test_a_burst_is_served_at_once_and_its_workers_go_only_once_not_needed(
     daemon = start_daemon(tmp_path, sim.url)
     try:
         assert dispatcher_status(daemon)["workers"] == 1  # one waits for the first call
-        took, workers = burst_then_a_few_at_a_time(daemon)
+        started = time.monotonic()
+        burst(daemon, BURST, at_a_time=BURST)
+        took = time.monotonic() - started
+        after_burst = dispatcher_status(daemon)["workers"]
         # Served side by side, each on a worker of its own (one after the other: 12 s).
-        assert took < BURST * LATENCY / 4, took
+        assert took < BURST * LATENCY / 2, took
+        burst(daemon, BURST, at_a_time=LATER)
+        workers = dispatcher_status(daemon)["workers"]
         if window:
             # Within the window the burst was its busiest moment: its workers stay, so that
-            # calls ending in waves under load do not end workers the next wave needs.
-            assert workers > BURST
+            # calls ending in waves under load do not end workers the next wave needs. (On a
+            # loaded machine the burst's threads may start late, so not all 60 overlap.)
+            assert after_burst > BURST // 2, after_burst
+            assert workers == after_burst
         else:
             # Each call after the burst let one worker go, down to the spares.
             assert workers <= LATER + dispatcher.SPARE_WORKERS + 1, workers
