@@ -8,8 +8,8 @@ reads the usage and the tier the answer says it served, prices it, and sends a `
 the ledger and a ``SlotFreed`` to the queue. A client that goes away before its answer fires
 ``call.abort``, which cancels the call's scope.
 
-This module is the actor: its inbox and workers, each call from start to end, and the status. The
-work is done by the parts in ``llmspool.actors.dispatch``, made once here and kept for the
+This module is the actor: its inbox and workers, each call from start to end, and the status.
+The work is done by the parts in ``llmspool.actors.dispatch``, made once here and kept for the
 daemon's life (nothing is made per call): the flex policy (``flex``), the retry policy's
 attempts (``attempts``), the routing past circuit breakers (``targets``), the upstream request
 and the relay of its answer (``relay``), and each call's money (``accounts``).

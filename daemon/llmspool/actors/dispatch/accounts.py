@@ -183,22 +183,22 @@ class Accounts:
         if span.is_recording():
             cost_usd = usd(cost)
             described: dict[str, AttributeValue] = {
-                    "gen_ai.usage.input_tokens": usage.input_tokens,
-                    "gen_ai.usage.output_tokens": usage.output_tokens,
-                    # Parts of the input, as the GenAI conventions name them.
-                    "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
-                    "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
-                    "gen_ai.response.model": model,
-                    "llmspool.tier": tier.value,
-                    "llmspool.usage_estimated": usage.estimated,
-                    # What was billed, at the tier served (flex at flex prices): a backend that
-                    # prices tokens itself at list prices would show flex at twice its cost.
-                    # Named as the GenAI cost proposal names it, and as llmspool always did.
-                    "gen_ai.usage.cost.amount": cost_usd,
-                    "gen_ai.usage.cost.currency": "USD",
-                    "gen_ai.usage.cost.source": "local",
-                    "llmspool.cost_usd": cost_usd,
-                    "llmspool.price_version": billed.price_version,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                # Parts of the input, as the GenAI conventions name them.
+                "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
+                "gen_ai.response.model": model,
+                "llmspool.tier": tier.value,
+                "llmspool.usage_estimated": usage.estimated,
+                # What was billed, at the tier served (flex at flex prices): a backend that
+                # prices tokens itself at list prices would show flex at twice its cost.
+                # Named as the GenAI cost proposal names it, and as llmspool always did.
+                "gen_ai.usage.cost.amount": cost_usd,
+                "gen_ai.usage.cost.currency": "USD",
+                "gen_ai.usage.cost.source": "local",
+                "llmspool.cost_usd": cost_usd,
+                "llmspool.price_version": billed.price_version,
             }
             if claimed is not None:
                 described["openai.response.service_tier"] = claimed
