@@ -6,12 +6,12 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from llmspool.actors import dispatcher
 
+from tests.integration.test_bad_input import dispatcher_status
 from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim, unix_request
 from tests.support.waiting import wait_for
 
@@ -26,12 +26,6 @@ def chat(daemon: Daemon) -> int:
     status, _answer = unix_request(daemon.socket_path, "POST", "/v1/chat/completions", body,
                                    {"content-type": "application/json"})
     return status
-
-
-def dispatcher_status(daemon: Daemon) -> dict[str, Any]:
-    status, body = daemon.get("/v1/status")
-    assert status == 200
-    return body["dispatcher"]  # type: ignore[no-any-return]
 
 
 def burst(daemon: Daemon, calls: int, at_a_time: int) -> None:
