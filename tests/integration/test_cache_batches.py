@@ -4,6 +4,7 @@ allows (and goes its own way when not), and job requests are answered from the c
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -181,5 +182,25 @@ def test_a_line_bound_for_a_batch_is_answered_from_the_cache(daemon: Daemon, sim
     job = submit(daemon, job_line())  # an hour: a batch, were it not cached
     [line] = results(daemon, job["id"])
     assert line["response"]["body"] == first and line["cache"] == "hit"
+    assert batch_stats(sim)["created"] == 0 and direct_calls(sim) == 1
+    assert job_of(daemon, job["id"])["by_tier"] == {"cache": 1}
+
+
+def test_a_line_bound_for_a_batch_right_after_its_twin_was_answered_is_not_batched(
+        daemon: Daemon, sim: Sim) -> None:
+    """The answer is in hand but not yet in the cache file (its commit waits): the job's line
+    is answered from it, not bought again in a batch."""
+    holder = sqlite3.connect(daemon.state_dir / "cache.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write-behind's commit waits for this
+        status, first, _headers = ask(daemon)
+        assert status == 200
+        job = submit(daemon, job_line())  # an hour: a batch, were it not answered already
+        assert [(group["tier"], group["requests"]) for group in job["plan"]] == [("cache", 1)]
+        [line] = results(daemon, job["id"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert line["response"]["body"] == first and line["cache"] == "shared"
     assert batch_stats(sim)["created"] == 0 and direct_calls(sim) == 1
     assert job_of(daemon, job["id"])["by_tier"] == {"cache": 1}

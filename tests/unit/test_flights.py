@@ -14,6 +14,7 @@ from llmspool.actors.caching.replies import Replier
 from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CacheReader
+from llmspool.cache.unwritten import UnwrittenKeys
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.config.sections import CacheConfig, Config
 from llmspool.core.streams import MemoryReceiveStream, create_memory_stream
@@ -48,7 +49,7 @@ async def _fly(queue_full: bool) -> None:
     config = Config()
     planner = Planner(config, load_price_book(), LatencyBook(default_latencies(config)))
     counts = CacheCounts()
-    writes = WriteBehind(counts, None, KeyPresence(CacheConfig().max_entries))
+    writes = WriteBehind(counts, None, KeyPresence(CacheConfig().max_entries), UnwrittenKeys())
     ledger_in, ledger_out = create_memory_stream[Settled](10)
     # With no room in the queue's inbox, the flight needs a task to wait for some.
     queue_in, queue_out = create_memory_stream[Call](0 if queue_full else 1)

@@ -54,6 +54,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CacheReader, CacheWriter, connect
+from llmspool.cache.unwritten import UnwrittenKeys
 from llmspool.core.config.sections import CacheConfig
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.messages import (
@@ -84,6 +85,7 @@ class ResponseCache:
         batches: PendingBatches | None = None,
         near: NearDuplicates | None = None,
         presence: KeyPresence,
+        unwritten: UnwrittenKeys,
         fleet: FleetCache | None = None,
     ) -> None:
         self._fleet = fleet
@@ -95,7 +97,7 @@ class ResponseCache:
         self._config = config
         self._state_dir = state_dir
         self._counts = CacheCounts()
-        self._writes = WriteBehind(self._counts, near, presence)
+        self._writes = WriteBehind(self._counts, near, presence, unwritten)
         self._replier = Replier(planner, ledger, self._writes)
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
                                 self._take, fleet)

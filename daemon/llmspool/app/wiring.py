@@ -32,6 +32,7 @@ from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.pending import PendingBatches
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CachedKeys
+from llmspool.cache.unwritten import UnwrittenKeys
 from llmspool.core.clock import Clock
 from llmspool.core.config.sections import Config
 from llmspool.core.crashpoints import CrashPoints
@@ -184,6 +185,8 @@ async def build_parts(
     cache_rules = CacheRules(config.cache, config.operations)
     # Which keys the cache file holds: kept by the cache actor, read by the front door too.
     cache_keys = KeyPresence(config.cache.max_entries)
+    # And which it is about to write: kept by the cache actor, read by the job keeper.
+    unwritten = UnwrittenKeys()
     cache = ResponseCache(cache_out, queue_in.clone(), ledger_in.clone(), config=config.cache,
                           state_dir=config.state_path, planner=planner,
                           batches=PendingBatches(store, planner),
@@ -191,7 +194,7 @@ async def build_parts(
                           if any(op.similar for op in config.operations.values()) else None,
                           # A fleet's daemons share their answers and calls in flight.
                           fleet=None if owner is None else FleetCache(store, owner, planner),
-                          presence=cache_keys)
+                          presence=cache_keys, unwritten=unwritten)
     batch_providers = {name: provider for name, provider in providers.items()
                        if isinstance(provider, BatchProvider)}
     crash = CrashPoints(environ)
@@ -216,8 +219,8 @@ async def build_parts(
         batch_results=results_out, batch_providers=frozenset(batch_providers),
         batch_config=config.batch,
         cache=cache_in.clone(), cache_rules=cache_rules,
-        cached=CachedKeys(config.state_path, cache_keys), meter=tracing.meter, owner=owner,
-        adoptions=adopt_out,
+        cached=CachedKeys(config.state_path, cache_keys, unwritten), meter=tracing.meter,
+        owner=owner, adoptions=adopt_out,
     )
     # The front door answers hits itself: it tells the cache actor and the ledger through
     # clones of their inboxes, closed with the door like the others.

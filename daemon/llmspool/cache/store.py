@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmspool.cache.presence import KeyPresence
+from llmspool.cache.unwritten import UnwrittenKeys
 from llmspool.core.calls import Tier, Usage
 from llmspool.store.records import NewEntry
 
@@ -291,16 +292,21 @@ class CacheWriter:
 
 class CachedKeys:
     """Whether the cache holds a live answer under a key: the job keeper asks before it puts a
-    line in a batch (a cached line is answered for nothing instead). Read-only, opened on first
-    use (the cache actor creates the file); a file it cannot read answers no. A key that
-    ``presence`` knows is not in the file is not looked up."""
+    line in a batch (a cached line is answered for nothing instead). An answer the cache actor
+    is about to write (``unwritten``) counts: the actor serves it from memory until it lands.
+    Read-only, opened on first use (the cache actor creates the file); a file it cannot read
+    answers no. A key that ``presence`` knows is not in the file is not looked up."""
 
-    def __init__(self, state_dir: Path, presence: KeyPresence) -> None:
+    def __init__(self, state_dir: Path, presence: KeyPresence,
+                 unwritten: UnwrittenKeys) -> None:
         self._state_dir = state_dir
         self._presence = presence
+        self._unwritten = unwritten
         self._reader: CacheReader | None = None
 
     def has(self, key: bytes, now: float) -> bool:
+        if key in self._unwritten:
+            return True
         if not self._presence.might_hold(key):
             return False
         try:

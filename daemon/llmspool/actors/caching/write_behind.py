@@ -17,6 +17,7 @@ from llmspool.actors.caching.counts import CacheCounts
 from llmspool.cache.nearby import NearDuplicates
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CachedAnswer, CacheReader, CacheWriter, Corrupt
+from llmspool.cache.unwritten import UnwrittenKeys
 from llmspool.store.records import NewEntry
 
 log = logging.getLogger("llmspool.actors.response_cache")  # the name it always logged under
@@ -31,12 +32,14 @@ class WriteBehind:
     """What waits for the next commit, and the answers served from memory until then."""
 
     def __init__(self, counts: CacheCounts, near: NearDuplicates | None,
-                 presence: KeyPresence) -> None:
+                 presence: KeyPresence, unwritten: UnwrittenKeys) -> None:
         self._counts = counts
         self._near = near
         # The file's keys, known without reading it (also the front door's): built before
         # the first commit, kept in step with each.
         self._presence = presence
+        # The keys of ``_pending`` and of the commit under way (the job keeper's to read).
+        self._unwritten = unwritten
         self.recent: dict[bytes, tuple[CachedAnswer, float]] = {}
         self._pending: list[NewEntry] = []
         self._touched: dict[int, float] = {}
@@ -100,6 +103,7 @@ class WriteBehind:
             self._counts.dropped_writes += len(entries) - max(0, room)
             entries = entries[:max(0, room)]
         self._pending.extend(entries)
+        self._unwritten.kept(entry.key for entry in entries)
         self._wake.set()
 
     def stop(self) -> None:
@@ -123,6 +127,8 @@ class WriteBehind:
                 with anyio.CancelScope(shield=True):
                     await self._commit(writer, entries, touched, drops)
                 self._dropping = set()
+                # In the file (or, after a write error, never to be): readers look there now.
+                self._unwritten.landed(entry.key for entry in entries)
             if self._stopping and not self._pending:
                 return
 
