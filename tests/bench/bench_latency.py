@@ -25,7 +25,9 @@ open loop (16 staggered clients sending on a schedule, not waiting for answers) 
 that target's own throughput at concurrency 64, and at 1,875 requests per second (75% of the
 issue's 2,500 target: its "open-loop p99 at 75% of that rate" can be read either way); then each
 figure as a ratio to the floor's.
-Figures, not pass/fail: the machine is noisy, so each is the median of rounds.
+Each round starts the floor and every daemon afresh and warms each up (``WARM_UP`` calls): the
+same code in two processes could differ by a tenth for a whole run. Figures, not pass/fail: the
+machine is noisy, so each is the median of rounds, over as many processes.
 
     python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--modes defaults,caps]
                                         [--json OUT]
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -45,13 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from llmspool.testing.postgres import running_postgres
+from llmspool.testing.postgres import PostgresServer, running_postgres
 
 from tests.support.processes import (
     UNLIMITED_SIM,
@@ -160,6 +164,7 @@ OPEN_LOOP = (0.5, 0.75)  # shares of each target's own c=64 throughput, offered 
 TARGET_RPS = 2_500  # the issue's throughput target; 75% of it is offered open-loop too
 OPEN_LOOP_CLIENTS = 16
 OPEN_LOOP_SECONDS = 4.0
+WARM_UP = 500  # requests each new process serves before a round measures it
 # Each mode: the daemon's config, its environment, and headers on every request.
 MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "defaults": ("", {}, ()),
@@ -202,71 +207,141 @@ def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Path]:
         stop_process(process)
 
 
-def measure(sim: Sim, targets: dict[str, Path], workdir: Path, rounds: int,
-            requests: int, headers: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+Targets = Callable[[int], AbstractContextManager[dict[str, Path]]]
+"""Round number -> the targets of that round, by name (their Unix sockets), started afresh."""
+
+
+@contextmanager
+def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: int,
+                    postgres: PostgresServer | None, round_number: int,
+                    ) -> Iterator[dict[str, Path]]:
+    """The floor and a daemon per mode, new processes for round ``round_number``, each warmed
+    up; stopped when the block ends.
+
+    New each round: the same code in two processes differed by up to a tenth in throughput
+    here, for the whole of a run (where its memory lands, what shares its core), so one
+    process a target for every round let that difference pass for the mode's.
+    """
+    round_dir = workdir / f"round{round_number}"
+    round_dir.mkdir()
+    daemons = []
+    try:
+        with floor_proxy(round_dir, sim) as floor:
+            targets = {"floor": floor}
+            for mode in modes:
+                config, env, _headers = MODES[mode]
+                run_dir = round_dir / mode
+                run_dir.mkdir()
+                if postgres is not None and "{postgres}" in config:
+                    config = config.format(postgres=postgres.new_database("bench"))
+                daemon = start_daemon(
+                    run_dir, sim.url, config_toml=config,
+                    env={key: value.format(otlp=otlp_port) for key, value in env.items()},
+                    process=True)
+                daemons.append(daemon)
+                targets[mode] = daemon.socket_path
+            yield targets
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+
+
+@dataclass(frozen=True)
+class Load:
+    """What every round sends, and where."""
+
+    body_file: Path
+    direct_url: str
+    via_url: str
+    workdir: Path
+    requests: int  # at concurrency 1; 4x that at 64 and 256
+    headers: dict[str, tuple[str, ...]]  # by target
+    tcp: Callable[[], socket.socket]  # a connection to the simulator
+
+
+@dataclass
+class Samples:
+    """Each round's figures, by target then figure; failures by target; the simulator's own
+    req/s by concurrency."""
+
+    by_target: dict[str, dict[str, list[float]]]
+    failures: dict[str, int]
+    direct_rps: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, key: str, value: float) -> None:
+        self.by_target[name].setdefault(key, []).append(value)
+
+
+def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Path,
+            rounds: int, requests: int, headers: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     """Every target against the simulator called directly, interleaved in rounds."""
     body_file = workdir / "body.json"
     body_file.write_bytes(orjson.dumps(CHAT_BODY))
-    direct_url = f"{sim.url}/chat/completions"
-    via_url = "http://localhost/v1/chat/completions"
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
-    failures = dict.fromkeys(targets, 0)
-    direct_rps: dict[str, list[float]] = {}
     host, port = sim.base.removeprefix("http://").split(":")
 
     def tcp() -> socket.socket:
         return socket.create_connection((host, int(port)))
 
-    for _ in range(rounds):
-        for clients in CONCURRENCY:
-            count = requests if clients == 1 else requests * 4
-            direct = h2load(direct_url, body_file, requests=count, clients=clients,
-                            workdir=workdir)
-            direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
-            for name, socket_path in targets.items():
-                via = h2load(via_url, body_file, requests=count, clients=clients,
-                             workdir=workdir, socket_path=socket_path,
-                             headers=headers.get(name, ()))
-                figures = samples[name]
-                figures.setdefault(f"c{clients}_added_p50_ms", []).append(
-                    (via["p50_us"] - direct["p50_us"]) / 1000)
-                figures.setdefault(f"c{clients}_added_p99_ms", []).append(
-                    (via["p99_us"] - direct["p99_us"]) / 1000)
-                figures.setdefault(f"c{clients}_rps", []).append(via["rps"])
-                failures[name] += via["failures"]
-        for name, socket_path in targets.items():
-            rates = {f"open{round(share * 100)}": samples[name]["c64_rps"][-1] * share
-                     for share in OPEN_LOOP}
-            rates["open_target75"] = TARGET_RPS * 0.75
-            for key_prefix, rate in rates.items():
-                count = max(200, round(rate * OPEN_LOOP_SECONDS))
-                direct = h2load(direct_url, body_file, requests=count,
-                                clients=OPEN_LOOP_CLIENTS, workdir=workdir, rate=rate)
-                via = h2load(via_url, body_file, requests=count, clients=OPEN_LOOP_CLIENTS,
-                             workdir=workdir, socket_path=socket_path, rate=rate,
-                             headers=headers.get(name, ()))
-                key = f"{key_prefix}_added_p99_ms"
-                samples[name].setdefault(key, []).append(
-                    (via["p99_us"] - direct["p99_us"]) / 1000)
-                failures[name] += via["failures"]
-        direct_first = statistics.median(first_chunk_seconds(tcp, "/v1", 50))
-        for name, socket_path in targets.items():
-            def unix(path: Path = socket_path) -> socket.socket:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(str(path))
-                return sock
-
-            via_first = statistics.median(first_chunk_seconds(unix, "/v1", 50))
-            samples[name].setdefault("first_chunk_added_ms", []).append(
-                (via_first - direct_first) * 1000)
+    load = Load(body_file, f"{sim.url}/chat/completions", "http://localhost/v1/chat/completions",
+                workdir, requests, headers, tcp)
+    samples = Samples({name: {} for name in names}, dict.fromkeys(names, 0))
+    for round_number in range(rounds):
+        with round_targets(round_number) as targets:
+            _measure_round(targets, load, samples)
     results: dict[str, Any] = {
         name: {key: statistics.median(values) for key, values in figures.items()}
-        | {"failures": failures[name]}
-        for name, figures in samples.items()
+        | {"failures": samples.failures[name]}
+        for name, figures in samples.by_target.items()
     }
     results["direct"] = {f"{key}_rps": statistics.median(values)
-                         for key, values in direct_rps.items()}
+                         for key, values in samples.direct_rps.items()}
     return results
+
+
+def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> None:
+    """One round: every figure of every target, added to ``samples``."""
+    def via(name: str, count: int, clients: int, rate: float | None = None) -> dict[str, Any]:
+        figures = h2load(load.via_url, load.body_file, requests=count, clients=clients,
+                         workdir=load.workdir, socket_path=targets[name], rate=rate,
+                         headers=load.headers.get(name, ()))
+        samples.failures[name] += figures["failures"]
+        return figures
+
+    for name, socket_path in targets.items():  # first calls: imports, caches, connections
+        h2load(load.via_url, load.body_file, requests=WARM_UP, clients=4, workdir=load.workdir,
+               socket_path=socket_path, headers=load.headers.get(name, ()))
+    for clients in CONCURRENCY:
+        count = load.requests if clients == 1 else load.requests * 4
+        direct = h2load(load.direct_url, load.body_file, requests=count, clients=clients,
+                        workdir=load.workdir)
+        samples.direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
+        for name in targets:
+            figures = via(name, count, clients)
+            samples.add(name, f"c{clients}_added_p50_ms",
+                        (figures["p50_us"] - direct["p50_us"]) / 1000)
+            samples.add(name, f"c{clients}_added_p99_ms",
+                        (figures["p99_us"] - direct["p99_us"]) / 1000)
+            samples.add(name, f"c{clients}_rps", figures["rps"])
+    for name in targets:
+        rates = {f"open{round(share * 100)}": samples.by_target[name]["c64_rps"][-1] * share
+                 for share in OPEN_LOOP}
+        rates["open_target75"] = TARGET_RPS * 0.75
+        for key_prefix, rate in rates.items():
+            count = max(200, round(rate * OPEN_LOOP_SECONDS))
+            direct = h2load(load.direct_url, load.body_file, requests=count,
+                            clients=OPEN_LOOP_CLIENTS, workdir=load.workdir, rate=rate)
+            figures = via(name, count, OPEN_LOOP_CLIENTS, rate)
+            samples.add(name, f"{key_prefix}_added_p99_ms",
+                        (figures["p99_us"] - direct["p99_us"]) / 1000)
+    direct_first = statistics.median(first_chunk_seconds(load.tcp, "/v1", 50))
+    for name, socket_path in targets.items():
+        def unix(path: Path = socket_path) -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            return sock
+
+        via_first = statistics.median(first_chunk_seconds(unix, "/v1", 50))
+        samples.add(name, "first_chunk_added_ms", (via_first - direct_first) * 1000)
 
 
 def main() -> int:
@@ -296,28 +371,13 @@ def main() -> int:
         # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
         # default): far above what the load generator offers, so that only overhead is timed.
         sim = start_sim(workdir, UNLIMITED_SIM, process=True)
-        daemons = []
         try:
-            with floor_proxy(workdir, sim) as floor:
-                targets = {"floor": floor}
-                for mode in modes:
-                    config, env, _headers = MODES[mode]
-                    run_dir = workdir / mode
-                    run_dir.mkdir()
-                    if postgres is not None and "{postgres}" in config:
-                        config = config.format(postgres=postgres.new_database("bench"))
-                    daemon = start_daemon(
-                        run_dir, sim.url, config_toml=config,
-                        env={key: value.format(otlp=port) for key, value in env.items()},
-                        process=True)
-                    daemons.append(daemon)
-                    targets[mode] = daemon.socket_path
-                headers = {mode: MODES[mode][2] for mode in modes}
-                figures.update(measure(sim, targets, workdir, args.rounds, args.requests,
-                                       headers))
+            headers = {mode: MODES[mode][2] for mode in modes}
+            figures.update(measure(
+                sim, ["floor", *modes],
+                functools.partial(started_targets, workdir, sim, modes, port, postgres),
+                workdir, args.rounds, args.requests, headers))
         finally:
-            for daemon in daemons:
-                daemon.terminate()
             sim.terminate()
     print_table(figures)
     if args.json:
