@@ -293,9 +293,10 @@ class CacheWriter:
 class CachedKeys:
     """Whether the cache holds a live answer under a key: the job keeper asks before it puts a
     line in a batch (a cached line is answered for nothing instead). An answer the cache actor
-    is about to write (``unwritten``) counts: the actor serves it from memory until it lands.
-    Read-only, opened on first use (the cache actor creates the file); a file it cannot read
-    answers no. A key that ``presence`` knows is not in the file is not looked up."""
+    is about to write (``unwritten``) counts: until the write lands, the actor answers from it
+    in memory (``WriteBehind.recent``), or a fleet's from the shared store. Read-only, opened
+    on first use (the cache actor creates the file); a file it cannot read answers no. A key
+    that ``presence`` knows is not in the file is not looked up."""
 
     def __init__(self, state_dir: Path, presence: KeyPresence,
                  unwritten: UnwrittenKeys) -> None:
