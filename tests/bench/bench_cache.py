@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from llmspool.cache.store import CacheReader, CacheWriter, connect
 from llmspool.core.calls import Tier, Usage
 from llmspool.store.records import NewEntry
 
-from tests.bench.bench_latency import h2load, percentile
+from tests.bench.bench_latency import h2load, h2load_missing, percentile
 from tests.support.processes import (
     UNLIMITED_SIM,
     start_daemon,
@@ -171,8 +170,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=100_000, help="timed lookups per kind")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 1
     figures: dict[str, Any] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp:

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +87,26 @@ s.serve_forever()
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def h2load_missing() -> bool:
+    """Whether h2load is not installed (said on stderr, with how to install it)."""
+    if shutil.which("h2load") is not None:
+        return False
+    print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+    return True
+
+
+def chosen(spec: str, known: Iterable[str], what: str) -> list[str] | None:
+    """The names in ``spec`` (comma-separated); None, said on stderr, if it names none or one
+    that is not ``known``."""
+    names = [name for name in spec.split(",") if name]
+    choices = list(known)
+    unknown = [name for name in names if name not in choices]
+    if unknown or not names:
+        print(f"unknown {what} {unknown}: choose from {', '.join(choices)}", file=sys.stderr)
+        return None
+    return names
 
 
 def h2load(target: str, body_file: Path, *, requests: int, clients: int, workdir: Path,
@@ -354,13 +374,10 @@ def main() -> int:
                         help=f"daemon configurations to measure (of {', '.join(MODES)})")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 1
-    modes = [mode for mode in args.modes.split(",") if mode]
-    unknown = [mode for mode in modes if mode not in MODES]
-    if unknown:
-        print(f"unknown modes {unknown}: choose from {', '.join(MODES)}", file=sys.stderr)
+    modes = chosen(args.modes, MODES, "modes")
+    if modes is None:
         return 2
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "modes": modes}
     with (tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port,

@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from tests.bench.bench_latency import h2load
+from tests.bench.bench_latency import h2load, h2load_missing
 from tests.support.processes import (
     UNLIMITED_SIM,
     Daemon,
@@ -323,8 +323,7 @@ def main() -> int:
                         help="which tree's llmspool sim to call (default: before)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 1
     requests_c64 = args.requests_c64 or args.requests
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -40,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from tests.bench.bench_latency import CHAT_BODY, h2load, otlp_receiver
+from tests.bench.bench_latency import CHAT_BODY, chosen, h2load, h2load_missing, otlp_receiver
 from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim
 
 _EXPORTED = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}
@@ -168,13 +166,10 @@ def main() -> int:
                         help=f"daemon configurations to measure (of {', '.join(TARGETS)})")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 1
-    names = [name for name in args.targets.split(",") if name]
-    unknown = [name for name in names if name not in TARGETS]
-    if unknown or not names:
-        print(f"unknown targets {unknown}: choose from {', '.join(TARGETS)}", file=sys.stderr)
+    names = chosen(args.targets, TARGETS, "targets")
+    if names is None:
         return 2
     figures = measure(names, args.rounds, args.requests, args.clients)
     print_table(figures, args.clients)
