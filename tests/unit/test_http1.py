@@ -178,32 +178,60 @@ def test_answers_bigger_than_the_read_buffer_leave_their_connection_reusable() -
     anyio.run(main)
 
 
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk_of(event: bytes) -> bytes:
+    """``event`` as one chunk of a chunked body."""
+    return f"{len(event):x}\r\n".encode() + event + b"\r\n"
+
+
+def streamed_pieces(handler: Handler, *, settle: float = 0.0) -> list[tuple[bytes, float]]:
+    """The pieces ``iter_chunks`` hands over of ``handler``'s answer, with when each came;
+    reading begins ``settle`` seconds after the answer's head."""
+    async def main() -> list[tuple[bytes, float]]:
+        async with serving(handler) as server:
+            pool = pool_for(server)
+            response = await pool.post("/x", b"{}")
+            await anyio.sleep(settle)
+            pieces = [(chunk, time.monotonic()) async for chunk in response.iter_chunks()]
+            response.release()
+            await pool.aclose()
+        return pieces
+
+    return anyio.run(main)
+
+
 def test_a_stream_arrives_in_pieces_as_it_is_sent() -> None:
     async def slow_stream(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(CHUNKED_HEAD)
         for index in range(3):
-            event = f"data: {index}\n\n".encode()
-            writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            writer.write(chunk_of(f"data: {index}\n\n".encode()))
             await writer.drain()
             await asyncio.sleep(0.05)
         writer.write(b"0\r\n\r\n")
         return True
 
-    async def main() -> None:
-        async with serving(slow_stream) as server:
-            pool = pool_for(server)
-            response = await pool.post("/x", b"{}")
-            pieces = []
-            times = []
-            async for chunk in response.iter_chunks():
-                pieces.append(chunk)
-                times.append(time.monotonic())
-            response.release()
-            await pool.aclose()
-        assert b"".join(pieces) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-        assert len(pieces) == 3 and times[-1] - times[0] >= 0.08  # not buffered to the end
+    pieces = streamed_pieces(slow_stream)
+    assert b"".join(chunk for chunk, _ in pieces) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(pieces) == 3 and pieces[-1][1] - pieces[0][1] >= 0.08  # not buffered to the end
 
-    anyio.run(main)
+
+def test_a_streams_events_that_arrive_together_are_read_as_one_piece() -> None:
+    # An instant upstream sends a whole stream in one write. Read a chunk at a time, the relay
+    # handed each event to the front door before it could write the first, so the client's
+    # first event waited for the stream's last.
+    events = [f"data: {index}\n\n".encode() for index in range(18)]
+
+    async def burst_then_end(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(CHUNKED_HEAD + b"".join(chunk_of(event) for event in events))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the stream's end comes later, on its own
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    pieces = streamed_pieces(burst_then_end, settle=0.02)  # the whole burst has arrived
+    assert [chunk for chunk, _ in pieces] == [b"".join(events)]
 
 
 def test_an_answer_not_read_to_its_end_closes_its_connection() -> None:

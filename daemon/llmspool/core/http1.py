@@ -48,8 +48,9 @@ from llmspool.core.connection_stats import ConnectionCounter
 
 __all__ = ["ConnectTimeout", "Http1Pool", "Http1Response", "UpstreamProtocolError"]
 
-_HIGH_WATER = 256 * 1024  # bytes of an answer buffered unread before the socket is paused
-_LOW_WATER = _HIGH_WATER // 4
+# Bytes of an answer buffered unread before the socket is paused; a read takes them all
+# and resumes it.
+_HIGH_WATER = 256 * 1024
 
 
 class ConnectTimeout(TimeoutError):
@@ -183,12 +184,21 @@ class _Connection(asyncio.Protocol):
             raise self.error
 
     async def read_chunk(self) -> bytes | None:
-        """The next piece of the body as it arrives; ``None`` at its end."""
+        """All of the body that has arrived and was not yet read, waiting for more when none
+        has; ``None`` at its end.
+
+        All of it, not one piece: one read from the socket can hold many (a chunked answer's
+        chunks, each a stream's event). Handed one at a time without waiting, the relay
+        passed every one to the front door, each with its own timer and message, before the
+        front door could write the first: an instant upstream's 18-event stream reached its
+        client in one burst, its first event as late as its last."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._paused and self._buffered < _LOW_WATER and self._transport is not None:
+                chunks = self._chunks
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if self._paused and self._transport is not None:
                     self._paused = False
                     self._transport.resume_reading()
                 return chunk
