@@ -20,7 +20,8 @@ see the same machine state:
   database, as a fleet of daemons sharing the store decides it.
 
 For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
-requests per second, failures, the time to the first streamed chunk, and the p99 added in an
+requests per second, failures, streamed calls a second at concurrency 64 (the simulator sends
+each answer's events at once), the time to the first streamed chunk, and the p99 added in an
 open loop (16 staggered clients sending on a schedule, not waiting for answers) at 50% and 75% of
 that target's own throughput at concurrency 64, and at 1,875 requests per second (75% of the
 issue's 2,500 target: its "open-loop p99 at 75% of that rate" can be read either way); then each
@@ -271,6 +272,7 @@ class Load:
     """What every round sends, and where."""
 
     body_file: Path
+    stream_body_file: Path  # the same call, streamed
     direct_url: str
     via_url: str
     workdir: Path
@@ -297,13 +299,15 @@ def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Pat
     """Every target against the simulator called directly, interleaved in rounds."""
     body_file = workdir / "body.json"
     body_file.write_bytes(orjson.dumps(CHAT_BODY))
+    stream_body_file = workdir / "stream_body.json"
+    stream_body_file.write_bytes(orjson.dumps(STREAM_BODY))
     host, port = sim.base.removeprefix("http://").split(":")
 
     def tcp() -> socket.socket:
         return socket.create_connection((host, int(port)))
 
-    load = Load(body_file, f"{sim.url}/chat/completions", "http://localhost/v1/chat/completions",
-                workdir, requests, headers, tcp)
+    load = Load(body_file, stream_body_file, f"{sim.url}/chat/completions",
+                "http://localhost/v1/chat/completions", workdir, requests, headers, tcp)
     samples = Samples({name: {} for name in names}, dict.fromkeys(names, 0))
     for round_number in range(rounds):
         with round_targets(round_number) as targets:
@@ -320,8 +324,9 @@ def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Pat
 
 def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> None:
     """One round: every figure of every target, added to ``samples``."""
-    def via(name: str, count: int, clients: int, rate: float | None = None) -> dict[str, Any]:
-        figures = h2load(load.via_url, load.body_file, requests=count, clients=clients,
+    def via(name: str, count: int, clients: int, rate: float | None = None,
+            body_file: Path = load.body_file) -> dict[str, Any]:
+        figures = h2load(load.via_url, body_file, requests=count, clients=clients,
                          workdir=load.workdir, socket_path=targets[name], rate=rate,
                          headers=load.headers.get(name, ()))
         samples.failures[name] += figures["failures"]
@@ -342,6 +347,9 @@ def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> No
             samples.add(name, f"c{clients}_added_p99_ms",
                         (figures["p99_us"] - direct["p99_us"]) / 1000)
             samples.add(name, f"c{clients}_rps", figures["rps"])
+    for name in targets:  # streamed: an instant upstream sends each answer's events at once
+        streamed = via(name, load.requests * 2, 64, body_file=load.stream_body_file)
+        samples.add(name, "stream_c64_rps", streamed["rps"])
     for name in targets:
         rates = {f"open{round(share * 100)}": samples.by_target[name]["c64_rps"][-1] * share
                  for share in OPEN_LOOP}
@@ -421,6 +429,7 @@ def print_table(figures: dict[str, Any]) -> None:
         ("p99 added, c=64", "", "c64_added_p99_ms", "ms"),
         ("req/s, c=64", "≥ 2,500", "c64_rps", "rps"),
         ("req/s, c=256", "≥ 2,500", "c256_rps", "rps"),
+        ("streamed req/s, c=64", "", "stream_c64_rps", "rps"),
         ("p99 added, c=256", "", "c256_added_p99_ms", "ms"),
         ("p99 added, open loop at 50%", "", "open50_added_p99_ms", "ms"),
         ("p99 added, open loop at 75%", "≤ 5 ms", "open75_added_p99_ms", "ms"),
