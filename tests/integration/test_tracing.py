@@ -282,6 +282,16 @@ def _children(pid: int) -> list[int]:
             for child in (task / "children").read_text().split()]
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie not yet reaped counts: its files are
+    closed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
 def test_spans_are_encoded_in_a_child_process_started_again_when_it_dies(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:
@@ -300,9 +310,15 @@ def test_spans_are_encoded_in_a_child_process_started_again_when_it_dies(
         exporters = _children(daemon.process.pid)
         assert len(exporters) == 1
         os.kill(exporters[0], signal.SIGKILL)
+        # Dead, not dying: a batch written while a killed child's end of the pipe is still
+        # open is lost with it (on a busy machine the kill can take that long), and this
+        # test is about the batch after it.
+        wait_for(lambda: _ended(exporters[0]), what="the killed export child to end")
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "second"}])
-        wait_for(lambda: len(calls()) == 2, what="the second call's span, after the restart")
+        # The new child starts niced: on a busy machine its imports take seconds.
+        wait_for(lambda: len(calls()) == 2, timeout=60.0,
+                 what="the second call's span, after the restart")
         restarted = _children(daemon.process.pid)
         assert len(restarted) == 1 and restarted != exporters
     finally:
