@@ -153,6 +153,7 @@ class CallBuilder:
             session=request.headers.get("x-llmspool-session"),
             cache=cache_plan,
             routed_from=routed_from,
+            document=parsed,
         )
         if route is not None:
             span.set_attributes({"llmspool.route.model": route.model,

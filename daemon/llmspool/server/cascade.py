@@ -73,7 +73,8 @@ class Cascade:
         """Answer ``call`` through the cascade; ``call`` and ``replies`` are sent on only when
         the cheaper model's answer is not kept (and closed when it is)."""
         provider, model = self._router.resolve(config.first)
-        body = orjson.loads(call.body)
+        # A copy: ``call`` itself is sent on, unchanged, when the cheap answer is not kept.
+        body = dict(call.document) if call.document is not None else orjson.loads(call.body)
         asked = dict(body)
         body["model"] = model
         cheap_in, cheap_out = create_memory_stream[Reply](1)
@@ -84,7 +85,7 @@ class Cascade:
 
         cheap = dataclasses.replace(
             call, request_id=f"{call.request_id}-cascade", provider=provider, model=model,
-            body=orjson.dumps(body), reply=cheap_in, abort=Abort(), cache=None,
+            body=orjson.dumps(body), document=body, reply=cheap_in, abort=Abort(), cache=None,
             routed_from=call.routed_from or (call.provider, call.model), cascade_check=check)
         try:
             await self._submit(cheap, cheap_out)

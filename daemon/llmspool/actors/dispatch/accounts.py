@@ -84,8 +84,11 @@ class Accounts:
                 param="model", code="model_unpriced",
             )
         tiers = [tier, Tier.STANDARD] if tier is Tier.FLEX else [tier]
-        reservation = self._reserver.for_body(call.endpoint, call.provider, call.model,
-                                              call.body, call.operation, tiers)
+        reserver = self._reserver
+        reservation = reserver.for_body(
+            call.endpoint, call.provider, call.model, call.body, call.operation, tiers,
+        ) if call.document is None else reserver.for_document(
+            call.endpoint, call.provider, call.model, call.document, call.operation, tiers)
         self._reserved[call.request_id] = reservation
         reply_in, reply_out = create_memory_stream[ApiError | None](1)
         with reply_in, reply_out:
@@ -113,6 +116,9 @@ class Accounts:
         reservation = self._reserved.get(call.request_id)
         if reservation is not None:
             return reservation.estimate
+        if call.document is not None:
+            return self._estimator.estimate(call.endpoint, call.document, call.model,
+                                            call.operation)
         try:
             document = orjson.loads(call.body)
         except orjson.JSONDecodeError:
