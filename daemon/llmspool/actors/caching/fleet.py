@@ -89,16 +89,22 @@ class FleetCache:
         while True:
             now = time.time()
             found = await fleet_sql.find(connection, key, now)
+            if found is None and await fleet_sql.start_flight(connection, key, self._name, now,
+                                                              now + FLIGHT_LIMIT):
+                # Another daemon's flight may have landed between the look and the start:
+                # its answer is then in the fleet's cache, and this flight is not needed. (A
+                # look after the start sees any flight that landed before it.)
+                found = await fleet_sql.find(connection, key, now)
+                if found is None:
+                    self._leading.add(key)
+                    return None
+                await fleet_sql.land(connection, key, self._name, None, now)
             if found is not None:
                 if waited:
                     self.shared += 1
                 else:
                     self.hits += 1
                 return found, "shared" if waited else "hit"
-            if await fleet_sql.start_flight(connection, key, self._name, now,
-                                            now + FLIGHT_LIMIT):
-                self._leading.add(key)
-                return None
             if now + POLL >= give_up_at:
                 return None  # its deadline cannot wait longer: it is sent on its own
             waited = True

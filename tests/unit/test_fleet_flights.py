@@ -1,0 +1,96 @@
+"""Flights of the fleet's cache on a real PostgreSQL store: a daemon that misses the fleet's
+cache leads a flight, unless another daemon's answer landed meanwhile.
+
+The race this guards against: daemon c1 looks for an answer and finds none, c0's flight lands
+(its answer published, its flight ended), and c1 starts a flight of its own: without a second
+look, c1 called upstream for an answer the fleet had just paid for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from llmspool.actors.caching.fleet import FleetCache
+from llmspool.cache import fleet as fleet_sql
+from llmspool.cache.store import CachedAnswer
+from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.config.sections import Config
+from llmspool.core.streams import create_memory_stream
+from llmspool.messages import Call, Reply
+from llmspool.policy.billing import load_price_book
+from llmspool.policy.cache_keys import CachePlan
+from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.store.backend import Backend, StoreLocation
+from llmspool.store.records import Caller, NewEntry
+from llmspool.store.schema import migrate_store
+from opentelemetry.context import Context
+
+Found = tuple[CachedAnswer, str] | None  # what FleetCache.answer_or_lead returns
+
+KEY = b"k" * 32
+ANSWER = b'{"id": "chatcmpl-1", "choices": []}'
+ENTRY = NewEntry(KEY, False, ANSWER, "openai", "gpt-4o-mini", "chat", Tier.STANDARD,
+                 Usage(10, 0, 5, 0), 60.0)
+
+
+def _call() -> Call:
+    reply_in, _reply_out = create_memory_stream[Reply](1)
+    return Call(
+        request_id="r", endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
+        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
+        received_at=0.0, trace=Context(), reply=reply_in, cache=CachePlan(KEY, 60.0, "shared"),
+    )
+
+
+def _fleet_of_two(url: str) -> tuple[FleetCache, FleetCache]:
+    config = Config()
+    planner = Planner(config, load_price_book(), LatencyBook(default_latencies(config)))
+    location = StoreLocation(Backend.POSTGRESQL, url)
+    return FleetCache(location, "c0", planner), FleetCache(location, "c1", planner)
+
+
+def _flights(url: str) -> list[str]:
+    with psycopg.connect(url) as connection:
+        return [row[0] for row in connection.execute(b"SELECT daemon FROM cache_flights")]
+
+
+def test_an_answer_that_lands_as_a_flight_starts_answers_the_call(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    anyio.run(migrate_store, StoreLocation(Backend.POSTGRESQL, postgres_url))
+    first, second = _fleet_of_two(postgres_url)
+    start_flight = fleet_sql.start_flight
+
+    async def c0_lands_first(*args: Any) -> bool:
+        await first.landed(KEY, ENTRY)  # c0's answer comes back just after c1's look
+        return await start_flight(*args)
+
+    async def race() -> tuple[Found, Found]:
+        async with first.opened(), second.opened():
+            leading = await first.answer_or_lead(KEY, _call())
+            assert _flights(postgres_url) == ["c0"]
+            monkeypatch.setattr(fleet_sql, "start_flight", c0_lands_first)
+            return leading, await second.answer_or_lead(KEY, _call())
+
+    leading, following = anyio.run(race)
+    assert leading is None  # c0 led the flight: it calls upstream
+    assert following is not None, "c1 called upstream for an answer the fleet had"
+    found, how = following
+    assert (found.body, how) == (ANSWER, "hit")
+    assert (second.hits, second.errors) == (1, 0)
+    assert _flights(postgres_url) == []  # c1's needless flight ended with its look
+
+
+def test_a_daemon_leads_the_flight_when_the_fleet_has_no_answer(postgres_url: str) -> None:
+    anyio.run(migrate_store, StoreLocation(Backend.POSTGRESQL, postgres_url))
+    first, _second = _fleet_of_two(postgres_url)
+
+    async def lead() -> Found:
+        async with first.opened():
+            return await first.answer_or_lead(KEY, _call())
+
+    assert anyio.run(lead) is None
+    assert _flights(postgres_url) == ["c0"]
