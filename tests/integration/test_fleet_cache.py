@@ -21,7 +21,6 @@ from tests.integration.test_fleet import shared_store, start_named
 from tests.support.processes import UNLIMITED_SIM, Daemon, start_sim
 from tests.support.waiting import wait_for
 
-
 TOKENIZER_LOADED = "token estimates "  # logged once a daemon's tokenizer is loaded (or not)
 
 
