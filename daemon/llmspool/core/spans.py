@@ -110,7 +110,7 @@ class LeanTracer(trace.Tracer):
             return trace.NonRecordingSpan(span_context)
         # The two contexts as the pipe carries them, made now from what is at hand (the
         # parent's, when it is one of these spans, made when it started).
-        data = (trace_id, span_id, False, flags, list(trace_state.items()) if trace_state else [])
+        data = (trace_id, span_id, False, flags, tuple(trace_state.items()) if trace_state else ())
         parent_data = None if parent is None else parent_span.data \
             if isinstance(parent_span, LeanSpan) else context_data(parent)
         span = LeanSpan(self, name, span_context, parent, kind, links, start_time, sampled,
