@@ -43,7 +43,8 @@ def test_the_fleet_pays_once_for_an_answer_and_waits_for_a_call_in_flight(
 ) -> None:
     # c1 must find c0's flight before c0's answer is back, or it gets a hit, not "shared".
     # 1.5 s was not always enough on a loaded machine (this test failed once in 4 full runs),
-    # nor was 4 s while the daemons were still loading their tokenizers (a second of CPU each).
+    # nor was 4 s while the daemons were still loading their tokenizers (0.3 s of CPU each on
+    # an idle machine, with the interpreter lock held most of it).
     sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "4s"\n')
     fleet: list[Daemon] = []
     try:
