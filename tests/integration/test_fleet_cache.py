@@ -18,10 +18,8 @@ from psycopg.rows import dict_row
 
 from tests.integration.test_cache import cache_status, chat, upstream_calls
 from tests.integration.test_fleet import shared_store, start_named
-from tests.support.processes import UNLIMITED_SIM, Daemon, start_sim
+from tests.support.processes import UNLIMITED_SIM, Daemon, start_sim, tokenizer_loaded
 from tests.support.waiting import wait_for
-
-TOKENIZER_LOADED = "token estimates "  # logged once a daemon's tokenizer is loaded (or not)
 
 
 def flights(url: str) -> int:
@@ -43,15 +41,14 @@ def test_the_fleet_pays_once_for_an_answer_and_waits_for_a_call_in_flight(
 ) -> None:
     # c1 must find c0's flight before c0's answer is back, or it gets a hit, not "shared".
     # 1.5 s was not always enough on a loaded machine (this test failed once in 4 full runs),
-    # nor was 4 s while the daemons were still loading their tokenizers (0.3 s of CPU each on
-    # an idle machine, with the interpreter lock held most of it).
+    # nor was 4 s while the daemons were still loading their tokenizers.
     sim = start_sim(tmp_path, UNLIMITED_SIM + 'latency = "4s"\n')
     fleet: list[Daemon] = []
     try:
         fleet = start_named(tmp_path, sim.url, shared_store(postgres_url), ("c0", "c1", "c2"))
         first, second, third = fleet
-        wait_for(lambda: all(TOKENIZER_LOADED in daemon.log() for daemon in fleet),
-                 timeout=30, what="the daemons' tokenizers")
+        wait_for(lambda: all(map(tokenizer_loaded, fleet)), timeout=30,
+                 what="the daemons' tokenizers")
         leading, led = in_background(first, temperature=0)
         wait_for(lambda: flights(postgres_url) == 1, timeout=10,
                  what="c0's call in flight for the fleet")
