@@ -112,6 +112,48 @@ def test_body_over_the_limit_is_refused_with_the_limit_named(tmp_path: Path, sim
         daemon.terminate()
 
 
+def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed(
+    tmp_path: Path, sim: Sim,
+) -> None:
+    """``[daemon] max_json_values`` bounds what a body may cost parsed: a chat request, a JSON
+    job, and each line of a JSONL job; a long text body under it is served as before."""
+    daemon = start_daemon(tmp_path, sim.url, config_toml="[daemon]\nmax_json_values = 1000\n")
+    try:
+        many = orjson.dumps({"model": "gpt-4o-mini",
+                             "messages": [{"role": "user", "content": "hi"}] * 400})
+        status, body = unix_request(daemon.socket_path, "POST", CHAT, many, JSON)
+        assert status == 413, body
+        error = assert_openai_error(body)
+        assert error["code"] == "too_many_json_values"
+        assert "1,000" in str(error["message"]) and "max_json_values" in str(error["message"])
+        # 45 KB of text with a few hundred commas is no more values than a short prompt.
+        text = ("A long prompt" * 10 + ", ") * 300
+        status, body = unix_request(daemon.socket_path, "POST", CHAT, orjson.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}), JSON)
+        assert status == 200, body
+
+        item = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        status, body = unix_request(daemon.socket_path, "POST", "/v1/jobs", orjson.dumps(
+            {"deadline": "1h", "requests": [item] * 300}), JSON)
+        assert status == 413, body
+        error = assert_openai_error(body)
+        assert error["code"] == "too_many_json_values"
+        assert "application/jsonl" in str(error["message"])
+
+        line = {"custom_id": "a", "method": "POST", "url": CHAT, "body": item}
+        heavy = {**line, "custom_id": "b",
+                 "body": {**item, "messages": item["messages"] * 400}}
+        jsonl = b"".join(orjson.dumps(entry) + b"\n" for entry in (line, heavy))
+        status, body = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=1h", jsonl,
+                                    {"content-type": "application/jsonl"})
+        assert status == 400, body
+        [refused] = body["error"]["lines"]
+        assert refused["line"] == 2 and refused["code"] == "too_many_json_values", refused
+        assert_still_serving(daemon)
+    finally:
+        daemon.terminate()
+
+
 def test_sdk_sees_its_usual_exceptions(daemon: Daemon) -> None:
     client = openai_client(daemon.socket_path)
     with pytest.raises(openai.NotFoundError) as not_found:

@@ -1,6 +1,7 @@
 """Hostile uploads cost no memory: a 1 GB chunked upload (refused past ``[jobs]
-max_upload_size``), 100 MB of bad JSONL lines, and a run of malformed 5 MB bodies each raise
-the daemon's RSS by at most 64 MiB above idle while they last, and leave nothing behind."""
+max_upload_size``), 100 MB of bad JSONL lines, a run of malformed 5 MB bodies, and 30 MB
+bodies of tiny JSON values (refused past ``[daemon] max_json_values``) each raise the daemon's
+RSS by at most 64 MiB above idle while they last, and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -93,13 +94,31 @@ def test_uploads_and_bad_bodies_cost_no_memory(tmp_path: Path, sim: Sim) -> None
             status = post_stream(daemon, "/v1/jobs?deadline=1h", (line for _ in range(100)),
                                  "application/jsonl")
         assert status == 400
-        malformed = b'{"model": "gpt-4o-mini", "messages": [' + b"1," * (5 * MIB // 2)
+        # Parsed (600,000 values, under the limit) until the JSON breaks off.
+        malformed = b'{"model": "gpt-4o-mini", "messages": [' + b"12345678," * (5 * MIB // 9)
         with PeakRss(daemon) as bodies:
             for _ in range(30):
                 status, _answer = unix_request(daemon.socket_path, "POST",
                                                "/v1/chat/completions", malformed,
                                                {"content-type": "application/json"})
                 assert status == 400
+        # Valid JSON, under [daemon] max_body_size, and 7 million values: parsed, one took
+        # 600 MiB. A chat request, a JSON job, and a JSONL line each.
+        tiny = b"{}," * (7 * MIB)
+        heavy = [
+            ("/v1/chat/completions", b'{"model": "gpt-4o-mini", "messages": [' + tiny + b"{}]}",
+             "application/json"),
+            ("/v1/jobs", b'{"deadline": "1h", "requests": [' + tiny + b"{}]}",
+             "application/json"),
+            ("/v1/jobs?deadline=1h", b'{"custom_id": "x", "tags": [' + tiny[:3 * MIB] + b"{}]}\n",
+             "application/jsonl"),
+        ]
+        with PeakRss(daemon) as tiny_values:
+            for path, body, content_type in heavy:
+                status, answer = unix_request(daemon.socket_path, "POST", path, body,
+                                              {"content-type": content_type})
+                assert status in (400, 413), answer
+                assert "too_many_json_values" in str(answer), answer
         time.sleep(0.5)
         after = rss(daemon)
         assert unix_request(daemon.socket_path, "POST", "/v1/chat/completions", GOOD,
@@ -108,11 +127,13 @@ def test_uploads_and_bad_bodies_cost_no_memory(tmp_path: Path, sim: Sim) -> None
         daemon.terminate()
     figures = {"idle MiB": idle / MIB, "1 GB upload peak": big.peak / MIB,
                "100 MB bad lines peak": bad_lines.peak / MIB,
-               "malformed bodies peak": bodies.peak / MIB, "after": after / MIB}
+               "malformed bodies peak": bodies.peak / MIB,
+               "tiny values peak": tiny_values.peak / MIB, "after": after / MIB}
     print(figures)  # shown with pytest -s
     assert big.peak - idle <= ALLOWED, figures
     assert bad_lines.peak - idle <= ALLOWED, figures
     assert bodies.peak - idle <= ALLOWED, figures
+    assert tiny_values.peak - idle <= ALLOWED, figures
     assert after - idle <= ALLOWED // 4, figures
 
 

@@ -34,6 +34,7 @@ def test_no_file_gives_complete_defaults() -> None:
         ("[daemon]\nmax_body_size = '12 parsecs'\n", "daemon.max_body_size"),
         ("[daemon]\nsocket_mode = '0999'\n", "daemon.socket_mode"),
         ("[daemon]\nmax_in_flight = -1\n", "daemon.max_in_flight"),
+        ("[daemon]\nmax_json_values = 0\n", "daemon.max_json_values"),
         ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level"),
         ("[providers.openai]\ntimeout = 5\nmodels = 'gpt-4o'\n", "providers.openai.models"),
         ("[providers.openai]\nbase_uri = 'x'\n", "providers.openai.base_uri"),

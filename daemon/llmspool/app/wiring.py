@@ -234,11 +234,13 @@ async def build_parts(
     capturer = Capturer(config.operations, config.jobs.retention, side_writer, clock)
     forwarder = Forwarder(queue_in, router, planner, tracing.tracer,
                           max_body_size=config.daemon.max_body_size,
+                          max_json_values=config.daemon.max_json_values,
                           cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
                           chooser=chooser, capturer=capturer, take_now=queue.take_now)
     # POST /v1/jobs and POST /v1/batches make jobs the same way.
     submission = JobSubmission(keeper_in, router, planner,
                                max_line_size=config.jobs.max_line_size,
+                               max_json_values=config.daemon.max_json_values,
                                cache_rules=cache_rules,
                                on_short_deadline=config.jobs.on_short_deadline,
                                tracer=tracing.tracer, chooser=chooser,

@@ -57,6 +57,7 @@ from llmspool.core.config.sections import (
 from llmspool.core.config.tables import (
     ConfigProblems,
     _collecting,
+    _problem,
     _refuse_unknown,
     _section,
     _section_to_table,
@@ -175,8 +176,11 @@ def _config(table: Mapping[str, Any], provider_keys: ProviderKeys | None) -> Con
                        f"operations.{name}")
         for name in operations_table
     }
+    daemon = _section(DaemonConfig, _table_at(table, "daemon", "daemon"), "daemon")
+    if daemon.max_json_values < 1:
+        _problem(ConfigError("daemon.max_json_values", "must be at least 1"))
     return Config(
-        daemon=_section(DaemonConfig, _table_at(table, "daemon", "daemon"), "daemon"),
+        daemon=daemon,
         providers=providers,
         pricing=_section(PricingConfig, _table_at(table, "pricing", "pricing"), "pricing"),
         tracing=_section(TracingConfig, _table_at(table, "tracing", "tracing"), "tracing"),

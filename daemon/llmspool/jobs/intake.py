@@ -22,6 +22,7 @@ import orjson
 
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError
+from llmspool.core.json_values import too_many_values, values_over
 from llmspool.core.wire import kept_json
 from llmspool.jobs.spool import LineSpool
 from llmspool.policy.cache_keys import CacheRules
@@ -36,7 +37,7 @@ MAX_REPORTED_ERRORS = 1000  # past this, a file is clearly not what was meant
 class Intake:
     """Collects valid lines and line errors from one upload."""
 
-    def __init__(self, router: ModelRouter, *, max_line_size: int,
+    def __init__(self, router: ModelRouter, *, max_line_size: int, max_json_values: int,
                  cache_rules: CacheRules | None = None, operation: str | None = None,
                  uid: int | None = None, endpoint: Endpoint | None = None,
                  chooser: ModelChooser | None = None,
@@ -48,6 +49,7 @@ class Intake:
         self._operation = operation
         self._uid = uid
         self._max_line_size = max_line_size
+        self._max_json_values = max_json_values
         self._seen: set[str] = set()
         # On disk when given a directory (the daemon's state directory): a 100,000-line
         # upload's checked lines are not held in memory until the job is stored.
@@ -75,6 +77,11 @@ class Intake:
                              f"of {limit} ([jobs] max_line_size)", "line_too_large")
                 continue
             if not raw.strip():
+                continue
+            values = values_over(raw, self._max_json_values)
+            if values is not None:
+                self._refuse(number, None, too_many_values(values, self._max_json_values,
+                                                           "the line"), "too_many_json_values")
                 continue
             try:
                 item = orjson.loads(raw)

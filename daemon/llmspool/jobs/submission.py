@@ -79,7 +79,8 @@ class JobSubmission:
     """Makes jobs from uploads and hands them to the job keeper."""
 
     def __init__(self, keeper: KeeperInbox, router: ModelRouter, planner: Planner, *,
-                 max_line_size: int, cache_rules: CacheRules | None = None,
+                 max_line_size: int, max_json_values: int,
+                 cache_rules: CacheRules | None = None,
                  on_short_deadline: str = "refuse", tracer: trace.Tracer | None = None,
                  chooser: ModelChooser | None = None,
                  spool_directory: Path | None = None) -> None:
@@ -91,12 +92,14 @@ class JobSubmission:
         self._router = router
         self._planner = planner
         self._max_line_size = max_line_size
+        self.max_json_values = max_json_values  # in a JSON job's body, and a JSONL line
         self._cache_rules = cache_rules
         self._on_short_deadline = on_short_deadline
 
     def intake(self, request: JobRequest, endpoint: Endpoint | None = None) -> Intake:
         # The cache key of each line depends on the job's operation and its caller.
         return Intake(self._router, max_line_size=self._max_line_size,
+                      max_json_values=self.max_json_values,
                       cache_rules=self._cache_rules, operation=request.operation,
                       uid=request.uid, endpoint=endpoint, chooser=self._chooser,
                       spool_directory=self._spool_directory)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from llmspool.core.json_values import too_many_values, values_over
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
@@ -57,6 +58,7 @@ class CallBuilder:
         planner: Planner,
         *,
         max_body_size: int,
+        max_json_values: int,
         cache_rules: CacheRules | None = None,
         chooser: ModelChooser | None = None,
     ) -> None:
@@ -64,6 +66,7 @@ class CallBuilder:
         self._chooser = chooser
         self._planner = planner
         self._max_body_size = max_body_size
+        self._max_json_values = max_json_values
         self._cache_rules = cache_rules
 
     async def build(
@@ -75,7 +78,7 @@ class CallBuilder:
         request cannot be made into a call.
         """
         body = await self._read_body(request)
-        parsed = _parse_json_object(body)
+        parsed = _parse_json_object(body, self._max_json_values)
         requested_model = parsed.get("model")
         if not isinstance(requested_model, str) or not requested_model:
             raise InvalidRequest(
@@ -191,7 +194,10 @@ def _deadline_header(value: str | None, now: float) -> float | None:
         ) from None
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any]:
+def _parse_json_object(body: bytes, max_values: int) -> dict[str, Any]:
+    values = values_over(body, max_values)
+    if values is not None:
+        raise PayloadTooLarge(too_many_values(values, max_values), code="too_many_json_values")
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

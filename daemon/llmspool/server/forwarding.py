@@ -60,6 +60,7 @@ class Forwarder:
         tracer: trace.Tracer,
         *,
         max_body_size: int,
+        max_json_values: int,
         cache: MemorySendStream[Call | Missed] | None = None,
         cache_rules: CacheRules | None = None,
         cache_front: CacheFront | None = None,
@@ -73,7 +74,8 @@ class Forwarder:
         self._cache = cache
         self._cache_front = cache_front
         self._calls = CallBuilder(
-            router, planner, max_body_size=max_body_size, cache_rules=cache_rules,
+            router, planner, max_body_size=max_body_size, max_json_values=max_json_values,
+            cache_rules=cache_rules,
             chooser=chooser,
         )
         self._tracer = tracer

@@ -33,6 +33,7 @@ from llmspool.core.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from llmspool.core.json_values import too_many_values, values_over
 from llmspool.core.tracing import current_traceparent
 from llmspool.jobs.intake import Intake
 from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask, list_jobs
@@ -84,7 +85,7 @@ def job_routes(
                 await anyio.to_thread.run_sync(intake.add_jsonl_file, spool)
         elif content_type in ("application/json", ""):
             data = await read_limited(request, max_upload_size, _upload_too_large)
-            options = _json_options(data)
+            options = _json_options(data, submission.max_json_values)
             asked = _job_request(request, options)
             intake = submission.intake(asked)
             await anyio.to_thread.run_sync(intake.add_items, options["requests"])
@@ -190,7 +191,13 @@ class _WithLines(InvalidRequest):
         return orjson.dumps(document)
 
 
-def _json_options(data: bytes) -> dict[str, Any]:
+def _json_options(data: bytes, max_values: int) -> dict[str, Any]:
+    values = values_over(data, max_values)
+    if values is not None:
+        raise PayloadTooLarge(
+            f"{too_many_values(values, max_values)}; send the requests as a Batch input file "
+            "(content-type application/jsonl), which is read a line at a time",
+            code="too_many_json_values")
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -34,6 +34,8 @@ class DaemonConfig:
     socket_mode: int = field(default=0o660, metadata={"kind": "mode"})
     state_dir: str = "/var/lib/llmspool"
     max_body_size: int = _size("32MiB")
+    # Values a JSON body may hold (core/json_values.py): parsed, each costs ~100 bytes.
+    max_json_values: int = 1_000_000
     shutdown_grace: float = _duration("30s")
     max_in_flight: int = 4096
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
