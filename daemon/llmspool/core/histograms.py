@@ -3,8 +3,11 @@
 The SDK's ``Histogram.record`` costs about 20 µs of the event loop's CPU a measurement: a
 ``Measurement`` object, its attributes cleaned and hashed, an exemplar offered, two locks. A
 traced call records three (its duration and its input and output tokens), which was half of
-what telemetry added to a call in the daemon. ``HistogramTally.record`` is a bisect and a few
-additions under an uncontended lock, as ``tracing.Tally`` is a dict update for counters.
+what telemetry added to a call in the daemon. ``HistogramTally.record`` appends the value to a
+queue; every ``SETTLE_EVERY`` values, and before each export, ``Histograms.settle`` folds the
+queue into the counts in one pass (a bisect and a few additions a value, one lock a pass):
+recorded one at a time, with a lock each, the same work was 3.5 µs a call, and some 16 µs of
+a traced daemon's event loop at c=256 (with the rest of a call between two records).
 
 The figures are the ones the SDK's explicit-bucket aggregation exports, per attribute set:
 count, sum, min, max and the bucket counts (a value equal to a boundary falls in the bucket
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import time_ns
@@ -49,6 +53,8 @@ from opentelemetry.util.types import AttributeValue
 Labels = tuple[tuple[str, AttributeValue], ...]
 """A measurement's attributes as a hashable tuple of (name, value) pairs, sorted by name."""
 
+SETTLE_EVERY = 256  # values queued before the event loop folds them into the counts
+
 
 @dataclass(frozen=True, slots=True)
 class HistogramSpec:
@@ -70,18 +76,26 @@ class _Counts:
         self.points: dict[tuple[int, Labels], list[float]] = {}
         self.since = time_ns()
 
-    def add(self, histogram: int, labels: Labels, bucket: int, buckets: int,
-            value: float) -> None:
-        key = (histogram, labels)
+    def add(self, values: Sequence[tuple[int, float, Labels]],
+            specs: Sequence[HistogramSpec]) -> None:
+        """Count each (histogram, value, labels); a value OpenTelemetry would not record (NaN,
+        negative or infinite: the SDK ignores them) is left out."""
         with self.lock:
-            point = self.points.get(key)
-            if point is None:
-                point = self.points[key] = [0, 0, value, value, *([0] * buckets)]
-            point[0] += 1
-            point[1] += value
-            point[2] = min(point[2], value)
-            point[3] = max(point[3], value)
-            point[4 + bucket] += 1
+            points = self.points
+            for histogram, value, labels in values:
+                if not 0 <= value < math.inf:  # NaN fails both comparisons
+                    continue
+                boundaries = specs[histogram].boundaries
+                key = (histogram, labels)
+                point = points.get(key)
+                if point is None:
+                    point = points[key] = [0, 0, value, value, *([0] * (len(boundaries) + 1))]
+                point[0] += 1
+                point[1] += value
+                point[2] = min(point[2], value)
+                point[3] = max(point[3], value)
+                # A value equal to a boundary falls in the bucket that boundary closes.
+                point[4 + bisect_left(boundaries, value)] += 1
 
     def take(self, now: int) -> tuple[int, dict[tuple[int, Labels], list[float]]]:
         """The counts since ``since`` (a copy); a delta exporter's start over from ``now``."""
@@ -100,39 +114,54 @@ class Histograms:
     def __init__(self) -> None:
         self.specs: list[HistogramSpec] = []
         self._counts: list[_Counts] = []
+        # Values recorded, not yet counted. A deque: the event loop appends while a metric
+        # reader's thread may be taking from the left (both atomic in CPython).
+        self._queued: deque[tuple[int, float, Labels]] = deque()
+        self._settling = threading.Lock()  # one thread folds the queue in at a time
 
     def histogram(self, name: str, unit: str, description: str,
                   boundaries: Sequence[float]) -> HistogramTally:
         self.specs.append(HistogramSpec(name, unit, description, tuple(boundaries)))
-        return HistogramTally(self, len(self.specs) - 1)
+        return HistogramTally(self, len(self.specs) - 1, self._queued)
 
     def counts(self, temporality: AggregationTemporality) -> _Counts:
         """Counts for one more exporter, from now on."""
-        counts = _Counts(temporality)
-        self._counts.append(counts)
+        with self._settling:
+            self._settle()  # what was recorded before it is not its to count
+            counts = _Counts(temporality)
+            self._counts.append(counts)
         return counts
 
-    def record(self, histogram: int, value: float, labels: Labels) -> None:
-        # NaN fails both comparisons; the SDK ignores negative and infinite values as well.
-        if not 0 <= value < math.inf:
-            return
-        boundaries = self.specs[histogram].boundaries
-        bucket = bisect_left(boundaries, value)
-        for counts in self._counts:
-            counts.add(histogram, labels, bucket, len(boundaries) + 1, value)
+    def settle(self) -> None:
+        """Count every value queued so far, in every exporter's counts (any thread)."""
+        with self._settling:
+            self._settle()
+
+    def _settle(self) -> None:
+        queued = self._queued
+        # Only the thread holding the lock takes; the loop may append meanwhile (kept).
+        values = [queued.popleft() for _ in range(len(queued))]
+        if values:
+            for counts in self._counts:
+                counts.add(values, self.specs)
 
 
 class HistogramTally:
     """One histogram: ``record`` a value with its attributes."""
 
-    __slots__ = ("_histograms", "_index")
+    __slots__ = ("_histograms", "_index", "_queued")
 
-    def __init__(self, histograms: Histograms, index: int) -> None:
+    def __init__(self, histograms: Histograms, index: int,
+                 queued: deque[tuple[int, float, Labels]]) -> None:
         self._histograms = histograms
         self._index = index
+        self._queued = queued  # the histograms' queue
 
     def record(self, value: float, labels: Labels) -> None:
-        self._histograms.record(self._index, value, labels)
+        queued = self._queued
+        queued.append((self._index, value, labels))
+        if len(queued) >= SETTLE_EVERY:
+            self._histograms.settle()
 
 
 class WithHistograms(MetricExporter):
@@ -146,6 +175,7 @@ class WithHistograms(MetricExporter):
                          preferred_aggregation=exporter._preferred_aggregation)
         self._exporter = exporter
         self._specs = histograms.specs
+        self._histograms = histograms
         self._counts = histograms.counts(
             preferred.get(HistogramInstrument, AggregationTemporality.CUMULATIVE))
         self._resource = resource
@@ -181,6 +211,7 @@ class WithHistograms(MetricExporter):
         return MetricsData(resources)
 
     def _metrics(self) -> list[Metric]:
+        self._histograms.settle()
         now = time_ns()
         since, points = self._counts.take(now)
         by_histogram: dict[int, list[HistogramDataPoint]] = {}
