@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
@@ -54,14 +55,14 @@ class LeanTracer(trace.Tracer):
 
     def __init__(self, pipe: SpanPipe, *, resource: int, sampler: Sampler,
                  ids: IdGenerator, scope: InstrumentationScope) -> None:
-        self._pipe = pipe
-        self._resource = resource  # the resource's index in the pipe's list
+        self.pipe = pipe  # where ended spans go (``LeanSpan.end``)
+        self.resource = resource  # the resource's index in the pipe's list
         self._sampler = sampler
         self._ids = ids
         # The SDK's default generator: its ids made inline (``getrandbits``, as it makes them;
         # a zero, which is not a valid id, goes to the generator, which draws again).
         self._random_ids = type(ids) is RandomIdGenerator
-        self._scope = (scope.name, scope.version, scope.schema_url)
+        self.scope = (scope.name, scope.version, scope.schema_url)
 
     def start_span(
         self,
@@ -75,21 +76,30 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent_span = trace.get_current_span(context)
-        parent_context = parent_span.get_span_context()
-        parent = parent_context if parent_context.is_valid else None
         random_ids = self._random_ids
-        if parent is not None:
-            trace_id = parent.trace_id
-        elif random_ids:
-            trace_id = getrandbits(128) or self._ids.generate_trace_id()
+        if type(parent_span) is LeanSpan:
+            # A parent of ours (a call's span under its request's): what its context holds,
+            # read from its plain data, without a ``SpanContext`` made for it.
+            parent_data: ContextData | None = parent_span.data
+            trace_id, parent_flags = parent_span.data[0], parent_span.data[3]
+            parent_state = parent_span.trace_state
         else:
-            trace_id = self._ids.generate_trace_id()
+            parent = parent_span.get_span_context()
+            if parent.is_valid:
+                parent_data = context_data(parent)
+                trace_id, parent_flags = parent.trace_id, int(parent.trace_flags)
+                parent_state = parent.trace_state
+            else:
+                parent_data = None
+                trace_id = (getrandbits(128) if random_ids else 0) \
+                    or self._ids.generate_trace_id()
+                parent_flags, parent_state = 0, None
         if self._sampler is DEFAULT_ON:
             # The SDK's default (parent-based, always on) decided inline, without its four
             # calls a span: a span is sampled unless its parent was not, and keeps its
             # parent's trace state.
-            recording = sampled = parent is None or parent.trace_flags.sampled
-            trace_state = parent.trace_state if parent is not None else None
+            recording = sampled = parent_data is None or bool(parent_flags & TraceFlags.SAMPLED)
+            trace_state = parent_state
             kept = attributes
         else:
             decision = self._sampler.should_sample(
@@ -100,22 +110,18 @@ class LeanTracer(trace.Tracer):
         # As the SDK: the W3C "random trace id" flag, for a trace id made here at random or
         # continued from a parent that had it.
         flags = (TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT) | (
-            parent.trace_flags & TraceFlags.RANDOM_TRACE_ID if parent is not None
+            parent_flags & TraceFlags.RANDOM_TRACE_ID if parent_data is not None
             else TraceFlags.RANDOM_TRACE_ID if random_ids or self._ids.is_trace_id_random()
             else TraceFlags.DEFAULT)
         span_id = (getrandbits(64) if random_ids else 0) or self._ids.generate_span_id()
-        span_context = SpanContext(trace_id, span_id, is_remote=False,
-                                   trace_flags=_TRACE_FLAGS[flags], trace_state=trace_state)
         if not recording:
-            return trace.NonRecordingSpan(span_context)
-        # The two contexts as the pipe carries them, made now from what is at hand (the
-        # parent's, when it is one of these spans, made when it started).
+            return trace.NonRecordingSpan(SpanContext(
+                trace_id, span_id, is_remote=False, trace_flags=_TRACE_FLAGS[flags],
+                trace_state=trace_state))
+        # The span's context as the pipe carries it; its ``SpanContext`` is made only if asked.
         data = (trace_id, span_id, False, flags, tuple(trace_state.items()) if trace_state else ())
-        parent_data = None if parent is None else parent_span.data \
-            if isinstance(parent_span, LeanSpan) else context_data(parent)
-        span = LeanSpan(self, name, span_context, parent, kind, links, start_time, sampled,
-                        data=data, parent_data=parent_data,
-                        on_exception=(record_exception, set_status_on_exception))
+        span = LeanSpan(self, name, data, trace_state, parent_data, kind, links, start_time,
+                        sampled, on_exception=(record_exception, set_status_on_exception))
         if kept:
             span.set_attributes(kept)
         return span
@@ -139,30 +145,22 @@ class LeanTracer(trace.Tracer):
                             set_status_on_exception=set_status_on_exception) as current:
             yield current
 
-    def finish(self, span: LeanSpan) -> None:
-        """Hand an ended span to the pipe, as the tuple the export child rebuilds."""
-        self._pipe.put(span_data(
-            name=span.name, context=span.data, parent=span.parent_data, resource=self._resource,
-            attributes=span.attributes, events=span.events, links=span.links, kind=span.kind,
-            scope=self._scope, status=span.status, start_time=span.start_time,
-            end_time=span.end_time,
-        ))
-
-
 class LeanSpan(trace.Span):
     """A recording span: its data in plain attributes until it ends."""
 
-    def __init__(self, tracer: LeanTracer, name: str, context: SpanContext,
-                 parent: SpanContext | None, kind: SpanKind, links: Sequence[Link] | None,
-                 start_time: int | None, sampled: bool, *, data: ContextData,
-                 parent_data: ContextData | None,
-                 on_exception: tuple[bool, bool] = (True, True)) -> None:
+    def __init__(self, tracer: LeanTracer, name: str, data: ContextData,
+                 trace_state: TraceState | None, parent_data: ContextData | None,
+                 kind: SpanKind, links: Sequence[Link] | None, start_time: int | None,
+                 sampled: bool, *, on_exception: tuple[bool, bool] = (True, True)) -> None:
         self._tracer = tracer
         self.name = name
-        self.context = context
-        self.parent = parent
-        self.data = data  # ``context`` and ``parent`` as ``span_export.context_data`` makes them
+        # Its context and its parent's as ``span_export.context_data`` makes them: trace id,
+        # span id, remote, flags, trace state's pairs. The ``SpanContext`` the API hands out
+        # is made from ``data`` on the first ``get_span_context`` (most spans are never asked).
+        self.data = data
+        self.trace_state = trace_state
         self.parent_data = parent_data
+        self._context: SpanContext | None = None
         self.kind = kind
         self.end_time: int | None = None
         self.attributes: dict[str, Any] = {}
@@ -174,21 +172,36 @@ class LeanSpan(trace.Span):
         # ``with span:`` and an exception leaving it: (record it, set the status), as the SDK.
         self._on_exception = on_exception
 
+    @property
+    def context(self) -> SpanContext:
+        return self.get_span_context()
+
     def get_span_context(self) -> SpanContext:
-        return self.context
+        if self._context is None:
+            trace_id, span_id, _remote, flags, _pairs = self.data
+            self._context = SpanContext(trace_id, span_id, is_remote=False,
+                                        trace_flags=_TRACE_FLAGS[flags],
+                                        trace_state=self.trace_state)
+        return self._context
 
     def is_recording(self) -> bool:
         return self.end_time is None
 
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
         kept = self.attributes
+        if self.end_time is not None:
+            return
         # Most often every value is plain and there is room: one update, in C.
-        if (self.end_time is None and _PLAIN.issuperset(map(type, attributes.values()))
+        if (_PLAIN.issuperset(map(type, attributes.values()))
                 and len(kept) + len(attributes) <= _LIMIT):
             kept.update(attributes)
             return
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        for key, given in attributes.items():  # set_attribute's, without a call a key
+            if key not in kept and len(kept) >= _LIMIT:
+                continue
+            value = given if type(given) in _PLAIN else _plain(key, given)
+            if value is not None:
+                kept[key] = value
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         kept = self.attributes
@@ -245,8 +258,14 @@ class LeanSpan(trace.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time_ns()
-        if self._sampled:
-            self._tracer.finish(self)
+        if self._sampled:  # to the pipe, as the tuple the export child rebuilds
+            tracer = self._tracer
+            tracer.pipe.put(span_data(
+                name=self.name, context=self.data, parent=self.parent_data,
+                resource=tracer.resource, attributes=self.attributes, events=self.events,
+                links=self.links, kind=self.kind, scope=tracer.scope, status=self.status,
+                start_time=self.start_time, end_time=self.end_time,
+            ))
 
     def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -260,7 +279,7 @@ class LeanSpan(trace.Span):
         self.end()
 
     def __repr__(self) -> str:
-        return f"LeanSpan({self.name!r}, {self.context!r})"
+        return f"LeanSpan({self.name!r}, {self.get_span_context()!r})"
 
 
 
