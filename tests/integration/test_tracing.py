@@ -276,6 +276,46 @@ def test_a_retried_call_shows_each_retry_as_a_span_and_the_first_attempt_on_its_
     assert retried.status.code != retried.status.STATUS_CODE_ERROR
 
 
+def test_a_circuit_breakers_moves_are_told_on_the_spans_of_the_calls_that_moved_it(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
+    """The call whose failure opens the breaker carries "circuit breaker open"; the probe
+    call after the cooldown carries "half_open" (its route) and "closed" (its answer)."""
+    daemon = traced_daemon(tmp_path, sim, receiver, '[breaker]\nfailures = 2\n'
+                           'cooldown = "300ms"\n[retry]\nmax_attempts = 1\n')
+    try:
+        client = openai_client(daemon.socket_path, max_retries=0)
+        sim.set_faults({"kind": "status", "status": 503, "count": 2})
+        for content in ("fails", "fails and opens"):
+            with pytest.raises(Exception, match="503"):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
+        wait_for(lambda: _breaker_state(daemon) == "open", what="the breaker to open")
+
+        def probe_answered() -> bool:
+            status, _body = unix_request(daemon.socket_path, "POST", "/v1/chat/completions",
+                                         orjson.dumps({"model": "gpt-4o-mini", "messages": [
+                                             {"role": "user", "content": "probe"}]}),
+                                         {"content-type": "application/json"})
+            return status == 200
+        wait_for(probe_answered, timeout=10, what="a probe call through the breaker")
+        wait_for(lambda: len([s for s in receiver.spans if s.name == "chat gpt-4o-mini"]) >= 3,
+                 what="the calls' spans")
+    finally:
+        daemon.terminate()
+    moves = [(span.status.code == span.status.STATUS_CODE_ERROR,
+              [e.name for e in span.events if e.name.startswith("circuit breaker")])
+             for span in sorted((s for s in receiver.spans if s.name == "chat gpt-4o-mini"),
+                                key=lambda s: s.start_time_unix_nano)]
+    assert moves[:2] == [(True, []), (True, ["circuit breaker open"])], moves
+    assert (False, ["circuit breaker half_open", "circuit breaker closed"]) in moves[2:], moves
+
+
+def _breaker_state(daemon: Daemon) -> str:
+    status = daemon.get("/v1/status")[1]["dispatcher"]["breakers"]
+    return next(b["state"] for b in status if b["provider"] == "openai" and b["tier"] == "standard")
+
+
 def _children(pid: int) -> list[int]:
     """The processes ``pid`` started, from any of its threads."""
     return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()

@@ -39,7 +39,7 @@ from llmspool.core.errors import ApiError
 from llmspool.core.histograms import Histograms
 from llmspool.core.provider import Provider
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
-from llmspool.core.tracing import NO_SPAN, CurrentSpan, GenAiMetrics, links_of, records
+from llmspool.core.tracing import NO_SPAN, GenAiMetrics, links_of, records
 from llmspool.messages import (
     Admit,
     AdmitNow,
@@ -203,7 +203,10 @@ class Dispatcher:
         admitted = False
         error_type: str | None = None
         try:
-            with (CurrentSpan(self._tracer.start_span(
+            # The span is not made current: what the call's attempts tell on it (retries'
+            # spans, breakers' moves) is handed it, which on every call saved making a
+            # context, attaching it and detaching it (some 11 Python calls).
+            with (self._tracer.start_span(
                 f"{call.endpoint.operation_name} {call.model}",
                 context=call.trace,
                 kind=SpanKind.CLIENT,
@@ -218,7 +221,9 @@ class Dispatcher:
                     "llmspool.provider": call.provider,
                     "llmspool.queue_wait_ms": round((started - call.received_at) * 1000, 3),
                 },
-            )) if self._records else NO_SPAN) as span, anyio.CancelScope() as client_scope:
+                # What fails is told on the span below, as the caller is told it.
+                record_exception=False, set_status_on_exception=False,
+            ) if self._records else NO_SPAN) as span, anyio.CancelScope() as client_scope:
                 call.abort.bind(client_scope)
                 try:
                     tier = self._planner.choose(

@@ -33,12 +33,12 @@ import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context, attach, create_key, detach, get_value, set_value
+from opentelemetry.context import Context, create_key, get_value, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -115,30 +115,6 @@ NO_SPAN: AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVAL
 """A span scope for when nothing records spans: ``with (tracer.start_as_current_span(...) if
 records(tracer) else NO_SPAN) as span``. A no-op tracer's ``start_as_current_span`` still makes
 its span current (a context attach and detach, ~6 µs): paid twice per call for nothing."""
-
-
-class CurrentSpan:
-    """``with CurrentSpan(span)``: ``span`` is current inside and ended on leaving. For a span
-    whose exceptions its code describes itself (``record_exception=False``,
-    ``set_status_on_exception=False``): ``use_span`` without its generator-based context
-    manager, a quarter of its cost on every call's path."""
-
-    __slots__ = ("_span", "_token")
-
-    def __init__(self, span: trace.Span) -> None:
-        self._span = span
-        self._token: Token[Context] | None = None
-
-    def __enter__(self) -> trace.Span:
-        self._token = attach(trace.set_span_in_context(self._span))
-        return self._span
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            if self._token is not None:
-                detach(self._token)
-        finally:
-            self._span.end()
 
 
 def records(tracer: trace.Tracer) -> bool:

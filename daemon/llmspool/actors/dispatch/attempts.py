@@ -107,7 +107,7 @@ class Attempts:
         Raises ``NoFlexCapacity`` before anything reached the caller when flex had no room,
         and the ``ApiError`` of a failure that may be retried (nothing reached the caller).
         """
-        target = self._targets.route(call, tier, flex_limit, ends_at)
+        target = self._targets.route(call, tier, flex_limit, ends_at, span)
         tokens = (self._accounts.requested_tokens(call)
                   if self._limits.counts_tokens(call.provider, call.model) else 0)
         permit = await self._limits.acquire(target.provider, target.model, tokens,
@@ -121,7 +121,7 @@ class Attempts:
             # their own spans, so a retried call shows each attempt and how it ended.
             own_span = self._records and number > 1
             with (self._tracer.start_as_current_span(
-                f"attempt {number}",
+                f"attempt {number}", context=trace.set_span_in_context(span),
                 attributes={"llmspool.attempt": number, "llmspool.provider": target.provider,
                             "gen_ai.request.model": target.model,
                             "llmspool.tier": target.tier.value},
@@ -137,7 +137,7 @@ class Attempts:
                     if sent is not None and sent.late_error is not None:
                         attempt_span.set_status(Status(StatusCode.ERROR,
                                                        sent.late_error.message))
-                        self._targets.tell_breaker(target, sent.late_error)
+                        self._targets.tell_breaker(target, sent.late_error, attempt_span)
                         return
                 except ApiError as error:
                     refused = _refused_as_sent(error)
@@ -148,7 +148,7 @@ class Attempts:
                     else:  # the call may still succeed: its span says how this attempt ended
                         span.add_event(f"attempt {number} failed",
                                        {"error.type": error_type, "message": error.message})
-                    self._targets.tell_breaker(target, error)
+                    self._targets.tell_breaker(target, error, attempt_span)
                     raise
                 except NoFlexCapacity:
                     target.breaker.no_outcome(probe=target.probe)
@@ -156,7 +156,7 @@ class Attempts:
                 except BaseException:
                     target.breaker.no_outcome(probe=target.probe)
                     raise
-                target.breaker.succeeded(probe=target.probe)
+                self._targets.succeeded(target, attempt_span)
         finally:
             # No refund of unused requested tokens: OpenAI counts what a call asks for (prompt
             # plus max output) against its TPM when the call arrives, and gives nothing back.

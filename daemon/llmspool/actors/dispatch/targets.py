@@ -61,6 +61,9 @@ class Targets:
         self._prices = prices
         self._planner = planner
         self._breakers = Breakers(breaker, self._breaker_moved)
+        # The span of the call that last asked or told a breaker, set just before it does:
+        # a breaker moves only then (synchronously), so a move is told on that call's span.
+        self._telling: trace.Span = trace.INVALID_SPAN
         self._transitions: list[dict[str, Any]] = []
         self._transitions_counter = meter.create_counter(
             "llmspool.breaker.transitions", "{transition}", "circuit breaker state changes")
@@ -72,8 +75,10 @@ class Targets:
         self._prices = prices
 
     def route(self, call: Call, tier: Tier, flex_limit: float | None,
-              ends_at: float) -> Target:
-        """Where this attempt goes, past open breakers; raises 503 ``circuit_open`` if nowhere."""
+              ends_at: float, span: trace.Span) -> Target:
+        """Where this attempt goes, past open breakers; raises 503 ``circuit_open`` if nowhere.
+        A breaker that moves (its cooldown over) says so on ``span``, the call's."""
+        self._telling = span
         breaker = self._breakers.get(call.provider, tier)
         probe = breaker.allow()
         if probe is not None:
@@ -134,9 +139,15 @@ class Targets:
         return Target(provider, model, tier, call.body, breaker, probe,
                       max(0.0, min(limit, left)), name)
 
-    @staticmethod
-    def tell_breaker(target: Target, error: ApiError) -> None:
-        """Tells ``target``'s breaker what an attempt's ``error`` says of its provider."""
+    def succeeded(self, target: Target, span: trace.Span) -> None:
+        """Tells ``target``'s breaker its attempt succeeded (a move is told on ``span``)."""
+        self._telling = span
+        target.breaker.succeeded(probe=target.probe)
+
+    def tell_breaker(self, target: Target, error: ApiError, span: trace.Span) -> None:
+        """Tells ``target``'s breaker what an attempt's ``error`` says of its provider (a move
+        is told on ``span``)."""
+        self._telling = span
         failure = classify(error, flex=target.tier is Tier.FLEX)
         if failure.kind.counts_against_provider:
             target.breaker.failed(failure.reason, probe=target.probe)
@@ -153,7 +164,7 @@ class Targets:
         self._transitions_counter.add(1, {"llmspool.provider": change.provider,
                                           "llmspool.tier": change.tier.value,
                                           "llmspool.breaker.state": change.new.value})
-        trace.get_current_span().add_event("circuit breaker " + change.new.value, {
+        self._telling.add_event("circuit breaker " + change.new.value, {
             "llmspool.provider": change.provider, "llmspool.tier": change.tier.value,
             "reason": change.reason})
         level = logging.INFO if change.new.value == "closed" else logging.WARNING
