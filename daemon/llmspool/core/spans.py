@@ -80,8 +80,9 @@ class LeanTracer(trace.Tracer):
         if type(parent_span) is LeanSpan:
             # A parent of ours (a call's span under its request's): what its context holds,
             # read from its plain data, without a ``SpanContext`` made for it.
-            parent_data: ContextData | None = parent_span.data
-            trace_id, parent_flags = parent_span.data[0], parent_span.data[3]
+            ours = parent_span.data
+            parent_data: ContextData | None = ours
+            trace_id, parent_flags = ours[0], ours[3]
             parent_state = parent_span.trace_state
         else:
             parent = parent_span.get_span_context()
