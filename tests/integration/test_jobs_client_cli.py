@@ -386,6 +386,24 @@ def test_async_many_requests_are_numbered_waited_and_streamed_in_order(daemon: D
     anyio.run(main)
 
 
+def test_a_list_bigger_than_a_json_body_may_be_is_submitted_a_line_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """``submit()`` sends its items as a Batch input file: 300 requests hold more JSON values
+    than ``[daemon] max_json_values`` lets a JSON body hold, and are all run."""
+    sim = start_sim(tmp_path)
+    small = start_daemon(tmp_path, sim.url, config_toml="[daemon]\nmax_json_values = 1000\n")
+    try:
+        with SyncSpool(str(small.socket_path)) as spool:
+            handle = spool.submit([chat_body(f"question {n}") for n in range(300)],
+                                  deadline=DEADLINE)
+            job = handle.wait(WAIT)
+        assert (job["counts"]["total"], job["counts"]["succeeded"]) == (300, 300)
+    finally:
+        small.terminate()
+        sim.terminate()
+
+
 def test_sync_client_one_liner_and_batch_items(daemon: Daemon) -> None:
     with SyncSpool(str(daemon.socket_path)) as spool:
         answer = spool.submit(chat_body("hello"), deadline=DEADLINE).result(timeout=WAIT)

@@ -185,9 +185,15 @@ def jsonl_query(
 
 
 def submit_call(submission: Submission, **options: Unpack[JobOptions]) -> Call:
-    """``POST /v1/jobs`` with these items as JSON."""
-    return Call("POST", "/v1/jobs", content=orjson.dumps(submit_payload(submission, **options)),
-                headers={"content-type": "application/json"})
+    """``POST /v1/jobs`` with these items as a Batch input file, which the daemon checks a
+    line at a time: a JSON body (``submit_payload``) is parsed whole, so the daemon refuses
+    one of more than ``[daemon] max_json_values`` values (some 100,000 requests)."""
+    lines = b"".join(orjson.dumps(item) + b"\n" for item in submission.items)
+    return jsonl_call(lines, None, _unused, **options)
+
+
+def _unused(_path: os.PathLike[str]) -> Content:
+    raise AssertionError("submit_call sends bytes, never a file")
 
 
 def jsonl_call(
