@@ -20,7 +20,11 @@ for a whole run); targets alternate their order each round. Medians of rounds; f
 pass/fail.
 
     python -m tests.bench.bench_tracing_cost [--rounds 6] [--requests 8000] [--clients 256]
-                                             [--targets off,traced] [--json OUT]
+                                             [--targets off,traced] [--baseline DIR]
+                                             [--json OUT]
+
+``--baseline DIR``: each target is also run from another checkout (``git worktree add DIR
+REV``), as ``NAME@base``, in the same rounds: a change's effect, side by side.
 
 Needs ``h2load`` (Debian: nghttp2-client).
 """
@@ -30,8 +34,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,25 +91,34 @@ def _children_cpu(pid: int) -> float:
     return total
 
 
+def with_baseline(names: Sequence[str], baseline: Path) -> dict[str, dict[str, str]]:
+    """The targets ``names``, and each again as ``NAME@base`` run from the checkout
+    ``baseline`` (its daemon and plugins first on the path)."""
+    path = {"PYTHONPATH": f"{baseline / 'daemon'}{os.pathsep}{baseline / 'plugins'}"}
+    return {**{name: TARGETS[name] for name in names},
+            **{f"{name}@base": {**TARGETS[name], **path} for name in names}}
+
+
 @contextmanager
-def started(workdir: Path, sim_url: str, names: Sequence[str], otlp_port: int,
-            round_number: int) -> Iterator[dict[str, Daemon]]:
+def started(workdir: Path, sim_url: str, targets: Mapping[str, Mapping[str, str]],
+            otlp_port: int, round_number: int) -> Iterator[dict[str, Daemon]]:
     """A new daemon per target for one round, stopped when the block ends."""
     with ExitStack() as stack:
         daemons = {}
-        for name in names:
+        for name, environment in targets.items():
             run_dir = workdir / f"round{round_number}" / name
             run_dir.mkdir(parents=True)
             daemon = start_daemon(run_dir, sim_url, process=True, env={
-                key: value.format(otlp=otlp_port) for key, value in TARGETS[name].items()})
+                key: value.format(otlp=otlp_port) for key, value in environment.items()})
             stack.callback(daemon.terminate)
             daemons[name] = daemon
         yield daemons
 
 
-def measure(names: Sequence[str], rounds: int, requests: int, clients: int) -> dict[str, Any]:
+def measure(targets: Mapping[str, Mapping[str, str]], rounds: int, requests: int,
+            clients: int) -> dict[str, Any]:
     """Every target's figures, medians of ``rounds``."""
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
     with tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, \
             otlp_receiver() as otlp_port:
         workdir = Path(tmp)
@@ -114,7 +128,7 @@ def measure(names: Sequence[str], rounds: int, requests: int, clients: int) -> d
         url = "http://localhost/v1/chat/completions"
         try:
             for round_number in range(rounds):
-                with started(workdir, sim.url, names, otlp_port, round_number) as daemons:
+                with started(workdir, sim.url, targets, otlp_port, round_number) as daemons:
                     order = list(daemons.items())
                     if round_number % 2:
                         order.reverse()
@@ -164,6 +178,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help=f"daemon configurations to measure (of {', '.join(TARGETS)})")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout to run each target from as well (NAME@base)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if h2load_missing():
@@ -171,7 +187,13 @@ def main() -> int:
     names = chosen(args.targets, TARGETS, "targets")
     if names is None:
         return 2
-    figures = measure(names, args.rounds, args.requests, args.clients)
+    if args.baseline is not None and not (args.baseline / "daemon" / "llmspool").is_dir():
+        print(f"--baseline {args.baseline}: not a checkout of llmspool (no daemon/llmspool); "
+              "make one with: git worktree add DIR REV", file=sys.stderr)
+        return 2
+    targets = (with_baseline(names, args.baseline.resolve()) if args.baseline is not None
+               else {name: TARGETS[name] for name in names})
+    figures = measure(targets, args.rounds, args.requests, args.clients)
     print_table(figures, args.clients)
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
