@@ -117,6 +117,37 @@ def test_a_stalled_collector_never_holds_the_thread_that_ends_spans(
              what="every span that was not dropped")
 
 
+def test_a_batch_for_a_child_that_died_unseen_goes_to_a_new_child(
+    provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The child dies between the check that it runs and the write of a batch: the write
+    fails (a broken pipe), and the batch goes to a child started again, nothing lost."""
+    tracer_provider, pipe = provider
+    tracer = tracer_provider.get_tracer("test")
+    others = set(_children())
+    with tracer.start_as_current_span("before"):
+        pass
+    assert pipe.force_flush()
+    [child] = set(_children()) - others
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z",
+             what="the child to die")
+    # The race made to happen: the check (poll) still says the dead child runs.
+    process = pipe._child._process
+    assert process is not None and process.pid == child
+    monkeypatch.setattr(process, "poll", lambda: None)
+    with caplog.at_level(logging.WARNING):
+        with tracer.start_as_current_span("after"):
+            pass
+        assert pipe.force_flush()
+    wait_for(lambda: {span.name for span in receiver.spans} == {"before", "after"},
+             what="the span sent after the child died")
+    assert "the span export process ended; starting it again" in caplog.text
+    [restarted] = set(_children()) - others - {child}
+    assert restarted != child
+
+
 def test_a_setting_that_is_not_a_positive_number_falls_back_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
