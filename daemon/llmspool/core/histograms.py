@@ -174,7 +174,6 @@ class WithHistograms(MetricExporter):
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
         self._exporter = exporter
-        self._specs = histograms.specs
         self._histograms = histograms
         self._counts = histograms.counts(
             preferred.get(HistogramInstrument, AggregationTemporality.CUMULATIVE))
@@ -214,15 +213,16 @@ class WithHistograms(MetricExporter):
         self._histograms.settle()
         now = time_ns()
         since, points = self._counts.take(now)
+        specs = self._histograms.specs
         by_histogram: dict[int, list[HistogramDataPoint]] = {}
         for (histogram, labels), point in points.items():
             count, total, smallest, largest, *buckets = point
             by_histogram.setdefault(histogram, []).append(HistogramDataPoint(
                 attributes=dict(labels), start_time_unix_nano=since, time_unix_nano=now,
                 count=int(count), sum=total, bucket_counts=[int(n) for n in buckets],
-                explicit_bounds=self._specs[histogram].boundaries, min=smallest, max=largest))
+                explicit_bounds=specs[histogram].boundaries, min=smallest, max=largest))
         return [
             Metric(spec.name, spec.description, spec.unit,
                    HistogramData(by_histogram[index], self._counts.temporality))
-            for index, spec in enumerate(self._specs) if index in by_histogram
+            for index, spec in enumerate(specs) if index in by_histogram
         ]

@@ -19,7 +19,18 @@ brackets), so the usual request pays nothing; a 32 MiB one pays some 30 ms, agai
 
 from __future__ import annotations
 
+from llmspool.core.errors import PayloadTooLarge
+
 BYTES_PER_VALUE = 100  # what a parsed value takes at most, about: for the error's estimate
+
+
+def check_values(body: bytes, limit: int, *, what: str = "the body", advice: str = "") -> None:
+    """Raise 413 ``too_many_json_values`` when ``body`` may hold more than ``limit`` values,
+    saying how many, what it would cost, and ``advice`` (what to do instead)."""
+    values = values_over(body, limit)
+    if values is not None:
+        raise PayloadTooLarge(too_many_values(values, limit, what) + advice,
+                              code="too_many_json_values")
 
 
 def values_over(body: bytes, limit: int) -> int | None:

@@ -22,7 +22,7 @@ import orjson
 
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError
-from llmspool.core.json_values import too_many_values, values_over
+from llmspool.core.json_values import check_values
 from llmspool.core.wire import kept_json
 from llmspool.jobs.spool import LineSpool
 from llmspool.policy.cache_keys import CacheRules
@@ -78,10 +78,10 @@ class Intake:
                 continue
             if not raw.strip():
                 continue
-            values = values_over(raw, self._max_json_values)
-            if values is not None:
-                self._refuse(number, None, too_many_values(values, self._max_json_values,
-                                                           "the line"), "too_many_json_values")
+            try:
+                check_values(raw, self._max_json_values, what="the line")
+            except ApiError as error:
+                self._refuse(number, None, error.message, error.code or "invalid_request")
                 continue
             try:
                 item = orjson.loads(raw)

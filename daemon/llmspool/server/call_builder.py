@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint, Tier
 from llmspool.core.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from llmspool.core.json_values import too_many_values, values_over
+from llmspool.core.json_values import check_values
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
@@ -195,9 +195,7 @@ def _deadline_header(value: str | None, now: float) -> float | None:
 
 
 def _parse_json_object(body: bytes, max_values: int) -> dict[str, Any]:
-    values = values_over(body, max_values)
-    if values is not None:
-        raise PayloadTooLarge(too_many_values(values, max_values), code="too_many_json_values")
+    check_values(body, max_values)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

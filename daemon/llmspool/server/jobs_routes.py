@@ -33,7 +33,7 @@ from llmspool.core.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from llmspool.core.json_values import too_many_values, values_over
+from llmspool.core.json_values import check_values
 from llmspool.core.tracing import current_traceparent
 from llmspool.jobs.intake import Intake
 from llmspool.jobs.submission import JobRequest, JobSubmission, KeeperInbox, ask, list_jobs
@@ -192,12 +192,8 @@ class _WithLines(InvalidRequest):
 
 
 def _json_options(data: bytes, max_values: int) -> dict[str, Any]:
-    values = values_over(data, max_values)
-    if values is not None:
-        raise PayloadTooLarge(
-            f"{too_many_values(values, max_values)}; send the requests as a Batch input file "
-            "(content-type application/jsonl), which is read a line at a time",
-            code="too_many_json_values")
+    check_values(data, max_values, advice="; send the requests as a Batch input file "
+                 "(content-type application/jsonl), which is read a line at a time")
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
