@@ -53,6 +53,16 @@ def ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute("SELECT * FROM ledger_entries ORDER BY id")]
 
 
+def spend_by_day(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """The ledger entries' cost (picodollars) per UTC day. A daily cap holds day by day: a run
+    that crosses midnight UTC starts the new day with the whole cap again (a CI run once did,
+    and its spend over both days was nearly twice the cap)."""
+    days: dict[str, int] = {}
+    for entry in entries:
+        days[entry["day"]] = days.get(entry["day"], 0) + entry["cost_picodollars"]
+    return days
+
+
 def reservations(state_dir: Path) -> list[dict[str, Any]]:
     """What the ledger still holds reserved; the table must exist (reservations are durable)."""
     with closing(state_db(state_dir)) as db:
