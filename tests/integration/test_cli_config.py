@@ -91,10 +91,10 @@ failures = 0
     assert lines[:5] == [
         "llmspool: config: daemon.log_level: expected one of debug, info, warning, error, "
         "got 'loud'",
-        "llmspool: config: daemon.sokcet: unknown key (known here: admins, header_timeout, "
-        "keepalive_timeout, log_level, max_body_size, max_connections, max_header_size, "
-        "max_headers, max_in_flight, max_json_values, shutdown_grace, socket, socket_mode, "
-        "state_dir)",
+        "llmspool: config: daemon.sokcet: unknown key (known here: admins, bodies_wait, "
+        "header_timeout, keepalive_timeout, log_level, max_bodies_in_memory, max_body_size, "
+        "max_connections, max_header_size, max_headers, max_in_flight, max_json_values, "
+        "shutdown_grace, socket, socket_mode, state_dir)",
         "llmspool: config: providers.openai.timeout: expected a duration like '250ms', '90s', "
         "'15m', '24h' or '1h30m', got 'soon'",
         "llmspool: config: breaker.failures: must be at least 1",

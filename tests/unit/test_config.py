@@ -35,6 +35,8 @@ def test_no_file_gives_complete_defaults() -> None:
         ("[daemon]\nsocket_mode = '0999'\n", "daemon.socket_mode"),
         ("[daemon]\nmax_in_flight = -1\n", "daemon.max_in_flight"),
         ("[daemon]\nmax_json_values = 0\n", "daemon.max_json_values"),
+        ("[daemon]\nmax_bodies_in_memory = '16MiB'\n", "daemon.max_bodies_in_memory"),
+        ("[daemon]\nbodies_wait = 'a while'\n", "daemon.bodies_wait"),
         ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level"),
         ("[providers.openai]\ntimeout = 5\nmodels = 'gpt-4o'\n", "providers.openai.models"),
         ("[providers.openai]\nbase_uri = 'x'\n", "providers.openai.base_uri"),

@@ -53,6 +53,7 @@ from llmspool.resilience.limits import RateLimits
 from llmspool.resilience.retry import Retrier
 from llmspool.server.access import Access
 from llmspool.server.batch_api_routes import batch_api_routes
+from llmspool.server.body_budget import BodyBudget
 from llmspool.server.capture import Capturer
 from llmspool.server.export_routes import export_routes
 from llmspool.server.feedback_routes import feedback_routes
@@ -253,6 +254,7 @@ async def build_parts(
          "cache": cache_in, "jobs": keeper_in, "batch_submitter": submitter_in,
          "batches": poller_in},
         started_at=time.time(),
+        bodies=BodyBudget(config.daemon.max_bodies_in_memory, config.daemon.bodies_wait),
         extra_routes=[
             *job_routes(submission, store, max_upload_size=config.jobs.max_upload_size,
                         access=access, spool_directory=config.state_path),

@@ -253,6 +253,12 @@ def _run_status(args: argparse.Namespace) -> int:
     table.add_row("calls in flight", str(queue["in_flight"]))
     table.add_row("calls waiting", str(queue["waiting"]))
     table.add_row("refused (queue full)", str(queue["refused_full"]))
+    bodies = report.get("request_bodies")
+    if bodies:
+        table.add_row("request bodies in memory",
+                      f"{bodies['bytes_held'] / (1 << 20):,.1f} of "
+                      f"{bodies['limit'] / (1 << 20):,.0f} MiB ({bodies['waiting']} waiting)")
+        table.add_row("refused (bodies memory full)", str(bodies["refused"]))
     table.add_row("failed", str(dispatcher["failed"]))
     for tier, count in sorted(dispatcher["served_by_tier"].items()):
         table.add_row(f"served on {tier}", str(count))

@@ -179,6 +179,10 @@ def _config(table: Mapping[str, Any], provider_keys: ProviderKeys | None) -> Con
     daemon = _section(DaemonConfig, _table_at(table, "daemon", "daemon"), "daemon")
     if daemon.max_json_values < 1:
         _problem(ConfigError("daemon.max_json_values", "must be at least 1"))
+    if daemon.max_bodies_in_memory < daemon.max_body_size:
+        _problem(ConfigError("daemon.max_bodies_in_memory", (
+            f"must be at least daemon.max_body_size ({daemon.max_body_size} bytes): a body "
+            "of that size could never be read")))
     return Config(
         daemon=daemon,
         providers=providers,

@@ -1,6 +1,7 @@
 """Reading a request body under a size limit, refusing early when the header already says.
 
-``read_limited`` keeps the body in memory (bodies bounded by ``[daemon] max_body_size``);
+``read_limited`` keeps the body in memory (bodies bounded by ``[daemon] max_body_size``, and
+all of them together by ``[daemon] max_bodies_in_memory``: ``body_budget``);
 ``spool_limited`` writes an upload to an unlinked temporary file as it arrives, so an upload of
 any size costs a chunk of memory at a time, and one over the limit is refused as soon as it
 passes it.
@@ -17,21 +18,32 @@ from typing import IO
 from starlette.requests import Request
 
 from llmspool.core.errors import ApiError
+from llmspool.server.body_budget import BUDGET, BodyBudget
 
 
 async def read_limited(
     request: Request, limit: int, too_large: Callable[[int, int], ApiError]
 ) -> bytes:
-    """The whole body, or ``too_large(size, limit)`` raised as soon as it passes ``limit``."""
+    """The whole body, or ``too_large(size, limit)`` raised as soon as it passes ``limit``.
+    Its bytes are taken from the daemon's ``BodyBudget`` before they are read: the declared
+    length at once, or each chunk as it comes when none is declared."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared), limit)
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None and length > limit:
+        raise too_large(length, limit)
+    scope = request.scope
+    budget: BodyBudget | None = scope.get(BUDGET)
+    if budget is not None and length and not budget.take_now(scope, length):
+        await budget.wait_for_room(scope, length)
+    by_chunk = budget if length is None else None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_large(size, limit)
+        if by_chunk is not None and chunk and not by_chunk.take_now(scope, len(chunk)):
+            await by_chunk.wait_for_room(scope, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

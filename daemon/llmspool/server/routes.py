@@ -27,6 +27,7 @@ from llmspool.core.errors import ApiError, MethodNotAllowed, NotFound
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import StatusQuery
 from llmspool.policy.routing import ModelRouter
+from llmspool.server.body_budget import BUDGET, TAKEN, BodyBudget
 from llmspool.server.forwarding import Forwarder, error_response
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,11 @@ def build_app(
     actors: Mapping[str, StatusTarget],
     *,
     started_at: float,
+    bodies: BodyBudget,
     extra_routes: Sequence[BaseRoute] = (),
 ) -> FrontDoorApp:
-    """The front door's ASGI app. ``actors`` are the inboxes ``/v1/status`` asks, by name."""
+    """The front door's ASGI app. ``actors`` are the inboxes ``/v1/status`` asks, by name;
+    ``bodies`` bounds the request bodies it holds in memory at once."""
 
     def forward(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint_handler(request: Request) -> Response:
@@ -98,6 +101,7 @@ def build_app(
         }
         for name, inbox in actors.items():
             report[name] = await ask_status(inbox)
+        report["request_bodies"] = bodies.snapshot()
         return json_response(report)
 
     routes = [
@@ -118,7 +122,7 @@ def build_app(
             Exception: _unexpected,
         },
     )
-    return FrontDoorApp(forwarder, everything_else)
+    return FrontDoorApp(forwarder, everything_else, bodies)
 
 
 _FORWARDED = {endpoint.value: endpoint for endpoint in Endpoint}
@@ -132,23 +136,31 @@ class FrontDoorApp:
     are handled by the forwarder itself, in the same OpenAI shape.
     """
 
-    def __init__(self, forwarder: Forwarder, everything_else: Starlette) -> None:
+    def __init__(self, forwarder: Forwarder, everything_else: Starlette,
+                 bodies: BodyBudget) -> None:
         self._forwarder = forwarder
         self._everything_else = everything_else
+        self._bodies = bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = _FORWARDED.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None or scope["method"] != "POST":
-            await self._everything_else(scope, receive, send)
-            return
-        request = Request(scope, receive)
+        # What the request's body takes of the budget, it holds until its answer is sent.
+        scope[BUDGET] = self._bodies
         try:
-            response = await self._forwarder.handle(request, endpoint)
-        except ClientDisconnect:
-            return  # gone before its body arrived: nobody to answer
-        except Exception as exc:
-            response = await _unexpected(request, exc)
-        await response(scope, receive, send)
+            endpoint = _FORWARDED.get(scope["path"]) if scope["type"] == "http" else None
+            if endpoint is None or scope["method"] != "POST":
+                await self._everything_else(scope, receive, send)
+                return
+            request = Request(scope, receive)
+            try:
+                response = await self._forwarder.handle(request, endpoint)
+            except ClientDisconnect:
+                return  # gone before its body arrived: nobody to answer
+            except Exception as exc:
+                response = await _unexpected(request, exc)
+            await response(scope, receive, send)
+        finally:
+            if TAKEN in scope:
+                self._bodies.give_back(scope)
 
 
 def _model_object(model: str, provider: str, created: int) -> dict[str, Any]:

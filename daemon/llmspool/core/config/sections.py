@@ -36,6 +36,10 @@ class DaemonConfig:
     max_body_size: int = _size("32MiB")
     # Values a JSON body may hold (core/json_values.py): parsed, each costs ~100 bytes.
     max_json_values: int = 1_000_000
+    # Bytes of request bodies held in memory at once, across connections (server/
+    # body_budget.py); a body waits up to bodies_wait for room, then 503.
+    max_bodies_in_memory: int = _size("256MiB")
+    bodies_wait: float = _duration("10s")
     shutdown_grace: float = _duration("30s")
     max_in_flight: int = 4096
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})

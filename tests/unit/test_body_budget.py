@@ -1,0 +1,74 @@
+"""``BodyBudget``: room handed out first come, first served, and given back when a request ends,
+even one cancelled while it waited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from llmspool.core.errors import PayloadTooLarge, ServiceUnavailable
+from llmspool.server.body_budget import TAKEN, BodyBudget
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_big_body_waiting_is_not_overtaken_by_small_ones() -> None:
+    budget = BodyBudget(100, wait=10)
+    first: dict[str, Any] = {}
+    assert budget.take_now(first, 60)
+    big: dict[str, Any] = {}
+    small: dict[str, Any] = {}
+    order: list[str] = []
+
+    async def take(name: str, scope: dict[str, Any], size: int) -> None:
+        if not budget.take_now(scope, size):
+            await budget.wait_for_room(scope, size)
+        order.append(name)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(take, "big", big, 90)
+        await anyio.wait_all_tasks_blocked()
+        # 20 bytes fit beside the first body, but the big one came first.
+        group.start_soon(take, "small", small, 20)
+        await anyio.wait_all_tasks_blocked()
+        assert order == [] and budget.snapshot()["waiting"] == 2
+        budget.give_back(first)
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["big"]
+        budget.give_back(big)
+    assert order == ["big", "small"]
+    budget.give_back(small)
+    assert budget.snapshot() == {"bytes_held": 0, "limit": 100, "waiting": 0, "waited": 2,
+                                 "refused": 0}
+
+
+async def test_a_body_that_finds_no_room_in_time_is_refused_and_holds_nothing() -> None:
+    budget = BodyBudget(100, wait=0.05)
+    holder: dict[str, Any] = {}
+    assert budget.take_now(holder, 100)
+    late: dict[str, Any] = {}
+    with pytest.raises(ServiceUnavailable) as refused:
+        await budget.wait_for_room(late, 1)
+    assert refused.value.code == "bodies_memory_full"
+    assert TAKEN not in late
+    with pytest.raises(PayloadTooLarge):
+        budget.take_now(late, 101)
+    budget.give_back(holder)
+    assert budget.snapshot()["bytes_held"] == 0 and budget.take_now(late, 100)
+
+
+async def test_room_handed_to_a_cancelled_waiter_goes_back_with_its_request() -> None:
+    budget = BodyBudget(100, wait=10)
+    holder: dict[str, Any] = {}
+    assert budget.take_now(holder, 100)
+    waiter: dict[str, Any] = {}
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(budget.wait_for_room, waiter, 50)
+            await anyio.wait_all_tasks_blocked()
+            budget.give_back(holder)  # room handed over...
+            scope.cancel()  # ...and the waiter cancelled before it ran again
+    assert waiter[TAKEN] == 50
+    budget.give_back(waiter)
+    assert budget.snapshot()["bytes_held"] == 0
