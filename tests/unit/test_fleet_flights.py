@@ -8,11 +8,13 @@ look, c1 called upstream for an answer the fleet had just paid for.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
 import psycopg
 import pytest
+from llmspool.actors.caching import fleet as fleet_module
 from llmspool.actors.caching.fleet import FleetCache
 from llmspool.cache import fleet as fleet_sql
 from llmspool.cache.store import CachedAnswer
@@ -94,3 +96,27 @@ def test_a_daemon_leads_the_flight_when_the_fleet_has_no_answer(postgres_url: st
 
     assert anyio.run(lead) is None
     assert _flights(postgres_url) == ["c0"]
+
+
+def test_a_flight_whose_daemon_hung_is_taken_over_once_it_runs_out(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A daemon that hangs but keeps its lease never lands its flight: the others wait for it
+    # up to FLIGHT_LIMIT (600 s; here 0.5 s), then the next to look leads a flight of its own.
+    monkeypatch.setattr(fleet_module, "FLIGHT_LIMIT", 0.5)
+    anyio.run(migrate_store, StoreLocation(Backend.POSTGRESQL, postgres_url))
+    hung, waiting = _fleet_of_two(postgres_url)
+
+    async def take_over() -> tuple[Found, float]:
+        async with hung.opened(), waiting.opened():
+            assert await hung.answer_or_lead(KEY, _call()) is None  # leads, then hangs
+            started = time.monotonic()
+            with anyio.fail_after(10):  # without the limit, c1 would wait for ever
+                found = await waiting.answer_or_lead(KEY, _call())
+            return found, time.monotonic() - started
+
+    found, waited = anyio.run(take_over)
+    assert found is None  # c1 calls upstream itself
+    assert 0.3 <= waited < 5, waited  # after c0's flight ran out, not before
+    assert _flights(postgres_url) == ["c1"]
+    assert (waiting.hits, waiting.shared, waiting.errors) == (0, 0, 0)
