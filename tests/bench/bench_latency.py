@@ -25,8 +25,9 @@ each answer's events at once) and calls a second with a 25 KB prompt, the time t
 streamed chunk, and the p99 added in an
 open loop (16 staggered clients sending on a schedule, not waiting for answers) at 50% and 75% of
 that target's own throughput at concurrency 64, and at 1,875 requests per second (75% of the
-issue's 2,500 target: its "open-loop p99 at 75% of that rate" can be read either way); then each
-figure as a ratio to the floor's.
+issue's 2,500 target: its "open-loop p99 at 75% of that rate" can be read either way); the CPU
+a call of each proxy's process at concurrency 1 and 64 and in the open loop at 75%, and the
+share of that run it spent on a CPU; then each figure as a ratio to the floor's.
 Each round starts the floor and every daemon afresh and warms each up (``WARM_UP`` calls): the
 same code in two processes could differ by a tenth for a whole run. Figures, not pass/fail: the
 machine is noisy, so each is the median of rounds, over as many processes.
@@ -54,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from llmspool.testing.postgres import PostgresServer, running_postgres
@@ -221,7 +222,7 @@ MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
 
 
 @contextmanager
-def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Path]:
+def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Target]:
     """The floor (tests/bench/floor.py) on a Unix socket in ``workdir``, until the block ends."""
     socket_path = workdir / "floor.sock"
     process = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", str(socket_path),
@@ -233,19 +234,33 @@ def floor_proxy(workdir: Path, sim: Sim) -> Iterator[Path]:
         deadline = time.monotonic() + 10
         while not socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        yield socket_path
+        yield Target(socket_path, process.pid)
     finally:
         stop_process(process)
 
 
-Targets = Callable[[int], AbstractContextManager[dict[str, Path]]]
-"""Round number -> the targets of that round, by name (their Unix sockets), started afresh."""
+class Target(NamedTuple):
+    """A proxy under test: where it listens, and its process (whose CPU a call is read)."""
+
+    socket: Path
+    pid: int
+
+
+Targets = Callable[[int], AbstractContextManager[dict[str, Target]]]
+"""Round number -> the targets of that round, by name, started afresh."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU the process has used so far, all its threads, user and system (not its children:
+    a traced daemon's span export child is not counted)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
 def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: int,
                     postgres: PostgresServer | None, round_number: int,
-                    ) -> Iterator[dict[str, Path]]:
+                    ) -> Iterator[dict[str, Target]]:
     """The floor and a daemon per mode, new processes for round ``round_number``, each warmed
     up; stopped when the block ends.
 
@@ -270,7 +285,7 @@ def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: in
                     env={key: value.format(otlp=otlp_port) for key, value in env.items()},
                     process=True)
                 daemons.append(daemon)
-                targets[mode] = daemon.socket_path
+                targets[mode] = Target(daemon.socket_path, daemon.process.pid)
             yield targets
     finally:
         for daemon in daemons:
@@ -335,19 +350,26 @@ def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Pat
     return results
 
 
-def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> None:
+def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> None:
     """One round: every figure of every target, added to ``samples``."""
     def via(name: str, count: int, clients: int, rate: float | None = None,
             body_file: Path = load.body_file) -> dict[str, Any]:
+        """One h2load run through target ``name``, with the target's CPU a call and the share
+        of the run's time it was on a CPU (its threads added up)."""
+        target = targets[name]
+        cpu, started = cpu_seconds(target.pid), time.monotonic()
         figures = h2load(load.via_url, body_file, requests=count, clients=clients,
-                         workdir=load.workdir, socket_path=targets[name], rate=rate,
+                         workdir=load.workdir, socket_path=target.socket, rate=rate,
                          headers=load.headers.get(name, ()))
+        used = cpu_seconds(target.pid) - cpu
+        figures["cpu_us"] = used / count * 1e6
+        figures["busy"] = used / (time.monotonic() - started)
         samples.failures[name] += figures["failures"]
         return figures
 
-    for name, socket_path in targets.items():  # first calls: imports, caches, connections
+    for name, target in targets.items():  # first calls: imports, caches, connections
         h2load(load.via_url, load.body_file, requests=WARM_UP, clients=4, workdir=load.workdir,
-               socket_path=socket_path, headers=load.headers.get(name, ()))
+               socket_path=target.socket, headers=load.headers.get(name, ()))
     for clients in CONCURRENCY:
         count = load.requests if clients == 1 else load.requests * 4
         direct = h2load(load.direct_url, load.body_file, requests=count, clients=clients,
@@ -360,6 +382,7 @@ def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> No
             samples.add(name, f"c{clients}_added_p99_ms",
                         (figures["p99_us"] - direct["p99_us"]) / 1000)
             samples.add(name, f"c{clients}_rps", figures["rps"])
+            samples.add(name, f"c{clients}_cpu_us", figures["cpu_us"])
     # Streamed (an instant upstream sends each answer's events at once), and with a large
     # prompt.
     for name in targets:
@@ -378,9 +401,11 @@ def _measure_round(targets: dict[str, Path], load: Load, samples: Samples) -> No
             figures = via(name, count, OPEN_LOOP_CLIENTS, rate)
             samples.add(name, f"{key_prefix}_added_p99_ms",
                         (figures["p99_us"] - direct["p99_us"]) / 1000)
+            samples.add(name, f"{key_prefix}_cpu_us", figures["cpu_us"])
+            samples.add(name, f"{key_prefix}_busy", figures["busy"])
     direct_first = statistics.median(first_chunk_seconds(load.tcp, "/v1", 50))
-    for name, socket_path in targets.items():
-        def unix(path: Path = socket_path) -> socket.socket:
+    for name, target in targets.items():
+        def unix(path: Path = target.socket) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(str(path))
             return sock
@@ -453,13 +478,22 @@ def print_table(figures: dict[str, Any]) -> None:
         ("p99 added, open loop at 75%", "≤ 5 ms", "open75_added_p99_ms", "ms"),
         (f"p99 added, open loop at {TARGET_RPS * 0.75:,.0f}/s", "", "open_target75_added_p99_ms",
          "ms"),
+        # CPU a call (the process's threads, not a traced daemon's export child): a call alone
+        # costs more than one among many (a loop turn and its wake-up are shared), so the open
+        # loop at "75%" of the c=64 rate keeps a proxy busier than 75% of the time. The share
+        # adds up the threads: over 100% is more than one CPU's time.
+        ("CPU a call, c=1", "", "c1_cpu_us", "us"),
+        ("CPU a call, c=64", "", "c64_cpu_us", "us"),
+        ("CPU a call, open loop at 75%", "", "open75_cpu_us", "us"),
+        ("time on a CPU, open loop at 75%", "", "open75_busy", "share"),
     ]
     for name, target, key, unit in rows:
         floor = figures["floor"][key]
         cells = []
         for column in columns:
             value = figures[column][key]
-            text = f"{value:,.0f}" if unit == "rps" else f"{value:.3f} ms"
+            text = {"rps": f"{value:,.0f}", "us": f"{value:,.0f} µs",
+                    "share": f"{value:.0%}"}.get(unit, f"{value:.3f} ms")
             if column != "floor" and floor:
                 text += f" [{value / floor:.2f}x]"
             cells.append(text)
