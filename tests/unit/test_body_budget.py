@@ -72,3 +72,19 @@ async def test_room_handed_to_a_cancelled_waiter_goes_back_with_its_request() ->
     assert waiter[TAKEN] == 50
     budget.give_back(waiter)
     assert budget.snapshot()["bytes_held"] == 0
+
+
+async def test_a_chunked_body_part_read_goes_on_past_a_body_waiting_for_its_room() -> None:
+    # A chunked body takes room chunk by chunk. Queued behind a big body that waits for the
+    # room it holds, each would wait for the other until bodies_wait ran out.
+    budget = BodyBudget(100, wait=10)
+    chunked: dict[str, Any] = {}
+    assert budget.take_now(chunked, 30)
+    big: dict[str, Any] = {}
+    async with anyio.create_task_group() as group:
+        group.start_soon(budget.wait_for_room, big, 90)
+        await anyio.wait_all_tasks_blocked()
+        assert budget.take_now(chunked, 30)  # its next chunk, while the big body waits
+        assert not budget.take_now({}, 10)  # a new body queues behind the big one
+        budget.give_back(chunked)  # the chunked body's answer is sent
+    assert big[TAKEN] == 90

@@ -9,8 +9,10 @@ them together (``[daemon] max_bodies_in_memory``):
   creation, feedback) takes its size from the budget before it is read: its declared
   ``content-length``, or each chunk as it arrives when it has none. Uploads spooled to disk
   take nothing;
-- without room, it waits, first come first served, while the daemon does not read it (the
-  connection's flow control holds the client back), for up to ``[daemon] bodies_wait``; then
+- without room, it waits, first come first served (but a chunked body part read takes its
+  next chunks while there is room: the body ahead may be waiting for what it holds), while
+  the daemon does not read it (the connection's flow control holds the client back), for up
+  to ``[daemon] bodies_wait``; then
   503 ``bodies_memory_full`` with ``retry-after``. A body larger than the whole budget can
   never fit: 413 ``body_over_memory_budget`` at once;
 - what a request took goes back when its answer has been sent (a stream's last event
@@ -52,14 +54,16 @@ class BodyBudget:
 
     def take_now(self, scope: MutableMapping[str, Any], size: int) -> bool:
         """Hold ``size`` bytes for the request of ``scope`` if there is room and nobody waits
-        for it; False: ``wait_for_room``. 413 if the body could never fit."""
+        for it (or this request already holds some: a chunked body part read goes on while
+        there is room, so that a body waiting for room it holds cannot hold it up); False:
+        ``wait_for_room``. 413 if the body could never fit."""
         if size > self.limit:
             raise PayloadTooLarge(
                 f"this body ({_mib(size)}) is larger than all request bodies together may "
                 f"take of the daemon's memory ([daemon] max_bodies_in_memory = "
                 f"{_mib(self.limit)}); send a large job as a JSONL upload, which is written to "
                 "disk as it arrives", code="body_over_memory_budget")
-        if self._waiting or self._used + size > self.limit:
+        if (self._waiting and TAKEN not in scope) or self._used + size > self.limit:
             return False
         self._used += size
         scope[TAKEN] = scope.get(TAKEN, 0) + size
