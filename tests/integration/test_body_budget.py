@@ -132,9 +132,8 @@ def test_a_body_waits_for_room_and_is_refused_with_503_when_none_comes(
         holder.sendall(big[MIB:])
         assert read_status(holder) == 200
         waiting.join(30)
-        status, answer, _headers, seconds = results["waited"]
-        assert status == 200, answer
-        assert seconds < 2, seconds
+        status, answer, _headers, _seconds = results["waited"]
+        assert status == 200, answer  # within bodies_wait: read once the room came
         bodies = unix_request(daemon.socket_path, "GET", "/v1/status")[1]["request_bodies"]
         assert bodies == {"bytes_held": 0, "limit": 2 * MIB, "waiting": 0, "waited": 2,
                           "refused": 1}, bodies
