@@ -147,7 +147,8 @@ def test_a_json_job_larger_than_the_budget_is_sent_to_the_jsonl_upload(
     daemon = start_daemon(tmp_path, sim.url, config_toml=(
         '[daemon]\nmax_body_size = "1MiB"\nmax_bodies_in_memory = "2MiB"\n'))
     line = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "y" * 1000}]}
-    job = orjson.dumps({"deadline": "1h", "requests": [line] * 3000})  # ~3 MiB
+    request = {"url": CHAT, "body": line}
+    job = orjson.dumps({"deadline": "1h", "requests": [request] * 3000})  # ~3 MiB
     try:
         status, answer = unix_request(daemon.socket_path, "POST", "/v1/jobs", job, JSON)
         assert status == 413, answer
@@ -159,5 +160,11 @@ def test_a_json_job_larger_than_the_budget_is_sent_to_the_jsonl_upload(
         status, answer = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=1h", jsonl,
                                       {"content-type": "application/jsonl"})
         assert status in (200, 201, 202), answer
+        # A JSON job that fits is read into memory, and gives its room back once answered.
+        small_job = orjson.dumps({"deadline": "1h", "requests": [request] * 100})
+        status, answer = unix_request(daemon.socket_path, "POST", "/v1/jobs", small_job, JSON)
+        assert status in (200, 201, 202), answer
+        bodies = unix_request(daemon.socket_path, "GET", "/v1/status")[1]["request_bodies"]
+        assert (bodies["bytes_held"], bodies["waited"], bodies["refused"]) == (0, 0, 0), bodies
     finally:
         daemon.terminate()
