@@ -20,6 +20,7 @@ brackets), so the usual request pays nothing; a 32 MiB one pays some 30 ms, agai
 from __future__ import annotations
 
 from llmspool.core.errors import PayloadTooLarge
+from llmspool.core.units import format_mib
 
 BYTES_PER_VALUE = 100  # what a parsed value takes at most, about: for the error's estimate
 
@@ -46,4 +47,4 @@ def too_many_values(values: int, limit: int, what: str = "the body") -> str:
     """What to tell a client whose body (or line: ``what``) ``values_over`` refused."""
     return (f"{what} holds about {values:,} JSON values (counted by its commas and brackets), "
             f"over the limit of {limit:,} ([daemon] max_json_values); parsed it would take "
-            f"about {values * BYTES_PER_VALUE / (1 << 20):,.1f} MiB of the daemon's memory")
+            f"about {format_mib(values * BYTES_PER_VALUE)} of the daemon's memory")

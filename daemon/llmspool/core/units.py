@@ -83,3 +83,9 @@ def format_size(size: int) -> str:
         if size and size % scale == 0:
             return f"{size // scale}{unit}"
     return str(size)
+
+
+def format_mib(size: float) -> str:
+    """``size`` bytes in MiB to a tenth, for messages ("12.3 MiB"); ``format_size`` spells
+    sizes exactly."""
+    return f"{size / (1 << 20):,.1f} MiB"

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 
 from llmspool.core.errors import PayloadTooLarge, ServiceUnavailable
+from llmspool.core.units import format_mib
 
 __all__ = ["BUDGET", "TAKEN", "BodyBudget"]
 
@@ -59,10 +60,10 @@ class BodyBudget:
         ``wait_for_room``. 413 if the body could never fit."""
         if size > self.limit:
             raise PayloadTooLarge(
-                f"this body ({_mib(size)}) is larger than all request bodies together may "
+                f"this body ({format_mib(size)}) is larger than all request bodies together may "
                 f"take of the daemon's memory ([daemon] max_bodies_in_memory = "
-                f"{_mib(self.limit)}); send a large job as a JSONL upload, which is written to "
-                "disk as it arrives", code="body_over_memory_budget")
+                f"{format_mib(self.limit)}); send a large job as a JSONL upload, which is "
+                "written to disk as it arrives", code="body_over_memory_budget")
         if (self._waiting and TAKEN not in scope) or self._used + size > self.limit:
             return False
         self._used += size
@@ -90,8 +91,8 @@ class BodyBudget:
         if not room.is_set():
             self._refused += 1
             raise ServiceUnavailable(
-                f"request bodies already take {_mib(self._used)} of the daemon's memory "
-                f"([daemon] max_bodies_in_memory = {_mib(self.limit)}) and no room came "
+                f"request bodies already take {format_mib(self._used)} of the daemon's memory "
+                f"([daemon] max_bodies_in_memory = {format_mib(self.limit)}) and no room came "
                 f"within {self._wait:g}s; retry shortly, or send a large job as a JSONL upload",
                 retry_after=1.0, code="bodies_memory_full")
 
@@ -112,7 +113,3 @@ class BodyBudget:
     def snapshot(self) -> dict[str, int]:
         return {"bytes_held": self._used, "limit": self.limit, "waiting": len(self._waiting),
                 "waited": self._waited, "refused": self._refused}
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):,.1f} MiB"
