@@ -159,22 +159,47 @@ def test_a_deadline_shorter_than_the_timeout_bounds_the_wait(tmp_path: Path, sim
         daemon.terminate()
 
 
-def test_a_stream_that_goes_quiet_ends_with_the_idle_timeout_named(tmp_path: Path) -> None:
-    sim = start_sim(tmp_path, '[sim]\nlatency_per_token = "3s"\n')
-    daemon = start_daemon(tmp_path, sim.url, config_toml=(
-        '[providers.openai]\nstream_idle_timeout = "500ms"\n'))
+def stream_cut_short(tmp_path: Path, pace: str, providers_toml: str, max_tokens: int
+                     ) -> tuple[str, int, float, int]:
+    """A streamed call to a sim sending a token every ``pace``, through a daemon with
+    ``providers_toml`` under ``[providers.openai]``, that must fail: the error the client saw,
+    the chunks it had before, the seconds it took, and the calls the sim saw."""
+    sim = start_sim(tmp_path, f'[sim]\nlatency_per_token = "{pace}"\n')
+    daemon = start_daemon(tmp_path, sim.url,
+                          config_toml="[providers.openai]\n" + providers_toml)
     try:
         client = openai_client(daemon.socket_path)
         started = time.monotonic()
+        received = 0
         with pytest.raises(openai.APIError) as caught:
-            list(client.chat.completions.create(
-                model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, stream=True))
-        assert time.monotonic() - started < 2.5
-        assert "stream_idle_timeout" in str(caught.value)
-        assert upstream_calls(sim) == 1  # begun: never sent twice
+            for _chunk in client.chat.completions.create(
+                    model="gpt-4o-mini", messages=MESSAGES, max_tokens=max_tokens,
+                    stream=True):
+                received += 1
+        return str(caught.value), received, time.monotonic() - started, upstream_calls(sim)
     finally:
         daemon.terminate()
         sim.terminate()
+
+
+def test_a_stream_that_goes_quiet_ends_with_the_idle_timeout_named(tmp_path: Path) -> None:
+    error, _received, took, calls = stream_cut_short(
+        tmp_path, "3s", 'stream_idle_timeout = "500ms"\n', max_tokens=5)
+    assert took < 2.5
+    assert "stream_idle_timeout" in error
+    assert calls == 1  # begun: never sent twice
+
+
+def test_a_stream_that_keeps_talking_past_its_timeout_ends_with_the_timeout_named(
+        tmp_path: Path) -> None:
+    # A chunk every 300 ms never trips the idle limit; the 1 s time limit ends the stream.
+    error, received, took, calls = stream_cut_short(
+        tmp_path, "300ms", 'timeout = "1s"\nstream_idle_timeout = "800ms"\n', max_tokens=40)
+    assert took < 2.5  # not the 12 s the whole answer would take
+    assert received >= 2  # it was streaming when the limit ran out
+    assert "did not finish within" in error
+    assert "stream_idle_timeout" not in error
+    assert calls == 1  # begun: never sent twice
 
 
 def test_a_client_that_leaves_before_its_answer_cancels_the_upstream_call(

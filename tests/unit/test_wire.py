@@ -120,6 +120,21 @@ def test_meter_forwards_whole_events_across_arbitrary_splits() -> None:
         assert meter.tier is Tier.STANDARD
 
 
+def test_meter_reads_the_usage_whatever_the_spacing_of_the_null_ones() -> None:
+    # Chunks that say "usage": null (spaced, unlike OpenAI's) are read, not skipped as the
+    # compact ones are; the usage at the end is found either way.
+    spaced = b'data: {"choices": [{"delta": {"content": "hi"}}], "service_tier": "default", ' \
+        b'"usage": null}\n\n'
+    compact = _event({"choices": [{"delta": {"content": "yo"}}], "usage": None})
+    last = _event({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}})
+    meter = SseMeter()
+    assert meter.feed(spaced) == spaced
+    assert meter.feed(compact) == compact
+    assert meter.feed(compact + last) == compact + last
+    assert meter.usage == Usage(4, 0, 2)
+    assert meter.events == 4
+
+
 def test_meter_keeps_the_usage_chunk_when_the_client_asked() -> None:
     usage_chunk = _event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
     meter = SseMeter(strip_usage_chunk=False)

@@ -33,6 +33,8 @@ from llmspool.core.calls import Tier, Usage
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n")
 _FINISH_KEY = b'"finish_reason"'
+_USAGE_KEY = b'"usage"'
+_NO_USAGE = b'"usage":null'  # each chunk of a stream that asked for usage, but the last
 _FINISHED_STATUSES = {"completed": "stop", "failed": "error", "cancelled": "cancelled"}
 _ANTHROPIC_CACHE_KEYS = frozenset({"cache_read_input_tokens", "cache_creation_input_tokens"})
 
@@ -149,6 +151,14 @@ def finish_reasons_of(answer: Any) -> list[str]:
     return [finished] if finished else []
 
 
+def _reports_usage(data: bytes) -> bool:
+    """Whether events ``data`` may report usage: a ``"usage"`` key that is not ``null``. A
+    stream that asked for usage says ``"usage":null`` in every chunk but the last, so counting
+    both is what spares those chunks a parse each (two ``count``s, in C)."""
+    keys = data.count(_USAGE_KEY)
+    return keys > 0 and keys != data.count(_NO_USAGE)
+
+
 def _ends_a_choice(data: bytes) -> bool:
     """Whether events ``data`` hold a non-null ``finish_reason``: a few ``find``s, so that the
     chunks of a stream (each says ``"finish_reason":null``) need not be parsed to see it."""
@@ -192,7 +202,7 @@ class SseMeter:
             return b""
         self._buffer = buffer[end:]
         complete = buffer[:end]
-        if self.tier is not None and b'"usage"' not in complete \
+        if self.tier is not None and not _reports_usage(complete) \
                 and not _ends_a_choice(complete):
             self.events += complete.count(b"data:")
             return complete  # the common case: nothing to read, forward as it is
