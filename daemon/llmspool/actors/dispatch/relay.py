@@ -228,11 +228,8 @@ class Relay:
                             reply = StreamChunk(out) if begun else \
                                 StreamStart(status, headers, out)
                             begun = True
-                            try:
-                                call.reply.send_nowait(reply)  # most often there is room
-                            except anyio.WouldBlock:
-                                clock.held()
-                                await call.reply.send(reply)
+                            clock.held()  # while it waits for room towards the client
+                            await call.reply.send(reply)
                 finally:
                     clock.stop()
             if waiting.cancel_called and data is not None:
