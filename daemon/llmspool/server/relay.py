@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from opentelemetry.trace import Span, Status, StatusCode
 from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from llmspool.core.streams import MemoryReceiveStream
 from llmspool.messages import Reply, StreamChunk, StreamEnd
@@ -38,10 +38,12 @@ class RelayResponse(StreamingResponse):
         media_type: str,
         tap: StreamTap | None = None,
     ) -> None:
-        super().__init__(_relay(first, replies, span, tap), status, headers,
-                         media_type=media_type)
+        # The body is written by ``stream_response``, straight from the replies.
+        super().__init__((), status, headers, media_type=media_type)
+        self._first = first
         self._replies = replies
         self._span = span
+        self._tap = tap
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         hooks = scope.get("extensions", {}).get(DISCONNECT_KEY)
@@ -57,25 +59,33 @@ class RelayResponse(StreamingResponse):
             self._replies.close()
             self._span.end()
 
-
-async def _relay(
-    first: bytes, replies: MemoryReceiveStream[Reply], span: Span,
-    tap: StreamTap | None = None,
-) -> AsyncIterator[bytes]:
-    """The stream's chunks as they come, until its end."""
-    if first:
-        if tap is not None:
-            tap.feed(first)
-        yield first
-    async for reply in replies:
-        if isinstance(reply, StreamChunk):
+    async def stream_response(self, send: Send) -> None:
+        """The stream's events as they come, until its end: ``StreamingResponse``'s loop over
+        the replies themselves, without an async iterator between them and the writes (a
+        generator's turn an event, at every streamed event)."""
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        tap = self._tap
+        if self._first:
             if tap is not None:
-                tap.feed(reply.data)
-            yield reply.data
-        elif isinstance(reply, StreamEnd):
-            if reply.error is not None:
-                span.set_status(Status(StatusCode.ERROR, reply.error.message))
-                yield b"data: " + reply.error.body() + b"\n\n"
-            elif tap is not None:
-                await tap.finish()
-            return
+                tap.feed(self._first)
+            await send({"type": "http.response.body", "body": self._first, "more_body": True})
+        replies = self._replies
+        while True:
+            try:
+                reply = await replies.receive()
+            except anyio.EndOfStream:
+                break
+            if isinstance(reply, StreamChunk):
+                if tap is not None:
+                    tap.feed(reply.data)
+                await send({"type": "http.response.body", "body": reply.data, "more_body": True})
+            elif isinstance(reply, StreamEnd):
+                if reply.error is not None:
+                    self._span.set_status(Status(StatusCode.ERROR, reply.error.message))
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": b"data: " + reply.error.body() + b"\n\n"})
+                elif tap is not None:
+                    await tap.finish()
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
