@@ -7,7 +7,8 @@
   daemons of a shared store share);
 - ``dispatcher``: runs calls against provider plugins and reads usage and tier from answers
   (its parts, each owning one step of a call, are in ``dispatch``: ``flex``, ``attempts``,
-  ``targets``, ``relay``, ``accounts``);
+  ``targets``, ``relay``, ``accounts``, and ``stream_clock``, the time limits of a relayed
+  stream);
 - ``ledger``: the one owner of money. It is the only writer of money rows in
   ``llmspool.sqlite3``: reservations, ledger entries, and the results stored with their entries
   (job results, batch results), each in one transaction with its entry (its parts are in
