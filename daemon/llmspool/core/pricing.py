@@ -65,19 +65,25 @@ class TokenSplit:
 
     @classmethod
     def of(cls, usage: Usage) -> TokenSplit:
-        input_tokens = max(0, usage.input_tokens)
-        cached = min(max(0, usage.cached_input_tokens), input_tokens)
-        cache_write = min(max(0, usage.cache_write_tokens), input_tokens - cached)
-        output_tokens = max(0, usage.output_tokens)
-        reasoning = min(max(0, usage.reasoning_tokens), output_tokens)
-        return cls(input_tokens - cached - cache_write, cached, cache_write,
-                   output_tokens - reasoning, reasoning)
+        return cls(*split_counts(usage))
 
     @property
     def counts(self) -> tuple[int, int, int, int, int]:
         """The token counts in the order of ``PART_NAMES``."""
         return (self.uncached_input, self.cached_input, self.cache_write, self.output,
                 self.reasoning)
+
+
+def split_counts(usage: Usage) -> tuple[int, int, int, int, int]:
+    """``TokenSplit.of(usage).counts``, without the ``TokenSplit``: what a bill multiplies by
+    the prices on every call."""
+    input_tokens = max(0, usage.input_tokens)
+    cached = min(max(0, usage.cached_input_tokens), input_tokens)
+    cache_write = min(max(0, usage.cache_write_tokens), input_tokens - cached)
+    output_tokens = max(0, usage.output_tokens)
+    reasoning = min(max(0, usage.reasoning_tokens), output_tokens)
+    return (input_tokens - cached - cache_write, cached, cache_write, output_tokens - reasoning,
+            reasoning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,20 @@ class TierPrice:
     estimated: frozenset[str] = frozenset()
     cache_write: int | None = None
     reasoning: int | None = None
+    # Made from the prices above once, asked for on every call (a reservation's worst case,
+    # a bill): the price of a token of each part in the order of ``PART_NAMES``, and the
+    # dearest price an input token and an output token can have.
+    per_token: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    worst_input: int = field(init=False, repr=False, compare=False)
+    worst_output: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cache_write = self.input if self.cache_write is None else self.cache_write
+        reasoning = self.output if self.reasoning is None else self.reasoning
+        object.__setattr__(self, "per_token", (self.input, self.cached_input, cache_write,
+                                               self.output, reasoning))
+        object.__setattr__(self, "worst_input", max(self.input, self.cached_input, cache_write))
+        object.__setattr__(self, "worst_output", max(self.output, reasoning))
 
     @property
     def cache_write_price(self) -> int:
@@ -105,32 +125,23 @@ class TierPrice:
         """Picodollars per reasoning token."""
         return self.output if self.reasoning is None else self.reasoning
 
-    @property
-    def per_token(self) -> tuple[int, int, int, int, int]:
-        """The price of one token of each part, in the order of ``PART_NAMES``."""
-        return (self.input, self.cached_input, self.cache_write_price, self.output,
-                self.reasoning_price)
-
     def parts(self, usage: Usage) -> tuple[CostPart, ...]:
         """``usage`` split into its five parts, each with its cost at these prices."""
-        counts = TokenSplit.of(usage).counts
-        return tuple(CostPart(name, tokens, tokens * price)
-                     for name, tokens, price in zip(PART_NAMES, counts, self.per_token,
-                                                    strict=True))
+        return tuple([CostPart(name, tokens, tokens * price)
+                      for name, tokens, price in zip(PART_NAMES, split_counts(usage),
+                                                     self.per_token, strict=True)])
 
     def cost(self, usage: Usage) -> int:
         """Picodollars for ``usage`` at these prices, every part priced (the sum of
         ``parts``, without building them: it is asked for on every call)."""
-        return sum(map(operator.mul, TokenSplit.of(usage).counts, self.per_token))
+        return sum(map(operator.mul, split_counts(usage), self.per_token))
 
     def worst_cost(self, usage: Usage) -> int:
         """The most ``usage``'s token counts may cost, whatever the answer reports of how its
         input was cached and how much of its output was reasoning: every input token at the
         dearest input price, every output token at the dearer of output and reasoning."""
-        input_tokens = max(0, usage.input_tokens)
-        output_tokens = max(0, usage.output_tokens)
-        return (input_tokens * max(self.input, self.cached_input, self.cache_write_price)
-                + output_tokens * max(self.output, self.reasoning_price))
+        return (max(0, usage.input_tokens) * self.worst_input
+                + max(0, usage.output_tokens) * self.worst_output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +49,8 @@ from llmspool.core.pricing import (
     CostPart,
     PriceTable,
     TierPrice,
-    TokenSplit,
     overlay_price_table,
+    split_counts,
 )
 
 UNKNOWN_TIER = "unknown_tier"
@@ -76,6 +76,10 @@ class PriceBook:
     version: str
     loaded_at: float
     source: str
+    # ``priced``'s answers, by (provider, model): asked twice a call, and the book never
+    # changes (a reload makes a new one).
+    _priced: dict[tuple[str, str], tuple[tuple[Tier, TierPrice], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_table(cls, table: PriceTable, *, source: str = "a price table",
@@ -94,6 +98,18 @@ class PriceBook:
 
     def max_output_tokens(self, provider: str, model: str) -> int | None:
         return self.table.max_output_tokens(provider, model)
+
+    def priced(self, provider: str, model: str) -> tuple[tuple[Tier, TierPrice], ...]:
+        """The model's priced tiers with their prices, in table order (a cache hit's tier is
+        not one)."""
+        key = (provider, model)
+        found = self._priced.get(key)
+        if found is None:
+            found = self._priced[key] = tuple(
+                (tier, price) for tier in self.tiers(provider, model)
+                if tier is not Tier.CACHE
+                and (price := self.price(provider, model, tier)) is not None)
+        return found
 
 
 def load_price_book(overlays: str | Path | Sequence[str | Path] | None = None) -> PriceBook:
@@ -177,7 +193,7 @@ def bill(
             price_version=book.version,
             parts=_unpriced_parts(usage),
         )
-    priced = _priced(book, provider, model)
+    priced = book.priced(provider, model)
     flag: str | None = None
     price: TierPrice | None = None
     priced_tier: Tier | None = None
@@ -262,7 +278,7 @@ def reservation_cost(
     as ``bill`` would charge it, and so does an empty ``tiers``; ``Tier.CACHE`` costs nothing;
     an unpriced model costs ``unpriced_ceiling_picodollars``.
     """
-    priced = _priced(book, provider, model)
+    priced = book.priced(provider, model)
     if not priced:
         return max(0, unpriced_ceiling_picodollars)
     dearest = max(price.worst_cost(usage) for _tier, price in priced)
@@ -274,12 +290,6 @@ def reservation_cost(
     return worst
 
 
-def _priced(book: PriceBook, provider: str, model: str) -> list[tuple[Tier, TierPrice]]:
-    """The model's priced tiers with their prices, in table order."""
-    return [(tier, price) for tier in book.tiers(provider, model)
-            if tier is not Tier.CACHE and (price := book.price(provider, model, tier)) is not None]
-
-
 def _dearest(priced: Sequence[tuple[Tier, TierPrice]], usage: Usage) -> tuple[Tier, TierPrice]:
     """The priced tier on which ``usage`` costs most (the first such, in table order)."""
     return max(priced, key=lambda entry: entry[1].cost(usage))
@@ -287,6 +297,5 @@ def _dearest(priced: Sequence[tuple[Tier, TierPrice]], usage: Usage) -> tuple[Ti
 
 def _unpriced_parts(usage: Usage) -> tuple[CostPart, ...]:
     """``usage``'s parts with no cost: a cache hit's, or an unpriced model's."""
-    counts = TokenSplit.of(usage).counts
     return tuple(CostPart(name, tokens, 0)
-                 for name, tokens in zip(PART_NAMES, counts, strict=True))
+                 for name, tokens in zip(PART_NAMES, split_counts(usage), strict=True))
