@@ -108,8 +108,7 @@ class TierPrice:
     worst_output: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        cache_write = self.input if self.cache_write is None else self.cache_write
-        reasoning = self.output if self.reasoning is None else self.reasoning
+        cache_write, reasoning = self.cache_write_price, self.reasoning_price
         object.__setattr__(self, "per_token", (self.input, self.cached_input, cache_write,
                                                self.output, reasoning))
         object.__setattr__(self, "worst_input", max(self.input, self.cached_input, cache_write))
