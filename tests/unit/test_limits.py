@@ -150,6 +150,42 @@ def test_an_idle_bucket_refills_to_its_burst_and_no_further() -> None:
     run(main)
 
 
+def test_the_waiter_a_newcomer_makes_the_head_is_woken_to_time_its_wait() -> None:
+    # Only the head sleeps on a timer; those behind it sleep until woken. A newcomer's look at
+    # the queue can let the head through (the bucket refilled while the head slept): the one
+    # behind it is then the head, and must be woken to time its own wait, or it sleeps for
+    # good, and every waiter behind it with it. (Seen as a hang of the test below in CI.)
+    clock = FakeClock()
+    limits = RateLimits({KEY: LimitSettings(rpm=60)}, clock=clock)  # one a second
+    granted: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await take(limits)
+        granted.append(name)
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            for _ in range(60):
+                await take(limits)  # the bucket, empty
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter, "a")
+            await settled()  # a: the head, on a timer of a (real) second
+            group.start_soon(waiter, "b")
+            await settled()  # b: behind it, until woken
+            clock.now += 1  # room for one, well before a's timer fires
+            group.start_soon(waiter, "c")  # its arrival lets a through; b is now the head
+            with anyio.fail_after(0.5):
+                while granted != ["a"]:
+                    await anyio.sleep(0.01)
+            clock.now += 1  # room for b, which must be timing its wait (a second)
+            with anyio.fail_after(3):
+                while "b" not in granted:
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+
+    run(main)
+
+
 def test_waiters_sleep_just_until_the_bucket_has_room() -> None:
     # Real time: the event loop must wake each waiter when its turn comes (3 x 0.02 s).
     started = time.monotonic()

@@ -139,23 +139,27 @@ class KeyLimits:
     def pump(self, now: float, *, wake_blocked: bool = True) -> None:
         """Admit waiters from the head while they fit, then wake the head that does not, so
         that it times its own wait against the state as it is now (``wake_blocked=False``:
-        nothing changed for it, only a waiter arrived)."""
+        only a waiter arrived, so the head's own timer still holds, unless this pump let the
+        head go: the waiter now at the head slept as one behind it, without a timer)."""
         self._settle(now)
         token_limit = self.resources[TOKENS].limit
+        new_head = wake_blocked
         while (head := self.head()) is not None:
             if token_limit and head.tokens > token_limit:
                 # Queued while the limit was unknown or larger: fail it rather than block all.
                 self._pop(head)
                 head.error = RequestTooLarge(self.provider, self.model, token_limit, head.tokens)
                 wake(head)
+                new_head = True
                 continue
             if not self._fits(head, now):
-                if wake_blocked:
+                if new_head:
                     wake(head)
                 return
             self._pop(head)
             head.permit = self._admit(head.tokens, now)
             wake(head)
+            new_head = True
 
     def _pop(self, waiter: Waiter) -> None:
         (self.interactive if waiter.interactive else self.deferred).popleft()
