@@ -22,8 +22,7 @@ async def test_a_big_body_waiting_is_not_overtaken_by_small_ones() -> None:
     order: list[str] = []
 
     async def take(name: str, scope: dict[str, Any], size: int) -> None:
-        if not budget.take_now(scope, size):
-            await budget.wait_for_room(scope, size)
+        await budget.take(scope, size)
         order.append(name)
 
     async with anyio.create_task_group() as group:

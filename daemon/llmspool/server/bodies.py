@@ -33,8 +33,8 @@ async def read_limited(
         raise too_large(length, limit)
     scope = request.scope
     budget: BodyBudget | None = scope.get(BUDGET)
-    if budget is not None and length and not budget.take_now(scope, length):
-        await budget.wait_for_room(scope, length)
+    if budget is not None and length:
+        await budget.take(scope, length)
     by_chunk = budget if length is None else None
     chunks: list[bytes] = []
     size = 0
@@ -42,8 +42,8 @@ async def read_limited(
         size += len(chunk)
         if size > limit:
             raise too_large(size, limit)
-        if by_chunk is not None and chunk and not by_chunk.take_now(scope, len(chunk)):
-            await by_chunk.wait_for_room(scope, len(chunk))
+        if by_chunk is not None and chunk:
+            await by_chunk.take(scope, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

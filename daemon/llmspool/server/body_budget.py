@@ -70,6 +70,12 @@ class BodyBudget:
         scope[TAKEN] = scope.get(TAKEN, 0) + size
         return True
 
+    async def take(self, scope: MutableMapping[str, Any], size: int) -> None:
+        """Hold ``size`` bytes for the request of ``scope``: at once when ``take_now`` can,
+        else once ``wait_for_room`` finds room (no wait, and no loop turn, when there is)."""
+        if not self.take_now(scope, size):
+            await self.wait_for_room(scope, size)
+
     async def wait_for_room(self, scope: MutableMapping[str, Any], size: int) -> None:
         """Hold ``size`` bytes for the request of ``scope`` once the bodies ahead of it leave
         room (first come, first served); 503 if none comes within the wait."""
