@@ -168,3 +168,63 @@ def test_a_json_job_larger_than_the_budget_is_sent_to_the_jsonl_upload(
         assert (bodies["bytes_held"], bodies["waited"], bodies["refused"]) == (0, 0, 0), bodies
     finally:
         daemon.terminate()
+
+
+def send_chunked_head(socket_path: Path) -> socket.socket:
+    """A client that starts a chunked request (no declared length); ``send_chunk`` sends on."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(socket_path))
+    client.sendall(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                   "transfer-encoding: chunked\r\n\r\n".encode())
+    return client
+
+
+def send_chunk(client: socket.socket, data: bytes) -> None:
+    """One chunk of a chunked body; ``b""`` ends the body."""
+    client.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def bodies_status(daemon: Any) -> dict[str, int]:
+    bodies: dict[str, int] = unix_request(daemon.socket_path, "GET", "/v1/status")[1][
+        "request_bodies"]
+    return bodies
+
+
+def test_chunked_bodies_that_wait_for_each_other_refuse_one_at_once(
+        tmp_path: Path, sim: Sim) -> None:
+    # Two chunked uploads each hold part of the budget, then each needs more than is left.
+    # Neither could get it by waiting: both were refused when bodies_wait ran out. Now the
+    # second to wait is refused at once, and the first is read and answered.
+    kib = 1024
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[daemon]\nmax_body_size = "1MiB"\nmax_bodies_in_memory = "1MiB"\n'
+        'bodies_wait = "60s"\n'))
+    first_body = chat_body(900 * kib)
+    second_body = chat_body(700 * kib)
+    first = send_chunked_head(daemon.socket_path)
+    second = send_chunked_head(daemon.socket_path)
+    try:
+        send_chunk(first, first_body[:600 * kib])
+        wait_for(lambda: bodies_status(daemon)["bytes_held"] == 600 * kib, timeout=10,
+                 what="the first body's part to be read")
+        send_chunk(second, second_body[:300 * kib])
+        wait_for(lambda: bodies_status(daemon)["bytes_held"] == 900 * kib, timeout=10,
+                 what="the second body's part to be read")
+        send_chunk(first, first_body[600 * kib:800 * kib])  # 1,100 KiB would not fit
+        wait_for(lambda: bodies_status(daemon)["waiting"] == 1, timeout=10,
+                 what="the first body to wait for room")
+        started = time.monotonic()
+        send_chunk(second, second_body[300 * kib:500 * kib])
+        assert read_status(second) == 503
+        assert time.monotonic() - started < 10  # not bodies_wait's 60 s
+        send_chunk(first, first_body[800 * kib:])
+        send_chunk(first, b"")
+        assert read_status(first) == 200
+        wait_for(lambda: bodies_status(daemon)["bytes_held"] == 0, timeout=10,
+                 what="the bodies' room to come back")
+        bodies = bodies_status(daemon)
+        assert (bodies["waiting"], bodies["refused"]) == (0, 1), bodies
+    finally:
+        first.close()
+        second.close()
+        daemon.terminate()
