@@ -228,3 +228,32 @@ def test_chunked_bodies_that_wait_for_each_other_refuse_one_at_once(
         first.close()
         second.close()
         daemon.terminate()
+
+
+def test_a_body_waiting_for_room_past_its_deadline_gets_504_at_the_deadline(
+        tmp_path: Path, sim: Sim) -> None:
+    # bodies_wait is 30 s; the request's own deadline is 1 s. Once that has passed, the call
+    # could only fail: it is answered then, not after bodies_wait.
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[daemon]\nmax_body_size = "2MiB"\nmax_bodies_in_memory = "2MiB"\n'
+        'bodies_wait = "30s"\n'))
+    big = chat_body(2 * MIB - 200)
+    holder = send_head_and_part(daemon.socket_path, big, MIB)
+    try:
+        wait_for(lambda: bodies_status(daemon)["bytes_held"] == len(big), timeout=10,
+                 what="the big body to take the budget")
+        started = time.monotonic()
+        status, answer, _headers = unix_exchange(
+            daemon.socket_path, "POST", CHAT, chat_body(100),
+            {**JSON, "x-llmspool-deadline": "1s"})
+        seconds = time.monotonic() - started
+        assert status == 504, answer
+        assert answer["error"]["code"] == "deadline_exceeded", answer
+        assert "max_bodies_in_memory" in answer["error"]["message"], answer
+        assert 0.8 <= seconds < 10, seconds
+        assert bodies_status(daemon)["waiting"] == 0
+        holder.sendall(big[MIB:])
+        assert read_status(holder) == 200
+    finally:
+        holder.close()
+        daemon.terminate()

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import anyio
 import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from starlette.requests import Request
 
 from llmspool.core.calls import Endpoint, Tier
-from llmspool.core.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from llmspool.core.errors import (
+    ApiError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from llmspool.core.json_values import check_values
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import Call, Reply
@@ -77,7 +84,11 @@ class CallBuilder:
         Raises ``ApiError`` (an ``InvalidRequest``, a body too large or not JSON) when the
         request cannot be made into a call.
         """
-        body = await self._read_body(request)
+        # The deadline counts from the request's head: a body that waits for room, or arrives
+        # slowly, spends the call's time.
+        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"),
+                                       self._planner.clock.now())
+        body = await self._read_body(request, deadline_at)
         parsed = _parse_json_object(body, self._max_json_values)
         requested_model = parsed.get("model")
         if not isinstance(requested_model, str) or not requested_model:
@@ -120,7 +131,6 @@ class CallBuilder:
         if explicit is Tier.BATCH:
             explicit = None  # not a value OpenAI takes in a request; let the planner decide
         now = self._planner.clock.now()  # the daemon's clock, which deadlines are read on
-        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"), now)
         caller = caller_of(request.scope)
         cache_plan = None
         if self._cache_rules is not None:
@@ -172,7 +182,7 @@ class CallBuilder:
         except NotFound:
             return None
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, deadline_at: float | None) -> bytes:
         content_type = request.headers.get("content-type", "application/json")
         if "json" not in content_type.lower():
             raise UnsupportedMediaType(
@@ -180,7 +190,17 @@ class CallBuilder:
                 f"(got {content_type!r})",
                 code="unsupported_content_type",
             )
-        return await read_limited(request, self._max_body_size, _too_large)
+        if deadline_at is None:
+            return await read_limited(request, self._max_body_size, _too_large)
+        # Not past the deadline: waiting for room in max_bodies_in_memory is bounded by
+        # bodies_wait, which may be longer, and a call out of time can only fail.
+        with anyio.move_on_after(deadline_at - self._planner.clock.now()):
+            return await read_limited(request, self._max_body_size, _too_large)
+        raise ApiError(
+            "the request's deadline (x-llmspool-deadline) passed while its body was still being "
+            "read or waiting for room in [daemon] max_bodies_in_memory; nothing was sent "
+            "upstream. Send it again with a later deadline, or when the daemon is less busy",
+            status=504, code="deadline_exceeded", error_type="timeout")
 
 
 def _deadline_header(value: str | None, now: float) -> float | None:
