@@ -9,7 +9,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +97,37 @@ def timed_request(socket_path: Path, body: bytes, results: dict[str, Any], key: 
     results[key] = (status, answer, headers, time.monotonic() - started)
 
 
-def test_a_body_waits_for_room_and_is_refused_with_503_when_none_comes(
-        tmp_path: Path, sim: Sim) -> None:
+def bodies_status(daemon: Any) -> dict[str, int]:
+    bodies: dict[str, int] = unix_request(daemon.socket_path, "GET", "/v1/status")[1][
+        "request_bodies"]
+    return bodies
+
+
+@contextmanager
+def budget_held(tmp_path: Path, sim: Sim,
+                bodies_wait: str) -> Iterator[tuple[Any, socket.socket, bytes]]:
+    """A daemon whose 2 MiB of body budget is all held by one body, whose client has sent half
+    of it and stalls: (the daemon, that client, its whole body)."""
     daemon = start_daemon(tmp_path, sim.url, config_toml=(
         '[daemon]\nmax_body_size = "2MiB"\nmax_bodies_in_memory = "2MiB"\n'
-        'bodies_wait = "2s"\n'))
+        f'bodies_wait = "{bodies_wait}"\n'))
     big = chat_body(2 * MIB - 200)
-    small = chat_body(100)
-    results: dict[str, Any] = {}
     holder = send_head_and_part(daemon.socket_path, big, MIB)
     try:
-        # The held body has taken the whole budget: a small one waits, then gets 503.
-        wait_for(lambda: unix_request(daemon.socket_path, "GET", "/v1/status")[1]
-                 ["request_bodies"]["bytes_held"] == len(big), timeout=10,
+        wait_for(lambda: bodies_status(daemon)["bytes_held"] == len(big), timeout=10,
                  what="the big body to take the budget")
+        yield daemon, holder, big
+    finally:
+        holder.close()
+        daemon.terminate()
+
+
+def test_a_body_waits_for_room_and_is_refused_with_503_when_none_comes(
+        tmp_path: Path, sim: Sim) -> None:
+    small = chat_body(100)
+    results: dict[str, Any] = {}
+    with budget_held(tmp_path, sim, "2s") as (daemon, holder, big):
+        # The held body has taken the whole budget: a small one waits, then gets 503.
         timed_request(daemon.socket_path, small, results, "refused")
         status, answer, headers, seconds = results["refused"]
         assert status == 503, answer
@@ -137,9 +156,6 @@ def test_a_body_waits_for_room_and_is_refused_with_503_when_none_comes(
         bodies = unix_request(daemon.socket_path, "GET", "/v1/status")[1]["request_bodies"]
         assert bodies == {"bytes_held": 0, "limit": 2 * MIB, "waiting": 0, "waited": 2,
                           "refused": 1}, bodies
-    finally:
-        holder.close()
-        daemon.terminate()
 
 
 def test_a_json_job_larger_than_the_budget_is_sent_to_the_jsonl_upload(
@@ -182,12 +198,6 @@ def send_chunked_head(socket_path: Path) -> socket.socket:
 def send_chunk(client: socket.socket, data: bytes) -> None:
     """One chunk of a chunked body; ``b""`` ends the body."""
     client.sendall(b"%x\r\n%s\r\n" % (len(data), data))
-
-
-def bodies_status(daemon: Any) -> dict[str, int]:
-    bodies: dict[str, int] = unix_request(daemon.socket_path, "GET", "/v1/status")[1][
-        "request_bodies"]
-    return bodies
 
 
 def test_chunked_bodies_that_wait_for_each_other_refuse_one_at_once(
@@ -234,14 +244,7 @@ def test_a_body_waiting_for_room_past_its_deadline_gets_504_at_the_deadline(
         tmp_path: Path, sim: Sim) -> None:
     # bodies_wait is 30 s; the request's own deadline is 1 s. Once that has passed, the call
     # could only fail: it is answered then, not after bodies_wait.
-    daemon = start_daemon(tmp_path, sim.url, config_toml=(
-        '[daemon]\nmax_body_size = "2MiB"\nmax_bodies_in_memory = "2MiB"\n'
-        'bodies_wait = "30s"\n'))
-    big = chat_body(2 * MIB - 200)
-    holder = send_head_and_part(daemon.socket_path, big, MIB)
-    try:
-        wait_for(lambda: bodies_status(daemon)["bytes_held"] == len(big), timeout=10,
-                 what="the big body to take the budget")
+    with budget_held(tmp_path, sim, "30s") as (daemon, holder, big):
         started = time.monotonic()
         status, answer, _headers = unix_exchange(
             daemon.socket_path, "POST", CHAT, chat_body(100),
@@ -254,6 +257,3 @@ def test_a_body_waiting_for_room_past_its_deadline_gets_504_at_the_deadline(
         assert bodies_status(daemon)["waiting"] == 0
         holder.sendall(big[MIB:])
         assert read_status(holder) == 200
-    finally:
-        holder.close()
-        daemon.terminate()
