@@ -5,6 +5,7 @@ that could never fit gets 413 pointing to the JSONL upload."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -186,11 +187,11 @@ def test_a_json_job_larger_than_the_budget_is_sent_to_the_jsonl_upload(
         daemon.terminate()
 
 
-def send_chunked_head(socket_path: Path) -> socket.socket:
+def send_chunked_head(socket_path: Path, path: str = CHAT) -> socket.socket:
     """A client that starts a chunked request (no declared length); ``send_chunk`` sends on."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(str(socket_path))
-    client.sendall(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    client.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                    "transfer-encoding: chunked\r\n\r\n".encode())
     return client
 
@@ -257,3 +258,27 @@ def test_a_body_waiting_for_room_past_its_deadline_gets_504_at_the_deadline(
         assert bodies_status(daemon)["waiting"] == 0
         holder.sendall(big[MIB:])
         assert read_status(holder) == 200
+
+
+def test_a_chunked_json_job_that_grows_past_the_budget_gets_413_at_once(
+        tmp_path: Path, sim: Sim) -> None:
+    # With no declared length, the daemon learns the job's size as it reads it: once it is past
+    # the whole budget it could never be held, so 413 then, not a wait for room then 503.
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[daemon]\nmax_body_size = "1MiB"\nmax_bodies_in_memory = "2MiB"\n'
+        'bodies_wait = "60s"\n'))
+    line = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "y" * 1000}]}
+    job = orjson.dumps({"deadline": "1h", "requests": [{"url": CHAT, "body": line}] * 3000})
+    client = send_chunked_head(daemon.socket_path, "/v1/jobs")
+    try:
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the daemon may answer and close before the end
+            for offset in range(0, len(job), 256 * 1024):
+                send_chunk(client, job[offset:offset + 256 * 1024])
+            send_chunk(client, b"")
+        assert read_status(client) == 413
+        assert time.monotonic() - started < 10  # not bodies_wait's 60 s
+        assert bodies_status(daemon)["bytes_held"] == 0
+    finally:
+        client.close()
+        daemon.terminate()
