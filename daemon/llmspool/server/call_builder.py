@@ -190,7 +190,7 @@ class CallBuilder:
                 f"(got {content_type!r})",
                 code="unsupported_content_type",
             )
-        if deadline_at is None:
+        if deadline_at is None:  # most calls: no cancel scope made for them
             return await read_limited(request, self._max_body_size, _too_large)
         # Not past the deadline: waiting for room in max_bodies_in_memory is bounded by
         # bodies_wait, which may be longer, and a call out of time can only fail.
