@@ -157,9 +157,10 @@ def print_table(result: dict[str, Any]) -> None:
             ("events an answer", "events_per_answer", "{:.0f}"),
             ("failed calls", "failures", "{:.0f}"))
     for label, key, form in rows:
-        ratio = daemon[key] / floor[key] if floor[key] else float("nan")
+        # No ratio to a zero (the floor failed no call): a dash, not "nanx".
+        ratio = f"{daemon[key] / floor[key]:.2f}x" if floor[key] else "-"
         print(f"{label:<32} {form.format(floor[key]):>10} {form.format(daemon[key]):>10} "
-              f"{ratio:>6.2f}x")
+              f"{ratio:>7}")
 
 
 if __name__ == "__main__":
