@@ -87,7 +87,7 @@ def bench_batch_api(workdir: Path, input_path: Path, lines: int, deadline: str, 
         create_s = acknowledged - t0
         job_id = raw.headers.get("x-llmspool-job-id")
         plan = raw.headers.get("x-llmspool-plan")
-        rss_after_ack = peak_rss_mib(daemon.process.pid)
+        rss_after_ack = peak_rss_mib(daemon.pid)
         statuses = [batch.status]
         give_up = time.monotonic() + RUN_TIMEOUT
         while batch.status not in ("completed", "failed", "cancelled", "expired") \
@@ -138,7 +138,7 @@ def bench_batch_api(workdir: Path, input_path: Path, lines: int, deadline: str, 
             "plan": plan,
             "by_tier": by_tier,
             "peak_rss_mib_after_ack": rss_after_ack,
-            "peak_rss_mib": peak_rss_mib(daemon.process.pid),
+            "peak_rss_mib": peak_rss_mib(daemon.pid),
         }
     finally:
         daemon.terminate()
@@ -165,7 +165,7 @@ def bench_submit(workdir: Path, input_path: Path, lines: int, deadline: str, set
             raise RuntimeError(f"llmspool submit exited {submitted.returncode}: "
                                f"{submitted.stderr}\ndaemon log tail:\n{_tail(daemon)}")
         job_id = submitted.stdout.strip()
-        rss_after_ack = peak_rss_mib(daemon.process.pid)
+        rss_after_ack = peak_rss_mib(daemon.pid)
         done = wait_done(daemon, job_id, timeout=RUN_TIMEOUT)
         completed = time.perf_counter()
         if done["status"] != "completed":
@@ -185,7 +185,7 @@ def bench_submit(workdir: Path, input_path: Path, lines: int, deadline: str, set
             "failed_requests": done["counts"]["failed"],
             "by_tier": done["by_tier"],
             "peak_rss_mib_after_ack": rss_after_ack,
-            "peak_rss_mib": peak_rss_mib(daemon.process.pid),
+            "peak_rss_mib": peak_rss_mib(daemon.pid),
         }
     finally:
         daemon.terminate()

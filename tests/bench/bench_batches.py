@@ -63,13 +63,13 @@ def one_round(workdir: Path, lines: int) -> dict[str, Any]:
         status, job = unix_request(daemon.socket_path, "POST", "/v1/jobs?deadline=24h", body,
                                    {"content-type": "application/jsonl"})
         assert status == 202, job
-        cpu_before = cpu_seconds(daemon.process.pid)
+        cpu_before = cpu_seconds(daemon.pid)
         started = time.perf_counter()
         done = wait_done(daemon, job["id"], timeout=1800)
         wall = time.perf_counter() - started
-        cpu = cpu_seconds(daemon.process.pid) - cpu_before
+        cpu = cpu_seconds(daemon.pid) - cpu_before
         batches = sim.stats()["batches"]
-        rss = peak_rss_mib(daemon.process.pid)
+        rss = peak_rss_mib(daemon.pid)
         steps = daemon_steps(daemon.state_dir)
     finally:
         daemon.terminate()

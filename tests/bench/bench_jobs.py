@@ -77,7 +77,7 @@ def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             daemon.get(f"/v1/jobs/{job['id']}")
             status_times.append((time.perf_counter() - t0) * 1000)
-        rss_holding = peak_rss_mib(daemon.process.pid)
+        rss_holding = peak_rss_mib(daemon.pid)
         run_started = time.perf_counter()
         done = wait_done(daemon, job["id"], timeout=900)
         run_seconds = time.perf_counter() - run_started
@@ -100,7 +100,7 @@ def bench_large_submit(workdir: Path, lines: int) -> dict[str, Any]:
             "status_p50_ms": statistics.median(status_times),
             "status_max_ms": max(status_times),
             "peak_rss_mib_after_ack": rss_holding,
-            "peak_rss_mib_end": peak_rss_mib(daemon.process.pid),
+            "peak_rss_mib_end": peak_rss_mib(daemon.pid),
             "run_seconds": run_seconds,
             "run_requests_per_s": done["counts"]["succeeded"] / run_seconds,
             "succeeded": done["counts"]["succeeded"],

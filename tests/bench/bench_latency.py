@@ -289,7 +289,7 @@ def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: in
                     env={key: value.format(otlp=otlp_port) for key, value in env.items()},
                     process=True)
                 daemons.append(daemon)
-                targets[mode] = Target(daemon.socket_path, daemon.process.pid)
+                targets[mode] = Target(daemon.socket_path, daemon.pid)
             yield targets
     finally:
         for daemon in daemons:

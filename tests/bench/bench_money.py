@@ -226,7 +226,7 @@ def measure(sim: Sim, variants: list[Variant], workdir: Path, rounds: int, reque
         through(variant, 8, 300)
     for variant in alive(variants):
         assert variant.daemon is not None
-        waited = wait_until_idle(variant.daemon.process.pid)
+        waited = wait_until_idle(variant.daemon.pid)
         print(f"  {variant.name}: idle after {waited:.1f} s", file=sys.stderr)
 
     direct: dict[str, list[float]] = {"c1_p50_us": [], "c1_p99_us": [], "c64_rps": []}

@@ -71,7 +71,7 @@ def run(workdir: Path, jobs: int, lines: int, latency: str) -> dict[str, Any]:
     sim = start_sim(workdir, UNLIMITED_SIM + f'latency = "{latency}"\n', process=True)
     daemon = start_daemon(workdir, sim.url, config_toml=CONFIG, process=True)
     try:
-        idle = rss_mib(daemon.process.pid) if daemon.process else float("nan")
+        idle = rss_mib(daemon.pid)
         body = make_jsonl(lines)
         started = time.perf_counter()
         for _ in range(jobs):
@@ -80,8 +80,7 @@ def run(workdir: Path, jobs: int, lines: int, latency: str) -> dict[str, Any]:
             assert status == 202, job
         submit_seconds = time.perf_counter() - started
         del body
-        assert daemon.process is not None
-        pid = daemon.process.pid
+        pid = daemon.pid
         figures: dict[str, Any] = {
             "requests": jobs * lines,
             "rss_mib_idle": idle,
@@ -97,8 +96,8 @@ def run(workdir: Path, jobs: int, lines: int, latency: str) -> dict[str, Any]:
         assert daemon.process is not None
         wait_resumed(daemon, figures["keeper_unfinished"], timeout=900)
         figures["restart_seconds"] = time.perf_counter() - started
-        figures["peak_rss_mib_restart"] = peak_rss_mib(daemon.process.pid)
-        figures["rss_mib_restart"] = rss_mib(daemon.process.pid)
+        figures["peak_rss_mib_restart"] = peak_rss_mib(daemon.pid)
+        figures["rss_mib_restart"] = rss_mib(daemon.pid)
         return figures
     finally:
         daemon.terminate()

@@ -85,7 +85,7 @@ def round_targets(workdir: Path, sim: Sim) -> Iterator[dict[str, Target]]:
     with floor_proxy(workdir, sim) as floor:
         daemon = start_daemon(workdir / "daemon", sim.url, process=True)
         try:
-            yield {"floor": floor, "defaults": Target(daemon.socket_path, daemon.process.pid)}
+            yield {"floor": floor, "defaults": Target(daemon.socket_path, daemon.pid)}
         finally:
             daemon.terminate()
 

@@ -137,10 +137,10 @@ def measure(targets: Mapping[str, Mapping[str, str]], rounds: int, requests: int
                                socket_path=daemon.socket_path)
                     for name, daemon in order:
                         assert daemon.process is not None
-                        before = thread_cpu(daemon.process.pid)
+                        before = thread_cpu(daemon.pid)
                         run = h2load(url, body_file, requests=requests, clients=clients,
                                      workdir=workdir, socket_path=daemon.socket_path)
-                        after = thread_cpu(daemon.process.pid)
+                        after = thread_cpu(daemon.pid)
                         figures = samples[name]
                         figures.setdefault("rps", []).append(run["rps"])
                         figures.setdefault("failures", []).append(run["failures"])

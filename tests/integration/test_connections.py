@@ -32,7 +32,7 @@ def limited(tmp_path: Path, sim: Sim) -> Iterator[Daemon]:
 
 
 def descriptors(daemon: Daemon) -> int:
-    return len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
+    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
 
 
 def ask(daemon: Daemon) -> int:

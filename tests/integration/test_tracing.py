@@ -347,7 +347,7 @@ def test_spans_are_encoded_in_a_child_process_started_again_when_it_dies(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "first"}])
         wait_for(lambda: len(calls()) == 1, what="the first call's span")
         # The OTLP encoding runs in the daemon's child, not in the daemon.
-        exporters = _children(daemon.process.pid)
+        exporters = _children(daemon.pid)
         assert len(exporters) == 1
         os.kill(exporters[0], signal.SIGKILL)
         # Dead, not dying: a batch written while a killed child's end of the pipe is still
@@ -359,7 +359,7 @@ def test_spans_are_encoded_in_a_child_process_started_again_when_it_dies(
         # The new child starts niced: on a busy machine its imports take seconds.
         wait_for(lambda: len(calls()) == 2, timeout=60.0,
                  what="the second call's span, after the restart")
-        restarted = _children(daemon.process.pid)
+        restarted = _children(daemon.pid)
         assert len(restarted) == 1 and restarted != exporters
     finally:
         assert daemon.terminate() == 0

@@ -29,7 +29,7 @@ GOOD = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 
 
 def rss(daemon: Daemon) -> int:
-    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{daemon.pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")

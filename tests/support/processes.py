@@ -85,6 +85,15 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None  # None: running inside this process
     _in_process: ExitStack | None = field(default=None, repr=False)
 
+    @property
+    def pid(self) -> int:
+        """Its process's id (a daemon started with ``process=True``: what ``/proc`` knows it
+        by, for its CPU, memory, files and children)."""
+        if self.process is None:
+            raise RuntimeError("this daemon runs inside the test's own process; start it "
+                               "with process=True to read its process")
+        return self.process.pid
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
