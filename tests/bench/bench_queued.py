@@ -89,6 +89,7 @@ def run(workdir: Path, jobs: int, lines: int, latency: str) -> dict[str, Any]:
             "rss_mib_queued": rss_mib(pid),
             "keeper_unfinished": queued(daemon),
         }
+        assert daemon.process is not None
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
         started = time.perf_counter()
