@@ -54,7 +54,7 @@ def test_an_answer_is_found_before_and_after_its_id_is_indexed(
     assert index_all(store_connection) == (1 if lite else 0)  # batches
     if lite:
         assert rows(store_connection, "SELECT * FROM response_ids") == [
-            ("chatcmpl-a", 2), ("chatcmpl-b", 1)]
+            (0, "chatcmpl-a", 2), (0, "chatcmpl-b", 1)]  # block, response id, entry
         assert rows(store_connection, "SELECT entry_id FROM response_ids_indexed") == [(3,)]
     assert found_model(store_connection, "chatcmpl-b") == "m-one"  # from the index
     assert found_model(store_connection, "chatcmpl-a") == "m-two"
@@ -108,7 +108,7 @@ def test_a_lookup_reads_no_more_than_the_index_and_the_entries_past_it() -> None
     plan = [row[3] for row in connection.execute(
         "EXPLAIN QUERY PLAN " + _ANSWERS_SQLITE.format(columns="uid", condition="status = 200"),
         ("chatcmpl-x",))]
-    assert "SEARCH response_ids USING PRIMARY KEY (response_id=?)" in plan
+    assert "SEARCH response_ids USING PRIMARY KEY (entry_block=? AND response_id=?)" in plan
     assert "SEARCH ledger_entries USING INTEGER PRIMARY KEY (rowid>?)" in plan
     assert not [step for step in plan if step.startswith("SCAN ledger_entries")], plan
 
@@ -124,7 +124,7 @@ def test_the_migration_indexes_the_ids_already_in_the_ledger(tmp_path: Path) -> 
     for version, _name, sql in steps:
         if version >= 15:
             connection.executescript(sql)
-    assert rows(connection, "SELECT * FROM response_ids") == [
+    assert rows(connection, "SELECT response_id, entry_id FROM response_ids") == [
         ("chatcmpl-old", 1), ("chatcmpl-older", 3)]
     assert rows(connection, "SELECT entry_id FROM response_ids_indexed") == [(3,)]
     assert rows(connection, "SELECT name FROM sqlite_master "
@@ -140,3 +140,74 @@ def _migrated(location: StoreLocation) -> Connection:
         assert isinstance(connection, sqlite3.Connection)
         connection.executescript(sql)
     return connection
+
+
+def test_migration_0016_keys_the_ids_by_block_of_entries(tmp_path: Path) -> None:
+    connection = sqlite3.connect(tmp_path / "0015.sqlite3", isolation_level=None)
+    steps = migrations()
+    for version, _name, sql in steps:
+        if version <= 15:
+            connection.executescript(sql)
+    write_group(connection, [], [entry("r1", "chatcmpl-z", model="first"),
+                                 entry("r2", "chatcmpl-a", model="third block")], [])
+    connection.execute("UPDATE ledger_entries SET id = 20000 WHERE id = 2")  # block 2
+    index_all(connection)
+    write_group(connection, [], [entry("r3", "chatcmpl-new", model="not indexed")], [])
+    for version, _name, sql in steps:
+        if version > 15:
+            connection.executescript(sql)
+    assert rows(connection, "SELECT * FROM response_ids") == [
+        (0, "chatcmpl-z", 1), (2, "chatcmpl-a", 20000)]
+    assert [found_model(connection, name) for name in ("chatcmpl-z", "chatcmpl-a",
+                                                       "chatcmpl-new")] == [
+        "first", "third block", "not indexed"]
+    assert index_all(connection) == 1  # the new trigger indexes by block too
+    assert rows(connection, "SELECT * FROM response_ids WHERE entry_id = 20001") == [
+        (2, "chatcmpl-new", 20001)]
+    assert found_model(connection, "chatcmpl-new") == "not indexed"
+    connection.close()
+
+
+def test_indexing_new_entries_writes_no_more_on_a_big_ledger_than_on_a_small_one(
+    tmp_path: Path,
+) -> None:
+    # Keyed by the random id alone, each entry indexed went to a page of its own once the
+    # index outgrew a batch: the log a batch wrote grew with the ledger, 18 times over from
+    # the small ledger to the big one here (issue 17). Keyed by block, a batch writes the
+    # newest block's pages; both ledgers' newest blocks hold 1,000 entries (ids 1-1,000 in
+    # block 0, 57,344-58,344 in block 7 of 8,192 entries each).
+    logged = {size: _log_indexing_a_batch(tmp_path / f"{size}.sqlite3", size)
+              for size in (1_000, 1_000 + 7 * 8_192)}
+    assert logged[58_344] < 1.5 * logged[1_000], logged
+
+
+def _log_indexing_a_batch(path: Path, ledger_size: int) -> int:
+    """Bytes of write-ahead log that indexing 500 new entries writes on a ledger of
+    ``ledger_size`` indexed entries with random response ids."""
+    connection = _migrated(StoreLocation(Backend.SQLITE, str(path)))
+    assert isinstance(connection, sqlite3.Connection)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA wal_autocheckpoint=0")  # the log is read as it grows
+    write_group(connection, [], [entry("r0", "chatcmpl-0")], [])
+    _copy_first_entry(connection, ledger_size - 1)
+    index_all(connection)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _copy_first_entry(connection, 500)
+    wal = Path(f"{path}-wal")
+    before = wal.stat().st_size
+    index_all(connection)
+    logged = wal.stat().st_size - before
+    connection.close()
+    return logged
+
+
+def _copy_first_entry(connection: sqlite3.Connection, count: int) -> None:
+    """``count`` more entries like the first, each with request and response ids of its own."""
+    names = [row[1] for row in connection.execute("PRAGMA table_info(ledger_entries)")
+             if row[1] not in ("id", "request_id", "response_id")]
+    columns = ", ".join(names)
+    connection.execute(
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+        f"INSERT INTO ledger_entries (request_id, response_id, {columns}) "
+        f"SELECT 'copy-' || hex(randomblob(12)), 'chatcmpl-' || hex(randomblob(16)), {columns} "
+        f"FROM n, (SELECT * FROM ledger_entries WHERE id = 1)", (count,))
