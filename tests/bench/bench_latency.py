@@ -27,7 +27,9 @@ open loop (16 staggered clients sending on a schedule, not waiting for answers) 
 that target's own throughput at concurrency 64, and at 1,875 requests per second (75% of the
 issue's 2,500 target: its "open-loop p99 at 75% of that rate" can be read either way); the CPU
 a call of each proxy's process at concurrency 1 and 64 and in the open loop at 75%, and the
-share of that run it spent on a CPU; then each figure as a ratio to the floor's. A second
+share of that run it spent on a CPU, and the bytes each daemon wrote to disk a call at
+concurrency 64 (``--ledger-entries`` starts each SQLite daemon on a ledger that old, to see
+what the store's size costs); then each figure as a ratio to the floor's. A second
 table sets each mode against the defaults measured in the same round (req/s as a ratio, c=1
 latency as a difference, each the median of the rounds'): the terms the issue's targets for
 tracing, caps, cache misses and deadlines are set in, and steadier than two medians' ratio.
@@ -37,7 +39,7 @@ targets in reverse order, so that none always runs right after the same other on
 not pass/fail: the machine is noisy, so each is the median of rounds, over as many processes.
 
     python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--modes defaults,caps]
-                                        [--json OUT]
+                                        [--ledger-entries 340000] [--json OUT]
 
 Needs ``h2load`` (Debian: nghttp2-client).
 """
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import shutil
 import socket
@@ -62,8 +65,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+from llmspool.store.backend import DATABASE_NAME
 from llmspool.testing.postgres import PostgresServer, running_postgres
 
+from tests.support.ledgers import seed_sqlite_store
 from tests.support.processes import (
     UNLIMITED_SIM,
     Sim,
@@ -261,12 +266,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def disk_bytes_written(pid: int) -> float:
+    """Bytes the process has sent to storage so far (counted when it dirties a page cache
+    page), or NaN where ``/proc/PID/io`` cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return math.nan
+    return float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("write_bytes:")))
+
+
 @contextmanager
 def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: int,
-                    postgres: PostgresServer | None, round_number: int,
-                    ) -> Iterator[dict[str, Target]]:
+                    postgres: PostgresServer | None, seed_store: Path | None,
+                    round_number: int) -> Iterator[dict[str, Target]]:
     """The floor and a daemon per mode, new processes for round ``round_number``, each warmed
-    up; stopped when the block ends.
+    up; stopped when the block ends. ``seed_store``: a SQLite store each daemon whose store
+    is SQLite starts with (a copy of it).
 
     New each round: the same code in two processes differed by up to a tenth in throughput
     here, for the whole of a run (where its memory lands, what shares its core), so one
@@ -284,6 +301,9 @@ def started_targets(workdir: Path, sim: Sim, modes: Sequence[str], otlp_port: in
                 run_dir.mkdir()
                 if postgres is not None and "{postgres}" in config:
                     config = config.format(postgres=postgres.new_database("bench"))
+                elif seed_store is not None:
+                    (run_dir / "state").mkdir()
+                    shutil.copy(seed_store, run_dir / "state" / DATABASE_NAME)
                 daemon = start_daemon(
                     run_dir, sim.url, config_toml=config,
                     env={key: value.format(otlp=otlp_port) for key, value in env.items()},
@@ -402,12 +422,14 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
         of the run's time it was on a CPU (its threads added up)."""
         target = targets[name]
         cpu, started = cpu_seconds(target.pid), time.monotonic()
+        written = disk_bytes_written(target.pid)
         figures = h2load(load.via_url, body_file, requests=count, clients=clients,
                          workdir=load.workdir, socket_path=target.socket, rate=rate,
                          headers=load.headers.get(name, ()))
         used = cpu_seconds(target.pid) - cpu
         figures["cpu_us"] = used / count * 1e6
         figures["busy"] = used / (time.monotonic() - started)
+        figures["disk_kb"] = (disk_bytes_written(target.pid) - written) / count / 1000
         samples.failures[name] += figures["failures"]
         return figures
 
@@ -427,6 +449,7 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
                         (figures["p99_us"] - direct["p99_us"]) / 1000)
             samples.add(name, f"c{clients}_rps", figures["rps"])
             samples.add(name, f"c{clients}_cpu_us", figures["cpu_us"])
+            samples.add(name, f"c{clients}_disk_kb", figures["disk_kb"])
     # Streamed (an instant upstream sends each answer's events at once), and with a large
     # prompt.
     for name in targets:
@@ -466,6 +489,9 @@ def main() -> int:
                         help="requests per round at concurrency 1 (4x that at 64 and 256)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"daemon configurations to measure (of {', '.join(MODES)})")
+    parser.add_argument("--ledger-entries", type=int, default=0, metavar="N",
+                        help="start each daemon on a SQLite ledger of N entries with random "
+                             "response ids, as after N calls (not the postgres modes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if h2load_missing():
@@ -473,7 +499,8 @@ def main() -> int:
     modes = chosen(args.modes, MODES, "modes")
     if modes is None:
         return 2
-    figures: dict[str, Any] = {"cpus": os.cpu_count(), "modes": modes}
+    figures: dict[str, Any] = {"cpus": os.cpu_count(), "modes": modes,
+                               "ledger_entries": args.ledger_entries}
     with (tempfile.TemporaryDirectory(prefix="llmspool-bench-") as tmp, otlp_receiver() as port,
           contextlib.ExitStack() as servers):
         workdir = Path(tmp)
@@ -481,12 +508,20 @@ def main() -> int:
                     if any(mode.startswith("postgres") for mode in modes) else None)
         # Limits the daemon would learn from the headers and pace itself to (10,000 RPM by
         # default): far above what the load generator offers, so that only overhead is timed.
+        seed_store = None
+        if args.ledger_entries > 0:
+            print(f"making a ledger of {args.ledger_entries:,} entries for each daemon to "
+                  f"start with", file=sys.stderr, flush=True)
+            (workdir / "seed").mkdir()
+            seed_store = workdir / "seed" / DATABASE_NAME
+            seed_sqlite_store(seed_store, args.ledger_entries)
         sim = start_sim(workdir, UNLIMITED_SIM, process=True)
         try:
             headers = {mode: MODES[mode][2] for mode in modes}
             figures.update(measure(
                 sim, ["floor", *modes],
-                functools.partial(started_targets, workdir, sim, modes, port, postgres),
+                functools.partial(started_targets, workdir, sim, modes, port, postgres,
+                                  seed_store),
                 workdir, args.rounds, args.requests, headers))
         finally:
             sim.terminate()
@@ -501,8 +536,10 @@ def print_table(figures: dict[str, Any]) -> None:
     from rich.table import Table
 
     columns = ["floor", *figures["modes"]]
+    aged = (f", each daemon's ledger starting at {figures['ledger_entries']:,} entries"
+            if figures.get("ledger_entries") else "")
     table = Table(title=f"added over calling the simulator directly (median of rounds, "
-                        f"{figures['cpus']} CPUs); in brackets: x the floor")
+                        f"{figures['cpus']} CPUs{aged}); in brackets: x the floor")
     table.add_column("figure")
     table.add_column("target", justify="right")
     for column in columns:
@@ -530,6 +567,7 @@ def print_table(figures: dict[str, Any]) -> None:
         ("CPU a call, c=64", "", "c64_cpu_us", "us"),
         ("CPU a call, open loop at 75%", "", "open75_cpu_us", "us"),
         ("time on a CPU, open loop at 75%", "", "open75_busy", "share"),
+        ("written to disk a call, c=64", "", "c64_disk_kb", "kb"),
     ]
     for name, target, key, unit in rows:
         floor = figures["floor"][key]
@@ -537,7 +575,8 @@ def print_table(figures: dict[str, Any]) -> None:
         for column in columns:
             value = figures[column][key]
             text = {"rps": f"{value:,.0f}", "us": f"{value:,.0f} µs",
-                    "share": f"{value:.0%}"}.get(unit, f"{value:.3f} ms")
+                    "share": f"{value:.0%}", "kb": f"{value:.1f} KB"}.get(
+                unit, f"{value:.3f} ms")
             if column != "floor" and floor:
                 text += f" [{value / floor:.2f}x]"
             cells.append(text)

@@ -21,6 +21,8 @@ from llmspool.store.ledger import write_group
 from llmspool.store.records import Caller, Settled, Viewer
 from llmspool.store.response_ids import _ANSWERS_SQLITE, index_all, index_new_entries
 
+from tests.support.ledgers import add_entries_like_the_first
+
 NOW = 1.8e9
 
 
@@ -172,7 +174,7 @@ def test_indexing_new_entries_writes_no_more_on_a_big_ledger_than_on_a_small_one
     tmp_path: Path,
 ) -> None:
     # Keyed by the random id alone, each entry indexed went to a page of its own once the
-    # index outgrew a batch: the log a batch wrote grew with the ledger, 18 times over from
+    # index outgrew a batch: the log a batch wrote grew with the ledger, 20 times over from
     # the small ledger to the big one here (issue 17). Keyed by block, a batch writes the
     # newest block's pages; both ledgers' newest blocks hold 1,000 entries (ids 1-1,000 in
     # block 0, 57,344-58,344 in block 7 of 8,192 entries each).
@@ -189,25 +191,13 @@ def _log_indexing_a_batch(path: Path, ledger_size: int) -> int:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA wal_autocheckpoint=0")  # the log is read as it grows
     write_group(connection, [], [entry("r0", "chatcmpl-0")], [])
-    _copy_first_entry(connection, ledger_size - 1)
+    add_entries_like_the_first(connection, ledger_size - 1)
     index_all(connection)
     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    _copy_first_entry(connection, 500)
+    add_entries_like_the_first(connection, 500)
     wal = Path(f"{path}-wal")
     before = wal.stat().st_size
     index_all(connection)
     logged = wal.stat().st_size - before
     connection.close()
     return logged
-
-
-def _copy_first_entry(connection: sqlite3.Connection, count: int) -> None:
-    """``count`` more entries like the first, each with request and response ids of its own."""
-    names = [row[1] for row in connection.execute("PRAGMA table_info(ledger_entries)")
-             if row[1] not in ("id", "request_id", "response_id")]
-    columns = ", ".join(names)
-    connection.execute(
-        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-        f"INSERT INTO ledger_entries (request_id, response_id, {columns}) "
-        f"SELECT 'copy-' || hex(randomblob(12)), 'chatcmpl-' || hex(randomblob(16)), {columns} "
-        f"FROM n, (SELECT * FROM ledger_entries WHERE id = 1)", (count,))
