@@ -123,11 +123,66 @@ def test_an_idle_store_is_not_checkpointed(tmp_path: Path) -> None:
     writer.close()
 
 
+def test_commits_a_while_apart_share_a_checkpoint(tmp_path: Path) -> None:
+    # A checkpoint syncs both files, so a commit after it writes all its pages to disk again:
+    # one a commit took a daemon at 10 calls a second to 80 KB written a call (issue 17).
+    path = tmp_path / "store.sqlite3"
+    writer = _writer(path)
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)), seconds=1.0)
+    made_by_then: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(checkpoints.run)
+            await anyio.sleep(0.01)
+            for number in range(4):  # a commit every 0.1 s
+                writer.execute("INSERT INTO rows VALUES (?)", (str(number),))
+                checkpoints.due()
+                await anyio.sleep(0.1)
+            made_by_then.append(checkpoints.made)
+            with anyio.fail_after(5):
+                while checkpoints.made < 1:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.3)
+            tasks.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert made_by_then == [0]  # 0.4 s of commits, none checkpointed yet
+    assert checkpoints.made == 1  # then all four in one
+    assert checkpoints.start_overs == 1  # wholly copied
+    writer.close()
+
+
+def test_enough_commits_are_checkpointed_without_waiting_for_the_time(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    writer = _writer(path)
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(path)), commits=3,
+                                 seconds=60)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(checkpoints.run)
+            await anyio.sleep(0.01)
+            for number in range(3):
+                writer.execute("INSERT INTO rows VALUES (?)", (str(number),))
+                checkpoints.due()
+                await anyio.sleep(0.05)
+                assert checkpoints.made == 0 or number == 2
+            with anyio.fail_after(5):
+                while checkpoints.made < 1:
+                    await anyio.sleep(0.01)
+            tasks.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert checkpoints.made == 1
+    writer.close()
+
+
 def test_a_checkpoint_that_fails_is_logged_and_the_next_is_tried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     missing = tmp_path / "gone" / "store.sqlite3"
-    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(missing)))
+    checkpoints = WalCheckpoints(StoreLocation(Backend.SQLITE, str(missing)), seconds=0.05)
 
     async def main() -> None:
         async with anyio.create_task_group() as tasks:

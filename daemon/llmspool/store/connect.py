@@ -7,7 +7,8 @@ migrate: the daemon (``store.schema.migrate_store``) and ``llmspool store migrat
 
 SQLite connections get the settings every part of the daemon relies on: WAL (readers never
 block the writer), ``synchronous=NORMAL`` (a commit survives a crash of the daemon; only a
-power loss can take the last ones), foreign keys, and a busy timeout: two writers take turns
+power loss can take the last ones, those since the last checkpoint: up to a second's, as
+``store.wal_checkpoints`` makes them), foreign keys, and a busy timeout: two writers take turns
 on SQLite's write lock, a turn is one short transaction, so 30 s of waiting means something is
 truly stuck. ``read_only`` opens SQLite's file read-only, and a PostgreSQL session whose
 transactions cannot write.
