@@ -255,7 +255,7 @@ class Daemon:
         if self._forwarder is not None:
             self._forwarder.stop_clock.stop_at(self._stop_deadline)
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.stop()
 
     def _reload(self) -> bool:
         """Re-read what can change without a restart: log level and prices (the dispatcher,
