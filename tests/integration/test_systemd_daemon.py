@@ -6,6 +6,8 @@ What an operator relies on when llmspool runs from llmspool.service/.socket:
   of its own, and leaves the socket unit's file in place when it exits;
 - it says ``READY=1`` only when it answers requests, pings ``WATCHDOG=1`` at half of
   ``WATCHDOG_USEC``, all from the main process (``NotifyAccess=main``);
+- while it migrates its store at start, it says so (``STATUS``) and asks for more time to
+  start (``EXTEND_TIMEOUT_USEC``), since a migration over a big ledger can outlast the default;
 - on SIGTERM it says ``STOPPING=1``, exits 0 within the stop timeout, and removes its socket.
 
 Each test runs ``python -m llmspool daemon`` in a child process with its own state directory;
@@ -21,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from llmspool.store.backend import DATABASE_NAME
+from llmspool.store.database import migrations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,6 +162,37 @@ class NotifyReceiver:
 
 
 # --- running the daemon -----------------------------------------------------------------
+
+
+def test_a_migration_at_start_is_said_and_asks_systemd_for_time(short_dir: Path) -> None:
+    # A migration that rewrites a table of the ledger takes ~1.5 s a million entries: on a
+    # busy daemon's ledger, longer than systemd's 90 s to start. The daemon says what it is
+    # doing (STATUS) and asks for more time (EXTEND_TIMEOUT_USEC) before READY=1.
+    env = daemon_env(short_dir)
+    store = sqlite3.connect(Path(env["LLMSPOOL_STATE_DIR"]) / DATABASE_NAME,
+                            isolation_level=None)
+    known = migrations()
+    for version, _name, sql in known[:-1]:  # a store one migration behind
+        store.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")
+    store.close()
+    receiver = NotifyReceiver(short_dir / "notify.sock")
+    env["NOTIFY_SOCKET"] = str(receiver.path)
+    log = short_dir / "daemon.log"
+    try:
+        with running(DAEMON, env, log) as proc:
+            receiver.wait_for("READY", "1", timeout=START_TIMEOUT, proc=proc)
+            proc.send_signal(signal.SIGTERM)
+            receiver.wait_for("STOPPING", "1", timeout=STOP_TIMEOUT, proc=proc)
+            proc.wait(timeout=STOP_TIMEOUT)
+    finally:
+        receiver.close()
+    before_ready = receiver.messages()[:next(
+        index for index, note in enumerate(receiver.messages()) if note.get("READY") == "1")]
+    assert {"EXTEND_TIMEOUT_USEC": "30000000"} in before_ready, receiver.messages()
+    assert any(f"migrating the store (1 migration(s): {known[-1][1]})" in note.get("STATUS", "")
+               for note in before_ready), receiver.messages()
+    with sqlite3.connect(Path(env["LLMSPOOL_STATE_DIR"]) / DATABASE_NAME) as migrated:
+        assert migrated.execute("PRAGMA user_version").fetchone() == (len(known),)
 
 
 @pytest.fixture
