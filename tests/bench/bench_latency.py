@@ -158,9 +158,15 @@ def h2load(target: str, body_file: Path, *, requests: int, clients: int, workdir
         _start, status, duration = line.split("\t")
         latencies.append(int(duration))
         failures += status != "200"
+    failures += requests - len(latencies)
+    if failures:  # said as it happens: the table only adds them up
+        codes = next((line.strip() for line in output.splitlines()
+                      if line.startswith("status codes:")), "")
+        print(f"  {failures} of {requests} calls failed at {clients} clients via "
+              f"{socket_path or target}{f' at {rate:,.0f}/s' if rate else ''} ({codes})",
+              file=sys.stderr, flush=True)
     rate = next(float(line.split(",")[1].split()[0]) for line in output.splitlines()
                 if line.startswith("finished in"))
-    failures += requests - len(latencies)
     return {"p50_us": percentile(latencies, 0.5), "p99_us": percentile(latencies, 0.99),
             "rps": rate, "failures": failures}
 
