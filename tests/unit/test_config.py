@@ -41,6 +41,8 @@ def test_no_file_gives_complete_defaults() -> None:
         ("[providers.openai]\ntimeout = 5\nmodels = 'gpt-4o'\n", "providers.openai.models"),
         ("[providers.openai]\nbase_uri = 'x'\n", "providers.openai.base_uri"),
         ("[tracing]\nenabled = 'maybe'\n", "tracing.enabled"),
+        ("[store]\nsync_interval = '0s'\n", "store.sync_interval"),
+        ("[store]\nsync_interval = '2m'\n", "store.sync_interval"),
         ("daemon = 3\n", "daemon"),
     ],
 )

@@ -10,6 +10,8 @@ import anyio
 import pytest
 from llmspool.store.backend import Backend, StoreLocation
 from llmspool.store.connections import Connection
+from llmspool.store.ledger import LedgerConnection
+from llmspool.store.schema import migrate_store
 from llmspool.store.wal_checkpoints import RESTART_PAGES, WalCheckpoints
 
 
@@ -176,6 +178,35 @@ def test_enough_commits_are_checkpointed_without_waiting_for_the_time(tmp_path: 
     anyio.run(main)
     assert checkpoints.made == 1
     writer.close()
+
+
+@pytest.mark.parametrize(("sync_interval", "checkpointed"), [(0.05, True), (None, False)])
+def test_the_ledgers_connection_syncs_a_commit_within_its_sync_interval(
+    tmp_path: Path, sync_interval: float | None, checkpointed: bool,
+) -> None:
+    # [store] sync_interval reaches the ledger's checkpoints: 50 ms, then a commit is synced
+    # within 0.4 s; the default (1 s) leaves it in the log that long.
+    location = StoreLocation(Backend.SQLITE, str(tmp_path / "store.sqlite3"))
+    anyio.run(migrate_store, location)
+    database = (LedgerConnection.open(location) if sync_interval is None
+                else LedgerConnection.open(location, sync_interval))
+    assert database.checkpoints is not None
+    checkpoints = database.checkpoints
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(checkpoints.run)
+            await anyio.sleep(0.01)
+            await database.run(lambda connection: connection.execute(
+                "UPDATE reservation_journal SET covered = covered + 1"))
+            await anyio.sleep(0.4)
+            tasks.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        database.close()
+    assert (checkpoints.made == 1) is checkpointed
 
 
 def test_a_checkpoint_that_fails_is_logged_and_the_next_is_tried(

@@ -114,7 +114,7 @@ class Daemon:
                 log.info("store: %s %s", store.backend.value, store.shown())
                 jobs_database = await connect_async(store)
                 stack.push_async_callback(close_shielded, jobs_database)
-                ledger_database = LedgerConnection.open(store)
+                ledger_database = LedgerConnection.open(store, config.store.sync_interval)
                 stack.callback(ledger_database.close)
                 for provider in providers.values():
                     await stack.enter_async_context(provider)

@@ -31,7 +31,7 @@ from llmspool.store.records import Caller, JobResult, Settled
 from llmspool.store.reservation_journal import JournalMark, ReservationJournal, journal_path
 from llmspool.store.response_ids import index_all
 from llmspool.store.schema import migrate_store
-from llmspool.store.wal_checkpoints import WalCheckpoints
+from llmspool.store.wal_checkpoints import CHECKPOINT_SECONDS, WalCheckpoints
 
 _T = TypeVar("_T")
 _TIERS = {tier.value for tier in Tier}
@@ -116,14 +116,16 @@ class LedgerConnection:
         self.shared = not self._on_loop
 
     @classmethod
-    def open(cls, location: StoreLocation) -> LedgerConnection:
+    def open(cls, location: StoreLocation,
+             sync_interval: float = CHECKPOINT_SECONDS) -> LedgerConnection:
+        """``sync_interval``: on SQLite, the longest a commit waits for its checkpoint."""
         # SQLite: no busy wait on the event loop; a locked database moves to the thread.
         connection = connect(location, lock_wait_ms=0)
         if location.backend is not Backend.SQLITE:
             return cls(connection)
         # No checkpoint (and its fsyncs) inside a commit on the event loop.
         connection.execute("PRAGMA wal_autocheckpoint=0")
-        return cls(connection, WalCheckpoints(location, before=index_all),
+        return cls(connection, WalCheckpoints(location, before=index_all, seconds=sync_interval),
                    ReservationJournal(journal_path(location.path)))
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:

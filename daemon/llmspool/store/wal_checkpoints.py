@@ -65,7 +65,8 @@ CHECKPOINT_COMMITS = 32
 (a commit of the ledger's then holds some 70 entries in about 45 pages)."""
 
 CHECKPOINT_SECONDS = 1.0
-"""The longest a commit waits for its checkpoint: what a crash of the machine can take."""
+"""The longest a commit waits for its checkpoint, what a crash of the machine can take: the
+default of ``[store] sync_interval``, which the ledger's connection passes as ``seconds``."""
 
 RESTART_PAGES = 4000
 """A log longer than this after a passive checkpoint is started over with a RESTART

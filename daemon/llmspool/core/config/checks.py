@@ -122,6 +122,7 @@ def _cache(table: Mapping[str, Any]) -> CacheConfig:
 
 
 STORE_SCHEMES = ("postgresql://", "postgres://")
+SYNC_INTERVALS = (0.01, 60.0)  # seconds: [store] sync_interval's bounds
 
 
 def _store(table: Mapping[str, Any]) -> StoreConfig:
@@ -133,7 +134,12 @@ def _store(table: Mapping[str, Any]) -> StoreConfig:
     if store.lease < 3.0:
         _problem(ConfigError("store.lease", f"expected at least 3s (a daemon renews its lease "
                                             f"three times a lease), got {store.lease}s"))
-        return StoreConfig(url=store.url, name=store.name)
+        return StoreConfig(url=store.url, name=store.name, sync_interval=store.sync_interval)
+    if not SYNC_INTERVALS[0] <= store.sync_interval <= SYNC_INTERVALS[1]:
+        _problem(ConfigError("store.sync_interval", (
+            f"expected 10ms to 1m (how long a commit may wait to be synced to disk), got "
+            f"{store.sync_interval}s")))
+        return StoreConfig(url=store.url, name=store.name, lease=store.lease)
     return store
 
 

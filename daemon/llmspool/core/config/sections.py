@@ -324,6 +324,9 @@ class StoreConfig:
     # How long a daemon's lease on a shared store lasts; it renews it three times a lease.
     # A daemon silent for longer is dead: another settles the calls it had in flight.
     lease: float = _duration("30s")
+    # SQLite: the longest a commit waits to be synced to disk, by a checkpoint of the
+    # write-ahead log (store/wal_checkpoints.py; sooner once 32 commits wait).
+    sync_interval: float = _duration("1s")
 
 
 def _default_providers() -> dict[str, ProviderConfig]:
