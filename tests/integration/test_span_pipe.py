@@ -42,8 +42,14 @@ def provider(pipe_env: dict[str, str]) -> Iterator[tuple[TracerProvider, SpanPip
 
 
 def _children() -> list[int]:
-    return [int(child) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
-            for child in (task / "children").read_text().split()]
+    """The pids of this process's children, from every thread's ``children`` file."""
+    found: list[int] = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing (a worker's, idle)
+            continue
+    return found
 
 
 def _traces(receiver: OtlpReceiver) -> int:  # noqa: F811
