@@ -21,7 +21,7 @@ from llmspool.store.ledger import write_group
 from llmspool.store.records import Caller, Settled, Viewer
 from llmspool.store.response_ids import _ANSWERS_SQLITE, index_all, index_new_entries
 
-from tests.support.ledgers import add_entries_like_the_first
+from tests.support.ledgers import add_entries_like_the_first, seed_sqlite_store
 
 NOW = 1.8e9
 
@@ -186,14 +186,10 @@ def test_indexing_new_entries_writes_no_more_on_a_big_ledger_than_on_a_small_one
 def _log_indexing_a_batch(path: Path, ledger_size: int) -> int:
     """Bytes of write-ahead log that indexing 500 new entries writes on a ledger of
     ``ledger_size`` indexed entries with random response ids."""
-    connection = _migrated(StoreLocation(Backend.SQLITE, str(path)))
+    seed_sqlite_store(path, ledger_size)
+    connection = connect(StoreLocation(Backend.SQLITE, str(path)))
     assert isinstance(connection, sqlite3.Connection)
-    connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA wal_autocheckpoint=0")  # the log is read as it grows
-    write_group(connection, [], [entry("r0", "chatcmpl-0")], [])
-    add_entries_like_the_first(connection, ledger_size - 1)
-    index_all(connection)
-    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     add_entries_like_the_first(connection, 500)
     wal = Path(f"{path}-wal")
     before = wal.stat().st_size
