@@ -121,6 +121,31 @@ def test_a_connection_reset_is_retried(fast_daemon: Daemon, sim: Sim) -> None:
     assert upstream_calls(sim) == 2
 
 
+def test_a_kept_alive_connection_closed_as_a_call_goes_out_is_sent_again_at_once(
+        tmp_path: Path, sim: Sim) -> None:
+    # The call after the first goes out on the first's kept-alive connection, and the server
+    # cuts it off unanswered: what its idle timeout running out as the connection is reused
+    # looks like. It is sent again at once on a new connection (a backoff is 5 s here), and the
+    # breaker, which one failure would open here, does not count it: a server's idle timeout
+    # is not its health. A burst that reused connections the simulator was closing opened the
+    # breaker for a minute (bench_latency, 2026-12-05).
+    daemon = start_daemon(tmp_path, sim.url, config_toml=(
+        '[retry]\nbackoff_min = "5s"\nbackoff_max = "5s"\n[breaker]\nfailures = 1\n'))
+    try:
+        for round_number in range(3):
+            assert chat(daemon)[0] == 200  # its connection is kept alive
+            sim.set_faults({"kind": "drop", "count": 1})
+            started = time.monotonic()
+            assert chat(daemon)[0] == 200, round_number
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.0, f"the cut-off call waited a backoff: {elapsed:.2f} s"
+        assert upstream_calls(sim) == 9
+        assert breaker_state(daemon) == "closed"
+        assert dispatcher_status(daemon)["breaker_transitions"] == []
+    finally:
+        daemon.terminate()
+
+
 def test_attempts_share_the_request_timeout_of_a_hung_upstream(tmp_path: Path,
                                                                sim: Sim) -> None:
     daemon = start_daemon(tmp_path, sim.url, config_toml=(

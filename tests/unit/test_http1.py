@@ -17,7 +17,12 @@ from pathlib import Path
 import anyio
 import pytest
 from llmspool.core.connection_stats import ConnectionCounter
-from llmspool.core.http1 import ConnectTimeout, Http1Pool, UpstreamProtocolError
+from llmspool.core.http1 import (
+    ConnectTimeout,
+    Http1Pool,
+    IdleConnectionClosed,
+    UpstreamProtocolError,
+)
 
 # A handler gets each request's head and body and the writer; the server reads requests
 # off a connection until the handler returns False or the client closes it.
@@ -337,6 +342,42 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
                 await anyio.sleep(0.05)  # the close arrives before the next call
             await pool.aclose()
         assert server.connections == 3
+
+    anyio.run(main)
+
+
+def test_a_kept_alive_connection_closed_as_a_request_goes_out_is_said_to_be_so() -> None:
+    # The server's idle timeout running out as the client reuses the connection: the close
+    # reaches the client after its request went out, before any answer. Here the server takes
+    # the second request on a connection and closes it unanswered; the first on a connection
+    # closed so is a failure like any other, not a kept-alive connection's.
+    served: dict[int, int] = {}
+
+    async def first_only(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        key = id(writer)
+        served[key] = served.get(key, 0) + 1
+        if served[key] > 1:
+            return False  # closed, unanswered
+        writer.write(answer(b"{}"))
+        return True
+
+    async def silent(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async def main() -> None:
+        async with serving(first_only) as server:
+            pool = pool_for(server)
+            assert await body_of(pool) == b"{}"
+            with pytest.raises(IdleConnectionClosed, match="idle timeout"):
+                await pool.post("/x", b"{}")
+            assert await body_of(pool) == b"{}"  # on a new connection
+            await pool.aclose()
+        assert server.connections == 2
+        async with serving(silent) as server:
+            pool = pool_for(server)
+            with pytest.raises(ConnectionError, match="before answering") as raised:
+                await pool.post("/x", b"{}")
+            assert not isinstance(raised.value, IdleConnectionClosed)
 
     anyio.run(main)
 

@@ -27,8 +27,15 @@ retry policy decides whether a call is sent again.
 
 Errors: ``ConnectTimeout`` (no connection within ``connect_timeout``), ``OSError`` from
 connecting, and ``ConnectionError`` (``UpstreamProtocolError`` for an answer that is not
-HTTP/1.1) for a connection lost or broken before its answer ended.
+HTTP/1.1) for a connection lost or broken before its answer ended; ``IdleConnectionClosed``
+when that connection had already carried a request and not a byte of this one's answer came.
 ``llmspool.core.http_pool.unreachable`` maps each to the daemon's 502 or 504.
+
+A kept-alive connection can be closed by the server, its idle timeout run out, just as a
+request goes out on it: the server never reads the request, and its close reaches us before any
+answer. The pool cannot tell the close from a crash of the server after reading, so it does not
+send the request again itself; ``IdleConnectionClosed`` says what most likely happened, and the
+retry policy sends it again at once (``resilience.failures``: it is not the provider failing).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ import httptools
 
 from llmspool.core.connection_stats import ConnectionCounter
 
-__all__ = ["ConnectTimeout", "Http1Pool", "Http1Response", "UpstreamProtocolError"]
+__all__ = ["ConnectTimeout", "Http1Pool", "Http1Response", "IdleConnectionClosed",
+           "UpstreamProtocolError"]
 
 # Bytes of an answer buffered unread before the socket is paused; a read takes them all
 # and resumes it.
@@ -59,6 +67,11 @@ class ConnectTimeout(TimeoutError):
 
 class UpstreamProtocolError(ConnectionError):
     """The server's answer is not valid HTTP/1.1."""
+
+
+class IdleConnectionClosed(ConnectionError):
+    """The server closed a kept-alive connection as a request went out on it, before a byte of
+    the answer: most likely its idle timeout ran out as the connection was reused."""
 
 
 class _Connection(asyncio.Protocol):
@@ -87,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
         self._framed = False  # the body's end is given by a length or by chunks
+        self.exchanges = 0  # requests sent on this connection, this one included
+        self._answered = False  # a byte of this exchange's answer has come
 
     # asyncio.Protocol
 
@@ -95,6 +110,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self._answered = True
         if not self._exchanging or self.complete:
             # Bytes nobody asked for: the connection cannot be trusted.
             self.close()
@@ -110,6 +126,10 @@ class _Connection(asyncio.Protocol):
         if self._exchanging and not self.complete:
             if self._head_done and not self._framed and self.error is None:
                 self._finish()  # a body delimited by the connection's end has ended
+            elif not self._answered and self.exchanges > 1:
+                self._fail(IdleConnectionClosed(
+                    "the server closed a kept-alive connection as the request went out on it, "
+                    "before answering (its idle timeout ran out, most likely)"))
             else:
                 cause = f" ({exc})" if exc is not None else ""
                 where = "in the middle of its answer" if self._head_done else "before answering"
@@ -173,6 +193,8 @@ class _Connection(asyncio.Protocol):
         self.error = None
         self._decoder = None
         self._exchanging = True
+        self.exchanges += 1
+        self._answered = False
         assert self._transport is not None
         self._transport.write(data)
 

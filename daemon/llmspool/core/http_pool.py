@@ -22,7 +22,7 @@ import aiohttp
 from llmspool.core.config.sections import ProviderConfig
 from llmspool.core.connection_stats import ConnectionCounter
 from llmspool.core.errors import UpstreamUnreachable
-from llmspool.core.http1 import ConnectTimeout, Http1Pool
+from llmspool.core.http1 import ConnectTimeout, Http1Pool, IdleConnectionClosed
 
 
 def _auth(api_key: str, auth_headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -71,7 +71,8 @@ def pooled_session(config: ProviderConfig, api_key: str, connections: Connection
 def unreachable(provider: str, exc: BaseException, *, hint: str = "") -> UpstreamUnreachable:
     """No answer from ``provider`` (an ``OSError`` of ``pooled_http1``, an aiohttp exception, or
     a ``TimeoutError``): a timeout is 504 (``connect_timeout`` for the connection,
-    ``upstream_timeout`` for the rest), so that the daemon's retry policy and its messages can
+    ``upstream_timeout`` for the rest), and a kept-alive connection closed as the request went
+    out is ``idle_connection_closed``, so that the daemon's retry policy and its messages can
     tell them apart; anything else is ``upstream_unreachable``, with ``hint`` (what to check)
     after the cause."""
     if isinstance(exc, ConnectTimeout | aiohttp.ConnectionTimeoutError):
@@ -80,6 +81,12 @@ def unreachable(provider: str, exc: BaseException, *, hint: str = "") -> Upstrea
             "connect_timeout); check the network and base_url",
             code="connect_timeout",
             status=504,
+        )
+    if isinstance(exc, IdleConnectionClosed):
+        return UpstreamUnreachable(
+            f"{provider} closed a kept-alive connection as the request went out on it, before "
+            "answering (its idle timeout ran out, most likely); the request may be sent again",
+            code="idle_connection_closed",
         )
     if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
         return UpstreamUnreachable(

@@ -11,7 +11,8 @@
 
 Only failures that say the provider is unwell count (``FailureClass.counts_against_provider``:
 5xx, connection errors, timeouts); a 400 or a rate limit is an answer, so it counts as a success
-for the consecutive count and is left out of the rate.
+for the consecutive count and is left out of the rate. A kept-alive connection the server closed
+as a request went out on it (``FailureClass.IDLE_CLOSE``) says nothing either way.
 
 The breakers are plain objects owned by the dispatcher. Every method is synchronous, so on the
 one event loop a check and the state change it makes cannot interleave with another call's:

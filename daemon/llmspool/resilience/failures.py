@@ -36,10 +36,20 @@ class FailureClass(StrEnum):
     TRANSIENT = "transient"
     FLEX_UNAVAILABLE = "flex_unavailable"
     PERMANENT = "permanent"
+    IDLE_CLOSE = "idle_close"
+    """The server closed a kept-alive connection as the request went out on it, before
+    answering: its idle timeout, not its health. Sent again at once, on the connection pool's
+    next connection."""
 
     @property
     def retryable(self) -> bool:
-        return self in (FailureClass.RATE_LIMITED, FailureClass.TRANSIENT)
+        return self in (FailureClass.RATE_LIMITED, FailureClass.TRANSIENT,
+                        FailureClass.IDLE_CLOSE)
+
+    @property
+    def at_once(self) -> bool:
+        """Whether a retry goes without waiting (nothing says the provider needs a pause)."""
+        return self is FailureClass.IDLE_CLOSE
 
     @property
     def counts_against_provider(self) -> bool:
@@ -73,6 +83,9 @@ TRANSIENT_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
 def classify(error: ApiError, *, flex: bool = False) -> Failure:
     """What ``error`` from a call means (``flex``: the call asked for the flex tier)."""
     if isinstance(error, UpstreamUnreachable):
+        if error.code == "idle_connection_closed":
+            return Failure(FailureClass.IDLE_CLOSE,
+                           "a kept-alive connection closed by the server as the request went out")
         if error.code in ("upstream_timeout", "stream_idle_timeout", "connect_timeout"):
             return Failure(FailureClass.TRANSIENT, f"timeout ({error.code})")
         return Failure(FailureClass.TRANSIENT, "no answer (connection refused or reset)")

@@ -12,7 +12,10 @@ every rule says yes, and each "no" and each "yes" is logged with its reason:
 
 The wait is full jitter, ``uniform(0, min(backoff_max, backoff_min * 2^(n-1)))`` (tenacity's
 ``wait_random_exponential``), or the provider's hint (``retry-after-ms``, ``retry-after``)
-when that is longer: a provider that says when to come back is believed.
+when that is longer: a provider that says when to come back is believed. A request cut off by
+the server closing an idle kept-alive connection as it went out (``FailureClass.IDLE_CLOSE``)
+is sent again at once: nothing says the provider needs a pause, and a wait of up to
+``backoff_min`` (a second by default) was the whole of such a call's extra latency.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class CallRetries:
     flex: bool
     deadline_at: float | None
     hint: float | None = None
+    at_once: bool = False  # the last failure's retry goes without waiting
     reasons: list[str] = field(default_factory=list)
 
 
@@ -187,9 +191,12 @@ class Retrier:
             state.reasons.append(failure.reason)
             headers = exc.upstream_headers if isinstance(exc, UpstreamError) else {}
             state.hint = retry_hint(headers)
+            state.at_once = failure.kind.at_once
             return True
 
         def wait(retry_state: RetryCallState) -> float:
+            if state.at_once:
+                return 0.0
             return max(jitter(retry_state), state.hint or 0.0)
 
         def stop(retry_state: RetryCallState) -> bool:
