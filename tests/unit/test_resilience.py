@@ -147,6 +147,17 @@ async def _now() -> float:
     return anyio.current_time()
 
 
+def test_a_kept_alive_connection_closed_as_the_call_went_out_is_retried_without_waiting() -> None:
+    idle_close = UpstreamUnreachable("closed as it went out", code="idle_connection_closed")
+    failure = classify(idle_close)
+    assert failure.kind is FailureClass.IDLE_CLOSE
+    assert failure.kind.retryable and not failure.kind.counts_against_provider
+    slow = RetryConfig(max_attempts=3, backoff_min=30.0, backoff_max=60.0)
+    started = anyio.run(_now)
+    assert run_attempts(Retrier(slow, {}), [idle_close, idle_close]) == (3, None)
+    assert anyio.run(_now) - started < 1.0  # no backoff of 30 s or more
+
+
 def test_no_retry_whose_wait_passes_the_deadline() -> None:
     import time
     retrier = Retrier(FAST, {})
