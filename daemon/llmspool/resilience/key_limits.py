@@ -128,19 +128,30 @@ class KeyLimits:
         cap = self.settings.concurrency
         return not cap or len(self.in_flight) < cap
 
-    def _fits(self, waiter: Waiter, now: float) -> bool:
+    def _fits(self, tokens: int, now: float) -> bool:
         return (
             not self.ramp.paused(now)
             and self._slot_free()
             and self.resources[REQUESTS].fits(1)
-            and self.resources[TOKENS].fits(waiter.tokens)
+            and self.resources[TOKENS].fits(tokens)
         )
+
+    def admit_at_once(self, tokens: int, now: float) -> Permit | None:
+        """A permit for a call that finds nobody waiting and room for it (``check_size``
+        done): what ``enqueue`` then ``pump`` would give it, without making and queueing a
+        waiter. None: it must wait its turn."""
+        if self.interactive or self.deferred:
+            return None
+        self._settle(now)
+        return self._admit(tokens, now) if self._fits(tokens, now) else None
 
     def pump(self, now: float, *, wake_blocked: bool = True) -> None:
         """Admit waiters from the head while they fit, then wake the head that does not, so
         that it times its own wait against the state as it is now (``wake_blocked=False``:
         only a waiter arrived, so the head's own timer still holds, unless this pump let the
         head go: the waiter now at the head slept as one behind it, without a timer)."""
+        if not self.interactive and not self.deferred:
+            return  # nobody to admit; the buckets settle when they are next read
         self._settle(now)
         token_limit = self.resources[TOKENS].limit
         new_head = wake_blocked
@@ -152,7 +163,7 @@ class KeyLimits:
                 wake(head)
                 new_head = True
                 continue
-            if not self._fits(head, now):
+            if not self._fits(head.tokens, now):
                 if new_head:
                     wake(head)
                 return

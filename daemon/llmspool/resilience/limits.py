@@ -77,6 +77,12 @@ class RateLimits:
             raise ValueError(f"tokens cannot be negative: {tokens}")
         limits = self._limits(provider, model)
         limits.check_size(tokens)
+        # Most calls find nobody waiting and room. Each made, queued and popped a waiter
+        # and settled the buckets three times: acquire, observe and release took 11.7-12.1
+        # µs a call in a microbenchmark, 10.0 without (the limiter is ~8% of a call's CPU).
+        permit = limits.admit_at_once(tokens, self._clock())
+        if permit is not None:
+            return permit
         waiter = Waiter(tokens, interactive)
         limits.enqueue(waiter)
         limits.pump(self._clock(), wake_blocked=False)
