@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from llmspool.core.errors import InvalidRequest
+from llmspool.core.http1 import LowercaseHeaders
 from llmspool.resilience.buckets import Permit
 from llmspool.resilience.key_limits import LimitSettings, RequestTooLarge
 from llmspool.resilience.limits import RateLimits
@@ -492,6 +493,16 @@ def test_limits_are_learned_from_headers() -> None:
             await take(limits, 10_001)
 
     run(main)
+
+
+def test_a_limit_is_learned_anew_when_an_answer_changes_it() -> None:
+    # Answers repeat their limits, and a repeat is not read again; a change still counts.
+    limits = RateLimits({}, clock=FakeClock())
+    for rpm in ("100", "100", "50", "50", "80"):
+        limits.observe(PROVIDER, MODEL, LowercaseHeaders({"x-ratelimit-limit-requests": rpm}))
+        assert state(limits)["rpm"] == int(rpm)
+    limits.observe(PROVIDER, MODEL, {})  # says nothing: what was learnt stands
+    assert state(limits)["rpm"] == 80
 
 
 def test_a_configured_limit_stays_in_force() -> None:

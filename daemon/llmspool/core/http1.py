@@ -54,7 +54,7 @@ import httptools
 from llmspool.core.connection_stats import ConnectionCounter
 
 __all__ = ["ConnectTimeout", "Http1Pool", "Http1Response", "IdleConnectionClosed",
-           "UpstreamProtocolError"]
+           "LowercaseHeaders", "UpstreamProtocolError"]
 
 # Bytes of an answer buffered unread before the socket is paused; a read takes them all
 # and resumes it.
@@ -67,6 +67,11 @@ class ConnectTimeout(TimeoutError):
 
 class UpstreamProtocolError(ConnectionError):
     """The server's answer is not valid HTTP/1.1."""
+
+
+class LowercaseHeaders(dict[str, str]):
+    """An answer's headers, every name lower-cased (of a repeated one, the first value): what
+    reads them can skip lower-casing them again (``resilience.ratelimit_headers``)."""
 
 
 class IdleConnectionClosed(ConnectionError):
@@ -87,7 +92,7 @@ class _Connection(asyncio.Protocol):
         self.discarded = False  # closed and no longer counted by the pool
         self.idle_timer: asyncio.TimerHandle | None = None
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.headers = LowercaseHeaders()
         self.complete = False
         self.keep_alive = False
         self.error: BaseException | None = None
@@ -146,7 +151,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue and friends: the real answer follows
             self._informational = True
-            self.headers = {}
+            self.headers = LowercaseHeaders()
             return
         self.status = status
         headers = self.headers
@@ -188,7 +193,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Start an exchange: ``data`` is the whole request."""
         self.status = 0
-        self.headers = {}
+        self.headers = LowercaseHeaders()
         self.complete = self.keep_alive = self._head_done = self._framed = False
         self.error = None
         self._decoder = None

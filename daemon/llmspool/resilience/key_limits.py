@@ -40,6 +40,10 @@ __all__ = ["KeyLimits", "LimitSettings", "RequestTooLarge"]
 # A computed wait that rounds to nothing must not become a busy loop.
 _MIN_SLEEP = 0.001
 
+# The headers of each limit, named once rather than formatted at every answer.
+_LIMIT_HEADERS = {kind: f"x-ratelimit-limit-{kind}" for kind in (REQUESTS, TOKENS)}
+_REMAINING_HEADERS = {kind: f"x-ratelimit-remaining-{kind}" for kind in (REQUESTS, TOKENS)}
+
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
@@ -102,6 +106,9 @@ class KeyLimits:
         self.in_flight: dict[int, Permit] = {}
         self.admissions = 0
         self.rate_limited = 0
+        # The last answer's limit headers as read (requests, tokens), and the limits in them.
+        self._limits_read: tuple[tuple[str | None, str | None], Mapping[str, int]] = (
+            (None, None), {})
 
     # -- admission -------------------------------------------------------------------------
 
@@ -231,13 +238,19 @@ class KeyLimits:
         self.resources[REQUESTS].give_back(1, now, self.ramp)
         self.resources[TOKENS].give_back(permit.tokens, now, self.ramp)
 
-    def _learn(self, headers: dict[str, str], now: float) -> dict[str, int]:
+    def _learn(self, headers: Mapping[str, str], now: float) -> Mapping[str, int]:
+        raw = (headers.get(_LIMIT_HEADERS[REQUESTS]), headers.get(_LIMIT_HEADERS[TOKENS]))
+        if raw == self._limits_read[0]:
+            # What the last answer said, which was learnt then (``Resource.learn`` of the same
+            # limit does nothing): most answers repeat it.
+            return self._limits_read[1]
         limits: dict[str, int] = {}
         for kind, resource in self.resources.items():
-            limit = header_number(headers.get(f"x-ratelimit-limit-{kind}"))
+            limit = header_number(headers.get(_LIMIT_HEADERS[kind]))
             if limit is not None and limit >= 1:
                 limits[kind] = int(limit)
                 resource.learn(int(limit), now, self.ramp)
+        self._limits_read = (raw, limits)
         return limits
 
     def observe(self, headers: Mapping[str, str], permit: Permit | None) -> None:
@@ -247,7 +260,7 @@ class KeyLimits:
         limits = self._learn(lowered, now)
         basis = permit if permit is not None and permit._key is self else self._oldest()
         for kind, resource in self.resources.items():
-            remaining = header_number(lowered.get(f"x-ratelimit-remaining-{kind}"))
+            remaining = header_number(lowered.get(_REMAINING_HEADERS[kind]))
             if remaining is None:
                 continue
             upstream_limit = limits.get(kind) or resource.limit

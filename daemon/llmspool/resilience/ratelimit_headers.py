@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from llmspool.core.http1 import LowercaseHeaders
+
 DEFAULT_PAUSE = 1.0
 """Seconds to pause after a 429 that hints at nothing."""
 
@@ -76,7 +78,9 @@ def header_number(text: str | None) -> float | None:
     return value
 
 
-def lowered_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def lowered_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    if isinstance(headers, LowercaseHeaders):  # the data plane's pool: lower-cased already
+        return headers
     # Plain dicts from tests or plugins may keep the upstream's capitalisation.
     return {name.lower(): value for name, value in headers.items()}
 
