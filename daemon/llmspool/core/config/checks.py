@@ -131,15 +131,17 @@ def _store(table: Mapping[str, Any]) -> StoreConfig:
         _problem(ConfigError("store.url", f"expected \"\" (SQLite in the state directory) or "
                                           f"a postgresql:// URL, got {store.url!r}"))
         return StoreConfig()
+    # A value refused is told and replaced by its default, so that the next is checked too.
+    defaults = StoreConfig()
     if store.lease < 3.0:
         _problem(ConfigError("store.lease", f"expected at least 3s (a daemon renews its lease "
                                             f"three times a lease), got {store.lease}s"))
-        return StoreConfig(url=store.url, name=store.name, sync_interval=store.sync_interval)
+        store = dataclasses.replace(store, lease=defaults.lease)
     if not SYNC_INTERVALS[0] <= store.sync_interval <= SYNC_INTERVALS[1]:
         _problem(ConfigError("store.sync_interval", (
             f"expected 10ms to 1m (how long a commit may wait to be synced to disk), got "
             f"{store.sync_interval}s")))
-        return StoreConfig(url=store.url, name=store.name, lease=store.lease)
+        store = dataclasses.replace(store, sync_interval=defaults.sync_interval)
     return store
 
 
