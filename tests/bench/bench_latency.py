@@ -214,6 +214,9 @@ TARGET_RPS = 2_500  # the issue's throughput target; 75% of it is offered open-l
 OPEN_LOOP_CLIENTS = 16
 OPEN_LOOP_SECONDS = 4.0
 WARM_UP = 500  # requests each new process serves before a round measures it
+QUIET_SHARE = 0.05  # of a CPU: below it, the processes measured count as idle
+QUIET_WINDOW = 0.1  # seconds each check of that lasts
+QUIET_TIMEOUT = 5.0  # seconds a phase waits for quiet at most
 # Each mode: the daemon's config, its environment, and headers on every request.
 MODES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "defaults": ("", {}, ()),
@@ -272,6 +275,43 @@ def cpu_seconds(pid: int) -> float:
     a traced daemon's span export child is not counted)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_children(pids: Iterable[int]) -> list[int]:
+    """``pids`` and their child processes (a traced daemon's span export child)."""
+    found = []
+    for pid in pids:
+        found.append(pid)
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in
+                      Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return found
+
+
+def busy_share(pids: Iterable[int], window: float = QUIET_WINDOW) -> float:
+    """CPUs ``pids`` used over the next ``window`` seconds, all together (1.0: a CPU)."""
+    def used() -> float:
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):  # a process that just ended used nothing more
+                total += cpu_seconds(pid)
+        return total
+
+    before, started = used(), time.monotonic()
+    time.sleep(window)
+    return (used() - before) / (time.monotonic() - started)
+
+
+def wait_until_quiet(pids: Sequence[int], timeout: float = QUIET_TIMEOUT) -> None:
+    """Wait (at most ``timeout`` s) until ``pids`` and their children are idle, so that what
+    one measurement leaves running (a traced daemon exporting the spans of the load just
+    sent, a store checkpointing) is not timed as the next target's. Each phase runs the
+    targets back to back: the first chunk of the defaults, measured right after the traced
+    daemon's open loop, came out at 0.62 ms added here, the traced daemon's own at 0.42."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if busy_share(with_children(pids)) < QUIET_SHARE:
+            return
 
 
 def disk_bytes_written(pid: int) -> float:
@@ -337,6 +377,7 @@ class Load:
     requests: int  # at concurrency 1; 4x that at 64 and 256
     headers: dict[str, tuple[str, ...]]  # by target
     tcp: Callable[[], socket.socket]  # a connection to the simulator
+    sim_pid: int
 
 
 @dataclass
@@ -385,7 +426,8 @@ def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Pat
         return socket.create_connection((host, int(port)))
 
     load = Load(body_file, stream_body_file, large_body_file, f"{sim.url}/chat/completions",
-                "http://localhost/v1/chat/completions", workdir, requests, headers, tcp)
+                "http://localhost/v1/chat/completions", workdir, requests, headers, tcp,
+                sim.process.pid if sim.process is not None else os.getpid())
     samples = Samples({name: {} for name in names}, dict.fromkeys(names, 0))
     for round_number in range(rounds):
         with round_targets(round_number) as targets:
@@ -442,11 +484,14 @@ def against_defaults(by_target: dict[str, dict[str, list[float]]]) -> dict[str, 
 
 def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> None:
     """One round: every figure of every target, added to ``samples``."""
+    everyone = [load.sim_pid, os.getpid(), *(target.pid for target in targets.values())]
+
     def via(name: str, count: int, clients: int, rate: float | None = None,
             body_file: Path = load.body_file) -> dict[str, Any]:
         """One h2load run through target ``name``, with the target's CPU a call and the share
         of the run's time it was on a CPU (its threads added up)."""
         target = targets[name]
+        wait_until_quiet(everyone)
         cpu, started = cpu_seconds(target.pid), time.monotonic()
         written = disk_bytes_written(target.pid)
         figures = h2load(load.via_url, body_file, requests=count, clients=clients,
@@ -464,6 +509,7 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
                socket_path=target.socket, headers=load.headers.get(name, ()))
     for clients in CONCURRENCY:
         count = load.requests if clients == 1 else load.requests * 4
+        wait_until_quiet(everyone)
         direct = h2load(load.direct_url, load.body_file, requests=count, clients=clients,
                         workdir=load.workdir)
         samples.direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
@@ -489,6 +535,7 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
         rates["open_target75"] = TARGET_RPS * 0.75
         for key_prefix, rate in rates.items():
             count = max(200, round(rate * OPEN_LOOP_SECONDS))
+            wait_until_quiet(everyone)
             direct = h2load(load.direct_url, load.body_file, requests=count,
                             clients=OPEN_LOOP_CLIENTS, workdir=load.workdir, rate=rate)
             figures = via(name, count, OPEN_LOOP_CLIENTS, rate)
@@ -497,6 +544,7 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
             samples.pool(name, key_prefix, figures["latencies_us"], direct["latencies_us"])
             samples.add(name, f"{key_prefix}_cpu_us", figures["cpu_us"])
             samples.add(name, f"{key_prefix}_busy", figures["busy"])
+    wait_until_quiet(everyone)
     direct_first = statistics.median(first_chunk_seconds(load.tcp, "/v1", 50))
     for name, target in targets.items():
         def unix(path: Path = target.socket) -> socket.socket:
@@ -504,6 +552,7 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
             sock.connect(str(path))
             return sock
 
+        wait_until_quiet(everyone)
         via_first = statistics.median(first_chunk_seconds(unix, "/v1", 50))
         samples.add(name, "first_chunk_added_ms", (via_first - direct_first) * 1000)
 
