@@ -278,13 +278,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def with_children(pids: Iterable[int]) -> list[int]:
-    """``pids`` and their child processes (a traced daemon's span export child)."""
+    """``pids`` and their child processes (a traced daemon's span export child). Each of a
+    process's threads lists the children it started: the export child is the writer
+    thread's."""
     found = []
     for pid in pids:
         found.append(pid)
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in
-                      Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                found += [int(child) for child in (task / "children").read_text().split()]
     return found
 
 
