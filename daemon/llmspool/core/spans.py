@@ -33,7 +33,14 @@ from typing import Any
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
@@ -58,6 +65,7 @@ class LeanTracer(trace.Tracer):
         self.pipe = pipe  # where ended spans go (``LeanSpan.end``)
         self.resource = resource  # the resource's index in the pipe's list
         self._sampler = sampler
+        self._parent_decides, self._root_bound = _inline_rule(sampler)
         self._ids = ids
         # The SDK's default generator: its ids made inline (``getrandbits``, as it makes them;
         # a zero, which is not a valid id, goes to the generator, which draws again).
@@ -77,6 +85,7 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         parent_span = trace.get_current_span(context)
         random_ids = self._random_ids
+        parent: SpanContext | None = None  # a parent not of ours, when there is one
         if type(parent_span) is LeanSpan:
             # A parent of ours (a call's span under its request's): what its context holds,
             # read from its plain data, without a ``SpanContext`` made for it.
@@ -87,27 +96,32 @@ class LeanTracer(trace.Tracer):
         else:
             parent = parent_span.get_span_context()
             if parent.is_valid:
-                parent_data = context_data(parent)
+                # Made plain data only for a span that records (below).
+                parent_data = _UNREAD
                 trace_id, parent_flags = parent.trace_id, int(parent.trace_flags)
                 parent_state = parent.trace_state
             else:
-                parent_data = None
+                parent, parent_data = None, None
                 trace_id = (getrandbits(128) if random_ids else 0) \
                     or self._ids.generate_trace_id()
                 parent_flags, parent_state = 0, None
-        if self._sampler is DEFAULT_ON:
-            # The SDK's default (parent-based, always on) decided inline, without its four
-            # calls a span: a span is sampled unless its parent was not, and keeps its
-            # parent's trace state.
-            recording = sampled = parent_data is None or bool(parent_flags & TraceFlags.SAMPLED)
-            trace_state = parent_state
-            kept = attributes
-        else:
+        # A span's parent decides (sampled: every trace id is under the bound), or the rule
+        # for roots does; None: the sampler is asked.
+        bound = self._root_bound if parent_data is None or not self._parent_decides else (
+            _EVERY if parent_flags & TraceFlags.SAMPLED else _NONE)
+        kept: types.Attributes
+        if bound is None:
             decision = self._sampler.should_sample(
                 context, trace_id, name, kind, attributes, links or ())
             recording = decision.decision is not Decision.DROP
             sampled = decision.decision is Decision.RECORD_AND_SAMPLE
             trace_state, kept = decision.trace_state, decision.attributes  # ours and its
+        else:
+            # The SDK's own samplers decided inline, as they decide, without their four to
+            # six calls a span (``_inline_rule``); each keeps the parent's trace state.
+            recording = sampled = trace_id & _TRACE_ID_LIMIT < bound
+            trace_state = parent_state
+            kept = attributes if sampled else None
         # As the SDK: the W3C "random trace id" flag, for a trace id made here at random or
         # continued from a parent that had it.
         flags = (TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT) | (
@@ -119,6 +133,9 @@ class LeanTracer(trace.Tracer):
             return trace.NonRecordingSpan(SpanContext(
                 trace_id, span_id, is_remote=False, trace_flags=_TRACE_FLAGS[flags],
                 trace_state=trace_state))
+        if parent_data is _UNREAD:
+            assert parent is not None
+            parent_data = context_data(parent)
         # The span's context as the pipe carries it; its ``SpanContext`` is made only if asked.
         data = (trace_id, span_id, False, flags, tuple(trace_state.items()) if trace_state else ())
         span = LeanSpan(self, name, data, trace_state, parent_data, kind, links, start_time,
@@ -145,6 +162,37 @@ class LeanTracer(trace.Tracer):
         with trace.use_span(span, end_on_exit=end_on_exit, record_exception=record_exception,
                             set_status_on_exception=set_status_on_exception) as current:
             yield current
+
+# Sampling as the SDK's ``TraceIdRatioBased`` decides it: a span is sampled when its trace
+# id's low 64 bits are under a bound. Every id is under ``_EVERY``, none under ``_NONE``.
+_TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
+_EVERY, _NONE = _TRACE_ID_LIMIT + 1, 0
+_UNREAD: ContextData = (0, 0, False, 0, ())  # a parent's plain data, not made yet
+
+
+def _inline_rule(sampler: Sampler) -> tuple[bool, int | None]:
+    """How ``LeanTracer`` samples without calling ``sampler``: whether a span's parent alone
+    decides (the SDK's ``ParentBased`` with its default delegates: a sampled parent's children
+    are sampled, an unsampled one's are not, remote or local), and the bound a span's trace id
+    is held under otherwise (a root, for ``ParentBased``; every span, for the others):
+    ``_EVERY`` for the SDK's ``ALWAYS_ON``, ``_NONE`` for its ``ALWAYS_OFF``, its
+    ``TraceIdRatioBased``'s own bound. None: the sampler is called (one of the user's, or
+    ``ParentBased`` with delegates of its own)."""
+    def bound(chosen: Sampler) -> int | None:
+        if chosen is ALWAYS_ON:
+            return _EVERY
+        if chosen is ALWAYS_OFF:
+            return _NONE
+        return chosen.bound if type(chosen) is TraceIdRatioBased else None
+
+    if type(sampler) is not ParentBased:
+        return False, bound(sampler)
+    defaults = (sampler._remote_parent_sampled is ALWAYS_ON
+                and sampler._remote_parent_not_sampled is ALWAYS_OFF
+                and sampler._local_parent_sampled is ALWAYS_ON
+                and sampler._local_parent_not_sampled is ALWAYS_OFF)
+    return (True, bound(sampler._root)) if defaults else (False, None)
+
 
 class LeanSpan(trace.Span):
     """A recording span: its data in plain attributes until it ends."""
