@@ -8,8 +8,9 @@ a dict and, when they end, go straight to the export pipe as the tuples the chil
 rebuilds (``span_export.compact``'s format), without an SDK ``ReadableSpan`` in between.
 
 What stays the SDK's: the sampler (``OTEL_TRACES_SAMPLER`` and its argument, read by a
-``TracerProvider`` made for its settings), the id generator, the resource, and the OTLP
-exporter in the child. What a span does is the API's: attributes, events, links, status,
+``TracerProvider`` made for its settings; the SDK's own samplers are decided inline as they
+decide, any other is called), the id generator, the resource, and the OTLP exporter in the
+child. What a span does is the API's: attributes, events, links, status,
 exceptions recorded, ``use_span``/``start_as_current_span`` making it current. A span the
 sampler drops is the API's ``NonRecordingSpan``, as with the SDK.
 
