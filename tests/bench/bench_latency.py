@@ -36,8 +36,10 @@ rounds'): the terms the issue's targets for tracing, caps, cache misses and dead
 in, and steadier than two medians' ratio. Each round starts the floor and every daemon afresh
 and warms each up (``WARM_UP`` calls): the same code in two processes could differ by a tenth
 for a whole run. Odd rounds measure the targets in reverse order, so that none always runs
-right after the same other one. Figures, not pass/fail: the machine is noisy, so each is the
-median of rounds, over as many processes.
+right after the same other one. Each measurement starts once every process of the run is
+idle (``wait_until_quiet``), so that what the last one left running (a traced daemon still
+exporting spans) is not timed as this one's. Figures, not pass/fail: the machine is noisy,
+so each is the median of rounds, over as many processes.
 
     python -m tests.bench.bench_latency [--rounds 5] [--requests 3000] [--modes defaults,caps]
                                         [--ledger-entries 340000] [--json OUT]
@@ -287,7 +289,7 @@ def with_children(pids: Iterable[int]) -> list[int]:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             with contextlib.suppress(OSError):
                 found += [int(child) for child in (task / "children").read_text().split()]
-    return found
+    return list(dict.fromkeys(found))  # each once: a daemon is listed and the bench's child
 
 
 def busy_share(pids: Iterable[int], window: float = QUIET_WINDOW) -> float:
@@ -379,7 +381,6 @@ class Load:
     requests: int  # at concurrency 1; 4x that at 64 and 256
     headers: dict[str, tuple[str, ...]]  # by target
     tcp: Callable[[], socket.socket]  # a connection to the simulator
-    sim_pid: int
 
 
 @dataclass
@@ -428,8 +429,7 @@ def measure(sim: Sim, names: Sequence[str], round_targets: Targets, workdir: Pat
         return socket.create_connection((host, int(port)))
 
     load = Load(body_file, stream_body_file, large_body_file, f"{sim.url}/chat/completions",
-                "http://localhost/v1/chat/completions", workdir, requests, headers, tcp,
-                sim.process.pid if sim.process is not None else os.getpid())
+                "http://localhost/v1/chat/completions", workdir, requests, headers, tcp)
     samples = Samples({name: {} for name in names}, dict.fromkeys(names, 0))
     for round_number in range(rounds):
         with round_targets(round_number) as targets:
@@ -486,7 +486,9 @@ def against_defaults(by_target: dict[str, dict[str, list[float]]]) -> dict[str, 
 
 def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> None:
     """One round: every figure of every target, added to ``samples``."""
-    everyone = [load.sim_pid, os.getpid(), *(target.pid for target in targets.values())]
+    # This process's children (the simulator, the OTLP receiver, the floor, the daemons) and
+    # the daemons' own (a traced one's export child).
+    everyone = [os.getpid(), *(target.pid for target in targets.values())]
 
     def via(name: str, count: int, clients: int, rate: float | None = None,
             body_file: Path = load.body_file) -> dict[str, Any]:
