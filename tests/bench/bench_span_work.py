@@ -1,0 +1,152 @@
+"""One call's tracing work on the event loop, in a loop, by sampler: what ``LeanTracer`` and
+the GenAI metrics cost a call with nothing else around them.
+
+The daemon's figures (``bench_tracing_cost``) are the ones a user sees, but a change of a
+microsecond or two a call is lost in their noise (the same code in two processes differs by
+several). This replays what a chat call does to telemetry, as the daemon does it: the front
+door's server span under the client's (empty) trace context, its attributes, the context
+made for the call; the upstream call's client span with its attributes, the planned tier, the
+answer and the bill told on it; both ended and handed to the span pipe (a list here: the
+writer thread and the export child are not timed); the duration and token histograms.
+
+Hot caches and one thread: the daemon pays three to four times these figures a call, as it
+does for all of its Python. Compare two checkouts by running this from each. Minimum of
+repeats (the least disturbed), in µs a call.
+
+    python -m tests.bench.bench_span_work [--calls 20000] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import cast
+
+from llmspool.core.histograms import Histograms
+from llmspool.core.span_pipe import SpanPipe
+from llmspool.core.spans import LeanTracer
+from llmspool.core.tracing import GenAiMetrics, context_from_headers, links_of
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    DEFAULT_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind
+from rich.console import Console
+from rich.table import Table
+
+SAMPLERS: dict[str, Sampler] = {
+    "every trace (the default)": DEFAULT_ON,
+    "1 in 10 (parentbased_traceidratio)": ParentBased(TraceIdRatioBased(0.1)),
+    "none (always_off)": ALWAYS_OFF,
+}
+HEADERS = {"content-type": "application/json", "host": "localhost"}
+
+
+class _Pipe:
+    """The span pipe's ``put``: ended spans kept, a batch at a time, as the writer takes them."""
+
+    def __init__(self) -> None:
+        self.spans: list[object] = []
+
+    def put(self, span: object) -> None:
+        self.spans.append(span)
+        if len(self.spans) >= 512:
+            self.spans.clear()
+
+
+def one_call(sampler: Sampler) -> Callable[[int], None]:
+    """A function doing call ``number``'s telemetry, with ``sampler`` deciding its spans."""
+    settings = TracerProvider(resource=Resource.create({}), sampler=sampler,
+                              shutdown_on_exit=False)
+    tracer = LeanTracer(cast(SpanPipe, _Pipe()), resource=0, sampler=settings.sampler,
+                        ids=settings.id_generator,
+                        scope=InstrumentationScope("llmspool", "bench"))
+    metrics = GenAiMetrics(Histograms())
+
+    def call(number: int) -> None:
+        request_id = f"llmspool-bench-{number:x}"
+        server = tracer.start_span(
+            "POST /v1/chat/completions", context=context_from_headers(HEADERS),
+            kind=SpanKind.SERVER, attributes={"http.request.method": "POST",
+                                              "url.path": "/v1/chat/completions",
+                                              "llmspool.request_id": request_id})
+        server.set_attributes({"gen_ai.request.model": "gpt-4o-mini",
+                               "gen_ai.operation.name": "chat",
+                               "llmspool.provider": "openai", "llmspool.stream": False})
+        context = trace.set_span_in_context(server)
+        with tracer.start_span(
+                "chat gpt-4o-mini", context=context, kind=SpanKind.CLIENT,
+                links=links_of(context),
+                attributes={"gen_ai.system": "openai", "gen_ai.provider.name": "openai",
+                            "gen_ai.operation.name": "chat",
+                            "gen_ai.request.model": "gpt-4o-mini",
+                            "llmspool.request_id": request_id, "llmspool.provider": "openai",
+                            "llmspool.queue_wait_ms": round(0.000123 * 1000, 3)},
+                record_exception=False, set_status_on_exception=False) as client:
+            client.set_attribute("llmspool.planned_tier", "standard")
+            if client.is_recording():
+                client.set_attributes({"gen_ai.response.id": "chatcmpl-bench",
+                                       "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                                       "gen_ai.response.finish_reasons": ("stop",)})
+                client.set_attributes({
+                    "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 9,
+                    "gen_ai.usage.cache_read.input_tokens": 0,
+                    "gen_ai.usage.cache_creation.input_tokens": 0,
+                    "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                    "llmspool.tier": "standard", "llmspool.usage_estimated": False,
+                    "gen_ai.usage.cost.amount": 7.2e-06, "gen_ai.usage.cost.currency": "USD",
+                    "gen_ai.usage.cost.source": "local", "llmspool.cost_usd": 7.2e-06,
+                    "llmspool.price_version": "2026-11"})
+        if server.is_recording():
+            server.set_attributes({"http.response.status_code": 200,
+                                   "llmspool.tier": "standard"})
+        server.end()
+        metrics.operation(0.0021, "chat", "openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18",
+                          "standard")
+        metrics.tokens(12, 9, "chat", "openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18",
+                       "standard")
+
+    return call
+
+
+def microseconds_a_call(call: Callable[[int], None], calls: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for number in range(calls):
+            call(number)
+        best = min(best, time.perf_counter() - started)
+    return best / calls * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    if args.calls < 1 or args.repeats < 1:
+        print("--calls and --repeats must be at least 1", file=sys.stderr)
+        return 2
+    table = Table(title="one call's tracing work on the event loop, in a loop "
+                        f"(best of {args.repeats} x {args.calls:,} calls)")
+    table.add_column("traces recorded")
+    table.add_column("µs a call", justify="right")
+    for name, sampler in SAMPLERS.items():
+        cost = microseconds_a_call(one_call(sampler), args.calls, args.repeats)
+        table.add_row(name, f"{cost:.2f}")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
