@@ -29,6 +29,7 @@ from llmspool.core.span_pipe import SpanPipe
 from llmspool.core.spans import LeanTracer
 from llmspool.core.tracing import GenAiMetrics, context_from_headers, links_of
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import (
@@ -70,7 +71,11 @@ def one_call(sampler: Sampler) -> Callable[[int], None]:
     tracer = LeanTracer(cast(SpanPipe, _Pipe()), resource=0, sampler=settings.sampler,
                         ids=settings.id_generator,
                         scope=InstrumentationScope("llmspool", "bench"))
-    metrics = GenAiMetrics(Histograms())
+    histograms = Histograms()
+    # One metric exporter's counts, which the values recorded are settled into (the daemon
+    # makes them for its OTLP metric exporter).
+    histograms.counts(AggregationTemporality.CUMULATIVE)
+    metrics = GenAiMetrics(histograms)
 
     def call(number: int) -> None:
         request_id = f"llmspool-bench-{number:x}"
