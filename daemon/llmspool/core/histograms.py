@@ -29,9 +29,10 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from time import time_ns
 
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
@@ -76,26 +77,26 @@ class _Counts:
         self.points: dict[tuple[int, Labels], list[float]] = {}
         self.since = time_ns()
 
-    def add(self, values: Sequence[tuple[int, float, Labels]],
+    def add(self, groups: dict[tuple[int, Labels], list[float]],
             specs: Sequence[HistogramSpec]) -> None:
-        """Count each (histogram, value, labels); a value OpenTelemetry would not record (NaN,
-        negative or infinite: the SDK ignores them) is left out."""
+        """Count each (histogram, labels)'s values: finite, non-negative ones only (the SDK
+        ignores NaN, negative and infinite values)."""
         with self.lock:
             points = self.points
-            for histogram, value, labels in values:
-                if not 0 <= value < math.inf:  # NaN fails both comparisons
-                    continue
-                boundaries = specs[histogram].boundaries
-                key = (histogram, labels)
+            for key, values in groups.items():
+                boundaries = specs[key[0]].boundaries
                 point = points.get(key)
                 if point is None:
-                    point = points[key] = [0, 0, value, value, *([0] * (len(boundaries) + 1))]
-                point[0] += 1
-                point[1] += value
-                point[2] = min(point[2], value)
-                point[3] = max(point[3], value)
+                    point = points[key] = [0, 0, values[0], values[0],
+                                           *([0] * (len(boundaries) + 1))]
+                point[0] += len(values)
+                point[1] += sum(values)
+                point[2] = min(point[2], *values)
+                point[3] = max(point[3], *values)
                 # A value equal to a boundary falls in the bucket that boundary closes.
-                point[4 + bisect_left(boundaries, value)] += 1
+                for bucket, count in Counter(
+                        map(partial(bisect_left, boundaries), values)).items():
+                    point[4 + bucket] += count
 
     def take(self, now: int) -> tuple[int, dict[tuple[int, Labels], list[float]]]:
         """The counts since ``since`` (a copy); a delta exporter's start over from ``now``."""
@@ -140,10 +141,22 @@ class Histograms:
     def _settle(self) -> None:
         queued = self._queued
         # Only the thread holding the lock takes; the loop may append meanwhile (kept).
-        values = [queued.popleft() for _ in range(len(queued))]
-        if values:
+        # Grouped by histogram and attribute set first, so that each group is counted with
+        # a few calls that loop in C (a call records 3 values in 2 or 3 groups): counted
+        # value by value, a settle was three quarters of what the metrics cost a traced call.
+        groups: dict[tuple[int, Labels], list[float]] = {}
+        for _ in range(len(queued)):
+            histogram, value, labels = queued.popleft()
+            if 0 <= value < math.inf:  # NaN fails both comparisons
+                key = (histogram, labels)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [value]
+                else:
+                    group.append(value)
+        if groups:
             for counts in self._counts:
-                counts.add(values, self.specs)
+                counts.add(groups, self.specs)
 
 
 class HistogramTally:
