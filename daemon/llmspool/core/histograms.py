@@ -5,9 +5,10 @@ The SDK's ``Histogram.record`` costs about 20 µs of the event loop's CPU a meas
 traced call records three (its duration and its input and output tokens), which was half of
 what telemetry added to a call in the daemon. ``HistogramTally.record`` appends the value to a
 queue; every ``SETTLE_EVERY`` values, and before each export, ``Histograms.settle`` folds the
-queue into the counts in one pass (a bisect and a few additions a value, one lock a pass):
-recorded one at a time, with a lock each, the same work was 3.5 µs a call, and some 16 µs of
-a traced daemon's event loop at c=256 (with the rest of a call between two records).
+queue into the counts in one pass (the values grouped by histogram and attribute set, each
+group counted by calls that loop in C; one lock a pass): recorded one at a time, with a lock
+each, the same work was 3.5 µs a call, and some 16 µs of a traced daemon's event loop at c=256
+(with the rest of a call between two records).
 
 The figures are the ones the SDK's explicit-bucket aggregation exports, per attribute set:
 count, sum, min, max and the bucket counts (a value equal to a boundary falls in the bucket
@@ -79,8 +80,8 @@ class _Counts:
 
     def add(self, groups: dict[tuple[int, Labels], list[float]],
             specs: Sequence[HistogramSpec]) -> None:
-        """Count each (histogram, labels)'s values: finite, non-negative ones only (the SDK
-        ignores NaN, negative and infinite values)."""
+        """Count each (histogram, labels)'s values, all finite and non-negative (``_settle``
+        leaves out the NaN, negative and infinite ones, which the SDK ignores)."""
         with self.lock:
             points = self.points
             for key, values in groups.items():
