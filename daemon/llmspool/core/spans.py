@@ -164,6 +164,7 @@ class LeanTracer(trace.Tracer):
                             set_status_on_exception=set_status_on_exception) as current:
             yield current
 
+
 # Sampling as the SDK's ``TraceIdRatioBased`` decides it: a span is sampled when its trace
 # id's low 64 bits are under a bound. Every id is under ``_EVERY``, none under ``_NONE``.
 _TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
