@@ -32,6 +32,7 @@ Needs ``h2load`` (Debian: nghttp2-client).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -43,7 +44,15 @@ from typing import Any
 
 import orjson
 
-from tests.bench.bench_latency import CHAT_BODY, chosen, h2load, h2load_missing, otlp_receiver
+from tests.bench.bench_latency import (
+    CHAT_BODY,
+    chosen,
+    cpu_seconds,
+    h2load,
+    h2load_missing,
+    otlp_receiver,
+    with_children,
+)
 from tests.support.processes import UNLIMITED_SIM, Daemon, start_daemon, start_sim
 
 _EXPORTED = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{otlp}"}
@@ -79,15 +88,9 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 def _children_cpu(pid: int) -> float:
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:  # its parent
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    for child in with_children([pid])[1:]:
+        with contextlib.suppress(OSError):  # a child that ended meanwhile
+            total += cpu_seconds(child)
     return total
 
 
