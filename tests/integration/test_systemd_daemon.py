@@ -258,13 +258,28 @@ def terminate(proc: subprocess.Popen[bytes], log: Path) -> int:
         pytest.fail(f"daemon still running {STOP_TIMEOUT} s after SIGTERM" + log_of(log))
 
 
-def wait_for_path(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def is_listening(path: Path) -> bool:
+    """Whether a stream socket bound at ``path`` listens, read from ``/proc/net/unix``.
+
+    The file appears at ``bind()``; until ``listen()`` a connect is refused. Reading the
+    kernel's table, rather than trying to connect, makes no connection that a socket-activated
+    daemon would have to accept.
+    """
+    listening_flag = 0x10000  # __SO_ACCEPTCON
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == str(path) and int(fields[3], 16) & listening_flag:
+            return True
+    return False
+
+
+def wait_for_listener(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not is_listening(path):
         if proc.poll() is not None:
-            pytest.fail(f"exited ({proc.returncode}) before {path} appeared" + log_of(log))
+            pytest.fail(f"exited ({proc.returncode}) before {path} listened" + log_of(log))
         if time.monotonic() > deadline:
-            pytest.fail(f"{path} did not appear within {timeout} s" + log_of(log))
+            pytest.fail(f"nothing listened on {path} within {timeout} s" + log_of(log))
         time.sleep(0.02)
 
 
@@ -300,7 +315,9 @@ def test_socket_activated_daemon_serves_on_the_passed_fd(short_dir: Path) -> Non
     argv += DAEMON
 
     with running(argv, env, log) as proc:
-        wait_for_path(activated, proc, log, timeout=10)
+        # The socket's file appears at bind(), a moment before listen(): a connect in between
+        # is refused.
+        wait_for_listener(activated, proc, log, timeout=10)
         # The first connection makes systemd-socket-activate exec the daemon; the request
         # waits in the listen backlog until the daemon accepts on fd 3.
         try:
