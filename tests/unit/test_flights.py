@@ -1,7 +1,8 @@
 """A cache flight's leader call goes to the request queue with a ``LeaderTee`` for its replies
-(no task of its own), or, when the queue's inbox is full, with a task that waits to hand it
-over: either way the leader's client gets the answer marked as a miss, a follower gets it
-shared, the answer is kept, and the flight lands."""
+(no task of its own; the queue takes it in the cache's task when it can), or, when the
+queue's inbox is full, with a task that waits to hand it over: either way the leader's client
+gets the answer marked as a miss, a follower gets it shared, the answer is kept, and the
+flight lands."""
 
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ def _call(request_id: str) -> tuple[Call, MemoryReceiveStream[Reply]]:
     ), reply_out
 
 
-@pytest.mark.parametrize("queue_full", [False, True])
-def test_a_flight_lands_with_or_without_a_task_of_its_own(queue_full: bool) -> None:
-    anyio.run(_fly, queue_full, backend="asyncio", backend_options={"use_uvloop": True})
+@pytest.mark.parametrize(("queue_full", "queue_takes_it"),
+                         [(False, False), (True, False), (False, True)])
+def test_a_flight_lands_with_or_without_a_task_of_its_own(queue_full: bool,
+                                                          queue_takes_it: bool) -> None:
+    anyio.run(_fly, queue_full, queue_takes_it, backend="asyncio",
+              backend_options={"use_uvloop": True})
 
 
-async def _fly(queue_full: bool) -> None:
+async def _fly(queue_full: bool, queue_takes_it: bool) -> None:
     config = Config()
     planner = Planner(config, load_price_book(), LatencyBook(default_latencies(config)))
     counts = CacheCounts()
@@ -53,8 +57,15 @@ async def _fly(queue_full: bool) -> None:
     ledger_in, ledger_out = create_memory_stream[Settled](10)
     # With no room in the queue's inbox, the flight needs a task to wait for some.
     queue_in, queue_out = create_memory_stream[Call](0 if queue_full else 1)
+    taken: list[Call] = []  # what the request queue took in the flight's own task
+
+    def queue_take_now(call: Call) -> bool:
+        taken.append(call)
+        return True
+
     flights = Flights(queue_in, CacheConfig(), counts, writes, Replier(planner, ledger_in, writes),
-                      None, lambda *_: None)
+                      None, lambda *_: None, queue_take_now=queue_take_now if queue_takes_it
+                      else None)
     leader, leader_replies = _call("leader")
     follower, follower_replies = _call("follower")
     flight = flights.by_key[KEY] = Flight(KEY, leader)
@@ -63,7 +74,10 @@ async def _fly(queue_full: bool) -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             flights.start(flight, reader, group)
-            upstream = await queue_out.receive()
+            upstream = taken.pop() if queue_takes_it else await queue_out.receive()
+            if queue_takes_it:
+                with pytest.raises(anyio.WouldBlock):  # taken, so not also sent
+                    queue_out.receive_nowait()
             assert isinstance(upstream.reply, LeaderTee) is not queue_full
             await upstream.reply.send(Answer(200, {}, orjson.dumps(DOCUMENT), Tier.STANDARD,
                                              1, 2, DOCUMENT))

@@ -24,6 +24,11 @@ Writes are write-behind: entries, hits (for the eviction order) and drops are co
 committed together in a worker thread; a full backlog drops new entries rather than make
 anybody wait.
 
+The front door's misses skip the hop to this actor's task when that changes nothing but the
+wait (``take_now``: the actor reads its inbox and nothing waits in it ahead of the call), as
+the leader's upstream call skips the hop to the request queue's (``queue_take_now``): the event
+loop has one thread, and taking a call never awaits.
+
 This module is the actor: its inbox, the cache file's reader and writer, and taking each call
 (steps 1 to 3 above, and where it goes next). The rest is done by the parts in
 ``llmspool.actors.caching``, made once here and sharing its state by reference (nothing is
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -87,6 +93,7 @@ class ResponseCache:
         presence: KeyPresence,
         unwritten: UnwrittenKeys,
         fleet: FleetCache | None = None,
+        queue_take_now: Callable[[Call], bool] | None = None,
     ) -> None:
         self._fleet = fleet
         self._batches = batches
@@ -100,7 +107,9 @@ class ResponseCache:
         self._writes = WriteBehind(self._counts, near, presence, unwritten)
         self._replier = Replier(planner, ledger, self._writes)
         self._flights = Flights(queue, config, self._counts, self._writes, self._replier, near,
-                                self._take, fleet)
+                                self._take, fleet, queue_take_now)
+        # While the actor reads its inbox: its reader and task group, for ``take_now``.
+        self._taking: tuple[CacheReader, TaskGroup] | None = None
         self._twins = None if batches is None else BatchTwins(
             batches, self._flights, self._writes, self._replier, self._counts, self._take,
             planner.clock)
@@ -123,23 +132,11 @@ class ResponseCache:
             async with fleet, self._queue, self._ledger, anyio.create_task_group() as group:
                 group.start_soon(self._writes.run, writer)
                 task_status.started()
-                async with self._inbox:
-                    async for message in self._inbox:
-                        if isinstance(message, Call):
-                            self._take(message, reader, group)
-                        elif isinstance(message, Missed):
-                            self._take(message.call, reader, group, message.at)
-                        elif isinstance(message, CacheUsed):
-                            self._used(message)
-                        elif isinstance(message, CacheFill):
-                            self._writes.keep(message.entries, readable_now=True)
-                            if self._fleet is not None:
-                                group.start_soon(self._fleet.publish, message.entries)
-                        else:
-                            answer(message.reply, snapshot(
-                                self._counts, self._config, self._writes.entries,
-                                len(self._flights.by_key), self._flights.waiting(),
-                                self._near, self._fleet))
+                self._taking = reader, group
+                try:
+                    await self._read_inbox(reader, group)
+                finally:
+                    self._taking = None
                 # Nothing new comes in; flights finish as their calls do, then the last commit.
                 await self._flights.all_landed()
                 self._writes.stop()
@@ -148,6 +145,34 @@ class ResponseCache:
             writer.close()
             if self._batches is not None:
                 self._batches.close()
+
+    async def _read_inbox(self, reader: CacheReader, group: TaskGroup) -> None:
+        async with self._inbox:
+            async for message in self._inbox:
+                if isinstance(message, Call):
+                    self._take(message, reader, group)
+                elif isinstance(message, Missed):
+                    self._take(message.call, reader, group, message.at)
+                elif isinstance(message, CacheUsed):
+                    self._used(message)
+                elif isinstance(message, CacheFill):
+                    self._writes.keep(message.entries, readable_now=True)
+                    if self._fleet is not None:
+                        group.start_soon(self._fleet.publish, message.entries)
+                else:
+                    answer(message.reply, snapshot(
+                        self._counts, self._config, self._writes.entries,
+                        len(self._flights.by_key), self._flights.waiting(),
+                        self._near, self._fleet))
+
+    def take_now(self, call: Call, missed_at: float | None) -> bool:
+        """Take ``call`` (a front door's miss at ``missed_at``) in the caller's own task,
+        without the hop to the actor's, when that is what the actor would do at once: it reads
+        its inbox and nothing waits there ahead of the call. False: send it."""
+        if self._taking is None or self._inbox.backlog():
+            return False
+        self._take(call, *self._taking, missed_at)
+        return True
 
     def _take(self, call: Call, reader: CacheReader, group: TaskGroup,
               missed_at: float | None = None) -> None:

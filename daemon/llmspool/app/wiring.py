@@ -195,7 +195,8 @@ async def build_parts(
                           if any(op.similar for op in config.operations.values()) else None,
                           # A fleet's daemons share their answers and calls in flight.
                           fleet=None if owner is None else FleetCache(store, owner, planner),
-                          presence=cache_keys, unwritten=unwritten)
+                          presence=cache_keys, unwritten=unwritten,
+                          queue_take_now=queue.take_now)
     batch_providers = {name: provider for name, provider in providers.items()
                        if isinstance(provider, BatchProvider)}
     crash = CrashPoints(environ)
@@ -237,7 +238,8 @@ async def build_parts(
                           max_body_size=config.daemon.max_body_size,
                           max_json_values=config.daemon.max_json_values,
                           cache=cache_in, cache_rules=cache_rules, cache_front=cache_front,
-                          chooser=chooser, capturer=capturer, take_now=queue.take_now)
+                          chooser=chooser, capturer=capturer, take_now=queue.take_now,
+                          cache_take_now=cache.take_now)
     # POST /v1/jobs and POST /v1/batches make jobs the same way.
     submission = JobSubmission(keeper_in, router, planner,
                                max_line_size=config.jobs.max_line_size,

@@ -67,9 +67,11 @@ class Forwarder:
         chooser: ModelChooser | None = None,
         capturer: Capturer | None = None,
         take_now: Callable[[Call], bool] | None = None,
+        cache_take_now: Callable[[Call, float | None], bool] | None = None,
     ) -> None:
         self._queue = queue
         self._take_now = take_now  # the request queue taking a call in this task, when it can
+        self._cache_take_now = cache_take_now  # and the cache actor a miss
         self._capturer = capturer
         self._cache = cache
         self._cache_front = cache_front
@@ -149,7 +151,8 @@ class Forwarder:
         found nothing for it in the cache file."""
         try:
             if call.cache is not None and self._cache is not None:
-                await self._cache.send(call if missed_at is None else Missed(call, missed_at))
+                if self._cache_take_now is None or not self._cache_take_now(call, missed_at):
+                    await self._cache.send(call if missed_at is None else Missed(call, missed_at))
             elif self._take_now is None or not self._take_now(call):
                 await self._queue.send(call)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

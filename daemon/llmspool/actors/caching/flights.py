@@ -77,9 +77,11 @@ class Flights:
     def __init__(self, queue: MemorySendStream[Call], config: CacheConfig,
                  counts: CacheCounts, writes: WriteBehind, replier: Replier,
                  near: NearDuplicates | None, take: Take,
-                 fleet: FleetCache | None = None) -> None:
+                 fleet: FleetCache | None = None,
+                 queue_take_now: Callable[[Call], bool] | None = None) -> None:
         self._fleet = fleet
         self._queue = queue
+        self._queue_take_now = queue_take_now  # the request queue taking a call in this task
         self._config = config
         self._counts = counts
         self._writes = writes
@@ -114,7 +116,8 @@ class Flights:
     def start(self, flight: Flight, reader: CacheReader, group: TaskGroup) -> None:
         """Lead ``flight``: its upstream call goes to the queue now, its replies through a
         ``LeaderTee``, and no task waits for them (a task per miss was some 40 of the 140 µs the
-        cache added to a miss). In a fleet, or with the queue full, a task leads it."""
+        cache added to a miss; the queue takes it in this task when it can). In a fleet, or
+        with the queue full, a task leads it."""
         if self._fleet is not None:
             group.start_soon(self.lead, flight, reader, group)
             return
@@ -123,7 +126,8 @@ class Flights:
         tee = LeaderTee(self, flight, reader, group, upstream_abort)
         upstream = replaced(leader, reply=tee, abort=upstream_abort, strip_usage_chunk=False)
         try:
-            self._queue.send_nowait(upstream)
+            if self._queue_take_now is None or not self._queue_take_now(upstream):
+                self._queue.send_nowait(upstream)
         except anyio.WouldBlock:
             group.start_soon(self.lead, flight, reader, group)
             return
