@@ -89,13 +89,23 @@ def _decisions(tracer: trace.Tracer, remote_contexts: list[Context]) -> list[tup
         context = span.get_span_context()
         kept = dict(getattr(span, "attributes", None) or {})
         return (span.is_recording(), int(context.trace_flags), context.trace_id,
-                tuple(context.trace_state.items()), kept)
+                tuple(context.trace_state.items()), kept, parent_of(span))
+
+    def parent_of(span: trace.Span) -> int | None:
+        """The span id of a recorded span's parent (the SDK's ``parent``; ours, its data)."""
+        parent = getattr(span, "parent", None)
+        if parent is not None:
+            return int(parent.span_id)
+        data = getattr(span, "parent_data", None)
+        return int(data[1]) if data else None
 
     for number in range(200):
         name = "keep" if number % 3 else "drop"
         root = tracer.start_span(f"{name} root", attributes={"n": number})
         seen.append(told(root))
-        child = tracer.start_span(f"{name} child", context=trace.set_span_in_context(root),
+        # Now and then a child the user's sampler keeps under a root it dropped.
+        child_name = "keep" if number % 5 == 0 else name
+        child = tracer.start_span(f"{child_name} child", context=trace.set_span_in_context(root),
                                   attributes={"child": True})
         seen.append(told(child))
         child.end()

@@ -12,7 +12,8 @@ What stays the SDK's: the sampler (``OTEL_TRACES_SAMPLER`` and its argument, rea
 decide, any other is called), the id generator, the resource, and the OTLP exporter in the
 child. What a span does is the API's: attributes, events, links, status,
 exceptions recorded, ``use_span``/``start_as_current_span`` making it current. A span the
-sampler drops is the API's ``NonRecordingSpan``, as with the SDK.
+sampler drops is the API's ``NonRecordingSpan``, as with the SDK (``UnrecordedSpan``: its
+context made only when asked).
 
 Attribute values are checked by their type alone (a ``str``, ``bool``, ``int`` or ``float``
 is kept as it is); anything else is made one of those or a tuple of one of those, or dropped
@@ -86,15 +87,21 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         parent_span = trace.get_current_span(context)
         random_ids = self._random_ids
-        parent: SpanContext | None = None  # a parent not of ours, when there is one
+        parent_data: ContextData | None
         if type(parent_span) is LeanSpan:
             # A parent of ours (a call's span under its request's): what its context holds,
             # read from its plain data, without a ``SpanContext`` made for it.
             ours = parent_span.data
-            parent_data: ContextData | None = ours
+            parent_data = ours
             trace_id, parent_flags = ours[0], ours[3]
             parent_state = parent_span.trace_state
-        else:
+        elif type(parent_span) is UnrecordedSpan:
+            # One of ours the sampler dropped: read as plainly, its context made only if the
+            # child records (below).
+            parent_data = _UNREAD
+            trace_id, parent_flags = parent_span.trace_id, parent_span.flags
+            parent_state = parent_span.trace_state
+        else:  # a parent not of ours (the client's, remote), or none
             parent = parent_span.get_span_context()
             if parent.is_valid:
                 # Made plain data only for a span that records (below).
@@ -102,7 +109,7 @@ class LeanTracer(trace.Tracer):
                 trace_id, parent_flags = parent.trace_id, int(parent.trace_flags)
                 parent_state = parent.trace_state
             else:
-                parent, parent_data = None, None
+                parent_data = None
                 trace_id = (getrandbits(128) if random_ids else 0) \
                     or self._ids.generate_trace_id()
                 parent_flags, parent_state = 0, None
@@ -129,14 +136,11 @@ class LeanTracer(trace.Tracer):
             parent_flags & TraceFlags.RANDOM_TRACE_ID if parent_data is not None
             else TraceFlags.RANDOM_TRACE_ID if random_ids or self._ids.is_trace_id_random()
             else TraceFlags.DEFAULT)
-        span_id = (getrandbits(64) if random_ids else 0) or self._ids.generate_span_id()
         if not recording:
-            return trace.NonRecordingSpan(SpanContext(
-                trace_id, span_id, is_remote=False, trace_flags=_TRACE_FLAGS[flags],
-                trace_state=trace_state))
+            return UnrecordedSpan(self, trace_id, flags, trace_state)
+        span_id = self.new_span_id()
         if parent_data is _UNREAD:
-            assert parent is not None
-            parent_data = context_data(parent)
+            parent_data = context_data(parent_span.get_span_context())
         # The span's context as the pipe carries it; its ``SpanContext`` is made only if asked.
         data = (trace_id, span_id, False, flags, tuple(trace_state.items()) if trace_state else ())
         span = LeanSpan(self, name, data, trace_state, parent_data, kind, links, start_time,
@@ -144,6 +148,9 @@ class LeanTracer(trace.Tracer):
         if kept:
             span.set_attributes(kept)
         return span
+
+    def new_span_id(self) -> int:
+        return (getrandbits(64) if self._random_ids else 0) or self._ids.generate_span_id()
 
     # The API's own decorator (as the SDK's tracer uses): its override must return that type.
     @_agnosticcontextmanager
@@ -194,6 +201,33 @@ def _inline_rule(sampler: Sampler) -> tuple[bool, int | None]:
                 and sampler._local_parent_sampled is ALWAYS_ON
                 and sampler._local_parent_not_sampled is ALWAYS_OFF)
     return (True, bound(sampler._root)) if defaults else (False, None)
+
+
+class UnrecordedSpan(trace.NonRecordingSpan):
+    """A span the sampler dropped: the API's ``NonRecordingSpan``, whose ``SpanContext`` (and
+    span id) is made on the first ``get_span_context``. Most are never asked: a dropped request
+    span is only its call's parent, which ``LeanTracer`` reads from the fields below. That
+    saved a ``SpanContext`` and a span id for each of a call's two spans, which was most of
+    what a span the sampler dropped cost."""
+
+    def __init__(self, tracer: LeanTracer, trace_id: int, flags: int,
+                 trace_state: TraceState | None) -> None:
+        self._tracer = tracer
+        self.trace_id = trace_id
+        self.flags = flags
+        self.trace_state = trace_state
+        self._made: SpanContext | None = None
+
+    @property
+    def _context(self) -> SpanContext:  # type: ignore[override]  # the API's field, made late
+        return self.get_span_context()
+
+    def get_span_context(self) -> SpanContext:
+        if self._made is None:
+            self._made = SpanContext(self.trace_id, self._tracer.new_span_id(),
+                                     is_remote=False, trace_flags=_TRACE_FLAGS[self.flags],
+                                     trace_state=self.trace_state)
+        return self._made
 
 
 class LeanSpan(trace.Span):
