@@ -158,6 +158,29 @@ def test_spans_form_a_tree_under_the_clients_trace(
     assert attributes["llmspool.cost_usd"] > 0
 
 
+def test_a_clients_unsampled_trace_is_answered_and_exports_nothing(
+    tmp_path: Path, sim: Sim, receiver: OtlpReceiver
+) -> None:
+    """The default sampler follows the client's ``traceparent``: under an unsampled one the
+    daemon records neither the request's span nor the upstream call's (which it then does not
+    build at all), and still answers; a sampled one in the same run exports both."""
+    daemon = traced_daemon(tmp_path, sim, receiver)
+    unsampled, sampled = "4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4737"
+    try:
+        client = openai_client(daemon.socket_path)
+        for trace_id, flags in ((unsampled, "00"), (sampled, "01")):
+            answer = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me?"}],
+                extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-{flags}"})
+            assert answer.choices[0].message.content
+        wait_for(lambda: len(receiver.spans) >= 2, what="the sampled call's two spans")
+    finally:
+        daemon.terminate()  # a shutdown flushes any spans there were
+    assert sorted(span.name for span in receiver.spans) == [
+        "POST /v1/chat/completions", "chat gpt-4o-mini"]
+    assert {span.trace_id.hex() for span in receiver.spans} == {sampled}
+
+
 def test_otel_sdk_disabled_turns_tracing_off(
     tmp_path: Path, sim: Sim, receiver: OtlpReceiver
 ) -> None:

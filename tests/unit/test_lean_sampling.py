@@ -135,3 +135,35 @@ def test_spans_are_sampled_as_the_sdk_samples_them(sampler: Sampler) -> None:
     # always or never keep).
     recorded = {decision[0] for decision in expected}
     assert recorded == {True, False} or sampler in (ALWAYS_ON, ALWAYS_OFF, DEFAULT_OFF)
+
+
+
+# The samplers under whose dropped spans every child is dropped, by a rule ``LeanTracer``
+# decides inline (the parent's, or the trace id's, which a child shares), and that drop some
+# of the roots below. Not: those that keep every root, ``ParentBased`` with a delegate of its
+# own (it may keep a child of a dropped parent), and the user's own sampler (it decides each
+# span by its name).
+DROP_CHILDREN_WITH_PARENT = {"parentbased_always_off", "always_off", "traceidratio",
+                             "parentbased_traceidratio", "parentbased on a sampler of the user's"}
+
+
+@pytest.mark.parametrize("name", SAMPLERS.keys())
+def test_a_dropped_parent_is_named_only_when_its_children_would_be_dropped(name: str) -> None:
+    """``dropped_parent`` lets the dispatcher skip building a call's span: it must name a
+    parent only when a child started under it is dropped whatever it is called, and it
+    should name every parent the sampler dropped when its children go with it."""
+    lean = LeanTracer(cast(SpanPipe, _Queue()), resource=0, sampler=SAMPLERS[name],
+                      ids=_SeededIds(7), scope=InstrumentationScope("llmspool", "1"))
+    named = 0
+    for number in range(200):
+        root = lean.start_span("keep root" if number % 3 else "drop root")
+        context = trace.set_span_in_context(root)
+        dropped = lean.dropped_parent(context)
+        child = lean.start_span("keep child", context=context)  # a name the user's keeps
+        if dropped is not None:
+            assert dropped is root and not child.is_recording()
+            named += 1
+        elif name in DROP_CHILDREN_WITH_PARENT:
+            assert root.is_recording()
+    assert lean.dropped_parent(Context()) is None  # no parent: a root may record
+    assert (named > 0) is (name in DROP_CHILDREN_WITH_PARENT)

@@ -68,6 +68,7 @@ class LeanTracer(trace.Tracer):
         self.resource = resource  # the resource's index in the pipe's list
         self._sampler = sampler
         self._parent_decides, self._root_bound = _inline_rule(sampler)
+        self._inline = self._parent_decides or self._root_bound is not None
         self._ids = ids
         # The SDK's default generator: its ids made inline (``getrandbits``, as it makes them;
         # a zero, which is not a valid id, goes to the generator, which draws again).
@@ -149,7 +150,19 @@ class LeanTracer(trace.Tracer):
             span.set_attributes(kept)
         return span
 
+    def dropped_parent(self, context: context_api.Context) -> UnrecordedSpan | None:
+        """The span current in ``context`` when every span started under it would be dropped
+        too, so that a caller may skip building one: it is one of ours the sampler dropped,
+        and the sampler is decided inline, where its child's decision is its own (a parent-
+        based sampler's unsampled parent; a trace-id ratio, or ``always_off``, on the same
+        trace id). None: a span started there might record."""
+        parent = trace.get_current_span(context)
+        if type(parent) is UnrecordedSpan and self._inline:
+            return parent
+        return None
+
     def new_span_id(self) -> int:
+        """A span id from the tracer's generator (the SDK's default's made inline)."""
         return (getrandbits(64) if self._random_ids else 0) or self._ids.generate_span_id()
 
     # The API's own decorator (as the SDK's tracer uses): its override must return that type.
