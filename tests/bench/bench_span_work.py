@@ -6,7 +6,8 @@ microsecond or two a call is lost in their noise (the same code in two processes
 several). This replays what a chat call does to telemetry, as the daemon does it: the front
 door's server span under the client's (empty) trace context, its attributes, the context
 made for the call; the upstream call's client span with its attributes, the planned tier, the
-answer and the bill told on it; both ended and handed to the span pipe (a list here: the
+answer and the bill told on it (under a request span the sampler dropped, none: the dispatcher
+lets that one stand in); both ended and handed to the span pipe (a list here: the
 writer thread and the export child are not timed); the duration and token histograms.
 
 Hot caches and one thread: the daemon pays three to four times these figures a call, as it
@@ -19,6 +20,7 @@ repeats (the least disturbed), in µs a call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -88,7 +90,10 @@ def one_call(sampler: Sampler) -> Callable[[int], None]:
                                "gen_ai.operation.name": "chat",
                                "llmspool.provider": "openai", "llmspool.stream": False})
         context = trace.set_span_in_context(server)
-        with tracer.start_span(
+        # As the dispatcher: under a request span the sampler dropped, that one stands in
+        # for the call's, which would be dropped too.
+        dropped = tracer.dropped_parent(context)
+        with contextlib.nullcontext(dropped) if dropped is not None else tracer.start_span(
                 "chat gpt-4o-mini", context=context, kind=SpanKind.CLIENT,
                 links=links_of(context),
                 attributes={"gen_ai.system": "openai", "gen_ai.provider.name": "openai",

@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY as _CURRENT_SPAN
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
@@ -156,7 +157,9 @@ class LeanTracer(trace.Tracer):
         and the sampler is decided inline, where its child's decision is its own (a parent-
         based sampler's unsampled parent; a trace-id ratio, or ``always_off``, on the same
         trace id). None: a span started there might record."""
-        parent = trace.get_current_span(context)
+        # The key ``trace.get_current_span`` reads, without its check that what is there is
+        # a ``Span`` (an ABC's, some 0.1 µs on every call's path): only ours is looked for.
+        parent = context.get(_CURRENT_SPAN)
         if type(parent) is UnrecordedSpan and self._inline:
             return parent
         return None
