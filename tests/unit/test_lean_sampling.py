@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.sampling import (
     DEFAULT_ON,
     Decision,
     ParentBased,
+    ParentBasedTraceIdRatio,
     Sampler,
     SamplingResult,
     TraceIdRatioBased,
@@ -73,6 +74,8 @@ SAMPLERS = {
     "always_off": ALWAYS_OFF,
     "traceidratio": TraceIdRatioBased(0.3),
     "parentbased_traceidratio": ParentBased(TraceIdRatioBased(0.3)),
+    # What OTEL_TRACES_SAMPLER=parentbased_traceidratio makes: a subclass of ParentBased.
+    "parentbased_traceidratio, as the environment names it": ParentBasedTraceIdRatio(0.3),
     # Delegates of its own: called, not decided inline.
     "parentbased with a remote unsampled parent kept": ParentBased(
         TraceIdRatioBased(0.3), remote_parent_not_sampled=ALWAYS_ON),
@@ -144,7 +147,9 @@ def test_spans_are_sampled_as_the_sdk_samples_them(sampler: Sampler) -> None:
 # own (it may keep a child of a dropped parent), and the user's own sampler (it decides each
 # span by its name).
 DROP_CHILDREN_WITH_PARENT = {"parentbased_always_off", "always_off", "traceidratio",
-                             "parentbased_traceidratio", "parentbased on a sampler of the user's"}
+                             "parentbased_traceidratio",
+                             "parentbased_traceidratio, as the environment names it",
+                             "parentbased on a sampler of the user's"}
 
 
 @pytest.mark.parametrize("name", SAMPLERS.keys())
@@ -167,3 +172,31 @@ def test_a_dropped_parent_is_named_only_when_its_children_would_be_dropped(name:
             assert root.is_recording()
     assert lean.dropped_parent(Context()) is None  # no parent: a root may record
     assert (named > 0) is (name in DROP_CHILDREN_WITH_PARENT)
+
+
+@pytest.mark.parametrize("named", ["always_on", "always_off", "traceidratio",
+                                   "parentbased_always_on", "parentbased_always_off",
+                                   "parentbased_traceidratio"])
+def test_the_samplers_the_environment_names_are_decided_without_being_called(
+        named: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sampler ``OTEL_TRACES_SAMPLER`` can name is one of the SDK's, which
+    ``LeanTracer`` decides inline: asking it (some six Python calls a span) would fail here."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", named)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    sampler = TracerProvider(shutdown_on_exit=False).sampler  # as the daemon reads it
+
+    def asked(*_args: object, **_kwargs: object) -> SamplingResult:
+        raise AssertionError(f"{named}'s should_sample was called")
+
+    for called in (sampler, getattr(sampler, "_root", None)):
+        if called is not None and called not in (ALWAYS_ON, ALWAYS_OFF):
+            monkeypatch.setattr(called, "should_sample", asked)
+    lean = LeanTracer(cast(SpanPipe, _Queue()), resource=0, sampler=sampler,
+                      ids=_SeededIds(7), scope=InstrumentationScope("llmspool", "1"))
+    unsampled = context_from_headers(
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"})
+    for number in range(50):
+        root = lean.start_span(f"root {number}")
+        lean.start_span("child", context=trace.set_span_in_context(root)).end()
+        lean.start_span("remote child", context=unsampled).end()
+        root.end()

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -193,6 +193,7 @@ class LeanTracer(trace.Tracer):
 _TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 _EVERY, _NONE = _TRACE_ID_LIMIT + 1, 0
 _UNREAD: ContextData = (0, 0, False, 0, ())  # a parent's plain data, not made yet
+_Kind = TypeVar("_Kind", bound=Sampler)
 
 
 def _inline_rule(sampler: Sampler) -> tuple[bool, int | None]:
@@ -208,15 +209,23 @@ def _inline_rule(sampler: Sampler) -> tuple[bool, int | None]:
             return _EVERY
         if chosen is ALWAYS_OFF:
             return _NONE
-        return chosen.bound if type(chosen) is TraceIdRatioBased else None
+        return chosen.bound if _decides_as(chosen, TraceIdRatioBased) else None
 
-    if type(sampler) is not ParentBased:
+    if not _decides_as(sampler, ParentBased):
         return False, bound(sampler)
     defaults = (sampler._remote_parent_sampled is ALWAYS_ON
                 and sampler._remote_parent_not_sampled is ALWAYS_OFF
                 and sampler._local_parent_sampled is ALWAYS_ON
                 and sampler._local_parent_not_sampled is ALWAYS_OFF)
     return (True, bound(sampler._root)) if defaults else (False, None)
+
+
+def _decides_as(sampler: Sampler, kind: type[_Kind]) -> TypeGuard[_Kind]:
+    """Whether ``sampler`` decides as the SDK's ``kind`` does: one of its, or of a subclass
+    that changes only how it is made. ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` names
+    such a subclass (``ParentBasedTraceIdRatio``); checking the class alone sent that one, the
+    sampler most deployments set, through ``should_sample`` for every span."""
+    return isinstance(sampler, kind) and type(sampler).should_sample is kind.should_sample
 
 
 class UnrecordedSpan(trace.NonRecordingSpan):
