@@ -12,25 +12,13 @@ from llmspool.actors.caching.flights import LeaderTee
 from llmspool.actors.response_cache import CacheMessage, ResponseCache
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.unwritten import UnwrittenKeys
-from llmspool.core.calls import Endpoint
 from llmspool.core.config.sections import CacheConfig, Config
-from llmspool.core.streams import MemoryReceiveStream, create_memory_stream
-from llmspool.messages import Call, Missed, Reply, Settled
+from llmspool.core.streams import create_memory_stream
+from llmspool.messages import Call, Missed, Settled
 from llmspool.policy.billing import load_price_book
-from llmspool.policy.cache_keys import CachePlan
-from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.store.records import Caller
-from opentelemetry.context import Context
+from llmspool.policy.planner import LatencyBook, Planner, default_latencies
 
-
-def _call(request_id: str, key: bytes) -> tuple[Call, MemoryReceiveStream[Reply]]:
-    reply_in, reply_out = create_memory_stream[Reply](1)
-    return Call(
-        request_id=request_id, endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
-        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
-        received_at=0.0, trace=Context(), reply=reply_in,
-        cache=CachePlan(key, 60.0, "shared"),
-    ), reply_out
+from tests.support.cached_calls import cached_call
 
 
 def test_a_miss_is_taken_in_the_doors_task_only_when_it_overtakes_nothing(
@@ -47,22 +35,22 @@ async def _take_now(state_dir: Path) -> None:
     cache = ResponseCache(inbox_out, queue, ledger, config=CacheConfig(), state_dir=state_dir,
                           planner=planner, presence=KeyPresence(CacheConfig().max_entries),
                           unwritten=UnwrittenKeys())
-    early, _ = _call("early", b"e" * 32)
+    early, _ = cached_call("early", b"e" * 32)
     assert not cache.take_now(early, time.time())  # the actor does not run yet
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
             await group.start(cache.run)
             await anyio.wait_all_tasks_blocked()
 
-            first, _ = _call("first", b"a" * 32)
+            first, _ = cached_call("first", b"a" * 32)
             assert cache.take_now(first, time.time())
             led = queued.receive_nowait()  # sent on in this task: no turn of the loop
             assert led.request_id == "first" and isinstance(led.reply, LeaderTee)
 
             # One sent to the actor and not yet read: a twin taken now would overtake it and
             # lead a flight of its own.
-            second, _ = _call("second", b"b" * 32)
-            twin, _ = _call("twin", b"b" * 32)
+            second, _ = cached_call("second", b"b" * 32)
+            twin, _ = cached_call("twin", b"b" * 32)
             await inbox.send(Missed(second, time.time()))
             assert not cache.take_now(twin, time.time())
             await inbox.send(Missed(twin, time.time()))
@@ -71,5 +59,5 @@ async def _take_now(state_dir: Path) -> None:
             assert queued.backlog() == 0  # the twin follows it
 
             group.cancel_scope.cancel()  # the flights under way never land here
-    late, _ = _call("late", b"c" * 32)
+    late, _ = cached_call("late", b"c" * 32)
     assert not cache.take_now(late, time.time())  # the actor has stopped: send it

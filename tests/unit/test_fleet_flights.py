@@ -18,17 +18,16 @@ from llmspool.actors.caching import fleet as fleet_module
 from llmspool.actors.caching.fleet import FleetCache
 from llmspool.cache import fleet as fleet_sql
 from llmspool.cache.store import CachedAnswer
-from llmspool.core.calls import Endpoint, Tier, Usage
+from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import Config
-from llmspool.core.streams import create_memory_stream
-from llmspool.messages import Call, Reply
+from llmspool.messages import Call
 from llmspool.policy.billing import load_price_book
-from llmspool.policy.cache_keys import CachePlan
-from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
+from llmspool.policy.planner import LatencyBook, Planner, default_latencies
 from llmspool.store.backend import Backend, StoreLocation
-from llmspool.store.records import Caller, NewEntry
+from llmspool.store.records import NewEntry
 from llmspool.store.schema import migrate_store
-from opentelemetry.context import Context
+
+from tests.support.cached_calls import cached_call
 
 Found = tuple[CachedAnswer, str] | None  # what FleetCache.answer_or_lead returns
 
@@ -36,15 +35,6 @@ KEY = b"k" * 32
 ANSWER = b'{"id": "chatcmpl-1", "choices": []}'
 ENTRY = NewEntry(KEY, False, ANSWER, "openai", "gpt-4o-mini", "chat", Tier.STANDARD,
                  Usage(10, 0, 5, 0), 60.0)
-
-
-def _call() -> Call:
-    reply_in, _reply_out = create_memory_stream[Reply](1)
-    return Call(
-        request_id="r", endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
-        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
-        received_at=0.0, trace=Context(), reply=reply_in, cache=CachePlan(KEY, 60.0, "shared"),
-    )
 
 
 def _fleet_of_two(url: str) -> tuple[FleetCache, FleetCache]:
@@ -57,6 +47,10 @@ def _fleet_of_two(url: str) -> tuple[FleetCache, FleetCache]:
 def _flights(url: str) -> list[str]:
     with psycopg.connect(url) as connection:
         return [row[0] for row in connection.execute(b"SELECT daemon FROM cache_flights")]
+
+
+def _call() -> Call:
+    return cached_call("r", KEY)[0]
 
 
 def test_an_answer_that_lands_as_a_flight_starts_answers_the_call(

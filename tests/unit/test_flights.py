@@ -16,29 +16,18 @@ from llmspool.actors.caching.write_behind import WriteBehind
 from llmspool.cache.presence import KeyPresence
 from llmspool.cache.store import CacheReader
 from llmspool.cache.unwritten import UnwrittenKeys
-from llmspool.core.calls import Endpoint, Tier
+from llmspool.core.calls import Tier
 from llmspool.core.config.sections import CacheConfig, Config
-from llmspool.core.streams import MemoryReceiveStream, create_memory_stream
-from llmspool.messages import Answer, Call, Reply, Settled
+from llmspool.core.streams import create_memory_stream
+from llmspool.messages import Answer, Call, Settled
 from llmspool.policy.billing import load_price_book
-from llmspool.policy.cache_keys import CachePlan
-from llmspool.policy.planner import LatencyBook, Planner, TierPolicy, default_latencies
-from llmspool.store.records import Caller
-from opentelemetry.context import Context
+from llmspool.policy.planner import LatencyBook, Planner, default_latencies
+
+from tests.support.cached_calls import cached_call
 
 KEY = b"k" * 32
 DOCUMENT = {"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
-
-
-def _call(request_id: str) -> tuple[Call, MemoryReceiveStream[Reply]]:
-    reply_in, reply_out = create_memory_stream[Reply](1)
-    return Call(
-        request_id=request_id, endpoint=Endpoint.CHAT, provider="openai", model="gpt-4o-mini",
-        body=b"{}", stream=False, policy=TierPolicy(), caller=Caller(), operation=None,
-        received_at=0.0, trace=Context(), reply=reply_in,
-        cache=CachePlan(KEY, 60.0, "shared"),
-    ), reply_out
 
 
 @pytest.mark.parametrize(("queue_full", "queue_takes_it"),
@@ -66,8 +55,8 @@ async def _fly(queue_full: bool, queue_takes_it: bool) -> None:
     flights = Flights(queue_in, CacheConfig(), counts, writes, Replier(planner, ledger_in, writes),
                       None, lambda *_: None, queue_take_now=queue_take_now if queue_takes_it
                       else None)
-    leader, leader_replies = _call("leader")
-    follower, follower_replies = _call("follower")
+    leader, leader_replies = cached_call("leader", KEY)
+    follower, follower_replies = cached_call("follower", KEY)
     flight = flights.by_key[KEY] = Flight(KEY, leader)
     flight.followers.append(follower)
     reader = CacheReader.__new__(CacheReader)  # never read: the flight brings its answer
