@@ -6,7 +6,8 @@ microsecond or two a call is lost in their noise (the same code in two processes
 several). This replays what a chat call does to telemetry, as the daemon does it: the front
 door's server span under the client's (empty) trace context, its attributes, the context
 made for the call; the upstream call's client span with its attributes, the planned tier, the
-answer and the bill told on it (under a request span the sampler dropped, none: the dispatcher
+upstream's status, the bill and the answer told on it (each through the daemon's own
+``SpanFields``) (under a request span the sampler dropped, none: the dispatcher
 lets that one stand in); both ended and handed to the span pipe (a list here: the
 writer thread and the export child are not timed); the duration and token histograms.
 
@@ -26,10 +27,13 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from llmspool.actors import dispatcher
+from llmspool.actors.dispatch import accounts, relay
 from llmspool.core.histograms import Histograms
 from llmspool.core.span_pipe import SpanPipe
 from llmspool.core.spans import LeanTracer
 from llmspool.core.tracing import GenAiMetrics, context_from_headers, links_of
+from llmspool.server import call_builder, forwarding
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
@@ -81,44 +85,31 @@ def one_call(sampler: Sampler) -> Callable[[int], None]:
 
     def call(number: int) -> None:
         request_id = f"llmspool-bench-{number:x}"
-        server = tracer.start_span(
-            "POST /v1/chat/completions", context=context_from_headers(HEADERS),
-            kind=SpanKind.SERVER, attributes={"http.request.method": "POST",
-                                              "url.path": "/v1/chat/completions",
-                                              "llmspool.request_id": request_id})
-        server.set_attributes({"gen_ai.request.model": "gpt-4o-mini",
-                               "gen_ai.operation.name": "chat",
-                               "llmspool.provider": "openai", "llmspool.stream": False})
+        server = forwarding.REQUEST_FIELDS.start_span(
+            tracer, "POST /v1/chat/completions",
+            ("POST", "/v1/chat/completions", request_id),
+            context=context_from_headers(HEADERS), kind=SpanKind.SERVER)
+        call_builder.REQUEST_FIELDS.set(server, "gpt-4o-mini", "chat", "openai", False)
         context = trace.set_span_in_context(server)
         # As the dispatcher: under a request span the sampler dropped, that one stands in
         # for the call's, which would be dropped too.
         dropped = tracer.dropped_parent(context)
-        with contextlib.nullcontext(dropped) if dropped is not None else tracer.start_span(
-                "chat gpt-4o-mini", context=context, kind=SpanKind.CLIENT,
-                links=links_of(context),
-                attributes={"gen_ai.system": "openai", "gen_ai.provider.name": "openai",
-                            "gen_ai.operation.name": "chat",
-                            "gen_ai.request.model": "gpt-4o-mini",
-                            "llmspool.request_id": request_id, "llmspool.provider": "openai",
-                            "llmspool.queue_wait_ms": round(0.000123 * 1000, 3)},
-                record_exception=False, set_status_on_exception=False) as client:
-            client.set_attribute("llmspool.planned_tier", "standard")
+        with contextlib.nullcontext(dropped) if dropped is not None else \
+                dispatcher.CALL_FIELDS.start_span(
+                    tracer, "chat gpt-4o-mini",
+                    ("openai", "openai", "chat", "gpt-4o-mini", request_id, "openai",
+                     round(0.000123 * 1000, 3)),
+                    context=context, kind=SpanKind.CLIENT, links=links_of(context),
+                    record_exception=False, set_status_on_exception=False) as client:
+            dispatcher.PLANNED_FIELDS.set(client, "standard")
+            relay.STATUS_FIELDS.set(client, 200)
             if client.is_recording():
-                client.set_attributes({"gen_ai.response.id": "chatcmpl-bench",
-                                       "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
-                                       "gen_ai.response.finish_reasons": ("stop",)})
-                client.set_attributes({
-                    "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 9,
-                    "gen_ai.usage.cache_read.input_tokens": 0,
-                    "gen_ai.usage.cache_creation.input_tokens": 0,
-                    "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
-                    "llmspool.tier": "standard", "llmspool.usage_estimated": False,
-                    "gen_ai.usage.cost.amount": 7.2e-06, "gen_ai.usage.cost.currency": "USD",
-                    "gen_ai.usage.cost.source": "local", "llmspool.cost_usd": 7.2e-06,
-                    "llmspool.price_version": "2026-11"})
-        if server.is_recording():
-            server.set_attributes({"http.response.status_code": 200,
-                                   "llmspool.tier": "standard"})
+                accounts.BILL_FIELDS.set(
+                    client, 12, 9, 0, 0, "gpt-4o-mini", "standard", False, 7.2e-06, "USD",
+                    "local", 7.2e-06, "2026-11", None, None)
+            relay.ANSWER_FIELDS.set(client, "chatcmpl-bench", "gpt-4o-mini-2024-07-18",
+                                    ("stop",))
+        forwarding.ANSWERED_FIELDS.set(server, 200, "standard")
         server.end()
         metrics.operation(0.0021, "chat", "openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18",
                           "standard")

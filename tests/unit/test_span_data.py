@@ -9,6 +9,7 @@ import gc
 from collections.abc import Iterator
 from typing import Any, cast
 
+from llmspool.actors.dispatch.relay import ANSWER_FIELDS
 from llmspool.core.span_export import CompactSpan
 from llmspool.core.span_pipe import SpanPipe
 from llmspool.core.spans import LeanTracer
@@ -51,6 +52,8 @@ def test_a_queued_span_is_one_object_for_the_collector_after_its_first_pass() ->
           tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT) as client):
         client.set_attributes({"gen_ai.request.model": "gpt-4o-mini", "ok": True,
                                "gen_ai.response.finish_reasons": ("stop",)})
+        # And as the daemon tells it most of what it knows: fields.
+        ANSWER_FIELDS.set(client, "chatcmpl-1", "gpt-4o-mini-2024-07-18", ("stop",))
     assert len(queue.spans) == 2
     gc.collect()
     # The span's tuple stays tracked (it holds its attributes' dict, which the collector

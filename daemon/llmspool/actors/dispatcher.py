@@ -38,7 +38,7 @@ from llmspool.core.config.sections import BreakerConfig, BudgetsConfig, Failover
 from llmspool.core.errors import ApiError
 from llmspool.core.histograms import Histograms
 from llmspool.core.provider import Provider
-from llmspool.core.spans import LeanTracer
+from llmspool.core.spans import LeanTracer, SpanFields
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import NO_SPAN, GenAiMetrics, links_of, records
 from llmspool.messages import (
@@ -67,6 +67,12 @@ log = logging.getLogger(__name__)
 DispatcherMessage = Call | StatusQuery[DispatcherStatus] | NewPrices
 
 _LEDGER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)  # or the queue
+# What an upstream call's span is told as it starts (the GenAI conventions' names), and when
+# the planner has chosen its tier.
+CALL_FIELDS = SpanFields("gen_ai.system", "gen_ai.provider.name", "gen_ai.operation.name",
+                         "gen_ai.request.model", "llmspool.request_id", "llmspool.provider",
+                         "llmspool.queue_wait_ms")
+PLANNED_FIELDS = SpanFields("llmspool.planned_tier")
 # At most this many calls in flight, an answer is written before its call's bookkeeping (a
 # loop turn: at concurrency 1, ~70 µs less latency). At 2 it was also taken under light
 # load, where the turn costs more than it saves: c=4 4% fewer req/s, and an open loop at
@@ -211,21 +217,15 @@ class Dispatcher:
         dropped = self._lean.dropped_parent(call.trace) if self._lean is not None else None
         if dropped is not None:
             return contextlib.nullcontext(dropped)
-        return self._tracer.start_span(
-            f"{call.endpoint.operation_name} {call.model}",
+        operation = call.endpoint.operation_name
+        return CALL_FIELDS.start_span(
+            self._tracer, f"{operation} {call.model}",
+            (kind, kind, operation, call.model, call.request_id, call.provider,
+             round((started - call.received_at) * 1000, 3)),
             context=call.trace,
             kind=SpanKind.CLIENT,
             # A job's request links to the span that submitted the job.
             links=links_of(call.trace),
-            attributes={
-                "gen_ai.system": kind,
-                "gen_ai.provider.name": kind,
-                "gen_ai.operation.name": call.endpoint.operation_name,
-                "gen_ai.request.model": call.model,
-                "llmspool.request_id": call.request_id,
-                "llmspool.provider": call.provider,
-                "llmspool.queue_wait_ms": round((started - call.received_at) * 1000, 3),
-            },
             # What fails is told on the span (``_serve``), as the caller is told it.
             record_exception=False, set_status_on_exception=False,
         )
@@ -245,7 +245,7 @@ class Dispatcher:
                     tier = self._planner.choose(
                         call.provider, call.model, call.policy, call.deadline_at, started
                     )
-                    span.set_attribute("llmspool.planned_tier", tier.value)
+                    PLANNED_FIELDS.set(span, tier.value)
                     admitted = await self._accounts.admit(call, tier)
                     if tier is Tier.FLEX:
                         await self._flex.serve(call, span)

@@ -120,7 +120,7 @@ class SpanEncoder:
 
     def _span(self, span: tuple[Any, ...]) -> bytes:
         (name, context, parent, _resource, attributes, events, links, kind, _scope, status,
-         description, start_time, end_time) = span
+         description, start_time, end_time, _fields) = span  # none: ``with_attributes``
         trace_id, span_id, _is_remote, _flags, state = context
         parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08",
                  span_id.to_bytes(8, "big")]

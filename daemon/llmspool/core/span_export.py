@@ -67,6 +67,7 @@ PICKLE = pickle.HIGHEST_PROTOCOL
 # it. Lists kept some 7 objects a span in every pass until the writer thread took the span: at
 # c=256 a traced daemon spent 5% of its event loop in the collector, against 2% untraced.
 CompactSpan = tuple[Any, ...]
+_ATTRIBUTES, _FIELDS = 4, 13  # where a span's attributes and its fields are in its tuple
 # A span context as plain data: trace id, span id, remote, flags, trace state's pairs.
 ContextData = tuple[int, int, bool, int, tuple[tuple[str, str], ...]]
 # A span's status until one is set: ``LeanSpan``'s (a ``Status`` never changes), which
@@ -78,10 +79,15 @@ def span_data(*, name: str, context: ContextData | None, parent: ContextData | N
               resource: int, attributes: dict[str, Any],
               events: list[tuple[str, dict[str, Any], int]], links: Sequence[Link],
               kind: SpanKind, scope: tuple[str, str | None, str | None] | None, status: Status,
-              start_time: int | None, end_time: int | None) -> CompactSpan:
+              start_time: int | None, end_time: int | None,
+              fields: Sequence[Any] = ()) -> CompactSpan:
     """A span as the plain tuple ``rebuild`` reads: the one place its order is written.
     ``context`` and ``parent`` are ``context_data``'s; ``resource`` is an index into the
-    batch's resource list; ``events`` are (name, attributes, timestamp)."""
+    batch's resource list; ``events`` are (name, attributes, timestamp); ``fields``, what
+    ``spans.SpanFields`` gave it: each time a tuple of names, then their values (None: not
+    set), set before ``attributes`` (``attributes_of``). They are last in the tuple, beside
+    the attributes' dict rather than with it, so that the collector stops tracking them at
+    its first pass."""
     code, description = (0, None) if status is UNSET else \
         (status.status_code.value, status.description)
     return (
@@ -89,7 +95,34 @@ def span_data(*, name: str, context: ContextData | None, parent: ContextData | N
         tuple([(context_data(link.context), dict(link.attributes or {})) for link in links])
         if links else (),
         kind._value_, scope, code, description, start_time, end_time,  # _value_: no lookup
+        tuple(fields),
     )
+
+
+def attributes_of(data: CompactSpan) -> dict[str, Any]:
+    """A span's attributes, from what ``span_data`` made of them: its fields' values in the
+    order given (a later one replacing an earlier of the same name), then its attributes'."""
+    fields, attributes = data[_FIELDS], data[_ATTRIBUTES]
+    if not fields:
+        return attributes  # type: ignore[no-any-return]
+    merged: dict[str, Any] = {}
+    start, end = 0, len(fields)  # names, their values, names...
+    while start < end:
+        names = fields[start]
+        start += 1
+        values = fields[start:start + len(names)]
+        start += len(names)
+        merged.update({name: value for name, value in zip(names, values, strict=True)
+                       if value is not None})
+    merged.update(attributes)
+    return merged
+
+
+def with_attributes(data: CompactSpan) -> CompactSpan:
+    """``data`` with its attributes one dict, and no fields (what ``otlp_spans`` reads)."""
+    if not data[_FIELDS]:
+        return data
+    return (*data[:_ATTRIBUTES], attributes_of(data), *data[_ATTRIBUTES + 1:_FIELDS], ())
 
 
 def compact(span: ReadableSpan, resource: int) -> CompactSpan:
@@ -109,8 +142,9 @@ def compact(span: ReadableSpan, resource: int) -> CompactSpan:
 
 def rebuild(data: CompactSpan, resources: Sequence[Resource]) -> ReadableSpan:
     """The ``ReadableSpan`` that ``compact`` made ``data`` of."""
-    (name, context, parent, resource, attributes, events, links, kind, scope, status,
-     description, start_time, end_time) = data
+    (name, context, parent, resource, _attributes, events, links, kind, scope, status,
+     description, start_time, end_time, _fields) = data
+    attributes = attributes_of(data)
     return ReadableSpan(
         name=name,
         context=_span_context(context),
@@ -296,13 +330,13 @@ def main() -> None:
                 continue
             frames = _frames(memoryview(message)[len(_BATCH):])
             resources = pickle.loads(next(frames))
-            spans = [span for packed in frames for span in pickle.loads(packed)]
             if send is None:
                 exporter.export([rebuild(span, [Resource(*resource) for resource in resources])
-                                 for span in spans])
+                                 for packed in frames for span in pickle.loads(packed)])
                 continue
             try:
-                data = encoder.encode(spans, resources)
+                data = encoder.encode([with_attributes(span) for packed in frames
+                                       for span in pickle.loads(packed)], resources)
             except Exception:  # as the SDK's exporter: the batch is lost, the child goes on
                 log.exception("Failed to encode span batch")
                 continue

@@ -27,6 +27,7 @@ from llmspool.core.errors import (
     UnsupportedMediaType,
 )
 from llmspool.core.json_values import check_values
+from llmspool.core.spans import SpanFields
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_memory_stream
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
@@ -41,6 +42,9 @@ from llmspool.server.uvicorn_server import caller_of
 __all__ = ["STREAM_BUFFER", "Built", "CallBuilder"]
 
 STREAM_BUFFER = 32  # replies a streamed call may run ahead of a slow client
+# What a request's span is told of the call its body asks for.
+REQUEST_FIELDS = SpanFields("gen_ai.request.model", "gen_ai.operation.name",
+                            "llmspool.provider", "llmspool.stream")
 _REQUIRED_INPUT = {
     Endpoint.CHAT: "messages",
     Endpoint.EMBEDDINGS: "input",
@@ -138,12 +142,7 @@ class CallBuilder:
                 endpoint, provider, model, parsed, header=request.headers.get(CACHE_HEADER),
                 operation=operation, uid=caller.uid, stream=stream,
             )
-        span.set_attributes({
-            "gen_ai.request.model": model,
-            "gen_ai.operation.name": endpoint.operation_name,
-            "llmspool.provider": provider,
-            "llmspool.stream": stream,
-        })
+        REQUEST_FIELDS.set(span, model, endpoint.operation_name, provider, stream)
         replies_in: MemorySendStream[Reply]
         replies_in, replies_out = create_memory_stream[Reply](
             STREAM_BUFFER if stream else 1

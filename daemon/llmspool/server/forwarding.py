@@ -21,6 +21,7 @@ from starlette.responses import Response
 from llmspool.cache.front import CacheFront
 from llmspool.core.calls import Endpoint
 from llmspool.core.errors import ApiError, ServiceUnavailable
+from llmspool.core.spans import SpanFields
 from llmspool.core.streams import MemoryReceiveStream, MemorySendStream
 from llmspool.core.tracing import context_from_headers
 from llmspool.messages import Answer, Call, Failure, Missed, Reply, StreamStart
@@ -39,6 +40,9 @@ from llmspool.server.relay import SSE_HEADERS, RelayResponse
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-llmspool-route"
+# What a request's span is told as it starts, and as it is answered.
+REQUEST_FIELDS = SpanFields("http.request.method", "url.path", "llmspool.request_id")
+ANSWERED_FIELDS = SpanFields("http.response.status_code", "llmspool.tier")
 ROUTE_REASON_HEADER = "x-llmspool-route-reason"
 
 
@@ -91,15 +95,9 @@ class Forwarder:
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         request_id = f"{self._id_prefix}{next(self._id_counter):x}"
         headers = request.headers
-        span = self._tracer.start_span(
-            f"POST {endpoint.value}",
-            context=context_from_headers(headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": "POST",
-                "url.path": endpoint.value,
-                "llmspool.request_id": request_id,
-            },
+        span = REQUEST_FIELDS.start_span(
+            self._tracer, f"POST {endpoint.value}", ("POST", endpoint.value, request_id),
+            context=context_from_headers(headers), kind=SpanKind.SERVER,
         )
         try:
             call, replies, route = await self._calls.build(request, endpoint, request_id, span)
@@ -171,8 +169,7 @@ class Forwarder:
             span.set_attribute("llmspool.cache", first.headers[CACHE_HEADER])
         if isinstance(first, Answer):
             replies.close()
-            span.set_attributes({"http.response.status_code": first.status,
-                                 "llmspool.tier": first.tier.value})
+            ANSWERED_FIELDS.set(span, first.status, first.tier.value)
             span.end()
             return Response(first.body, first.status, {**first.headers, **common},
                             media_type="application/json")

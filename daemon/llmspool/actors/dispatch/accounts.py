@@ -18,7 +18,6 @@ from collections.abc import Mapping
 import anyio
 import orjson
 from opentelemetry.trace import Span
-from opentelemetry.util.types import AttributeValue
 
 from llmspool.actors.dispatch.flex import FlexMetrics
 from llmspool.actors.dispatch.targets import Target
@@ -26,6 +25,7 @@ from llmspool.core.calls import Tier, Usage
 from llmspool.core.config.sections import BudgetsConfig
 from llmspool.core.errors import ApiError, InvalidRequest
 from llmspool.core.pricing import PICODOLLARS_PER_USD, usd
+from llmspool.core.spans import SpanFields
 from llmspool.core.streams import MemorySendStream, create_memory_stream
 from llmspool.core.tracing import GenAiMetrics
 from llmspool.messages import NOT_NOW, Admit, AdmitNow, Call, Release, SettleNow
@@ -34,6 +34,28 @@ from llmspool.policy.estimate import Estimate, TokenEstimator
 from llmspool.policy.planner import Planner
 from llmspool.policy.reservations import Reservation, Reserver, max_output
 from llmspool.store.records import Settled
+
+# The bill, as a call's span is told it (``Accounts.settle``).
+BILL_FIELDS = SpanFields(
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    # Parts of the input, as the GenAI conventions name them.
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.response.model",
+    "llmspool.tier",
+    "llmspool.usage_estimated",
+    # What was billed, at the tier served (flex at flex prices): a backend that prices tokens
+    # itself at list prices would show flex at twice its cost. Named as the GenAI cost
+    # proposal names it, and as llmspool always did.
+    "gen_ai.usage.cost.amount",
+    "gen_ai.usage.cost.currency",
+    "gen_ai.usage.cost.source",
+    "llmspool.cost_usd",
+    "llmspool.price_version",
+    "openai.response.service_tier",  # the tier the answer claimed, when it said one
+    "llmspool.billing_flag",
+)
 
 
 class Accounts:
@@ -188,29 +210,10 @@ class Accounts:
         flag = flag or billed.flag
         if span.is_recording():
             cost_usd = usd(cost)
-            described: dict[str, AttributeValue] = {
-                "gen_ai.usage.input_tokens": usage.input_tokens,
-                "gen_ai.usage.output_tokens": usage.output_tokens,
-                # Parts of the input, as the GenAI conventions name them.
-                "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
-                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
-                "gen_ai.response.model": model,
-                "llmspool.tier": tier.value,
-                "llmspool.usage_estimated": usage.estimated,
-                # What was billed, at the tier served (flex at flex prices): a backend that
-                # prices tokens itself at list prices would show flex at twice its cost.
-                # Named as the GenAI cost proposal names it, and as llmspool always did.
-                "gen_ai.usage.cost.amount": cost_usd,
-                "gen_ai.usage.cost.currency": "USD",
-                "gen_ai.usage.cost.source": "local",
-                "llmspool.cost_usd": cost_usd,
-                "llmspool.price_version": billed.price_version,
-            }
-            if claimed is not None:
-                described["openai.response.service_tier"] = claimed
-            if flag is not None:
-                described["llmspool.billing_flag"] = flag
-            span.set_attributes(described)
+            BILL_FIELDS.set(
+                span, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+                usage.cache_write_tokens, model, tier.value, usage.estimated, cost_usd, "USD",
+                "local", cost_usd, billed.price_version, claimed, flag)
         if request_id is None and self._genai.enabled:  # the metrics' attributes
             self._outcomes[call.request_id] = (tier.value, model, status)
             if not usage.estimated:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import anyio
 import orjson
 from opentelemetry.trace import Span, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
 
 from llmspool.actors.dispatch.accounts import Accounts
 from llmspool.actors.dispatch.flex import NoFlexCapacity
@@ -30,6 +29,7 @@ from llmspool.core.clock import Clock
 from llmspool.core.errors import ApiError, BadUpstreamAnswer, UpstreamError, UpstreamUnreachable
 from llmspool.core.pricing import usd
 from llmspool.core.provider import Provider, UpstreamRequest, UpstreamResponse
+from llmspool.core.spans import SpanFields
 from llmspool.core.units import format_duration
 from llmspool.core.wire import (
     SseMeter,
@@ -57,6 +57,11 @@ from llmspool.resilience.limits import RateLimits
 _PASSED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version")
 _PASSED_ERROR_HEADERS = (*_PASSED_HEADERS, "retry-after", "retry-after-ms")
 _CLIENT_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+# What a call's span is told of the upstream's answer: its status as it starts, then what the
+# GenAI conventions say of it (``_describe_answer``).
+STATUS_FIELDS = SpanFields("http.response.status_code")
+ANSWER_FIELDS = SpanFields("gen_ai.response.id", "gen_ai.response.model",
+                           "gen_ai.response.finish_reasons")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,7 @@ class Relay:
         grace = 1.0 if call.stream else 0.0
         with anyio.move_on_after(target.time_limit + grace) as scope:
             async with provider.send(request) as response:
-                span.set_attribute("http.response.status_code", response.status)
+                STATUS_FIELDS.set(span, response.status)
                 if attempt_span is not span:  # a retry's own span
                     attempt_span.set_attribute("http.response.status_code", response.status)
                 headers = response.headers
@@ -287,17 +292,8 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
                      finish_reasons: list[str]) -> None:
     """What the GenAI conventions say of an answer: its id, the model that produced it (the
     answer's own, dated name when it gives one), and why each choice stopped."""
-    if not span.is_recording():
-        return
-    described: dict[str, AttributeValue] = {}
-    if response_id is not None:
-        described["gen_ai.response.id"] = response_id
-    if model is not None:
-        described["gen_ai.response.model"] = model
-    if finish_reasons:
-        # A tuple, as OpenTelemetry keeps a sequence: a span converts a list it is given.
-        described["gen_ai.response.finish_reasons"] = tuple(finish_reasons)
-    span.set_attributes(described)
+    # The reasons as a tuple, as OpenTelemetry keeps a sequence (and fields take it as given).
+    ANSWER_FIELDS.set(span, response_id, model, tuple(finish_reasons) if finish_reasons else None)
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
