@@ -19,7 +19,8 @@ see the same machine state:
 - ``postgres_caps``: the same with the daily cap, so every call's admission is decided in the
   database, as a fleet of daemons sharing the store decides it.
 
-For each: added p50/p99 over calling the simulator directly at concurrency 1, 64 and 256,
+For each: added p50/p99 over calling the simulator directly at concurrency 1, p50/p99 as
+measured at 64 and 256 (every target saturated there: a call's time is mostly queueing),
 requests per second, failures, streamed calls a second at concurrency 64 (the simulator sends
 each answer's events at once) and calls a second with a 25 KB prompt, the time to the first
 streamed chunk, and the p99 added in an open loop (16 staggered clients sending on a schedule,
@@ -519,10 +520,18 @@ def _measure_round(targets: dict[str, Target], load: Load, samples: Samples) -> 
         samples.direct_rps.setdefault(f"c{clients}", []).append(direct["rps"])
         for name in targets:
             figures = via(name, count, clients)
-            samples.add(name, f"c{clients}_added_p50_ms",
-                        (figures["p50_us"] - direct["p50_us"]) / 1000)
-            samples.add(name, f"c{clients}_added_p99_ms",
-                        (figures["p99_us"] - direct["p99_us"]) / 1000)
+            if clients == 1:
+                samples.add(name, "c1_added_p50_ms",
+                            (figures["p50_us"] - direct["p50_us"]) / 1000)
+                samples.add(name, "c1_added_p99_ms",
+                            (figures["p99_us"] - direct["p99_us"]) / 1000)
+            else:
+                # As measured, not added: a closed loop of many clients keeps every target
+                # saturated, so a call's time is mostly its wait behind the others (about
+                # clients / throughput), and the simulator called directly at c=256 waited
+                # longer at its p99 than any proxy in front of it (an added p99 below zero).
+                samples.add(name, f"c{clients}_p50_ms", figures["p50_us"] / 1000)
+                samples.add(name, f"c{clients}_p99_ms", figures["p99_us"] / 1000)
             samples.add(name, f"c{clients}_rps", figures["rps"])
             samples.add(name, f"c{clients}_cpu_us", figures["cpu_us"])
             samples.add(name, f"c{clients}_disk_kb", figures["disk_kb"])
@@ -628,13 +637,13 @@ def print_table(figures: dict[str, Any]) -> None:
         ("p50 added, c=1", "≤ 0.4 ms", "c1_added_p50_ms", "ms"),
         ("p99 added, c=1", "≤ 1.5 ms", "c1_added_p99_ms", "ms"),
         ("first chunk added", "≤ 0.5 ms", "first_chunk_added_ms", "ms"),
-        ("p50 added, c=64", "", "c64_added_p50_ms", "ms"),
-        ("p99 added, c=64", "", "c64_added_p99_ms", "ms"),
+        ("p50, c=64 (not added: mostly queueing)", "", "c64_p50_ms", "ms"),
+        ("p99, c=64", "", "c64_p99_ms", "ms"),
         ("req/s, c=64", "≥ 2,500", "c64_rps", "rps"),
         ("req/s, c=256", "≥ 2,500", "c256_rps", "rps"),
         ("streamed req/s, c=64", "", "stream_c64_rps", "rps"),
         ("req/s, c=64, 25 KB prompt", "", "large_c64_rps", "rps"),
-        ("p99 added, c=256", "", "c256_added_p99_ms", "ms"),
+        ("p99, c=256", "", "c256_p99_ms", "ms"),
         ("p99 added, open loop at 50%", "", "open50_added_p99_ms", "ms"),
         ("p99 added, open loop at 75%", "≤ 5 ms", "open75_added_p99_ms", "ms"),
         # Over all rounds' calls at once (``Samples.pooled_p99s``): steadier than the median
