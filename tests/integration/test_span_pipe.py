@@ -12,11 +12,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from llmspool.core.span_export import NICENESS
 from llmspool.core.span_pipe import MAX_QUEUE_SIZE, SpanPipe, setting
+from llmspool.core.spans import LeanSpan, LeanTracer, SpanFields
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from tests.integration.test_tracing import OtlpReceiver, receiver  # noqa: F401 (fixture)
 from tests.support.waiting import wait_for
@@ -163,3 +169,28 @@ def test_a_setting_that_is_not_a_positive_number_falls_back_with_a_warning(
     assert setting({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, MAX_QUEUE_SIZE) == 100
     assert setting({}, MAX_QUEUE_SIZE) == 2048
     assert caplog.text.count("OTEL_BSP_MAX_QUEUE_SIZE") == 2
+
+
+def test_a_batch_the_child_cannot_encode_is_dropped_and_the_child_goes_on(
+    provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
+) -> None:
+    _, pipe = provider
+    others = set(_children())
+    tracer = LeanTracer(pipe, resource=pipe.resource_index(Resource.create({})),
+                        sampler=DEFAULT_ON, ids=RandomIdGenerator(),
+                        scope=InstrumentationScope("test", "1"))
+    broken = tracer.start_span("broken")
+    # Two names and one value: what no ``SpanFields`` makes (it checks), and the child's
+    # rebuilding of the attributes refuses.
+    cast(LeanSpan, broken).fields.extend((("a", "b"), 1))
+    broken.end()
+    assert pipe.force_flush()
+    [child] = set(_children()) - others
+    good = tracer.start_span("good")
+    SpanFields("gen_ai.request.model", "llmspool.stream").set(good, "gpt-4o", None)
+    good.end()
+    assert pipe.force_flush()
+    wait_for(lambda: [span.name for span in receiver.spans] == ["good"], what="the good span")
+    assert {kv.key: kv.value.string_value for kv in receiver.span("good").attributes} == {
+        "gen_ai.request.model": "gpt-4o"}
+    assert set(_children()) - others == {child}  # the same child: it did not die

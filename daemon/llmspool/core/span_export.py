@@ -330,17 +330,21 @@ def main() -> None:
                 continue
             frames = _frames(memoryview(message)[len(_BATCH):])
             resources = pickle.loads(next(frames))
-            if send is None:
-                exporter.export([rebuild(span, [Resource(*resource) for resource in resources])
-                                 for packed in frames for span in pickle.loads(packed)])
-                continue
             try:
-                data = encoder.encode([with_attributes(span) for packed in frames
-                                       for span in pickle.loads(packed)], resources)
+                spans = [with_attributes(span) for packed in frames
+                         for span in pickle.loads(packed)]
+                if send is None:  # the exporter's own (slower) encoder, from SDK spans
+                    rebuilt = [rebuild(span, [Resource(*resource) for resource in resources])
+                               for span in spans]
+                else:
+                    data = encoder.encode(spans, resources)
             except Exception:  # as the SDK's exporter: the batch is lost, the child goes on
                 log.exception("Failed to encode span batch")
                 continue
-            send(data)
+            if send is None:
+                exporter.export(rebuilt)
+            else:
+                send(data)
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
 
