@@ -434,12 +434,13 @@ class SpanFields:
     """Attribute names the daemon sets together, whose values a span is given in their order:
     how its request path tells a call's spans what it knows (the request, the upstream call,
     its answer, its bill: some 30 attributes a call). On a ``LeanSpan`` the values are kept as
-    one tuple beside the names' own, and the export child makes them attributes; a dict of
-    them, checked value by value, was built, set and pickled, which was about half of what a
-    traced call cost the daemon's event loop. Any other span is given them as attributes.
+    given, after the names' own tuple, and the export child makes them attributes: no dict
+    built, no value checked, fewer objects to pickle. Any other span is given them as
+    attributes.
 
     The values must be what a span keeps as they are: a ``str``, ``bool``, ``int`` or
-    ``float``, or a tuple of one of those. None leaves that name unset. Given after the same
+    ``float``, or a tuple of one of those (the callers' own, or checked where they were read:
+    an upstream's answer goes through ``core.wire``). None leaves that name unset. Given after the same
     name was set through the API, a value replaces it, as ``set_attribute`` would; the API's
     setters replace a value given here. Each name given counts against a span's 128
     attributes (past them, values are set as ``set_attributes`` sets them)."""
