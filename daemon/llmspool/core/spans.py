@@ -440,9 +440,9 @@ class SpanFields:
 
     The values must be what a span keeps as they are: a ``str``, ``bool``, ``int`` or
     ``float``, or a tuple of one of those (the callers' own, or checked where they were read:
-    an upstream's answer goes through ``core.wire``). None leaves that name unset. Given after the same
-    name was set through the API, a value replaces it, as ``set_attribute`` would; the API's
-    setters replace a value given here. Each name given counts against a span's 128
+    an upstream's answer goes through ``core.wire``). None leaves that name unset. Given after
+    the same name was set through the API, a value replaces it, as ``set_attribute`` would;
+    the API's setters replace a value given here. Each name given counts against a span's 128
     attributes (past them, values are set as ``set_attributes`` sets them)."""
 
     __slots__ = ("names",)
