@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 from llmspool.core.span_export import CompactSpan, attributes_of, rebuild, with_attributes
 from llmspool.core.span_pipe import SpanPipe
-from llmspool.core.spans import LeanTracer, SpanFields
+from llmspool.core.spans import LeanSpan, LeanTracer, SpanFields
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -195,3 +196,18 @@ def test_a_span_started_with_fields_under_an_inline_sampler_records_them() -> No
     [finished] = exported.get_finished_spans()
     assert dict(finished.attributes or {}) == {"llmspool.request_id": "req-9",
                                                "gen_ai.request.model": "gpt-4o"}
+
+
+@pytest.mark.parametrize("fields", [
+    (("a", "b"), 1),  # a value missing at the end
+    (("a",), 1, 2, ("b",), 3),  # a value too many: the next names are not where expected
+    ("ab", 1, 2),  # names that are not a tuple
+])
+def test_fields_that_do_not_add_up_are_refused_not_misread(fields: tuple[Any, ...]) -> None:
+    lean, queue = _lean()
+    span = lean.start_span("broken")
+    cast(LeanSpan, span).fields.extend(fields)  # what no ``SpanFields`` makes (it checks)
+    span.end()
+    [data] = queue.spans
+    with pytest.raises(ValueError, match="span fields"):
+        attributes_of(data)

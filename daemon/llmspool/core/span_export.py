@@ -101,19 +101,28 @@ def span_data(*, name: str, context: ContextData | None, parent: ContextData | N
 
 def attributes_of(data: CompactSpan) -> dict[str, Any]:
     """A span's attributes, from what ``span_data`` made of them: its fields' values in the
-    order given (a later one replacing an earlier of the same name), then its attributes'."""
+    order given (a later one replacing an earlier of the same name), then its attributes'.
+    Fields that do not add up (as ``SpanFields`` never makes them) raise ``ValueError``."""
     fields, attributes = data[_FIELDS], data[_ATTRIBUTES]
     if not fields:
         return attributes  # type: ignore[no-any-return]
     merged: dict[str, Any] = {}
-    start, end = 0, len(fields)  # names, their values, names...
-    while start < end:
-        names = fields[start]
-        start += 1
-        values = fields[start:start + len(names)]
-        start += len(names)
-        merged.update({name: value for name, value in zip(names, values, strict=True)
-                       if value is not None})
+    # Names, their values, names...: walked by index, a value at a time (slicing each set's
+    # values and building a dict of them took three times as long, in the child's CPU).
+    index, end = 0, len(fields)
+    try:
+        while index < end:
+            names = fields[index]
+            if type(names) is not tuple:
+                raise ValueError(f"span fields: names expected at {index}, not {names!r}")
+            for name in names:
+                index += 1
+                value = fields[index]
+                if value is not None:
+                    merged[name] = value
+            index += 1
+    except IndexError:
+        raise ValueError("span fields: fewer values than names") from None
     merged.update(attributes)
     return merged
 
