@@ -211,3 +211,4 @@ def test_fields_that_do_not_add_up_are_refused_not_misread(fields: tuple[Any, ..
     [data] = queue.spans
     with pytest.raises(ValueError, match="span fields"):
         attributes_of(data)
+

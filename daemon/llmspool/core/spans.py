@@ -455,7 +455,8 @@ class SpanFields:
         if type(span) is LeanSpan:
             assert len(values) == len(self.names), (self.names, values)
             span.set_fields(self.names, values)
-        elif span.is_recording():
+        # Tracing off, a call's spans are all the API's invalid span: known without a call.
+        elif span is not trace.INVALID_SPAN and span.is_recording():
             span.set_attributes(self.attributes(values))
 
     def attributes(self, values: Sequence[types.AttributeValue | None]
@@ -474,6 +475,8 @@ class SpanFields:
         (one not decided inline) is given them as a dict; otherwise a span that records is
         given them as fields."""
         assert len(values) == len(self.names), (self.names, values)
+        if type(tracer) is trace.NoOpTracer:  # tracing off: its span, no attributes built
+            return trace.INVALID_SPAN
         if type(tracer) is LeanTracer and tracer.inline:
             span = tracer.start_span(name, context, kind, None, links, None, record_exception,
                                      set_status_on_exception)

@@ -292,8 +292,10 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
                      finish_reasons: list[str]) -> None:
     """What the GenAI conventions say of an answer: its id, the model that produced it (the
     answer's own, dated name when it gives one), and why each choice stopped."""
-    # The reasons as a tuple, as OpenTelemetry keeps a sequence (and fields take it as given).
-    ANSWER_FIELDS.set(span, response_id, model, tuple(finish_reasons) if finish_reasons else None)
+    if span.is_recording():  # else nothing to build the reasons' tuple for
+        # A tuple, as OpenTelemetry keeps a sequence (and fields take values as given).
+        ANSWER_FIELDS.set(span, response_id, model,
+                          tuple(finish_reasons) if finish_reasons else None)
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
