@@ -108,15 +108,18 @@ class Relay:
         grace = 1.0 if call.stream else 0.0
         with anyio.move_on_after(target.time_limit + grace) as scope:
             async with provider.send(request) as response:
-                STATUS_FIELDS.set(span, response.status)
+                status = response.status
+                if type(status) is not int or not 100 <= status <= 599:
+                    status = _http_status(target.provider, status)
+                STATUS_FIELDS.set(span, status)
                 if attempt_span is not span:  # a retry's own span
-                    attempt_span.set_attribute("http.response.status_code", response.status)
+                    attempt_span.set_attribute("http.response.status_code", status)
                 headers = response.headers
                 self._limits.observe(target.provider, target.model, headers, permit=permit)
-                if response.status >= 400:
+                if status >= 400:
                     raw = await response.read()
                     error = UpstreamError(
-                        target.provider, response.status, raw,
+                        target.provider, status, raw,
                         upstream_headers=_pick(headers, _PASSED_ERROR_HEADERS),
                     )
                     failure = classify(error, flex=target.tier is Tier.FLEX)
@@ -296,6 +299,20 @@ def _describe_answer(span: Span, response_id: str | None, model: str | None,
         # A tuple, as OpenTelemetry keeps a sequence (and fields take values as given).
         ANSWER_FIELDS.set(span, response_id, model,
                           tuple(finish_reasons) if finish_reasons else None)
+
+
+def _http_status(provider: str, status: object) -> int:
+    """A provider plugin's ``status`` as the ``int`` it must be (an ``http.HTTPStatus`` is
+    one); ``BadUpstreamAnswer`` for what is not an HTTP status code, which the caller is told
+    instead of an internal error."""
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+        return int(status)
+    raise BadUpstreamAnswer(
+        f"{provider}'s provider plugin answered with status {status!r}, which is not an HTTP "
+        "status code (an int from 100 to 599), so the attempt was given up. This is a bug in "
+        "the plugin: `llmspool plugins` names it and its version",
+        code="bad_upstream_status",
+    )
 
 
 def _pick(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
