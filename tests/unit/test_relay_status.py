@@ -1,6 +1,7 @@
 """A provider plugin's answer status is checked before the relay reads it: one that is not an
 HTTP status code fails the call as a bad upstream answer that names the plugin's provider (a
-502 the caller can act on), not as an internal error; an ``int`` subclass such as
+502 the caller can act on), not as an internal error, and the attempt is billed at its
+reservation, as an answer that broke; an ``int`` subclass such as
 ``http.HTTPStatus`` is taken as its number."""
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class _Answering(FakeProvider):
                          {"content-type": "application/json"})
 
 
-async def _send(status: object) -> tuple[Reply | None, list[Settled]]:
-    """What the caller is answered, and what is settled, when the plugin says ``status``."""
+async def _send(status: object, settled: list[Settled] | None = None
+                ) -> tuple[Reply | None, list[Settled]]:
+    """What the caller is answered, and what is settled (also kept in ``settled``, for a
+    send that raises), when the plugin says ``status``."""
     ledger_in, ledger_out = create_memory_stream[Settled](4)
     reply_in, reply_out = create_memory_stream[Reply](4)
     provider = _Answering(ProviderSettings("openai", ProviderConfig(), "key"), FakeUpstream())
@@ -58,15 +61,17 @@ async def _send(status: object) -> tuple[Reply | None, list[Settled]]:
     target = Target("openai", MODEL, Tier.STANDARD, BODY,
                     CircuitBreaker("openai", Tier.STANDARD, BreakerConfig(), lambda _t: None),
                     probe=False, time_limit=30.0, timeout_name="timeout")
+    settled = [] if settled is None else settled
     with ledger_in, ledger_out, reply_in, reply_out:
         permit = await limits.acquire("openai", MODEL, 0, interactive=True)
-        await relay.send(the_call, target, INVALID_SPAN, INVALID_SPAN, permit)
-        settled = []
-        while True:
-            try:
-                settled.append(ledger_out.receive_nowait())
-            except anyio.WouldBlock:
-                break
+        try:
+            await relay.send(the_call, target, INVALID_SPAN, INVALID_SPAN, permit)
+        finally:
+            while True:
+                try:
+                    settled.append(ledger_out.receive_nowait())
+                except anyio.WouldBlock:
+                    break
         try:
             reply: Reply | None = reply_out.receive_nowait()
         except anyio.WouldBlock:
@@ -78,11 +83,16 @@ async def _send(status: object) -> tuple[Reply | None, list[Settled]]:
                          ids=["a string", "none", "a float", "a bool", "0", "1000"])
 def test_a_status_that_is_not_an_http_status_fails_the_call_naming_the_provider(
         status: object) -> None:
+    settled: list[Settled] = []
     with pytest.raises(BadUpstreamAnswer) as raised:
-        anyio.run(_send, status)
+        anyio.run(_send, status, settled)
     assert raised.value.status == 502
     assert raised.value.code == "bad_upstream_status"
     assert f"openai's provider plugin answered with status {status!r}" in raised.value.message
+    # Sent and answered, its cost unknown: billed once, at the reservation, as broken.
+    [broken] = settled
+    assert broken.request_id == f"{call(MODEL).request_id}~1"
+    assert broken.cost_picodollars > 0
 
 
 def test_an_http_status_member_is_taken_as_its_number() -> None:

@@ -110,7 +110,14 @@ class Relay:
             async with provider.send(request) as response:
                 status = response.status
                 if type(status) is not int or not 100 <= status <= 599:
-                    status = _http_status(target.provider, status)
+                    try:
+                        status = _http_status(target.provider, status)
+                    except BadUpstreamAnswer:
+                        # Sent, and answered with something unreadable: what the provider
+                        # bills is unknown, so billed at the reservation, as a broken answer.
+                        await self._accounts.bill_broken(call, target, started, span,
+                                                         self._accounts.estimate(call))
+                        raise
                 STATUS_FIELDS.set(span, status)
                 if attempt_span is not span:  # a retry's own span
                     attempt_span.set_attribute("http.response.status_code", status)
