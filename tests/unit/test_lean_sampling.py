@@ -6,11 +6,9 @@ own spans and children of a client's traceparent, sampled or not."""
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from llmspool.core.span_pipe import SpanPipe
-from llmspool.core.spans import LeanTracer
 from llmspool.core.tracing import context_from_headers
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -28,8 +26,9 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
+
+from tests.support.lean_tracers import lean_tracer
 
 
 class _SeededIds(IdGenerator):
@@ -60,11 +59,6 @@ class _ByName(Sampler):
 
     def get_description(self) -> str:
         return "ByName"
-
-
-class _Queue:
-    def put(self, span: object) -> None:
-        pass
 
 
 SAMPLERS = {
@@ -130,8 +124,7 @@ def test_spans_are_sampled_as_the_sdk_samples_them(sampler: Sampler) -> None:
             "tracestate": "vendor=value"})
         for n in range(1, 101)]
     sdk = TracerProvider(sampler=sampler, id_generator=_SeededIds(7)).get_tracer("llmspool")
-    lean = LeanTracer(cast(SpanPipe, _Queue()), resource=0, sampler=sampler,
-                      ids=_SeededIds(7), scope=InstrumentationScope("llmspool", "1"))
+    lean, _ = lean_tracer(sampler, _SeededIds(7))
     expected = _decisions(sdk, remote_contexts)
     assert _decisions(lean, remote_contexts) == expected
     # Both ways occur, so that the comparison says something (but for the samplers that
@@ -157,8 +150,7 @@ def test_a_dropped_parent_is_named_only_when_its_children_would_be_dropped(name:
     """``dropped_parent`` lets the dispatcher skip building a call's span: it must name a
     parent only when a child started under it is dropped whatever it is called, and it
     should name every parent the sampler dropped when its children go with it."""
-    lean = LeanTracer(cast(SpanPipe, _Queue()), resource=0, sampler=SAMPLERS[name],
-                      ids=_SeededIds(7), scope=InstrumentationScope("llmspool", "1"))
+    lean, _ = lean_tracer(SAMPLERS[name], _SeededIds(7))
     named = 0
     for number in range(200):
         root = lean.start_span("keep root" if number % 3 else "drop root")
@@ -191,8 +183,7 @@ def test_the_samplers_the_environment_names_are_decided_without_being_called(
     for called in (sampler, getattr(sampler, "_root", None)):
         if called is not None and called not in (ALWAYS_ON, ALWAYS_OFF):
             monkeypatch.setattr(called, "should_sample", asked)
-    lean = LeanTracer(cast(SpanPipe, _Queue()), resource=0, sampler=sampler,
-                      ids=_SeededIds(7), scope=InstrumentationScope("llmspool", "1"))
+    lean, _ = lean_tracer(sampler, _SeededIds(7))
     unsampled = context_from_headers(
         {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"})
     for number in range(50):

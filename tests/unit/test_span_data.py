@@ -7,27 +7,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from llmspool.actors.dispatch.relay import ANSWER_FIELDS
-from llmspool.core.span_export import CompactSpan
-from llmspool.core.span_pipe import SpanPipe
-from llmspool.core.spans import LeanTracer
 from llmspool.core.tracing import context_from_traceparent
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import DEFAULT_ON
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
-
-class _Queue:
-    """Where the tracer puts ended spans: the part of ``SpanPipe`` it uses."""
-
-    def __init__(self) -> None:
-        self.spans: list[CompactSpan] = []
-
-    def put(self, span: CompactSpan) -> None:
-        self.spans.append(span)
+from tests.support.lean_tracers import lean_tracer
 
 
 def _tracked(data: Any) -> Iterator[Any]:
@@ -41,9 +27,7 @@ def _tracked(data: Any) -> Iterator[Any]:
 
 
 def test_a_queued_span_is_one_object_for_the_collector_after_its_first_pass() -> None:
-    queue = _Queue()
-    tracer = LeanTracer(cast(SpanPipe, queue), resource=0, sampler=DEFAULT_ON,
-                        ids=RandomIdGenerator(), scope=InstrumentationScope("llmspool", "1"))
+    tracer, queue = lean_tracer()
     # A call's two spans: the front door's, under the client's traceparent, and its upstream
     # call's (its attributes set as it ends).
     remote = context_from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

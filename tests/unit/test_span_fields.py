@@ -9,41 +9,23 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from llmspool.core.span_export import CompactSpan, attributes_of, rebuild, with_attributes
-from llmspool.core.span_pipe import SpanPipe
-from llmspool.core.spans import LeanSpan, LeanTracer, SpanFields
+from llmspool.core.span_export import attributes_of, rebuild, with_attributes
+from llmspool.core.spans import LeanSpan, SpanFields
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, Sampler, SamplingResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import Attributes
+
+from tests.support.lean_tracers import lean_tracer
 
 REQUEST = SpanFields("llmspool.request_id", "gen_ai.request.model", "llmspool.stream")
 ANSWER = SpanFields("gen_ai.response.model", "gen_ai.response.finish_reasons",
                     "llmspool.billing_flag")
-
-
-class _Queue:
-    """Where the tracer puts ended spans: the part of ``SpanPipe`` it uses."""
-
-    def __init__(self) -> None:
-        self.spans: list[CompactSpan] = []
-
-    def put(self, span: CompactSpan) -> None:
-        self.spans.append(span)
-
-
-def _lean(sampler: Sampler = DEFAULT_ON) -> tuple[LeanTracer, _Queue]:
-    queue = _Queue()
-    return LeanTracer(cast(SpanPipe, queue), resource=0, sampler=sampler,
-                      ids=RandomIdGenerator(),
-                      scope=InstrumentationScope("llmspool", "1")), queue
 
 
 def _sdk() -> tuple[trace.Tracer, InMemorySpanExporter]:
@@ -57,7 +39,7 @@ def _attributes_after(sets: Callable[[trace.Span], None]) -> tuple[dict[str, Any
                                                                    dict[str, Any]]:
     """The attributes a ``LeanSpan`` ends with after ``sets`` (as the export child makes them
     of what it was sent), and an SDK span's after the same."""
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     with lean.start_as_current_span("call") as span:
         sets(span)
     sdk, exported = _sdk()
@@ -101,7 +83,7 @@ def test_a_span_keeps_its_first_128_names_however_they_were_given() -> None:
     # the first ones, fields or not.
     many = [SpanFields(*(f"field.{group}.{number}" for number in range(10)))
             for group in range(15)]
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     with lean.start_as_current_span("call") as span:
         span.set_attributes({f"api.{number}": number for number in range(20)})
         for group, fields in enumerate(many):
@@ -114,7 +96,7 @@ def test_a_span_keeps_its_first_128_names_however_they_were_given() -> None:
 
 
 def test_an_ended_span_takes_no_more_fields() -> None:
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     span = lean.start_span("call")
     REQUEST.set(span, "req-3", "gpt-4o", False)
     span.end()
@@ -125,7 +107,7 @@ def test_an_ended_span_takes_no_more_fields() -> None:
 
 
 def test_the_export_child_rebuilds_fields_as_the_sdks_span_holds_them() -> None:
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     with lean.start_as_current_span("call", kind=SpanKind.CLIENT) as span:
         REQUEST.set(span, "req-4", "gpt-4o", False)
         span.set_attribute("http.response.status_code", 200)
@@ -172,7 +154,7 @@ class _Reading(Sampler):
 
 def test_a_sampler_that_reads_attributes_is_given_the_starting_fields() -> None:
     sampler = _Reading()
-    lean, queue = _lean(sampler)
+    lean, queue = lean_tracer(sampler)
     for model in ("gpt-4o", "gpt-4o-mini"):
         REQUEST.start_span(lean, "call", ("req-7", model, False)).end()
     assert sampler.read == [
@@ -183,7 +165,7 @@ def test_a_sampler_that_reads_attributes_is_given_the_starting_fields() -> None:
 
 
 def test_a_span_started_with_fields_under_an_inline_sampler_records_them() -> None:
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     span = REQUEST.start_span(lean, "call", ("req-8", "gpt-4o", True), kind=SpanKind.SERVER)
     assert span.is_recording()
     span.end()
@@ -204,7 +186,7 @@ def test_a_span_started_with_fields_under_an_inline_sampler_records_them() -> No
     ("ab", 1, 2),  # names that are not a tuple
 ])
 def test_fields_that_do_not_add_up_are_refused_not_misread(fields: tuple[Any, ...]) -> None:
-    lean, queue = _lean()
+    lean, queue = lean_tracer()
     span = lean.start_span("broken")
     cast(LeanSpan, span).fields.extend(fields)  # what no ``SpanFields`` makes (it checks)
     span.end()
