@@ -129,6 +129,38 @@ def test_a_stalled_collector_never_holds_the_thread_that_ends_spans(
              what="every span that was not dropped")
 
 
+def test_spans_ended_on_many_threads_at_once_each_arrive_once(
+    pipe_env: dict[str, str], receiver: OtlpReceiver,  # noqa: F811
+) -> None:
+    """Spans are queued without a lock of the pipe's: four threads ending spans while the
+    writer takes batches of 7 lose none and send none twice."""
+    pipe = SpanPipe(environ={**pipe_env, "OTEL_BSP_MAX_QUEUE_SIZE": "100000"})
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(pipe)
+    tracer = tracer_provider.get_tracer("test")
+    start = threading.Barrier(4)
+
+    def end_spans(thread: int) -> None:
+        start.wait()
+        for number in range(250):
+            tracer.start_span(f"thread {thread} span {number}").end()
+
+    try:
+        threads = [threading.Thread(target=end_spans, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert pipe.force_flush()
+        wait_for(lambda: len(receiver.spans) >= 1000, what="the 1,000 spans")
+    finally:
+        tracer_provider.shutdown()
+    names = [span.name for span in receiver.spans]
+    assert sorted(names) == sorted(
+        f"thread {thread} span {number}" for thread in range(4) for number in range(250))
+    assert pipe.dropped == 0
+
+
 def test_a_batch_for_a_child_that_died_unseen_goes_to_a_new_child(
     provider: tuple[TracerProvider, SpanPipe], receiver: OtlpReceiver,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,

@@ -75,7 +75,7 @@ ContextData = tuple[int, int, bool, int, tuple[tuple[str, str], ...]]
 UNSET = Status(StatusCode.UNSET)
 
 
-def span_data(*, name: str, context: ContextData | None, parent: ContextData | None,
+def span_data(name: str, context: ContextData | None, parent: ContextData | None,
               resource: int, attributes: dict[str, Any],
               events: list[tuple[str, dict[str, Any], int]], links: Sequence[Link],
               kind: SpanKind, scope: tuple[str, str | None, str | None] | None, status: Status,

@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import threading
+from collections import deque
 from collections.abc import Mapping
 
 from opentelemetry.context import Context
@@ -81,8 +82,10 @@ class SpanPipe(SpanProcessor):
         self._delay = setting(environ, SCHEDULE_DELAY) / 1000
         self._batch = setting(environ, MAX_EXPORT_BATCH_SIZE)
         self._limit = max(setting(environ, MAX_QUEUE_SIZE), self._batch)
-        self._lock = threading.Lock()  # the queue below: spans end on any thread
-        self._waiting: list[CompactSpan] = []
+        self._lock = threading.Lock()  # the resources below, and the count of drops
+        # Spans end on any thread: a deque's append and popleft need no lock of ours (one
+        # taken a span was 0.1 µs of the event loop's, two a call).
+        self._waiting: deque[CompactSpan] = deque()
         self._resources: dict[int, int] = {}  # id(resource) → index into _resource_list
         self._resource_list: list[Resource] = []  # kept, so that their ids stay theirs
         self._resource_data = resource_frame([])  # the list, framed, as each batch starts
@@ -109,21 +112,24 @@ class SpanPipe(SpanProcessor):
 
     def put(self, span: CompactSpan) -> None:
         """Queue a span already made plain data (its resource from ``resource_index``)."""
+        waiting = self._waiting
+        if len(waiting) >= self._limit or self._stopped:
+            self._drop()
+            return
+        waiting.append(span)
+        # Two threads may both wake the writer: it then finds less to send, no harm done.
+        if len(waiting) >= self._batch and not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def _drop(self) -> None:
         if self._stopped:
             return
         with self._lock:
-            waiting = self._waiting
-            if len(waiting) >= self._limit:
-                self.dropped += 1
-                if self.dropped == 1:
-                    log.warning("%d spans wait to be exported (OTEL_BSP_MAX_QUEUE_SIZE); "
-                                "more are dropped until the collector catches up", self._limit)
-                return
-            waiting.append(span)
-            if len(waiting) < self._batch or self._woken:
-                return
-            self._woken = True
-        self._wake.set()
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("%d spans wait to be exported (OTEL_BSP_MAX_QUEUE_SIZE); "
+                            "more are dropped until the collector catches up", self._limit)
 
     def resource_index(self, resource: Resource) -> int:
         """``resource``'s index in the list each batch carries (added if new)."""
@@ -147,8 +153,12 @@ class SpanPipe(SpanProcessor):
         if not self._sending.acquire(timeout=timeout):
             return False
         try:
+            self._woken = False
+            queue = self._waiting
+            # As many as wait now (more may come meanwhile, from any thread: they wait for
+            # the next pass).
+            waiting = [queue.popleft() for _ in range(len(queue))]
             with self._lock:
-                waiting, self._waiting, self._woken = self._waiting, [], False
                 resources = self._resource_data
             sent = True
             for start in range(0, len(waiting), self._batch):
