@@ -32,7 +32,7 @@ from llmspool.core.streams import MemoryReceiveStream, MemorySendStream, create_
 from llmspool.messages import Call, Reply
 from llmspool.policy.cache_keys import HEADER as CACHE_HEADER
 from llmspool.policy.cache_keys import CacheRules
-from llmspool.policy.deadlines import parse_deadline
+from llmspool.policy.deadlines import DeadlineHeaders
 from llmspool.policy.model_choice import ModelChooser, Route
 from llmspool.policy.planner import Planner
 from llmspool.policy.routing import ModelRouter
@@ -79,6 +79,7 @@ class CallBuilder:
         self._max_body_size = max_body_size
         self._max_json_values = max_json_values
         self._cache_rules = cache_rules
+        self._deadlines = DeadlineHeaders()
 
     async def build(
         self, request: Request, endpoint: Endpoint, request_id: str, span: Span
@@ -90,8 +91,8 @@ class CallBuilder:
         """
         # The deadline counts from the request's head: a body that waits for room, or arrives
         # slowly, spends the call's time.
-        deadline_at = _deadline_header(request.headers.get("x-llmspool-deadline"),
-                                       self._planner.clock.now())
+        deadline_at = self._deadline_header(request.headers.get("x-llmspool-deadline"),
+                                            self._planner.clock.now())
         body = await self._read_body(request, deadline_at)
         parsed = _parse_json_object(body, self._max_json_values)
         requested_model = parsed.get("model")
@@ -181,6 +182,17 @@ class CallBuilder:
         except NotFound:
             return None
 
+    def _deadline_header(self, value: str | None, now: float) -> float | None:
+        if value is None:
+            return None
+        try:
+            return self._deadlines.parse(value, now)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"x-llmspool-deadline: {exc}", param="x-llmspool-deadline",
+                code="invalid_deadline",
+            ) from None
+
     async def _read_body(self, request: Request, deadline_at: float | None) -> bytes:
         content_type = request.headers.get("content-type", "application/json")
         if "json" not in content_type.lower():
@@ -200,17 +212,6 @@ class CallBuilder:
             "read or waiting for room in [daemon] max_bodies_in_memory; nothing was sent "
             "upstream. Send it again with a later deadline, or when the daemon is less busy",
             status=504, code="deadline_exceeded", error_type="timeout")
-
-
-def _deadline_header(value: str | None, now: float) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_deadline(value, now)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"x-llmspool-deadline: {exc}", param="x-llmspool-deadline", code="invalid_deadline"
-        ) from None
 
 
 def _parse_json_object(body: bytes, max_values: int) -> dict[str, Any]:
