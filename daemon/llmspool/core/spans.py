@@ -153,7 +153,7 @@ class LeanTracer(trace.Tracer):
             else TraceFlags.DEFAULT)
         if not recording:
             return UnrecordedSpan(self, trace_id, flags, trace_state)
-        span_id = self.new_span_id()
+        span_id = (getrandbits(64) if random_ids else 0) or self._ids.generate_span_id()
         if parent_data is _UNREAD:
             parent_data = context_data(unread.get_span_context())
         # The span's context as the pipe carries it; its ``SpanContext`` is made only if asked.

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.context import Context, create_key, set_value
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -269,8 +269,8 @@ def linked_context(traceparent: str | None) -> Context:
 
 def links_of(context: Context) -> Sequence[trace.Link] | None:
     """The links ``linked_context`` put in ``context`` (None: none)."""
-    links = get_value(_LINKS, context)
-    return links if isinstance(links, tuple) else None
+    links = context.get(_LINKS)
+    return links if type(links) is tuple else None
 
 
 # --- counters ------------------------------------------------------------------------------
