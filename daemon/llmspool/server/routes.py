@@ -29,6 +29,7 @@ from llmspool.messages import StatusQuery
 from llmspool.policy.routing import ModelRouter
 from llmspool.server.body_budget import BUDGET, TAKEN, BodyBudget
 from llmspool.server.forwarding import Forwarder, error_response
+from llmspool.server.indexed_headers import ForwardedRequest
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class FrontDoorApp:
             if endpoint is None or scope["method"] != "POST":
                 await self._everything_else(scope, receive, send)
                 return
-            request = Request(scope, receive)
+            request = ForwardedRequest(scope, receive)
             try:
                 response = await self._forwarder.handle(request, endpoint)
             except ClientDisconnect:
