@@ -31,7 +31,9 @@ async def test_chunks_at_a_steady_pace_run_until_the_total_limit() -> None:
             await anyio.sleep(0.02)  # each chunk well within the idle limit
             chunks += 1
     clock.stop()
-    assert scope.cancelled_caught
+    # Cancelled by the timer during a wait, or (on a busy machine, the timer late) by
+    # ``waiting`` finding the total limit passed: either way the scope was cancelled.
+    assert scope.cancel_called
     assert not clock.idle_ran_out
     assert 0.3 <= anyio.current_time() - started < 1
     assert chunks >= 10  # every wait was short: only the total limit ended it
