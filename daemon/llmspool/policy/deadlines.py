@@ -40,9 +40,10 @@ def parse_deadline(text: str, now: float) -> float:
 class DeadlineHeaders:
     """``parse_deadline`` for the ``x-llmspool-deadline`` header of every call, with the
     durations it has read remembered: most programs send one spelling ("10m") on every call,
-    and reading it again (a regular expression's matches, their groups, the checks) was a
-    third of what a deadline cost a call on the daemon's event loop. A time of day is read
-    each time (it is not the same deadline from one call to the next)."""
+    and reading it again (a regular expression's matches, their groups, the checks) was about
+    a sixth of what a deadline cost a call on the daemon's event loop (0.9 µs in a loop; 0.06
+    remembered). A time of day is read each time (it is not the same deadline from one call
+    to the next)."""
 
     LIMIT = 256  # spellings remembered; past it, the memo starts over
 
