@@ -89,9 +89,11 @@ def test_the_export_child_yields_the_cpu_to_the_daemon(
     assert pipe.force_flush()
     wait_for(lambda: len(receiver.spans) == 1, what="the span")
     [child] = set(_children()) - others
-    # Its encoding bursts run in the CPU time the daemon leaves (capped at the lowest priority).
+    # Its encoding bursts run in the CPU time the daemon leaves (capped at the lowest priority),
+    # and only when no other task wants the CPU.
     assert os.getpriority(os.PRIO_PROCESS, child) == min(
         os.getpriority(os.PRIO_PROCESS, 0) + NICENESS, 19)
+    assert os.sched_getscheduler(child) == os.SCHED_IDLE
 
 
 def test_a_stalled_collector_never_holds_the_thread_that_ends_spans(

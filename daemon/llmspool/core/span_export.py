@@ -18,7 +18,8 @@ This module is the daemon's side of the child and the child itself:
   the bytes OpenTelemetry's encoder makes, at a fraction of its cost) and sends them with
   the real ``OTLPSpanExporter``'s HTTP client, configured by the same ``OTEL_*`` environment
   variables: endpoint, headers, compression, retries and timeouts are the exporter's own.
-  It runs at a lower CPU priority than the daemon (``NICENESS``).
+  It runs at a lower CPU priority than the daemon (``NICENESS``), and on Linux only in CPU
+  time nothing else wants (``SCHED_IDLE``: ``run_when_idle``).
 
 ``span_pipe.SpanPipe`` queues the spans and decides when a batch goes.
 """
@@ -319,7 +320,7 @@ def main() -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     source, answers = sys.stdin.buffer, sys.stdout.buffer
-    os.nice(NICENESS)
+    run_when_idle()
     exporter = OTLPSpanExporter()
     send = bytes_sender(exporter)
     encoder = SpanEncoder()
@@ -356,6 +357,23 @@ def main() -> None:
                 send(data)
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def run_when_idle() -> None:
+    """The child's priority: niced, and on Linux ``SCHED_IDLE``, so that it runs only when no
+    other task wants the CPU and gives it up at once when one does.
+
+    Niced alone, the scheduler still gave its burst (a batch's unpickling, encoding and
+    sending) slices of a few ms that the daemon's upstream and clients waited behind on a
+    busy machine. Idle, in one run of ``bench_latency`` (3 rounds), a traced daemon's p99
+    added went from 0.69 to 0.23 ms above untraced at c=1, from 4.2 to 3.1 ms in the open loop
+    at 50% of its rate and from 6.2 to 5.1 ms at 75%. The cost is on a host with no idle CPU
+    at all: the child then falls behind, and spans past ``OTEL_BSP_MAX_QUEUE_SIZE`` waiting
+    are dropped and counted, as for a slow collector. Another system, or a policy the
+    host refuses, keeps the niced priority."""
+    os.nice(NICENESS)
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed here
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def bytes_sender(exporter: Any) -> Callable[[bytes], object] | None:
