@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from llmspool.core.span_export import NICENESS
+from llmspool.core.span_export import NICENESS, run_when_idle
 from llmspool.core.span_pipe import MAX_QUEUE_SIZE, SpanPipe, setting
 from llmspool.core.spans import LeanSpan, LeanTracer, SpanFields
 from opentelemetry.sdk.resources import Resource
@@ -228,3 +228,16 @@ def test_a_batch_the_child_cannot_encode_is_dropped_and_the_child_goes_on(
     assert {kv.key: kv.value.string_value for kv in receiver.span("good").attributes} == {
         "gen_ai.request.model": "gpt-4o"}
     assert set(_children()) - others == {child}  # the same child: it did not die
+
+
+def test_a_child_refused_a_lower_priority_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a seccomp filter that refuses ``setpriority`` and ``sched_setscheduler`` (the
+    shipped unit's ``SystemCallFilter=~@resources`` did), the child goes on at the daemon's
+    priority. No seccomp filter can be installed here, so the refusal is the calls' own
+    error, raised in their place."""
+    def refused(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "nice", refused)
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    run_when_idle()  # returns: the child goes on to say it is ready

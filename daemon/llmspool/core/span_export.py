@@ -370,8 +370,15 @@ def run_when_idle() -> None:
     at 50% of its rate and from 6.2 to 5.1 ms at 75%. The cost is on a host with no idle CPU
     at all: the child then falls behind, and spans past ``OTEL_BSP_MAX_QUEUE_SIZE`` waiting
     are dropped and counted, as for a slow collector. Another system, or a policy the
-    host refuses, keeps the niced priority."""
-    os.nice(NICENESS)
+    host refuses, keeps the niced priority.
+
+    Either may be refused: a seccomp filter such as systemd's ``SystemCallFilter=~@resources``
+    fails ``setpriority`` and ``sched_setscheduler`` with EPERM (``systemd/llmspool.service``
+    allows these two back). Refused, the child runs at the daemon's own priority rather
+    than not at all: an ``os.nice`` that raised used to end it before it said it was ready,
+    and every span was dropped."""
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed here
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
