@@ -74,6 +74,30 @@ def test_a_deterministic_chat_is_answered_from_the_cache_the_second_time(
     assert counts["hits"] == 1 and counts["misses"] == 1
 
 
+def test_the_same_call_right_after_is_a_hit_before_its_entry_is_committed(
+        daemon: Daemon, sim: Sim) -> None:
+    """What the second call is told, and the saving it is billed under, do not depend on
+    whether the write-behind commit has landed (``llmspool demo``'s second step)."""
+    holder = sqlite3.connect(daemon.state_dir / "cache.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write-behind's commit waits for this
+        status, first, _headers = chat(daemon, temperature=0)
+        assert status == 200
+        status, second, headers = chat(daemon, temperature=0)
+        assert cache_status(daemon)["entries"] == 0  # not in the file yet
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert status == 200 and second == first
+    assert headers["x-llmspool-cache"] == "hit" and float(headers["x-llmspool-cost-usd"]) == 0
+    assert upstream_calls(sim) == 1
+    _status, report = daemon.get("/v1/ledger?by=source")
+    sources = {row["source"]: row["requests"] for row in report["rows"]}
+    assert sources == {None: 1, "cache": 1}  # the call paid for (no saving), then the hit
+    counts = cache_status(daemon)
+    assert counts["hits"] == 1 and counts["shared"] == 0
+
+
 def test_a_seed_makes_a_request_cacheable_and_sampled_ones_are_not(
         daemon: Daemon, sim: Sim) -> None:
     chat(daemon, seed=7, temperature=1)

@@ -201,6 +201,10 @@ def test_a_line_bound_for_a_batch_right_after_its_twin_was_answered_is_not_batch
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert line["response"]["body"] == first and line["cache"] == "shared"
+    # Found in hand, not waited for: a hit, as it is once the commit lands (the test above).
+    assert line["response"]["body"] == first and line["cache"] == "hit"
     assert batch_stats(sim)["created"] == 0 and direct_calls(sim) == 1
     assert job_of(daemon, job["id"])["by_tier"] == {"cache": 1}
+    _status, report = daemon.get("/v1/ledger?by=source")
+    sources = {row["source"]: row["requests"] for row in report["rows"]}
+    assert sources == {None: 1, "cache": 1}  # the call paid for (no saving), then the hit

@@ -5,7 +5,8 @@ keeper instead of going straight to the request queue. For each, in order:
 
 1. a live entry in the cache file answers it at once (``x-llmspool-cache: hit``);
 2. an identical call in flight (same key) is joined: the call waits for that one's outcome
-   and shares it (``shared``), as does one arriving just after it finished (``LINGER``);
+   and shares it (``shared``); one arriving just after it finished, before its entry is
+   committed, is answered from memory (``LINGER``): a ``hit``, as it would be a moment later;
 3. an identical request waiting in a pending batch whose expected end fits the call's deadline
    is waited for (its answer lands in the cache), giving up in time for the call to be sent on
    its own (``cache/pending.py``);
@@ -191,11 +192,18 @@ class ResponseCache:
         if flight is not None:
             flight.followers.append(call)
             return
+        # An answer in hand, its commit still to land. A flight's is a hit, as it will be once
+        # committed: the label and the ledger's saving source say what the call found, not
+        # where the write-behind stood (``WriteBehind.recent``).
         recent = self._writes.recent.get(plan.key)
-        if recent is not None and recent[1] > now and self._replier.answer(
-                call, recent[0], "shared", group):
-            self._counts.shared += 1
-            return
+        if recent is not None and recent[1] > now:
+            answer, _until, how = recent
+            if self._replier.answer(call, answer, how, group):
+                if how == "hit":
+                    self._counts.hits += 1
+                else:
+                    self._counts.shared += 1
+                return
         self._counts.misses += 1
         flight = self._flights.by_key[plan.key] = Flight(plan.key, call)
         if call.deadline_at is not None and self._batches is not None:

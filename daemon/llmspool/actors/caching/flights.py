@@ -225,7 +225,7 @@ class Flights:
             plan = leader.cache
             assert plan is not None
             now = time.time()
-            self._writes.recent[flight.key] = (outcome, now + min(LINGER, plan.ttl))
+            self._writes.recent[flight.key] = (outcome, now + min(LINGER, plan.ttl), "hit")
             kept = None
             if len(outcome.body) > self._config.max_entry_size:
                 self._counts.too_large += 1

@@ -40,7 +40,11 @@ class WriteBehind:
         self._presence = presence
         # The keys of ``_pending`` and of the commit under way (the job keeper's to read).
         self._unwritten = unwritten
-        self.recent: dict[bytes, tuple[CachedAnswer, float]] = {}
+        # Answers on their way to the file: key -> (answer, until when, how a call it answers
+        # is told it was answered). A flight's lingers for calls that come after it: "hit", as
+        # they would be once it is committed. A batch's is there for the lines that waited on
+        # it (its twins, released when it lands): "shared".
+        self.recent: dict[bytes, tuple[CachedAnswer, float, str]] = {}
         self._pending: list[NewEntry] = []
         self._touched: dict[int, float] = {}
         self._drops: set[int] = set()
@@ -97,7 +101,7 @@ class WriteBehind:
             for entry in entries:
                 self.recent[entry.key] = (
                     CachedAnswer(0, entry.stream, entry.body, entry.tier, entry.usage, now),
-                    now + min(LINGER, entry.ttl))
+                    now + min(LINGER, entry.ttl), "shared")
         room = MAX_PENDING - len(self._pending)
         if len(entries) > room:
             self._counts.dropped_writes += len(entries) - max(0, room)
