@@ -12,7 +12,8 @@ instant upstream, c=256 by default), against daemons that differ only in their e
   metrics too;
 - ``traced``: every span recorded and exported, metrics too (``bench_latency``'s ``tracing``).
 
-For each: requests per second (and its ratio to ``off``), and the CPU a call of the event
+For each: requests per second (and its ratio to ``off``: of the medians, and the median and
+range of each round's ratio, steadier when rounds differ), and the CPU a call of the event
 loop's thread, of the daemon's other threads (the span pipe's writer, SQLite's, the metric
 reader), and of its children (the span export child), read from ``/proc`` around each run.
 Every round starts each daemon afresh (the same code in two processes can differ by a tenth
@@ -152,9 +153,21 @@ def measure(targets: Mapping[str, Mapping[str, str]], rounds: int, requests: int
                                 (seconds - before[part]) / requests * 1e6)
         finally:
             sim.terminate()
-    return {name: {key: statistics.median(values) for key, values in figures.items()}
-            | {"failures": sum(figures["failures"])}
-            for name, figures in samples.items()}
+    medians: dict[str, Any] = {}
+    for name, figures in samples.items():
+        row = medians[name] = {key: statistics.median(values) for key, values in figures.items()}
+        row["failures"] = sum(figures["failures"])
+        off = samples.get("off@base" if name.endswith("@base") else "off")
+        if off is not None:
+            row.update(paired(figures["rps"], off["rps"]))
+    return medians
+
+
+def paired(rps: Sequence[float], off: Sequence[float]) -> dict[str, Any]:
+    """Each round's req/s over ``off``'s in the same round: their median and range. Steadier
+    than the ratio of two medians, as a slower or quicker round moves both."""
+    ratios = [mine / theirs for mine, theirs in zip(rps, off, strict=True)]
+    return {"x off paired": statistics.median(ratios), "x off range": (min(ratios), max(ratios))}
 
 
 def print_table(figures: dict[str, Any], clients: int) -> None:
@@ -162,12 +175,15 @@ def print_table(figures: dict[str, Any], clients: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"the daemon's CPU a call by thread, c={clients} (median of rounds)")
-    for column in ("target", "req/s", "x off", "event loop", "other threads", "children",
-                   "failed"):
+    for column in ("target", "req/s", "x off", "x off, round by round", "event loop",
+                   "other threads", "children", "failed"):
         table.add_column(column, justify="left" if column == "target" else "right")
     base = figures.get("off", {}).get("rps")
     for name, row in figures.items():
+        low, high = row.get("x off range", (0, 0))
         table.add_row(name, f"{row['rps']:,.0f}", f"{row['rps'] / base:.2f}" if base else "",
+                      f"{row['x off paired']:.2f} ({low:.2f}-{high:.2f})"
+                      if "x off paired" in row else "",
                       f"{row['loop µs']:.0f} µs", f"{row['other threads µs']:.0f} µs",
                       f"{row['children µs']:.0f} µs", str(row["failures"]))
     Console(width=110).print(table)
