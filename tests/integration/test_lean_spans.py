@@ -139,3 +139,25 @@ def test_the_sampler_named_in_the_environment_decides(
         span.end()
     # Stopping sent everything handed over and waited for the child to export it.
     assert [s.name for s in receiver.spans] == (["maybe"] if kept else [])
+
+
+def test_the_span_limits_set_in_the_environment_cut_what_the_collector_gets(
+    environ: dict[str, str], receiver: OtlpReceiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Read by the export child, from the environment it inherits from the daemon.
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "1")
+    for tracing in _tracing(environ):
+        span = tracing.tracer.start_span("limited")
+        span.set_attributes({"model": "gpt-4o-mini", "reasons": ("stop", "length"), "n": 12345})
+        for attempt in range(3):
+            span.add_event(f"attempt {attempt}", {"error.type": "resource_unavailable"})
+        span.end()
+    wait_for(lambda: len(receiver.spans) == 1, what="the span")
+    limited = receiver.span("limited")
+    assert attributes_of(limited) == {"model": "gpt-", "reasons": ["stop", "leng"], "n": 12345}
+    assert [event.name for event in limited.events] == ["attempt 2"]  # the newest kept
+    assert limited.dropped_events_count == 2
+    assert {kv.key: kv.value.string_value for kv in limited.events[0].attributes} == {
+        "error.type": "reso"}

@@ -12,7 +12,8 @@ spans (``tests/unit/test_otlp_spans.py`` compares them): spans grouped by resour
 instrumentation scope, in the order first seen; fields in field-number order; the span flags
 saying whether the parent was remote; an empty status still sent. Values follow the SDK's
 rules (bool before int, sequences as arrays, mappings as key-value lists); a value that
-cannot be encoded is dropped with a log line, as the SDK drops it.
+cannot be encoded is dropped with a log line, as the SDK drops it. What the span limits cut
+(``span_limits``) is counted in the span's, events' and links' ``dropped_*_count``.
 
 The proto definitions: opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
 """
@@ -23,6 +24,8 @@ import logging
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from llmspool.core.span_limits import BoundedDict, BoundedTuple
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +138,24 @@ class SpanEncoder:
         if end_time:
             parts.append(b"\x41" + _FIXED64.pack(end_time))
         parts.append(self._attribute_list(_SPAN_ATTRIBUTE, attributes))
+        if type(attributes) is BoundedDict:  # cut by the span limits: how many went
+            parts.append(_dropped(b"\x50", attributes.dropped))
         for event_name, event_attributes, timestamp in events:
             parts.append(_field(b"\x5a", (b"\x09" + _FIXED64.pack(timestamp) if timestamp
                                           else b"") + _text(b"\x12", event_name)
-                                + self._attribute_list(_EVENT_ATTRIBUTE, event_attributes)))
+                                + self._attribute_list(_EVENT_ATTRIBUTE, event_attributes)
+                                + _dropped(b"\x20", getattr(event_attributes, "dropped", 0))))
+        if type(events) is BoundedTuple:
+            parts.append(_dropped(b"\x60", events.dropped))
         for link_context, link_attributes in links:
             parts.append(_field(b"\x6a", b"".join((
                 b"\x0a\x10", link_context[0].to_bytes(16, "big"),
                 b"\x12\x08", link_context[1].to_bytes(8, "big"),
                 self._attribute_list(_LINK_ATTRIBUTE, link_attributes),
+                _dropped(b"\x28", getattr(link_attributes, "dropped", 0)),
                 b"\x35", _FIXED32.pack(_flags_of(link_context))))))
+        if type(links) is BoundedTuple:
+            parts.append(_dropped(b"\x70", links.dropped))
         parts.append(_field(b"\x7a", _text(b"\x12", description or "")
                             + (b"\x18" + _varint(status) if status else b"")))
         parts.append(b"\x85\x01" + _FIXED32.pack(_flags_of(parent)))
@@ -171,6 +182,11 @@ class SpanEncoder:
                     cache[key, kind, value] = encoded
             parts.append(tag + encoded)
         return b"".join(parts)
+
+
+def _dropped(tag: bytes, count: int) -> bytes:
+    """A ``dropped_*_count`` field, left out when 0 (proto3's default)."""
+    return tag + _varint(count) if count else b""
 
 
 def _scope(scope: tuple[str, str | None, str | None] | None) -> bytes:

@@ -17,7 +17,9 @@ This module is the daemon's side of the child and the child itself:
 - ``main``, the child: it writes each batch as OTLP protobuf (``otlp_spans.SpanEncoder``,
   the bytes OpenTelemetry's encoder makes, at a fraction of its cost) and sends them with
   the real ``OTLPSpanExporter``'s HTTP client, configured by the same ``OTEL_*`` environment
-  variables: endpoint, headers, compression, retries and timeouts are the exporter's own.
+  variables: endpoint, headers, compression, retries and timeouts are the exporter's own,
+  and the span limits (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` and the others) are applied as the
+  SDK applies them (``span_limits``).
   It runs at a lower CPU priority than the daemon (``NICENESS``), and on Linux only in CPU
   time nothing else wants (``SCHED_IDLE``: ``run_when_idle``).
 
@@ -46,6 +48,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from llmspool.core.otlp_spans import SpanEncoder
+from llmspool.core.span_limits import SpanLimiter
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,22 @@ def attributes_of(data: CompactSpan) -> dict[str, Any]:
         raise ValueError("span fields: fewer values than names") from None
     merged.update(attributes)
     return merged
+
+
+def attribute_pairs(data: CompactSpan) -> Iterator[tuple[str, Any]]:
+    """A span's attributes as they were set, in ``attributes_of``'s order, each time a name
+    was given a value (for the span limits: ``span_limits``)."""
+    fields = data[_FIELDS]
+    index, end = 0, len(fields)
+    while index < end:
+        names = fields[index]
+        values = fields[index + 1:index + 1 + len(names)]
+        if type(names) is not tuple or len(values) < len(names):
+            raise ValueError(f"span fields: names and their values expected at {index}")
+        yield from ((name, value) for name, value in zip(names, values, strict=True)
+                    if value is not None)
+        index += 1 + len(names)
+    yield from data[_ATTRIBUTES].items()
 
 
 def with_attributes(data: CompactSpan) -> CompactSpan:
@@ -324,6 +343,9 @@ def main() -> None:
     exporter = OTLPSpanExporter()
     send = bytes_sender(exporter)
     encoder = SpanEncoder()
+    limiter = SpanLimiter.from_environment()
+    prepare = with_attributes if limiter is None else \
+        lambda span: limiter.limit(span, attribute_pairs(span))
     answers.write(_READY + b"\n")
     answers.flush()
     try:
@@ -341,8 +363,7 @@ def main() -> None:
             frames = _frames(memoryview(message)[len(_BATCH):])
             resources = pickle.loads(next(frames))
             try:
-                spans = [with_attributes(span) for packed in frames
-                         for span in pickle.loads(packed)]
+                spans = [prepare(span) for packed in frames for span in pickle.loads(packed)]
                 if send is None:  # the exporter's own (slower) encoder, from SDK spans
                     rebuilt = [rebuild(span, [Resource(*resource) for resource in resources])
                                for span in spans]

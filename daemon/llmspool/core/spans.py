@@ -23,8 +23,10 @@ context made only when asked).
 
 Attribute values are checked by their type alone (a ``str``, ``bool``, ``int`` or ``float``
 is kept as it is); anything else is made one of those or a tuple of one of those, or dropped
-with a warning as the SDK drops it, so nothing reaches the child that it cannot encode. Limits:
-128 attributes, events and links per span, as the SDK's defaults. The daemon's spans live on
+with a warning as the SDK drops it, so nothing reaches the child that it cannot encode. A span
+keeps at most 128 attributes, events and links (the SDK's default limits); the limits a user
+sets (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` and the others) are applied by the export child, as
+the SDK applies them (``span_limits``). The daemon's spans live on
 its event loop: a span is not for sharing between threads (the SDK's takes a lock).
 """
 
