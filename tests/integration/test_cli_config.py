@@ -112,6 +112,29 @@ failures = 0
     assert "and 3 more; `llmspool config check` lists them all" in line
 
 
+def test_a_span_limit_opentelemetry_refuses_is_named_in_one_line_not_a_traceback(
+        tmp_path: Path) -> None:
+    # The SDK reads these as its module loads, and raised there, out of the daemon's start.
+    bad = {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "lots", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "-1",
+           "OTEL_SPAN_EVENT_COUNT_LIMIT": "unset", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": " 7 "}
+    checked = llmspool("config", "check", env=bad)
+    assert checked.returncode == 78
+    assert checked.stderr.splitlines()[:2] == [
+        "llmspool: config: OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: '-1' is not a whole number of 0 "
+        "or more (nor 'unset', for no limit): OpenTelemetry refuses it; correct it or unset "
+        "the variable",
+        "llmspool: config: OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT: 'lots' is not a whole number of 0 "
+        "or more (nor 'unset', for no limit): OpenTelemetry refuses it; correct it or unset "
+        "the variable",
+    ]
+    assert "2 problems" in checked.stderr
+    daemon = llmspool("daemon", "--socket", str(tmp_path / "s.sock"),
+                      env={**bad, "LLMSPOOL_STATE_DIR": str(tmp_path)})
+    assert daemon.returncode == 78
+    [line] = daemon.stderr.strip().splitlines()
+    assert line.startswith("llmspool: config: OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: '-1' is not")
+
+
 def test_check_refuses_a_plugin_key_of_the_wrong_type_naming_it(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", '[providers.openai]\norganization = 42\n'
                                       'orgnization = "org-1"\n\n'

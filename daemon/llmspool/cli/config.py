@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llmspool.core import span_limits
 from llmspool.core.config.sections import Config
 from llmspool.core.config.tables import ConfigProblems
 from llmspool.core.config_load import (
@@ -163,6 +164,7 @@ def load_as_daemon(path_argument: str | None, environ: Mapping[str, str] | None 
         loaded.problems.extend(exc.problems)
     except ConfigError as exc:
         loaded.problems.append(exc)
+    loaded.problems.extend(span_limits.problems(env))
     try:
         loaded.sim = _sim_config(loaded)
     except ConfigError as exc:

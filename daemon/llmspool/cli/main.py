@@ -44,7 +44,7 @@ from llmspool.cli.plugins import add_plugins_command
 from llmspool.cli.status_tables import batches_table, breakers_table, fleet_table
 from llmspool.cli.store import add_store_commands
 from llmspool.cli.top import add_top_command
-from llmspool.core import unix_http
+from llmspool.core import span_limits, unix_http
 from llmspool.core.config.sections import Config
 from llmspool.core.config_load import load_config
 from llmspool.core.errors import ConfigError, StartupError
@@ -175,11 +175,13 @@ def _configure_logging(level: str) -> None:
 def _run_daemon(args: argparse.Namespace) -> int:
     import anyio
 
-    from llmspool.app import Daemon
-
     config = load_config(args.config)
     if args.socket:
         config = _with_socket(config, args.socket)
+    for problem in span_limits.problems(os.environ):
+        raise problem  # before the OpenTelemetry SDK reads it, with a traceback
+
+    from llmspool.app import Daemon  # (it imports the SDK)
     _configure_logging(config.daemon.log_level)
     # Everything the daemon writes (databases, batch files) holds prompts, answers and costs:
     # its owner's alone, as systemd's UMask=0077 makes it; the socket's mode is set on its own.

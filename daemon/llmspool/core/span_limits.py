@@ -27,11 +27,39 @@ at their defaults (no length limit), the child does none of this work.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.trace import SpanLimits
+from llmspool.core.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the SDK's module reads these limits as it loads
+    from opentelemetry.sdk.trace import SpanLimits
 
 _KEPT_ON_THE_LOOP = 128  # what ``spans.LeanSpan`` keeps of each (its ``_LIMIT``)
+VARIABLES = ("OTEL_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+             "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+             "OTEL_SPAN_EVENT_COUNT_LIMIT", "OTEL_SPAN_LINK_COUNT_LIMIT",
+             "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT")
+
+
+def problems(environ: Mapping[str, str]) -> list[ConfigError]:
+    """The span limit variables in ``environ`` that OpenTelemetry would refuse. Its SDK reads
+    them as its module loads and raises a ``ValueError`` there: the daemon would die with a
+    traceback instead of saying which variable is wrong (``llmspool daemon`` and ``llmspool
+    config check`` say it first)."""
+    found = []
+    for name in VARIABLES:
+        value = environ.get(name, "").strip().lower()
+        if value in ("", "unset"):  # the default; "unset": no limit (the SDK's word)
+            continue
+        try:
+            valid = int(value) >= 0
+        except ValueError:
+            valid = False
+        if not valid:
+            found.append(ConfigError(name, f"{environ[name]!r} is not a whole number of 0 or "
+                                           "more (nor 'unset', for no limit): OpenTelemetry "
+                                           "refuses it; correct it or unset the variable"))
+    return found
 
 
 class BoundedDict(dict[str, Any]):
@@ -105,6 +133,8 @@ class SpanLimiter:
     def from_environment(cls) -> SpanLimiter | None:
         """The limiter for the ``OTEL_*`` limits set; None if they change nothing that the
         daemon's spans do not already keep to (the defaults)."""
+        from opentelemetry.sdk.trace import SpanLimits
+
         limits = SpanLimits()
         counts = (limits.max_span_attributes, limits.max_events, limits.max_links,
                   limits.max_event_attributes, limits.max_link_attributes)
