@@ -178,10 +178,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.socket:
         config = _with_socket(config, args.socket)
-    for problem in span_limits.problems(os.environ):
-        raise problem  # before the OpenTelemetry SDK reads it, with a traceback
+    # Said here in one line: the OpenTelemetry SDK, which the daemon's modules import, would
+    # raise with a traceback as it loads.
+    bad_limits = span_limits.problems(os.environ)
+    if bad_limits:
+        raise bad_limits[0]
 
-    from llmspool.app import Daemon  # (it imports the SDK)
+    from llmspool.app import Daemon
     _configure_logging(config.daemon.log_level)
     # Everything the daemon writes (databases, batch files) holds prompts, answers and costs:
     # its owner's alone, as systemd's UMask=0077 makes it; the socket's mode is set on its own.
