@@ -6,10 +6,12 @@ one upstream call, and the ledger entries of hits."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,26 +76,40 @@ def test_a_deterministic_chat_is_answered_from_the_cache_the_second_time(
     assert counts["hits"] == 1 and counts["misses"] == 1
 
 
+@contextlib.contextmanager
+def cache_commits_held(daemon: Daemon) -> Iterator[None]:
+    """The response cache's write-behind commits wait while the block runs (a lock held on
+    its file): answers stay in memory, not yet in the file."""
+    holder = sqlite3.connect(daemon.state_dir / "cache.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def requests_by_saving_source(daemon: Daemon) -> dict[str | None, int]:
+    """The ledger's requests by saving source (None: paid for, nothing saved)."""
+    status, report = daemon.get("/v1/ledger?by=source")
+    assert status == 200
+    return {row["source"]: row["requests"] for row in report["rows"]}
+
+
 def test_the_same_call_right_after_is_a_hit_before_its_entry_is_committed(
         daemon: Daemon, sim: Sim) -> None:
     """What the second call is told, and the saving it is billed under, do not depend on
     whether the write-behind commit has landed (``llmspool demo``'s second step)."""
-    holder = sqlite3.connect(daemon.state_dir / "cache.sqlite3", isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")  # the write-behind's commit waits for this
+    with cache_commits_held(daemon):
         status, first, _headers = chat(daemon, temperature=0)
         assert status == 200
         status, second, headers = chat(daemon, temperature=0)
         assert cache_status(daemon)["entries"] == 0  # not in the file yet
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert status == 200 and second == first
     assert headers["x-llmspool-cache"] == "hit" and float(headers["x-llmspool-cost-usd"]) == 0
     assert upstream_calls(sim) == 1
-    _status, report = daemon.get("/v1/ledger?by=source")
-    sources = {row["source"]: row["requests"] for row in report["rows"]}
-    assert sources == {None: 1, "cache": 1}  # the call paid for (no saving), then the hit
+    # The call paid for (no saving), then the hit.
+    assert requests_by_saving_source(daemon) == {None: 1, "cache": 1}
     counts = cache_status(daemon)
     assert counts["hits"] == 1 and counts["shared"] == 0
 

@@ -4,7 +4,6 @@ allows (and goes its own way when not), and job requests are answered from the c
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,11 @@ from tests.integration.test_batches import (
     results,
     submit,
 )
-from tests.integration.test_cache import wait_for_entries
+from tests.integration.test_cache import (
+    cache_commits_held,
+    requests_by_saving_source,
+    wait_for_entries,
+)
 from tests.support.processes import (
     Daemon,
     Sim,
@@ -190,21 +193,15 @@ def test_a_line_bound_for_a_batch_right_after_its_twin_was_answered_is_not_batch
         daemon: Daemon, sim: Sim) -> None:
     """The answer is in hand but not yet in the cache file (its commit waits): the job's line
     is answered from it, not bought again in a batch."""
-    holder = sqlite3.connect(daemon.state_dir / "cache.sqlite3", isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")  # the write-behind's commit waits for this
+    with cache_commits_held(daemon):
         status, first, _headers = ask(daemon)
         assert status == 200
         job = submit(daemon, job_line())  # an hour: a batch, were it not answered already
         assert [(group["tier"], group["requests"]) for group in job["plan"]] == [("cache", 1)]
         [line] = results(daemon, job["id"])
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     # Found in hand, not waited for: a hit, as it is once the commit lands (the test above).
     assert line["response"]["body"] == first and line["cache"] == "hit"
     assert batch_stats(sim)["created"] == 0 and direct_calls(sim) == 1
     assert job_of(daemon, job["id"])["by_tier"] == {"cache": 1}
-    _status, report = daemon.get("/v1/ledger?by=source")
-    sources = {row["source"]: row["requests"] for row in report["rows"]}
-    assert sources == {None: 1, "cache": 1}  # the call paid for (no saving), then the hit
+    # The call paid for (no saving), then the hit.
+    assert requests_by_saving_source(daemon) == {None: 1, "cache": 1}
